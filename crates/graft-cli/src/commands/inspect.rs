@@ -1,0 +1,60 @@
+use graft::zoo::layers::{summarize, FreezeSpec};
+use graft::zoo::ModelSpec;
+use serde_json::json;
+
+use crate::cli::InspectArgs;
+use crate::output::Output;
+
+pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
+    let spec = ModelSpec::find(&args.model)?;
+    let freeze: FreezeSpec = args.freeze.parse()?;
+    let rows = spec.layer_rows();
+    let frozen = freeze.frozen_params(&rows)?;
+    let summary = summarize(&rows, &frozen);
+
+    let layers: Vec<_> = rows
+        .iter()
+        .map(|r| {
+            let trainable: usize = r.params.iter().filter(|p| !p.buffer && !frozen.contains(&p.path)).map(|p| p.numel).sum();
+            json!({
+                "name": r.name,
+                "kind": r.kind,
+                "output_shape": r.output_shape,
+                "params": r.num_params(),
+                "buffers": r.num_buffers(),
+                "trainable": trainable > 0,
+                "trainable_params": trainable,
+            })
+        })
+        .collect();
+    let value = json!({
+        "model": spec.id,
+        "input_shape": [3, spec.config().resolution, spec.config().resolution],
+        "freeze": freeze.to_string(),
+        "layers": layers,
+        "total_params": summary.total_params,
+        "trainable_params": summary.trainable_params,
+        "frozen_params": summary.frozen_params,
+        "buffers": summary.buffers,
+    });
+    out.result(&value, || {
+        let mut t = format!("{:<34} {:<20} {:<18} {:>10}  {}\n", "layer", "kind", "output shape", "params", "state");
+        t.push_str(&format!("{}\n", "-".repeat(94)));
+        for (r, l) in rows.iter().zip(&layers) {
+            let shape = format!("{:?}", r.output_shape);
+            let state = match (r.num_params(), l["trainable"].as_bool() == Some(true)) {
+                (0, _) => "",
+                (_, true) => "trainable",
+                (_, false) => "frozen",
+            };
+            t.push_str(&format!("{:<34} {:<20} {:<18} {:>10}  {state}\n", r.name, r.kind, shape, r.num_params()));
+        }
+        t.push_str(&format!("{}\n", "-".repeat(94)));
+        t.push_str(&format!(
+            "total params: {}\ntrainable params: {}\nfrozen params: {}\nnon-trainable buffers (BN running statistics): {}\n",
+            summary.total_params, summary.trainable_params, summary.frozen_params, summary.buffers
+        ));
+        t
+    });
+    Ok(())
+}

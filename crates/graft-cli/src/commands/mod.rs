@@ -1,0 +1,16 @@
+mod bench;
+mod inspect;
+mod predict;
+mod pull;
+
+use crate::cli::Command;
+use crate::output::Output;
+
+pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
+    match command {
+        Command::Pull(args) => pull::run(args, out),
+        Command::Predict(args) => predict::run(args, out),
+        Command::Inspect(args) => inspect::run(args, out),
+        Command::Bench(args) => bench::run(args, out),
+    }
+}

@@ -1,0 +1,74 @@
+use burn::tensor::activation::softmax;
+use graft::data::image;
+use graft::device::default_device;
+use graft::report::Reporter;
+use graft::zoo::{graft_home, imagenet_labels, ModelSpec, Pretrained};
+use serde_json::{json, Value};
+
+use crate::cli::PredictArgs;
+use crate::output::Output;
+use crate::reporter::TermReporter;
+
+pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
+    if args.top == 0 || args.batch == 0 {
+        anyhow::bail!("--top and --batch must be at least 1");
+    }
+    let spec = ModelSpec::find(&args.model)?;
+    let device = default_device();
+    let reporter = TermReporter::new();
+    let model = Pretrained::load(spec, args.weights.as_deref(), &graft_home(), &reporter, &device)?;
+    let preprocess = spec.preprocess();
+    let labels = imagenet_labels();
+
+    // Unreadable files are skipped and reported, never fatal unless nothing is left.
+    let mut inputs = Vec::new();
+    let mut skipped = Vec::new();
+    for path in &args.images {
+        match image::load(path, &preprocess) {
+            Ok(x) => inputs.push((path, x)),
+            Err(e) => {
+                reporter.message(&format!("skipping {e}"));
+                skipped.push(json!({"file": path, "reason": e.to_string()}));
+            }
+        }
+    }
+    if inputs.is_empty() {
+        anyhow::bail!("none of the {} images could be read", args.images.len());
+    }
+
+    let mut predictions = Vec::new();
+    for chunk in inputs.chunks(args.batch) {
+        let pixels: Vec<Vec<f32>> = chunk.iter().map(|(_, x)| x.clone()).collect();
+        let logits = model.net.forward(image::batch(&pixels, preprocess.size, &device));
+        let probs: Vec<f32> = softmax(logits, 1).into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let classes = probs.len() / chunk.len();
+        for ((path, _), row) in chunk.iter().zip(probs.chunks(classes)) {
+            let mut order: Vec<usize> = (0..classes).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+            let top: Vec<Value> = order
+                .iter()
+                .take(args.top)
+                .map(|&c| json!({"class": c, "label": labels.get(c).copied().unwrap_or("?"), "prob": row[c]}))
+                .collect();
+            predictions.push(json!({"file": path, "top": top}));
+        }
+    }
+
+    let value = json!({"model": spec.id, "predictions": predictions, "skipped": skipped});
+    out.result(&value, || {
+        let mut text = String::new();
+        for p in &predictions {
+            text.push_str(&format!("{}\n", p["file"].as_str().unwrap_or("?")));
+            for t in p["top"].as_array().into_iter().flatten() {
+                text.push_str(&format!(
+                    "  {:>6.2}%  {:>4}  {}\n",
+                    t["prob"].as_f64().unwrap_or(0.0) * 100.0,
+                    t["class"],
+                    t["label"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        text
+    });
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! The `graft` command. Parses arguments, dispatches to `commands/<verb>.rs`, and turns errors
+//! into one line on stderr and exit code 2.
+
+mod cli;
+mod commands;
+mod output;
+mod reporter;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let out = output::Output::new(cli.json);
+    match commands::run(cli.command, &out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line: the whole cause chain, outermost first.
+            let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+            let mut line = chain[0].clone();
+            for cause in &chain[1..] {
+                if !line.contains(cause.as_str()) {
+                    line.push_str(": ");
+                    line.push_str(cause);
+                }
+            }
+            // Some library messages span lines; the contract is one line.
+            let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
+            eprintln!("error: {line}");
+            ExitCode::from(2)
+        }
+    }
+}

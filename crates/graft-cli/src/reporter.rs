@@ -1,0 +1,53 @@
+//! Turns library progress into indicatif bars on a terminal, plain lines otherwise.
+
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use graft::report::Reporter;
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct TermReporter {
+    bar: Mutex<Option<ProgressBar>>,
+    interactive: bool,
+}
+
+impl TermReporter {
+    pub fn new() -> Self {
+        Self { bar: Mutex::new(None), interactive: std::io::stdout().is_terminal() && std::io::stderr().is_terminal() }
+    }
+}
+
+impl Reporter for TermReporter {
+    fn message(&self, text: &str) {
+        match self.bar.lock().unwrap().as_ref() {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    fn start(&self, task: &str, total: Option<u64>) {
+        if !self.interactive {
+            return;
+        }
+        let bar = match total {
+            Some(n) => ProgressBar::new(n).with_style(
+                ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})").unwrap().progress_chars("=> "),
+            ),
+            None => ProgressBar::new_spinner(),
+        };
+        bar.set_message(task.to_string());
+        *self.bar.lock().unwrap() = Some(bar);
+    }
+
+    fn progress(&self, done: u64) {
+        if let Some(bar) = self.bar.lock().unwrap().as_ref() {
+            bar.set_position(done);
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = self.bar.lock().unwrap().take() {
+            bar.finish_and_clear();
+        }
+    }
+}

@@ -1,0 +1,75 @@
+mod bad_weights;
+mod inspect;
+mod parity;
+mod predict;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The project's `shared/` folder (reference outputs, data): `$GRAFT_SHARED` or `../shared`
+/// beside the repository.
+pub fn shared() -> PathBuf {
+    let dir = std::env::var_os("GRAFT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    assert!(dir.join("reference").is_dir(), "shared data not found at {} (set GRAFT_SHARED)", dir.display());
+    dir
+}
+
+pub fn reference(rel: &str) -> PathBuf {
+    let p = shared().join("reference").join(rel);
+    assert!(p.exists(), "reference file missing: {}", p.display());
+    p
+}
+
+/// A GRAFT_HOME shared by the tests, with efficientnet-lite0 pulled (once per test run).
+pub fn test_home() -> &'static Path {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let home = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/graft-test-home");
+        let out = Command::new(env!("CARGO_BIN_EXE_graft"))
+            .args(["pull", "efficientnet-lite0", "--json"])
+            .env("GRAFT_HOME", &home)
+            .output()
+            .expect("run graft pull");
+        assert!(out.status.success(), "graft pull failed: {}", String::from_utf8_lossy(&out.stderr));
+        home
+    })
+}
+
+/// Runs graft with the test home and returns its output.
+pub fn graft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(args)
+        .env("GRAFT_HOME", test_home())
+        .output()
+        .expect("run graft")
+}
+
+/// Parses stdout as JSON, failing with stderr shown.
+pub fn json_of(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "graft failed ({:?}): {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Asserts exit code 2 with a one-line message containing every `needle`.
+pub fn assert_bad_input(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "expected exit 2, stderr: {stderr}");
+    let line = stderr.lines().rev().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line in: {stderr}"));
+    for needle in needles {
+        assert!(line.contains(needle), "error line does not mention `{needle}`: {line}");
+    }
+}
+
+pub fn lite0_weights() -> PathBuf {
+    test_home().join("models/efficientnet-lite0/weights.safetensors")
+}
+
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/graft-test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

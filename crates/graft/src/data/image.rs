@@ -1,0 +1,207 @@
+//! Decoding images and preparing them the way a model was trained to see them.
+//!
+//! Resizing reproduces PIL's `Image.resize(..., BILINEAR)` exactly (separable triangle filter
+//! whose support widens when shrinking, 22-bit fixed-point weights, rounding to 8 bits after
+//! each pass), because the reference outputs — and most PyTorch pipelines — use PIL.
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::{GraftError, Result};
+
+/// How images are cropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Crop {
+    /// The largest centred square, then resize to `size`×`size`.
+    CentreSquare,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Interpolation {
+    /// PIL bilinear (antialiased when shrinking).
+    Bilinear,
+}
+
+/// A model's input preparation; stored with the model and in every run directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    /// Side of the square input in pixels.
+    pub size: u32,
+    pub crop: Crop,
+    pub interpolation: Interpolation,
+    /// Per-channel mean and std on the 0–255 scale: input = (pixel − mean) / std.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    pub fn centre_square(size: u32, mean: [f32; 3], std: [f32; 3]) -> Self {
+        Self { size, crop: Crop::CentreSquare, interpolation: Interpolation::Bilinear, mean, std }
+    }
+
+    /// Decoded RGB image → normalised CHW floats, length 3·size².
+    pub fn apply(&self, image: &RgbImage) -> Vec<f32> {
+        let (w, h) = image.dimensions();
+        let side = w.min(h);
+        let (left, top) = ((w - side) / 2, (h - side) / 2);
+        let square = image::imageops::crop_imm(image, left, top, side, side).to_image();
+        let resized = resize_bilinear(&square, self.size, self.size);
+        let plane = (self.size * self.size) as usize;
+        let mut out = vec![0f32; 3 * plane];
+        for (i, px) in resized.pixels().enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = (px[c] as f32 - self.mean[c]) / self.std[c];
+            }
+        }
+        out
+    }
+}
+
+/// Largest width or height graft decodes; larger headers are refused before decoding.
+pub const MAX_SIDE: u32 = 16_384;
+/// Largest decoded allocation.
+pub const MAX_ALLOC: u64 = 512 << 20;
+
+/// Decodes any supported image file (png, jpeg, bmp, gif, webp, tiff) to RGB, whatever its
+/// channels: grey is replicated, alpha dropped, 16-bit scaled down.
+pub fn decode(path: &Path) -> Result<RgbImage> {
+    let bad = |reason: String| GraftError::Image { path: path.to_path_buf(), reason };
+    let mut reader = image::ImageReader::open(path)
+        .map_err(|e| GraftError::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| GraftError::io(path, e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_ALLOC);
+    reader.limits(limits);
+    if reader.format().is_none() {
+        return Err(bad("not a recognised image format".into()));
+    }
+    let image = reader.decode().map_err(|e| bad(e.to_string()))?;
+    if image.width() == 0 || image.height() == 0 {
+        return Err(bad("image has no pixels".into()));
+    }
+    Ok(image.to_rgb8())
+}
+
+/// Decodes and preprocesses one file.
+pub fn load(path: &Path, preprocess: &Preprocess) -> Result<Vec<f32>> {
+    Ok(preprocess.apply(&decode(path)?))
+}
+
+/// Stacks preprocessed CHW images into a [N, 3, size, size] tensor.
+pub fn batch(images: &[Vec<f32>], size: u32, device: &Device) -> Tensor<4> {
+    let s = size as usize;
+    let data: Vec<f32> = images.iter().flat_map(|i| i.iter().copied()).collect();
+    Tensor::from_data(TensorData::new(data, [images.len(), 3, s, s]), device)
+}
+
+const PRECISION_BITS: u32 = 32 - 8 - 2;
+
+/// Fixed-point weights of PIL's bilinear resampling along one axis: for each output index, the
+/// first input index and the weights of the inputs from there.
+fn coefficients(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i64>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let filter_scale = scale.max(1.0);
+    let support = filter_scale; // bilinear support 1.0, widened when shrinking
+    (0..out_size)
+        .map(|xx| {
+            let center = (xx as f64 + 0.5) * scale;
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let raw: Vec<f64> = (xmin..xmax)
+                .map(|x| {
+                    let t = ((x as f64 - center + 0.5) / filter_scale).abs();
+                    if t < 1.0 { 1.0 - t } else { 0.0 }
+                })
+                .collect();
+            let total: f64 = raw.iter().sum();
+            let fixed = raw
+                .iter()
+                .map(|w| {
+                    let k = if total != 0.0 { w / total } else { 0.0 };
+                    let scaled = k * (1i64 << PRECISION_BITS) as f64;
+                    (if k < 0.0 { scaled - 0.5 } else { scaled + 0.5 }) as i64
+                })
+                .collect();
+            (xmin, fixed)
+        })
+        .collect()
+}
+
+fn clip8(acc: i64) -> u8 {
+    (acc >> PRECISION_BITS).clamp(0, 255) as u8
+}
+
+/// PIL-exact bilinear resize: horizontal pass, round to 8 bits, vertical pass.
+pub fn resize_bilinear(src: &RgbImage, width: u32, height: u32) -> RgbImage {
+    let (sw, sh) = src.dimensions();
+    let half = 1i64 << (PRECISION_BITS - 1);
+    let horizontal = if sw == width {
+        src.clone()
+    } else {
+        let coeffs = coefficients(sw, width);
+        let mut out = RgbImage::new(width, sh);
+        for y in 0..sh {
+            for (x, (start, weights)) in coeffs.iter().enumerate() {
+                let mut acc = [half; 3];
+                for (i, w) in weights.iter().enumerate() {
+                    let px = src.get_pixel((start + i) as u32, y);
+                    for c in 0..3 {
+                        acc[c] += px[c] as i64 * w;
+                    }
+                }
+                out.put_pixel(x as u32, y, image::Rgb([clip8(acc[0]), clip8(acc[1]), clip8(acc[2])]));
+            }
+        }
+        out
+    };
+    if sh == height {
+        return horizontal;
+    }
+    let coeffs = coefficients(sh, height);
+    let mut out = RgbImage::new(width, height);
+    for (y, (start, weights)) in coeffs.iter().enumerate() {
+        for x in 0..width {
+            let mut acc = [half; 3];
+            for (i, w) in weights.iter().enumerate() {
+                let px = horizontal.get_pixel(x, (start + i) as u32);
+                for c in 0..3 {
+                    acc[c] += px[c] as i64 * w;
+                }
+            }
+            out.put_pixel(x, y as u32, image::Rgb([clip8(acc[0]), clip8(acc[1]), clip8(acc[2])]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resize_keeps_a_flat_image_flat() {
+        let src = RgbImage::from_pixel(37, 23, image::Rgb([10, 200, 77]));
+        let out = resize_bilinear(&src, 11, 5);
+        assert!(out.pixels().all(|p| p.0 == [10, 200, 77]));
+    }
+
+    #[test]
+    fn centre_square_shapes_and_normalises() {
+        let src = RgbImage::from_pixel(300, 200, image::Rgb([255, 127, 0]));
+        let p = Preprocess::centre_square(224, [127.0; 3], [128.0; 3]);
+        let out = p.apply(&src);
+        assert_eq!(out.len(), 3 * 224 * 224);
+        assert_eq!(out[0], 1.0);
+        assert_eq!(out[224 * 224], 0.0);
+        assert_eq!(out[2 * 224 * 224], -127.0 / 128.0);
+    }
+}

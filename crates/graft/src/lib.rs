@@ -1,0 +1,14 @@
+//! graft: transfer learning on burn. Load a network trained on ImageNet, cut off its
+//! classifier, graft on a new head, freeze what should stay fixed and train the rest.
+//!
+//! The library never touches the terminal: long work reports through [`report::Reporter`].
+
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod npy;
+pub mod report;
+pub mod zoo;
+
+pub use error::{GraftError, Result};

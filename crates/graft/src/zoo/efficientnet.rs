@@ -1,0 +1,311 @@
+//! EfficientNet-Lite (Tan & Le, 2019; the "lite" variants for mobile CPUs).
+//!
+//! Lite differs from EfficientNet-B*: no squeeze-excite, ReLU6 instead of swish, and the stem
+//! (32 channels) and head (1280 channels) stay fixed while the network is scaled; the first and
+//! last stages are not deepened. Convolutions use TensorFlow "SAME" padding (extra pad at the
+//! bottom/right when the total is odd) — the weights were trained with it and symmetric padding
+//! changes the outputs visibly. BatchNorm eps is 1e-3.
+//!
+//! Field names are the checkpoint's (`_conv_stem`, `_blocks.12._depthwise_conv`, …) so that the
+//! names users see in `inspect` and write in `--freeze` are the ones in the `.pth` file.
+#![allow(clippy::used_underscore_binding)]
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu6;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::layers::{LayerRow, ParamRow};
+use super::load::WeightSource;
+use crate::Result;
+
+/// BatchNorm epsilon of the TensorFlow reference.
+pub const BN_EPS: f64 = 1e-3;
+/// BatchNorm momentum of the reference PyTorch port (TF decay 0.99); used when BN trains.
+pub const BN_MOMENTUM: f64 = 0.01;
+const STEM_CHANNELS: usize = 32;
+/// Width of the pooled feature vector; fixed in the Lite family.
+pub const HEAD_CHANNELS: usize = 1280;
+
+/// One MBConv stage of the base (Lite0) network.
+struct StageArgs {
+    repeats: usize,
+    kernel: usize,
+    stride: usize,
+    expand: usize,
+    input: usize,
+    output: usize,
+}
+
+const BASE_STAGES: [StageArgs; 7] = [
+    StageArgs { repeats: 1, kernel: 3, stride: 1, expand: 1, input: 32, output: 16 },
+    StageArgs { repeats: 2, kernel: 3, stride: 2, expand: 6, input: 16, output: 24 },
+    StageArgs { repeats: 2, kernel: 5, stride: 2, expand: 6, input: 24, output: 40 },
+    StageArgs { repeats: 3, kernel: 3, stride: 2, expand: 6, input: 40, output: 80 },
+    StageArgs { repeats: 3, kernel: 5, stride: 1, expand: 6, input: 80, output: 112 },
+    StageArgs { repeats: 4, kernel: 5, stride: 2, expand: 6, input: 112, output: 192 },
+    StageArgs { repeats: 1, kernel: 3, stride: 1, expand: 6, input: 192, output: 320 },
+];
+
+/// Shape of one MBConv block after scaling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSpec {
+    pub input: usize,
+    pub output: usize,
+    /// Channels after the 1×1 expansion; `None` when the expansion ratio is 1.
+    pub expanded: Option<usize>,
+    pub kernel: usize,
+    pub stride: usize,
+}
+
+impl BlockSpec {
+    fn hidden(&self) -> usize {
+        self.expanded.unwrap_or(self.input)
+    }
+    fn residual(&self) -> bool {
+        self.stride == 1 && self.input == self.output
+    }
+}
+
+/// Scaling of one family member (TF reference `efficientnet_lite_builder`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EfficientNetLiteConfig {
+    pub width: f64,
+    pub depth: f64,
+    pub resolution: usize,
+    pub num_classes: usize,
+}
+
+impl EfficientNetLiteConfig {
+    /// `variant` 0–4: Lite0 … Lite4.
+    pub fn lite(variant: u8) -> Option<Self> {
+        let (width, depth, resolution) = match variant {
+            0 => (1.0, 1.0, 224),
+            1 => (1.0, 1.1, 240),
+            2 => (1.1, 1.2, 260),
+            3 => (1.2, 1.4, 280),
+            4 => (1.4, 1.8, 300),
+            _ => return None,
+        };
+        Some(Self { width, depth, resolution, num_classes: 1000 })
+    }
+
+    fn round_filters(&self, filters: usize) -> usize {
+        const DIVISOR: usize = 8;
+        let scaled = filters as f64 * self.width;
+        let mut rounded = ((scaled + DIVISOR as f64 / 2.0) as usize / DIVISOR * DIVISOR).max(DIVISOR);
+        // Never round down by more than 10%.
+        if (rounded as f64) < 0.9 * scaled {
+            rounded += DIVISOR;
+        }
+        rounded
+    }
+
+    /// Every block of the scaled network, in order.
+    pub fn blocks(&self) -> Vec<BlockSpec> {
+        let last = BASE_STAGES.len() - 1;
+        let mut blocks = Vec::new();
+        for (i, stage) in BASE_STAGES.iter().enumerate() {
+            // Lite keeps the first and last stages at one block.
+            let repeats = if i == 0 || i == last {
+                stage.repeats
+            } else {
+                (stage.repeats as f64 * self.depth).ceil() as usize
+            };
+            let (input, output) = (self.round_filters(stage.input), self.round_filters(stage.output));
+            for r in 0..repeats {
+                let input = if r == 0 { input } else { output };
+                blocks.push(BlockSpec {
+                    input,
+                    output,
+                    expanded: (stage.expand != 1).then_some(input * stage.expand),
+                    kernel: stage.kernel,
+                    stride: if r == 0 { stage.stride } else { 1 },
+                });
+            }
+        }
+        blocks
+    }
+
+    /// Builds the network with freshly initialised weights (the "from scratch" baseline).
+    pub fn init(&self, device: &Device) -> EfficientNetLite {
+        let blocks = self.blocks();
+        let last = blocks.last().map(|b| b.output).unwrap_or(STEM_CHANNELS);
+        EfficientNetLite {
+            _conv_stem: conv(3, STEM_CHANNELS, 3, 2, 1, device),
+            _bn0: bn(STEM_CHANNELS, device),
+            _blocks: blocks.iter().map(|spec| MBConvBlock::init(spec, device)).collect(),
+            _conv_head: conv(last, HEAD_CHANNELS, 1, 1, 1, device),
+            _bn1: bn(HEAD_CHANNELS, device),
+            _fc: LinearConfig::new(HEAD_CHANNELS, self.num_classes).init(device),
+        }
+    }
+
+    /// The layer table for `inspect`: one row per leaf layer, with its output shape for one
+    /// image at the native resolution and its parameters under their checkpoint names.
+    pub fn layer_rows(&self) -> Vec<LayerRow> {
+        let mut rows = Vec::new();
+        let mut hw = same_out(self.resolution, 2);
+        rows.push(LayerRow::conv("_conv_stem", [STEM_CHANNELS, hw, hw], 3, STEM_CHANNELS, 3, 1, false));
+        rows.push(LayerRow::batch_norm("_bn0", [STEM_CHANNELS, hw, hw]));
+        for (i, spec) in self.blocks().iter().enumerate() {
+            let p = format!("_blocks.{i}");
+            let hidden = spec.hidden();
+            if let Some(expanded) = spec.expanded {
+                rows.push(LayerRow::conv(&format!("{p}._expand_conv"), [expanded, hw, hw], spec.input, expanded, 1, 1, false));
+                rows.push(LayerRow::batch_norm(&format!("{p}._bn0"), [expanded, hw, hw]));
+            }
+            hw = same_out(hw, spec.stride);
+            rows.push(LayerRow::conv(&format!("{p}._depthwise_conv"), [hidden, hw, hw], hidden, hidden, spec.kernel, hidden, false));
+            rows.push(LayerRow::batch_norm(&format!("{p}._bn1"), [hidden, hw, hw]));
+            rows.push(LayerRow::conv(&format!("{p}._project_conv"), [spec.output, hw, hw], hidden, spec.output, 1, 1, false));
+            rows.push(LayerRow::batch_norm(&format!("{p}._bn2"), [spec.output, hw, hw]));
+        }
+        let last = self.blocks().last().map(|b| b.output).unwrap_or(STEM_CHANNELS);
+        rows.push(LayerRow::conv("_conv_head", [HEAD_CHANNELS, hw, hw], last, HEAD_CHANNELS, 1, 1, false));
+        rows.push(LayerRow::batch_norm("_bn1", [HEAD_CHANNELS, hw, hw]));
+        rows.push(LayerRow::pool("_avg_pooling", HEAD_CHANNELS));
+        rows.push(LayerRow {
+            name: "_fc".into(),
+            kind: "Linear".into(),
+            output_shape: vec![self.num_classes],
+            params: vec![
+                ParamRow::weight("_fc.weight", HEAD_CHANNELS * self.num_classes),
+                ParamRow::weight("_fc.bias", self.num_classes),
+            ],
+            is_head: true,
+        });
+        rows
+    }
+}
+
+fn same_out(size: usize, stride: usize) -> usize {
+    size.div_ceil(stride)
+}
+
+fn conv(input: usize, output: usize, kernel: usize, stride: usize, groups: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new([input, output], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_groups(groups)
+        .with_padding(PaddingConfig2d::Same)
+        .with_bias(false)
+        .init(device)
+}
+
+fn bn(channels: usize, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(channels).with_epsilon(BN_EPS).with_momentum(BN_MOMENTUM).init(device)
+}
+
+/// Mobile inverted bottleneck: 1×1 expand → depthwise k×k → 1×1 project, residual when the
+/// shape is kept.
+#[derive(Module, Debug)]
+pub struct MBConvBlock {
+    pub _expand_conv: Option<Conv2d>,
+    pub _bn0: Option<BatchNorm>,
+    pub _depthwise_conv: Conv2d,
+    pub _bn1: BatchNorm,
+    pub _project_conv: Conv2d,
+    pub _bn2: BatchNorm,
+    pub residual: bool,
+}
+
+impl MBConvBlock {
+    fn init(spec: &BlockSpec, device: &Device) -> Self {
+        let hidden = spec.hidden();
+        Self {
+            _expand_conv: spec.expanded.map(|e| conv(spec.input, e, 1, 1, 1, device)),
+            _bn0: spec.expanded.map(|e| bn(e, device)),
+            _depthwise_conv: conv(hidden, hidden, spec.kernel, spec.stride, hidden, device),
+            _bn1: bn(hidden, device),
+            _project_conv: conv(hidden, spec.output, 1, 1, 1, device),
+            _bn2: bn(spec.output, device),
+            residual: spec.residual(),
+        }
+    }
+
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        // [N, C_in, H, W]
+        let x = match (&self._expand_conv, &self._bn0) {
+            (Some(expand), Some(bn0)) => relu6(bn0.forward(expand.forward(input.clone()))), // [N, C_in·e, H, W]
+            _ => input.clone(),
+        };
+        let x = relu6(self._bn1.forward(self._depthwise_conv.forward(x))); // [N, C_hidden, H/s, W/s]
+        let x = self._bn2.forward(self._project_conv.forward(x)); // [N, C_out, H/s, W/s]
+        if self.residual {
+            x + input
+        } else {
+            x
+        }
+    }
+
+    fn load(&mut self, w: &WeightSource, prefix: &str) -> Result<()> {
+        if let (Some(expand), Some(bn0)) = (self._expand_conv.as_mut(), self._bn0.as_mut()) {
+            w.conv(expand, &format!("{prefix}._expand_conv"))?;
+            w.batch_norm(bn0, &format!("{prefix}._bn0"))?;
+        }
+        w.conv(&mut self._depthwise_conv, &format!("{prefix}._depthwise_conv"))?;
+        w.batch_norm(&mut self._bn1, &format!("{prefix}._bn1"))?;
+        w.conv(&mut self._project_conv, &format!("{prefix}._project_conv"))?;
+        w.batch_norm(&mut self._bn2, &format!("{prefix}._bn2"))
+    }
+}
+
+/// The whole network, ImageNet classifier included.
+#[derive(Module, Debug)]
+pub struct EfficientNetLite {
+    pub _conv_stem: Conv2d,
+    pub _bn0: BatchNorm,
+    pub _blocks: Vec<MBConvBlock>,
+    pub _conv_head: Conv2d,
+    pub _bn1: BatchNorm,
+    pub _fc: Linear,
+}
+
+impl EfficientNetLite {
+    /// Replaces every parameter and BatchNorm statistic with the checkpoint's, checking that
+    /// each tensor exists and has the shape this architecture needs.
+    pub fn load_weights(mut self, w: &WeightSource) -> Result<Self> {
+        w.conv(&mut self._conv_stem, "_conv_stem")?;
+        w.batch_norm(&mut self._bn0, "_bn0")?;
+        for (i, block) in self._blocks.iter_mut().enumerate() {
+            block.load(w, &format!("_blocks.{i}"))?;
+        }
+        w.conv(&mut self._conv_head, "_conv_head")?;
+        w.batch_norm(&mut self._bn1, "_bn1")?;
+        w.linear(&mut self._fc, "_fc")?;
+        Ok(self)
+    }
+
+    /// Stem: [N, 3, H, W] → [N, 32, H/2, W/2].
+    pub fn stem(&self, images: Tensor<4>) -> Tensor<4> {
+        relu6(self._bn0.forward(self._conv_stem.forward(images)))
+    }
+
+    /// Head convolution: [N, C_last, h, w] → [N, 1280, h, w].
+    pub fn head(&self, x: Tensor<4>) -> Tensor<4> {
+        relu6(self._bn1.forward(self._conv_head.forward(x)))
+    }
+
+    /// Pooled features: [N, 3, H, W] → [N, 1280].
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        let mut x = self.stem(images); // [N, 32, H/2, W/2]
+        for block in &self._blocks {
+            x = block.forward(x);
+        }
+        let x = self.head(x); // [N, 1280, H/32, W/32]
+        global_avg_pool(x) // [N, 1280]
+    }
+
+    /// ImageNet logits: [N, 3, H, W] → [N, num_classes].
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self._fc.forward(self.features(images))
+    }
+}
+
+/// [N, C, H, W] → [N, C]: mean over the spatial dimensions.
+pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
+    let [n, c, _, _] = x.dims();
+    x.mean_dim(3).mean_dim(2).reshape([n, c])
+}

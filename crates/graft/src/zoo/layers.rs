@@ -1,0 +1,289 @@
+//! The layer table (`graft inspect`) and freeze specifications resolved against it.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use crate::{GraftError, Result};
+
+/// One parameter tensor of a layer, under its checkpoint name.
+#[derive(Debug, Clone, Serialize)]
+pub struct ParamRow {
+    pub path: String,
+    pub numel: usize,
+    /// BatchNorm running statistics: state, never trained by gradients.
+    pub buffer: bool,
+}
+
+impl ParamRow {
+    pub fn weight(path: &str, numel: usize) -> Self {
+        Self { path: path.into(), numel, buffer: false }
+    }
+    pub fn buffer(path: &str, numel: usize) -> Self {
+        Self { path: path.into(), numel, buffer: true }
+    }
+}
+
+/// One leaf layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerRow {
+    pub name: String,
+    pub kind: String,
+    /// Output shape for one input at the model's native resolution, batch dimension left out.
+    pub output_shape: Vec<usize>,
+    pub params: Vec<ParamRow>,
+    /// Part of the classifier head rather than the reusable trunk; freeze specs skip it.
+    #[serde(skip)]
+    pub is_head: bool,
+}
+
+impl LayerRow {
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv(name: &str, out: [usize; 3], cin: usize, cout: usize, kernel: usize, groups: usize, bias: bool) -> Self {
+        let mut params = vec![ParamRow::weight(&format!("{name}.weight"), cout * cin / groups * kernel * kernel)];
+        if bias {
+            params.push(ParamRow::weight(&format!("{name}.bias"), cout));
+        }
+        let kind = if groups > 1 && groups == cin { "DepthwiseConv2d" } else { "Conv2d" };
+        Self { name: name.into(), kind: format!("{kind} {kernel}x{kernel}"), output_shape: out.to_vec(), params, is_head: false }
+    }
+
+    pub fn batch_norm(name: &str, out: [usize; 3]) -> Self {
+        let c = out[0];
+        Self {
+            name: name.into(),
+            kind: "BatchNorm2d".into(),
+            output_shape: out.to_vec(),
+            params: vec![
+                ParamRow::weight(&format!("{name}.weight"), c),
+                ParamRow::weight(&format!("{name}.bias"), c),
+                ParamRow::buffer(&format!("{name}.running_mean"), c),
+                ParamRow::buffer(&format!("{name}.running_var"), c),
+            ],
+            is_head: false,
+        }
+    }
+
+    pub fn pool(name: &str, channels: usize) -> Self {
+        Self { name: name.into(), kind: "GlobalAvgPool".into(), output_shape: vec![channels], params: vec![], is_head: false }
+    }
+
+    /// Trainable-kind parameters (weights, biases, BN scale and shift), buffers excluded.
+    pub fn num_params(&self) -> usize {
+        self.params.iter().filter(|p| !p.buffer).map(|p| p.numel).sum()
+    }
+
+    pub fn num_buffers(&self) -> usize {
+        self.params.iter().filter(|p| p.buffer).map(|p| p.numel).sum()
+    }
+
+    /// The block this layer belongs to: `_blocks.3` for `_blocks.3._bn1`, else the layer itself.
+    pub fn block(&self) -> &str {
+        block_of(&self.name)
+    }
+}
+
+fn block_of(name: &str) -> &str {
+    // The prefix through the first numeric component: `_blocks.3._bn1` → `_blocks.3`.
+    let mut end = 0;
+    for part in name.split('.') {
+        end += part.len();
+        if part.parse::<usize>().is_ok() {
+            return &name[..end];
+        }
+        end += 1;
+    }
+    name
+}
+
+/// Which reused layers stay fixed (`--freeze`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum FreezeSpec {
+    /// Every trunk layer.
+    All,
+    /// Nothing: fine-tune everything.
+    None,
+    /// The stem and the first N numbered blocks.
+    FirstBlocks(usize),
+    /// Parameters whose checkpoint path matches the pattern.
+    Regex(String),
+    /// Every layer up to and including the named layer or block.
+    Until(String),
+}
+
+impl FromStr for FreezeSpec {
+    type Err = GraftError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let spec = match s {
+            "all" => FreezeSpec::All,
+            "none" => FreezeSpec::None,
+            _ if s.starts_with("regex:") => {
+                let pattern = &s["regex:".len()..];
+                regex::Regex::new(pattern).map_err(|e| GraftError::spec("--freeze", s, regex_reason(&e)))?;
+                FreezeSpec::Regex(pattern.to_string())
+            }
+            _ if s.starts_with("until:") => FreezeSpec::Until(s["until:".len()..].to_string()),
+            _ => match s.parse::<usize>() {
+                Ok(n) => FreezeSpec::FirstBlocks(n),
+                Err(_) => {
+                    return Err(GraftError::spec(
+                        "--freeze",
+                        s,
+                        "expected all, none, N (first N blocks), regex:PATTERN or until:LAYER",
+                    ))
+                }
+            },
+        };
+        Ok(spec)
+    }
+}
+
+impl std::fmt::Display for FreezeSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FreezeSpec::All => write!(f, "all"),
+            FreezeSpec::None => write!(f, "none"),
+            FreezeSpec::FirstBlocks(n) => write!(f, "{n}"),
+            FreezeSpec::Regex(p) => write!(f, "regex:{p}"),
+            FreezeSpec::Until(l) => write!(f, "until:{l}"),
+        }
+    }
+}
+
+impl From<FreezeSpec> for String {
+    fn from(spec: FreezeSpec) -> String {
+        spec.to_string()
+    }
+}
+
+impl TryFrom<String> for FreezeSpec {
+    type Error = GraftError;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl FreezeSpec {
+    /// The checkpoint paths of the frozen parameters (buffers included: a frozen BatchNorm's
+    /// statistics stay fixed too). Head layers are never frozen.
+    pub fn frozen_params(&self, rows: &[LayerRow]) -> Result<BTreeSet<String>> {
+        let trunk: Vec<&LayerRow> = rows.iter().filter(|r| !r.is_head).collect();
+        let all_of = |rows: &[&LayerRow]| -> BTreeSet<String> {
+            rows.iter().flat_map(|r| r.params.iter().map(|p| p.path.clone())).collect()
+        };
+        match self {
+            FreezeSpec::All => Ok(all_of(&trunk)),
+            FreezeSpec::None => Ok(BTreeSet::new()),
+            FreezeSpec::FirstBlocks(n) => {
+                // Blocks in order of appearance; the stem (everything before the first numbered
+                // block) comes with the first.
+                let mut numbered: Vec<&str> = Vec::new();
+                for block in trunk.iter().map(|r| r.block()) {
+                    let is_numbered = block.split('.').any(|s| s.parse::<usize>().is_ok());
+                    if is_numbered && numbered.last() != Some(&block) {
+                        numbered.push(block);
+                    }
+                }
+                if *n > numbered.len() {
+                    return Err(GraftError::spec(
+                        "--freeze",
+                        &n.to_string(),
+                        format!("the model has only {} blocks", numbered.len()),
+                    ));
+                }
+                if *n == 0 {
+                    return Ok(BTreeSet::new());
+                }
+                let last = numbered[*n - 1];
+                let end = trunk.iter().rposition(|r| r.block() == last).unwrap_or(0);
+                Ok(all_of(&trunk[..=end]))
+            }
+            FreezeSpec::Until(layer) => {
+                let end = trunk.iter().rposition(|r| r.name == *layer || r.name.starts_with(&format!("{layer}.")));
+                match end {
+                    Some(end) => Ok(all_of(&trunk[..=end])),
+                    None => Err(GraftError::spec(
+                        "--freeze",
+                        &format!("until:{layer}"),
+                        format!(
+                            "no layer named `{layer}` (e.g. {})",
+                            trunk.iter().step_by(7).take(4).map(|r| r.block()).collect::<Vec<_>>().join(", ")
+                        ),
+                    )),
+                }
+            }
+            FreezeSpec::Regex(pattern) => {
+                let re = regex::Regex::new(pattern)
+                    .map_err(|e| GraftError::spec("--freeze", &format!("regex:{pattern}"), regex_reason(&e)))?;
+                let frozen: BTreeSet<String> = trunk
+                    .iter()
+                    .flat_map(|r| r.params.iter())
+                    .filter(|p| re.is_match(&p.path))
+                    .map(|p| p.path.clone())
+                    .collect();
+                if frozen.is_empty() {
+                    return Err(GraftError::spec("--freeze", &format!("regex:{pattern}"), "matches no parameter path"));
+                }
+                Ok(frozen)
+            }
+        }
+    }
+}
+
+/// The regex crate's messages span lines (pattern, caret, reason); keep the reason.
+fn regex_reason(e: &regex::Error) -> String {
+    let text = e.to_string();
+    let reason = text.lines().last().unwrap_or("").trim().trim_start_matches("error: ");
+    format!("bad regex: {reason}")
+}
+
+/// Totals of a layer table under a freeze spec.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub total_params: usize,
+    pub trainable_params: usize,
+    pub frozen_params: usize,
+    /// BatchNorm running statistics (not parameters; never trained by gradients).
+    pub buffers: usize,
+}
+
+pub fn summarize(rows: &[LayerRow], frozen: &BTreeSet<String>) -> Summary {
+    let params = rows.iter().flat_map(|r| r.params.iter());
+    let (mut total, mut trainable, mut buffers) = (0, 0, 0);
+    for p in params {
+        if p.buffer {
+            buffers += p.numel;
+        } else {
+            total += p.numel;
+            if !frozen.contains(&p.path) {
+                trainable += p.numel;
+            }
+        }
+    }
+    Summary { total_params: total, trainable_params: trainable, frozen_params: total - trainable, buffers }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_names() {
+        assert_eq!(block_of("_blocks.3._bn1"), "_blocks.3");
+        assert_eq!(block_of("_conv_stem"), "_conv_stem");
+        assert_eq!(block_of("layer1.0.conv1"), "layer1.0");
+        assert_eq!(block_of("features.3"), "features.3");
+    }
+
+    #[test]
+    fn spec_parsing() {
+        assert_eq!("all".parse::<FreezeSpec>().unwrap(), FreezeSpec::All);
+        assert_eq!("12".parse::<FreezeSpec>().unwrap(), FreezeSpec::FirstBlocks(12));
+        assert_eq!("until:_blocks.4".parse::<FreezeSpec>().unwrap(), FreezeSpec::Until("_blocks.4".into()));
+        assert!("regex:(".parse::<FreezeSpec>().is_err());
+        assert!("sometimes".parse::<FreezeSpec>().is_err());
+    }
+}
