@@ -24,8 +24,143 @@ pub enum Command {
     Predict(PredictArgs),
     /// Show a model's layers, output shapes, parameters and what a freeze spec freezes.
     Inspect(InspectArgs),
+    /// Train a new head (and optionally part of the trunk) on a folder of labelled images.
+    Fit(Box<FitArgs>),
+    /// Evaluate a run's model on a labelled image folder.
+    Eval(EvalArgs),
+    /// Datasets: export the shared digit and fashion sets as image folders.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Measure speed (a benchmark, not a test).
     Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct FitArgs {
+    /// Pretrained model id.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Weights file instead of the cached pull.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Ignore the pretrained weights: train the same architecture from random initialisation.
+    #[arg(long)]
+    pub from_scratch: bool,
+    /// Training data: a folder of class sub-folders of images.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Run directory to create.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Validation folder (same class names); otherwise --val-split of the training data.
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Fraction of each class held out for validation (stratified, seeded).
+    #[arg(long)]
+    pub val_split: Option<f64>,
+    /// all, none, N (stem + first N blocks), regex:PATTERN, until:LAYER.
+    #[arg(long)]
+    pub freeze: Option<String>,
+    /// linear, or mlp:1024,1024.
+    #[arg(long)]
+    pub head: Option<String>,
+    /// avg or flatten.
+    #[arg(long)]
+    pub head_pool: Option<String>,
+    /// Dropout after each hidden layer of an mlp head.
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate of the head (the trunk gets lr × --body-lr-mult).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// sgd (momentum 0.9) or adamw (eps 1e-8, weight decay 0.01).
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// Momentum for sgd.
+    #[arg(long)]
+    pub momentum: Option<f64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// constant, step:EVERY[:GAMMA], cosine, onecycle[:PCT].
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Linear learning-rate warm-up, in epochs.
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// Trunk learning rate = lr × this (discriminative learning rates).
+    #[arg(long)]
+    pub body_lr_mult: Option<f64>,
+    /// Staged fine-tuning, e.g. head:3,all:5 or head:10,top3:10.
+    #[arg(long)]
+    pub stages: Option<String>,
+    #[arg(long)]
+    pub label_smoothing: Option<f64>,
+    /// none or balanced.
+    #[arg(long)]
+    pub class_weights: Option<String>,
+    /// none, keras, or e.g. flip,rotate:30,zoom:0.3,shift:0.3,crop:0.5-1.0,jitter:0.2.
+    #[arg(long)]
+    pub augment: Option<String>,
+    /// auto, on or off: reuse the frozen trunk's activations.
+    #[arg(long)]
+    pub cache: Option<String>,
+    /// Stop after this many epochs without validation improvement.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    #[arg(long)]
+    pub min_delta: Option<f64>,
+    /// Cut the learning rate ×0.1 after this many epochs without improvement.
+    #[arg(long)]
+    pub reduce_on_plateau: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Start from a saved config (e.g. RUN/config.toml); flags given override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Continue an interrupted run from its last completed epoch.
+    #[arg(long, conflicts_with_all = ["config", "out"])]
+    pub resume: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Run directory made by `graft fit`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Labelled image folder (class sub-folders named as in training).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Write a seeded subset of MNIST or Fashion-MNIST (from ../shared/data) as an image folder.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// fashion-mnist or mnist.
+    pub dataset: String,
+    /// train or test.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Images per class (seeded); all when omitted.
+    #[arg(long)]
+    pub per_class: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The shared data folder.
+    #[arg(long, default_value = "../shared/data")]
+    pub source: PathBuf,
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,9 +174,12 @@ pub struct PullArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PredictArgs {
-    /// Model id, e.g. efficientnet-lite0.
+    /// Model id, e.g. efficientnet-lite0 (ImageNet classes).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
+    /// A run directory from `graft fit`: predict its classes instead.
+    #[arg(long, conflicts_with = "weights")]
+    pub run: Option<PathBuf>,
     /// Use this weights file (.pth, safetensors) instead of the cached pull.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -63,6 +201,15 @@ pub struct InspectArgs {
     /// Freeze spec: all, none, N (stem + first N blocks), regex:PATTERN, until:LAYER.
     #[arg(long, default_value = "none")]
     pub freeze: String,
+    /// Show the model with its classifier replaced by this head (linear, mlp:1024,1024).
+    #[arg(long, requires = "classes")]
+    pub head: Option<String>,
+    /// Number of classes of the new head.
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// avg or flatten: how the last feature map feeds the new head.
+    #[arg(long, default_value = "avg")]
+    pub head_pool: String,
 }
 
 #[derive(Debug, clap::Args)]

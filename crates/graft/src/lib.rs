@@ -9,6 +9,7 @@ pub mod error;
 pub mod fsutil;
 pub mod npy;
 pub mod report;
+pub mod train;
 pub mod zoo;
 
 pub use error::{GraftError, Result};

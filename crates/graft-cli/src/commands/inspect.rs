@@ -1,4 +1,5 @@
 use graft::zoo::layers::{summarize, FreezeSpec};
+use graft::train::model::{Grafted, Head, HeadPool, HeadSpec};
 use graft::zoo::ModelSpec;
 use serde_json::json;
 
@@ -8,7 +9,16 @@ use crate::output::Output;
 pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
     let spec = ModelSpec::find(&args.model)?;
     let freeze: FreezeSpec = args.freeze.parse()?;
-    let rows = spec.layer_rows();
+    let mut rows = spec.layer_rows();
+    if let Some(classes) = args.classes {
+        // The grafted model: ImageNet classifier cut off, the new head in its place.
+        let head: HeadSpec = args.head.as_deref().unwrap_or("linear").parse()?;
+        let pool: HeadPool = args.head_pool.parse()?;
+        anyhow::ensure!(classes >= 2, "invalid --classes `{classes}`: a classifier needs at least 2 classes");
+        rows.retain(|r| !r.is_head);
+        let width = Grafted::head_input_width(pool, spec.config().resolution);
+        rows.extend(Head::rows(&head, width, classes));
+    }
     let frozen = freeze.frozen_params(&rows)?;
     let summary = summarize(&rows, &frozen);
 

@@ -1,4 +1,7 @@
 mod bench;
+mod data;
+mod eval;
+mod fit;
 mod inspect;
 mod predict;
 mod pull;
@@ -11,6 +14,9 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Pull(args) => pull::run(args, out),
         Command::Predict(args) => predict::run(args, out),
         Command::Inspect(args) => inspect::run(args, out),
+        Command::Fit(args) => fit::run(*args, out),
+        Command::Eval(args) => eval::run(args, out),
+        Command::Data(cmd) => data::run(cmd, out),
         Command::Bench(args) => bench::run(args, out),
     }
 }

@@ -13,6 +13,9 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     if args.top == 0 || args.batch == 0 {
         anyhow::bail!("--top and --batch must be at least 1");
     }
+    if let Some(run) = &args.run {
+        return predict_run(run, &args, out);
+    }
     let spec = ModelSpec::find(&args.model)?;
     let device = default_device();
     let reporter = TermReporter::new();
@@ -55,9 +58,46 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     }
 
     let value = json!({"model": spec.id, "predictions": predictions, "skipped": skipped});
-    out.result(&value, || {
+    print_predictions(out, &value, &predictions);
+    Ok(())
+}
+
+/// Top-k of a fitted run's classes.
+fn predict_run(run: &std::path::Path, args: &PredictArgs, out: &Output) -> anyhow::Result<()> {
+    let device = default_device();
+    let (info, model) = graft::train::run::load_run(run, &device)?;
+    let samples: Vec<graft::data::folder::Sample> =
+        args.images.iter().map(|p| graft::data::folder::Sample { path: p.clone(), label: 0 }).collect();
+    let reporter = TermReporter::new();
+    let (probs, skipped) = graft::train::run::predict_files(&model, &info.preprocess, &samples, args.batch, &device, &reporter);
+    for s in &skipped {
+        reporter.message(&format!("skipping {}: {}", s.path.display(), s.reason));
+    }
+    let mut predictions = Vec::new();
+    for (p, path) in probs.iter().zip(&args.images) {
+        let Some(row) = p else { continue };
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let top: Vec<Value> = order
+            .iter()
+            .take(args.top)
+            .map(|&c| json!({"class": c, "label": info.classes[c], "prob": row[c]}))
+            .collect();
+        predictions.push(json!({"file": path, "top": top}));
+    }
+    if predictions.is_empty() {
+        anyhow::bail!("none of the {} images could be read", args.images.len());
+    }
+    let skipped: Vec<Value> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
+    let value = json!({"run": run, "predictions": predictions, "skipped": skipped});
+    print_predictions(out, &value, &predictions);
+    Ok(())
+}
+
+fn print_predictions(out: &Output, value: &Value, predictions: &[Value]) {
+    out.result(value, || {
         let mut text = String::new();
-        for p in &predictions {
+        for p in predictions {
             text.push_str(&format!("{}\n", p["file"].as_str().unwrap_or("?")));
             for t in p["top"].as_array().into_iter().flatten() {
                 text.push_str(&format!(
@@ -70,5 +110,4 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
         }
         text
     });
-    Ok(())
 }

@@ -1,4 +1,5 @@
 mod bad_weights;
+mod fit;
 mod inspect;
 mod parity;
 mod predict;

@@ -305,7 +305,9 @@ fn decode_guarded(path: &Path) -> std::result::Result<RgbImage, String> {
     }
 }
 
-fn decode_with<T: Send>(
+/// Decodes every sample in parallel and maps the image through `f`; unreadable files are
+/// skipped and listed.
+pub fn decode_with<T: Send>(
     samples: &[Sample],
     progress: &(dyn Fn(usize) + Sync),
     f: impl Fn(RgbImage) -> T + Sync,

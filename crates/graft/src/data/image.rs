@@ -47,14 +47,23 @@ impl Preprocess {
 
     /// Decoded RGB image → normalised CHW floats, length 3·size².
     pub fn apply(&self, image: &RgbImage) -> Vec<f32> {
+        self.normalize(&self.crop_resize(image))
+    }
+
+    /// The geometric part: the largest centred square, resized to `size`×`size`.
+    pub fn crop_resize(&self, image: &RgbImage) -> RgbImage {
         let (w, h) = image.dimensions();
         let side = w.min(h);
         let (left, top) = ((w - side) / 2, (h - side) / 2);
         let square = image::imageops::crop_imm(image, left, top, side, side).to_image();
-        let resized = resize_bilinear(&square, self.size, self.size);
-        let plane = (self.size * self.size) as usize;
+        resize_bilinear(&square, self.size, self.size)
+    }
+
+    /// The numeric part, on an image already `size`×`size`: RGB → (x − mean) / std, CHW.
+    pub fn normalize(&self, image: &RgbImage) -> Vec<f32> {
+        let plane = (image.width() * image.height()) as usize;
         let mut out = vec![0f32; 3 * plane];
-        for (i, px) in resized.pixels().enumerate() {
+        for (i, px) in image.pixels().enumerate() {
             for c in 0..3 {
                 out[c * plane + i] = (px[c] as f32 - self.mean[c]) / self.std[c];
             }

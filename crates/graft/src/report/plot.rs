@@ -293,8 +293,9 @@ pub fn confusion_matrix_plot(path: &Path, labels: &[String], matrix: &[Vec<u64>]
 fn render_confusion(labels: &[String], matrix: &[Vec<u64>]) -> RgbImage {
     let n = labels.len();
     // Cells shrink with the class count; beyond 200 classes the image would get huge.
-    let cell = if n <= 200 { (640 / n as u32).clamp(9, 64) } else { (1800 / n as u32).max(1) };
-    let label_scale = if cell >= 16 { 2 } else if cell >= 9 { 1 } else { 0 };
+    let cell = if n <= 200 { (800 / n as u32).clamp(9, 64) } else { (1800 / n as u32).max(1) };
+    // Labels need a little air between neighbours (glyphs are 7 rows plus a descender).
+    let label_scale = if cell >= 20 { 2 } else if cell >= 9 { 1 } else { 0 };
     let names: Vec<String> = labels.iter().map(|l| truncate(l, MAX_LABEL_CHARS)).collect();
     let label_len = if label_scale == 0 { 0 } else { names.iter().map(|l| text_width(l, label_scale)).max().unwrap_or(0) };
     let grid = n as u32 * cell;
@@ -319,6 +320,8 @@ fn render_confusion(labels: &[String], matrix: &[Vec<u64>]) -> RgbImage {
         draw_text(&mut img, gl - 8 - w, gt + center - glyph_h / 2, name, label_scale, BLACK);
         draw_text_up(&mut img, gl + center - glyph_h / 2, gt - 8, name, label_scale, BLACK);
     }
+    let widest = matrix.iter().flatten().max().map(|m| m.to_string()).unwrap_or_default();
+    let count_scale = count_scale(&widest, c);
     for (r, row) in matrix.iter().enumerate() {
         let total: u64 = row.iter().sum();
         for (col, &count) in row.iter().enumerate() {
@@ -326,7 +329,9 @@ fn render_confusion(labels: &[String], matrix: &[Vec<u64>]) -> RgbImage {
             let (x, y) = (gl + col as i32 * c, gt + r as i32 * c);
             let bg = heat(share);
             fill_rect(&mut img, x, y, x + c - 1, y + c - 1, bg);
-            draw_count(&mut img, x, y, c, count, bg);
+            if let Some(scale) = count_scale {
+                draw_count(&mut img, x, y, c, count, scale, bg);
+            }
         }
     }
     // Thin separators so neighbouring cells of equal shade stay distinguishable.
@@ -339,19 +344,22 @@ fn render_confusion(labels: &[String], matrix: &[Vec<u64>]) -> RgbImage {
     img
 }
 
-/// Writes `count` centred in a cell, in black or white for contrast, at the largest scale that
-/// fits; nothing when even 1× does not fit.
-fn draw_count(img: &mut RgbImage, x: i32, y: i32, cell: i32, count: u64, bg: Rgb<u8>) {
+/// The largest text scale at which `widest` fits in a cell, so all counts share one size;
+/// `None` when even 1× does not fit (the shading alone must do).
+fn count_scale(widest: &str, cell: i32) -> Option<u32> {
+    [2, 1].into_iter().find(|&scale| {
+        let (w, h) = (text_width(widest, scale) as i32, 7 * scale as i32);
+        w + 4 <= cell && h + 4 <= cell
+    })
+}
+
+/// Writes `count` centred in a cell, in black or white for contrast with the shading.
+fn draw_count(img: &mut RgbImage, x: i32, y: i32, cell: i32, count: u64, scale: u32, bg: Rgb<u8>) {
     let text = count.to_string();
     let luma = 0.299 * bg[0] as f64 + 0.587 * bg[1] as f64 + 0.114 * bg[2] as f64;
     let color = if luma < 128.0 { WHITE } else { BLACK };
-    for scale in [2, 1] {
-        let (w, h) = (text_width(&text, scale) as i32, 7 * scale as i32);
-        if w + 4 <= cell && h + 4 <= cell {
-            draw_text(img, x + (cell - w) / 2, y + (cell - h) / 2, &text, scale, color);
-            return;
-        }
-    }
+    let (w, h) = (text_width(&text, scale) as i32, 7 * scale as i32);
+    draw_text(img, x + (cell - w) / 2, y + (cell - h) / 2, &text, scale, color);
 }
 
 /// White → dark blue ("Blues"), `share` in 0..=1.
@@ -428,6 +436,9 @@ fn blend(img: &mut RgbImage, x: i32, y: i32, color: Rgb<u8>, alpha: f64) {
 // Text
 // ---------------------------------------------------------------------------------------------
 
+/// Glyph rows including the descender row; layout uses 7 (descenders may hang below).
+const GLYPH_ROWS: i32 = 8;
+
 /// Horizontal distance between glyph origins, in font pixels (5 wide + 1 space).
 const ADVANCE: u32 = 6;
 
@@ -463,7 +474,7 @@ fn draw_text(img: &mut RgbImage, x: i32, y: i32, text: &str, scale: u32, color: 
     for (i, c) in text.chars().enumerate() {
         let gx0 = x + i as i32 * ADVANCE as i32 * s;
         for (col, bits) in glyph(c).iter().enumerate() {
-            for row in 0..7 {
+            for row in 0..GLYPH_ROWS {
                 if bits >> row & 1 == 1 {
                     let (px, py) = (gx0 + col as i32 * s, y + row * s);
                     fill_rect(img, px, py, px + s - 1, py + s - 1, color);
@@ -485,7 +496,7 @@ fn draw_text_up(img: &mut RgbImage, x: i32, bottom: i32, text: &str, scale: u32,
     for (i, c) in text.chars().enumerate() {
         for (col, bits) in glyph(c).iter().enumerate() {
             let along = i as i32 * ADVANCE as i32 + col as i32; // distance from the start
-            for row in 0..7 {
+            for row in 0..GLYPH_ROWS {
                 if bits >> row & 1 == 1 {
                     let (px, py) = (x + row * s, bottom - (along + 1) * s);
                     fill_rect(img, px, py, px + s - 1, py + s - 1, color);
@@ -496,6 +507,7 @@ fn draw_text_up(img: &mut RgbImage, x: i32, bottom: i32, text: &str, scale: u32,
 }
 
 /// Classic 5×7 font for ASCII 32..=126: five column bytes per glyph, bit 0 at the top.
+/// g, j, p, q and y use bit 7 as a one-row descender below the baseline (row 6).
 #[rustfmt::skip]
 const FONT: [[u8; 5]; 95] = [
     [0x00, 0x00, 0x00, 0x00, 0x00], // ' '
@@ -569,17 +581,17 @@ const FONT: [[u8; 5]; 95] = [
     [0x38, 0x44, 0x44, 0x48, 0x7F], // d
     [0x38, 0x54, 0x54, 0x54, 0x18], // e
     [0x08, 0x7E, 0x09, 0x01, 0x02], // f
-    [0x0C, 0x52, 0x52, 0x52, 0x3E], // g
+    [0x98, 0xA4, 0xA4, 0xA4, 0x7C], // g
     [0x7F, 0x08, 0x04, 0x04, 0x78], // h
     [0x00, 0x44, 0x7D, 0x40, 0x00], // i
-    [0x20, 0x40, 0x44, 0x3D, 0x00], // j
+    [0x40, 0x80, 0x84, 0x7D, 0x00], // j
     [0x7F, 0x10, 0x28, 0x44, 0x00], // k
     [0x00, 0x41, 0x7F, 0x40, 0x00], // l
     [0x7C, 0x04, 0x18, 0x04, 0x78], // m
     [0x7C, 0x08, 0x04, 0x04, 0x78], // n
     [0x38, 0x44, 0x44, 0x44, 0x38], // o
-    [0x7C, 0x14, 0x14, 0x14, 0x08], // p
-    [0x08, 0x14, 0x14, 0x18, 0x7C], // q
+    [0xFC, 0x24, 0x24, 0x24, 0x18], // p
+    [0x18, 0x24, 0x24, 0x24, 0xFC], // q
     [0x7C, 0x08, 0x04, 0x04, 0x08], // r
     [0x48, 0x54, 0x54, 0x54, 0x20], // s
     [0x04, 0x3F, 0x44, 0x40, 0x20], // t
@@ -587,7 +599,7 @@ const FONT: [[u8; 5]; 95] = [
     [0x1C, 0x20, 0x40, 0x20, 0x1C], // v
     [0x3C, 0x40, 0x30, 0x40, 0x3C], // w
     [0x44, 0x28, 0x10, 0x28, 0x44], // x
-    [0x0C, 0x50, 0x50, 0x50, 0x3C], // y
+    [0x9C, 0xA0, 0xA0, 0xA0, 0x7C], // y
     [0x44, 0x64, 0x54, 0x4C, 0x44], // z
     [0x00, 0x08, 0x36, 0x41, 0x00], // {
     [0x00, 0x00, 0x7F, 0x00, 0x00], // |
@@ -710,10 +722,17 @@ mod tests {
         let mut series = loss_series();
         series.push(Series { name: "val accuracy (gappy)".into(), points: vec![(1.0, 0.3), (2.0, f64::NAN), (3.0, 0.5), (4.0, 0.6)] });
         line_plot(Path::new("/tmp/graft-sample-loss.png"), "Loss per epoch: resnet18 -> flowers", "epoch", &series).unwrap();
+        let acc = |k: f64| (1..=30).map(|e| (e as f64, 1.0 - 0.9 * (-(e as f64) / k).exp())).collect();
+        let acc = [Series { name: "train".into(), points: acc(5.0) }, Series { name: "val".into(), points: acc(7.0) }];
+        line_plot(Path::new("/tmp/graft-sample-acc.png"), "accuracy", "epoch", &acc).unwrap();
         line_plot(Path::new("/tmp/graft-sample-one.png"), "one point", "epoch", &[Series { name: "train".into(), points: vec![(1.0, 0.6931)] }]).unwrap();
         let labels: Vec<String> = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck_and_trailer"].iter().map(|s| s.to_string()).collect();
         let matrix: Vec<Vec<u64>> = (0..10).map(|r| (0..10).map(|c| if r == c { 850 + 10 * r as u64 } else { ((r * 7 + c * 3) % 23) as u64 }).collect()).collect();
         confusion_matrix_plot(Path::new("/tmp/graft-sample-confusion.png"), &labels, &matrix).unwrap();
+        let labels: Vec<String> = (0..40).map(|i| format!("species_{i}")).collect();
+        let matrix: Vec<Vec<u64>> = (0..40).map(|r| (0..40).map(|c| if r == c { 40 } else { ((r + c) % 3) as u64 }).collect()).collect();
+        confusion_matrix_plot(Path::new("/tmp/graft-sample-confusion40.png"), &labels, &matrix).unwrap();
+        confusion_matrix_plot(Path::new("/tmp/graft-sample-confusion2.png"), &["cat".into(), "dog".into()], &[vec![5, 1], vec![0, 0]]).unwrap();
         let text: String = (32u8..127).map(|b| b as char).collect();
         let mut img = RgbImage::from_pixel(620, 80, WHITE);
         draw_text(&mut img, 4, 4, &text[..48], SCALE, BLACK);

@@ -139,7 +139,7 @@ impl EfficientNetLiteConfig {
             _blocks: blocks.iter().map(|spec| MBConvBlock::init(spec, device)).collect(),
             _conv_head: conv(last, HEAD_CHANNELS, 1, 1, 1, device),
             _bn1: bn(HEAD_CHANNELS, device),
-            _fc: LinearConfig::new(HEAD_CHANNELS, self.num_classes).init(device),
+            _fc: Some(LinearConfig::new(HEAD_CHANNELS, self.num_classes).init(device)),
         }
     }
 
@@ -260,7 +260,8 @@ pub struct EfficientNetLite {
     pub _blocks: Vec<MBConvBlock>,
     pub _conv_head: Conv2d,
     pub _bn1: BatchNorm,
-    pub _fc: Linear,
+    /// The ImageNet classifier; `None` once cut off for a new head.
+    pub _fc: Option<Linear>,
 }
 
 impl EfficientNetLite {
@@ -274,7 +275,9 @@ impl EfficientNetLite {
         }
         w.conv(&mut self._conv_head, "_conv_head")?;
         w.batch_norm(&mut self._bn1, "_bn1")?;
-        w.linear(&mut self._fc, "_fc")?;
+        if let Some(fc) = self._fc.as_mut() {
+            w.linear(fc, "_fc")?;
+        }
         Ok(self)
     }
 
@@ -288,19 +291,52 @@ impl EfficientNetLite {
         relu6(self._bn1.forward(self._conv_head.forward(x)))
     }
 
+    /// Stages are the units a cut can fall between: 0 is the stem, 1..=B the blocks, B+1 the
+    /// head convolution.
+    pub fn num_stages(&self) -> usize {
+        self._blocks.len() + 2
+    }
+
+    /// Runs stages `range` (see [`num_stages`](Self::num_stages)) on a feature map.
+    pub fn forward_stages(&self, mut x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        let head = self.num_stages() - 1;
+        for stage in range {
+            x = match stage {
+                0 => self.stem(x),
+                s if s == head => self.head(x),
+                s => self._blocks[s - 1].forward(x),
+            };
+        }
+        x
+    }
+
     /// Pooled features: [N, 3, H, W] → [N, 1280].
     pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
-        let mut x = self.stem(images); // [N, 32, H/2, W/2]
-        for block in &self._blocks {
-            x = block.forward(x);
-        }
-        let x = self.head(x); // [N, 1280, H/32, W/32]
+        let x = self.forward_stages(images, 0..self.num_stages()); // [N, 1280, H/32, W/32]
         global_avg_pool(x) // [N, 1280]
     }
 
-    /// ImageNet logits: [N, 3, H, W] → [N, num_classes].
+    /// ImageNet logits: [N, 3, H, W] → [N, num_classes]. Without the classifier (cut off for a
+    /// new head) this returns the pooled features.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        self._fc.forward(self.features(images))
+        let features = self.features(images);
+        match &self._fc {
+            Some(fc) => fc.forward(features),
+            None => features,
+        }
+    }
+}
+
+/// The stage a layer of the table belongs to, for an EfficientNet-Lite with `blocks` blocks.
+pub fn stage_of(layer: &str, blocks: usize) -> Option<usize> {
+    match layer {
+        "_conv_stem" | "_bn0" => Some(0),
+        "_conv_head" | "_bn1" => Some(blocks + 1),
+        _ => layer
+            .strip_prefix("_blocks.")
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .map(|i| i + 1),
     }
 }
 

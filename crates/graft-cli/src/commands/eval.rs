@@ -1,0 +1,39 @@
+use graft::data::folder::ImageFolder;
+use graft::device::default_device;
+use graft::train::run::{load_run, predict_files, top1, Evaluation};
+use serde_json::json;
+
+use crate::cli::EvalArgs;
+use crate::output::Output;
+use crate::reporter::TermReporter;
+
+pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
+    let device = default_device();
+    let (info, model) = load_run(&args.run, &device)?;
+    let folder = ImageFolder::scan_with_classes(&args.data, &info.classes)?;
+    let reporter = TermReporter::new();
+    let (probs, skipped) = predict_files(&model, &info.preprocess, &folder.samples, args.batch, &device, &reporter);
+    let mut truth = Vec::new();
+    let mut rows = Vec::new();
+    for (p, s) in probs.into_iter().zip(&folder.samples) {
+        if let Some(p) = p {
+            truth.push(s.label);
+            rows.push(p);
+        }
+    }
+    anyhow::ensure!(!rows.is_empty(), "{}: no readable images", args.data.display());
+    let eval = Evaluation::from_predictions(&info.classes, &truth, &top1(&rows));
+    let skipped: Vec<_> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
+    let value = json!({
+        "accuracy": eval.accuracy, "n": eval.n, "per_class": eval.per_class,
+        "confusion": eval.confusion, "labels": eval.labels, "skipped": skipped,
+    });
+    out.result(&value, || {
+        let mut t = format!("accuracy {:.4} on {} images\n", eval.accuracy, eval.n);
+        for (label, acc) in &eval.per_class {
+            t.push_str(&format!("  {label:<20} {acc:.4}\n"));
+        }
+        t
+    });
+    Ok(())
+}

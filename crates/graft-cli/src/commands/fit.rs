@@ -1,0 +1,111 @@
+use std::path::PathBuf;
+
+use anyhow::Context;
+use graft::device::default_device;
+use graft::train::config::{CacheMode, ClassWeights, FitConfig, Optimizer, Stage};
+use graft::train::fit::fit;
+use graft::zoo::graft_home;
+use serde_json::json;
+
+use crate::cli::FitArgs;
+use crate::output::Output;
+use crate::reporter::TermReporter;
+
+/// Flags, then the config file, then defaults resolve into one FitConfig.
+fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
+    if let Some(run) = &args.resume {
+        let config = FitConfig::from_toml(&run.join("config.toml"))?;
+        return Ok((config, run.clone(), true));
+    }
+    let mut c = match &args.config {
+        Some(path) => FitConfig::from_toml(path)?,
+        None => {
+            let data = args.data.clone().context("--data is required (a folder of class sub-folders of images)")?;
+            FitConfig::new(args.model.as_deref().unwrap_or("efficientnet-lite0"), data)
+        }
+    };
+    let out = args.out.clone().context("--out is required (the run directory to create)")?;
+    if let Some(v) = &args.model { c.model = v.clone(); }
+    if let Some(v) = &args.weights { c.weights = Some(v.clone()); }
+    if args.from_scratch { c.from_scratch = true; }
+    if let Some(v) = &args.data { c.data = v.clone(); }
+    if let Some(v) = &args.val { c.val = Some(v.clone()); }
+    if let Some(v) = args.val_split { c.val_split = v; }
+    if let Some(v) = &args.freeze { c.freeze = v.parse()?; }
+    if let Some(v) = &args.head { c.head = v.parse()?; }
+    if let Some(v) = &args.head_pool { c.head_pool = v.parse()?; }
+    if let Some(v) = args.dropout { c.dropout = v; }
+    if let Some(v) = args.epochs { c.epochs = v; }
+    if let Some(v) = args.batch_size { c.batch_size = v; }
+    if let Some(v) = args.lr { c.lr = v; }
+    if let Some(v) = &args.optimizer { c.optimizer = v.parse()?; }
+    match (&mut c.optimizer, args.momentum, args.weight_decay) {
+        (Optimizer::Sgd { momentum, weight_decay }, m, w) => {
+            if let Some(m) = m { *momentum = m; }
+            if let Some(w) = w { *weight_decay = w; }
+        }
+        (Optimizer::Adamw { weight_decay }, m, w) => {
+            anyhow::ensure!(m.is_none(), "--momentum applies to --optimizer sgd only");
+            if let Some(w) = w { *weight_decay = w; }
+        }
+    }
+    if let Some(v) = &args.schedule { c.schedule = v.parse()?; }
+    if let Some(v) = args.warmup { c.warmup_epochs = v; }
+    if let Some(v) = args.body_lr_mult { c.body_lr_mult = v; }
+    if let Some(v) = &args.stages { c.stages = Stage::parse_list(v)?; }
+    if let Some(v) = args.label_smoothing { c.label_smoothing = v; }
+    if let Some(v) = &args.class_weights {
+        c.class_weights = match v.as_str() {
+            "none" => ClassWeights::None,
+            "balanced" => ClassWeights::Balanced,
+            _ => anyhow::bail!("invalid --class-weights `{v}`: expected none or balanced"),
+        };
+    }
+    if let Some(v) = &args.augment { c.augment = v.parse()?; }
+    if let Some(v) = &args.cache {
+        c.cache = match v.as_str() {
+            "auto" => CacheMode::Auto,
+            "on" => CacheMode::On,
+            "off" => CacheMode::Off,
+            _ => anyhow::bail!("invalid --cache `{v}`: expected auto, on or off"),
+        };
+    }
+    if let Some(v) = args.patience { c.patience = Some(v); }
+    if let Some(v) = args.min_delta { c.min_delta = v; }
+    if let Some(v) = args.reduce_on_plateau { c.reduce_on_plateau = Some(v); }
+    if let Some(v) = args.seed { c.seed = v; }
+    Ok((c, out, false))
+}
+
+pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
+    let (config, run_dir, resume) = resolve(&args)?;
+    let reporter = TermReporter::new();
+    let summary = fit(&config, &run_dir, resume, &graft_home(), &reporter, &default_device())?;
+    let skipped: Vec<_> = summary.skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
+    let value = json!({
+        "run": summary.run,
+        "epochs": summary.epochs,
+        "best_epoch": summary.best_epoch,
+        "best_val_accuracy": summary.best_val_accuracy,
+        "train_seconds": summary.train_seconds,
+        "skipped": skipped,
+        "cache": summary.cache,
+        "trunk_images": summary.trunk_images,
+        "stopped_early": summary.stopped_early,
+        "trainable_params": summary.trainable_params,
+    });
+    out.result(&value, || {
+        let mut t = format!(
+            "run {}: {} epochs, best val accuracy {:.4} at epoch {} ({:.1} s training)\n",
+            summary.run.display(), summary.epochs, summary.best_val_accuracy, summary.best_epoch, summary.train_seconds
+        );
+        if !summary.skipped.is_empty() {
+            t.push_str(&format!("skipped {} unreadable files:\n", summary.skipped.len()));
+            for s in &summary.skipped {
+                t.push_str(&format!("  {}: {}\n", s.path.display(), s.reason));
+            }
+        }
+        t
+    });
+    Ok(())
+}

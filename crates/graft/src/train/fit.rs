@@ -1,0 +1,626 @@
+//! `graft fit`: train a new head (and optionally part of the trunk) on an image folder.
+//!
+//! The frozen prefix of the trunk is a fixed function, so when augmentation is off its output
+//! is computed once per image and reused every epoch (the main speed trick). Checkpoints are
+//! written atomically every epoch; `last.safetensors` carries the training state in its
+//! metadata, so a run killed at any moment resumes from its last completed epoch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{Module, ParamId};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{Device, Tensor, TensorData};
+use image::RgbImage;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint;
+use super::config::{CacheMode, ClassWeights, FitConfig, Optimizer};
+use super::loss::{argmax, cross_entropy};
+use super::model::{frozen_prefix, Grafted, Head};
+use super::run::{Evaluation, RunInfo};
+use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
+use crate::data::augment::sample_rng;
+use crate::data::folder::{decode_with, stratified_split, ImageFolder, Sample, Skipped};
+use crate::data::image::Preprocess;
+use crate::fsutil::write_atomic;
+use crate::report::tensorboard::EventWriter;
+use crate::report::{plot, Reporter};
+use crate::zoo::layers::{FreezeSpec, LayerRow};
+use crate::zoo::{ModelSpec, Pretrained};
+use crate::{GraftError, Result};
+
+/// One epoch's figures, as written to `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub stage: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub seconds: f64,
+}
+
+/// Images that went through the frozen trunk prefix vs served from computed activations.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// What `fit` reports at the end (`summary.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FitSummary {
+    pub run: PathBuf,
+    pub epochs: usize,
+    pub best_epoch: usize,
+    pub best_val_accuracy: f64,
+    pub train_seconds: f64,
+    pub skipped: Vec<Skipped>,
+    pub cache: CacheStats,
+    /// Images run through the trunk (a frozen prefix counts once per image when cached).
+    pub trunk_images: u64,
+    pub stopped_early: bool,
+    pub trainable_params: usize,
+    pub classes: Vec<String>,
+}
+
+/// Training state saved in `last.safetensors`' metadata.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+struct TrainState {
+    /// Epochs completed (1-based count).
+    epoch: usize,
+    step: usize,
+    best_epoch: usize,
+    best_val_accuracy: f64,
+    best_val_loss: f64,
+    early: Option<EarlyStopping>,
+    plateau: Option<ReduceOnPlateau>,
+    last_metrics: Option<EpochMetrics>,
+    best_confusion: Vec<Vec<u64>>,
+    train_seconds: f64,
+    stopped_early: bool,
+}
+
+/// Images decoded once, cropped and resized to the model's input size.
+struct Split {
+    images: Vec<RgbImage>,
+    labels: Vec<usize>,
+}
+
+/// Hooks for the caller: progress and the per-epoch line.
+pub trait FitReporter: Reporter {
+    fn epoch(&self, metrics: &EpochMetrics, epochs: usize);
+}
+
+/// Runs (or resumes) training into `run`.
+pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device) -> Result<FitSummary> {
+    config.validate()?;
+    prepare_run_dir(run, resume)?;
+    // Seeds burn's generator: the new head's initialisation and dropout masks.
+    device.seed(config.seed);
+    let spec = ModelSpec::find(&config.model)?;
+    let preprocess = spec.preprocess();
+
+    // --- data ---------------------------------------------------------------------------------
+    let train_folder = ImageFolder::scan(&config.data)?;
+    let classes = train_folder.classes.clone();
+    let (train_samples, val_samples) = match &config.val {
+        Some(dir) => (train_folder.samples.clone(), ImageFolder::scan_with_classes(dir, &classes)?.samples),
+        None => {
+            let (t, v) = stratified_split(&train_folder.samples, config.val_split, config.seed)?;
+            (t.iter().map(|&i| train_folder.samples[i].clone()).collect(), v.iter().map(|&i| train_folder.samples[i].clone()).collect())
+        }
+    };
+    let mut skipped = Vec::new();
+    let train = decode_split(&train_samples, &preprocess, "decoding training images", reporter, &mut skipped);
+    let val = decode_split(&val_samples, &preprocess, "decoding validation images", reporter, &mut skipped);
+    for s in &skipped {
+        reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
+    }
+    if train.images.is_empty() {
+        return Err(GraftError::Data { path: config.data.clone(), reason: "no readable training images".into() });
+    }
+    if val.images.is_empty() {
+        return Err(GraftError::Data { path: config.val.clone().unwrap_or(config.data.clone()), reason: "no readable validation images".into() });
+    }
+    let present: BTreeSet<usize> = train.labels.iter().copied().collect();
+    if present.len() < 2 {
+        return Err(GraftError::Data { path: config.data.clone(), reason: "fewer than 2 classes have readable training images".into() });
+    }
+
+    // --- model --------------------------------------------------------------------------------
+    let (trunk, weights_sha256) = if config.from_scratch {
+        (spec.config().init(device), None)
+    } else {
+        let p = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
+        (p.net, Some(p.weights_sha256))
+    };
+    let resolution = spec.config().resolution;
+    let blocks = trunk._blocks.len();
+    let head_width = Grafted::head_input_width(config.head_pool, resolution);
+    let head = Head::init(&config.head, head_width, classes.len(), config.dropout, device);
+    let mut model = Grafted::new(trunk, head, config.head_pool);
+    let info = RunInfo {
+        model: spec.id.into(),
+        classes: classes.clone(),
+        head: config.head.clone(),
+        head_pool: config.head_pool,
+        dropout: config.dropout,
+        preprocess: preprocess.clone(),
+        weights_sha256,
+    };
+    info.save(run)?;
+    write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
+
+    let mut rows: Vec<LayerRow> = spec.layer_rows().into_iter().filter(|r| !r.is_head).collect();
+    rows.extend(Head::rows(&config.head, head_width, classes.len()));
+
+    let stages: Vec<(FreezeSpec, usize)> = if config.stages.is_empty() {
+        vec![(config.freeze.clone(), config.epochs)]
+    } else {
+        config.stages.iter().map(|s| Ok((s.freeze(blocks)?, s.epochs))).collect::<Result<_>>()?
+    };
+    let total_epochs: usize = stages.iter().map(|s| s.1).sum();
+    let steps_per_epoch = train.images.len().div_ceil(config.batch_size);
+    let plan = LrPlan {
+        base_lr: config.lr,
+        schedule: config.schedule.clone(),
+        warmup_epochs: config.warmup_epochs,
+        steps_per_epoch,
+        epochs: total_epochs,
+    };
+    let class_weights = match config.class_weights {
+        ClassWeights::None => None,
+        ClassWeights::Balanced => {
+            let mut counts = vec![0usize; classes.len()];
+            train.labels.iter().for_each(|&l| counts[l] += 1);
+            let n = train.labels.len() as f32;
+            Some(counts.iter().map(|&c| if c == 0 { 0.0 } else { n / (classes.len() as f32 * c as f32) }).collect::<Vec<f32>>())
+        }
+    };
+
+    // --- resume -------------------------------------------------------------------------------
+    let mut state = TrainState { best_val_loss: f64::INFINITY, ..Default::default() };
+    if resume {
+        let last = run.join("last.safetensors");
+        if last.is_file() {
+            let dict = graft_weights::load(&last)?;
+            state = dict
+                .metadata
+                .get("graft.train_state")
+                .and_then(|s| serde_json::from_str(s).ok())
+                .ok_or_else(|| GraftError::Data { path: last.clone(), reason: "no training state in the checkpoint".into() })?;
+            model = checkpoint::import(model, &dict, &last, spec.id)?;
+            repair_after_kill(run, &state)?;
+            reporter.message(&format!("resuming {} after epoch {}", run.display(), state.epoch));
+        }
+    }
+    if state.stopped_early || state.epoch >= total_epochs {
+        reporter.message("the run had already finished");
+    }
+
+    // --- training -----------------------------------------------------------------------------
+    let mut tb = EventWriter::create(&run.join("tb"))?;
+    let mut stats = CacheStats::default();
+    let mut trunk_images = 0u64;
+    let mut trainable_params = 0;
+    let train_device = device.clone().autodiff();
+    let mut epoch_offset = 0;
+    for (stage_index, (freeze, stage_epochs)) in stages.iter().enumerate() {
+        let stage_end = epoch_offset + stage_epochs;
+        if state.stopped_early || state.epoch >= stage_end {
+            epoch_offset = stage_end;
+            continue;
+        }
+        let frozen = freeze.frozen_params(&rows)?;
+        model = model.unfreeze().freeze(&rows, &frozen)?.train();
+        trainable_params = count_trainable(&model);
+        let cut = frozen_prefix(&rows, &frozen, blocks);
+        let use_cache = match config.cache {
+            CacheMode::Off => false,
+            _ if cut == 0 => false,
+            _ if !config.augment.is_identity() => {
+                if stage_index == 0 {
+                    reporter.message("augmentation is on: the frozen trunk runs every epoch (no activation cache)");
+                }
+                false
+            }
+            _ => true,
+        };
+        let (head_ids, body_ids) = split_param_ids(&model);
+        let mut head_opt = make_optimizer(&config.optimizer);
+        let mut body_opt = make_optimizer(&config.optimizer);
+
+        // Activations of the frozen prefix, computed once for this stage.
+        let prefix = model.valid();
+        let caching = Instant::now();
+        let (train_cache, val_cache, act_shape) = if use_cache {
+            let (t, shape) = activations(&prefix, &train, &preprocess, cut, config.batch_size, device, reporter, "caching frozen-trunk activations")?;
+            let (v, _) = activations(&prefix, &val, &preprocess, cut, config.batch_size, device, reporter, "caching validation activations")?;
+            stats.misses += (train.images.len() + val.images.len()) as u64;
+            trunk_images += (train.images.len() + val.images.len()) as u64;
+            (Some(t), Some(v), shape)
+        } else {
+            (None, None, [0; 3])
+        };
+        let mut act_shape = act_shape;
+        state.train_seconds += caching.elapsed().as_secs_f64();
+
+        let mut plateau = state.plateau.clone().or_else(|| config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)));
+        let mut early = state.early.clone().or_else(|| config.patience.map(|p| EarlyStopping::new(p, config.min_delta)));
+
+        for epoch in state.epoch..stage_end {
+            let started = Instant::now();
+            let mut order: Vec<usize> = (0..train.images.len()).collect();
+            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+            let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+            let plateau_scale = plateau.as_ref().map(|p| p.scale).unwrap_or(1.0);
+            let prefix = if use_cache || cut == 0 { None } else { Some(model.valid()) };
+            reporter.start(&format!("epoch {}/{}", epoch + 1, total_epochs), Some(order.len() as u64));
+            let mut lr = config.lr;
+            for batch in order.chunks(config.batch_size) {
+                let targets: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
+                let input: Tensor<2> = match (&train_cache, &prefix) {
+                    (Some(cache), _) => {
+                        stats.hits += batch.len() as u64;
+                        rows_tensor(cache, batch, &train_device)
+                    }
+                    (None, Some(prefix)) => {
+                        let x = image_batch(&train, batch, &preprocess, config, epoch, device);
+                        trunk_images += batch.len() as u64;
+                        stats.misses += batch.len() as u64;
+                        let a = prefix.activations(x, cut);
+                        act_shape = map_shape(&prefix, cut, resolution);
+                        Tensor::from_data(a.into_data(), &train_device)
+                    }
+                    (None, None) => {
+                        trunk_images += batch.len() as u64;
+                        let x = image_batch(&train, batch, &preprocess, config, epoch, &train_device);
+                        x.flatten(1, 3)
+                    }
+                };
+                let logits = if cut == 0 {
+                    let [n, _] = input.dims();
+                    let s = resolution;
+                    model.forward(input.reshape([n, 3, s, s]))
+                } else {
+                    model.forward_from(input, cut, act_shape)
+                };
+                let loss = cross_entropy(logits.clone(), &targets, config.label_smoothing, class_weights.as_deref(), &train_device);
+                let loss_value: f32 = loss.clone().into_scalar();
+                let predicted = argmax(logits.detach());
+                correct += predicted.iter().zip(&targets).filter(|(p, t)| p == t).count();
+                seen += batch.len();
+                loss_sum += loss_value as f64 * batch.len() as f64;
+
+                let mut grads = loss.backward();
+                let head_grads = GradientsParams::from_params(&mut grads, &model, &head_ids);
+                let body_grads = GradientsParams::from_params(&mut grads, &model, &body_ids);
+                lr = plan.lr_at(state.step) * plateau_scale;
+                model = head_opt.step(lr, model, head_grads);
+                if !body_grads.is_empty() {
+                    model = body_opt.step(lr * config.body_lr_mult, model, body_grads);
+                }
+                state.step += 1;
+                reporter.progress(seen as u64);
+            }
+            reporter.finish();
+
+            // Validation on the inference copy: frozen and trained BN alike use running stats.
+            let eval_model = model.valid();
+            let (val_loss, val_pred) = match &val_cache {
+                Some(cache) => {
+                    stats.hits += val.labels.len() as u64;
+                    evaluate_cached(&eval_model, cache, &val.labels, cut, act_shape, config.batch_size, device)
+                }
+                None => {
+                    trunk_images += val.images.len() as u64;
+                    evaluate_images(&eval_model, &val, &preprocess, config.batch_size, device)
+                }
+            };
+            let eval = Evaluation::from_predictions(&classes, &val.labels, &val_pred);
+            let seconds = started.elapsed().as_secs_f64();
+            state.train_seconds += seconds;
+            let metrics = EpochMetrics {
+                epoch: epoch + 1,
+                stage: stage_index + 1,
+                lr,
+                train_loss: loss_sum / seen.max(1) as f64,
+                train_accuracy: correct as f64 / seen.max(1) as f64,
+                val_loss,
+                val_accuracy: eval.accuracy,
+                seconds,
+            };
+            let improved = eval.accuracy > state.best_val_accuracy + config.min_delta
+                || (state.best_epoch == 0)
+                || (eval.accuracy >= state.best_val_accuracy && val_loss < state.best_val_loss && eval.accuracy > state.best_val_accuracy - 1e-12);
+            state.epoch = epoch + 1;
+            if improved {
+                state.best_epoch = epoch + 1;
+                state.best_val_accuracy = eval.accuracy;
+                state.best_val_loss = val_loss;
+                state.best_confusion = eval.confusion.clone();
+            }
+            if let Some(p) = plateau.as_mut() {
+                if p.observe(eval.accuracy, true) {
+                    reporter.message(&format!("validation accuracy plateaued: learning rate ×{:.3}", p.scale));
+                }
+            }
+            let stop = early.as_mut().is_some_and(|e| e.observe(eval.accuracy, true));
+            state.plateau = plateau.clone();
+            state.early = early.clone();
+            state.last_metrics = Some(metrics.clone());
+            state.stopped_early = stop;
+
+            // Crash-safe order: last (with state) → best → metrics line; see repair_after_kill.
+            let mut meta = BTreeMap::new();
+            meta.insert("graft.epoch".to_string(), state.epoch.to_string());
+            meta.insert("graft.train_state".to_string(), serde_json::to_string(&state).expect("state serializes"));
+            checkpoint::save(&model, &run.join("last.safetensors"), meta)?;
+            if improved {
+                let mut meta = BTreeMap::new();
+                meta.insert("graft.epoch".to_string(), state.epoch.to_string());
+                checkpoint::save(&model, &run.join("best.safetensors"), meta)?;
+            }
+            append_metrics(run, &metrics)?;
+            for (tag, value) in [
+                ("loss/train", metrics.train_loss),
+                ("loss/val", metrics.val_loss),
+                ("accuracy/train", metrics.train_accuracy),
+                ("accuracy/val", metrics.val_accuracy),
+                ("lr", metrics.lr),
+            ] {
+                tb.add_scalar(tag, value as f32, metrics.epoch as i64)?;
+            }
+            tb.flush()?;
+            reporter.epoch(&metrics, total_epochs);
+            if stop {
+                reporter.message(&format!("early stopping: no improvement for {} epochs", config.patience.unwrap_or(0)));
+                break;
+            }
+        }
+        epoch_offset = stage_end;
+        state.early = None; // each stage gets its own patience
+        if state.stopped_early {
+            break;
+        }
+    }
+
+    // --- wrap up ------------------------------------------------------------------------------
+    let metrics = read_metrics(run)?;
+    write_plots(run, &metrics, &classes, &state.best_confusion)?;
+    let summary = FitSummary {
+        run: run.to_path_buf(),
+        epochs: state.epoch,
+        best_epoch: state.best_epoch,
+        best_val_accuracy: state.best_val_accuracy,
+        train_seconds: state.train_seconds,
+        skipped,
+        cache: stats,
+        trunk_images,
+        stopped_early: state.stopped_early,
+        trainable_params,
+        classes,
+    };
+    write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
+    Ok(summary)
+}
+
+fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
+    if !resume && run.join("model.json").exists() {
+        return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run; pass --resume to continue it or choose another --out"));
+    }
+    if resume && !run.join("model.json").exists() {
+        return Err(GraftError::spec("--resume", &run.display().to_string(), "is not a graft run directory (no model.json)"));
+    }
+    std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))
+}
+
+/// After a kill between writing `last.safetensors` and the metrics line (or `best`), make the
+/// run directory agree with the state stored in `last`.
+fn repair_after_kill(run: &Path, state: &TrainState) -> Result<()> {
+    // metrics.jsonl: keep completed epochs only, and add the last one if its line is missing.
+    let mut lines: Vec<EpochMetrics> = read_metrics(run)?.into_iter().filter(|m| m.epoch <= state.epoch).collect();
+    if let Some(last) = &state.last_metrics {
+        if !lines.iter().any(|m| m.epoch == last.epoch) {
+            lines.push(last.clone());
+        }
+    }
+    let text: String = lines.iter().map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n").collect();
+    write_atomic(&run.join("metrics.jsonl"), text.as_bytes())?;
+    // best.safetensors: when the last epoch was the best, `last` holds those weights.
+    let best = run.join("best.safetensors");
+    let best_epoch = graft_weights::load(&best).ok().and_then(|d| d.metadata.get("graft.epoch").and_then(|e| e.parse::<usize>().ok()));
+    if state.best_epoch == state.epoch && best_epoch != Some(state.best_epoch) {
+        let tmp = run.join(".best.safetensors.repair");
+        std::fs::copy(run.join("last.safetensors"), &tmp).map_err(|e| GraftError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &best).map_err(|e| GraftError::io(&best, e))?;
+    }
+    Ok(())
+}
+
+fn append_metrics(run: &Path, m: &EpochMetrics) -> Result<()> {
+    let path = run.join("metrics.jsonl");
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| GraftError::io(&path, e))?;
+    let line = serde_json::to_string(m).expect("metrics serialize") + "\n";
+    file.write_all(line.as_bytes()).and_then(|_| file.sync_data()).map_err(|e| GraftError::io(&path, e))
+}
+
+/// Reads `metrics.jsonl`; a torn last line (killed mid-write) is ignored.
+pub fn read_metrics(run: &Path) -> Result<Vec<EpochMetrics>> {
+    let path = run.join("metrics.jsonl");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(GraftError::io(&path, e)),
+    }
+}
+
+fn write_plots(run: &Path, metrics: &[EpochMetrics], classes: &[String], confusion: &[Vec<u64>]) -> Result<()> {
+    if metrics.is_empty() {
+        return Ok(());
+    }
+    let series = |name: &str, f: fn(&EpochMetrics) -> f64| plot::Series { name: name.into(), points: metrics.iter().map(|m| (m.epoch as f64, f(m))).collect() };
+    plot::line_plot(&run.join("loss.png"), "loss", "epoch", &[series("train", |m| m.train_loss), series("val", |m| m.val_loss)])?;
+    plot::line_plot(&run.join("accuracy.png"), "accuracy", "epoch", &[series("train", |m| m.train_accuracy), series("val", |m| m.val_accuracy)])?;
+    if !confusion.is_empty() {
+        plot::confusion_matrix_plot(&run.join("confusion.png"), classes, confusion)?;
+    }
+    Ok(())
+}
+
+fn decode_split(samples: &[Sample], preprocess: &Preprocess, task: &str, reporter: &dyn Reporter, skipped: &mut Vec<Skipped>) -> Split {
+    reporter.start(task, Some(samples.len() as u64));
+    let (images, bad) = decode_with(samples, &|done| reporter.progress(done as u64), |img| preprocess.crop_resize(&img));
+    reporter.finish();
+    skipped.extend(bad);
+    let mut split = Split { images: Vec::new(), labels: Vec::new() };
+    for (img, s) in images.into_iter().zip(samples) {
+        if let Some(img) = img {
+            split.images.push(img);
+            split.labels.push(s.label);
+        }
+    }
+    split
+}
+
+/// A batch of normalised images, augmented when configured (seeded per run, epoch and sample).
+fn image_batch(split: &Split, batch: &[usize], preprocess: &Preprocess, config: &FitConfig, epoch: usize, device: &Device) -> Tensor<4> {
+    use rayon::prelude::*;
+    let pixels: Vec<Vec<f32>> = batch
+        .par_iter()
+        .map(|&i| {
+            if config.augment.is_identity() {
+                preprocess.normalize(&split.images[i])
+            } else {
+                let mut rng = sample_rng(config.seed, epoch as u64, i as u64);
+                preprocess.normalize(&config.augment.apply(&split.images[i], &mut rng))
+            }
+        })
+        .collect();
+    crate::data::image::batch(&pixels, preprocess.size, device)
+}
+
+/// Per-sample shape of the activation map at `cut` (ignored after the last stage).
+fn map_shape(model: &Grafted, cut: usize, resolution: usize) -> [usize; 3] {
+    if cut >= model.trunk.num_stages() {
+        return [0; 3];
+    }
+    let probe = Tensor::<4>::zeros([1, 3, resolution, resolution], &model.trunk._conv_stem.weight.val().device());
+    let [_, c, h, w] = model.trunk.forward_stages(probe, 0..cut).dims();
+    [c, h, w]
+}
+
+/// Runs the frozen prefix over all images once: row-major [N, D] activations.
+#[allow(clippy::too_many_arguments)]
+fn activations(prefix: &Grafted, split: &Split, preprocess: &Preprocess, cut: usize, batch: usize, device: &Device, reporter: &dyn Reporter, task: &str) -> Result<(Cache, [usize; 3])> {
+    let resolution = preprocess.size as usize;
+    let shape = map_shape(prefix, cut, resolution);
+    let mut data = Vec::new();
+    let mut width = 0;
+    reporter.start(task, Some(split.images.len() as u64));
+    let all: Vec<usize> = (0..split.images.len()).collect();
+    for chunk in all.chunks(batch) {
+        let pixels: Vec<Vec<f32>> = chunk.iter().map(|&i| preprocess.normalize(&split.images[i])).collect();
+        let x = crate::data::image::batch(&pixels, preprocess.size, device);
+        let a = prefix.activations(x, cut);
+        width = a.dims()[1];
+        data.extend(a.into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: PathBuf::new(), reason: format!("{e:?}") })?);
+        reporter.progress((chunk[chunk.len() - 1] + 1) as u64);
+    }
+    reporter.finish();
+    Ok((Cache { data, width }, shape))
+}
+
+/// Activations kept in memory, one row per image.
+struct Cache {
+    data: Vec<f32>,
+    width: usize,
+}
+
+fn rows_tensor(cache: &Cache, rows: &[usize], device: &Device) -> Tensor<2> {
+    let mut data = Vec::with_capacity(rows.len() * cache.width);
+    for &r in rows {
+        data.extend_from_slice(&cache.data[r * cache.width..(r + 1) * cache.width]);
+    }
+    Tensor::from_data(TensorData::new(data, [rows.len(), cache.width]), device)
+}
+
+fn evaluate_cached(model: &Grafted, cache: &Cache, labels: &[usize], cut: usize, shape: [usize; 3], batch: usize, device: &Device) -> (f64, Vec<usize>) {
+    let all: Vec<usize> = (0..labels.len()).collect();
+    let (mut loss, mut predicted) = (0f64, Vec::new());
+    for chunk in all.chunks(batch) {
+        let logits = model.forward_from(rows_tensor(cache, chunk, device), cut, shape);
+        let targets: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
+        let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, device).into_scalar();
+        loss += l as f64 * chunk.len() as f64;
+        predicted.extend(argmax(logits));
+    }
+    (loss / labels.len().max(1) as f64, predicted)
+}
+
+fn evaluate_images(model: &Grafted, split: &Split, preprocess: &Preprocess, batch: usize, device: &Device) -> (f64, Vec<usize>) {
+    let all: Vec<usize> = (0..split.labels.len()).collect();
+    let (mut loss, mut predicted) = (0f64, Vec::new());
+    for chunk in all.chunks(batch) {
+        let pixels: Vec<Vec<f32>> = chunk.iter().map(|&i| preprocess.normalize(&split.images[i])).collect();
+        let logits = model.forward(crate::data::image::batch(&pixels, preprocess.size, device));
+        let targets: Vec<usize> = chunk.iter().map(|&i| split.labels[i]).collect();
+        let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, device).into_scalar();
+        loss += l as f64 * chunk.len() as f64;
+        predicted.extend(argmax(logits));
+    }
+    (loss / split.labels.len().max(1) as f64, predicted)
+}
+
+/// Parameter ids of the new head and of the trunk.
+fn split_param_ids(model: &Grafted) -> (Vec<ParamId>, Vec<ParamId>) {
+    (param_ids(&model.head), param_ids(&model.trunk))
+}
+
+fn param_ids<M: Module>(module: &M) -> Vec<ParamId> {
+    struct Ids(Vec<ParamId>);
+    impl burn::module::ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.0.push(param.id);
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    module.visit(&mut ids);
+    ids.0
+}
+
+/// Parameters that will receive gradients.
+pub fn count_trainable<M: Module>(module: &M) -> usize {
+    struct Count(usize);
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            if param.val().is_require_grad() {
+                self.0 += param.lazy_shape().num_elements();
+            }
+        }
+    }
+    let mut c = Count(0);
+    module.visit(&mut c);
+    c.0
+}
+
+fn make_optimizer(optimizer: &Optimizer) -> ModuleOptimizer {
+    match optimizer {
+        Optimizer::Sgd { momentum, weight_decay } => {
+            let mut cfg = SgdConfig::new().with_momentum(Some(burn::optim::momentum::MomentumConfig::new().with_momentum(*momentum).with_dampening(0.0)));
+            if *weight_decay > 0.0 {
+                cfg = cfg.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(*weight_decay as f32)));
+            }
+            cfg.init()
+        }
+        Optimizer::Adamw { weight_decay } => AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(*weight_decay as f32).init(),
+    }
+}

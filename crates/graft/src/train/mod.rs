@@ -1,0 +1,10 @@
+//! Training: the grafted model, losses, optimisers and schedules, the fit loop and its run
+//! directory.
+
+pub mod checkpoint;
+pub mod schedule;
+pub mod model;
+pub mod config;
+pub mod fit;
+pub mod loss;
+pub mod run;

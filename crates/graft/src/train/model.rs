@@ -1,0 +1,258 @@
+//! The grafted model: a pretrained trunk with its classifier cut off and a new head on top.
+
+use std::collections::BTreeSet;
+use std::str::FromStr;
+
+use burn::module::{Module, ParamGroup};
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::zoo::efficientnet::{global_avg_pool, stage_of, EfficientNetLite, HEAD_CHANNELS};
+use crate::zoo::layers::{LayerRow, ParamRow};
+use crate::{GraftError, Result};
+
+/// The new classifier (`--head`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum HeadSpec {
+    /// One linear layer: features → classes.
+    Linear,
+    /// Hidden ReLU layers of these widths, each followed by dropout, then a linear layer.
+    Mlp(Vec<usize>),
+}
+
+impl FromStr for HeadSpec {
+    type Err = GraftError;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "linear" {
+            return Ok(HeadSpec::Linear);
+        }
+        let bad = || GraftError::spec("--head", s, "expected `linear` or `mlp:W1,W2,…` (e.g. mlp:1024,1024)");
+        let widths = s.strip_prefix("mlp:").ok_or_else(bad)?;
+        let widths: Vec<usize> = widths.split(',').map(|w| w.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| bad())?;
+        if widths.is_empty() || widths.contains(&0) {
+            return Err(bad());
+        }
+        Ok(HeadSpec::Mlp(widths))
+    }
+}
+
+impl std::fmt::Display for HeadSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeadSpec::Linear => write!(f, "linear"),
+            HeadSpec::Mlp(w) => write!(f, "mlp:{}", w.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")),
+        }
+    }
+}
+
+impl From<HeadSpec> for String {
+    fn from(h: HeadSpec) -> String {
+        h.to_string()
+    }
+}
+
+impl TryFrom<String> for HeadSpec {
+    type Error = GraftError;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+/// How the trunk's last feature map becomes the head's input (`--head-pool`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadPool {
+    /// Global average pooling: [C, h, w] → [C].
+    #[default]
+    Avg,
+    /// Flatten: [C, h, w] → [C·h·w] (Keras `Flatten()`).
+    Flatten,
+}
+
+impl FromStr for HeadPool {
+    type Err = GraftError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "avg" => Ok(HeadPool::Avg),
+            "flatten" => Ok(HeadPool::Flatten),
+            _ => Err(GraftError::spec("--head-pool", s, "expected avg or flatten")),
+        }
+    }
+}
+
+/// Linear layers with ReLU and dropout between them.
+#[derive(Module, Debug)]
+pub struct Head {
+    pub layers: Vec<Linear>,
+    pub dropout: Dropout,
+}
+
+impl Head {
+    pub fn init(spec: &HeadSpec, input: usize, classes: usize, dropout: f64, device: &Device) -> Self {
+        let mut widths = vec![input];
+        if let HeadSpec::Mlp(hidden) = spec {
+            widths.extend(hidden);
+        }
+        widths.push(classes);
+        let layers = widths.windows(2).map(|w| LinearConfig::new(w[0], w[1]).init(device)).collect();
+        Self { layers, dropout: DropoutConfig::new(dropout).init() }
+    }
+
+    /// [N, D] → [N, classes] logits.
+    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x);
+            if i < last {
+                x = self.dropout.forward(relu(x));
+            }
+        }
+        x
+    }
+
+    /// Layer-table rows of the head, under the run's parameter names.
+    pub fn rows(spec: &HeadSpec, input: usize, classes: usize) -> Vec<LayerRow> {
+        let mut widths = vec![input];
+        if let HeadSpec::Mlp(hidden) = spec {
+            widths.extend(hidden);
+        }
+        widths.push(classes);
+        widths
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| LayerRow {
+                name: format!("head.layers.{i}"),
+                kind: "Linear".into(),
+                output_shape: vec![w[1]],
+                params: vec![
+                    ParamRow::weight(&format!("head.layers.{i}.weight"), w[0] * w[1]),
+                    ParamRow::weight(&format!("head.layers.{i}.bias"), w[1]),
+                ],
+                is_head: true,
+            })
+            .collect()
+    }
+}
+
+/// Pretrained trunk + new head.
+#[derive(Module, Debug)]
+pub struct Grafted {
+    pub trunk: EfficientNetLite,
+    pub head: Head,
+    #[module(skip)]
+    pub pool: HeadPool,
+}
+
+impl Grafted {
+    /// Cuts the trunk's classifier off and puts `head` on it.
+    pub fn new(mut trunk: EfficientNetLite, head: Head, pool: HeadPool) -> Self {
+        trunk._fc = None;
+        Self { trunk, head, pool }
+    }
+
+    /// Width of the head's input for a trunk whose last map is `[1280, h, w]`.
+    pub fn head_input_width(pool: HeadPool, resolution: usize) -> usize {
+        match pool {
+            HeadPool::Avg => HEAD_CHANNELS,
+            HeadPool::Flatten => {
+                let side = resolution.div_ceil(32);
+                HEAD_CHANNELS * side * side
+            }
+        }
+    }
+
+    /// Last feature map → head input: [N, 1280, h, w] → [N, D].
+    pub fn pool_map(&self, x: Tensor<4>) -> Tensor<2> {
+        match self.pool {
+            HeadPool::Avg => global_avg_pool(x),
+            HeadPool::Flatten => x.flatten(1, 3),
+        }
+    }
+
+    /// The frozen prefix's output, flattened per sample: stages `0..cut` on images, and the
+    /// pooled head input when the cut is after the last stage. [N, 3, H, W] → [N, D_cut].
+    pub fn activations(&self, images: Tensor<4>, cut: usize) -> Tensor<2> {
+        let x = self.trunk.forward_stages(images, 0..cut);
+        if cut == self.trunk.num_stages() {
+            self.pool_map(x)
+        } else {
+            x.flatten(1, 3)
+        }
+    }
+
+    /// Logits from activations at `cut` with per-sample shape `shape` ([C, h, w]; ignored when
+    /// the cut is after the last stage).
+    pub fn forward_from(&self, activations: Tensor<2>, cut: usize, shape: [usize; 3]) -> Tensor<2> {
+        let features = if cut == self.trunk.num_stages() {
+            activations
+        } else {
+            let [n, _] = activations.dims();
+            let x = activations.reshape([n, shape[0], shape[1], shape[2]]);
+            let x = self.trunk.forward_stages(x, cut..self.trunk.num_stages());
+            self.pool_map(x)
+        };
+        self.head.forward(features)
+    }
+
+    /// Logits from images.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = self.trunk.forward_stages(images, 0..self.trunk.num_stages());
+        self.head.forward(self.pool_map(x))
+    }
+
+    /// Freezes the trunk parameters named (checkpoint names) in `frozen`. Whole layers are frozen
+    /// through `freeze_group`, which also switches their BatchNorm to inference mode so its
+    /// running statistics never move; a layer only partly named (e.g. only a BN's `weight`)
+    /// has just those tensors' gradients stopped.
+    pub fn freeze(self, rows: &[LayerRow], frozen: &BTreeSet<String>) -> Result<Self> {
+        let mut patterns = Vec::new();
+        for row in rows.iter().filter(|r| !r.is_head && !r.params.is_empty()) {
+            let names: Vec<&ParamRow> = row.params.iter().collect();
+            let all = names.iter().all(|p| frozen.contains(&p.path));
+            if all {
+                patterns.push(format!("^trunk\\.{}\\.", regex::escape(&row.name)));
+            } else {
+                for p in names.iter().filter(|p| frozen.contains(&p.path)) {
+                    patterns.push(format!("^trunk\\.{}$", regex::escape(&burn_path(row, &p.path))));
+                }
+            }
+        }
+        if patterns.is_empty() {
+            return Ok(self);
+        }
+        let group = ParamGroup::from_any_regexes(patterns)
+            .map_err(|e| GraftError::spec("--freeze", "", format!("internal freeze pattern: {e:?}")))?;
+        Ok(self.freeze_group(group))
+    }
+}
+
+/// A checkpoint parameter path as burn names it: BatchNorm's `weight`/`bias` are `gamma`/`beta`.
+fn burn_path(row: &LayerRow, path: &str) -> String {
+    if row.kind.starts_with("BatchNorm") {
+        if let Some(p) = path.strip_suffix(".weight") {
+            return format!("{p}.gamma");
+        }
+        if let Some(p) = path.strip_suffix(".bias") {
+            return format!("{p}.beta");
+        }
+    }
+    path.to_string()
+}
+
+/// The number of leading trunk stages whose every parameter is frozen: everything before this
+/// cut is a fixed function whose output can be computed once and cached.
+pub fn frozen_prefix(rows: &[LayerRow], frozen: &BTreeSet<String>, blocks: usize) -> usize {
+    let stages = blocks + 2;
+    let mut stage_frozen = vec![true; stages];
+    for row in rows.iter().filter(|r| !r.is_head) {
+        if let Some(s) = stage_of(&row.name, blocks) {
+            if row.params.iter().any(|p| !frozen.contains(&p.path)) {
+                stage_frozen[s] = false;
+            }
+        }
+    }
+    stage_frozen.iter().take_while(|f| **f).count()
+}
