@@ -28,6 +28,13 @@ pub enum Command {
     Fit(Box<FitArgs>),
     /// Evaluate a run's model on a labelled image folder.
     Eval(EvalArgs),
+    /// Domain adaptation: labelled source, unlabelled target (DDC, DAN, CORAL, DANN, ADDA, CDAN).
+    Adapt(Box<crate::commands::adapt::AdaptArgs>),
+    /// Activations of any layer for a whole image folder, to safetensors, .npy or CSV.
+    Extract(ExtractArgs),
+    /// The on-disk feature cache: list, clear, merge extract parts.
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Datasets: export the shared digit and fashion sets as image folders.
     #[command(subcommand)]
     Data(DataCommand),
@@ -108,6 +115,12 @@ pub struct FitArgs {
     /// auto, on or off: reuse the frozen trunk's activations.
     #[arg(long)]
     pub cache: Option<String>,
+    /// With --augment: store K augmented views per image in the cache and use one per epoch.
+    #[arg(long)]
+    pub cache_views: Option<usize>,
+    /// f32 or f16: how cached activations are stored.
+    #[arg(long)]
+    pub cache_dtype: Option<String>,
     /// Stop after this many epochs without validation improvement.
     #[arg(long)]
     pub patience: Option<usize>,
@@ -233,4 +246,45 @@ pub struct BenchArgs {
 pub enum BenchCase {
     /// Full forward pass, random weights of the model's architecture, images/s.
     Forward,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExtractArgs {
+    #[arg(long, default_value = "efficientnet-lite0")]
+    pub model: String,
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// pooled (default), _conv_stem, _blocks.N or _conv_head.
+    #[arg(long, default_value = "pooled")]
+    pub layer: String,
+    /// Image folder (class sub-folders).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output file: .safetensors, .npy (labels and paths in a .json beside it) or .csv.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Extract only part i of n (i counts from 1): images i, i+n, … — for n machines.
+    #[arg(long)]
+    pub shard: Option<String>,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// List the feature-cache namespaces (model, weights, cut, preprocessing) and their size.
+    Ls,
+    /// Delete cached features (all, or one model's).
+    Clear {
+        /// Only this model's namespaces.
+        #[arg(long)]
+        model: Option<String>,
+    },
+    /// Join `graft extract --shard` parts (safetensors) into one file, in the original order.
+    Merge {
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+    },
 }

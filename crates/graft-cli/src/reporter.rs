@@ -55,9 +55,14 @@ impl Reporter for TermReporter {
 impl graft::train::fit::FitReporter for TermReporter {
     /// A Keras-like one-line epoch summary on stderr.
     fn epoch(&self, m: &graft::train::fit::EpochMetrics, epochs: usize) {
-        self.message(&format!(
-            "Epoch {}/{} - {:.1}s - loss: {:.4} - accuracy: {:.4} - val_loss: {:.4} - val_accuracy: {:.4} - lr: {:.2e}",
-            m.epoch, epochs, m.seconds, m.train_loss, m.train_accuracy, m.val_loss, m.val_accuracy, m.lr
-        ));
+        let mut line = format!(
+            "Epoch {}/{} - {:.1}s - loss: {:.4} - accuracy: {:.4}",
+            m.epoch, epochs, m.seconds, m.train_loss, m.train_accuracy
+        );
+        if let (Some(loss), Some(acc)) = (m.val_loss, m.val_accuracy) {
+            line.push_str(&format!(" - val_loss: {loss:.4} - val_accuracy: {acc:.4}"));
+        }
+        line.push_str(&format!(" - lr: {:.2e}", m.lr));
+        self.message(&line);
     }
 }

@@ -3,12 +3,15 @@
 //!
 //! The library never touches the terminal: long work reports through [`report::Reporter`].
 
+pub mod adapt;
+pub mod cache;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod npy;
 pub mod report;
+pub mod text;
 pub mod train;
 pub mod zoo;
 

@@ -70,6 +70,14 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
             _ => anyhow::bail!("invalid --cache `{v}`: expected auto, on or off"),
         };
     }
+    if let Some(v) = args.cache_views { c.cache_views = v; }
+    if let Some(v) = &args.cache_dtype {
+        c.cache_dtype = match v.as_str() {
+            "f32" => graft::cache::StoreDtype::F32,
+            "f16" => graft::cache::StoreDtype::F16,
+            _ => anyhow::bail!("invalid --cache-dtype `{v}`: expected f32 or f16"),
+        };
+    }
     if let Some(v) = args.patience { c.patience = Some(v); }
     if let Some(v) = args.min_delta { c.min_delta = v; }
     if let Some(v) = args.reduce_on_plateau { c.reduce_on_plateau = Some(v); }
@@ -95,10 +103,11 @@ pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
         "trainable_params": summary.trainable_params,
     });
     out.result(&value, || {
-        let mut t = format!(
-            "run {}: {} epochs, best val accuracy {:.4} at epoch {} ({:.1} s training)\n",
-            summary.run.display(), summary.epochs, summary.best_val_accuracy, summary.best_epoch, summary.train_seconds
-        );
+        let kept = match summary.best_val_accuracy {
+            Some(acc) => format!("best val accuracy {acc:.4} at epoch {}", summary.best_epoch),
+            None => format!("no validation data: keeping epoch {}", summary.best_epoch),
+        };
+        let mut t = format!("run {}: {} epochs, {kept} ({:.1} s training)\n", summary.run.display(), summary.epochs, summary.train_seconds);
         if !summary.skipped.is_empty() {
             t.push_str(&format!("skipped {} unreadable files:\n", summary.skipped.len()));
             for s in &summary.skipped {

@@ -1,4 +1,7 @@
+pub mod adapt;
 mod bench;
+mod cache;
+mod extract;
 mod data;
 mod eval;
 mod fit;
@@ -16,7 +19,10 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Inspect(args) => inspect::run(args, out),
         Command::Fit(args) => fit::run(*args, out),
         Command::Eval(args) => eval::run(args, out),
+        Command::Adapt(args) => adapt::run(*args, out),
         Command::Data(cmd) => data::run(cmd, out),
+        Command::Extract(args) => extract::run(args, out),
+        Command::Cache(cmd) => cache::run(cmd, out),
         Command::Bench(args) => bench::run(args, out),
     }
 }

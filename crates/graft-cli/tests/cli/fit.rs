@@ -10,7 +10,7 @@ use graft::report::tensorboard::read_events;
 use super::{assert_bad_input, graft, json_of, lite0_weights, scratch, shared, test_home};
 
 /// `per_class` seeded Fashion-MNIST training images of three classes, as an image folder.
-fn fmnist(dir: &Path, per_class: usize, seed: u64) -> PathBuf {
+pub(super) fn fmnist(dir: &Path, per_class: usize, seed: u64) -> PathBuf {
     let data = dir.join("data");
     let source = shared().join("data");
     let out = graft(&[

@@ -1,8 +1,11 @@
 mod bad_weights;
+mod cache;
 mod fit;
 mod inspect;
 mod parity;
 mod predict;
+mod text;
+mod zoo_parity;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -41,11 +44,23 @@ pub fn test_home() -> &'static Path {
 
 /// Runs graft with the test home and returns its output.
 pub fn graft(args: &[&str]) -> Output {
+    graft_in(test_home(), args)
+}
+
+/// Runs graft with another GRAFT_HOME.
+pub fn graft_in(home: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_graft"))
         .args(args)
-        .env("GRAFT_HOME", test_home())
+        .env("GRAFT_HOME", home)
         .output()
         .expect("run graft")
+}
+
+/// A fresh GRAFT_HOME of its own (an empty feature cache) sharing the pulled weights.
+pub fn isolated_home(name: &str) -> PathBuf {
+    let home = scratch(&format!("home-{name}"));
+    std::os::unix::fs::symlink(test_home().join("models").canonicalize().unwrap(), home.join("models")).unwrap();
+    home
 }
 
 /// Parses stdout as JSON, failing with stderr shown.

@@ -5,3 +5,4 @@ pub mod augment;
 pub mod folder;
 pub mod idx;
 pub mod image;
+pub mod usps;

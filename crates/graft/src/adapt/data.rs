@@ -1,0 +1,389 @@
+//! Domains for adaptation: image folders or the shared digit sets named by shorthand
+//! (`mnist:train`, `mnist:test`, `usps:train`, `usps:test`, read from `--data-root`), turned into
+//! the rows a network takes.
+//!
+//! * LeNet: grey, the largest centred square resized to 28×28 (PIL-exact bilinear; USPS's 16×16
+//!   grey levels are first rounded to bytes, as when they are stored as images), scaled to [0, 1]
+//!   then (x − 0.5) / 0.5: 784 values per image.
+//! * A zoo model: the model's own preprocessing (grey images replicated to RGB), then the frozen
+//!   trunk's pooled features, computed once per image.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use image::{GrayImage, RgbImage};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::model::LENET_SIDE;
+use crate::data::folder::{decode_with, is_image_file, ImageFolder, Sample, Skipped};
+use crate::data::idx::{self, DIGIT_CLASSES};
+use crate::data::image::{resize_bilinear, Preprocess};
+use crate::data::usps::{self, USPS_SIDE};
+use crate::report::Reporter;
+use crate::zoo::Pretrained;
+use crate::{GraftError, Result};
+
+/// The digit sets graft reads directly from the shared data folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Digits {
+    /// MNIST: `train` is the 10,000-digit subset in `digits/mnist/train-10k-*`, `test` the official
+    /// 10,000 (`t10k-*`).
+    Mnist,
+    /// USPS (`digits/usps/usps.h5`): `train` 7,291, `test` 2,007.
+    Usps,
+}
+
+/// Where a domain's images come from (`--source`, `--target`, `--target-test`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainSpec {
+    Digits { set: Digits, train: bool },
+    Folder(PathBuf),
+}
+
+impl DomainSpec {
+    /// `mnist:train`, `mnist:test`, `usps:train`, `usps:test`, or a folder path. A value with a
+    /// colon whose first part names a digit set must be one of those four.
+    pub fn parse(flag: &str, value: &str) -> Result<Self> {
+        if let Some((set, split)) = value.split_once(':') {
+            let set = match set {
+                "mnist" => Some(Digits::Mnist),
+                "usps" => Some(Digits::Usps),
+                _ => None,
+            };
+            if let Some(set) = set {
+                let train = match split {
+                    "train" => true,
+                    "test" => false,
+                    _ => return Err(GraftError::spec(flag, value, "expected mnist:train, mnist:test, usps:train, usps:test or a folder")),
+                };
+                return Ok(DomainSpec::Digits { set, train });
+            }
+        }
+        if value.is_empty() {
+            return Err(GraftError::spec(flag, value, "expected a dataset (mnist:train, usps:test, …) or a folder"));
+        }
+        Ok(DomainSpec::Folder(PathBuf::from(value)))
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            DomainSpec::Digits { set, train } => format!("{}:{}", if *set == Digits::Mnist { "mnist" } else { "usps" }, if *train { "train" } else { "test" }),
+            DomainSpec::Folder(p) => p.display().to_string(),
+        }
+    }
+}
+
+/// How images become network input rows (stored in the run's `model.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum InputSpec {
+    /// Grey `side`×`side`, (x/255 − mean) / std.
+    Grey { side: u32, mean: f32, std: f32 },
+    /// A zoo model's preprocessing; the rows are then its trunk's pooled features.
+    Zoo { model: String, preprocess: Preprocess },
+}
+
+impl InputSpec {
+    pub fn lenet() -> Self {
+        InputSpec::Grey { side: LENET_SIDE as u32, mean: 0.5, std: 0.5 }
+    }
+
+    /// Width of one preprocessed image (before any trunk).
+    pub fn image_width(&self) -> usize {
+        match self {
+            InputSpec::Grey { side, .. } => (*side as usize).pow(2),
+            InputSpec::Zoo { preprocess, .. } => 3 * (preprocess.size as usize).pow(2),
+        }
+    }
+
+    /// A decoded RGB image → one row.
+    pub fn rgb_row(&self, img: &RgbImage) -> Vec<f32> {
+        match self {
+            InputSpec::Grey { side, mean, std } => {
+                let grey = image::DynamicImage::ImageRgb8(img.clone()).to_luma8();
+                grey_row(&grey, *side, *mean, *std)
+            }
+            InputSpec::Zoo { preprocess, .. } => preprocess.apply(img),
+        }
+    }
+
+    /// A grey image → one row.
+    pub fn grey_row(&self, img: &GrayImage) -> Vec<f32> {
+        match self {
+            InputSpec::Grey { side, mean, std } => grey_row(img, *side, *mean, *std),
+            InputSpec::Zoo { preprocess, .. } => preprocess.apply(&image::DynamicImage::ImageLuma8(img.clone()).to_rgb8()),
+        }
+    }
+}
+
+/// Centre square, PIL bilinear resize to `side`, (x/255 − mean) / std.
+fn grey_row(img: &GrayImage, side: u32, mean: f32, std: f32) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let s = w.min(h);
+    let square = image::imageops::crop_imm(img, (w - s) / 2, (h - s) / 2, s, s).to_image();
+    let resized = if s == side {
+        square
+    } else {
+        // PIL-exact bilinear works on RGB; grey in, channel 0 out.
+        let rgb = image::DynamicImage::ImageLuma8(square).to_rgb8();
+        let out = resize_bilinear(&rgb, side, side);
+        GrayImage::from_fn(side, side, |x, y| image::Luma([out.get_pixel(x, y)[0]]))
+    };
+    resized.as_raw().iter().map(|&v| (v as f32 / 255.0 - mean) / std).collect()
+}
+
+/// One domain, ready for a network: `n` rows of `width` values.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub name: String,
+    pub x: Vec<f32>,
+    pub width: usize,
+    /// Labels (indices into the source classes); empty for unlabelled data.
+    pub labels: Vec<usize>,
+}
+
+impl Domain {
+    pub fn len(&self) -> usize {
+        if self.width == 0 {
+            0
+        } else {
+            self.x.len() / self.width
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rows at `indices` (labels too when present).
+    pub fn subset(&self, indices: &[usize]) -> Domain {
+        let mut x = Vec::with_capacity(indices.len() * self.width);
+        for &i in indices {
+            x.extend_from_slice(&self.x[i * self.width..(i + 1) * self.width]);
+        }
+        let labels = if self.labels.is_empty() { Vec::new() } else { indices.iter().map(|&i| self.labels[i]).collect() };
+        Domain { name: self.name.clone(), x, width: self.width, labels }
+    }
+}
+
+/// Images of a domain before preprocessing.
+enum Items {
+    /// Grey byte images, `side`×`side`, with labels.
+    Grey { side: u32, pixels: Vec<u8>, labels: Vec<usize> },
+    /// Image files; `labels` false for an unlabelled (flat or ignored) folder.
+    Files { samples: Vec<Sample>, labelled: bool },
+}
+
+/// Reads a domain's images: `classes` names the source classes (a labelled folder must use
+/// them; `None` for the source itself, whose class list is returned); `labelled` says whether
+/// labels are needed (target training data is read without them).
+struct Raw {
+    classes: Vec<String>,
+    items: Items,
+}
+
+fn digits_classes() -> Vec<String> {
+    DIGIT_CLASSES.iter().map(|s| s.to_string()).collect()
+}
+
+fn read_raw(spec: &DomainSpec, flag: &str, data_root: &Path, classes: Option<&[String]>, labelled: bool) -> Result<Raw> {
+    match spec {
+        DomainSpec::Digits { set, train } => {
+            let digit_classes = digits_classes();
+            if let Some(c) = classes {
+                if labelled && c != digit_classes.as_slice() {
+                    return Err(GraftError::spec(flag, &spec.name(), format!("the digit classes 0–9 differ from the source classes ({})", c.join(", "))));
+                }
+            }
+            let (side, pixels, labels) = match set {
+                Digits::Mnist => {
+                    let prefix = if *train { "train-10k" } else { "t10k" };
+                    let base = data_root.join("digits/mnist");
+                    let (rows, cols, pixels) = idx::read_idx_images(base.join(format!("{prefix}-images-idx3-ubyte.gz")))?;
+                    let labels = idx::read_idx_labels(base.join(format!("{prefix}-labels-idx1-ubyte.gz")))?;
+                    if rows != cols || labels.len() * rows * cols != pixels.len() {
+                        return Err(GraftError::Data { path: base, reason: format!("{} labels for {} pixels of {rows}×{cols} images", labels.len(), pixels.len()) });
+                    }
+                    (rows as u32, pixels, labels)
+                }
+                Digits::Usps => {
+                    let u = usps::read_usps(&data_root.join("digits/usps/usps.h5"), if *train { "train" } else { "test" })?;
+                    (USPS_SIDE as u32, u.pixels_u8(), u.labels)
+                }
+            };
+            if let Some(&bad) = labels.iter().find(|&&l| l >= 10) {
+                return Err(GraftError::Data { path: data_root.to_path_buf(), reason: format!("{}: label {bad} is not a digit", spec.name()) });
+            }
+            Ok(Raw { classes: digit_classes, items: Items::Grey { side, pixels, labels: labels.into_iter().map(usize::from).collect() } })
+        }
+        DomainSpec::Folder(dir) => {
+            if labelled {
+                let folder = match classes {
+                    None => ImageFolder::scan(dir)?,
+                    Some(c) => ImageFolder::scan_with_classes(dir, c)?,
+                };
+                return Ok(Raw { classes: folder.classes, items: Items::Files { samples: folder.samples, labelled: true } });
+            }
+            // Unlabelled: class sub-folders (names ignored) or image files directly in `dir`.
+            let samples = match ImageFolder::scan(dir) {
+                Ok(folder) => folder.samples,
+                Err(scan_err) => {
+                    let entries = std::fs::read_dir(dir).map_err(|e| GraftError::io(dir, e))?;
+                    let mut files: Vec<PathBuf> = entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| p.is_file() && is_image_file(p) && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                        .collect();
+                    files.sort();
+                    if files.is_empty() {
+                        return Err(scan_err);
+                    }
+                    files.into_iter().map(|path| Sample { path, label: 0 }).collect()
+                }
+            };
+            Ok(Raw { classes: classes.map(|c| c.to_vec()).unwrap_or_default(), items: Items::Files { samples, labelled: false } })
+        }
+    }
+}
+
+/// Turns images into network rows: preprocessing, then (zoo) the frozen trunk's features.
+pub struct Featurizer<'a> {
+    pub input: InputSpec,
+    /// The frozen trunk for a zoo backbone (run in inference mode).
+    pub trunk: Option<&'a Pretrained>,
+    pub device: Device,
+    /// Width of the trunk's pooled features (0 without a trunk).
+    feature_width: usize,
+}
+
+/// Rows computed per chunk (bounds memory for large zoo inputs).
+const CHUNK: usize = 256;
+
+impl<'a> Featurizer<'a> {
+    pub fn new(input: InputSpec, trunk: Option<&'a Pretrained>, device: &Device) -> Self {
+        let feature_width = trunk
+            .map(|t| {
+                let size = match &input {
+                    InputSpec::Zoo { preprocess, .. } => preprocess.size as usize,
+                    InputSpec::Grey { side, .. } => *side as usize,
+                };
+                let probe = burn::tensor::Tensor::<4>::zeros([1, 3, size, size], device);
+                t.net.features(probe).dims()[1]
+            })
+            .unwrap_or(0);
+        Featurizer { input, trunk, device: device.clone(), feature_width }
+    }
+
+    /// Width of the rows the networks see.
+    pub fn width(&self) -> usize {
+        match self.trunk {
+            Some(_) => self.feature_width,
+            None => self.input.image_width(),
+        }
+    }
+
+    /// Preprocessed image rows → network rows (runs the trunk for a zoo backbone).
+    pub fn rows(&self, rows: Vec<Vec<f32>>) -> Result<Vec<f32>> {
+        match self.trunk {
+            None => Ok(rows.into_iter().flatten().collect()),
+            Some(t) => {
+                let InputSpec::Zoo { preprocess, .. } = &self.input else { unreachable!("a trunk always comes with zoo preprocessing") };
+                if rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let x = crate::data::image::batch(&rows, preprocess.size, &self.device);
+                t.net.features(x).into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: PathBuf::new(), reason: format!("trunk features: {e:?}") })
+            }
+        }
+    }
+
+    /// Loads a domain. Returns it, its class list and the files that could not be read.
+    pub fn load(&self, spec: &DomainSpec, flag: &str, data_root: &Path, classes: Option<&[String]>, labelled: bool, reporter: &dyn Reporter) -> Result<(Domain, Vec<String>, Vec<Skipped>)> {
+        let raw = read_raw(spec, flag, data_root, classes, labelled)?;
+        let name = spec.name();
+        let mut x = Vec::new();
+        let mut labels = Vec::new();
+        let mut skipped = Vec::new();
+        match raw.items {
+            Items::Grey { side, pixels, labels: l } => {
+                let plane = (side * side) as usize;
+                let n = l.len();
+                reporter.start(&format!("preparing {name}"), Some(n as u64));
+                for start in (0..n).step_by(CHUNK) {
+                    let end = (start + CHUNK).min(n);
+                    let rows: Vec<Vec<f32>> = (start..end)
+                        .into_par_iter()
+                        .map(|i| {
+                            let img = GrayImage::from_raw(side, side, pixels[i * plane..(i + 1) * plane].to_vec()).expect("sizes checked");
+                            self.input.grey_row(&img)
+                        })
+                        .collect();
+                    x.extend(self.rows(rows)?);
+                    reporter.progress(end as u64);
+                }
+                reporter.finish();
+                if labelled {
+                    labels = l;
+                }
+            }
+            Items::Files { samples, labelled: has_labels } => {
+                let n = samples.len();
+                reporter.start(&format!("preparing {name}"), Some(n as u64));
+                for chunk in samples.chunks(CHUNK) {
+                    let (rows, bad) = decode_with(chunk, &|_| {}, |img| self.input.rgb_row(&img));
+                    skipped.extend(bad);
+                    let good: Vec<(Vec<f32>, usize)> = rows.into_iter().zip(chunk).filter_map(|(r, s)| r.map(|r| (r, s.label))).collect();
+                    if has_labels && labelled {
+                        labels.extend(good.iter().map(|g| g.1));
+                    }
+                    x.extend(self.rows(good.into_iter().map(|g| g.0).collect())?);
+                    reporter.progress(x.len() as u64 / self.width().max(1) as u64);
+                }
+                reporter.finish();
+            }
+        }
+        let domain = Domain { name: name.clone(), x, width: self.width(), labels };
+        if domain.is_empty() {
+            let path = match spec {
+                DomainSpec::Folder(p) => p.clone(),
+                _ => data_root.to_path_buf(),
+            };
+            return Err(GraftError::Data { path, reason: format!("{flag}: no readable images") });
+        }
+        Ok((domain, raw.classes, skipped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_shorthands_and_folders() {
+        assert_eq!(DomainSpec::parse("--source", "mnist:train").unwrap(), DomainSpec::Digits { set: Digits::Mnist, train: true });
+        assert_eq!(DomainSpec::parse("--source", "usps:test").unwrap(), DomainSpec::Digits { set: Digits::Usps, train: false });
+        assert_eq!(DomainSpec::parse("--source", "data/x").unwrap(), DomainSpec::Folder("data/x".into()));
+        assert_eq!(DomainSpec::parse("--source", "C:x").unwrap(), DomainSpec::Folder("C:x".into()));
+        let e = DomainSpec::parse("--target", "usps:val").unwrap_err().to_string();
+        assert!(e.contains("--target") && e.contains("usps:val"), "{e}");
+        assert!(DomainSpec::parse("--target", "").is_err());
+    }
+
+    #[test]
+    fn grey_rows_are_normalised_and_resized() {
+        let input = InputSpec::lenet();
+        // A 28×28 image keeps its pixels: 0 → −1, 255 → 1.
+        let img = GrayImage::from_fn(28, 28, |x, _| image::Luma([if x < 14 { 0 } else { 255 }]));
+        let row = input.grey_row(&img);
+        assert_eq!(row.len(), 784);
+        assert_eq!((row[0], row[27]), (-1.0, 1.0));
+        // 16×16 → 28×28, a flat image stays flat.
+        let flat = GrayImage::from_pixel(16, 16, image::Luma([51]));
+        let row = input.grey_row(&flat);
+        assert_eq!(row.len(), 784);
+        assert!(row.iter().all(|&v| (v - (51.0 / 255.0 - 0.5) / 0.5).abs() < 1e-6));
+        // RGB input goes through luma.
+        let rgb = RgbImage::from_pixel(28, 28, image::Rgb([200, 200, 200]));
+        assert!(input.rgb_row(&rgb).iter().all(|&v| (v - (200.0 / 255.0 - 0.5) / 0.5).abs() < 1e-6));
+    }
+}

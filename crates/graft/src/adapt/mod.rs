@@ -1,0 +1,17 @@
+//! Domain adaptation: train on a labelled source domain so that the model works on an
+//! unlabelled target domain (DDC, DAN, Deep CORAL, DANN, ADDA, CDAN).
+//!
+//! * [`config`]: the methods and every setting, with their defaults.
+//! * [`data`]: domains from image folders or the shared digit sets (`mnist:train`, `usps:test`).
+//! * [`model`]: LeNet, the bottleneck classifier and the domain discriminator.
+//! * [`losses`]: MMD, multi-kernel MMD, CORAL, gradient reversal, adversarial losses, schedules.
+//! * [`train`]: the trainer (`graft adapt`), the run directory, and loading an adapted model.
+
+pub mod config;
+pub mod data;
+pub mod losses;
+pub mod model;
+pub mod train;
+
+pub use config::{AdaptConfig, Method};
+pub use train::{adapt, is_adapt_run, load_adapted, AdaptSummary};

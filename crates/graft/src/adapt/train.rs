@@ -1,0 +1,684 @@
+//! The adaptation trainer behind `graft adapt`.
+//!
+//! Each iteration draws a batch from the source (with labels) and one from the target (without).
+//! The joint methods run both batches through the network together (so BatchNorm sees both
+//! domains, as in TLlib) and minimise ℓ = CE(source) + λ·ℓ_A(source, target); ADDA pre-trains
+//! on the source, then trains a copy of the encoder on the target against a discriminator while
+//! the classifier stays fixed.
+//!
+//! Model selection never reads target labels: after every epoch the model is scored on a held-out
+//! stratified part of the source (`--val-split`), and the best epoch is kept. ADDA's target
+//! encoder is not meant to work on the source, so its adversarial phase keeps its last epoch
+//! (the source pre-training still picks its epoch on the source validation split). The target
+//! test set, when given, is evaluated once, at the end, on the kept model.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::{AutodiffModule, Module, ParamId};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::config::{AdaptConfig, LambdaSchedule, LrSchedule, Method};
+use super::data::{Domain, DomainSpec, Featurizer, InputSpec};
+use super::losses::{self, gather_rows};
+use super::model::{AdaptNet, Discriminator, Trainable};
+use crate::data::folder::{stratified_split, Sample, Skipped};
+use crate::fsutil::write_atomic;
+use crate::report::Reporter;
+use crate::train::checkpoint;
+use crate::train::loss::{argmax, cross_entropy};
+use crate::train::run::Evaluation;
+use crate::zoo::{ModelSpec, Pretrained};
+use crate::{GraftError, Result};
+
+/// CDAN uses the full multilinear map up to this many dimensions, a randomized one (of
+/// [`CDAN_RANDOM_DIM`]) beyond (TLlib's rule).
+pub const CDAN_FULL_MAX: usize = 4096;
+pub const CDAN_RANDOM_DIM: usize = 1024;
+
+/// What is needed to rebuild an adapted model without its training data (`model.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptInfo {
+    /// Always `"adapt"`: tells an adapted run from a `graft fit` run.
+    pub kind: String,
+    pub method: Method,
+    /// `lenet` or the zoo model whose frozen trunk feeds the bottleneck.
+    pub backbone: String,
+    /// sha256 of the zoo weights the trunk came from.
+    pub weights_sha256: Option<String>,
+    pub classes: Vec<String>,
+    pub input: InputSpec,
+    /// Width of the rows the network takes (784 for LeNet, the trunk's feature width otherwise).
+    pub input_width: usize,
+    pub bottleneck: usize,
+}
+
+impl AdaptInfo {
+    pub fn save(&self, run: &Path) -> Result<()> {
+        write_atomic(&run.join("model.json"), &serde_json::to_vec_pretty(self).expect("info serializes"))
+    }
+
+    pub fn load(run: &Path) -> Result<Self> {
+        let path = run.join("model.json");
+        let bytes = std::fs::read(&path).map_err(|e| GraftError::io(&path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| GraftError::Data { path, reason: format!("not a graft adapt run's model.json: {e}") })
+    }
+
+    /// The network with fresh weights (to be overwritten by a checkpoint).
+    pub fn build(&self, device: &Device) -> AdaptNet {
+        AdaptNet::init(self.backbone == "lenet", self.input_width, self.bottleneck, self.classes.len(), device)
+    }
+}
+
+/// Whether `run` holds an adapted model (its `model.json` says `"kind": "adapt"`).
+pub fn is_adapt_run(run: &Path) -> bool {
+    std::fs::read(run.join("model.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some("adapt"))
+}
+
+/// One epoch's figures (`metrics.jsonl`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdaptEpoch {
+    pub epoch: usize,
+    /// `pretrain` (ADDA's source phase) or `adapt`.
+    pub phase: String,
+    pub lr: f64,
+    /// The adaptation weight at the end of the epoch (for adversarial methods: the coefficient
+    /// of the reversed gradient times `--lambda`).
+    pub lambda: f64,
+    pub cls_loss: f64,
+    pub transfer_loss: f64,
+    pub source_train_accuracy: f64,
+    /// Discriminator accuracy on source + target batches (adversarial methods).
+    pub domain_accuracy: Option<f64>,
+    pub source_val_loss: Option<f64>,
+    pub source_val_accuracy: Option<f64>,
+    pub seconds: f64,
+}
+
+impl AdaptEpoch {
+    pub fn line(&self, epochs: usize) -> String {
+        let mut s = format!(
+            "{} epoch {}/{} - {:.1}s - cls {:.4} - transfer {:.4} - src acc {:.4}",
+            self.phase, self.epoch, epochs, self.seconds, self.cls_loss, self.transfer_loss, self.source_train_accuracy
+        );
+        if let Some(d) = self.domain_accuracy {
+            s.push_str(&format!(" - domain acc {d:.3}"));
+        }
+        if let (Some(l), Some(a)) = (self.source_val_loss, self.source_val_accuracy) {
+            s.push_str(&format!(" - src val loss {l:.4} - src val acc {a:.4}"));
+        }
+        s.push_str(&format!(" - lr {:.2e} - λ {:.3}", self.lr, self.lambda));
+        s
+    }
+}
+
+/// What `adapt` reports (`summary.json`, and `graft adapt --json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdaptSummary {
+    pub run: PathBuf,
+    pub method: Method,
+    pub backbone: String,
+    pub source: String,
+    pub target: String,
+    pub target_test: Option<String>,
+    pub epochs: usize,
+    /// The kept epoch (for ADDA: of the adversarial phase, its last).
+    pub best_epoch: usize,
+    /// Accuracy of the kept model on the held-out source split (`None` with `--val-split 0`).
+    pub source_val_accuracy: Option<f64>,
+    /// Accuracy of the kept model on the target test set, when one was given.
+    pub target_test_accuracy: Option<f64>,
+    pub target_test: Option<Evaluation>,
+    pub n_source_train: usize,
+    pub n_source_val: usize,
+    pub n_target: usize,
+    pub n_target_test: usize,
+    pub iterations: usize,
+    pub lambda: f64,
+    pub train_seconds: f64,
+    pub wall_seconds: f64,
+    pub skipped: Vec<Skipped>,
+}
+
+/// An endless, reshuffled stream of batches over `n` indices (each pass a new seeded order; a
+/// pass ends when fewer than a batch remain, like PyTorch's `drop_last`).
+struct Batches {
+    order: Vec<usize>,
+    pos: usize,
+    rng: StdRng,
+}
+
+impl Batches {
+    fn new(n: usize, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut rng);
+        Self { order, pos: 0, rng }
+    }
+
+    fn next(&mut self, batch: usize) -> Vec<usize> {
+        let b = batch.min(self.order.len());
+        if self.pos + b > self.order.len() {
+            self.order.shuffle(&mut self.rng);
+            self.pos = 0;
+        }
+        let out = self.order[self.pos..self.pos + b].to_vec();
+        self.pos += b;
+        out
+    }
+}
+
+fn sgd(config: &AdaptConfig) -> ModuleOptimizer {
+    let mut cfg = SgdConfig::new().with_momentum(Some(MomentumConfig::new().with_momentum(config.momentum).with_dampening(0.0).with_nesterov(config.momentum > 0.0)));
+    if config.weight_decay > 0.0 {
+        cfg = cfg.with_weight_decay(Some(burn::optim::decay::WeightDecayConfig::new(config.weight_decay as f32)));
+    }
+    cfg.init()
+}
+
+fn param_ids<M: Module>(module: &M) -> Vec<ParamId> {
+    struct Ids(Vec<ParamId>);
+    impl burn::module::ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
+            self.0.push(param.id);
+        }
+    }
+    let mut ids = Ids(Vec::new());
+    module.visit(&mut ids);
+    ids.0
+}
+
+/// Predictions and mean cross-entropy of `net` (an inference copy) on a labelled domain.
+pub fn evaluate(net: &AdaptNet, domain: &Domain, batch: usize, device: &Device) -> (f64, Vec<usize>) {
+    let all: Vec<usize> = (0..domain.len()).collect();
+    let (mut loss, mut predicted) = (0f64, Vec::with_capacity(all.len()));
+    for chunk in all.chunks(batch.max(1)) {
+        let logits = net.logits(gather_rows(&domain.x, domain.width, chunk, device));
+        if !domain.labels.is_empty() {
+            let targets: Vec<usize> = chunk.iter().map(|&i| domain.labels[i]).collect();
+            let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, device).into_scalar();
+            loss += l as f64 * chunk.len() as f64;
+        }
+        predicted.extend(argmax(logits));
+    }
+    (loss / domain.len().max(1) as f64, predicted)
+}
+
+/// Everything a training phase needs besides the model.
+struct Ctx<'a> {
+    config: &'a AdaptConfig,
+    method: Method,
+    source: &'a Domain,
+    target: &'a Domain,
+    val: &'a Domain,
+    classes: &'a [String],
+    run: &'a Path,
+    reporter: &'a dyn Reporter,
+    device: &'a Device,
+    train_device: Device,
+    steps_per_epoch: usize,
+    /// CDAN's fixed random matrices when the full map would be too wide.
+    cdan_random: Option<(Tensor<2>, Tensor<2>)>,
+}
+
+/// Running sums over an epoch.
+#[derive(Default)]
+struct Sums {
+    cls: f64,
+    transfer: f64,
+    correct: usize,
+    seen: usize,
+    domain_hits: usize,
+    domain_seen: usize,
+    steps: usize,
+}
+
+/// The best epoch so far.
+struct Best {
+    epoch: usize,
+    accuracy: f64,
+    loss: f64,
+}
+
+/// How a phase keeps its model.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// Best source validation accuracy (lower loss on a tie).
+    BestSourceVal,
+    Last,
+}
+
+impl Ctx<'_> {
+    fn lr_at(&self, p: f64) -> f64 {
+        match self.config.lr_schedule {
+            LrSchedule::Anneal => losses::annealed_lr(self.config.lr, p),
+            LrSchedule::Constant => self.config.lr,
+        }
+    }
+
+    fn schedule_at(&self, p: f64) -> f64 {
+        match self.config.lambda_schedule() {
+            LambdaSchedule::Constant => 1.0,
+            LambdaSchedule::Dann => losses::dann_lambda(p),
+        }
+    }
+
+    /// Trains `model` for `epochs` epochs of `method` (`Method::SourceOnly` for ADDA's pre-training)
+    /// and returns the kept model, its epoch and its source validation accuracy. `source_net`
+    /// is ADDA's frozen source encoder (adversarial phase only).
+    #[allow(clippy::too_many_arguments)]
+    fn train_phase(
+        &self,
+        mut model: Trainable,
+        method: Method,
+        phase: &str,
+        epochs: usize,
+        keep: Keep,
+        source_net: Option<&AdaptNet>,
+        seed: u64,
+        epoch_offset: usize,
+        total_epochs: usize,
+    ) -> Result<(Trainable, usize, Option<f64>)> {
+        let mut opt = sgd(self.config);
+        // ADDA's adversarial phase trains the encoder and the discriminator, never the head.
+        let ids: Option<Vec<ParamId>> = source_net.map(|_| {
+            let head: Vec<ParamId> = param_ids(&model.net.head);
+            param_ids(&model).into_iter().filter(|id| !head.contains(id)).collect()
+        });
+        let mut source_batches = Batches::new(self.source.len(), seed ^ 0x5EED_0001);
+        let mut target_batches = Batches::new(self.target.len(), seed ^ 0x5EED_0002);
+        let total_steps = epochs * self.steps_per_epoch;
+        let mut best: Option<Best> = None;
+        let checkpoint_name = format!("{phase}-best.safetensors");
+        let mut kept_accuracy = None;
+        for epoch in 0..epochs {
+            let started = Instant::now();
+            let mut sums = Sums::default();
+            let (mut lr, mut lambda) = (0.0, 0.0);
+            self.reporter.start(&format!("{phase} epoch {}/{}", epoch_offset + epoch + 1, total_epochs), Some(self.steps_per_epoch as u64));
+            for it in 0..self.steps_per_epoch {
+                let step = epoch * self.steps_per_epoch + it;
+                let p = step as f64 / total_steps.max(1) as f64;
+                lr = self.lr_at(p);
+                lambda = self.config.lambda() * self.schedule_at(p);
+                let s_idx = source_batches.next(self.config.batch_size);
+                let t_idx = target_batches.next(self.config.batch_size);
+                let loss = self.step(&model, method, &s_idx, &t_idx, lambda, source_net, &mut sums);
+                let mut grads = loss.backward();
+                let grads = match &ids {
+                    Some(ids) => GradientsParams::from_params(&mut grads, &model, ids),
+                    None => GradientsParams::from_grads(grads, &model),
+                };
+                model = opt.step(lr, model, grads);
+                self.reporter.progress(it as u64 + 1);
+            }
+            self.reporter.finish();
+
+            let eval_net = model.net.valid();
+            let validation = (!self.val.is_empty()).then(|| {
+                let (loss, predicted) = evaluate(&eval_net, self.val, 500, self.device);
+                (loss, Evaluation::from_predictions(self.classes, &self.val.labels, &predicted).accuracy)
+            });
+            let n = sums.steps.max(1) as f64;
+            let metrics = AdaptEpoch {
+                epoch: epoch_offset + epoch + 1,
+                phase: phase.into(),
+                lr,
+                lambda,
+                cls_loss: sums.cls / n,
+                transfer_loss: sums.transfer / n,
+                source_train_accuracy: sums.correct as f64 / sums.seen.max(1) as f64,
+                domain_accuracy: (sums.domain_seen > 0).then(|| sums.domain_hits as f64 / sums.domain_seen as f64),
+                source_val_loss: validation.map(|v| v.0),
+                source_val_accuracy: validation.map(|v| v.1),
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            if !(metrics.cls_loss.is_finite() && metrics.transfer_loss.is_finite()) {
+                return Err(GraftError::spec("--lr", &self.config.lr.to_string(), format!("training diverged in epoch {} (loss is not finite); try a smaller --lr or --lambda", metrics.epoch)));
+            }
+            let improved = match (keep, validation, &best) {
+                (Keep::Last, _, _) | (_, None, _) | (_, _, None) => true,
+                (Keep::BestSourceVal, Some((loss, acc)), Some(b)) => acc > b.accuracy || (acc == b.accuracy && loss < b.loss),
+            };
+            if improved {
+                best = Some(Best { epoch: epoch + 1, accuracy: validation.map(|v| v.1).unwrap_or(f64::NAN), loss: validation.map(|v| v.0).unwrap_or(f64::NAN) });
+                kept_accuracy = validation.map(|v| v.1);
+                let mut meta = BTreeMap::new();
+                meta.insert("graft.epoch".to_string(), (epoch_offset + epoch + 1).to_string());
+                checkpoint::save(&model.net, &self.run.join(&checkpoint_name), meta)?;
+            }
+            append_metrics(self.run, &metrics)?;
+            self.reporter.message(&metrics.line(total_epochs));
+        }
+        // Back to the kept epoch's weights (the discriminator, unused from here, stays as is).
+        let best = best.expect("at least one epoch");
+        model.net = checkpoint::load(model.net, &self.run.join(&checkpoint_name))?;
+        Ok((model, epoch_offset + best.epoch, kept_accuracy))
+    }
+
+    /// One iteration's loss; adds its figures to `sums`.
+    #[allow(clippy::too_many_arguments)]
+    fn step(&self, model: &Trainable, method: Method, s_idx: &[usize], t_idx: &[usize], lambda: f64, source_net: Option<&AdaptNet>, sums: &mut Sums) -> Tensor<1> {
+        let dev = &self.train_device;
+        let xs = gather_rows(&self.source.x, self.source.width, s_idx, dev);
+        let ys: Vec<usize> = s_idx.iter().map(|&i| self.source.labels[i]).collect();
+        let ns = s_idx.len();
+        sums.steps += 1;
+
+        // ADDA, adversarial phase: frozen source encoder vs the trained target encoder.
+        if let Some(source_net) = source_net {
+            let xs_plain = gather_rows(&self.source.x, self.source.width, s_idx, self.device);
+            let f_s = Tensor::<2>::from_data(source_net.features(xs_plain).into_data(), dev);
+            let xt = gather_rows(&self.target.x, self.target.width, t_idx, dev);
+            let f_t = model.net.features(xt);
+            let disc = model.disc.as_ref().expect("ADDA has a discriminator");
+            let z = disc.forward(losses::reverse_gradient(Tensor::cat(vec![f_s, f_t], 0), lambda));
+            let (z_s, z_t) = split_rows(z, ns);
+            self.count_domain(&z_s, &z_t, sums);
+            let transfer = losses::domain_adversarial(z_s, z_t);
+            let t: f32 = transfer.clone().into_scalar();
+            sums.transfer += t as f64;
+            return transfer;
+        }
+
+        if method == Method::SourceOnly {
+            let logits = model.net.logits(xs);
+            return self.classification(logits, &ys, sums);
+        }
+
+        let xt = gather_rows(&self.target.x, self.target.width, t_idx, dev);
+        let (f, logits) = model.net.forward(Tensor::cat(vec![xs, xt], 0));
+        let (f_s, f_t) = split_rows(f.clone(), ns);
+        let (logits_s, logits_t) = split_rows(logits.clone(), ns);
+        let cls = self.classification(logits_s.clone(), &ys, sums);
+        let transfer = match method {
+            Method::Ddc => losses::mmd(f_s, f_t, &[1.0]).mul_scalar(lambda),
+            Method::Dan => (losses::mmd(f_s, f_t, &losses::DAN_ALPHAS) + losses::mmd(logits_s, logits_t, &losses::DAN_ALPHAS)).mul_scalar(lambda),
+            Method::Coral => losses::coral(f_s, f_t).mul_scalar(lambda),
+            Method::Dann => {
+                // The ramp scales the reversed gradient; the loss itself is weighted by --lambda.
+                let coeff = lambda / self.config.lambda().max(f64::MIN_POSITIVE);
+                let z = model.disc.as_ref().expect("DANN has a discriminator").forward(losses::reverse_gradient(f, coeff));
+                let (z_s, z_t) = split_rows(z, ns);
+                self.count_domain(&z_s, &z_t, sums);
+                losses::domain_adversarial(z_s, z_t).mul_scalar(self.config.lambda())
+            }
+            Method::Cdan => {
+                let coeff = lambda / self.config.lambda().max(f64::MIN_POSITIVE);
+                let g = softmax(logits.clone(), 1).detach();
+                let h = match &self.cdan_random {
+                    None => losses::multilinear(f, g),
+                    Some((rf, rg)) => losses::randomized_multilinear(f, g, rf.clone(), rg.clone()),
+                };
+                let z = model.disc.as_ref().expect("CDAN has a discriminator").forward(losses::reverse_gradient(h, coeff));
+                let (z_s, z_t) = split_rows(z.clone(), ns);
+                self.count_domain(&z_s, &z_t, sums);
+                let bce = Tensor::cat(vec![losses::bce_per_row(z_s, 1.0), losses::bce_per_row(z_t, 0.0)], 0);
+                let loss = if self.config.entropy { (bce * losses::entropy_weights(logits)).mean() } else { bce.mean() };
+                loss.mul_scalar(self.config.lambda())
+            }
+            Method::SourceOnly | Method::Adda => unreachable!("handled above"),
+        };
+        let t: f32 = transfer.clone().into_scalar();
+        sums.transfer += t as f64;
+        cls + transfer
+    }
+
+    fn classification(&self, logits: Tensor<2>, ys: &[usize], sums: &mut Sums) -> Tensor<1> {
+        let loss = cross_entropy(logits.clone(), ys, 0.0, None, &self.train_device);
+        let l: f32 = loss.clone().into_scalar();
+        sums.cls += l as f64;
+        sums.correct += argmax(logits.detach()).iter().zip(ys).filter(|(p, y)| p == y).count();
+        sums.seen += ys.len();
+        loss
+    }
+
+    fn count_domain(&self, z_s: &Tensor<2>, z_t: &Tensor<2>, sums: &mut Sums) {
+        sums.domain_hits += losses::domain_hits(z_s.clone().detach(), 1.0) + losses::domain_hits(z_t.clone().detach(), 0.0);
+        sums.domain_seen += z_s.dims()[0] + z_t.dims()[0];
+    }
+}
+
+fn split_rows(x: Tensor<2>, n: usize) -> (Tensor<2>, Tensor<2>) {
+    let [rows, cols] = x.dims();
+    (x.clone().slice([0..n, 0..cols]), x.slice([n..rows, 0..cols]))
+}
+
+fn append_metrics(run: &Path, m: &AdaptEpoch) -> Result<()> {
+    let path = run.join("metrics.jsonl");
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| GraftError::io(&path, e))?;
+    let line = serde_json::to_string(m).expect("metrics serialize") + "\n";
+    file.write_all(line.as_bytes()).map_err(|e| GraftError::io(&path, e))
+}
+
+/// Reads a run's `metrics.jsonl` (a torn last line is ignored).
+pub fn read_metrics(run: &Path) -> Result<Vec<AdaptEpoch>> {
+    let path = run.join("metrics.jsonl");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(GraftError::io(&path, e)),
+    }
+}
+
+/// Runs domain adaptation into the new run directory `run`.
+pub fn adapt(config: &AdaptConfig, run: &Path, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<AdaptSummary> {
+    let wall = Instant::now();
+    config.validate()?;
+    let source_spec = DomainSpec::parse("--source", &config.source)?;
+    let target_spec = DomainSpec::parse("--target", &config.target)?;
+    let test_spec = config.target_test.as_deref().map(|t| DomainSpec::parse("--target-test", t)).transpose()?;
+    if run.join("model.json").exists() {
+        return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run; choose another --out"));
+    }
+    std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
+    device.seed(config.seed);
+
+    // --- backbone and data ----------------------------------------------------------------------
+    let (input, trunk) = if config.backbone == "lenet" {
+        (InputSpec::lenet(), None)
+    } else {
+        let spec = ModelSpec::find(&config.backbone).map_err(|e| GraftError::spec("--backbone", &config.backbone, format!("expected lenet or a zoo model ({e})")))?;
+        let pretrained = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
+        (InputSpec::Zoo { model: spec.id.into(), preprocess: spec.preprocess() }, Some(pretrained))
+    };
+    let featurizer = Featurizer::new(input.clone(), trunk.as_ref(), device);
+    let root = &config.data_root;
+    let (source_all, classes, mut skipped) = featurizer.load(&source_spec, "--source", root, None, true, reporter)?;
+    let (target, _, bad) = featurizer.load(&target_spec, "--target", root, Some(&classes), false, reporter)?;
+    skipped.extend(bad);
+    let test = match &test_spec {
+        Some(spec) => {
+            let (d, _, bad) = featurizer.load(spec, "--target-test", root, Some(&classes), true, reporter)?;
+            skipped.extend(bad);
+            Some(d)
+        }
+        None => None,
+    };
+    for s in &skipped {
+        reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
+    }
+    let samples: Vec<Sample> = source_all.labels.iter().map(|&label| Sample { path: PathBuf::new(), label }).collect();
+    let (train_idx, val_idx) = if config.val_split > 0.0 {
+        stratified_split(&samples, config.val_split, config.seed)?
+    } else {
+        ((0..samples.len()).collect(), Vec::new())
+    };
+    let source = source_all.subset(&train_idx);
+    let val = source_all.subset(&val_idx);
+    let present: std::collections::BTreeSet<usize> = source.labels.iter().copied().collect();
+    if present.len() < 2 {
+        return Err(GraftError::spec("--source", &config.source, "fewer than 2 classes have readable training images"));
+    }
+    drop(source_all);
+
+    // --- model ----------------------------------------------------------------------------------
+    let width = featurizer.width();
+    let net = AdaptNet::init(trunk.is_none(), width, config.bottleneck, classes.len(), device);
+    let info = AdaptInfo {
+        kind: "adapt".into(),
+        method: config.method,
+        backbone: config.backbone.clone(),
+        weights_sha256: trunk.as_ref().map(|t| t.weights_sha256.clone()),
+        classes: classes.clone(),
+        input,
+        input_width: width,
+        bottleneck: config.bottleneck,
+    };
+    info.save(run)?;
+    write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
+    let _ = std::fs::remove_file(run.join("metrics.jsonl"));
+
+    let cdan_full = classes.len() * config.bottleneck;
+    let disc_input = match config.method {
+        Method::Cdan if cdan_full > CDAN_FULL_MAX => CDAN_RANDOM_DIM,
+        Method::Cdan => cdan_full,
+        _ => config.bottleneck,
+    };
+    let cdan_random = (config.method == Method::Cdan && cdan_full > CDAN_FULL_MAX).then(|| {
+        let td = device.clone().autodiff();
+        let rf = Tensor::<2>::random([config.bottleneck, CDAN_RANDOM_DIM], Distribution::Normal(0.0, 1.0), &td);
+        let rg = Tensor::<2>::random([classes.len(), CDAN_RANDOM_DIM], Distribution::Normal(0.0, 1.0), &td);
+        (rf, rg)
+    });
+    let disc = config.method.adversarial().then(|| Discriminator::init(disc_input, config.disc_hidden, device));
+
+    let steps_per_epoch = config.iters_per_epoch.unwrap_or_else(|| source.len().div_ceil(config.batch_size).max(1));
+    let ctx = Ctx {
+        config,
+        method: config.method,
+        source: &source,
+        target: &target,
+        val: &val,
+        classes: &classes,
+        run,
+        reporter,
+        device,
+        train_device: device.clone().autodiff(),
+        steps_per_epoch,
+        cdan_random,
+    };
+
+    // --- training -------------------------------------------------------------------------------
+    let train_started = Instant::now();
+    let (final_net, best_epoch, source_val_accuracy, total_epochs) = if config.method == Method::Adda {
+        let pre = config.pretrain_epochs();
+        let total = pre + config.epochs;
+        let model = Trainable { net, disc: None }.train();
+        let (model, _, _) = ctx.train_phase(model, Method::SourceOnly, "pretrain", pre, Keep::BestSourceVal, None, config.seed, 0, total)?;
+        let source_net = model.net.valid();
+        let target_model = Trainable { net: model.net, disc }.train();
+        let (model, best, _) = ctx.train_phase(target_model, Method::Adda, "adapt", config.epochs, Keep::Last, Some(&source_net), config.seed ^ 0xADDA, pre, total)?;
+        let acc = (!val.is_empty()).then(|| {
+            let (_, predicted) = evaluate(&model.net.valid(), &val, 500, device);
+            Evaluation::from_predictions(&classes, &val.labels, &predicted).accuracy
+        });
+        (model.net, best, acc, total)
+    } else {
+        let model = Trainable { net, disc }.train();
+        let (model, best, acc) = ctx.train_phase(model, config.method, "adapt", config.epochs, Keep::BestSourceVal, None, config.seed, 0, config.epochs)?;
+        (model.net, best, acc, config.epochs)
+    };
+    let train_seconds = train_started.elapsed().as_secs_f64();
+    let mut meta = BTreeMap::new();
+    meta.insert("graft.epoch".to_string(), best_epoch.to_string());
+    checkpoint::save(&final_net, &run.join("best.safetensors"), meta)?;
+    for phase in ["pretrain", "adapt"] {
+        let _ = std::fs::remove_file(run.join(format!("{phase}-best.safetensors")));
+    }
+
+    // --- the target test set, once ----------------------------------------------------------------
+    let eval_net = final_net.valid();
+    let target_eval = test.as_ref().map(|t| {
+        let (_, predicted) = evaluate(&eval_net, t, 500, device);
+        Evaluation::from_predictions(&classes, &t.labels, &predicted)
+    });
+    let summary = AdaptSummary {
+        run: run.to_path_buf(),
+        method: config.method,
+        backbone: config.backbone.clone(),
+        source: config.source.clone(),
+        target: config.target.clone(),
+        target_test: config.target_test.clone(),
+        epochs: total_epochs,
+        best_epoch,
+        source_val_accuracy,
+        target_test_accuracy: target_eval.as_ref().map(|e| e.accuracy),
+        target_test: target_eval,
+        n_source_train: source.len(),
+        n_source_val: val.len(),
+        n_target: target.len(),
+        n_target_test: test.as_ref().map(|t| t.len()).unwrap_or(0),
+        iterations: total_epochs * steps_per_epoch,
+        lambda: config.lambda(),
+        train_seconds,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        skipped,
+    };
+    write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
+    Ok(summary)
+}
+
+/// An adapted run loaded for inference: the network (and the frozen trunk for a zoo backbone).
+pub struct AdaptedModel {
+    pub info: AdaptInfo,
+    pub net: AdaptNet,
+    pub trunk: Option<Pretrained>,
+}
+
+/// Loads an adapted run's kept model. A zoo trunk is loaded from graft's cache under `home` (or
+/// `weights`) and must have the sha256 recorded in the run.
+pub fn load_adapted(run: &Path, home: &Path, weights: Option<&Path>, reporter: &dyn Reporter, device: &Device) -> Result<AdaptedModel> {
+    let info = AdaptInfo::load(run)?;
+    let net = checkpoint::load(info.build(device), &run.join("best.safetensors"))?.valid();
+    let trunk = match &info.input {
+        InputSpec::Grey { .. } => None,
+        InputSpec::Zoo { model, .. } => {
+            let spec = ModelSpec::find(model)?;
+            let p = Pretrained::load(spec, weights, home, reporter, device)?;
+            if info.weights_sha256.as_deref().is_some_and(|s| s != p.weights_sha256) {
+                return Err(GraftError::Checksum { path: p.weights_path.clone(), expected: info.weights_sha256.clone().unwrap_or_default(), found: p.weights_sha256.clone() });
+            }
+            Some(p)
+        }
+    };
+    Ok(AdaptedModel { info, net, trunk })
+}
+
+impl AdaptedModel {
+    /// Class probabilities for image files; unreadable files are `None` and listed.
+    pub fn predict_files(&self, files: &[Sample], device: &Device) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
+        let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), device);
+        let mut out = Vec::with_capacity(files.len());
+        let mut skipped = Vec::new();
+        for chunk in files.chunks(256) {
+            let (rows, bad) = crate::data::folder::decode_with(chunk, &|_| {}, |img| self.info.input.rgb_row(&img));
+            skipped.extend(bad);
+            let good: Vec<Vec<f32>> = rows.iter().flatten().cloned().collect();
+            let mut probs = Vec::new().into_iter();
+            if !good.is_empty() {
+                let x = featurizer.rows(good)?;
+                let n = x.len() / featurizer.width();
+                let t = Tensor::<2>::from_data(TensorData::new(x, [n, featurizer.width()]), device);
+                let p: Vec<f32> = softmax(self.net.logits(t), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+                let c = self.info.classes.len();
+                probs = p.chunks(c).map(|r| r.to_vec()).collect::<Vec<_>>().into_iter();
+            }
+            out.extend(rows.iter().map(|r| r.as_ref().and_then(|_| probs.next())));
+        }
+        Ok((out, skipped))
+    }
+}

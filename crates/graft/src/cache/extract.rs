@@ -1,0 +1,268 @@
+//! `graft extract`: activations of any layer for a whole image folder, streamed to a file
+//! (safetensors, `.npy` or CSV) with labels and file paths. Memory stays flat: rows go to a
+//! temporary file as they are computed and the output is assembled at the end, then renamed
+//! into place.
+
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::data::folder::{decode_with, ImageFolder, Sample, Skipped};
+use crate::data::image::{self, Preprocess};
+use crate::report::Reporter;
+use crate::zoo::efficientnet::{global_avg_pool, EfficientNetLite};
+use crate::{GraftError, Result};
+
+/// Where to cut the network: after stage `stages` (0 = stem … last = head conv), pooled or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    pub stages: usize,
+    pub pooled: bool,
+}
+
+impl Cut {
+    /// Resolves a layer name: `pooled` (the 1280-d features, default), `_conv_stem`/`stem`,
+    /// `_blocks.N`, `_conv_head`/`head`.
+    pub fn parse(layer: &str, net: &EfficientNetLite) -> Result<Cut> {
+        let blocks = net._blocks.len();
+        let cut = match layer {
+            "pooled" | "features" | "_avg_pooling" => Cut { stages: blocks + 2, pooled: true },
+            "stem" | "_conv_stem" | "_bn0" => Cut { stages: 1, pooled: false },
+            "head" | "_conv_head" | "_bn1" => Cut { stages: blocks + 2, pooled: false },
+            _ => {
+                let n = layer.strip_prefix("_blocks.").and_then(|n| n.parse::<usize>().ok()).filter(|n| *n < blocks);
+                match n {
+                    Some(n) => Cut { stages: n + 2, pooled: false },
+                    None => {
+                        return Err(GraftError::spec(
+                            "--layer",
+                            layer,
+                            format!("expected pooled, _conv_stem, _blocks.0 … _blocks.{}, or _conv_head", blocks - 1),
+                        ))
+                    }
+                }
+            }
+        };
+        Ok(cut)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Safetensors,
+    Npy,
+    Csv,
+}
+
+impl Format {
+    pub fn from_path(path: &Path) -> Result<Self> {
+        match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+            Some("safetensors") => Ok(Format::Safetensors),
+            Some("npy") => Ok(Format::Npy),
+            Some("csv") => Ok(Format::Csv),
+            _ => Err(GraftError::spec("--out", &path.display().to_string(), "the file name must end in .safetensors, .npy or .csv")),
+        }
+    }
+}
+
+/// `--shard i/n`: this machine takes samples i, i+n, i+2n … (i counts from 1).
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let bad = |why: &str| GraftError::spec("--shard", s, why.to_string());
+    let (i, n) = s.split_once('/').ok_or_else(|| bad("expected i/n, e.g. 1/4"))?;
+    let (i, n) = (i.parse::<usize>().map_err(|_| bad("i is a whole number"))?, n.parse::<usize>().map_err(|_| bad("n is a whole number"))?);
+    if n == 0 || i == 0 || i > n {
+        return Err(bad("need 1 ≤ i ≤ n (i counts from 1)"));
+    }
+    Ok((i, n))
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtractSummary {
+    pub out: PathBuf,
+    pub n: usize,
+    pub dim: usize,
+    /// Per-image shape before flattening ([C, H, W], or [D] when pooled).
+    pub shape: Vec<usize>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Extracts `cut` activations for the samples of `folder` (those of `shard`) into `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn extract(
+    net: &EfficientNetLite,
+    model_id: &str,
+    layer: &str,
+    preprocess: &Preprocess,
+    folder: &ImageFolder,
+    shard: Option<(usize, usize)>,
+    out: &Path,
+    batch: usize,
+    device: &Device,
+    reporter: &dyn Reporter,
+) -> Result<ExtractSummary> {
+    let cut = Cut::parse(layer, net)?;
+    let format = Format::from_path(out)?;
+    let selected: Vec<(usize, &Sample)> = folder
+        .samples
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| shard.is_none_or(|(k, n)| i % n == k - 1))
+        .collect();
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| GraftError::io(dir, e))?;
+    let raw_path = dir.join(format!(".{}.rows-{}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    let mut raw = BufWriter::new(std::fs::File::create(&raw_path).map_err(|e| GraftError::io(&raw_path, e))?);
+    let mut kept: Vec<(usize, &Sample)> = Vec::new();
+    let mut skipped = Vec::new();
+    let mut shape = Vec::new();
+    reporter.start(&format!("extracting {layer}"), Some(selected.len() as u64));
+    for (done, chunk) in selected.chunks(batch.max(1)).enumerate() {
+        let samples: Vec<Sample> = chunk.iter().map(|(_, s)| (*s).clone()).collect();
+        let (pixels, bad) = decode_with(&samples, &|_| {}, |img| preprocess.apply(&img));
+        skipped.extend(bad);
+        let good: Vec<Vec<f32>> = pixels.iter().flatten().cloned().collect();
+        if !good.is_empty() {
+            let x = net.forward_stages(image::batch(&good, preprocess.size, device), 0..cut.stages);
+            let [n, c, h, w] = x.dims();
+            let x = if cut.pooled { global_avg_pool(x) } else { x.reshape([n, c * h * w]) };
+            shape = if cut.pooled { vec![c] } else { vec![c, h, w] };
+            let values: Vec<f32> = x.into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: out.into(), reason: format!("{e:?}") })?;
+            for v in &values {
+                raw.write_all(&v.to_le_bytes()).map_err(|e| GraftError::io(&raw_path, e))?;
+            }
+        }
+        kept.extend(chunk.iter().zip(&pixels).filter(|(_, p)| p.is_some()).map(|(s, _)| *s));
+        reporter.progress(((done + 1) * batch).min(selected.len()) as u64);
+    }
+    reporter.finish();
+    raw.flush().map_err(|e| GraftError::io(&raw_path, e))?;
+    drop(raw);
+    let dim: usize = shape.iter().product();
+    let result = assemble(format, out, &raw_path, &kept, dim, &shape, folder, model_id, layer);
+    let _ = std::fs::remove_file(&raw_path);
+    result?;
+    Ok(ExtractSummary { out: out.to_path_buf(), n: kept.len(), dim, shape, skipped })
+}
+
+/// Writes the final file from the raw rows, to a temporary name first.
+#[allow(clippy::too_many_arguments)]
+fn assemble(format: Format, out: &Path, raw_path: &Path, kept: &[(usize, &Sample)], dim: usize, shape: &[usize], folder: &ImageFolder, model: &str, layer: &str) -> Result<()> {
+    let tmp = out.with_file_name(format!(".{}.tmp-{}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
+    let io = |e: std::io::Error| GraftError::io(out, e);
+    let n = kept.len();
+    let paths: Vec<String> = kept.iter().map(|(_, s)| s.path.display().to_string()).collect();
+    let labels: Vec<usize> = kept.iter().map(|(_, s)| s.label).collect();
+    let indices: Vec<usize> = kept.iter().map(|(i, _)| *i).collect();
+    {
+        let mut file = BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+        let mut raw = std::io::BufReader::new(std::fs::File::open(raw_path).map_err(io)?);
+        match format {
+            Format::Npy => {
+                let header = crate::npy::encode_f32(&[n, dim], &[]);
+                file.write_all(&header).map_err(io)?;
+                std::io::copy(&mut raw, &mut file).map_err(io)?;
+                // Labels, paths and classes beside the array.
+                let side = serde_json::json!({"model": model, "layer": layer, "shape": shape, "classes": folder.classes, "labels": labels, "paths": paths, "indices": indices});
+                crate::fsutil::write_atomic(&out.with_extension("json"), &serde_json::to_vec_pretty(&side).expect("json"))?;
+            }
+            Format::Csv => {
+                let mut head = String::from("path,label,class");
+                for j in 0..dim {
+                    head.push_str(&format!(",f{j}"));
+                }
+                writeln!(file, "{head}").map_err(io)?;
+                let mut row = vec![0u8; dim * 4];
+                for (k, (_, s)) in kept.iter().enumerate() {
+                    raw.read_exact(&mut row).map_err(io)?;
+                    let path = s.path.display().to_string().replace('"', "\"\"");
+                    write!(file, "\"{path}\",{},\"{}\"", labels[k], folder.classes[s.label].replace('"', "\"\"")).map_err(io)?;
+                    for c in row.chunks_exact(4) {
+                        write!(file, ",{}", f32::from_le_bytes([c[0], c[1], c[2], c[3]])).map_err(io)?;
+                    }
+                    writeln!(file).map_err(io)?;
+                }
+            }
+            Format::Safetensors => {
+                let features_bytes = n * dim * 4;
+                let metadata = serde_json::json!({
+                    "model": model, "layer": layer,
+                    "shape": serde_json::to_string(shape).expect("json"),
+                    "classes": serde_json::to_string(&folder.classes).expect("json"),
+                    "paths": serde_json::to_string(&paths).expect("json"),
+                    "indices": serde_json::to_string(&indices).expect("json"),
+                });
+                let header = serde_json::json!({
+                    "__metadata__": metadata,
+                    "features": {"dtype": "F32", "shape": [n, dim], "data_offsets": [0, features_bytes]},
+                    "labels": {"dtype": "I64", "shape": [n], "data_offsets": [features_bytes, features_bytes + n * 8]},
+                });
+                let mut text = serde_json::to_string(&header).expect("json");
+                while text.len() % 8 != 0 {
+                    text.push(' ');
+                }
+                file.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+                file.write_all(text.as_bytes()).map_err(io)?;
+                std::io::copy(&mut raw, &mut file).map_err(io)?;
+                for l in &labels {
+                    file.write_all(&(*l as i64).to_le_bytes()).map_err(io)?;
+                }
+            }
+        }
+        file.flush().map_err(io)?;
+        file.get_ref().sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, out).map_err(io)
+}
+
+/// Joins `graft extract --shard` parts (safetensors) back into one file in the original order.
+pub fn merge(parts: &[PathBuf], out: &Path) -> Result<usize> {
+    let mut rows: Vec<(usize, Vec<f32>, i64, String)> = Vec::new();
+    let mut common: Option<(String, String, String, String, usize)> = None;
+    for part in parts {
+        let dict = graft_weights::load(part)?;
+        let bad = |why: String| GraftError::Data { path: part.clone(), reason: why };
+        let meta = |k: &str| dict.metadata.get(k).cloned().ok_or_else(|| bad(format!("not a graft extract part: no `{k}` metadata")));
+        let features = dict.tensors.get("features").ok_or_else(|| bad("no `features` tensor".into()))?;
+        let labels = dict.tensors.get("labels").ok_or_else(|| bad("no `labels` tensor".into()))?;
+        let dim = features.shape.get(1).copied().unwrap_or(0);
+        let key = (meta("model")?, meta("layer")?, meta("shape")?, meta("classes")?, dim);
+        match &common {
+            None => common = Some(key.clone()),
+            Some(c) if *c != key => return Err(bad("model, layer, shape or classes differ from the first part".into())),
+            _ => {}
+        }
+        let paths: Vec<String> = serde_json::from_str(&meta("paths")?).map_err(|e| bad(e.to_string()))?;
+        let indices: Vec<usize> = serde_json::from_str(&meta("indices")?).map_err(|e| bad(e.to_string()))?;
+        if paths.len() != labels.data.len() || indices.len() != labels.data.len() {
+            return Err(bad("paths, indices and labels disagree in length".into()));
+        }
+        for (k, (path, index)) in paths.into_iter().zip(indices).enumerate() {
+            rows.push((index, features.data[k * dim..(k + 1) * dim].to_vec(), labels.data[k] as i64, path));
+        }
+    }
+    let (model, layer, shape, classes, dim) = common.ok_or_else(|| GraftError::spec("merge", "", "no parts given"))?;
+    rows.sort_by_key(|r| r.0);
+    if rows.windows(2).any(|w| w[0].0 == w[1].0) {
+        return Err(GraftError::spec("merge", &out.display().to_string(), "parts overlap (the same image twice)"));
+    }
+    let mut dict = graft_weights::StateDict::default();
+    let n = rows.len();
+    dict.tensors.insert("features".into(), graft_weights::Tensor { shape: vec![n, dim], dtype: graft_weights::DType::F32, data: rows.iter().flat_map(|r| r.1.iter().copied()).collect() });
+    dict.tensors.insert("labels".into(), graft_weights::Tensor { shape: vec![n], dtype: graft_weights::DType::F32, data: rows.iter().map(|r| r.2 as f32).collect() });
+    let paths: Vec<&String> = rows.iter().map(|r| &r.3).collect();
+    let indices: Vec<usize> = rows.iter().map(|r| r.0).collect();
+    for (k, v) in [
+        ("model", model),
+        ("layer", layer),
+        ("shape", shape),
+        ("classes", classes),
+        ("paths", serde_json::to_string(&paths).expect("json")),
+        ("indices", serde_json::to_string(&indices).expect("json")),
+    ] {
+        dict.metadata.insert(k.into(), v);
+    }
+    graft_weights::save_safetensors(out, &dict)?;
+    Ok(n)
+}

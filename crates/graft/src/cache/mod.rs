@@ -1,0 +1,6 @@
+//! The feature store: activations of a frozen trunk, computed once per image and kept on disk.
+
+pub mod extract;
+pub mod store;
+
+pub use store::{FeatureStore, Key, Namespace, StoreDtype};

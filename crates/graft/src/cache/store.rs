@@ -1,0 +1,399 @@
+//! Activations at a cut layer, stored once per image as shards on disk and read through
+//! memory maps.
+//!
+//! A namespace (one folder) holds the features of one model + weights + cut + preprocessing +
+//! augmentation; inside it an entry is keyed by the image file's content hash and the
+//! augmentation view. Editing one image changes its hash and so misses only that image;
+//! changing anything else changes the namespace and misses cleanly.
+//!
+//! Shard layout (little-endian), written whole to a temporary name and renamed:
+//! `GRAFTFS1`, u32 version, u32 dtype (0 f32, 1 f16), u32 dim, u32 count,
+//! count × (32-byte sha256, u32 view), count × dim values, u32 CRC32 of all preceding bytes.
+//! A shard that fails any check is reported, removed, and its images are recomputed.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{GraftError, Result};
+
+const MAGIC: &[u8; 8] = b"GRAFTFS1";
+const VERSION: u32 = 1;
+const HEADER: usize = 8 + 4 * 4;
+const ENTRY: usize = 32 + 4;
+
+/// (sha256 of the image file, augmentation view; 0 = not augmented).
+pub type Key = ([u8; 32], u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreDtype {
+    #[default]
+    F32,
+    /// Half the disk, ~3 significant digits: plenty for features feeding a head.
+    F16,
+}
+
+impl StoreDtype {
+    fn code(self) -> u32 {
+        match self {
+            StoreDtype::F32 => 0,
+            StoreDtype::F16 => 1,
+        }
+    }
+    fn size(self) -> usize {
+        match self {
+            StoreDtype::F32 => 4,
+            StoreDtype::F16 => 2,
+        }
+    }
+}
+
+/// Everything the stored activations depend on, besides the image itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Namespace {
+    pub model: String,
+    pub weights_sha256: String,
+    /// Where the trunk is cut, e.g. `pooled:avg` or `_blocks.12`.
+    pub cut: String,
+    /// The preprocessing, serialised (any change misses).
+    pub preprocess: String,
+    /// The augmentation spec the views were made with (`none` for view 0 only).
+    pub augment: String,
+    pub dtype: StoreDtype,
+}
+
+impl Namespace {
+    /// A short stable id: the folder name.
+    pub fn id(&self) -> String {
+        let json = serde_json::to_string(self).expect("namespace serializes");
+        let digest = Sha256::digest(json.as_bytes());
+        digest[..10].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// sha256 of a file's bytes: the image part of a key.
+pub fn content_hash(path: &Path) -> Result<[u8; 32]> {
+    let bytes = std::fs::read(path).map_err(|e| GraftError::io(path, e))?;
+    Ok(Sha256::digest(&bytes).into())
+}
+
+struct Shard {
+    path: PathBuf,
+    map: Mmap,
+    dim: usize,
+    dtype: StoreDtype,
+    count: usize,
+}
+
+impl Shard {
+    fn data_offset(&self) -> usize {
+        HEADER + self.count * ENTRY
+    }
+
+    fn read(&self, row: usize) -> Vec<f32> {
+        let size = self.dtype.size();
+        let start = self.data_offset() + row * self.dim * size;
+        let bytes = &self.map[start..start + self.dim * size];
+        match self.dtype {
+            StoreDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            StoreDtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        }
+    }
+}
+
+/// One namespace of the store, open for reading and appending.
+pub struct FeatureStore {
+    pub dir: PathBuf,
+    pub namespace: Namespace,
+    shards: Vec<Shard>,
+    index: HashMap<Key, (usize, usize)>,
+    pending: Vec<(Key, Vec<f32>)>,
+    pending_bytes: usize,
+    dim: Option<usize>,
+    /// Shards found damaged on open (path and reason); they were removed.
+    pub repaired: Vec<(PathBuf, String)>,
+}
+
+/// Pending features are written as a shard once they pass this size, keeping memory flat.
+const FLUSH_BYTES: usize = 64 << 20;
+
+impl FeatureStore {
+    /// Opens (creating) the namespace folder under `root`, checking every shard.
+    pub fn open(root: &Path, namespace: Namespace) -> Result<Self> {
+        let dir = root.join(namespace.id());
+        std::fs::create_dir_all(&dir).map_err(|e| GraftError::io(&dir, e))?;
+        let meta = dir.join("namespace.json");
+        if !meta.exists() {
+            crate::fsutil::write_atomic(&meta, &serde_json::to_vec_pretty(&namespace).expect("namespace serializes"))?;
+        }
+        let mut store = Self {
+            dir: dir.clone(),
+            namespace,
+            shards: Vec::new(),
+            index: HashMap::new(),
+            pending: Vec::new(),
+            pending_bytes: 0,
+            dim: None,
+            repaired: Vec::new(),
+        };
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(|e| GraftError::io(&dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "shard"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            match store.open_shard(&path) {
+                Ok(()) => {}
+                Err(reason) => {
+                    let _ = std::fs::remove_file(&path);
+                    store.repaired.push((path, reason));
+                }
+            }
+        }
+        Ok(store)
+    }
+
+    fn open_shard(&mut self, path: &Path) -> std::result::Result<(), String> {
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        // SAFETY: shards are only ever created whole and renamed into place, never modified.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| e.to_string())?;
+        if map.len() < HEADER + 4 || &map[..8] != MAGIC {
+            return Err("not a feature shard (bad magic or too short)".into());
+        }
+        let u32_at = |o: usize| u32::from_le_bytes([map[o], map[o + 1], map[o + 2], map[o + 3]]);
+        let (version, dtype, dim, count) = (u32_at(8), u32_at(12), u32_at(16) as usize, u32_at(20) as usize);
+        if version != VERSION {
+            return Err(format!("unknown shard version {version}"));
+        }
+        let dtype = match dtype {
+            0 => StoreDtype::F32,
+            1 => StoreDtype::F16,
+            d => return Err(format!("unknown dtype code {d}")),
+        };
+        if dtype != self.namespace.dtype {
+            return Err("dtype differs from the namespace".into());
+        }
+        let expected = count
+            .checked_mul(ENTRY)
+            .and_then(|e| count.checked_mul(dim)?.checked_mul(dtype.size())?.checked_add(e))
+            .and_then(|b| b.checked_add(HEADER + 4))
+            .ok_or("sizes overflow")?;
+        if map.len() != expected {
+            return Err(format!("truncated or padded: {} bytes, header says {expected}", map.len()));
+        }
+        let body = &map[..map.len() - 4];
+        if crc32fast::hash(body) != u32_at(map.len() - 4) {
+            return Err("checksum mismatch (corrupted)".into());
+        }
+        if let Some(d) = self.dim {
+            if d != dim {
+                return Err(format!("feature width {dim} differs from the store's {d}"));
+            }
+        }
+        self.dim = Some(dim);
+        let shard_index = self.shards.len();
+        for row in 0..count {
+            let o = HEADER + row * ENTRY;
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(&map[o..o + 32]);
+            self.index.insert((hash, u32_at(o + 32)), (shard_index, row));
+        }
+        self.shards.push(Shard { path: path.to_path_buf(), map, dim, dtype, count });
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len() + self.pending.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stored features of `key`, if present.
+    pub fn get(&self, key: &Key) -> Option<Vec<f32>> {
+        if let Some(&(s, row)) = self.index.get(key) {
+            return Some(self.shards[s].read(row));
+        }
+        self.pending.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    pub fn contains(&self, key: &Key) -> bool {
+        self.index.contains_key(key) || self.pending.iter().any(|(k, _)| k == key)
+    }
+
+    /// Adds features; they reach disk at the next [`flush`](Self::flush) (or automatically
+    /// once enough are pending).
+    pub fn put(&mut self, key: Key, features: Vec<f32>) -> Result<()> {
+        match self.dim {
+            Some(d) if d != features.len() => {
+                return Err(GraftError::Data {
+                    path: self.dir.clone(),
+                    reason: format!("feature width {} differs from the store's {d}", features.len()),
+                })
+            }
+            _ => self.dim = Some(features.len()),
+        }
+        self.pending_bytes += features.len() * 4;
+        self.pending.push((key, features));
+        if self.pending_bytes >= FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes pending features as one new shard (temporary name, fsync, rename).
+    pub fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let dim = self.dim.unwrap_or(0);
+        let dtype = self.namespace.dtype;
+        let mut bytes = Vec::with_capacity(HEADER + self.pending.len() * (ENTRY + dim * dtype.size()) + 4);
+        bytes.extend_from_slice(MAGIC);
+        for v in [VERSION, dtype.code(), dim as u32, self.pending.len() as u32] {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        for ((hash, view), _) in &self.pending {
+            bytes.extend_from_slice(hash);
+            bytes.extend_from_slice(&view.to_le_bytes());
+        }
+        for (_, values) in &self.pending {
+            match dtype {
+                StoreDtype::F32 => values.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+                StoreDtype::F16 => values.iter().for_each(|v| bytes.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+            }
+        }
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let name = format!("{:06}-{}.shard", self.shards.len(), std::process::id());
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{}.tmp", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| GraftError::io(&path, e))?;
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.open_shard(&path).map_err(|reason| GraftError::Data { path: path.clone(), reason })
+    }
+
+    /// Files of this namespace's shards.
+    pub fn shard_paths(&self) -> Vec<&Path> {
+        self.shards.iter().map(|s| s.path.as_path()).collect()
+    }
+}
+
+/// One namespace as listed by `graft cache ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NamespaceInfo {
+    pub id: String,
+    pub namespace: Option<Namespace>,
+    pub shards: usize,
+    pub bytes: u64,
+}
+
+/// Every namespace under `root`.
+pub fn list(root: &Path) -> Result<Vec<NamespaceInfo>> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(GraftError::io(root, e)),
+    };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let dir = entry.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let namespace = std::fs::read(dir.join("namespace.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let (mut shards, mut bytes) = (0, 0);
+        for f in std::fs::read_dir(&dir).map_err(|e| GraftError::io(&dir, e))?.filter_map(|e| e.ok()) {
+            if f.path().extension().is_some_and(|x| x == "shard") {
+                shards += 1;
+                bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+        out.push(NamespaceInfo { id: entry.file_name().to_string_lossy().into_owned(), namespace, shards, bytes });
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns(cut: &str, dtype: StoreDtype) -> Namespace {
+        Namespace {
+            model: "m".into(),
+            weights_sha256: "w".into(),
+            cut: cut.into(),
+            preprocess: "p".into(),
+            augment: "none".into(),
+            dtype,
+        }
+    }
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("graft-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn round_trip_and_reopen() {
+        let root = tmp("rt");
+        let mut s = FeatureStore::open(&root, ns("pooled", StoreDtype::F32)).unwrap();
+        s.put(([1; 32], 0), vec![1.0, 2.0, 3.5]).unwrap();
+        s.put(([2; 32], 0), vec![-1.0, 0.0, 9.0]).unwrap();
+        s.flush().unwrap();
+        let s = FeatureStore::open(&root, ns("pooled", StoreDtype::F32)).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.get(&([2; 32], 0)).unwrap(), vec![-1.0, 0.0, 9.0]);
+        assert!(s.get(&([2; 32], 1)).is_none());
+        // Another cut is another namespace: nothing there.
+        assert!(FeatureStore::open(&root, ns("_blocks.3", StoreDtype::F32)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn f16_halves_the_values_bytes() {
+        let root = tmp("f16");
+        let mut s = FeatureStore::open(&root, ns("pooled", StoreDtype::F16)).unwrap();
+        s.put(([3; 32], 0), vec![0.1, 1000.0]).unwrap();
+        s.flush().unwrap();
+        let v = s.get(&([3; 32], 0)).unwrap();
+        assert!((v[0] - 0.1).abs() < 1e-3 && v[1] == 1000.0);
+    }
+
+    #[test]
+    fn corrupted_and_truncated_shards_are_detected_and_removed() {
+        for damage in ["flip", "truncate"] {
+            let root = tmp(damage);
+            let mut s = FeatureStore::open(&root, ns("pooled", StoreDtype::F32)).unwrap();
+            s.put(([4; 32], 0), vec![1.0; 100]).unwrap();
+            s.flush().unwrap();
+            let shard = s.shard_paths()[0].to_path_buf();
+            drop(s);
+            let mut bytes = std::fs::read(&shard).unwrap();
+            match damage {
+                "flip" => bytes[HEADER + ENTRY + 10] ^= 0xff,
+                _ => bytes.truncate(bytes.len() - 17),
+            }
+            std::fs::write(&shard, &bytes).unwrap();
+            let s = FeatureStore::open(&root, ns("pooled", StoreDtype::F32)).unwrap();
+            assert!(s.is_empty(), "{damage}: damaged shard must not serve features");
+            assert_eq!(s.repaired.len(), 1, "{damage}: damage is reported");
+            assert!(!shard.exists(), "{damage}: damaged shard is removed so it gets rebuilt");
+        }
+    }
+}

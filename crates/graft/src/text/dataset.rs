@@ -1,0 +1,497 @@
+//! Labelled text datasets: graft's two user formats and readers for the shared benchmark sets.
+//!
+//! * CSV with a header naming a `text` and a `label` column (any order, other columns ignored;
+//!   RFC 4180 quoting, so texts may hold commas, quotes and newlines).
+//! * A folder of class sub-folders holding `.txt` files, one document per file (searched
+//!   recursively, hidden entries ignored, files sorted by path), like the image folders.
+//! * SMS spam (`label<TAB>text`, header line), rt-polarity (`rt-polarity.pos`/`.neg`, one
+//!   sentence per line), Amazon multi-domain reviews (`positive.review`/`negative.review`,
+//!   pseudo-XML with the text in `<review_text>`).
+//!
+//! Class names are sorted (byte order) and a label is an index into them. Bytes that are not
+//! UTF-8 are read as Latin-1, line by line: the old corpora mix the two encodings.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::data::folder::Skipped;
+use crate::{GraftError, Result};
+
+/// Texts with labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TextDataset {
+    /// The file or folder read.
+    pub source: PathBuf,
+    /// Sorted class names.
+    pub classes: Vec<String>,
+    pub texts: Vec<String>,
+    /// Index into `classes`, one per text.
+    pub labels: Vec<usize>,
+    /// Files of a folder dataset that could not be read.
+    pub skipped: Vec<Skipped>,
+}
+
+fn data_err(path: &Path, reason: impl Into<String>) -> GraftError {
+    GraftError::Data { path: path.to_path_buf(), reason: reason.into() }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => data_err(path, "file does not exist"),
+        _ => GraftError::io(path, e),
+    })
+}
+
+/// UTF-8 text, with lines that are not valid UTF-8 read as Latin-1 and a leading BOM dropped.
+pub fn decode_text(bytes: &[u8]) -> String {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_string(),
+        Err(_) => bytes
+            .split_inclusive(|&b| b == b'\n')
+            .map(|line| match std::str::from_utf8(line) {
+                Ok(s) => s.to_string(),
+                Err(_) => line.iter().map(|&b| b as char).collect(),
+            })
+            .collect(),
+    }
+}
+
+impl TextDataset {
+    /// Builds a dataset from (label, text) pairs; classes are the distinct labels, sorted.
+    pub fn from_pairs(source: &Path, pairs: Vec<(String, String)>) -> Self {
+        let classes: Vec<String> = pairs.iter().map(|(l, _)| l.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+        let index: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+        let labels = pairs.iter().map(|(l, _)| index[l.as_str()]).collect();
+        let texts = pairs.into_iter().map(|(_, t)| t).collect();
+        Self { source: source.to_path_buf(), classes, texts, labels, skipped: Vec::new() }
+    }
+
+    /// A folder of class sub-folders, or else a CSV file.
+    pub fn open(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            Self::scan_folder(path)
+        } else {
+            Self::read_csv(path)
+        }
+    }
+
+    /// A CSV file with `text` and `label` columns named in its header.
+    pub fn read_csv(path: &Path) -> Result<Self> {
+        let bytes = read(path)?;
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes.as_slice());
+        let header = reader.byte_headers().map_err(|e| data_err(path, format!("cannot read the CSV header: {e}")))?.clone();
+        let column = |name: &str| {
+            header.iter().position(|h| {
+                let h = h.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(h);
+                decode_text(h).trim().eq_ignore_ascii_case(name)
+            })
+        };
+        let (Some(text_col), Some(label_col)) = (column("text"), column("label")) else {
+            return Err(data_err(path, "the CSV header must name a `text` and a `label` column"));
+        };
+        let mut pairs = Vec::new();
+        for record in reader.byte_records() {
+            let record = record.map_err(|e| data_err(path, format!("bad CSV: {e}")))?;
+            let line = record.position().map(|p| p.line()).unwrap_or(0);
+            let field = |i: usize| record.get(i).map(decode_text);
+            let (Some(text), Some(label)) = (field(text_col), field(label_col)) else {
+                return Err(data_err(path, format!("line {line}: missing the text or label field")));
+            };
+            let label = label.trim().to_string();
+            if label.is_empty() {
+                return Err(data_err(path, format!("line {line}: empty label")));
+            }
+            pairs.push((label, text));
+        }
+        if pairs.is_empty() {
+            return Err(data_err(path, "the CSV file has no rows"));
+        }
+        Ok(Self::from_pairs(path, pairs))
+    }
+
+    /// `DIR/<class>/**/*.txt`, one document per file.
+    pub fn scan_folder(root: &Path) -> Result<Self> {
+        let is_hidden = |p: &Path| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let mut classes = Vec::new();
+        for entry in fs::read_dir(root).map_err(|e| GraftError::io(root, e))? {
+            let path = entry.map_err(|e| GraftError::io(root, e))?.path();
+            if !is_hidden(&path) && path.is_dir() {
+                let name = path.file_name().and_then(|n| n.to_str()).map(String::from);
+                let name = name.ok_or_else(|| data_err(&path, "class folder name is not valid UTF-8"))?;
+                classes.push((name, path));
+            }
+        }
+        classes.sort();
+        if classes.is_empty() {
+            return Err(data_err(root, "no class sub-folders (expected DIR/<class>/<file>.txt)"));
+        }
+        let mut dataset = Self { source: root.to_path_buf(), classes: Vec::new(), texts: Vec::new(), labels: Vec::new(), skipped: Vec::new() };
+        for (label, (name, dir)) in classes.into_iter().enumerate() {
+            let mut files = Vec::new();
+            walk_txt(&dir, 0, &mut files)?;
+            files.sort();
+            if files.is_empty() {
+                return Err(data_err(&dir, "class folder holds no .txt files"));
+            }
+            for file in files {
+                match fs::read(&file) {
+                    Ok(bytes) => {
+                        dataset.texts.push(decode_text(&bytes));
+                        dataset.labels.push(label);
+                    }
+                    Err(e) => dataset.skipped.push(Skipped { path: file, reason: e.to_string() }),
+                }
+            }
+            dataset.classes.push(name);
+        }
+        if dataset.texts.is_empty() {
+            return Err(data_err(root, "no readable .txt files"));
+        }
+        Ok(dataset)
+    }
+
+    /// SMS Spam Collection: `label<TAB>text` lines after a header line.
+    pub fn sms_spam(path: &Path) -> Result<Self> {
+        let text = decode_text(&read(path)?);
+        let mut pairs = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if i == 0 || line.is_empty() {
+                continue; // header
+            }
+            let Some((label, message)) = line.split_once('\t') else {
+                return Err(data_err(path, format!("line {}: expected `label<TAB>text`", i + 1)));
+            };
+            if label.trim().is_empty() {
+                return Err(data_err(path, format!("line {}: empty label", i + 1)));
+            }
+            pairs.push((label.trim().to_string(), message.to_string()));
+        }
+        if pairs.is_empty() {
+            return Err(data_err(path, "no messages"));
+        }
+        Ok(Self::from_pairs(path, pairs))
+    }
+
+    /// Pang & Lee sentence polarity: `DIR/rt-polarity.{neg,pos}`, one sentence per line.
+    /// Classes `neg`, `pos`.
+    pub fn rt_polarity(dir: &Path) -> Result<Self> {
+        let mut pairs = Vec::new();
+        for class in ["neg", "pos"] {
+            let path = dir.join(format!("rt-polarity.{class}"));
+            let text = decode_text(&read(&path)?);
+            let before = pairs.len();
+            pairs.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| (class.to_string(), l.to_string())));
+            if pairs.len() == before {
+                return Err(data_err(&path, "no sentences"));
+            }
+        }
+        Ok(Self::from_pairs(dir, pairs))
+    }
+
+    /// One domain of the Blitzer et al. multi-domain sentiment data:
+    /// `DIR/{negative,positive}.review`. Classes `negative`, `positive`.
+    pub fn amazon_reviews(domain_dir: &Path) -> Result<Self> {
+        let mut pairs = Vec::new();
+        for class in ["negative", "positive"] {
+            let path = domain_dir.join(format!("{class}.review"));
+            let texts = review_texts(&decode_text(&read(&path)?)).map_err(|reason| data_err(&path, reason))?;
+            pairs.extend(texts.into_iter().map(|t| (class.to_string(), t)));
+        }
+        Ok(Self::from_pairs(domain_dir, pairs))
+    }
+
+    pub fn len(&self) -> usize {
+        self.texts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.texts.is_empty()
+    }
+
+    /// Number of texts of each class, indexed by label.
+    pub fn class_counts(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.classes.len()];
+        for &l in &self.labels {
+            counts[l] += 1;
+        }
+        counts
+    }
+
+    /// Errors unless there are at least two classes, each with a text.
+    pub fn check_trainable(&self) -> Result<()> {
+        if self.classes.len() < 2 {
+            return Err(data_err(&self.source, format!("training needs at least 2 classes, found {}", self.classes.len())));
+        }
+        if let Some(c) = self.class_counts().iter().position(|&n| n == 0) {
+            return Err(data_err(&self.source, format!("class `{}` has no texts", self.classes[c])));
+        }
+        Ok(())
+    }
+
+    /// The texts at `indices` (in that order), same classes.
+    pub fn subset(&self, indices: &[usize]) -> Self {
+        Self {
+            source: self.source.clone(),
+            classes: self.classes.clone(),
+            texts: indices.iter().map(|&i| self.texts[i].clone()).collect(),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+            skipped: Vec::new(),
+        }
+    }
+
+    /// Relabels against a training run's classes (evaluation data may lack some of them);
+    /// errors on a class the run does not know.
+    pub fn with_classes(mut self, classes: &[String]) -> Result<Self> {
+        let mut map = Vec::with_capacity(self.classes.len());
+        for name in &self.classes {
+            let i = classes.iter().position(|c| c == name).ok_or_else(|| {
+                data_err(&self.source, format!("class `{name}` is not one of the model's classes ({})", classes.join(", ")))
+            })?;
+            map.push(i);
+        }
+        self.labels.iter_mut().for_each(|l| *l = map[*l]);
+        self.classes = classes.to_vec();
+        Ok(self)
+    }
+}
+
+fn walk_txt(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    const MAX_DEPTH: usize = 32;
+    for entry in fs::read_dir(dir).map_err(|e| GraftError::io(dir, e))? {
+        let entry = entry.map_err(|e| GraftError::io(dir, e))?;
+        if entry.file_name().to_str().is_some_and(|n| n.starts_with('.')) {
+            continue;
+        }
+        let path = entry.path();
+        // Sub-folders are entered only when real folders (no symlink loops).
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            if depth < MAX_DEPTH {
+                walk_txt(&path, depth + 1, out)?;
+            }
+        } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("txt")) && path.is_file() {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The contents of every `<review_text>` element, trimmed, entities decoded.
+fn review_texts(doc: &str) -> std::result::Result<Vec<String>, String> {
+    const OPEN: &str = "<review_text>";
+    const CLOSE: &str = "</review_text>";
+    let mut texts = Vec::new();
+    let mut rest = doc;
+    while let Some(start) = rest.find(OPEN) {
+        let body = &rest[start + OPEN.len()..];
+        let end = body.find(CLOSE).ok_or_else(|| format!("review {} has an unclosed {OPEN}", texts.len() + 1))?;
+        texts.push(unescape_entities(body[..end].trim()));
+        rest = &body[end + CLOSE.len()..];
+    }
+    let records = doc.matches("<review>").count();
+    if texts.is_empty() || texts.len() != records {
+        return Err(format!("found {} {OPEN} elements in {records} <review> records", texts.len()));
+    }
+    Ok(texts)
+}
+
+/// Decodes `&quot;`, `&amp;`, `&lt;`, `&gt;`, `&apos;` and numeric references; anything else
+/// is kept as written.
+fn unescape_entities(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let tail = &rest[amp..];
+        let decoded = tail.find(';').filter(|&semi| semi <= 10).and_then(|semi| {
+            let entity = &tail[1..semi];
+            let c = match entity {
+                "quot" => Some('"'),
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "apos" => Some('\''),
+                _ => entity
+                    .strip_prefix("#x")
+                    .or_else(|| entity.strip_prefix("#X"))
+                    .map(|h| u32::from_str_radix(h, 16))
+                    .or_else(|| entity.strip_prefix('#').map(|d| d.parse::<u32>()))
+                    .and_then(|n| n.ok())
+                    .and_then(char::from_u32),
+            };
+            c.map(|c| (c, semi + 1))
+        });
+        match decoded {
+            Some((c, len)) => {
+                out.push(c);
+                rest = &tail[len..];
+            }
+            None => {
+                out.push('&');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Splits indices into (train, held-out), stratified by label, as `data::folder::stratified_split`
+/// does for images: each class is shuffled with a generator seeded from `seed` and the label,
+/// and `round(n · held_out)` of its `n` texts are held out, clamped so that a class with at least
+/// 2 texts keeps one on each side. Both lists are sorted. `held_out` must lie strictly between
+/// 0 and 1.
+pub fn stratified_split(labels: &[usize], held_out: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
+    if !(held_out > 0.0 && held_out < 1.0) {
+        return Err(GraftError::spec("--val-split", &held_out.to_string(), "the fraction must lie strictly between 0 and 1"));
+    }
+    let mut by_class: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, &label) in labels.iter().enumerate() {
+        by_class.entry(label).or_default().push(i);
+    }
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (label, mut idx) in by_class {
+        let n = idx.len();
+        let mut rng = StdRng::seed_from_u64(splitmix64(seed ^ splitmix64(label as u64)));
+        idx.shuffle(&mut rng);
+        let n_test = if n < 2 { 0 } else { ((n as f64 * held_out).round() as usize).clamp(1, n - 1) };
+        test.extend_from_slice(&idx[..n_test]);
+        train.extend_from_slice(&idx[n_test..]);
+    }
+    train.sort_unstable();
+    test.sort_unstable();
+    Ok((train, test))
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> PathBuf {
+        std::env::var_os("GRAFT_SHARED")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+            .join("data/text")
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/graft-test-scratch/text-lib").join(name);
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn sms_spam_counts() {
+        let d = TextDataset::sms_spam(&shared().join("sms-spam/SMSSpamCollection")).unwrap();
+        assert_eq!(d.classes, ["ham", "spam"]);
+        assert_eq!(d.class_counts(), [4827, 747]);
+        assert_eq!(d.texts[1], "Ok lar... Joking wif u oni...");
+    }
+
+    #[test]
+    fn rt_polarity_counts() {
+        let d = TextDataset::rt_polarity(&shared().join("rt-polarity")).unwrap();
+        assert_eq!(d.classes, ["neg", "pos"]);
+        assert_eq!(d.class_counts(), [5331, 5331]);
+    }
+
+    #[test]
+    fn amazon_reviews_counts_per_domain() {
+        for domain in ["books", "dvd", "electronics", "kitchen"] {
+            let d = TextDataset::amazon_reviews(&shared().join("amazon-reviews").join(domain)).unwrap();
+            assert_eq!(d.classes, ["negative", "positive"], "{domain}");
+            assert_eq!(d.class_counts(), [1000, 1000], "{domain}");
+            assert!(d.texts.iter().all(|t| !t.is_empty() && !t.contains("<review_text>")), "{domain}");
+        }
+        let books = TextDataset::amazon_reviews(&shared().join("amazon-reviews/books")).unwrap();
+        assert!(books.texts[1000].starts_with("Sphere by Michael Crichton is an excellant novel."));
+        assert!(!books.texts.iter().any(|t| t.contains("&quot;")), "entities are decoded");
+    }
+
+    #[test]
+    fn csv_with_quoting_and_any_column_order() {
+        let dir = scratch("csv");
+        let path = dir.join("d.csv");
+        fs::write(&path, "id,label,text\n1,pos,\"great, really \"\"great\"\"\"\n2,neg,\"two\nlines\"\n3,pos,plain\n").unwrap();
+        let d = TextDataset::open(&path).unwrap();
+        assert_eq!(d.classes, ["neg", "pos"]);
+        assert_eq!(d.texts, ["great, really \"great\"", "two\nlines", "plain"]);
+        assert_eq!(d.labels, [1, 0, 1]);
+    }
+
+    #[test]
+    fn csv_errors_name_the_problem() {
+        let dir = scratch("csv-bad");
+        let no_label = dir.join("a.csv");
+        fs::write(&no_label, "text,class\nhi,x\n").unwrap();
+        let e = TextDataset::read_csv(&no_label).unwrap_err().to_string();
+        assert!(e.contains("a.csv") && e.contains("`label`"), "{e}");
+        let ragged = dir.join("b.csv");
+        fs::write(&ragged, "text,label\nhi,x\nho\n").unwrap();
+        let e = TextDataset::read_csv(&ragged).unwrap_err().to_string();
+        assert!(e.contains("b.csv"), "{e}");
+        let e = TextDataset::open(&dir.join("missing.csv")).unwrap_err().to_string();
+        assert!(e.contains("does not exist"), "{e}");
+    }
+
+    #[test]
+    fn folder_of_txt_files_with_latin1() {
+        let dir = scratch("folder");
+        fs::create_dir_all(dir.join("spam/deeper")).unwrap();
+        fs::create_dir_all(dir.join("ham")).unwrap();
+        fs::create_dir_all(dir.join(".hidden")).unwrap();
+        fs::write(dir.join("ham/b.txt"), "second").unwrap();
+        fs::write(dir.join("ham/a.txt"), b"caf\xe9").unwrap(); // Latin-1
+        fs::write(dir.join("ham/notes.md"), "ignored").unwrap();
+        fs::write(dir.join("spam/deeper/c.TXT"), "win £££").unwrap();
+        let d = TextDataset::open(&dir).unwrap();
+        assert_eq!(d.classes, ["ham", "spam"]);
+        assert_eq!(d.texts, ["café", "second", "win £££"]);
+        assert_eq!(d.labels, [0, 0, 1]);
+        fs::create_dir_all(dir.join("empty")).unwrap();
+        let e = TextDataset::open(&dir).unwrap_err().to_string();
+        assert!(e.contains("empty") && e.contains("no .txt"), "{e}");
+    }
+
+    #[test]
+    fn entities() {
+        assert_eq!(unescape_entities("a &quot;b&quot; &amp; &#45;&#x41; &nbsp; & x"), "a \"b\" & -A &nbsp; & x");
+    }
+
+    #[test]
+    fn split_is_stratified_seeded_and_disjoint() {
+        let labels: Vec<usize> = (0..103).map(|i| usize::from(i % 5 == 0)).collect();
+        let (train, test) = stratified_split(&labels, 0.5, 7).unwrap();
+        assert_eq!(train.len() + test.len(), labels.len());
+        assert!(train.iter().all(|i| !test.contains(i)));
+        let positives = |idx: &[usize]| idx.iter().filter(|&&i| labels[i] == 1).count();
+        assert!(positives(&train).abs_diff(positives(&test)) <= 1);
+        assert_eq!(stratified_split(&labels, 0.5, 7).unwrap(), (train.clone(), test.clone()));
+        assert_ne!(stratified_split(&labels, 0.5, 8).unwrap().1, test);
+        assert!(stratified_split(&labels, 1.0, 7).is_err());
+    }
+
+    #[test]
+    fn relabel_against_training_classes() {
+        let d = TextDataset::from_pairs(Path::new("x"), vec![("b".into(), "t".into())]);
+        let d = d.with_classes(&["a".into(), "b".into()]).unwrap();
+        assert_eq!(d.labels, [1]);
+        assert!(d.check_trainable().is_err());
+        let unknown = TextDataset::from_pairs(Path::new("x"), vec![("z".into(), "t".into())]);
+        assert!(unknown.with_classes(&["a".into()]).is_err());
+    }
+}

@@ -1,0 +1,173 @@
+//! Text: labelled text datasets, tokenization, and sentence embeddings from the `minilm-l6`
+//! encoder (all-MiniLM-L6-v2: BERT, mean pooling, L2 normalisation), the text counterpart of
+//! pooled image features.
+
+pub mod dataset;
+pub mod pull;
+pub mod tokenize;
+
+#[cfg(test)]
+mod probe;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use crate::report::Reporter;
+use crate::zoo::bert::{BertConfig, BertModel};
+use crate::zoo::load::WeightSource;
+use crate::zoo::pull::sha256_file;
+use crate::{GraftError, Result};
+pub use dataset::{stratified_split, TextDataset};
+pub use tokenize::{TextTokenizer, MAX_TOKENS};
+
+/// Texts per forward pass when the caller has no preference.
+pub const DEFAULT_BATCH: usize = 32;
+
+/// A sentence encoder with its tokenizer, ready to embed.
+#[derive(Debug)]
+pub struct SentenceEncoder {
+    pub model: BertModel,
+    pub tokenizer: TextTokenizer,
+    /// The file the weights were read from.
+    pub weights_path: PathBuf,
+    /// sha256 of the weights file (the checkpoint's identity in caches and runs).
+    pub weights_sha256: String,
+}
+
+impl SentenceEncoder {
+    /// all-MiniLM-L6-v2 from graft's cache, pulled on first use.
+    pub fn minilm(home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<Self> {
+        let pulled = pull::ensure_minilm(home, reporter)?;
+        let tokenizer = pull::tokenizer_path(&pulled);
+        Self::from_files(&pulled.path, &tokenizer, device)
+    }
+
+    /// A MiniLM-L6-shaped checkpoint (`model.safetensors` or a `.bin` state dict, bare or with
+    /// a `bert.` prefix) and its `tokenizer.json`.
+    pub fn from_files(weights: &Path, tokenizer: &Path, device: &Device) -> Result<Self> {
+        let tokenizer = TextTokenizer::from_file(tokenizer)?;
+        let dict = graft_weights::load(weights)?;
+        let source = WeightSource { dict: &dict, path: weights, model: pull::MINILM_ID, device };
+        let model = BertConfig::minilm_l6().init(device).load_weights(&source)?;
+        Ok(Self { model, tokenizer, weights_path: weights.to_path_buf(), weights_sha256: sha256_file(weights)? })
+    }
+
+    /// Unit-length embeddings of `texts`, [`DEFAULT_BATCH`] at a time.
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S], reporter: &dyn Reporter) -> Result<Vec<Vec<f32>>> {
+        embed_texts(&self.model, &self.tokenizer, texts, DEFAULT_BATCH, reporter)
+    }
+}
+
+/// Embeds `texts` in batches of `batch`, returning one vector per text in input order.
+///
+/// Texts are tokenized up front and batched in order of token count, so that a batch holds
+/// texts of similar length and little compute goes to padding (as sentence-transformers does);
+/// the results are put back in input order. Progress counts texts.
+pub fn embed_texts<S: AsRef<str>>(
+    model: &BertModel,
+    tokenizer: &TextTokenizer,
+    texts: &[S],
+    batch: usize,
+    reporter: &dyn Reporter,
+) -> Result<Vec<Vec<f32>>> {
+    if batch == 0 {
+        return Err(GraftError::spec("--batch", "0", "the batch size must be at least 1"));
+    }
+    let ids = tokenizer.encode(texts)?;
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let mut out = vec![Vec::new(); ids.len()];
+    reporter.start("embedding texts", Some(ids.len() as u64));
+    let mut done = 0;
+    for chunk in order.chunks(batch) {
+        let rows: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+        let embedded = model.embed(&tokenizer.pad(&rows))?; // [rows, D]
+        let [_, d] = embedded.dims();
+        let values: Vec<f32> = embedded.into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data {
+            path: tokenizer.path().to_path_buf(),
+            reason: format!("cannot read embeddings back: {e:?}"),
+        })?;
+        for (&i, row) in chunk.iter().zip(values.chunks_exact(d)) {
+            out[i] = row.to_vec();
+        }
+        done += chunk.len();
+        reporter.progress(done as u64);
+    }
+    reporter.finish();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::device::default_device;
+    use crate::report::Silent;
+
+    fn home() -> PathBuf {
+        std::env::var_os("GRAFT_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/graft-test-home"))
+    }
+
+    fn shared_text() -> PathBuf {
+        std::env::var_os("GRAFT_SHARED")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared"))
+            .join("data/text")
+    }
+
+    /// Frozen MiniLM embeddings + multinomial logistic regression on seeded stratified 50/50
+    /// splits of SMS spam and rt-polarity. A measurement, not a test:
+    /// `cargo test --release -p graft --lib text::tests::measure_minilm_probe -- --ignored --nocapture`
+    /// (`GRAFT_MEASURE_LIMIT=N` embeds only the first N texts of each set; `GRAFT_MEASURE_SEEDS`
+    /// lists split seeds, default `0`).
+    #[test]
+    #[ignore]
+    fn measure_minilm_probe() {
+        let device = default_device();
+        let encoder = SentenceEncoder::minilm(&home(), &Silent, &device).unwrap();
+        let limit: usize = std::env::var("GRAFT_MEASURE_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+        let seeds: Vec<u64> = std::env::var("GRAFT_MEASURE_SEEDS")
+            .unwrap_or_else(|_| "0".into())
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        let sets = [
+            ("sms-spam", TextDataset::sms_spam(&shared_text().join("sms-spam/SMSSpamCollection")).unwrap()),
+            ("rt-polarity", TextDataset::rt_polarity(&shared_text().join("rt-polarity")).unwrap()),
+        ];
+        for (name, data) in sets {
+            let n = data.len().min(limit);
+            let data = data.subset(&(0..n).collect::<Vec<_>>());
+            let tokens: usize = encoder.tokenizer.encode(&data.texts).unwrap().iter().map(Vec::len).sum();
+            let start = Instant::now();
+            let x = encoder.embed(&data.texts, &Silent).unwrap();
+            let secs = start.elapsed().as_secs_f64();
+            eprintln!(
+                "{name}: embedded {n} texts ({tokens} tokens) in {secs:.1} s = {:.1} sentences/s, {:.0} tokens/s",
+                n as f64 / secs,
+                tokens as f64 / secs
+            );
+            for &seed in &seeds {
+                let (train, test) = stratified_split(&data.labels, 0.5, seed).unwrap();
+                let pick = |idx: &[usize]| -> (Vec<Vec<f32>>, Vec<usize>) {
+                    (idx.iter().map(|&i| x[i].clone()).collect(), idx.iter().map(|&i| data.labels[i]).collect())
+                };
+                let ((xtr, ytr), (xte, yte)) = (pick(&train), pick(&test));
+                let start = Instant::now();
+                let model = probe::LogisticRegression::fit(&xtr, &ytr, data.classes.len(), 1.0);
+                let fit_secs = start.elapsed().as_secs_f64();
+                eprintln!(
+                    "{name} seed {seed}: train {} test {}; logistic regression (C=1) train acc {:.4}, test acc {:.4} (fit {fit_secs:.1} s)",
+                    xtr.len(),
+                    xte.len(),
+                    model.accuracy(&xtr, &ytr),
+                    model.accuracy(&xte, &yte)
+                );
+            }
+        }
+    }
+}

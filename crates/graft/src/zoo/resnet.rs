@@ -1,0 +1,477 @@
+//! ResNet-18/34/50/101/152 (He et al., 2016) exactly as torchvision builds them, so a user's
+//! torchvision state dict (`torch.save(model.state_dict())`, zip `.pth` or safetensors) loads
+//! without renaming.
+//!
+//! torchvision semantics kept here: symmetric padding (`k / 2`), BatchNorm eps 1e-5, ReLU, a
+//! 3×3/2 max-pool after the stem, the 1×1 projection shortcut (`downsample`) only where the
+//! shape changes, and for the bottleneck variants the stride on the 3×3 convolution ("v1.5";
+//! the paper put it on the first 1×1).
+//!
+//! Field names are the checkpoint's (`conv1`, `layer2.0.downsample.0`, …): burn's module paths
+//! then equal the names users see in `inspect` and write in `--freeze`. torchvision's
+//! `downsample` is an `nn.Sequential(conv, bn)`; a tuple gives the same `.0` / `.1` paths.
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::efficientnet::global_avg_pool;
+use super::layers::{LayerRow, ParamRow};
+use super::load::WeightSource;
+use crate::Result;
+
+/// PyTorch's BatchNorm defaults (eps; momentum used when BN trains).
+pub const BN_EPS: f64 = 1e-5;
+pub const BN_MOMENTUM: f64 = 0.1;
+const STEM_CHANNELS: usize = 64;
+
+/// The residual unit: two 3×3 convolutions (18/34) or 1×1 → 3×3 → 1×1 (50 and deeper).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockKind {
+    Basic,
+    Bottleneck,
+}
+
+impl BlockKind {
+    /// Output channels per `planes` (torchvision's `expansion`).
+    fn expansion(self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+        }
+    }
+}
+
+/// Shape of one residual block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// Checkpoint prefix, e.g. `layer2.0`.
+    pub layer: usize,
+    pub index: usize,
+    pub input: usize,
+    /// Channels inside the block (`planes`).
+    pub width: usize,
+    pub output: usize,
+    pub stride: usize,
+    pub kind: BlockKind,
+}
+
+impl BlockSpec {
+    pub fn prefix(&self) -> String {
+        format!("layer{}.{}", self.layer, self.index)
+    }
+    /// torchvision adds the projection shortcut whenever the residual's shape changes.
+    fn downsample(&self) -> bool {
+        self.stride != 1 || self.input != self.output
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ResNetConfig {
+    /// Blocks in `layer1` … `layer4`.
+    pub layers: [usize; 4],
+    pub block: BlockKind,
+    /// Native input side (for the layer table's output shapes); torchvision's is 224.
+    pub resolution: usize,
+    pub num_classes: usize,
+}
+
+impl ResNetConfig {
+    /// torchvision's `resnet{depth}`: 18, 34, 50, 101 or 152.
+    pub fn resnet(depth: usize) -> Option<Self> {
+        let (layers, block) = match depth {
+            18 => ([2, 2, 2, 2], BlockKind::Basic),
+            34 => ([3, 4, 6, 3], BlockKind::Basic),
+            50 => ([3, 4, 6, 3], BlockKind::Bottleneck),
+            101 => ([3, 4, 23, 3], BlockKind::Bottleneck),
+            152 => ([3, 8, 36, 3], BlockKind::Bottleneck),
+            _ => return None,
+        };
+        Some(Self { layers, block, resolution: 224, num_classes: 1000 })
+    }
+
+    /// Width of the pooled feature vector: 512 (18/34) or 2048.
+    pub fn feature_dim(&self) -> usize {
+        512 * self.block.expansion()
+    }
+
+    /// Every block in order (`layer1.0` first).
+    pub fn blocks(&self) -> Vec<BlockSpec> {
+        let mut blocks = Vec::new();
+        let mut input = STEM_CHANNELS;
+        for (l, &repeats) in self.layers.iter().enumerate() {
+            let width = STEM_CHANNELS << l;
+            let output = width * self.block.expansion();
+            for index in 0..repeats {
+                // The first block of layers 2–4 halves the resolution.
+                let stride = if index == 0 && l > 0 { 2 } else { 1 };
+                blocks.push(BlockSpec { layer: l + 1, index, input, width, output, stride, kind: self.block });
+                input = output;
+            }
+        }
+        blocks
+    }
+
+    /// Builds the network with freshly initialised weights.
+    pub fn init(&self, device: &Device) -> ResNet {
+        let mut layers: [Vec<Block>; 4] = Default::default();
+        for spec in self.blocks() {
+            layers[spec.layer - 1].push(Block::init(&spec, device));
+        }
+        let [layer1, layer2, layer3, layer4] = layers;
+        ResNet {
+            conv1: conv(3, STEM_CHANNELS, 7, 2, device),
+            bn1: bn(STEM_CHANNELS, device),
+            maxpool: MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(),
+            layer1,
+            layer2,
+            layer3,
+            layer4,
+            fc: Some(LinearConfig::new(self.feature_dim(), self.num_classes).init(device)),
+        }
+    }
+
+    /// The layer table for `inspect`: leaf layers with their output shape for one image at the
+    /// native resolution and their parameters under checkpoint names.
+    pub fn layer_rows(&self) -> Vec<LayerRow> {
+        let mut rows = Vec::new();
+        let mut hw = conv_out(self.resolution, 7, 2, 3);
+        rows.push(LayerRow::conv("conv1", [STEM_CHANNELS, hw, hw], 3, STEM_CHANNELS, 7, 1, false));
+        rows.push(LayerRow::batch_norm("bn1", [STEM_CHANNELS, hw, hw]));
+        hw = conv_out(hw, 3, 2, 1);
+        rows.push(LayerRow {
+            name: "maxpool".into(),
+            kind: "MaxPool2d 3x3".into(),
+            output_shape: vec![STEM_CHANNELS, hw, hw],
+            params: vec![],
+            is_head: false,
+        });
+        for spec in self.blocks() {
+            let p = spec.prefix();
+            let out = conv_out(hw, 3, spec.stride, 1);
+            match spec.kind {
+                BlockKind::Basic => {
+                    rows.push(LayerRow::conv(&format!("{p}.conv1"), [spec.width, out, out], spec.input, spec.width, 3, 1, false));
+                    rows.push(LayerRow::batch_norm(&format!("{p}.bn1"), [spec.width, out, out]));
+                    rows.push(LayerRow::conv(&format!("{p}.conv2"), [spec.output, out, out], spec.width, spec.output, 3, 1, false));
+                    rows.push(LayerRow::batch_norm(&format!("{p}.bn2"), [spec.output, out, out]));
+                }
+                BlockKind::Bottleneck => {
+                    rows.push(LayerRow::conv(&format!("{p}.conv1"), [spec.width, hw, hw], spec.input, spec.width, 1, 1, false));
+                    rows.push(LayerRow::batch_norm(&format!("{p}.bn1"), [spec.width, hw, hw]));
+                    rows.push(LayerRow::conv(&format!("{p}.conv2"), [spec.width, out, out], spec.width, spec.width, 3, 1, false));
+                    rows.push(LayerRow::batch_norm(&format!("{p}.bn2"), [spec.width, out, out]));
+                    rows.push(LayerRow::conv(&format!("{p}.conv3"), [spec.output, out, out], spec.width, spec.output, 1, 1, false));
+                    rows.push(LayerRow::batch_norm(&format!("{p}.bn3"), [spec.output, out, out]));
+                }
+            }
+            if spec.downsample() {
+                rows.push(LayerRow::conv(&format!("{p}.downsample.0"), [spec.output, out, out], spec.input, spec.output, 1, 1, false));
+                rows.push(LayerRow::batch_norm(&format!("{p}.downsample.1"), [spec.output, out, out]));
+            }
+            hw = out;
+        }
+        let features = self.feature_dim();
+        rows.push(LayerRow::pool("avgpool", features));
+        rows.push(LayerRow {
+            name: "fc".into(),
+            kind: "Linear".into(),
+            output_shape: vec![self.num_classes],
+            params: vec![
+                ParamRow::weight("fc.weight", features * self.num_classes),
+                ParamRow::weight("fc.bias", self.num_classes),
+            ],
+            is_head: true,
+        });
+        rows
+    }
+
+    /// The stage (see [`ResNet::num_stages`]) a layer of the table belongs to: 0 for the stem
+    /// (`conv1`, `bn1`, `maxpool`), 1 + the block's position for `layerL.i.*`, `None` for the
+    /// pool and the classifier.
+    pub fn stage_of(&self, layer: &str) -> Option<usize> {
+        if matches!(layer, "conv1" | "bn1" | "maxpool") {
+            return Some(0);
+        }
+        let rest = layer.strip_prefix("layer")?;
+        let mut parts = rest.split('.');
+        let l: usize = parts.next()?.parse().ok()?;
+        let i: usize = parts.next()?.parse().ok()?;
+        if !(1..=4).contains(&l) || i >= self.layers[l - 1] {
+            return None;
+        }
+        Some(1 + self.layers[..l - 1].iter().sum::<usize>() + i)
+    }
+}
+
+/// `(n + 2p − k) / s + 1`: output side of a convolution or pooling window.
+fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize) -> usize {
+    (size + 2 * padding).saturating_sub(kernel) / stride + 1
+}
+
+/// A bias-free convolution with torchvision's symmetric `k / 2` padding.
+fn conv(input: usize, output: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
+    let p = kernel / 2;
+    Conv2dConfig::new([input, output], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+        .with_bias(false)
+        .init(device)
+}
+
+fn bn(channels: usize, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(channels).with_epsilon(BN_EPS).with_momentum(BN_MOMENTUM).init(device)
+}
+
+/// One residual block, BasicBlock or Bottleneck (the latter has `conv3`/`bn3`).
+#[derive(Module, Debug)]
+pub struct Block {
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub conv2: Conv2d,
+    pub bn2: BatchNorm,
+    pub conv3: Option<Conv2d>,
+    pub bn3: Option<BatchNorm>,
+    /// Projection shortcut `nn.Sequential(conv 1×1/s, bn)`: paths `downsample.0`, `downsample.1`.
+    pub downsample: Option<(Conv2d, BatchNorm)>,
+}
+
+impl Block {
+    fn init(spec: &BlockSpec, device: &Device) -> Self {
+        let downsample = spec.downsample().then(|| (conv(spec.input, spec.output, 1, spec.stride, device), bn(spec.output, device)));
+        match spec.kind {
+            BlockKind::Basic => Self {
+                conv1: conv(spec.input, spec.width, 3, spec.stride, device),
+                bn1: bn(spec.width, device),
+                conv2: conv(spec.width, spec.output, 3, 1, device),
+                bn2: bn(spec.output, device),
+                conv3: None,
+                bn3: None,
+                downsample,
+            },
+            BlockKind::Bottleneck => Self {
+                conv1: conv(spec.input, spec.width, 1, 1, device),
+                bn1: bn(spec.width, device),
+                conv2: conv(spec.width, spec.width, 3, spec.stride, device),
+                bn2: bn(spec.width, device),
+                conv3: Some(conv(spec.width, spec.output, 1, 1, device)),
+                bn3: Some(bn(spec.output, device)),
+                downsample,
+            },
+        }
+    }
+
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        // [N, C_in, H, W]
+        let shortcut = match &self.downsample {
+            Some((conv, bn)) => bn.forward(conv.forward(input.clone())), // [N, C_out, H/s, W/s]
+            None => input.clone(),
+        };
+        let x = relu(self.bn1.forward(self.conv1.forward(input))); // [N, width, H or H/s, …]
+        let x = self.bn2.forward(self.conv2.forward(x)); // [N, width or C_out, H/s, W/s]
+        let x = match (&self.conv3, &self.bn3) {
+            (Some(conv3), Some(bn3)) => bn3.forward(conv3.forward(relu(x))), // [N, C_out, H/s, W/s]
+            _ => x,
+        };
+        relu(x + shortcut)
+    }
+
+    fn load(&mut self, w: &WeightSource, prefix: &str) -> Result<()> {
+        w.conv(&mut self.conv1, &format!("{prefix}.conv1"))?;
+        w.batch_norm(&mut self.bn1, &format!("{prefix}.bn1"))?;
+        w.conv(&mut self.conv2, &format!("{prefix}.conv2"))?;
+        w.batch_norm(&mut self.bn2, &format!("{prefix}.bn2"))?;
+        if let (Some(conv3), Some(bn3)) = (self.conv3.as_mut(), self.bn3.as_mut()) {
+            w.conv(conv3, &format!("{prefix}.conv3"))?;
+            w.batch_norm(bn3, &format!("{prefix}.bn3"))?;
+        }
+        if let Some((conv, bn)) = self.downsample.as_mut() {
+            w.conv(conv, &format!("{prefix}.downsample.0"))?;
+            w.batch_norm(bn, &format!("{prefix}.downsample.1"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The whole network, ImageNet classifier included.
+#[derive(Module, Debug)]
+pub struct ResNet {
+    pub conv1: Conv2d,
+    pub bn1: BatchNorm,
+    pub maxpool: MaxPool2d,
+    pub layer1: Vec<Block>,
+    pub layer2: Vec<Block>,
+    pub layer3: Vec<Block>,
+    pub layer4: Vec<Block>,
+    /// The ImageNet classifier; `None` once cut off for a new head.
+    pub fc: Option<Linear>,
+}
+
+impl ResNet {
+    /// Replaces every parameter and BatchNorm statistic with the checkpoint's, checking that
+    /// each tensor exists and has the shape this architecture needs (so a ResNet-50 file given
+    /// for a ResNet-18 fails naming the first tensor that differs).
+    pub fn load_weights(mut self, w: &WeightSource) -> Result<Self> {
+        w.conv(&mut self.conv1, "conv1")?;
+        w.batch_norm(&mut self.bn1, "bn1")?;
+        let layers = [&mut self.layer1, &mut self.layer2, &mut self.layer3, &mut self.layer4];
+        for (l, blocks) in layers.into_iter().enumerate() {
+            for (i, block) in blocks.iter_mut().enumerate() {
+                block.load(w, &format!("layer{}.{i}", l + 1))?;
+            }
+        }
+        if let Some(fc) = self.fc.as_mut() {
+            w.linear(fc, "fc")?;
+        }
+        Ok(self)
+    }
+
+    /// Stem: [N, 3, H, W] → [N, 64, H/4, W/4] (conv 7×7/2, BN, ReLU, max-pool 3×3/2).
+    pub fn stem(&self, images: Tensor<4>) -> Tensor<4> {
+        let x = relu(self.bn1.forward(self.conv1.forward(images))); // [N, 64, H/2, W/2]
+        self.maxpool.forward(x) // [N, 64, H/4, W/4]
+    }
+
+    /// The residual blocks in order, `layer1.0` first.
+    pub fn blocks(&self) -> impl Iterator<Item = &Block> {
+        self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4)
+    }
+
+    /// Stages are the units a cut can fall between: 0 is the stem, 1..=B the residual blocks
+    /// (ResNet has no head convolution).
+    pub fn num_stages(&self) -> usize {
+        1 + self.blocks().count()
+    }
+
+    /// Runs stages `range` (see [`num_stages`](Self::num_stages)) on a feature map; stages past
+    /// the end are ignored.
+    pub fn forward_stages(&self, mut x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        if range.contains(&0) {
+            x = self.stem(x);
+        }
+        let first = range.start.max(1);
+        for block in self.blocks().skip(first - 1).take(range.end.saturating_sub(first)) {
+            x = block.forward(x);
+        }
+        x
+    }
+
+    /// Pooled features: [N, 3, H, W] → [N, 512] (18/34) or [N, 2048].
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = self.forward_stages(images, 0..self.num_stages()); // [N, C, H/32, W/32]
+        global_avg_pool(x) // [N, C]
+    }
+
+    /// ImageNet logits: [N, 3, H, W] → [N, num_classes]; without the classifier, the pooled
+    /// features.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let features = self.features(images);
+        match &self.fc {
+            Some(fc) => fc.forward(features),
+            None => features,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zoo::layers::{summarize, FreezeSpec};
+
+    fn total_params(cfg: &ResNetConfig) -> usize {
+        summarize(&cfg.layer_rows(), &Default::default()).total_params
+    }
+
+    #[test]
+    fn parameter_counts_match_torchvision() {
+        // torchvision's published counts (sum of p.numel() over model.parameters()).
+        assert_eq!(total_params(&ResNetConfig::resnet(18).unwrap()), 11_689_512);
+        assert_eq!(total_params(&ResNetConfig::resnet(34).unwrap()), 21_797_672);
+        assert_eq!(total_params(&ResNetConfig::resnet(50).unwrap()), 25_557_032);
+        assert_eq!(total_params(&ResNetConfig::resnet(101).unwrap()), 44_549_160);
+        assert!(ResNetConfig::resnet(19).is_none());
+    }
+
+    #[test]
+    fn rows_name_checkpoint_tensors_and_shapes() {
+        let rows = ResNetConfig::resnet(50).unwrap().layer_rows();
+        let find = |n: &str| rows.iter().find(|r| r.name == n).unwrap_or_else(|| panic!("no row {n}"));
+        assert_eq!(find("maxpool").output_shape, vec![64, 56, 56]);
+        assert_eq!(find("layer1.0.downsample.0").output_shape, vec![256, 56, 56]);
+        // v1.5: the stride sits on the 3×3.
+        assert_eq!(find("layer2.0.conv1").output_shape, vec![128, 56, 56]);
+        assert_eq!(find("layer2.0.conv2").output_shape, vec![128, 28, 28]);
+        assert_eq!(find("layer4.2.bn3").output_shape, vec![2048, 7, 7]);
+        assert!(rows.iter().all(|r| r.name != "layer1.1.downsample.0"));
+        assert!(find("fc").is_head);
+        // `--freeze 2` = stem + layer1.0 + layer1.1.
+        let frozen = FreezeSpec::FirstBlocks(2).frozen_params(&rows).unwrap();
+        assert!(frozen.contains("conv1.weight") && frozen.contains("layer1.1.bn3.running_var"));
+        assert!(!frozen.contains("layer1.2.conv1.weight"));
+    }
+
+    #[test]
+    fn stages_cover_every_trunk_layer() {
+        let cfg = ResNetConfig::resnet(34).unwrap();
+        assert_eq!(cfg.stage_of("conv1"), Some(0));
+        assert_eq!(cfg.stage_of("layer1.0.conv1"), Some(1));
+        assert_eq!(cfg.stage_of("layer2.0.downsample.1"), Some(4));
+        assert_eq!(cfg.stage_of("layer4.2.bn2"), Some(16));
+        assert_eq!(cfg.stage_of("layer4.3.bn2"), None);
+        assert_eq!(cfg.stage_of("fc"), None);
+        for row in cfg.layer_rows().iter().filter(|r| !r.is_head && r.name != "avgpool") {
+            assert!(cfg.stage_of(&row.name).is_some(), "{} has no stage", row.name);
+        }
+    }
+
+    #[test]
+    fn module_paths_are_checkpoint_names() {
+        // burn's parameter paths must equal the checkpoint names so freeze regexes written
+        // against `inspect` hit the right tensors (BN weight/bias are burn's gamma/beta).
+        use burn::module::{ModuleVisitor, Param};
+        struct Paths(Vec<String>, Vec<String>);
+        impl ModuleVisitor for Paths {
+            fn enter_module(&mut self, name: &str, _: &str) {
+                self.1.push(name.to_string());
+            }
+            fn exit_module(&mut self, _: &str, _: &str) {
+                self.1.pop();
+            }
+            fn visit_float<const D: usize>(&mut self, _: &Param<Tensor<D>>) {
+                self.0.push(self.1.join("."));
+            }
+        }
+        let device = Default::default();
+        let cfg = ResNetConfig { layers: [1, 1, 1, 1], ..ResNetConfig::resnet(50).unwrap() };
+        let mut paths = Paths(vec![], vec![]);
+        cfg.init(&device).visit(&mut paths);
+        for p in ["conv1.weight", "bn1.gamma", "layer2.0.conv3.weight", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.running_var", "fc.weight"] {
+            assert!(paths.0.iter().any(|q| q == p), "no parameter {p} in {:?}", &paths.0[..8]);
+        }
+    }
+
+    #[test]
+    fn forward_shapes_and_stage_cuts() {
+        let device = Default::default();
+        let cfg = ResNetConfig { layers: [1, 1, 1, 1], num_classes: 7, ..ResNetConfig::resnet(50).unwrap() };
+        let net = cfg.init(&device);
+        assert_eq!(net.num_stages(), 5);
+        let x = Tensor::<4>::ones([1, 3, 64, 64], &device);
+        assert_eq!(net.forward(x.clone()).dims(), [1, 7]);
+        let mid = net.forward_stages(x.clone(), 0..2);
+        assert_eq!(mid.dims(), [1, 256, 16, 16]);
+        let end = net.forward_stages(mid, 2..5);
+        let whole = net.forward_stages(x, 0..5);
+        assert_eq!(end.dims(), [1, 2048, 2, 2]);
+        let diff: f32 = (end - whole).abs().max().into_scalar();
+        assert_eq!(diff, 0.0);
+    }
+}
