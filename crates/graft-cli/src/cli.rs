@@ -121,6 +121,10 @@ pub struct FitArgs {
     /// f32 or f16: how cached activations are stored.
     #[arg(long)]
     pub cache_dtype: Option<String>,
+    /// BatchNorm in unfrozen blocks trains (batch statistics, running statistics updated);
+    /// by default it stays in inference mode and only its scale and shift train.
+    #[arg(long)]
+    pub train_bn: bool,
     /// Stop after this many epochs without validation improvement.
     #[arg(long)]
     pub patience: Option<usize>,

@@ -5,6 +5,7 @@
 
 pub mod adapt;
 pub mod cache;
+pub mod classic;
 pub mod data;
 pub mod device;
 pub mod error;

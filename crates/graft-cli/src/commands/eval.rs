@@ -1,6 +1,7 @@
 use graft::data::folder::ImageFolder;
 use graft::device::default_device;
-use graft::train::run::{load_run, predict_files, top1, Evaluation};
+use graft::train::run::{load_run, predict_files, run_store, top1, Evaluation};
+use graft::zoo::graft_home;
 use serde_json::json;
 
 use crate::cli::EvalArgs;
@@ -12,7 +13,9 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     let (info, model) = load_run(&args.run, &device)?;
     let folder = ImageFolder::scan_with_classes(&args.data, &info.classes)?;
     let reporter = TermReporter::new();
-    let (probs, skipped) = predict_files(&model, &info.preprocess, &folder.samples, args.batch, &device, &reporter);
+    // A frozen-trunk run's features may already be in the cache (and are kept there).
+    let mut store = run_store(&info, model.net.trunk._blocks.len(), &graft_home())?;
+    let (probs, skipped) = predict_files(&model, &info.preprocess, &folder.samples, args.batch, &device, &reporter, store.as_mut());
     let mut truth = Vec::new();
     let mut rows = Vec::new();
     for (p, s) in probs.into_iter().zip(&folder.samples) {

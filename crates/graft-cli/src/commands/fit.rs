@@ -28,6 +28,7 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
     if let Some(v) = &args.model { c.model = v.clone(); }
     if let Some(v) = &args.weights { c.weights = Some(v.clone()); }
     if args.from_scratch { c.from_scratch = true; }
+    if args.train_bn { c.train_bn = true; }
     if let Some(v) = &args.data { c.data = v.clone(); }
     if let Some(v) = &args.val { c.val = Some(v.clone()); }
     if let Some(v) = args.val_split { c.val_split = v; }

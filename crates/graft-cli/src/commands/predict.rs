@@ -69,7 +69,7 @@ fn predict_run(run: &std::path::Path, args: &PredictArgs, out: &Output) -> anyho
     let samples: Vec<graft::data::folder::Sample> =
         args.images.iter().map(|p| graft::data::folder::Sample { path: p.clone(), label: 0 }).collect();
     let reporter = TermReporter::new();
-    let (probs, skipped) = graft::train::run::predict_files(&model, &info.preprocess, &samples, args.batch, &device, &reporter);
+    let (probs, skipped) = graft::train::run::predict_files(&model, &info.preprocess, &samples, args.batch, &device, &reporter, None);
     for s in &skipped {
         reporter.message(&format!("skipping {}: {}", s.path.display(), s.reason));
     }

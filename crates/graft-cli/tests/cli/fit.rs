@@ -115,7 +115,7 @@ fn a_frozen_block_inside_a_trained_network_keeps_its_batchnorm_statistics() {
     let spec = r"regex:^_blocks\.14\.";
     let v = json_of(&graft(&[
         "fit", "--data", s(&data), "--out", s(&run), "--epochs", "1", "--freeze", spec, "--batch-size", "6",
-        "--lr", "1e-3", "--json",
+        "--lr", "1e-3", "--train-bn", "--json",
     ]));
     let pretrained = load(&lite0_weights());
     let last = load(&run.join("last.safetensors"));
@@ -126,6 +126,17 @@ fn a_frozen_block_inside_a_trained_network_keeps_its_batchnorm_statistics() {
     let neighbour = trunk_pairs(&pretrained, &last, "_blocks.13._bn1.running_mean");
     assert_eq!(neighbour.len(), 1);
     assert!(neighbour[0].1 != neighbour[0].2, "_blocks.13 trained but its BN statistics did not move");
+
+    // By default BatchNorm in trained blocks stays in inference mode: statistics fixed, scale
+    // and shift trained.
+    let run2 = dir.join("run-bn-inference");
+    json_of(&graft(&["fit", "--data", s(&data), "--out", s(&run2), "--epochs", "1", "--freeze", spec, "--batch-size", "6", "--lr", "1e-3", "--json"]));
+    let last2 = load(&run2.join("last.safetensors"));
+    let stats = trunk_pairs(&pretrained, &last2, "_blocks.13._bn1.running_");
+    assert_eq!(stats.len(), 2);
+    assert!(stats.iter().all(|(_, a, b)| a == b), "BN statistics moved without --train-bn");
+    let gamma = trunk_pairs(&pretrained, &last2, "_blocks.13._bn1.weight");
+    assert!(gamma[0].1 != gamma[0].2, "BN scale did not train");
 
     // inspect counts the same trainable parameters fit trained.
     let inspect = json_of(&graft(&["inspect", "efficientnet-lite0", "--freeze", spec, "--head", "linear", "--classes", "3", "--json"]));

@@ -72,12 +72,12 @@ impl Method {
 
     /// Default weight of the adaptation loss. MMD and adversarial losses: 1 (TLlib's trade-off).
     /// CORAL: the paper weighs its loss so that it is about as large as the classification loss
-    /// at the end of training; with the 1/(4d²) normalisation on a 256-wide bottleneck that takes
-    /// a large weight (see the report of issue 6 for the measured magnitudes).
+    /// at the end of training; with the 1/(4d²) normalisation on a 256-wide bottleneck the raw
+    /// CORAL loss of LeNet digits is ≈ 0.003 against a classification loss of 0.2–1, so 100.
     pub fn default_lambda(self) -> f64 {
         match self {
             Method::SourceOnly => 0.0,
-            Method::Coral => 1000.0,
+            Method::Coral => 100.0,
             _ => 1.0,
         }
     }

@@ -17,9 +17,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{AutodiffModule, Module, ParamId};
+use burn::module::{Module, ParamId};
+use burn::nn::DropoutConfig;
 use burn::optim::momentum::MomentumConfig;
-use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rand::rngs::StdRng;
@@ -44,6 +45,9 @@ use crate::{GraftError, Result};
 /// [`CDAN_RANDOM_DIM`]) beyond (TLlib's rule).
 pub const CDAN_FULL_MAX: usize = 4096;
 pub const CDAN_RANDOM_DIM: usize = 1024;
+
+/// Learning rate of ADDA's adversarial phase (Adam, as in the ADDA paper).
+pub const ADDA_LR: f64 = 2e-4;
 
 /// What is needed to rebuild an adapted model without its training data (`model.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,7 +130,7 @@ impl AdaptEpoch {
 }
 
 /// What `adapt` reports (`summary.json`, and `graft adapt --json`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct AdaptSummary {
     pub run: PathBuf,
     pub method: Method,
@@ -141,7 +145,8 @@ pub struct AdaptSummary {
     pub source_val_accuracy: Option<f64>,
     /// Accuracy of the kept model on the target test set, when one was given.
     pub target_test_accuracy: Option<f64>,
-    pub target_test: Option<Evaluation>,
+    /// Per-class accuracy and confusion matrix on the target test set.
+    pub target_test_evaluation: Option<Evaluation>,
     pub n_source_train: usize,
     pub n_source_val: usize,
     pub n_target: usize,
@@ -220,7 +225,6 @@ pub fn evaluate(net: &AdaptNet, domain: &Domain, batch: usize, device: &Device) 
 /// Everything a training phase needs besides the model.
 struct Ctx<'a> {
     config: &'a AdaptConfig,
-    method: Method,
     source: &'a Domain,
     target: &'a Domain,
     val: &'a Domain,
@@ -292,11 +296,17 @@ impl Ctx<'_> {
         epoch_offset: usize,
         total_epochs: usize,
     ) -> Result<(Trainable, usize, Option<f64>)> {
-        let mut opt = sgd(self.config);
-        // ADDA's adversarial phase trains the encoder and the discriminator, never the head.
-        let ids: Option<Vec<ParamId>> = source_net.map(|_| {
-            let head: Vec<ParamId> = param_ids(&model.net.head);
-            param_ids(&model).into_iter().filter(|id| !head.contains(id)).collect()
+        // ADDA's adversarial phase is a GAN: Adam (lr 2e-4, β₁ 0.5) as in the ADDA paper.
+        let mut opt = match source_net {
+            Some(_) => AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999).with_epsilon(1e-8).init(),
+            None => sgd(self.config),
+        };
+        // ADDA's adversarial phase trains the target encoder and the discriminator, each on its
+        // own loss, and never the head.
+        let adda_ids: Option<(Vec<ParamId>, Vec<ParamId>)> = source_net.map(|_| {
+            let head = param_ids(&model.net.head);
+            let encoder = param_ids(&model.net).into_iter().filter(|id| !head.contains(id)).collect();
+            (encoder, model.disc.as_ref().map(param_ids).unwrap_or_default())
         });
         let mut source_batches = Batches::new(self.source.len(), seed ^ 0x5EED_0001);
         let mut target_batches = Batches::new(self.target.len(), seed ^ 0x5EED_0002);
@@ -312,17 +322,26 @@ impl Ctx<'_> {
             for it in 0..self.steps_per_epoch {
                 let step = epoch * self.steps_per_epoch + it;
                 let p = step as f64 / total_steps.max(1) as f64;
-                lr = self.lr_at(p);
+                lr = if source_net.is_some() { ADDA_LR } else { self.lr_at(p) };
                 lambda = self.config.lambda() * self.schedule_at(p);
                 let s_idx = source_batches.next(self.config.batch_size);
                 let t_idx = target_batches.next(self.config.batch_size);
-                let loss = self.step(&model, method, &s_idx, &t_idx, lambda, source_net, &mut sums);
-                let mut grads = loss.backward();
-                let grads = match &ids {
-                    Some(ids) => GradientsParams::from_params(&mut grads, &model, ids),
-                    None => GradientsParams::from_grads(grads, &model),
-                };
-                model = opt.step(lr, model, grads);
+                match (source_net, &adda_ids) {
+                    (Some(source_net), Some((encoder_ids, disc_ids))) => {
+                        let (loss_d, loss_e) = self.adda_step(&model, source_net, &s_idx, &t_idx, lambda, &mut sums);
+                        let mut grads_d = loss_d.backward();
+                        let grads_d = GradientsParams::from_params(&mut grads_d, &model, disc_ids);
+                        let mut grads_e = loss_e.backward();
+                        let grads_e = GradientsParams::from_params(&mut grads_e, &model, encoder_ids);
+                        model = opt.step(lr, model, grads_d);
+                        model = opt.step(lr, model, grads_e);
+                    }
+                    _ => {
+                        let loss = self.step(&model, method, &s_idx, &t_idx, lambda, &mut sums);
+                        let grads = GradientsParams::from_grads(loss.backward(), &model);
+                        model = opt.step(lr, model, grads);
+                    }
+                }
                 self.reporter.progress(it as u64 + 1);
             }
             self.reporter.finish();
@@ -371,28 +390,12 @@ impl Ctx<'_> {
 
     /// One iteration's loss; adds its figures to `sums`.
     #[allow(clippy::too_many_arguments)]
-    fn step(&self, model: &Trainable, method: Method, s_idx: &[usize], t_idx: &[usize], lambda: f64, source_net: Option<&AdaptNet>, sums: &mut Sums) -> Tensor<1> {
+    fn step(&self, model: &Trainable, method: Method, s_idx: &[usize], t_idx: &[usize], lambda: f64, sums: &mut Sums) -> Tensor<1> {
         let dev = &self.train_device;
         let xs = gather_rows(&self.source.x, self.source.width, s_idx, dev);
         let ys: Vec<usize> = s_idx.iter().map(|&i| self.source.labels[i]).collect();
         let ns = s_idx.len();
         sums.steps += 1;
-
-        // ADDA, adversarial phase: frozen source encoder vs the trained target encoder.
-        if let Some(source_net) = source_net {
-            let xs_plain = gather_rows(&self.source.x, self.source.width, s_idx, self.device);
-            let f_s = Tensor::<2>::from_data(source_net.features(xs_plain).into_data(), dev);
-            let xt = gather_rows(&self.target.x, self.target.width, t_idx, dev);
-            let f_t = model.net.features(xt);
-            let disc = model.disc.as_ref().expect("ADDA has a discriminator");
-            let z = disc.forward(losses::reverse_gradient(Tensor::cat(vec![f_s, f_t], 0), lambda));
-            let (z_s, z_t) = split_rows(z, ns);
-            self.count_domain(&z_s, &z_t, sums);
-            let transfer = losses::domain_adversarial(z_s, z_t);
-            let t: f32 = transfer.clone().into_scalar();
-            sums.transfer += t as f64;
-            return transfer;
-        }
 
         if method == Method::SourceOnly {
             let logits = model.net.logits(xs);
@@ -435,6 +438,33 @@ impl Ctx<'_> {
         let t: f32 = transfer.clone().into_scalar();
         sums.transfer += t as f64;
         cls + transfer
+    }
+
+    /// ADDA's adversarial iteration (the original paper's GAN objective with inverted labels):
+    /// the discriminator learns source = 1, target = 0 on fixed features; the target encoder
+    /// learns to make the discriminator call its features source (weight `lambda`). Both see
+    /// the joint batch, so the discriminator's BatchNorm always normalises source and target
+    /// together. Returns (discriminator loss, encoder loss).
+    fn adda_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], lambda: f64, sums: &mut Sums) -> (Tensor<1>, Tensor<1>) {
+        let dev = &self.train_device;
+        let ns = s_idx.len();
+        sums.steps += 1;
+        let xs = gather_rows(&self.source.x, self.source.width, s_idx, self.device);
+        let f_s = Tensor::<2>::from_data(source_net.features(xs).into_data(), dev);
+        let f_t = model.net.features(gather_rows(&self.target.x, self.target.width, t_idx, dev));
+        let disc = model.disc.as_ref().expect("ADDA has a discriminator");
+        let z = disc.forward(Tensor::cat(vec![f_s.clone(), f_t.clone().detach()], 0));
+        let (z_s, z_t) = split_rows(z, ns);
+        self.count_domain(&z_s, &z_t, sums);
+        let loss_d = losses::domain_adversarial(z_s, z_t);
+        let z = disc.forward(Tensor::cat(vec![f_s, f_t], 0));
+        let (_, z_t) = split_rows(z, ns);
+        let loss_e = losses::bce_per_row(z_t, 1.0).mean().mul_scalar(lambda);
+        let d: f32 = loss_d.clone().into_scalar();
+        let e: f32 = loss_e.clone().into_scalar();
+        sums.transfer += d as f64;
+        sums.cls += e as f64;
+        (loss_d, loss_e)
     }
 
     fn classification(&self, logits: Tensor<2>, ys: &[usize], sums: &mut Sums) -> Tensor<1> {
@@ -559,7 +589,6 @@ pub fn adapt(config: &AdaptConfig, run: &Path, home: &Path, reporter: &dyn Repor
     let steps_per_epoch = config.iters_per_epoch.unwrap_or_else(|| source.len().div_ceil(config.batch_size).max(1));
     let ctx = Ctx {
         config,
-        method: config.method,
         source: &source,
         target: &target,
         val: &val,
@@ -580,7 +609,14 @@ pub fn adapt(config: &AdaptConfig, run: &Path, home: &Path, reporter: &dyn Repor
         let model = Trainable { net, disc: None }.train();
         let (model, _, _) = ctx.train_phase(model, Method::SourceOnly, "pretrain", pre, Keep::BestSourceVal, None, config.seed, 0, total)?;
         let source_net = model.net.valid();
-        let target_model = Trainable { net: model.net, disc }.train();
+        // The frozen source encoder runs without dropout; so does the target encoder, or the
+        // discriminator could tell the domains apart by the dropout noise alone.
+        let mut target_net = model.net;
+        if let Some(lenet) = target_net.lenet.as_mut() {
+            lenet.channel_dropout = DropoutConfig::new(0.0).init();
+            lenet.dropout = DropoutConfig::new(0.0).init();
+        }
+        let target_model = Trainable { net: target_net, disc }.train();
         let (model, best, _) = ctx.train_phase(target_model, Method::Adda, "adapt", config.epochs, Keep::Last, Some(&source_net), config.seed ^ 0xADDA, pre, total)?;
         let acc = (!val.is_empty()).then(|| {
             let (_, predicted) = evaluate(&model.net.valid(), &val, 500, device);
@@ -617,7 +653,7 @@ pub fn adapt(config: &AdaptConfig, run: &Path, home: &Path, reporter: &dyn Repor
         best_epoch,
         source_val_accuracy,
         target_test_accuracy: target_eval.as_ref().map(|e| e.accuracy),
-        target_test: target_eval,
+        target_test_evaluation: target_eval,
         n_source_train: source.len(),
         n_source_val: val.len(),
         n_target: target.len(),

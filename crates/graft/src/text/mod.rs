@@ -123,13 +123,15 @@ mod tests {
     /// splits of SMS spam and rt-polarity. A measurement, not a test:
     /// `cargo test --release -p graft --lib text::tests::measure_minilm_probe -- --ignored --nocapture`
     /// (`GRAFT_MEASURE_LIMIT=N` embeds only the first N texts of each set; `GRAFT_MEASURE_SEEDS`
-    /// lists split seeds, default `0`).
+    /// lists split seeds, default `0`; `GRAFT_MEASURE_BATCH` sets the batch size;
+    /// `GRAFT_MEASURE_SAVE=DIR` writes the embeddings and labels there as `.npy`).
     #[test]
     #[ignore]
     fn measure_minilm_probe() {
         let device = default_device();
         let encoder = SentenceEncoder::minilm(&home(), &Silent, &device).unwrap();
         let limit: usize = std::env::var("GRAFT_MEASURE_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+        let batch: usize = std::env::var("GRAFT_MEASURE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_BATCH);
         let seeds: Vec<u64> = std::env::var("GRAFT_MEASURE_SEEDS")
             .unwrap_or_else(|_| "0".into())
             .split(',')
@@ -144,13 +146,21 @@ mod tests {
             let data = data.subset(&(0..n).collect::<Vec<_>>());
             let tokens: usize = encoder.tokenizer.encode(&data.texts).unwrap().iter().map(Vec::len).sum();
             let start = Instant::now();
-            let x = encoder.embed(&data.texts, &Silent).unwrap();
+            let x = embed_texts(&encoder.model, &encoder.tokenizer, &data.texts, batch, &Silent).unwrap();
             let secs = start.elapsed().as_secs_f64();
             eprintln!(
-                "{name}: embedded {n} texts ({tokens} tokens) in {secs:.1} s = {:.1} sentences/s, {:.0} tokens/s",
+                "{name}: embedded {n} texts ({tokens} tokens, batch {batch}) in {secs:.1} s = {:.1} sentences/s, {:.0} tokens/s",
                 n as f64 / secs,
                 tokens as f64 / secs
             );
+            if let Some(dir) = std::env::var_os("GRAFT_MEASURE_SAVE") {
+                // Embeddings and labels as .npy, to check the probe against another library.
+                let dir = PathBuf::from(dir);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(dir.join(format!("{name}-x.npy")), crate::npy::encode_f32(&[n, x[0].len()], &x.concat())).unwrap();
+                let y: Vec<f32> = data.labels.iter().map(|&l| l as f32).collect();
+                std::fs::write(dir.join(format!("{name}-y.npy")), crate::npy::encode_f32(&[n], &y)).unwrap();
+            }
             for &seed in &seeds {
                 let (train, test) = stratified_split(&data.labels, 0.5, seed).unwrap();
                 let pick = |idx: &[usize]| -> (Vec<Vec<f32>>, Vec<usize>) {
@@ -161,11 +171,12 @@ mod tests {
                 let model = probe::LogisticRegression::fit(&xtr, &ytr, data.classes.len(), 1.0);
                 let fit_secs = start.elapsed().as_secs_f64();
                 eprintln!(
-                    "{name} seed {seed}: train {} test {}; logistic regression (C=1) train acc {:.4}, test acc {:.4} (fit {fit_secs:.1} s)",
+                    "{name} seed {seed}: train {} test {}; logistic regression (C=1) train acc {:.4}, test acc {:.4} (fit {fit_secs:.1} s, {} steps)",
                     xtr.len(),
                     xte.len(),
                     model.accuracy(&xtr, &ytr),
-                    model.accuracy(&xte, &yte)
+                    model.accuracy(&xte, &yte),
+                    model.iterations
                 );
             }
         }

@@ -10,6 +10,8 @@ pub(crate) struct LogisticRegression {
     w: Vec<f64>,
     d: usize,
     k: usize,
+    /// Gradient steps taken (`MAX_ITERS` when the tolerance was not reached).
+    pub(crate) iterations: usize,
 }
 
 const MAX_ITERS: usize = 5000;
@@ -25,10 +27,12 @@ impl LogisticRegression {
         let mut w = vec![0.0; k * (d + 1)];
         let mut ahead = w.clone();
         let mut t = 1.0f64;
-        for _ in 0..MAX_ITERS {
-            let grad = Self { w: ahead.clone(), d, k }.gradient(x, y, lambda);
+        let mut iterations = MAX_ITERS;
+        for it in 0..MAX_ITERS {
+            let grad = Self { w: ahead.clone(), d, k, iterations: 0 }.gradient(x, y, lambda);
             if grad.iter().fold(0.0f64, |m, g| m.max(g.abs())) < GRAD_TOL {
                 w = ahead;
+                iterations = it;
                 break;
             }
             let next: Vec<f64> = ahead.iter().zip(&grad).map(|(a, g)| a - step * g).collect();
@@ -38,7 +42,7 @@ impl LogisticRegression {
             w = next;
             t = t_next;
         }
-        Self { w, d, k }
+        Self { w, d, k, iterations }
     }
 
     fn logits(&self, row: &[f32]) -> Vec<f64> {

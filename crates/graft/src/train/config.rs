@@ -137,6 +137,10 @@ pub struct FitConfig {
     /// (0: augmentation turns the cache off).
     pub cache_views: usize,
     pub cache_dtype: crate::cache::StoreDtype,
+    /// Let BatchNorm in unfrozen blocks use batch statistics and update its running
+    /// statistics (always on when training from scratch).
+    #[serde(default)]
+    pub train_bn: bool,
     /// Stop after this many epochs without improvement of the validation accuracy.
     pub patience: Option<usize>,
     pub min_delta: f64,
@@ -172,6 +176,7 @@ impl FitConfig {
             augment: Augment::default(),
             cache: CacheMode::Auto,
             cache_views: 0,
+            train_bn: false,
             cache_dtype: crate::cache::StoreDtype::F32,
             patience: None,
             min_delta: 0.0,

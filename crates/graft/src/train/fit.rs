@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::{Module, ParamId};
+use burn::module::{Module, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
@@ -21,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint;
 use super::config::{CacheMode, ClassWeights, FitConfig, Optimizer};
 use super::loss::{argmax, cross_entropy};
-use super::model::{frozen_prefix, Grafted, Head};
+use super::model::{frozen_prefix, Grafted, Head, HeadSpec};
+use crate::classic::{Classic, ClassicKind};
 use super::run::{Evaluation, RunInfo};
 use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
 use crate::cache::store::content_hash;
@@ -157,7 +158,7 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     let resolution = spec.config().resolution;
     let blocks = trunk._blocks.len();
     let head_width = Grafted::head_input_width(config.head_pool, resolution);
-    let head = Head::init(&config.head, head_width, classes.len(), config.dropout, device);
+    let head = Head::init(&config.head.neural(), head_width, classes.len(), config.dropout, device);
     let mut model = Grafted::new(trunk, head, config.head_pool);
     let info = RunInfo {
         model: spec.id.into(),
@@ -167,12 +168,17 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         dropout: config.dropout,
         preprocess: preprocess.clone(),
         weights_sha256,
+        frozen_trunk: if config.stages.is_empty() { config.freeze == FreezeSpec::All } else { config.stages.iter().all(|s| s.train == "head") },
     };
     info.save(run)?;
     write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
 
     let mut rows: Vec<LayerRow> = spec.layer_rows().into_iter().filter(|r| !r.is_head).collect();
-    rows.extend(Head::rows(&config.head, head_width, classes.len()));
+    rows.extend(Head::rows(&config.head.neural(), head_width, classes.len()));
+
+    if let HeadSpec::Classic(kind) = &config.head {
+        return fit_classic(kind, config, run, home, &model, &info, &train, &val, skipped, reporter, device);
+    }
 
     // (what is frozen, epochs, learning-rate factor relative to --lr) per stage.
     let stages: Vec<(FreezeSpec, usize, f64)> = if config.stages.is_empty() {
@@ -233,7 +239,16 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             continue;
         }
         let frozen = freeze.frozen_params(&rows)?;
-        model = model.unfreeze().freeze(&rows, &frozen)?.train();
+        model = model.unfreeze().freeze(&rows, &frozen)?;
+        if !(config.train_bn || config.from_scratch) {
+            // BatchNorm in the unfrozen blocks stays in inference mode (its scale and shift
+            // still train): on a small dataset, batch statistics of a few dozen images replace
+            // ImageNet's running statistics poorly (Keras' fine-tuning advice).
+            let flags = ParamGroup::from_regex(r"^trunk\..*\.training$").map_err(|e| GraftError::spec("--train-bn", "", format!("{e:?}")))?;
+            model = model.freeze_group(flags);
+        }
+        let model_train = model.train();
+        model = model_train;
         trainable_params = count_trainable(&model);
         let cut = frozen_prefix(&rows, &frozen, blocks);
         let augmenting = !config.augment.is_identity();
@@ -258,32 +273,15 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         let prefix = model.valid();
         let caching = Instant::now();
         let (train_cache, val_cache, act_shape) = if use_cache {
-            // One feature store namespace per model, weights, cut, preprocessing and views;
-            // from-scratch trunks (no weights identity) are cached in memory only.
-            let mut store = match &info.weights_sha256 {
-                Some(sha) if config.cache != CacheMode::Off => {
-                    let namespace = Namespace {
-                        model: spec.id.into(),
-                        weights_sha256: sha.clone(),
-                        cut: cut_name(cut, blocks, config.head_pool),
-                        preprocess: serde_json::to_string(&preprocess).expect("preprocess serializes"),
-                        augment: if views > 1 { config.augment.to_string() } else { "none".into() },
-                        dtype: config.cache_dtype,
-                    };
-                    let store = FeatureStore::open(&home.join("cache").join("features"), namespace)?;
-                    for (path, reason) in &store.repaired {
-                        reporter.message(&format!("feature cache: {} was damaged ({reason}); rebuilding its entries", path.display()));
-                    }
-                    Some(store)
-                }
-                _ => None,
-            };
+            let augment = if views > 1 { config.augment.to_string() } else { "none".into() };
+            let mut store = open_store(home, spec.id, info.weights_sha256.as_deref(), &cut_name(cut, blocks, config.head_pool), &preprocess, &augment, config, reporter)?;
+            let misses_before = stats.misses;
             let mut fill = |split: &Split, task: &str| {
                 activations(&prefix, split, &preprocess, cut, views, config, store.as_mut(), device, reporter, task, &mut stats)
             };
             let (t, shape) = fill(&train, "caching frozen-trunk activations")?;
             let (v, _) = fill(&val, "caching validation activations")?;
-            trunk_images = stats.misses;
+            trunk_images += stats.misses - misses_before;
             (Some(t), Some(v), shape)
         } else {
             (None, None, [0; 3])
@@ -651,8 +649,104 @@ fn activations(
     Ok((Cache { data, width }, shape))
 }
 
+/// The feature-store namespace for these activations; `None` (memory only) for a trunk without
+/// a weights identity (random initialisation) or with `--cache off`.
+#[allow(clippy::too_many_arguments)]
+fn open_store(home: &Path, model: &str, weights_sha256: Option<&str>, cut: &str, preprocess: &Preprocess, augment: &str, config: &FitConfig, reporter: &dyn Reporter) -> Result<Option<FeatureStore>> {
+    let (Some(sha), false) = (weights_sha256, config.cache == CacheMode::Off) else {
+        return Ok(None);
+    };
+    let namespace = Namespace {
+        model: model.into(),
+        weights_sha256: sha.into(),
+        cut: cut.into(),
+        preprocess: serde_json::to_string(preprocess).expect("preprocess serializes"),
+        augment: augment.into(),
+        dtype: config.cache_dtype,
+    };
+    let store = FeatureStore::open(&home.join("cache").join("features"), namespace)?;
+    for (path, reason) in &store.repaired {
+        reporter.message(&format!("feature cache: {} was damaged ({reason}); rebuilding its entries", path.display()));
+    }
+    Ok(Some(store))
+}
+
+/// A classic head (logistic, SVM, k-NN, prototype) on the pooled features of the frozen trunk:
+/// features come from the store, the head trains in one go, and the run directory looks like a
+/// neural run's (one "epoch").
+#[allow(clippy::too_many_arguments)]
+fn fit_classic(
+    kind: &ClassicKind,
+    config: &FitConfig,
+    run: &Path,
+    home: &Path,
+    model: &Grafted,
+    info: &RunInfo,
+    train: &Split,
+    val: &Split,
+    skipped: Vec<Skipped>,
+    reporter: &dyn FitReporter,
+    device: &Device,
+) -> Result<FitSummary> {
+    if config.freeze != FreezeSpec::All || !config.stages.is_empty() || !config.augment.is_identity() {
+        return Err(GraftError::spec("--head", &config.head.to_string(), "a classic head trains on stored features: use --freeze all, no --stages and no --augment"));
+    }
+    let started = Instant::now();
+    let blocks = model.trunk._blocks.len();
+    let cut = model.trunk.num_stages();
+    let mut stats = CacheStats::default();
+    let prefix = model.valid();
+    let mut store = open_store(home, &info.model, info.weights_sha256.as_deref(), &cut_name(cut, blocks, config.head_pool), &info.preprocess, "none", config, reporter)?;
+    let (train_rows, _) = activations(&prefix, train, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching frozen-trunk activations", &mut stats)?;
+    let (val_rows, _) = activations(&prefix, val, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching validation activations", &mut stats)?;
+    let classes = info.classes.len();
+    let head = Classic::fit(kind.clone(), &train_rows.data, &train.labels, train_rows.width, classes)?;
+    let score = |rows: &Cache, labels: &[usize]| -> (f64, f64, Evaluation) {
+        let probs = head.predict_proba(&rows.data);
+        let loss = probs.iter().zip(labels).map(|(p, &l)| -(p[l].max(1e-12) as f64).ln()).sum::<f64>() / labels.len().max(1) as f64;
+        let eval = Evaluation::from_predictions(&info.classes, labels, &super::run::top1(&probs));
+        (loss, eval.accuracy, eval)
+    };
+    let (train_loss, train_accuracy, _) = score(&train_rows, &train.labels);
+    let validation = (!val.labels.is_empty()).then(|| score(&val_rows, &val.labels));
+    let seconds = started.elapsed().as_secs_f64();
+    let metrics = EpochMetrics {
+        epoch: 1,
+        stage: 1,
+        lr: 0.0,
+        train_loss,
+        train_accuracy,
+        val_loss: validation.as_ref().map(|v| v.0),
+        val_accuracy: validation.as_ref().map(|v| v.1),
+        seconds,
+    };
+    head.save(&run.join("classic.safetensors"))?;
+    // The trunk (and an unused placeholder head) so the run is self-contained.
+    checkpoint::save(model, &run.join("best.safetensors"), BTreeMap::from([("graft.epoch".to_string(), "1".to_string())]))?;
+    let text = serde_json::to_string(&metrics).expect("metrics serialize") + "\n";
+    write_atomic(&run.join("metrics.jsonl"), text.as_bytes())?;
+    reporter.epoch(&metrics, 1);
+    let confusion = validation.as_ref().map(|v| v.2.confusion.clone()).unwrap_or_default();
+    write_plots(run, &[metrics.clone()], &info.classes, &confusion)?;
+    let summary = FitSummary {
+        run: run.to_path_buf(),
+        epochs: 1,
+        best_epoch: 1,
+        best_val_accuracy: metrics.val_accuracy,
+        train_seconds: seconds,
+        skipped,
+        cache: stats,
+        trunk_images: stats.misses,
+        stopped_early: false,
+        trainable_params: 0,
+        classes: info.classes.clone(),
+    };
+    write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
+    Ok(summary)
+}
+
 /// The cut's name in feature-store keys: the last stage the prefix runs, or the pooled output.
-fn cut_name(cut: usize, blocks: usize, pool: super::model::HeadPool) -> String {
+pub(crate) fn cut_name(cut: usize, blocks: usize, pool: super::model::HeadPool) -> String {
     match cut {
         0 => "input".into(),
         1 => "stem".into(),

@@ -9,6 +9,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::classic::ClassicKind;
 use crate::zoo::efficientnet::{global_avg_pool, stage_of, EfficientNetLite, HEAD_CHANNELS};
 use crate::zoo::layers::{LayerRow, ParamRow};
 use crate::{GraftError, Result};
@@ -21,15 +22,36 @@ pub enum HeadSpec {
     Linear,
     /// Hidden ReLU layers of these widths, each followed by dropout, then a linear layer.
     Mlp(Vec<usize>),
+    /// A classic classifier on the frozen trunk's pooled features.
+    Classic(ClassicKind),
+}
+
+impl HeadSpec {
+    /// The neural layers this head has: a classic head keeps an unused linear placeholder so
+    /// that its run directory holds the same model structure as any other.
+    pub fn neural(&self) -> HeadSpec {
+        match self {
+            HeadSpec::Classic(_) => HeadSpec::Linear,
+            h => h.clone(),
+        }
+    }
 }
 
 impl FromStr for HeadSpec {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        if s == "linear" {
-            return Ok(HeadSpec::Linear);
+        match s {
+            "linear" => return Ok(HeadSpec::Linear),
+            "logistic" => return Ok(HeadSpec::Classic(ClassicKind::Logistic)),
+            "svm" => return Ok(HeadSpec::Classic(ClassicKind::Svm)),
+            "prototype" => return Ok(HeadSpec::Classic(ClassicKind::Prototype)),
+            _ => {}
         }
-        let bad = || GraftError::spec("--head", s, "expected `linear` or `mlp:W1,W2,…` (e.g. mlp:1024,1024)");
+        if let Some(k) = s.strip_prefix("knn:") {
+            let k = k.parse::<usize>().ok().filter(|k| *k > 0).ok_or_else(|| GraftError::spec("--head", s, "knn:K needs K ≥ 1"))?;
+            return Ok(HeadSpec::Classic(ClassicKind::Knn(k)));
+        }
+        let bad = || GraftError::spec("--head", s, "expected linear, mlp:W1,W2,… (e.g. mlp:1024,1024), logistic, svm, knn:K or prototype");
         let widths = s.strip_prefix("mlp:").ok_or_else(bad)?;
         let widths: Vec<usize> = widths.split(',').map(|w| w.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| bad())?;
         if widths.is_empty() || widths.contains(&0) {
@@ -44,6 +66,10 @@ impl std::fmt::Display for HeadSpec {
         match self {
             HeadSpec::Linear => write!(f, "linear"),
             HeadSpec::Mlp(w) => write!(f, "mlp:{}", w.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")),
+            HeadSpec::Classic(ClassicKind::Logistic) => write!(f, "logistic"),
+            HeadSpec::Classic(ClassicKind::Svm) => write!(f, "svm"),
+            HeadSpec::Classic(ClassicKind::Prototype) => write!(f, "prototype"),
+            HeadSpec::Classic(ClassicKind::Knn(k)) => write!(f, "knn:{k}"),
         }
     }
 }

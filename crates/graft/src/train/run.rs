@@ -6,10 +6,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
+use crate::cache::store::content_hash;
+use crate::cache::{FeatureStore, Namespace};
+use crate::classic::Classic;
 use super::model::{Grafted, Head, HeadPool, HeadSpec};
 use crate::data::folder::{decode_with, Sample, Skipped};
 use crate::data::image::{self, Preprocess};
@@ -30,6 +34,10 @@ pub struct RunInfo {
     pub preprocess: Preprocess,
     /// sha256 of the pretrained weights the trunk started from (`None`: random init).
     pub weights_sha256: Option<String>,
+    /// The whole trunk stayed frozen, so its pooled features are the pretrained weights' and
+    /// can be served from the feature store.
+    #[serde(default)]
+    pub frozen_trunk: bool,
 }
 
 impl RunInfo {
@@ -47,7 +55,7 @@ impl RunInfo {
     pub fn build(&self, device: &Device) -> Result<Grafted> {
         let spec = ModelSpec::find(&self.model)?;
         let resolution = spec.config().resolution;
-        let head = Head::init(&self.head, Grafted::head_input_width(self.head_pool, resolution), self.classes.len(), self.dropout, device);
+        let head = Head::init(&self.head.neural(), Grafted::head_input_width(self.head_pool, resolution), self.classes.len(), self.dropout, device);
         Ok(Grafted::new(spec.config().init(device), head, self.head_pool))
     }
 }
@@ -61,35 +69,76 @@ pub fn serving_checkpoint(run: &Path) -> Result<PathBuf> {
         .ok_or_else(|| GraftError::Data { path: run.to_path_buf(), reason: "no best.safetensors or last.safetensors: not a finished graft run".into() })
 }
 
+/// A run's model ready for inference: the grafted network, and the classic head when the run
+/// trained one on the trunk's pooled features.
+pub struct RunModel {
+    pub net: Grafted,
+    pub classic: Option<Classic>,
+}
+
+impl RunModel {
+    /// Class probabilities from the trunk's head input (pooled features) [N, D].
+    pub fn probabilities_from_features(&self, rows: &[f32], n: usize, device: &Device) -> Vec<Vec<f32>> {
+        if let Some(head) = &self.classic {
+            return head.predict_proba(rows);
+        }
+        let x = Tensor::<2>::from_data(burn::tensor::TensorData::new(rows.to_vec(), [n, rows.len() / n.max(1)]), device);
+        let p: Vec<f32> = softmax(self.net.head.forward(x), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+        p.chunks((p.len() / n.max(1)).max(1)).map(|r| r.to_vec()).collect()
+    }
+
+    /// Class probabilities for a batch of images [N, 3, H, W].
+    pub fn probabilities(&self, images: Tensor<4>) -> Vec<Vec<f32>> {
+        let (values, classes) = match &self.classic {
+            Some(head) => {
+                let features = self.net.pool_map(self.net.trunk.forward_stages(images, 0..self.net.trunk.num_stages()));
+                let rows: Vec<f32> = features.into_data().try_to_vec::<f32>().unwrap_or_default();
+                return head.predict_proba(&rows);
+            }
+            None => {
+                let p: Vec<f32> = softmax(self.net.forward(images), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+                let classes = self.net.head.layers.last().map(|l| l.weight.lazy_shape().dims::<2>()[1]).unwrap_or(1);
+                (p, classes)
+            }
+        };
+        values.chunks(classes.max(1)).map(|r| r.to_vec()).collect()
+    }
+}
+
 /// Loads a run's model for inference.
-pub fn load_run(run: &Path, device: &Device) -> Result<(RunInfo, Grafted)> {
+pub fn load_run(run: &Path, device: &Device) -> Result<(RunInfo, RunModel)> {
     let info = RunInfo::load(run)?;
-    let model = checkpoint::load(info.build(device)?, &serving_checkpoint(run)?)?;
-    Ok((info, model.valid()))
+    let net = checkpoint::load(info.build(device)?, &serving_checkpoint(run)?)?.valid();
+    let classic = match &info.head {
+        HeadSpec::Classic(_) => Some(Classic::load(&run.join("classic.safetensors"))?),
+        _ => None,
+    };
+    Ok((info, RunModel { net, classic }))
 }
 
 /// Class probabilities for image files, in batches; unreadable files are skipped and listed.
 pub fn predict_files(
-    model: &Grafted,
+    model: &RunModel,
     preprocess: &Preprocess,
     files: &[Sample],
     batch: usize,
     device: &Device,
     reporter: &dyn Reporter,
+    store: Option<&mut FeatureStore>,
 ) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
     let mut out = Vec::with_capacity(files.len());
     let mut skipped = Vec::new();
     reporter.start("predicting", Some(files.len() as u64));
+    if let Some(store) = store {
+        return predict_via_store(model, preprocess, files, batch, device, reporter, store);
+    }
     for (i, chunk) in files.chunks(batch.max(1)).enumerate() {
         let (pixels, bad) = decode_with(chunk, &|_| {}, |img| preprocess.apply(&img));
         skipped.extend(bad);
         let good: Vec<Vec<f32>> = pixels.iter().flatten().cloned().collect();
         let mut probs = Vec::new();
         if !good.is_empty() {
-            let logits = model.forward(image::batch(&good, preprocess.size, device));
-            let p: Vec<f32> = burn::tensor::activation::softmax(logits, 1).into_data().try_to_vec::<f32>().unwrap_or_default();
-            let c = p.len() / good.len();
-            probs = p.chunks(c).map(|r| r.to_vec()).collect();
+            probs = model.probabilities(image::batch(&good, preprocess.size, device));
         }
         let mut probs = probs.into_iter();
         out.extend(pixels.iter().map(|p| p.as_ref().and_then(|_| probs.next())));
@@ -97,6 +146,81 @@ pub fn predict_files(
     }
     reporter.finish();
     (out, skipped)
+}
+
+/// `predict_files` for a frozen-trunk run: pooled features come from the feature store when
+/// there (computed and stored otherwise), then only the head runs.
+fn predict_via_store(
+    model: &RunModel,
+    preprocess: &Preprocess,
+    files: &[Sample],
+    batch: usize,
+    device: &Device,
+    reporter: &dyn Reporter,
+    store: &mut FeatureStore,
+) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
+    let mut out = Vec::with_capacity(files.len());
+    let mut skipped = Vec::new();
+    for (i, chunk) in files.chunks(batch.max(1)).enumerate() {
+        let keys: Vec<Option<[u8; 32]>> = chunk.iter().map(|s| content_hash(&s.path).ok()).collect();
+        let cached: Vec<Option<Vec<f32>>> = keys.iter().map(|k| k.and_then(|k| store.get(&(k, 0)))).collect();
+        let todo: Vec<Sample> = chunk.iter().zip(&cached).filter(|(_, c)| c.is_none()).map(|(s, _)| s.clone()).collect();
+        let (pixels, bad) = decode_with(&todo, &|_| {}, |img| preprocess.apply(&img));
+        skipped.extend(bad);
+        let good: Vec<Vec<f32>> = pixels.iter().flatten().cloned().collect();
+        let mut computed = Vec::new();
+        if !good.is_empty() {
+            let net = &model.net;
+            let features = net.pool_map(net.trunk.forward_stages(image::batch(&good, preprocess.size, device), 0..net.trunk.num_stages()));
+            let rows: Vec<f32> = features.into_data().try_to_vec::<f32>().unwrap_or_default();
+            let width = rows.len() / good.len();
+            computed = rows.chunks(width).map(|r| r.to_vec()).collect();
+        }
+        let mut computed = computed.into_iter();
+        let mut pixels = pixels.into_iter();
+        let mut features: Vec<Option<Vec<f32>>> = Vec::with_capacity(chunk.len());
+        for (c, key) in cached.into_iter().zip(&keys) {
+            features.push(match c {
+                Some(f) => Some(f),
+                None => match pixels.next().flatten() {
+                    Some(_) => {
+                        let f = computed.next();
+                        if let (Some(f), Some(k)) = (&f, key) {
+                            let _ = store.put((*k, 0), f.clone());
+                        }
+                        f
+                    }
+                    None => None,
+                },
+            });
+        }
+        let rows: Vec<f32> = features.iter().flatten().flat_map(|f| f.iter().copied()).collect();
+        let n = features.iter().flatten().count();
+        let mut probs = if n > 0 { model.probabilities_from_features(&rows, n, device) } else { Vec::new() }.into_iter();
+        out.extend(features.iter().map(|f| f.as_ref().and_then(|_| probs.next())));
+        reporter.progress(((i + 1) * batch).min(files.len()) as u64);
+    }
+    let _ = store.flush();
+    reporter.finish();
+    (out, skipped)
+}
+
+/// The feature-store namespace of a frozen-trunk run's pooled features, if it has one.
+pub fn run_store(info: &RunInfo, blocks: usize, home: &Path) -> Result<Option<FeatureStore>> {
+    match (&info.weights_sha256, info.frozen_trunk) {
+        (Some(sha), true) => {
+            let namespace = Namespace {
+                model: info.model.clone(),
+                weights_sha256: sha.clone(),
+                cut: super::fit::cut_name(blocks + 2, blocks, info.head_pool),
+                preprocess: serde_json::to_string(&info.preprocess).expect("preprocess serializes"),
+                augment: "none".into(),
+                dtype: crate::cache::StoreDtype::F32,
+            };
+            Ok(Some(FeatureStore::open(&home.join("cache").join("features"), namespace)?))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Accuracy, per-class accuracy and the confusion matrix (rows: true, columns: predicted).

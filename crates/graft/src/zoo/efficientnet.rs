@@ -23,8 +23,11 @@ use crate::Result;
 
 /// BatchNorm epsilon of the TensorFlow reference.
 pub const BN_EPS: f64 = 1e-3;
-/// BatchNorm momentum of the reference PyTorch port (TF decay 0.99); used when BN trains.
-pub const BN_MOMENTUM: f64 = 0.01;
+/// BatchNorm momentum when BN trains (PyTorch's default, 0.1). The TF reference used a decay of
+/// 0.99 (momentum 0.01) over ImageNet's millions of steps; on a small dataset's few hundred
+/// steps that would leave the running statistics mostly at their old values, and a network
+/// trained from scratch then evaluates at chance level (measured: 0.10 on Fashion-MNIST).
+pub const BN_MOMENTUM: f64 = 0.1;
 const STEM_CHANNELS: usize = 32;
 /// Width of the pooled feature vector; fixed in the Lite family.
 pub const HEAD_CHANNELS: usize = 1280;

@@ -161,6 +161,7 @@ impl MobileNetV2Config {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn conv(&self, input: usize, output: usize, kernel: usize, stride: usize, groups: usize, padding: PaddingConfig2d, device: &Device) -> Conv2d {
         Conv2dConfig::new([input, output], [kernel, kernel])
             .with_stride([stride, stride])
@@ -414,6 +415,8 @@ fn conv_norm_act((conv, bn): &ConvNormAct, x: Tensor<4>) -> Tensor<4> {
 macro_rules! transparent_module_enum {
     ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident($ty:ty),)+ }) => {
         $(#[$meta])*
+        // A network holds a few dozen of these; boxing would only obscure the patterns.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone)]
         pub enum $name { $($(#[$vmeta])* $variant($ty),)+ }
 
