@@ -43,7 +43,7 @@ PY
     }
     run_case a-frozen-linear --freeze all --head linear --optimizer adamw --lr 0.01 --epochs 30
     run_case b-staged --stages head:30,top3:10:1e-4 --optimizer adamw --lr 0.01
-    run_case c-scratch --from-scratch --freeze none --head linear --optimizer adamw --lr 0.001 --epochs 30
+    run_case c-scratch --from-scratch --freeze none --head linear --optimizer adamw --lr 0.001 --epochs 15
 done
 
 python3 - "$RESULTS" <<'PY'

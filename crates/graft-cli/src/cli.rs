@@ -138,6 +138,9 @@ pub struct FitArgs {
     /// Start from a saved config (e.g. RUN/config.toml); flags given override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Replace the run directory given by --out if it already holds a run.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Continue an interrupted run from its last completed epoch.
     #[arg(long, conflicts_with_all = ["config", "out"])]
     pub resume: Option<PathBuf>,

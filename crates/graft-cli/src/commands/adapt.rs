@@ -137,6 +137,7 @@ pub fn run(args: AdaptArgs, out: &Output) -> anyhow::Result<()> {
     });
     if let Some(acc) = s.target_test_accuracy {
         value["target_test"] = json!(s.target_test);
+        value["target_test_evaluation"] = json!(s.target_test_evaluation);
         value["target_test_accuracy"] = json!(acc);
         value["n_target_test"] = json!(s.n_target_test);
     }

@@ -88,6 +88,9 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
 
 pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     let (config, run_dir, resume) = resolve(&args)?;
+    if args.overwrite && run_dir.join("model.json").is_file() {
+        std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
+    }
     let reporter = TermReporter::new();
     let summary = fit(&config, &run_dir, resume, &graft_home(), &reporter, &default_device())?;
     let skipped: Vec<_> = summary.skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();

@@ -1,3 +1,4 @@
+mod adapt;
 mod bad_weights;
 mod cache;
 mod fit;

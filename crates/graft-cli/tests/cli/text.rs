@@ -134,7 +134,10 @@ fn wrong_weights_are_named() {
 
     let shape = write_dict(&dir, "shape.safetensors", vec![("bert.embeddings.word_embeddings.weight", vec![100, 384])]);
     let e = SentenceEncoder::from_files(&shape, &tokenizer, &device).unwrap_err().to_string();
-    assert!(e.contains("shape.safetensors") && e.contains("bert.embeddings.word_embeddings.weight") && e.contains("30522"), "{e}");
+    assert!(
+        e.contains("shape.safetensors") && e.contains("bert.embeddings.word_embeddings.weight") && e.contains("30522"),
+        "{e}"
+    );
 
     let e = SentenceEncoder::from_files(&minilm().path, &dir.join("nope.json"), &device).unwrap_err().to_string();
     assert!(e.contains("nope.json"), "{e}");

@@ -162,32 +162,3 @@ mod tests {
     }
 }
 
-#[cfg(test)]
-mod timing {
-    use super::*;
-    use burn::optim::{GradientsParams, SgdConfig};
-    use burn::tensor::Distribution;
-
-    #[test]
-    #[ignore]
-    fn time_steps() {
-        let device = crate::device::default_device();
-        let ad = device.clone().autodiff();
-        for &b in &[32usize, 64, 128] {
-            let mut m = Trainable { net: AdaptNet::init(true, 784, 256, 10, &device), disc: Some(Discriminator::init(256, 1024, &device)) }.train();
-            let mut opt = SgdConfig::new().init();
-            let x = Tensor::<2>::random([2 * b, 784], Distribution::Uniform(-1.0, 1.0), &ad);
-            let t0 = std::time::Instant::now();
-            let n = 10;
-            for _ in 0..n {
-                let (f, logits) = m.net.forward(x.clone());
-                let d = m.disc.as_ref().unwrap().forward(crate::adapt::losses::reverse_gradient(f, 1.0));
-                let loss = logits.powi_scalar(2).mean() + d.mean();
-                let grads = loss.backward();
-                let g = GradientsParams::from_grads(grads, &m);
-                m = opt.step(0.01, m, g);
-            }
-            eprintln!("batch {b}+{b}: {:.1} ms/step", t0.elapsed().as_secs_f64() * 1000.0 / n as f64);
-        }
-    }
-}

@@ -85,7 +85,8 @@ impl TextDataset {
     pub fn read_csv(path: &Path) -> Result<Self> {
         let bytes = read(path)?;
         let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes.as_slice());
-        let header = reader.byte_headers().map_err(|e| data_err(path, format!("cannot read the CSV header: {e}")))?.clone();
+        let header =
+            reader.byte_headers().map_err(|e| data_err(path, format!("cannot read the CSV header: {e}")))?.clone();
         let column = |name: &str| {
             header.iter().position(|h| {
                 let h = h.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(h);
@@ -131,7 +132,13 @@ impl TextDataset {
         if classes.is_empty() {
             return Err(data_err(root, "no class sub-folders (expected DIR/<class>/<file>.txt)"));
         }
-        let mut dataset = Self { source: root.to_path_buf(), classes: Vec::new(), texts: Vec::new(), labels: Vec::new(), skipped: Vec::new() };
+        let mut dataset = Self {
+            source: root.to_path_buf(),
+            classes: Vec::new(),
+            texts: Vec::new(),
+            labels: Vec::new(),
+            skipped: Vec::new(),
+        };
         for (label, (name, dir)) in classes.into_iter().enumerate() {
             let mut files = Vec::new();
             walk_txt(&dir, 0, &mut files)?;
@@ -187,7 +194,9 @@ impl TextDataset {
             let path = dir.join(format!("rt-polarity.{class}"));
             let text = decode_text(&read(&path)?);
             let before = pairs.len();
-            pairs.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| (class.to_string(), l.to_string())));
+            pairs.extend(
+                text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| (class.to_string(), l.to_string())),
+            );
             if pairs.len() == before {
                 return Err(data_err(&path, "no sentences"));
             }
@@ -227,7 +236,10 @@ impl TextDataset {
     /// Errors unless there are at least two classes, each with a text.
     pub fn check_trainable(&self) -> Result<()> {
         if self.classes.len() < 2 {
-            return Err(data_err(&self.source, format!("training needs at least 2 classes, found {}", self.classes.len())));
+            return Err(data_err(
+                &self.source,
+                format!("training needs at least 2 classes, found {}", self.classes.len()),
+            ));
         }
         if let Some(c) = self.class_counts().iter().position(|&n| n == 0) {
             return Err(data_err(&self.source, format!("class `{}` has no texts", self.classes[c])));
@@ -252,7 +264,10 @@ impl TextDataset {
         let mut map = Vec::with_capacity(self.classes.len());
         for name in &self.classes {
             let i = classes.iter().position(|c| c == name).ok_or_else(|| {
-                data_err(&self.source, format!("class `{name}` is not one of the model's classes ({})", classes.join(", ")))
+                data_err(
+                    &self.source,
+                    format!("class `{name}` is not one of the model's classes ({})", classes.join(", ")),
+                )
             })?;
             map.push(i);
         }
@@ -275,7 +290,9 @@ fn walk_txt(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
             if depth < MAX_DEPTH {
                 walk_txt(&path, depth + 1, out)?;
             }
-        } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("txt")) && path.is_file() {
+        } else if path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("txt"))
+            && path.is_file()
+        {
             out.push(path);
         }
     }
@@ -349,7 +366,11 @@ fn unescape_entities(s: &str) -> String {
 /// 0 and 1.
 pub fn stratified_split(labels: &[usize], held_out: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
     if !(held_out > 0.0 && held_out < 1.0) {
-        return Err(GraftError::spec("--val-split", &held_out.to_string(), "the fraction must lie strictly between 0 and 1"));
+        return Err(GraftError::spec(
+            "--val-split",
+            &held_out.to_string(),
+            "the fraction must lie strictly between 0 and 1",
+        ));
     }
     let mut by_class: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, &label) in labels.iter().enumerate() {
@@ -426,7 +447,8 @@ mod tests {
     fn csv_with_quoting_and_any_column_order() {
         let dir = scratch("csv");
         let path = dir.join("d.csv");
-        fs::write(&path, "id,label,text\n1,pos,\"great, really \"\"great\"\"\"\n2,neg,\"two\nlines\"\n3,pos,plain\n").unwrap();
+        fs::write(&path, "id,label,text\n1,pos,\"great, really \"\"great\"\"\"\n2,neg,\"two\nlines\"\n3,pos,plain\n")
+            .unwrap();
         let d = TextDataset::open(&path).unwrap();
         assert_eq!(d.classes, ["neg", "pos"]);
         assert_eq!(d.texts, ["great, really \"great\"", "two\nlines", "plain"]);

@@ -131,7 +131,8 @@ mod tests {
         let device = default_device();
         let encoder = SentenceEncoder::minilm(&home(), &Silent, &device).unwrap();
         let limit: usize = std::env::var("GRAFT_MEASURE_LIMIT").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
-        let batch: usize = std::env::var("GRAFT_MEASURE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_BATCH);
+        let batch: usize =
+            std::env::var("GRAFT_MEASURE_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_BATCH);
         let seeds: Vec<u64> = std::env::var("GRAFT_MEASURE_SEEDS")
             .unwrap_or_else(|_| "0".into())
             .split(',')
@@ -157,7 +158,11 @@ mod tests {
                 // Embeddings and labels as .npy, to check the probe against another library.
                 let dir = PathBuf::from(dir);
                 std::fs::create_dir_all(&dir).unwrap();
-                std::fs::write(dir.join(format!("{name}-x.npy")), crate::npy::encode_f32(&[n, x[0].len()], &x.concat())).unwrap();
+                std::fs::write(
+                    dir.join(format!("{name}-x.npy")),
+                    crate::npy::encode_f32(&[n, x[0].len()], &x.concat()),
+                )
+                .unwrap();
                 let y: Vec<f32> = data.labels.iter().map(|&l| l as f32).collect();
                 std::fs::write(dir.join(format!("{name}-y.npy")), crate::npy::encode_f32(&[n], &y)).unwrap();
             }

@@ -120,7 +120,8 @@ mod tests {
 
     #[test]
     fn separates_separable_classes() {
-        let x: Vec<Vec<f32>> = (0..60).map(|i| vec![(i % 3) as f32 + 0.1 * (i as f32 / 60.0), 1.0 - (i % 3) as f32]).collect();
+        let x: Vec<Vec<f32>> =
+            (0..60).map(|i| vec![(i % 3) as f32 + 0.1 * (i as f32 / 60.0), 1.0 - (i % 3) as f32]).collect();
         let y: Vec<usize> = (0..60).map(|i| i % 3).collect();
         let model = LogisticRegression::fit(&x, &y, 3, 100.0);
         assert_eq!(model.accuracy(&x, &y), 1.0);

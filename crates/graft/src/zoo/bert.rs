@@ -65,7 +65,9 @@ impl BertConfig {
                 token_type_embeddings: EmbeddingConfig::new(self.type_vocab_size, d).init(device),
                 LayerNorm: LayerNorm::init(d, self.layer_norm_eps, device),
             },
-            encoder: BertEncoder { layer: (0..self.num_hidden_layers).map(|_| BertLayer::init(self, device)).collect() },
+            encoder: BertEncoder {
+                layer: (0..self.num_hidden_layers).map(|_| BertLayer::init(self, device)).collect(),
+            },
             num_attention_heads: self.num_attention_heads,
         }
     }
@@ -84,11 +86,15 @@ impl BertConfig {
             row(name.into(), "Embedding", vec![seq_len, d], vec![ParamRow::weight(&format!("{name}.weight"), rows * d)])
         };
         let linear = |name: String, d_in: usize, d_out: usize| {
-            let params = vec![ParamRow::weight(&format!("{name}.weight"), d_in * d_out), ParamRow::weight(&format!("{name}.bias"), d_out)];
+            let params = vec![
+                ParamRow::weight(&format!("{name}.weight"), d_in * d_out),
+                ParamRow::weight(&format!("{name}.bias"), d_out),
+            ];
             row(name, "Linear", vec![seq_len, d_out], params)
         };
         let norm = |name: String| {
-            let params = vec![ParamRow::weight(&format!("{name}.weight"), d), ParamRow::weight(&format!("{name}.bias"), d)];
+            let params =
+                vec![ParamRow::weight(&format!("{name}.weight"), d), ParamRow::weight(&format!("{name}.bias"), d)];
             row(name, "LayerNorm", vec![seq_len, d], params)
         };
         let mut rows = vec![
@@ -180,16 +186,14 @@ impl BertEmbeddings {
     /// Token ids [N, L] → [N, L, D]. Every token has type 0 (single sentences) and position
     /// `0..L`, as in Hugging Face when `token_type_ids` and `position_ids` are not given.
     pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
-        let [n, l] = input_ids.dims();
+        let [_, l] = input_ids.dims();
         let device = input_ids.device();
         let positions = Tensor::<1, Int>::arange(0..l as i64, &device).reshape([1, l]); // [1, L]
         let types = Tensor::<2, Int>::zeros([1, l], &device); // [1, L]
         let words = self.word_embeddings.forward(input_ids); // [N, L, D]
         let positions = self.position_embeddings.forward(positions); // [1, L, D]
         let types = self.token_type_embeddings.forward(types); // [1, L, D]
-        let x = words + positions + types; // [N, L, D]
-        debug_assert_eq!(x.dims()[0], n);
-        self.LayerNorm.forward(x) // [N, L, D]
+        self.LayerNorm.forward(words + positions + types) // [N, L, D]
     }
 
     fn load(&mut self, w: &WeightSource, prefix: &str) -> Result<()> {
@@ -275,7 +279,8 @@ impl BertLayer {
     fn init(c: &BertConfig, device: &Device) -> Self {
         let (d, f) = (c.hidden_size, c.intermediate_size);
         let linear = |i: usize, o: usize| LinearConfig::new(i, o).init(device);
-        let output = |i: usize| BertOutput { dense: linear(i, d), LayerNorm: LayerNorm::init(d, c.layer_norm_eps, device) };
+        let output =
+            |i: usize| BertOutput { dense: linear(i, d), LayerNorm: LayerNorm::init(d, c.layer_norm_eps, device) };
         Self {
             attention: BertAttention {
                 self_: BertSelfAttention {
@@ -424,4 +429,66 @@ pub fn mean_pool(hidden: Tensor<3>, mask: Tensor<2>) -> Tensor<2> {
 pub fn l2_normalize(x: Tensor<2>) -> Tensor<2> {
     let norm = x.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-12); // [N, 1]
     x / norm
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::default_device;
+
+    fn tiny() -> BertConfig {
+        BertConfig {
+            vocab_size: 50,
+            hidden_size: 8,
+            num_hidden_layers: 2,
+            num_attention_heads: 2,
+            intermediate_size: 16,
+            max_position_embeddings: 16,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+        }
+    }
+
+    fn embed(model: &BertModel, ids: Vec<u32>, mask: Vec<u32>, rows: usize) -> Vec<f32> {
+        let len = ids.len() / rows;
+        let batch = TokenBatch { ids, mask, rows, len };
+        model.embed(&batch).unwrap().into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn minilm_parameter_count_matches_the_layer_table() {
+        let config = BertConfig::minilm_l6();
+        // all-MiniLM-L6-v2 has 22,713,216 parameters with its pooler (147,840), unused here.
+        let rows = config.layer_rows(128);
+        assert_eq!(rows.iter().map(LayerRow::num_params).sum::<usize>(), 22_565_376);
+        assert_eq!(config.init(&default_device()).num_params(), 22_565_376);
+        assert!(rows.iter().any(|r| r.name == "encoder.layer.5.attention.self.query"));
+        assert_eq!(
+            checkpoint_name("encoder.layer.5.attention.self_.query.weight"),
+            "encoder.layer.5.attention.self.query.weight"
+        );
+    }
+
+    #[test]
+    fn padding_does_not_change_an_embedding() {
+        let model = tiny().init(&default_device());
+        let alone = embed(&model, vec![1, 7, 9, 2], vec![1; 4], 1);
+        let padded =
+            embed(&model, vec![1, 7, 9, 2, 0, 0, 1, 3, 4, 5, 6, 2], vec![1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1], 2);
+        let d = alone.iter().zip(&padded[..8]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(d < 1e-5, "padding changed the embedding by {d}");
+        let norm = alone.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn bad_batches_are_errors_not_panics() {
+        let model = tiny().init(&default_device());
+        let batch = |ids: Vec<u32>, mask: Vec<u32>, rows, len| TokenBatch { ids, mask, rows, len };
+        assert!(model.embed(&batch(vec![1, 99], vec![1, 1], 1, 2)).is_err(), "id outside the vocabulary");
+        assert!(model.embed(&batch(vec![1; 20], vec![1; 20], 1, 20)).is_err(), "longer than the positions");
+        assert!(model.embed(&batch(vec![1, 2], vec![0, 0], 1, 2)).is_err(), "nothing unmasked");
+        assert!(model.embed(&batch(vec![1, 2, 3], vec![1, 1], 1, 2)).is_err(), "ragged");
+        assert!(model.embed(&batch(vec![], vec![], 0, 0)).is_err(), "empty");
+    }
 }

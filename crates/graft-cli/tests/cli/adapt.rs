@@ -1,0 +1,211 @@
+//! `graft adapt` end to end on a few hundred real digits (MNIST and USPS from the shared data),
+//! a couple of epochs each: the JSON contract, the run directory, every method, bad input.
+
+use std::path::{Path, PathBuf};
+
+use graft::data::idx::seeded_subset;
+use graft::data::usps;
+
+use super::{assert_bad_input, graft, json_of, scratch, shared};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn data_root() -> PathBuf {
+    let root = shared().join("data");
+    assert!(root.join("digits/usps/usps.h5").is_file(), "USPS is missing under {}", root.display());
+    root
+}
+
+/// `per_class` seeded MNIST training digits as an image folder.
+fn mnist_folder(dir: &Path, per_class: usize, seed: u64) -> PathBuf {
+    let out = dir.join("mnist");
+    json_of(&graft(&[
+        "data", "import", "mnist", "--per-class", &per_class.to_string(), "--seed", &seed.to_string(),
+        "--source", s(&data_root()), "--out", s(&out), "--json",
+    ]));
+    out
+}
+
+/// `per_class` seeded USPS digits of `split` as an image folder.
+fn usps_folder(dir: &Path, split: &str, per_class: usize, seed: u64) -> PathBuf {
+    let h5 = data_root().join("digits/usps/usps.h5");
+    let labels = usps::read_usps(&h5, split).unwrap().labels;
+    let indices = seeded_subset(&labels, per_class, seed);
+    let out = dir.join(format!("usps-{split}"));
+    let n = usps::export_image_folder(&h5, split, Some(&indices), &out).unwrap();
+    assert_eq!(n, 10 * per_class);
+    out
+}
+
+/// Moves every image of a class-folder dataset into one flat folder (an unlabelled target).
+fn flatten(folder: &Path, out: &Path) -> usize {
+    std::fs::create_dir_all(out).unwrap();
+    let mut n = 0;
+    for class in std::fs::read_dir(folder).unwrap() {
+        let class = class.unwrap().path();
+        for file in std::fs::read_dir(&class).unwrap() {
+            let file = file.unwrap().path();
+            let name = format!("{}-{}", class.file_name().unwrap().to_string_lossy(), file.file_name().unwrap().to_string_lossy());
+            std::fs::rename(&file, out.join(name)).unwrap();
+            n += 1;
+        }
+    }
+    n
+}
+
+fn adapt(method: &str, source: &Path, target: &Path, test: &Path, run: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "adapt", "--method", method, "--source", s(source), "--target", s(target), "--target-test", s(test), "--out", s(run),
+        "--epochs", "2", "--iters-per-epoch", "15", "--batch-size", "16", "--seed", "3", "--json",
+    ];
+    args.extend_from_slice(extra);
+    json_of(&graft(&args))
+}
+
+#[test]
+fn dann_on_image_folders_writes_a_complete_run() {
+    let dir = scratch("adapt-dann-folders");
+    let source = mnist_folder(&dir, 30, 1);
+    let target = dir.join("target-flat");
+    assert_eq!(flatten(&usps_folder(&dir, "train", 20, 2), &target), 200);
+    let test = usps_folder(&dir, "test", 20, 3);
+    let run = dir.join("run");
+    let v = adapt("dann", &source, &target, &test, &run, &[]);
+
+    for key in ["run", "method", "epochs", "best_epoch", "source_val_accuracy", "target_test_accuracy", "train_seconds", "skipped"] {
+        assert!(v.get(key).is_some(), "adapt --json lacks `{key}`: {v}");
+    }
+    assert_eq!(v["method"], "dann");
+    assert_eq!(v["n_source_train"].as_u64().unwrap() + v["n_source_val"].as_u64().unwrap(), 300);
+    assert_eq!(v["n_source_val"], 30, "10% of each class is held out");
+    assert_eq!(v["n_target"], 200);
+    assert_eq!(v["n_target_test"], 200);
+    assert_eq!(v["iterations"], 30);
+    let val = v["source_val_accuracy"].as_f64().unwrap();
+    let test_acc = v["target_test_accuracy"].as_f64().unwrap();
+    // 30 steps of 16 digits train LeNet well above chance (0.1) on its own domain.
+    assert!(val > 0.3, "source val accuracy {val}");
+    assert!((0.0..=1.0).contains(&test_acc));
+    assert_eq!(v["target_test_evaluation"]["confusion"].as_array().unwrap().len(), 10);
+
+    // The run directory.
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(info["kind"], "adapt");
+    assert_eq!(info["backbone"], "lenet");
+    assert_eq!(info["classes"].as_array().unwrap().len(), 10);
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().all(|m| m["domain_accuracy"].is_number() && m["source_val_accuracy"].is_number()));
+    // The DANN ramp: λ grows from epoch 1 to epoch 2.
+    assert!(lines[1]["lambda"].as_f64().unwrap() > lines[0]["lambda"].as_f64().unwrap());
+    let summary: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["target_test_accuracy"], v["target_test_accuracy"]);
+    assert!(run.join("config.toml").is_file());
+    let best = graft_weights::load(&run.join("best.safetensors")).unwrap();
+    assert!(best.tensors.contains_key("lenet.conv1.weight") && best.tensors.contains_key("head.weight"));
+    // The run can be loaded back and predicts the same accuracy on the test folder.
+    let device = graft::device::default_device();
+    let model = graft::adapt::load_adapted(&run, Path::new("/nonexistent"), None, &graft::report::Silent, &device).unwrap();
+    let folder = graft::data::folder::ImageFolder::scan_with_classes(&test, &model.info.classes).unwrap();
+    let (probs, skipped) = model.predict_files(&folder.samples, &device).unwrap();
+    assert!(skipped.is_empty());
+    let correct = probs.iter().zip(&folder.samples).filter(|(p, s)| {
+        let p = p.as_ref().unwrap();
+        p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0 == s.label
+    });
+    assert!((correct.count() as f64 / 200.0 - test_acc).abs() < 1e-9);
+
+    // Same seed, same result; and --out never overwrites a run.
+    let again = adapt("dann", &source, &target, &test, &dir.join("run2"), &[]);
+    assert_eq!(again["target_test_accuracy"], v["target_test_accuracy"]);
+    let out = graft(&["adapt", "--method", "dann", "--source", s(&source), "--target", s(&target), "--out", s(&run), "--json"]);
+    assert_bad_input(&out, &["--out", "already holds a run"]);
+}
+
+#[test]
+fn every_method_runs_on_a_small_task() {
+    let dir = scratch("adapt-every-method");
+    let source = mnist_folder(&dir, 20, 4);
+    let target = usps_folder(&dir, "train", 10, 5);
+    let test = usps_folder(&dir, "test", 10, 6);
+    for (method, extra) in [
+        ("source-only", &[][..]),
+        ("ddc", &[][..]),
+        ("dan", &[][..]),
+        ("coral", &[][..]),
+        ("cdan", &["--entropy"][..]),
+        ("adda", &["--pretrain-epochs", "1"][..]),
+    ] {
+        let v = adapt(method, &source, &target, &test, &dir.join(method), extra);
+        let acc = v["target_test_accuracy"].as_f64().unwrap_or_else(|| panic!("{method}: {v}"));
+        assert!((0.0..=1.0).contains(&acc), "{method}: {acc}");
+        assert!(v["source_val_accuracy"].as_f64().is_some(), "{method}: {v}");
+        let epochs = if method == "adda" { 3 } else { 2 };
+        assert_eq!(v["epochs"], epochs, "{method}");
+        let metrics = std::fs::read_to_string(dir.join(method).join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.lines().count(), epochs, "{method}");
+    }
+}
+
+#[test]
+fn shorthand_datasets_and_the_json_contract() {
+    let dir = scratch("adapt-shorthand");
+    let root = data_root();
+    let run = dir.join("run");
+    let v = json_of(&graft(&[
+        "adapt", "--method", "source-only", "--source", "usps:test", "--target", "mnist:train", "--target-test", "mnist:test",
+        "--data-root", s(&root), "--epochs", "1", "--iters-per-epoch", "5", "--out", s(&run), "--json",
+    ]));
+    assert_eq!(v["n_source_train"].as_u64().unwrap() + v["n_source_val"].as_u64().unwrap(), 2007);
+    assert_eq!(v["n_target"], 10000);
+    assert_eq!(v["n_target_test"], 10000);
+    assert!(v["target_test_accuracy"].as_f64().is_some() && v["source_val_accuracy"].as_f64().is_some());
+    // Without --target-test there is no target accuracy.
+    let v = json_of(&graft(&[
+        "adapt", "--method", "source-only", "--source", "usps:test", "--target", "usps:train",
+        "--data-root", s(&root), "--epochs", "1", "--iters-per-epoch", "2", "--out", s(&dir.join("run2")), "--json",
+    ]));
+    assert!(v.get("target_test_accuracy").is_none(), "{v}");
+    assert!(v["source_val_accuracy"].as_f64().is_some());
+}
+
+#[test]
+fn bad_input_is_one_line_and_exit_2() {
+    let dir = scratch("adapt-bad");
+    let root = data_root();
+    let base = |method: &str, source: &str, target: &str, root: &Path| {
+        let out = dir.join(format!("run-{method}-{}", source.replace([':', '/'], "_")));
+        graft(&["adapt", "--method", method, "--source", source, "--target", target, "--data-root", s(root), "--out", s(&out), "--json"])
+    };
+    assert_bad_input(&base("mmd", "mnist:train", "usps:train", &root), &["--method", "mmd", "ddc"]);
+    assert_bad_input(&base("dann", "usps:val", "mnist:train", &root), &["--source", "usps:val"]);
+    assert_bad_input(&base("dann", "mnist:train", "usps:train", &dir.join("nowhere")), &["nowhere"]);
+    assert_bad_input(&base("dann", &dir.join("missing").display().to_string(), "usps:train", &root), &["missing"]);
+    let out = graft(&["adapt", "--method", "dann", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out", s(&dir.join("x")), "--val-split", "1.5"]);
+    assert_bad_input(&out, &["--val-split"]);
+    let out = graft(&["adapt", "--method", "dann", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out", s(&dir.join("y")), "--entropy"]);
+    assert_bad_input(&out, &["--entropy"]);
+    let out = graft(&["adapt", "--method", "dann", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out", s(&dir.join("z")), "--backbone", "vgg99"]);
+    assert_bad_input(&out, &["--backbone", "vgg99"]);
+}
+
+#[test]
+fn a_zoo_backbone_adapts_its_frozen_features() {
+    let dir = scratch("adapt-zoo");
+    let source = mnist_folder(&dir, 4, 7);
+    let target = usps_folder(&dir, "train", 2, 8);
+    let test = usps_folder(&dir, "test", 2, 9);
+    let run = dir.join("run");
+    let v = adapt("dann", &source, &target, &test, &run, &["--backbone", "efficientnet-lite0", "--bottleneck", "64", "--val-split", "0.25"]);
+    assert_eq!(v["backbone"], "efficientnet-lite0");
+    assert_eq!(v["n_target_test"], 20);
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(info["input_width"], 1280, "the trunk's pooled features feed the bottleneck");
+    assert_eq!(info["input"]["type"], "zoo");
+    let best = graft_weights::load(&run.join("best.safetensors")).unwrap();
+    assert!(!best.tensors.keys().any(|k| k.starts_with("lenet")), "no LeNet with a zoo backbone");
+    assert_eq!(best.tensors["bottleneck.weight"].shape, vec![1280, 64]);
+}
