@@ -78,6 +78,7 @@ pub struct AdaptArgs {
     #[arg(long, default_value_t = 1024)]
     pub disc_hidden: usize,
     /// ADDA: epochs of source pre-training before the adversarial phase [default: epochs / 2].
+    /// The adversarial phase (--epochs) uses Adam, lr 2e-4, β₁ 0.5 (ADDA paper).
     #[arg(long)]
     pub pretrain_epochs: Option<usize>,
     /// Fraction of the source held out (stratified, seeded) to pick the epoch; 0 keeps the last.

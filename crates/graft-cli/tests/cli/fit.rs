@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use graft::report::tensorboard::read_events;
 
-use super::{assert_bad_input, graft, json_of, lite0_weights, scratch, shared, test_home};
+use super::{assert_bad_input, graft, graft_in, isolated_home, json_of, lite0_weights, scratch, shared, test_home};
 
 /// `per_class` seeded Fashion-MNIST training images of three classes, as an image folder.
 pub(super) fn fmnist(dir: &Path, per_class: usize, seed: u64) -> PathBuf {
@@ -58,22 +58,27 @@ fn trunk_pairs<'a>(pretrained: &'a graft_weights::StateDict, run: &'a graft_weig
 #[test]
 fn freeze_all_keeps_the_trunk_bit_identical_and_trains_the_head() {
     let dir = scratch("fit-freeze-all");
+    // A feature cache of its own, so that the counts below are this test's.
+    let home = isolated_home("fit-freeze-all");
     let data = fmnist(&dir, 6, 1);
     let run1 = dir.join("run1");
     let run2 = dir.join("run2");
-    let v1 = json_of(&graft(&["fit", "--data", s(&data), "--out", s(&run1), "--epochs", "1", "--seed", "5", "--json"]));
-    let v2 = json_of(&graft(&["fit", "--data", s(&data), "--out", s(&run2), "--epochs", "2", "--seed", "5", "--json"]));
+    let v1 = json_of(&graft_in(&home, &["fit", "--data", s(&data), "--out", s(&run1), "--epochs", "2", "--seed", "5", "--json"]));
+    let v2 = json_of(&graft_in(&home, &["fit", "--data", s(&data), "--out", s(&run2), "--epochs", "1", "--seed", "5", "--json"]));
     for key in ["run", "epochs", "best_epoch", "best_val_accuracy", "train_seconds", "skipped"] {
         assert!(v1.get(key).is_some(), "fit --json lacks `{key}`: {v1}");
     }
-    assert_eq!(v2["epochs"], 2);
-    // Cached trunk: each of the 18 images went through the trunk once, whatever the epochs.
-    assert_eq!(v2["trunk_images"], 18);
-    assert_eq!(v2["cache"]["misses"], 18);
+    assert_eq!(v1["epochs"], 2);
+    // Cached trunk: each of the 18 images went through the trunk once over both epochs, and
+    // the second run read them all from the cache.
+    assert_eq!(v1["trunk_images"], 18);
+    assert_eq!(v1["cache"]["misses"], 18);
+    assert_eq!(v2["cache"]["misses"], 0);
+    assert_eq!(v2["trunk_images"], 0);
 
     let pretrained = load(&lite0_weights());
-    let last1 = load(&run1.join("last.safetensors"));
-    let last2 = load(&run2.join("last.safetensors"));
+    let last1 = load(&run2.join("last.safetensors")); // 1 epoch
+    let last2 = load(&run1.join("last.safetensors")); // 2 epochs
     let pairs = trunk_pairs(&pretrained, &last2, "");
     // 296 tensors: minus _fc weight and bias, minus 49 BatchNorm num_batches_tracked counters.
     assert_eq!(pairs.len(), 296 - 2 - 49, "every trunk tensor is compared");
@@ -88,13 +93,13 @@ fn freeze_all_keeps_the_trunk_bit_identical_and_trains_the_head() {
 
     // The run directory a user keeps.
     for f in ["config.toml", "model.json", "metrics.jsonl", "best.safetensors", "summary.json", "loss.png", "accuracy.png", "confusion.png"] {
-        assert!(run2.join(f).is_file(), "run directory lacks {f}");
+        assert!(run1.join(f).is_file(), "run directory lacks {f}");
     }
-    let metrics = std::fs::read_to_string(run2.join("metrics.jsonl")).unwrap();
+    let metrics = std::fs::read_to_string(run1.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 2);
 
     // TensorBoard: a valid record stream (lengths, masked CRC32C, Event protos) with our scalars.
-    let tb = std::fs::read_dir(run2.join("tb")).unwrap().next().unwrap().unwrap().path();
+    let tb = std::fs::read_dir(run1.join("tb")).unwrap().next().unwrap().unwrap().path();
     let events = read_events(&tb).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(events[0].file_version.as_deref(), Some("brain.Event:2"));
     let val_acc: Vec<i64> = events.iter().filter(|e| e.scalars.iter().any(|(t, _)| t == "accuracy/val")).map(|e| e.step).collect();
@@ -102,7 +107,7 @@ fn freeze_all_keeps_the_trunk_bit_identical_and_trains_the_head() {
 
     // Rerun from the saved config into a new directory.
     let run3 = dir.join("run3");
-    let v3 = json_of(&graft(&["fit", "--config", s(&run2.join("config.toml")), "--out", s(&run3), "--epochs", "1", "--json"]));
+    let v3 = json_of(&graft_in(&home, &["fit", "--config", s(&run1.join("config.toml")), "--out", s(&run3), "--epochs", "1", "--json"]));
     assert_eq!(v3["epochs"], 1);
     assert_bad_input(&graft(&["fit", "--data", s(&data), "--out", s(&run3)]), &["--out", "already holds a run"]);
 }

@@ -7,6 +7,11 @@
 //! per domain, discriminator 1024-1024 with BatchNorm; DANN/CDAN/ADDA ramp the reversed
 //! gradient with λ_p = 2/(1 + e^−10p) − 1. TLlib trains 20 × 2,500 iterations of batch 128; the
 //! default here is 20 passes over the source training data, and `--iters-per-epoch` sets it.
+//!
+//! ADDA: source pre-training as above (`--pretrain-epochs`), then the target encoder (a copy,
+//! dropout off) and the discriminator train with the ADDA paper's GAN objective (inverted labels)
+//! and its optimiser, Adam lr 2e-4, β₁ 0.5 — TLlib's gradient-reversal variant with SGD let the
+//! discriminator win and wrecked the encoder in our runs. The classifier head stays fixed.
 
 use std::path::PathBuf;
 use std::str::FromStr;

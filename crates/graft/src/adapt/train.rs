@@ -102,7 +102,9 @@ pub struct AdaptEpoch {
     /// The adaptation weight at the end of the epoch (for adversarial methods: the coefficient
     /// of the reversed gradient times `--lambda`).
     pub lambda: f64,
+    /// Source cross-entropy (ADDA's adversarial phase: the target encoder's GAN loss).
     pub cls_loss: f64,
+    /// λ-weighted adaptation loss (ADDA's adversarial phase: the discriminator's loss).
     pub transfer_loss: f64,
     pub source_train_accuracy: f64,
     /// Discriminator accuracy on source + target batches (adversarial methods).
