@@ -247,12 +247,21 @@ pub struct BenchArgs {
     /// Untimed repetitions first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// forward: run the plain layer-by-layer network (BatchNorm not folded, one batch per
+    /// thread pool) instead of graft's inference path, to see what the optimisations buy.
+    #[arg(long)]
+    pub layered: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum BenchCase {
     /// Full forward pass, random weights of the model's architecture, images/s.
     Forward,
+    /// Fine-tuning the tail: blocks 13-15 + head conv/BN + a new 3-class linear, forward +
+    /// backward + AdamW on precomputed block-13 inputs, images/s.
+    TailTrain,
+    /// One epoch of a linear head on 10,000 cached 1280-d feature rows (--batch rows per step).
+    HeadEpoch,
 }
 
 #[derive(Debug, clap::Args)]

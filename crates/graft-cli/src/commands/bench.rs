@@ -1,12 +1,27 @@
+//! `graft bench`: speed figures (a benchmark, not a test). Each case has a PyTorch twin in
+//! `bench/torch_reference.py`, run side by side by `bench/compare`.
+
 use std::time::Instant;
 
-use burn::tensor::{Distribution, Tensor};
+use burn::module::{Module, ParamGroup};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Linear, LinearConfig};
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::activation::relu6;
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use graft::device::{default_device, device_name};
+use graft::train::loss::cross_entropy;
+use graft::zoo::efficientnet::{global_avg_pool, MBConvBlock, HEAD_CHANNELS};
 use graft::zoo::ModelSpec;
 use serde_json::json;
 
 use crate::cli::{BenchArgs, BenchCase};
 use crate::output::Output;
+
+/// Classes of the new head in `tail-train` and `head-epoch`.
+const CLASSES: usize = 3;
+/// Cached feature rows in `head-epoch` (one epoch over them).
+const HEAD_ROWS: usize = 10_000;
 
 pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     if args.batch == 0 || args.iters == 0 {
@@ -14,38 +29,161 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     }
     let spec = ModelSpec::find(&args.model)?;
     let device = default_device();
-    match args.case {
+    let threads = graft::zoo::fold::batch_threads();
+    let (value, text) = match args.case {
         BenchCase::Forward => {
             // Random weights: the arithmetic is the same as with the pretrained ones.
             let net = spec.config().init(&device);
             let size = spec.config().resolution;
             let input = Tensor::<4>::random([args.batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
-            let mut times = Vec::new();
-            for i in 0..args.warmup + args.iters {
-                let start = Instant::now();
-                let logits = net.forward(input.clone());
+            // What predict/extract/the frozen prefix run: BatchNorm folded, batch split across
+            // threads; `--layered` measures the plain layer-by-layer network instead.
+            let folded = (!args.layered).then(|| net.folded());
+            let median = median_seconds(args.warmup, args.iters, || {
+                let logits = match &folded {
+                    Some(folded) => folded.forward(input.clone()),
+                    None => net.forward(input.clone()),
+                };
                 let _ = logits.into_data(); // wait for the result
-                if i >= args.warmup {
-                    times.push(start.elapsed().as_secs_f64());
-                }
-            }
-            times.sort_by(f64::total_cmp);
-            let median = times[times.len() / 2];
+            });
             let images_per_s = args.batch as f64 / median;
-            let threads = std::env::var("RAYON_NUM_THREADS").ok().and_then(|t| t.parse::<usize>().ok())
-                .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-            let value = json!({
-                "case": "forward", "model": spec.id, "batch": args.batch, "resolution": size,
-                "iters": args.iters, "median_seconds": median, "images_per_second": images_per_s,
-                "threads": threads, "device": device_name(&device),
-            });
-            out.result(&value, || {
+            (
+                json!({
+                    "case": "forward", "model": spec.id, "batch": args.batch, "resolution": size,
+                    "iters": args.iters, "median_seconds": median, "images_per_second": images_per_s,
+                    "threads": threads, "device": device_name(&device), "layered": args.layered,
+                }),
                 format!(
-                    "{} forward, batch {}, {}x{}: {:.1} images/s (median of {} runs, {:.3} s per batch, {} threads)\n",
-                    spec.id, args.batch, size, size, images_per_s, args.iters, median, threads
-                )
-            });
+                    "{} forward{}, batch {}, {size}x{size}: {images_per_s:.1} images/s (median of {} runs, {median:.3} s per batch, {threads} threads)\n",
+                    spec.id, if args.layered { " (layered)" } else { "" }, args.batch, args.iters
+                ),
+            )
+        }
+        BenchCase::TailTrain => {
+            let (median, input) = tail_train(spec, &args, &device)?;
+            let images_per_s = args.batch as f64 / median;
+            (
+                json!({
+                    "case": "tail_train", "model": spec.id, "batch": args.batch, "input": input,
+                    "trained": "blocks 13-15, head conv+BN, new 3-class linear (BatchNorm in inference mode)",
+                    "optimizer": "adamw", "iters": args.iters, "median_seconds": median,
+                    "images_per_second": images_per_s, "threads": threads, "device": device_name(&device),
+                }),
+                format!(
+                    "{} tail train (blocks 13-15 + head + linear, forward+backward+AdamW), batch {}: {images_per_s:.1} images/s (median of {} steps, {median:.3} s per step, {threads} threads)\n",
+                    spec.id, args.batch, args.iters
+                ),
+            )
+        }
+        BenchCase::HeadEpoch => {
+            let median = head_epoch(&args, &device);
+            let rows_per_s = HEAD_ROWS as f64 / median;
+            (
+                json!({
+                    "case": "head_epoch", "rows": HEAD_ROWS, "dim": HEAD_CHANNELS, "classes": CLASSES,
+                    "batch": args.batch, "optimizer": "adamw", "iters": args.iters, "median_seconds": median,
+                    "rows_per_second": rows_per_s, "threads": threads, "device": device_name(&device),
+                }),
+                format!(
+                    "linear head epoch on {HEAD_ROWS} cached {HEAD_CHANNELS}-d features, batch {}: {median:.3} s per epoch ({rows_per_s:.0} rows/s, median of {} epochs, {threads} threads)\n",
+                    args.batch, args.iters
+                ),
+            )
+        }
+    };
+    out.result(&value, || text);
+    Ok(())
+}
+
+/// Median wall time of `iters` calls of `step` after `warmup` untimed ones.
+fn median_seconds(warmup: usize, iters: usize, mut step: impl FnMut()) -> f64 {
+    let mut times = Vec::new();
+    for i in 0..warmup + iters {
+        let start = Instant::now();
+        step();
+        if i >= warmup {
+            times.push(start.elapsed().as_secs_f64());
         }
     }
-    Ok(())
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// The trained tail of a fine-tune: the last three MBConv blocks, the head convolution and its
+/// BatchNorm, and a new linear classifier.
+#[derive(Module, Debug)]
+struct Tail {
+    blocks: Vec<MBConvBlock>,
+    conv_head: Conv2d,
+    bn_head: BatchNorm,
+    fc: Linear,
+}
+
+impl Tail {
+    /// [N, C, h, w] (block 13's input) → [N, classes]
+    fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
+        for block in &self.blocks {
+            x = block.forward(x); // [N, C_i, h', w']
+        }
+        let x = relu6(self.bn_head.forward(self.conv_head.forward(x))); // [N, 1280, h', w']
+        self.fc.forward(global_avg_pool(x)) // [N, classes]
+    }
+}
+
+/// Median seconds per training step of the tail; also the input shape it was fed.
+fn tail_train(spec: &ModelSpec, args: &BenchArgs, device: &Device) -> anyhow::Result<(f64, [usize; 4])> {
+    let config = spec.config();
+    let size = config.resolution;
+    let first = config.blocks().len().checked_sub(3).ok_or_else(|| anyhow::anyhow!("{} has fewer than 3 blocks", spec.id))?;
+    // Block `first`'s input shape, from one image through the stages before it.
+    let probe = spec.config().init(device).forward_stages(Tensor::<4>::zeros([1, 3, size, size], device), 0..first + 1);
+    let [_, c, h, w] = probe.dims();
+    let train_device = device.clone().autodiff();
+    let net = config.init(&train_device);
+    let tail = Tail {
+        blocks: net._blocks[first..].to_vec(),
+        conv_head: net._conv_head,
+        bn_head: net._bn1,
+        fc: LinearConfig::new(HEAD_CHANNELS, CLASSES).init(&train_device),
+    };
+    // graft's default when fine-tuning: BatchNorm keeps its running statistics (scale and
+    // shift still train); the PyTorch twin runs its BatchNorm in eval mode likewise.
+    let flags = ParamGroup::from_regex(r"\.training$").map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut tail = tail.freeze_group(flags);
+    let mut optimizer = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.01).init();
+    // The input to block 13 is precomputed (the frozen prefix's cached activations).
+    let input = Tensor::<4>::random([args.batch, c, h, w], Distribution::Uniform(0.0, 6.0), &train_device);
+    let targets: Vec<usize> = (0..args.batch).map(|i| i % CLASSES).collect();
+    let median = median_seconds(args.warmup, args.iters, || {
+        let logits = tail.forward(input.clone());
+        let loss = cross_entropy(logits, &targets, 0.0, None, &train_device);
+        let grads = GradientsParams::from_grads(loss.backward(), &tail);
+        tail = optimizer.step(1e-4, tail.clone(), grads);
+        let _ = tail.fc.bias.as_ref().map(|b| b.val().into_data()); // wait for the step
+    });
+    Ok((median, [args.batch, c, h, w]))
+}
+
+/// Median seconds of one epoch of a linear head over `HEAD_ROWS` cached feature rows.
+fn head_epoch(args: &BenchArgs, device: &Device) -> f64 {
+    let train_device = device.clone().autodiff();
+    let rows: Vec<f32> = Tensor::<2>::random([HEAD_ROWS, HEAD_CHANNELS], Distribution::Uniform(0.0, 2.0), device)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    let labels: Vec<usize> = (0..HEAD_ROWS).map(|i| i % CLASSES).collect();
+    let mut head = LinearConfig::new(HEAD_CHANNELS, CLASSES).init(&train_device);
+    let mut optimizer = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.01).init();
+    median_seconds(args.warmup, args.iters, || {
+        for start in (0..HEAD_ROWS).step_by(args.batch) {
+            let end = (start + args.batch).min(HEAD_ROWS);
+            // Rows come from the cache as f32 slices, as in `fit`.
+            let data = TensorData::new(rows[start * HEAD_CHANNELS..end * HEAD_CHANNELS].to_vec(), [end - start, HEAD_CHANNELS]);
+            let x = Tensor::<2>::from_data(data, &train_device);
+            let loss = cross_entropy(head.forward(x), &labels[start..end], 0.0, None, &train_device);
+            let grads = GradientsParams::from_grads(loss.backward(), &head);
+            head = optimizer.step(1e-3, head.clone(), grads);
+        }
+        let _ = head.weight.val().into_data(); // wait for the last step
+    })
 }

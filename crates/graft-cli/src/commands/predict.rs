@@ -40,9 +40,10 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     }
 
     let mut predictions = Vec::new();
+    let net = model.net.folded();
     for chunk in inputs.chunks(args.batch) {
         let pixels: Vec<Vec<f32>> = chunk.iter().map(|(_, x)| x.clone()).collect();
-        let logits = model.net.forward(image::batch(&pixels, preprocess.size, &device));
+        let logits = net.forward(image::batch(&pixels, preprocess.size, &device));
         let probs: Vec<f32> = softmax(logits, 1).into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let classes = probs.len() / chunk.len();
         for ((path, _), row) in chunk.iter().zip(probs.chunks(classes)) {

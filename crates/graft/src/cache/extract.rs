@@ -117,6 +117,8 @@ pub fn extract(
     let mut kept: Vec<(usize, &Sample)> = Vec::new();
     let mut skipped = Vec::new();
     let mut shape = Vec::new();
+    // Frozen for extraction: BatchNorm folded once, batches split across threads.
+    let folded = net.folded();
     reporter.start(&format!("extracting {layer}"), Some(selected.len() as u64));
     for (done, chunk) in selected.chunks(batch.max(1)).enumerate() {
         let samples: Vec<Sample> = chunk.iter().map(|(_, s)| (*s).clone()).collect();
@@ -124,7 +126,7 @@ pub fn extract(
         skipped.extend(bad);
         let good: Vec<Vec<f32>> = pixels.iter().flatten().cloned().collect();
         if !good.is_empty() {
-            let x = net.forward_stages(image::batch(&good, preprocess.size, device), 0..cut.stages);
+            let x = folded.forward_stages(image::batch(&good, preprocess.size, device), 0..cut.stages);
             let [n, c, h, w] = x.dims();
             let x = if cut.pooled { global_avg_pool(x) } else { x.reshape([n, c * h * w]) };
             shape = if cut.pooled { vec![c] } else { vec![c, h, w] };

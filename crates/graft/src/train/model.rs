@@ -200,8 +200,9 @@ impl Grafted {
 
     /// The frozen prefix's output, flattened per sample: stages `0..cut` on images, and the
     /// pooled head input when the cut is after the last stage. [N, 3, H, W] → [N, D_cut].
+    /// Inference only (BatchNorm folded, batch split across threads): the prefix is frozen.
     pub fn activations(&self, images: Tensor<4>, cut: usize) -> Tensor<2> {
-        let x = self.trunk.forward_stages(images, 0..cut);
+        let x = self.trunk.infer_stages(images, 0..cut);
         if cut == self.trunk.num_stages() {
             self.pool_map(x)
         } else {
@@ -221,6 +222,13 @@ impl Grafted {
             self.pool_map(x)
         };
         self.head.forward(features)
+    }
+
+    /// Logits from images for inference (eval, predict): the trunk with BatchNorm folded and
+    /// the batch split across threads; no autodiff graph.
+    pub fn infer(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = self.trunk.infer_stages(images, 0..self.trunk.num_stages());
+        self.head.forward(self.pool_map(x))
     }
 
     /// Logits from images.

@@ -91,12 +91,12 @@ impl RunModel {
     pub fn probabilities(&self, images: Tensor<4>) -> Vec<Vec<f32>> {
         let (values, classes) = match &self.classic {
             Some(head) => {
-                let features = self.net.pool_map(self.net.trunk.forward_stages(images, 0..self.net.trunk.num_stages()));
+                let features = self.net.pool_map(self.net.trunk.infer_stages(images, 0..self.net.trunk.num_stages()));
                 let rows: Vec<f32> = features.into_data().try_to_vec::<f32>().unwrap_or_default();
                 return head.predict_proba(&rows);
             }
             None => {
-                let p: Vec<f32> = softmax(self.net.forward(images), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+                let p: Vec<f32> = softmax(self.net.infer(images), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
                 let classes = self.net.head.layers.last().map(|l| l.weight.lazy_shape().dims::<2>()[1]).unwrap_or(1);
                 (p, classes)
             }
@@ -171,7 +171,7 @@ fn predict_via_store(
         let mut computed = Vec::new();
         if !good.is_empty() {
             let net = &model.net;
-            let features = net.pool_map(net.trunk.forward_stages(image::batch(&good, preprocess.size, device), 0..net.trunk.num_stages()));
+            let features = net.pool_map(net.trunk.infer_stages(image::batch(&good, preprocess.size, device), 0..net.trunk.num_stages()));
             let rows: Vec<f32> = features.into_data().try_to_vec::<f32>().unwrap_or_default();
             let width = rows.len() / good.len();
             computed = rows.chunks(width).map(|r| r.to_vec()).collect();

@@ -17,6 +17,7 @@ use burn::tensor::activation::relu6;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::fold::{fold_conv_bn, split_batch};
 use super::layers::{LayerRow, ParamRow};
 use super::load::WeightSource;
 use crate::Result;
@@ -319,6 +320,37 @@ impl EfficientNetLite {
         global_avg_pool(x) // [N, 1280]
     }
 
+    /// An inference-only copy with every BatchNorm folded into its convolution (see
+    /// [`fold`](super::fold)). BatchNorm must be in inference mode (frozen), as it is for a
+    /// loaded model that is not being trained.
+    pub fn folded(&self) -> FoldedLite {
+        let blocks = self
+            ._blocks
+            .iter()
+            .map(|b| FoldedBlock {
+                expand: match (&b._expand_conv, &b._bn0) {
+                    (Some(conv), Some(bn)) => Some(fold_conv_bn(conv, bn)),
+                    _ => None,
+                },
+                depthwise: fold_conv_bn(&b._depthwise_conv, &b._bn1),
+                project: fold_conv_bn(&b._project_conv, &b._bn2),
+                residual: b.residual,
+            })
+            .collect();
+        FoldedLite {
+            stem: fold_conv_bn(&self._conv_stem, &self._bn0),
+            blocks,
+            head: fold_conv_bn(&self._conv_head, &self._bn1),
+            fc: self._fc.clone(),
+        }
+    }
+
+    /// [`forward_stages`](Self::forward_stages) for frozen layers: BatchNorm folded and the
+    /// batch split across threads. Same result within float rounding.
+    pub fn infer_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        self.folded().forward_stages(x, range)
+    }
+
     /// ImageNet logits: [N, 3, H, W] → [N, num_classes]. Without the classifier (cut off for a
     /// new head) this returns the pooled features.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
@@ -327,6 +359,79 @@ impl EfficientNetLite {
             Some(fc) => fc.forward(features),
             None => features,
         }
+    }
+}
+
+/// EfficientNet-Lite for inference only: BatchNorm folded into the convolutions, batches split
+/// across threads. Built by [`EfficientNetLite::folded`].
+#[derive(Debug, Clone)]
+pub struct FoldedLite {
+    stem: Conv2d,
+    blocks: Vec<FoldedBlock>,
+    head: Conv2d,
+    fc: Option<Linear>,
+}
+
+#[derive(Debug, Clone)]
+struct FoldedBlock {
+    expand: Option<Conv2d>,
+    depthwise: Conv2d,
+    project: Conv2d,
+    residual: bool,
+}
+
+/// ReLU6 for inference. burn-flex's `clamp` runs a scalar loop (its NaN checks keep the
+/// compiler from vectorising it); `relu` followed by `clamp_max` vectorises, and both run in
+/// place on an activation nobody else holds.
+fn fast_relu6(x: Tensor<4>) -> Tensor<4> {
+    burn::tensor::activation::relu(x).clamp_max(6.0)
+}
+
+impl FoldedBlock {
+    fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        // [N, C_in, H, W]
+        let x = match &self.expand {
+            Some(expand) => fast_relu6(expand.forward(input.clone())), // [N, C_in·e, H, W]
+            None => input.clone(),
+        };
+        let x = fast_relu6(self.depthwise.forward(x)); // [N, C_hidden, H/s, W/s]
+        let x = self.project.forward(x); // [N, C_out, H/s, W/s]
+        if self.residual {
+            x + input
+        } else {
+            x
+        }
+    }
+}
+
+impl FoldedLite {
+    fn stages_sequential(&self, mut x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        let head = self.blocks.len() + 1;
+        for stage in range {
+            x = match stage {
+                0 => fast_relu6(self.stem.forward(x)),
+                s if s == head => fast_relu6(self.head.forward(x)),
+                s => self.blocks[s - 1].forward(x),
+            };
+        }
+        x
+    }
+
+    /// Stages `range` as in [`EfficientNetLite::forward_stages`], the batch split across threads.
+    pub fn forward_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        split_batch(x, |part| self.stages_sequential(part, range.clone()))
+    }
+
+    /// ImageNet logits (or pooled features without the classifier): [N, 3, H, W] → [N, K].
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let stages = self.blocks.len() + 2;
+        split_batch(images, |part| {
+            let features = global_avg_pool(self.stages_sequential(part, 0..stages)); // [n, 1280]
+            match &self.fc {
+                Some(fc) => fc.forward(features),
+                None => features,
+            }
+        })
     }
 }
 
@@ -347,4 +452,54 @@ pub fn stage_of(layer: &str, blocks: usize) -> Option<usize> {
 pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
     let [n, c, _, _] = x.dims();
     x.mean_dim(3).mean_dim(2).reshape([n, c])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::{Param, RunningState};
+    use burn::tensor::Distribution;
+
+    /// Gives every BatchNorm non-trivial statistics and affine parameters, as trained ones have.
+    fn randomize_bn(bn: &mut BatchNorm, device: &Device) {
+        let [c] = bn.gamma.val().dims();
+        let uniform = |lo, hi| Tensor::<1>::random([c], Distribution::Uniform(lo, hi), device);
+        bn.gamma = Param::from_tensor(uniform(0.5, 1.5));
+        bn.beta = Param::from_tensor(uniform(-0.5, 0.5));
+        bn.running_mean = RunningState::new(uniform(-0.3, 0.3));
+        bn.running_var = RunningState::new(uniform(0.2, 2.0));
+    }
+
+    #[test]
+    fn folded_batch_norm_matches_the_layered_network() {
+        let device = crate::device::default_device();
+        let mut config = EfficientNetLiteConfig::lite(0).expect("lite0");
+        config.resolution = 64;
+        config.num_classes = 7;
+        let mut net = config.init(&device);
+        randomize_bn(&mut net._bn0, &device);
+        randomize_bn(&mut net._bn1, &device);
+        for block in &mut net._blocks {
+            if let Some(bn) = block._bn0.as_mut() {
+                randomize_bn(bn, &device);
+            }
+            randomize_bn(&mut block._bn1, &device);
+            randomize_bn(&mut block._bn2, &device);
+        }
+        // 5 images: an odd batch, split unevenly across threads.
+        let x = Tensor::<4>::random([5, 3, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+        let reference = net.forward(x.clone());
+        let folded = net.folded().forward(x.clone());
+        let scale: f32 = reference.clone().abs().max().into_scalar();
+        let diff: f32 = (reference - folded).abs().max().into_scalar();
+        assert!(scale > 1e-3, "degenerate test network (max |logit| {scale})");
+        assert!(diff <= 1e-4 * scale.max(1.0), "folded logits differ by {diff} (scale {scale})");
+
+        // A middle cut, as the frozen-prefix cache uses it.
+        let mid = net.forward_stages(x.clone(), 0..6);
+        let mid_folded = net.infer_stages(x, 0..6);
+        assert_eq!(mid.dims(), mid_folded.dims());
+        let diff: f32 = (mid - mid_folded).abs().max().into_scalar();
+        assert!(diff <= 1e-4, "folded stages 0..6 differ by {diff}");
+    }
 }

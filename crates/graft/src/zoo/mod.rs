@@ -2,6 +2,7 @@
 
 pub mod bert;
 pub mod efficientnet;
+pub mod fold;
 pub mod keras;
 pub mod layers;
 pub mod load;
