@@ -10,6 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-target/cache-bench}
 STEPS=${STEPS:-"epoch extract"}
+# Run the two steps at once (e.g. in two shells) only with different GRAFT_HOME caches: the
+# epoch step clears its cache first.
 GRAFT=./target/release/graft
 [ -x /usr/bin/time ] || { echo "GNU time (/usr/bin/time, Debian package 'time') is needed for peak RSS" >&2; exit 2; }
 cargo build --release -q
@@ -23,10 +25,10 @@ echo "threads: $(nproc) cores; graft $(git rev-parse --short HEAD)"
 if [[ " $STEPS " == *" epoch "* ]]; then
   [ -d "$WORK/fmnist-10k" ] || $GRAFT data import fashion-mnist --per-class 1000 --out "$WORK/fmnist-10k" >/dev/null
   common=(--data "$WORK/fmnist-10k" --val-split 0 --lr 0.01 --overwrite --json)
-  # 1 epoch with the trunk run on every image (what an epoch costs without the cache).
-  $GRAFT fit "${common[@]}" --out "$WORK/runs/trunk" --epochs 1 --cache off > "$WORK/trunk.json"
   # The cache is filled once (one trunk pass), then every epoch reads it.
   $GRAFT fit "${common[@]}" --out "$WORK/runs/cached" --epochs 5 --cache on > "$WORK/cached.json"
+  # 1 epoch with the trunk run on every image (what an epoch costs without the cache).
+  $GRAFT fit "${common[@]}" --out "$WORK/runs/trunk" --epochs 1 --cache off > "$WORK/trunk.json"
   python3 - "$WORK" <<'EOF'
 import json, sys
 work = sys.argv[1]
