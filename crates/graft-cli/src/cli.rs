@@ -204,7 +204,7 @@ pub struct PredictArgs {
     pub model: String,
     /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
     /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
-    #[arg(long, conflicts_with = "model", requires = "weights")]
+    #[arg(long, conflicts_with = "model")]
     pub arch: Option<String>,
     /// A run directory from `graft fit`: predict its classes instead.
     #[arg(long, conflicts_with_all = ["weights", "arch"])]
@@ -278,7 +278,7 @@ pub struct ExtractArgs {
     pub model: String,
     /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
     /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
-    #[arg(long, conflicts_with = "model", requires = "weights")]
+    #[arg(long, conflicts_with = "model")]
     pub arch: Option<String>,
 
     #[arg(long)]

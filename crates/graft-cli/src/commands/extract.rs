@@ -10,6 +10,8 @@ use crate::reporter::TermReporter;
 
 pub fn run(args: ExtractArgs, out: &Output) -> anyhow::Result<()> {
     let spec = super::model_spec(&args.model, args.arch.as_deref())?;
+    // A bad --layer fails before any work.
+    graft::cache::extract::Cut::parse(&args.layer, &spec.config())?;
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     let folder = ImageFolder::scan(&args.data)?;
     let device = default_device();

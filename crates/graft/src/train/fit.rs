@@ -114,6 +114,9 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     // Seeds burn's generator: the new head's initialisation and dropout masks.
     device.seed(config.seed);
     let spec = ModelSpec::find(&config.model)?;
+    if !config.from_scratch && config.weights.is_none() && spec.source.is_none() {
+        return Err(GraftError::NeedsWeights { model: spec.id.into() });
+    }
     let preprocess = spec.preprocess();
 
     // --- data ---------------------------------------------------------------------------------
