@@ -296,6 +296,14 @@ mod tests {
         assert_eq!(block_of("_conv_stem"), "_conv_stem");
         assert_eq!(block_of("layer1.0.conv1"), "layer1.0");
         assert_eq!(block_of("features.3"), "features.3");
+        // Keras names: `block_N_*` are blocks; the head convolution `Conv_1` is not.
+        assert_eq!(block_of("block_12_expand_BN"), "block_12");
+        assert_eq!(block_of("Conv_1_bn"), "Conv_1_bn");
+        let rows = crate::zoo::mobilenetv2::MobileNetV2Config::keras(1.0, 160, 19, "dense").layer_rows();
+        assert_eq!(numbered_blocks(&rows), 16);
+        // `until:block_2` freezes through block_2's last layer, not block_20-something.
+        let frozen = FreezeSpec::Until("block_2".into()).frozen_params(&rows).unwrap();
+        assert!(frozen.contains("block_2_project_BN/moving_variance") && !frozen.contains("block_3_expand/kernel"));
     }
 
     #[test]
