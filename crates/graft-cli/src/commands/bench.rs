@@ -34,7 +34,7 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
         BenchCase::Forward => {
             // Random weights: the arithmetic is the same as with the pretrained ones.
             let net = spec.config().init(&device);
-            let size = spec.config().resolution;
+            let size = spec.config().resolution();
             let input = Tensor::<4>::random([args.batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
             // What predict/extract/the frozen prefix run: BatchNorm folded, batch split across
             // threads; `--layered` measures the plain layer-by-layer network instead.

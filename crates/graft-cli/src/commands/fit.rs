@@ -24,6 +24,9 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
             FitConfig::new(args.model.as_deref().unwrap_or("efficientnet-lite0"), data)
         }
     };
+    if let Some(arch) = &args.arch {
+        c.model = super::model_spec("", Some(arch))?.id.to_string();
+    }
     let out = args.out.clone().context("--out is required (the run directory to create)")?;
     if let Some(v) = &args.model { c.model = v.clone(); }
     if let Some(v) = &args.weights { c.weights = Some(v.clone()); }

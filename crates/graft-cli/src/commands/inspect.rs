@@ -1,22 +1,29 @@
 use graft::zoo::layers::{summarize, FreezeSpec};
 use graft::train::model::{Grafted, Head, HeadPool, HeadSpec};
-use graft::zoo::ModelSpec;
+use graft::device::default_device;
+use graft::zoo::{graft_home, Pretrained};
 use serde_json::json;
 
 use crate::cli::InspectArgs;
 use crate::output::Output;
+use crate::reporter::TermReporter;
 
 pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
-    let spec = ModelSpec::find(&args.model)?;
+    let spec = super::model_spec(args.model.as_deref().unwrap_or(""), args.arch.as_deref())?;
     let freeze: FreezeSpec = args.freeze.parse()?;
-    let mut rows = spec.layer_rows();
+    let config = spec.config();
+    if let Some(weights) = &args.weights {
+        // Loading checks every tensor's presence and shape; the numbers are not needed here.
+        Pretrained::load(spec, Some(weights), &graft_home(), &TermReporter::new(), &default_device())?;
+    }
+    let mut rows = config.layer_rows();
     if let Some(classes) = args.classes {
         // The grafted model: ImageNet classifier cut off, the new head in its place.
         let head: HeadSpec = args.head.as_deref().unwrap_or("linear").parse()?;
         let pool: HeadPool = args.head_pool.parse()?;
         anyhow::ensure!(classes >= 2, "invalid --classes `{classes}`: a classifier needs at least 2 classes");
         rows.retain(|r| !r.is_head);
-        let width = Grafted::head_input_width(pool, spec.config().resolution);
+        let width = Grafted::head_input_width(pool, config.final_map());
         rows.extend(Head::rows(&head, width, classes));
     }
     let frozen = freeze.frozen_params(&rows)?;
@@ -39,7 +46,7 @@ pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
         .collect();
     let value = json!({
         "model": spec.id,
-        "input_shape": [3, spec.config().resolution, spec.config().resolution],
+        "input_shape": [3, config.resolution(), config.resolution()],
         "freeze": freeze.to_string(),
         "layers": layers,
         "total_params": summary.total_params,

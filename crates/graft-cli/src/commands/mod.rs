@@ -26,3 +26,16 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args, out),
     }
 }
+
+/// The model a command runs: `--arch NAME` (an architecture for the user's own torchvision
+/// weights) when given, else `--model ID`.
+pub(crate) fn model_spec(model: &str, arch: Option<&str>) -> anyhow::Result<&'static graft::zoo::ModelSpec> {
+    match arch {
+        Some(arch) => {
+            let archs = graft::zoo::user_archs();
+            anyhow::ensure!(archs.contains(&arch), "invalid --arch `{arch}`: expected one of {}", archs.join(", "));
+            Ok(graft::zoo::ModelSpec::find(arch)?)
+        }
+        None => Ok(graft::zoo::ModelSpec::find(model)?),
+    }
+}

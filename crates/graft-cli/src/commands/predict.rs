@@ -2,7 +2,7 @@ use burn::tensor::activation::softmax;
 use graft::data::image;
 use graft::device::default_device;
 use graft::report::Reporter;
-use graft::zoo::{graft_home, imagenet_labels, ModelSpec, Pretrained};
+use graft::zoo::{graft_home, Pretrained};
 use serde_json::{json, Value};
 
 use crate::cli::PredictArgs;
@@ -16,12 +16,12 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     if let Some(run) = &args.run {
         return predict_run(run, &args, out);
     }
-    let spec = ModelSpec::find(&args.model)?;
+    let spec = super::model_spec(&args.model, args.arch.as_deref())?;
     let device = default_device();
     let reporter = TermReporter::new();
     let model = Pretrained::load(spec, args.weights.as_deref(), &graft_home(), &reporter, &device)?;
     let preprocess = spec.preprocess();
-    let labels = imagenet_labels();
+    let labels = spec.labels();
 
     // Unreadable files are skipped and reported, never fatal unless nothing is left.
     let mut inputs = Vec::new();

@@ -6,6 +6,7 @@ mod inspect;
 mod parity;
 mod predict;
 mod text;
+mod zoo_cli;
 mod zoo_parity;
 
 use std::path::{Path, PathBuf};

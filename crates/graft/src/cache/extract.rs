@@ -12,7 +12,8 @@ use serde::Serialize;
 use crate::data::folder::{decode_with, ImageFolder, Sample, Skipped};
 use crate::data::image::{self, Preprocess};
 use crate::report::Reporter;
-use crate::zoo::efficientnet::{global_avg_pool, EfficientNetLite};
+use crate::zoo::efficientnet::global_avg_pool;
+use crate::zoo::{Trunk, TrunkConfig};
 use crate::{GraftError, Result};
 
 /// Where to cut the network: after stage `stages` (0 = stem … last = head conv), pooled or not.
@@ -23,14 +24,30 @@ pub struct Cut {
 }
 
 impl Cut {
-    /// Resolves a layer name: `pooled` (the 1280-d features, default), `_conv_stem`/`stem`,
-    /// `_blocks.N`, `_conv_head`/`head`.
-    pub fn parse(layer: &str, net: &EfficientNetLite) -> Result<Cut> {
-        let blocks = net._blocks.len();
+    /// Resolves a layer name: `pooled` (the pooled features, default), or for
+    /// EfficientNet-Lite `_conv_stem`/`stem`, `_blocks.N`, `_conv_head`/`head`; for the other
+    /// trunks any layer of `graft inspect`'s table (the output of the stage it ends).
+    pub fn parse(layer: &str, config: &TrunkConfig) -> Result<Cut> {
+        let stages = config.num_stages();
+        if matches!(layer, "pooled" | "features") {
+            return Ok(Cut { stages, pooled: true });
+        }
+        let TrunkConfig::Lite(lite) = config else {
+            return match config.stage_of(layer).filter(|s| *s < stages) {
+                Some(s) => Ok(Cut { stages: s + 1, pooled: false }),
+                None => {
+                    let rows = config.layer_rows();
+                    let trunk: Vec<&str> = rows.iter().filter(|r| !r.is_head && !r.params.is_empty()).map(|r| r.name.as_str()).collect();
+                    let examples = [trunk.first(), trunk.get(trunk.len() / 2), trunk.last()].into_iter().flatten().copied().collect::<Vec<_>>().join(", ");
+                    Err(GraftError::spec("--layer", layer, format!("expected pooled or a trunk layer of `graft inspect` (e.g. {examples})")))
+                }
+            };
+        };
+        let blocks = lite.blocks().len();
         let cut = match layer {
-            "pooled" | "features" | "_avg_pooling" => Cut { stages: blocks + 2, pooled: true },
+            "_avg_pooling" => Cut { stages, pooled: true },
             "stem" | "_conv_stem" | "_bn0" => Cut { stages: 1, pooled: false },
-            "head" | "_conv_head" | "_bn1" => Cut { stages: blocks + 2, pooled: false },
+            "head" | "_conv_head" | "_bn1" => Cut { stages, pooled: false },
             _ => {
                 let n = layer.strip_prefix("_blocks.").and_then(|n| n.parse::<usize>().ok()).filter(|n| *n < blocks);
                 match n {
@@ -91,7 +108,8 @@ pub struct ExtractSummary {
 /// Extracts `cut` activations for the samples of `folder` (those of `shard`) into `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn extract(
-    net: &EfficientNetLite,
+    net: &Trunk,
+    config: &TrunkConfig,
     model_id: &str,
     layer: &str,
     preprocess: &Preprocess,
@@ -102,7 +120,7 @@ pub fn extract(
     device: &Device,
     reporter: &dyn Reporter,
 ) -> Result<ExtractSummary> {
-    let cut = Cut::parse(layer, net)?;
+    let cut = Cut::parse(layer, config)?;
     let format = Format::from_path(out)?;
     let selected: Vec<(usize, &Sample)> = folder
         .samples

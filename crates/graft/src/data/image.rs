@@ -18,6 +18,9 @@ use crate::{GraftError, Result};
 pub enum Crop {
     /// The largest centred square, then resize to `size`×`size`.
     CentreSquare,
+    /// The whole image resized to `size`×`size`, aspect ratio not kept (Keras/PIL
+    /// `img.resize((size, size))`).
+    Stretch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,13 +48,21 @@ impl Preprocess {
         Self { size, crop: Crop::CentreSquare, interpolation: Interpolation::Bilinear, mean, std }
     }
 
+    pub fn stretch(size: u32, mean: [f32; 3], std: [f32; 3]) -> Self {
+        Self { size, crop: Crop::Stretch, interpolation: Interpolation::Bilinear, mean, std }
+    }
+
     /// Decoded RGB image → normalised CHW floats, length 3·size².
     pub fn apply(&self, image: &RgbImage) -> Vec<f32> {
         self.normalize(&self.crop_resize(image))
     }
 
-    /// The geometric part: the largest centred square, resized to `size`×`size`.
+    /// The geometric part: the largest centred square (or the whole image for
+    /// [`Crop::Stretch`]), resized to `size`×`size`.
     pub fn crop_resize(&self, image: &RgbImage) -> RgbImage {
+        if self.crop == Crop::Stretch {
+            return resize_bilinear(image, self.size, self.size);
+        }
         let (w, h) = image.dimensions();
         let side = w.min(h);
         let (left, top) = ((w - side) / 2, (h - side) / 2);

@@ -34,7 +34,7 @@ use crate::data::image::Preprocess;
 use crate::fsutil::write_atomic;
 use crate::report::tensorboard::EventWriter;
 use crate::report::{plot, Reporter};
-use crate::zoo::layers::{FreezeSpec, LayerRow};
+use crate::zoo::layers::{numbered_blocks, FreezeSpec, LayerRow};
 use crate::zoo::{ModelSpec, Pretrained};
 use crate::{GraftError, Result};
 
@@ -114,6 +114,9 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     // Seeds burn's generator: the new head's initialisation and dropout masks.
     device.seed(config.seed);
     let spec = ModelSpec::find(&config.model)?;
+    if !config.from_scratch && config.weights.is_none() && spec.source.is_none() {
+        return Err(GraftError::NeedsWeights { model: spec.id.into() });
+    }
     let preprocess = spec.preprocess();
 
     // --- data ---------------------------------------------------------------------------------
@@ -149,15 +152,16 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     }
 
     // --- model --------------------------------------------------------------------------------
+    let trunk_config = spec.config();
     let (trunk, weights_sha256) = if config.from_scratch {
-        (spec.config().init(device), None)
+        (trunk_config.init(device), None)
     } else {
         let p = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
         (p.net, Some(p.weights_sha256))
     };
-    let resolution = spec.config().resolution;
-    let blocks = trunk._blocks.len();
-    let head_width = Grafted::head_input_width(config.head_pool, resolution);
+    let resolution = trunk_config.resolution();
+    let stages_count = trunk_config.num_stages();
+    let head_width = Grafted::head_input_width(config.head_pool, trunk_config.final_map());
     let head = Head::init(&config.head.neural(), head_width, classes.len(), config.dropout, device);
     let mut model = Grafted::new(trunk, head, config.head_pool);
     let info = RunInfo {
@@ -174,6 +178,8 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
 
     let mut rows: Vec<LayerRow> = spec.layer_rows().into_iter().filter(|r| !r.is_head).collect();
+    // `--stages topK` counts the numbered blocks of the layer table, as `--freeze N` does.
+    let blocks = numbered_blocks(&rows);
     rows.extend(Head::rows(&config.head.neural(), head_width, classes.len()));
 
     if let HeadSpec::Classic(kind) = &config.head {
@@ -239,7 +245,7 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             continue;
         }
         let frozen = freeze.frozen_params(&rows)?;
-        model = model.unfreeze().freeze(&rows, &frozen)?;
+        model = model.unfreeze().freeze(&rows, &frozen, &trunk_config)?;
         if !(config.train_bn || config.from_scratch) {
             // BatchNorm in the unfrozen blocks stays in inference mode (its scale and shift
             // still train): on a small dataset, batch statistics of a few dozen images replace
@@ -250,7 +256,7 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         let model_train = model.train();
         model = model_train;
         trainable_params = count_trainable(&model);
-        let cut = frozen_prefix(&rows, &frozen, blocks);
+        let cut = frozen_prefix(&rows, &frozen, &trunk_config);
         let augmenting = !config.augment.is_identity();
         let use_cache = match config.cache {
             CacheMode::Off => false,
@@ -274,7 +280,7 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         let caching = Instant::now();
         let (train_cache, val_cache, act_shape) = if use_cache {
             let augment = if views > 1 { config.augment.to_string() } else { "none".into() };
-            let mut store = open_store(home, spec.id, info.weights_sha256.as_deref(), &cut_name(cut, blocks, config.head_pool), &preprocess, &augment, config, reporter)?;
+            let mut store = open_store(home, spec.id, info.weights_sha256.as_deref(), &cut_name(cut, stages_count, config.head_pool), &preprocess, &augment, config, reporter)?;
             let misses_before = stats.misses;
             let mut fill = |split: &Split, task: &str| {
                 activations(&prefix, split, &preprocess, cut, views, config, store.as_mut(), device, reporter, task, &mut stats)
@@ -573,7 +579,8 @@ fn map_shape(model: &Grafted, cut: usize, resolution: usize) -> [usize; 3] {
     if cut >= model.trunk.num_stages() {
         return [0; 3];
     }
-    let probe = Tensor::<4>::zeros([1, 3, resolution, resolution], &model.trunk._conv_stem.weight.val().device());
+    let device = model.head.layers[0].weight.val().device();
+    let probe = Tensor::<4>::zeros([1, 3, resolution, resolution], &device);
     let [_, c, h, w] = model.trunk.forward_stages(probe, 0..cut).dims();
     [c, h, w]
 }
@@ -692,11 +699,10 @@ fn fit_classic(
         return Err(GraftError::spec("--head", &config.head.to_string(), "a classic head trains on stored features: use --freeze all, no --stages and no --augment"));
     }
     let started = Instant::now();
-    let blocks = model.trunk._blocks.len();
     let cut = model.trunk.num_stages();
     let mut stats = CacheStats::default();
     let prefix = model.valid();
-    let mut store = open_store(home, &info.model, info.weights_sha256.as_deref(), &cut_name(cut, blocks, config.head_pool), &info.preprocess, "none", config, reporter)?;
+    let mut store = open_store(home, &info.model, info.weights_sha256.as_deref(), &cut_name(cut, cut, config.head_pool), &info.preprocess, "none", config, reporter)?;
     let (train_rows, _) = activations(&prefix, train, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching frozen-trunk activations", &mut stats)?;
     let (val_rows, _) = activations(&prefix, val, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching validation activations", &mut stats)?;
     let classes = info.classes.len();
@@ -745,12 +751,13 @@ fn fit_classic(
     Ok(summary)
 }
 
-/// The cut's name in feature-store keys: the last stage the prefix runs, or the pooled output.
-pub(crate) fn cut_name(cut: usize, blocks: usize, pool: super::model::HeadPool) -> String {
+/// The cut's name in feature-store keys: the last stage the prefix runs (stage `c` runs block
+/// `c − 1`; EfficientNet-Lite's names), or the pooled output after all `stages`.
+pub(crate) fn cut_name(cut: usize, stages: usize, pool: super::model::HeadPool) -> String {
     match cut {
         0 => "input".into(),
         1 => "stem".into(),
-        c if c == blocks + 2 => format!("pooled:{}", serde_json::to_string(&pool).expect("pool serializes").trim_matches('"')),
+        c if c == stages => format!("pooled:{}", serde_json::to_string(&pool).expect("pool serializes").trim_matches('"')),
         c => format!("_blocks.{}", c - 2),
     }
 }

@@ -10,7 +10,8 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::classic::ClassicKind;
-use crate::zoo::efficientnet::{global_avg_pool, stage_of, EfficientNetLite, HEAD_CHANNELS};
+use crate::zoo::efficientnet::global_avg_pool;
+use crate::zoo::{Trunk, TrunkConfig};
 use crate::zoo::layers::{LayerRow, ParamRow};
 use crate::{GraftError, Result};
 
@@ -166,7 +167,7 @@ impl Head {
 /// Pretrained trunk + new head.
 #[derive(Module, Debug)]
 pub struct Grafted {
-    pub trunk: EfficientNetLite,
+    pub trunk: Trunk,
     pub head: Head,
     #[module(skip)]
     pub pool: HeadPool,
@@ -174,23 +175,20 @@ pub struct Grafted {
 
 impl Grafted {
     /// Cuts the trunk's classifier off and puts `head` on it.
-    pub fn new(mut trunk: EfficientNetLite, head: Head, pool: HeadPool) -> Self {
-        trunk._fc = None;
-        Self { trunk, head, pool }
+    pub fn new(trunk: Trunk, head: Head, pool: HeadPool) -> Self {
+        Self { trunk: trunk.without_classifier(), head, pool }
     }
 
-    /// Width of the head's input for a trunk whose last map is `[1280, h, w]`.
-    pub fn head_input_width(pool: HeadPool, resolution: usize) -> usize {
+    /// Width of the head's input for a trunk whose last map is `[C, h, w]` (see
+    /// [`TrunkConfig::final_map`]).
+    pub fn head_input_width(pool: HeadPool, [c, h, w]: [usize; 3]) -> usize {
         match pool {
-            HeadPool::Avg => HEAD_CHANNELS,
-            HeadPool::Flatten => {
-                let side = resolution.div_ceil(32);
-                HEAD_CHANNELS * side * side
-            }
+            HeadPool::Avg => c,
+            HeadPool::Flatten => c * h * w,
         }
     }
 
-    /// Last feature map → head input: [N, 1280, h, w] → [N, D].
+    /// Last feature map → head input: [N, C, h, w] → [N, D].
     pub fn pool_map(&self, x: Tensor<4>) -> Tensor<2> {
         match self.pool {
             HeadPool::Avg => global_avg_pool(x),
@@ -240,17 +238,17 @@ impl Grafted {
     /// Freezes the trunk parameters named (checkpoint names) in `frozen`. Whole layers are frozen
     /// through `freeze_group`, which also switches their BatchNorm to inference mode so its
     /// running statistics never move; a layer only partly named (e.g. only a BN's `weight`)
-    /// has just those tensors' gradients stopped.
-    pub fn freeze(self, rows: &[LayerRow], frozen: &BTreeSet<String>) -> Result<Self> {
+    /// has just those tensors' gradients stopped. `config` maps table names to module paths.
+    pub fn freeze(self, rows: &[LayerRow], frozen: &BTreeSet<String>, config: &TrunkConfig) -> Result<Self> {
         let mut patterns = Vec::new();
         for row in rows.iter().filter(|r| !r.is_head && !r.params.is_empty()) {
             let names: Vec<&ParamRow> = row.params.iter().collect();
             let all = names.iter().all(|p| frozen.contains(&p.path));
             if all {
-                patterns.push(format!("^trunk\\.{}\\.", regex::escape(&row.name)));
+                patterns.push(format!("^trunk\\.{}\\.", regex::escape(&config.module_path(&row.name))));
             } else {
                 for p in names.iter().filter(|p| frozen.contains(&p.path)) {
-                    patterns.push(format!("^trunk\\.{}$", regex::escape(&burn_path(row, &p.path))));
+                    patterns.push(format!("^trunk\\.{}$", regex::escape(&config.param_path(row, &p.path))));
                 }
             }
         }
@@ -263,26 +261,13 @@ impl Grafted {
     }
 }
 
-/// A checkpoint parameter path as burn names it: BatchNorm's `weight`/`bias` are `gamma`/`beta`.
-fn burn_path(row: &LayerRow, path: &str) -> String {
-    if row.kind.starts_with("BatchNorm") {
-        if let Some(p) = path.strip_suffix(".weight") {
-            return format!("{p}.gamma");
-        }
-        if let Some(p) = path.strip_suffix(".bias") {
-            return format!("{p}.beta");
-        }
-    }
-    path.to_string()
-}
-
 /// The number of leading trunk stages whose every parameter is frozen: everything before this
 /// cut is a fixed function whose output can be computed once and cached.
-pub fn frozen_prefix(rows: &[LayerRow], frozen: &BTreeSet<String>, blocks: usize) -> usize {
-    let stages = blocks + 2;
+pub fn frozen_prefix(rows: &[LayerRow], frozen: &BTreeSet<String>, config: &TrunkConfig) -> usize {
+    let stages = config.num_stages();
     let mut stage_frozen = vec![true; stages];
     for row in rows.iter().filter(|r| !r.is_head) {
-        if let Some(s) = stage_of(&row.name, blocks) {
+        if let Some(s) = config.stage_of(&row.name).filter(|s| *s < stages) {
             if row.params.iter().any(|p| !frozen.contains(&p.path)) {
                 stage_frozen[s] = false;
             }

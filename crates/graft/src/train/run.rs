@@ -53,10 +53,9 @@ impl RunInfo {
 
     /// The architecture with fresh weights (to be overwritten by a checkpoint).
     pub fn build(&self, device: &Device) -> Result<Grafted> {
-        let spec = ModelSpec::find(&self.model)?;
-        let resolution = spec.config().resolution;
-        let head = Head::init(&self.head.neural(), Grafted::head_input_width(self.head_pool, resolution), self.classes.len(), self.dropout, device);
-        Ok(Grafted::new(spec.config().init(device), head, self.head_pool))
+        let config = ModelSpec::find(&self.model)?.config();
+        let head = Head::init(&self.head.neural(), Grafted::head_input_width(self.head_pool, config.final_map()), self.classes.len(), self.dropout, device);
+        Ok(Grafted::new(config.init(device), head, self.head_pool))
     }
 }
 
@@ -205,14 +204,15 @@ fn predict_via_store(
     (out, skipped)
 }
 
-/// The feature-store namespace of a frozen-trunk run's pooled features, if it has one.
-pub fn run_store(info: &RunInfo, blocks: usize, home: &Path) -> Result<Option<FeatureStore>> {
+/// The feature-store namespace of a frozen-trunk run's pooled features, if it has one;
+/// `stages`: the trunk's stage count.
+pub fn run_store(info: &RunInfo, stages: usize, home: &Path) -> Result<Option<FeatureStore>> {
     match (&info.weights_sha256, info.frozen_trunk) {
         (Some(sha), true) => {
             let namespace = Namespace {
                 model: info.model.clone(),
                 weights_sha256: sha.clone(),
-                cut: super::fit::cut_name(blocks + 2, blocks, info.head_pool),
+                cut: super::fit::cut_name(stages, stages, info.head_pool),
                 preprocess: serde_json::to_string(&info.preprocess).expect("preprocess serializes"),
                 augment: "none".into(),
                 dtype: crate::cache::StoreDtype::F32,

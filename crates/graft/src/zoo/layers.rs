@@ -85,6 +85,12 @@ impl LayerRow {
 }
 
 fn block_of(name: &str) -> &str {
+    // Keras names: `block_3_expand_BN` → `block_3`.
+    if let Some(rest) = name.strip_prefix("block_") {
+        if let Some((n, _)) = rest.split_once('_').filter(|(n, _)| n.parse::<usize>().is_ok()) {
+            return &name[..("block_".len() + n.len())];
+        }
+    }
     // The prefix through the first numeric component: `_blocks.3._bn1` → `_blocks.3`.
     let mut end = 0;
     for part in name.split('.') {
@@ -180,13 +186,7 @@ impl FreezeSpec {
             FreezeSpec::FirstBlocks(n) => {
                 // Blocks in order of appearance; the stem (everything before the first numbered
                 // block) comes with the first.
-                let mut numbered: Vec<&str> = Vec::new();
-                for block in trunk.iter().map(|r| r.block()) {
-                    let is_numbered = block.split('.').any(|s| s.parse::<usize>().is_ok());
-                    if is_numbered && numbered.last() != Some(&block) {
-                        numbered.push(block);
-                    }
-                }
+                let numbered = numbered_block_names(&trunk);
                 if *n > numbered.len() {
                     return Err(GraftError::spec(
                         "--freeze",
@@ -202,7 +202,9 @@ impl FreezeSpec {
                 Ok(all_of(&trunk[..=end]))
             }
             FreezeSpec::Until(layer) => {
-                let end = trunk.iter().rposition(|r| r.name == *layer || r.name.starts_with(&format!("{layer}.")));
+                // A layer, or a block by its prefix: `layer3` (`layer3.1.bn2`), `block_5`
+                // (`block_5_project_BN`).
+                let end = trunk.iter().rposition(|r| r.name == *layer || r.name.starts_with(&format!("{layer}.")) || r.block() == layer);
                 match end {
                     Some(end) => Ok(all_of(&trunk[..=end])),
                     None => Err(GraftError::spec(
@@ -231,6 +233,24 @@ impl FreezeSpec {
             }
         }
     }
+}
+
+/// The numbered blocks of a layer table in order (`_blocks.3`, `layer2.1`, `block_5`).
+fn numbered_block_names<'a>(rows: &[&'a LayerRow]) -> Vec<&'a str> {
+    let mut numbered: Vec<&str> = Vec::new();
+    for block in rows.iter().map(|r| r.block()) {
+        let is_numbered = block.split('.').any(|s| s.parse::<usize>().is_ok()) || block.starts_with("block_");
+        if is_numbered && numbered.last() != Some(&block) {
+            numbered.push(block);
+        }
+    }
+    numbered
+}
+
+/// How many numbered blocks the trunk part of a layer table has (what `--freeze N` counts).
+pub fn numbered_blocks(rows: &[LayerRow]) -> usize {
+    let trunk: Vec<&LayerRow> = rows.iter().filter(|r| !r.is_head).collect();
+    numbered_block_names(&trunk).len()
 }
 
 /// The regex crate's messages span lines (pattern, caret, reason); keep the reason.
@@ -276,6 +296,14 @@ mod tests {
         assert_eq!(block_of("_conv_stem"), "_conv_stem");
         assert_eq!(block_of("layer1.0.conv1"), "layer1.0");
         assert_eq!(block_of("features.3"), "features.3");
+        // Keras names: `block_N_*` are blocks; the head convolution `Conv_1` is not.
+        assert_eq!(block_of("block_12_expand_BN"), "block_12");
+        assert_eq!(block_of("Conv_1_bn"), "Conv_1_bn");
+        let rows = crate::zoo::mobilenetv2::MobileNetV2Config::keras(1.0, 160, 19, "dense").layer_rows();
+        assert_eq!(numbered_blocks(&rows), 16);
+        // `until:block_2` freezes through block_2's last layer, not block_20-something.
+        let frozen = FreezeSpec::Until("block_2".into()).frozen_params(&rows).unwrap();
+        assert!(frozen.contains("block_2_project_BN/moving_variance") && !frozen.contains("block_3_expand/kernel"));
     }
 
     #[test]

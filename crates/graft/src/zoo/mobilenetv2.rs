@@ -420,7 +420,7 @@ macro_rules! transparent_module_enum {
         #[derive(Debug, Clone)]
         pub enum $name { $($(#[$vmeta])* $variant($ty),)+ }
 
-        impl Module for $name {
+        impl burn::module::Module for $name {
             fn visit<V: burn::module::ModuleVisitor>(&self, visitor: &mut V) {
                 match self { $(Self::$variant(m) => m.visit(visitor),)+ }
             }
@@ -430,10 +430,10 @@ macro_rules! transparent_module_enum {
             fn collect_devices(&self, devices: burn::module::Devices) -> burn::module::Devices {
                 match self { $(Self::$variant(m) => m.collect_devices(devices),)+ }
             }
-            fn to_device(self, device: &Device) -> Self {
+            fn to_device(self, device: &burn::tensor::Device) -> Self {
                 match self { $(Self::$variant(m) => Self::$variant(m.to_device(device)),)+ }
             }
-            fn fork(self, device: &Device) -> Self {
+            fn fork(self, device: &burn::tensor::Device) -> Self {
                 match self { $(Self::$variant(m) => Self::$variant(m.fork(device)),)+ }
             }
             fn valid(&self) -> Self {
@@ -452,13 +452,16 @@ macro_rules! transparent_module_enum {
                 match self { $(Self::$variant(m) => m.content(content),)+ }
             }
             fn num_params(&self) -> usize {
-                Module::num_params(self)
+                burn::module::Module::num_params(self)
             }
         }
 
         impl burn::module::ModuleDisplay for $name {}
     };
 }
+
+/// Also used by [`super::trunk::Trunk`].
+pub(crate) use transparent_module_enum;
 
 transparent_module_enum! {
     /// One entry of `features`.

