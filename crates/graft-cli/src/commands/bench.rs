@@ -12,6 +12,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use graft::device::{default_device, device_name};
 use graft::train::loss::cross_entropy;
 use graft::zoo::efficientnet::{global_avg_pool, MBConvBlock, HEAD_CHANNELS};
+use graft::zoo::trunk::TrunkConfig;
 use graft::zoo::ModelSpec;
 use serde_json::json;
 
@@ -38,7 +39,7 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
             let input = Tensor::<4>::random([args.batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
             // What predict/extract/the frozen prefix run: BatchNorm folded, batch split across
             // threads; `--layered` measures the plain layer-by-layer network instead.
-            let folded = (!args.layered).then(|| net.folded());
+            let folded = (!args.layered).then(|| net.for_inference());
             let median = median_seconds(args.warmup, args.iters, || {
                 let logits = match &folded {
                     Some(folded) => folded.forward(input.clone()),
@@ -132,11 +133,13 @@ impl Tail {
 
 /// Median seconds per training step of the tail; also the input shape it was fed.
 fn tail_train(spec: &ModelSpec, args: &BenchArgs, device: &Device) -> anyhow::Result<(f64, [usize; 4])> {
-    let config = spec.config();
+    let TrunkConfig::Lite(config) = spec.config() else {
+        anyhow::bail!("--model {}: tail-train is defined for EfficientNet-Lite models", spec.id);
+    };
     let size = config.resolution;
     let first = config.blocks().len().checked_sub(3).ok_or_else(|| anyhow::anyhow!("{} has fewer than 3 blocks", spec.id))?;
     // Block `first`'s input shape, from one image through the stages before it.
-    let probe = spec.config().init(device).forward_stages(Tensor::<4>::zeros([1, 3, size, size], device), 0..first + 1);
+    let probe = config.init(device).forward_stages(Tensor::<4>::zeros([1, 3, size, size], device), 0..first + 1);
     let [_, c, h, w] = probe.dims();
     let train_device = device.clone().autodiff();
     let net = config.init(&train_device);

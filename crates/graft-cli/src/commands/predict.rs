@@ -40,7 +40,7 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     }
 
     let mut predictions = Vec::new();
-    let net = model.net.folded();
+    let net = model.net.for_inference();
     for chunk in inputs.chunks(args.batch) {
         let pixels: Vec<Vec<f32>> = chunk.iter().map(|(_, x)| x.clone()).collect();
         let logits = net.forward(image::batch(&pixels, preprocess.size, &device));

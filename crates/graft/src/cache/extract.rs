@@ -136,7 +136,7 @@ pub fn extract(
     let mut skipped = Vec::new();
     let mut shape = Vec::new();
     // Frozen for extraction: BatchNorm folded once, batches split across threads.
-    let folded = net.folded();
+    let folded = net.for_inference();
     reporter.start(&format!("extracting {layer}"), Some(selected.len() as u64));
     for (done, chunk) in selected.chunks(batch.max(1)).enumerate() {
         let samples: Vec<Sample> = chunk.iter().map(|(_, s)| (*s).clone()).collect();

@@ -12,7 +12,8 @@ use std::ops::Range;
 
 use burn::tensor::{Device, Tensor};
 
-use super::efficientnet::{self, EfficientNetLite, EfficientNetLiteConfig};
+use super::efficientnet::{self, EfficientNetLite, EfficientNetLiteConfig, FoldedLite};
+use super::fold::split_batch;
 use super::layers::LayerRow;
 use super::load::WeightSource;
 use super::mobilenetv2::{transparent_module_enum, Flavor, MobileNetV2, MobileNetV2Config};
@@ -198,6 +199,48 @@ impl Trunk {
             Trunk::Lite(n) => n.forward(images),
             Trunk::ResNet(n) => n.forward(images),
             Trunk::MobileNetV2(n) => n.forward(images),
+        }
+    }
+}
+
+impl Trunk {
+    /// An inference-only view for frozen use (extract, predict, a frozen prefix): Lite gets its
+    /// BatchNorm folded into the convolutions (see [`fold`](super::fold)); every architecture
+    /// gets its batch split across threads. BatchNorm must be in inference mode.
+    pub fn for_inference(&self) -> InferenceTrunk<'_> {
+        match self {
+            Trunk::Lite(n) => InferenceTrunk::Folded(n.folded()),
+            other => InferenceTrunk::Layered(other),
+        }
+    }
+
+    /// [`forward_stages`](Self::forward_stages) through [`for_inference`](Self::for_inference).
+    pub fn infer_stages(&self, x: Tensor<4>, range: Range<usize>) -> Tensor<4> {
+        self.for_inference().forward_stages(x, range)
+    }
+}
+
+/// A trunk prepared for inference; see [`Trunk::for_inference`].
+pub enum InferenceTrunk<'a> {
+    Folded(FoldedLite),
+    Layered(&'a Trunk),
+}
+
+impl InferenceTrunk<'_> {
+    /// Stages `range`, the batch split across threads.
+    pub fn forward_stages(&self, x: Tensor<4>, range: Range<usize>) -> Tensor<4> {
+        match self {
+            InferenceTrunk::Folded(n) => n.forward_stages(x, range),
+            InferenceTrunk::Layered(n) => split_batch(x, |part| n.forward_stages(part, range.clone())),
+        }
+    }
+
+    /// The pretrained classifier's logits (pooled features without it), batch split across
+    /// threads: [N, 3, H, W] → [N, K].
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            InferenceTrunk::Folded(n) => n.forward(images),
+            InferenceTrunk::Layered(n) => split_batch(images, |part| n.forward(part)),
         }
     }
 }
