@@ -116,8 +116,9 @@ pub fn best_layer(layers: &[LayerProbe]) -> usize {
 /// Accuracy against depth (stage index), as a PNG.
 pub fn plot(summary: &ProbeSummary, path: &Path) -> Result<()> {
     let points = summary.layers.iter().map(|l| (l.stage as f64, l.accuracy)).collect();
-    let title = format!("{}: linear probe accuracy by depth (0 = stem, {} = head)", summary.model, summary.layers.len() - 1);
-    line_plot(path, &title, "stage", &[Series { name: "probe accuracy".into(), points }])
+    let title = format!("{}: linear probe accuracy", summary.model);
+    let x_label = format!("stage (0 stem, 1-{} blocks, {} head)", summary.layers.len() - 2, summary.layers.len() - 1);
+    line_plot(path, &title, &x_label, &[Series { name: "probe accuracy".into(), points }])
 }
 
 #[cfg(test)]
