@@ -15,7 +15,7 @@ NOISE=${NOISE:-0.2}
 mkdir -p "$WORK"
 [ -d "$WORK/unlabelled" ] || $GRAFT data import mnist --out "$WORK/unlabelled" >&2
 [ -d "$WORK/test" ] || $GRAFT data import mnist --split test --out "$WORK/test" >&2
-results="$WORK/results.tsv"
+results="$WORK/results-pre${PRE_EPOCHS}-fit${FIT_EPOCHS}.tsv"
 printf 'seed\tinit\ttest_accuracy\n' > "$results"
 for seed in 0 1 2; do
   labelled="$WORK/labelled-$seed"

@@ -166,6 +166,7 @@ impl Advice {
 }
 
 /// Measures `data` and advises. `sample`: images (spread over classes) for the entropy.
+#[allow(clippy::too_many_arguments)]
 pub fn advise(model: &Pretrained, data: &Path, sample: usize, seed: u64, home: &Path, batch: usize, device: &Device, reporter: &dyn Reporter) -> Result<Advice> {
     let folder = ImageFolder::scan(data)?;
     let counts = folder.class_counts();
