@@ -58,6 +58,8 @@ fn probe_scores_every_stage_and_a_rerun_is_free() {
     let text = String::from_utf8(text.stdout).unwrap();
     assert!(text.contains(&format!("recommended cut: {}", first["best"]["name"].as_str().unwrap())), "{text}");
     assert!(text.contains(&format!("{:.4}", acc[17])), "{text}");
+    assert_bad_input(&graft_in(&home, &["probe", "--data", s(&data), "--val-split", "1.5"]), &["--val-split", "1.5"]);
+    assert_bad_input(&graft_in(&home, &["probe", "--model", "alexnet", "--data", s(&data)]), &["alexnet"]);
 }
 
 /// The line of the human output starting with `label`, its first number.
