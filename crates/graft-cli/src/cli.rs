@@ -40,6 +40,12 @@ pub enum Command {
     Data(DataCommand),
     /// Measure speed (a benchmark, not a test).
     Bench(BenchArgs),
+    /// Which layers transfer: a linear probe on the pooled activations after every stage.
+    Probe(crate::commands::probe::ProbeArgs),
+    /// Which of the four transfer scenarios a dataset is in (size × similarity), measured.
+    Advise(crate::commands::advise::AdviseArgs),
+    /// Unsupervised greedy layer-wise pretraining (autoencoders) of a small digit network.
+    Pretrain(crate::commands::pretrain::PretrainArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -49,6 +55,8 @@ pub struct FitArgs {
     pub model: Option<String>,
     /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
     /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
+    /// Or, with no --init, mlp:500,250: train that MLP on 28×28 digits from random
+    /// initialisation (the baseline for `graft pretrain`).
     #[arg(long, conflicts_with = "model")]
     pub arch: Option<String>,
 
@@ -146,6 +154,13 @@ pub struct FitArgs {
     /// Replace the run directory given by --out if it already holds a run.
     #[arg(long)]
     pub overwrite: bool,
+    /// auto: measure the data with `graft advise` and apply its strategy (freeze, stages, lr,
+    /// epochs); flags given still win. The choice is saved in the run's config.
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// A `graft pretrain` run: build its network, add a classifier and fine-tune with labels.
+    #[arg(long, conflicts_with_all = ["model", "weights", "from_scratch", "strategy"])]
+    pub init: Option<PathBuf>,
     /// Continue an interrupted run from its last completed epoch.
     #[arg(long, conflicts_with_all = ["config", "out"])]
     pub resume: Option<PathBuf>,

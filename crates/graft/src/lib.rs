@@ -14,6 +14,7 @@ pub mod npy;
 pub mod report;
 pub mod text;
 pub mod train;
+pub mod transfer;
 pub mod zoo;
 
 pub use error::{GraftError, Result};

@@ -10,6 +10,10 @@ use crate::reporter::TermReporter;
 
 pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     let device = default_device();
+    if graft::transfer::autoencoder::is_mlp_run(&args.run) {
+        let (eval, skipped) = graft::transfer::autoencoder::evaluate_run(&args.run, &args.data, &device)?;
+        return report(&eval, &skipped, out);
+    }
     let (info, model) = load_run(&args.run, &device)?;
     let folder = ImageFolder::scan_with_classes(&args.data, &info.classes)?;
     let reporter = TermReporter::new();
@@ -26,6 +30,10 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!rows.is_empty(), "{}: no readable images", args.data.display());
     let eval = Evaluation::from_predictions(&info.classes, &truth, &top1(&rows));
+    report(&eval, &skipped, out)
+}
+
+fn report(eval: &Evaluation, skipped: &[graft::data::folder::Skipped], out: &Output) -> anyhow::Result<()> {
     let skipped: Vec<_> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
     let value = json!({
         "accuracy": eval.accuracy, "n": eval.n, "per_class": eval.per_class,

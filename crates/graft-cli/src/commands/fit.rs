@@ -35,6 +35,16 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
     if let Some(v) = &args.data { c.data = v.clone(); }
     if let Some(v) = &args.val { c.val = Some(v.clone()); }
     if let Some(v) = args.val_split { c.val_split = v; }
+    // The advisor's settings go in before the flags below, so flags given still win.
+    match args.strategy.as_deref() {
+        None => {}
+        Some("auto") => {
+            let advice = crate::commands::advise::measure(&c.model, c.weights.as_deref(), &c.data, 200, c.seed, 16)?;
+            eprintln!("strategy auto: {} ({})", advice.strategy.name(), advice.reasons.join("; "));
+            advice.apply(&mut c)?;
+        }
+        Some(other) => anyhow::bail!("invalid --strategy `{other}`: expected auto"),
+    }
     if let Some(v) = &args.freeze { c.freeze = v.parse()?; }
     if let Some(v) = &args.head { c.head = v.parse()?; }
     if let Some(v) = &args.head_pool { c.head_pool = v.parse()?; }
@@ -90,6 +100,9 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
 }
 
 pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
+    if args.init.is_some() || args.arch.as_deref().is_some_and(|a| a.starts_with("mlp")) {
+        return fit_mlp(&args, out);
+    }
     let (config, run_dir, resume) = resolve(&args)?;
     if args.overwrite && run_dir.join("model.json").is_file() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
@@ -122,6 +135,55 @@ pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
             }
         }
         t
+    });
+    Ok(())
+}
+
+/// `graft fit --init RUN` (a pretrained MLP) or `--arch mlp:…` (the same MLP, random init).
+fn fit_mlp(args: &FitArgs, out: &Output) -> anyhow::Result<()> {
+    use graft::transfer::autoencoder::{arch_of, fit_mlp, MlpFitConfig};
+    let data = args.data.clone().context("--data is required (a folder of class sub-folders of images)")?;
+    let run_dir = args.out.clone().context("--out is required (the run directory to create)")?;
+    let arch = match (&args.init, &args.arch) {
+        (_, Some(a)) => a.parse()?,
+        (Some(init), None) => arch_of(init)?,
+        (None, None) => unreachable!("called with --init or --arch"),
+    };
+    let config = MlpFitConfig {
+        init: args.init.clone(),
+        arch,
+        data,
+        val: args.val.clone(),
+        val_split: args.val_split.unwrap_or(0.2),
+        epochs: args.epochs.unwrap_or(30),
+        batch_size: args.batch_size.unwrap_or(32),
+        lr: args.lr.unwrap_or(1e-3),
+        seed: args.seed.unwrap_or(0),
+    };
+    if args.overwrite && run_dir.join("mlp.json").is_file() {
+        std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
+    }
+    let s = fit_mlp(&config, &run_dir, &TermReporter::new(), &default_device())?;
+    let value = json!({
+        "run": run_dir,
+        "kind": s.kind,
+        "init": s.config.init,
+        "arch": s.config.arch,
+        "epochs": s.config.epochs,
+        "best_epoch": s.best_epoch,
+        "best_val_accuracy": s.best_val_accuracy,
+        "train_accuracy": s.train_accuracy,
+        "n_train": s.n_train,
+        "n_val": s.n_val,
+        "train_seconds": s.seconds,
+    });
+    out.result(&value, || {
+        let from = match &s.config.init { Some(r) => format!("pretrained {}", r.display()), None => "random initialisation".into() };
+        let kept = match s.best_val_accuracy {
+            Some(acc) => format!("best val accuracy {acc:.4} at epoch {}", s.best_epoch),
+            None => format!("no validation data: keeping epoch {}", s.best_epoch),
+        };
+        format!("run {}: {} from {from}, {kept}, train accuracy {:.4} ({:.1} s)\n", run_dir.display(), s.config.arch, s.train_accuracy, s.seconds)
     });
     Ok(())
 }

@@ -1,4 +1,5 @@
 pub mod adapt;
+pub mod advise;
 mod bench;
 mod cache;
 mod extract;
@@ -7,6 +8,8 @@ mod eval;
 mod fit;
 mod inspect;
 mod predict;
+pub mod pretrain;
+pub mod probe;
 mod pull;
 
 use crate::cli::Command;
@@ -24,6 +27,9 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Extract(args) => extract::run(args, out),
         Command::Cache(cmd) => cache::run(cmd, out),
         Command::Bench(args) => bench::run(args, out),
+        Command::Probe(args) => probe::run(args, out),
+        Command::Advise(args) => advise::run(args, out),
+        Command::Pretrain(args) => pretrain::run(args, out),
     }
 }
 

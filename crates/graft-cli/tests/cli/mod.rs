@@ -6,6 +6,7 @@ mod inspect;
 mod parity;
 mod predict;
 mod text;
+mod transfer;
 mod zoo_cli;
 mod zoo_parity;
 

@@ -147,6 +147,9 @@ pub struct FitConfig {
     /// Multiply the learning rate by 0.1 after this many epochs without improvement.
     pub reduce_on_plateau: Option<usize>,
     pub seed: u64,
+    /// `graft fit --strategy auto`: the advisor's choice and its measures (record only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
 }
 
 impl FitConfig {
@@ -182,6 +185,7 @@ impl FitConfig {
             min_delta: 0.0,
             reduce_on_plateau: None,
             seed: 0,
+            strategy: None,
         }
     }
 

@@ -1,0 +1,70 @@
+//! `graft advise`: the transfer strategy for a dataset, from measured size and similarity.
+
+use std::path::PathBuf;
+
+use graft::device::default_device;
+use graft::transfer::advise::{advise, Advice};
+use graft::zoo::{graft_home, ModelSpec, Pretrained};
+use serde_json::json;
+
+use crate::output::Output;
+use crate::reporter::TermReporter;
+
+/// Arguments of `graft advise`.
+///
+/// Size: the median number of images per class (small below 100). Similarity: the mean
+/// normalised entropy of the pretrained ImageNet classifier's predictions on --sample images
+/// (similar below 0.47; see the README for the measurements behind the threshold).
+#[derive(Debug, clap::Args)]
+pub struct AdviseArgs {
+    #[arg(long, default_value = "efficientnet-lite0")]
+    pub model: String,
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// A folder of class sub-folders.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Images (spread over the classes, seeded) on which the similarity is measured.
+    #[arg(long, default_value_t = 200)]
+    pub sample: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+}
+
+/// Measures and advises (shared with `graft fit --strategy auto`).
+pub fn measure(model: &str, weights: Option<&std::path::Path>, data: &std::path::Path, sample: usize, seed: u64, batch: usize) -> anyhow::Result<Advice> {
+    let spec = ModelSpec::find(model)?;
+    let device = default_device();
+    let reporter = TermReporter::new();
+    let home = graft_home();
+    let pretrained = Pretrained::load(spec, weights, &home, &reporter, &device)?;
+    Ok(advise(&pretrained, data, sample, seed, &home, batch, &device, &reporter)?)
+}
+
+pub fn run(args: AdviseArgs, out: &Output) -> anyhow::Result<()> {
+    let a = measure(&args.model, args.weights.as_deref(), &args.data, args.sample, args.seed, args.batch)?;
+    let mut value = serde_json::to_value(&a)?;
+    value["skipped"] = json!(a.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect::<Vec<_>>());
+    out.result(&value, || {
+        let mut t = format!("strategy: {}\n", a.strategy.name());
+        t.push_str(&format!("images per class: {} (median; smallest {}), {} classes, {} images\n", a.images_per_class, a.min_images_per_class, a.classes, a.images));
+        t.push_str(&format!("mean normalised entropy: {:.3} (on {} images)\n", a.mean_normalized_entropy, a.entropy_sample));
+        t.push_str("because:\n");
+        for r in &a.reasons {
+            t.push_str(&format!("  - {r}\n"));
+        }
+        let stages: Vec<String> = a.settings.stages.iter().map(|s| format!("{}:{}", s.train, s.epochs)).collect();
+        t.push_str(&format!(
+            "graft fit --strategy auto uses: --freeze {} {}--body-lr-mult {} --lr {} --epochs {}\n",
+            a.settings.freeze,
+            if stages.is_empty() { String::new() } else { format!("--stages {} ", stages.join(",")) },
+            a.settings.body_lr_mult,
+            a.settings.lr,
+            a.settings.epochs
+        ));
+        t
+    });
+    Ok(())
+}

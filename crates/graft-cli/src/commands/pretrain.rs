@@ -1,0 +1,67 @@
+//! `graft pretrain`: greedy layer-wise autoencoder pretraining.
+
+use std::path::PathBuf;
+
+use graft::device::default_device;
+use graft::transfer::autoencoder::{pretrain, PretrainConfig};
+use serde_json::json;
+
+use crate::output::Output;
+use crate::reporter::TermReporter;
+
+/// Arguments of `graft pretrain`.
+///
+/// Each hidden layer of the MLP is trained in turn as an autoencoder (sigmoid code, linear
+/// decoder, mean squared error, Adam) on the codes of the frozen layers below; the labels of
+/// --data are never read. `graft fit --init RUN` then adds a classifier and fine-tunes.
+#[derive(Debug, clap::Args)]
+pub struct PretrainArgs {
+    /// autoencoder.
+    #[arg(long)]
+    pub method: String,
+    /// Images (28×28 grey, e.g. from `graft data import mnist`); class sub-folders, labels unused.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// mlp:W1,W2,… hidden widths on the 784 pixels.
+    #[arg(long, default_value = "mlp:500,250")]
+    pub arch: String,
+    /// Run directory to create.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Epochs per layer.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Denoising autoencoders: the fraction of inputs set to zero.
+    #[arg(long, default_value_t = 0.0)]
+    pub noise: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(args: PretrainArgs, out: &Output) -> anyhow::Result<()> {
+    let config = PretrainConfig {
+        method: args.method.clone(),
+        arch: args.arch.parse()?,
+        data: args.data.clone(),
+        epochs: args.epochs,
+        batch_size: args.batch_size,
+        lr: args.lr,
+        noise: args.noise,
+        seed: args.seed,
+    };
+    let s = pretrain(&config, &args.out, &TermReporter::new(), &default_device())?;
+    let mut value = serde_json::to_value(&s)?;
+    value["skipped"] = json!(s.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect::<Vec<_>>());
+    out.result(&value, || {
+        let mut t = format!("run {}: {} pretrained on {} images ({:.1} s)\n", s.run.display(), s.config.arch, s.images, s.seconds);
+        for l in &s.layers {
+            t.push_str(&format!("  layer {} ({} → {}): reconstruction mse {:.5} → {:.5}\n", l.layer + 1, l.input, l.output, l.first_epoch_loss, l.last_epoch_loss));
+        }
+        t
+    });
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! `graft probe`: a logistic probe at every stage of a pretrained trunk.
+
+use std::path::PathBuf;
+
+use graft::device::default_device;
+use graft::transfer::probe::{plot, probe, Validation};
+use graft::zoo::{graft_home, ModelSpec, Pretrained};
+use serde_json::json;
+
+use crate::output::Output;
+use crate::reporter::TermReporter;
+
+/// Arguments of `graft probe`.
+///
+/// Each image goes through the trunk once; the globally-average-pooled activations after the
+/// stem, every block and the head convolution are stored in the feature cache (a rerun runs no
+/// trunk), and a logistic regression (L-BFGS, L2, C = 1) per layer is scored on the validation
+/// images. The recommended cut is the best accuracy, the shallower layer on a tie.
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    #[arg(long, default_value = "efficientnet-lite0")]
+    pub model: String,
+    /// Weights file instead of the cached pull.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Training images: a folder of class sub-folders.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Validation folder (same class names); otherwise --val-split of --data.
+    #[arg(long)]
+    pub val: Option<PathBuf>,
+    /// Fraction of each class held out for validation (stratified, seeded).
+    #[arg(long, default_value_t = 0.3, conflicts_with = "val")]
+    pub val_split: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write a PNG plot of accuracy against depth here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+}
+
+pub fn run(args: ProbeArgs, out: &Output) -> anyhow::Result<()> {
+    let spec = ModelSpec::find(&args.model)?;
+    let device = default_device();
+    let reporter = TermReporter::new();
+    let home = graft_home();
+    let model = Pretrained::load(spec, args.weights.as_deref(), &home, &reporter, &device)?;
+    let validation = match &args.val {
+        Some(dir) => Validation::Folder(dir.clone()),
+        None => Validation::Split { fraction: args.val_split, seed: args.seed },
+    };
+    let s = probe(&model, &args.data, &validation, &home, args.batch, &device, &reporter)?;
+    if let Some(path) = &args.plot {
+        plot(&s, path)?;
+    }
+    let best = &s.layers[s.best];
+    let skipped: Vec<_> = s.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect();
+    let value = json!({
+        "model": s.model,
+        "layers": s.layers.iter().map(|l| json!({"name": l.name, "stage": l.stage, "dim": l.dim, "accuracy": l.accuracy})).collect::<Vec<_>>(),
+        "best": {"name": best.name, "stage": best.stage, "dim": best.dim, "accuracy": best.accuracy},
+        "n_train": s.n_train,
+        "n_val": s.n_val,
+        "trunk_images": s.trunk_images,
+        "plot": args.plot,
+        "skipped": skipped,
+    });
+    out.result(&value, || {
+        let mut t = format!("{}: logistic probe, {} training / {} validation images\n", s.model, s.n_train, s.n_val);
+        t.push_str(&format!("{:<6} {:<12} {:>5} {:>9}\n", "stage", "layer", "dim", "accuracy"));
+        for l in &s.layers {
+            let mark = if l.stage == best.stage { "  ← best" } else { "" };
+            t.push_str(&format!("{:<6} {:<12} {:>5} {:>9.4}{mark}\n", l.stage, l.name, l.dim, l.accuracy));
+        }
+        t.push_str(&format!("recommended cut: {} (stage {}, accuracy {:.4})\n", best.name, best.stage, best.accuracy));
+        if let Some(p) = &args.plot {
+            t.push_str(&format!("plot: {}\n", p.display()));
+        }
+        t
+    });
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! `graft probe`, `graft advise` (+ `fit --strategy auto`) and `graft pretrain` (+ `fit --init`).
+
+use std::path::{Path, PathBuf};
+
+use super::{assert_bad_input, graft, graft_in, isolated_home, json_of, scratch, shared};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `graft data import DATASET` into `out`.
+fn import(dataset: &str, split: &str, per_class: usize, seed: u64, out: &Path) -> PathBuf {
+    let source = shared().join("data");
+    json_of(&graft(&[
+        "data", "import", dataset, "--split", split, "--per-class", &per_class.to_string(), "--seed", &seed.to_string(),
+        "--source", s(&source), "--out", s(out), "--json",
+    ]));
+    out.to_path_buf()
+}
+
+#[test]
+fn probe_scores_every_stage_and_a_rerun_is_free() {
+    let dir = scratch("probe");
+    let home = isolated_home("probe");
+    let data = import("fashion-mnist", "train", 4, 0, &dir.join("data"));
+    // Three classes keep the trunk work small.
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if !["Bag", "Sneaker", "Trouser"].iter().any(|c| path.ends_with(c)) {
+            std::fs::remove_dir_all(path).unwrap();
+        }
+    }
+    let plot = dir.join("probe.png");
+    let args = ["probe", "--model", "efficientnet-lite0", "--data", s(&data), "--val-split", "0.5", "--plot", s(&plot), "--json"];
+    let first = json_of(&graft_in(&home, &args));
+    let layers = first["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 18, "stem, 16 blocks, head");
+    assert_eq!(layers[0]["name"], "stem");
+    assert_eq!(layers[0]["dim"], 32);
+    assert_eq!(layers[1]["name"], "_blocks.0");
+    assert_eq!(layers[17]["name"], "head");
+    assert_eq!(layers[17]["dim"], 1280);
+    let acc: Vec<f64> = layers.iter().map(|l| l["accuracy"].as_f64().unwrap()).collect();
+    assert!(acc.iter().all(|a| (0.0..=1.0).contains(a)), "{acc:?}");
+    let max = acc.iter().copied().fold(0.0, f64::max);
+    let first_best = acc.iter().position(|a| *a == max).unwrap();
+    assert_eq!(first["best"]["name"], layers[first_best]["name"], "best = highest accuracy, shallowest on a tie");
+    assert_eq!(first["n_train"], 6);
+    assert_eq!(first["n_val"], 6);
+    assert_eq!(first["trunk_images"], 12);
+    assert!(std::fs::metadata(&plot).unwrap().len() > 1000, "plot written");
+    // Every stage's pooled activations are cached: the rerun runs no trunk and agrees.
+    let again = json_of(&graft_in(&home, &args));
+    assert_eq!(again["trunk_images"], 0);
+    assert_eq!(again["layers"], first["layers"]);
+    // The text table carries the same numbers.
+    let text = graft_in(&home, &args[..args.len() - 1]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains(&format!("recommended cut: {}", first["best"]["name"].as_str().unwrap())), "{text}");
+    assert!(text.contains(&format!("{:.4}", acc[17])), "{text}");
+    assert_bad_input(&graft_in(&home, &["probe", "--data", s(&data), "--val-split", "1.5"]), &["--val-split", "1.5"]);
+    assert_bad_input(&graft_in(&home, &["probe", "--model", "alexnet", "--data", s(&data)]), &["alexnet"]);
+}
+
+/// The line of the human output starting with `label`, its first number.
+fn number_after(text: &str, label: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(label)).unwrap_or_else(|| panic!("no `{label}` in {text}"));
+    line[label.len()..].split_whitespace().next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn advise_tells_few_digits_from_many_and_fit_applies_it() {
+    let dir = scratch("advise");
+    let few = import("mnist", "train", 20, 0, &dir.join("few"));
+    let many = import("mnist", "train", 500, 0, &dir.join("many"));
+    let mut strategies = Vec::new();
+    for (data, per_class) in [(&few, 20.0), (&many, 500.0)] {
+        let args = ["advise", "--model", "efficientnet-lite0", "--data", s(data), "--sample", "30"];
+        let json = json_of(&graft(&[&args[..], &["--json"]].concat()));
+        assert_eq!(json["images_per_class"].as_f64().unwrap(), per_class);
+        let entropy = json["mean_normalized_entropy"].as_f64().unwrap();
+        assert!(entropy > 0.0 && entropy < 1.0, "{entropy}");
+        assert_eq!(json["entropy_sample"], 30);
+        // The reasons quote the measured numbers.
+        let reasons: Vec<&str> = json["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+        assert!(reasons.iter().any(|r| r.contains(&format!("{per_class} images per class"))), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.contains(&format!("{entropy:.3}"))), "{reasons:?}");
+        // The text output prints the same measures.
+        let out = graft(&args);
+        assert!(out.status.success());
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(number_after(&text, "images per class:"), per_class);
+        assert_eq!(format!("{:.3}", number_after(&text, "mean normalised entropy:")), format!("{entropy:.3}"));
+        assert!(text.contains(&format!("strategy: {}", json["strategy"].as_str().unwrap())), "{text}");
+        strategies.push(json["strategy"].as_str().unwrap().to_string());
+    }
+    assert!(strategies[0].starts_with("small-"), "{strategies:?}");
+    assert!(strategies[1].starts_with("large-"), "{strategies:?}");
+    assert_ne!(strategies[0], strategies[1]);
+
+    // fit --strategy auto applies the advice (short stages given on the command line still win)
+    // and records the choice in the run's config.
+    let run = dir.join("run");
+    json_of(&graft(&["fit", "--strategy", "auto", "--data", s(&few), "--stages", "head:1", "--out", s(&run), "--json"]));
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains(&format!("strategy = \"auto:{}", strategies[0])), "{config}");
+    assert!(config.contains("body_lr_mult = 0.1"), "the small-different setting: {config}");
+    assert_bad_input(&graft(&["fit", "--strategy", "guess", "--data", s(&few), "--out", s(&dir.join("bad"))]), &["--strategy", "guess"]);
+}
+
+#[test]
+fn pretrain_then_fit_init_then_eval() {
+    let dir = scratch("pretrain");
+    let unlabelled = import("mnist", "train", 30, 1, &dir.join("unlabelled"));
+    let labelled = import("mnist", "train", 10, 2, &dir.join("labelled"));
+    let test = import("mnist", "test", 10, 0, &dir.join("test"));
+    let pre = dir.join("pre");
+    let p = json_of(&graft(&[
+        "pretrain", "--method", "autoencoder", "--data", s(&unlabelled), "--arch", "mlp:64,32", "--epochs", "3", "--noise", "0.2", "--out", s(&pre), "--json",
+    ]));
+    assert_eq!(p["images"], 300);
+    let layers = p["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    assert_eq!((layers[0]["input"].as_u64(), layers[0]["output"].as_u64()), (Some(784), Some(64)));
+    assert_eq!((layers[1]["input"].as_u64(), layers[1]["output"].as_u64()), (Some(64), Some(32)));
+    for l in layers {
+        assert!(l["last_epoch_loss"].as_f64().unwrap() < l["first_epoch_loss"].as_f64().unwrap(), "reconstruction improves: {l}");
+    }
+    let encoder = graft_weights::load(&pre.join("encoder.safetensors")).unwrap();
+    assert_eq!(encoder.tensors.len(), 4, "two linear layers: {:?}", encoder.tensors.keys().collect::<Vec<_>>());
+
+    let run = dir.join("run");
+    let f = json_of(&graft(&["fit", "--init", s(&pre), "--data", s(&labelled), "--val-split", "0.2", "--epochs", "3", "--out", s(&run), "--json"]));
+    assert_eq!(f["arch"], "mlp:64,32");
+    assert_eq!(f["n_train"], 80);
+    assert_eq!(f["n_val"], 20);
+    // The fine-tuned encoder started from the pretrained one (a random one differs by far more).
+    let tuned = graft_weights::load(&run.join("best.safetensors")).unwrap();
+    let key = encoder.tensors.keys().find(|k| k.contains("layers.0") && k.contains("weight")).unwrap().clone();
+    let (a, b) = (&encoder.tensors[&key].data, &tuned.tensors[&format!("encoder.{key}")].data);
+    let diff = a.iter().zip(b.iter()).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+    let scale = a.iter().map(|x| x.abs()).sum::<f32>() / a.len() as f32;
+    assert!(diff < 0.5 * scale, "fine-tuning moved the pretrained weights by {diff}, their scale is {scale}");
+
+    let e = json_of(&graft(&["eval", "--run", s(&run), "--data", s(&test), "--json"]));
+    assert_eq!(e["n"], 100);
+    let acc = e["accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    let confusion: u64 = e["confusion"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_u64().unwrap())).sum();
+    assert_eq!(confusion, 100);
+
+    assert_bad_input(&graft(&["pretrain", "--method", "autoencoder", "--data", s(&unlabelled), "--arch", "conv:3", "--out", s(&dir.join("x"))]), &["--arch", "conv:3"]);
+    assert_bad_input(&graft(&["pretrain", "--method", "rbm", "--data", s(&unlabelled), "--out", s(&dir.join("y"))]), &["--method", "rbm"]);
+    assert_bad_input(&graft(&["fit", "--init", s(&pre), "--arch", "mlp:64", "--data", s(&labelled), "--out", s(&dir.join("z"))]), &["--arch", "mlp:64,32"]);
+}

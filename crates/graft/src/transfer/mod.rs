@@ -1,0 +1,9 @@
+//! Which layers transfer, and how to transfer them: a linear probe at every stage of a
+//! pretrained trunk ([`probe`]), a strategy advisor for the four classic scenarios
+//! ([`advise`]), and greedy layer-wise autoencoder pretraining for when no similar pretrained
+//! model exists ([`autoencoder`]).
+
+pub mod advise;
+pub mod autoencoder;
+pub mod probe;
+pub mod stages;
