@@ -9,6 +9,9 @@ use crate::output::Output;
 use crate::reporter::TermReporter;
 
 pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
+    if graft::train::text::is_text_run(&args.run) {
+        return super::text::eval(&args, out);
+    }
     let device = default_device();
     let (info, model) = load_run(&args.run, &device)?;
     let folder = ImageFolder::scan_with_classes(&args.data, &info.classes)?;

@@ -91,6 +91,9 @@ pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     if args.overwrite && run_dir.join("model.json").is_file() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
+    if graft::text::is_text_model(&config.model) {
+        return super::text::fit(&config, &run_dir, resume, out);
+    }
     let reporter = TermReporter::new();
     let summary = fit(&config, &run_dir, resume, &graft_home(), &reporter, &default_device())?;
     let skipped: Vec<_> = summary.skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();

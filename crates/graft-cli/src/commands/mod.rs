@@ -8,6 +8,7 @@ mod fit;
 mod inspect;
 mod predict;
 mod pull;
+mod text;
 
 use crate::cli::Command;
 use crate::output::Output;
