@@ -20,7 +20,8 @@ use crate::Result;
 /// The feature-store cut of sentence embeddings.
 pub const POOLED_CUT: &str = "pooled";
 
-/// Texts served from the store vs run through the encoder.
+/// Texts served from the store (or repeating a text embedded in the same call) vs run through
+/// the encoder.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct EmbedStats {
     pub hits: u64,
@@ -75,11 +76,11 @@ pub fn embed_cached<S: AsRef<str>>(
                 out[i] = Some(v);
                 stats.hits += 1;
             }
+            // A repeat of a text embedded in this call is served from it: a hit.
+            None if first_of.contains_key(key) => stats.hits += 1,
             None => {
-                if !first_of.contains_key(key) {
-                    first_of.insert(*key, i);
-                    missing.push(i);
-                }
+                first_of.insert(*key, i);
+                missing.push(i);
             }
         }
     }
