@@ -53,7 +53,8 @@ pub struct FitArgs {
     /// Ignore the pretrained weights: train the same architecture from random initialisation.
     #[arg(long)]
     pub from_scratch: bool,
-    /// Training data: a folder of class sub-folders of images.
+    /// Training data: a folder of class sub-folders of images; with a text model (minilm-l6) a CSV
+    /// with `text,label` columns or a folder of class sub-folders of `.txt` files.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Run directory to create.
@@ -151,7 +152,8 @@ pub struct EvalArgs {
     /// Run directory made by `graft fit`.
     #[arg(long)]
     pub run: PathBuf,
-    /// Labelled image folder (class sub-folders named as in training).
+    /// Labelled image folder (class sub-folders named as in training), or labelled texts for a
+    /// text run.
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, default_value_t = 32)]

@@ -20,7 +20,7 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
     let mut c = match &args.config {
         Some(path) => FitConfig::from_toml(path)?,
         None => {
-            let data = args.data.clone().context("--data is required (a folder of class sub-folders of images)")?;
+            let data = args.data.clone().context("--data is required (a folder of class sub-folders of images; for a text model a CSV with text,label columns or class folders of .txt)")?;
             FitConfig::new(args.model.as_deref().unwrap_or("efficientnet-lite0"), data)
         }
     };
