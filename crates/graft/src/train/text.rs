@@ -234,7 +234,7 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
 
     // --- head -----------------------------------------------------------------------------------
     let trained = match &config.head {
-        HeadSpec::Classic(kind) => train_classic(kind, config, run, &info, &train_rows, &val_rows, reporter)?,
+        HeadSpec::Classic(kind) => train_classic(kind, run, &info, &train_rows, &val_rows, reporter)?,
         _ => train_neural(config, run, &info, &train_rows, &val_rows, reporter, device)?,
     };
     let metrics = super::fit::read_metrics(run)?;
@@ -286,7 +286,7 @@ fn log_tensorboard(tb: &mut EventWriter, m: &EpochMetrics) -> Result<()> {
 }
 
 /// A classic head on the embeddings, trained in one go (one "epoch" in the metrics).
-fn train_classic(kind: &crate::classic::ClassicKind, config: &FitConfig, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter) -> Result<Trained> {
+fn train_classic(kind: &crate::classic::ClassicKind, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter) -> Result<Trained> {
     let started = Instant::now();
     let head = Classic::fit(kind.clone(), &train.flat(), &train.labels, info.embedding_width, info.classes.len())?;
     let score = |rows: &Rows| -> (f64, Evaluation) {
@@ -310,7 +310,6 @@ fn train_classic(kind: &crate::classic::ClassicKind, config: &FitConfig, run: &P
     write_metrics(run, std::slice::from_ref(&metrics))?;
     log_tensorboard(&mut EventWriter::create(&run.join("tb"))?, &metrics)?;
     reporter.epoch(&metrics, 1);
-    let _ = config;
     Ok(Trained {
         best_epoch: 1,
         best_val_accuracy: metrics.val_accuracy.unwrap_or(0.0),
