@@ -66,7 +66,8 @@ pub struct FitArgs {
     /// Ignore the pretrained weights: train the same architecture from random initialisation.
     #[arg(long)]
     pub from_scratch: bool,
-    /// Training data: a folder of class sub-folders of images.
+    /// Training data: a folder of class sub-folders of images; with a text model (minilm-l6) a CSV
+    /// with `text,label` columns or a folder of class sub-folders of `.txt` files.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Run directory to create.
@@ -171,7 +172,8 @@ pub struct EvalArgs {
     /// Run directory made by `graft fit`.
     #[arg(long)]
     pub run: PathBuf,
-    /// Labelled image folder (class sub-folders named as in training).
+    /// Labelled image folder (class sub-folders named as in training), or labelled texts for a
+    /// text run.
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, default_value_t = 32)]
@@ -180,13 +182,15 @@ pub struct EvalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
-    /// Write a seeded subset of MNIST or Fashion-MNIST (from ../shared/data) as an image folder.
+    /// Write a seeded subset of MNIST or Fashion-MNIST (from ../shared/data) as an image folder,
+    /// or of a text set (SMS spam, rt-polarity, an Amazon reviews domain) as `text,label` CSV.
     Import(ImportArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
-    /// fashion-mnist or mnist.
+    /// fashion-mnist or mnist (image folder); sms-spam, rt-polarity or amazon:DOMAIN (books,
+    /// dvd, electronics, kitchen) as `text,label` CSV.
     pub dataset: String,
     /// train or test.
     #[arg(long, default_value = "train")]
@@ -233,9 +237,12 @@ pub struct PredictArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    /// Image files.
-    #[arg(required = true)]
+    /// Image files (or, with a text run, `.txt` files: one text each).
+    #[arg(required_unless_present = "text")]
     pub images: Vec<PathBuf>,
+    /// A text to classify with a text run (repeatable).
+    #[arg(long)]
+    pub text: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]

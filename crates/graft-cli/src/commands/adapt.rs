@@ -35,7 +35,9 @@ pub struct AdaptArgs {
     /// Run directory to create.
     #[arg(long)]
     pub out: PathBuf,
-    /// lenet (trained from scratch) or a zoo model id (frozen trunk, trainable bottleneck).
+    /// lenet (trained from scratch), a zoo model id (frozen trunk, trainable bottleneck), or
+    /// minilm-l6: text domains (CSV text,label, class folders of .txt, amazon:DOMAIN from
+    /// --data-root) embedded once by the frozen encoder (cached), trainable bottleneck.
     #[arg(long, default_value = "lenet")]
     pub backbone: String,
     /// Weights file for a zoo backbone instead of the cached pull.

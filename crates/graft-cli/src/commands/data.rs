@@ -6,12 +6,15 @@ use crate::output::Output;
 
 pub fn run(cmd: DataCommand, out: &Output) -> anyhow::Result<()> {
     let DataCommand::Import(args) = cmd;
+    if let Some(result) = super::text::import(&args, out) {
+        return result;
+    }
     let (dir, prefix, classes) = match (args.dataset.as_str(), args.split.as_str()) {
         ("fashion-mnist", "train") => ("fashion-mnist", "train", &FASHION_MNIST_CLASSES),
         ("fashion-mnist", "test") => ("fashion-mnist", "t10k", &FASHION_MNIST_CLASSES),
         ("mnist", "train") => ("digits/mnist", "train-10k", &DIGIT_CLASSES),
         ("mnist", "test") => ("digits/mnist", "t10k", &DIGIT_CLASSES),
-        (d, s) => anyhow::bail!("unknown dataset/split `{d}`/`{s}`: expected fashion-mnist or mnist, and train or test"),
+        (d, s) => anyhow::bail!("unknown dataset/split `{d}`/`{s}`: expected fashion-mnist or mnist, and train or test (text sets: {})", super::text::TEXT_DATASETS),
     };
     let base = args.source.join(dir);
     let (rows, cols, images) = idx::read_idx_images(base.join(format!("{prefix}-images-idx3-ubyte.gz")))?;

@@ -9,6 +9,9 @@ use crate::output::Output;
 use crate::reporter::TermReporter;
 
 pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
+    if graft::train::text::is_text_run(&args.run) {
+        return super::text::eval(&args, out);
+    }
     let device = default_device();
     if graft::transfer::autoencoder::is_mlp_run(&args.run) {
         let (eval, skipped) = graft::transfer::autoencoder::evaluate_run(&args.run, &args.data, &device)?;

@@ -20,7 +20,7 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
     let mut c = match &args.config {
         Some(path) => FitConfig::from_toml(path)?,
         None => {
-            let data = args.data.clone().context("--data is required (a folder of class sub-folders of images)")?;
+            let data = args.data.clone().context("--data is required (a folder of class sub-folders of images; for a text model a CSV with text,label columns or class folders of .txt)")?;
             FitConfig::new(args.model.as_deref().unwrap_or("efficientnet-lite0"), data)
         }
     };
@@ -106,6 +106,9 @@ pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     let (config, run_dir, resume) = resolve(&args)?;
     if args.overwrite && run_dir.join("model.json").is_file() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
+    }
+    if graft::text::is_text_model(&config.model) {
+        return super::text::fit(&config, &run_dir, resume, out);
     }
     let reporter = TermReporter::new();
     let summary = fit(&config, &run_dir, resume, &graft_home(), &reporter, &default_device())?;

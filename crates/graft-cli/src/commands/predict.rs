@@ -14,8 +14,13 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
         anyhow::bail!("--top and --batch must be at least 1");
     }
     if let Some(run) = &args.run {
+        if graft::train::text::is_text_run(run) {
+            return super::text::predict(run, &args, out);
+        }
+        anyhow::ensure!(args.text.is_empty(), "--text needs a text run (--run from `graft fit --model minilm-l6`)");
         return predict_run(run, &args, out);
     }
+    anyhow::ensure!(args.text.is_empty(), "--text needs a text run (--run from `graft fit --model minilm-l6`)");
     let spec = super::model_spec(&args.model, args.arch.as_deref())?;
     let device = default_device();
     let reporter = TermReporter::new();

@@ -6,6 +6,9 @@ use crate::output::Output;
 use crate::reporter::TermReporter;
 
 pub fn run(args: PullArgs, out: &Output) -> anyhow::Result<()> {
+    if args.model == graft::text::pull::MINILM_ID {
+        return super::text::pull(&args, out);
+    }
     let spec = ModelSpec::find(&args.model)?;
     let home = graft_home();
     let reporter = TermReporter::new();

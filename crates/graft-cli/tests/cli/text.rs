@@ -11,7 +11,7 @@ use graft::text::{embed_texts, pull, SentenceEncoder};
 use graft::zoo::pull::Pulled;
 use graft_weights::{DType, StateDict, Tensor};
 
-use super::{reference, scratch};
+use super::{assert_bad_input, graft, graft_in, isolated_home, json_of, reference, scratch};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -141,4 +141,98 @@ fn wrong_weights_are_named() {
 
     let e = SentenceEncoder::from_files(&minilm().path, &dir.join("nope.json"), &device).unwrap_err().to_string();
     assert!(e.contains("nope.json"), "{e}");
+}
+
+/// A seeded CSV subset of a shared text set, written by `graft data import`.
+fn import_csv(dataset: &str, per_class: usize, out: &Path) {
+    let root = super::shared().join("data");
+    let root = root.to_str().unwrap();
+    let v = json_of(&graft(&["data", "import", dataset, "--per-class", &per_class.to_string(), "--seed", "0", "--source", root, "--out", out.to_str().unwrap(), "--json"]));
+    assert_eq!(v["texts"].as_u64(), Some(2 * per_class as u64), "{v}");
+}
+
+fn cache_counts(v: &serde_json::Value) -> (u64, u64) {
+    (v["cache"]["hits"].as_u64().unwrap(), v["cache"]["misses"].as_u64().unwrap())
+}
+
+#[test]
+fn pull_fit_eval_predict_on_an_sms_subset() {
+    minilm();
+    let pulled = json_of(&graft(&["pull", "minilm-l6", "--json"]));
+    assert_eq!(pulled["sha256"].as_str(), Some(pull::MINILM_WEIGHTS_SHA256));
+    let weights = PathBuf::from(pulled["path"].as_str().unwrap());
+    assert_eq!(graft::zoo::pull::sha256_file(&weights).unwrap(), pull::MINILM_WEIGHTS_SHA256);
+
+    let dir = scratch("text-sms");
+    let csv = dir.join("sms.csv");
+    import_csv("sms-spam", 30, &csv);
+    let home = isolated_home("text-sms");
+    let fit = |out: &str, head: &str, extra: &[&str]| {
+        let out = dir.join(out);
+        let mut args = vec!["fit", "--model", "minilm-l6", "--data", csv.to_str().unwrap(), "--out", out.to_str().unwrap(), "--head", head, "--val-split", "0.5", "--seed", "0", "--json"];
+        args.extend_from_slice(extra);
+        (json_of(&graft_in(&home, &args)), out)
+    };
+
+    // Linear head: the first fit embeds every distinct text (repeats count as hits) …
+    let (linear, linear_run) = fit("linear", "linear", &["--epochs", "30", "--lr", "0.05"]);
+    let (hits, misses) = cache_counts(&linear);
+    assert!(misses > 0 && hits + misses == 60, "first fit: {hits} hits, {misses} misses of 60 texts");
+    let acc = linear["best_val_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.8, "linear head on 30 held-out SMS: val accuracy {acc}");
+    for file in ["config.toml", "model.json", "metrics.jsonl", "best.safetensors", "summary.json"] {
+        assert!(linear_run.join(file).is_file(), "{file} missing from the text run");
+    }
+
+    // … and a second fit runs no encoder: a classic head from the cache.
+    let (logistic, logistic_run) = fit("logistic", "logistic", &[]);
+    assert_eq!(cache_counts(&logistic), (60, 0), "second fit must miss nothing");
+    let acc = logistic["best_val_accuracy"].as_f64().unwrap();
+    assert!(acc >= 0.8, "logistic head: val accuracy {acc}");
+
+    for run in [&linear_run, &logistic_run] {
+        let run = run.to_str().unwrap();
+        let eval = json_of(&graft_in(&home, &["eval", "--run", run, "--data", csv.to_str().unwrap(), "--json"]));
+        assert_eq!(eval["n"].as_u64(), Some(60));
+        assert!(eval["accuracy"].as_f64().unwrap() >= 0.85, "eval of {run}: {eval}");
+        assert_eq!(eval["cache"]["misses"].as_u64(), Some(0), "eval reads the cached embeddings");
+
+        let spam = dir.join("spam.txt");
+        std::fs::write(&spam, "WINNER!! You have been selected to receive a £900 prize reward! To claim call 09061701461. Claim code KL341. Valid 12 hours only.").unwrap();
+        let p = json_of(&graft_in(&home, &["predict", "--run", run, spam.to_str().unwrap(), "--text", "Ok lar, I'll see you at home after work", "--json"]));
+        let preds = p["predictions"].as_array().unwrap();
+        assert_eq!(preds.len(), 2);
+        assert_eq!(preds[0]["top"][0]["label"].as_str(), Some("spam"), "{p}");
+        assert_eq!(preds[1]["top"][0]["label"].as_str(), Some("ham"), "{p}");
+        assert!(preds[1]["text"].is_string());
+    }
+
+    // Only a frozen encoder is supported, and saying so is an input error.
+    let out = dir.join("unfrozen");
+    let bad = graft_in(&home, &["fit", "--model", "minilm-l6", "--data", csv.to_str().unwrap(), "--out", out.to_str().unwrap(), "--freeze", "none"]);
+    assert_bad_input(&bad, &["--freeze", "only --freeze all"]);
+}
+
+#[test]
+fn text_adaptation_reports_target_accuracy() {
+    minilm();
+    let dir = scratch("text-adapt");
+    let (books, kitchen) = (dir.join("books.csv"), dir.join("kitchen.csv"));
+    import_csv("amazon:books", 10, &books);
+    import_csv("amazon:kitchen", 10, &kitchen);
+    let home = isolated_home("text-adapt");
+    for method in ["dann", "coral"] {
+        let out = dir.join(method);
+        let v = json_of(&graft_in(&home, &[
+            "adapt", "--method", method, "--backbone", "minilm-l6",
+            "--source", books.to_str().unwrap(), "--target", kitchen.to_str().unwrap(), "--target-test", kitchen.to_str().unwrap(),
+            "--epochs", "2", "--batch-size", "8", "--out", out.to_str().unwrap(), "--json",
+        ]));
+        let acc = v["target_test_accuracy"].as_f64().unwrap_or_else(|| panic!("no target_test_accuracy: {v}"));
+        assert!((0.0..=1.0).contains(&acc));
+        assert_eq!(v["n_target_test"].as_u64(), Some(20));
+        assert_eq!(v["backbone"].as_str(), Some("minilm-l6"));
+        let confusion: u64 = v["target_test_evaluation"]["confusion"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|c| c.as_u64().unwrap()).sum();
+        assert_eq!(confusion, 20);
+    }
 }

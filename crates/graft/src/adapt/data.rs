@@ -82,6 +82,9 @@ pub enum InputSpec {
     Grey { side: u32, mean: f32, std: f32 },
     /// A zoo model's preprocessing; the rows are then its trunk's pooled features.
     Zoo { model: String, preprocess: Preprocess },
+    /// A text encoder's embeddings (see `adapt::text`); `preprocess` is its preprocessing id.
+    /// Text domains never become image rows: the image methods below give nothing for it.
+    Text { model: String, preprocess: String },
 }
 
 impl InputSpec {
@@ -94,6 +97,7 @@ impl InputSpec {
         match self {
             InputSpec::Grey { side, .. } => (*side as usize).pow(2),
             InputSpec::Zoo { preprocess, .. } => 3 * (preprocess.size as usize).pow(2),
+            InputSpec::Text { .. } => 0,
         }
     }
 
@@ -105,6 +109,7 @@ impl InputSpec {
                 grey_row(&grey, *side, *mean, *std)
             }
             InputSpec::Zoo { preprocess, .. } => preprocess.apply(img),
+            InputSpec::Text { .. } => Vec::new(),
         }
     }
 
@@ -113,6 +118,7 @@ impl InputSpec {
         match self {
             InputSpec::Grey { side, mean, std } => grey_row(img, *side, *mean, *std),
             InputSpec::Zoo { preprocess, .. } => preprocess.apply(&image::DynamicImage::ImageLuma8(img.clone()).to_rgb8()),
+            InputSpec::Text { .. } => Vec::new(),
         }
     }
 }
@@ -266,6 +272,7 @@ impl<'a> Featurizer<'a> {
                 let size = match &input {
                     InputSpec::Zoo { preprocess, .. } => preprocess.size as usize,
                     InputSpec::Grey { side, .. } => *side as usize,
+                    InputSpec::Text { .. } => 0,
                 };
                 let probe = burn::tensor::Tensor::<4>::zeros([1, 3, size, size], device);
                 t.net.features(probe).dims()[1]

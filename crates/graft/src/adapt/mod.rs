@@ -11,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod losses;
 pub mod model;
+pub mod text;
 pub mod train;
 
 pub use config::{AdaptConfig, Method};

@@ -520,6 +520,10 @@ pub fn adapt(config: &AdaptConfig, run: &Path, home: &Path, reporter: &dyn Repor
     device.seed(config.seed);
 
     // --- backbone and data ----------------------------------------------------------------------
+    if crate::text::is_text_model(&config.backbone) {
+        let loaded = super::text::load_text_domains(config, home, reporter, device)?;
+        return train_loaded(config, run, loaded, wall, reporter, device);
+    }
     let (input, trunk) = if config.backbone == "lenet" {
         (InputSpec::lenet(), None)
     } else {
@@ -540,6 +544,31 @@ pub fn adapt(config: &AdaptConfig, run: &Path, home: &Path, reporter: &dyn Repor
         }
         None => None,
     };
+    let width = featurizer.width();
+    let weights_sha256 = trunk.as_ref().map(|t| t.weights_sha256.clone());
+    let loaded = Loaded { input, lenet: trunk.is_none(), weights_sha256, width, source_all, classes, target, test, skipped };
+    train_loaded(config, run, loaded, wall, reporter, device)
+}
+
+/// Domains as network rows, ready to train on: what [`adapt`] loads from images (and
+/// `adapt::text` from texts).
+pub(crate) struct Loaded {
+    pub input: InputSpec,
+    /// Whether the network starts with LeNet (rows are images) or takes the rows as features.
+    pub lenet: bool,
+    pub weights_sha256: Option<String>,
+    /// Width of one row.
+    pub width: usize,
+    pub source_all: Domain,
+    pub classes: Vec<String>,
+    pub target: Domain,
+    pub test: Option<Domain>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// Trains on loaded domains into the (created) run directory `run`.
+pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, loaded: Loaded, wall: Instant, reporter: &dyn Reporter, device: &Device) -> Result<AdaptSummary> {
+    let Loaded { input, lenet, weights_sha256, width, source_all, classes, target, test, skipped } = loaded;
     for s in &skipped {
         reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
     }
@@ -558,13 +587,12 @@ pub fn adapt(config: &AdaptConfig, run: &Path, home: &Path, reporter: &dyn Repor
     drop(source_all);
 
     // --- model ----------------------------------------------------------------------------------
-    let width = featurizer.width();
-    let net = AdaptNet::init(trunk.is_none(), width, config.bottleneck, classes.len(), device);
+    let net = AdaptNet::init(lenet, width, config.bottleneck, classes.len(), device);
     let info = AdaptInfo {
         kind: "adapt".into(),
         method: config.method,
         backbone: config.backbone.clone(),
-        weights_sha256: trunk.as_ref().map(|t| t.weights_sha256.clone()),
+        weights_sha256,
         classes: classes.clone(),
         input,
         input_width: width,
@@ -684,6 +712,7 @@ pub fn load_adapted(run: &Path, home: &Path, weights: Option<&Path>, reporter: &
     let net = checkpoint::load(info.build(device), &run.join("best.safetensors"))?.valid();
     let trunk = match &info.input {
         InputSpec::Grey { .. } => None,
+        InputSpec::Text { .. } => return Err(GraftError::spec("--run", &run.display().to_string(), "is a text adaptation run; loading it for inference is not supported yet")),
         InputSpec::Zoo { model, .. } => {
             let spec = ModelSpec::find(model)?;
             let p = Pretrained::load(spec, weights, home, reporter, device)?;

@@ -81,6 +81,56 @@ impl TextDataset {
         }
     }
 
+    /// Any text dataset graft reads, told apart by its layout: a folder with
+    /// `positive.review` and `negative.review` (one Amazon reviews domain), a folder with
+    /// `rt-polarity.pos` and `.neg`, a file named `SMSSpamCollection`, else a folder of class
+    /// sub-folders of `.txt` files or a CSV file with `text` and `label` columns.
+    pub fn open_any(path: &Path) -> Result<Self> {
+        if path.is_dir() {
+            if path.join("positive.review").is_file() && path.join("negative.review").is_file() {
+                return Self::amazon_reviews(path);
+            }
+            if path.join("rt-polarity.pos").is_file() && path.join("rt-polarity.neg").is_file() {
+                return Self::rt_polarity(path);
+            }
+            return Self::scan_folder(path);
+        }
+        if path.file_name().is_some_and(|n| n == "SMSSpamCollection") {
+            return Self::sms_spam(path);
+        }
+        Self::read_csv(path)
+    }
+
+    /// Writes `text,label` CSV (the label is the class name), atomically.
+    pub fn write_csv(&self, path: &Path) -> Result<()> {
+        let mut writer = csv::WriterBuilder::new().from_writer(Vec::new());
+        let io = |e: csv::Error| data_err(path, format!("cannot write CSV: {e}"));
+        writer.write_record(["text", "label"]).map_err(io)?;
+        for (text, &label) in self.texts.iter().zip(&self.labels) {
+            writer.write_record([text.as_str(), self.classes[label].as_str()]).map_err(io)?;
+        }
+        let bytes = writer.into_inner().map_err(|e| data_err(path, format!("cannot write CSV: {e}")))?;
+        crate::fsutil::write_atomic(path, &bytes)
+    }
+
+    /// At most `per_class` texts of each class, picked with a generator seeded by `seed`, in
+    /// their original order.
+    pub fn seeded_per_class(&self, per_class: usize, seed: u64) -> Self {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(seed));
+        let mut taken = vec![0usize; self.classes.len()];
+        let mut keep: Vec<usize> = order
+            .into_iter()
+            .filter(|&i| {
+                let t = &mut taken[self.labels[i]];
+                *t += 1;
+                *t <= per_class
+            })
+            .collect();
+        keep.sort_unstable();
+        self.subset(&keep)
+    }
+
     /// A CSV file with `text` and `label` columns named in its header.
     pub fn read_csv(path: &Path) -> Result<Self> {
         let bytes = read(path)?;

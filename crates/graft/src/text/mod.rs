@@ -3,6 +3,7 @@
 //! pooled image features.
 
 pub mod dataset;
+pub mod features;
 pub mod pull;
 pub mod tokenize;
 
@@ -20,6 +21,11 @@ use crate::zoo::pull::sha256_file;
 use crate::{GraftError, Result};
 pub use dataset::{stratified_split, TextDataset};
 pub use tokenize::{TextTokenizer, MAX_TOKENS};
+
+/// Whether `model` names a text encoder (its data are texts, not images).
+pub fn is_text_model(model: &str) -> bool {
+    model == pull::MINILM_ID
+}
 
 /// Texts per forward pass when the caller has no preference.
 pub const DEFAULT_BATCH: usize = 32;
@@ -41,6 +47,17 @@ impl SentenceEncoder {
         let pulled = pull::ensure_minilm(home, reporter)?;
         let tokenizer = pull::tokenizer_path(&pulled);
         Self::from_files(&pulled.path, &tokenizer, device)
+    }
+
+    /// The text model `model` (only `minilm-l6`): from `weights` when given (with the pulled
+    /// tokenizer), otherwise from graft's cache, pulled on first use.
+    pub fn load(model: &str, weights: Option<&Path>, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<Self> {
+        if !is_text_model(model) {
+            return Err(GraftError::spec("--model", model, format!("not a text model (text models: {})", pull::MINILM_ID)));
+        }
+        let pulled = pull::ensure_minilm(home, reporter)?;
+        let tokenizer = pull::tokenizer_path(&pulled);
+        Self::from_files(weights.unwrap_or(&pulled.path), &tokenizer, device)
     }
 
     /// A MiniLM-L6-shaped checkpoint (`model.safetensors` or a `.bin` state dict, bare or with

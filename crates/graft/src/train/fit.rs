@@ -523,7 +523,7 @@ pub fn read_metrics(run: &Path) -> Result<Vec<EpochMetrics>> {
     }
 }
 
-fn write_plots(run: &Path, metrics: &[EpochMetrics], classes: &[String], confusion: &[Vec<u64>]) -> Result<()> {
+pub(crate) fn write_plots(run: &Path, metrics: &[EpochMetrics], classes: &[String], confusion: &[Vec<u64>]) -> Result<()> {
     if metrics.is_empty() {
         return Ok(());
     }
@@ -839,7 +839,7 @@ pub fn count_trainable<M: Module>(module: &M) -> usize {
     c.0
 }
 
-fn make_optimizer(optimizer: &Optimizer) -> ModuleOptimizer {
+pub(crate) fn make_optimizer(optimizer: &Optimizer) -> ModuleOptimizer {
     match optimizer {
         Optimizer::Sgd { momentum, weight_decay } => {
             let mut cfg = SgdConfig::new().with_momentum(Some(burn::optim::momentum::MomentumConfig::new().with_momentum(*momentum).with_dampening(0.0)));

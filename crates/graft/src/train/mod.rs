@@ -8,3 +8,4 @@ pub mod config;
 pub mod fit;
 pub mod loss;
 pub mod run;
+pub mod text;

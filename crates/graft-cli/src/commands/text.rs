@@ -1,0 +1,186 @@
+//! The text side of `pull`, `fit`, `eval`, `predict` and `data import`: a frozen sentence encoder
+//! (`minilm-l6`) with cached embeddings and a head on top. The image commands dispatch here when
+//! the model or run is a text one.
+
+use std::path::Path;
+
+use anyhow::Context;
+use graft::device::default_device;
+use graft::report::Reporter;
+use graft::text::features::EmbedStats;
+use graft::text::{pull, TextDataset};
+use graft::train::config::FitConfig;
+use graft::train::run::{top1, Evaluation};
+use graft::train::text::{eval_dataset, fit_text, load_text_run, read_text_files};
+use graft::zoo::graft_home;
+use serde_json::{json, Value};
+
+use crate::cli::{EvalArgs, ImportArgs, PredictArgs, PullArgs};
+use crate::output::Output;
+use crate::reporter::TermReporter;
+
+/// `graft pull minilm-l6`: weights and tokenizer, both checked against their pinned sha256.
+pub fn pull(args: &PullArgs, out: &Output) -> anyhow::Result<()> {
+    let home = graft_home();
+    let reporter = TermReporter::new();
+    let pulled = match pull::cached_minilm(&home) {
+        Some(cached) if !args.force => cached,
+        _ => pull::pull_minilm(&home, &reporter)?,
+    };
+    let tokenizer = pull::tokenizer_path(&pulled);
+    let value = json!({
+        "model": pull::MINILM_ID, "path": pulled.path, "sha256": pulled.sha256,
+        "tokenizer": tokenizer, "tokenizer_sha256": pull::MINILM_TOKENIZER_SHA256, "fetched": pulled.fetched,
+    });
+    out.result(&value, || {
+        let verb = if pulled.fetched { "pulled" } else { "already cached" };
+        format!(
+            "{}: {verb}\n  path      {}\n  sha256    {}\n  tokenizer {}\n",
+            pull::MINILM_ID,
+            pulled.path.display(),
+            pulled.sha256,
+            tokenizer.display()
+        )
+    });
+    Ok(())
+}
+
+/// `graft fit --model minilm-l6 --data FILE.csv|DIR`.
+pub fn fit(config: &FitConfig, run_dir: &Path, resume: bool, out: &Output) -> anyhow::Result<()> {
+    let reporter = TermReporter::new();
+    let summary = fit_text(config, run_dir, resume, &graft_home(), &reporter, &default_device())?;
+    let skipped: Vec<_> = summary.skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
+    let value = json!({
+        "run": summary.run,
+        "epochs": summary.epochs,
+        "best_epoch": summary.best_epoch,
+        "best_val_accuracy": summary.best_val_accuracy,
+        "train_seconds": summary.train_seconds,
+        "skipped": skipped,
+        "cache": summary.cache,
+        "trunk_images": summary.trunk_images,
+        "stopped_early": summary.stopped_early,
+        "trainable_params": summary.trainable_params,
+    });
+    out.result(&value, || {
+        let kept = match summary.best_val_accuracy {
+            Some(acc) => format!("best val accuracy {acc:.4} at epoch {}", summary.best_epoch),
+            None => format!("no validation data: keeping epoch {}", summary.best_epoch),
+        };
+        format!(
+            "run {}: {} epochs, {kept} ({:.1} s); embeddings {} cached, {} computed\n",
+            summary.run.display(),
+            summary.epochs,
+            summary.train_seconds,
+            summary.cache.hits,
+            summary.cache.misses
+        )
+    });
+    Ok(())
+}
+
+/// `graft eval --run TEXT_RUN --data FILE.csv|DIR`.
+pub fn eval(args: &EvalArgs, out: &Output) -> anyhow::Result<()> {
+    let device = default_device();
+    let reporter = TermReporter::new();
+    let home = graft_home();
+    let model = load_text_run(&args.run, &home, &reporter, &device)?;
+    let data = eval_dataset(&args.data, &model.info.classes)?;
+    let mut store = model.store(&home, &reporter)?;
+    let mut stats = EmbedStats::default();
+    let probs = model.probabilities(&data.texts, Some(&mut store), &reporter, &mut stats, &device)?;
+    let eval = Evaluation::from_predictions(&model.info.classes, &data.labels, &top1(&probs));
+    let skipped: Vec<_> = data.skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
+    let value = json!({
+        "accuracy": eval.accuracy, "n": eval.n, "per_class": eval.per_class,
+        "confusion": eval.confusion, "labels": eval.labels, "skipped": skipped, "cache": stats,
+    });
+    out.result(&value, || {
+        let mut t = format!("accuracy {:.4} on {} texts\n", eval.accuracy, eval.n);
+        for (label, acc) in &eval.per_class {
+            t.push_str(&format!("  {label:<20} {acc:.4}\n"));
+        }
+        t
+    });
+    Ok(())
+}
+
+/// `graft predict --run TEXT_RUN [FILE.txt …] [--text "…" …]`.
+pub fn predict(run: &Path, args: &PredictArgs, out: &Output) -> anyhow::Result<()> {
+    let device = default_device();
+    let reporter = TermReporter::new();
+    let home = graft_home();
+    let model = load_text_run(run, &home, &reporter, &device)?;
+    let (files, skipped) = read_text_files(&args.images);
+    for s in &skipped {
+        reporter.message(&format!("skipping {}: {}", s.path.display(), s.reason));
+    }
+    // (what to show as the input, the text)
+    let mut inputs: Vec<(Value, String)> = files.into_iter().map(|(p, t)| (json!({"file": p}), t)).collect();
+    inputs.extend(args.text.iter().map(|t| (json!({"text": t}), t.clone())));
+    anyhow::ensure!(!inputs.is_empty(), "none of the {} text files could be read", args.images.len());
+    let texts: Vec<&str> = inputs.iter().map(|(_, t)| t.as_str()).collect();
+    let mut store = model.store(&home, &reporter)?;
+    let probs = model.probabilities(&texts, Some(&mut store), &reporter, &mut EmbedStats::default(), &device)?;
+    let mut predictions = Vec::new();
+    for ((source, _), row) in inputs.iter().zip(&probs) {
+        let mut order: Vec<usize> = (0..row.len()).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let top: Vec<Value> = order
+            .iter()
+            .take(args.top)
+            .map(|&c| json!({"class": c, "label": model.info.classes[c], "prob": row[c]}))
+            .collect();
+        let mut p = source.clone();
+        p["top"] = json!(top);
+        predictions.push(p);
+    }
+    let skipped: Vec<Value> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
+    let value = json!({"run": run, "predictions": predictions, "skipped": skipped});
+    out.result(&value, || {
+        let mut text = String::new();
+        for p in &predictions {
+            let name = p["file"].as_str().map(String::from).unwrap_or_else(|| {
+                let t = p["text"].as_str().unwrap_or("?");
+                let short: String = t.chars().take(60).collect();
+                if short.len() < t.len() { format!("\"{short}…\"") } else { format!("\"{short}\"") }
+            });
+            text.push_str(&format!("{name}\n"));
+            for t in p["top"].as_array().into_iter().flatten() {
+                text.push_str(&format!(
+                    "  {:>6.2}%  {:>4}  {}\n",
+                    t["prob"].as_f64().unwrap_or(0.0) * 100.0,
+                    t["class"],
+                    t["label"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        text
+    });
+    Ok(())
+}
+
+/// The shared text sets `graft data import` writes as `text,label` CSV.
+pub const TEXT_DATASETS: &str = "sms-spam, rt-polarity, amazon:books, amazon:dvd, amazon:electronics, amazon:kitchen";
+
+/// `graft data import sms-spam|rt-polarity|amazon:DOMAIN --out FILE.csv`: a seeded subset
+/// (`--per-class`) as CSV. `None` when `dataset` is not a text set.
+pub fn import(args: &ImportArgs, out: &Output) -> Option<anyhow::Result<()>> {
+    let text = args.source.join("text");
+    let path = match args.dataset.as_str() {
+        "sms-spam" => text.join("sms-spam/SMSSpamCollection"),
+        "rt-polarity" => text.join("rt-polarity"),
+        d => text.join("amazon-reviews").join(d.strip_prefix("amazon:")?),
+    };
+    Some((|| {
+        let data = TextDataset::open_any(&path).with_context(|| format!("reading {} (text sets: {TEXT_DATASETS})", args.dataset))?;
+        let data = match args.per_class {
+            Some(n) => data.seeded_per_class(n, args.seed),
+            None => data,
+        };
+        data.write_csv(&args.out)?;
+        let value = json!({"dataset": args.dataset, "texts": data.len(), "classes": data.classes, "out": args.out});
+        out.result(&value, || format!("wrote {} texts to {}\n", data.len(), args.out.display()));
+        Ok(())
+    })())
+}

@@ -1,0 +1,91 @@
+//! Text domains for `graft adapt --backbone minilm-l6`: the frozen sentence encoder's embeddings
+//! (through the feature store, so each review is embedded once across runs and methods) are the
+//! rows the bottleneck → classifier network trains on, like a zoo trunk's pooled features.
+//!
+//! A domain is any text dataset `graft fit` reads (a CSV with `text,label`, a folder of class
+//! sub-folders of `.txt`, an Amazon reviews domain folder …) or `amazon:DOMAIN`, read from
+//! `--data-root`/text/amazon-reviews/DOMAIN (books, dvd, electronics, kitchen).
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+
+use super::config::AdaptConfig;
+use super::data::{Domain, InputSpec};
+use super::train::Loaded;
+use crate::cache::StoreDtype;
+use crate::report::Reporter;
+use crate::text::features::{embed_cached, open_store, preprocess_id, EmbedStats};
+use crate::text::{SentenceEncoder, TextDataset};
+use crate::{GraftError, Result};
+
+/// Where a text domain is read from.
+pub fn domain_path(value: &str, data_root: &Path) -> PathBuf {
+    match value.strip_prefix("amazon:") {
+        Some(domain) => data_root.join("text").join("amazon-reviews").join(domain),
+        None => PathBuf::from(value),
+    }
+}
+
+fn read(flag: &str, value: &str, data_root: &Path) -> Result<TextDataset> {
+    let path = domain_path(value, data_root);
+    TextDataset::open_any(&path).map_err(|e| GraftError::spec(flag, value, format!("not a text dataset: {e}")))
+}
+
+/// Reads and embeds the source, target and target-test texts.
+pub(crate) fn load_text_domains(config: &AdaptConfig, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<Loaded> {
+    let encoder = SentenceEncoder::load(&config.backbone, config.weights.as_deref(), home, reporter, device)?;
+    let mut store = open_store(home, &config.backbone, &encoder, StoreDtype::F32, reporter)?;
+    let mut stats = EmbedStats::default();
+    let root = &config.data_root;
+    let source = read("--source", &config.source, root)?;
+    source.check_trainable()?;
+    let classes = source.classes.clone();
+    // The target's labels, if any, are never read.
+    let target = read("--target", &config.target, root)?;
+    let test = config
+        .target_test
+        .as_deref()
+        .map(|t| read("--target-test", t, root)?.with_classes(&classes))
+        .transpose()?;
+    let mut embed = |name: &str, data: &TextDataset, labelled: bool| -> Result<Domain> {
+        let rows = embed_cached(&encoder, &data.texts, Some(&mut store), reporter, &mut stats)?;
+        let width = rows.first().map(Vec::len).unwrap_or(0);
+        let labels = if labelled { data.labels.clone() } else { Vec::new() };
+        Ok(Domain { name: name.to_string(), x: rows.into_iter().flatten().collect(), width, labels })
+    };
+    let source_all = embed(&config.source, &source, true)?;
+    let target_domain = embed(&config.target, &target, false)?;
+    let test_domain = match (&test, &config.target_test) {
+        (Some(t), Some(name)) => Some(embed(name, t, true)?),
+        _ => None,
+    };
+    reporter.message(&format!("embeddings: {} from the cache, {} computed", stats.hits, stats.misses));
+    let mut skipped = source.skipped.clone();
+    skipped.extend(target.skipped.iter().cloned());
+    if let Some(t) = &test {
+        skipped.extend(t.skipped.iter().cloned());
+    }
+    Ok(Loaded {
+        input: InputSpec::Text { model: config.backbone.clone(), preprocess: preprocess_id(&encoder)? },
+        lenet: false,
+        weights_sha256: Some(encoder.weights_sha256.clone()),
+        width: source_all.width,
+        source_all,
+        classes,
+        target: target_domain,
+        test: test_domain,
+        skipped,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amazon_shorthand_reads_from_the_data_root() {
+        assert_eq!(domain_path("amazon:books", Path::new("/d")), PathBuf::from("/d/text/amazon-reviews/books"));
+        assert_eq!(domain_path("reviews.csv", Path::new("/d")), PathBuf::from("reviews.csv"));
+    }
+}

@@ -1,0 +1,446 @@
+//! `graft fit` on text: a frozen sentence encoder (`minilm-l6`) whose embeddings go through the
+//! feature store, and a head trained on them — neural (`linear`, `mlp:…`) or classic
+//! (`logistic`, `svm`, `knn:K`, `prototype`).
+//!
+//! The run directory has the same files as an image run (`config.toml`, `model.json`,
+//! `metrics.jsonl`, `tb/`, plots, `summary.json`), with the head alone in `best.safetensors` /
+//! `last.safetensors` (or `classic.safetensors`): the encoder is the pulled one, checked by its
+//! sha256 when the run is loaded. `model.json` says `"kind": "text"`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor, TensorData};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint;
+use super::config::{ClassWeights, FitConfig};
+use super::fit::{make_optimizer, write_plots, CacheStats, EpochMetrics, FitReporter, FitSummary};
+use super::loss::{argmax, cross_entropy};
+use super::model::{Head, HeadSpec};
+use super::run::{top1, Evaluation};
+use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
+use crate::cache::FeatureStore;
+use crate::classic::Classic;
+use crate::fsutil::write_atomic;
+use crate::report::tensorboard::EventWriter;
+use crate::report::Reporter;
+use crate::text::features::{embed_cached, open_store, preprocess_id, EmbedStats};
+use crate::text::{stratified_split, SentenceEncoder, TextDataset};
+use crate::zoo::layers::FreezeSpec;
+use crate::{GraftError, Result};
+
+/// `model.json`'s `kind` for a text run.
+pub const TEXT_RUN_KIND: &str = "text";
+
+/// What is needed to rebuild a text run's model without its training data (`model.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextRunInfo {
+    /// Always `"text"`.
+    pub kind: String,
+    /// The sentence encoder, e.g. `minilm-l6`.
+    pub model: String,
+    pub classes: Vec<String>,
+    pub head: HeadSpec,
+    pub dropout: f64,
+    /// sha256 of the encoder weights the embeddings came from.
+    pub weights_sha256: String,
+    /// Tokenizer, truncation, pooling and normalisation (the feature store's preprocessing id).
+    pub text_preprocess: String,
+    /// Width of one embedding (the head's input).
+    pub embedding_width: usize,
+}
+
+impl TextRunInfo {
+    pub fn save(&self, run: &Path) -> Result<()> {
+        write_atomic(&run.join("model.json"), &serde_json::to_vec_pretty(self).expect("run info serializes"))
+    }
+
+    pub fn load(run: &Path) -> Result<Self> {
+        let path = run.join("model.json");
+        let bytes = std::fs::read(&path).map_err(|e| GraftError::io(&path, e))?;
+        serde_json::from_slice(&bytes).map_err(|e| GraftError::Data { path, reason: format!("not a graft text run's model.json: {e}") })
+    }
+}
+
+/// Whether `run` holds a text model (its `model.json` says `"kind": "text"`).
+pub fn is_text_run(run: &Path) -> bool {
+    std::fs::read(run.join("model.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some(TEXT_RUN_KIND))
+}
+
+/// The trained classifier on top of the embeddings.
+pub enum TextHead {
+    Neural(Head),
+    Classic(Classic),
+}
+
+/// A text run's model ready for inference.
+pub struct TextRunModel {
+    pub info: TextRunInfo,
+    pub encoder: SentenceEncoder,
+    pub head: TextHead,
+}
+
+/// Loads a text run: the pulled encoder (its sha256 must be the run's) and the kept head.
+pub fn load_text_run(run: &Path, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<TextRunModel> {
+    let info = TextRunInfo::load(run)?;
+    let encoder = SentenceEncoder::load(&info.model, None, home, reporter, device)?;
+    if encoder.weights_sha256 != info.weights_sha256 {
+        return Err(GraftError::Checksum { path: encoder.weights_path.clone(), expected: info.weights_sha256.clone(), found: encoder.weights_sha256.clone() });
+    }
+    let head = match &info.head {
+        HeadSpec::Classic(_) => TextHead::Classic(Classic::load(&run.join("classic.safetensors"))?),
+        spec => {
+            let head = Head::init(spec, info.embedding_width, info.classes.len(), info.dropout, device);
+            TextHead::Neural(checkpoint::load(head, &super::run::serving_checkpoint(run)?)?)
+        }
+    };
+    Ok(TextRunModel { info, encoder, head })
+}
+
+impl TextRunModel {
+    /// The feature-store namespace of this run's encoder.
+    pub fn store(&self, home: &Path, reporter: &dyn Reporter) -> Result<FeatureStore> {
+        open_store(home, &self.info.model, &self.encoder, crate::cache::StoreDtype::F32, reporter)
+    }
+
+    /// Class probabilities for `texts`, embeddings served from `store` when there.
+    pub fn probabilities<S: AsRef<str>>(&self, texts: &[S], store: Option<&mut FeatureStore>, reporter: &dyn Reporter, stats: &mut EmbedStats, device: &Device) -> Result<Vec<Vec<f32>>> {
+        let rows = embed_cached(&self.encoder, texts, store, reporter, stats)?;
+        Ok(head_probabilities(&self.head, &rows, device))
+    }
+}
+
+fn head_probabilities(head: &TextHead, rows: &[Vec<f32>], device: &Device) -> Vec<Vec<f32>> {
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    let width = rows[0].len();
+    let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+    match head {
+        TextHead::Classic(c) => c.predict_proba(&flat),
+        TextHead::Neural(h) => {
+            let x = Tensor::<2>::from_data(TensorData::new(flat, [rows.len(), width]), device);
+            let p: Vec<f32> = softmax(h.forward(x), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+            p.chunks((p.len() / rows.len()).max(1)).map(|r| r.to_vec()).collect()
+        }
+    }
+}
+
+/// Text runs support what a frozen encoder supports; anything else is named.
+fn check_config(config: &FitConfig, resume: bool) -> Result<()> {
+    let only = |flag: &str, value: String, why: &str| Err(GraftError::spec(flag, &value, format!("{why} (text models support only --freeze all: the encoder stays frozen and its embeddings are cached)")));
+    if config.freeze != FreezeSpec::All {
+        return only("--freeze", config.freeze.to_string(), "fine-tuning the text encoder is not supported");
+    }
+    if !config.stages.is_empty() {
+        return only("--stages", String::new(), "staged fine-tuning is not supported for text");
+    }
+    if config.from_scratch {
+        return only("--from-scratch", String::new(), "a random text encoder is not supported");
+    }
+    if !config.augment.is_identity() {
+        return only("--augment", config.augment.to_string(), "augmentation is for images");
+    }
+    if config.train_bn {
+        return only("--train-bn", String::new(), "the text encoder has no BatchNorm");
+    }
+    if resume {
+        return Err(GraftError::spec("--resume", "", "a text run trains its head in seconds from cached embeddings: start it again with --overwrite"));
+    }
+    Ok(())
+}
+
+/// Embeddings and labels of one split.
+struct Rows {
+    x: Vec<Vec<f32>>,
+    labels: Vec<usize>,
+}
+
+impl Rows {
+    fn tensor(&self, idx: &[usize], device: &Device) -> Tensor<2> {
+        let width = self.x.first().map(Vec::len).unwrap_or(0);
+        let data: Vec<f32> = idx.iter().flat_map(|&i| self.x[i].iter().copied()).collect();
+        Tensor::from_data(TensorData::new(data, [idx.len(), width]), device)
+    }
+
+    fn flat(&self) -> Vec<f32> {
+        self.x.iter().flatten().copied().collect()
+    }
+}
+
+/// Runs `graft fit` for a text model into `run`.
+pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device) -> Result<FitSummary> {
+    config.validate()?;
+    check_config(config, resume)?;
+    if run.join("model.json").exists() {
+        return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run; pass --overwrite or choose another --out"));
+    }
+    std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
+    device.seed(config.seed);
+    let started = Instant::now();
+
+    // --- data -----------------------------------------------------------------------------------
+    let data = TextDataset::open_any(&config.data)?;
+    data.check_trainable()?;
+    let classes = data.classes.clone();
+    let (train, val) = match &config.val {
+        Some(path) => (data.clone(), TextDataset::open_any(path)?.with_classes(&classes)?),
+        None if config.val_split == 0.0 => (data.clone(), data.subset(&[])),
+        None => {
+            let (t, v) = stratified_split(&data.labels, config.val_split, config.seed)?;
+            (data.subset(&t), data.subset(&v))
+        }
+    };
+    let skipped = data.skipped.clone();
+    for s in &skipped {
+        reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
+    }
+
+    // --- embeddings (cached) --------------------------------------------------------------------
+    let encoder = SentenceEncoder::load(&config.model, config.weights.as_deref(), home, reporter, device)?;
+    let mut stats = EmbedStats::default();
+    let mut store = match config.cache {
+        super::config::CacheMode::Off => None,
+        _ => Some(open_store(home, &config.model, &encoder, config.cache_dtype, reporter)?),
+    };
+    let train_rows = Rows { x: embed_cached(&encoder, &train.texts, store.as_mut(), reporter, &mut stats)?, labels: train.labels.clone() };
+    let val_rows = Rows { x: embed_cached(&encoder, &val.texts, store.as_mut(), reporter, &mut stats)?, labels: val.labels.clone() };
+    let width = train_rows.x.first().map(Vec::len).unwrap_or(0);
+    let info = TextRunInfo {
+        kind: TEXT_RUN_KIND.into(),
+        model: config.model.clone(),
+        classes: classes.clone(),
+        head: config.head.clone(),
+        dropout: config.dropout,
+        weights_sha256: encoder.weights_sha256.clone(),
+        text_preprocess: preprocess_id(&encoder)?,
+        embedding_width: width,
+    };
+    info.save(run)?;
+    write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
+    let cache = CacheStats { hits: stats.hits, misses: stats.misses };
+    reporter.message(&format!("embeddings: {} from the cache, {} computed", stats.hits, stats.misses));
+
+    // --- head -----------------------------------------------------------------------------------
+    let trained = match &config.head {
+        HeadSpec::Classic(kind) => train_classic(kind, run, &info, &train_rows, &val_rows, reporter)?,
+        _ => train_neural(config, run, &info, &train_rows, &val_rows, reporter, device)?,
+    };
+    let metrics = super::fit::read_metrics(run)?;
+    write_plots(run, &metrics, &classes, &trained.best_confusion)?;
+    let summary = FitSummary {
+        run: run.to_path_buf(),
+        epochs: metrics.len(),
+        best_epoch: trained.best_epoch,
+        best_val_accuracy: (!val_rows.labels.is_empty()).then_some(trained.best_val_accuracy),
+        train_seconds: started.elapsed().as_secs_f64(),
+        skipped,
+        cache,
+        trunk_images: stats.misses,
+        stopped_early: trained.stopped_early,
+        trainable_params: trained.trainable_params,
+        classes,
+    };
+    write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
+    Ok(summary)
+}
+
+struct Trained {
+    best_epoch: usize,
+    best_val_accuracy: f64,
+    best_confusion: Vec<Vec<u64>>,
+    stopped_early: bool,
+    trainable_params: usize,
+}
+
+fn write_metrics(run: &Path, metrics: &[EpochMetrics]) -> Result<()> {
+    let text: String = metrics.iter().map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n").collect();
+    write_atomic(&run.join("metrics.jsonl"), text.as_bytes())
+}
+
+fn log_tensorboard(tb: &mut EventWriter, m: &EpochMetrics) -> Result<()> {
+    let scalars = [
+        ("loss/train", Some(m.train_loss)),
+        ("loss/val", m.val_loss),
+        ("accuracy/train", Some(m.train_accuracy)),
+        ("accuracy/val", m.val_accuracy),
+        ("lr", Some(m.lr)),
+    ];
+    for (tag, value) in scalars {
+        if let Some(value) = value {
+            tb.add_scalar(tag, value as f32, m.epoch as i64)?;
+        }
+    }
+    tb.flush()
+}
+
+/// A classic head on the embeddings, trained in one go (one "epoch" in the metrics).
+fn train_classic(kind: &crate::classic::ClassicKind, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter) -> Result<Trained> {
+    let started = Instant::now();
+    let head = Classic::fit(kind.clone(), &train.flat(), &train.labels, info.embedding_width, info.classes.len())?;
+    let score = |rows: &Rows| -> (f64, Evaluation) {
+        let probs = head.predict_proba(&rows.flat());
+        let loss = probs.iter().zip(&rows.labels).map(|(p, &l)| -(p[l].max(1e-12) as f64).ln()).sum::<f64>() / rows.labels.len().max(1) as f64;
+        (loss, Evaluation::from_predictions(&info.classes, &rows.labels, &top1(&probs)))
+    };
+    let (train_loss, train_eval) = score(train);
+    let validation = (!val.labels.is_empty()).then(|| score(val));
+    head.save(&run.join("classic.safetensors"))?;
+    let metrics = EpochMetrics {
+        epoch: 1,
+        stage: 1,
+        lr: 0.0,
+        train_loss,
+        train_accuracy: train_eval.accuracy,
+        val_loss: validation.as_ref().map(|v| v.0),
+        val_accuracy: validation.as_ref().map(|v| v.1.accuracy),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    write_metrics(run, std::slice::from_ref(&metrics))?;
+    log_tensorboard(&mut EventWriter::create(&run.join("tb"))?, &metrics)?;
+    reporter.epoch(&metrics, 1);
+    Ok(Trained {
+        best_epoch: 1,
+        best_val_accuracy: metrics.val_accuracy.unwrap_or(0.0),
+        best_confusion: validation.map(|v| v.1.confusion).unwrap_or_default(),
+        stopped_early: false,
+        trainable_params: 0,
+    })
+}
+
+/// A linear or MLP head trained with the run's optimizer, schedule and early stopping; the
+/// epoch with the best validation accuracy is kept (the last one without validation data).
+fn train_neural(config: &FitConfig, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter, device: &Device) -> Result<Trained> {
+    let classes = info.classes.len();
+    let train_device = device.clone().autodiff();
+    let mut head = Head::init(&config.head, info.embedding_width, classes, config.dropout, device).train();
+    let trainable_params = super::fit::count_trainable(&head);
+    let mut optimizer = make_optimizer(&config.optimizer);
+    let steps_per_epoch = train.labels.len().div_ceil(config.batch_size);
+    let plan = LrPlan { base_lr: config.lr, schedule: config.schedule.clone(), warmup_epochs: config.warmup_epochs, steps_per_epoch, epochs: config.epochs };
+    let class_weights = match config.class_weights {
+        ClassWeights::None => None,
+        ClassWeights::Balanced => {
+            let mut counts = vec![0usize; classes];
+            train.labels.iter().for_each(|&l| counts[l] += 1);
+            let n = train.labels.len() as f32;
+            Some(counts.iter().map(|&c| if c == 0 { 0.0 } else { n / (classes as f32 * c as f32) }).collect::<Vec<f32>>())
+        }
+    };
+    let mut plateau = config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta));
+    let mut early = config.patience.map(|p| EarlyStopping::new(p, config.min_delta));
+    let mut tb = EventWriter::create(&run.join("tb"))?;
+    let mut metrics_log = Vec::new();
+    let (mut best_epoch, mut best_acc, mut best_loss, mut best_confusion) = (0usize, 0f64, f64::INFINITY, Vec::new());
+    let mut stopped_early = false;
+    let mut step = 0usize;
+    for epoch in 0..config.epochs {
+        let started = Instant::now();
+        let mut order: Vec<usize> = (0..train.labels.len()).collect();
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let scale = plateau.as_ref().map(|p| p.scale).unwrap_or(1.0);
+        let (mut loss_sum, mut correct) = (0f64, 0usize);
+        let mut lr = config.lr;
+        reporter.start(&format!("epoch {}/{}", epoch + 1, config.epochs), Some(order.len() as u64));
+        for (b, batch) in order.chunks(config.batch_size).enumerate() {
+            let targets: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
+            let logits = head.forward(train.tensor(batch, &train_device)); // [b, classes]
+            let loss = cross_entropy(logits.clone(), &targets, config.label_smoothing, class_weights.as_deref(), &train_device);
+            let loss_value: f32 = loss.clone().into_scalar();
+            loss_sum += loss_value as f64 * batch.len() as f64;
+            correct += argmax(logits.detach()).iter().zip(&targets).filter(|(p, t)| p == t).count();
+            let grads = GradientsParams::from_grads(loss.backward(), &head);
+            lr = plan.lr_at(step) * scale;
+            head = optimizer.step(lr, head, grads);
+            step += 1;
+            reporter.progress(((b + 1) * config.batch_size).min(order.len()) as u64);
+        }
+        reporter.finish();
+        let eval_head = head.valid();
+        let validation = (!val.labels.is_empty()).then(|| {
+            let all: Vec<usize> = (0..val.labels.len()).collect();
+            let (mut loss, mut predicted) = (0f64, Vec::new());
+            for chunk in all.chunks(config.batch_size.max(256)) {
+                let logits = eval_head.forward(val.tensor(chunk, device));
+                let targets: Vec<usize> = chunk.iter().map(|&i| val.labels[i]).collect();
+                let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, device).into_scalar();
+                loss += l as f64 * chunk.len() as f64;
+                predicted.extend(argmax(logits));
+            }
+            (loss / val.labels.len() as f64, Evaluation::from_predictions(&info.classes, &val.labels, &predicted))
+        });
+        let n = train.labels.len().max(1) as f64;
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            stage: 1,
+            lr,
+            train_loss: loss_sum / n,
+            train_accuracy: correct as f64 / n,
+            val_loss: validation.as_ref().map(|v| v.0),
+            val_accuracy: validation.as_ref().map(|v| v.1.accuracy),
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        let mut stop = false;
+        let improved = match &validation {
+            None => true,
+            Some((loss, eval)) => {
+                // Best by accuracy; on a tie, by lower loss (as image runs).
+                let improved = best_epoch == 0 || eval.accuracy > best_acc + config.min_delta || (eval.accuracy == best_acc && *loss < best_loss);
+                if improved {
+                    (best_acc, best_loss, best_confusion) = (eval.accuracy, *loss, eval.confusion.clone());
+                }
+                if let Some(p) = plateau.as_mut() {
+                    if p.observe(eval.accuracy, true) {
+                        reporter.message(&format!("validation accuracy plateaued: learning rate ×{:.3}", p.scale));
+                    }
+                }
+                stop = early.as_mut().is_some_and(|e| e.observe(eval.accuracy, true));
+                improved
+            }
+        };
+        let meta = BTreeMap::from([("graft.epoch".to_string(), (epoch + 1).to_string())]);
+        checkpoint::save(&head, &run.join("last.safetensors"), meta.clone())?;
+        if improved {
+            best_epoch = epoch + 1;
+            checkpoint::save(&head, &run.join("best.safetensors"), meta)?;
+        }
+        metrics_log.push(metrics.clone());
+        write_metrics(run, &metrics_log)?;
+        log_tensorboard(&mut tb, &metrics)?;
+        reporter.epoch(&metrics, config.epochs);
+        if stop {
+            reporter.message(&format!("early stopping: no improvement for {} epochs", config.patience.unwrap_or(0)));
+            stopped_early = true;
+            break;
+        }
+    }
+    Ok(Trained { best_epoch, best_val_accuracy: best_acc, best_confusion, stopped_early, trainable_params })
+}
+
+/// Where a text run's inputs come from: the labelled dataset for `eval`.
+pub fn eval_dataset(path: &Path, classes: &[String]) -> Result<TextDataset> {
+    TextDataset::open_any(path)?.with_classes(classes)
+}
+
+/// Reads `.txt` files for `predict` (one text per file); unreadable files are listed.
+pub fn read_text_files(files: &[PathBuf]) -> (Vec<(PathBuf, String)>, Vec<crate::data::folder::Skipped>) {
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    for f in files {
+        match std::fs::read(f) {
+            Ok(bytes) => ok.push((f.clone(), crate::text::dataset::decode_text(&bytes))),
+            Err(e) => bad.push(crate::data::folder::Skipped { path: f.clone(), reason: e.to_string() }),
+        }
+    }
+    (ok, bad)
+}
