@@ -112,19 +112,7 @@ pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     }
     let reporter = TermReporter::new();
     let summary = fit(&config, &run_dir, resume, &graft_home(), &reporter, &default_device())?;
-    let skipped: Vec<_> = summary.skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
-    let value = json!({
-        "run": summary.run,
-        "epochs": summary.epochs,
-        "best_epoch": summary.best_epoch,
-        "best_val_accuracy": summary.best_val_accuracy,
-        "train_seconds": summary.train_seconds,
-        "skipped": skipped,
-        "cache": summary.cache,
-        "trunk_images": summary.trunk_images,
-        "stopped_early": summary.stopped_early,
-        "trainable_params": summary.trainable_params,
-    });
+    let value = summary_json(&summary);
     out.result(&value, || {
         let kept = match summary.best_val_accuracy {
             Some(acc) => format!("best val accuracy {acc:.4} at epoch {}", summary.best_epoch),
@@ -189,4 +177,21 @@ fn fit_mlp(args: &FitArgs, out: &Output) -> anyhow::Result<()> {
         format!("run {}: {} from {from}, {kept}, train accuracy {:.4} ({:.1} s)\n", run_dir.display(), s.config.arch, s.train_accuracy, s.seconds)
     });
     Ok(())
+}
+
+/// `fit --json`'s document, for image and text runs alike.
+pub(super) fn summary_json(summary: &graft::train::fit::FitSummary) -> serde_json::Value {
+    let skipped: Vec<_> = summary.skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
+    json!({
+        "run": summary.run,
+        "epochs": summary.epochs,
+        "best_epoch": summary.best_epoch,
+        "best_val_accuracy": summary.best_val_accuracy,
+        "train_seconds": summary.train_seconds,
+        "skipped": skipped,
+        "cache": summary.cache,
+        "trunk_images": summary.trunk_images,
+        "stopped_early": summary.stopped_early,
+        "trainable_params": summary.trainable_params,
+    })
 }

@@ -49,19 +49,7 @@ pub fn pull(args: &PullArgs, out: &Output) -> anyhow::Result<()> {
 pub fn fit(config: &FitConfig, run_dir: &Path, resume: bool, out: &Output) -> anyhow::Result<()> {
     let reporter = TermReporter::new();
     let summary = fit_text(config, run_dir, resume, &graft_home(), &reporter, &default_device())?;
-    let skipped: Vec<_> = summary.skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
-    let value = json!({
-        "run": summary.run,
-        "epochs": summary.epochs,
-        "best_epoch": summary.best_epoch,
-        "best_val_accuracy": summary.best_val_accuracy,
-        "train_seconds": summary.train_seconds,
-        "skipped": skipped,
-        "cache": summary.cache,
-        "trunk_images": summary.trunk_images,
-        "stopped_early": summary.stopped_early,
-        "trainable_params": summary.trainable_params,
-    });
+    let value = super::fit::summary_json(&summary);
     out.result(&value, || {
         let kept = match summary.best_val_accuracy {
             Some(acc) => format!("best val accuracy {acc:.4} at epoch {}", summary.best_epoch),
