@@ -148,14 +148,18 @@ pub struct FitArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// Run directory made by `graft fit`.
+    /// Run directory made by `graft fit` or `graft adapt`.
     #[arg(long)]
     pub run: PathBuf,
-    /// Labelled image folder (class sub-folders named as in training).
+    /// Labelled image folder (class sub-folders named as in training); for an adapted run also
+    /// a digit set: mnist:test, mnist:train, usps:test, usps:train.
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Where mnist:… and usps:… are read from (adapted runs).
+    #[arg(long, default_value = "../shared/data")]
+    pub data_root: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,7 +201,7 @@ pub struct PredictArgs {
     /// Model id, e.g. efficientnet-lite0 (ImageNet classes).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
-    /// A run directory from `graft fit`: predict its classes instead.
+    /// A run directory from `graft fit` or `graft adapt`: predict its classes instead.
     #[arg(long, conflicts_with = "weights")]
     pub run: Option<PathBuf>,
     /// Use this weights file (.pth, safetensors) instead of the cached pull.
