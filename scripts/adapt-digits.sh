@@ -14,6 +14,11 @@
 # Usage: scripts/adapt-digits.sh [WORK_DIR]
 #   SEEDS="0 1 2"  METHODS="source-only ddc dan coral dann adda cdan"  TASKS="m2u u2m"
 #   EPOCHS=8 ITERS=100 BATCH=32 DATA_ROOT=../shared/data
+#   PARALLEL=1: run the tasks side by side (one process per task), e.g. on a 2-core machine
+#   GRAFT=path: use this binary instead of building target/release/graft (a copy keeps a long
+#   sweep safe from rebuilds)
+#   NICE=10: niceness of the training processes
+#   SUMMARY_ONLY=1: no runs; print the table of what $WORK/results-*.jsonl hold so far
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-target/adapt-digits}
@@ -24,14 +29,23 @@ EPOCHS=${EPOCHS:-8}
 ITERS=${ITERS:-100}
 BATCH=${BATCH:-32}
 DATA_ROOT=${DATA_ROOT:-../shared/data}
-GRAFT=./target/release/graft
-cargo build --release -q
+PARALLEL=${PARALLEL:-0}
+NICE=${NICE:-10}
+SUMMARY_ONLY=${SUMMARY_ONLY:-0}
+if [ "$SUMMARY_ONLY" = 1 ]; then
+  TASKS=""
+elif [ -z "${GRAFT:-}" ]; then
+  cargo build --release -q
+  GRAFT=./target/release/graft
+fi
 mkdir -p "$WORK/runs"
 RESULTS="$WORK/results.jsonl"
-: > "$RESULTS"
+[ "$SUMMARY_ONLY" = 1 ] || : > "$RESULTS"
 
-for seed in $SEEDS; do
-  for task in $TASKS; do
+# All runs of one task, seed by seed, appended to $2.
+sweep_task() {
+  local task=$1 out=$2
+  for seed in $SEEDS; do
     case $task in
       m2u) src=mnist:train; tgt=usps:train; test=usps:test ;;
       u2m) src=usps:train; tgt=mnist:train; test=mnist:test ;;
@@ -45,21 +59,35 @@ for seed in $SEEDS; do
         budget=(--pretrain-epochs $((EPOCHS / 2)) --epochs $((EPOCHS - EPOCHS / 2)))
       fi
       start=$(date +%s.%N)
-      $GRAFT adapt --method "$method" --source "$src" --target "$tgt" --target-test "$test" \
+      nice -n "$NICE" "$GRAFT" adapt --method "$method" --source "$src" --target "$tgt" --target-test "$test" \
         --data-root "$DATA_ROOT" --iters-per-epoch "$ITERS" --batch-size "$BATCH" "${budget[@]}" \
         --seed "$seed" --out "$run" --json > "$run.json" 2> "$run.log"
       wall=$(python3 -c "import time,sys; print(round(time.time()-float(sys.argv[1]),1))" "$start")
-      python3 - "$run.json" "$task" "$method" "$seed" "$wall" >> "$RESULTS" <<'PY'
+      python3 - "$run.json" "$task" "$method" "$seed" "$wall" >> "$out" <<'PY'
 import json, sys
 v = json.load(open(sys.argv[1]))
 print(json.dumps({"task": sys.argv[2], "method": sys.argv[3], "seed": int(sys.argv[4]),
                   "target_test_accuracy": v["target_test_accuracy"], "source_val_accuracy": v["source_val_accuracy"],
                   "best_epoch": v["best_epoch"], "iterations": v["iterations"], "wall_seconds": float(sys.argv[5])}))
 PY
-      tail -n 1 "$RESULTS" >&2
+      tail -n 1 "$out" >&2
     done
   done
+}
+
+pids=()
+for task in $TASKS; do
+  : > "$WORK/results-$task.jsonl"
+  if [ "$PARALLEL" = 1 ]; then
+    sweep_task "$task" "$WORK/results-$task.jsonl" &
+    pids+=($!)
+  else
+    sweep_task "$task" "$WORK/results-$task.jsonl"
+  fi
 done
+for pid in "${pids[@]}"; do wait "$pid"; done
+for task in $TASKS; do cat "$WORK/results-$task.jsonl" >> "$RESULTS"; done
+[ "$SUMMARY_ONLY" = 1 ] && cat "$WORK"/results-*.jsonl > "$RESULTS"
 
 python3 - "$RESULTS" <<'PY'
 import json, statistics, sys

@@ -169,15 +169,19 @@ pub struct FitArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
-    /// Run directory made by `graft fit`.
+    /// Run directory made by `graft fit` or `graft adapt`.
     #[arg(long)]
     pub run: PathBuf,
-    /// Labelled image folder (class sub-folders named as in training), or labelled texts for a
-    /// text run.
+    /// Labelled image folder (class sub-folders named as in training), labelled texts for a
+    /// text run, or for an adapted run also a digit set: mnist:test, mnist:train, usps:test,
+    /// usps:train.
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, default_value_t = 32)]
     pub batch: usize,
+    /// Where mnist:… and usps:… are read from (adapted runs).
+    #[arg(long, default_value = "../shared/data")]
+    pub data_root: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,7 +229,7 @@ pub struct PredictArgs {
     /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
     #[arg(long, conflicts_with = "model")]
     pub arch: Option<String>,
-    /// A run directory from `graft fit`: predict its classes instead.
+    /// A run directory from `graft fit` or `graft adapt`: predict its classes instead.
     #[arg(long, conflicts_with_all = ["weights", "arch"])]
     pub run: Option<PathBuf>,
     /// Use this weights file (.pth, safetensors, Keras .h5) instead of the cached pull.

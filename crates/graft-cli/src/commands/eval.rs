@@ -1,3 +1,4 @@
+use graft::report::Reporter;
 use graft::data::folder::ImageFolder;
 use graft::device::default_device;
 use graft::train::run::{load_run, predict_files, run_store, top1, Evaluation};
@@ -9,8 +10,12 @@ use crate::output::Output;
 use crate::reporter::TermReporter;
 
 pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     if graft::train::text::is_text_run(&args.run) {
         return super::text::eval(&args, out);
+    }
+    if graft::adapt::is_adapt_run(&args.run) {
+        return eval_adapted(&args, out);
     }
     let device = default_device();
     if graft::transfer::autoencoder::is_mlp_run(&args.run) {
@@ -33,10 +38,31 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!rows.is_empty(), "{}: no readable images", args.data.display());
     let eval = Evaluation::from_predictions(&info.classes, &truth, &top1(&rows));
-    report(&eval, &skipped, out)
+    print_evaluation(out, &eval, &skipped);
+    Ok(())
+}
+
+/// A `graft adapt` run: its kept network on a labelled folder or a digit set.
+fn eval_adapted(args: &EvalArgs, out: &Output) -> anyhow::Result<()> {
+    let device = default_device();
+    let reporter = TermReporter::new();
+    let model = graft::adapt::load_adapted(&args.run, &graft_home(), None, &reporter, &device)?;
+    let data = args.data.to_string_lossy();
+    let spec = graft::adapt::data::DomainSpec::parse("--data", &data)?;
+    let (eval, skipped) = model.evaluate_domain(&spec, "--data", &args.data_root, args.batch, &reporter, &device)?;
+    for s in &skipped {
+        reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
+    }
+    print_evaluation(out, &eval, &skipped);
+    Ok(())
 }
 
 fn report(eval: &Evaluation, skipped: &[graft::data::folder::Skipped], out: &Output) -> anyhow::Result<()> {
+    print_evaluation(out, eval, skipped);
+    Ok(())
+}
+
+fn print_evaluation(out: &Output, eval: &Evaluation, skipped: &[graft::data::folder::Skipped]) {
     let skipped: Vec<_> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
     let value = json!({
         "accuracy": eval.accuracy, "n": eval.n, "per_class": eval.per_class,
@@ -49,5 +75,4 @@ fn report(eval: &Evaluation, skipped: &[graft::data::folder::Skipped], out: &Out
         }
         t
     });
-    Ok(())
 }

@@ -71,11 +71,18 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
 /// Top-k of a fitted run's classes.
 fn predict_run(run: &std::path::Path, args: &PredictArgs, out: &Output) -> anyhow::Result<()> {
     let device = default_device();
-    let (info, model) = graft::train::run::load_run(run, &device)?;
     let samples: Vec<graft::data::folder::Sample> =
         args.images.iter().map(|p| graft::data::folder::Sample { path: p.clone(), label: 0 }).collect();
     let reporter = TermReporter::new();
-    let (probs, skipped) = graft::train::run::predict_files(&model, &info.preprocess, &samples, args.batch, &device, &reporter, None);
+    let (classes, probs, skipped) = if graft::adapt::is_adapt_run(run) {
+        let model = graft::adapt::load_adapted(run, &graft_home(), None, &reporter, &device)?;
+        let (probs, skipped) = model.predict_files(&samples, &device)?;
+        (model.info.classes, probs, skipped)
+    } else {
+        let (info, model) = graft::train::run::load_run(run, &device)?;
+        let (probs, skipped) = graft::train::run::predict_files(&model, &info.preprocess, &samples, args.batch, &device, &reporter, None);
+        (info.classes, probs, skipped)
+    };
     for s in &skipped {
         reporter.message(&format!("skipping {}: {}", s.path.display(), s.reason));
     }
@@ -87,7 +94,7 @@ fn predict_run(run: &std::path::Path, args: &PredictArgs, out: &Output) -> anyho
         let top: Vec<Value> = order
             .iter()
             .take(args.top)
-            .map(|&c| json!({"class": c, "label": info.classes[c], "prob": row[c]}))
+            .map(|&c| json!({"class": c, "label": classes[c], "prob": row[c]}))
             .collect();
         predictions.push(json!({"file": path, "top": top}));
     }

@@ -209,3 +209,65 @@ fn a_zoo_backbone_adapts_its_frozen_features() {
     assert!(!best.tensors.keys().any(|k| k.starts_with("lenet")), "no LeNet with a zoo backbone");
     assert_eq!(best.tensors["bottleneck.weight"].shape, vec![1280, 64]);
 }
+
+#[test]
+fn eval_and_predict_read_an_adapted_run() {
+    let dir = scratch("adapt-eval-predict");
+    let root = data_root();
+    let source = mnist_folder(&dir, 20, 5);
+    let target = usps_folder(&dir, "train", 10, 6);
+    let run = dir.join("run");
+    let v = json_of(&graft(&[
+        "adapt", "--method", "cdan", "--source", s(&source), "--target", s(&target), "--target-test", "usps:test",
+        "--data-root", s(&root), "--epochs", "2", "--iters-per-epoch", "10", "--batch-size", "16", "--seed", "2", "--out", s(&run), "--json",
+    ]));
+    let adapted = v["target_test_accuracy"].as_f64().unwrap();
+
+    // The digit-set shorthand: the same number adapt reported, on all 2,007 USPS test digits.
+    let e = json_of(&graft(&["eval", "--run", s(&run), "--data", "usps:test", "--data-root", s(&root), "--json"]));
+    assert_eq!(e["n"], 2007);
+    assert!((e["accuracy"].as_f64().unwrap() - adapted).abs() < 1e-12, "eval {} vs adapt {adapted}", e["accuracy"]);
+
+    // An image folder from `graft data import mnist` (the source): the fit-run JSON shape.
+    let e = json_of(&graft(&["eval", "--run", s(&run), "--data", s(&source), "--json"]));
+    assert_eq!(e["n"], 200);
+    assert_eq!(e["labels"].as_array().unwrap().len(), 10);
+    assert_eq!(e["confusion"].as_array().unwrap().len(), 10);
+    assert_eq!(e["per_class"].as_object().unwrap().len(), 10);
+    let total: u64 = e["confusion"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|c| c.as_u64().unwrap()).sum();
+    assert_eq!(total, 200);
+
+    // predict on a USPS test folder agrees with eval on it, file by file in aggregate.
+    let test = usps_folder(&dir, "test", 5, 7);
+    let e = json_of(&graft(&["eval", "--run", s(&run), "--data", s(&test), "--json"]));
+    let mut files = Vec::new();
+    for class in std::fs::read_dir(&test).unwrap() {
+        let class = class.unwrap().path();
+        for f in std::fs::read_dir(&class).unwrap() {
+            files.push((f.unwrap().path(), class.file_name().unwrap().to_string_lossy().to_string()));
+        }
+    }
+    files.sort();
+    let mut args = vec!["predict", "--run", s(&run), "--top", "2", "--json"];
+    args.extend(files.iter().map(|(p, _)| s(p)));
+    let p = json_of(&graft(&args));
+    let predictions = p["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 50);
+    let mut correct = 0;
+    for (pred, (path, label)) in predictions.iter().zip(&files) {
+        assert_eq!(pred["file"].as_str().unwrap(), s(path));
+        let top = pred["top"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert!(top[0]["prob"].as_f64().unwrap() >= top[1]["prob"].as_f64().unwrap());
+        correct += usize::from(top[0]["label"].as_str().unwrap() == label);
+    }
+    assert!((correct as f64 / 50.0 - e["accuracy"].as_f64().unwrap()).abs() < 1e-12);
+
+    // Bad input: a digit split that does not exist, a file that is not an image.
+    assert_bad_input(&graft(&["eval", "--run", s(&run), "--data", "usps:val", "--data-root", s(&root), "--json"]), &["--data", "usps:val"]);
+    let junk = dir.join("junk.png");
+    std::fs::write(&junk, b"not a png").unwrap();
+    let p = json_of(&graft(&["predict", "--run", s(&run), "--json", s(&files[0].0), s(&junk)]));
+    assert_eq!(p["predictions"].as_array().unwrap().len(), 1);
+    assert_eq!(p["skipped"].as_array().unwrap().len(), 1);
+}

@@ -726,6 +726,16 @@ pub fn load_adapted(run: &Path, home: &Path, weights: Option<&Path>, reporter: &
 }
 
 impl AdaptedModel {
+    /// Scores the kept model on a labelled domain — a class folder (classes named as in
+    /// training) or a digit set such as `mnist:test`, read from `data_root` — and lists the
+    /// files that could not be read. `flag` names the option the domain came from, for errors.
+    pub fn evaluate_domain(&self, spec: &DomainSpec, flag: &str, data_root: &Path, batch: usize, reporter: &dyn Reporter, device: &Device) -> Result<(Evaluation, Vec<Skipped>)> {
+        let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), device);
+        let (domain, _, skipped) = featurizer.load(spec, flag, data_root, Some(&self.info.classes), true, reporter)?;
+        let (_, predicted) = evaluate(&self.net, &domain, batch, device);
+        Ok((Evaluation::from_predictions(&self.info.classes, &domain.labels, &predicted), skipped))
+    }
+
     /// Class probabilities for image files; unreadable files are `None` and listed.
     pub fn predict_files(&self, files: &[Sample], device: &Device) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
         let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), device);
