@@ -170,8 +170,10 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         weights_sha256,
         frozen_trunk: if config.stages.is_empty() { config.freeze == FreezeSpec::All } else { config.stages.iter().all(|s| s.train == "head") },
     };
-    info.save(run)?;
+    // config.toml first: a run counts as started once model.json exists, and `--resume`
+    // needs both (a kill between the two then leaves a directory a fresh `fit` may reuse).
     write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
+    info.save(run)?;
 
     let mut rows: Vec<LayerRow> = spec.layer_rows().into_iter().filter(|r| !r.is_head).collect();
     rows.extend(Head::rows(&config.head.neural(), head_width, classes.len()));
@@ -474,7 +476,11 @@ fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
     if resume && !run.join("model.json").exists() {
         return Err(GraftError::spec("--resume", &run.display().to_string(), "is not a graft run directory (no model.json)"));
     }
-    std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))
+    std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
+    // A kill during a write leaves its temporary file behind; the rename never happened, so
+    // the file it was replacing is intact and the temporary is garbage.
+    crate::fsutil::remove_stale_temps(run)?;
+    Ok(())
 }
 
 /// After a kill between writing `last.safetensors` and the metrics line (or `best`), make the
