@@ -10,7 +10,7 @@
 # Two kinds of run alternate: the trunk run on every epoch (augmentation on) and the activation
 # cache (filled on the first pass, so kills also land inside cache writes).
 #
-# Usage: scripts/kill-resume.sh [WORK_DIR]   (env: SEED=9 KILLS=20 RUNS=4 EPOCHS=5)
+# Usage: scripts/kill-resume.sh [WORK_DIR]   (env: SEED=9 KILLS=20 KILLS_PER_RUN=5 EPOCHS=5)
 # Needs ../shared/data/fashion-mnist and the efficientnet-lite0 weights (target/graft-test-home
 # from the tests, or `graft pull`).
 set -euo pipefail
@@ -18,7 +18,6 @@ cd "$(dirname "$0")/.."
 WORK=${1:-target/kill-resume}
 SEED=${SEED:-9}
 KILLS=${KILLS:-20}
-RUNS=${RUNS:-4}
 EPOCHS=${EPOCHS:-5}
 GRAFT=$PWD/target/release/graft
 cargo build --release -q -p graft-cli
@@ -66,45 +65,9 @@ done
 # Each new run also refills the activation cache from scratch.
 rm -rf "$GRAFT_HOME/cache"
 
-kills_per_run=$(( (KILLS + RUNS - 1) / RUNS ))
-total_kills=0
-failures=0
-for (( r = 0; r < RUNS; r++ )); do
-  run=$WORK/run-$r
-  kind=$(( r % 2 ))
-  mkdir -p "$WORK/snapshots-$r"
-  rm -rf "$GRAFT_HOME/cache"
-  kills=0 finished_early=0 temps_seen=0 moments=""
-  while (( kills < kills_per_run && total_kills < KILLS )); do
-    delay=$(( RANDOM * 32768 + RANDOM ))
-    delay=$(( delay % FULL_MS[kind] ))
-    start_fit "$run" "$r"
-    sleep "$(( delay / 1000 )).$(printf %03d $(( delay % 1000 )))"
-    if kill -0 "$PID" 2>/dev/null; then
-      kill -KILL "$PID"
-      wait "$PID" 2>/dev/null || true
-      kills=$(( kills + 1 )); total_kills=$(( total_kills + 1 ))
-      done_epochs=0
-      [ -f "$run/metrics.jsonl" ] && done_epochs=$(grep -c '}$' "$run/metrics.jsonl" || true)
-      temps=$(find "$run" -maxdepth 1 \( -name '.*.tmp-*' -o -name '.*.repair' \) 2>/dev/null | wc -l)
-      temps_seen=$(( temps_seen + temps ))
-      moments="$moments $(( delay / 1000 )).$(( delay % 1000 / 100 ))s/${done_epochs}ep"
-      [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$WORK/snapshots-$r/kill-$kills.jsonl"
-    else
-      # The run (or this resume of it) completed before its kill moment: start over on a
-      # fresh directory so that every kill interrupts real work.
-      wait "$PID" || { echo "run $r: fit failed without a kill:"; tail -3 "$run.err"; failures=$(( failures + 1 )); }
-      finished_early=$(( finished_early + 1 ))
-      mv "$run" "$run-complete-$finished_early"
-    fi
-  done
-  # Finish the run.
-  start_fit "$run" "$r"
-  if ! wait "$PID"; then
-    echo "run $r: final resume failed:"; tail -3 "$run.err"; failures=$(( failures + 1 )); continue
-  fi
-  # Validate.
-  if ! problems=$(python3 - "$run" "$EPOCHS" "$WORK/snapshots-$r" <<'PY'
+validate() { # run dir, snapshot dir, kind, description of its kills
+  local run=$1 snaps=$2 kind=$3 what=$4 problems epochs_done
+  if ! problems=$(python3 - "$run" "$EPOCHS" "$snaps" <<'PY'
 import json, os, struct, sys
 run, epochs, snaps = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 bad = []
@@ -114,7 +77,7 @@ summary = json.load(open(os.path.join(run, "summary.json")))
 want = list(range(1, summary["epochs"] + 1))
 if got != want:
     bad.append(f"metrics epochs {got}, expected {want}")
-if summary["epochs"] != epochs and summary.get("stopped_early") is not True:
+if summary["epochs"] != epochs:
     bad.append(f"summary says {summary['epochs']} epochs, configured {epochs}")
 final = set(lines)
 for snap in sorted(os.listdir(snaps)):
@@ -124,8 +87,7 @@ for snap in sorted(os.listdir(snaps)):
     if lost:
         bad.append(f"{snap}: epoch lines on disk at the kill were changed or lost: {lost[:1]}")
 for ckpt in ["last.safetensors", "best.safetensors"]:
-    p = os.path.join(run, ckpt)
-    data = open(p, "rb").read()
+    data = open(os.path.join(run, ckpt), "rb").read()
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + n])
     end = max(v["data_offsets"][1] for k, v in header.items() if k != "__metadata__")
@@ -138,13 +100,53 @@ print("; ".join(bad))
 sys.exit(1 if bad else 0)
 PY
   ); then
-    echo "run $r: INVALID: $problems"; failures=$(( failures + 1 ))
+    echo "$(basename "$run"): INVALID: $problems"; failures=$(( failures + 1 ))
   fi
   if ! $GRAFT eval --run "$run" --data "$WORK/data" --json >"$run.eval" 2>"$run.eval.err"; then
-    echo "run $r: INVALID: graft eval --run failed: $(tail -1 "$run.eval.err")"; failures=$(( failures + 1 ))
+    echo "$(basename "$run"): INVALID: graft eval --run failed: $(tail -1 "$run.eval.err")"; failures=$(( failures + 1 ))
   fi
-  epochs_done=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['epochs'])" "$run/summary.json")
-  echo "run $r ($(fit_args $kind)): $kills kills at [${moments# }] (time/epochs done), ${temps_seen} stale temp files seen after kills, ${finished_early} restarts that finished before their kill; final: ${epochs_done} epochs, metrics 1..${epochs_done}, checkpoints load, no temp files"
+  epochs_done=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['epochs'])" "$run/summary.json" 2>/dev/null || echo "?")
+  echo "$(basename "$run") ($(fit_args "$kind")): $what; final: $epochs_done epochs"
+}
+
+# Run directories in turn, each killed up to KILLS_PER_RUN times; a run is finished (and
+# checked) when it gets its last kill or when a start completes before its kill moment.
+KILLS_PER_RUN=${KILLS_PER_RUN:-5}
+total_kills=0
+failures=0
+runs=0
+while (( total_kills < KILLS )); do
+  r=$runs; runs=$(( runs + 1 ))
+  run=$WORK/run-$r
+  snaps=$WORK/snapshots-$r
+  kind=$(( r % 2 ))
+  mkdir -p "$snaps"
+  rm -rf "$GRAFT_HOME/cache" # each run fills the activation cache from scratch
+  kills=0 temps_seen=0 moments=""
+  while :; do
+    if (( kills >= KILLS_PER_RUN || total_kills >= KILLS )); then
+      start_fit "$run" "$r"
+      wait "$PID" || { echo "run-$r: final resume failed: $(tail -1 "$run.err")"; failures=$(( failures + 1 )); }
+      break
+    fi
+    delay=$(( (RANDOM * 32768 + RANDOM) % FULL_MS[kind] ))
+    start_fit "$run" "$r"
+    sleep "$(( delay / 1000 )).$(printf %03d $(( delay % 1000 )))"
+    if ! kill -0 "$PID" 2>/dev/null; then
+      wait "$PID" || { echo "run-$r: fit failed without a kill: $(tail -1 "$run.err")"; failures=$(( failures + 1 )); }
+      break # completed before its kill moment
+    fi
+    kill -KILL "$PID"
+    wait "$PID" 2>/dev/null || true
+    kills=$(( kills + 1 )); total_kills=$(( total_kills + 1 ))
+    done_epochs=0
+    [ -f "$run/metrics.jsonl" ] && done_epochs=$(grep -c '}$' "$run/metrics.jsonl" || true)
+    temps=$(find "$run" -maxdepth 1 \( -name '.*.tmp-*' -o -name '.*.repair' \) 2>/dev/null | wc -l)
+    temps_seen=$(( temps_seen + temps ))
+    moments="$moments $(( delay / 1000 )).$(( delay % 1000 / 100 ))s/${done_epochs}ep"
+    [ -f "$run/metrics.jsonl" ] && cp "$run/metrics.jsonl" "$snaps/kill-$kills.jsonl"
+  done
+  validate "$run" "$snaps" "$kind" "$kills kills at [${moments# }] (moment/epochs on disk), $temps_seen temp files left by the kills"
 done
-echo "summary: $total_kills SIGKILLs over $RUNS runs (seed $SEED), $failures failures"
+echo "summary: $total_kills SIGKILLs over $runs run directories (seed $SEED), $failures failures"
 [ "$failures" -eq 0 ]

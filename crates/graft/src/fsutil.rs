@@ -39,8 +39,9 @@ pub fn remove_stale_temps(dir: &Path) -> Result<Vec<String>> {
         if !name.starts_with('.') {
             continue;
         }
-        let stale = if let Some((_, pid)) = name.rsplit_once(".tmp-") {
-            match pid.parse::<u32>() {
+        // `.NAME.tmp-PID` (write_atomic) or `.NAME.tmp-PID-N` (graft-weights' safetensors writer).
+        let stale = if let Some((_, suffix)) = name.rsplit_once(".tmp-") {
+            match suffix.split('-').next().unwrap_or("").parse::<u32>() {
                 Ok(pid) => pid != std::process::id() && !process_alive(pid),
                 Err(_) => false,
             }
@@ -76,14 +77,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         // pid_max is at most 2^22 on Linux, so this writer cannot be alive.
         let dead = ".last.safetensors.tmp-4999999";
+        let dead_counted = ".best.safetensors.tmp-4999998-3";
         let mine = format!(".metrics.jsonl.tmp-{}", std::process::id());
-        for name in [dead, mine.as_str(), ".best.safetensors.repair", "last.safetensors", ".hidden"] {
+        for name in [dead, dead_counted, mine.as_str(), ".best.safetensors.repair", "last.safetensors", ".hidden"] {
             std::fs::write(dir.join(name), b"x").unwrap();
         }
         write_atomic(&dir.join("config.toml"), b"a = 1").unwrap();
         let mut removed = remove_stale_temps(&dir).unwrap();
         removed.sort();
-        assert_eq!(removed, vec![".best.safetensors.repair".to_string(), dead.to_string()]);
+        assert_eq!(removed, vec![".best.safetensors.repair".to_string(), dead_counted.to_string(), dead.to_string()]);
         let mut left: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
         assert_eq!(left, vec![".hidden".to_string(), mine, "config.toml".to_string(), "last.safetensors".to_string()]);

@@ -261,4 +261,31 @@ mod tests {
         assert!(err.contains("model.h5") && err.contains("HDF5"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    fn fixture(rel: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    #[test]
+    fn a_small_keras2_file_loads() {
+        // Written by fuzz/make-seeds (hdf5-pure), the hdf5 fuzz target's seed.
+        let dict = load_keras_h5(&fixture("../../fuzz/seeds/hdf5/keras.h5")).unwrap();
+        let kernel = &dict.tensors["dense/kernel"];
+        assert_eq!(kernel.shape, vec![2, 3]);
+        assert_eq!(kernel.data, vec![0.5, -1.0, 2.0, 0.25, 1.5, -0.75]);
+        assert_eq!(dict.tensors["bn/moving_mean"].dtype, DType::F64);
+        assert_eq!(dict.tensors["bn/gamma"].data, vec![1.0, 1.0]);
+    }
+
+    #[test]
+    fn an_extent_larger_than_the_file_is_refused_before_allocating() {
+        // The same file claiming [2^40, 3] floats (tests/fixtures/make_hostile_h5.py). Allocating
+        // first would abort the test process.
+        let path = fixture("tests/fixtures/keras-huge-extent.h5");
+        let err = load_keras_h5(&path).unwrap_err().to_string();
+        assert!(err.contains("keras-huge-extent.h5") && err.contains("kernel:0") && err.contains("impossible for a file of this size"), "{err}");
+        let bytes = std::fs::read(&path).unwrap();
+        let err = keras_h5_from_bytes(&path, &bytes).unwrap_err().to_string();
+        assert!(err.contains("impossible for a file of this size"), "{err}");
+    }
 }
