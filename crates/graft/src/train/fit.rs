@@ -487,14 +487,29 @@ fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
 /// run directory agree with the state stored in `last`.
 fn repair_after_kill(run: &Path, state: &TrainState) -> Result<()> {
     // metrics.jsonl: keep completed epochs only, and add the last one if its line is missing.
-    let mut lines: Vec<EpochMetrics> = read_metrics(run)?.into_iter().filter(|m| m.epoch <= state.epoch).collect();
-    if let Some(last) = &state.last_metrics {
-        if !lines.iter().any(|m| m.epoch == last.epoch) {
-            lines.push(last.clone());
+    // Kept lines are copied verbatim: a parse/print round trip may change a float's last digit.
+    let path = run.join("metrics.jsonl");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(GraftError::io(&path, e)),
+    };
+    let mut text = String::new();
+    let mut epochs = Vec::new();
+    for line in old.lines() {
+        let Ok(m) = serde_json::from_str::<EpochMetrics>(line) else { continue }; // torn by a kill
+        if m.epoch <= state.epoch {
+            text.push_str(line);
+            text.push('\n');
+            epochs.push(m.epoch);
         }
     }
-    let text: String = lines.iter().map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n").collect();
-    write_atomic(&run.join("metrics.jsonl"), text.as_bytes())?;
+    if let Some(last) = &state.last_metrics {
+        if !epochs.contains(&last.epoch) {
+            text.push_str(&(serde_json::to_string(last).expect("metrics serialize") + "\n"));
+        }
+    }
+    write_atomic(&path, text.as_bytes())?;
     // best.safetensors: when the last epoch was the best, `last` holds those weights.
     let best = run.join("best.safetensors");
     let best_epoch = graft_weights::load(&best).ok().and_then(|d| d.metadata.get("graft.epoch").and_then(|e| e.parse::<usize>().ok()));
