@@ -19,8 +19,8 @@ WORK=${1:-target/kill-resume}
 SEED=${SEED:-9}
 KILLS=${KILLS:-20}
 EPOCHS=${EPOCHS:-5}
-GRAFT=$PWD/target/release/graft
-cargo build --release -q -p graft-cli
+GRAFT=${GRAFT:-$PWD/target/release/graft}
+[ -n "${NO_BUILD:-}" ] || cargo build --release -q -p graft-cli
 rm -rf "$WORK"
 mkdir -p "$WORK/home"
 WORK=$(cd "$WORK" && pwd)
