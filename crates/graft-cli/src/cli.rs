@@ -12,6 +12,11 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// Refuse images with more pixels than this (width × height), read from the header before
+    /// decoding [default: $GRAFT_MAX_IMAGE_PIXELS, else 50000000].
+    #[arg(long, global = true, value_name = "N")]
+    pub max_image_pixels: Option<u64>,
+
     #[command(subcommand)]
     pub command: Command,
 }

@@ -16,10 +16,28 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `--max-image-pixels`, else `$GRAFT_MAX_IMAGE_PIXELS`, else the library's default.
+fn image_limits(flag: Option<u64>) -> anyhow::Result<()> {
+    let max_pixels = match (flag, std::env::var("GRAFT_MAX_IMAGE_PIXELS")) {
+        (Some(n), _) => n,
+        (None, Ok(v)) => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("GRAFT_MAX_IMAGE_PIXELS=`{v}` is not a number of pixels"))?,
+        (None, Err(_)) => return Ok(()),
+    };
+    if max_pixels == 0 {
+        anyhow::bail!("--max-image-pixels must be at least 1");
+    }
+    graft::data::image::set_limits(graft::data::image::ImageLimits { max_pixels });
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let out = output::Output::new(cli.json);
-    match commands::run(cli.command, &out) {
+    let result = image_limits(cli.max_image_pixels).and_then(|()| commands::run(cli.command, &out));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the whole cause chain, outermost first.

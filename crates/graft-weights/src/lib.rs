@@ -84,6 +84,18 @@ pub fn load(path: &Path) -> Result<StateDict, WeightsError> {
     }
 }
 
+/// Like [`load`], for a file already in memory; `name` only labels errors.
+pub fn load_bytes(name: &Path, bytes: &[u8]) -> Result<StateDict, WeightsError> {
+    match format_of(&bytes[..bytes.len().min(16)]) {
+        Some(Format::PytorchLegacy) => legacy::parse(name, bytes),
+        Some(Format::PytorchZip) => zip::parse(name, bytes),
+        Some(Format::Safetensors) => safetensors::parse(name, bytes),
+        None => Err(WeightsError::NotAWeightsFile {
+            path: name.to_path_buf(),
+        }),
+    }
+}
+
 /// Load a PyTorch checkpoint, legacy or zip. The top-level object may be the
 /// state dict or a dict holding it under `state_dict`, `model_state_dict` or
 /// `model`; non-tensor entries are ignored.

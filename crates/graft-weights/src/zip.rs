@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
 use ::zip::result::ZipError;
@@ -25,7 +25,6 @@ const MAX_PICKLE_BYTES: u64 = 1 << 30;
 /// ratio is a lie (or a bomb), refused before inflating anything.
 const MAX_DEFLATE_RATIO: u64 = 1032;
 
-type Archive = ZipArchive<BufReader<File>>;
 
 fn zip_error(path: &Path, e: ZipError) -> WeightsError {
     match e {
@@ -43,7 +42,16 @@ pub(crate) fn load(path: &Path) -> Result<StateDict, WeightsError> {
         .metadata()
         .map_err(|e| WeightsError::io(path, e))?
         .len();
-    let mut archive = ZipArchive::new(BufReader::new(file)).map_err(|e| zip_error(path, e))?;
+    read(path, BufReader::new(file), file_len)
+}
+
+/// An archive already in memory; `path` only names it in errors.
+pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<StateDict, WeightsError> {
+    read(path, Cursor::new(bytes), bytes.len() as u64)
+}
+
+fn read<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<StateDict, WeightsError> {
+    let mut archive = ZipArchive::new(reader).map_err(|e| zip_error(path, e))?;
 
     // torch's reader uses the directory of the archive's records; we take the
     // first `<dir>/data.pkl`, which is the same thing for any file torch wrote.
@@ -186,9 +194,9 @@ struct EntryInfo {
     size: u64,
 }
 
-fn storage_entry(
+fn storage_entry<R: Read + Seek>(
     path: &Path,
-    archive: &mut Archive,
+    archive: &mut ZipArchive<R>,
     prefix: &str,
     key: &str,
     file_len: u64,
@@ -260,9 +268,9 @@ enum Limit {
 /// Read (part of) an entry. Memory grows with the bytes actually produced,
 /// never with a declared size, except for stored entries whose size
 /// `check_entry` has tied to the real file length.
-fn read_entry(
+fn read_entry<R: Read + Seek>(
     path: &Path,
-    archive: &mut Archive,
+    archive: &mut ZipArchive<R>,
     name: &str,
     file_len: u64,
     limit: Limit,

@@ -31,17 +31,19 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     // Unreadable files are skipped and reported, never fatal unless nothing is left.
     let mut inputs = Vec::new();
     let mut skipped = Vec::new();
+    let mut first_error = None;
     for path in &args.images {
         match image::load(path, &preprocess) {
             Ok(x) => inputs.push((path, x)),
             Err(e) => {
+                first_error.get_or_insert_with(|| e.to_string());
                 reporter.message(&format!("skipping {e}"));
                 skipped.push(json!({"file": path, "reason": e.to_string()}));
             }
         }
     }
     if inputs.is_empty() {
-        anyhow::bail!("none of the {} images could be read", args.images.len());
+        anyhow::bail!("none of the {} images could be read ({})", args.images.len(), first_error.unwrap_or_default());
     }
 
     let mut predictions = Vec::new();
@@ -99,7 +101,8 @@ fn predict_run(run: &std::path::Path, args: &PredictArgs, out: &Output) -> anyho
         predictions.push(json!({"file": path, "top": top}));
     }
     if predictions.is_empty() {
-        anyhow::bail!("none of the {} images could be read", args.images.len());
+        let first = skipped.first().map(|s| format!("{}: {}", s.path.display(), s.reason)).unwrap_or_default();
+        anyhow::bail!("none of the {} images could be read ({first})", args.images.len());
     }
     let skipped: Vec<Value> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
     let value = json!({"run": run, "predictions": predictions, "skipped": skipped});

@@ -2,6 +2,7 @@ mod adapt;
 mod bad_weights;
 mod cache;
 mod fit;
+mod hostile;
 mod inspect;
 mod parity;
 mod predict;

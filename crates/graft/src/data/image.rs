@@ -83,31 +83,81 @@ impl Preprocess {
     }
 }
 
-/// Largest width or height graft decodes; larger headers are refused before decoding.
-pub const MAX_SIDE: u32 = 16_384;
-/// Largest decoded allocation.
-pub const MAX_ALLOC: u64 = 512 << 20;
+/// What graft agrees to decode. Checked against the image's header, before any pixel buffer
+/// exists, so a small file claiming enormous dimensions (a decompression bomb) costs nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// Largest width × height.
+    pub max_pixels: u64,
+}
+
+impl ImageLimits {
+    /// 50 megapixels: any camera photo, far below what fits in memory.
+    pub const DEFAULT_MAX_PIXELS: u64 = 50_000_000;
+
+    /// Largest buffer a decoder may allocate: the full image at 16 bits × 4 channels, plus
+    /// slack for decoder state.
+    pub fn max_alloc(&self) -> u64 {
+        self.max_pixels.saturating_mul(8).saturating_add(64 << 20)
+    }
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self { max_pixels: Self::DEFAULT_MAX_PIXELS }
+    }
+}
+
+static LIMITS: std::sync::RwLock<ImageLimits> = std::sync::RwLock::new(ImageLimits { max_pixels: ImageLimits::DEFAULT_MAX_PIXELS });
+
+/// The limits [`decode`] applies, for the whole process (the CLI sets them from
+/// `--max-image-pixels` / `GRAFT_MAX_IMAGE_PIXELS`).
+pub fn set_limits(limits: ImageLimits) {
+    *LIMITS.write().unwrap_or_else(|e| e.into_inner()) = limits;
+}
+
+/// The process-wide limits (see [`set_limits`]).
+pub fn limits() -> ImageLimits {
+    *LIMITS.read().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Decodes any supported image file (png, jpeg, bmp, gif, webp, tiff) to RGB, whatever its
-/// channels: grey is replicated, alpha dropped, 16-bit scaled down.
+/// channels: grey is replicated, alpha dropped, 16-bit scaled down. Refuses images over the
+/// process-wide [`limits`] before decoding them.
 pub fn decode(path: &Path) -> Result<RgbImage> {
+    let reader = image::ImageReader::open(path).map_err(|e| GraftError::io(path, e))?;
+    decode_from(path, reader, &limits())
+}
+
+/// [`decode`] for a file already in memory, with explicit limits; `path` only names it in errors.
+pub fn decode_bytes(path: &Path, bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
+    decode_from(path, image::ImageReader::new(std::io::Cursor::new(bytes)), limits)
+}
+
+fn decode_from<R: std::io::BufRead + std::io::Seek>(path: &Path, reader: image::ImageReader<R>, limits: &ImageLimits) -> Result<RgbImage> {
+    use image::ImageDecoder;
     let bad = |reason: String| GraftError::Image { path: path.to_path_buf(), reason };
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| GraftError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| GraftError::io(path, e))?;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_ALLOC);
-    reader.limits(limits);
+    let mut reader = reader.with_guessed_format().map_err(|e| GraftError::io(path, e))?;
     if reader.format().is_none() {
         return Err(bad("not a recognised image format".into()));
     }
-    let image = reader.decode().map_err(|e| bad(e.to_string()))?;
-    if image.width() == 0 || image.height() == 0 {
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(limits.max_alloc());
+    reader.limits(decoder_limits);
+    // Reads the header only.
+    let decoder = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
+    let (width, height) = decoder.dimensions();
+    let pixels = width as u64 * height as u64;
+    if pixels > limits.max_pixels {
+        return Err(bad(format!(
+            "{width}×{height} is {pixels} pixels, over the limit of {} (raise it with --max-image-pixels or GRAFT_MAX_IMAGE_PIXELS)",
+            limits.max_pixels
+        )));
+    }
+    if pixels == 0 {
         return Err(bad("image has no pixels".into()));
     }
+    let image = image::DynamicImage::from_decoder(decoder).map_err(|e| bad(e.to_string()))?;
     Ok(image.to_rgb8())
 }
 

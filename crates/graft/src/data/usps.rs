@@ -47,6 +47,14 @@ pub fn read_usps(path: &Path, split: &str) -> Result<Usps> {
         return Err(GraftError::spec("split", split, "USPS has the splits train and test"));
     }
     let bytes = std::fs::read(path).map_err(|e| GraftError::io(path, e))?;
+    usps_from_bytes(path, bytes, split)
+}
+
+/// [`read_usps`] for a file already in memory; `path` only names it in errors.
+pub fn usps_from_bytes(path: &Path, bytes: Vec<u8>, split: &str) -> Result<Usps> {
+    if split != "train" && split != "test" {
+        return Err(GraftError::spec("split", split, "USPS has the splits train and test"));
+    }
     // The HDF5 parser is third-party code reading untrusted bytes: a panic there is a bad file,
     // not a crash.
     let parsed = std::panic::catch_unwind(|| read_split(bytes, split));
@@ -80,11 +88,25 @@ const MAX_READ_BYTES: usize = 256 << 20;
 
 fn read_split(bytes: Vec<u8>, split: &str) -> std::result::Result<Split, String> {
     use hdf5_reader::{Datatype, Hdf5File, OpenOptions};
+    // Extents come from the file: check them before allocating. Deflate expands at most
+    // ~1032:1, so no dataset can honestly decode to more than that over the whole file.
+    let max_bytes = (bytes.len() as u64).saturating_mul(1032).saturating_add(1 << 20).min(MAX_READ_BYTES as u64);
+    let budget = |name: &str, ds: &hdf5_reader::Dataset| -> std::result::Result<usize, String> {
+        let n = ds.num_elements().map_err(|e| format!("{name}: {e}"))?;
+        let size = match ds.dtype() {
+            Datatype::FloatingPoint { size, .. } | Datatype::FixedPoint { size, .. } => *size as u64,
+            _ => 1,
+        };
+        if n.saturating_mul(size) > max_bytes {
+            return Err(format!("{name}: {n} elements is impossible for a file of this size"));
+        }
+        usize::try_from(n).map_err(|_| format!("{name}: {n} elements"))
+    };
     let file = Hdf5File::from_vec_with_options(bytes, OpenOptions::default().with_max_read_bytes(MAX_READ_BYTES)).map_err(|e| e.to_string())?;
     let name = format!("{split}/data");
     let data = file.dataset(&name).map_err(|e| format!("{name}: {e}"))?;
     let shape: Vec<u64> = data.shape().to_vec();
-    let n = data.num_elements().map_err(|e| format!("{name}: {e}"))? as usize;
+    let n = budget(&name, &data)?;
     let pixels = match data.dtype() {
         Datatype::FloatingPoint { size: 4, .. } => {
             let mut v = vec![0f32; n];
@@ -100,7 +122,7 @@ fn read_split(bytes: Vec<u8>, split: &str) -> std::result::Result<Split, String>
     };
     let name = format!("{split}/target");
     let target = file.dataset(&name).map_err(|e| format!("{name}: {e}"))?;
-    let n = target.num_elements().map_err(|e| format!("{name}: {e}"))? as usize;
+    let n = budget(&name, &target)?;
     let err = |e: hdf5_reader::error::Error| format!("{name}: {e}");
     let labels: Vec<i64> = match target.dtype() {
         Datatype::FixedPoint { size: 1, signed: false, .. } => read_as::<u8>(&target, n).map_err(err)?.into_iter().map(i64::from).collect(),

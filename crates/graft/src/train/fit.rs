@@ -174,8 +174,10 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         weights_sha256,
         frozen_trunk: if config.stages.is_empty() { config.freeze == FreezeSpec::All } else { config.stages.iter().all(|s| s.train == "head") },
     };
-    info.save(run)?;
+    // config.toml first: a run counts as started once model.json exists, and `--resume`
+    // needs both (a kill between the two then leaves a directory a fresh `fit` may reuse).
     write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
+    info.save(run)?;
 
     let mut rows: Vec<LayerRow> = spec.layer_rows().into_iter().filter(|r| !r.is_head).collect();
     // `--stages topK` counts the numbered blocks of the layer table, as `--freeze N` does.
@@ -480,21 +482,40 @@ fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
     if resume && !run.join("model.json").exists() {
         return Err(GraftError::spec("--resume", &run.display().to_string(), "is not a graft run directory (no model.json)"));
     }
-    std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))
+    std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
+    // A kill during a write leaves its temporary file behind; the rename never happened, so
+    // the file it was replacing is intact and the temporary is garbage.
+    crate::fsutil::remove_stale_temps(run)?;
+    Ok(())
 }
 
 /// After a kill between writing `last.safetensors` and the metrics line (or `best`), make the
 /// run directory agree with the state stored in `last`.
 fn repair_after_kill(run: &Path, state: &TrainState) -> Result<()> {
     // metrics.jsonl: keep completed epochs only, and add the last one if its line is missing.
-    let mut lines: Vec<EpochMetrics> = read_metrics(run)?.into_iter().filter(|m| m.epoch <= state.epoch).collect();
-    if let Some(last) = &state.last_metrics {
-        if !lines.iter().any(|m| m.epoch == last.epoch) {
-            lines.push(last.clone());
+    // Kept lines are copied verbatim: a parse/print round trip may change a float's last digit.
+    let path = run.join("metrics.jsonl");
+    let old = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(GraftError::io(&path, e)),
+    };
+    let mut text = String::new();
+    let mut epochs = Vec::new();
+    for line in old.lines() {
+        let Ok(m) = serde_json::from_str::<EpochMetrics>(line) else { continue }; // torn by a kill
+        if m.epoch <= state.epoch {
+            text.push_str(line);
+            text.push('\n');
+            epochs.push(m.epoch);
         }
     }
-    let text: String = lines.iter().map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n").collect();
-    write_atomic(&run.join("metrics.jsonl"), text.as_bytes())?;
+    if let Some(last) = &state.last_metrics {
+        if !epochs.contains(&last.epoch) {
+            text.push_str(&(serde_json::to_string(last).expect("metrics serialize") + "\n"));
+        }
+    }
+    write_atomic(&path, text.as_bytes())?;
     // best.safetensors: when the last epoch was the best, `last` holds those weights.
     let best = run.join("best.safetensors");
     let best_epoch = graft_weights::load(&best).ok().and_then(|d| d.metadata.get("graft.epoch").and_then(|e| e.parse::<usize>().ok()));

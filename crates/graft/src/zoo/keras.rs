@@ -23,22 +23,38 @@ use crate::{GraftError, Result};
 
 /// Deeper nesting than this is not a Keras file (and guards against link cycles).
 const MAX_DEPTH: usize = 16;
-/// No single Keras weight comes near this; a larger extent means a corrupt header.
-const MAX_READ_BYTES: usize = 1 << 32;
+/// No single Keras weight comes near this (VGG16's largest kernel is 411 MB); a larger extent
+/// means a corrupt or hostile header.
+const MAX_READ_BYTES: usize = 1 << 30;
+/// Deflate, the only compression Keras could use, expands at most ~1032:1; a dataset
+/// claiming more than that over the whole file is a lie, refused before allocating.
+const MAX_EXPANSION: u64 = 1032;
 
 /// Reads every layer weight of a Keras `.h5` file as `<layer>/<weight>` (see the module docs).
 /// Optimizer state is left out; non-float datasets (counters, seeds) are skipped.
 pub fn load_keras_h5(path: &Path) -> Result<StateDict> {
-    let bad = |reason: String| GraftError::Data { path: path.to_path_buf(), reason };
     let file = Hdf5File::open_with_options(path, OpenOptions::default().with_max_read_bytes(MAX_READ_BYTES))
-        .map_err(|e| bad(format!("not a readable HDF5 file: {e}")))?;
+        .map_err(|e| GraftError::Data { path: path.to_path_buf(), reason: format!("not a readable HDF5 file: {e}") })?;
+    from_hdf5(path, &file)
+}
+
+/// [`load_keras_h5`] for a file already in memory; `path` only names it in errors.
+pub fn keras_h5_from_bytes(path: &Path, bytes: &[u8]) -> Result<StateDict> {
+    let file = Hdf5File::from_bytes_with_options(bytes, OpenOptions::default().with_max_read_bytes(MAX_READ_BYTES))
+        .map_err(|e| GraftError::Data { path: path.to_path_buf(), reason: format!("not a readable HDF5 file: {e}") })?;
+    from_hdf5(path, &file)
+}
+
+fn from_hdf5(path: &Path, file: &Hdf5File) -> Result<StateDict> {
+    let bad = |reason: String| GraftError::Data { path: path.to_path_buf(), reason };
     let root = file.root_group().map_err(|e| bad(format!("cannot read the root group: {e}")))?;
     // `model.save('m.h5')` nests the weights under `model_weights`; Keras 2's
     // `model.save_weights('w.h5')` puts the layer groups at the root.
     let base = root.group("model_weights").unwrap_or(root);
     let mut dict = StateDict::default();
     let mut trail = Vec::new();
-    walk(&base, &mut trail, &mut dict, path)?;
+    let max_bytes = file.storage().len().saturating_mul(MAX_EXPANSION).saturating_add(1 << 20).min(MAX_READ_BYTES as u64);
+    walk(&base, &mut trail, &mut dict, path, max_bytes)?;
     if dict.tensors.is_empty() {
         return Err(bad("holds no Keras layer weights (expected model_weights/<layer>/<layer>/<weight>)".into()));
     }
@@ -49,7 +65,7 @@ pub fn load_keras_h5(path: &Path) -> Result<StateDict> {
     Ok(dict)
 }
 
-fn walk(group: &Group, trail: &mut Vec<String>, dict: &mut StateDict, path: &Path) -> Result<()> {
+fn walk(group: &Group, trail: &mut Vec<String>, dict: &mut StateDict, path: &Path, max_bytes: u64) -> Result<()> {
     let bad = |reason: String| GraftError::Data { path: path.to_path_buf(), reason };
     let here = |trail: &[String]| format!("/{}", trail.join("/"));
     if trail.len() > MAX_DEPTH {
@@ -73,6 +89,11 @@ fn walk(group: &Group, trail: &mut Vec<String>, dict: &mut StateDict, path: &Pat
         }
         let shape: Vec<usize> = dataset.shape().iter().map(|&d| d as usize).collect();
         let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(format!("{location}: shape {shape:?} overflows")))?;
+        // Before allocating: the header's extent must be possible for this file.
+        let bytes = (numel as u64).saturating_mul(float_size as u64);
+        if bytes > max_bytes {
+            return Err(bad(format!("{location}: shape {shape:?} needs {bytes} bytes, impossible for a file of this size")));
+        }
         let read_err = |e: hdf5_reader::error::Error| bad(format!("cannot read {location}: {e}"));
         let (data, dtype) = match float_size {
             4 => {
@@ -98,7 +119,7 @@ fn walk(group: &Group, trail: &mut Vec<String>, dict: &mut StateDict, path: &Pat
             continue;
         }
         trail.push(sub.name().to_string());
-        walk(&sub, trail, dict, path)?;
+        walk(&sub, trail, dict, path, max_bytes)?;
         trail.pop();
     }
     Ok(())
@@ -239,5 +260,32 @@ mod tests {
         let err = load_keras_h5(&file).unwrap_err().to_string();
         assert!(err.contains("model.h5") && err.contains("HDF5"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn fixture(rel: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    #[test]
+    fn a_small_keras2_file_loads() {
+        // Written by fuzz/make-seeds (hdf5-pure), the hdf5 fuzz target's seed.
+        let dict = load_keras_h5(&fixture("../../fuzz/seeds/hdf5/keras.h5")).unwrap();
+        let kernel = &dict.tensors["dense/kernel"];
+        assert_eq!(kernel.shape, vec![2, 3]);
+        assert_eq!(kernel.data, vec![0.5, -1.0, 2.0, 0.25, 1.5, -0.75]);
+        assert_eq!(dict.tensors["bn/moving_mean"].dtype, DType::F64);
+        assert_eq!(dict.tensors["bn/gamma"].data, vec![1.0, 1.0]);
+    }
+
+    #[test]
+    fn an_extent_larger_than_the_file_is_refused_before_allocating() {
+        // The same file claiming [2^40, 3] floats (tests/fixtures/make_hostile_h5.py). Allocating
+        // first would abort the test process.
+        let path = fixture("tests/fixtures/keras-huge-extent.h5");
+        let err = load_keras_h5(&path).unwrap_err().to_string();
+        assert!(err.contains("keras-huge-extent.h5") && err.contains("kernel:0") && err.contains("impossible for a file of this size"), "{err}");
+        let bytes = std::fs::read(&path).unwrap();
+        let err = keras_h5_from_bytes(&path, &bytes).unwrap_err().to_string();
+        assert!(err.contains("impossible for a file of this size"), "{err}");
     }
 }
