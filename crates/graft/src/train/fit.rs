@@ -306,7 +306,14 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
             let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
             let plateau_scale = plateau.as_ref().map(|p| p.scale).unwrap_or(1.0);
-            let prefix = if use_cache || cut == 0 { None } else { Some(model.valid()) };
+            // The frozen prefix, prepared for inference once per epoch (not per batch).
+            let prefix = if use_cache || cut == 0 {
+                None
+            } else {
+                let prefix = model.valid();
+                let frozen = prefix.trunk.for_inference();
+                Some((prefix, frozen))
+            };
             reporter.start(&format!("epoch {}/{}", epoch + 1, total_epochs), Some(order.len() as u64));
             let mut lr = config.lr;
             for batch in order.chunks(config.batch_size) {
@@ -320,12 +327,12 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
                             .collect();
                         rows_tensor(cache, &rows, &train_device)
                     }
-                    (None, Some(prefix)) => {
+                    (None, Some((prefix, frozen))) => {
                         let x = image_batch(&train, batch, &preprocess, config, epoch, device);
                         trunk_images += batch.len() as u64;
                         stats.misses += batch.len() as u64;
-                        let a = prefix.activations(x, cut);
-                        act_shape = map_shape(&prefix, cut, resolution);
+                        let a = prefix.activations(frozen, x, cut);
+                        act_shape = map_shape(prefix, cut, resolution);
                         Tensor::from_data(a.into_data(), &train_device)
                     }
                     (None, None) => {
@@ -640,6 +647,7 @@ fn activations(
             None => missing.push(row),
         }
     }
+    let frozen = prefix.trunk.for_inference();
     reporter.start(task, Some(missing.len() as u64));
     for (done, chunk) in missing.chunks(config.batch_size).enumerate() {
         let pixels: Vec<Vec<f32>> = chunk
@@ -656,7 +664,7 @@ fn activations(
             })
             .collect();
         let x = crate::data::image::batch(&pixels, preprocess.size, device);
-        let a: Vec<f32> = prefix.activations(x, cut).into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: PathBuf::new(), reason: format!("{e:?}") })?;
+        let a: Vec<f32> = prefix.activations(&frozen, x, cut).into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: PathBuf::new(), reason: format!("{e:?}") })?;
         let width = a.len() / chunk.len();
         for (k, &row) in chunk.iter().enumerate() {
             let features = a[k * width..(k + 1) * width].to_vec();

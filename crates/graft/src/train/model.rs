@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classic::ClassicKind;
 use crate::zoo::efficientnet::global_avg_pool;
+use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::{Trunk, TrunkConfig};
 use crate::zoo::layers::{LayerRow, ParamRow};
 use crate::{GraftError, Result};
@@ -198,9 +199,11 @@ impl Grafted {
 
     /// The frozen prefix's output, flattened per sample: stages `0..cut` on images, and the
     /// pooled head input when the cut is after the last stage. [N, 3, H, W] → [N, D_cut].
-    /// Inference only (BatchNorm folded, batch split across threads): the prefix is frozen.
-    pub fn activations(&self, images: Tensor<4>, cut: usize) -> Tensor<2> {
-        let x = self.trunk.infer_stages(images, 0..cut);
+    /// Inference only: `frozen` is this model's trunk prepared once with
+    /// [`Trunk::for_inference`](crate::zoo::trunk::Trunk::for_inference) (BatchNorm folded,
+    /// batch split across threads); the prefix is frozen.
+    pub fn activations(&self, frozen: &InferenceTrunk, images: Tensor<4>, cut: usize) -> Tensor<2> {
+        let x = frozen.forward_stages(images, 0..cut);
         if cut == self.trunk.num_stages() {
             self.pool_map(x)
         } else {
@@ -220,13 +223,6 @@ impl Grafted {
             self.pool_map(x)
         };
         self.head.forward(features)
-    }
-
-    /// Logits from images for inference (eval, predict): the trunk with BatchNorm folded and
-    /// the batch split across threads; no autodiff graph.
-    pub fn infer(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self.trunk.infer_stages(images, 0..self.trunk.num_stages());
-        self.head.forward(self.pool_map(x))
     }
 
     /// Logits from images.

@@ -19,6 +19,7 @@ use crate::data::folder::{decode_with, Sample, Skipped};
 use crate::data::image::{self, Preprocess};
 use crate::fsutil::write_atomic;
 use crate::report::Reporter;
+use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::ModelSpec;
 use crate::{GraftError, Result};
 
@@ -73,6 +74,8 @@ pub fn serving_checkpoint(run: &Path) -> Result<PathBuf> {
 pub struct RunModel {
     pub net: Grafted,
     pub classic: Option<Classic>,
+    /// `net.trunk` prepared once for inference (BatchNorm folded, batch split across threads).
+    frozen: InferenceTrunk,
 }
 
 impl RunModel {
@@ -86,16 +89,21 @@ impl RunModel {
         p.chunks((p.len() / n.max(1)).max(1)).map(|r| r.to_vec()).collect()
     }
 
+    /// The head's input for a batch of images: [N, 3, H, W] → [N, D].
+    fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        self.net.pool_map(self.frozen.forward_stages(images, 0..self.net.trunk.num_stages()))
+    }
+
     /// Class probabilities for a batch of images [N, 3, H, W].
     pub fn probabilities(&self, images: Tensor<4>) -> Vec<Vec<f32>> {
         let (values, classes) = match &self.classic {
             Some(head) => {
-                let features = self.net.pool_map(self.net.trunk.infer_stages(images, 0..self.net.trunk.num_stages()));
+                let features = self.features(images);
                 let rows: Vec<f32> = features.into_data().try_to_vec::<f32>().unwrap_or_default();
                 return head.predict_proba(&rows);
             }
             None => {
-                let p: Vec<f32> = softmax(self.net.infer(images), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+                let p: Vec<f32> = softmax(self.net.head.forward(self.features(images)), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
                 let classes = self.net.head.layers.last().map(|l| l.weight.lazy_shape().dims::<2>()[1]).unwrap_or(1);
                 (p, classes)
             }
@@ -112,7 +120,8 @@ pub fn load_run(run: &Path, device: &Device) -> Result<(RunInfo, RunModel)> {
         HeadSpec::Classic(_) => Some(Classic::load(&run.join("classic.safetensors"))?),
         _ => None,
     };
-    Ok((info, RunModel { net, classic }))
+    let frozen = net.trunk.for_inference();
+    Ok((info, RunModel { net, classic, frozen }))
 }
 
 /// Class probabilities for image files, in batches; unreadable files are skipped and listed.
@@ -169,8 +178,7 @@ fn predict_via_store(
         let good: Vec<Vec<f32>> = pixels.iter().flatten().cloned().collect();
         let mut computed = Vec::new();
         if !good.is_empty() {
-            let net = &model.net;
-            let features = net.pool_map(net.trunk.infer_stages(image::batch(&good, preprocess.size, device), 0..net.trunk.num_stages()));
+            let features = model.features(image::batch(&good, preprocess.size, device));
             let rows: Vec<f32> = features.into_data().try_to_vec::<f32>().unwrap_or_default();
             let width = rows.len() / good.len();
             computed = rows.chunks(width).map(|r| r.to_vec()).collect();

@@ -345,12 +345,6 @@ impl EfficientNetLite {
         }
     }
 
-    /// [`forward_stages`](Self::forward_stages) for frozen layers: BatchNorm folded and the
-    /// batch split across threads. Same result within float rounding.
-    pub fn infer_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
-        self.folded().forward_stages(x, range)
-    }
-
     /// ImageNet logits: [N, 3, H, W] → [N, num_classes]. Without the classifier (cut off for a
     /// new head) this returns the pooled features.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
@@ -497,7 +491,7 @@ mod tests {
 
         // A middle cut, as the frozen-prefix cache uses it.
         let mid = net.forward_stages(x.clone(), 0..6);
-        let mid_folded = net.infer_stages(x, 0..6);
+        let mid_folded = net.folded().forward_stages(x, 0..6);
         assert_eq!(mid.dims(), mid_folded.dims());
         let diff: f32 = (mid - mid_folded).abs().max().into_scalar();
         assert!(diff <= 1e-4, "folded stages 0..6 differ by {diff}");

@@ -207,26 +207,25 @@ impl Trunk {
     /// An inference-only view for frozen use (extract, predict, a frozen prefix): Lite gets its
     /// BatchNorm folded into the convolutions (see [`fold`](super::fold)); every architecture
     /// gets its batch split across threads. BatchNorm must be in inference mode.
-    pub fn for_inference(&self) -> InferenceTrunk<'_> {
+    /// Build it once per model, not per batch: folding touches every weight.
+    pub fn for_inference(&self) -> InferenceTrunk {
         match self {
             Trunk::Lite(n) => InferenceTrunk::Folded(n.folded()),
-            other => InferenceTrunk::Layered(other),
+            // A clone shares the weight tensors (reference-counted), it copies no data.
+            other => InferenceTrunk::Layered(other.clone()),
         }
     }
 
-    /// [`forward_stages`](Self::forward_stages) through [`for_inference`](Self::for_inference).
-    pub fn infer_stages(&self, x: Tensor<4>, range: Range<usize>) -> Tensor<4> {
-        self.for_inference().forward_stages(x, range)
-    }
 }
 
 /// A trunk prepared for inference; see [`Trunk::for_inference`].
-pub enum InferenceTrunk<'a> {
+#[derive(Debug, Clone)]
+pub enum InferenceTrunk {
     Folded(FoldedLite),
-    Layered(&'a Trunk),
+    Layered(Trunk),
 }
 
-impl InferenceTrunk<'_> {
+impl InferenceTrunk {
     /// Stages `range`, the batch split across threads.
     pub fn forward_stages(&self, x: Tensor<4>, range: Range<usize>) -> Tensor<4> {
         match self {
