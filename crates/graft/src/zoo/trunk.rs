@@ -210,9 +210,9 @@ impl Trunk {
     /// Build it once per model, not per batch: folding touches every weight.
     pub fn for_inference(&self) -> InferenceTrunk {
         match self {
-            Trunk::Lite(n) => InferenceTrunk::Folded(n.folded()),
+            Trunk::Lite(n) => InferenceTrunk::Folded(Box::new(n.folded())),
             // A clone shares the weight tensors (reference-counted), it copies no data.
-            other => InferenceTrunk::Layered(other.clone()),
+            other => InferenceTrunk::Layered(Box::new(other.clone())),
         }
     }
 
@@ -221,8 +221,8 @@ impl Trunk {
 /// A trunk prepared for inference; see [`Trunk::for_inference`].
 #[derive(Debug, Clone)]
 pub enum InferenceTrunk {
-    Folded(FoldedLite),
-    Layered(Trunk),
+    Folded(Box<FoldedLite>),
+    Layered(Box<Trunk>),
 }
 
 impl InferenceTrunk {
