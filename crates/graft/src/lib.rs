@@ -10,6 +10,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod kernels;
 pub mod npy;
 pub mod report;
 pub mod text;

@@ -4,14 +4,12 @@
 use std::time::Instant;
 
 use burn::module::{Module, ParamGroup};
-use burn::nn::conv::Conv2d;
-use burn::nn::{BatchNorm, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
-use burn::tensor::activation::relu6;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use graft::device::{default_device, device_name};
 use graft::train::loss::cross_entropy;
-use graft::zoo::efficientnet::{global_avg_pool, MBConvBlock, HEAD_CHANNELS};
+use graft::zoo::efficientnet::{global_avg_pool, EfficientNetLite, HEAD_CHANNELS};
 use graft::zoo::trunk::TrunkConfig;
 use graft::zoo::ModelSpec;
 use serde_json::json;
@@ -111,22 +109,19 @@ fn median_seconds(warmup: usize, iters: usize, mut step: impl FnMut()) -> f64 {
 }
 
 /// The trained tail of a fine-tune: the last three MBConv blocks, the head convolution and its
-/// BatchNorm, and a new linear classifier.
+/// BatchNorm, and a new linear classifier. It runs through the network's own
+/// `forward_stages`, as `fit` does (channels-last on the CPU).
 #[derive(Module, Debug)]
 struct Tail {
-    blocks: Vec<MBConvBlock>,
-    conv_head: Conv2d,
-    bn_head: BatchNorm,
+    net: EfficientNetLite,
     fc: Linear,
+    first_stage: usize,
 }
 
 impl Tail {
     /// [N, C, h, w] (block 13's input) → [N, classes]
-    fn forward(&self, mut x: Tensor<4>) -> Tensor<2> {
-        for block in &self.blocks {
-            x = block.forward(x); // [N, C_i, h', w']
-        }
-        let x = relu6(self.bn_head.forward(self.conv_head.forward(x))); // [N, 1280, h', w']
+    fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let x = self.net.forward_stages(x, self.first_stage..self.net.num_stages()); // [N, 1280, h', w']
         self.fc.forward(global_avg_pool(x)) // [N, classes]
     }
 }
@@ -142,13 +137,9 @@ fn tail_train(spec: &ModelSpec, args: &BenchArgs, device: &Device) -> anyhow::Re
     let probe = config.init(device).forward_stages(Tensor::<4>::zeros([1, 3, size, size], device), 0..first + 1);
     let [_, c, h, w] = probe.dims();
     let train_device = device.clone().autodiff();
-    let net = config.init(&train_device);
-    let tail = Tail {
-        blocks: net._blocks[first..].to_vec(),
-        conv_head: net._conv_head,
-        bn_head: net._bn1,
-        fc: LinearConfig::new(HEAD_CHANNELS, CLASSES).init(&train_device),
-    };
+    let mut net = config.init(&train_device);
+    net._fc = None;
+    let tail = Tail { net, fc: LinearConfig::new(HEAD_CHANNELS, CLASSES).init(&train_device), first_stage: first + 1 };
     // graft's default when fine-tuning: BatchNorm keeps its running statistics (scale and
     // shift still train); the PyTorch twin runs its BatchNorm in eval mode likewise.
     let flags = ParamGroup::from_regex(r"\.training$").map_err(|e| anyhow::anyhow!("{e:?}"))?;

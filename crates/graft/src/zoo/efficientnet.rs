@@ -17,6 +17,7 @@ use burn::tensor::activation::relu6;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::channels_last::{global_avg_pool_channels_last, RowsLite};
 use super::fold::{fold_conv_bn, split_batch};
 use super::layers::{LayerRow, ParamRow};
 use super::load::WeightSource;
@@ -302,7 +303,12 @@ impl EfficientNetLite {
     }
 
     /// Runs stages `range` (see [`num_stages`](Self::num_stages)) on a feature map.
+    /// When training on the CPU with BatchNorm in inference mode the blocks run channels-last
+    /// (see [`channels_last`](super::channels_last)); the result is the same.
     pub fn forward_stages(&self, mut x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        if self.channels_last_applies(&range, &x.device()) {
+            return self.forward_stages_channels_last(x, range);
+        }
         let head = self.num_stages() - 1;
         for stage in range {
             x = match stage {
@@ -337,11 +343,13 @@ impl EfficientNetLite {
                 residual: b.residual,
             })
             .collect();
+        let device = self._conv_head.weight.device();
         FoldedLite {
             stem: fold_conv_bn(&self._conv_stem, &self._bn0),
             blocks,
             head: fold_conv_bn(&self._conv_head, &self._bn1),
             fc: self._fc.clone(),
+            rows: crate::kernels::supported(&device).then(|| self.rows()),
         }
     }
 
@@ -364,6 +372,10 @@ pub struct FoldedLite {
     blocks: Vec<FoldedBlock>,
     head: Conv2d,
     fc: Option<Linear>,
+    /// The blocks and head prepared channels-last, where graft's kernels run (the CPU): there
+    /// the whole batch goes through each layer at once, 1×1 convolutions as single matrix
+    /// products (see [`channels_last`](super::channels_last)).
+    rows: Option<RowsLite>,
 }
 
 #[derive(Debug, Clone)]
@@ -411,21 +423,34 @@ impl FoldedLite {
         x
     }
 
-    /// Stages `range` as in [`EfficientNetLite::forward_stages`], the batch split across threads.
+    /// Stages `range` as in [`EfficientNetLite::forward_stages`]: channels-last where graft's
+    /// kernels run, else the batch split across threads.
     pub fn forward_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
-        split_batch(x, |part| self.stages_sequential(part, range.clone()))
+        match &self.rows {
+            Some(rows) if range.end > 1 => self.channels_last(rows, x, range).permute([0, 3, 1, 2]),
+            _ => split_batch(x, |part| self.stages_sequential(part, range.clone())),
+        }
+    }
+
+    /// Stages `range` with the blocks and head channels-last: [N, C, H, W] → [N, H', W', C'].
+    fn channels_last(&self, rows: &RowsLite, mut x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        if range.start == 0 {
+            x = split_batch(x, |part| fast_relu6(self.stem.forward(part))); // [N, 32, H/2, W/2]
+        }
+        rows.forward_stages(x.permute([0, 2, 3, 1]), range.start.max(1)..range.end)
     }
 
     /// ImageNet logits (or pooled features without the classifier): [N, 3, H, W] → [N, K].
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let stages = self.blocks.len() + 2;
-        split_batch(images, |part| {
-            let features = global_avg_pool(self.stages_sequential(part, 0..stages)); // [n, 1280]
-            match &self.fc {
-                Some(fc) => fc.forward(features),
-                None => features,
-            }
-        })
+        let classify = |features: Tensor<2>| match &self.fc {
+            Some(fc) => fc.forward(features),
+            None => features,
+        };
+        match &self.rows {
+            Some(rows) => classify(global_avg_pool_channels_last(self.channels_last(rows, images, 0..stages))),
+            None => split_batch(images, |part| classify(global_avg_pool(self.stages_sequential(part, 0..stages)))),
+        }
     }
 }
 
@@ -449,13 +474,13 @@ pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use burn::module::{Param, RunningState};
     use burn::tensor::Distribution;
 
     /// Gives every BatchNorm non-trivial statistics and affine parameters, as trained ones have.
-    fn randomize_bn(bn: &mut BatchNorm, device: &Device) {
+    pub(crate) fn randomize_bn(bn: &mut BatchNorm, device: &Device) {
         let [c] = bn.gamma.val().dims();
         let uniform = |lo, hi| Tensor::<1>::random([c], Distribution::Uniform(lo, hi), device);
         bn.gamma = Param::from_tensor(uniform(0.5, 1.5));

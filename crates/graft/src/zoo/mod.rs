@@ -1,6 +1,7 @@
 //! The model zoo: architectures, the registry of pretrained weights, fetching and importing.
 
 pub mod bert;
+pub mod channels_last;
 pub mod efficientnet;
 pub mod fold;
 pub mod keras;

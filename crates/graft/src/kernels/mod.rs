@@ -1,0 +1,87 @@
+//! graft's own tensor operations, added to burn through its backend-extension mechanism:
+//! a channels-last depthwise convolution and a fused bias + ReLU6, each with a handwritten
+//! backward pass.
+//!
+//! Why: fine-tuning the tail of a MobileNet-style network on burn-flex spent most of a step in
+//! layout shuffles around the 1×1 convolutions, in the depthwise convolution's backward
+//! (a transposed convolution), and in ReLU6's backward (two masks). Kept channels-last
+//! (`[N·H·W, C]` rows), a 1×1 convolution is one large matrix product, and these two kernels
+//! cover the rest. See [`crate::zoo::efficientnet`]'s channels-last training path.
+//!
+//! The kernels exist for the flex (CPU) backend and its autodiff wrapper only;
+//! [`supported`] says whether a device can use them, and callers fall back to burn's own
+//! operations elsewhere (CUDA).
+
+mod autodiff;
+mod cpu;
+
+use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
+use burn::tensor::{Device, Tensor};
+
+/// The shape of a depthwise convolution on `[N, H, W, C]` maps, with TensorFlow's SAME
+/// padding (`pad_top`/`pad_left` before; the rest after).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DepthwiseGeometry {
+    pub batch: usize,
+    pub channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+}
+
+impl DepthwiseGeometry {
+    /// SAME padding as TensorFlow computes it: output `⌈in/stride⌉`, total padding
+    /// `max((out−1)·stride + k − in, 0)`, the smaller half before.
+    pub fn same(batch: usize, [in_h, in_w]: [usize; 2], channels: usize, kernel: usize, stride: usize) -> Self {
+        let (out_h, out_w) = (in_h.div_ceil(stride), in_w.div_ceil(stride));
+        let pad = |out: usize, input: usize| ((out - 1) * stride + kernel).saturating_sub(input) / 2;
+        Self { batch, channels, in_h, in_w, kernel, stride, out_h, out_w, pad_top: pad(out_h, in_h), pad_left: pad(out_w, in_w) }
+    }
+}
+
+/// The operations graft adds to burn's backends.
+#[backend_extension(Flex, Autodiff)]
+pub trait GraftOps: Backend {
+    /// Depthwise convolution, channels-last: x `[N, H, W, C]`, weight `[k, k, C]` →
+    /// `[N, H_out, W_out, C]`.
+    fn depthwise_nhwc(x: FloatTensor<Self>, weight: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
+    /// Gradient of [`depthwise_nhwc`](Self::depthwise_nhwc) with respect to its input.
+    fn depthwise_nhwc_input_grad(grad: FloatTensor<Self>, weight: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
+    /// Gradient of [`depthwise_nhwc`](Self::depthwise_nhwc) with respect to its weight.
+    fn depthwise_nhwc_weight_grad(x: FloatTensor<Self>, grad: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
+    /// `min(max(x + bias, 0), 6)` on rows: x `[R, C]`, bias `[C]`.
+    fn bias_relu6(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// The gradient through ReLU6 given its output: `grad` where `0 < output < 6`, else 0.
+    fn relu6_backward(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+/// Whether tensors on `device` can use graft's kernels (the flex CPU backend, with or
+/// without autodiff).
+pub fn supported(device: &Device) -> bool {
+    device.clone().without_autodiff() == Device::flex()
+}
+
+/// Depthwise convolution on channels-last maps: x `[N, H, W, C]`, weight `[k, k, C]`, SAME
+/// padding → `[N, ⌈H/s⌉, ⌈W/s⌉, C]`. The device must be [`supported`].
+pub fn depthwise_conv_nhwc(x: Tensor<4>, weight: Tensor<3>, stride: usize) -> Tensor<4> {
+    let [n, h, w, c] = x.dims();
+    let [k, k2, cw] = weight.dims();
+    assert!(k == k2 && cw == c, "depthwise weight [{k}, {k2}, {cw}] does not fit a map with {c} channels");
+    let geometry = DepthwiseGeometry::same(n, [h, w], c, k, stride);
+    Tensor::from_dispatch(<burn::backend::Dispatch as GraftOps>::depthwise_nhwc(x.into_dispatch(), weight.into_dispatch(), geometry))
+}
+
+/// `min(max(x + bias, 0), 6)`: x `[R, C]`, bias `[C]`. The device must be [`supported`].
+pub fn bias_relu6(x: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+    let [_, c] = x.dims();
+    assert_eq!(bias.dims(), [c], "bias_relu6: bias length must equal the row width");
+    Tensor::from_dispatch(<burn::backend::Dispatch as GraftOps>::bias_relu6(x.into_dispatch(), bias.into_dispatch()))
+}
+
+#[cfg(test)]
+mod tests;
