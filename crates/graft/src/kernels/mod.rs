@@ -1,6 +1,6 @@
 //! graft's own tensor operations, added to burn through its backend-extension mechanism:
-//! a channels-last depthwise convolution and a fused bias + ReLU6, each with a handwritten
-//! backward pass.
+//! a channels-last depthwise convolution and a 1×1 convolution on rows, each with bias and
+//! (optional) ReLU6 fused in and a handwritten backward pass.
 //!
 //! Why: fine-tuning the tail of a MobileNet-style network on burn-flex spent most of a step in
 //! layout shuffles around the 1×1 convolutions, in the depthwise convolution's backward
@@ -15,7 +15,7 @@
 mod autodiff;
 mod cpu;
 
-use burn::backend::{Backend, backend_extension, tensor::FloatTensor};
+use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
 use burn::tensor::{Device, Tensor};
 
 /// The shape of a depthwise convolution on `[N, H, W, C]` maps, with TensorFlow's SAME
@@ -47,15 +47,17 @@ impl DepthwiseGeometry {
 /// The operations graft adds to burn's backends.
 #[backend_extension(Flex, Autodiff)]
 pub trait GraftOps: Backend {
-    /// Depthwise convolution, channels-last: x `[N, H, W, C]`, weight `[k, k, C]` →
-    /// `[N, H_out, W_out, C]`.
-    fn depthwise_nhwc(x: FloatTensor<Self>, weight: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
-    /// Gradient of [`depthwise_nhwc`](Self::depthwise_nhwc) with respect to its input.
+    /// Depthwise convolution, channels-last, with bias and ReLU6: x `[N, H, W, C]`, weight
+    /// `[k, k, C]`, bias `[C]` → `relu6(conv(x) + bias)`, `[N, H_out, W_out, C]`.
+    fn depthwise_nhwc(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
+    /// Gradient of the (linear) depthwise convolution with respect to its input.
     fn depthwise_nhwc_input_grad(grad: FloatTensor<Self>, weight: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
-    /// Gradient of [`depthwise_nhwc`](Self::depthwise_nhwc) with respect to its weight.
+    /// Gradient of the (linear) depthwise convolution with respect to its weight.
     fn depthwise_nhwc_weight_grad(x: FloatTensor<Self>, grad: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
-    /// `min(max(x + bias, 0), 6)` on rows: x `[R, C]`, bias `[C]`.
-    fn bias_relu6(x: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// A 1×1 convolution on rows: x `[R, C_in]` × weight `[C_in, C_out]` + bias `[C_out]`,
+    /// then ReLU6 if `relu6`. The product accumulates into the bias (no zeroed buffer, no
+    /// separate bias pass).
+    fn pointwise_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, relu6: bool) -> FloatTensor<Self>;
     /// The gradient through ReLU6 given its output: `grad` where `0 < output < 6`, else 0.
     fn relu6_backward(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
 }
@@ -66,21 +68,23 @@ pub fn supported(device: &Device) -> bool {
     device.clone().without_autodiff() == Device::flex()
 }
 
-/// Depthwise convolution on channels-last maps: x `[N, H, W, C]`, weight `[k, k, C]`, SAME
-/// padding → `[N, ⌈H/s⌉, ⌈W/s⌉, C]`. The device must be [`supported`].
-pub fn depthwise_conv_nhwc(x: Tensor<4>, weight: Tensor<3>, stride: usize) -> Tensor<4> {
+/// Depthwise convolution on channels-last maps with bias and ReLU6: x `[N, H, W, C]`, weight
+/// `[k, k, C]`, bias `[C]`, SAME padding → `[N, ⌈H/s⌉, ⌈W/s⌉, C]`. The device must be
+/// [`supported`].
+pub fn depthwise_conv_nhwc_relu6(x: Tensor<4>, weight: Tensor<3>, bias: Tensor<1>, stride: usize) -> Tensor<4> {
     let [n, h, w, c] = x.dims();
     let [k, k2, cw] = weight.dims();
-    assert!(k == k2 && cw == c, "depthwise weight [{k}, {k2}, {cw}] does not fit a map with {c} channels");
+    assert!(k == k2 && cw == c && bias.dims() == [c], "depthwise weight [{k}, {k2}, {cw}] / bias {:?} do not fit a map with {c} channels", bias.dims());
     let geometry = DepthwiseGeometry::same(n, [h, w], c, k, stride);
-    Tensor::from_dispatch(<burn::backend::Dispatch as GraftOps>::depthwise_nhwc(x.into_dispatch(), weight.into_dispatch(), geometry))
+    Tensor::from_dispatch(<Dispatch as GraftOps>::depthwise_nhwc(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), geometry))
 }
 
-/// `min(max(x + bias, 0), 6)`: x `[R, C]`, bias `[C]`. The device must be [`supported`].
-pub fn bias_relu6(x: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
-    let [_, c] = x.dims();
-    assert_eq!(bias.dims(), [c], "bias_relu6: bias length must equal the row width");
-    Tensor::from_dispatch(<burn::backend::Dispatch as GraftOps>::bias_relu6(x.into_dispatch(), bias.into_dispatch()))
+/// A 1×1 convolution on rows: `x · weight + bias` (`[R, C_in]`, `[C_in, C_out]`, `[C_out]`),
+/// then ReLU6 if `relu6`. The device must be [`supported`].
+pub fn pointwise_rows(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>, relu6: bool) -> Tensor<2> {
+    let ([_, c_in], [k, c_out]) = (x.dims(), weight.dims());
+    assert!(c_in == k && bias.dims() == [c_out], "pointwise_rows: x {:?}, weight {:?}, bias {:?} do not fit", x.dims(), weight.dims(), bias.dims());
+    Tensor::from_dispatch(<Dispatch as GraftOps>::pointwise_rows(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), relu6))
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
     (a - b).abs().max().into_scalar()
 }
 
-/// Output, input gradient and weight gradient of the channels-last kernel equal those of
-/// burn's grouped convolution with SAME padding (the one the layered EfficientNet-Lite uses),
-/// for odd and even sizes, strides 1 and 2, kernels 3 and 5 and channel counts that are not
-/// a multiple of the vector width.
+/// Output and input, weight and bias gradients of the channels-last kernel equal those of
+/// burn's grouped convolution with SAME padding (the one the layered EfficientNet-Lite uses)
+/// followed by bias and `clamp(0, 6)`, for odd and even sizes, strides 1 and 2, kernels 3 and
+/// 5 and channel counts that are not a multiple of the vector width.
 #[test]
 fn depthwise_nhwc_matches_burns_grouped_convolution() {
     let plain = Device::flex();
@@ -24,7 +24,9 @@ fn depthwise_nhwc_matches_burns_grouped_convolution() {
     for (size, kernel, stride, channels) in [(7, 3, 1, 5), (8, 3, 2, 11), (9, 5, 2, 3), (14, 5, 1, 16), (6, 5, 2, 8)] {
         let x_data = Tensor::<4>::random([2, channels, size, size], Distribution::Normal(0.0, 1.0), &plain);
         let w_data = Tensor::<4>::random([channels, 1, kernel, kernel], Distribution::Normal(0.0, 1.0), &plain);
+        let b_data = Tensor::<1>::random([channels], Distribution::Normal(0.0, 2.0), &plain).into_data();
         let x = leaf(x_data.clone());
+        let b = Tensor::<1>::from_data(b_data.clone(), &device).require_grad();
         let mut conv = Conv2dConfig::new([channels, channels], [kernel, kernel])
             .with_stride([stride, stride])
             .with_groups(channels)
@@ -32,15 +34,16 @@ fn depthwise_nhwc_matches_burns_grouped_convolution() {
             .with_bias(false)
             .init(&device);
         conv.weight = Param::from_tensor(leaf(w_data.clone()));
-        let reference = conv.forward(x.clone()); // [N, C, Ho, Wo]
+        let reference = (conv.forward(x.clone()) + b.clone().reshape([1, channels, 1, 1])).clamp(0.0, 6.0); // [N, C, Ho, Wo]
         let upstream = Tensor::<4>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &device);
         let grads = (reference.clone() * upstream.clone()).sum().backward();
-        let (x_grad_ref, w_grad_ref) = (x.grad(&grads).unwrap(), conv.weight.val().grad(&grads).unwrap());
+        let (x_grad_ref, w_grad_ref, b_grad_ref) = (x.grad(&grads).unwrap(), conv.weight.val().grad(&grads).unwrap(), b.grad(&grads).unwrap());
 
         let x_nhwc = leaf(x_data.permute([0, 2, 3, 1]));
         // [C, 1, k, k] → [k, k, C]
         let w = Tensor::<3>::from_data(w_data.reshape([channels, kernel * kernel]).transpose().reshape([kernel, kernel, channels]).into_data(), &device).require_grad();
-        let out = depthwise_conv_nhwc(x_nhwc.clone(), w.clone(), stride);
+        let b2 = Tensor::<1>::from_data(b_data, &device).require_grad();
+        let out = depthwise_conv_nhwc_relu6(x_nhwc.clone(), w.clone(), b2.clone(), stride);
         let grads = (out.clone() * upstream.clone().permute([0, 2, 3, 1])).sum().backward();
         let case = format!("size {size}, kernel {kernel}, stride {stride}, {channels} channels");
         assert_eq!(out.dims(), [2, size.div_ceil(stride), size.div_ceil(stride), channels], "{case}");
@@ -49,34 +52,52 @@ fn depthwise_nhwc_matches_burns_grouped_convolution() {
         assert!(max_abs_diff(x_grad, x_grad_ref) < 1e-4, "input gradient differs: {case}");
         let w_grad = w.grad(&grads).unwrap().reshape([kernel * kernel, channels]).transpose().reshape([channels, 1, kernel, kernel]);
         assert!(max_abs_diff(w_grad, w_grad_ref) < 1e-3, "weight gradient differs: {case}");
+        assert!(max_abs_diff(b2.grad(&grads).unwrap(), b_grad_ref) < 1e-3, "bias gradient differs: {case}");
     }
 }
 
-/// The fused bias + ReLU6 and its gradients equal burn's `clamp(x + b, 0, 6)`.
+/// The 1×1 convolution on rows, with and without ReLU6, and its gradients equal burn's
+/// `x·w + b` (then `clamp(0, 6)`), for a plain and a transposed (strided) weight.
 #[test]
-fn bias_relu6_matches_clamp_and_its_gradients() {
+fn pointwise_rows_matches_matmul_bias_clamp() {
     let plain = Device::flex();
     let device = plain.clone().autodiff();
-    let x_data = Tensor::<2>::random([37, 13], Distribution::Uniform(-3.0, 9.0), &plain).into_data();
-    let b_data = Tensor::<1>::random([13], Distribution::Uniform(-1.0, 1.0), &plain).into_data();
-    let x = Tensor::<2>::from_data(x_data.clone(), &device).require_grad();
-    let bias = Tensor::<1>::from_data(b_data.clone(), &device).require_grad();
-    let upstream = Tensor::<2>::random([37, 13], Distribution::Normal(0.0, 1.0), &device);
+    for (relu6, transposed) in [(true, false), (false, false), (true, true)] {
+        let x_data = Tensor::<2>::random([37, 13], Distribution::Uniform(-1.0, 2.0), &plain).into_data();
+        let w_data = Tensor::<2>::random([13, 21], Distribution::Uniform(-1.0, 1.5), &plain);
+        let b_data = Tensor::<1>::random([21], Distribution::Uniform(-1.0, 1.0), &plain).into_data();
+        let x = Tensor::<2>::from_data(x_data.clone(), &device).require_grad();
+        let w = Tensor::<2>::from_data(w_data.clone().into_data(), &device).require_grad();
+        let b = Tensor::<1>::from_data(b_data.clone(), &device).require_grad();
+        let upstream = Tensor::<2>::random([37, 21], Distribution::Normal(0.0, 1.0), &device);
 
-    let reference = (x.clone() + bias.clone().unsqueeze::<2>()).clamp(0.0, 6.0);
-    let grads = (reference.clone() * upstream.clone()).sum().backward();
-    let (x_grad_ref, b_grad_ref) = (x.grad(&grads).unwrap(), bias.grad(&grads).unwrap());
+        let mut reference = x.clone().matmul(w.clone()) + b.clone().unsqueeze::<2>();
+        if relu6 {
+            reference = reference.clamp(0.0, 6.0);
+        }
+        let grads = (reference.clone() * upstream.clone()).sum().backward();
+        let expected = [x.grad(&grads).unwrap().reshape([-1]), w.grad(&grads).unwrap().reshape([-1]), b.grad(&grads).unwrap()];
 
-    let x2 = Tensor::<2>::from_data(x_data, &device).require_grad();
-    let b2 = Tensor::<1>::from_data(b_data, &device).require_grad();
-    let out = bias_relu6(x2.clone(), b2.clone());
-    let grads = (out.clone() * upstream).sum().backward();
-    assert!(max_abs_diff(out.inner(), reference.inner()) < 1e-6);
-    assert!(max_abs_diff(x2.grad(&grads).unwrap(), x_grad_ref) < 1e-6);
-    assert!(max_abs_diff(b2.grad(&grads).unwrap(), b_grad_ref) < 1e-5);
-    // Some of the inputs were clamped on each side, so the masks were exercised.
-    let y = bias_relu6(x.detach(), bias.detach());
-    assert!(y.clone().equal_elem(0.0).any().into_scalar() && y.equal_elem(6.0).any().into_scalar());
+        let x = Tensor::<2>::from_data(x_data, &device).require_grad();
+        let b = Tensor::<1>::from_data(b_data, &device).require_grad();
+        // The transposed case passes the same matrix as a strided view of a [21, 13] leaf.
+        let w = Tensor::<2>::from_data(w_data.clone().into_data(), &device).require_grad();
+        let w_t = Tensor::<2>::from_data(w_data.transpose().into_data(), &device).require_grad();
+        let weight = if transposed { w_t.clone().transpose() } else { w.clone() };
+        let out = pointwise_rows(x.clone(), weight, b.clone(), relu6);
+        let grads = (out.clone() * upstream).sum().backward();
+        let w_grad = if transposed { w_t.grad(&grads).unwrap().transpose() } else { w.grad(&grads).unwrap() };
+        let case = format!("relu6 {relu6}, transposed weight {transposed}");
+        assert!(max_abs_diff(out.clone().inner(), reference.inner()) < 1e-5, "output differs: {case}");
+        let got = [x.grad(&grads).unwrap().reshape([-1]), w_grad.reshape([-1]), b.grad(&grads).unwrap()];
+        for ((name, got), expected) in ["input", "weight", "bias"].iter().zip(got).zip(expected) {
+            assert!(max_abs_diff(got, expected) < 1e-4, "{name} gradient differs: {case}");
+        }
+        if relu6 {
+            // Some outputs were clamped on each side, so the masks were exercised.
+            assert!(out.clone().equal_elem(0.0).any().into_scalar() && out.equal_elem(6.0).any().into_scalar(), "{case}");
+        }
+    }
 }
 
 #[test]
