@@ -47,7 +47,7 @@ fn multiply_add(acc: &mut [f32], x: &[f32], w: &[f32]) {
 #[inline(always)]
 fn clamp_relu6(values: &mut [f32]) {
     for v in values {
-        *v = v.max(0.0).min(6.0);
+        *v = v.clamp(0.0, 6.0); // NaN stays NaN, so a diverged run still shows in its loss
     }
 }
 
