@@ -735,7 +735,8 @@ fn fit_classic(
     let (train_rows, _) = activations(&prefix, train, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching frozen-trunk activations", &mut stats)?;
     let (val_rows, _) = activations(&prefix, val, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching validation activations", &mut stats)?;
     let classes = info.classes.len();
-    let head = Classic::fit(kind.clone(), &train_rows.data, &train.labels, train_rows.width, classes)?;
+    let head = Classic::fit(kind.clone(), &train_rows.data, &train.labels, train_rows.width, classes, config.seed)?;
+    head.report_penalty(reporter);
     let score = |rows: &Cache, labels: &[usize]| -> (f64, f64, Evaluation) {
         let probs = head.predict_proba(&rows.data);
         let loss = probs.iter().zip(labels).map(|(p, &l)| -(p[l].max(1e-12) as f64).ln()).sum::<f64>() / labels.len().max(1) as f64;

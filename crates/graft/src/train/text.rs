@@ -234,7 +234,7 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
 
     // --- head -----------------------------------------------------------------------------------
     let trained = match &config.head {
-        HeadSpec::Classic(kind) => train_classic(kind, run, &info, &train_rows, &val_rows, reporter)?,
+        HeadSpec::Classic(kind) => train_classic(kind, config.seed, run, &info, &train_rows, &val_rows, reporter)?,
         _ => train_neural(config, run, &info, &train_rows, &val_rows, reporter, device)?,
     };
     let metrics = super::fit::read_metrics(run)?;
@@ -286,9 +286,10 @@ fn log_tensorboard(tb: &mut EventWriter, m: &EpochMetrics) -> Result<()> {
 }
 
 /// A classic head on the embeddings, trained in one go (one "epoch" in the metrics).
-fn train_classic(kind: &crate::classic::ClassicKind, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter) -> Result<Trained> {
+fn train_classic(kind: &crate::classic::ClassicKind, seed: u64, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter) -> Result<Trained> {
     let started = Instant::now();
-    let head = Classic::fit(kind.clone(), &train.flat(), &train.labels, info.embedding_width, info.classes.len())?;
+    let head = Classic::fit(kind.clone(), &train.flat(), &train.labels, info.embedding_width, info.classes.len(), seed)?;
+    head.report_penalty(reporter);
     let score = |rows: &Rows| -> (f64, Evaluation) {
         let probs = head.predict_proba(&rows.flat());
         let loss = probs.iter().zip(&rows.labels).map(|(p, &l)| -(p[l].max(1e-12) as f64).ln()).sum::<f64>() / rows.labels.len().max(1) as f64;
