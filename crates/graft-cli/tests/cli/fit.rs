@@ -2,7 +2,6 @@
 //! an image folder).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use graft::report::tensorboard::read_events;
@@ -202,25 +201,9 @@ fn sigkill_then_resume_finishes_a_valid_run() {
     let run = dir.join("run");
     // Augmentation turns the activation cache off, so each epoch runs the trunk (~seconds).
     let args = ["fit", "--data", s(&data), "--out", s(&run), "--epochs", "4", "--augment", "flip", "--batch-size", "4", "--json"];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(args)
-        .env("GRAFT_HOME", test_home())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Kill mid-training: once the first epoch is on disk, plus a little.
     let metrics = run.join("metrics.jsonl");
-    for _ in 0..600 {
-        if std::fs::read_to_string(&metrics).map(|m| !m.is_empty()).unwrap_or(false) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(700));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let before = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    let before = super::kill_after_first_epoch(&test_home(), &args, &metrics, Duration::from_millis(700));
     assert!(before >= 1 && before < 4, "kill landed after {before} epochs");
 
     let v = json_of(&graft(&["fit", "--resume", s(&run), "--json"]));

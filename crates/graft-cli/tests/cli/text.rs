@@ -270,3 +270,40 @@ fn eval_and_predict_read_the_adapted_run(home: &Path, run: &Path, test_csv: &Pat
     }
     assert!((correct as f64 / 20.0 - adapted).abs() < 1e-12, "predict top-1 {correct}/20 vs adapt {adapted}");
 }
+
+#[test]
+fn a_killed_text_fit_resumes_after_its_last_epoch() {
+    minilm();
+    let dir = scratch("text-resume");
+    let csv = dir.join("sms.csv");
+    import_csv("sms-spam", 30, &csv);
+    let home = isolated_home("text-resume");
+    let run = dir.join("run");
+    let (csv, run_s) = (csv.to_str().unwrap(), run.to_str().unwrap());
+    // One-row batches over many epochs, so that the kill lands mid-training.
+    let epochs = 300;
+    let epochs_arg = epochs.to_string();
+    let args = ["fit", "--model", "minilm-l6", "--data", csv, "--out", run_s, "--head", "linear", "--epochs", &epochs_arg];
+    let args = [&args[..], &["--batch-size", "1", "--lr", "0.01", "--val-split", "0.5", "--seed", "0", "--json"]].concat();
+    let metrics = run.join("metrics.jsonl");
+    let before = super::kill_after_first_epoch(&home, &args, &metrics, std::time::Duration::ZERO);
+    assert!(before >= 1 && before < epochs, "kill landed after {before} epochs");
+
+    let v = json_of(&graft_in(&home, &["fit", "--resume", run_s, "--json"]));
+    assert_eq!(v["epochs"].as_u64(), Some(epochs as u64));
+    assert_eq!(cache_counts(&v), (60, 0), "the resumed run reads the cached embeddings");
+    let read_epochs = || -> Vec<usize> {
+        std::fs::read_to_string(&metrics).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap() as usize).collect()
+    };
+    assert_eq!(read_epochs(), (1..=epochs).collect::<Vec<_>>(), "metrics continue from the last completed epoch");
+    let best = v["best_epoch"].as_u64().unwrap();
+    let saved: u64 = graft_weights::load(&run.join("best.safetensors")).unwrap().metadata["graft.epoch"].parse().unwrap();
+    assert_eq!(saved, best, "best.safetensors holds the best epoch");
+    let e = json_of(&graft_in(&home, &["eval", "--run", run_s, "--data", csv, "--json"]));
+    assert!(e["accuracy"].as_f64().unwrap() >= 0.85, "{e}");
+
+    // Resuming a finished run trains nothing more.
+    let again = json_of(&graft_in(&home, &["fit", "--resume", run_s, "--json"]));
+    assert_eq!((again["epochs"].as_u64(), again["best_epoch"].as_u64()), (Some(epochs as u64), Some(best)));
+    assert_eq!(read_epochs().len(), epochs);
+}
