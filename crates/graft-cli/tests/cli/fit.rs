@@ -221,3 +221,34 @@ fn sigkill_then_resume_finishes_a_valid_run() {
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     json_of(&graft(&["eval", "--run", s(&run), "--data", s(&data), "--json"]));
 }
+
+#[test]
+fn a_logistic_head_on_images_picks_its_c_on_the_training_split_or_takes_one() {
+    let dir = scratch("fit-logistic-c");
+    let data = fmnist(&dir, 12, 3);
+    let saved_c = |run: &Path| -> f64 {
+        let dict = load(&run.join("classic.safetensors"));
+        let kind: serde_json::Value = serde_json::from_str(&dict.metadata["graft.classic"]).unwrap();
+        kind["Logistic"]["C"].as_f64().unwrap_or_else(|| panic!("not a logistic head with its C: {kind}"))
+    };
+    let fit = |name: &str, head: &str| {
+        let run = dir.join(name);
+        let out = graft(&["fit", "--data", s(&data), "--out", s(&run), "--head", head, "--val-split", "0.25", "--seed", "1", "--json"]);
+        let v = json_of(&out);
+        assert!(v["best_val_accuracy"].as_f64().unwrap() >= 0.8, "{head}: {v}");
+        (run, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (auto, log) = fit("auto", "logistic");
+    let c = saved_c(&auto);
+    assert!(graft::classic::C_GRID.contains(&c), "C = {c} is not one of the grid's");
+    assert!(log.contains(&format!("C = {c}, chosen by 5-fold cross-validation")), "{log}");
+    let (fixed, log) = fit("fixed", "logistic:c=0.5");
+    assert_eq!(saved_c(&fixed), 0.5);
+    assert!(!log.contains("cross-validation"), "{log}");
+    assert!(std::fs::read_to_string(fixed.join("config.toml")).unwrap().contains("logistic:c=0.5"));
+    for run in [&auto, &fixed] {
+        let e = json_of(&graft(&["eval", "--run", s(run), "--data", s(&data), "--json"]));
+        assert_eq!(e["n"], 36);
+        assert!(e["accuracy"].as_f64().unwrap() >= 0.9, "{e}");
+    }
+}
