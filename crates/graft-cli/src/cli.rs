@@ -87,7 +87,8 @@ pub struct FitArgs {
     /// all, none, N (stem + first N blocks), regex:PATTERN, until:LAYER.
     #[arg(long)]
     pub freeze: Option<String>,
-    /// linear, or mlp:1024,1024.
+    /// linear, mlp:1024,1024, or a classic head on stored features: logistic (C by 5-fold
+    /// cross-validation on the training split; logistic:c=C to fix it), svm, knn:K, prototype.
     #[arg(long)]
     pub head: Option<String>,
     /// avg or flatten.

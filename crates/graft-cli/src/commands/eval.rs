@@ -11,7 +11,7 @@ use crate::reporter::TermReporter;
 
 pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
-    if graft::train::text::is_text_run(&args.run) {
+    if graft::train::text::is_text_run(&args.run) || graft::adapt::text::is_text_adapt_run(&args.run) {
         return super::text::eval(&args, out);
     }
     if graft::adapt::is_adapt_run(&args.run) {
@@ -38,7 +38,7 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!rows.is_empty(), "{}: no readable images", args.data.display());
     let eval = Evaluation::from_predictions(&info.classes, &truth, &top1(&rows));
-    print_evaluation(out, &eval, &skipped);
+    print_evaluation(out, &eval, &skipped, "images", None);
     Ok(())
 }
 
@@ -53,23 +53,28 @@ fn eval_adapted(args: &EvalArgs, out: &Output) -> anyhow::Result<()> {
     for s in &skipped {
         reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
     }
-    print_evaluation(out, &eval, &skipped);
+    print_evaluation(out, &eval, &skipped, "images", None);
     Ok(())
 }
 
 fn report(eval: &Evaluation, skipped: &[graft::data::folder::Skipped], out: &Output) -> anyhow::Result<()> {
-    print_evaluation(out, eval, skipped);
+    print_evaluation(out, eval, skipped, "images", None);
     Ok(())
 }
 
-fn print_evaluation(out: &Output, eval: &Evaluation, skipped: &[graft::data::folder::Skipped]) {
+/// Prints the evaluation (accuracy, per class, confusion, skipped inputs; for texts also the
+/// embedding cache's hits and misses) of `n` `noun`s.
+pub(super) fn print_evaluation(out: &Output, eval: &Evaluation, skipped: &[graft::data::folder::Skipped], noun: &str, cache: Option<graft::text::features::EmbedStats>) {
     let skipped: Vec<_> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
-    let value = json!({
+    let mut value = json!({
         "accuracy": eval.accuracy, "n": eval.n, "per_class": eval.per_class,
         "confusion": eval.confusion, "labels": eval.labels, "skipped": skipped,
     });
+    if let Some(cache) = cache {
+        value["cache"] = json!(cache);
+    }
     out.result(&value, || {
-        let mut t = format!("accuracy {:.4} on {} images\n", eval.accuracy, eval.n);
+        let mut t = format!("accuracy {:.4} on {} {noun}\n", eval.accuracy, eval.n);
         for (label, acc) in &eval.per_class {
             t.push_str(&format!("  {label:<20} {acc:.4}\n"));
         }

@@ -14,7 +14,7 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
         anyhow::bail!("--top and --batch must be at least 1");
     }
     if let Some(run) = &args.run {
-        if graft::train::text::is_text_run(run) {
+        if graft::train::text::is_text_run(run) || graft::adapt::text::is_text_adapt_run(run) {
             return super::text::predict(run, &args, out);
         }
         anyhow::ensure!(args.text.is_empty(), "--text needs a text run (--run from `graft fit --model minilm-l6`)");
@@ -54,13 +54,7 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
         let probs: Vec<f32> = softmax(logits, 1).into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let classes = probs.len() / chunk.len();
         for ((path, _), row) in chunk.iter().zip(probs.chunks(classes)) {
-            let mut order: Vec<usize> = (0..classes).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-            let top: Vec<Value> = order
-                .iter()
-                .take(args.top)
-                .map(|&c| json!({"class": c, "label": labels.get(c).copied().unwrap_or("?"), "prob": row[c]}))
-                .collect();
+            let top = top_k(row, args.top, |c| labels.get(c).copied().unwrap_or("?"));
             predictions.push(json!({"file": path, "top": top}));
         }
     }
@@ -91,14 +85,7 @@ fn predict_run(run: &std::path::Path, args: &PredictArgs, out: &Output) -> anyho
     let mut predictions = Vec::new();
     for (p, path) in probs.iter().zip(&args.images) {
         let Some(row) = p else { continue };
-        let mut order: Vec<usize> = (0..row.len()).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-        let top: Vec<Value> = order
-            .iter()
-            .take(args.top)
-            .map(|&c| json!({"class": c, "label": classes[c], "prob": row[c]}))
-            .collect();
-        predictions.push(json!({"file": path, "top": top}));
+        predictions.push(json!({"file": path, "top": top_k(row, args.top, |c| &classes[c])}));
     }
     if predictions.is_empty() {
         let first = skipped.first().map(|s| format!("{}: {}", s.path.display(), s.reason)).unwrap_or_default();
@@ -110,11 +97,25 @@ fn predict_run(run: &std::path::Path, args: &PredictArgs, out: &Output) -> anyho
     Ok(())
 }
 
-fn print_predictions(out: &Output, value: &Value, predictions: &[Value]) {
+/// The `k` most probable classes of one row, most probable first.
+pub(super) fn top_k<'a>(row: &[f32], k: usize, label: impl Fn(usize) -> &'a str) -> Vec<Value> {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    order.iter().take(k).map(|&c| json!({"class": c, "label": label(c), "prob": row[c]})).collect()
+}
+
+/// Prints `value` (JSON) or each prediction's input — its `file`, or the start of its `text` —
+/// and top classes.
+pub(super) fn print_predictions(out: &Output, value: &Value, predictions: &[Value]) {
     out.result(value, || {
         let mut text = String::new();
         for p in predictions {
-            text.push_str(&format!("{}\n", p["file"].as_str().unwrap_or("?")));
+            let name = p["file"].as_str().map(String::from).unwrap_or_else(|| {
+                let t = p["text"].as_str().unwrap_or("?");
+                let short: String = t.chars().take(60).collect();
+                if short.len() < t.len() { format!("\"{short}…\"") } else { format!("\"{short}\"") }
+            });
+            text.push_str(&format!("{name}\n"));
             for t in p["top"].as_array().into_iter().flatten() {
                 text.push_str(&format!(
                     "  {:>6.2}%  {:>4}  {}\n",

@@ -67,38 +67,31 @@ pub fn fit(config: &FitConfig, run_dir: &Path, resume: bool, out: &Output) -> an
     Ok(())
 }
 
-/// `graft eval --run TEXT_RUN --data FILE.csv|DIR`.
+/// `graft eval --run TEXT_RUN --data FILE.csv|DIR` (a `fit` or an `adapt` run on texts).
 pub fn eval(args: &EvalArgs, out: &Output) -> anyhow::Result<()> {
     let device = default_device();
     let reporter = TermReporter::new();
     let home = graft_home();
-    let model = load_text_run(&args.run, &home, &reporter, &device)?;
-    let data = eval_dataset(&args.data, &model.info.classes)?;
-    let mut store = model.store(&home, &reporter)?;
-    let mut stats = EmbedStats::default();
-    let probs = model.probabilities(&data.texts, Some(&mut store), &reporter, &mut stats, &device)?;
-    let eval = Evaluation::from_predictions(&model.info.classes, &data.labels, &top1(&probs));
-    let skipped: Vec<_> = data.skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
-    let value = json!({
-        "accuracy": eval.accuracy, "n": eval.n, "per_class": eval.per_class,
-        "confusion": eval.confusion, "labels": eval.labels, "skipped": skipped, "cache": stats,
-    });
-    out.result(&value, || {
-        let mut t = format!("accuracy {:.4} on {} texts\n", eval.accuracy, eval.n);
-        for (label, acc) in &eval.per_class {
-            t.push_str(&format!("  {label:<20} {acc:.4}\n"));
-        }
-        t
-    });
+    let (eval, skipped, stats) = if graft::adapt::text::is_text_adapt_run(&args.run) {
+        let model = graft::adapt::load_adapted(&args.run, &home, None, &reporter, &device)?;
+        model.evaluate_texts(&args.data.to_string_lossy(), &args.data_root, args.batch, &home, &reporter, &device)?
+    } else {
+        let model = load_text_run(&args.run, &home, &reporter, &device)?;
+        let data = eval_dataset(&args.data, &model.info.classes)?;
+        let mut store = model.store(&home, &reporter)?;
+        let mut stats = EmbedStats::default();
+        let probs = model.probabilities(&data.texts, Some(&mut store), &reporter, &mut stats, &device)?;
+        (Evaluation::from_predictions(&model.info.classes, &data.labels, &top1(&probs)), data.skipped, stats)
+    };
+    super::eval::print_evaluation(out, &eval, &skipped, "texts", Some(stats));
     Ok(())
 }
 
-/// `graft predict --run TEXT_RUN [FILE.txt …] [--text "…" …]`.
+/// `graft predict --run TEXT_RUN [FILE.txt …] [--text "…" …]` (a `fit` or an `adapt` run on texts).
 pub fn predict(run: &Path, args: &PredictArgs, out: &Output) -> anyhow::Result<()> {
     let device = default_device();
     let reporter = TermReporter::new();
     let home = graft_home();
-    let model = load_text_run(run, &home, &reporter, &device)?;
     let (files, skipped) = read_text_files(&args.images);
     for s in &skipped {
         reporter.message(&format!("skipping {}: {}", s.path.display(), s.reason));
@@ -108,43 +101,26 @@ pub fn predict(run: &Path, args: &PredictArgs, out: &Output) -> anyhow::Result<(
     inputs.extend(args.text.iter().map(|t| (json!({"text": t}), t.clone())));
     anyhow::ensure!(!inputs.is_empty(), "none of the {} text files could be read", args.images.len());
     let texts: Vec<&str> = inputs.iter().map(|(_, t)| t.as_str()).collect();
-    let mut store = model.store(&home, &reporter)?;
-    let probs = model.probabilities(&texts, Some(&mut store), &reporter, &mut EmbedStats::default(), &device)?;
+    let mut stats = EmbedStats::default();
+    let (classes, probs) = if graft::adapt::text::is_text_adapt_run(run) {
+        let model = graft::adapt::load_adapted(run, &home, None, &reporter, &device)?;
+        let probs = model.text_probabilities(&texts, &home, &reporter, &mut stats, &device)?;
+        (model.info.classes, probs)
+    } else {
+        let model = load_text_run(run, &home, &reporter, &device)?;
+        let mut store = model.store(&home, &reporter)?;
+        let probs = model.probabilities(&texts, Some(&mut store), &reporter, &mut stats, &device)?;
+        (model.info.classes, probs)
+    };
     let mut predictions = Vec::new();
     for ((source, _), row) in inputs.iter().zip(&probs) {
-        let mut order: Vec<usize> = (0..row.len()).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-        let top: Vec<Value> = order
-            .iter()
-            .take(args.top)
-            .map(|&c| json!({"class": c, "label": model.info.classes[c], "prob": row[c]}))
-            .collect();
         let mut p = source.clone();
-        p["top"] = json!(top);
+        p["top"] = json!(super::predict::top_k(row, args.top, |c| &classes[c]));
         predictions.push(p);
     }
     let skipped: Vec<Value> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
     let value = json!({"run": run, "predictions": predictions, "skipped": skipped});
-    out.result(&value, || {
-        let mut text = String::new();
-        for p in &predictions {
-            let name = p["file"].as_str().map(String::from).unwrap_or_else(|| {
-                let t = p["text"].as_str().unwrap_or("?");
-                let short: String = t.chars().take(60).collect();
-                if short.len() < t.len() { format!("\"{short}…\"") } else { format!("\"{short}\"") }
-            });
-            text.push_str(&format!("{name}\n"));
-            for t in p["top"].as_array().into_iter().flatten() {
-                text.push_str(&format!(
-                    "  {:>6.2}%  {:>4}  {}\n",
-                    t["prob"].as_f64().unwrap_or(0.0) * 100.0,
-                    t["class"],
-                    t["label"].as_str().unwrap_or("?")
-                ));
-            }
-        }
-        text
-    });
+    super::predict::print_predictions(out, &value, &predictions);
     Ok(())
 }
 

@@ -2,7 +2,6 @@
 //! an image folder).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use graft::report::tensorboard::read_events;
@@ -202,25 +201,9 @@ fn sigkill_then_resume_finishes_a_valid_run() {
     let run = dir.join("run");
     // Augmentation turns the activation cache off, so each epoch runs the trunk (~seconds).
     let args = ["fit", "--data", s(&data), "--out", s(&run), "--epochs", "4", "--augment", "flip", "--batch-size", "4", "--json"];
-    let mut child = Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(args)
-        .env("GRAFT_HOME", test_home())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // Kill mid-training: once the first epoch is on disk, plus a little.
     let metrics = run.join("metrics.jsonl");
-    for _ in 0..600 {
-        if std::fs::read_to_string(&metrics).map(|m| !m.is_empty()).unwrap_or(false) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(700));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let before = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    let before = super::kill_after_first_epoch(&test_home(), &args, &metrics, Duration::from_millis(700));
     assert!(before >= 1 && before < 4, "kill landed after {before} epochs");
 
     let v = json_of(&graft(&["fit", "--resume", s(&run), "--json"]));
@@ -237,4 +220,35 @@ fn sigkill_then_resume_finishes_a_valid_run() {
     let leftovers: Vec<_> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.contains(".tmp")).collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     json_of(&graft(&["eval", "--run", s(&run), "--data", s(&data), "--json"]));
+}
+
+#[test]
+fn a_logistic_head_on_images_picks_its_c_on_the_training_split_or_takes_one() {
+    let dir = scratch("fit-logistic-c");
+    let data = fmnist(&dir, 12, 3);
+    let saved_c = |run: &Path| -> f64 {
+        let dict = load(&run.join("classic.safetensors"));
+        let kind: serde_json::Value = serde_json::from_str(&dict.metadata["graft.classic"]).unwrap();
+        kind["Logistic"]["C"].as_f64().unwrap_or_else(|| panic!("not a logistic head with its C: {kind}"))
+    };
+    let fit = |name: &str, head: &str| {
+        let run = dir.join(name);
+        let out = graft(&["fit", "--data", s(&data), "--out", s(&run), "--head", head, "--val-split", "0.25", "--seed", "1", "--json"]);
+        let v = json_of(&out);
+        assert!(v["best_val_accuracy"].as_f64().unwrap() >= 0.8, "{head}: {v}");
+        (run, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (auto, log) = fit("auto", "logistic");
+    let c = saved_c(&auto);
+    assert!(graft::classic::C_GRID.contains(&c), "C = {c} is not one of the grid's");
+    assert!(log.contains(&format!("C = {c}, chosen by 5-fold cross-validation")), "{log}");
+    let (fixed, log) = fit("fixed", "logistic:c=0.5");
+    assert_eq!(saved_c(&fixed), 0.5);
+    assert!(!log.contains("cross-validation"), "{log}");
+    assert!(std::fs::read_to_string(fixed.join("config.toml")).unwrap().contains("logistic:c=0.5"));
+    for run in [&auto, &fixed] {
+        let e = json_of(&graft(&["eval", "--run", s(run), "--data", s(&data), "--json"]));
+        assert_eq!(e["n"], 36);
+        assert!(e["accuracy"].as_f64().unwrap() >= 0.9, "{e}");
+    }
 }

@@ -60,6 +60,28 @@ pub fn graft_in(home: &Path, args: &[&str]) -> Output {
         .expect("run graft")
 }
 
+/// Starts `graft ARGS` under `home` and SIGKILLs it `grace` after the first line of `metrics`
+/// (a run's `metrics.jsonl`) appears; returns how many epoch lines the killed run left.
+pub fn kill_after_first_epoch(home: &Path, args: &[&str], metrics: &Path, grace: std::time::Duration) -> usize {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(args)
+        .env("GRAFT_HOME", home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..3000 {
+        if std::fs::read_to_string(metrics).map(|m| !m.is_empty()).unwrap_or(false) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(grace);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    std::fs::read_to_string(metrics).unwrap().lines().count()
+}
+
 /// A fresh GRAFT_HOME of its own (an empty feature cache) sharing the pulled weights.
 pub fn isolated_home(name: &str) -> PathBuf {
     let home = scratch(&format!("home-{name}"));

@@ -234,5 +234,76 @@ fn text_adaptation_reports_target_accuracy() {
         assert_eq!(v["backbone"].as_str(), Some("minilm-l6"));
         let confusion: u64 = v["target_test_evaluation"]["confusion"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|c| c.as_u64().unwrap()).sum();
         assert_eq!(confusion, 20);
+        eval_and_predict_read_the_adapted_run(&home, &out, &kitchen, acc);
     }
+}
+
+/// `eval` and `predict` on a text adaptation run: eval on the target-test CSV gives adapt's own
+/// target-test accuracy, and predict's top class on those texts agrees with it review by review.
+fn eval_and_predict_read_the_adapted_run(home: &Path, run: &Path, test_csv: &Path, adapted: f64) {
+    let run = run.to_str().unwrap();
+    let e = json_of(&graft_in(home, &["eval", "--run", run, "--data", test_csv.to_str().unwrap(), "--json"]));
+    assert_eq!(e["n"].as_u64(), Some(20));
+    assert!((e["accuracy"].as_f64().unwrap() - adapted).abs() < 1e-12, "eval {} vs adapt {adapted}", e["accuracy"]);
+    assert_eq!(cache_counts(&e), (20, 0), "eval reads the embeddings adapt cached");
+    let labels: Vec<&str> = e["labels"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+
+    // The same reviews through predict: its top-1 accuracy is eval's.
+    let data = graft::text::TextDataset::open_any(test_csv).unwrap();
+    let rows: Vec<(String, String)> = data.texts.iter().zip(&data.labels).map(|(t, &l)| (t.clone(), data.classes[l].clone())).collect();
+    assert_eq!(rows.len(), 20);
+    let mut args = vec!["predict", "--run", run, "--top", "2", "--json"];
+    for (text, _) in &rows {
+        args.extend(["--text", text.as_str()]);
+    }
+    let p = json_of(&graft_in(home, &args));
+    let predictions = p["predictions"].as_array().unwrap();
+    assert_eq!(predictions.len(), 20);
+    let mut correct = 0;
+    for (pred, (text, label)) in predictions.iter().zip(&rows) {
+        assert_eq!(pred["text"].as_str(), Some(text.as_str()));
+        let top = pred["top"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert!(top[0]["prob"].as_f64().unwrap() >= top[1]["prob"].as_f64().unwrap());
+        assert!(labels.contains(&top[0]["label"].as_str().unwrap()));
+        correct += usize::from(top[0]["label"].as_str() == Some(label.as_str()));
+    }
+    assert!((correct as f64 / 20.0 - adapted).abs() < 1e-12, "predict top-1 {correct}/20 vs adapt {adapted}");
+}
+
+#[test]
+fn a_killed_text_fit_resumes_after_its_last_epoch() {
+    minilm();
+    let dir = scratch("text-resume");
+    let csv = dir.join("sms.csv");
+    import_csv("sms-spam", 30, &csv);
+    let home = isolated_home("text-resume");
+    let run = dir.join("run");
+    let (csv, run_s) = (csv.to_str().unwrap(), run.to_str().unwrap());
+    // One-row batches over many epochs, so that the kill lands mid-training.
+    let epochs = 300;
+    let epochs_arg = epochs.to_string();
+    let args = ["fit", "--model", "minilm-l6", "--data", csv, "--out", run_s, "--head", "linear", "--epochs", &epochs_arg];
+    let args = [&args[..], &["--batch-size", "1", "--lr", "0.01", "--val-split", "0.5", "--seed", "0", "--json"]].concat();
+    let metrics = run.join("metrics.jsonl");
+    let before = super::kill_after_first_epoch(&home, &args, &metrics, std::time::Duration::ZERO);
+    assert!(before >= 1 && before < epochs, "kill landed after {before} epochs");
+
+    let v = json_of(&graft_in(&home, &["fit", "--resume", run_s, "--json"]));
+    assert_eq!(v["epochs"].as_u64(), Some(epochs as u64));
+    assert_eq!(cache_counts(&v), (60, 0), "the resumed run reads the cached embeddings");
+    let read_epochs = || -> Vec<usize> {
+        std::fs::read_to_string(&metrics).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"].as_u64().unwrap() as usize).collect()
+    };
+    assert_eq!(read_epochs(), (1..=epochs).collect::<Vec<_>>(), "metrics continue from the last completed epoch");
+    let best = v["best_epoch"].as_u64().unwrap();
+    let saved: u64 = graft_weights::load(&run.join("best.safetensors")).unwrap().metadata["graft.epoch"].parse().unwrap();
+    assert_eq!(saved, best, "best.safetensors holds the best epoch");
+    let e = json_of(&graft_in(&home, &["eval", "--run", run_s, "--data", csv, "--json"]));
+    assert!(e["accuracy"].as_f64().unwrap() >= 0.85, "{e}");
+
+    // Resuming a finished run trains nothing more.
+    let again = json_of(&graft_in(&home, &["fit", "--resume", run_s, "--json"]));
+    assert_eq!((again["epochs"].as_u64(), again["best_epoch"].as_u64()), (Some(epochs as u64), Some(best)));
+    assert_eq!(read_epochs().len(), epochs);
 }

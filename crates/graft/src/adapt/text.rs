@@ -10,11 +10,16 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
+use burn::tensor::activation::softmax;
+use burn::tensor::{Tensor, TensorData};
+
 use super::config::AdaptConfig;
 use super::data::{Domain, InputSpec};
-use super::train::Loaded;
+use super::train::{evaluate, AdaptInfo, AdaptedModel, Loaded};
 use crate::cache::StoreDtype;
+use crate::data::folder::Skipped;
 use crate::report::Reporter;
+use crate::train::run::Evaluation;
 use crate::text::features::{embed_cached, open_store, preprocess_id, EmbedStats};
 use crate::text::{SentenceEncoder, TextDataset};
 use crate::{GraftError, Result};
@@ -30,6 +35,52 @@ pub fn domain_path(value: &str, data_root: &Path) -> PathBuf {
 fn read(flag: &str, value: &str, data_root: &Path) -> Result<TextDataset> {
     let path = domain_path(value, data_root);
     TextDataset::open_any(&path).map_err(|e| GraftError::spec(flag, value, format!("not a text dataset: {e}")))
+}
+
+/// Whether `run` is a `graft adapt --backbone minilm-l6 …` run (it classifies texts).
+pub fn is_text_adapt_run(run: &Path) -> bool {
+    super::is_adapt_run(run) && AdaptInfo::load(run).is_ok_and(|i| matches!(i.input, InputSpec::Text { .. }))
+}
+
+impl AdaptedModel {
+    fn text_encoder(&self, flag: &str) -> Result<&SentenceEncoder> {
+        self.encoder.as_ref().ok_or_else(|| GraftError::spec(flag, &self.info.backbone, "this adaptation run classifies images, not texts"))
+    }
+
+    /// Embeddings of `texts` as the run's network takes them (through the feature store under
+    /// `home`, as in training).
+    fn embed(&self, flag: &str, texts: &[impl AsRef<str>], home: &Path, reporter: &dyn Reporter, stats: &mut EmbedStats) -> Result<Domain> {
+        let encoder = self.text_encoder(flag)?;
+        let mut store = open_store(home, &self.info.backbone, encoder, StoreDtype::F32, reporter)?;
+        let rows = embed_cached(encoder, texts, Some(&mut store), reporter, stats)?;
+        let width = rows.first().map(Vec::len).unwrap_or(self.info.input_width);
+        Ok(Domain { name: flag.to_string(), x: rows.into_iter().flatten().collect(), width, labels: Vec::new() })
+    }
+
+    /// Scores the kept model on a labelled text domain (a `text,label` CSV, a class folder of
+    /// `.txt`, or `amazon:DOMAIN` under `data_root`) given as `--data`, as `graft adapt`
+    /// scored `--target-test`.
+    pub fn evaluate_texts(&self, value: &str, data_root: &Path, batch: usize, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<(Evaluation, Vec<Skipped>, EmbedStats)> {
+        let flag = "--data";
+        self.text_encoder(flag)?;
+        let data = read(flag, value, data_root)?.with_classes(&self.info.classes)?;
+        let mut stats = EmbedStats::default();
+        let mut domain = self.embed(flag, &data.texts, home, reporter, &mut stats)?;
+        domain.labels = data.labels.clone();
+        let (_, predicted) = evaluate(&self.net, &domain, batch, device);
+        Ok((Evaluation::from_predictions(&self.info.classes, &domain.labels, &predicted), data.skipped, stats))
+    }
+
+    /// Class probabilities of `texts`, one row each.
+    pub fn text_probabilities(&self, texts: &[impl AsRef<str>], home: &Path, reporter: &dyn Reporter, stats: &mut EmbedStats, device: &Device) -> Result<Vec<Vec<f32>>> {
+        let domain = self.embed("--run", texts, home, reporter, stats)?;
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let x = Tensor::<2>::from_data(TensorData::new(domain.x, [texts.len(), domain.width]), device);
+        let p: Vec<f32> = softmax(self.net.logits(x), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+        Ok(p.chunks(self.info.classes.len()).map(<[f32]>::to_vec).collect())
+    }
 }
 
 /// Reads and embeds the source, target and target-test texts.

@@ -698,31 +698,41 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, loaded: Loaded, wal
     Ok(summary)
 }
 
-/// An adapted run loaded for inference: the network (and the frozen trunk for a zoo backbone).
+/// An adapted run loaded for inference: the network, and the frozen trunk for a zoo backbone
+/// or the sentence encoder for a text one.
 pub struct AdaptedModel {
     pub info: AdaptInfo,
     pub net: AdaptNet,
     pub trunk: Option<Pretrained>,
+    pub encoder: Option<crate::text::SentenceEncoder>,
 }
 
-/// Loads an adapted run's kept model. A zoo trunk is loaded from graft's cache under `home` (or
-/// `weights`) and must have the sha256 recorded in the run.
+/// Loads an adapted run's kept model. A zoo trunk or text encoder is loaded from graft's cache
+/// under `home` (or `weights`) and must have the sha256 recorded in the run.
 pub fn load_adapted(run: &Path, home: &Path, weights: Option<&Path>, reporter: &dyn Reporter, device: &Device) -> Result<AdaptedModel> {
     let info = AdaptInfo::load(run)?;
     let net = checkpoint::load(info.build(device), &run.join("best.safetensors"))?.valid();
-    let trunk = match &info.input {
-        InputSpec::Grey { .. } => None,
-        InputSpec::Text { .. } => return Err(GraftError::spec("--run", &run.display().to_string(), "is a text adaptation run; loading it for inference is not supported yet")),
+    let mismatch = |path: &Path, found: &str| GraftError::Checksum { path: path.to_path_buf(), expected: info.weights_sha256.clone().unwrap_or_default(), found: found.to_string() };
+    let (mut trunk, mut encoder) = (None, None);
+    match &info.input {
+        InputSpec::Grey { .. } => {}
+        InputSpec::Text { model, .. } => {
+            let e = crate::text::SentenceEncoder::load(model, weights, home, reporter, device)?;
+            if info.weights_sha256.as_deref().is_some_and(|s| s != e.weights_sha256) {
+                return Err(mismatch(&e.weights_path, &e.weights_sha256));
+            }
+            encoder = Some(e);
+        }
         InputSpec::Zoo { model, .. } => {
             let spec = ModelSpec::find(model)?;
             let p = Pretrained::load(spec, weights, home, reporter, device)?;
             if info.weights_sha256.as_deref().is_some_and(|s| s != p.weights_sha256) {
-                return Err(GraftError::Checksum { path: p.weights_path.clone(), expected: info.weights_sha256.clone().unwrap_or_default(), found: p.weights_sha256.clone() });
+                return Err(mismatch(&p.weights_path, &p.weights_sha256));
             }
-            Some(p)
+            trunk = Some(p);
         }
-    };
-    Ok(AdaptedModel { info, net, trunk })
+    }
+    Ok(AdaptedModel { info, net, trunk, encoder })
 }
 
 impl AdaptedModel {
@@ -730,6 +740,7 @@ impl AdaptedModel {
     /// training) or a digit set such as `mnist:test`, read from `data_root` — and lists the
     /// files that could not be read. `flag` names the option the domain came from, for errors.
     pub fn evaluate_domain(&self, spec: &DomainSpec, flag: &str, data_root: &Path, batch: usize, reporter: &dyn Reporter, device: &Device) -> Result<(Evaluation, Vec<Skipped>)> {
+        self.expect_images(flag)?;
         let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), device);
         let (domain, _, skipped) = featurizer.load(spec, flag, data_root, Some(&self.info.classes), true, reporter)?;
         let (_, predicted) = evaluate(&self.net, &domain, batch, device);
@@ -738,6 +749,7 @@ impl AdaptedModel {
 
     /// Class probabilities for image files; unreadable files are `None` and listed.
     pub fn predict_files(&self, files: &[Sample], device: &Device) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
+        self.expect_images("--run")?;
         let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), device);
         let mut out = Vec::with_capacity(files.len());
         let mut skipped = Vec::new();
@@ -757,5 +769,13 @@ impl AdaptedModel {
             out.extend(rows.iter().map(|r| r.as_ref().and_then(|_| probs.next())));
         }
         Ok((out, skipped))
+    }
+
+    /// Image inputs given to a text model are named, not decoded.
+    fn expect_images(&self, flag: &str) -> Result<()> {
+        match &self.info.input {
+            InputSpec::Text { model, .. } => Err(GraftError::spec(flag, model, "this adaptation run classifies texts, not images")),
+            _ => Ok(()),
+        }
     }
 }

@@ -11,11 +11,31 @@ use serde::{Deserialize, Serialize};
 
 use crate::{GraftError, Result};
 
+/// The L2 strength of the logistic head: C in the penalty ½‖W‖²/C.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Penalty {
+    /// C picked among [`C_GRID`] by stratified k-fold cross-validation on the training rows
+    /// (as scikit-learn's `LogisticRegressionCV`), the folds drawn from the fit's seed.
+    Auto,
+    /// This C (finite, > 0).
+    C(f64),
+}
+
+// C is checked finite and positive where it is parsed, so equality is reflexive.
+impl Eq for Penalty {}
+
+/// The values of C that cross-validation chooses among (half-decades, weak to strong data fit).
+pub const C_GRID: [f64; 13] = [1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0];
+
+/// Folds of the cross-validation that picks C.
+pub const CV_FOLDS: usize = 5;
+
 /// Which classic classifier, with its setting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClassicKind {
-    /// Multinomial logistic regression, L2 penalty ½‖W‖²/C (scikit-learn's objective, C = 1).
-    Logistic,
+    /// Multinomial logistic regression on standardised features, L2 penalty ½‖W‖²/C
+    /// (scikit-learn's objective).
+    Logistic(Penalty),
     /// One-vs-rest linear SVM, hinge loss, C = 1 (dual coordinate descent, as LIBLINEAR).
     Svm,
     /// k nearest neighbours by cosine similarity, majority vote.
@@ -38,6 +58,24 @@ pub struct Classic {
     params: Vec<f32>,
     /// Training labels (k-NN).
     labels: Vec<usize>,
+    /// How the logistic head's C was chosen, when `Penalty::Auto` asked for it (not saved).
+    pub cross_validation: Option<CrossValidation>,
+}
+
+/// The cross-validation that picked C: pooled held-out scores of every C in [`C_GRID`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CrossValidation {
+    pub folds: usize,
+    pub scores: Vec<CvScore>,
+    /// The C chosen: the best accuracy, ties to the lower log-loss.
+    pub c: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct CvScore {
+    pub c: f64,
+    pub accuracy: f64,
+    pub log_loss: f64,
 }
 
 fn l2_normalise(row: &[f32]) -> Vec<f32> {
@@ -53,8 +91,10 @@ fn softmax(scores: &[f32]) -> Vec<f32> {
 }
 
 impl Classic {
-    /// Trains on `rows` (n × dim, row-major) with labels in 0..classes.
-    pub fn fit(kind: ClassicKind, rows: &[f32], labels: &[usize], dim: usize, classes: usize) -> Result<Self> {
+    /// Trains on `rows` (n × dim, row-major) with labels in 0..classes; `seed` draws the
+    /// cross-validation folds of `Logistic(Penalty::Auto)`. A logistic head comes back as
+    /// `Logistic(Penalty::C(c))` with the C it used.
+    pub fn fit(kind: ClassicKind, rows: &[f32], labels: &[usize], dim: usize, classes: usize, seed: u64) -> Result<Self> {
         let n = labels.len();
         if n == 0 || dim == 0 || rows.len() != n * dim {
             return Err(GraftError::spec("--head", &format!("{kind:?}"), format!("needs training features: {n} rows of width {dim}")));
@@ -62,10 +102,15 @@ impl Classic {
         if let ClassicKind::Knn(0) = kind {
             return Err(GraftError::spec("--head", "knn:0", "k must be at least 1"));
         }
+        if let ClassicKind::Logistic(Penalty::C(c)) = kind {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(GraftError::spec("--head", &format!("logistic:c={c}"), "C must be a finite number above 0"));
+            }
+        }
         let (mut mean, mut std) = (vec![0f32; dim], vec![1f32; dim]);
-        let mut model = Classic { kind: kind.clone(), classes, dim, mean: vec![], std: vec![], params: vec![], labels: vec![] };
+        let mut model = Classic { kind: kind.clone(), classes, dim, mean: vec![], std: vec![], params: vec![], labels: vec![], cross_validation: None };
         match kind {
-            ClassicKind::Logistic | ClassicKind::Svm => {
+            ClassicKind::Logistic(_) | ClassicKind::Svm => {
                 for r in rows.chunks(dim) {
                     r.iter().zip(mean.iter_mut()).for_each(|(v, m)| *m += v / n as f32);
                 }
@@ -78,10 +123,20 @@ impl Classic {
                     .chunks(dim)
                     .flat_map(|r| r.iter().zip(&mean).zip(&std).map(|((v, m), s)| ((v - m) / s) as f64).collect::<Vec<_>>())
                     .collect();
-                model.params = if kind == ClassicKind::Logistic {
-                    fit_logistic(&x, labels, dim, classes, 1.0)
-                } else {
-                    fit_svm(&x, labels, dim, classes, 1.0)
+                model.params = match kind {
+                    ClassicKind::Logistic(penalty) => {
+                        let c = match penalty {
+                            Penalty::C(c) => c,
+                            Penalty::Auto => {
+                                model.cross_validation = cross_validate(&x, labels, dim, classes, seed);
+                                // Too few rows to cross-validate: scikit-learn's default C.
+                                model.cross_validation.as_ref().map_or(1.0, |cv| cv.c)
+                            }
+                        };
+                        model.kind = ClassicKind::Logistic(Penalty::C(c));
+                        fit_logistic(&x, labels, dim, classes, c, None).iter().map(|&v| v as f32).collect()
+                    }
+                    _ => fit_svm(&x, labels, dim, classes, 1.0),
                 };
             }
             ClassicKind::Prototype => {
@@ -108,6 +163,18 @@ impl Classic {
         Ok(model)
     }
 
+    /// Says which C a logistic head used, and how cross-validation scored the grid.
+    pub fn report_penalty(&self, reporter: &dyn crate::report::Reporter) {
+        let ClassicKind::Logistic(Penalty::C(c)) = self.kind else { return };
+        match &self.cross_validation {
+            Some(cv) => {
+                let grid: Vec<String> = cv.scores.iter().map(|s| format!("{}: {:.4}", s.c, s.accuracy)).collect();
+                reporter.message(&format!("logistic head: C = {c}, chosen by {}-fold cross-validation on the training split (accuracy per C: {})", cv.folds, grid.join(", ")));
+            }
+            None => reporter.message(&format!("logistic head: C = {c}")),
+        }
+    }
+
     /// Class probabilities (or, for SVM and prototypes, a softmax of their scores) per row.
     pub fn predict_proba(&self, rows: &[f32]) -> Vec<Vec<f32>> {
         rows.chunks(self.dim).map(|r| self.proba_one(r)).collect()
@@ -116,7 +183,7 @@ impl Classic {
     fn proba_one(&self, row: &[f32]) -> Vec<f32> {
         let (d, c) = (self.dim, self.classes);
         match self.kind {
-            ClassicKind::Logistic | ClassicKind::Svm => {
+            ClassicKind::Logistic(_) | ClassicKind::Svm => {
                 let x: Vec<f32> = row.iter().zip(&self.mean).zip(&self.std).map(|((v, m), s)| (v - m) / s).collect();
                 let scores: Vec<f32> = (0..c)
                     .map(|k| {
@@ -170,7 +237,7 @@ impl Classic {
 
     fn params_width(&self) -> usize {
         match self.kind {
-            ClassicKind::Logistic | ClassicKind::Svm => self.dim + 1,
+            ClassicKind::Logistic(_) | ClassicKind::Svm => self.dim + 1,
             _ => self.dim,
         }
     }
@@ -179,7 +246,9 @@ impl Classic {
         let dict = graft_weights::load(path)?;
         let bad = |why: &str| GraftError::Data { path: path.to_path_buf(), reason: format!("not a graft classic head: {why}") };
         let meta = |k: &str| dict.metadata.get(k).ok_or_else(|| bad(&format!("no {k}")));
-        let kind: ClassicKind = serde_json::from_str(meta("graft.classic")?).map_err(|_| bad("bad kind"))?;
+        let kind = meta("graft.classic")?;
+        // Heads saved before C was a setting say "Logistic": they were fitted with C = 1.
+        let kind: ClassicKind = if kind == "\"Logistic\"" { ClassicKind::Logistic(Penalty::C(1.0)) } else { serde_json::from_str(kind).map_err(|_| bad("bad kind"))? };
         let classes: usize = meta("graft.classes")?.parse().map_err(|_| bad("bad classes"))?;
         let dim: usize = meta("graft.dim")?.parse().map_err(|_| bad("bad dim"))?;
         let get = |k: &str| dict.tensors.get(k).map(|t| t.data.clone()).ok_or_else(|| bad(&format!("no tensor {k}")));
@@ -191,9 +260,10 @@ impl Classic {
             std: get("std")?,
             params: get("params")?,
             labels: get("labels")?.iter().map(|&l| l as usize).collect(),
+            cross_validation: None,
         };
         let expected = match model.kind {
-            ClassicKind::Logistic | ClassicKind::Svm => classes * (dim + 1),
+            ClassicKind::Logistic(_) | ClassicKind::Svm => classes * (dim + 1),
             ClassicKind::Prototype => classes * dim,
             ClassicKind::Knn(_) => model.labels.len() * dim,
         };
@@ -204,9 +274,96 @@ impl Classic {
     }
 }
 
-/// Softmax regression minimising Σ cross-entropy + ½‖W‖²/C (bias not penalised) with L-BFGS.
-fn fit_logistic(x: &[f64], labels: &[usize], d: usize, c: usize, big_c: f64) -> Vec<f32> {
+/// Class scores of row `xi` under weights `w` ([c × (d + 1)], bias last).
+fn linear_scores(w: &[f64], xi: &[f64], d: usize, scores: &mut [f64]) {
+    for (k, s) in scores.iter_mut().enumerate() {
+        let wk = &w[k * (d + 1)..(k + 1) * (d + 1)];
+        *s = wk[..d].iter().zip(xi).map(|(a, b)| a * b).sum::<f64>() + wk[d];
+    }
+}
+
+/// Stratified folds: each class's rows shuffled (seeded) and dealt round the folds in turn.
+fn stratified_folds(labels: &[usize], classes: usize, folds: usize, seed: u64) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut fold_of = vec![0; labels.len()];
+    let mut next = 0;
+    for class in 0..classes {
+        let mut rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == class).collect();
+        rows.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ class as u64));
+        for i in rows {
+            fold_of[i] = next % folds;
+            next += 1;
+        }
+    }
+    fold_of
+}
+
+/// Picks C for the logistic head by stratified [`CV_FOLDS`]-fold cross-validation on the
+/// (standardised) training rows; `None` when a fold would be too small to score.
+pub(crate) fn cross_validate(x: &[f64], labels: &[usize], d: usize, classes: usize, seed: u64) -> Option<CrossValidation> {
+    use rayon::prelude::*;
     let n = labels.len();
+    if n < 4 * CV_FOLDS {
+        return None;
+    }
+    let fold_of = stratified_folds(labels, classes, CV_FOLDS, seed);
+    // Per fold: (correct, summed log-loss) for every C, walking the grid from strong to weak
+    // penalty with each solution warm-starting the next (as scikit-learn's path does).
+    let per_fold: Vec<Vec<(usize, f64)>> = (0..CV_FOLDS)
+        .into_par_iter()
+        .map(|fold| {
+            let (mut xt, mut yt, mut held) = (Vec::new(), Vec::new(), Vec::new());
+            for i in 0..n {
+                if fold_of[i] == fold {
+                    held.push(i);
+                } else {
+                    xt.extend_from_slice(&x[i * d..(i + 1) * d]);
+                    yt.push(labels[i]);
+                }
+            }
+            let mut w = None;
+            let mut scores = vec![0.0; classes];
+            C_GRID
+                .iter()
+                .map(|&c| {
+                    let fitted = fit_logistic(&xt, &yt, d, classes, c, w.take());
+                    let (mut correct, mut loss) = (0, 0.0);
+                    for &i in &held {
+                        linear_scores(&fitted, &x[i * d..(i + 1) * d], d, &mut scores);
+                        let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                        let log_sum = scores.iter().map(|s| (s - max).exp()).sum::<f64>().ln() + max;
+                        loss += log_sum - scores[labels[i]];
+                        // Ties go to the lower class, as argmax elsewhere in graft.
+                        let best = scores.iter().enumerate().fold(0, |b, (k, &s)| if s > scores[b] { k } else { b });
+                        correct += usize::from(best == labels[i]);
+                    }
+                    w = Some(fitted);
+                    (correct, loss)
+                })
+                .collect()
+        })
+        .collect();
+    let scores: Vec<CvScore> = C_GRID
+        .iter()
+        .enumerate()
+        .map(|(j, &c)| CvScore {
+            c,
+            accuracy: per_fold.iter().map(|f| f[j].0).sum::<usize>() as f64 / n as f64,
+            log_loss: per_fold.iter().map(|f| f[j].1).sum::<f64>() / n as f64,
+        })
+        .collect();
+    let best = scores
+        .iter()
+        .copied()
+        .reduce(|best, s| if s.accuracy > best.accuracy || (s.accuracy == best.accuracy && s.log_loss < best.log_loss) { s } else { best })
+        .expect("the grid is not empty");
+    Some(CrossValidation { folds: CV_FOLDS, scores, c: best.c })
+}
+
+/// Softmax regression minimising Σ cross-entropy + ½‖W‖²/C (bias not penalised) with L-BFGS,
+/// from `init` when given (a warm start) or from zero.
+pub(crate) fn fit_logistic(x: &[f64], labels: &[usize], d: usize, c: usize, big_c: f64, init: Option<Vec<f64>>) -> Vec<f64> {
     let width = d + 1;
     let objective = |w: &[f64], grad: &mut [f64]| -> f64 {
         grad.iter_mut().for_each(|g| *g = 0.0);
@@ -214,10 +371,7 @@ fn fit_logistic(x: &[f64], labels: &[usize], d: usize, c: usize, big_c: f64) -> 
         let mut scores = vec![0.0; c];
         for (i, &y) in labels.iter().enumerate() {
             let xi = &x[i * d..(i + 1) * d];
-            for (k, s) in scores.iter_mut().enumerate() {
-                let wk = &w[k * width..(k + 1) * width];
-                *s = wk[..d].iter().zip(xi).map(|(a, b)| a * b).sum::<f64>() + wk[d];
-            }
+            linear_scores(w, xi, d, &mut scores);
             let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = scores.iter().map(|s| (s - max).exp()).sum();
             loss += sum.ln() + max - scores[y];
@@ -235,11 +389,9 @@ fn fit_logistic(x: &[f64], labels: &[usize], d: usize, c: usize, big_c: f64) -> 
                 grad[k * width + j] += v / big_c;
             }
         }
-        let _ = n;
         loss
     };
-    let w = lbfgs::minimise(vec![0.0; c * width], objective, 500, 1e-6);
-    w.iter().map(|&v| v as f32).collect()
+    lbfgs::minimise(init.unwrap_or_else(|| vec![0.0; c * width]), objective, 500, 1e-6)
 }
 
 /// One-vs-rest L1-loss (hinge) SVM by dual coordinate descent (Hsieh et al. 2008, LIBLINEAR),
@@ -320,8 +472,8 @@ mod tests {
         let (test, sl) = blobs(30, 2);
         let dir = std::env::temp_dir().join(format!("graft-classic-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for kind in [ClassicKind::Logistic, ClassicKind::Svm, ClassicKind::Knn(5), ClassicKind::Prototype] {
-            let m = Classic::fit(kind.clone(), &train, &tl, 5, 3).unwrap();
+        for kind in [ClassicKind::Logistic(Penalty::Auto), ClassicKind::Logistic(Penalty::C(1.0)), ClassicKind::Svm, ClassicKind::Knn(5), ClassicKind::Prototype] {
+            let m = Classic::fit(kind.clone(), &train, &tl, 5, 3, 0).unwrap();
             let acc = accuracy(&m, &test, &sl);
             assert!(acc > 0.9, "{kind:?}: accuracy {acc}");
             let path = dir.join("h.safetensors");
@@ -336,8 +488,8 @@ mod tests {
         // At the optimum of Σ CE + ½‖W‖²/C the gradient vanishes: check it numerically.
         let (train, tl) = blobs(20, 3);
         let x: Vec<f64> = train.iter().map(|&v| v as f64).collect();
-        let w = fit_logistic(&x, &tl, 5, 3, 1.0);
-        let m = Classic { kind: ClassicKind::Logistic, classes: 3, dim: 5, mean: vec![0.0; 5], std: vec![1.0; 5], params: w.clone(), labels: vec![] };
+        let w: Vec<f32> = fit_logistic(&x, &tl, 5, 3, 1.0, None).iter().map(|&v| v as f32).collect();
+        let m = Classic { kind: ClassicKind::Logistic(Penalty::C(1.0)), classes: 3, dim: 5, mean: vec![0.0; 5], std: vec![1.0; 5], params: w.clone(), labels: vec![], cross_validation: None };
         assert!(accuracy(&m, &train, &tl) > 0.9);
         let eps = 1e-3f64;
         let f = |w: &[f64]| -> f64 {
@@ -364,9 +516,94 @@ mod tests {
         }
     }
 
+    /// Two classes in 8-d: `signal` scales the class separation along the first axis; labels
+    /// are drawn independently of the features when `signal` is 0.
+    fn two_classes(n: usize, signal: f32, seed: u64) -> (Vec<f32>, Vec<usize>) {
+        let mut s = seed;
+        let mut rnd = || {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) as f32 / (1u64 << 31) as f32) - 0.5
+        };
+        let (mut rows, mut labels) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let label = i % 2;
+            let centre = if label == 0 { -signal } else { signal };
+            rows.push(centre + rnd());
+            rows.extend((1..8).map(|_| rnd()));
+            labels.push(label);
+        }
+        (rows, labels)
+    }
+
+    fn cv_of(rows: &[f32], labels: &[usize], seed: u64) -> CrossValidation {
+        let m = Classic::fit(ClassicKind::Logistic(Penalty::Auto), rows, labels, 8, 2, seed).unwrap();
+        let cv = m.cross_validation.clone().expect("enough rows to cross-validate");
+        assert_eq!(m.kind, ClassicKind::Logistic(Penalty::C(cv.c)), "the head records the C it used");
+        cv
+    }
+
+    #[test]
+    fn cross_validation_penalises_noise_and_not_signal() {
+        // Labels unrelated to the features: no C predicts better than chance, and the strongest
+        // penalty (probabilities nearest ½) has the lowest held-out log-loss.
+        let (noise, noise_labels) = two_classes(60, 0.0, 4);
+        let noisy = cv_of(&noise, &noise_labels, 0);
+        // Separable classes: every C is right everywhere; the weakest penalty is the most confident.
+        let (clean, clean_labels) = two_classes(60, 3.0, 5);
+        let separable = cv_of(&clean, &clean_labels, 0);
+        assert!(separable.scores.iter().all(|s| s.accuracy == 1.0), "{separable:?}");
+        assert!(noisy.c < 0.01 && separable.c > 1.0, "noise picked C = {}, signal C = {}", noisy.c, separable.c);
+        assert_eq!(noisy.scores.len(), C_GRID.len());
+        // The choice is the best accuracy among the grid.
+        let best = noisy.scores.iter().map(|s| s.accuracy).fold(0.0, f64::max);
+        assert_eq!(noisy.scores.iter().find(|s| s.c == noisy.c).unwrap().accuracy, best);
+    }
+
+    #[test]
+    fn cross_validation_folds_are_stratified_and_seeded() {
+        let labels: Vec<usize> = (0..53).map(|i| usize::from(i % 3 == 0)).collect();
+        let folds = stratified_folds(&labels, 2, CV_FOLDS, 7);
+        for class in 0..2 {
+            let per_fold: Vec<usize> = (0..CV_FOLDS).map(|f| (0..labels.len()).filter(|&i| labels[i] == class && folds[i] == f).count()).collect();
+            let (lo, hi) = (per_fold.iter().min().unwrap(), per_fold.iter().max().unwrap());
+            assert!(hi - lo <= 1, "class {class} spread over the folds as {per_fold:?}");
+        }
+        assert_eq!(folds, stratified_folds(&labels, 2, CV_FOLDS, 7), "same seed, same folds");
+        assert_ne!(folds, stratified_folds(&labels, 2, CV_FOLDS, 8), "another seed, other folds");
+        // The whole fit is deterministic given the seed.
+        let (rows, labels) = two_classes(50, 0.3, 9);
+        assert_eq!(cv_of(&rows, &labels, 3), cv_of(&rows, &labels, 3));
+    }
+
+    #[test]
+    fn a_fixed_c_skips_cross_validation_and_old_heads_load_with_c_1() {
+        let (rows, labels) = two_classes(40, 1.0, 1);
+        let m = Classic::fit(ClassicKind::Logistic(Penalty::C(0.5)), &rows, &labels, 8, 2, 0).unwrap();
+        assert!(m.cross_validation.is_none());
+        assert_eq!(m.kind, ClassicKind::Logistic(Penalty::C(0.5)));
+        // Too few rows for 5 folds: C = 1, said so by the absent cross-validation.
+        let few = Classic::fit(ClassicKind::Logistic(Penalty::Auto), &rows[..8 * 10], &labels[..10], 8, 2, 0).unwrap();
+        assert!(few.cross_validation.is_none());
+        assert_eq!(few.kind, ClassicKind::Logistic(Penalty::C(1.0)));
+        // A head saved before C was a setting has "Logistic" as its kind.
+        let dir = std::env::temp_dir().join(format!("graft-classic-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("old.safetensors");
+        m.save(&path).unwrap();
+        let mut dict = graft_weights::load(&path).unwrap();
+        dict.metadata.insert("graft.classic".into(), "\"Logistic\"".into());
+        graft_weights::save_safetensors(&path, &dict).unwrap();
+        let old = Classic::load(&path).unwrap();
+        assert_eq!(old.kind, ClassicKind::Logistic(Penalty::C(1.0)));
+        assert_eq!(old.predict_proba(&rows), m.predict_proba(&rows));
+    }
+
     #[test]
     fn bad_inputs_are_errors() {
-        assert!(Classic::fit(ClassicKind::Logistic, &[], &[], 5, 3).is_err());
-        assert!(Classic::fit(ClassicKind::Knn(0), &[1.0, 2.0], &[0], 2, 2).is_err());
+        assert!(Classic::fit(ClassicKind::Logistic(Penalty::Auto), &[], &[], 5, 3, 0).is_err());
+        assert!(Classic::fit(ClassicKind::Knn(0), &[1.0, 2.0], &[0], 2, 2, 0).is_err());
+        for c in [0.0, -1.0, f64::INFINITY, f64::NAN] {
+            assert!(Classic::fit(ClassicKind::Logistic(Penalty::C(c)), &[1.0, 2.0], &[0], 2, 2, 0).is_err(), "C = {c}");
+        }
     }
 }

@@ -203,4 +203,64 @@ mod tests {
             }
         }
     }
+
+    /// The logistic head's C and standardisation on cached MiniLM embeddings (a measurement:
+    /// `GRAFT_HOME=… GRAFT_MEASURE_SEEDS=0,1,2 cargo test --release -p graft --lib
+    /// text::tests::measure_logistic_penalty -- --ignored --nocapture`). C is picked by
+    /// cross-validation on the training half only; the held-out half is scored once per variant.
+    #[test]
+    #[ignore]
+    fn measure_logistic_penalty() {
+        use crate::classic::{cross_validate, fit_logistic};
+        let device = default_device();
+        let encoder = SentenceEncoder::minilm(&home(), &Silent, &device).unwrap();
+        let mut store = features::open_store(&home(), "minilm-l6", &encoder, crate::cache::StoreDtype::F32, &Silent).unwrap();
+        let seeds: Vec<u64> = std::env::var("GRAFT_MEASURE_SEEDS").unwrap_or_else(|_| "0".into()).split(',').filter_map(|s| s.trim().parse().ok()).collect();
+        let sets = [
+            ("sms-spam", TextDataset::sms_spam(&shared_text().join("sms-spam/SMSSpamCollection")).unwrap()),
+            ("rt-polarity", TextDataset::rt_polarity(&shared_text().join("rt-polarity")).unwrap()),
+        ];
+        for (name, data) in sets {
+            let mut stats = features::EmbedStats::default();
+            let x = features::embed_cached(&encoder, &data.texts, Some(&mut store), &Silent, &mut stats).unwrap();
+            eprintln!("{name}: {} hits, {} misses", stats.hits, stats.misses);
+            let d = x[0].len();
+            let k = data.classes.len();
+            for &seed in &seeds {
+                let (train, test) = stratified_split(&data.labels, 0.5, seed).unwrap();
+                let ytr: Vec<usize> = train.iter().map(|&i| data.labels[i]).collect();
+                for standardise in [true, false] {
+                    let (mut mean, mut std) = (vec![0f64; d], vec![1f64; d]);
+                    if standardise {
+                        for &i in &train {
+                            x[i].iter().zip(mean.iter_mut()).for_each(|(v, m)| *m += *v as f64 / train.len() as f64);
+                        }
+                        let mut var = vec![0f64; d];
+                        for &i in &train {
+                            x[i].iter().zip(&mean).zip(var.iter_mut()).for_each(|((v, m), s)| *s += (*v as f64 - m).powi(2) / train.len() as f64);
+                        }
+                        std = var.iter().map(|v| v.sqrt().max(1e-6)).collect();
+                    }
+                    let rows = |idx: &[usize]| -> Vec<f64> { idx.iter().flat_map(|&i| x[i].iter().zip(&mean).zip(&std).map(|((v, m), s)| (*v as f64 - m) / s)).collect() };
+                    let (xtr, xte) = (rows(&train), rows(&test));
+                    let start = Instant::now();
+                    let cv = cross_validate(&xtr, &ytr, d, k, seed).unwrap();
+                    let cv_secs = start.elapsed().as_secs_f64();
+                    let test_acc = |c: f64| {
+                        let w = fit_logistic(&xtr, &ytr, d, k, c, None);
+                        let correct = test.iter().enumerate().filter(|(j, &i)| {
+                            let xi = &xte[j * d..(j + 1) * d];
+                            let s: Vec<f64> = (0..k).map(|c| w[c * (d + 1)..(c + 1) * (d + 1) - 1].iter().zip(xi).map(|(a, b)| a * b).sum::<f64>() + w[(c + 1) * (d + 1) - 1]).collect();
+                            let best = s.iter().enumerate().fold(0, |b, (c, &v)| if v > s[b] { c } else { b });
+                            best == data.labels[i]
+                        }).count();
+                        correct as f64 / test.len() as f64
+                    };
+                    let grid: Vec<String> = cv.scores.iter().map(|s| format!("{}:{:.4}/{:.3}", s.c, s.accuracy, s.log_loss)).collect();
+                    eprintln!("{name} seed {seed} standardise {standardise}: CV ({cv_secs:.1} s) {}", grid.join(" "));
+                    eprintln!("  chosen C {} → test {:.4}; C=1 → test {:.4}", cv.c, test_acc(cv.c), test_acc(1.0));
+                }
+            }
+        }
+    }
 }

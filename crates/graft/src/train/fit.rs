@@ -77,21 +77,72 @@ pub struct FitSummary {
     pub classes: Vec<String>,
 }
 
-/// Training state saved in `last.safetensors`' metadata.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-struct TrainState {
+/// Training state saved in `last.safetensors`' metadata (image and text runs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct TrainState {
     /// Epochs completed (1-based count).
-    epoch: usize,
-    step: usize,
-    best_epoch: usize,
-    best_val_accuracy: f64,
-    best_val_loss: f64,
-    early: Option<EarlyStopping>,
-    plateau: Option<ReduceOnPlateau>,
-    last_metrics: Option<EpochMetrics>,
-    best_confusion: Vec<Vec<u64>>,
-    train_seconds: f64,
-    stopped_early: bool,
+    pub(super) epoch: usize,
+    pub(super) step: usize,
+    pub(super) best_epoch: usize,
+    pub(super) best_val_accuracy: f64,
+    /// Infinite until a validation epoch (JSON writes it as null).
+    #[serde(deserialize_with = "null_as_infinity")]
+    pub(super) best_val_loss: f64,
+    pub(super) early: Option<EarlyStopping>,
+    pub(super) plateau: Option<ReduceOnPlateau>,
+    pub(super) last_metrics: Option<EpochMetrics>,
+    pub(super) best_confusion: Vec<Vec<u64>>,
+    pub(super) train_seconds: f64,
+    pub(super) stopped_early: bool,
+}
+
+fn null_as_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+}
+
+impl Default for TrainState {
+    fn default() -> Self {
+        TrainState {
+            epoch: 0,
+            step: 0,
+            best_epoch: 0,
+            best_val_accuracy: 0.0,
+            best_val_loss: f64::INFINITY,
+            early: None,
+            plateau: None,
+            last_metrics: None,
+            best_confusion: Vec::new(),
+            train_seconds: 0.0,
+            stopped_early: false,
+        }
+    }
+}
+
+impl TrainState {
+    /// The state after the last completed epoch of `run` and its `last.safetensors`, or `None`
+    /// when no epoch completed. The run directory is first made to agree with that state.
+    pub(super) fn resume(run: &Path) -> Result<Option<(TrainState, graft_weights::StateDict)>> {
+        let last = run.join("last.safetensors");
+        if !last.is_file() {
+            return Ok(None);
+        }
+        let dict = graft_weights::load(&last)?;
+        let state: TrainState = dict
+            .metadata
+            .get("graft.train_state")
+            .and_then(|s| serde_json::from_str(s).ok())
+            .ok_or_else(|| GraftError::Data { path: last.clone(), reason: "no training state in the checkpoint".into() })?;
+        repair_after_kill(run, &state)?;
+        Ok(Some((state, dict)))
+    }
+
+    /// `last.safetensors`' metadata carrying this state.
+    pub(super) fn metadata(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("graft.epoch".to_string(), self.epoch.to_string()),
+            ("graft.train_state".to_string(), serde_json::to_string(self).expect("state serializes")),
+        ])
+    }
 }
 
 /// Images decoded once, cropped and resized to the model's input size.
@@ -214,18 +265,11 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     };
 
     // --- resume -------------------------------------------------------------------------------
-    let mut state = TrainState { best_val_loss: f64::INFINITY, ..Default::default() };
+    let mut state = TrainState::default();
     if resume {
-        let last = run.join("last.safetensors");
-        if last.is_file() {
-            let dict = graft_weights::load(&last)?;
-            state = dict
-                .metadata
-                .get("graft.train_state")
-                .and_then(|s| serde_json::from_str(s).ok())
-                .ok_or_else(|| GraftError::Data { path: last.clone(), reason: "no training state in the checkpoint".into() })?;
-            model = checkpoint::import(model, &dict, &last, spec.id)?;
-            repair_after_kill(run, &state)?;
+        if let Some((saved, dict)) = TrainState::resume(run)? {
+            state = saved;
+            model = checkpoint::import(model, &dict, &run.join("last.safetensors"), spec.id)?;
             reporter.message(&format!("resuming {} after epoch {}", run.display(), state.epoch));
         }
     }
@@ -426,10 +470,7 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             state.stopped_early = stop;
 
             // Crash-safe order: last (with state) → best → metrics line; see repair_after_kill.
-            let mut meta = BTreeMap::new();
-            meta.insert("graft.epoch".to_string(), state.epoch.to_string());
-            meta.insert("graft.train_state".to_string(), serde_json::to_string(&state).expect("state serializes"));
-            checkpoint::save(&model, &run.join("last.safetensors"), meta)?;
+            checkpoint::save(&model, &run.join("last.safetensors"), state.metadata())?;
             if improved {
                 let mut meta = BTreeMap::new();
                 meta.insert("graft.epoch".to_string(), state.epoch.to_string());
@@ -482,7 +523,7 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     Ok(summary)
 }
 
-fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
+pub(super) fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
     if !resume && run.join("model.json").exists() {
         return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run; pass --resume to continue it or choose another --out"));
     }
@@ -735,7 +776,8 @@ fn fit_classic(
     let (train_rows, _) = activations(&prefix, train, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching frozen-trunk activations", &mut stats)?;
     let (val_rows, _) = activations(&prefix, val, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching validation activations", &mut stats)?;
     let classes = info.classes.len();
-    let head = Classic::fit(kind.clone(), &train_rows.data, &train.labels, train_rows.width, classes)?;
+    let head = Classic::fit(kind.clone(), &train_rows.data, &train.labels, train_rows.width, classes, config.seed)?;
+    head.report_penalty(reporter);
     let score = |rows: &Cache, labels: &[usize]| -> (f64, f64, Evaluation) {
         let probs = head.predict_proba(&rows.data);
         let loss = probs.iter().zip(labels).map(|(p, &l)| -(p[l].max(1e-12) as f64).ln()).sum::<f64>() / labels.len().max(1) as f64;
@@ -878,5 +920,22 @@ pub(crate) fn make_optimizer(optimizer: &Optimizer) -> ModuleOptimizer {
             cfg.init()
         }
         Optimizer::Adamw { weight_decay } => AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(*weight_decay as f32).init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_without_validation_survives_its_json() {
+        // No validation epoch yet: the best loss is infinite, which JSON can only write as null.
+        let state = TrainState { epoch: 3, step: 12, best_epoch: 3, ..Default::default() };
+        let back: TrainState = serde_json::from_str(&state.metadata()["graft.train_state"]).unwrap();
+        assert_eq!(back.best_val_loss, f64::INFINITY);
+        assert_eq!((back.epoch, back.step, back.best_epoch), (3, 12, 3));
+        let seen = TrainState { best_val_loss: 0.25, ..state };
+        let back: TrainState = serde_json::from_str(&serde_json::to_string(&seen).unwrap()).unwrap();
+        assert_eq!(back.best_val_loss, 0.25);
     }
 }

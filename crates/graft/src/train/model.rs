@@ -9,7 +9,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::classic::ClassicKind;
+use crate::classic::{ClassicKind, Penalty};
 use crate::zoo::efficientnet::global_avg_pool;
 use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::{Trunk, TrunkConfig};
@@ -44,7 +44,7 @@ impl FromStr for HeadSpec {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "linear" => return Ok(HeadSpec::Linear),
-            "logistic" => return Ok(HeadSpec::Classic(ClassicKind::Logistic)),
+            "logistic" | "logistic:c=auto" => return Ok(HeadSpec::Classic(ClassicKind::Logistic(Penalty::Auto))),
             "svm" => return Ok(HeadSpec::Classic(ClassicKind::Svm)),
             "prototype" => return Ok(HeadSpec::Classic(ClassicKind::Prototype)),
             _ => {}
@@ -53,7 +53,11 @@ impl FromStr for HeadSpec {
             let k = k.parse::<usize>().ok().filter(|k| *k > 0).ok_or_else(|| GraftError::spec("--head", s, "knn:K needs K ≥ 1"))?;
             return Ok(HeadSpec::Classic(ClassicKind::Knn(k)));
         }
-        let bad = || GraftError::spec("--head", s, "expected linear, mlp:W1,W2,… (e.g. mlp:1024,1024), logistic, svm, knn:K or prototype");
+        if let Some(c) = s.strip_prefix("logistic:c=") {
+            let c = c.parse::<f64>().ok().filter(|c| c.is_finite() && *c > 0.0).ok_or_else(|| GraftError::spec("--head", s, "logistic:c=C needs C > 0 (or auto)"))?;
+            return Ok(HeadSpec::Classic(ClassicKind::Logistic(Penalty::C(c))));
+        }
+        let bad = || GraftError::spec("--head", s, "expected linear, mlp:W1,W2,… (e.g. mlp:1024,1024), logistic[:c=C|auto], svm, knn:K or prototype");
         let widths = s.strip_prefix("mlp:").ok_or_else(bad)?;
         let widths: Vec<usize> = widths.split(',').map(|w| w.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| bad())?;
         if widths.is_empty() || widths.contains(&0) {
@@ -68,7 +72,8 @@ impl std::fmt::Display for HeadSpec {
         match self {
             HeadSpec::Linear => write!(f, "linear"),
             HeadSpec::Mlp(w) => write!(f, "mlp:{}", w.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(",")),
-            HeadSpec::Classic(ClassicKind::Logistic) => write!(f, "logistic"),
+            HeadSpec::Classic(ClassicKind::Logistic(Penalty::Auto)) => write!(f, "logistic"),
+            HeadSpec::Classic(ClassicKind::Logistic(Penalty::C(c))) => write!(f, "logistic:c={c}"),
             HeadSpec::Classic(ClassicKind::Svm) => write!(f, "svm"),
             HeadSpec::Classic(ClassicKind::Prototype) => write!(f, "prototype"),
             HeadSpec::Classic(ClassicKind::Knn(k)) => write!(f, "knn:{k}"),
@@ -270,4 +275,21 @@ pub fn frozen_prefix(rows: &[LayerRow], frozen: &BTreeSet<String>, config: &Trun
         }
     }
     stage_frozen.iter().take_while(|f| **f).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logistic_head_specs_parse_and_print_back() {
+        assert_eq!("logistic".parse::<HeadSpec>().unwrap(), HeadSpec::Classic(ClassicKind::Logistic(Penalty::Auto)));
+        assert_eq!("logistic:c=auto".parse::<HeadSpec>().unwrap().to_string(), "logistic");
+        let fixed: HeadSpec = "logistic:c=0.03".parse().unwrap();
+        assert_eq!(fixed, HeadSpec::Classic(ClassicKind::Logistic(Penalty::C(0.03))));
+        assert_eq!(fixed.to_string().parse::<HeadSpec>().unwrap(), fixed);
+        for bad in ["logistic:c=0", "logistic:c=-1", "logistic:c=inf", "logistic:c=NaN", "logistic:c=", "logistic:0.5"] {
+            assert!(bad.parse::<HeadSpec>().is_err(), "{bad}");
+        }
+    }
 }

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
 use super::config::{ClassWeights, FitConfig};
-use super::fit::{make_optimizer, write_plots, CacheStats, EpochMetrics, FitReporter, FitSummary};
+use super::fit::{make_optimizer, write_plots, CacheStats, EpochMetrics, FitReporter, FitSummary, TrainState};
 use super::loss::{argmax, cross_entropy};
 use super::model::{Head, HeadSpec};
 use super::run::{top1, Evaluation};
@@ -138,7 +138,7 @@ fn head_probabilities(head: &TextHead, rows: &[Vec<f32>], device: &Device) -> Ve
 }
 
 /// Text runs support what a frozen encoder supports; anything else is named.
-fn check_config(config: &FitConfig, resume: bool) -> Result<()> {
+fn check_config(config: &FitConfig) -> Result<()> {
     let only = |flag: &str, value: String, why: &str| Err(GraftError::spec(flag, &value, format!("{why} (text models support only --freeze all: the encoder stays frozen and its embeddings are cached)")));
     if config.freeze != FreezeSpec::All {
         return only("--freeze", config.freeze.to_string(), "fine-tuning the text encoder is not supported");
@@ -154,9 +154,6 @@ fn check_config(config: &FitConfig, resume: bool) -> Result<()> {
     }
     if config.train_bn {
         return only("--train-bn", String::new(), "the text encoder has no BatchNorm");
-    }
-    if resume {
-        return Err(GraftError::spec("--resume", "", "a text run trains its head in seconds from cached embeddings: start it again with --overwrite"));
     }
     Ok(())
 }
@@ -179,14 +176,12 @@ impl Rows {
     }
 }
 
-/// Runs `graft fit` for a text model into `run`.
+/// Runs `graft fit` for a text model into `run`, or resumes it there (`resume`): a neural head
+/// continues after its last completed epoch, a classic head is fitted again (it trains in one go).
 pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device) -> Result<FitSummary> {
     config.validate()?;
-    check_config(config, resume)?;
-    if run.join("model.json").exists() {
-        return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run; pass --overwrite or choose another --out"));
-    }
-    std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
+    check_config(config)?;
+    super::fit::prepare_run_dir(run, resume)?;
     device.seed(config.seed);
     let started = Instant::now();
 
@@ -234,8 +229,8 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
 
     // --- head -----------------------------------------------------------------------------------
     let trained = match &config.head {
-        HeadSpec::Classic(kind) => train_classic(kind, run, &info, &train_rows, &val_rows, reporter)?,
-        _ => train_neural(config, run, &info, &train_rows, &val_rows, reporter, device)?,
+        HeadSpec::Classic(kind) => train_classic(kind, config.seed, run, &info, &train_rows, &val_rows, reporter)?,
+        _ => train_neural(config, run, resume, &info, &train_rows, &val_rows, reporter, device)?,
     };
     let metrics = super::fit::read_metrics(run)?;
     write_plots(run, &metrics, &classes, &trained.best_confusion)?;
@@ -286,9 +281,10 @@ fn log_tensorboard(tb: &mut EventWriter, m: &EpochMetrics) -> Result<()> {
 }
 
 /// A classic head on the embeddings, trained in one go (one "epoch" in the metrics).
-fn train_classic(kind: &crate::classic::ClassicKind, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter) -> Result<Trained> {
+fn train_classic(kind: &crate::classic::ClassicKind, seed: u64, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter) -> Result<Trained> {
     let started = Instant::now();
-    let head = Classic::fit(kind.clone(), &train.flat(), &train.labels, info.embedding_width, info.classes.len())?;
+    let head = Classic::fit(kind.clone(), &train.flat(), &train.labels, info.embedding_width, info.classes.len(), seed)?;
+    head.report_penalty(reporter);
     let score = |rows: &Rows| -> (f64, Evaluation) {
         let probs = head.predict_proba(&rows.flat());
         let loss = probs.iter().zip(&rows.labels).map(|(p, &l)| -(p[l].max(1e-12) as f64).ln()).sum::<f64>() / rows.labels.len().max(1) as f64;
@@ -321,10 +317,22 @@ fn train_classic(kind: &crate::classic::ClassicKind, run: &Path, info: &TextRunI
 
 /// A linear or MLP head trained with the run's optimizer, schedule and early stopping; the
 /// epoch with the best validation accuracy is kept (the last one without validation data).
-fn train_neural(config: &FitConfig, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter, device: &Device) -> Result<Trained> {
+/// Each epoch's `last.safetensors` carries the training state, from which `resume` continues
+/// (with a fresh optimizer, as image runs).
+#[allow(clippy::too_many_arguments)]
+fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter, device: &Device) -> Result<Trained> {
     let classes = info.classes.len();
     let train_device = device.clone().autodiff();
     let mut head = Head::init(&config.head, info.embedding_width, classes, config.dropout, device).train();
+    let mut state = TrainState::default();
+    if let Some((saved, _)) = if resume { TrainState::resume(run)? } else { None } {
+        head = checkpoint::load(head, &run.join("last.safetensors"))?;
+        state = saved;
+        reporter.message(&format!("resuming {} after epoch {}", run.display(), state.epoch));
+    }
+    if state.stopped_early || state.epoch >= config.epochs {
+        reporter.message("the run had already finished");
+    }
     let trainable_params = super::fit::count_trainable(&head);
     let mut optimizer = make_optimizer(&config.optimizer);
     let steps_per_epoch = train.labels.len().div_ceil(config.batch_size);
@@ -338,14 +346,12 @@ fn train_neural(config: &FitConfig, run: &Path, info: &TextRunInfo, train: &Rows
             Some(counts.iter().map(|&c| if c == 0 { 0.0 } else { n / (classes as f32 * c as f32) }).collect::<Vec<f32>>())
         }
     };
-    let mut plateau = config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta));
-    let mut early = config.patience.map(|p| EarlyStopping::new(p, config.min_delta));
+    let mut plateau = state.plateau.clone().or_else(|| config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)));
+    let mut early = state.early.clone().or_else(|| config.patience.map(|p| EarlyStopping::new(p, config.min_delta)));
     let mut tb = EventWriter::create(&run.join("tb"))?;
-    let mut metrics_log = Vec::new();
-    let (mut best_epoch, mut best_acc, mut best_loss, mut best_confusion) = (0usize, 0f64, f64::INFINITY, Vec::new());
-    let mut stopped_early = false;
-    let mut step = 0usize;
-    for epoch in 0..config.epochs {
+    let mut metrics_log = if state.epoch > 0 { super::fit::read_metrics(run)? } else { Vec::new() };
+    let first_epoch = if state.stopped_early { config.epochs } else { state.epoch };
+    for epoch in first_epoch..config.epochs {
         let started = Instant::now();
         let mut order: Vec<usize> = (0..train.labels.len()).collect();
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
@@ -361,9 +367,9 @@ fn train_neural(config: &FitConfig, run: &Path, info: &TextRunInfo, train: &Rows
             loss_sum += loss_value as f64 * batch.len() as f64;
             correct += argmax(logits.detach()).iter().zip(&targets).filter(|(p, t)| p == t).count();
             let grads = GradientsParams::from_grads(loss.backward(), &head);
-            lr = plan.lr_at(step) * scale;
+            lr = plan.lr_at(state.step) * scale;
             head = optimizer.step(lr, head, grads);
-            step += 1;
+            state.step += 1;
             reporter.progress(((b + 1) * config.batch_size).min(order.len()) as u64);
         }
         reporter.finish();
@@ -396,9 +402,11 @@ fn train_neural(config: &FitConfig, run: &Path, info: &TextRunInfo, train: &Rows
             None => true,
             Some((loss, eval)) => {
                 // Best by accuracy; on a tie, by lower loss (as image runs).
-                let improved = best_epoch == 0 || eval.accuracy > best_acc + config.min_delta || (eval.accuracy == best_acc && *loss < best_loss);
+                let improved = state.best_epoch == 0
+                    || eval.accuracy > state.best_val_accuracy + config.min_delta
+                    || (eval.accuracy == state.best_val_accuracy && *loss < state.best_val_loss);
                 if improved {
-                    (best_acc, best_loss, best_confusion) = (eval.accuracy, *loss, eval.confusion.clone());
+                    (state.best_val_accuracy, state.best_val_loss, state.best_confusion) = (eval.accuracy, *loss, eval.confusion.clone());
                 }
                 if let Some(p) = plateau.as_mut() {
                     if p.observe(eval.accuracy, true) {
@@ -409,10 +417,17 @@ fn train_neural(config: &FitConfig, run: &Path, info: &TextRunInfo, train: &Rows
                 improved
             }
         };
-        let meta = BTreeMap::from([("graft.epoch".to_string(), (epoch + 1).to_string())]);
-        checkpoint::save(&head, &run.join("last.safetensors"), meta.clone())?;
+        state.epoch = epoch + 1;
         if improved {
-            best_epoch = epoch + 1;
+            state.best_epoch = epoch + 1;
+        }
+        (state.plateau, state.early, state.stopped_early) = (plateau.clone(), early.clone(), stop);
+        state.last_metrics = Some(metrics.clone());
+        state.train_seconds += metrics.seconds;
+        // Crash-safe order: last (with state) → best → metrics (see fit's repair_after_kill).
+        checkpoint::save(&head, &run.join("last.safetensors"), state.metadata())?;
+        if improved {
+            let meta = BTreeMap::from([("graft.epoch".to_string(), state.epoch.to_string())]);
             checkpoint::save(&head, &run.join("best.safetensors"), meta)?;
         }
         metrics_log.push(metrics.clone());
@@ -421,11 +436,16 @@ fn train_neural(config: &FitConfig, run: &Path, info: &TextRunInfo, train: &Rows
         reporter.epoch(&metrics, config.epochs);
         if stop {
             reporter.message(&format!("early stopping: no improvement for {} epochs", config.patience.unwrap_or(0)));
-            stopped_early = true;
             break;
         }
     }
-    Ok(Trained { best_epoch, best_val_accuracy: best_acc, best_confusion, stopped_early, trainable_params })
+    Ok(Trained {
+        best_epoch: state.best_epoch,
+        best_val_accuracy: state.best_val_accuracy,
+        best_confusion: state.best_confusion,
+        stopped_early: state.stopped_early,
+        trainable_params,
+    })
 }
 
 /// Where a text run's inputs come from: the labelled dataset for `eval`.

@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use super::stages::{stage_features, stage_name};
-use crate::classic::{Classic, ClassicKind};
+use crate::classic::{Classic, ClassicKind, Penalty};
 use crate::data::folder::{stratified_split, ImageFolder, Sample, Skipped};
 use crate::report::plot::{line_plot, Series};
 use crate::report::Reporter;
@@ -80,7 +80,7 @@ pub fn probe(model: &Pretrained, data: &Path, validation: &Validation, home: &Pa
     reporter.start("fitting logistic probes", Some(stages.len() as u64));
     for (k, &stage) in stages.iter().enumerate() {
         let (dim, ref rows) = ft.stages[k];
-        let head = Classic::fit(ClassicKind::Logistic, rows, &train_labels, dim, classes)?;
+        let head = Classic::fit(ClassicKind::Logistic(Penalty::C(1.0)), rows, &train_labels, dim, classes, 0)?;
         let predicted = top1(&head.predict_proba(&fv.stages[k].1));
         let correct = predicted.iter().zip(&val_labels).filter(|(p, t)| p == t).count();
         layers.push(LayerProbe { name: stage_name(stage, blocks), stage, dim, accuracy: correct as f64 / val_labels.len() as f64 });
