@@ -5,7 +5,10 @@
 //! LeNet from scratch, bottleneck 256 (linear → BatchNorm → ReLU), SGD momentum 0.9 (Nesterov),
 //! weight decay 1e-3, lr 0.01 annealed as lr₀·(1 + 10p)^−0.75 over the whole run, batches of 32
 //! per domain, discriminator 1024-1024 with BatchNorm; DANN/CDAN/ADDA ramp the reversed
-//! gradient with λ_p = 2/(1 + e^−10p) − 1. TLlib trains 20 × 2,500 iterations of batch 128; the
+//! gradient with λ_p = 2/(1 + e^−10p) − 1. TLlib's own schedules, which count iterations instead
+//! of the run's progress, are flags: `--lr-schedule inv` (lr₀·(1 + 0.001·i)^−0.75) and
+//! `--lambda-schedule warm-start` (2/(1 + e^−i/1000) − 1); they stay opt-in because they assume
+//! TLlib's long runs (the ramp needs thousands of iterations to reach 1). TLlib trains 20 × 2,500 iterations of batch 128; the
 //! default here is 20 passes over the source training data, and `--iters-per-epoch` sets it.
 //!
 //! ADDA: source pre-training as above (`--pretrain-epochs`), then the target encoder (a copy,
