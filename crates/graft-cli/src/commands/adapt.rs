@@ -127,6 +127,8 @@ fn resolve(args: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
 
 pub fn run(args: AdaptArgs, out: &Output) -> anyhow::Result<()> {
     let config = resolve(&args)?;
+    // A training loop re-allocates the same buffers every iteration: keep them mapped.
+    crate::keep_freed_pages();
     let reporter = TermReporter::new();
     let s = graft::adapt::adapt(&config, &args.out, &graft_home(), &reporter, &default_device())?;
     let skipped: Vec<_> = s.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect();
