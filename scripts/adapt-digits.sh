@@ -15,8 +15,8 @@
 #   SEEDS="0 1 2"  METHODS="source-only ddc dan coral dann adda cdan"  TASKS="m2u u2m"
 #   EPOCHS=8 ITERS=100 BATCH=32 DATA_ROOT=../shared/data
 #   PARALLEL=1: run the tasks side by side (one process per task), e.g. on a 2-core machine
-#   THREADS=N: RAYON_NUM_THREADS of each run (default: 1 with PARALLEL=1, else unset) — two
-#   single-threaded runs side by side beat two 2-thread runs fighting over 2 cores
+#   THREADS=N: RAYON_NUM_THREADS of each run (default: 1 with PARALLEL=1, else unset); a second
+#   thread costs 1–15% more CPU per LeNet iteration, so side-by-side runs use one each
 #   ARGS_M2U="...", ARGS_U2M="...": extra `graft adapt` flags for one task, e.g. TLlib's settings
 #   ARGS_U2M="--lr 0.1 --lr-schedule inv --lambda-schedule warm-start"
 #   GRAFT=path: use this binary instead of building target/release/graft (a copy keeps a long
