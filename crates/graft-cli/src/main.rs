@@ -20,7 +20,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 // after a delay; a training loop frees and re-allocates the same buffers every iteration, so 100
 // LeNet DANN iterations took ~70,000–90,000 page faults, ~600 with purging off
 // (`MIMALLOC_PURGE_DELAY=-1`): 6–8% less CPU for source-only, DANN and CDAN runs, for 6–23% more
-// peak RSS (source-only 157 → 194 MB, DANN 190 → 206, CDAN 221 → 235).
+// peak RSS (source-only 153 → 189 MiB, DANN 185 → 201, CDAN 215 → 229).
 // Only `graft adapt` turns it off (see `keep_freed_pages`), so other commands' memory stays as
 // measured.
 unsafe extern "C" {
