@@ -15,6 +15,10 @@
 #   SEEDS="0 1 2"  METHODS="source-only ddc dan coral dann adda cdan"  TASKS="m2u u2m"
 #   EPOCHS=8 ITERS=100 BATCH=32 DATA_ROOT=../shared/data
 #   PARALLEL=1: run the tasks side by side (one process per task), e.g. on a 2-core machine
+#   THREADS=N: RAYON_NUM_THREADS of each run (default: 1 with PARALLEL=1, else unset); a second
+#   thread costs 1–15% more CPU per LeNet iteration, so side-by-side runs use one each
+#   ARGS_M2U="...", ARGS_U2M="...": extra `graft adapt` flags for one task, e.g. TLlib's settings
+#   ARGS_U2M="--lr 0.1 --lr-schedule inv --lambda-schedule warm-start"
 #   GRAFT=path: use this binary instead of building target/release/graft (a copy keeps a long
 #   sweep safe from rebuilds)
 #   NICE=10: niceness of the training processes
@@ -32,6 +36,13 @@ DATA_ROOT=${DATA_ROOT:-../shared/data}
 PARALLEL=${PARALLEL:-0}
 NICE=${NICE:-10}
 SUMMARY_ONLY=${SUMMARY_ONLY:-0}
+ARGS_M2U=${ARGS_M2U:-}
+ARGS_U2M=${ARGS_U2M:-}
+if [ -n "${THREADS:-}" ]; then
+  export RAYON_NUM_THREADS=$THREADS
+elif [ "$PARALLEL" = 1 ]; then
+  export RAYON_NUM_THREADS=1
+fi
 if [ "$SUMMARY_ONLY" = 1 ]; then
   TASKS=""
 elif [ -z "${GRAFT:-}" ]; then
@@ -47,8 +58,8 @@ sweep_task() {
   local task=$1 out=$2
   for seed in $SEEDS; do
     case $task in
-      m2u) src=mnist:train; tgt=usps:train; test=usps:test ;;
-      u2m) src=usps:train; tgt=mnist:train; test=mnist:test ;;
+      m2u) src=mnist:train; tgt=usps:train; test=usps:test; extra=$ARGS_M2U ;;
+      u2m) src=usps:train; tgt=mnist:train; test=mnist:test; extra=$ARGS_U2M ;;
       *) echo "unknown task $task" >&2; exit 2 ;;
     esac
     for method in $METHODS; do
@@ -61,7 +72,7 @@ sweep_task() {
       start=$(date +%s.%N)
       nice -n "$NICE" "$GRAFT" adapt --method "$method" --source "$src" --target "$tgt" --target-test "$test" \
         --data-root "$DATA_ROOT" --iters-per-epoch "$ITERS" --batch-size "$BATCH" "${budget[@]}" \
-        --seed "$seed" --out "$run" --json > "$run.json" 2> "$run.log"
+        $extra --seed "$seed" --out "$run" --json > "$run.json" 2> "$run.log"
       wall=$(python3 -c "import time,sys; print(round(time.time()-float(sys.argv[1]),1))" "$start")
       python3 - "$run.json" "$task" "$method" "$seed" "$wall" >> "$out" <<'PY'
 import json, sys

@@ -60,9 +60,13 @@ pub struct AdaptArgs {
     /// Initial learning rate (SGD, Nesterov momentum).
     #[arg(long, default_value_t = 0.01)]
     pub lr: f64,
-    /// anneal (lr·(1 + 10p)^−0.75, p the progress) or constant.
+    /// anneal (lr·(1 + 10p)^−0.75, p the progress), inv (lr·(1 + γi)^−0.75 per iteration i,
+    /// TLlib's) or constant.
     #[arg(long, default_value = "anneal")]
     pub lr_schedule: String,
+    /// γ of --lr-schedule inv.
+    #[arg(long, default_value_t = 0.001)]
+    pub lr_gamma: f64,
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
     #[arg(long, default_value_t = 1e-3)]
@@ -70,9 +74,13 @@ pub struct AdaptArgs {
     /// Weight of the adaptation loss [default: 1; coral 100].
     #[arg(long)]
     pub lambda: Option<f64>,
-    /// constant or dann (2/(1 + e^−10p) − 1) [default: dann for dann, cdan, adda; constant otherwise].
+    /// constant, dann (2/(1 + e^−10p) − 1) or warm-start (2/(1 + e^−i/M) − 1 per iteration i,
+    /// TLlib's) [default: dann for dann, cdan, adda; constant otherwise].
     #[arg(long)]
     pub lambda_schedule: Option<String>,
+    /// M of --lambda-schedule warm-start.
+    #[arg(long, default_value_t = 1000)]
+    pub lambda_max_iters: usize,
     /// CDAN+E: weigh examples by the confidence of their prediction.
     #[arg(long)]
     pub entropy: bool,
@@ -103,10 +111,12 @@ fn resolve(args: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
     c.batch_size = args.batch_size;
     c.lr = args.lr;
     c.lr_schedule = args.lr_schedule.parse()?;
+    c.lr_gamma = args.lr_gamma;
     c.momentum = args.momentum;
     c.weight_decay = args.weight_decay;
     c.lambda = args.lambda;
     c.lambda_schedule = args.lambda_schedule.as_deref().map(str::parse).transpose()?;
+    c.lambda_max_iters = args.lambda_max_iters;
     c.entropy = args.entropy;
     c.disc_hidden = args.disc_hidden;
     c.pretrain_epochs = args.pretrain_epochs;
@@ -117,6 +127,8 @@ fn resolve(args: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
 
 pub fn run(args: AdaptArgs, out: &Output) -> anyhow::Result<()> {
     let config = resolve(&args)?;
+    // A training loop re-allocates the same buffers every iteration: keep them mapped.
+    crate::keep_freed_pages();
     let reporter = TermReporter::new();
     let s = graft::adapt::adapt(&config, &args.out, &graft_home(), &reporter, &default_device())?;
     let skipped: Vec<_> = s.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect();

@@ -271,3 +271,35 @@ fn eval_and_predict_read_an_adapted_run() {
     assert_eq!(p["predictions"].as_array().unwrap().len(), 1);
     assert_eq!(p["skipped"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn tllib_schedules_are_flags_saved_in_the_config() {
+    let dir = scratch("adapt-tllib-schedules");
+    let root = data_root();
+    let run = dir.join("run");
+    json_of(&graft(&[
+        "adapt", "--method", "dann", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root),
+        "--epochs", "2", "--iters-per-epoch", "5", "--batch-size", "8", "--lr", "0.1", "--lr-schedule", "inv", "--lr-gamma", "0.1",
+        "--lambda-schedule", "warm-start", "--lambda-max-iters", "4", "--out", s(&run), "--json",
+    ]));
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    for line in ["lr_schedule = \"inv\"", "lr_gamma = 0.1", "lambda_schedule = \"warm-start\"", "lambda_max_iters = 4", "batch_size = 8"] {
+        assert!(config.lines().any(|l| l == line), "config.toml lacks `{line}`:\n{config}");
+    }
+    // metrics.jsonl records lr and λ at each epoch's last iteration (i = 4, then 9).
+    let metrics: Vec<serde_json::Value> = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(metrics.len(), 2);
+    for (m, i) in metrics.iter().zip([4.0f64, 9.0]) {
+        let lr = 0.1 * (1.0 + 0.1 * i).powf(-0.75);
+        let lambda = 2.0 / (1.0 + (-i / 4.0).exp()) - 1.0;
+        assert!((m["lr"].as_f64().unwrap() - lr).abs() < 1e-12, "iteration {i}: {m}");
+        assert!((m["lambda"].as_f64().unwrap() - lambda).abs() < 1e-12, "iteration {i}: {m}");
+    }
+    let bad = |flag: &str, name: &str| {
+        graft(&["adapt", "--method", "dann", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out", s(&dir.join(name)), flag])
+    };
+    assert_bad_input(&bad("--lr-schedule=cosine", "a"), &["--lr-schedule", "cosine", "inv"]);
+    assert_bad_input(&bad("--lambda-schedule=warm", "b"), &["--lambda-schedule", "warm-start"]);
+    assert_bad_input(&bad("--lambda-max-iters=0", "c"), &["--lambda-max-iters"]);
+    assert_bad_input(&bad("--lr-gamma=-1", "d"), &["--lr-gamma"]);
+}

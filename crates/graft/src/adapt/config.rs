@@ -5,7 +5,10 @@
 //! LeNet from scratch, bottleneck 256 (linear → BatchNorm → ReLU), SGD momentum 0.9 (Nesterov),
 //! weight decay 1e-3, lr 0.01 annealed as lr₀·(1 + 10p)^−0.75 over the whole run, batches of 32
 //! per domain, discriminator 1024-1024 with BatchNorm; DANN/CDAN/ADDA ramp the reversed
-//! gradient with λ_p = 2/(1 + e^−10p) − 1. TLlib trains 20 × 2,500 iterations of batch 128; the
+//! gradient with λ_p = 2/(1 + e^−10p) − 1. TLlib's own schedules, which count iterations instead
+//! of the run's progress, are flags: `--lr-schedule inv` (lr₀·(1 + 0.001·i)^−0.75) and
+//! `--lambda-schedule warm-start` (2/(1 + e^−i/1000) − 1); they stay opt-in because they assume
+//! TLlib's long runs (the ramp needs thousands of iterations to reach 1). TLlib trains 20 × 2,500 iterations of batch 128; the
 //! default here is 20 passes over the source training data, and `--iters-per-epoch` sets it.
 //!
 //! ADDA: source pre-training as above (`--pretrain-epochs`), then the target encoder (a copy,
@@ -105,6 +108,9 @@ pub enum LambdaSchedule {
     Constant,
     /// λ·(2/(1 + e^−10p) − 1), p the progress of the (adaptation) training.
     Dann,
+    /// λ·(2/(1 + e^−i/M) − 1) per iteration i, M = `--lambda-max-iters` (TLlib's
+    /// `WarmStartGradientReverseLayer`, alpha 1): independent of the run's length.
+    WarmStart,
 }
 
 impl FromStr for LambdaSchedule {
@@ -113,7 +119,8 @@ impl FromStr for LambdaSchedule {
         match s {
             "constant" => Ok(LambdaSchedule::Constant),
             "dann" => Ok(LambdaSchedule::Dann),
-            _ => Err(GraftError::spec("--lambda-schedule", s, "expected constant or dann")),
+            "warm-start" => Ok(LambdaSchedule::WarmStart),
+            _ => Err(GraftError::spec("--lambda-schedule", s, "expected constant, dann or warm-start")),
         }
     }
 }
@@ -123,8 +130,11 @@ impl FromStr for LambdaSchedule {
 #[serde(rename_all = "kebab-case")]
 pub enum LrSchedule {
     Constant,
-    /// lr₀·(1 + 10p)^−0.75 (DANN paper, TLlib).
+    /// lr₀·(1 + 10p)^−0.75 over the run's progress p (DANN paper).
     Anneal,
+    /// lr₀·(1 + γ·i)^−0.75 per iteration i, γ = `--lr-gamma` (TLlib's digit scripts): independent
+    /// of the run's length.
+    Inv,
 }
 
 impl FromStr for LrSchedule {
@@ -133,9 +143,18 @@ impl FromStr for LrSchedule {
         match s {
             "constant" => Ok(LrSchedule::Constant),
             "anneal" => Ok(LrSchedule::Anneal),
-            _ => Err(GraftError::spec("--lr-schedule", s, "expected anneal or constant")),
+            "inv" => Ok(LrSchedule::Inv),
+            _ => Err(GraftError::spec("--lr-schedule", s, "expected anneal, inv or constant")),
         }
     }
+}
+
+fn default_lr_gamma() -> f64 {
+    0.001
+}
+
+fn default_lambda_max_iters() -> usize {
+    1000
 }
 
 /// Every setting of an adaptation run.
@@ -163,12 +182,18 @@ pub struct AdaptConfig {
     pub batch_size: usize,
     pub lr: f64,
     pub lr_schedule: LrSchedule,
+    /// γ of `--lr-schedule inv`.
+    #[serde(default = "default_lr_gamma")]
+    pub lr_gamma: f64,
     pub momentum: f64,
     pub weight_decay: f64,
     /// Weight of the adaptation loss; `None`: the method's default.
     pub lambda: Option<f64>,
     /// `None`: the method's default.
     pub lambda_schedule: Option<LambdaSchedule>,
+    /// M of `--lambda-schedule warm-start`: iterations to reach 2/(1 + e^−1) − 1 ≈ 0.46.
+    #[serde(default = "default_lambda_max_iters")]
+    pub lambda_max_iters: usize,
     /// CDAN+E: entropy conditioning.
     pub entropy: bool,
     /// Hidden width of the domain discriminator.
@@ -196,10 +221,12 @@ impl AdaptConfig {
             batch_size: 32,
             lr: 0.01,
             lr_schedule: LrSchedule::Anneal,
+            lr_gamma: default_lr_gamma(),
             momentum: 0.9,
             weight_decay: 1e-3,
             lambda: None,
             lambda_schedule: None,
+            lambda_max_iters: default_lambda_max_iters(),
             entropy: false,
             disc_hidden: 1024,
             pretrain_epochs: None,
@@ -226,6 +253,7 @@ impl AdaptConfig {
         positive("--batch-size", self.batch_size)?;
         positive("--bottleneck", self.bottleneck)?;
         positive("--disc-hidden", self.disc_hidden)?;
+        positive("--lambda-max-iters", self.lambda_max_iters)?;
         if let Some(i) = self.iters_per_epoch {
             positive("--iters-per-epoch", i)?;
         }
@@ -234,6 +262,7 @@ impl AdaptConfig {
         }
         let finite = |flag: &str, v: f64, ok: bool, why: &str| if v.is_finite() && ok { Ok(()) } else { Err(GraftError::spec(flag, &v.to_string(), why)) };
         finite("--lr", self.lr, self.lr > 0.0, "must be a positive number")?;
+        finite("--lr-gamma", self.lr_gamma, self.lr_gamma >= 0.0, "must not be negative")?;
         finite("--momentum", self.momentum, (0.0..1.0).contains(&self.momentum), "must lie in [0, 1)")?;
         finite("--weight-decay", self.weight_decay, self.weight_decay >= 0.0, "must not be negative")?;
         finite("--lambda", self.lambda(), self.lambda() >= 0.0, "must not be negative")?;
@@ -275,8 +304,37 @@ mod tests {
         let mut bad = c.clone();
         bad.entropy = true;
         assert!(bad.validate().unwrap_err().to_string().contains("--entropy"));
+        let mut bad = c.clone();
+        bad.lr_gamma = -1.0;
+        assert!(bad.validate().unwrap_err().to_string().contains("--lr-gamma"));
+        let mut bad = c.clone();
+        bad.lambda_max_iters = 0;
+        assert!(bad.validate().unwrap_err().to_string().contains("--lambda-max-iters"));
         let mut bad = c;
         bad.lr = f64::NAN;
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn tllib_schedules_parse_and_round_trip() {
+        assert_eq!("inv".parse::<LrSchedule>().unwrap(), LrSchedule::Inv);
+        assert_eq!("warm-start".parse::<LambdaSchedule>().unwrap(), LambdaSchedule::WarmStart);
+        assert!("inverse".parse::<LrSchedule>().unwrap_err().to_string().contains("inv"));
+        assert!("warm".parse::<LambdaSchedule>().unwrap_err().to_string().contains("warm-start"));
+        let mut c = AdaptConfig::new(Method::Cdan, "a", "b");
+        c.lr_schedule = LrSchedule::Inv;
+        c.lr_gamma = 0.002;
+        c.lambda_schedule = Some(LambdaSchedule::WarmStart);
+        c.lambda_max_iters = 500;
+        c.validate().unwrap();
+        let text = c.to_toml();
+        assert!(text.contains("lr_schedule = \"inv\"") && text.contains("lambda_schedule = \"warm-start\""), "{text}");
+        assert!(text.contains("lr_gamma = 0.002") && text.contains("lambda_max_iters = 500"), "{text}");
+        let back: AdaptConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, c);
+        // A config saved before these fields existed still loads, with the defaults.
+        let old: String = text.lines().filter(|l| !l.starts_with("lr_gamma") && !l.starts_with("lambda_max_iters")).collect::<Vec<_>>().join("\n");
+        let back: AdaptConfig = toml::from_str(&old).unwrap();
+        assert_eq!((back.lr_gamma, back.lambda_max_iters), (0.001, 1000));
     }
 }

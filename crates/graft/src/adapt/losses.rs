@@ -18,6 +18,16 @@ pub fn annealed_lr(lr0: f64, p: f64) -> f64 {
     lr0 * (1.0 + 10.0 * p.clamp(0.0, 1.0)).powf(-0.75)
 }
 
+/// TLlib's per-iteration decay: lr_i = lr₀ · (1 + γ·i)^−0.75.
+pub fn inv_lr(lr0: f64, gamma: f64, iteration: usize) -> f64 {
+    lr0 * (1.0 + gamma * iteration as f64).powf(-0.75)
+}
+
+/// TLlib's warm-start ramp of the reversed gradient: 2/(1 + e^−i/M) − 1 (0 at i = 0, → 1).
+pub fn warm_start_lambda(iteration: usize, max_iters: usize) -> f64 {
+    2.0 / (1.0 + (-(iteration as f64) / max_iters.max(1) as f64).exp()) - 1.0
+}
+
 /// Gradient reversal: the value of `x`, and −`coeff` times the gradient on the way back.
 /// Written without a custom op: `x̄ − coeff·(x − x̄)` with `x̄ = x.detach()`.
 pub fn reverse_gradient<const D: usize>(x: Tensor<D>, coeff: f64) -> Tensor<D> {
@@ -238,6 +248,20 @@ mod tests {
         assert!(dann_lambda(1.0) < 1.0 && dann_lambda(1.0) > 0.9999);
         assert_eq!(annealed_lr(0.01, 0.0), 0.01);
         assert!((annealed_lr(0.01, 1.0) - 0.01 * 11f64.powf(-0.75)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn tllib_schedules_follow_their_formulas() {
+        assert_eq!(inv_lr(0.1, 0.001, 0), 0.1);
+        // i = 1000, γ = 0.001: 0.1 · 2^−0.75.
+        assert!((inv_lr(0.1, 0.001, 1000) - 0.1 * 2f64.powf(-0.75)).abs() < 1e-12);
+        assert!(inv_lr(0.01, 0.001, 50_000) < inv_lr(0.01, 0.001, 49_999));
+        assert_eq!(inv_lr(0.01, 0.0, 10_000), 0.01);
+        assert_eq!(warm_start_lambda(0, 1000), 0.0);
+        let e = std::f64::consts::E;
+        assert!((warm_start_lambda(1000, 1000) - (2.0 / (1.0 + 1.0 / e) - 1.0)).abs() < 1e-12);
+        assert!((warm_start_lambda(500, 500) - warm_start_lambda(1000, 1000)).abs() < 1e-12);
+        assert!(warm_start_lambda(20_000, 1000) > 0.9999 && warm_start_lambda(20_000, 1000) < 1.0);
     }
 
     #[test]

@@ -268,17 +268,21 @@ enum Keep {
 }
 
 impl Ctx<'_> {
-    fn lr_at(&self, p: f64) -> f64 {
+    /// The learning rate at iteration `step` of a phase, `p` its progress (step / steps).
+    fn lr_at(&self, step: usize, p: f64) -> f64 {
         match self.config.lr_schedule {
             LrSchedule::Anneal => losses::annealed_lr(self.config.lr, p),
+            LrSchedule::Inv => losses::inv_lr(self.config.lr, self.config.lr_gamma, step),
             LrSchedule::Constant => self.config.lr,
         }
     }
 
-    fn schedule_at(&self, p: f64) -> f64 {
+    /// The ramp of the adaptation weight at iteration `step` of a phase, `p` its progress.
+    fn schedule_at(&self, step: usize, p: f64) -> f64 {
         match self.config.lambda_schedule() {
             LambdaSchedule::Constant => 1.0,
             LambdaSchedule::Dann => losses::dann_lambda(p),
+            LambdaSchedule::WarmStart => losses::warm_start_lambda(step, self.config.lambda_max_iters),
         }
     }
 
@@ -324,8 +328,8 @@ impl Ctx<'_> {
             for it in 0..self.steps_per_epoch {
                 let step = epoch * self.steps_per_epoch + it;
                 let p = step as f64 / total_steps.max(1) as f64;
-                lr = if source_net.is_some() { ADDA_LR } else { self.lr_at(p) };
-                lambda = self.config.lambda() * self.schedule_at(p);
+                lr = if source_net.is_some() { ADDA_LR } else { self.lr_at(step, p) };
+                lambda = self.config.lambda() * self.schedule_at(step, p);
                 let s_idx = source_batches.next(self.config.batch_size);
                 let t_idx = target_batches.next(self.config.batch_size);
                 match (source_net, &adda_ids) {
