@@ -216,6 +216,8 @@ fn bad_arch_and_weights_combinations_exit_2() {
     assert_bad_input(&graft(&["inspect", "--arch", "resnet34", "--weights", s(&path)]), &["resnet18.pth", "resnet34"]);
     let dir = scratch("zoo-bad-arch");
     assert_bad_input(&graft(&["fit", "--arch", "resnet18", "--data", s(&dir), "--out", s(&dir.join("run"))]), &["resnet18", "--weights"]);
+    // Refused before anything is written: no empty run directory is left behind.
+    assert!(!dir.join("run").exists(), "a refused fit left {} behind", dir.join("run").display());
     assert_bad_input(&graft(&["pull", "resnet18"]), &["resnet18", "--weights"]);
     assert_bad_input(&graft(&["extract", "--arch", "resnet18", "--weights", s(&path), "--layer", "layer9", "--data", s(&dir), "--out", s(&dir.join("x.npy"))]), &["--layer", "layer9"]);
 }

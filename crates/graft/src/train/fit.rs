@@ -161,17 +161,19 @@ pub trait FitReporter: Reporter {
 /// Runs (or resumes) training into `run`.
 pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device) -> Result<FitSummary> {
     config.validate()?;
-    prepare_run_dir(run, resume)?;
-    // Seeds burn's generator: the new head's initialisation and dropout masks.
-    device.seed(config.seed);
+    // Everything that can be refused cheaply is checked before the run directory is created,
+    // so a mistyped flag leaves nothing behind.
     let spec = ModelSpec::find(&config.model)?;
     if !config.from_scratch && config.weights.is_none() && spec.source.is_none() {
         return Err(GraftError::NeedsWeights { model: spec.id.into() });
     }
+    let train_folder = ImageFolder::scan(&config.data)?;
+    prepare_run_dir(run, resume)?;
+    // Seeds burn's generator: the new head's initialisation and dropout masks.
+    device.seed(config.seed);
     let preprocess = spec.preprocess();
 
     // --- data ---------------------------------------------------------------------------------
-    let train_folder = ImageFolder::scan(&config.data)?;
     let classes = train_folder.classes.clone();
     let (train_samples, val_samples) = match &config.val {
         Some(dir) => (train_folder.samples.clone(), ImageFolder::scan_with_classes(dir, &classes)?.samples),
