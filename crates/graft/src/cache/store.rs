@@ -127,6 +127,12 @@ impl FeatureStore {
     pub fn open(root: &Path, namespace: Namespace) -> Result<Self> {
         let dir = root.join(namespace.id());
         std::fs::create_dir_all(&dir).map_err(|e| GraftError::io(&dir, e))?;
+        // A process killed while writing a shard leaves its temporary file; the shard itself
+        // was never renamed into place. Only where a writer's liveness can be checked (Linux):
+        // other graft processes may be writing into the same cache right now.
+        if cfg!(target_os = "linux") {
+            crate::fsutil::remove_stale_temps(&dir)?;
+        }
         let meta = dir.join("namespace.json");
         if !meta.exists() {
             crate::fsutil::write_atomic(&meta, &serde_json::to_vec_pretty(&namespace).expect("namespace serializes"))?;
@@ -274,14 +280,18 @@ impl FeatureStore {
         bytes.extend_from_slice(&crc.to_le_bytes());
         let name = format!("{:06}-{}.shard", self.shards.len(), std::process::id());
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{}.tmp", std::process::id()));
+        // `.NAME.tmp-PID`, the pattern `fsutil::remove_stale_temps` recognises.
+        let tmp = self.dir.join(format!(".shard.tmp-{}", std::process::id()));
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
-        write().map_err(|e| GraftError::io(&path, e))?;
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            GraftError::io(&path, e)
+        })?;
         self.pending.clear();
         self.pending_bytes = 0;
         self.open_shard(&path).map_err(|reason| GraftError::Data { path: path.clone(), reason })
@@ -363,6 +373,24 @@ mod tests {
         assert!(s.get(&([2; 32], 1)).is_none());
         // Another cut is another namespace: nothing there.
         assert!(FeatureStore::open(&root, ns("_blocks.3", StoreDtype::F32)).unwrap().is_empty());
+    }
+
+    /// A temporary file of a writer that is gone is removed on open; one of a live writer (this
+    /// process) is left alone.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn stale_shard_temporaries_are_removed_on_open() {
+        let root = tmp("stale");
+        let s = FeatureStore::open(&root, ns("pooled", StoreDtype::F32)).unwrap();
+        let dead = s.dir.join(".shard.tmp-999999999");
+        let live = s.dir.join(format!(".shard.tmp-{}", std::process::id()));
+        std::fs::write(&dead, b"half a shard").unwrap();
+        std::fs::write(&live, b"being written").unwrap();
+        drop(s);
+        let s = FeatureStore::open(&root, ns("pooled", StoreDtype::F32)).unwrap();
+        assert!(!dead.exists(), "the dead writer's temporary is removed");
+        assert!(live.exists(), "a live writer's temporary stays");
+        assert!(s.is_empty());
     }
 
     #[test]
