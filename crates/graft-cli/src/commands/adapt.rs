@@ -88,9 +88,13 @@ pub struct AdaptArgs {
     #[arg(long, default_value_t = 1024)]
     pub disc_hidden: usize,
     /// ADDA: epochs of source pre-training before the adversarial phase [default: epochs / 2].
-    /// The adversarial phase (--epochs) uses Adam, lr 2e-4, β₁ 0.5 (ADDA paper).
+    /// The adversarial phase (--epochs) follows --adda-objective.
     #[arg(long)]
     pub pretrain_epochs: Option<usize>,
+    /// ADDA's adversarial phase: gan (the paper's inverted-label GAN loss, Adam lr 2e-4) or
+    /// reversal (TLlib's: one minimax loss through gradient reversal ramped to 2, SGD at --lr).
+    #[arg(long, default_value = "gan")]
+    pub adda_objective: String,
     /// Fraction of the source held out (stratified, seeded) to pick the epoch; 0 keeps the last.
     #[arg(long, default_value_t = 0.1)]
     pub val_split: f64,
@@ -120,6 +124,7 @@ fn resolve(args: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
     c.entropy = args.entropy;
     c.disc_hidden = args.disc_hidden;
     c.pretrain_epochs = args.pretrain_epochs;
+    c.adda_objective = args.adda_objective.parse()?;
     c.val_split = args.val_split;
     c.seed = args.seed;
     Ok(c)

@@ -131,22 +131,31 @@ fn every_method_runs_on_a_small_task() {
     let source = mnist_folder(&dir, 20, 4);
     let target = usps_folder(&dir, "train", 10, 5);
     let test = usps_folder(&dir, "test", 10, 6);
-    for (method, extra) in [
-        ("source-only", &[][..]),
-        ("ddc", &[][..]),
-        ("dan", &[][..]),
-        ("coral", &[][..]),
-        ("cdan", &["--entropy"][..]),
-        ("adda", &["--pretrain-epochs", "1"][..]),
+    for (name, method, extra) in [
+        ("source-only", "source-only", &[][..]),
+        ("ddc", "ddc", &[][..]),
+        ("dan", "dan", &[][..]),
+        ("coral", "coral", &[][..]),
+        ("cdan", "cdan", &["--entropy"][..]),
+        ("adda", "adda", &["--pretrain-epochs", "1"][..]),
+        ("adda-reversal", "adda", &["--pretrain-epochs", "1", "--adda-objective", "reversal"][..]),
     ] {
-        let v = adapt(method, &source, &target, &test, &dir.join(method), extra);
+        let v = adapt(method, &source, &target, &test, &dir.join(name), extra);
         let acc = v["target_test_accuracy"].as_f64().unwrap_or_else(|| panic!("{method}: {v}"));
         assert!((0.0..=1.0).contains(&acc), "{method}: {acc}");
         assert!(v["source_val_accuracy"].as_f64().is_some(), "{method}: {v}");
         let epochs = if method == "adda" { 3 } else { 2 };
         assert_eq!(v["epochs"], epochs, "{method}");
-        let metrics = std::fs::read_to_string(dir.join(method).join("metrics.jsonl")).unwrap();
-        assert_eq!(metrics.lines().count(), epochs, "{method}");
+        let metrics = std::fs::read_to_string(dir.join(name).join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.lines().count(), epochs, "{name}");
+        if method == "adda" {
+            // The adversarial epoch trained a discriminator, with the objective the config names.
+            let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
+            assert!(last["domain_accuracy"].as_f64().is_some(), "{name}: {last}");
+            let objective = if name == "adda" { "gan" } else { "reversal" };
+            let config = std::fs::read_to_string(dir.join(name).join("config.toml")).unwrap();
+            assert!(config.contains(&format!("adda_objective = \"{objective}\"")), "{name}:\n{config}");
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::config::{AdaptConfig, LambdaSchedule, LrSchedule, Method};
+use super::config::{AdaptConfig, AddaObjective, LambdaSchedule, LrSchedule, Method};
 use super::data::{Domain, DomainSpec, Featurizer, InputSpec};
 use super::losses::{self, gather_rows};
 use super::model::{AdaptNet, Discriminator, Trainable};
@@ -46,8 +46,11 @@ use crate::{GraftError, Result};
 pub const CDAN_FULL_MAX: usize = 4096;
 pub const CDAN_RANDOM_DIM: usize = 1024;
 
-/// Learning rate of ADDA's adversarial phase (Adam, as in the ADDA paper).
+/// Learning rate of ADDA's adversarial phase with the GAN objective (Adam, as in the ADDA paper).
 pub const ADDA_LR: f64 = 2e-4;
+
+/// Where the reversed gradient's ramp ends in ADDA's reversal objective (TLlib's `hi`).
+pub const ADDA_REVERSAL_MAX: f64 = 2.0;
 
 /// What is needed to rebuild an adapted model without its training data (`model.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -302,11 +305,9 @@ impl Ctx<'_> {
         epoch_offset: usize,
         total_epochs: usize,
     ) -> Result<(Trainable, usize, Option<f64>)> {
-        // ADDA's adversarial phase is a GAN: Adam (lr 2e-4, β₁ 0.5) as in the ADDA paper.
-        let mut opt = match source_net {
-            Some(_) => AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999).with_epsilon(1e-8).init(),
-            None => sgd(self.config),
-        };
+        // ADDA's GAN objective: Adam (lr 2e-4, β₁ 0.5) as in the ADDA paper.
+        let gan = source_net.is_some() && self.config.adda_objective == AddaObjective::Gan;
+        let mut opt = if gan { AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999).with_epsilon(1e-8).init() } else { sgd(self.config) };
         // ADDA's adversarial phase trains the target encoder and the discriminator, each on its
         // own loss, and never the head.
         let adda_ids: Option<(Vec<ParamId>, Vec<ParamId>)> = source_net.map(|_| {
@@ -328,11 +329,18 @@ impl Ctx<'_> {
             for it in 0..self.steps_per_epoch {
                 let step = epoch * self.steps_per_epoch + it;
                 let p = step as f64 / total_steps.max(1) as f64;
-                lr = if source_net.is_some() { ADDA_LR } else { self.lr_at(step, p) };
+                lr = if gan { ADDA_LR } else { self.lr_at(step, p) };
                 lambda = self.config.lambda() * self.schedule_at(step, p);
                 let s_idx = source_batches.next(self.config.batch_size);
                 let t_idx = target_batches.next(self.config.batch_size);
                 match (source_net, &adda_ids) {
+                    (Some(source_net), Some((encoder_ids, disc_ids))) if !gan => {
+                        let loss = self.adda_reversal_step(&model, source_net, &s_idx, &t_idx, lambda, &mut sums);
+                        let mut grads = loss.backward();
+                        let ids: Vec<ParamId> = encoder_ids.iter().chain(disc_ids).copied().collect();
+                        let grads = GradientsParams::from_params(&mut grads, &model, &ids);
+                        model = opt.step(lr, model, grads);
+                    }
                     (Some(source_net), Some((encoder_ids, disc_ids))) => {
                         let (loss_d, loss_e) = self.adda_step(&model, source_net, &s_idx, &t_idx, lambda, &mut sums);
                         let mut grads_d = loss_d.backward();
@@ -471,6 +479,28 @@ impl Ctx<'_> {
         sums.transfer += d as f64;
         sums.cls += e as f64;
         (loss_d, loss_e)
+    }
+
+    /// ADDA's adversarial iteration with the reversal objective (TLlib's): one domain loss on the
+    /// frozen source encoder's features and the target encoder's, through gradient reversal
+    /// (coefficient `ADDA_REVERSAL_MAX` times the ramp), so that one step trains the
+    /// discriminator to tell the domains apart and the target encoder to confuse it.
+    fn adda_reversal_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], lambda: f64, sums: &mut Sums) -> Tensor<1> {
+        let dev = &self.train_device;
+        let ns = s_idx.len();
+        sums.steps += 1;
+        let xs = gather_rows(&self.source.x, self.source.width, s_idx, self.device);
+        let f_s = Tensor::<2>::from_data(source_net.features(xs).into_data(), dev);
+        let f_t = model.net.features(gather_rows(&self.target.x, self.target.width, t_idx, dev));
+        let coeff = ADDA_REVERSAL_MAX * lambda / self.config.lambda().max(f64::MIN_POSITIVE);
+        let disc = model.disc.as_ref().expect("ADDA has a discriminator");
+        let z = disc.forward(losses::reverse_gradient(Tensor::cat(vec![f_s, f_t], 0), coeff));
+        let (z_s, z_t) = split_rows(z, ns);
+        self.count_domain(&z_s, &z_t, sums);
+        let loss = losses::domain_adversarial(z_s, z_t).mul_scalar(self.config.lambda());
+        let l: f32 = loss.clone().into_scalar();
+        sums.transfer += l as f64;
+        loss
     }
 
     fn classification(&self, logits: Tensor<2>, ys: &[usize], sums: &mut Sums) -> Tensor<1> {
