@@ -14,6 +14,7 @@
 # Usage: scripts/adapt-digits.sh [WORK_DIR]
 #   SEEDS="0 1 2"  METHODS="source-only ddc dan coral dann adda cdan"  TASKS="m2u u2m"
 #   EPOCHS=8 ITERS=100 BATCH=32 DATA_ROOT=../shared/data
+#   PRETRAIN_EPOCHS=N: ADDA pre-trains N epochs, then adapts EPOCHS (default: EPOCHS/2 + the rest)
 #   PARALLEL=1: run the tasks side by side (one process per task), e.g. on a 2-core machine
 #   THREADS=N: RAYON_NUM_THREADS of each run (default: 1 with PARALLEL=1, else unset); a second
 #   thread costs 1–15% more CPU per LeNet iteration, so side-by-side runs use one each
@@ -67,7 +68,11 @@ sweep_task() {
       rm -rf "$run"
       budget=(--epochs "$EPOCHS")
       if [ "$method" = adda ]; then
-        budget=(--pretrain-epochs $((EPOCHS / 2)) --epochs $((EPOCHS - EPOCHS / 2)))
+        if [ -n "${PRETRAIN_EPOCHS:-}" ]; then
+          budget=(--pretrain-epochs "$PRETRAIN_EPOCHS" --epochs "$EPOCHS")
+        else
+          budget=(--pretrain-epochs $((EPOCHS / 2)) --epochs $((EPOCHS - EPOCHS / 2)))
+        fi
       fi
       start=$(date +%s.%N)
       nice -n "$NICE" "$GRAFT" adapt --method "$method" --source "$src" --target "$tgt" --target-test "$test" \

@@ -95,6 +95,10 @@ pub struct AdaptArgs {
     /// reversal (TLlib's: one minimax loss through gradient reversal ramped to 2, SGD at --lr).
     #[arg(long, default_value = "gan")]
     pub adda_objective: String,
+    /// Random transforms of each training image of both domains, LeNet only (`fit`'s syntax,
+    /// e.g. rotate:10,zoom:0.2,shift:0.1); validation and test images are never transformed.
+    #[arg(long, default_value = "none")]
+    pub augment: String,
     /// Fraction of the source held out (stratified, seeded) to pick the epoch; 0 keeps the last.
     #[arg(long, default_value_t = 0.1)]
     pub val_split: f64,
@@ -125,6 +129,7 @@ fn resolve(args: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
     c.disc_hidden = args.disc_hidden;
     c.pretrain_epochs = args.pretrain_epochs;
     c.adda_objective = args.adda_objective.parse()?;
+    c.augment = args.augment.parse()?;
     c.val_split = args.val_split;
     c.seed = args.seed;
     Ok(c)

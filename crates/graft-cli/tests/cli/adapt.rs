@@ -139,6 +139,7 @@ fn every_method_runs_on_a_small_task() {
         ("cdan", "cdan", &["--entropy"][..]),
         ("adda", "adda", &["--pretrain-epochs", "1"][..]),
         ("adda-reversal", "adda", &["--pretrain-epochs", "1", "--adda-objective", "reversal"][..]),
+        ("dann-augment", "dann", &["--augment", "rotate:10,zoom:0.2,shift:0.1"][..]),
     ] {
         let v = adapt(method, &source, &target, &test, &dir.join(name), extra);
         let acc = v["target_test_accuracy"].as_f64().unwrap_or_else(|| panic!("{method}: {v}"));
@@ -148,6 +149,10 @@ fn every_method_runs_on_a_small_task() {
         assert_eq!(v["epochs"], epochs, "{method}");
         let metrics = std::fs::read_to_string(dir.join(name).join("metrics.jsonl")).unwrap();
         assert_eq!(metrics.lines().count(), epochs, "{name}");
+        if name == "dann-augment" {
+            let config = std::fs::read_to_string(dir.join(name).join("config.toml")).unwrap();
+            assert!(config.contains("[augment]") && config.contains("rotation_deg = 10"), "{config}");
+        }
         if method == "adda" {
             // The adversarial epoch trained a discriminator, with the objective the config names.
             let last: serde_json::Value = serde_json::from_str(metrics.lines().last().unwrap()).unwrap();
@@ -199,6 +204,8 @@ fn bad_input_is_one_line_and_exit_2() {
     assert_bad_input(&out, &["--entropy"]);
     let out = graft(&["adapt", "--method", "dann", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out", s(&dir.join("z")), "--backbone", "vgg99"]);
     assert_bad_input(&out, &["--backbone", "vgg99"]);
+    let out = graft(&["adapt", "--method", "dann", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out", s(&dir.join("w")), "--augment", "rotate:500"]);
+    assert_bad_input(&out, &["--augment", "rotation"]);
 }
 
 #[test]

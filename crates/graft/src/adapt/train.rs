@@ -32,6 +32,7 @@ use super::config::{AdaptConfig, AddaObjective, LambdaSchedule, LrSchedule, Meth
 use super::data::{Domain, DomainSpec, Featurizer, InputSpec};
 use super::losses::{self, gather_rows};
 use super::model::{AdaptNet, Discriminator, Trainable};
+use crate::data::augment::sample_rng;
 use crate::data::folder::{stratified_split, Sample, Skipped};
 use crate::fsutil::write_atomic;
 use crate::report::Reporter;
@@ -230,6 +231,8 @@ pub fn evaluate(net: &AdaptNet, domain: &Domain, batch: usize, device: &Device) 
 /// Everything a training phase needs besides the model.
 struct Ctx<'a> {
     config: &'a AdaptConfig,
+    /// Training batches drawn so far (seeds each batch's augmentation).
+    batches_drawn: std::cell::Cell<u64>,
     source: &'a Domain,
     target: &'a Domain,
     val: &'a Domain,
@@ -402,11 +405,37 @@ impl Ctx<'_> {
         Ok((model, epoch_offset + best.epoch, kept_accuracy))
     }
 
+    /// The rows of `idx` in `domain` for a training step, each image transformed by
+    /// `--augment` (LeNet's grey 28×28 rows; seeded by the run seed, the batch count and the
+    /// position in the batch).
+    fn training_batch(&self, domain: &Domain, idx: &[usize], device: &Device) -> Tensor<2> {
+        let augment = &self.config.augment;
+        if augment.is_identity() {
+            return gather_rows(&domain.x, domain.width, idx, device);
+        }
+        let batch = self.batches_drawn.get();
+        self.batches_drawn.set(batch + 1);
+        let side = (domain.width as f64).sqrt() as u32;
+        let mut data = Vec::with_capacity(idx.len() * domain.width);
+        for (k, &i) in idx.iter().enumerate() {
+            let row = &domain.x[i * domain.width..(i + 1) * domain.width];
+            // Rows hold (x/255 − 0.5)/0.5; back to 8-bit grey for the image transforms.
+            let img = image::RgbImage::from_fn(side, side, |c, r| {
+                let v = ((row[(r * side + c) as usize] * 0.5 + 0.5) * 255.0).round().clamp(0.0, 255.0) as u8;
+                image::Rgb([v, v, v])
+            });
+            let mut rng = sample_rng(self.config.seed, batch, k as u64);
+            let out = augment.apply(&img, &mut rng);
+            data.extend(out.pixels().map(|p| (p[0] as f32 / 255.0 - 0.5) / 0.5));
+        }
+        Tensor::from_data(TensorData::new(data, [idx.len(), domain.width]), device)
+    }
+
     /// One iteration's loss; adds its figures to `sums`.
     #[allow(clippy::too_many_arguments)]
     fn step(&self, model: &Trainable, method: Method, s_idx: &[usize], t_idx: &[usize], lambda: f64, sums: &mut Sums) -> Tensor<1> {
         let dev = &self.train_device;
-        let xs = gather_rows(&self.source.x, self.source.width, s_idx, dev);
+        let xs = self.training_batch(self.source, s_idx, dev);
         let ys: Vec<usize> = s_idx.iter().map(|&i| self.source.labels[i]).collect();
         let ns = s_idx.len();
         sums.steps += 1;
@@ -416,7 +445,7 @@ impl Ctx<'_> {
             return self.classification(logits, &ys, sums);
         }
 
-        let xt = gather_rows(&self.target.x, self.target.width, t_idx, dev);
+        let xt = self.training_batch(self.target, t_idx, dev);
         let (f, logits) = model.net.forward(Tensor::cat(vec![xs, xt], 0));
         let (f_s, f_t) = split_rows(f.clone(), ns);
         let (logits_s, logits_t) = split_rows(logits.clone(), ns);
@@ -454,18 +483,25 @@ impl Ctx<'_> {
         cls + transfer
     }
 
+    /// ADDA's features of one iteration: the frozen source encoder's (a constant) and the target
+    /// encoder's (tracked).
+    fn adda_features(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], sums: &mut Sums) -> (Tensor<2>, Tensor<2>) {
+        let dev = &self.train_device;
+        sums.steps += 1;
+        let xs = self.training_batch(self.source, s_idx, self.device);
+        let f_s = Tensor::<2>::from_data(source_net.features(xs).into_data(), dev);
+        let f_t = model.net.features(self.training_batch(self.target, t_idx, dev));
+        (f_s, f_t)
+    }
+
     /// ADDA's adversarial iteration (the original paper's GAN objective with inverted labels):
     /// the discriminator learns source = 1, target = 0 on fixed features; the target encoder
     /// learns to make the discriminator call its features source (weight `lambda`). Both see
     /// the joint batch, so the discriminator's BatchNorm always normalises source and target
     /// together. Returns (discriminator loss, encoder loss).
     fn adda_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], lambda: f64, sums: &mut Sums) -> (Tensor<1>, Tensor<1>) {
-        let dev = &self.train_device;
         let ns = s_idx.len();
-        sums.steps += 1;
-        let xs = gather_rows(&self.source.x, self.source.width, s_idx, self.device);
-        let f_s = Tensor::<2>::from_data(source_net.features(xs).into_data(), dev);
-        let f_t = model.net.features(gather_rows(&self.target.x, self.target.width, t_idx, dev));
+        let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, sums);
         let disc = model.disc.as_ref().expect("ADDA has a discriminator");
         let z = disc.forward(Tensor::cat(vec![f_s.clone(), f_t.clone().detach()], 0));
         let (z_s, z_t) = split_rows(z, ns);
@@ -486,12 +522,8 @@ impl Ctx<'_> {
     /// (coefficient `ADDA_REVERSAL_MAX` times the ramp), so that one step trains the
     /// discriminator to tell the domains apart and the target encoder to confuse it.
     fn adda_reversal_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], lambda: f64, sums: &mut Sums) -> Tensor<1> {
-        let dev = &self.train_device;
         let ns = s_idx.len();
-        sums.steps += 1;
-        let xs = gather_rows(&self.source.x, self.source.width, s_idx, self.device);
-        let f_s = Tensor::<2>::from_data(source_net.features(xs).into_data(), dev);
-        let f_t = model.net.features(gather_rows(&self.target.x, self.target.width, t_idx, dev));
+        let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, sums);
         let coeff = ADDA_REVERSAL_MAX * lambda / self.config.lambda().max(f64::MIN_POSITIVE);
         let disc = model.disc.as_ref().expect("ADDA has a discriminator");
         let z = disc.forward(losses::reverse_gradient(Tensor::cat(vec![f_s, f_t], 0), coeff));
@@ -652,6 +684,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, loaded: Loaded, wal
 
     let steps_per_epoch = config.iters_per_epoch.unwrap_or_else(|| source.len().div_ceil(config.batch_size).max(1));
     let ctx = Ctx {
+        batches_drawn: std::cell::Cell::new(0),
         config,
         source: &source,
         target: &target,
