@@ -113,6 +113,16 @@ impl InputSpec {
         }
     }
 
+    /// A row of `Grey` input back to its 8-bit image (x·std + mean, ×255, rounded); `None` for
+    /// the other inputs, whose rows are not images.
+    pub fn grey_image(&self, row: &[f32]) -> Option<GrayImage> {
+        let InputSpec::Grey { side, mean, std } = self else { return None };
+        Some(GrayImage::from_fn(*side, *side, |c, r| {
+            let v = row[(r * side + c) as usize] * std + mean;
+            image::Luma([(v * 255.0).round().clamp(0.0, 255.0) as u8])
+        }))
+    }
+
     /// A grey image → one row.
     pub fn grey_row(&self, img: &GrayImage) -> Vec<f32> {
         match self {
@@ -374,6 +384,16 @@ mod tests {
         let e = DomainSpec::parse("--target", "usps:val").unwrap_err().to_string();
         assert!(e.contains("--target") && e.contains("usps:val"), "{e}");
         assert!(DomainSpec::parse("--target", "").is_err());
+    }
+
+    #[test]
+    fn grey_rows_go_back_to_their_images() {
+        let img = GrayImage::from_fn(28, 28, |x, y| image::Luma([(x * 9 + y * 3) as u8]));
+        let spec = InputSpec::lenet();
+        let row = spec.grey_row(&img);
+        assert_eq!(spec.grey_image(&row).unwrap(), img);
+        let zoo = InputSpec::Text { model: "minilm-l6".into(), preprocess: String::new() };
+        assert!(zoo.grey_image(&row).is_none());
     }
 
     #[test]

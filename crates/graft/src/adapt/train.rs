@@ -415,18 +415,15 @@ impl Ctx<'_> {
         }
         let batch = self.batches_drawn.get();
         self.batches_drawn.set(batch + 1);
-        let side = (domain.width as f64).sqrt() as u32;
+        // `validate` allows --augment with LeNet only, whose rows are grey images.
+        let input = InputSpec::lenet();
         let mut data = Vec::with_capacity(idx.len() * domain.width);
         for (k, &i) in idx.iter().enumerate() {
             let row = &domain.x[i * domain.width..(i + 1) * domain.width];
-            // Rows hold (x/255 − 0.5)/0.5; back to 8-bit grey for the image transforms.
-            let img = image::RgbImage::from_fn(side, side, |c, r| {
-                let v = ((row[(r * side + c) as usize] * 0.5 + 0.5) * 255.0).round().clamp(0.0, 255.0) as u8;
-                image::Rgb([v, v, v])
-            });
+            let grey = input.grey_image(row).expect("LeNet input is grey");
+            let img = image::DynamicImage::ImageLuma8(grey).to_rgb8();
             let mut rng = sample_rng(self.config.seed, batch, k as u64);
-            let out = augment.apply(&img, &mut rng);
-            data.extend(out.pixels().map(|p| (p[0] as f32 / 255.0 - 0.5) / 0.5));
+            data.extend(input.rgb_row(&augment.apply(&img, &mut rng)));
         }
         Tensor::from_data(TensorData::new(data, [idx.len(), domain.width]), device)
     }
