@@ -194,6 +194,14 @@ mod tests {
     /// The channels-last path gives the layered network's output and parameter gradients
     /// (BatchNorm in inference mode, randomised statistics), over the last blocks (stride 1
     /// and 2, with and without residual) and the head.
+    ///
+    /// Gradients are compared by relative Frobenius norm, not element by element: the two
+    /// paths round differently, so now and then one of the ~10⁵ ReLU6 inputs lands on the
+    /// other side of 0 or 6 and that one pixel's gradient is cut in one path and not the
+    /// other. Measured over 60 random draws: 58 agree to < 1e-6, 2 had such a flip, which
+    /// moves single elements by up to 1.4 % of the largest but the whole gradient by
+    /// 0.25–0.35 %. A real mistake moves it much further: cutting the ReLU6 mask at 5.5
+    /// instead of 6 in the fused kernel's backward moves the expand gradient by 8.7 %.
     #[test]
     fn channels_last_matches_the_layered_network() {
         let device = Device::flex().autodiff();
@@ -232,15 +240,19 @@ mod tests {
             ("head", net._conv_head.weight.val()),
         ] {
             let (fast, reference) = (param.grad(&grads_fast).unwrap(), param.grad(&grads_ref).unwrap());
-            let scale = reference.clone().abs().max().into_scalar::<f32>().max(1e-6);
-            let diff = (fast - reference).abs().max().into_scalar::<f32>();
-            assert!(diff / scale < 1e-3, "{name} weight gradient differs: {diff} (max {scale})");
+            let relative = relative_difference(fast, reference);
+            assert!(relative < 2e-2, "{name} weight gradient differs by {relative} (relative norm)");
         }
         for (name, param) in [("bn1 gamma", block._bn1.gamma.val()), ("bn2 beta", block._bn2.beta.val())] {
             let (fast, reference) = (param.grad(&grads_fast).unwrap(), param.grad(&grads_ref).unwrap());
-            let scale = reference.clone().abs().max().into_scalar::<f32>().max(1e-6);
-            let diff = (fast - reference).abs().max().into_scalar::<f32>();
-            assert!(diff / scale < 1e-3, "{name} gradient differs: {diff} (max {scale})");
+            let relative = relative_difference(fast, reference);
+            assert!(relative < 2e-2, "{name} gradient differs by {relative} (relative norm)");
         }
+    }
+
+    /// ‖a − b‖ / ‖b‖ over all elements.
+    fn relative_difference<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+        let norm = |t: Tensor<D>| t.powf_scalar(2.0).sum().sqrt().into_scalar::<f32>();
+        norm(a - b.clone()) / norm(b).max(1e-12)
     }
 }
