@@ -57,3 +57,41 @@ impl GraftError {
         GraftError::InvalidSpec { flag: flag.into(), value: value.into(), reason: reason.into() }
     }
 }
+
+/// A flag's value as a unit variant of a serde enum, by the name serde gives it: a flag then
+/// accepts exactly the names a saved `config.toml` holds, with no second list to keep in step.
+/// Anything else is an [`GraftError::InvalidSpec`] naming the flag, with `expected` as reason.
+pub(crate) fn unit_variant<T: serde::de::DeserializeOwned>(flag: &str, value: &str, expected: &str) -> Result<T> {
+    use serde::de::IntoDeserializer;
+    let name: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = value.into_deserializer();
+    T::deserialize(name).map_err(|_| GraftError::spec(flag, value, expected))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::adapt::config::{AddaObjective, LambdaSchedule, LrSchedule};
+    use crate::train::model::HeadPool;
+
+    use super::*;
+
+    /// Each variant's serde name (what config.toml holds) parses back as the flag value, and
+    /// anything else is refused naming the flag.
+    #[test]
+    fn flag_values_are_the_serde_names() {
+        fn round_trip<T: serde::Serialize + std::str::FromStr<Err = GraftError> + PartialEq + std::fmt::Debug>(variants: &[T]) {
+            for v in variants {
+                let name = serde_json::to_value(v).unwrap();
+                assert_eq!(&name.as_str().unwrap().parse::<T>().unwrap(), v);
+            }
+        }
+        round_trip(&[LambdaSchedule::Constant, LambdaSchedule::Dann, LambdaSchedule::WarmStart]);
+        round_trip(&[LrSchedule::Constant, LrSchedule::Anneal, LrSchedule::Inv]);
+        round_trip(&[AddaObjective::Gan, AddaObjective::Reversal]);
+        round_trip(&[HeadPool::Avg, HeadPool::Flatten]);
+        assert_eq!("warm-start".parse::<LambdaSchedule>().unwrap(), LambdaSchedule::WarmStart);
+        for bad in ["warm_start", "WarmStart", "", "dann "] {
+            let err = bad.parse::<LambdaSchedule>().unwrap_err().to_string();
+            assert_eq!(err, format!("invalid --lambda-schedule `{bad}`: expected constant, dann or warm-start"));
+        }
+    }
+}

@@ -28,6 +28,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::data::augment::Augment;
+use crate::error::unit_variant;
 use crate::{GraftError, Result};
 
 /// An adaptation method (`--method`).
@@ -123,12 +124,7 @@ pub enum LambdaSchedule {
 impl FromStr for LambdaSchedule {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "constant" => Ok(LambdaSchedule::Constant),
-            "dann" => Ok(LambdaSchedule::Dann),
-            "warm-start" => Ok(LambdaSchedule::WarmStart),
-            _ => Err(GraftError::spec("--lambda-schedule", s, "expected constant, dann or warm-start")),
-        }
+        unit_variant("--lambda-schedule", s, "expected constant, dann or warm-start")
     }
 }
 
@@ -147,12 +143,7 @@ pub enum LrSchedule {
 impl FromStr for LrSchedule {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "constant" => Ok(LrSchedule::Constant),
-            "anneal" => Ok(LrSchedule::Anneal),
-            "inv" => Ok(LrSchedule::Inv),
-            _ => Err(GraftError::spec("--lr-schedule", s, "expected anneal, inv or constant")),
-        }
+        unit_variant("--lr-schedule", s, "expected anneal, inv or constant")
     }
 }
 
@@ -172,11 +163,7 @@ pub enum AddaObjective {
 impl FromStr for AddaObjective {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "gan" => Ok(AddaObjective::Gan),
-            "reversal" => Ok(AddaObjective::Reversal),
-            _ => Err(GraftError::spec("--adda-objective", s, "expected gan or reversal")),
-        }
+        unit_variant("--adda-objective", s, "expected gan or reversal")
     }
 }
 

@@ -14,6 +14,7 @@ use crate::zoo::efficientnet::global_avg_pool;
 use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::{Trunk, TrunkConfig};
 use crate::zoo::layers::{LayerRow, ParamRow};
+use crate::error::unit_variant;
 use crate::{GraftError, Result};
 
 /// The new classifier (`--head`).
@@ -108,11 +109,7 @@ pub enum HeadPool {
 impl FromStr for HeadPool {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "avg" => Ok(HeadPool::Avg),
-            "flatten" => Ok(HeadPool::Flatten),
-            _ => Err(GraftError::spec("--head-pool", s, "expected avg or flatten")),
-        }
+        unit_variant("--head-pool", s, "expected avg or flatten")
     }
 }
 
