@@ -312,11 +312,14 @@ impl Ctx<'_> {
         let gan = source_net.is_some() && self.config.adda_objective == AddaObjective::Gan;
         let mut opt = if gan { AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999).with_epsilon(1e-8).init() } else { sgd(self.config) };
         // ADDA's adversarial phase trains the target encoder and the discriminator, each on its
-        // own loss, and never the head.
-        let adda_ids: Option<(Vec<ParamId>, Vec<ParamId>)> = source_net.map(|_| {
+        // own loss (GAN) or both on one (reversal), and never the head: (encoder, discriminator,
+        // both).
+        let adda_ids: Option<(Vec<ParamId>, Vec<ParamId>, Vec<ParamId>)> = source_net.map(|_| {
             let head = param_ids(&model.net.head);
-            let encoder = param_ids(&model.net).into_iter().filter(|id| !head.contains(id)).collect();
-            (encoder, model.disc.as_ref().map(param_ids).unwrap_or_default())
+            let encoder: Vec<ParamId> = param_ids(&model.net).into_iter().filter(|id| !head.contains(id)).collect();
+            let disc = model.disc.as_ref().map(param_ids).unwrap_or_default();
+            let both = encoder.iter().chain(&disc).copied().collect();
+            (encoder, disc, both)
         });
         let mut source_batches = Batches::new(self.source.len(), seed ^ 0x5EED_0001);
         let mut target_batches = Batches::new(self.target.len(), seed ^ 0x5EED_0002);
@@ -333,18 +336,18 @@ impl Ctx<'_> {
                 let step = epoch * self.steps_per_epoch + it;
                 let p = step as f64 / total_steps.max(1) as f64;
                 lr = if gan { ADDA_LR } else { self.lr_at(step, p) };
-                lambda = self.config.lambda() * self.schedule_at(step, p);
+                let ramp = self.schedule_at(step, p);
+                lambda = self.config.lambda() * ramp;
                 let s_idx = source_batches.next(self.config.batch_size);
                 let t_idx = target_batches.next(self.config.batch_size);
                 match (source_net, &adda_ids) {
-                    (Some(source_net), Some((encoder_ids, disc_ids))) if !gan => {
-                        let loss = self.adda_reversal_step(&model, source_net, &s_idx, &t_idx, lambda, &mut sums);
+                    (Some(source_net), Some((_, _, both_ids))) if !gan => {
+                        let loss = self.adda_reversal_step(&model, source_net, &s_idx, &t_idx, ramp, &mut sums);
                         let mut grads = loss.backward();
-                        let ids: Vec<ParamId> = encoder_ids.iter().chain(disc_ids).copied().collect();
-                        let grads = GradientsParams::from_params(&mut grads, &model, &ids);
+                        let grads = GradientsParams::from_params(&mut grads, &model, both_ids);
                         model = opt.step(lr, model, grads);
                     }
-                    (Some(source_net), Some((encoder_ids, disc_ids))) => {
+                    (Some(source_net), Some((encoder_ids, disc_ids, _))) => {
                         let (loss_d, loss_e) = self.adda_step(&model, source_net, &s_idx, &t_idx, lambda, &mut sums);
                         let mut grads_d = loss_d.backward();
                         let grads_d = GradientsParams::from_params(&mut grads_d, &model, disc_ids);
@@ -516,12 +519,12 @@ impl Ctx<'_> {
 
     /// ADDA's adversarial iteration with the reversal objective (TLlib's): one domain loss on the
     /// frozen source encoder's features and the target encoder's, through gradient reversal
-    /// (coefficient `ADDA_REVERSAL_MAX` times the ramp), so that one step trains the
-    /// discriminator to tell the domains apart and the target encoder to confuse it.
-    fn adda_reversal_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], lambda: f64, sums: &mut Sums) -> Tensor<1> {
+    /// (coefficient `ADDA_REVERSAL_MAX` times the λ schedule's `ramp`), so that one step trains
+    /// the discriminator to tell the domains apart and the target encoder to confuse it.
+    fn adda_reversal_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], ramp: f64, sums: &mut Sums) -> Tensor<1> {
         let ns = s_idx.len();
         let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, sums);
-        let coeff = ADDA_REVERSAL_MAX * lambda / self.config.lambda().max(f64::MIN_POSITIVE);
+        let coeff = ADDA_REVERSAL_MAX * ramp;
         let disc = model.disc.as_ref().expect("ADDA has a discriminator");
         let z = disc.forward(losses::reverse_gradient(Tensor::cat(vec![f_s, f_t], 0), coeff));
         let (z_s, z_t) = split_rows(z, ns);
