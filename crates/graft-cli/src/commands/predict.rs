@@ -112,6 +112,14 @@ fn expand_folders(inputs: &[PathBuf], text_run: bool) -> anyhow::Result<Vec<Path
     let keep: &dyn Fn(&Path) -> bool = if text_run { &is_text } else { &graft::data::folder::is_image_file };
     let mut files = Vec::new();
     for input in inputs {
+        // A text run would classify an image's bytes as text, an image model a text file's as
+        // pixels (or skip it): refuse the mix up front, naming the file.
+        if text_run && graft::data::folder::is_image_file(input) {
+            anyhow::bail!("{}: an image file, but this run classifies texts (pass .txt files or --text)", input.display());
+        }
+        if !text_run && is_text(input) {
+            anyhow::bail!("{}: a text file, but this model classifies images (a text run comes from `graft fit --model minilm-l6`)", input.display());
+        }
         if input.is_dir() {
             let found = graft::data::folder::files_below(input, keep)?;
             let kind = if text_run { ".txt files" } else { "image files" };

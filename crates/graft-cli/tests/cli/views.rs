@@ -108,6 +108,11 @@ fn eval_reports_per_class_metrics_confusion_and_worst_errors() {
     let last = rows.last().unwrap();
     assert!(last.contains("broken.png") && !last.ends_with(','), "the skipped file's row names its error: {last}");
 
+    // A text file given to an image run is refused, not skipped as an unreadable image.
+    let note = dir.join("note.txt");
+    std::fs::write(&note, "a sneaker").unwrap();
+    super::assert_bad_input(&graft(&["predict", "--run", s(&run), s(&note)]), &["note.txt", "a text file, but this model classifies images"]);
+
     // An empty folder is refused, naming it.
     let empty = dir.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
