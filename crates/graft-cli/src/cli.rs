@@ -188,6 +188,14 @@ pub struct EvalArgs {
     /// Where mnist:… and usps:… are read from (adapted runs).
     #[arg(long, default_value = "../shared/data")]
     pub data_root: PathBuf,
+    /// List this many misclassified inputs, those with the lowest probability of their true
+    /// class first (0: none).
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub errors: usize,
+    /// Also write `eval.png` (the confusion matrix) and `errors.csv` (every misclassified
+    /// input) into this folder [default: none written].
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,9 +255,15 @@ pub struct PredictArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
-    /// Image files (or, with a text run, `.txt` files: one text each).
+    /// Image files or folders (walked for image files; or, with a text run, `.txt` files, one
+    /// text each).
     #[arg(required_unless_present = "text")]
     pub images: Vec<PathBuf>,
+    /// Also write the predictions as CSV, one row per input: input, then label and probability
+    /// of each of the --top classes, then the error for an input that could not be read
+    /// [default: none written].
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
     /// A text to classify with a text run (repeatable).
     #[arg(long)]
     pub text: Vec<String>,
@@ -258,8 +272,12 @@ pub struct PredictArgs {
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
     /// Model id, e.g. efficientnet-lite0.
-    #[arg(required_unless_present = "arch")]
+    #[arg(required_unless_present_any = ["arch", "run"])]
     pub model: Option<String>,
+    /// A run directory (from fit, adapt or pretrain): show what it holds instead — its kind,
+    /// model, classes, settings, epochs done and checkpoints.
+    #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "arch", "weights", "head", "classes"])]
+    pub run: Option<PathBuf>,
     /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
     /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
     #[arg(long, conflicts_with = "model")]

@@ -3,6 +3,8 @@ use graft::data::folder::ImageFolder;
 use graft::device::default_device;
 use graft::train::run::{load_run, predict_files, run_store, top1, Evaluation};
 use graft::zoo::graft_home;
+use std::path::PathBuf;
+
 use serde_json::json;
 
 use crate::cli::EvalArgs;
@@ -20,7 +22,7 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     let device = default_device();
     if graft::transfer::autoencoder::is_mlp_run(&args.run) {
         let (eval, skipped) = graft::transfer::autoencoder::evaluate_run(&args.run, &args.data, &device)?;
-        return report(&eval, &skipped, out);
+        return print_evaluation(out, &eval, &skipped, "images", None, None, &View::of(&args));
     }
     let (info, model) = load_run(&args.run, &device)?;
     let folder = ImageFolder::scan_with_classes(&args.data, &info.classes)?;
@@ -30,16 +32,19 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     let (probs, skipped) = predict_files(&model, &info.preprocess, &folder.samples, args.batch, &device, &reporter, store.as_mut());
     let mut truth = Vec::new();
     let mut rows = Vec::new();
+    let mut inputs = Vec::new();
     for (p, s) in probs.into_iter().zip(&folder.samples) {
         if let Some(p) = p {
             truth.push(s.label);
             rows.push(p);
+            inputs.push(s.path.display().to_string());
         }
     }
     anyhow::ensure!(!rows.is_empty(), "{}: no readable images", args.data.display());
-    let eval = Evaluation::from_predictions(&info.classes, &truth, &top1(&rows));
-    print_evaluation(out, &eval, &skipped, "images", None);
-    Ok(())
+    let predicted = top1(&rows);
+    let eval = Evaluation::from_predictions(&info.classes, &truth, &predicted);
+    let misses = Miss::collect(&inputs, &truth, &predicted, &rows);
+    print_evaluation(out, &eval, &skipped, "images", None, Some(&misses), &View::of(&args))
 }
 
 /// A `graft adapt` run: its kept network on a labelled folder or a digit set.
@@ -53,31 +58,154 @@ fn eval_adapted(args: &EvalArgs, out: &Output) -> anyhow::Result<()> {
     for s in &skipped {
         reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
     }
-    print_evaluation(out, &eval, &skipped, "images", None);
-    Ok(())
+    print_evaluation(out, &eval, &skipped, "images", None, None, &View::of(args))
 }
 
-fn report(eval: &Evaluation, skipped: &[graft::data::folder::Skipped], out: &Output) -> anyhow::Result<()> {
-    print_evaluation(out, eval, skipped, "images", None);
-    Ok(())
+/// What `eval` shows beside the accuracy: how many errors to list, and where to write the
+/// confusion-matrix plot and the full error list.
+pub(super) struct View {
+    errors: usize,
+    out_dir: Option<PathBuf>,
 }
+
+impl View {
+    pub(super) fn of(args: &EvalArgs) -> Self {
+        Self { errors: args.errors, out_dir: args.out_dir.clone() }
+    }
+}
+
+/// One misclassified input: what it is (a file, or the start of a text), its true and
+/// predicted classes and their probabilities.
+pub(super) struct Miss {
+    input: String,
+    truth: usize,
+    predicted: usize,
+    p_truth: f32,
+    p_predicted: f32,
+}
+
+impl Miss {
+    /// The misclassified rows, the lowest probability of the true class (the largest loss) first.
+    pub(super) fn collect(inputs: &[String], truth: &[usize], predicted: &[usize], probs: &[Vec<f32>]) -> Vec<Miss> {
+        let mut misses: Vec<Miss> = (0..truth.len())
+            .filter(|&i| truth[i] != predicted[i])
+            .map(|i| Miss {
+                input: inputs[i].clone(),
+                truth: truth[i],
+                predicted: predicted[i],
+                p_truth: probs[i].get(truth[i]).copied().unwrap_or(0.0),
+                p_predicted: probs[i].get(predicted[i]).copied().unwrap_or(0.0),
+            })
+            .collect();
+        misses.sort_by(|a, b| a.p_truth.total_cmp(&b.p_truth).then_with(|| a.input.cmp(&b.input)));
+        misses
+    }
+}
+
+/// Classes beyond this are left out of the printed confusion matrix (it is in `--json` and
+/// `eval.png` whatever the count).
+const MAX_PRINTED_CONFUSION: usize = 20;
 
 /// Prints the evaluation (accuracy, per class, confusion, skipped inputs; for texts also the
-/// embedding cache's hits and misses) of `n` `noun`s.
-pub(super) fn print_evaluation(out: &Output, eval: &Evaluation, skipped: &[graft::data::folder::Skipped], noun: &str, cache: Option<graft::text::features::EmbedStats>) {
+/// embedding cache's hits and misses) of `n` `noun`s, with per-class precision, recall and F1,
+/// the confusion matrix, the worst misclassified inputs when known, and writes `eval.png` and
+/// `errors.csv` into `view.out_dir`.
+pub(super) fn print_evaluation(
+    out: &Output,
+    eval: &Evaluation,
+    skipped: &[graft::data::folder::Skipped],
+    noun: &str,
+    cache: Option<graft::text::features::EmbedStats>,
+    misses: Option<&[Miss]>,
+    view: &View,
+) -> anyhow::Result<()> {
+    let label = |c: usize| eval.labels.get(c).map(String::as_str).unwrap_or("?");
+    let mut written = Vec::new();
+    if let Some(dir) = &view.out_dir {
+        let png = dir.join("eval.png");
+        graft::report::plot::confusion_matrix_plot(&png, &eval.labels, &eval.confusion)?;
+        written.push(png);
+        if let Some(misses) = misses {
+            let mut csv = String::from("input,true,predicted,p_true,p_predicted\n");
+            for m in misses {
+                csv.push_str(&format!("{},{},{},{},{}\n", csv_field(&m.input), csv_field(label(m.truth)), csv_field(label(m.predicted)), m.p_truth, m.p_predicted));
+            }
+            let path = dir.join("errors.csv");
+            graft::fsutil::write_atomic(&path, csv.as_bytes())?;
+            written.push(path);
+        }
+    }
+    let shown: &[Miss] = misses.map(|m| &m[..m.len().min(view.errors)]).unwrap_or(&[]);
+    let errors: Vec<_> = shown
+        .iter()
+        .map(|m| json!({"input": m.input, "true": label(m.truth), "predicted": label(m.predicted), "p_true": m.p_truth, "p_predicted": m.p_predicted}))
+        .collect();
     let skipped: Vec<_> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
     let mut value = json!({
-        "accuracy": eval.accuracy, "n": eval.n, "per_class": eval.per_class,
-        "confusion": eval.confusion, "labels": eval.labels, "skipped": skipped,
+        "accuracy": eval.accuracy, "n": eval.n, "per_class": eval.per_class, "classes": eval.classes,
+        "macro_f1": eval.macro_f1, "confusion": eval.confusion, "labels": eval.labels, "skipped": skipped,
+        "errors": errors, "misclassified": misses.map(|m| m.len()), "written": written,
     });
     if let Some(cache) = cache {
         value["cache"] = json!(cache);
     }
     out.result(&value, || {
-        let mut t = format!("accuracy {:.4} on {} {noun}\n", eval.accuracy, eval.n);
-        for (label, acc) in &eval.per_class {
-            t.push_str(&format!("  {label:<20} {acc:.4}\n"));
+        let mut t = format!("accuracy {:.4} on {} {noun} (macro F1 {:.4})\n\n", eval.accuracy, eval.n, eval.macro_f1);
+        let width = eval.labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).clamp(5, 24);
+        t.push_str(&format!("  {:<width$}  precision  recall      f1  support\n", "class"));
+        for c in &eval.classes {
+            t.push_str(&format!("  {:<width$}  {:>9.4}  {:>6.4}  {:>6.4}  {:>7}\n", c.label, c.precision, c.recall, c.f1, c.support));
+        }
+        let k = eval.labels.len();
+        if k <= MAX_PRINTED_CONFUSION {
+            t.push_str("\nconfusion (rows: true class, columns: predicted class)\n");
+            let cell = eval.confusion.iter().flatten().max().map(|m| m.to_string().len()).unwrap_or(1).max(k.to_string().len()) + 1;
+            // Row names are "INDEX LABEL".
+            let width = width + k.to_string().len() + 1;
+            t.push_str(&format!("  {:<width$} ", ""));
+            for c in 0..k {
+                t.push_str(&format!("{c:>cell$}"));
+            }
+            t.push('\n');
+            for (r, row) in eval.confusion.iter().enumerate() {
+                let name: String = format!("{r} {}", label(r)).chars().take(width).collect();
+                t.push_str(&format!("  {name:<width$} "));
+                for count in row {
+                    t.push_str(&format!("{count:>cell$}"));
+                }
+                t.push('\n');
+            }
+        } else {
+            t.push_str(&format!("\n{k} classes: the confusion matrix is in --json and --out-dir's eval.png\n"));
+        }
+        if let Some(all) = misses {
+            if !shown.is_empty() {
+                t.push_str(&format!("\n{} of {} misclassified, lowest probability of the true class first:\n", shown.len(), all.len()));
+                for m in shown {
+                    t.push_str(&format!(
+                        "  {}  true {} ({:.1} %), predicted {} ({:.1} %)\n",
+                        m.input,
+                        label(m.truth),
+                        m.p_truth * 100.0,
+                        label(m.predicted),
+                        m.p_predicted * 100.0
+                    ));
+                }
+            }
+        }
+        for path in &written {
+            t.push_str(&format!("wrote {}\n", path.display()));
         }
         t
     });
+    Ok(())
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break.
+pub(super) fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
 }

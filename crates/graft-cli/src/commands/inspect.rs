@@ -9,6 +9,9 @@ use crate::output::Output;
 use crate::reporter::TermReporter;
 
 pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
+    if let Some(run) = &args.run {
+        return super::inspect_run::run(run, out);
+    }
     let spec = super::model_spec(args.model.as_deref().unwrap_or(""), args.arch.as_deref())?;
     let freeze: FreezeSpec = args.freeze.parse()?;
     let config = spec.config();

@@ -7,6 +7,7 @@ mod data;
 mod eval;
 mod fit;
 mod inspect;
+mod inspect_run;
 mod predict;
 pub mod pretrain;
 pub mod probe;

@@ -72,19 +72,29 @@ pub fn eval(args: &EvalArgs, out: &Output) -> anyhow::Result<()> {
     let device = default_device();
     let reporter = TermReporter::new();
     let home = graft_home();
-    let (eval, skipped, stats) = if graft::adapt::text::is_text_adapt_run(&args.run) {
+    let view = super::eval::View::of(args);
+    if graft::adapt::text::is_text_adapt_run(&args.run) {
         let model = graft::adapt::load_adapted(&args.run, &home, None, &reporter, &device)?;
-        model.evaluate_texts(&args.data.to_string_lossy(), &args.data_root, args.batch, &home, &reporter, &device)?
-    } else {
-        let model = load_text_run(&args.run, &home, &reporter, &device)?;
-        let data = eval_dataset(&args.data, &model.info.classes)?;
-        let mut store = model.store(&home, &reporter)?;
-        let mut stats = EmbedStats::default();
-        let probs = model.probabilities(&data.texts, Some(&mut store), &reporter, &mut stats, &device)?;
-        (Evaluation::from_predictions(&model.info.classes, &data.labels, &top1(&probs)), data.skipped, stats)
-    };
-    super::eval::print_evaluation(out, &eval, &skipped, "texts", Some(stats));
-    Ok(())
+        let (eval, skipped, stats) =
+            model.evaluate_texts(&args.data.to_string_lossy(), &args.data_root, args.batch, &home, &reporter, &device)?;
+        return super::eval::print_evaluation(out, &eval, &skipped, "texts", Some(stats), None, &view);
+    }
+    let model = load_text_run(&args.run, &home, &reporter, &device)?;
+    let data = eval_dataset(&args.data, &model.info.classes)?;
+    let mut store = model.store(&home, &reporter)?;
+    let mut stats = EmbedStats::default();
+    let probs = model.probabilities(&data.texts, Some(&mut store), &reporter, &mut stats, &device)?;
+    let predicted = top1(&probs);
+    let eval = Evaluation::from_predictions(&model.info.classes, &data.labels, &predicted);
+    let inputs: Vec<String> = data.texts.iter().map(|t| text_excerpt(t)).collect();
+    let misses = super::eval::Miss::collect(&inputs, &data.labels, &predicted, &probs);
+    super::eval::print_evaluation(out, &eval, &data.skipped, "texts", Some(stats), Some(&misses), &view)
+}
+
+/// The start of a text, quoted, for lists of inputs.
+pub(super) fn text_excerpt(text: &str) -> String {
+    let short: String = text.chars().take(60).collect();
+    if short.len() < text.len() { format!("\"{short}…\"") } else { format!("\"{short}\"") }
 }
 
 /// `graft predict --run TEXT_RUN [FILE.txt …] [--text "…" …]` (a `fit` or an `adapt` run on texts).
@@ -120,7 +130,7 @@ pub fn predict(run: &Path, args: &PredictArgs, out: &Output) -> anyhow::Result<(
     }
     let skipped: Vec<Value> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
     let value = json!({"run": run, "predictions": predictions, "skipped": skipped});
-    super::predict::print_predictions(out, &value, &predictions);
+    super::predict::print_predictions(out, &value, &predictions, args)?;
     Ok(())
 }
 

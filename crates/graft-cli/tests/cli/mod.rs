@@ -8,6 +8,7 @@ mod parity;
 mod predict;
 mod text;
 mod transfer;
+mod views;
 mod zoo_cli;
 mod zoo_parity;
 

@@ -205,6 +205,11 @@ fn pull_fit_eval_predict_on_an_sms_subset() {
         assert_eq!(preds[0]["top"][0]["label"].as_str(), Some("spam"), "{p}");
         assert_eq!(preds[1]["top"][0]["label"].as_str(), Some("ham"), "{p}");
         assert!(preds[1]["text"].is_string());
+
+        // An image given to a text run is refused, not read as text.
+        let image = super::reference("efficientnet-lite0/images/chelsea.png");
+        let refused = graft_in(&home, &["predict", "--run", run, image.to_str().unwrap()]);
+        assert_bad_input(&refused, &["chelsea.png", "an image file, but this run classifies texts"]);
     }
 
     // Only a frozen encoder is supported, and saying so is an input error.

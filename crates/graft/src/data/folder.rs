@@ -120,7 +120,13 @@ fn class_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
 
 /// Image files below a class folder, sorted by path.
 fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {
+    files_below(dir, &is_image_file)
+}
+
+/// The files below `dir` (hidden entries skipped, at most `MAX_DEPTH` folders deep) that `keep`
+/// accepts, sorted by path.
+pub fn files_below(dir: &Path, keep: &dyn Fn(&Path) -> bool) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, depth: usize, keep: &dyn Fn(&Path) -> bool, out: &mut Vec<PathBuf>) -> Result<()> {
         for entry in fs::read_dir(dir).map_err(|e| GraftError::io(dir, e))? {
             let entry = entry.map_err(|e| GraftError::io(dir, e))?;
             if is_hidden(&entry.file_name()) {
@@ -130,9 +136,9 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
             let file_type = entry.file_type().map_err(|e| GraftError::io(&path, e))?;
             if file_type.is_dir() {
                 if depth < MAX_DEPTH {
-                    walk(&path, depth + 1, out)?;
+                    walk(&path, depth + 1, keep, out)?;
                 }
-            } else if is_image_file(&path) {
+            } else if keep(&path) {
                 // Regular files, and symlinks that resolve to regular files.
                 if fs::metadata(&path).map(|m| m.is_file()).unwrap_or(false) {
                     out.push(path);
@@ -142,7 +148,7 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
         Ok(())
     }
     let mut out = Vec::new();
-    walk(dir, 0, &mut out)?;
+    walk(dir, 0, keep, &mut out)?;
     out.sort();
     Ok(out)
 }

@@ -236,9 +236,29 @@ pub fn run_store(info: &RunInfo, stages: usize, home: &Path) -> Result<Option<Fe
 pub struct Evaluation {
     pub accuracy: f64,
     pub n: usize,
+    /// Recall of each class with at least one example (kept for older readers of `--json`).
     pub per_class: BTreeMap<String, f64>,
+    /// `confusion[truth][predicted]`.
     pub confusion: Vec<Vec<u64>>,
     pub labels: Vec<String>,
+    /// Precision, recall, F1 and support of every class, in label order.
+    pub classes: Vec<ClassReport>,
+    /// Unweighted mean of the classes' F1 over classes with support.
+    pub macro_f1: f64,
+}
+
+/// One class's row of a classification report (scikit-learn's `classification_report`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassReport {
+    pub label: String,
+    /// Of the inputs predicted as this class, the fraction that are (0 when none is).
+    pub precision: f64,
+    /// Of the inputs of this class, the fraction predicted as it (0 when there are none).
+    pub recall: f64,
+    /// Harmonic mean of precision and recall (0 when both are 0).
+    pub f1: f64,
+    /// Inputs of this class.
+    pub support: u64,
 }
 
 impl Evaluation {
@@ -258,11 +278,55 @@ impl Evaluation {
             .filter(|(i, _)| confusion[*i].iter().sum::<u64>() > 0)
             .map(|(i, l)| (l.clone(), confusion[i][i] as f64 / confusion[i].iter().sum::<u64>() as f64))
             .collect();
-        Self { accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 }, n, per_class, confusion, labels: labels.to_vec() }
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let classes: Vec<ClassReport> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, label)| {
+                let hits = confusion[i][i];
+                let support: u64 = confusion[i].iter().sum();
+                let predicted: u64 = (0..k).map(|t| confusion[t][i]).sum();
+                let (precision, recall) = (ratio(hits, predicted), ratio(hits, support));
+                let f1 = if precision + recall > 0.0 { 2.0 * precision * recall / (precision + recall) } else { 0.0 };
+                ClassReport { label: label.clone(), precision, recall, f1, support }
+            })
+            .collect();
+        let supported: Vec<f64> = classes.iter().filter(|c| c.support > 0).map(|c| c.f1).collect();
+        let macro_f1 = if supported.is_empty() { 0.0 } else { supported.iter().sum::<f64>() / supported.len() as f64 };
+        Self {
+            accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+            n,
+            per_class,
+            confusion,
+            labels: labels.to_vec(),
+            classes,
+            macro_f1,
+        }
     }
 }
 
 /// Predicted class per row of probabilities.
 pub fn top1(probs: &[Vec<f32>]) -> Vec<usize> {
     probs.iter().map(|p| p.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// scikit-learn's `classification_report` on the same six predictions gives these rows.
+    #[test]
+    fn classification_report_matches_hand_counts() {
+        let labels: Vec<String> = ["a", "b", "c", "d"].iter().map(|s| s.to_string()).collect();
+        let eval = Evaluation::from_predictions(&labels, &[0, 0, 0, 1, 1, 2], &[0, 0, 1, 1, 2, 2]);
+        assert_eq!(eval.confusion, vec![vec![2, 1, 0, 0], vec![0, 1, 1, 0], vec![0, 0, 1, 0], vec![0, 0, 0, 0]]);
+        let rows: Vec<(f64, f64, f64, u64)> = eval.classes.iter().map(|c| (c.precision, c.recall, c.f1, c.support)).collect();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        for (got, want) in rows.iter().zip([(1.0, 2.0 / 3.0, 0.8, 3), (0.5, 0.5, 0.5, 2), (0.5, 1.0, 2.0 / 3.0, 1), (0.0, 0.0, 0.0, 0)]) {
+            assert!(close(got.0, want.0) && close(got.1, want.1) && close(got.2, want.2) && got.3 == want.3, "{got:?} vs {want:?}");
+        }
+        // The class with no examples does not pull the macro average down.
+        assert!(close(eval.macro_f1, (0.8 + 0.5 + 2.0 / 3.0) / 3.0), "{}", eval.macro_f1);
+        assert!(close(eval.accuracy, 4.0 / 6.0));
+    }
 }
