@@ -23,7 +23,7 @@ fn st_error(path: &Path, reason: impl Into<String>) -> WeightsError {
 }
 
 pub(crate) fn load(path: &Path) -> Result<StateDict, WeightsError> {
-    let bytes = fs::read(path).map_err(|e| WeightsError::io(path, e))?;
+    let bytes = crate::fsio::read_regular(path).map_err(|e| WeightsError::io(path, e))?;
     parse(path, &bytes)
 }
 
