@@ -462,7 +462,7 @@ impl<'a> Vm<'a> {
         Err(WeightsError::limit(
             self.path,
             format!(
-                "{} at byte {}: its objects need more than {} bytes of memory for {} bytes of pickle ({} objects so far); a state dict needs a few bytes per byte",
+                "{} at byte {}: its objects need more than {} bytes of memory for {} bytes of pickle ({} objects so far); a real state dict needs about 12 bytes per byte",
                 self.what,
                 self.op_pos,
                 self.budget,
