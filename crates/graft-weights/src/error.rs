@@ -62,6 +62,36 @@ pub enum WeightsError {
         available: u64,
     },
 
+    /// The file would make the reader go over one of the limits in [`crate::limits`]
+    /// (named in the message by its constant's name). `remedy`, possibly empty, says how a
+    /// genuine file can get under it.
+    #[error("{}: {what} (limit `{limit}` = {max}){remedy}", path.display())]
+    LimitExceeded {
+        path: PathBuf,
+        what: String,
+        /// The constant's name in [`crate::limits`].
+        limit: &'static str,
+        max: u64,
+        remedy: String,
+    },
+
+    /// A floating-point tensor holds NaN or an infinity: every prediction made with it
+    /// would be NaN (or meaningless), so it is refused where it is loaded.
+    #[error(
+        "{}: tensor `{tensor}` holds {count} non-finite value(s) (first: {first} at element {index}); refusing weights with NaN or infinity",
+        path.display()
+    )]
+    NonFinite {
+        path: PathBuf,
+        tensor: String,
+        /// How many of its elements are NaN or infinite.
+        count: usize,
+        /// The first one: `NaN`, `inf` or `-inf`.
+        first: String,
+        /// Its flat (row-major) index.
+        index: usize,
+    },
+
     /// The safetensors crate rejected the file, or writing one failed.
     #[error("{}: safetensors: {reason}", path.display())]
     Safetensors { path: PathBuf, reason: String },
@@ -78,6 +108,8 @@ impl WeightsError {
             | WeightsError::ForbiddenGlobal { path, .. }
             | WeightsError::MissingStorage { path, .. }
             | WeightsError::StorageTooSmall { path, .. }
+            | WeightsError::LimitExceeded { path, .. }
+            | WeightsError::NonFinite { path, .. }
             | WeightsError::Safetensors { path, .. } => path,
         }
     }
@@ -93,6 +125,22 @@ impl WeightsError {
         WeightsError::Corrupt {
             path: path.to_path_buf(),
             reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn limit(
+        path: &Path,
+        what: impl Into<String>,
+        limit: &'static str,
+        max: u64,
+        remedy: &str,
+    ) -> Self {
+        WeightsError::LimitExceeded {
+            path: path.to_path_buf(),
+            what: what.into(),
+            limit,
+            max,
+            remedy: if remedy.is_empty() { String::new() } else { format!("; {remedy}") },
         }
     }
 

@@ -30,7 +30,7 @@ const PROTOCOL_VERSION: i128 = 1001;
 
 pub(crate) fn load(path: &Path) -> Result<StateDict, WeightsError> {
     // Reading the whole file bounds every later allocation by its real size.
-    let data = std::fs::read(path).map_err(|e| WeightsError::io(path, e))?;
+    let data = crate::fsio::read_regular(path).map_err(|e| WeightsError::io(path, e))?;
     parse(path, &data)
 }
 

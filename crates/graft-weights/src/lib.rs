@@ -13,14 +13,19 @@
 //! malformed input of any kind gives an error naming the file, not a panic.
 //!
 //! All tensors come out as contiguous row-major `f32` ([`Tensor`]), with the
-//! original element type kept in [`Tensor::dtype`].
+//! original element type kept in [`Tensor::dtype`]. Tensors holding NaN or an
+//! infinity are refused ([`WeightsError::NonFinite`], see
+//! [`StateDict::check_finite`]), and every size limit is in [`limits`].
+//! Files are opened with [`fsio::open_regular`], so a FIFO or a device given as
+//! a weights file is refused instead of blocking or reading forever.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
 mod error;
+pub mod fsio;
 mod legacy;
+pub mod limits;
 mod pickle;
 mod safetensors;
 mod tensor;
@@ -43,7 +48,7 @@ pub enum Format {
 /// (`.pth`, `.pt`, `.bin` and `.ckpt` are all used for both PyTorch formats).
 pub fn detect_format(path: &Path) -> Result<Format, WeightsError> {
     let mut head = [0u8; 16];
-    let mut file = File::open(path).map_err(|e| WeightsError::io(path, e))?;
+    let mut file = fsio::open_regular(path).map_err(|e| WeightsError::io(path, e))?;
     let mut n = 0;
     // `read` may return short counts; loop until 16 bytes or end of file.
     while n < head.len() {
@@ -75,45 +80,54 @@ fn format_of(head: &[u8]) -> Option<Format> {
     None
 }
 
+/// `dict`, if all its values are finite (see [`StateDict::check_finite`]).
+fn finite(path: &Path, dict: StateDict) -> Result<StateDict, WeightsError> {
+    dict.check_finite(path)?;
+    Ok(dict)
+}
+
 /// Load any supported weights file, choosing the reader by content.
 pub fn load(path: &Path) -> Result<StateDict, WeightsError> {
-    match detect_format(path)? {
+    let dict = match detect_format(path)? {
         Format::PytorchLegacy => legacy::load(path),
         Format::PytorchZip => zip::load(path),
         Format::Safetensors => safetensors::load(path),
-    }
+    }?;
+    finite(path, dict)
 }
 
 /// Like [`load`], for a file already in memory; `name` only labels errors.
 pub fn load_bytes(name: &Path, bytes: &[u8]) -> Result<StateDict, WeightsError> {
-    match format_of(&bytes[..bytes.len().min(16)]) {
+    let dict = match format_of(&bytes[..bytes.len().min(16)]) {
         Some(Format::PytorchLegacy) => legacy::parse(name, bytes),
         Some(Format::PytorchZip) => zip::parse(name, bytes),
         Some(Format::Safetensors) => safetensors::parse(name, bytes),
         None => Err(WeightsError::NotAWeightsFile {
             path: name.to_path_buf(),
         }),
-    }
+    }?;
+    finite(name, dict)
 }
 
 /// Load a PyTorch checkpoint, legacy or zip. The top-level object may be the
 /// state dict or a dict holding it under `state_dict`, `model_state_dict` or
 /// `model`; non-tensor entries are ignored.
 pub fn load_pytorch(path: &Path) -> Result<StateDict, WeightsError> {
-    match detect_format(path)? {
+    let dict = match detect_format(path)? {
         Format::PytorchLegacy => legacy::load(path),
         Format::PytorchZip => zip::load(path),
         Format::Safetensors => Err(WeightsError::corrupt(
             path,
             "expected a PyTorch checkpoint, but this is a safetensors file",
         )),
-    }
+    }?;
+    finite(path, dict)
 }
 
 /// Load a safetensors file. Metadata (`__metadata__`) goes to
 /// [`StateDict::metadata`].
 pub fn load_safetensors(path: &Path) -> Result<StateDict, WeightsError> {
-    safetensors::load(path)
+    finite(path, safetensors::load(path)?)
 }
 
 /// Write `dict` as a safetensors file, every tensor as f32 (so integer
@@ -127,14 +141,14 @@ pub fn save_safetensors(path: &Path, dict: &StateDict) -> Result<(), WeightsErro
 /// Refuse files whose tensors would expand to far more elements than the
 /// file stores. Overlapping or broadcast views (stride 0) let a tiny file
 /// describe enormous tensors; legitimate state dicts share storage at most a
-/// few times over (tied weights), so 4x plus some slack for small broadcast
-/// buffers is generous, and it bounds memory by the file's real size.
+/// few times over (tied weights), so [`limits::MAX_VIEW_EXPANSION`] plus
+/// [`limits::VIEW_EXPANSION_SLACK`] for small broadcast buffers is generous,
+/// and it bounds memory by the file's real size.
 fn check_budget(
     path: &Path,
     tensors: &[(String, pickle::TensorRef)],
     stored_elements: u64,
 ) -> Result<(), WeightsError> {
-    const SLACK: u64 = 1 << 24;
     let mut total: u64 = 0;
     for (name, t) in tensors {
         let n = t.view.numel().ok_or_else(|| {
@@ -149,12 +163,14 @@ fn check_budget(
         })?;
         total = total.saturating_add(n as u64);
     }
-    let limit = stored_elements.saturating_mul(4).saturating_add(SLACK);
+    let limit = stored_elements
+        .saturating_mul(limits::MAX_VIEW_EXPANSION)
+        .saturating_add(limits::VIEW_EXPANSION_SLACK);
     if total > limit {
         return Err(WeightsError::corrupt(
             path,
             format!(
-                "tensors would expand to {total} elements from {stored_elements} stored ones; refusing to allocate that"
+                "tensors would expand to {total} elements from {stored_elements} stored ones; refusing to allocate that (limits MAX_VIEW_EXPANSION, VIEW_EXPANSION_SLACK)"
             ),
         ));
     }

@@ -16,28 +16,30 @@
 //! nested structure nor walking it can overflow the stack. Consumers only
 //! ever look two levels deep (checkpoint dict → state dict → tensor).
 //!
-//! Resource use is linear in the pickle's size (every opcode creates at most
-//! one object and reads its payload from the input), and capped besides.
+//! Resource use is linear in the pickle's size and capped besides: every object,
+//! memo entry and copy the VM makes is charged against a memory budget of
+//! [`PICKLE_MEMORY_PER_BYTE`] bytes per byte of pickle (plus
+//! [`PICKLE_MEMORY_BASE`]), never more than [`MAX_PICKLE_MEMORY`]; a pickle that
+//! needs more is refused as soon as it does (see [`crate::limits`]).
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{sanitize, WeightsError};
+use crate::limits::{
+    MAX_PICKLE_LINE as MAX_LINE, MAX_PICKLE_MARK_DEPTH as MAX_MARK_DEPTH, MAX_PICKLE_MEMORY,
+    MAX_PICKLE_STACK as MAX_STACK, MAX_TENSOR_DIMS as MAX_DIMS, PICKLE_MEMORY_BASE,
+    PICKLE_MEMORY_PER_BYTE,
+};
 use crate::tensor::{DType, ViewSpec};
 
 /// Index of an object in [`Unpickled::arena`].
 pub(crate) type Id = usize;
 
-// Caps far above anything a real state dict needs (EfficientNet-Lite0's main
-// pickle creates ~10k objects, memoises ~2.7k and never stacks more than a
-// few dozen), low enough that a hostile pickle cannot exhaust memory with
-// them before the input runs out.
-const MAX_OBJECTS: usize = 1 << 25;
-const MAX_STACK: usize = 1 << 20;
-const MAX_MARK_DEPTH: usize = 1 << 12;
-const MAX_MEMO: usize = 1 << 24;
-const MAX_LINE: usize = 4096;
-const MAX_DIMS: usize = 64;
+/// What one memo entry costs (hash map slot, key, value, control bytes, slack).
+const MEMO_ENTRY_BYTES: u64 = 32;
+/// What the allocator adds to every heap allocation (header, rounding).
+const ALLOC_OVERHEAD: u64 = 16;
 
 /// The globals a state-dict pickle may name. Anything else is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,11 +157,39 @@ pub(crate) enum Obj {
     Dict(Vec<(Id, Id)>),
     Set(Vec<Id>),
     Global(Global),
-    Storage(StorageRef),
-    Tensor(TensorRef),
+    // Boxed: they are large and rare, and every arena slot is as large as the
+    // largest variant (32 bytes with these boxed).
+    Storage(Box<StorageRef>),
+    Tensor(Box<TensorRef>),
 }
 
 impl Obj {
+    /// Heap bytes this object holds beyond its arena slot, for the memory budget.
+    fn heap_bytes(&self) -> u64 {
+        let storage = |s: &StorageRef| {
+            (std::mem::size_of::<StorageRef>()
+                + s.key.len()
+                + s.view.as_ref().map_or(0, |v| v.view_key.len())) as u64
+        };
+        let ids = |n: usize| n as u64 * std::mem::size_of::<Id>() as u64;
+        let heap = |n: u64| if n == 0 { 0 } else { n + ALLOC_OVERHEAD };
+        match self {
+            Obj::Str(s) => heap(s.len() as u64),
+            Obj::Bytes(b) => heap(b.len() as u64),
+            Obj::Tuple(v) | Obj::List(v) | Obj::Set(v) => heap(ids(v.len())),
+            Obj::Dict(v) => heap(ids(2 * v.len())),
+            Obj::Storage(s) => heap(storage(s)) + ALLOC_OVERHEAD,
+            Obj::Tensor(t) => {
+                heap(storage(&t.storage))
+                    + (std::mem::size_of::<TensorRef>() - std::mem::size_of::<StorageRef>())
+                        as u64
+                    + heap(ids(t.view.shape.len())) + heap(ids(t.view.stride.len()))
+                    + 2 * ALLOC_OVERHEAD
+            }
+            _ => 0,
+        }
+    }
+
     fn type_name(&self) -> &'static str {
         match self {
             Obj::None => "None",
@@ -184,6 +214,9 @@ impl Obj {
 pub(crate) struct Unpickled {
     pub arena: Vec<Obj>,
     pub root: Id,
+    /// Bytes charged against the VM's memory budget.
+    #[allow(dead_code)] // read by tests
+    pub memory_used: u64,
 }
 
 impl Unpickled {
@@ -257,12 +290,12 @@ impl Unpickled {
             match seen.get(name) {
                 Some(&i) => {
                     if let Some(slot) = out.get_mut(i) {
-                        slot.1 = t.clone();
+                        slot.1 = (**t).clone();
                     }
                 }
                 None => {
                     seen.insert(name, out.len());
-                    out.push((name.to_string(), t.clone()));
+                    out.push((name.to_string(), (**t).clone()));
                 }
             }
         }
@@ -272,7 +305,7 @@ impl Unpickled {
     /// Every storage named by a persistent id, reachable or not.
     pub fn storages(&self) -> impl Iterator<Item = &StorageRef> {
         self.arena.iter().filter_map(|o| match o {
-            Obj::Storage(s) => Some(s),
+            Obj::Storage(s) => Some(&**s),
             _ => None,
         })
     }
@@ -286,10 +319,16 @@ pub(crate) fn unpickle(
     what: &str,
     data: &[u8],
 ) -> Result<(Unpickled, usize), WeightsError> {
+    let budget = (data.len() as u64)
+        .saturating_mul(PICKLE_MEMORY_PER_BYTE)
+        .saturating_add(PICKLE_MEMORY_BASE)
+        .min(MAX_PICKLE_MEMORY);
     let mut vm = Vm {
         path,
         what,
         data,
+        budget,
+        used: 0,
         pos: 0,
         op_pos: 0,
         arena: Vec::new(),
@@ -302,6 +341,7 @@ pub(crate) fn unpickle(
         Unpickled {
             arena: vm.arena,
             root,
+            memory_used: vm.used,
         },
         vm.pos,
     ))
@@ -311,6 +351,9 @@ struct Vm<'a> {
     path: &'a Path,
     what: &'a str,
     data: &'a [u8],
+    /// Bytes of memory this pickle may make the VM use, and what it has used.
+    budget: u64,
+    used: u64,
     pos: usize,
     /// Offset of the opcode being executed, for error messages.
     op_pos: usize,
@@ -408,10 +451,32 @@ impl<'a> Vm<'a> {
 
     // ---- objects, stack, memo -----------------------------------------
 
-    fn alloc(&mut self, obj: Obj) -> R<Id> {
-        if self.arena.len() >= MAX_OBJECTS {
-            return Err(self.corrupt("too many objects"));
+    /// Count `bytes` of memory (or copying) against the budget; refuse the
+    /// pickle as soon as it goes over.
+    fn charge(&mut self, bytes: u64) -> R<()> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used <= self.budget {
+            return Ok(());
         }
+        let capped = self.budget == MAX_PICKLE_MEMORY;
+        Err(WeightsError::limit(
+            self.path,
+            format!(
+                "{} at byte {}: its objects need more than {} bytes of memory for {} bytes of pickle ({} objects so far); a real state dict needs about 12 bytes per byte",
+                self.what,
+                self.op_pos,
+                self.budget,
+                self.data.len(),
+                self.arena.len()
+            ),
+            if capped { "MAX_PICKLE_MEMORY" } else { "PICKLE_MEMORY_PER_BYTE" },
+            if capped { MAX_PICKLE_MEMORY } else { PICKLE_MEMORY_PER_BYTE },
+            "",
+        ))
+    }
+
+    fn alloc(&mut self, obj: Obj) -> R<Id> {
+        self.charge(std::mem::size_of::<Obj>() as u64 + obj.heap_bytes())?;
         self.arena.push(obj);
         Ok(self.arena.len() - 1)
     }
@@ -477,8 +542,8 @@ impl<'a> Vm<'a> {
 
     fn memo_put(&mut self, key: u64) -> R<()> {
         let top = self.top()?;
-        if self.memo.len() >= MAX_MEMO && !self.memo.contains_key(&key) {
-            return Err(self.corrupt("memo too large"));
+        if !self.memo.contains_key(&key) {
+            self.charge(MEMO_ENTRY_BYTES)?;
         }
         self.memo.insert(key, top);
         Ok(())
@@ -878,7 +943,7 @@ impl<'a> Vm<'a> {
                     // BINPERSID
                     let pid = self.pop()?;
                     let storage = self.persistent_load(pid)?;
-                    self.push(Obj::Storage(storage))?;
+                    self.push(Obj::Storage(Box::new(storage)))?;
                 }
                 b'P' => {
                     return Err(
@@ -939,6 +1004,7 @@ impl<'a> Vm<'a> {
     }
 
     fn extend(&mut self, target: Id, items: Vec<Id>, op: &str) -> R<()> {
+        self.charge(8 * items.len() as u64)?;
         let err = self.corrupt(format!("{op} on a {}", self.obj(target).type_name()));
         match self.obj_mut(target)? {
             Obj::List(v) | Obj::Set(v) => {
@@ -950,6 +1016,7 @@ impl<'a> Vm<'a> {
     }
 
     fn set_items(&mut self, target: Id, pairs: Vec<(Id, Id)>) -> R<()> {
+        self.charge(16 * pairs.len() as u64)?;
         let err = self.corrupt(format!("SETITEM on a {}", self.obj(target).type_name()));
         match self.obj_mut(target)? {
             Obj::Dict(d) => {
@@ -960,7 +1027,13 @@ impl<'a> Vm<'a> {
         }
     }
 
-    fn tuple_items(&self, id: Id, what: &str) -> R<Vec<Id>> {
+    fn tuple_items(&mut self, id: Id, what: &str) -> R<Vec<Id>> {
+        // The copy is charged too: re-using one large tuple as the arguments
+        // of many calls must not be free.
+        if let Obj::Tuple(items) = self.obj(id) {
+            let n = items.len() as u64;
+            self.charge(8 * n)?;
+        }
         match self.obj(id) {
             Obj::Tuple(items) => Ok(items.clone()),
             other => Err(self.corrupt(format!("{what} are a {}, not a tuple", other.type_name()))),
@@ -1007,6 +1080,7 @@ impl<'a> Vm<'a> {
                             Obj::List(v) | Obj::Tuple(v) => v.clone(),
                             _ => return Err(self.corrupt("OrderedDict argument is not a list")),
                         };
+                        self.charge(8 * items.len() as u64)?;
                         let mut pairs = Vec::with_capacity(items.len());
                         for item in items {
                             match self.obj(item) {
@@ -1035,7 +1109,7 @@ impl<'a> Vm<'a> {
                     );
                 }
                 let storage = match self.obj(args[0]) {
-                    Obj::Storage(s) => s.clone(),
+                    Obj::Storage(s) => (**s).clone(),
                     other => {
                         return Err(self.corrupt(format!(
                             "{name}: first argument is a {}, not a storage",
@@ -1058,14 +1132,14 @@ impl<'a> Vm<'a> {
                         stride.len()
                     )));
                 }
-                self.alloc(Obj::Tensor(TensorRef {
+                self.alloc(Obj::Tensor(Box::new(TensorRef {
                     storage,
                     view: ViewSpec {
                         offset,
                         shape,
                         stride,
                     },
-                }))
+                })))
             }
             Global::RebuildParameter => {
                 // (tensor, requires_grad, backward_hooks): a Parameter is its tensor.
@@ -1205,6 +1279,78 @@ mod tests {
 
     fn run(bytes: &[u8]) -> Result<Unpickled, WeightsError> {
         unpickle(Path::new("test.pkl"), "pickle", bytes).map(|(u, _)| u)
+    }
+
+    /// The budget's premise: real state-dict pickles need a few bytes of VM
+    /// memory per byte. torchvision's checkpoints, from `../shared` beside the
+    /// repository (as `tests/real_files.rs` finds them).
+    #[test]
+    fn real_state_dict_pickles_stay_far_below_the_memory_budget() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference/torchvision");
+        for name in ["resnet18", "mobilenet_v2"] {
+            let file = dir.join(format!("{name}.pth"));
+            let mut z = ::zip::ZipArchive::new(std::fs::File::open(&file).unwrap()).unwrap();
+            let mut pkl = Vec::new();
+            std::io::Read::read_to_end(&mut z.by_name(&format!("{name}/data.pkl")).unwrap(), &mut pkl)
+                .unwrap();
+            let (u, _) = unpickle(&file, "data.pkl", &pkl).unwrap();
+            let per_byte = u.memory_used as f64 / pkl.len() as f64;
+            eprintln!(
+                "{name}: data.pkl {} bytes, {} objects, {} bytes charged ({per_byte:.2} per byte)",
+                pkl.len(),
+                u.arena.len(),
+                u.memory_used
+            );
+            assert!(per_byte * 2.0 < PICKLE_MEMORY_PER_BYTE as f64, "{name}: {per_byte}");
+        }
+    }
+
+    #[test]
+    fn a_pickle_of_many_small_objects_is_refused_early_naming_the_limit() {
+        // None, then TUPLE1 a million times: each byte wraps the top of the
+        // stack in a new 1-tuple, the most memory one byte can create.
+        let mut b = b"\x80\x02N".to_vec();
+        b.extend(std::iter::repeat_n(0x85u8, 1 << 20));
+        b.push(b'.');
+        match run(&b) {
+            Err(e @ WeightsError::LimitExceeded { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("PICKLE_MEMORY_PER_BYTE") && msg.contains("test.pkl"), "{msg}");
+            }
+            other => panic!("{:?}", other.map(|u| u.memory_used)),
+        }
+        // The same opcodes in a 10 KB pickle fit in the fixed base.
+        let mut small = b"\x80\x02N".to_vec();
+        small.extend(std::iter::repeat_n(0x85u8, 10_000));
+        small.push(b'.');
+        assert!(run(&small).is_ok());
+    }
+
+    #[test]
+    fn reusing_one_large_container_as_arguments_is_charged() {
+        // [(None, None)] * 100k built once (DUP, APPENDS) and memoised, then
+        // passed to OrderedDict 10,000 times: every call copies it into a new
+        // dict. Without charging the copies, 8 bytes of pickle would cost
+        // 1.6 MB each, 16 GB in all.
+        let mut q = b"\x80\x02](NN\x86".to_vec();
+        q.extend(std::iter::repeat_n(b'2', 99_999));
+        q.extend(b"eq\x000ccollections\nOrderedDict\nq\x010");
+        for _ in 0..10_000 {
+            q.extend(b"h\x01h\x00\x85R0"); // OrderedDict(list), POP
+        }
+        q.extend(b"N.");
+        match run(&q) {
+            Err(e @ WeightsError::LimitExceeded { .. }) => {
+                assert!(e.to_string().contains("PICKLE_MEMORY_PER_BYTE"), "{e}")
+            }
+            other => panic!("{:?}", other.map(|u| u.memory_used)),
+        }
+        // Once is fine.
+        let mut once = b"\x80\x02](NN\x86".to_vec();
+        once.extend(std::iter::repeat_n(b'2', 99_999));
+        once.extend(b"eq\x000ccollections\nOrderedDict\nq\x010h\x01h\x00\x85R.");
+        let u = run(&once).unwrap();
+        assert!(matches!(u.root(), Obj::Dict(d) if d.len() == 100_000));
     }
 
     #[test]

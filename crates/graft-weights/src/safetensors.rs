@@ -23,14 +23,21 @@ fn st_error(path: &Path, reason: impl Into<String>) -> WeightsError {
 }
 
 pub(crate) fn load(path: &Path) -> Result<StateDict, WeightsError> {
-    let bytes = fs::read(path).map_err(|e| WeightsError::io(path, e))?;
+    let bytes = crate::fsio::read_regular(path).map_err(|e| WeightsError::io(path, e))?;
     parse(path, &bytes)
 }
 
 pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<StateDict, WeightsError> {
-    let (_, header) =
-        SafeTensors::read_metadata(bytes).map_err(|e| st_error(path, e.to_string()))?;
-    let st = SafeTensors::deserialize(bytes).map_err(|e| st_error(path, e.to_string()))?;
+    let fail = |e: ::safetensors::SafeTensorError| match e {
+        // The crate does not say which tensor; find it.
+        ::safetensors::SafeTensorError::TensorInvalidInfo
+        | ::safetensors::SafeTensorError::MisalignedSlice => {
+            st_error(path, explain_size_mismatch(bytes).unwrap_or_else(|| e.to_string()))
+        }
+        e => st_error(path, e.to_string()),
+    };
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(fail)?;
+    let st = SafeTensors::deserialize(bytes).map_err(fail)?;
 
     let mut out = StateDict::default();
     if let Some(meta) = header.metadata() {
@@ -77,6 +84,51 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<StateDict, WeightsError
         out.tensors.insert(name, Tensor { shape, dtype, data });
     }
     Ok(out)
+}
+
+/// The first tensor of the header whose byte range disagrees with its dtype
+/// and shape, described; `None` if the header cannot be read or none does.
+/// Only called once the safetensors crate has refused the file, to name the
+/// tensor in the error (its own message does not).
+fn explain_size_mismatch(bytes: &[u8]) -> Option<String> {
+    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
+    let header = bytes.get(8..8usize.checked_add(n)?)?;
+    let value: serde_json::Value = serde_json::from_slice(header).ok()?;
+    for (name, info) in value.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = info.get("dtype")?.as_str()?;
+        let bits: u64 = match dtype {
+            "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 8,
+            "I16" | "U16" | "F16" | "BF16" => 16,
+            "I32" | "U32" | "F32" => 32,
+            "I64" | "U64" | "F64" => 64,
+            _ => continue,
+        };
+        let shape: Vec<u64> = info
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .map(|d| d.as_u64())
+            .collect::<Option<_>>()?;
+        let offsets = info.get("data_offsets")?.as_array()?;
+        let (s, e) = (offsets.first()?.as_u64()?, offsets.get(1)?.as_u64()?);
+        let needed = shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .and_then(|n| n.checked_mul(bits / 8));
+        let have = e.checked_sub(s);
+        if needed != have {
+            return Some(format!(
+                "tensor `{}`: its data is {} bytes, but {dtype} x shape {shape:?} needs {}",
+                sanitize(name),
+                have.map_or_else(|| "a negative number of".to_string(), |h| h.to_string()),
+                needed.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string())
+            ));
+        }
+    }
+    None
 }
 
 /// Write `dict` as f32 safetensors with its metadata in `__metadata__`.

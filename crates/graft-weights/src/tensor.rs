@@ -105,6 +105,38 @@ pub struct StateDict {
     pub metadata: BTreeMap<String, String>,
 }
 
+impl StateDict {
+    /// Refuses a dict in which any tensor holds NaN or an infinity, naming the file
+    /// (`path`) and the first such tensor (in name order). Every loader of this crate runs
+    /// it before returning, so weights with NaN never reach a model: a single NaN weight
+    /// makes every prediction NaN. Integer tensors are converted to `f32` and cannot hold
+    /// either; a float64 value beyond `f32`'s range becomes an infinity and is refused too.
+    pub fn check_finite(&self, path: &std::path::Path) -> Result<(), crate::WeightsError> {
+        for (name, t) in &self.tensors {
+            let Some(index) = t.data.iter().position(|x| !x.is_finite()) else {
+                continue;
+            };
+            let count = t.data[index..].iter().filter(|x| !x.is_finite()).count();
+            let v = t.data[index];
+            let first = if v.is_nan() {
+                "NaN"
+            } else if v > 0.0 {
+                "inf"
+            } else {
+                "-inf"
+            };
+            return Err(crate::WeightsError::NonFinite {
+                path: path.to_path_buf(),
+                tensor: crate::error::sanitize(name),
+                count,
+                first: first.to_string(),
+                index,
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Product of the dimensions, `None` on overflow. The empty shape is a scalar.
 pub(crate) fn numel(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))

@@ -5,10 +5,14 @@
 //! bytes of each storage, `<prefix>/byteorder` (torch >= 2.1) "little" or
 //! "big". Persistent ids are `('storage', storage_type, key, location, numel)`.
 //! torch writes entries uncompressed and 64-byte aligned (so they can be
-//! mmapped); we also accept deflated entries, but then bound what we inflate.
+//! mmapped); we also accept deflated entries, but then bound what we inflate:
+//! each entry by its declared size (checked against deflate's maximum ratio,
+//! [`MAX_DEFLATE_RATIO`], before anything is inflated, and enforced while
+//! inflating), and all of them together by [`MAX_ARCHIVE_INFLATE_RATIO`] times
+//! the archive's size. Every entry read is read whole and its CRC-32 checked
+//! against the archive's record, storages included.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
@@ -16,14 +20,51 @@ use ::zip::result::ZipError;
 use ::zip::{CompressionMethod, ZipArchive};
 
 use crate::error::{sanitize, WeightsError};
+use crate::limits::{
+    ARCHIVE_INFLATE_BASE, MAX_ARCHIVE_INFLATE_RATIO, MAX_BYTEORDER_BYTES, MAX_DEFLATE_RATIO,
+    MAX_PICKLE_BYTES,
+};
 use crate::pickle::{unpickle, TensorRef};
 use crate::tensor::StateDict;
 
-/// data.pkl is a few hundred bytes per tensor; a gigabyte of it is an attack.
-const MAX_PICKLE_BYTES: u64 = 1 << 30;
-/// Deflate cannot expand data by more than about 1032:1; a larger declared
-/// ratio is a lie (or a bomb), refused before inflating anything.
-const MAX_DEFLATE_RATIO: u64 = 1032;
+const RESAVE: &str = "re-saving the checkpoint with torch.save, which stores entries uncompressed, gets under it";
+
+/// Bytes inflated so far from the archive's compressed entries, against
+/// [`MAX_ARCHIVE_INFLATE_RATIO`] x the archive's size (+ [`ARCHIVE_INFLATE_BASE`]).
+#[derive(Clone, Copy)]
+struct InflateBudget {
+    used: u64,
+    max: u64,
+}
+
+impl InflateBudget {
+    fn new(file_len: u64) -> Self {
+        InflateBudget {
+            used: 0,
+            max: file_len
+                .saturating_mul(MAX_ARCHIVE_INFLATE_RATIO)
+                .saturating_add(ARCHIVE_INFLATE_BASE),
+        }
+    }
+
+    fn charge(&mut self, path: &Path, entry: &str, bytes: u64) -> Result<(), WeightsError> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > self.max {
+            return Err(WeightsError::limit(
+                path,
+                format!(
+                    "compressed zip entries would inflate to more than {} bytes (at entry `{}`), over {MAX_ARCHIVE_INFLATE_RATIO} times the archive's size",
+                    self.max,
+                    sanitize(entry)
+                ),
+                "MAX_ARCHIVE_INFLATE_RATIO",
+                MAX_ARCHIVE_INFLATE_RATIO,
+                RESAVE,
+            ));
+        }
+        Ok(())
+    }
+}
 
 
 fn zip_error(path: &Path, e: ZipError) -> WeightsError {
@@ -37,7 +78,7 @@ fn zip_error(path: &Path, e: ZipError) -> WeightsError {
 }
 
 pub(crate) fn load(path: &Path) -> Result<StateDict, WeightsError> {
-    let file = File::open(path).map_err(|e| WeightsError::io(path, e))?;
+    let file = crate::fsio::open_regular(path).map_err(|e| WeightsError::io(path, e))?;
     let file_len = file
         .metadata()
         .map_err(|e| WeightsError::io(path, e))?
@@ -64,13 +105,15 @@ fn read<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<StateDi
             path: path.to_path_buf(),
         })?;
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
+    let mut inflate = InflateBudget::new(file_len);
 
     let pkl = read_entry(
         path,
         &mut archive,
         &pkl_name,
         file_len,
-        Limit::Whole(MAX_PICKLE_BYTES),
+        Some((MAX_PICKLE_BYTES, "MAX_PICKLE_BYTES")),
+        &mut inflate,
     )?;
 
     let big_endian = match archive.index_for_name(&format!("{prefix}byteorder")) {
@@ -81,7 +124,8 @@ fn read<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<StateDi
                 &mut archive,
                 &format!("{prefix}byteorder"),
                 file_len,
-                Limit::Whole(16),
+                Some((MAX_BYTEORDER_BYTES, "MAX_BYTEORDER_BYTES")),
+                &mut inflate,
             )?;
             match String::from_utf8_lossy(&b).trim() {
                 "little" => false,
@@ -118,6 +162,8 @@ fn read<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<StateDi
     // First pass, metadata only: every storage exists, matches its declared
     // size, and the total output is bounded, all before reading any data.
     let mut stored_elements = 0u64;
+    // What inflating the compressed storages will cost, checked before any is.
+    let mut inflate_check = inflate;
     for (&key, users) in &by_key {
         let (first_name, first) = &tensors[users[0]];
         for &u in users {
@@ -133,6 +179,9 @@ fn read<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<StateDi
             }
         }
         let entry = storage_entry(path, &mut archive, prefix, key, file_len)?;
+        if entry.compressed {
+            inflate_check.charge(path, &format!("{prefix}data/{key}"), entry.size)?;
+        }
         let needed = first
             .storage
             .numel
@@ -161,7 +210,10 @@ fn read<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<StateDi
             .numel
             .saturating_mul(first.storage.dtype.size_bytes() as u64); // no overflow: checked in the first pass
         let name = format!("{prefix}data/{key}");
-        let bytes = read_entry(path, &mut archive, &name, file_len, Limit::Prefix(needed))?;
+        // The whole entry, so that its CRC-32 is checked; a storage may be
+        // larger than its tensors need.
+        let bytes = read_entry(path, &mut archive, &name, file_len, None, &mut inflate)?;
+        let bytes = bytes.get(..needed as usize).unwrap_or(&bytes);
         if (bytes.len() as u64) < needed {
             return Err(WeightsError::truncated(
                 path,
@@ -175,7 +227,7 @@ fn read<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<StateDi
         for &u in users {
             let (tname, t) = &tensors[u];
             let data =
-                crate::tensor::gather(path, tname, t.storage.dtype, &bytes, big_endian, &t.view)?;
+                crate::tensor::gather(path, tname, t.storage.dtype, bytes, big_endian, &t.view)?;
             out.tensors.insert(
                 tname.clone(),
                 crate::Tensor {
@@ -192,6 +244,8 @@ fn read<R: Read + Seek>(path: &Path, reader: R, file_len: u64) -> Result<StateDi
 struct EntryInfo {
     /// Uncompressed size as declared by the archive, validated by `check_entry`.
     size: u64,
+    /// Whether reading it inflates (anything but stored).
+    compressed: bool,
 }
 
 fn storage_entry<R: Read + Seek>(
@@ -213,7 +267,10 @@ fn storage_entry<R: Read + Seek>(
         Err(e) => return Err(zip_error(path, e)),
     };
     check_entry(path, &entry, file_len)?;
-    Ok(EntryInfo { size: entry.size() })
+    Ok(EntryInfo {
+        size: entry.size(),
+        compressed: entry.compression() != CompressionMethod::Stored,
+    })
 }
 
 /// Declared sizes come from the archive and could be anything; make sure
@@ -244,70 +301,114 @@ fn check_entry<R: Read>(
         }
     };
     if !plausible {
-        return Err(WeightsError::corrupt(
+        if entry.compression() == CompressionMethod::Stored {
+            return Err(WeightsError::corrupt(
+                path,
+                format!(
+                    "zip entry `{name}`: declared size {} is impossible for {} stored bytes",
+                    entry.size(),
+                    entry.compressed_size()
+                ),
+            ));
+        }
+        return Err(WeightsError::limit(
             path,
             format!(
-                "zip entry `{name}`: declared size {} is impossible for {} stored bytes",
+                "zip entry `{name}`: declared size {} is impossible for {} compressed bytes (more than deflate's maximum ratio)",
                 entry.size(),
                 entry.compressed_size()
             ),
+            "MAX_DEFLATE_RATIO",
+            MAX_DEFLATE_RATIO,
+            "",
         ));
     }
     Ok(())
 }
 
-/// How much of an entry `read_entry` reads.
-#[derive(Clone, Copy)]
-enum Limit {
-    /// All of it; an entry declared larger than this is an error.
-    Whole(u64),
-    /// Its first n bytes (a storage may be larger than its tensors need).
-    Prefix(u64),
-}
-
-/// Read (part of) an entry. Memory grows with the bytes actually produced,
-/// never with a declared size, except for stored entries whose size
-/// `check_entry` has tied to the real file length.
+/// Read a whole entry and check it: its declared size against `cap` (a
+/// limit's value and name) before anything is read, compressed entries against
+/// the archive's inflate budget, the bytes actually produced against the
+/// declared size (inflating stops one byte past it), and their CRC-32 against
+/// the archive's record. Memory grows with the bytes actually produced, never
+/// past the declared size, which `check_entry` has tied to the real file.
 fn read_entry<R: Read + Seek>(
     path: &Path,
     archive: &mut ZipArchive<R>,
     name: &str,
     file_len: u64,
-    limit: Limit,
+    cap: Option<(u64, &'static str)>,
+    inflate: &mut InflateBudget,
 ) -> Result<Vec<u8>, WeightsError> {
-    let entry = archive.by_name(name).map_err(|e| match e {
+    let mut entry = archive.by_name(name).map_err(|e| match e {
         ZipError::FileNotFound => {
             WeightsError::corrupt(path, format!("zip entry `{}` is missing", sanitize(name)))
         }
         e => zip_error(path, e),
     })?;
     check_entry(path, &entry, file_len)?;
-    let limit = match limit {
-        Limit::Whole(max) if entry.size() > max => {
-            return Err(WeightsError::corrupt(
+    let declared = entry.size();
+    if let Some((max, limit)) = cap {
+        if declared > max {
+            return Err(WeightsError::limit(
                 path,
                 format!(
-                    "zip entry `{}` is {} bytes, more than the {max} expected",
-                    sanitize(name),
-                    entry.size()
+                    "zip entry `{}` is {declared} bytes uncompressed, more than expected",
+                    sanitize(name)
                 ),
+                limit,
+                max,
+                "",
             ));
         }
-        Limit::Whole(max) | Limit::Prefix(max) => max,
-    };
-    let mut buf = Vec::new();
-    if entry.compression() == CompressionMethod::Stored {
-        buf.reserve_exact(entry.size().min(limit) as usize);
     }
-    entry
-        .take(limit)
+    if entry.compression() != CompressionMethod::Stored {
+        inflate.charge(path, name, declared)?;
+    }
+    let expected_crc = entry.crc32();
+    let mut buf = Vec::new();
+    // Bounded by the file's size (stored) or the checks above (compressed).
+    buf.reserve_exact(declared as usize);
+    let damaged = |detail: String| {
+        WeightsError::corrupt(
+            path,
+            format!("zip entry `{}` is damaged: {detail}", sanitize(name)),
+        )
+    };
+    (&mut entry)
+        .take(declared.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::UnexpectedEof => WeightsError::truncated(
                 path,
                 format!("zip entry `{}` is cut short", sanitize(name)),
             ),
+            // The zip crate's own CRC check, when it gets to run first.
+            std::io::ErrorKind::InvalidData if e.to_string().contains("checksum") => damaged(
+                format!("its CRC-32 does not match the archive's record {expected_crc:#010x}"),
+            ),
             _ => WeightsError::corrupt(path, format!("zip entry `{}`: {e}", sanitize(name))),
         })?;
+    let got = buf.len() as u64;
+    if got > declared {
+        return Err(damaged(format!(
+            "it inflates to more than its declared {declared} bytes"
+        )));
+    }
+    if got < declared {
+        return Err(WeightsError::truncated(
+            path,
+            format!(
+                "zip entry `{}` holds {got} of its declared {declared} bytes",
+                sanitize(name)
+            ),
+        ));
+    }
+    let crc = crc32fast::hash(&buf);
+    if crc != expected_crc {
+        return Err(damaged(format!(
+            "its CRC-32 is {crc:#010x}, the archive records {expected_crc:#010x}"
+        )));
+    }
     Ok(buf)
 }
