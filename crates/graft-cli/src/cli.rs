@@ -188,6 +188,10 @@ pub struct EvalArgs {
     /// Where mnist:… and usps:… are read from (adapted runs).
     #[arg(long, default_value = "../shared/data")]
     pub data_root: PathBuf,
+    /// Use a run whose fit stopped before the end (no summary.json): its best checkpoint so
+    /// far, else its last [default: off, such a run is refused].
+    #[arg(long)]
+    pub allow_unfinished: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -253,6 +257,10 @@ pub struct PredictArgs {
     /// A text to classify with a text run (repeatable).
     #[arg(long)]
     pub text: Vec<String>,
+    /// With --run: use a run whose fit stopped before the end (no summary.json): its best
+    /// checkpoint so far, else its last [default: off, such a run is refused].
+    #[arg(long)]
+    pub allow_unfinished: bool,
 }
 
 #[derive(Debug, clap::Args)]
