@@ -196,6 +196,10 @@ pub struct EvalArgs {
     /// input) into this folder [default: none written].
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
+    /// Use a run whose fit stopped before the end (no summary.json): its best checkpoint so
+    /// far, else its last [default: off, such a run is refused].
+    #[arg(long)]
+    pub allow_unfinished: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -267,6 +271,10 @@ pub struct PredictArgs {
     /// A text to classify with a text run (repeatable).
     #[arg(long)]
     pub text: Vec<String>,
+    /// With --run: use a run whose fit stopped before the end (no summary.json): its best
+    /// checkpoint so far, else its last [default: off, such a run is refused].
+    #[arg(long)]
+    pub allow_unfinished: bool,
 }
 
 #[derive(Debug, clap::Args)]

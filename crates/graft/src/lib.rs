@@ -11,6 +11,7 @@ pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod kernels;
+pub mod limits;
 pub mod npy;
 pub mod report;
 pub mod text;

@@ -12,7 +12,7 @@ pub struct Array {
 }
 
 pub fn read_f32(path: &Path) -> Result<Array> {
-    let bytes = std::fs::read(path).map_err(|e| GraftError::io(path, e))?;
+    let bytes = crate::fsutil::read_regular(path, u64::MAX)?;
     parse_f32(&bytes).map_err(|reason| GraftError::Data { path: path.to_path_buf(), reason })
 }
 

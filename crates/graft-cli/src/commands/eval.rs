@@ -1,7 +1,7 @@
 use graft::report::Reporter;
 use graft::data::folder::ImageFolder;
 use graft::device::default_device;
-use graft::train::run::{load_run, predict_files, run_store, top1, Evaluation};
+use graft::train::run::{load_run_checked, predict_files, run_store, top1, Evaluation};
 use graft::zoo::graft_home;
 use std::path::PathBuf;
 
@@ -13,6 +13,7 @@ use crate::reporter::TermReporter;
 
 pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    graft::limits::check_setting("--batch", args.batch, graft::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
     if graft::train::text::is_text_run(&args.run) || graft::adapt::text::is_text_adapt_run(&args.run) {
         return super::text::eval(&args, out);
     }
@@ -24,7 +25,7 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
         let (eval, skipped) = graft::transfer::autoencoder::evaluate_run(&args.run, &args.data, &device)?;
         return print_evaluation(out, &eval, &skipped, "images", None, None, &View::of(&args));
     }
-    let (info, model) = load_run(&args.run, &device)?;
+    let (info, model) = load_run_checked(&args.run, args.allow_unfinished, &device)?;
     let folder = ImageFolder::scan_with_classes(&args.data, &info.classes)?;
     let reporter = TermReporter::new();
     // A frozen-trunk run's features may already be in the cache (and are kept there).

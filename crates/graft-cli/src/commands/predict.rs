@@ -14,6 +14,7 @@ pub fn run(mut args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     if args.top == 0 || args.batch == 0 {
         anyhow::bail!("--top and --batch must be at least 1");
     }
+    graft::limits::check_setting("--batch", args.batch, graft::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
     let text_run = args.run.as_deref().is_some_and(|run| graft::train::text::is_text_run(run) || graft::adapt::text::is_text_adapt_run(run));
     args.images = expand_folders(&args.images, text_run)?;
     if let Some(run) = &args.run {
@@ -77,7 +78,7 @@ fn predict_run(run: &std::path::Path, args: &PredictArgs, out: &Output) -> anyho
         let (probs, skipped) = model.predict_files(&samples, &device)?;
         (model.info.classes, probs, skipped)
     } else {
-        let (info, model) = graft::train::run::load_run(run, &device)?;
+        let (info, model) = graft::train::run::load_run_checked(run, args.allow_unfinished, &device)?;
         let (probs, skipped) = graft::train::run::predict_files(&model, &info.preprocess, &samples, args.batch, &device, &reporter, None);
         (info.classes, probs, skipped)
     };

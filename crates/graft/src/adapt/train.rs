@@ -557,7 +557,7 @@ fn split_rows(x: Tensor<2>, n: usize) -> (Tensor<2>, Tensor<2>) {
 
 fn append_metrics(run: &Path, m: &AdaptEpoch) -> Result<()> {
     let path = run.join("metrics.jsonl");
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| GraftError::io(&path, e))?;
+    let mut file = crate::fsutil::append_nofollow(&path)?;
     let line = serde_json::to_string(m).expect("metrics serialize") + "\n";
     file.write_all(line.as_bytes()).map_err(|e| GraftError::io(&path, e))
 }
@@ -583,6 +583,7 @@ pub fn adapt(config: &AdaptConfig, run: &Path, home: &Path, reporter: &dyn Repor
         return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run; choose another --out"));
     }
     std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
+    crate::fsutil::check_run_dir(run)?;
     device.seed(config.seed);
 
     // --- backbone and data ----------------------------------------------------------------------

@@ -131,7 +131,7 @@ pub fn extract(
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| GraftError::io(dir, e))?;
     let raw_path = dir.join(format!(".{}.rows-{}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
-    let mut raw = BufWriter::new(std::fs::File::create(&raw_path).map_err(|e| GraftError::io(&raw_path, e))?);
+    let mut raw = BufWriter::new(crate::fsutil::create_temp(&raw_path).map_err(|e| GraftError::io(&raw_path, e))?);
     let mut kept: Vec<(usize, &Sample)> = Vec::new();
     let mut skipped = Vec::new();
     let mut shape = Vec::new();
@@ -176,8 +176,8 @@ fn assemble(format: Format, out: &Path, raw_path: &Path, kept: &[(usize, &Sample
     let labels: Vec<usize> = kept.iter().map(|(_, s)| s.label).collect();
     let indices: Vec<usize> = kept.iter().map(|(i, _)| *i).collect();
     {
-        let mut file = BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
-        let mut raw = std::io::BufReader::new(std::fs::File::open(raw_path).map_err(io)?);
+        let mut file = BufWriter::new(crate::fsutil::create_temp(&tmp).map_err(io)?);
+        let mut raw = std::io::BufReader::new(crate::fsutil::open_regular_nofollow(raw_path)?);
         match format {
             Format::Npy => {
                 let header = crate::npy::encode_f32(&[n, dim], &[]);

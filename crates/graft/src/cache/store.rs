@@ -78,7 +78,7 @@ impl Namespace {
 
 /// sha256 of a file's bytes: the image part of a key.
 pub fn content_hash(path: &Path) -> Result<[u8; 32]> {
-    let bytes = std::fs::read(path).map_err(|e| GraftError::io(path, e))?;
+    let bytes = crate::fsutil::read_regular(path, crate::limits::MAX_IMAGE_FILE_BYTES)?;
     Ok(Sha256::digest(&bytes).into())
 }
 
@@ -126,7 +126,10 @@ impl FeatureStore {
     /// Opens (creating) the namespace folder under `root`, checking every shard.
     pub fn open(root: &Path, namespace: Namespace) -> Result<Self> {
         let dir = root.join(namespace.id());
-        std::fs::create_dir_all(&dir).map_err(|e| GraftError::io(&dir, e))?;
+        std::fs::create_dir_all(root).map_err(|e| GraftError::io(root, e))?;
+        // Shards are written and read by name: a planted link would redirect them.
+        crate::fsutil::create_dir_nofollow(&dir)?;
+        crate::fsutil::check_run_dir(&dir)?;
         // A process killed while writing a shard leaves its temporary file; the shard itself
         // was never renamed into place. Only where a writer's liveness can be checked (Linux):
         // other graft processes may be writing into the same cache right now.
@@ -166,7 +169,7 @@ impl FeatureStore {
     }
 
     fn open_shard(&mut self, path: &Path) -> std::result::Result<(), String> {
-        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        let file = crate::fsutil::open_regular_nofollow(path).map_err(|e| e.to_string())?;
         // SAFETY: shards are only ever created whole and renamed into place, never modified.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| e.to_string())?;
         if map.len() < HEADER + 4 || &map[..8] != MAGIC {
@@ -283,7 +286,7 @@ impl FeatureStore {
         // `.NAME.tmp-PID`, the pattern `fsutil::remove_stale_temps` recognises.
         let tmp = self.dir.join(format!(".shard.tmp-{}", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = crate::fsutil::create_temp(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
@@ -325,7 +328,7 @@ pub fn list(root: &Path) -> Result<Vec<NamespaceInfo>> {
         if !dir.is_dir() {
             continue;
         }
-        let namespace = std::fs::read(dir.join("namespace.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let namespace = crate::fsutil::read_run_file(&dir.join("namespace.json"), crate::limits::MAX_CONFIG_FILE_BYTES).ok().and_then(|b| serde_json::from_slice(&b).ok());
         let (mut shards, mut bytes) = (0, 0);
         for f in std::fs::read_dir(&dir).map_err(|e| GraftError::io(&dir, e))?.filter_map(|e| e.ok()) {
             if f.path().extension().is_some_and(|x| x == "shard") {

@@ -107,6 +107,9 @@ fn class_dirs(root: &Path) -> Result<Vec<(String, PathBuf)>> {
             return Err(data_err(&path, "class folder name is not valid UTF-8"));
         };
         dirs.push((name.to_string(), path));
+        if dirs.len() > crate::limits::MAX_CLASSES {
+            return Err(data_err(root, format!("more than {} class sub-folders (graft::limits::MAX_CLASSES)", crate::limits::MAX_CLASSES)));
+        }
     }
     dirs.sort();
     if dirs.is_empty() {

@@ -43,7 +43,7 @@ fn data_err(path: &Path, reason: impl Into<String>) -> GraftError {
 
 /// Reads a whole IDX file, decompressing it when it starts with the gzip magic.
 fn read_capped(path: &Path) -> Result<Vec<u8>> {
-    let file = fs::File::open(path).map_err(|e| GraftError::io(path, e))?;
+    let file = crate::fsutil::open_regular(path)?;
     let mut reader = std::io::BufReader::new(file);
     let gz = reader.fill_buf().map_err(|e| GraftError::io(path, e))?.starts_with(&[0x1f, 0x8b]);
     let mut buf = Vec::new();

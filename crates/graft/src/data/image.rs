@@ -124,14 +124,61 @@ pub fn limits() -> ImageLimits {
 /// Decodes any supported image file (png, jpeg, bmp, gif, webp, tiff) to RGB, whatever its
 /// channels: grey is replicated, alpha dropped, 16-bit scaled down. Refuses images over the
 /// process-wide [`limits`] before decoding them.
+/// A FIFO, device or socket is refused rather than read (see [`crate::fsutil::open_regular`]).
 pub fn decode(path: &Path) -> Result<RgbImage> {
-    let reader = image::ImageReader::open(path).map_err(|e| GraftError::io(path, e))?;
-    decode_from(path, reader, &limits())
+    let bytes = crate::fsutil::read_regular(path, crate::limits::MAX_IMAGE_FILE_BYTES)?;
+    decode_bytes(path, &bytes, &limits())
 }
 
 /// [`decode`] for a file already in memory, with explicit limits; `path` only names it in errors.
+/// A PNG's ICC profile, text and EXIF chunks are dropped unread
+/// ([`crate::limits::PNG_DROPPED_CHUNKS`]); a JPEG without its end-of-image marker after the
+/// last scan (a truncated file, which the decoder would fill with grey) is refused.
 pub fn decode_bytes(path: &Path, bytes: &[u8], limits: &ImageLimits) -> Result<RgbImage> {
+    let bad = |reason: &str| GraftError::Image { path: path.to_path_buf(), reason: reason.into() };
+    if bytes.starts_with(b"\xFF\xD8") && !jpeg_is_complete(bytes) {
+        return Err(bad("truncated JPEG: no end-of-image marker after the last scan"));
+    }
+    if bytes.starts_with(PNG_SIGNATURE) {
+        let stripped = strip_png_chunks(bytes).ok_or_else(|| bad("truncated or malformed PNG: a chunk runs past the end of the file"))?;
+        return decode_from(path, image::ImageReader::new(std::io::Cursor::new(stripped.as_slice())), limits);
+    }
     decode_from(path, image::ImageReader::new(std::io::Cursor::new(bytes)), limits)
+}
+
+const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+
+/// The PNG without the chunks graft never uses ([`crate::limits::PNG_DROPPED_CHUNKS`]), or
+/// `None` when a chunk's length runs past the end of the data. Stops after `IEND`.
+fn strip_png_chunks(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(PNG_SIGNATURE);
+    let mut at = PNG_SIGNATURE.len();
+    while at < bytes.len() {
+        let header = bytes.get(at..at + 8)?;
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = &header[4..8];
+        let end = at.checked_add(12)?.checked_add(len)?;
+        let chunk = bytes.get(at..end)?;
+        if !crate::limits::PNG_DROPPED_CHUNKS.iter().any(|d| d.as_slice() == kind) {
+            out.extend_from_slice(chunk);
+        }
+        at = end;
+        if kind == b"IEND" {
+            break;
+        }
+    }
+    Some(out)
+}
+
+/// Whether a JPEG holds an end-of-image marker (FF D9) after its last start-of-scan (FF DA).
+/// Entropy-coded data never holds FF followed by D9 or DA (an FF data byte is stuffed with
+/// 00), and a thumbnail's markers come before the main image's scans, so a file cut anywhere
+/// in or before its last scan fails this.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let last_eoi = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]);
+    matches!((last_sos, last_eoi), (Some(s), Some(e)) if e > s)
 }
 
 fn decode_from<R: std::io::BufRead + std::io::Seek>(path: &Path, reader: image::ImageReader<R>, limits: &ImageLimits) -> Result<RgbImage> {
@@ -262,6 +309,60 @@ mod tests {
         let src = RgbImage::from_pixel(37, 23, image::Rgb([10, 200, 77]));
         let out = resize_bilinear(&src, 11, 5);
         assert!(out.pixels().all(|p| p.0 == [10, 200, 77]));
+    }
+
+    fn encode(format: image::ImageFormat) -> Vec<u8> {
+        let img = RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, ((x + y) * 2) as u8]));
+        let mut buf = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut buf, format).unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn truncated_jpeg_and_png_are_errors() {
+        let limits = ImageLimits::default();
+        let jpeg = encode(image::ImageFormat::Jpeg);
+        assert_eq!(decode_bytes(Path::new("ok.jpg"), &jpeg, &limits).unwrap().dimensions(), (64, 48));
+        // Trailing bytes after EOI are allowed.
+        let mut padded = jpeg.clone();
+        padded.extend([0u8; 7]);
+        assert!(decode_bytes(Path::new("padded.jpg"), &padded, &limits).is_ok());
+        for cut in [jpeg.len() / 2, jpeg.len() - 2, jpeg.len() - 1] {
+            let err = decode_bytes(Path::new("cut.jpg"), &jpeg[..cut], &limits).unwrap_err().to_string();
+            assert!(err.contains("cut.jpg") && err.contains("truncated JPEG"), "{cut}: {err}");
+        }
+        let png = encode(image::ImageFormat::Png);
+        assert!(decode_bytes(Path::new("ok.png"), &png, &limits).is_ok());
+        for cut in [png.len() / 2, png.len() - 13] {
+            assert!(decode_bytes(Path::new("cut.png"), &png[..cut], &limits).is_err(), "{cut}");
+        }
+    }
+
+    /// A PNG whose iCCP chunk is a deflate stream of 1 GiB of zeros (about 1 MB compressed):
+    /// dropped unread, the image decodes.
+    #[test]
+    fn png_icc_profile_is_dropped_unread() {
+        use std::io::Write;
+        let png = encode(image::ImageFormat::Png);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            z.write_all(&zeros).unwrap();
+        }
+        let mut data = b"bomb\0\0".to_vec();
+        data.extend(z.finish().unwrap());
+        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+        chunk.extend(b"iCCP");
+        chunk.extend(&data);
+        chunk.extend(crc32fast::hash(&chunk[4..]).to_be_bytes());
+        // After IHDR: signature (8) + IHDR chunk (25).
+        let mut bomb = png[..33].to_vec();
+        bomb.extend(&chunk);
+        bomb.extend(&png[33..]);
+        let stripped = strip_png_chunks(&bomb).unwrap();
+        assert_eq!(stripped, png);
+        let img = decode_bytes(Path::new("icc.png"), &bomb, &ImageLimits::default()).unwrap();
+        assert_eq!(img.dimensions(), (64, 48));
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub fn read_usps(path: &Path, split: &str) -> Result<Usps> {
     if split != "train" && split != "test" {
         return Err(GraftError::spec("split", split, "USPS has the splits train and test"));
     }
-    let bytes = std::fs::read(path).map_err(|e| GraftError::io(path, e))?;
+    let bytes = crate::fsutil::read_regular(path, MAX_READ_BYTES as u64)?;
     usps_from_bytes(path, bytes, split)
 }
 

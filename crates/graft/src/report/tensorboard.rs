@@ -19,6 +19,7 @@
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -153,9 +154,13 @@ pub struct EventWriter {
 
 impl EventWriter {
     /// Creates `dir` (if needed) and a new `events.out.tfevents.<unix_secs>.<host>` file in it,
-    /// starting with the `brain.Event:2` header TensorBoard requires.
+    /// starting with the `brain.Event:2` header TensorBoard requires. `dir` (a run's `tb/`) is
+    /// refused if it is a symbolic link, and the file is created exclusively, never through one.
     pub fn create(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| GraftError::io(dir, e))?;
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| GraftError::io(parent, e))?;
+        }
+        crate::fsutil::create_dir_nofollow(dir)?;
         let (path, file) = create_unique(dir, unix_secs(), &hostname())?;
         let mut writer = EventWriter { path, out: BufWriter::new(file) };
         writer.write_record(&encode_event(wall_time(), None, Some(FILE_VERSION), &[]))?;
@@ -198,7 +203,7 @@ fn create_unique(dir: &Path, secs: u64, host: &str) -> Result<(PathBuf, File)> {
     for attempt in 0..1000u32 {
         let name = if attempt == 0 { base.clone() } else { format!("{base}.{attempt}") };
         let path = dir.join(name);
-        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+        match std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).open(&path) {
             Ok(file) => return Ok((path, file)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(GraftError::io(path, e)),
@@ -243,7 +248,7 @@ pub struct Event {
 
 /// Reads every record of an event file, verifying both CRCs of each.
 pub fn read_events(path: &Path) -> Result<Vec<Event>> {
-    let bytes = std::fs::read(path).map_err(|e| GraftError::io(path, e))?;
+    let bytes = crate::fsutil::read_regular(path, crate::limits::MAX_METRICS_FILE_BYTES)?;
     let data_err = |index: usize, reason: String| GraftError::Data {
         path: path.to_path_buf(),
         reason: format!("event record {index}: {reason}"),

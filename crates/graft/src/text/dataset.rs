@@ -20,6 +20,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::data::folder::Skipped;
+use crate::limits;
 use crate::{GraftError, Result};
 
 /// Texts with labels.
@@ -40,11 +41,34 @@ fn data_err(path: &Path, reason: impl Into<String>) -> GraftError {
     GraftError::Data { path: path.to_path_buf(), reason: reason.into() }
 }
 
+/// The whole dataset file, if a regular file of at most [`limits::MAX_TEXT_FILE_BYTES`].
 fn read(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => data_err(path, "file does not exist"),
-        _ => GraftError::io(path, e),
+    crate::fsutil::read_regular(path, limits::MAX_TEXT_FILE_BYTES).map_err(|e| match e {
+        GraftError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => data_err(path, "file does not exist"),
+        e => e,
     })
+}
+
+/// One text as read: decoded ([`decode_text`]) and cut to [`limits::MAX_TEXT_BYTES`].
+fn text_of(bytes: &[u8]) -> String {
+    let cut = bytes.len().min(limits::MAX_TEXT_BYTES);
+    let mut end = cut;
+    // Not inside a UTF-8 character (which would turn the last line into Latin-1).
+    while end < bytes.len() && end > 0 && cut - end < 3 && bytes[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    let mut text = decode_text(&bytes[..end]);
+    let keep = limits::truncate_str(&text, limits::MAX_TEXT_BYTES).len();
+    text.truncate(keep);
+    text
+}
+
+/// Refuses a dataset with more than [`limits::MAX_CLASSES`] classes, as soon as it has them.
+fn check_class_count(path: &Path, classes: usize) -> Result<()> {
+    if classes > limits::MAX_CLASSES {
+        return Err(data_err(path, format!("more than {} classes (graft::limits::MAX_CLASSES)", limits::MAX_CLASSES)));
+    }
+    Ok(())
 }
 
 /// UTF-8 text, with lines that are not valid UTF-8 read as Latin-1 and a leading BOM dropped.
@@ -147,16 +171,20 @@ impl TextDataset {
             return Err(data_err(path, "the CSV header must name a `text` and a `label` column"));
         };
         let mut pairs = Vec::new();
+        let mut labels = BTreeSet::new();
         for record in reader.byte_records() {
             let record = record.map_err(|e| data_err(path, format!("bad CSV: {e}")))?;
             let line = record.position().map(|p| p.line()).unwrap_or(0);
-            let field = |i: usize| record.get(i).map(decode_text);
-            let (Some(text), Some(label)) = (field(text_col), field(label_col)) else {
+            let (Some(text), Some(label)) = (record.get(text_col).map(text_of), record.get(label_col).map(decode_text)) else {
                 return Err(data_err(path, format!("line {line}: missing the text or label field")));
             };
-            let label = label.trim().to_string();
+            let label = limits::truncate_str(label.trim(), limits::MAX_TEXT_BYTES).to_string();
             if label.is_empty() {
                 return Err(data_err(path, format!("line {line}: empty label")));
+            }
+            if !labels.contains(&label) {
+                labels.insert(label.clone());
+                check_class_count(path, labels.len())?;
             }
             pairs.push((label, text));
         }
@@ -176,6 +204,7 @@ impl TextDataset {
                 let name = path.file_name().and_then(|n| n.to_str()).map(String::from);
                 let name = name.ok_or_else(|| data_err(&path, "class folder name is not valid UTF-8"))?;
                 classes.push((name, path));
+                check_class_count(root, classes.len())?;
             }
         }
         classes.sort();
@@ -197,12 +226,19 @@ impl TextDataset {
                 return Err(data_err(&dir, "class folder holds no .txt files"));
             }
             for file in files {
-                match fs::read(&file) {
+                match crate::fsutil::read_regular(&file, limits::MAX_TEXT_FILE_BYTES) {
                     Ok(bytes) => {
-                        dataset.texts.push(decode_text(&bytes));
+                        dataset.texts.push(text_of(&bytes));
                         dataset.labels.push(label);
                     }
-                    Err(e) => dataset.skipped.push(Skipped { path: file, reason: e.to_string() }),
+                    Err(e) => {
+                        let reason = match e {
+                            GraftError::Data { reason, .. } => reason,
+                            GraftError::Io { source, .. } => source.to_string(),
+                            e => e.to_string(),
+                        };
+                        dataset.skipped.push(Skipped { path: file, reason })
+                    }
                 }
             }
             dataset.classes.push(name);
@@ -463,6 +499,35 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// A 50 MB text is cut to MAX_TEXT_BYTES while reading (whole characters kept); too many
+    /// classes are refused as soon as the row that makes one too many is read.
+    #[test]
+    fn huge_texts_are_cut_and_class_counts_bounded() {
+        let dir = scratch("hostile");
+        let huge = dir.join("huge.csv");
+        let mut body = String::from("text,label\n\"");
+        body.push_str(&"é".repeat(25 << 20)); // 50 MB of 2-byte characters
+        body.push_str("\",a\nshort,b\n");
+        fs::write(&huge, body).unwrap();
+        let d = TextDataset::read_csv(&huge).unwrap();
+        assert_eq!(d.texts[0].len(), limits::MAX_TEXT_BYTES);
+        assert!(d.texts[0].chars().all(|c| c == 'é'));
+        assert_eq!(d.texts[1], "short");
+
+        let many = dir.join("many.csv");
+        let mut body = String::from("text,label\n");
+        for i in 0..=limits::MAX_CLASSES {
+            body.push_str(&format!("t,c{i}\n"));
+        }
+        fs::write(&many, &body).unwrap();
+        let err = TextDataset::read_csv(&many).unwrap_err().to_string();
+        assert!(err.contains("many.csv") && err.contains("more than 10000 classes (graft::limits::MAX_CLASSES)"), "{err}");
+        // One fewer class is fine.
+        let fewer: String = body.lines().take(limits::MAX_CLASSES + 1).map(|l| format!("{l}\n")).collect();
+        fs::write(&many, fewer).unwrap();
+        assert_eq!(TextDataset::read_csv(&many).unwrap().classes.len(), limits::MAX_CLASSES);
     }
 
     #[test]

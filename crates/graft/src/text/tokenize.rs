@@ -41,8 +41,9 @@ impl TextTokenizer {
         if !path.is_file() {
             return Err(bad("tokenizer file does not exist".into()));
         }
+        let bytes = crate::fsutil::read_regular(path, crate::limits::MAX_TOKENIZER_FILE_BYTES)?;
         let mut inner =
-            Tokenizer::from_file(path).map_err(|e| bad(format!("not a Hugging Face tokenizer.json: {e}")))?;
+            Tokenizer::from_bytes(&bytes).map_err(|e| bad(format!("not a Hugging Face tokenizer.json: {}", crate::limits::shorten_message(&e.to_string()))))?;
         // Room for `[CLS]`, `[SEP]` and at least one token; the library subtracts the special
         // tokens from the limit and would underflow below that.
         if max_tokens < 3 {
@@ -68,7 +69,10 @@ impl TextTokenizer {
 
     /// Token ids of each text, special tokens added, truncated; no padding.
     pub fn encode<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Vec<u32>>> {
-        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
+        // Only the first max_tokens × TOKENIZE_BYTES_PER_TOKEN bytes can reach the kept tokens:
+        // tokenizing the rest of a megabyte-long text would cost gigabytes for nothing.
+        let keep = self.max_tokens.saturating_mul(crate::limits::TOKENIZE_BYTES_PER_TOKEN);
+        let inputs: Vec<&str> = texts.iter().map(|t| crate::limits::truncate_str(t.as_ref(), keep)).collect();
         let encodings = self
             .inner
             .encode_batch(inputs, true)

@@ -194,6 +194,8 @@ impl FitConfig {
             if ok { Ok(()) } else { Err(GraftError::spec(flag, &value, why.to_string())) }
         };
         check(self.batch_size > 0, "--batch-size", self.batch_size.to_string(), "must be at least 1")?;
+        crate::limits::check_setting("--batch-size", self.batch_size, crate::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
+        crate::limits::check_setting("--cache-views", self.cache_views, crate::limits::MAX_CACHE_VIEWS, "graft::limits::MAX_CACHE_VIEWS")?;
         check(self.lr > 0.0 && self.lr.is_finite(), "--lr", self.lr.to_string(), "must be a positive number")?;
         check((0.0..1.0).contains(&self.dropout), "--dropout", self.dropout.to_string(), "must be in [0, 1)")?;
         check((0.0..1.0).contains(&self.label_smoothing), "--label-smoothing", self.label_smoothing.to_string(), "must be in [0, 1)")?;
@@ -212,7 +214,8 @@ impl FitConfig {
     }
 
     pub fn from_toml(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| GraftError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| GraftError::Data { path: path.into(), reason: e.to_string() })
+        let bytes = crate::fsutil::read_regular(path, crate::limits::MAX_CONFIG_FILE_BYTES)?;
+        let text = String::from_utf8(bytes).map_err(|_| GraftError::Data { path: path.into(), reason: "not UTF-8 text".into() })?;
+        toml::from_str(&text).map_err(|e| GraftError::Data { path: path.into(), reason: crate::limits::shorten_message(&e.to_string()) })
     }
 }

@@ -158,8 +158,20 @@ pub trait FitReporter: Reporter {
     fn epoch(&self, metrics: &EpochMetrics, epochs: usize);
 }
 
-/// Runs (or resumes) training into `run`.
+/// Runs (or resumes) training into `run`. A fresh run that fails before its first epoch is
+/// saved leaves no run directory behind (see [`crate::fsutil::fresh_run_state`]).
 pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device) -> Result<FitSummary> {
+    let fresh = if resume { None } else { crate::fsutil::fresh_run_state(run) };
+    let result = fit_run(config, run, resume, home, reporter, device);
+    if let (Err(_), Some(created)) = (&result, fresh) {
+        if !run.join("last.safetensors").exists() {
+            crate::fsutil::remove_failed_run(run, created);
+        }
+    }
+    result
+}
+
+fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device) -> Result<FitSummary> {
     config.validate()?;
     // Everything that can be refused cheaply is checked before the run directory is created,
     // so a mistyped flag leaves nothing behind.
@@ -525,18 +537,31 @@ pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     Ok(summary)
 }
 
-pub(super) fn prepare_run_dir(run: &Path, resume: bool) -> Result<()> {
+/// Checks and creates (or reopens, with `resume`) a run directory; a symbolic link inside it
+/// is refused. Returns whether a fresh run's directory was created here (see
+/// [`crate::fsutil::prepare_fresh_run_dir`]), so a failed start can remove it.
+pub(super) fn prepare_run_dir(run: &Path, resume: bool) -> Result<bool> {
     if !resume && run.join("model.json").exists() {
         return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run; pass --resume to continue it or choose another --out"));
     }
     if resume && !run.join("model.json").exists() {
         return Err(GraftError::spec("--resume", &run.display().to_string(), "is not a graft run directory (no model.json)"));
     }
-    std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
+    crate::fsutil::check_run_dir(run)?;
     // A kill during a write leaves its temporary file behind; the rename never happened, so
     // the file it was replacing is intact and the temporary is garbage.
     crate::fsutil::remove_stale_temps(run)?;
-    Ok(())
+    if resume {
+        return Ok(false);
+    }
+    // A start killed before model.json leaves only config.toml: an incomplete run, replaced.
+    if let Ok(entries) = std::fs::read_dir(run) {
+        let names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
+        if names.len() == 1 && names[0] == "config.toml" {
+            crate::fsutil::remove_failed_run(run, false);
+        }
+    }
+    crate::fsutil::prepare_fresh_run_dir(run, "--out")
 }
 
 /// After a kill between writing `last.safetensors` and the metrics line (or `best`), make the
@@ -545,11 +570,7 @@ fn repair_after_kill(run: &Path, state: &TrainState) -> Result<()> {
     // metrics.jsonl: keep completed epochs only, and add the last one if its line is missing.
     // Kept lines are copied verbatim: a parse/print round trip may change a float's last digit.
     let path = run.join("metrics.jsonl");
-    let old = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(GraftError::io(&path, e)),
-    };
+    let old = crate::fsutil::read_run_text(&path, crate::limits::MAX_METRICS_FILE_BYTES)?.unwrap_or_default();
     let mut text = String::new();
     let mut epochs = Vec::new();
     for line in old.lines() {
@@ -579,7 +600,7 @@ fn repair_after_kill(run: &Path, state: &TrainState) -> Result<()> {
 
 fn append_metrics(run: &Path, m: &EpochMetrics) -> Result<()> {
     let path = run.join("metrics.jsonl");
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| GraftError::io(&path, e))?;
+    let mut file = crate::fsutil::append_nofollow(&path)?;
     let line = serde_json::to_string(m).expect("metrics serialize") + "\n";
     file.write_all(line.as_bytes()).and_then(|_| file.sync_data()).map_err(|e| GraftError::io(&path, e))
 }
@@ -587,11 +608,8 @@ fn append_metrics(run: &Path, m: &EpochMetrics) -> Result<()> {
 /// Reads `metrics.jsonl`; a torn last line (killed mid-write) is ignored.
 pub fn read_metrics(run: &Path) -> Result<Vec<EpochMetrics>> {
     let path = run.join("metrics.jsonl");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(GraftError::io(&path, e)),
-    }
+    let text = crate::fsutil::read_run_text(&path, crate::limits::MAX_METRICS_FILE_BYTES)?.unwrap_or_default();
+    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }
 
 pub(crate) fn write_plots(run: &Path, metrics: &[EpochMetrics], classes: &[String], confusion: &[Vec<u64>]) -> Result<()> {

@@ -15,6 +15,7 @@ use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::{Trunk, TrunkConfig};
 use crate::zoo::layers::{LayerRow, ParamRow};
 use crate::error::unit_variant;
+use crate::limits;
 use crate::{GraftError, Result};
 
 /// The new classifier (`--head`).
@@ -40,6 +41,24 @@ impl HeadSpec {
     }
 }
 
+/// An `mlp:` head's hidden widths within [`limits::MAX_HEAD_LAYERS`],
+/// [`limits::MAX_HEAD_WIDTH`] and [`limits::MAX_HEAD_HIDDEN_PARAMS`], checked before any
+/// tensor of those sizes exists.
+pub(crate) fn check_mlp_widths(flag: &str, spec: &str, widths: &[usize]) -> Result<()> {
+    let over = |what: String| Err(GraftError::spec(flag, spec, what));
+    if widths.len() > limits::MAX_HEAD_LAYERS {
+        return over(format!("{} hidden layers, over the limit of {} (graft::limits::MAX_HEAD_LAYERS)", widths.len(), limits::MAX_HEAD_LAYERS));
+    }
+    if let Some(w) = widths.iter().find(|&&w| w > limits::MAX_HEAD_WIDTH) {
+        return over(format!("width {w} is over the limit of {} (graft::limits::MAX_HEAD_WIDTH)", limits::MAX_HEAD_WIDTH));
+    }
+    let params: u64 = widths.windows(2).map(|p| p[0] as u64 * p[1] as u64).sum();
+    if params > limits::MAX_HEAD_HIDDEN_PARAMS {
+        return over(format!("{params} weights between hidden layers, over the limit of {} (graft::limits::MAX_HEAD_HIDDEN_PARAMS)", limits::MAX_HEAD_HIDDEN_PARAMS));
+    }
+    Ok(())
+}
+
 impl FromStr for HeadSpec {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
@@ -52,6 +71,9 @@ impl FromStr for HeadSpec {
         }
         if let Some(k) = s.strip_prefix("knn:") {
             let k = k.parse::<usize>().ok().filter(|k| *k > 0).ok_or_else(|| GraftError::spec("--head", s, "knn:K needs K ≥ 1"))?;
+            if k > limits::MAX_KNN_K {
+                return Err(GraftError::spec("--head", s, format!("knn:K is over the limit of {} (graft::limits::MAX_KNN_K)", limits::MAX_KNN_K)));
+            }
             return Ok(HeadSpec::Classic(ClassicKind::Knn(k)));
         }
         if let Some(c) = s.strip_prefix("logistic:c=") {
@@ -64,6 +86,7 @@ impl FromStr for HeadSpec {
         if widths.is_empty() || widths.contains(&0) {
             return Err(bad());
         }
+        check_mlp_widths("--head", s, &widths)?;
         Ok(HeadSpec::Mlp(widths))
     }
 }
@@ -288,5 +311,19 @@ mod tests {
         for bad in ["logistic:c=0", "logistic:c=-1", "logistic:c=inf", "logistic:c=NaN", "logistic:c=", "logistic:0.5"] {
             assert!(bad.parse::<HeadSpec>().is_err(), "{bad}");
         }
+    }
+
+    /// Sizes that would allocate tens of GB are refused while parsing, naming the limit.
+    #[test]
+    fn head_sizes_are_bounded_at_parse_time() {
+        let err = |s: &str| s.parse::<HeadSpec>().unwrap_err().to_string();
+        assert_eq!(err("mlp:100000000000"), "invalid --head `mlp:100000000000`: width 100000000000 is over the limit of 65536 (graft::limits::MAX_HEAD_WIDTH)");
+        assert!(err("mlp:4000000000").contains("MAX_HEAD_WIDTH"));
+        assert!(err(&format!("mlp:{}", vec!["8"; 17].join(","))).contains("17 hidden layers, over the limit of 16 (graft::limits::MAX_HEAD_LAYERS)"));
+        assert!(err("mlp:65536,65536").contains("MAX_HEAD_HIDDEN_PARAMS"));
+        assert!(err("knn:100001").contains("MAX_KNN_K"));
+        assert_eq!("mlp:65536".parse::<HeadSpec>().unwrap(), HeadSpec::Mlp(vec![65536]));
+        assert_eq!("mlp:4096,4096,4096".parse::<HeadSpec>().unwrap(), HeadSpec::Mlp(vec![4096; 3]));
+        assert!("knn:100000".parse::<HeadSpec>().is_ok());
     }
 }

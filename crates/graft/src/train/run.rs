@@ -48,8 +48,8 @@ impl RunInfo {
 
     pub fn load(run: &Path) -> Result<Self> {
         let path = run.join("model.json");
-        let bytes = std::fs::read(&path).map_err(|e| GraftError::io(&path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| GraftError::Data { path, reason: format!("not a graft run's model.json: {e}") })
+        let bytes = crate::fsutil::read_run_file(&path, crate::limits::MAX_CONFIG_FILE_BYTES)?;
+        serde_json::from_slice(&bytes).map_err(|e| GraftError::Data { path, reason: format!("not a graft run's model.json: {}", crate::limits::shorten_message(&e.to_string())) })
     }
 
     /// The architecture with fresh weights (to be overwritten by a checkpoint).
@@ -112,8 +112,29 @@ impl RunModel {
     }
 }
 
+/// Whether `fit` finished `run`: it writes `summary.json` last. A run whose fit died keeps
+/// `last.safetensors` (and maybe a `best.safetensors` of an early epoch) but no summary.
+pub fn is_finished(run: &Path) -> bool {
+    run.join("summary.json").is_file()
+}
+
+/// Loads a run's model for inference. An unfinished run ([`is_finished`]) is refused unless
+/// `allow_unfinished`, and then serves its best checkpoint so far, else its last. A run
+/// directory holding a symbolic link is refused ([`crate::fsutil::check_run_dir`]).
+pub fn load_run_checked(run: &Path, allow_unfinished: bool, device: &Device) -> Result<(RunInfo, RunModel)> {
+    crate::fsutil::check_run_dir(run)?;
+    if run.join("model.json").is_file() && !is_finished(run) && !allow_unfinished {
+        return Err(GraftError::Data {
+            path: run.to_path_buf(),
+            reason: "the run is unfinished (its fit stopped before writing summary.json); resume it with `graft fit --resume`, or pass --allow-unfinished to use its last checkpoint".into(),
+        });
+    }
+    load_run(run, device)
+}
+
 /// Loads a run's model for inference.
 pub fn load_run(run: &Path, device: &Device) -> Result<(RunInfo, RunModel)> {
+    crate::fsutil::check_run_dir(run)?;
     let info = RunInfo::load(run)?;
     let net = checkpoint::load(info.build(device)?, &serving_checkpoint(run)?)?.valid();
     let classic = match &info.head {

@@ -53,6 +53,7 @@ impl FromStr for MlpArch {
             .split(',')
             .map(|w| w.trim().parse::<usize>().ok().filter(|w| *w > 0).ok_or_else(|| bad("each width is a positive whole number")))
             .collect::<Result<Vec<_>>>()?;
+        crate::train::model::check_mlp_widths("--arch", s, &hidden)?;
         Ok(MlpArch { hidden })
     }
 }
@@ -272,6 +273,7 @@ pub fn pretrain(config: &PretrainConfig, run: &Path, reporter: &dyn Reporter, de
         });
     }
     std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
+    crate::fsutil::check_run_dir(run)?;
     checkpoint::save(&encoder, &run.join("encoder.safetensors"), BTreeMap::from([("graft.arch".to_string(), config.arch.to_string())]))?;
     let summary = PretrainSummary { run: run.into(), config: config.clone(), images: n, layers: reports, seconds: started.elapsed().as_secs_f64(), skipped };
     write_atomic(&run.join("pretrain.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
@@ -360,6 +362,7 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
         net.encoder = checkpoint::load(Encoder::init(&saved, device), &init.join("encoder.safetensors"))?;
     }
     std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
+    crate::fsutil::check_run_dir(run)?;
     let train_device = device.clone().autodiff();
     let mut model = net.train();
     let mut optim = AdamConfig::new().init();

@@ -160,8 +160,9 @@ pub(crate) fn read_from_wheel(wheel: &Path, member: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// A FIFO, device or socket is refused (see [`crate::fsutil::open_regular`]).
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| GraftError::io(path, e))?;
+    let mut file = crate::fsutil::open_regular(path)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
