@@ -7,6 +7,7 @@ mod inspect;
 mod parity;
 mod predict;
 mod text;
+mod traps;
 mod transfer;
 mod zoo_cli;
 mod zoo_parity;
