@@ -97,6 +97,9 @@ pub struct FitArgs {
     /// Dropout after each hidden layer of an mlp head.
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// Epochs to train in all [default: 10]. With --stages, their total: the last stage takes
+    /// what the others leave. With --resume, the run's new total: a finished run trains on from
+    /// its last epoch.
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long)]
@@ -145,17 +148,25 @@ pub struct FitArgs {
     /// by default it stays in inference mode and only its scale and shift train.
     #[arg(long)]
     pub train_bn: bool,
-    /// Stop after this many epochs without validation improvement.
+    /// The validation metric that picks the kept epoch (best.safetensors) and drives --patience
+    /// and --reduce-on-plateau: val_loss (lower is better) or val_accuracy (higher is better;
+    /// ties go to the lower loss) [default: val_loss].
+    #[arg(long)]
+    pub monitor: Option<String>,
+    /// Stop after this many epochs without improvement of the --monitor metric [default: never].
     #[arg(long)]
     pub patience: Option<usize>,
+    /// The least change of the --monitor metric that counts as an improvement [default: 0].
     #[arg(long)]
     pub min_delta: Option<f64>,
-    /// Cut the learning rate ×0.1 after this many epochs without improvement.
+    /// Cut the learning rate ×0.1 after this many epochs without improvement of the --monitor
+    /// metric [default: never].
     #[arg(long)]
     pub reduce_on_plateau: Option<usize>,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Start from a saved config (e.g. RUN/config.toml); flags given override it.
+    /// Start from a saved config (e.g. RUN/config.toml): every flag given overrides the file's
+    /// value for that setting, the file's values stand for the rest.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Replace the run directory given by --out if it already holds a run.
@@ -168,7 +179,8 @@ pub struct FitArgs {
     /// A `graft pretrain` run: build its network, add a classifier and fine-tune with labels.
     #[arg(long, conflicts_with_all = ["model", "weights", "from_scratch", "strategy"])]
     pub init: Option<PathBuf>,
-    /// Continue an interrupted run from its last completed epoch.
+    /// Continue an interrupted run from its last completed epoch, with its saved config.toml;
+    /// --epochs N sets a new total to train a finished run further.
     #[arg(long, conflicts_with_all = ["config", "out"])]
     pub resume: Option<PathBuf>,
 }

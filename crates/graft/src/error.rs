@@ -35,6 +35,15 @@ pub enum GraftError {
     #[error("{model} has no published weights graft can pull: pass --weights FILE (a torchvision state dict, zip .pth or safetensors)")]
     NeedsWeights { model: String },
 
+    /// Training diverged: a loss or the weights went NaN or infinite. Nothing from that epoch
+    /// is saved.
+    #[error("training diverged in epoch {epoch}: the {what} at learning rate {lr:e}; try a lower --lr (e.g. {suggest:e})", suggest = lr / 10.0)]
+    NonFinite { what: String, epoch: usize, lr: f64 },
+
+    /// A stop was requested (Ctrl-C) between two batches; `run` holds the last completed epoch.
+    #[error("{run}: interrupted after {epochs_done} completed epochs", run = run.display())]
+    Interrupted { run: PathBuf, epochs_done: usize },
+
     #[error("{path}: sha256 is {found}, expected {expected} (corrupt or wrong download)")]
     Checksum { path: PathBuf, expected: String, found: String },
 

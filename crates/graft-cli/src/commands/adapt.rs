@@ -140,7 +140,15 @@ pub fn run(args: AdaptArgs, out: &Output) -> anyhow::Result<()> {
     // A training loop re-allocates the same buffers every iteration: keep them mapped.
     crate::keep_freed_pages();
     let reporter = TermReporter::new();
-    let s = graft::adapt::adapt(&config, &args.out, &graft_home(), &reporter, &default_device())?;
+    crate::reporter::stop_on_ctrl_c();
+    let s = match graft::adapt::adapt(&config, &args.out, &graft_home(), &reporter, &default_device()) {
+        Ok(s) => s,
+        Err(e) => {
+            drop(reporter);
+            let next = |run: &std::path::Path| format!("{} is incomplete (adapt cannot resume); remove it or choose another --out", run.display());
+            return crate::reporter::exit_if_interrupted(Err(e.into()), next);
+        }
+    };
     let skipped: Vec<_> = s.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect();
     let mut value = json!({
         "run": s.run,

@@ -14,7 +14,12 @@ use crate::reporter::TermReporter;
 /// Flags, then the config file, then defaults resolve into one FitConfig.
 fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
     if let Some(run) = &args.resume {
-        let config = FitConfig::from_toml(&run.join("config.toml"))?;
+        // Any other flag would be silently ignored: the run continues with its saved config.
+        let ignored = settings_given(args);
+        anyhow::ensure!(ignored.is_empty(), "--resume continues {} with its saved config.toml; {} cannot change it (only --epochs may be given: the run's new total)", run.display(), ignored.join(", "));
+        let mut config = FitConfig::from_toml(&run.join("config.toml"))?;
+        // A finished run trains on to the new total (Keras' initial_epoch).
+        if let Some(v) = args.epochs { config.set_total_epochs(v)?; }
         return Ok((config, run.clone(), true));
     }
     let mut c = match &args.config {
@@ -49,7 +54,6 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
     if let Some(v) = &args.head { c.head = v.parse()?; }
     if let Some(v) = &args.head_pool { c.head_pool = v.parse()?; }
     if let Some(v) = args.dropout { c.dropout = v; }
-    if let Some(v) = args.epochs { c.epochs = v; }
     if let Some(v) = args.batch_size { c.batch_size = v; }
     if let Some(v) = args.lr { c.lr = v; }
     if let Some(v) = &args.optimizer { c.optimizer = v.parse()?; }
@@ -67,6 +71,8 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
     if let Some(v) = args.warmup { c.warmup_epochs = v; }
     if let Some(v) = args.body_lr_mult { c.body_lr_mult = v; }
     if let Some(v) = &args.stages { c.stages = Stage::parse_list(v)?; }
+    // After the stages: with stages, --epochs is their total (the last stage takes the rest).
+    if let Some(v) = args.epochs { c.set_total_epochs(v)?; }
     if let Some(v) = args.label_smoothing { c.label_smoothing = v; }
     if let Some(v) = &args.class_weights {
         c.class_weights = match v.as_str() {
@@ -92,6 +98,7 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
             _ => anyhow::bail!("invalid --cache-dtype `{v}`: expected f32 or f16"),
         };
     }
+    if let Some(v) = &args.monitor { c.monitor = v.parse()?; }
     if let Some(v) = args.patience { c.patience = Some(v); }
     if let Some(v) = args.min_delta { c.min_delta = v; }
     if let Some(v) = args.reduce_on_plateau { c.reduce_on_plateau = Some(v); }
@@ -99,7 +106,46 @@ fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
     Ok((c, out, false))
 }
 
+/// The flags given that set a training setting, other than `--epochs`.
+fn settings_given(args: &FitArgs) -> Vec<&'static str> {
+    let mut given = Vec::new();
+    macro_rules! given {
+        ($($field:ident => $flag:literal),* $(,)?) => {
+            $(if args.$field.is_some() { given.push($flag); })*
+        };
+    }
+    given!(
+        model => "--model", arch => "--arch", weights => "--weights", data => "--data", val => "--val",
+        val_split => "--val-split", freeze => "--freeze", head => "--head", head_pool => "--head-pool",
+        dropout => "--dropout", batch_size => "--batch-size", lr => "--lr", optimizer => "--optimizer",
+        momentum => "--momentum", weight_decay => "--weight-decay", schedule => "--schedule", warmup => "--warmup",
+        body_lr_mult => "--body-lr-mult", stages => "--stages", label_smoothing => "--label-smoothing",
+        class_weights => "--class-weights", augment => "--augment", cache => "--cache", cache_views => "--cache-views",
+        cache_dtype => "--cache-dtype", monitor => "--monitor", patience => "--patience", min_delta => "--min-delta",
+        reduce_on_plateau => "--reduce-on-plateau", seed => "--seed", strategy => "--strategy", init => "--init",
+    );
+    for (set, flag) in [(args.from_scratch, "--from-scratch"), (args.train_bn, "--train-bn"), (args.overwrite, "--overwrite")] {
+        if set {
+            given.push(flag);
+        }
+    }
+    given
+}
+
 pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
+    crate::reporter::stop_on_ctrl_c();
+    let mlp = args.init.is_some() || args.arch.as_deref().is_some_and(|a| a.starts_with("mlp"));
+    let result = fit_any(args, out);
+    crate::reporter::exit_if_interrupted(result, |run| {
+        if mlp {
+            format!("{} is incomplete (an MLP fit cannot resume); run the same command again", run.display())
+        } else {
+            format!("resume with graft fit --resume {}", run.display())
+        }
+    })
+}
+
+fn fit_any(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     if args.init.is_some() || args.arch.as_deref().is_some_and(|a| a.starts_with("mlp")) {
         return fit_mlp(&args, out);
     }
@@ -114,16 +160,11 @@ pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     let summary = fit(&config, &run_dir, resume, &graft_home(), &reporter, &default_device())?;
     let value = summary_json(&summary);
     out.result(&value, || {
-        let kept = match summary.best_val_accuracy {
-            Some(acc) => format!("best val accuracy {acc:.4} at epoch {}", summary.best_epoch),
-            None => format!("no validation data: keeping epoch {}", summary.best_epoch),
-        };
+        let kept = kept_line(&summary);
         let mut t = format!("run {}: {} epochs, {kept} ({:.1} s training)\n", summary.run.display(), summary.epochs, summary.train_seconds);
         if !summary.skipped.is_empty() {
-            t.push_str(&format!("skipped {} unreadable files:\n", summary.skipped.len()));
-            for s in &summary.skipped {
-                t.push_str(&format!("  {}: {}\n", s.path.display(), s.reason));
-            }
+            // Each was named on stderr as the fit started.
+            t.push_str(&format!("skipped {} unreadable files (named above)\n", summary.skipped.len()));
         }
         t
     });
@@ -179,6 +220,17 @@ fn fit_mlp(args: &FitArgs, out: &Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Which epoch was kept and why, for the human summary of image and text runs.
+pub(super) fn kept_line(summary: &graft::train::fit::FitSummary) -> String {
+    match (summary.best_val_accuracy, summary.monitor, summary.best_val_loss) {
+        (Some(acc), Some(monitor), Some(loss)) => {
+            format!("kept epoch {} by {} (val loss {loss:.4}, val accuracy {acc:.4})", summary.best_epoch, monitor.name())
+        }
+        (Some(acc), _, _) => format!("best val accuracy {acc:.4} at epoch {}", summary.best_epoch),
+        (None, _, _) => format!("no validation data: keeping epoch {}", summary.best_epoch),
+    }
+}
+
 /// `fit --json`'s document, for image and text runs alike.
 pub(super) fn summary_json(summary: &graft::train::fit::FitSummary) -> serde_json::Value {
     let skipped: Vec<_> = summary.skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
@@ -193,5 +245,15 @@ pub(super) fn summary_json(summary: &graft::train::fit::FitSummary) -> serde_jso
         "trunk_images": summary.trunk_images,
         "stopped_early": summary.stopped_early,
         "trainable_params": summary.trainable_params,
+        "monitor": summary.monitor,
+        "best_val_loss": summary.best_val_loss,
+        "data": {
+            "classes": summary.classes,
+            "train": summary.data.train_per_class.iter().sum::<usize>(),
+            "val": summary.data.val_per_class.iter().sum::<usize>(),
+            "train_per_class": summary.data.train_per_class,
+            "val_per_class": summary.data.val_per_class,
+            "skipped": summary.data.skipped,
+        },
     })
 }

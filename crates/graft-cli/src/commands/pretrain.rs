@@ -53,7 +53,14 @@ pub fn run(args: PretrainArgs, out: &Output) -> anyhow::Result<()> {
         noise: args.noise,
         seed: args.seed,
     };
-    let s = pretrain(&config, &args.out, &TermReporter::new(), &default_device())?;
+    crate::reporter::stop_on_ctrl_c();
+    let s = match pretrain(&config, &args.out, &TermReporter::new(), &default_device()) {
+        Ok(s) => s,
+        Err(e) => {
+            let next = |_: &std::path::Path| "nothing was saved (pretraining cannot resume); run the command again".to_string();
+            return crate::reporter::exit_if_interrupted(Err(e.into()), next);
+        }
+    };
     let mut value = serde_json::to_value(&s)?;
     value["skipped"] = json!(s.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect::<Vec<_>>());
     out.result(&value, || {

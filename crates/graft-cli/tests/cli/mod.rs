@@ -7,6 +7,7 @@ mod inspect;
 mod parity;
 mod predict;
 mod text;
+mod traps;
 mod transfer;
 mod views;
 mod zoo_cli;

@@ -37,6 +37,7 @@ use crate::data::folder::{stratified_split, Sample, Skipped};
 use crate::fsutil::write_atomic;
 use crate::report::Reporter;
 use crate::train::checkpoint;
+use crate::train::guard;
 use crate::train::loss::{argmax, cross_entropy};
 use crate::train::run::Evaluation;
 use crate::zoo::{ModelSpec, Pretrained};
@@ -333,6 +334,7 @@ impl Ctx<'_> {
             let (mut lr, mut lambda) = (0.0, 0.0);
             self.reporter.start(&format!("{phase} epoch {}/{}", epoch_offset + epoch + 1, total_epochs), Some(self.steps_per_epoch as u64));
             for it in 0..self.steps_per_epoch {
+                guard::check_stop(self.run, epoch_offset + epoch)?;
                 let step = epoch * self.steps_per_epoch + it;
                 let p = step as f64 / total_steps.max(1) as f64;
                 lr = if gan { ADDA_LR } else { self.lr_at(step, p) };
@@ -362,6 +364,9 @@ impl Ctx<'_> {
                         model = opt.step(lr, model, grads);
                     }
                 }
+                // The sums carry a NaN or infinity on to the end of the epoch.
+                guard::check_loss("classification loss", sums.cls, epoch_offset + epoch + 1, lr)?;
+                guard::check_loss("transfer loss (weighted by --lambda)", sums.transfer, epoch_offset + epoch + 1, lr)?;
                 self.reporter.progress(it as u64 + 1);
             }
             self.reporter.finish();
@@ -385,8 +390,9 @@ impl Ctx<'_> {
                 source_val_accuracy: validation.map(|v| v.1),
                 seconds: started.elapsed().as_secs_f64(),
             };
-            if !(metrics.cls_loss.is_finite() && metrics.transfer_loss.is_finite()) {
-                return Err(GraftError::spec("--lr", &self.config.lr.to_string(), format!("training diverged in epoch {} (loss is not finite); try a smaller --lr or --lambda", metrics.epoch)));
+            guard::check_weights(&model, metrics.epoch, lr)?;
+            if let Some(loss) = metrics.source_val_loss {
+                guard::check_loss("source validation loss", loss, metrics.epoch, lr)?;
             }
             let improved = match (keep, validation, &best) {
                 (Keep::Last, _, _) | (_, None, _) | (_, _, None) => true,

@@ -95,6 +95,12 @@ impl Classic {
     /// cross-validation folds of `Logistic(Penalty::Auto)`. A logistic head comes back as
     /// `Logistic(Penalty::C(c))` with the C it used.
     pub fn fit(kind: ClassicKind, rows: &[f32], labels: &[usize], dim: usize, classes: usize, seed: u64) -> Result<Self> {
+        Self::fit_reporting(kind, rows, labels, dim, classes, seed, &crate::report::Silent)
+    }
+
+    /// [`fit`](Self::fit), reporting the cross-validation of `Logistic(Penalty::Auto)` (a
+    /// minute or two on thousands of rows) to `reporter` as one task of folds × C values.
+    pub fn fit_reporting(kind: ClassicKind, rows: &[f32], labels: &[usize], dim: usize, classes: usize, seed: u64, reporter: &dyn crate::report::Reporter) -> Result<Self> {
         let n = labels.len();
         if n == 0 || dim == 0 || rows.len() != n * dim {
             return Err(GraftError::spec("--head", &format!("{kind:?}"), format!("needs training features: {n} rows of width {dim}")));
@@ -128,7 +134,12 @@ impl Classic {
                         let c = match penalty {
                             Penalty::C(c) => c,
                             Penalty::Auto => {
-                                model.cross_validation = cross_validate(&x, labels, dim, classes, seed);
+                                let total = (CV_FOLDS * C_GRID.len()) as u64;
+                                reporter.start(&format!("logistic head: choosing C by {CV_FOLDS}-fold cross-validation ({} values)", C_GRID.len()), Some(total));
+                                let done = std::sync::atomic::AtomicU64::new(0);
+                                let step = || reporter.progress(done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1);
+                                model.cross_validation = cross_validate_reporting(&x, labels, dim, classes, seed, &step);
+                                reporter.finish();
                                 // Too few rows to cross-validate: scikit-learn's default C.
                                 model.cross_validation.as_ref().map_or(1.0, |cv| cv.c)
                             }
@@ -301,7 +312,13 @@ fn stratified_folds(labels: &[usize], classes: usize, folds: usize, seed: u64) -
 
 /// Picks C for the logistic head by stratified [`CV_FOLDS`]-fold cross-validation on the
 /// (standardised) training rows; `None` when a fold would be too small to score.
+#[cfg(test)]
 pub(crate) fn cross_validate(x: &[f64], labels: &[usize], d: usize, classes: usize, seed: u64) -> Option<CrossValidation> {
+    cross_validate_reporting(x, labels, d, classes, seed, &|| {})
+}
+
+/// [`cross_validate`], calling `step` once per (fold, C) fit, from the folds' threads.
+fn cross_validate_reporting(x: &[f64], labels: &[usize], d: usize, classes: usize, seed: u64, step: &(dyn Fn() + Sync)) -> Option<CrossValidation> {
     use rayon::prelude::*;
     let n = labels.len();
     if n < 4 * CV_FOLDS {
@@ -339,6 +356,7 @@ pub(crate) fn cross_validate(x: &[f64], labels: &[usize], d: usize, classes: usi
                         correct += usize::from(best == labels[i]);
                     }
                     w = Some(fitted);
+                    step();
                     (correct, loss)
                 })
                 .collect()
@@ -557,6 +575,42 @@ mod tests {
         // The choice is the best accuracy among the grid.
         let best = noisy.scores.iter().map(|s| s.accuracy).fold(0.0, f64::max);
         assert_eq!(noisy.scores.iter().find(|s| s.c == noisy.c).unwrap().accuracy, best);
+    }
+
+    /// The cross-validation reports one task, a step per (fold, C) fit, up to folds × C values.
+    #[test]
+    fn cross_validation_reports_its_progress() {
+        use std::sync::Mutex;
+        #[derive(Default)]
+        struct Log(Mutex<(Vec<(String, Option<u64>)>, u64, usize)>);
+        impl crate::report::Reporter for Log {
+            fn message(&self, _: &str) {}
+            fn start(&self, task: &str, total: Option<u64>) {
+                self.0.lock().unwrap().0.push((task.to_string(), total));
+            }
+            fn progress(&self, done: u64) {
+                let mut log = self.0.lock().unwrap();
+                log.1 = log.1.max(done);
+            }
+            fn finish(&self) {
+                self.0.lock().unwrap().2 += 1;
+            }
+        }
+        let (rows, labels) = two_classes(60, 1.0, 6);
+        let log = Log::default();
+        let reported = Classic::fit_reporting(ClassicKind::Logistic(Penalty::Auto), &rows, &labels, 8, 2, 0, &log).unwrap();
+        let (starts, done, finished) = log.0.into_inner().unwrap();
+        let total = (CV_FOLDS * C_GRID.len()) as u64;
+        assert_eq!(starts.len(), 1, "{starts:?}");
+        assert!(starts[0].0.contains("cross-validation"), "{starts:?}");
+        assert_eq!((starts[0].1, done, finished), (Some(total), total, 1));
+        // Reporting changes nothing in the fit.
+        let silent = Classic::fit(ClassicKind::Logistic(Penalty::Auto), &rows, &labels, 8, 2, 0).unwrap();
+        assert_eq!(reported.kind, silent.kind);
+        // A fixed C has nothing to cross-validate and reports nothing.
+        let log = Log::default();
+        Classic::fit_reporting(ClassicKind::Logistic(Penalty::C(1.0)), &rows, &labels, 8, 2, 0, &log).unwrap();
+        assert!(log.0.into_inner().unwrap().0.is_empty());
     }
 
     #[test]

@@ -99,6 +99,28 @@ pub fn save<M: Module>(module: &M, path: &Path, metadata: BTreeMap<String, Strin
     Ok(())
 }
 
+/// The `__metadata__` of a safetensors file, read from its header alone (the tensors are not
+/// read).
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    use std::io::Read;
+    let bad = |reason: &str| GraftError::Data { path: path.into(), reason: format!("not a safetensors file: {reason}") };
+    let mut file = std::fs::File::open(path).map_err(|e| GraftError::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| bad("shorter than its header"))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(bad("header over 100 MB"));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(|_| bad("shorter than its header"))?;
+    let header: serde_json::Value = serde_json::from_slice(&header).map_err(|e| bad(&e.to_string()))?;
+    Ok(header
+        .get("__metadata__")
+        .and_then(|m| m.as_object())
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .unwrap_or_default())
+}
+
 /// Read a checkpoint written by [`save`] into `module` (see [`import`]). Errors name the module by
 /// its type.
 pub fn load<M: Module>(module: M, path: &Path) -> Result<M> {

@@ -105,6 +105,62 @@ pub enum CacheMode {
     Off,
 }
 
+/// The validation metric that picks the kept epoch and drives early stopping and
+/// `--reduce-on-plateau` (Keras' `monitor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Monitor {
+    /// Lower is better; keeps improving after accuracy saturates (Keras' default).
+    #[default]
+    ValLoss,
+    /// Higher is better; ties go to the lower validation loss.
+    ValAccuracy,
+}
+
+impl Monitor {
+    /// What a `config.toml` written before `monitor` existed was trained with.
+    fn legacy() -> Self {
+        Monitor::ValAccuracy
+    }
+
+    /// The monitored figure of an epoch's validation loss and accuracy.
+    pub fn value(self, loss: f64, accuracy: f64) -> f64 {
+        match self {
+            Monitor::ValLoss => loss,
+            Monitor::ValAccuracy => accuracy,
+        }
+    }
+
+    pub fn higher_is_better(self) -> bool {
+        self == Monitor::ValAccuracy
+    }
+
+    /// Whether an epoch with validation `(loss, accuracy)` beats the best so far by more than
+    /// `min_delta`; `best` is `None` before the first validation epoch. On the accuracy, an
+    /// exact tie goes to the lower loss.
+    pub fn improves(self, (loss, accuracy): (f64, f64), best: Option<(f64, f64)>, min_delta: f64) -> bool {
+        let Some((best_loss, best_accuracy)) = best else { return true };
+        match self {
+            Monitor::ValLoss => loss < best_loss - min_delta,
+            Monitor::ValAccuracy => accuracy > best_accuracy + min_delta || (accuracy == best_accuracy && loss < best_loss),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Monitor::ValLoss => "val_loss",
+            Monitor::ValAccuracy => "val_accuracy",
+        }
+    }
+}
+
+impl FromStr for Monitor {
+    type Err = GraftError;
+    fn from_str(s: &str) -> Result<Self> {
+        crate::error::unit_variant("--monitor", s, "expected val_loss or val_accuracy")
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FitConfig {
@@ -141,7 +197,11 @@ pub struct FitConfig {
     /// statistics (always on when training from scratch).
     #[serde(default)]
     pub train_bn: bool,
-    /// Stop after this many epochs without improvement of the validation accuracy.
+    /// The validation metric that picks the kept epoch, early stopping and plateau reduction
+    /// watch. A config.toml without it predates the setting and was trained on `val_accuracy`.
+    #[serde(default = "Monitor::legacy")]
+    pub monitor: Monitor,
+    /// Stop after this many epochs without improvement of the monitored metric.
     pub patience: Option<usize>,
     pub min_delta: f64,
     /// Multiply the learning rate by 0.1 after this many epochs without improvement.
@@ -181,6 +241,7 @@ impl FitConfig {
             cache_views: 0,
             train_bn: false,
             cache_dtype: crate::cache::StoreDtype::F32,
+            monitor: Monitor::ValLoss,
             patience: None,
             min_delta: 0.0,
             reduce_on_plateau: None,
@@ -206,7 +267,48 @@ impl FitConfig {
         check(has_val || self.reduce_on_plateau.is_none(), "--reduce-on-plateau", String::new(), "needs validation data (--val or --val-split)")?;
         check(self.stages.is_empty() || self.stages.iter().all(|s| s.epochs > 0), "--stages", String::new(), "every stage needs at least one epoch")?;
         check(!self.stages.is_empty() || self.epochs > 0, "--epochs", self.epochs.to_string(), "must be at least 1")?;
+        // Settings a config.toml can hold that the checks above do not cover: each finite and
+        // in range, named as in the file.
+        check(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0, "warmup_epochs", self.warmup_epochs.to_string(), "must be a number of epochs, 0 or more")?;
+        check(self.min_delta.is_finite() && self.min_delta >= 0.0, "min_delta", self.min_delta.to_string(), "must be a number, 0 or more")?;
+        check(self.val_split.is_finite(), "val_split", self.val_split.to_string(), "must be a number in [0, 1)")?;
+        check(self.body_lr_mult.is_finite(), "body_lr_mult", self.body_lr_mult.to_string(), "must be a finite number")?;
+        match self.optimizer {
+            Optimizer::Sgd { momentum, weight_decay } => {
+                check((0.0..1.0).contains(&momentum), "momentum", momentum.to_string(), "must be in [0, 1)")?;
+                check(weight_decay.is_finite() && weight_decay >= 0.0, "weight_decay", weight_decay.to_string(), "must be a number, 0 or more")?;
+            }
+            Optimizer::Adamw { weight_decay } => {
+                check(weight_decay.is_finite() && weight_decay >= 0.0, "weight_decay", weight_decay.to_string(), "must be a number, 0 or more")?;
+            }
+        }
+        self.schedule.validate().map_err(|why| GraftError::spec("schedule", &self.schedule.to_string(), why))?;
+        for stage in &self.stages {
+            if let Some(lr) = stage.lr {
+                check(lr > 0.0 && lr.is_finite(), "stages", lr.to_string(), "a stage's lr must be a positive number")?;
+            }
+        }
         self.augment.validate()
+    }
+
+    /// Epochs the run trains in all: the stages' sum, or `epochs`.
+    pub fn total_epochs(&self) -> usize {
+        if self.stages.is_empty() { self.epochs } else { self.stages.iter().map(|s| s.epochs).sum() }
+    }
+
+    /// Sets the run's length to `total` epochs (`--epochs` with `--resume` or `--config`): the
+    /// epochs themselves, or with stages the last stage's, so the stages add up to `total`.
+    pub fn set_total_epochs(&mut self, total: usize) -> Result<()> {
+        let Some((last, earlier)) = self.stages.split_last_mut() else {
+            self.epochs = total;
+            return Ok(());
+        };
+        let before: usize = earlier.iter().map(|s| s.epochs).sum();
+        if total <= before {
+            return Err(GraftError::spec("--epochs", &total.to_string(), format!("the stages before the last take {before} epochs; give more to leave the last stage at least one")));
+        }
+        last.epochs = total - before;
+        Ok(())
     }
 
     pub fn to_toml(&self) -> String {
@@ -217,5 +319,93 @@ impl FitConfig {
         let bytes = crate::fsutil::read_regular(path, crate::limits::MAX_CONFIG_FILE_BYTES)?;
         let text = String::from_utf8(bytes).map_err(|_| GraftError::Data { path: path.into(), reason: "not UTF-8 text".into() })?;
         toml::from_str(&text).map_err(|e| GraftError::Data { path: path.into(), reason: crate::limits::shorten_message(&e.to_string()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> FitConfig {
+        FitConfig::new("efficientnet-lite0", PathBuf::from("data"))
+    }
+
+    /// Every float setting a config.toml holds is refused when NaN (or out of range), and the
+    /// error names the setting.
+    #[test]
+    fn float_settings_are_finite_and_in_range() {
+        assert!(config().validate().is_ok());
+        let cases: Vec<(&str, Box<dyn Fn(&mut FitConfig)>)> = vec![
+            ("warmup_epochs", Box::new(|c| c.warmup_epochs = f64::NAN)),
+            ("warmup_epochs", Box::new(|c| c.warmup_epochs = -1.0)),
+            ("min_delta", Box::new(|c| c.min_delta = f64::NAN)),
+            ("min_delta", Box::new(|c| c.min_delta = f64::INFINITY)),
+            ("--lr", Box::new(|c| c.lr = f64::NAN)),
+            ("--dropout", Box::new(|c| c.dropout = f64::NAN)),
+            ("--label-smoothing", Box::new(|c| c.label_smoothing = f64::NAN)),
+            ("--body-lr-mult", Box::new(|c| c.body_lr_mult = f64::NAN)),
+            ("body_lr_mult", Box::new(|c| c.body_lr_mult = f64::INFINITY)),
+            ("--val-split", Box::new(|c| c.val_split = f64::NAN)),
+            ("weight_decay", Box::new(|c| c.optimizer = Optimizer::Adamw { weight_decay: f64::NAN })),
+            ("momentum", Box::new(|c| c.optimizer = Optimizer::Sgd { momentum: f64::NAN, weight_decay: 0.0 })),
+            ("weight_decay", Box::new(|c| c.optimizer = Optimizer::Sgd { momentum: 0.9, weight_decay: -0.1 })),
+            ("schedule", Box::new(|c| c.schedule = Schedule::OneCycle { pct_start: f64::NAN })),
+            ("schedule", Box::new(|c| c.schedule = Schedule::Cosine { min_factor: f64::NAN })),
+            ("stages", Box::new(|c| c.stages = vec![Stage { train: "head".into(), epochs: 1, lr: Some(f64::NAN) }])),
+        ];
+        for (name, set) in cases {
+            let mut c = config();
+            set(&mut c);
+            let err = c.validate().expect_err(name).to_string();
+            assert!(err.starts_with(&format!("invalid {name} ")), "{name}: {err}");
+        }
+    }
+
+    /// `nan` in a config.toml parses (TOML has it) and is then refused by validate.
+    #[test]
+    fn nan_from_a_config_file_is_refused() {
+        let text = config().to_toml().replace("min_delta = 0.0", "min_delta = nan");
+        let parsed: FitConfig = toml::from_str(&text).unwrap();
+        assert!(parsed.min_delta.is_nan());
+        assert!(parsed.validate().unwrap_err().to_string().contains("min_delta"));
+    }
+
+    /// New runs watch the validation loss; a config.toml written before `monitor` existed was
+    /// trained on the validation accuracy and keeps it.
+    #[test]
+    fn monitor_defaults_to_val_loss_and_old_configs_keep_val_accuracy() {
+        let new = config();
+        assert_eq!(new.monitor, Monitor::ValLoss);
+        let text = new.to_toml();
+        assert!(text.contains("monitor = \"val_loss\""), "{text}");
+        let old: String = text.lines().filter(|l| !l.starts_with("monitor")).map(|l| format!("{l}\n")).collect();
+        let parsed: FitConfig = toml::from_str(&old).unwrap();
+        assert_eq!(parsed.monitor, Monitor::ValAccuracy);
+        assert_eq!("val_accuracy".parse::<Monitor>().unwrap(), Monitor::ValAccuracy);
+        assert!("accuracy".parse::<Monitor>().is_err());
+    }
+
+    #[test]
+    fn monitor_improvement() {
+        let (l, a) = (Monitor::ValLoss, Monitor::ValAccuracy);
+        assert!(l.improves((0.5, 0.9), None, 0.0));
+        assert!(l.improves((0.4, 0.8), Some((0.5, 0.9)), 0.0));
+        assert!(!l.improves((0.45, 1.0), Some((0.5, 0.9)), 0.1));
+        assert!(!a.improves((0.4, 0.9), Some((0.5, 0.95)), 0.0));
+        assert!(a.improves((0.4, 0.9), Some((0.5, 0.9)), 0.0), "a tie on accuracy goes to the lower loss");
+        assert!(!l.improves((f64::NAN, 0.9), Some((0.5, 0.9)), 0.0));
+    }
+
+    #[test]
+    fn total_epochs_with_stages_extends_the_last_stage() {
+        let mut c = config();
+        c.set_total_epochs(8).unwrap();
+        assert_eq!((c.epochs, c.total_epochs()), (8, 8));
+        c.stages = Stage::parse_list("head:3,all:5:1e-4").unwrap();
+        c.set_total_epochs(12).unwrap();
+        assert_eq!(c.stages[1].epochs, 9);
+        assert_eq!(c.total_epochs(), 12);
+        let err = c.set_total_epochs(3).unwrap_err().to_string();
+        assert!(err.contains("--epochs") && err.contains("3"), "{err}");
     }
 }

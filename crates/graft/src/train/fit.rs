@@ -19,6 +19,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
+use super::guard;
 use super::config::{CacheMode, ClassWeights, FitConfig, Optimizer};
 use super::loss::{argmax, cross_entropy};
 use super::model::{frozen_prefix, Grafted, Head, HeadSpec};
@@ -59,6 +60,46 @@ pub struct CacheStats {
     pub misses: u64,
 }
 
+/// What a fit trained on: readable images (or texts) per class in each split, in the order of
+/// the run's classes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DataSummary {
+    pub train_per_class: Vec<usize>,
+    pub val_per_class: Vec<usize>,
+    /// Unreadable files left out (each named once, as the fit starts).
+    pub skipped: usize,
+}
+
+impl DataSummary {
+    pub fn new(classes: usize, train_labels: &[usize], val_labels: &[usize], skipped: usize) -> Self {
+        let count = |labels: &[usize]| {
+            let mut counts = vec![0; classes];
+            labels.iter().filter(|&&l| l < classes).for_each(|&l| counts[l] += 1);
+            counts
+        };
+        DataSummary { train_per_class: count(train_labels), val_per_class: count(val_labels), skipped }
+    }
+
+    /// One line for a person: `data: 3 classes, 12 images (9 train, 3 validation): Bag 3+1, …`.
+    pub fn line(&self, classes: &[String], noun: &str) -> String {
+        let (train, val): (usize, usize) = (self.train_per_class.iter().sum(), self.val_per_class.iter().sum());
+        let per_class: Vec<String> = classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let t = self.train_per_class.get(i).copied().unwrap_or(0);
+                if val > 0 { format!("{c} {t}+{}", self.val_per_class.get(i).copied().unwrap_or(0)) } else { format!("{c} {t}") }
+            })
+            .collect();
+        let split = if val > 0 { format!("{train} train + {val} validation") } else { format!("{train} train, no validation") };
+        let mut line = format!("data: {} classes, {} {noun} ({split}): {}", classes.len(), train + val, per_class.join(", "));
+        if self.skipped > 0 {
+            line.push_str(&format!("; {} unreadable files skipped", self.skipped));
+        }
+        line
+    }
+}
+
 /// What `fit` reports at the end (`summary.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FitSummary {
@@ -75,6 +116,16 @@ pub struct FitSummary {
     pub stopped_early: bool,
     pub trainable_params: usize,
     pub classes: Vec<String>,
+    /// Images per class in each split (absent from summaries written before it existed).
+    #[serde(default)]
+    pub data: DataSummary,
+    /// The metric that picked `best_epoch`; `None` without validation data or for a classic head
+    /// (one "epoch").
+    #[serde(default)]
+    pub monitor: Option<super::config::Monitor>,
+    /// The validation loss of `best_epoch`.
+    #[serde(default)]
+    pub best_val_loss: Option<f64>,
 }
 
 /// Training state saved in `last.safetensors`' metadata (image and text runs).
@@ -136,6 +187,20 @@ impl TrainState {
         Ok(Some((state, dict)))
     }
 
+    /// Refuses to resume `run` with a total of `total` epochs when it already completed more
+    /// (read from `last.safetensors`' header), before anything in the run is rewritten.
+    pub(super) fn check_total(run: &Path, total: usize) -> Result<()> {
+        let last = run.join("last.safetensors");
+        if !last.is_file() {
+            return Ok(());
+        }
+        let done = checkpoint::read_metadata(&last)?.get("graft.epoch").and_then(|e| e.parse::<usize>().ok()).unwrap_or(0);
+        if done > total {
+            return Err(GraftError::spec("--epochs", &total.to_string(), format!("the run already completed {done} epochs; give at least {done}")));
+        }
+        Ok(())
+    }
+
     /// `last.safetensors`' metadata carrying this state.
     pub(super) fn metadata(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
@@ -180,6 +245,9 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         return Err(GraftError::NeedsWeights { model: spec.id.into() });
     }
     let train_folder = ImageFolder::scan(&config.data)?;
+    if resume {
+        TrainState::check_total(run, config.total_epochs())?;
+    }
     prepare_run_dir(run, resume)?;
     // Seeds burn's generator: the new head's initialisation and dropout masks.
     device.seed(config.seed);
@@ -211,6 +279,8 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     if val.images.is_empty() && !val_samples.is_empty() {
         return Err(GraftError::Data { path: config.val.clone().unwrap_or(config.data.clone()), reason: "no readable validation images".into() });
     }
+    let data = DataSummary::new(classes.len(), &train.labels, &val.labels, skipped.len());
+    reporter.message(&data.line(&classes, "images"));
     let present: BTreeSet<usize> = train.labels.iter().copied().collect();
     if present.len() < 2 {
         return Err(GraftError::Data { path: config.data.clone(), reason: "fewer than 2 classes have readable training images".into() });
@@ -375,6 +445,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             reporter.start(&format!("epoch {}/{}", epoch + 1, total_epochs), Some(order.len() as u64));
             let mut lr = config.lr;
             for batch in order.chunks(config.batch_size) {
+                guard::check_stop(run, state.epoch)?;
                 let targets: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
                 let input: Tensor<2> = match (&train_cache, &prefix) {
                     (Some(cache), _) => {
@@ -408,6 +479,8 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
                 };
                 let loss = cross_entropy(logits.clone(), &targets, config.label_smoothing, class_weights.as_deref(), &train_device);
                 let loss_value: f32 = loss.clone().into_scalar();
+                lr = plan.lr_at(state.step) * plateau_scale * stage_lr_factor;
+                guard::check_loss("training loss", loss_value as f64, epoch + 1, lr)?;
                 let predicted = argmax(logits.detach());
                 correct += predicted.iter().zip(&targets).filter(|(p, t)| p == t).count();
                 seen += batch.len();
@@ -416,7 +489,6 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
                 let mut grads = loss.backward();
                 let head_grads = GradientsParams::from_params(&mut grads, &model, &head_ids);
                 let body_grads = GradientsParams::from_params(&mut grads, &model, &body_ids);
-                lr = plan.lr_at(state.step) * plateau_scale * stage_lr_factor;
                 model = head_opt.step(lr, model, head_grads);
                 if !body_grads.is_empty() {
                     model = body_opt.step(lr * config.body_lr_mult, model, body_grads);
@@ -440,6 +512,11 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
                 };
                 Some((loss, Evaluation::from_predictions(&classes, &val.labels, &predicted)))
             };
+            // A diverged epoch stops the run before anything of it is saved.
+            guard::check_weights(&eval_model, epoch + 1, lr)?;
+            if let Some((loss, _)) = &validation {
+                guard::check_loss("validation loss", *loss, epoch + 1, lr)?;
+            }
             let seconds = started.elapsed().as_secs_f64();
             state.train_seconds += seconds;
             let metrics = EpochMetrics {
@@ -459,22 +536,22 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
                     state.best_epoch = state.epoch;
                 }
                 Some((loss, eval)) => {
-                    // Best by accuracy; on a tie, by lower loss.
-                    let improved = state.best_epoch == 0
-                        || eval.accuracy > state.best_val_accuracy + config.min_delta
-                        || (eval.accuracy == state.best_val_accuracy && *loss < state.best_val_loss);
-                    if improved {
+                    // Best by the monitored metric (--monitor).
+                    let monitor = config.monitor;
+                    let best = (state.best_epoch > 0).then_some((state.best_val_loss, state.best_val_accuracy));
+                    if monitor.improves((*loss, eval.accuracy), best, config.min_delta) {
                         state.best_epoch = state.epoch;
                         state.best_val_accuracy = eval.accuracy;
                         state.best_val_loss = *loss;
                         state.best_confusion = eval.confusion.clone();
                     }
+                    let watched = monitor.value(*loss, eval.accuracy);
                     if let Some(p) = plateau.as_mut() {
-                        if p.observe(eval.accuracy, true) {
-                            reporter.message(&format!("validation accuracy plateaued: learning rate ×{:.3}", p.scale));
+                        if p.observe(watched, monitor.higher_is_better()) {
+                            reporter.message(&format!("{} plateaued: learning rate ×{:.3}", monitor.name(), p.scale));
                         }
                     }
-                    stop = early.as_mut().is_some_and(|e| e.observe(eval.accuracy, true));
+                    stop = early.as_mut().is_some_and(|e| e.observe(watched, monitor.higher_is_better()));
                 }
             }
             let improved = state.best_epoch == state.epoch;
@@ -532,6 +609,9 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         stopped_early: state.stopped_early,
         trainable_params,
         classes,
+        data,
+        monitor: (!val.labels.is_empty()).then_some(config.monitor),
+        best_val_loss: (!val.labels.is_empty()).then_some(state.best_val_loss),
     };
     write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
     Ok(summary)
@@ -789,6 +869,7 @@ fn fit_classic(
         return Err(GraftError::spec("--head", &config.head.to_string(), "a classic head trains on stored features: use --freeze all, no --stages and no --augment"));
     }
     let started = Instant::now();
+    let skipped_count = skipped.len();
     let cut = model.trunk.num_stages();
     let mut stats = CacheStats::default();
     let prefix = model.valid();
@@ -796,7 +877,7 @@ fn fit_classic(
     let (train_rows, _) = activations(&prefix, train, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching frozen-trunk activations", &mut stats)?;
     let (val_rows, _) = activations(&prefix, val, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching validation activations", &mut stats)?;
     let classes = info.classes.len();
-    let head = Classic::fit(kind.clone(), &train_rows.data, &train.labels, train_rows.width, classes, config.seed)?;
+    let head = Classic::fit_reporting(kind.clone(), &train_rows.data, &train.labels, train_rows.width, classes, config.seed, reporter)?;
     head.report_penalty(reporter);
     let score = |rows: &Cache, labels: &[usize]| -> (f64, f64, Evaluation) {
         let probs = head.predict_proba(&rows.data);
@@ -837,6 +918,9 @@ fn fit_classic(
         stopped_early: false,
         trainable_params: 0,
         classes: info.classes.clone(),
+        data: DataSummary::new(info.classes.len(), &train.labels, &val.labels, skipped_count),
+        monitor: None,
+        best_val_loss: metrics.val_loss,
     };
     write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
     Ok(summary)

@@ -6,6 +6,7 @@ pub mod schedule;
 pub mod model;
 pub mod config;
 pub mod fit;
+pub mod guard;
 pub mod loss;
 pub mod run;
 pub mod text;

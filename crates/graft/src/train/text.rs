@@ -20,8 +20,9 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
+use super::guard;
 use super::config::{ClassWeights, FitConfig};
-use super::fit::{make_optimizer, write_plots, CacheStats, EpochMetrics, FitReporter, FitSummary, TrainState};
+use super::fit::{make_optimizer, write_plots, CacheStats, DataSummary, EpochMetrics, FitReporter, FitSummary, TrainState};
 use super::loss::{argmax, cross_entropy};
 use super::model::{Head, HeadSpec};
 use super::run::{top1, Evaluation};
@@ -181,6 +182,9 @@ impl Rows {
 pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device) -> Result<FitSummary> {
     config.validate()?;
     check_config(config)?;
+    if resume && !matches!(config.head, HeadSpec::Classic(_)) {
+        TrainState::check_total(run, config.total_epochs())?;
+    }
     super::fit::prepare_run_dir(run, resume)?;
     device.seed(config.seed);
     let started = Instant::now();
@@ -201,6 +205,8 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
     for s in &skipped {
         reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
     }
+    let data_summary = DataSummary::new(classes.len(), &train.labels, &val.labels, skipped.len());
+    reporter.message(&data_summary.line(&classes, "texts"));
 
     // --- embeddings (cached) --------------------------------------------------------------------
     let encoder = SentenceEncoder::load(&config.model, config.weights.as_deref(), home, reporter, device)?;
@@ -246,6 +252,9 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
         stopped_early: trained.stopped_early,
         trainable_params: trained.trainable_params,
         classes,
+        data: data_summary,
+        monitor: (!val_rows.labels.is_empty() && !matches!(config.head, HeadSpec::Classic(_))).then_some(config.monitor),
+        best_val_loss: (!val_rows.labels.is_empty()).then_some(trained.best_val_loss),
     };
     write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
     Ok(summary)
@@ -254,6 +263,7 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
 struct Trained {
     best_epoch: usize,
     best_val_accuracy: f64,
+    best_val_loss: f64,
     best_confusion: Vec<Vec<u64>>,
     stopped_early: bool,
     trainable_params: usize,
@@ -283,7 +293,7 @@ fn log_tensorboard(tb: &mut EventWriter, m: &EpochMetrics) -> Result<()> {
 /// A classic head on the embeddings, trained in one go (one "epoch" in the metrics).
 fn train_classic(kind: &crate::classic::ClassicKind, seed: u64, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter) -> Result<Trained> {
     let started = Instant::now();
-    let head = Classic::fit(kind.clone(), &train.flat(), &train.labels, info.embedding_width, info.classes.len(), seed)?;
+    let head = Classic::fit_reporting(kind.clone(), &train.flat(), &train.labels, info.embedding_width, info.classes.len(), seed, reporter)?;
     head.report_penalty(reporter);
     let score = |rows: &Rows| -> (f64, Evaluation) {
         let probs = head.predict_proba(&rows.flat());
@@ -309,6 +319,7 @@ fn train_classic(kind: &crate::classic::ClassicKind, seed: u64, run: &Path, info
     Ok(Trained {
         best_epoch: 1,
         best_val_accuracy: metrics.val_accuracy.unwrap_or(0.0),
+        best_val_loss: metrics.val_loss.unwrap_or(f64::INFINITY),
         best_confusion: validation.map(|v| v.1.confusion).unwrap_or_default(),
         stopped_early: false,
         trainable_params: 0,
@@ -360,14 +371,16 @@ fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo
         let mut lr = config.lr;
         reporter.start(&format!("epoch {}/{}", epoch + 1, config.epochs), Some(order.len() as u64));
         for (b, batch) in order.chunks(config.batch_size).enumerate() {
+            guard::check_stop(run, state.epoch)?;
             let targets: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
             let logits = head.forward(train.tensor(batch, &train_device)); // [b, classes]
             let loss = cross_entropy(logits.clone(), &targets, config.label_smoothing, class_weights.as_deref(), &train_device);
             let loss_value: f32 = loss.clone().into_scalar();
+            lr = plan.lr_at(state.step) * scale;
+            guard::check_loss("training loss", loss_value as f64, epoch + 1, lr)?;
             loss_sum += loss_value as f64 * batch.len() as f64;
             correct += argmax(logits.detach()).iter().zip(&targets).filter(|(p, t)| p == t).count();
             let grads = GradientsParams::from_grads(loss.backward(), &head);
-            lr = plan.lr_at(state.step) * scale;
             head = optimizer.step(lr, head, grads);
             state.step += 1;
             reporter.progress(((b + 1) * config.batch_size).min(order.len()) as u64);
@@ -386,6 +399,11 @@ fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo
             }
             (loss / val.labels.len() as f64, Evaluation::from_predictions(&info.classes, &val.labels, &predicted))
         });
+        // A diverged epoch stops the run before anything of it is saved.
+        guard::check_weights(&eval_head, epoch + 1, lr)?;
+        if let Some((loss, _)) = &validation {
+            guard::check_loss("validation loss", *loss, epoch + 1, lr)?;
+        }
         let n = train.labels.len().max(1) as f64;
         let metrics = EpochMetrics {
             epoch: epoch + 1,
@@ -401,19 +419,20 @@ fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo
         let improved = match &validation {
             None => true,
             Some((loss, eval)) => {
-                // Best by accuracy; on a tie, by lower loss (as image runs).
-                let improved = state.best_epoch == 0
-                    || eval.accuracy > state.best_val_accuracy + config.min_delta
-                    || (eval.accuracy == state.best_val_accuracy && *loss < state.best_val_loss);
+                // Best by the monitored metric (--monitor), as image runs.
+                let monitor = config.monitor;
+                let best = (state.best_epoch > 0).then_some((state.best_val_loss, state.best_val_accuracy));
+                let improved = monitor.improves((*loss, eval.accuracy), best, config.min_delta);
                 if improved {
                     (state.best_val_accuracy, state.best_val_loss, state.best_confusion) = (eval.accuracy, *loss, eval.confusion.clone());
                 }
+                let watched = monitor.value(*loss, eval.accuracy);
                 if let Some(p) = plateau.as_mut() {
-                    if p.observe(eval.accuracy, true) {
-                        reporter.message(&format!("validation accuracy plateaued: learning rate ×{:.3}", p.scale));
+                    if p.observe(watched, monitor.higher_is_better()) {
+                        reporter.message(&format!("{} plateaued: learning rate ×{:.3}", monitor.name(), p.scale));
                     }
                 }
-                stop = early.as_mut().is_some_and(|e| e.observe(eval.accuracy, true));
+                stop = early.as_mut().is_some_and(|e| e.observe(watched, monitor.higher_is_better()));
                 improved
             }
         };
@@ -442,6 +461,7 @@ fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo
     Ok(Trained {
         best_epoch: state.best_epoch,
         best_val_accuracy: state.best_val_accuracy,
+        best_val_loss: state.best_val_loss,
         best_confusion: state.best_confusion,
         stopped_early: state.stopped_early,
         trainable_params,

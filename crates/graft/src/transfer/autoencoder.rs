@@ -29,6 +29,7 @@ use crate::data::folder::{decode_with, stratified_split, ImageFolder, Sample, Sk
 use crate::fsutil::write_atomic;
 use crate::report::Reporter;
 use crate::train::checkpoint;
+use crate::train::guard;
 use crate::train::loss::{argmax, cross_entropy};
 use crate::train::run::Evaluation;
 use crate::{GraftError, Result};
@@ -178,6 +179,28 @@ pub struct PretrainConfig {
     pub seed: u64,
 }
 
+impl PretrainConfig {
+    /// Every setting in range (the numbers finite), naming the setting that is not.
+    pub fn validate(&self) -> Result<()> {
+        if self.method != "autoencoder" {
+            return Err(GraftError::spec("--method", &self.method, "expected autoencoder"));
+        }
+        if !(0.0..1.0).contains(&self.noise) {
+            return Err(GraftError::spec("--noise", &self.noise.to_string(), "the masked fraction lies in [0, 1)"));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(GraftError::spec("lr", &self.lr.to_string(), "must be a positive number"));
+        }
+        if self.epochs == 0 {
+            return Err(GraftError::spec("epochs", "0", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(GraftError::spec("batch_size", "0", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LayerReport {
     pub layer: usize,
@@ -207,12 +230,7 @@ fn batches(n: usize, batch: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
 /// Greedy layer-wise autoencoder pretraining of `config.arch` on the images of `config.data`
 /// (their labels are never read); the encoder is saved in `run`.
 pub fn pretrain(config: &PretrainConfig, run: &Path, reporter: &dyn Reporter, device: &Device) -> Result<PretrainSummary> {
-    if config.method != "autoencoder" {
-        return Err(GraftError::spec("--method", &config.method, "expected autoencoder"));
-    }
-    if !(0.0..1.0).contains(&config.noise) {
-        return Err(GraftError::spec("--noise", &config.noise.to_string(), "the masked fraction lies in [0, 1)"));
-    }
+    config.validate()?;
     if run.join("pretrain.json").exists() {
         return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a pretraining run"));
     }
@@ -236,6 +254,7 @@ pub fn pretrain(config: &PretrainConfig, run: &Path, reporter: &dyn Reporter, de
             reporter.start(&format!("layer {}/{} ({d_in} → {d_out}), epoch {}/{}", l + 1, config.arch.hidden.len(), epoch + 1, config.epochs), None);
             let mut sum = 0f64;
             for idx in batches(n, config.batch_size, &mut rng) {
+                guard::check_stop(run, 0)?;
                 let clean = gather_rows(&codes, d_in, &idx, &train_device); // [b, d_in]
                 let input = if config.noise > 0.0 {
                     let mask: Vec<f32> = (0..idx.len() * d_in).map(|_| if rng.random::<f64>() < config.noise { 0.0 } else { 1.0 }).collect();
@@ -246,10 +265,12 @@ pub fn pretrain(config: &PretrainConfig, run: &Path, reporter: &dyn Reporter, de
                 let (_, reconstruction) = ae.forward(input);
                 let loss = (reconstruction - clean).powi_scalar(2).mean(); // mean squared error
                 let value: f32 = loss.clone().into_scalar();
+                guard::check_loss(&format!("layer {} reconstruction loss", l + 1), value as f64, epoch + 1, config.lr)?;
                 sum += value as f64 * idx.len() as f64;
                 let grads = GradientsParams::from_grads(loss.backward(), &ae);
                 ae = optim.step(config.lr, ae, grads);
             }
+            guard::check_weights(&ae, epoch + 1, config.lr)?;
             losses.push(sum / n as f64);
             reporter.finish();
             reporter.message(&format!("layer {}/{}, epoch {}/{}: reconstruction mse {:.5}", l + 1, config.arch.hidden.len(), epoch + 1, config.epochs, sum / n as f64));
@@ -297,6 +318,25 @@ pub struct MlpFitConfig {
     pub seed: u64,
 }
 
+impl MlpFitConfig {
+    /// Every setting in range (the numbers finite), naming the setting that is not.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(GraftError::spec("lr", &self.lr.to_string(), "must be a positive number"));
+        }
+        if self.val.is_none() && !(0.0..1.0).contains(&self.val_split) {
+            return Err(GraftError::spec("val_split", &self.val_split.to_string(), "must be in [0, 1); 0 trains on everything"));
+        }
+        if self.epochs == 0 {
+            return Err(GraftError::spec("epochs", "0", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(GraftError::spec("batch_size", "0", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// What `mlp.json` in a fine-tuned run holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MlpRun {
@@ -334,6 +374,7 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
     if run.join("mlp.json").exists() || run.join("model.json").exists() {
         return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run"));
     }
+    config.validate()?;
     let started = Instant::now();
     device.seed(config.seed);
     let folder = ImageFolder::scan(&config.data)?;
@@ -372,14 +413,18 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
     for epoch in 1..=config.epochs {
         let mut loss_sum = 0f64;
         for idx in batches(y_train.len(), config.batch_size, &mut rng) {
+            guard::check_stop(run, epoch - 1)?;
             let x = gather_rows(&x_train, INPUT, &idx, &train_device); // [b, 784]
             let targets: Vec<usize> = idx.iter().map(|&i| y_train[i]).collect();
             let loss = cross_entropy(model.forward(x), &targets, 0.0, None, &train_device);
-            loss_sum += loss.clone().into_scalar::<f32>() as f64 * idx.len() as f64;
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            guard::check_loss("training loss", value, epoch, config.lr)?;
+            loss_sum += value * idx.len() as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(config.lr, model, grads);
         }
         let current = model.valid();
+        guard::check_weights(&current, epoch, config.lr)?;
         let val_acc = (!y_val.is_empty()).then(|| accuracy(&current, &x_val, &y_val, device).0);
         let line = serde_json::json!({"epoch": epoch, "train_loss": loss_sum / y_train.len() as f64, "val_accuracy": val_acc});
         metrics.push_str(&format!("{line}\n"));
