@@ -19,7 +19,13 @@ use std::path::Path;
 /// open), and, if regular, switched back to blocking mode. Elsewhere it is opened normally
 /// and checked the same way.
 pub fn open_regular(path: &Path) -> io::Result<File> {
-    let file = open_nonblocking(path)?;
+    open_regular_with(path, false)
+}
+
+/// [`open_regular`], and with `nofollow` a symbolic link at `path` itself is refused too
+/// (`O_NOFOLLOW`: the open fails with `ELOOP`), for files inside folders a program owns.
+pub fn open_regular_with(path: &Path, nofollow: bool) -> io::Result<File> {
+    let file = open_nonblocking(path, nofollow)?;
     let kind = file.metadata()?.file_type();
     if !kind.is_file() {
         return Err(io::Error::new(
@@ -45,16 +51,14 @@ pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
 }
 
 #[cfg(unix)]
-fn open_nonblocking(path: &Path) -> io::Result<File> {
+fn open_nonblocking(path: &Path, nofollow: bool) -> io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
+    let flags = libc::O_NONBLOCK | if nofollow { libc::O_NOFOLLOW } else { 0 };
+    std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path)
 }
 
 #[cfg(not(unix))]
-fn open_nonblocking(path: &Path) -> io::Result<File> {
+fn open_nonblocking(path: &Path, _nofollow: bool) -> io::Result<File> {
     File::open(path)
 }
 

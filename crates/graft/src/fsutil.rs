@@ -38,36 +38,18 @@ fn kind_of(file_type: std::fs::FileType) -> &'static str {
 const LINK_REFUSED: &str = "is a symbolic link; graft follows no links inside its run and cache folders (remove it)";
 
 fn open_read(path: &Path, nofollow: bool) -> Result<File> {
-    let mut flags = libc::O_NONBLOCK;
-    if nofollow {
-        flags |= libc::O_NOFOLLOW;
-    }
-    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path).map_err(|e| {
+    graft_weights::fsio::open_regular_with(path, nofollow).map_err(|e| {
         if nofollow && e.raw_os_error() == Some(libc::ELOOP) {
             refuse(path, LINK_REFUSED)
         } else if e.raw_os_error() == Some(libc::ENXIO) && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
             refuse(path, "is a socket, not a regular file; graft reads only regular files")
+        } else if e.kind() == std::io::ErrorKind::InvalidInput {
+            // The weights crate's refusal of a FIFO, device or folder says what it is.
+            refuse(path, format!("{e}; graft reads only regular files"))
         } else {
             GraftError::io(path, e)
         }
-    })?;
-    let file_type = file.metadata().map_err(|e| GraftError::io(path, e))?.file_type();
-    if !file_type.is_file() {
-        return Err(refuse(path, format!("is {}, not a regular file; graft reads only regular files", kind_of(file_type))));
-    }
-    // A regular file: back to blocking reads.
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor this function owns; F_GETFL/F_SETFL take no pointers.
-    let ok = unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        fl >= 0 && libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK) >= 0
-    };
-    if !ok {
-        return Err(GraftError::io(path, std::io::Error::last_os_error()));
-    }
-    Ok(file)
+    })
 }
 
 /// Opens `path` for reading if it is a regular file (symbolic links followed); FIFOs, devices,

@@ -1,7 +1,10 @@
 //! Every size graft derives from its input — a flag, a file's header, a dataset's contents —
 //! is checked against a limit here before anything of that size is allocated. Each limit is a
 //! named constant with the reason for its value; a refusal names the limit (and, where raising
-//! it makes sense, how). Limits of the weight-file parsers live in `graft_weights`.
+//! it makes sense, how). The weight-file parsers' limits are defined in `graft_weights::limits`
+//! (that crate cannot depend on this one) and re-exported here, so this module lists them all.
+
+pub use graft_weights::limits::*;
 
 use crate::{GraftError, Result};
 
