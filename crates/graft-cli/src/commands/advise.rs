@@ -13,12 +13,16 @@ use crate::reporter::TermReporter;
 /// Arguments of `graft advise`.
 ///
 /// Size: the median number of images per class (small below 100). Similarity: the mean
-/// normalised entropy of the pretrained ImageNet classifier's predictions on --sample images
+/// normalised entropy of the pretrained classifier's predictions on --sample images
 /// (similar below 0.47; see the README for the measurements behind the threshold).
 #[derive(Debug, clap::Args)]
 pub struct AdviseArgs {
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
+    // The architectures are listed from the registry (`graft::zoo::MODELS`).
+    #[arg(long, conflicts_with = "model", help = crate::cli::arch_help())]
+    pub arch: Option<String>,
+    /// Weights file instead of the cached pull.
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// A folder of class sub-folders.
@@ -44,7 +48,8 @@ pub fn measure(model: &str, weights: Option<&std::path::Path>, data: &std::path:
 }
 
 pub fn run(args: AdviseArgs, out: &Output) -> anyhow::Result<()> {
-    let a = measure(&args.model, args.weights.as_deref(), &args.data, args.sample, args.seed, args.batch)?;
+    let model = super::model_spec(&args.model, args.arch.as_deref())?.id;
+    let a = measure(model, args.weights.as_deref(), &args.data, args.sample, args.seed, args.batch)?;
     let mut value = serde_json::to_value(&a)?;
     value["skipped"] = json!(a.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect::<Vec<_>>());
     out.result(&value, || {

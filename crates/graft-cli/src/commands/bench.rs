@@ -11,11 +11,12 @@ use graft::device::{default_device, device_name};
 use graft::train::loss::cross_entropy;
 use graft::zoo::efficientnet::{global_avg_pool, EfficientNetLite, HEAD_CHANNELS};
 use graft::zoo::trunk::TrunkConfig;
-use graft::zoo::ModelSpec;
+use graft::zoo::{graft_home, ModelSpec, Pretrained};
 use serde_json::json;
 
 use crate::cli::{BenchArgs, BenchCase};
 use crate::output::Output;
+use crate::reporter::TermReporter;
 
 /// Classes of the new head in `tail-train` and `head-epoch`.
 const CLASSES: usize = 3;
@@ -26,13 +27,17 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     if args.batch == 0 || args.iters == 0 {
         anyhow::bail!("--batch and --iters must be at least 1");
     }
-    let spec = ModelSpec::find(&args.model)?;
+    let spec = super::model_spec(&args.model, args.arch.as_deref())?;
+    anyhow::ensure!(args.weights.is_none() || matches!(args.case, BenchCase::Forward), "--weights is used by `graft bench forward` only");
     let device = default_device();
     let threads = graft::zoo::fold::batch_threads();
     let (value, text) = match args.case {
         BenchCase::Forward => {
-            // Random weights: the arithmetic is the same as with the pretrained ones.
-            let net = spec.config().init(&device);
+            // Random weights unless --weights: the arithmetic is the same as with pretrained ones.
+            let net = match &args.weights {
+                Some(file) => Pretrained::load(spec, Some(file), &graft_home(), &TermReporter::new(), &device)?.net,
+                None => spec.config().init(&device),
+            };
             let size = spec.config().resolution();
             let input = Tensor::<4>::random([args.batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
             // What predict/extract/the frozen prefix run: BatchNorm folded, batch split across
@@ -48,7 +53,7 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
             let images_per_s = args.batch as f64 / median;
             (
                 json!({
-                    "case": "forward", "model": spec.id, "batch": args.batch, "resolution": size,
+                    "case": "forward", "model": spec.id, "batch": args.batch, "resolution": size, "weights": args.weights,
                     "iters": args.iters, "median_seconds": median, "images_per_second": images_per_s,
                     "threads": threads, "device": device_name(&device), "layered": args.layered,
                 }),

@@ -29,7 +29,7 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     let folder = ImageFolder::scan_with_classes(&args.data, &info.classes)?;
     let reporter = TermReporter::new();
     // A frozen-trunk run's features may already be in the cache (and are kept there).
-    let mut store = run_store(&info, model.net.trunk.num_stages(), &graft_home())?;
+    let mut store = run_store(&info, &graft_home())?;
     let (probs, skipped) = predict_files(&model, &info.preprocess, &folder.samples, args.batch, &device, &reporter, store.as_mut());
     let mut truth = Vec::new();
     let mut rows = Vec::new();

@@ -39,6 +39,7 @@ pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
             json!({
                 "name": r.name,
                 "kind": r.kind,
+                "stage": config.stage_of(&r.name),
                 "output_shape": r.output_shape,
                 "params": r.num_params(),
                 "buffers": r.num_buffers(),
@@ -56,6 +57,7 @@ pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
         "trainable_params": summary.trainable_params,
         "frozen_params": summary.frozen_params,
         "buffers": summary.buffers,
+        "pretrained_cfg": spec.pretrained_cfg(),
     });
     out.result(&value, || {
         let mut t = format!("{:<34} {:<20} {:<18} {:>10}  {}\n", "layer", "kind", "output shape", "params", "state");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use graft::device::default_device;
 use graft::transfer::probe::{plot, probe, Validation};
-use graft::zoo::{graft_home, ModelSpec, Pretrained};
+use graft::zoo::{graft_home, Pretrained};
 use serde_json::json;
 
 use crate::output::Output;
@@ -12,14 +12,18 @@ use crate::reporter::TermReporter;
 
 /// Arguments of `graft probe`.
 ///
-/// Each image goes through the trunk once; the globally-average-pooled activations after the
-/// stem, every block and the head convolution are stored in the feature cache (a rerun runs no
-/// trunk), and a logistic regression (L-BFGS, L2, C = 1) per layer is scored on the validation
+/// Each image goes through the trunk once; the globally-average-pooled activations after every
+/// stage (the stem, every block, the head convolution where there is one; named as the
+/// architecture names those layers) are stored in the feature cache (a rerun runs no trunk),
+/// and a logistic regression (L-BFGS, L2, C = 1) per layer is scored on the validation
 /// images. The recommended cut is the best accuracy, the shallower layer on a tie.
 #[derive(Debug, clap::Args)]
 pub struct ProbeArgs {
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
+    // The architectures are listed from the registry (`graft::zoo::MODELS`).
+    #[arg(long, conflicts_with = "model", help = crate::cli::arch_help())]
+    pub arch: Option<String>,
     /// Weights file instead of the cached pull.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -43,7 +47,7 @@ pub struct ProbeArgs {
 }
 
 pub fn run(args: ProbeArgs, out: &Output) -> anyhow::Result<()> {
-    let spec = ModelSpec::find(&args.model)?;
+    let spec = super::model_spec(&args.model, args.arch.as_deref())?;
     let device = default_device();
     let reporter = TermReporter::new();
     let home = graft_home();
@@ -70,10 +74,10 @@ pub fn run(args: ProbeArgs, out: &Output) -> anyhow::Result<()> {
     });
     out.result(&value, || {
         let mut t = format!("{}: logistic probe, {} training / {} validation images\n", s.model, s.n_train, s.n_val);
-        t.push_str(&format!("{:<6} {:<12} {:>5} {:>9}\n", "stage", "layer", "dim", "accuracy"));
+        t.push_str(&format!("{:<6} {:<26} {:>5} {:>9}\n", "stage", "layer", "dim", "accuracy"));
         for l in &s.layers {
             let mark = if l.stage == best.stage { "  ← best" } else { "" };
-            t.push_str(&format!("{:<6} {:<12} {:>5} {:>9.4}{mark}\n", l.stage, l.name, l.dim, l.accuracy));
+            t.push_str(&format!("{:<6} {:<26} {:>5} {:>9.4}{mark}\n", l.stage, l.name, l.dim, l.accuracy));
         }
         t.push_str(&format!("recommended cut: {} (stage {}, accuracy {:.4})\n", best.name, best.stage, best.accuracy));
         if let Some(p) = &args.plot {

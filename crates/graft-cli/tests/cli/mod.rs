@@ -1,4 +1,5 @@
 mod adapt;
+mod backbones;
 mod bad_weights;
 mod cache;
 mod fit;

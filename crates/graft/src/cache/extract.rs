@@ -24,45 +24,28 @@ pub struct Cut {
 }
 
 impl Cut {
-    /// Resolves a layer name: `pooled` (the pooled features, default), or for
-    /// EfficientNet-Lite `_conv_stem`/`stem`, `_blocks.N`, `_conv_head`/`head`; for the other
-    /// trunks any layer of `graft inspect`'s table (the output of the stage it ends).
+    /// Resolves a layer name: `pooled` (the pooled features, default) or the pool layer's own
+    /// name; a stage's output by the name the architecture gives it (`graft probe`'s names:
+    /// `_blocks.N` for EfficientNet-Lite, `layer3` / `layer3.1` for ResNet, `features.14` for
+    /// torchvision MobileNetV2, `block_12_add` for Keras); or any trunk layer of `graft
+    /// inspect`'s table, which cuts after the stage it belongs to (EfficientNet-Lite's
+    /// `_conv_stem` and `_conv_head` are the stem and head stages).
     pub fn parse(layer: &str, config: &TrunkConfig) -> Result<Cut> {
         let stages = config.num_stages();
-        if matches!(layer, "pooled" | "features") {
+        let rows = config.layer_rows();
+        let is_pool = rows.iter().any(|r| !r.is_head && r.name == layer && r.output_shape.len() == 1);
+        if matches!(layer, "pooled" | "features") || is_pool {
             return Ok(Cut { stages, pooled: true });
         }
-        let TrunkConfig::Lite(lite) = config else {
-            return match config.stage_of(layer).filter(|s| *s < stages) {
-                Some(s) => Ok(Cut { stages: s + 1, pooled: false }),
-                None => {
-                    let rows = config.layer_rows();
-                    let trunk: Vec<&str> = rows.iter().filter(|r| !r.is_head && !r.params.is_empty()).map(|r| r.name.as_str()).collect();
-                    let examples = [trunk.first(), trunk.get(trunk.len() / 2), trunk.last()].into_iter().flatten().copied().collect::<Vec<_>>().join(", ");
-                    Err(GraftError::spec("--layer", layer, format!("expected pooled or a trunk layer of `graft inspect` (e.g. {examples})")))
-                }
-            };
-        };
-        let blocks = lite.blocks().len();
-        let cut = match layer {
-            "_avg_pooling" => Cut { stages, pooled: true },
-            "stem" | "_conv_stem" | "_bn0" => Cut { stages: 1, pooled: false },
-            "head" | "_conv_head" | "_bn1" => Cut { stages, pooled: false },
-            _ => {
-                let n = layer.strip_prefix("_blocks.").and_then(|n| n.parse::<usize>().ok()).filter(|n| *n < blocks);
-                match n {
-                    Some(n) => Cut { stages: n + 2, pooled: false },
-                    None => {
-                        return Err(GraftError::spec(
-                            "--layer",
-                            layer,
-                            format!("expected pooled, _conv_stem, _blocks.0 … _blocks.{}, or _conv_head", blocks - 1),
-                        ))
-                    }
-                }
+        let backbone = config.backbone();
+        match backbone.stage_named(layer).or_else(|| backbone.stage_of(layer)).filter(|s| *s < stages) {
+            Some(s) => Ok(Cut { stages: s + 1, pooled: false }),
+            None => {
+                let names = backbone.stage_names();
+                let examples = [names.first(), names.get(names.len() / 2), names.last()].into_iter().flatten().cloned().collect::<Vec<_>>().join(", ");
+                Err(GraftError::spec("--layer", layer, format!("expected pooled, a stage ({examples}, … as `graft probe` lists them) or a trunk layer of `graft inspect`")))
             }
-        };
-        Ok(cut)
+        }
     }
 }
 

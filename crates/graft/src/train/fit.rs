@@ -295,7 +295,6 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         (p.net, Some(p.weights_sha256))
     };
     let resolution = trunk_config.resolution();
-    let stages_count = trunk_config.num_stages();
     let head_width = Grafted::head_input_width(config.head_pool, trunk_config.final_map());
     let head = Head::init(&config.head.neural(), head_width, classes.len(), config.dropout, device);
     let mut model = Grafted::new(trunk, head, config.head_pool);
@@ -410,7 +409,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         let caching = Instant::now();
         let (train_cache, val_cache, act_shape) = if use_cache {
             let augment = if views > 1 { config.augment.to_string() } else { "none".into() };
-            let mut store = open_store(home, spec.id, info.weights_sha256.as_deref(), &cut_name(cut, stages_count, config.head_pool), &preprocess, &augment, config, reporter)?;
+            let mut store = open_store(home, spec.id, info.weights_sha256.as_deref(), &trunk_config.cut_name(cut, config.head_pool), &preprocess, &augment, config, reporter)?;
             let misses_before = stats.misses;
             let mut fill = |split: &Split, task: &str| {
                 activations(&prefix, split, &preprocess, cut, views, config, store.as_mut(), device, reporter, task, &mut stats)
@@ -873,7 +872,7 @@ fn fit_classic(
     let cut = model.trunk.num_stages();
     let mut stats = CacheStats::default();
     let prefix = model.valid();
-    let mut store = open_store(home, &info.model, info.weights_sha256.as_deref(), &cut_name(cut, cut, config.head_pool), &info.preprocess, "none", config, reporter)?;
+    let mut store = open_store(home, &info.model, info.weights_sha256.as_deref(), &crate::zoo::backbone::pooled_cut(config.head_pool), &info.preprocess, "none", config, reporter)?;
     let (train_rows, _) = activations(&prefix, train, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching frozen-trunk activations", &mut stats)?;
     let (val_rows, _) = activations(&prefix, val, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching validation activations", &mut stats)?;
     let classes = info.classes.len();
@@ -924,17 +923,6 @@ fn fit_classic(
     };
     write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
     Ok(summary)
-}
-
-/// The cut's name in feature-store keys: the last stage the prefix runs (stage `c` runs block
-/// `c − 1`; EfficientNet-Lite's names), or the pooled output after all `stages`.
-pub(crate) fn cut_name(cut: usize, stages: usize, pool: super::model::HeadPool) -> String {
-    match cut {
-        0 => "input".into(),
-        1 => "stem".into(),
-        c if c == stages => format!("pooled:{}", serde_json::to_string(&pool).expect("pool serializes").trim_matches('"')),
-        c => format!("_blocks.{}", c - 2),
-    }
 }
 
 /// Activations kept in memory, one row per image.

@@ -233,15 +233,14 @@ fn predict_via_store(
     (out, skipped)
 }
 
-/// The feature-store namespace of a frozen-trunk run's pooled features, if it has one;
-/// `stages`: the trunk's stage count.
-pub fn run_store(info: &RunInfo, stages: usize, home: &Path) -> Result<Option<FeatureStore>> {
+/// The feature-store namespace of a frozen-trunk run's pooled features, if it has one.
+pub fn run_store(info: &RunInfo, home: &Path) -> Result<Option<FeatureStore>> {
     match (&info.weights_sha256, info.frozen_trunk) {
         (Some(sha), true) => {
             let namespace = Namespace {
                 model: info.model.clone(),
                 weights_sha256: sha.clone(),
-                cut: super::fit::cut_name(stages, stages, info.head_pool),
+                cut: crate::zoo::backbone::pooled_cut(info.head_pool),
                 preprocess: serde_json::to_string(&info.preprocess).expect("preprocess serializes"),
                 augment: "none".into(),
                 dtype: crate::cache::StoreDtype::F32,

@@ -27,7 +27,7 @@ use super::stages::stage_features;
 use crate::data::folder::{ImageFolder, Sample, Skipped};
 use crate::report::Reporter;
 use crate::train::config::{FitConfig, Stage};
-use crate::zoo::layers::FreezeSpec;
+use crate::zoo::layers::{numbered_blocks, FreezeSpec};
 use crate::zoo::Pretrained;
 use crate::{GraftError, Result};
 
@@ -177,18 +177,21 @@ pub fn advise(model: &Pretrained, data: &Path, sample: usize, seed: u64, home: &
         n if n % 2 == 1 => sorted[n / 2] as f64,
         n => (sorted[n / 2 - 1] + sorted[n / 2]) as f64 / 2.0,
     };
-    let lite = super::stages::lite(model)?;
-    let fc = lite._fc.as_ref().ok_or_else(|| GraftError::spec("--model", model.spec.id, "the model has no pretrained classifier to measure similarity with"))?;
     let picked = sample_per_class(&folder.samples, folder.classes.len(), sample.max(1), seed);
-    let blocks = lite._blocks.len();
-    let features = stage_features(model, &picked, &[blocks + 1], home, batch, device, reporter)?;
+    // `--stages topK` counts the numbered blocks of the layer table, as `graft fit` does.
+    let blocks = numbered_blocks(&model.config.layer_rows());
+    let last = model.config.num_stages() - 1;
+    let features = stage_features(model, &picked, &[last], home, batch, device, reporter)?;
     let (width, rows) = &features.stages[0];
     let n = features.kept.len();
     if n == 0 {
         return Err(GraftError::Data { path: data.into(), reason: "no readable images to measure".into() });
     }
-    let pooled = Tensor::<2>::from_data(TensorData::new(rows.clone(), [n, *width]), device); // [n, 1280]
-    let logits = fc.forward(pooled); // [n, 1000]
+    let pooled = Tensor::<2>::from_data(TensorData::new(rows.clone(), [n, *width]), device); // [n, D]
+    let logits = model
+        .net
+        .classify(pooled) // [n, K]
+        .ok_or_else(|| GraftError::spec("--model", model.spec.id, "the model has no pretrained classifier to measure similarity with"))?;
     let k = logits.dims()[1];
     let entropy = mean_normalized_entropy(logits);
     let strategy = decide(median, entropy);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde::Serialize;
 
-use super::stages::{stage_features, stage_name};
+use super::stages::stage_features;
 use crate::classic::{Classic, ClassicKind, Penalty};
 use crate::data::folder::{stratified_split, ImageFolder, Sample, Skipped};
 use crate::report::plot::{line_plot, Series};
@@ -20,9 +20,10 @@ use crate::{GraftError, Result};
 /// One probed layer.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerProbe {
-    /// `stem`, `_blocks.N` or `head`.
+    /// The layer whose output was probed, as the architecture names it (`_blocks.N`,
+    /// `layer3`, `features.14`, `block_12_add`; see `Backbone::stage_name`).
     pub name: String,
-    /// Stage index: 0 = stem … blocks + 1 = head conv.
+    /// Stage index: 0 = stem … the last stage (the head convolution where there is one).
     pub stage: usize,
     /// Width of the pooled activations (channels).
     pub dim: usize,
@@ -66,8 +67,7 @@ pub fn probe(model: &Pretrained, data: &Path, validation: &Validation, home: &Pa
     if val.is_empty() {
         return Err(GraftError::spec("--val-split", "", "no validation images: give --val DIR or a larger --val-split"));
     }
-    let blocks = super::stages::lite(model)?._blocks.len();
-    let stages: Vec<usize> = (0..blocks + 2).collect();
+    let stages: Vec<usize> = (0..model.config.num_stages()).collect();
     let ft = stage_features(model, &train, &stages, home, batch, device, reporter)?;
     let fv = stage_features(model, &val, &stages, home, batch, device, reporter)?;
     let train_labels: Vec<usize> = ft.kept.iter().map(|&i| train[i].label).collect();
@@ -83,7 +83,7 @@ pub fn probe(model: &Pretrained, data: &Path, validation: &Validation, home: &Pa
         let head = Classic::fit(ClassicKind::Logistic(Penalty::C(1.0)), rows, &train_labels, dim, classes, 0)?;
         let predicted = top1(&head.predict_proba(&fv.stages[k].1));
         let correct = predicted.iter().zip(&val_labels).filter(|(p, t)| p == t).count();
-        layers.push(LayerProbe { name: stage_name(stage, blocks), stage, dim, accuracy: correct as f64 / val_labels.len() as f64 });
+        layers.push(LayerProbe { name: model.config.stage_name(stage), stage, dim, accuracy: correct as f64 / val_labels.len() as f64 });
         reporter.progress(k as u64 + 1);
     }
     reporter.finish();
@@ -117,7 +117,11 @@ pub fn best_layer(layers: &[LayerProbe]) -> usize {
 pub fn plot(summary: &ProbeSummary, path: &Path) -> Result<()> {
     let points = summary.layers.iter().map(|l| (l.stage as f64, l.accuracy)).collect();
     let title = format!("{}: linear probe accuracy", summary.model);
-    let x_label = format!("stage (0 stem, 1-{} blocks, {} head)", summary.layers.len() - 2, summary.layers.len() - 1);
+    let (first, last) = (summary.layers.first(), summary.layers.last());
+    let x_label = match (first, last) {
+        (Some(f), Some(l)) => format!("stage (0 {} … {} {})", f.name, l.stage, l.name),
+        _ => "stage".to_string(),
+    };
     line_plot(path, &title, &x_label, &[Series { name: "probe accuracy".into(), points }])
 }
 

@@ -1,4 +1,4 @@
-//! Globally-average-pooled activations at every stage boundary of an EfficientNet-Lite trunk,
+//! Globally-average-pooled activations at every stage boundary of a trunk (any architecture),
 //! computed in one pass per image and kept in the feature store (one namespace per stage), so a
 //! second probe or advice on the same images runs no trunk at all.
 
@@ -11,25 +11,18 @@ use crate::data::image;
 use crate::report::Reporter;
 use crate::train::model::HeadPool;
 use crate::zoo::efficientnet::global_avg_pool;
-use crate::zoo::Pretrained;
+use crate::zoo::backbone::pooled_cut;
+use crate::zoo::{Pretrained, TrunkConfig};
 use crate::{GraftError, Result};
 
-/// A stage's name: `stem`, `_blocks.N` or `head` (the head convolution).
-pub fn stage_name(stage: usize, blocks: usize) -> String {
-    match stage {
-        0 => "stem".into(),
-        s if s == blocks + 1 => "head".into(),
-        s => format!("_blocks.{}", s - 1),
-    }
-}
-
-/// The feature-store cut of a stage's pooled output. The head's is `pooled:avg`, the same
-/// namespace `graft fit` fills for a frozen trunk, so the two share their work.
-fn cut_of(stage: usize, blocks: usize) -> String {
-    if stage == blocks + 1 {
-        crate::train::fit::cut_name(blocks + 2, blocks, HeadPool::Avg)
+/// The feature-store cut of a stage's pooled output: `gap:` and the stage's name (the layer of
+/// the architecture that produces it). The last stage's is `pooled:avg`, the same namespace
+/// `graft fit` fills for a frozen trunk, so the two share their work.
+fn cut_of(stage: usize, config: &TrunkConfig) -> String {
+    if stage + 1 == config.num_stages() {
+        pooled_cut(HeadPool::Avg)
     } else {
-        format!("gap:{}", stage_name(stage, blocks))
+        format!("gap:{}", config.stage_name(stage))
     }
 }
 
@@ -45,17 +38,8 @@ pub struct StageFeatures {
     pub computed: usize,
 }
 
-/// The EfficientNet-Lite network of `model`: stage numbering, names and the similarity measure
-/// of probe and advise are defined for the Lite family.
-pub fn lite(model: &Pretrained) -> Result<&crate::zoo::efficientnet::EfficientNetLite> {
-    match &model.net {
-        crate::zoo::trunk::Trunk::Lite(net) => Ok(net),
-        _ => Err(GraftError::spec("--model", model.spec.id, "probe and advise support the EfficientNet-Lite models (efficientnet-lite0/1/2)")),
-    }
-}
-
-/// Pooled activations of `samples` after each stage in `stages` (0 = stem … blocks + 1 = head
-/// conv). One forward per missing image runs up to the deepest stage asked for.
+/// Pooled activations of `samples` after each stage in `stages` (0 = stem … the last stage).
+/// One forward per missing image runs up to the deepest stage asked for.
 pub fn stage_features(
     model: &Pretrained,
     samples: &[Sample],
@@ -65,11 +49,11 @@ pub fn stage_features(
     device: &Device,
     reporter: &dyn Reporter,
 ) -> Result<StageFeatures> {
-    let net = lite(model)?.folded(); // frozen: BatchNorm folded, batches split across threads
-    let blocks = lite(model)?._blocks.len();
-    if let Some(bad) = stages.iter().find(|s| **s > blocks + 1) {
-        return Err(GraftError::spec("stage", &bad.to_string(), format!("{} has stages 0 … {}", model.spec.id, blocks + 1)));
+    let count = model.config.num_stages();
+    if let Some(bad) = stages.iter().find(|s| **s >= count) {
+        return Err(GraftError::spec("stage", &bad.to_string(), format!("{} has stages 0 … {}", model.spec.id, count - 1)));
     }
+    let net = model.net.for_inference(); // frozen: BatchNorm folded (Lite), batches split across threads
     let preprocess = model.spec.preprocess();
     let mut stores = stages
         .iter()
@@ -77,7 +61,7 @@ pub fn stage_features(
             let namespace = Namespace {
                 model: model.spec.id.into(),
                 weights_sha256: model.weights_sha256.clone(),
-                cut: cut_of(s, blocks),
+                cut: cut_of(s, &model.config),
                 preprocess: serde_json::to_string(&preprocess).expect("preprocess serializes"),
                 augment: "none".into(),
                 dtype: StoreDtype::F32,

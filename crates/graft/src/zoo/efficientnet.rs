@@ -17,10 +17,12 @@ use burn::tensor::activation::relu6;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::backbone::{Backbone, BackboneNet};
 use super::channels_last::{global_avg_pool_channels_last, RowsLite};
 use super::fold::{fold_conv_bn, split_batch};
 use super::layers::{LayerRow, ParamRow};
 use super::load::WeightSource;
+use super::trunk::Trunk;
 use crate::Result;
 
 /// BatchNorm epsilon of the TensorFlow reference.
@@ -485,6 +487,57 @@ pub fn stage_of(layer: &str, blocks: usize) -> Option<usize> {
 pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
     let [n, c, _, _] = x.dims();
     x.mean_dim(3).mean_dim(2).reshape([n, c])
+}
+
+/// EfficientNet-Lite's contract: stage 0 the stem (`stem`), 1..=B the MBConv blocks
+/// (`_blocks.N`, the checkpoint's module names), B+1 the head convolution (`head`).
+impl Backbone for EfficientNetLiteConfig {
+    fn init_trunk(&self, device: &Device) -> Trunk {
+        Trunk::Lite(self.init(device))
+    }
+    fn resolution(&self) -> usize {
+        self.resolution
+    }
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    fn layer_rows(&self) -> Vec<LayerRow> {
+        EfficientNetLiteConfig::layer_rows(self)
+    }
+    fn num_stages(&self) -> usize {
+        self.blocks().len() + 2
+    }
+    fn stage_of(&self, layer: &str) -> Option<usize> {
+        stage_of(layer, self.blocks().len())
+    }
+    fn stage_name(&self, stage: usize) -> String {
+        match stage {
+            0 => "stem".into(),
+            s if s == self.blocks().len() + 1 => "head".into(),
+            s => format!("_blocks.{}", s - 1),
+        }
+    }
+}
+
+impl BackboneNet for EfficientNetLite {
+    fn num_stages(&self) -> usize {
+        EfficientNetLite::num_stages(self)
+    }
+    fn forward_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        EfficientNetLite::forward_stages(self, x, range)
+    }
+    fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        EfficientNetLite::features(self, images)
+    }
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        EfficientNetLite::forward(self, images)
+    }
+    fn classify(&self, pooled: Tensor<2>) -> Option<Tensor<2>> {
+        self._fc.as_ref().map(|fc| fc.forward(pooled))
+    }
+    fn drop_classifier(&mut self) {
+        self._fc = None;
+    }
 }
 
 #[cfg(test)]

