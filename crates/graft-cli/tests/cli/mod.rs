@@ -1,7 +1,9 @@
 mod adapt;
 mod bad_weights;
 mod cache;
+mod data;
 mod fit;
+mod help;
 mod hostile;
 mod inspect;
 mod parity;
