@@ -203,7 +203,7 @@ impl DataSet {
         format!(
             "{} is not there (it needs {}), and no package registry graft can fetch from ships it: run \
              `graft data import {} --source {what}` ({holding}; checked against graft's sha256 pins, then kept \
-             in {}), or pass --data-root DIR holding {}/",
+             in {}), or give adapt/eval --data-root DIR holding {}/",
             self.name,
             self.file_list(),
             self.name,
