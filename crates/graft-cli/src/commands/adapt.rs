@@ -13,8 +13,9 @@ use crate::reporter::TermReporter;
 /// Arguments of `graft adapt`.
 ///
 /// Domains are image folders (class sub-folders; the target's may also be a flat folder of
-/// images, its labels are never read) or the shared digit sets: mnist:train (10,000), mnist:test
-/// (10,000), usps:train (7,291), usps:test (2,007), read from --data-root. Images are grey
+/// images, its labels are never read) or the digit sets: mnist:train (10,000), mnist:test
+/// (10,000), usps:train (7,291), usps:test (2,007), read from --data-root (where
+/// `graft data import mnist|usps --source …` keeps them). Images are grey
 /// 28×28, (x − 0.5)/0.5 for LeNet; a zoo model's frozen trunk gives pooled features otherwise.
 /// The epoch is picked on a held-out part of the source; the target test set is evaluated once,
 /// at the end.
@@ -29,7 +30,8 @@ pub struct AdaptArgs {
     /// Unlabelled target training domain (its labels are never read).
     #[arg(long)]
     pub target: String,
-    /// Labelled target test set, evaluated once with the kept model.
+    /// Labelled target test set (a folder or mnist:test, usps:test, …), evaluated once with the
+    /// kept model. [default: none]
     #[arg(long)]
     pub target_test: Option<String>,
     /// Run directory to create.
@@ -40,21 +42,24 @@ pub struct AdaptArgs {
     /// --data-root) embedded once by the frozen encoder (cached), trainable bottleneck.
     #[arg(long, default_value = "lenet")]
     pub backbone: String,
-    /// Weights file for a zoo backbone instead of the cached pull.
+    /// Weights file (.pth, safetensors, Keras .h5) for a zoo backbone instead of the cached pull.
+    /// [default: the cached pull]
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Where mnist:… and usps:… are read from.
-    #[arg(long, default_value = "../shared/data")]
+    /// Where mnist:…, usps:… and amazon:… are read from; `graft data import` keeps sets in
+    /// $GRAFT_HOME/data.
+    #[arg(long, default_value_os_t = graft::data::fetch::default_data_root())]
     pub data_root: PathBuf,
     /// Width of the bottleneck (linear → BatchNorm → ReLU) whose features are aligned.
     #[arg(long, default_value_t = 256)]
     pub bottleneck: usize,
+    /// Training epochs (ADDA: of the adversarial phase).
     #[arg(long, default_value_t = 20)]
     pub epochs: usize,
     /// Iterations per epoch [default: one pass over the source training data].
     #[arg(long)]
     pub iters_per_epoch: Option<usize>,
-    /// Images per domain per iteration.
+    /// Images (or texts) per domain per training step.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
     /// Initial learning rate (SGD, Nesterov momentum).
@@ -67,8 +72,10 @@ pub struct AdaptArgs {
     /// γ of --lr-schedule inv.
     #[arg(long, default_value_t = 0.001)]
     pub lr_gamma: f64,
+    /// Momentum of the SGD optimiser (Nesterov).
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
+    /// Weight decay (L2) of the SGD optimiser.
     #[arg(long, default_value_t = 1e-3)]
     pub weight_decay: f64,
     /// Weight of the adaptation loss [default: 1; coral 100].
@@ -102,6 +109,7 @@ pub struct AdaptArgs {
     /// Fraction of the source held out (stratified, seeded) to pick the epoch; 0 keeps the last.
     #[arg(long, default_value_t = 0.1)]
     pub val_split: f64,
+    /// Random seed (validation split, initialisation, shuffling, augmentation).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

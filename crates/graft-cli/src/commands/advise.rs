@@ -17,12 +17,14 @@ use crate::reporter::TermReporter;
 /// (similar below 0.47; see the README for the measurements behind the threshold).
 #[derive(Debug, clap::Args)]
 pub struct AdviseArgs {
+    /// Pretrained model id (see `graft pull`).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
     #[arg(long, conflicts_with = "model", help = crate::cli::arch_help())]
     pub arch: Option<String>,
-    /// Weights file instead of the cached pull.
+    /// Weights file (.pth, safetensors, Keras .h5) instead of the cached pull. [default: the
+    /// cached pull]
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// A folder of class sub-folders.
@@ -31,9 +33,11 @@ pub struct AdviseArgs {
     /// Images (spread over the classes, seeded) on which the similarity is measured.
     #[arg(long, default_value_t = 200)]
     pub sample: usize,
+    /// Random seed (which images are sampled).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 16)]
+    /// Images per forward pass.
+    #[arg(long, visible_alias = "batch-size", default_value_t = 16)]
     pub batch: usize,
 }
 

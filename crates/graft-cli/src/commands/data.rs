@@ -1,30 +1,68 @@
+use std::path::PathBuf;
+
+use graft::data::fetch::{self, DataSet};
 use graft::data::idx::{self, class_names, DIGIT_CLASSES, FASHION_MNIST_CLASSES};
+use graft::data::usps;
 use serde_json::json;
 
-use crate::cli::DataCommand;
+use crate::cli::{DataCommand, ImportArgs};
 use crate::output::Output;
+use crate::reporter::TermReporter;
 
 pub fn run(cmd: DataCommand, out: &Output) -> anyhow::Result<()> {
     let DataCommand::Import(args) = cmd;
-    if let Some(result) = super::text::import(&args, out) {
+    let set = fetch::by_name(&args.dataset)
+        .ok_or_else(|| anyhow::anyhow!("unknown dataset `{}`: expected one of {}", args.dataset, fetch::names()))?;
+    anyhow::ensure!(
+        args.split == "train" || args.split == "test",
+        "invalid --split `{}`: expected train or test",
+        args.split
+    );
+    let dir = obtain(set, &args)?;
+    let Some(dest) = &args.out else {
+        let value = json!({"dataset": args.dataset, "dir": dir});
+        out.result(&value, || format!("{} is in {}\n", args.dataset, dir.display()));
+        return Ok(());
+    };
+    if let Some(result) = super::text::import(&args, &dir, dest, out) {
         return result;
     }
-    let (dir, prefix, classes) = match (args.dataset.as_str(), args.split.as_str()) {
-        ("fashion-mnist", "train") => ("fashion-mnist", "train", &FASHION_MNIST_CLASSES),
-        ("fashion-mnist", "test") => ("fashion-mnist", "t10k", &FASHION_MNIST_CLASSES),
-        ("mnist", "train") => ("digits/mnist", "train-10k", &DIGIT_CLASSES),
-        ("mnist", "test") => ("digits/mnist", "t10k", &DIGIT_CLASSES),
-        (d, s) => anyhow::bail!("unknown dataset/split `{d}`/`{s}`: expected fashion-mnist or mnist, and train or test (text sets: {})", super::text::TEXT_DATASETS),
+    let written = match set.name {
+        "usps" => {
+            let h5 = dir.join("usps.h5");
+            let indices = args.per_class.map(|n| {
+                usps::read_usps(&h5, &args.split).map(|u| idx::seeded_subset(&u.labels, n, args.seed))
+            });
+            usps::export_image_folder(&h5, &args.split, indices.transpose()?.as_deref(), dest)?
+        }
+        _ => {
+            let (prefix, classes) = match (set.name, args.split.as_str()) {
+                ("fashion-mnist", "train") => ("train", &FASHION_MNIST_CLASSES),
+                ("fashion-mnist", _) => ("t10k", &FASHION_MNIST_CLASSES),
+                ("mnist", "train") => ("train-10k", &DIGIT_CLASSES),
+                _ => ("t10k", &DIGIT_CLASSES),
+            };
+            let (rows, cols, images) = idx::read_idx_images(dir.join(format!("{prefix}-images-idx3-ubyte.gz")))?;
+            let labels = idx::read_idx_labels(dir.join(format!("{prefix}-labels-idx1-ubyte.gz")))?;
+            let indices: Vec<usize> = match args.per_class {
+                Some(n) => idx::seeded_subset(&labels, n, args.seed),
+                None => (0..labels.len()).collect(),
+            };
+            idx::export_image_folder(&images, rows, cols, &labels, &class_names(classes), &indices, dest)?
+        }
     };
-    let base = args.source.join(dir);
-    let (rows, cols, images) = idx::read_idx_images(base.join(format!("{prefix}-images-idx3-ubyte.gz")))?;
-    let labels = idx::read_idx_labels(base.join(format!("{prefix}-labels-idx1-ubyte.gz")))?;
-    let indices: Vec<usize> = match args.per_class {
-        Some(n) => idx::seeded_subset(&labels, n, args.seed),
-        None => (0..labels.len()).collect(),
-    };
-    let written = idx::export_image_folder(&images, rows, cols, &labels, &class_names(classes), &indices, &args.out)?;
-    let value = json!({"dataset": args.dataset, "split": args.split, "images": written, "out": args.out});
-    out.result(&value, || format!("wrote {written} images to {}\n", args.out.display()));
+    let value = json!({"dataset": args.dataset, "split": args.split, "images": written, "out": dest, "dir": dir});
+    out.result(&value, || format!("wrote {written} images to {}\n", dest.display()));
     Ok(())
+}
+
+/// The set's folder in `$GRAFT_HOME/data`: installed from `--source` (checked against the
+/// pins), already there, or fetched.
+fn obtain(set: &DataSet, args: &ImportArgs) -> anyhow::Result<PathBuf> {
+    let root = fetch::default_data_root();
+    let reporter = TermReporter::new();
+    Ok(match &args.source {
+        Some(source) => fetch::install_from(set, source, &root, &reporter)?,
+        None => fetch::ensure(set, &root, &reporter)?,
+    })
 }

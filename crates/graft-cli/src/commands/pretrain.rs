@@ -31,13 +31,16 @@ pub struct PretrainArgs {
     /// Epochs per layer.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
+    /// Images per training step.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// Learning rate (Adam).
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// Denoising autoencoders: the fraction of inputs set to zero.
     #[arg(long, default_value_t = 0.0)]
     pub noise: f64,
+    /// Random seed (initialisation, shuffling, noise).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

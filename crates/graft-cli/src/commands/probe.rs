@@ -19,30 +19,33 @@ use crate::reporter::TermReporter;
 /// images. The recommended cut is the best accuracy, the shallower layer on a tie.
 #[derive(Debug, clap::Args)]
 pub struct ProbeArgs {
+    /// Pretrained model id (see `graft pull`).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
     #[arg(long, conflicts_with = "model", help = crate::cli::arch_help())]
     pub arch: Option<String>,
-    /// Weights file instead of the cached pull.
+    /// Weights file (.pth, safetensors, Keras .h5) instead of the cached pull. [default: the
+    /// cached pull]
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Training images: a folder of class sub-folders.
     #[arg(long)]
     pub data: PathBuf,
-    /// Validation folder (same class names); otherwise --val-split of --data.
+    /// Validation folder (same class names). [default: hold out --val-split of --data]
     #[arg(long)]
     pub val: Option<PathBuf>,
     /// Fraction of each class held out for validation (stratified, seeded).
     #[arg(long, default_value_t = 0.3, conflicts_with = "val")]
     pub val_split: f64,
+    /// Random seed (validation split, probe training).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Write a PNG plot of accuracy against depth here.
+    /// Write a PNG plot of accuracy against depth here. [default: none: no plot]
     #[arg(long)]
     pub plot: Option<PathBuf>,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, visible_alias = "batch-size", default_value_t = 16)]
     pub batch: usize,
 }
 

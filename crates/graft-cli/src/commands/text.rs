@@ -134,17 +134,17 @@ pub fn predict(run: &Path, args: &PredictArgs, out: &Output) -> anyhow::Result<(
     Ok(())
 }
 
-/// The shared text sets `graft data import` writes as `text,label` CSV.
+/// The text sets `graft data import` writes as `text,label` CSV.
 pub const TEXT_DATASETS: &str = "sms-spam, rt-polarity, amazon:books, amazon:dvd, amazon:electronics, amazon:kitchen";
 
 /// `graft data import sms-spam|rt-polarity|amazon:DOMAIN --out FILE.csv`: a seeded subset
-/// (`--per-class`) as CSV. `None` when `dataset` is not a text set.
-pub fn import(args: &ImportArgs, out: &Output) -> Option<anyhow::Result<()>> {
-    let text = args.source.join("text");
+/// (`--per-class`) of the set kept in `dir` as CSV. `None` when `dataset` is not a text set.
+pub fn import(args: &ImportArgs, dir: &Path, dest: &Path, out: &Output) -> Option<anyhow::Result<()>> {
     let path = match args.dataset.as_str() {
-        "sms-spam" => text.join("sms-spam/SMSSpamCollection"),
-        "rt-polarity" => text.join("rt-polarity"),
-        d => text.join("amazon-reviews").join(d.strip_prefix("amazon:")?),
+        "sms-spam" => dir.join("SMSSpamCollection"),
+        "rt-polarity" => dir.to_path_buf(),
+        d if d.starts_with("amazon:") => dir.to_path_buf(),
+        _ => return None,
     };
     Some((|| {
         let data = TextDataset::open_any(&path).with_context(|| format!("reading {} (text sets: {TEXT_DATASETS})", args.dataset))?;
@@ -152,9 +152,9 @@ pub fn import(args: &ImportArgs, out: &Output) -> Option<anyhow::Result<()>> {
             Some(n) => data.seeded_per_class(n, args.seed),
             None => data,
         };
-        data.write_csv(&args.out)?;
-        let value = json!({"dataset": args.dataset, "texts": data.len(), "classes": data.classes, "out": args.out});
-        out.result(&value, || format!("wrote {} texts to {}\n", data.len(), args.out.display()));
+        data.write_csv(dest)?;
+        let value = json!({"dataset": args.dataset, "texts": data.len(), "classes": data.classes, "out": dest});
+        out.result(&value, || format!("wrote {} texts to {}\n", data.len(), dest.display()));
         Ok(())
     })())
 }

@@ -186,7 +186,7 @@ pub struct AdaptConfig {
     pub target: String,
     /// Labelled target test data, evaluated once at the end.
     pub target_test: Option<String>,
-    /// Where the shorthand datasets live.
+    /// Where the shorthand datasets live (`$GRAFT_HOME/data` unless set).
     pub data_root: PathBuf,
     /// `lenet` or a zoo model id (frozen trunk, pooled features).
     pub backbone: String,
@@ -236,7 +236,7 @@ impl AdaptConfig {
             source: source.into(),
             target: target.into(),
             target_test: None,
-            data_root: PathBuf::from("../shared/data"),
+            data_root: crate::data::fetch::default_data_root(),
             backbone: "lenet".into(),
             weights: None,
             bottleneck: 256,

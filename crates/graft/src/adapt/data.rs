@@ -1,6 +1,6 @@
-//! Domains for adaptation: image folders or the shared digit sets named by shorthand
-//! (`mnist:train`, `mnist:test`, `usps:train`, `usps:test`, read from `--data-root`), turned into
-//! the rows a network takes.
+//! Domains for adaptation: image folders or the digit sets named by shorthand (`mnist:train`,
+//! `mnist:test`, `usps:train`, `usps:test`, read from `--data-root`, by default
+//! `$GRAFT_HOME/data` where `graft data import` keeps them), turned into the rows a network takes.
 //!
 //! * LeNet: grey, the largest centred square resized to 28×28 (PIL-exact bilinear; USPS's 16×16
 //!   grey levels are first rounded to bytes, as when they are stored as images), scaled to [0, 1]
@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::model::LENET_SIDE;
+use crate::data::fetch;
 use crate::data::folder::{decode_with, is_image_file, ImageFolder, Sample, Skipped};
 use crate::data::idx::{self, DIGIT_CLASSES};
 use crate::data::image::{resize_bilinear, Preprocess};
@@ -24,7 +25,7 @@ use crate::report::Reporter;
 use crate::zoo::Pretrained;
 use crate::{GraftError, Result};
 
-/// The digit sets graft reads directly from the shared data folder.
+/// The digit sets graft reads directly from a data root (see [`crate::data::fetch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Digits {
     /// MNIST: `train` is the 10,000-digit subset in `digits/mnist/train-10k-*`, `test` the official
@@ -215,7 +216,7 @@ fn read_raw(spec: &DomainSpec, flag: &str, data_root: &Path, classes: Option<&[S
             let (side, pixels, labels) = match set {
                 Digits::Mnist => {
                     let prefix = if *train { "train-10k" } else { "t10k" };
-                    let base = data_root.join("digits/mnist");
+                    let base = fetch::require(&fetch::MNIST, data_root)?;
                     let (rows, cols, pixels) = idx::read_idx_images(base.join(format!("{prefix}-images-idx3-ubyte.gz")))?;
                     let labels = idx::read_idx_labels(base.join(format!("{prefix}-labels-idx1-ubyte.gz")))?;
                     if rows != cols || labels.len() * rows * cols != pixels.len() {
@@ -224,7 +225,8 @@ fn read_raw(spec: &DomainSpec, flag: &str, data_root: &Path, classes: Option<&[S
                     (rows as u32, pixels, labels)
                 }
                 Digits::Usps => {
-                    let u = usps::read_usps(&data_root.join("digits/usps/usps.h5"), if *train { "train" } else { "test" })?;
+                    let dir = fetch::require(&fetch::USPS, data_root)?;
+                    let u = usps::read_usps(&dir.join("usps.h5"), if *train { "train" } else { "test" })?;
                     (USPS_SIDE as u32, u.pixels_u8(), u.labels)
                 }
             };
