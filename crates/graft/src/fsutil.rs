@@ -71,7 +71,7 @@ fn read_capped(path: &Path, mut file: File, max: u64) -> Result<Vec<u8>> {
     }
     let mut bytes = Vec::with_capacity(len as usize);
     // Read one byte past the limit: a file growing while read is caught too.
-    (&mut file).take(max + 1).read_to_end(&mut bytes).map_err(|e| GraftError::io(path, e))?;
+    (&mut file).take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| GraftError::io(path, e))?;
     if bytes.len() as u64 > max {
         return Err(too_big(format!("more than {max}")));
     }
@@ -318,6 +318,7 @@ mod tests {
         let file = dir.join("ten.bin");
         std::fs::write(&file, [7u8; 10]).unwrap();
         assert_eq!(read_regular(&file, 10).unwrap(), vec![7u8; 10]);
+        assert_eq!(read_regular(&file, u64::MAX).unwrap(), vec![7u8; 10], "no limit");
         let err = read_regular(&file, 9).unwrap_err().to_string();
         assert!(err.contains("ten.bin") && err.contains("over the limit of 9 bytes"), "{err}");
         // Links are followed by open_regular, refused by the run-directory variant.

@@ -6,6 +6,7 @@ mod data;
 mod fit;
 mod help;
 mod hostile;
+mod hostile_io;
 mod inspect;
 mod parity;
 mod predict;

@@ -538,6 +538,17 @@ pub(crate) mod tests {
         }
     }
 
+    /// A folder with one class sub-folder too many is refused while listing, naming the limit.
+    #[test]
+    fn too_many_class_folders_are_refused() {
+        let tmp = TempDir::new("many-classes");
+        for i in 0..=crate::limits::MAX_CLASSES {
+            fs::create_dir(tmp.0.join(format!("c{i}"))).unwrap();
+        }
+        let err = ImageFolder::scan(&tmp.0).unwrap_err().to_string();
+        assert!(err.contains("more than 10000 class sub-folders (graft::limits::MAX_CLASSES)"), "{err}");
+    }
+
     #[test]
     fn broken_files_are_skipped_and_named() {
         let tmp = TempDir::new("broken");
