@@ -30,7 +30,7 @@ fn a_diverging_learning_rate_stops_training_with_exit_2() {
     let data = fmnist(&dir, 4, 11);
     let run = dir.join("run");
     let out = graft(&["fit", "--data", s(&data), "--out", s(&run), "--epochs", "3", "--batch-size", "4", "--lr", "1e30"]);
-    assert_bad_input(&out, &["diverged", "epoch 1", "1e30", "lower --lr"]);
+    assert_bad_input(&out, &["diverged", "epoch 1", "1e30", "lower --lr (e.g. 1e29)"]);
     assert!(out.stdout.is_empty(), "no summary claims an accuracy: {}", String::from_utf8_lossy(&out.stdout));
     assert!(!run.join("best.safetensors").exists(), "no epoch completed, so no best checkpoint");
     assert!(!run.join("summary.json").exists());
