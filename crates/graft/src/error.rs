@@ -37,7 +37,7 @@ pub enum GraftError {
 
     /// Training diverged: a loss or the weights went NaN or infinite. Nothing from that epoch
     /// is saved.
-    #[error("training diverged in epoch {epoch}: the {what} at learning rate {lr:e}; try a lower --lr (e.g. {suggest:e})", suggest = lr / 10.0)]
+    #[error("training diverged in epoch {epoch}: the {what} at learning rate {lr:e}; try a lower --lr (e.g. {suggest:.0e})", suggest = lr / 10.0)]
     NonFinite { what: String, epoch: usize, lr: f64 },
 
     /// A stop was requested (Ctrl-C) between two batches; `run` holds the last completed epoch.

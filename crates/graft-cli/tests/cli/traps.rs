@@ -30,7 +30,7 @@ fn a_diverging_learning_rate_stops_training_with_exit_2() {
     let data = fmnist(&dir, 4, 11);
     let run = dir.join("run");
     let out = graft(&["fit", "--data", s(&data), "--out", s(&run), "--epochs", "3", "--batch-size", "4", "--lr", "1e30"]);
-    assert_bad_input(&out, &["diverged", "epoch 1", "1e30", "lower --lr"]);
+    assert_bad_input(&out, &["diverged", "epoch 1", "1e30", "lower --lr (e.g. 1e29)"]);
     assert!(out.stdout.is_empty(), "no summary claims an accuracy: {}", String::from_utf8_lossy(&out.stdout));
     assert!(!run.join("best.safetensors").exists(), "no epoch completed, so no best checkpoint");
     assert!(!run.join("summary.json").exists());
@@ -50,17 +50,31 @@ fn a_diverging_learning_rate_stops_training_with_exit_2() {
 fn monitor_val_loss_keeps_the_epoch_with_the_lowest_validation_loss() {
     let dir = scratch("traps-monitor");
     let data = fmnist(&dir, 6, 12);
+    let mut trained = Vec::new();
     for (monitor, flag) in [("val_loss", None), ("val_loss", Some("val_loss")), ("val_accuracy", Some("val_accuracy"))] {
         let run = dir.join(format!("run-{monitor}-{}", flag.is_some()));
-        let mut args = vec!["fit", "--data", s(&data), "--out", s(&run), "--epochs", "6", "--batch-size", "4", "--lr", "3e-2", "--val-split", "0.5", "--json"];
+        let mut args = vec!["fit", "--data", s(&data), "--out", s(&run), "--epochs", "6", "--batch-size", "4", "--lr", "3e-2", "--val-split", "0.5", "--patience", "2", "--json"];
         if let Some(m) = flag {
             args.extend(["--monitor", m]);
         }
         let v = json_of(&graft(&args));
         let m = metrics(&run);
-        assert_eq!(m.len(), 6);
         let loss = |e: &serde_json::Value| e["val_loss"].as_f64().unwrap();
         let acc = |e: &serde_json::Value| e["val_accuracy"].as_f64().unwrap();
+        // Early stopping watches the same metric: the run ends at the first epoch that is the
+        // second in a row without a strict improvement, or after all 6.
+        let watched: Vec<f64> = m.iter().map(|e| if monitor == "val_loss" { -loss(e) } else { acc(e) }).collect();
+        let (mut best, mut bad, mut stop) = (f64::NEG_INFINITY, 0, None);
+        for (i, &w) in watched.iter().enumerate() {
+            if w > best { (best, bad) = (w, 0) } else { bad += 1 }
+            if bad == 2 {
+                stop = Some(i + 1);
+                break;
+            }
+        }
+        assert_eq!(m.len(), stop.unwrap_or(6), "--monitor {monitor}: {m:?}");
+        assert_eq!(v["stopped_early"], stop.is_some());
+        trained.push(m.len());
         let expected = if monitor == "val_loss" {
             // The first epoch with the lowest validation loss.
             let min = m.iter().map(loss).fold(f64::INFINITY, f64::min);
@@ -76,6 +90,9 @@ fn monitor_val_loss_keeps_the_epoch_with_the_lowest_validation_loss() {
         let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
         assert!(config.contains(&format!("monitor = \"{monitor}\"")), "{config}");
     }
+    // Here the validation accuracy is 1 from the first epoch while the loss still falls: watching
+    // the accuracy stops training early, watching the loss does not.
+    assert!(trained[2] < trained[0] && trained[0] == trained[1], "epochs trained: {trained:?}");
     let out = graft(&["fit", "--data", s(&data), "--out", s(&dir.join("bad")), "--monitor", "accuracy"]);
     assert_bad_input(&out, &["--monitor", "accuracy", "val_loss"]);
 }
@@ -153,4 +170,37 @@ fn ctrl_c_stops_fit_with_a_resume_command_and_the_run_resumes() {
     assert_eq!(v["epochs"].as_u64().unwrap() as usize, done + 1);
     let epochs: Vec<usize> = metrics(&run).iter().map(|m| m["epoch"].as_u64().unwrap() as usize).collect();
     assert_eq!(epochs, (1..=done + 1).collect::<Vec<_>>());
+}
+
+#[test]
+fn fit_starts_with_a_data_summary_and_names_skipped_files_once() {
+    let dir = scratch("traps-data");
+    let data = fmnist(&dir, 4, 15);
+    std::fs::write(data.join("Bag").join("broken.png"), b"not a png").unwrap();
+    let run = dir.join("run");
+    let out = graft(&["fit", "--data", s(&data), "--out", s(&run), "--epochs", "1", "--val-split", "0.25", "--json"]);
+    let v = json_of(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("broken.png").count(), 1, "named once: {stderr}");
+    let d = &v["data"];
+    assert_eq!(d["classes"], serde_json::json!(["Bag", "Sneaker", "Trouser"]));
+    assert_eq!(d["skipped"], 1);
+    // The split is drawn before decoding, so the broken file takes a place on one side.
+    let counts = |key: &str| -> Vec<u64> { d[key].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).collect() };
+    let (train, val) = (counts("train_per_class"), counts("val_per_class"));
+    assert_eq!((train.iter().sum::<u64>(), val.iter().sum::<u64>()), (d["train"].as_u64().unwrap(), d["val"].as_u64().unwrap()));
+    let per_class: Vec<u64> = train.iter().zip(&val).map(|(t, v)| t + v).collect();
+    assert_eq!(per_class, vec![4, 4, 4], "{d}");
+    assert_eq!(&train[1..], &[3, 3]);
+    let line = stderr.lines().find(|l| l.starts_with("data: ")).unwrap_or_else(|| panic!("no data line: {stderr}"));
+    let expected = format!(
+        "data: 3 classes, 12 images ({} train + {} validation): Bag {}+{}, Sneaker 3+1, Trouser 3+1; 1 unreadable files skipped",
+        d["train"], d["val"], train[0], val[0]
+    );
+    assert_eq!(line, expected);
+    // The human summary counts the skipped files instead of listing them again.
+    let out = graft(&["fit", "--data", s(&data), "--out", s(&dir.join("human")), "--epochs", "1", "--val-split", "0.25"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("skipped 1 unreadable files (named above)") && !stdout.contains("broken.png"), "{stdout}");
 }
