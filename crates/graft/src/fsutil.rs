@@ -313,8 +313,8 @@ mod tests {
         let err = read_regular(&fifo, 100).unwrap_err().to_string();
         assert!(err.contains("pipe.png") && err.contains("FIFO"), "{err}");
         let err = read_regular(Path::new("/dev/zero"), 100).unwrap_err().to_string();
-        assert!(err.contains("/dev/zero: is a device"), "{err}");
-        assert!(read_regular(&dir, 100).unwrap_err().to_string().contains("is a folder"));
+        assert!(err.contains("/dev/zero: is a character device"), "{err}");
+        assert!(read_regular(&dir, 100).unwrap_err().to_string().contains("is a directory"));
         let file = dir.join("ten.bin");
         std::fs::write(&file, [7u8; 10]).unwrap();
         assert_eq!(read_regular(&file, 10).unwrap(), vec![7u8; 10]);
