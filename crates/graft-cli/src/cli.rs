@@ -320,7 +320,7 @@ pub struct InspectArgs {
     #[arg(required_unless_present_any = ["arch", "run"])]
     pub model: Option<String>,
     /// A run directory (from fit, adapt or pretrain): show what it holds instead — its kind,
-    /// model, classes, settings, epochs done and checkpoints.
+    /// model, classes, settings, epochs done and checkpoints. [default: none: inspect a model]
     #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "arch", "weights", "head", "classes"])]
     pub run: Option<PathBuf>,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).

@@ -127,7 +127,7 @@ fn fifos_are_refused_without_blocking() {
     assert_refused(&["fit", "--config", s(&fifo_config), "--out", s(&dir.join("run"))], &["config.toml", "FIFO"]);
     assert!(!dir.join("run").exists());
     // A device is refused the same way.
-    assert_refused(&["predict", "--json", "/dev/zero"], &["/dev/zero", "a device"]);
+    assert_refused(&["predict", "--json", "/dev/zero"], &["/dev/zero", "a character device"]);
 }
 
 // ---- sizes from flags -----------------------------------------------------------------------
