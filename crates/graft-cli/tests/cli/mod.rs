@@ -3,6 +3,7 @@ mod bad_weights;
 mod cache;
 mod fit;
 mod hostile;
+mod hostile_weights;
 mod inspect;
 mod parity;
 mod predict;
