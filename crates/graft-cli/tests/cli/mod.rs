@@ -7,6 +7,7 @@ mod fit;
 mod help;
 mod hostile;
 mod hostile_io;
+mod hostile_weights;
 mod inspect;
 mod parity;
 mod predict;

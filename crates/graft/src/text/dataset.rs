@@ -158,7 +158,12 @@ impl TextDataset {
     /// A CSV file with `text` and `label` columns named in its header.
     pub fn read_csv(path: &Path) -> Result<Self> {
         let bytes = read(path)?;
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes.as_slice());
+        Self::read_csv_bytes(path, &bytes)
+    }
+
+    /// [`read_csv`](Self::read_csv) on bytes already in memory; `path` only names them in errors.
+    pub fn read_csv_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes);
         let header =
             reader.byte_headers().map_err(|e| data_err(path, format!("cannot read the CSV header: {e}")))?.clone();
         let column = |name: &str| {

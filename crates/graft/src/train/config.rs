@@ -318,7 +318,12 @@ impl FitConfig {
     pub fn from_toml(path: &std::path::Path) -> Result<Self> {
         let bytes = crate::fsutil::read_regular(path, crate::limits::MAX_CONFIG_FILE_BYTES)?;
         let text = String::from_utf8(bytes).map_err(|_| GraftError::Data { path: path.into(), reason: "not UTF-8 text".into() })?;
-        toml::from_str(&text).map_err(|e| GraftError::Data { path: path.into(), reason: crate::limits::shorten_message(&e.to_string()) })
+        Self::from_toml_str(path, &text)
+    }
+
+    /// [`from_toml`](Self::from_toml) on text already in memory; `path` only names it in errors.
+    pub fn from_toml_str(path: &std::path::Path, text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| GraftError::Data { path: path.into(), reason: crate::limits::shorten_message(&e.to_string()) })
     }
 }
 

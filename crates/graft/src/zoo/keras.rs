@@ -8,7 +8,9 @@
 //! depthwise `[kh, kw, channels, multiplier]`, Dense `[in, out]`); the `load_*` functions here
 //! transpose them for burn.
 
+use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::module::{Param, RunningState};
 use burn::nn::conv::Conv2d;
@@ -31,9 +33,14 @@ const MAX_READ_BYTES: usize = 1 << 30;
 const MAX_EXPANSION: u64 = 1032;
 
 /// Reads every layer weight of a Keras `.h5` file as `<layer>/<weight>` (see the module docs).
-/// Optimizer state is left out; non-float datasets (counters, seeds) are skipped.
+/// Optimizer state is left out; non-float datasets (counters, seeds) are skipped. Weights
+/// holding NaN or an infinity are refused (as `graft_weights::load` refuses them).
 pub fn load_keras_h5(path: &Path) -> Result<StateDict> {
-    let file = Hdf5File::open_with_options(path, OpenOptions::default().with_max_read_bytes(MAX_READ_BYTES))
+    // A FIFO or a device is refused here instead of blocking (or reading forever).
+    let file = graft_weights::fsio::open_regular(path).map_err(|e| GraftError::io(path, e))?;
+    let storage = hdf5_reader::storage::FileStorage::from_file(file)
+        .map_err(|e| GraftError::Data { path: path.to_path_buf(), reason: format!("not a readable HDF5 file: {e}") })?;
+    let file = Hdf5File::from_storage_with_options(Arc::new(storage), OpenOptions::default().with_max_read_bytes(MAX_READ_BYTES))
         .map_err(|e| GraftError::Data { path: path.to_path_buf(), reason: format!("not a readable HDF5 file: {e}") })?;
     from_hdf5(path, &file)
 }
@@ -53,8 +60,19 @@ fn from_hdf5(path: &Path, file: &Hdf5File) -> Result<StateDict> {
     let base = root.group("model_weights").unwrap_or(root);
     let mut dict = StateDict::default();
     let mut trail = Vec::new();
-    let max_bytes = file.storage().len().saturating_mul(MAX_EXPANSION).saturating_add(1 << 20).min(MAX_READ_BYTES as u64);
-    walk(&base, &mut trail, &mut dict, path, max_bytes)?;
+    // Per dataset: possible for this file, and never over MAX_READ_BYTES. All datasets
+    // together: the same expansion bound, so that one dataset linked from many groups cannot
+    // be read over and over.
+    let total = file.storage().len().saturating_mul(MAX_EXPANSION).saturating_add(1 << 20);
+    let mut walker = Walker {
+        path,
+        max_bytes: total.min(MAX_READ_BYTES as u64),
+        budget: total,
+        visited: HashSet::new(),
+    };
+    walker.visited.insert(base.address());
+    walker.walk(&base, &mut trail, &mut dict)?;
+    dict.check_finite(path)?;
     if dict.tensors.is_empty() {
         return Err(bad("holds no Keras layer weights (expected model_weights/<layer>/<layer>/<weight>)".into()));
     }
@@ -65,64 +83,90 @@ fn from_hdf5(path: &Path, file: &Hdf5File) -> Result<StateDict> {
     Ok(dict)
 }
 
-fn walk(group: &Group, trail: &mut Vec<String>, dict: &mut StateDict, path: &Path, max_bytes: u64) -> Result<()> {
-    let bad = |reason: String| GraftError::Data { path: path.to_path_buf(), reason };
-    let here = |trail: &[String]| format!("/{}", trail.join("/"));
-    if trail.len() > MAX_DEPTH {
-        return Err(bad(format!("groups nested deeper than {MAX_DEPTH} at {}", here(trail))));
-    }
-    let (groups, datasets) = group.members().map_err(|e| bad(format!("cannot list {}: {e}", here(trail))))?;
-    for dataset in datasets {
-        let float_size = match dataset.dtype() {
-            Datatype::FloatingPoint { size, .. } => *size,
-            _ => continue,
-        };
-        trail.push(dataset.name().to_string());
-        let location = here(trail);
-        let name = keras_tensor_name(trail);
-        trail.pop();
-        let Some(name) = name else { continue };
-        if name.starts_with("vars/") {
-            return Err(bad(format!(
-                "{location}: Keras 3 `.weights.h5` files (layers/<layer>/vars/<i>) name no weights; save the model with `model.save(\"model.h5\")`"
-            )));
+/// The state of one walk over a file's groups.
+struct Walker<'a> {
+    path: &'a Path,
+    /// Largest dataset, in bytes.
+    max_bytes: u64,
+    /// Bytes all datasets together may still take.
+    budget: u64,
+    /// Object-header addresses of the groups and datasets already reached. HDF5 hard links
+    /// can share one subtree between many parents (a 22 KB file of 15 levels x 4 links is
+    /// 4^15 paths); each object is read once, whatever links lead to it again.
+    visited: HashSet<u64>,
+}
+
+impl Walker<'_> {
+    fn walk(&mut self, group: &Group, trail: &mut Vec<String>, dict: &mut StateDict) -> Result<()> {
+        let path = self.path;
+        let bad = |reason: String| GraftError::Data { path: path.to_path_buf(), reason };
+        let here = |trail: &[String]| format!("/{}", trail.join("/"));
+        if trail.len() > MAX_DEPTH {
+            return Err(bad(format!("groups nested deeper than {MAX_DEPTH} at {}", here(trail))));
         }
-        let shape: Vec<usize> = dataset.shape().iter().map(|&d| d as usize).collect();
-        let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(format!("{location}: shape {shape:?} overflows")))?;
-        // Before allocating: the header's extent must be possible for this file.
-        let bytes = (numel as u64).saturating_mul(float_size as u64);
-        if bytes > max_bytes {
-            return Err(bad(format!("{location}: shape {shape:?} needs {bytes} bytes, impossible for a file of this size")));
-        }
-        let read_err = |e: hdf5_reader::error::Error| bad(format!("cannot read {location}: {e}"));
-        let (data, dtype) = match float_size {
-            4 => {
-                let mut data = vec![0f32; numel];
-                dataset.read_into(&mut data).map_err(read_err)?;
-                (data, DType::F32)
+        let (groups, datasets) = group.members().map_err(|e| bad(format!("cannot list {}: {e}", here(trail))))?;
+        for dataset in datasets {
+            let float_size = match dataset.dtype() {
+                Datatype::FloatingPoint { size, .. } => *size,
+                _ => continue,
+            };
+            if !self.visited.insert(dataset.address()) {
+                continue;
             }
-            8 => {
-                let mut data = vec![0f64; numel];
-                dataset.read_into(&mut data).map_err(read_err)?;
-                (data.into_iter().map(|x| x as f32).collect(), DType::F64)
+            trail.push(dataset.name().to_string());
+            let location = here(trail);
+            let name = keras_tensor_name(trail);
+            trail.pop();
+            let Some(name) = name else { continue };
+            if name.starts_with("vars/") {
+                return Err(bad(format!(
+                    "{location}: Keras 3 `.weights.h5` files (layers/<layer>/vars/<i>) name no weights; save the model with `model.save(\"model.h5\")`"
+                )));
             }
-            size => return Err(bad(format!("{location}: {}-bit floats are not supported", size as usize * 8))),
-        };
-        if dict.tensors.contains_key(&name) {
-            return Err(bad(format!("{location}: a second tensor named `{name}` (two nested models with a layer of the same name)")));
+            let shape: Vec<usize> = dataset.shape().iter().map(|&d| d as usize).collect();
+            let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(format!("{location}: shape {shape:?} overflows")))?;
+            // Before allocating: the header's extent must be possible for this file.
+            let bytes = (numel as u64).saturating_mul(float_size as u64);
+            if bytes > self.max_bytes {
+                return Err(bad(format!("{location}: shape {shape:?} needs {bytes} bytes, impossible for a file of this size")));
+            }
+            if bytes > self.budget {
+                return Err(bad(format!("{location}: the datasets read so far and this one need more bytes than a file of this size can hold")));
+            }
+            self.budget -= bytes;
+            let read_err = |e: hdf5_reader::error::Error| bad(format!("cannot read {location}: {e}"));
+            let (data, dtype) = match float_size {
+                4 => {
+                    let mut data = vec![0f32; numel];
+                    dataset.read_into(&mut data).map_err(read_err)?;
+                    (data, DType::F32)
+                }
+                8 => {
+                    let mut data = vec![0f64; numel];
+                    dataset.read_into(&mut data).map_err(read_err)?;
+                    (data.into_iter().map(|x| x as f32).collect(), DType::F64)
+                }
+                size => return Err(bad(format!("{location}: {}-bit floats are not supported", size as usize * 8))),
+            };
+            if dict.tensors.contains_key(&name) {
+                return Err(bad(format!("{location}: a second tensor named `{name}` (two nested models with a layer of the same name)")));
+            }
+            dict.tensors.insert(name, graft_weights::Tensor { shape, dtype, data });
         }
-        dict.tensors.insert(name, graft_weights::Tensor { shape, dtype, data });
-    }
-    for sub in groups {
-        // Keras 2 `save_weights` files have no `model_weights`; optimizer state is not a weight.
-        if trail.is_empty() && sub.name() == "optimizer_weights" {
-            continue;
+        for sub in groups {
+            // Keras 2 `save_weights` files have no `model_weights`; optimizer state is not a weight.
+            if trail.is_empty() && sub.name() == "optimizer_weights" {
+                continue;
+            }
+            if !self.visited.insert(sub.address()) {
+                continue;
+            }
+            trail.push(sub.name().to_string());
+            self.walk(&sub, trail, dict)?;
+            trail.pop();
         }
-        trail.push(sub.name().to_string());
-        walk(&sub, trail, dict, path, max_bytes)?;
-        trail.pop();
+        Ok(())
     }
-    Ok(())
 }
 
 /// The state-dict name of a dataset from its path below `model_weights`: the last group is
@@ -275,6 +319,46 @@ mod tests {
         assert_eq!(kernel.data, vec![0.5, -1.0, 2.0, 0.25, 1.5, -0.75]);
         assert_eq!(dict.tensors["bn/moving_mean"].dtype, DType::F64);
         assert_eq!(dict.tensors["bn/gamma"].data, vec![1.0, 1.0]);
+    }
+
+    #[test]
+    fn a_subtree_shared_by_hard_links_is_read_once() {
+        // 15 levels of groups, each hard-linked 4 times from the level above, one dataset at
+        // the bottom (tests/fixtures/make_hostile_h5.py): 4^15 paths, 16 objects. Following
+        // every path took forever; each object is now read once, by its first path.
+        let path = fixture("tests/fixtures/keras-shared-subtree.h5");
+        let start = std::time::Instant::now();
+        let dict = load_keras_h5(&path).unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{:?}", start.elapsed());
+        let names: Vec<_> = dict.tensors.keys().cloned().collect();
+        assert_eq!(names, ["a/kernel"]);
+        assert_eq!(dict.tensors["a/kernel"].data, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(keras_h5_from_bytes(&path, &bytes).unwrap().tensors.len(), 1);
+    }
+
+    #[test]
+    fn nan_and_infinite_keras_weights_are_refused_naming_file_and_tensor() {
+        let path = fixture("tests/fixtures/keras-nan.h5");
+        let err = load_keras_h5(&path).unwrap_err().to_string();
+        // Tensors are checked in name order: dense/bias (inf) before dense/kernel (NaN).
+        assert!(err.contains("keras-nan.h5") && err.contains("`dense/bias`") && err.contains("inf at element 0"), "{err}");
+        let bytes = std::fs::read(&path).unwrap();
+        let err = keras_h5_from_bytes(&path, &bytes).unwrap_err().to_string();
+        assert!(err.contains("non-finite"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_given_as_a_keras_file_is_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("graft-keras-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("model.h5");
+        let _ = std::fs::remove_file(&fifo);
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let err = load_keras_h5(&fifo).unwrap_err().to_string();
+        assert!(err.contains("model.h5") && err.contains("FIFO"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
