@@ -2,11 +2,11 @@
 //! exit 2 (or a counted skip inside `fit`) with a message naming the file and what is wrong,
 //! run nothing, and stay far below 2 GB of memory.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-use super::{assert_bad_input, json_of, reference, scratch, test_home};
+use super::{assert_bad_input, json_of, reference, scratch};
 
 // ---- crafted files --------------------------------------------------------------------------
 
@@ -143,39 +143,10 @@ fn crc32(bytes: &[u8]) -> u32 {
 
 // ---- running graft and measuring it ---------------------------------------------------------
 
-/// Runs graft (test home) and returns its output and the child's own peak RSS in bytes, from
-/// `wait4` on exactly this child (RUSAGE_CHILDREN would mix in other tests' children).
+/// Runs graft (test home) and returns its output and its own peak RSS in bytes.
 fn graft_measured(args: &[&str], env: &[(&str, &str)]) -> (Output, u64) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
-    cmd.args(args).env("GRAFT_HOME", test_home()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("run graft");
-    let mut stdout_pipe = child.stdout.take().unwrap();
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        stdout_pipe.read_to_end(&mut b).unwrap();
-        b
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        stderr_pipe.read_to_end(&mut b).unwrap();
-        b
-    });
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid, "wait4 failed: {}", std::io::Error::last_os_error());
-    let stdout = out_reader.join().unwrap();
-    let stderr = err_reader.join().unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    let status = std::process::ExitStatus::from_raw(status);
-    std::mem::forget(child); // already reaped
-    // Linux reports ru_maxrss in kilobytes.
-    (Output { status, stdout, stderr }, usage.ru_maxrss as u64 * 1024)
+    let (out, _, rss) = super::run_measured(args, env, std::time::Duration::from_secs(600));
+    (out, rss)
 }
 
 const TWO_GB: u64 = 2 << 30;

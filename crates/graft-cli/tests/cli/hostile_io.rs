@@ -5,10 +5,10 @@
 //! a counted skip inside `fit`), below 1 GB of memory, and change nothing outside the run.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
 use super::fit::fmnist;
 use super::{assert_bad_input, json_of, reference, scratch, test_home};
@@ -20,54 +20,11 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Runs graft (test home) and returns its output, its own peak RSS in bytes (`wait4` on this
-/// child) and how long it ran. A run still going after `limit` is killed and fails the test
-/// (a FIFO read blocks forever).
+/// Runs graft (test home) and returns its output, its own peak RSS in bytes and how long it
+/// ran; a run still going after `limit` is killed and fails the test.
 fn graft_timed(args: &[&str], limit: Duration) -> (Output, u64, Duration) {
-    let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(args)
-        .env("GRAFT_HOME", test_home())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run graft");
-    let mut stdout_pipe = child.stdout.take().unwrap();
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        stdout_pipe.read_to_end(&mut b).unwrap();
-        b
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        stderr_pipe.read_to_end(&mut b).unwrap();
-        b
-    });
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        assert!(r >= 0, "wait4 failed: {}", std::io::Error::last_os_error());
-        if r == pid {
-            break;
-        }
-        if started.elapsed() > limit {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            panic!("graft {args:?} still running after {limit:?} (killed)");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let elapsed = started.elapsed();
-    let stdout = out_reader.join().unwrap();
-    let stderr = err_reader.join().unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    let status = std::process::ExitStatus::from_raw(status);
-    std::mem::forget(child); // already reaped
-    (Output { status, stdout, stderr }, usage.ru_maxrss as u64 * 1024, elapsed)
+    let (out, took, rss) = super::run_measured(args, &[], limit);
+    (out, rss, took)
 }
 
 /// [`graft_timed`] for a refusal: exit 2 naming every needle, within 10 s and below 1 GB.

@@ -2,64 +2,20 @@
 //! in exit 2 with one `error:` line naming the file and the tensor, entry or limit at fault,
 //! within 10 s, with the child's peak RSS under 1 GB.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
 
-use super::{assert_bad_input, scratch, test_home};
+use super::{assert_bad_input, scratch};
 
 const ONE_GB: u64 = 1 << 30;
 const TEN_S: Duration = Duration::from_secs(10);
 
-/// Runs graft (test home), killing it if it is still running after `limit` (then the test
-/// fails), and returns its output, the wall time and the child's own peak RSS in bytes (from
-/// `wait4` on exactly this child).
+/// Runs graft (test home) and returns its output, the wall time and its own peak RSS in bytes;
+/// a run still going after `limit` is killed and fails the test.
 fn graft_timed(args: &[&str], limit: Duration) -> (Output, Duration, u64) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(args)
-        .env("GRAFT_HOME", test_home())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run graft");
-    let start = Instant::now();
-    let mut out_pipe = child.stdout.take().unwrap();
-    let mut err_pipe = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        out_pipe.read_to_end(&mut b).unwrap();
-        b
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        err_pipe.read_to_end(&mut b).unwrap();
-        b
-    });
-    let pid = child.id() as libc::pid_t;
-    let mut status: libc::c_int = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
-        if r == pid {
-            break;
-        }
-        assert_eq!(r, 0, "wait4 failed: {}", std::io::Error::last_os_error());
-        if start.elapsed() > limit {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-            panic!("graft {args:?} still running after {limit:?}: killed");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let elapsed = start.elapsed();
-    let stdout = out_reader.join().unwrap();
-    let stderr = err_reader.join().unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    let status = std::process::ExitStatus::from_raw(status);
-    std::mem::forget(child); // already reaped
-    (Output { status, stdout, stderr }, elapsed, usage.ru_maxrss as u64 * 1024)
+    super::run_measured(args, &[], limit)
 }
 
 /// `graft inspect MODEL --weights FILE`: loads the file and checks it against the

@@ -96,6 +96,63 @@ pub fn isolated_home(name: &str) -> PathBuf {
     home
 }
 
+/// Runs graft (test home, plus `env`) and measures it: returns its output, how long it ran and
+/// its own peak RSS in bytes, from `wait4` on exactly this child (RUSAGE_CHILDREN would mix in
+/// other tests' children). A run still going after `limit` is killed and fails the test (a
+/// FIFO read, say, would block forever).
+pub fn run_measured(args: &[&str], env: &[(&str, &str)], limit: std::time::Duration) -> (Output, std::time::Duration, u64) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_graft"));
+    cmd.args(args).env("GRAFT_HOME", test_home()).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let start = std::time::Instant::now();
+    let mut child = cmd.spawn().expect("run graft");
+    let mut out_pipe = child.stdout.take().unwrap();
+    let mut err_pipe = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        out_pipe.read_to_end(&mut b).unwrap();
+        b
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        err_pipe.read_to_end(&mut b).unwrap();
+        b
+    });
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; zeroed is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: wait4 on our own child with valid pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        assert_eq!(r, 0, "wait4 failed: {}", std::io::Error::last_os_error());
+        if start.elapsed() > limit {
+            // SAFETY: signalling and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::wait4(pid, &mut status, 0, &mut usage);
+            }
+            panic!("graft {args:?} still running after {limit:?}: killed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let elapsed = start.elapsed();
+    let stdout = out_reader.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    let status = std::process::ExitStatus::from_raw(status);
+    std::mem::forget(child); // already reaped
+    // Linux reports ru_maxrss in kilobytes.
+    (Output { status, stdout, stderr }, elapsed, usage.ru_maxrss as u64 * 1024)
+}
+
 /// Parses stdout as JSON, failing with stderr shown.
 pub fn json_of(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "graft failed ({:?}): {}", out.status.code(), String::from_utf8_lossy(&out.stderr));
