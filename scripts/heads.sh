@@ -2,7 +2,7 @@
 # Heads on stored features: Fashion-MNIST, 20 training images per class (seed 0), all 200
 # train (no validation split, fixed budgets), 2,000 test images (200 per class). The frozen
 # Lite0 trunk runs once per image; every head after the first reads the feature cache, and so
-# does `graft eval` on the test set. Prints a markdown table (the README's).
+# does `graft eval` on the test set. Prints a markdown table (the one in docs/heads.md).
 #
 # Usage: scripts/heads.sh [WORK_DIR]
 set -euo pipefail

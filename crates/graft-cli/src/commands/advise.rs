@@ -14,7 +14,7 @@ use crate::reporter::TermReporter;
 ///
 /// Size: the median number of images per class (small below 100). Similarity: the mean
 /// normalised entropy of the pretrained classifier's predictions on --sample images
-/// (similar below 0.47; see the README for the measurements behind the threshold).
+/// (similar below 0.47; see docs/transferability.md for the measurements behind the threshold).
 #[derive(Debug, clap::Args)]
 pub struct AdviseArgs {
     /// Pretrained model id (see `graft pull`).

@@ -36,7 +36,7 @@ use crate::{GraftError, Result};
 pub const SMALL_BELOW: f64 = 100.0;
 
 /// Below this mean normalised prediction entropy a dataset counts as similar to ImageNet.
-/// Measured with efficientnet-lite0 (README, "Which layers transfer"): the four reference photos
+/// Measured with efficientnet-lite0 (docs/transferability.md): the four reference photos
 /// 0.372, Fashion-MNIST 0.564 (200 training images) and 0.584 (200 test images), MNIST 0.688
 /// and 0.691; the threshold is the midpoint between the photos and Fashion-MNIST. Single images
 /// overlap (two of the photos score 0.57 and 0.59): only a dataset's mean is meaningful.

@@ -3,7 +3,7 @@
 //! burn's convolutions take `[N, C, H, W]`. Fine-tuning the last blocks that way spent most of
 //! each step outside arithmetic: 1×1 convolutions repacked their operands, the depthwise
 //! convolution's input gradient ran as a transposed convolution, and ReLU6's backward built
-//! two masks (profile in the README). Here activations are rows `[N·H·W, C]`:
+//! two masks (profile in docs/speed.md). Here activations are rows `[N·H·W, C]`:
 //! - a 1×1 convolution is one matrix product `[N·H·W, C_in] × [C_in, C_out]`;
 //! - the depthwise convolution and bias + ReLU6 are graft's kernels ([`crate::kernels`]),
 //!   with their own backward passes;
