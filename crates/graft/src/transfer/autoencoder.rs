@@ -188,16 +188,7 @@ impl PretrainConfig {
         if !(0.0..1.0).contains(&self.noise) {
             return Err(GraftError::spec("--noise", &self.noise.to_string(), "the masked fraction lies in [0, 1)"));
         }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(GraftError::spec("lr", &self.lr.to_string(), "must be a positive number"));
-        }
-        if self.epochs == 0 {
-            return Err(GraftError::spec("epochs", "0", "must be at least 1"));
-        }
-        if self.batch_size == 0 {
-            return Err(GraftError::spec("batch_size", "0", "must be at least 1"));
-        }
-        Ok(())
+        check_training(self.lr, self.epochs, self.batch_size)
     }
 }
 
@@ -321,20 +312,27 @@ pub struct MlpFitConfig {
 impl MlpFitConfig {
     /// Every setting in range (the numbers finite), naming the setting that is not.
     pub fn validate(&self) -> Result<()> {
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(GraftError::spec("lr", &self.lr.to_string(), "must be a positive number"));
-        }
+        check_training(self.lr, self.epochs, self.batch_size)?;
         if self.val.is_none() && !(0.0..1.0).contains(&self.val_split) {
             return Err(GraftError::spec("val_split", &self.val_split.to_string(), "must be in [0, 1); 0 trains on everything"));
         }
-        if self.epochs == 0 {
-            return Err(GraftError::spec("epochs", "0", "must be at least 1"));
-        }
-        if self.batch_size == 0 {
-            return Err(GraftError::spec("batch_size", "0", "must be at least 1"));
-        }
         Ok(())
     }
+}
+
+/// The settings every training config here shares: a positive finite learning rate, at least
+/// one epoch and a batch of at least one, each refusal naming its setting.
+fn check_training(lr: f64, epochs: usize, batch_size: usize) -> Result<()> {
+    if !(lr > 0.0 && lr.is_finite()) {
+        return Err(GraftError::spec("lr", &lr.to_string(), "must be a positive number"));
+    }
+    if epochs == 0 {
+        return Err(GraftError::spec("epochs", "0", "must be at least 1"));
+    }
+    if batch_size == 0 {
+        return Err(GraftError::spec("batch_size", "0", "must be at least 1"));
+    }
+    Ok(())
 }
 
 /// What `mlp.json` in a fine-tuned run holds.
