@@ -21,22 +21,27 @@ use crate::reporter::TermReporter;
 /// at the end.
 #[derive(Debug, clap::Args)]
 pub struct AdaptArgs {
-    /// source-only, ddc, dan, coral, dann, adda or cdan.
-    #[arg(long)]
-    pub method: String,
-    /// Labelled source domain: a folder or mnist:train, usps:train, ….
-    #[arg(long)]
-    pub source: String,
-    /// Unlabelled target training domain (its labels are never read).
-    #[arg(long)]
-    pub target: String,
+    /// source-only, ddc, dan, coral, dann, adda or cdan (required unless --resume).
+    #[arg(long, required_unless_present = "resume")]
+    pub method: Option<String>,
+    /// Labelled source domain: a folder or mnist:train, usps:train, … (required unless --resume).
+    #[arg(long, required_unless_present = "resume")]
+    pub source: Option<String>,
+    /// Unlabelled target training domain, its labels never read (required unless --resume).
+    #[arg(long, required_unless_present = "resume")]
+    pub target: Option<String>,
     /// Labelled target test set (a folder or mnist:test, usps:test, …), evaluated once with the
     /// kept model. [default: none]
     #[arg(long)]
     pub target_test: Option<String>,
-    /// Run directory to create.
-    #[arg(long)]
-    pub out: PathBuf,
+    /// Run directory to create (required unless --resume).
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory after its last completed epoch, with its saved
+    /// config.toml (a run killed at any moment finishes as if never interrupted); only --epochs
+    /// may be given with it (the new total of the adversarial phase). [default: none]
+    #[arg(long, conflicts_with_all = ["method", "source", "target", "target_test", "out", "backbone", "weights", "data_root", "bottleneck", "iters_per_epoch", "batch_size", "lr", "lr_schedule", "lr_gamma", "momentum", "weight_decay", "lambda", "lambda_schedule", "lambda_max_iters", "entropy", "disc_hidden", "pretrain_epochs", "adda_objective", "augment", "val_split", "seed"])]
+    pub resume: Option<PathBuf>,
     /// lenet (trained from scratch), a zoo model id (frozen trunk, trainable bottleneck), or
     /// minilm-l6: text domains (CSV text,label, class folders of .txt, amazon:DOMAIN from
     /// --data-root) embedded once by the frozen encoder (cached), trainable bottleneck.
@@ -53,9 +58,10 @@ pub struct AdaptArgs {
     /// Width of the bottleneck (linear → BatchNorm → ReLU) whose features are aligned.
     #[arg(long, default_value_t = 256)]
     pub bottleneck: usize,
-    /// Training epochs (ADDA: of the adversarial phase).
-    #[arg(long, default_value_t = 20)]
-    pub epochs: usize,
+    /// Training epochs (ADDA: of the adversarial phase); with --resume, the run's new total.
+    /// [default: 20, or the resumed run's]
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Iterations per epoch [default: one pass over the source training data].
     #[arg(long)]
     pub iters_per_epoch: Option<usize>,
@@ -114,15 +120,28 @@ pub struct AdaptArgs {
     pub seed: u64,
 }
 
-fn resolve(args: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
-    let method: Method = args.method.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut c = AdaptConfig::new(method, &args.source, &args.target);
+/// The run's config, its directory and whether it resumes.
+fn resolve(args: &AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
+    if let Some(run) = &args.resume {
+        let mut config = AdaptConfig::from_toml(&run.join("config.toml"))?;
+        if let Some(epochs) = args.epochs {
+            // ADDA's pre-training keeps its length when the adversarial phase grows.
+            config.pretrain_epochs = Some(config.pretrain_epochs());
+            config.epochs = epochs;
+        }
+        return Ok((config, run.clone(), true));
+    }
+    let (Some(method), Some(source), Some(target), Some(out)) = (&args.method, &args.source, &args.target, &args.out) else {
+        anyhow::bail!("--method, --source, --target and --out are required (or --resume RUN)");
+    };
+    let method: Method = method.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut c = AdaptConfig::new(method, source, target);
     c.target_test = args.target_test.clone();
     c.data_root = args.data_root.clone();
     c.backbone = args.backbone.clone();
     c.weights = args.weights.clone();
     c.bottleneck = args.bottleneck;
-    c.epochs = args.epochs;
+    c.epochs = args.epochs.unwrap_or(20);
     c.iters_per_epoch = args.iters_per_epoch;
     c.batch_size = args.batch_size;
     c.lr = args.lr;
@@ -140,20 +159,20 @@ fn resolve(args: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
     c.augment = args.augment.parse()?;
     c.val_split = args.val_split;
     c.seed = args.seed;
-    Ok(c)
+    Ok((c, out.clone(), false))
 }
 
 pub fn run(args: AdaptArgs, out: &Output) -> anyhow::Result<()> {
-    let config = resolve(&args)?;
+    let (config, run_dir, resume) = resolve(&args)?;
     // A training loop re-allocates the same buffers every iteration: keep them mapped.
     crate::keep_freed_pages();
     let reporter = TermReporter::new();
     crate::reporter::stop_on_ctrl_c();
-    let s = match graft::adapt::adapt(&config, &args.out, &graft_home(), &reporter, &default_device()) {
+    let s = match graft::adapt::adapt(&config, &run_dir, resume, &graft_home(), &reporter, &default_device()) {
         Ok(s) => s,
         Err(e) => {
             drop(reporter);
-            let next = |run: &std::path::Path| format!("{} is incomplete (adapt cannot resume); remove it or choose another --out", run.display());
+            let next = |run: &std::path::Path| format!("resume with graft adapt --resume {}", run.display());
             return crate::reporter::exit_if_interrupted(Err(e.into()), next);
         }
     };

@@ -13,7 +13,6 @@
 //! test set, when given, is evaluated once, at the end, on the kept model.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -37,6 +36,8 @@ use crate::data::folder::{stratified_split, Sample, Skipped};
 use crate::fsutil::write_atomic;
 use crate::report::Reporter;
 use crate::train::checkpoint;
+use crate::train::config::Monitor;
+use crate::train::engine::{self, Engine, EpochEnd, Iteration, Keep, Phase, Task, Validation};
 use crate::train::guard;
 use crate::train::loss::{argmax, cross_entropy};
 use crate::train::run::Evaluation;
@@ -201,17 +202,7 @@ fn sgd(config: &AdaptConfig) -> ModuleOptimizer {
     cfg.init()
 }
 
-fn param_ids<M: Module>(module: &M) -> Vec<ParamId> {
-    struct Ids(Vec<ParamId>);
-    impl burn::module::ModuleVisitor for Ids {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-            self.0.push(param.id);
-        }
-    }
-    let mut ids = Ids(Vec::new());
-    module.visit(&mut ids);
-    ids.0
-}
+use engine::param_ids;
 
 /// Predictions and mean cross-entropy of `net` (an inference copy) on a labelled domain.
 pub fn evaluate(net: &AdaptNet, domain: &Domain, batch: usize, device: &Device) -> (f64, Vec<usize>) {
@@ -232,14 +223,10 @@ pub fn evaluate(net: &AdaptNet, domain: &Domain, batch: usize, device: &Device) 
 /// Everything a training phase needs besides the model.
 struct Ctx<'a> {
     config: &'a AdaptConfig,
-    /// Training batches drawn so far (seeds each batch's augmentation).
-    batches_drawn: std::cell::Cell<u64>,
     source: &'a Domain,
     target: &'a Domain,
     val: &'a Domain,
     classes: &'a [String],
-    run: &'a Path,
-    reporter: &'a dyn Reporter,
     device: &'a Device,
     train_device: Device,
     steps_per_epoch: usize,
@@ -259,19 +246,150 @@ struct Sums {
     steps: usize,
 }
 
-/// The best epoch so far.
-struct Best {
-    epoch: usize,
-    accuracy: f64,
-    loss: f64,
+/// One phase of `graft adapt` as the engine's task: a joint method (or ADDA's source
+/// pre-training as `Method::SourceOnly`), or ADDA's adversarial phase against the frozen
+/// `source_net`.
+struct AdaptTask<'a> {
+    ctx: &'a Ctx<'a>,
+    method: Method,
+    phase: &'static str,
+    source_net: Option<&'a AdaptNet>,
+    /// ADDA's GAN objective: Adam at `ADDA_LR` (the ADDA paper's).
+    gan: bool,
+    /// ADDA's adversarial phase trains the target encoder and the discriminator, each on its
+    /// own loss (GAN) or both on one (reversal), and never the head: (encoder, discriminator,
+    /// both).
+    adda_ids: Option<(Vec<ParamId>, Vec<ParamId>, Vec<ParamId>)>,
+    source_batches: Batches,
+    target_batches: Batches,
+    sums: Sums,
+    lambda: f64,
 }
 
-/// How a phase keeps its model.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Keep {
-    /// Best source validation accuracy (lower loss on a tie).
-    BestSourceVal,
-    Last,
+impl<'a> AdaptTask<'a> {
+    /// The task of a phase whose batch streams are seeded `seed`; a phase resumed after
+    /// `steps_done` of its iterations replays its streams that far.
+    fn new(ctx: &'a Ctx<'a>, model: &Trainable, method: Method, phase: &'static str, source_net: Option<&'a AdaptNet>, seed: u64, steps_done: usize) -> Self {
+        let gan = source_net.is_some() && ctx.config.adda_objective == AddaObjective::Gan;
+        let adda_ids = source_net.map(|_| {
+            let head = param_ids(&model.net.head);
+            let encoder: Vec<ParamId> = param_ids(&model.net).into_iter().filter(|id| !head.contains(id)).collect();
+            let disc = model.disc.as_ref().map(param_ids).unwrap_or_default();
+            let both = encoder.iter().chain(&disc).copied().collect();
+            (encoder, disc, both)
+        });
+        let mut source_batches = Batches::new(ctx.source.len(), seed ^ 0x5EED_0001);
+        let mut target_batches = Batches::new(ctx.target.len(), seed ^ 0x5EED_0002);
+        for _ in 0..steps_done {
+            source_batches.next(ctx.config.batch_size);
+            target_batches.next(ctx.config.batch_size);
+        }
+        AdaptTask { ctx, method, phase, source_net, gan, adda_ids, source_batches, target_batches, sums: Sums::default(), lambda: 0.0 }
+    }
+
+    fn optimizer(&self) -> ModuleOptimizer {
+        if self.gan {
+            AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999).with_epsilon(1e-8).init()
+        } else {
+            sgd(self.ctx.config)
+        }
+    }
+}
+
+impl Task for AdaptTask<'_> {
+    type Model = Trainable;
+
+    fn iterations(&self) -> usize {
+        self.ctx.steps_per_epoch
+    }
+
+    fn begin_epoch(&mut self, _model: &Trainable, _epoch: usize) -> Result<()> {
+        self.sums = Sums::default();
+        Ok(())
+    }
+
+    fn lr(&self, it: &Iteration) -> f64 {
+        if self.gan {
+            ADDA_LR
+        } else {
+            self.ctx.lr_at(it.phase_step, it.progress())
+        }
+    }
+
+    fn step(&mut self, model: &Trainable, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
+        let ctx = self.ctx;
+        let ramp = ctx.schedule_at(it.phase_step, it.progress());
+        self.lambda = ctx.config.lambda() * ramp;
+        let s_idx = self.source_batches.next(ctx.config.batch_size);
+        let t_idx = self.target_batches.next(ctx.config.batch_size);
+        let sums = &mut self.sums;
+        let updates = match (self.source_net, &self.adda_ids) {
+            (Some(source_net), Some((_, _, both_ids))) if !self.gan => {
+                let loss = ctx.adda_reversal_step(model, source_net, &s_idx, &t_idx, ramp, it.step, sums);
+                let mut grads = loss.backward();
+                vec![(GradientsParams::from_params(&mut grads, model, both_ids), 1.0)]
+            }
+            (Some(source_net), Some((encoder_ids, disc_ids, _))) => {
+                let (loss_d, loss_e) = ctx.adda_step(model, source_net, &s_idx, &t_idx, self.lambda, it.step, sums);
+                let mut grads_d = loss_d.backward();
+                let grads_d = GradientsParams::from_params(&mut grads_d, model, disc_ids);
+                let mut grads_e = loss_e.backward();
+                let grads_e = GradientsParams::from_params(&mut grads_e, model, encoder_ids);
+                // The discriminator steps first, then the encoder (both from this iteration's
+                // forward pass).
+                vec![(grads_d, 1.0), (grads_e, 1.0)]
+            }
+            _ => {
+                let loss = ctx.step(model, self.method, &s_idx, &t_idx, self.lambda, it.step, sums);
+                vec![(GradientsParams::from_grads(loss.backward(), model), 1.0)]
+            }
+        };
+        // The sums carry a NaN or infinity on to the end of the epoch.
+        guard::check_loss("classification loss", sums.cls, it.epoch + 1, lr)?;
+        guard::check_loss("transfer loss (weighted by lambda)", sums.transfer, it.epoch + 1, lr)?;
+        Ok(updates)
+    }
+
+    fn end_epoch(&mut self, model: &Trainable, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
+        let ctx = self.ctx;
+        let validation = (!ctx.val.is_empty()).then(|| {
+            let (loss, predicted) = evaluate(&model.net, ctx.val, 500, ctx.device);
+            let eval = Evaluation::from_predictions(ctx.classes, &ctx.val.labels, &predicted);
+            Validation { loss, accuracy: eval.accuracy, confusion: eval.confusion }
+        });
+        let sums = &self.sums;
+        let n = sums.steps.max(1) as f64;
+        let metrics = AdaptEpoch {
+            epoch,
+            phase: self.phase.into(),
+            lr,
+            lambda: self.lambda,
+            cls_loss: sums.cls / n,
+            transfer_loss: sums.transfer / n,
+            source_train_accuracy: sums.correct as f64 / sums.seen.max(1) as f64,
+            domain_accuracy: (sums.domain_seen > 0).then(|| sums.domain_hits as f64 / sums.domain_seen as f64),
+            source_val_loss: validation.as_ref().map(|v| v.loss),
+            source_val_accuracy: validation.as_ref().map(|v| v.accuracy),
+            seconds,
+        };
+        let mut scalars = vec![
+            ("loss/classification".to_string(), metrics.cls_loss),
+            ("loss/transfer".to_string(), metrics.transfer_loss),
+            ("accuracy/source_train".to_string(), metrics.source_train_accuracy),
+            ("lr".to_string(), lr),
+            ("lambda".to_string(), metrics.lambda),
+        ];
+        scalars.extend(metrics.domain_accuracy.map(|d| ("accuracy/domain".to_string(), d)));
+        scalars.extend(metrics.source_val_loss.map(|l| ("loss/source_val".to_string(), l)));
+        scalars.extend(metrics.source_val_accuracy.map(|a| ("accuracy/source_val".to_string(), a)));
+        Ok(EpochEnd { validation, record: serde_json::to_value(&metrics).expect("metrics serialize"), scalars })
+    }
+
+    fn report(&self, reporter: &dyn Reporter, record: &serde_json::Value, total_epochs: usize) {
+        if let Ok(m) = serde_json::from_value::<AdaptEpoch>(record.clone()) {
+            reporter.message(&m.line(total_epochs));
+        }
+    }
 }
 
 impl Ctx<'_> {
@@ -293,145 +411,22 @@ impl Ctx<'_> {
         }
     }
 
-    /// Trains `model` for `epochs` epochs of `method` (`Method::SourceOnly` for ADDA's pre-training)
-    /// and returns the kept model, its epoch and its source validation accuracy. `source_net`
-    /// is ADDA's frozen source encoder (adversarial phase only).
-    #[allow(clippy::too_many_arguments)]
-    fn train_phase(
-        &self,
-        mut model: Trainable,
-        method: Method,
-        phase: &str,
-        epochs: usize,
-        keep: Keep,
-        source_net: Option<&AdaptNet>,
-        seed: u64,
-        epoch_offset: usize,
-        total_epochs: usize,
-    ) -> Result<(Trainable, usize, Option<f64>)> {
-        // ADDA's GAN objective: Adam (lr 2e-4, β₁ 0.5) as in the ADDA paper.
-        let gan = source_net.is_some() && self.config.adda_objective == AddaObjective::Gan;
-        let mut opt = if gan { AdamConfig::new().with_beta_1(0.5).with_beta_2(0.999).with_epsilon(1e-8).init() } else { sgd(self.config) };
-        // ADDA's adversarial phase trains the target encoder and the discriminator, each on its
-        // own loss (GAN) or both on one (reversal), and never the head: (encoder, discriminator,
-        // both).
-        let adda_ids: Option<(Vec<ParamId>, Vec<ParamId>, Vec<ParamId>)> = source_net.map(|_| {
-            let head = param_ids(&model.net.head);
-            let encoder: Vec<ParamId> = param_ids(&model.net).into_iter().filter(|id| !head.contains(id)).collect();
-            let disc = model.disc.as_ref().map(param_ids).unwrap_or_default();
-            let both = encoder.iter().chain(&disc).copied().collect();
-            (encoder, disc, both)
-        });
-        let mut source_batches = Batches::new(self.source.len(), seed ^ 0x5EED_0001);
-        let mut target_batches = Batches::new(self.target.len(), seed ^ 0x5EED_0002);
-        let total_steps = epochs * self.steps_per_epoch;
-        let mut best: Option<Best> = None;
-        let checkpoint_name = format!("{phase}-best.safetensors");
-        let mut kept_accuracy = None;
-        for epoch in 0..epochs {
-            let started = Instant::now();
-            let mut sums = Sums::default();
-            let (mut lr, mut lambda) = (0.0, 0.0);
-            self.reporter.start(&format!("{phase} epoch {}/{}", epoch_offset + epoch + 1, total_epochs), Some(self.steps_per_epoch as u64));
-            for it in 0..self.steps_per_epoch {
-                guard::check_stop(self.run, epoch_offset + epoch)?;
-                let step = epoch * self.steps_per_epoch + it;
-                let p = step as f64 / total_steps.max(1) as f64;
-                lr = if gan { ADDA_LR } else { self.lr_at(step, p) };
-                let ramp = self.schedule_at(step, p);
-                lambda = self.config.lambda() * ramp;
-                let s_idx = source_batches.next(self.config.batch_size);
-                let t_idx = target_batches.next(self.config.batch_size);
-                match (source_net, &adda_ids) {
-                    (Some(source_net), Some((_, _, both_ids))) if !gan => {
-                        let loss = self.adda_reversal_step(&model, source_net, &s_idx, &t_idx, ramp, &mut sums);
-                        let mut grads = loss.backward();
-                        let grads = GradientsParams::from_params(&mut grads, &model, both_ids);
-                        model = opt.step(lr, model, grads);
-                    }
-                    (Some(source_net), Some((encoder_ids, disc_ids, _))) => {
-                        let (loss_d, loss_e) = self.adda_step(&model, source_net, &s_idx, &t_idx, lambda, &mut sums);
-                        let mut grads_d = loss_d.backward();
-                        let grads_d = GradientsParams::from_params(&mut grads_d, &model, disc_ids);
-                        let mut grads_e = loss_e.backward();
-                        let grads_e = GradientsParams::from_params(&mut grads_e, &model, encoder_ids);
-                        model = opt.step(lr, model, grads_d);
-                        model = opt.step(lr, model, grads_e);
-                    }
-                    _ => {
-                        let loss = self.step(&model, method, &s_idx, &t_idx, lambda, &mut sums);
-                        let grads = GradientsParams::from_grads(loss.backward(), &model);
-                        model = opt.step(lr, model, grads);
-                    }
-                }
-                // The sums carry a NaN or infinity on to the end of the epoch.
-                guard::check_loss("classification loss", sums.cls, epoch_offset + epoch + 1, lr)?;
-                guard::check_loss("transfer loss (weighted by --lambda)", sums.transfer, epoch_offset + epoch + 1, lr)?;
-                self.reporter.progress(it as u64 + 1);
-            }
-            self.reporter.finish();
-
-            let eval_net = model.net.valid();
-            let validation = (!self.val.is_empty()).then(|| {
-                let (loss, predicted) = evaluate(&eval_net, self.val, 500, self.device);
-                (loss, Evaluation::from_predictions(self.classes, &self.val.labels, &predicted).accuracy)
-            });
-            let n = sums.steps.max(1) as f64;
-            let metrics = AdaptEpoch {
-                epoch: epoch_offset + epoch + 1,
-                phase: phase.into(),
-                lr,
-                lambda,
-                cls_loss: sums.cls / n,
-                transfer_loss: sums.transfer / n,
-                source_train_accuracy: sums.correct as f64 / sums.seen.max(1) as f64,
-                domain_accuracy: (sums.domain_seen > 0).then(|| sums.domain_hits as f64 / sums.domain_seen as f64),
-                source_val_loss: validation.map(|v| v.0),
-                source_val_accuracy: validation.map(|v| v.1),
-                seconds: started.elapsed().as_secs_f64(),
-            };
-            guard::check_weights(&model, metrics.epoch, lr)?;
-            if let Some(loss) = metrics.source_val_loss {
-                guard::check_loss("source validation loss", loss, metrics.epoch, lr)?;
-            }
-            let improved = match (keep, validation, &best) {
-                (Keep::Last, _, _) | (_, None, _) | (_, _, None) => true,
-                (Keep::BestSourceVal, Some((loss, acc)), Some(b)) => acc > b.accuracy || (acc == b.accuracy && loss < b.loss),
-            };
-            if improved {
-                best = Some(Best { epoch: epoch + 1, accuracy: validation.map(|v| v.1).unwrap_or(f64::NAN), loss: validation.map(|v| v.0).unwrap_or(f64::NAN) });
-                kept_accuracy = validation.map(|v| v.1);
-                let mut meta = BTreeMap::new();
-                meta.insert("graft.epoch".to_string(), (epoch_offset + epoch + 1).to_string());
-                checkpoint::save(&model.net, &self.run.join(&checkpoint_name), meta)?;
-            }
-            append_metrics(self.run, &metrics)?;
-            self.reporter.message(&metrics.line(total_epochs));
-        }
-        // Back to the kept epoch's weights (the discriminator, unused from here, stays as is).
-        let best = best.expect("at least one epoch");
-        model.net = checkpoint::load(model.net, &self.run.join(&checkpoint_name))?;
-        Ok((model, epoch_offset + best.epoch, kept_accuracy))
-    }
-
     /// The rows of `idx` in `domain` for a training step, each image transformed by
-    /// `--augment` (LeNet's grey 28×28 rows; seeded by the run seed, the batch count and the
-    /// position in the batch).
-    fn training_batch(&self, domain: &Domain, idx: &[usize], device: &Device) -> Tensor<2> {
+    /// `augment` (LeNet's grey 28×28 rows; seeded by the run seed, the run's iteration
+    /// `step`, the domain and the position in the batch, so a resumed run draws the same).
+    fn training_batch(&self, domain: &Domain, idx: &[usize], step: usize, domain_index: u64, device: &Device) -> Tensor<2> {
         let augment = &self.config.augment;
         if augment.is_identity() {
             return gather_rows(&domain.x, domain.width, idx, device);
         }
-        let batch = self.batches_drawn.get();
-        self.batches_drawn.set(batch + 1);
-        // `validate` allows --augment with LeNet only, whose rows are grey images.
+        // `validate` allows augmentation with LeNet only, whose rows are grey images.
         let input = InputSpec::lenet();
         let mut data = Vec::with_capacity(idx.len() * domain.width);
         for (k, &i) in idx.iter().enumerate() {
             let row = &domain.x[i * domain.width..(i + 1) * domain.width];
             let grey = input.grey_image(row).expect("LeNet input is grey");
             let img = image::DynamicImage::ImageLuma8(grey).to_rgb8();
-            let mut rng = sample_rng(self.config.seed, batch, k as u64);
+            let mut rng = sample_rng(self.config.seed, step as u64 * 2 + domain_index, k as u64);
             data.extend(input.rgb_row(&augment.apply(&img, &mut rng)));
         }
         Tensor::from_data(TensorData::new(data, [idx.len(), domain.width]), device)
@@ -439,9 +434,9 @@ impl Ctx<'_> {
 
     /// One iteration's loss; adds its figures to `sums`.
     #[allow(clippy::too_many_arguments)]
-    fn step(&self, model: &Trainable, method: Method, s_idx: &[usize], t_idx: &[usize], lambda: f64, sums: &mut Sums) -> Tensor<1> {
+    fn step(&self, model: &Trainable, method: Method, s_idx: &[usize], t_idx: &[usize], lambda: f64, step: usize, sums: &mut Sums) -> Tensor<1> {
         let dev = &self.train_device;
-        let xs = self.training_batch(self.source, s_idx, dev);
+        let xs = self.training_batch(self.source, s_idx, step, 0, dev);
         let ys: Vec<usize> = s_idx.iter().map(|&i| self.source.labels[i]).collect();
         let ns = s_idx.len();
         sums.steps += 1;
@@ -451,7 +446,7 @@ impl Ctx<'_> {
             return self.classification(logits, &ys, sums);
         }
 
-        let xt = self.training_batch(self.target, t_idx, dev);
+        let xt = self.training_batch(self.target, t_idx, step, 1, dev);
         let (f, logits) = model.net.forward(Tensor::cat(vec![xs, xt], 0));
         let (f_s, f_t) = split_rows(f.clone(), ns);
         let (logits_s, logits_t) = split_rows(logits.clone(), ns);
@@ -491,12 +486,12 @@ impl Ctx<'_> {
 
     /// ADDA's features of one iteration: the frozen source encoder's (a constant) and the target
     /// encoder's (tracked).
-    fn adda_features(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], sums: &mut Sums) -> (Tensor<2>, Tensor<2>) {
+    fn adda_features(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], step: usize, sums: &mut Sums) -> (Tensor<2>, Tensor<2>) {
         let dev = &self.train_device;
         sums.steps += 1;
-        let xs = self.training_batch(self.source, s_idx, self.device);
+        let xs = self.training_batch(self.source, s_idx, step, 0, self.device);
         let f_s = Tensor::<2>::from_data(source_net.features(xs).into_data(), dev);
-        let f_t = model.net.features(self.training_batch(self.target, t_idx, dev));
+        let f_t = model.net.features(self.training_batch(self.target, t_idx, step, 1, dev));
         (f_s, f_t)
     }
 
@@ -505,9 +500,9 @@ impl Ctx<'_> {
     /// learns to make the discriminator call its features source (weight `lambda`). Both see
     /// the joint batch, so the discriminator's BatchNorm always normalises source and target
     /// together. Returns (discriminator loss, encoder loss).
-    fn adda_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], lambda: f64, sums: &mut Sums) -> (Tensor<1>, Tensor<1>) {
+    fn adda_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], lambda: f64, step: usize, sums: &mut Sums) -> (Tensor<1>, Tensor<1>) {
         let ns = s_idx.len();
-        let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, sums);
+        let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, step, sums);
         let disc = model.disc.as_ref().expect("ADDA has a discriminator");
         let z = disc.forward(Tensor::cat(vec![f_s.clone(), f_t.clone().detach()], 0));
         let (z_s, z_t) = split_rows(z, ns);
@@ -527,9 +522,9 @@ impl Ctx<'_> {
     /// frozen source encoder's features and the target encoder's, through gradient reversal
     /// (coefficient `ADDA_REVERSAL_MAX` times the λ schedule's `ramp`), so that one step trains
     /// the discriminator to tell the domains apart and the target encoder to confuse it.
-    fn adda_reversal_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], ramp: f64, sums: &mut Sums) -> Tensor<1> {
+    fn adda_reversal_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], ramp: f64, step: usize, sums: &mut Sums) -> Tensor<1> {
         let ns = s_idx.len();
-        let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, sums);
+        let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, step, sums);
         let coeff = ADDA_REVERSAL_MAX * ramp;
         let disc = model.disc.as_ref().expect("ADDA has a discriminator");
         let z = disc.forward(losses::reverse_gradient(Tensor::cat(vec![f_s, f_t], 0), coeff));
@@ -561,41 +556,42 @@ fn split_rows(x: Tensor<2>, n: usize) -> (Tensor<2>, Tensor<2>) {
     (x.clone().slice([0..n, 0..cols]), x.slice([n..rows, 0..cols]))
 }
 
-fn append_metrics(run: &Path, m: &AdaptEpoch) -> Result<()> {
-    let path = run.join("metrics.jsonl");
-    let mut file = crate::fsutil::append_nofollow(&path)?;
-    let line = serde_json::to_string(m).expect("metrics serialize") + "\n";
-    file.write_all(line.as_bytes()).map_err(|e| GraftError::io(&path, e))
-}
-
 /// Reads a run's `metrics.jsonl` (a torn last line is ignored).
 pub fn read_metrics(run: &Path) -> Result<Vec<AdaptEpoch>> {
-    let path = run.join("metrics.jsonl");
-    match std::fs::read_to_string(&path) {
-        Ok(text) => Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(GraftError::io(&path, e)),
-    }
+    engine::read_records(run)
 }
 
-/// Runs domain adaptation into the new run directory `run`.
-pub fn adapt(config: &AdaptConfig, run: &Path, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<AdaptSummary> {
+/// Runs domain adaptation into the new run directory `run`, or continues the run there
+/// (`resume`, with the run's saved config) from its last completed epoch. A fresh run that
+/// fails before its first epoch is saved leaves no run directory behind.
+pub fn adapt(config: &AdaptConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<AdaptSummary> {
+    let fresh = if resume { None } else { crate::fsutil::fresh_run_state(run) };
+    let result = adapt_run(config, run, resume, home, reporter, device);
+    if let (Err(_), Some(created)) = (&result, fresh) {
+        if !run.join("last.safetensors").exists() {
+            crate::fsutil::remove_failed_run(run, created);
+        }
+    }
+    result
+}
+
+fn adapt_run(config: &AdaptConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<AdaptSummary> {
     let wall = Instant::now();
     config.validate()?;
     let source_spec = DomainSpec::parse("--source", &config.source)?;
     let target_spec = DomainSpec::parse("--target", &config.target)?;
     let test_spec = config.target_test.as_deref().map(|t| DomainSpec::parse("--target-test", t)).transpose()?;
-    if run.join("model.json").exists() {
-        return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run; choose another --out"));
+    if resume {
+        let pre = if config.method == Method::Adda { config.pretrain_epochs() } else { 0 };
+        engine::check_total(run, pre + config.epochs, "epochs")?;
     }
-    std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
-    crate::fsutil::check_run_dir(run)?;
+    engine::prepare_run_dir(run, resume)?;
     device.seed(config.seed);
 
     // --- backbone and data ----------------------------------------------------------------------
     if crate::text::is_text_model(&config.backbone) {
         let loaded = super::text::load_text_domains(config, home, reporter, device)?;
-        return train_loaded(config, run, loaded, wall, reporter, device);
+        return train_loaded(config, run, resume, loaded, wall, reporter, device);
     }
     let (input, trunk) = if config.backbone == "lenet" {
         (InputSpec::lenet(), None)
@@ -620,7 +616,7 @@ pub fn adapt(config: &AdaptConfig, run: &Path, home: &Path, reporter: &dyn Repor
     let width = featurizer.width();
     let weights_sha256 = trunk.as_ref().map(|t| t.weights_sha256.clone());
     let loaded = Loaded { input, lenet: trunk.is_none(), weights_sha256, width, source_all, classes, target, test, skipped };
-    train_loaded(config, run, loaded, wall, reporter, device)
+    train_loaded(config, run, resume, loaded, wall, reporter, device)
 }
 
 /// Domains as network rows, ready to train on: what [`adapt`] loads from images (and
@@ -639,8 +635,13 @@ pub(crate) struct Loaded {
     pub skipped: Vec<Skipped>,
 }
 
-/// Trains on loaded domains into the (created) run directory `run`.
-pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, loaded: Loaded, wall: Instant, reporter: &dyn Reporter, device: &Device) -> Result<AdaptSummary> {
+/// The kept epoch of a phase (`Keep::Best`) is written here; the run's `best.safetensors` is
+/// the adapted network alone, written from it at the end.
+const PRETRAIN_BEST: &str = "pretrain-best.safetensors";
+const ADAPT_BEST: &str = "adapt-best.safetensors";
+
+/// Trains on loaded domains into the (prepared) run directory `run`.
+pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loaded: Loaded, wall: Instant, reporter: &dyn Reporter, device: &Device) -> Result<AdaptSummary> {
     let Loaded { input, lenet, weights_sha256, width, source_all, classes, target, test, skipped } = loaded;
     for s in &skipped {
         reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
@@ -671,9 +672,16 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, loaded: Loaded, wal
         input_width: width,
         bottleneck: config.bottleneck,
     };
-    info.save(run)?;
-    write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
-    let _ = std::fs::remove_file(run.join("metrics.jsonl"));
+    if resume {
+        let saved = AdaptInfo::load(run)?;
+        if saved != info {
+            return Err(GraftError::Data { path: run.join("model.json"), reason: "the data or backbone changed since the run started (classes, input or weights differ); start a new run".into() });
+        }
+    } else {
+        // config.toml first: a run counts as started once model.json exists.
+        write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
+        info.save(run)?;
+    }
 
     let cdan_full = classes.len() * config.bottleneck;
     let disc_input = match config.method {
@@ -691,14 +699,11 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, loaded: Loaded, wal
 
     let steps_per_epoch = config.iters_per_epoch.unwrap_or_else(|| source.len().div_ceil(config.batch_size).max(1));
     let ctx = Ctx {
-        batches_drawn: std::cell::Cell::new(0),
         config,
         source: &source,
         target: &target,
         val: &val,
         classes: &classes,
-        run,
-        reporter,
         device,
         train_device: device.clone().autodiff(),
         steps_per_epoch,
@@ -706,42 +711,70 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, loaded: Loaded, wal
     };
 
     // --- training -------------------------------------------------------------------------------
-    let train_started = Instant::now();
-    let (final_net, best_epoch, source_val_accuracy, total_epochs) = if config.method == Method::Adda {
+    let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
+    let keep_best = Keep::Best { monitor: Monitor::ValAccuracy, min_delta: 0.0 };
+    let phase = |name: &str, offset: usize, epochs: usize, total: usize, keep: Keep, best_file: &str, optimizer: ModuleOptimizer| Phase {
+        name: name.into(),
+        offset,
+        epochs,
+        total,
+        keep,
+        best_file: best_file.into(),
+        early_stopping: None,
+        plateau: None,
+        optimizer,
+    };
+    let (final_net, total_epochs) = if config.method == Method::Adda {
         let pre = config.pretrain_epochs();
         let total = pre + config.epochs;
-        let model = Trainable { net, disc: None }.train();
-        let (model, _, _) = ctx.train_phase(model, Method::SourceOnly, "pretrain", pre, Keep::BestSourceVal, None, config.seed, 0, total)?;
-        let source_net = model.net.valid();
+        // Source pre-training: the kept epoch becomes the frozen source encoder and the target
+        // encoder's start.
+        let model = engine::stable_ids(Trainable { net, disc: None }.train());
+        let model = resume_into(&engine, model, 0, pre)?;
+        let mut task = AdaptTask::new(&ctx, &model, Method::SourceOnly, "pretrain", None, config.seed, steps_done(&engine, 0, steps_per_epoch));
+        let optimizer = task.optimizer();
+        let model = engine.run_phase(&mut task, model, phase("pretrain", 0, pre, total, keep_best, PRETRAIN_BEST, optimizer))?;
+        let net = if pre > 0 { checkpoint::load(model, &run.join(PRETRAIN_BEST))?.net } else { model.net };
+        let source_net = net.valid();
         // The frozen source encoder runs without dropout; so does the target encoder, or the
         // discriminator could tell the domains apart by the dropout noise alone.
-        let mut target_net = model.net;
+        let mut target_net = net;
         if let Some(lenet) = target_net.lenet.as_mut() {
             lenet.channel_dropout = DropoutConfig::new(0.0).init();
             lenet.dropout = DropoutConfig::new(0.0).init();
         }
-        let target_model = Trainable { net: target_net, disc }.train();
-        let (model, best, _) = ctx.train_phase(target_model, Method::Adda, "adapt", config.epochs, Keep::Last, Some(&source_net), config.seed ^ 0xADDA, pre, total)?;
-        let acc = (!val.is_empty()).then(|| {
-            let (_, predicted) = evaluate(&model.net.valid(), &val, 500, device);
-            Evaluation::from_predictions(&classes, &val.labels, &predicted).accuracy
-        });
-        (model.net, best, acc, total)
+        let model = engine::stable_ids(Trainable { net: target_net, disc }.train());
+        let model = resume_into(&engine, model, pre, config.epochs)?;
+        let mut task = AdaptTask::new(&ctx, &model, Method::Adda, "adapt", Some(&source_net), config.seed ^ 0xADDA, steps_done(&engine, pre, steps_per_epoch));
+        let optimizer = task.optimizer();
+        // The target encoder is not meant to work on the source: its last epoch is kept.
+        let model = engine.run_phase(&mut task, model, phase("adapt", pre, config.epochs, total, Keep::Last, ADAPT_BEST, optimizer))?;
+        (checkpoint::load(model, &run.join(ADAPT_BEST))?.net, total)
     } else {
-        let model = Trainable { net, disc }.train();
-        let (model, best, acc) = ctx.train_phase(model, config.method, "adapt", config.epochs, Keep::BestSourceVal, None, config.seed, 0, config.epochs)?;
-        (model.net, best, acc, config.epochs)
+        let model = engine::stable_ids(Trainable { net, disc }.train());
+        let model = resume_into(&engine, model, 0, config.epochs)?;
+        let mut task = AdaptTask::new(&ctx, &model, config.method, "adapt", None, config.seed, steps_done(&engine, 0, steps_per_epoch));
+        let optimizer = task.optimizer();
+        let model = engine.run_phase(&mut task, model, phase("adapt", 0, config.epochs, config.epochs, keep_best, ADAPT_BEST, optimizer))?;
+        (checkpoint::load(model, &run.join(ADAPT_BEST))?.net, config.epochs)
     };
-    let train_seconds = train_started.elapsed().as_secs_f64();
+    let state = engine.state.clone();
     let mut meta = BTreeMap::new();
-    meta.insert("graft.epoch".to_string(), best_epoch.to_string());
+    meta.insert("graft.epoch".to_string(), state.best_epoch.to_string());
     checkpoint::save(&final_net, &run.join("best.safetensors"), meta)?;
-    for phase in ["pretrain", "adapt"] {
-        let _ = std::fs::remove_file(run.join(format!("{phase}-best.safetensors")));
-    }
 
     // --- the target test set, once ----------------------------------------------------------------
     let eval_net = final_net.valid();
+    // ADDA's kept model is the adversarial phase's last epoch: its source accuracy is measured
+    // here (the other methods kept their best source validation epoch).
+    let source_val_accuracy = (!val.is_empty()).then(|| {
+        if config.method == Method::Adda {
+            let (_, predicted) = evaluate(&eval_net, &val, 500, device);
+            Evaluation::from_predictions(&classes, &val.labels, &predicted).accuracy
+        } else {
+            state.best_val_accuracy
+        }
+    });
     let target_eval = test.as_ref().map(|t| {
         let (_, predicted) = evaluate(&eval_net, t, 500, device);
         Evaluation::from_predictions(&classes, &t.labels, &predicted)
@@ -753,8 +786,8 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, loaded: Loaded, wal
         source: config.source.clone(),
         target: config.target.clone(),
         target_test: config.target_test.clone(),
-        epochs: total_epochs,
-        best_epoch,
+        epochs: state.epoch,
+        best_epoch: state.best_epoch,
         source_val_accuracy,
         target_test_accuracy: target_eval.as_ref().map(|e| e.accuracy),
         target_test_evaluation: target_eval,
@@ -764,12 +797,26 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, loaded: Loaded, wal
         n_target_test: test.as_ref().map(|t| t.len()).unwrap_or(0),
         iterations: total_epochs * steps_per_epoch,
         lambda: config.lambda(),
-        train_seconds,
+        train_seconds: state.train_seconds,
         wall_seconds: wall.elapsed().as_secs_f64(),
         skipped,
     };
     write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
     Ok(summary)
+}
+
+/// The model of a phase in progress when the run resumed, read from `last.safetensors`; any
+/// other phase starts from `model` as built.
+fn resume_into<M: Module>(engine: &Engine, model: M, offset: usize, epochs: usize) -> Result<M> {
+    match (&engine.resumed, engine.status(offset, epochs)) {
+        (Some(dict), engine::PhaseStatus::InProgress) => checkpoint::import(model, dict, &engine.run.join("last.safetensors"), "the adaptation network"),
+        _ => Ok(model),
+    }
+}
+
+/// Iterations of the phase starting at epoch `offset` that a resumed run already did.
+fn steps_done(engine: &Engine, offset: usize, steps_per_epoch: usize) -> usize {
+    engine.state.epoch.saturating_sub(offset) * steps_per_epoch
 }
 
 /// An adapted run loaded for inference: the network, and the frozen trunk for a zoo backbone

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod schedule;
 pub mod model;
 pub mod config;
+pub mod engine;
 pub mod fit;
 pub mod guard;
 pub mod loss;

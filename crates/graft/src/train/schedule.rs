@@ -312,6 +312,11 @@ pub struct EarlyStopping {
 }
 
 impl EarlyStopping {
+    /// Epochs without improvement that stop the run.
+    pub fn patience(&self) -> usize {
+        self.patience
+    }
+
     pub fn new(patience: usize, min_delta: f64) -> Self {
         EarlyStopping {
             patience,
