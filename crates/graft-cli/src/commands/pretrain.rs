@@ -16,18 +16,23 @@ use crate::reporter::TermReporter;
 /// --data are never read. `graft fit --init RUN` then adds a classifier and fine-tunes.
 #[derive(Debug, clap::Args)]
 pub struct PretrainArgs {
-    /// autoencoder.
-    #[arg(long)]
-    pub method: String,
-    /// Images (28×28 grey, e.g. from `graft data import mnist`); class sub-folders, labels unused.
-    #[arg(long)]
-    pub data: PathBuf,
+    /// autoencoder (required unless --resume).
+    #[arg(long, required_unless_present = "resume")]
+    pub method: Option<String>,
+    /// Images (28×28 grey, e.g. from `graft data import mnist`); class sub-folders, labels
+    /// unused (required unless --resume).
+    #[arg(long, required_unless_present = "resume")]
+    pub data: Option<PathBuf>,
     /// mlp:W1,W2,… hidden widths on the 784 pixels.
     #[arg(long, default_value = "mlp:500,250")]
     pub arch: String,
-    /// Run directory to create.
-    #[arg(long)]
-    pub out: PathBuf,
+    /// Run directory to create (required unless --resume).
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory after its last completed epoch, with its saved
+    /// config.toml (a run killed at any moment finishes as if never interrupted). [default: none]
+    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed"])]
+    pub resume: Option<PathBuf>,
     /// Epochs per layer.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
@@ -45,22 +50,34 @@ pub struct PretrainArgs {
     pub seed: u64,
 }
 
-pub fn run(args: PretrainArgs, out: &Output) -> anyhow::Result<()> {
+/// The run's config, its directory and whether it resumes.
+fn resolve(args: &PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)> {
+    if let Some(run) = &args.resume {
+        return Ok((PretrainConfig::from_toml(&run.join("config.toml"))?, run.clone(), true));
+    }
+    let (Some(method), Some(data), Some(out)) = (&args.method, &args.data, &args.out) else {
+        anyhow::bail!("--method, --data and --out are required (or --resume RUN)");
+    };
     let config = PretrainConfig {
-        method: args.method.clone(),
+        method: method.clone(),
         arch: args.arch.parse()?,
-        data: args.data.clone(),
+        data: data.clone(),
         epochs: args.epochs,
         batch_size: args.batch_size,
         lr: args.lr,
         noise: args.noise,
         seed: args.seed,
     };
+    Ok((config, out.clone(), false))
+}
+
+pub fn run(args: PretrainArgs, out: &Output) -> anyhow::Result<()> {
+    let (config, run_dir, resume) = resolve(&args)?;
     crate::reporter::stop_on_ctrl_c();
-    let s = match pretrain(&config, &args.out, &TermReporter::new(), &default_device()) {
+    let s = match pretrain(&config, &run_dir, resume, &TermReporter::new(), &default_device()) {
         Ok(s) => s,
         Err(e) => {
-            let next = |_: &std::path::Path| "nothing was saved (pretraining cannot resume); run the command again".to_string();
+            let next = |run: &std::path::Path| format!("resume with graft pretrain --resume {}", run.display());
             return crate::reporter::exit_if_interrupted(Err(e.into()), next);
         }
     };

@@ -29,6 +29,7 @@ use crate::data::folder::{decode_with, stratified_split, ImageFolder, Sample, Sk
 use crate::fsutil::write_atomic;
 use crate::report::Reporter;
 use crate::train::checkpoint;
+use crate::train::engine::{self, Engine, EpochEnd, Iteration, Keep, Phase, Task};
 use crate::train::guard;
 use crate::train::loss::{argmax, cross_entropy};
 use crate::train::run::Evaluation;
@@ -180,6 +181,13 @@ pub struct PretrainConfig {
 }
 
 impl PretrainConfig {
+    /// Reads a run's `config.toml` (size-checked before it is read).
+    pub fn from_toml(path: &Path) -> Result<Self> {
+        let bytes = crate::fsutil::read_regular(path, crate::limits::MAX_CONFIG_FILE_BYTES)?;
+        let text = String::from_utf8(bytes).map_err(|_| GraftError::Data { path: path.into(), reason: "not UTF-8 text".into() })?;
+        toml::from_str(&text).map_err(|e| GraftError::Data { path: path.into(), reason: crate::limits::shorten_message(&e.to_string()) })
+    }
+
     /// Every setting in range (the numbers finite), naming the setting that is not.
     pub fn validate(&self) -> Result<()> {
         if self.method != "autoencoder" {
@@ -218,55 +226,165 @@ fn batches(n: usize, batch: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
     order.chunks(batch.max(1)).map(|c| c.to_vec()).collect()
 }
 
+/// The seed of layer `layer`'s epoch `epoch` (batch order and noise masks): each epoch draws
+/// from its own stream, so a resumed run draws exactly what an uninterrupted one would.
+fn epoch_rng(seed: u64, layer: usize, epoch: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ ((layer as u64 + 1) << 32) ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+/// What `model.json` of a pretraining run holds: the encoder's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainInfo {
+    /// Always `"pretrain"`: an encoder, not a classifier.
+    pub kind: String,
+    pub arch: MlpArch,
+    /// Width of one input row (784 grey pixels).
+    pub input_width: usize,
+}
+
+/// One autoencoder layer as the engine's task: reconstruct `codes` (the frozen layers' output).
+struct LayerTask<'a> {
+    config: &'a PretrainConfig,
+    layer: usize,
+    layers: usize,
+    codes: &'a [f32],
+    d_in: usize,
+    n: usize,
+    train_device: Device,
+    batches: Vec<Vec<usize>>,
+    rng: StdRng,
+    sum: f64,
+}
+
+impl Task for LayerTask<'_> {
+    type Model = AutoencoderLayer;
+
+    fn iterations(&self) -> usize {
+        self.n.div_ceil(self.config.batch_size.max(1))
+    }
+
+    fn begin_epoch(&mut self, _model: &AutoencoderLayer, epoch: usize) -> Result<()> {
+        self.rng = epoch_rng(self.config.seed, self.layer, epoch);
+        self.batches = batches(self.n, self.config.batch_size, &mut self.rng);
+        self.sum = 0.0;
+        Ok(())
+    }
+
+    fn lr(&self, _it: &Iteration) -> f64 {
+        self.config.lr
+    }
+
+    fn step(&mut self, ae: &AutoencoderLayer, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
+        let (d_in, dev) = (self.d_in, &self.train_device);
+        let idx = &self.batches[it.index];
+        let clean = gather_rows(self.codes, d_in, idx, dev); // [b, d_in]
+        let input = if self.config.noise > 0.0 {
+            let noise = self.config.noise;
+            let mask: Vec<f32> = (0..idx.len() * d_in).map(|_| if self.rng.random::<f64>() < noise { 0.0 } else { 1.0 }).collect();
+            clean.clone() * Tensor::<2>::from_data(TensorData::new(mask, [idx.len(), d_in]), dev)
+        } else {
+            clean.clone()
+        };
+        let (_, reconstruction) = ae.forward(input);
+        let loss = (reconstruction - clean).powi_scalar(2).mean(); // mean squared error
+        let value: f32 = loss.clone().into_scalar();
+        guard::check_loss(&format!("layer {} reconstruction loss", self.layer + 1), value as f64, it.epoch + 1, lr)?;
+        self.sum += value as f64 * idx.len() as f64;
+        Ok(vec![(GradientsParams::from_grads(loss.backward(), ae), 1.0)])
+    }
+
+    fn end_epoch(&mut self, _model: &AutoencoderLayer, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
+        let mse = self.sum / self.n.max(1) as f64;
+        let record = serde_json::json!({
+            "epoch": epoch,
+            "phase": format!("layer {}", self.layer + 1),
+            "layer": self.layer + 1,
+            "lr": lr,
+            "train_loss": mse,
+            "seconds": seconds,
+        });
+        Ok(EpochEnd { validation: None, record, scalars: vec![(format!("loss/reconstruction_layer{}", self.layer + 1), mse), ("lr".into(), lr)] })
+    }
+
+    fn report(&self, reporter: &dyn Reporter, record: &serde_json::Value, _total: usize) {
+        let epoch = record["epoch"].as_u64().unwrap_or(0) as usize;
+        let within = epoch - self.layer * self.config.epochs;
+        reporter.message(&format!("layer {}/{}, epoch {within}/{}: reconstruction mse {:.5}", self.layer + 1, self.layers, self.config.epochs, record["train_loss"].as_f64().unwrap_or(f64::NAN)));
+    }
+}
+
+/// The file a pretraining run keeps layer `layer`'s trained autoencoder in.
+fn layer_file(layer: usize) -> String {
+    format!("layer{}.safetensors", layer + 1)
+}
+
 /// Greedy layer-wise autoencoder pretraining of `config.arch` on the images of `config.data`
-/// (their labels are never read); the encoder is saved in `run`.
-pub fn pretrain(config: &PretrainConfig, run: &Path, reporter: &dyn Reporter, device: &Device) -> Result<PretrainSummary> {
+/// (their labels are never read) into `run`; the encoder is saved there. With `resume`, the run
+/// continues after its last completed epoch and ends as an uninterrupted run would.
+pub fn pretrain(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dyn Reporter, device: &Device) -> Result<PretrainSummary> {
+    let fresh = if resume { None } else { crate::fsutil::fresh_run_state(run) };
+    let result = pretrain_run(config, run, resume, reporter, device);
+    if let (Err(_), Some(created)) = (&result, fresh) {
+        if !run.join("last.safetensors").exists() {
+            crate::fsutil::remove_failed_run(run, created);
+        }
+    }
+    result
+}
+
+fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dyn Reporter, device: &Device) -> Result<PretrainSummary> {
     config.validate()?;
-    if run.join("pretrain.json").exists() {
+    if !resume && run.join("pretrain.json").exists() {
         return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a pretraining run"));
     }
-    let started = Instant::now();
-    device.seed(config.seed);
+    let layers = config.arch.hidden.len();
+    if resume {
+        engine::check_total(run, layers * config.epochs, "epochs")?;
+    }
     let folder = ImageFolder::scan(&config.data)?;
+    engine::prepare_run_dir(run, resume)?;
+    device.seed(config.seed);
     let (mut codes, kept, skipped) = load_rows(&folder.samples);
     let n = kept.len();
     if n == 0 {
         return Err(GraftError::Data { path: config.data.clone(), reason: "no readable images".into() });
     }
-    let train_device = device.clone().autodiff();
-    let mut rng = StdRng::seed_from_u64(config.seed);
+    let info = PretrainInfo { kind: "pretrain".into(), arch: config.arch.clone(), input_width: INPUT };
+    if !resume {
+        write_atomic(&run.join("config.toml"), toml::to_string(config).expect("config serializes").as_bytes())?;
+        write_atomic(&run.join("model.json"), &serde_json::to_vec_pretty(&info).expect("info serializes"))?;
+    }
+    let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
     let mut encoder = Encoder::init(&config.arch, device);
-    let mut reports = Vec::new();
+    let total = layers * config.epochs;
     for (l, (d_in, d_out)) in config.arch.shapes().into_iter().enumerate() {
-        let mut ae = AutoencoderLayer { encode: LinearConfig::new(d_in, d_out).init(device), decode: LinearConfig::new(d_out, d_in).init(device) }.train();
-        let mut optim = AdamConfig::new().init();
-        let mut losses = Vec::new();
-        for epoch in 0..config.epochs {
-            reporter.start(&format!("layer {}/{} ({d_in} → {d_out}), epoch {}/{}", l + 1, config.arch.hidden.len(), epoch + 1, config.epochs), None);
-            let mut sum = 0f64;
-            for idx in batches(n, config.batch_size, &mut rng) {
-                guard::check_stop(run, 0)?;
-                let clean = gather_rows(&codes, d_in, &idx, &train_device); // [b, d_in]
-                let input = if config.noise > 0.0 {
-                    let mask: Vec<f32> = (0..idx.len() * d_in).map(|_| if rng.random::<f64>() < config.noise { 0.0 } else { 1.0 }).collect();
-                    clean.clone() * Tensor::<2>::from_data(TensorData::new(mask, [idx.len(), d_in]), &train_device)
-                } else {
-                    clean.clone()
+        let offset = l * config.epochs;
+        let ae = engine::stable_ids(AutoencoderLayer { encode: LinearConfig::new(d_in, d_out).init(device), decode: LinearConfig::new(d_out, d_in).init(device) }.train());
+        let trained = match engine.status(offset, config.epochs) {
+            // Completed before this process started: its last epoch is on disk.
+            engine::PhaseStatus::Done => checkpoint::load(ae, &run.join(layer_file(l)))?,
+            status => {
+                let ae = match (&engine.resumed, status) {
+                    (Some(dict), engine::PhaseStatus::InProgress) => checkpoint::import(ae, dict, &run.join("last.safetensors"), "the autoencoder layer")?,
+                    _ => ae,
                 };
-                let (_, reconstruction) = ae.forward(input);
-                let loss = (reconstruction - clean).powi_scalar(2).mean(); // mean squared error
-                let value: f32 = loss.clone().into_scalar();
-                guard::check_loss(&format!("layer {} reconstruction loss", l + 1), value as f64, epoch + 1, config.lr)?;
-                sum += value as f64 * idx.len() as f64;
-                let grads = GradientsParams::from_grads(loss.backward(), &ae);
-                ae = optim.step(config.lr, ae, grads);
+                let mut task = LayerTask { config, layer: l, layers, codes: &codes, d_in, n, train_device: device.clone().autodiff(), batches: Vec::new(), rng: epoch_rng(config.seed, l, 0), sum: 0.0 };
+                let phase = Phase {
+                    name: String::new(),
+                    offset,
+                    epochs: config.epochs,
+                    total,
+                    keep: Keep::Last,
+                    best_file: layer_file(l),
+                    early_stopping: None,
+                    plateau: None,
+                    optimizer: AdamConfig::new().init(),
+                };
+                engine.run_phase(&mut task, ae, phase)?
             }
-            guard::check_weights(&ae, epoch + 1, config.lr)?;
-            losses.push(sum / n as f64);
-            reporter.finish();
-            reporter.message(&format!("layer {}/{}, epoch {}/{}: reconstruction mse {:.5}", l + 1, config.arch.hidden.len(), epoch + 1, config.epochs, sum / n as f64));
-        }
-        let trained = ae.valid();
+        };
+        let trained = trained.valid();
         // The next layer learns on this layer's codes, computed once with the layer frozen.
         let mut next = Vec::with_capacity(n * d_out);
         let all: Vec<usize> = (0..n).collect();
@@ -276,18 +394,27 @@ pub fn pretrain(config: &PretrainConfig, run: &Path, reporter: &dyn Reporter, de
         }
         codes = next;
         encoder.layers[l] = trained.encode;
-        reports.push(LayerReport {
-            layer: l,
-            input: d_in,
-            output: d_out,
-            first_epoch_loss: losses.first().copied().unwrap_or(f64::NAN),
-            last_epoch_loss: losses.last().copied().unwrap_or(f64::NAN),
-        });
     }
-    std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
-    crate::fsutil::check_run_dir(run)?;
+    // Per layer, the reconstruction error of its first and last epoch.
+    let records: Vec<serde_json::Value> = engine::read_records(run)?;
+    let reports = config
+        .arch
+        .shapes()
+        .into_iter()
+        .enumerate()
+        .map(|(l, (d_in, d_out))| {
+            let losses: Vec<f64> = records.iter().filter(|r| r["layer"].as_u64() == Some(l as u64 + 1)).filter_map(|r| r["train_loss"].as_f64()).collect();
+            LayerReport {
+                layer: l,
+                input: d_in,
+                output: d_out,
+                first_epoch_loss: losses.first().copied().unwrap_or(f64::NAN),
+                last_epoch_loss: losses.last().copied().unwrap_or(f64::NAN),
+            }
+        })
+        .collect();
     checkpoint::save(&encoder, &run.join("encoder.safetensors"), BTreeMap::from([("graft.arch".to_string(), config.arch.to_string())]))?;
-    let summary = PretrainSummary { run: run.into(), config: config.clone(), images: n, layers: reports, seconds: started.elapsed().as_secs_f64(), skipped };
+    let summary = PretrainSummary { run: run.into(), config: config.clone(), images: n, layers: reports, seconds: engine.state.train_seconds, skipped };
     write_atomic(&run.join("pretrain.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
     Ok(summary)
 }
