@@ -21,20 +21,22 @@ use crate::reporter::TermReporter;
 /// at the end.
 #[derive(Debug, clap::Args)]
 pub struct AdaptArgs {
-    /// source-only, ddc, dan, coral, dann, adda or cdan (required unless --resume).
+    /// source-only, ddc, dan, coral, dann, adda or cdan. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub method: Option<String>,
-    /// Labelled source domain: a folder or mnist:train, usps:train, … (required unless --resume).
+    /// Labelled source domain: a folder or mnist:train, usps:train, ….
+    /// [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub source: Option<String>,
-    /// Unlabelled target training domain, its labels never read (required unless --resume).
+    /// Unlabelled target training domain (its labels are never read).
+    /// [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub target: Option<String>,
     /// Labelled target test set (a folder or mnist:test, usps:test, …), evaluated once with the
     /// kept model. [default: none]
     #[arg(long)]
     pub target_test: Option<String>,
-    /// Run directory to create (required unless --resume).
+    /// Run directory to create. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory after its last completed epoch, with its saved

@@ -16,17 +16,17 @@ use crate::reporter::TermReporter;
 /// --data are never read. `graft fit --init RUN` then adds a classifier and fine-tunes.
 #[derive(Debug, clap::Args)]
 pub struct PretrainArgs {
-    /// autoencoder (required unless --resume).
+    /// autoencoder. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub method: Option<String>,
     /// Images (28×28 grey, e.g. from `graft data import mnist`); class sub-folders, labels
-    /// unused (required unless --resume).
+    /// unused. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
     /// mlp:W1,W2,… hidden widths on the 784 pixels.
     #[arg(long, default_value = "mlp:500,250")]
     pub arch: String,
-    /// Run directory to create (required unless --resume).
+    /// Run directory to create. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory after its last completed epoch, with its saved

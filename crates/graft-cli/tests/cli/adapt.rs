@@ -72,7 +72,13 @@ fn dann_on_image_folders_writes_a_complete_run() {
     assert_eq!(flatten(&usps_folder(&dir, "train", 20, 2), &target), 200);
     let test = usps_folder(&dir, "test", 20, 3);
     let run = dir.join("run");
-    let v = adapt("dann", &source, &target, &test, &run, &[]);
+    let dann = |run: &Path| {
+        json_of(&graft(&[
+            "adapt", "--method", "dann", "--source", s(&source), "--target", s(&target), "--target-test", s(&test), "--out", s(run),
+            "--epochs", "3", "--iters-per-epoch", "15", "--batch-size", "16", "--seed", "3", "--json",
+        ]))
+    };
+    let v = dann(&run);
 
     for key in ["run", "method", "epochs", "best_epoch", "source_val_accuracy", "target_test_accuracy", "train_seconds", "skipped"] {
         assert!(v.get(key).is_some(), "adapt --json lacks `{key}`: {v}");
@@ -82,10 +88,10 @@ fn dann_on_image_folders_writes_a_complete_run() {
     assert_eq!(v["n_source_val"], 30, "10% of each class is held out");
     assert_eq!(v["n_target"], 200);
     assert_eq!(v["n_target_test"], 200);
-    assert_eq!(v["iterations"], 30);
+    assert_eq!(v["iterations"], 45);
     let val = v["source_val_accuracy"].as_f64().unwrap();
     let test_acc = v["target_test_accuracy"].as_f64().unwrap();
-    // 30 steps of 16 digits train LeNet well above chance (0.1) on its own domain.
+    // 45 steps of 16 digits train LeNet well above chance (0.1) on its own domain.
     assert!(val > 0.3, "source val accuracy {val}");
     assert!((0.0..=1.0).contains(&test_acc));
     assert_eq!(v["target_test_evaluation"]["confusion"].as_array().unwrap().len(), 10);
@@ -97,7 +103,7 @@ fn dann_on_image_folders_writes_a_complete_run() {
     assert_eq!(info["classes"].as_array().unwrap().len(), 10);
     let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3);
     assert!(lines.iter().all(|m| m["domain_accuracy"].is_number() && m["source_val_accuracy"].is_number()));
     // The DANN ramp: λ grows from epoch 1 to epoch 2.
     assert!(lines[1]["lambda"].as_f64().unwrap() > lines[0]["lambda"].as_f64().unwrap());
@@ -119,7 +125,7 @@ fn dann_on_image_folders_writes_a_complete_run() {
     assert!((correct.count() as f64 / 200.0 - test_acc).abs() < 1e-9);
 
     // Same seed, same result; and --out never overwrites a run.
-    let again = adapt("dann", &source, &target, &test, &dir.join("run2"), &[]);
+    let again = dann(&dir.join("run2"));
     assert_eq!(again["target_test_accuracy"], v["target_test_accuracy"]);
     let out = graft(&["adapt", "--method", "dann", "--source", s(&source), "--target", s(&target), "--out", s(&run), "--json"]);
     assert_bad_input(&out, &["--out", "already holds a run"]);

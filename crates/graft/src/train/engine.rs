@@ -451,25 +451,17 @@ impl<'a> Engine<'a> {
         }
         Ok(model)
     }
+}
 
-    /// Writes one `metrics.jsonl` line for work done in one go (a classic head's fit), with the
-    /// TensorBoard scalars; the run then counts that as its one epoch.
-    pub fn record_once(&mut self, end: &EpochEnd, seconds: f64) -> Result<()> {
-        self.state.epoch = 1;
-        self.state.best_epoch = 1;
-        self.state.train_seconds += seconds;
-        if let Some(v) = &end.validation {
-            self.state.best_val_accuracy = v.accuracy;
-            self.state.best_val_loss = v.loss;
-            self.state.best_confusion = v.confusion.clone();
-        }
-        write_atomic(&self.run.join("metrics.jsonl"), (end.record.to_string() + "\n").as_bytes())?;
-        let mut tb = EventWriter::create(&self.run.join("tb"))?;
-        for (tag, value) in &end.scalars {
-            tb.add_scalar(tag, *value as f32, 1)?;
-        }
-        tb.flush()
+/// Writes the one `metrics.jsonl` line (and TensorBoard scalars) of work done in one go (a
+/// classic head's fit), which the run counts as its one epoch.
+pub fn write_single_epoch(run: &Path, record: &serde_json::Value, scalars: &[(String, f64)]) -> Result<()> {
+    write_atomic(&run.join("metrics.jsonl"), (record.to_string() + "\n").as_bytes())?;
+    let mut tb = EventWriter::create(&run.join("tb"))?;
+    for (tag, value) in scalars {
+        tb.add_scalar(tag, *value as f32, 1)?;
     }
+    tb.flush()
 }
 
 /// Where a phase stands in a (possibly resumed) run.

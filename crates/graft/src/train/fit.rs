@@ -6,7 +6,6 @@
 //! metadata, so a run killed at any moment resumes from its last completed epoch.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -19,6 +18,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
+use super::engine::{self, param_ids, Engine, EpochEnd, Iteration, Keep, Phase, PhaseStatus, Task, Validation};
 use super::guard;
 use super::config::{CacheMode, ClassWeights, FitConfig, Optimizer};
 use super::loss::{argmax, cross_entropy};
@@ -33,9 +33,9 @@ use rand::RngCore;
 use crate::data::folder::{decode_with, stratified_split, ImageFolder, Sample, Skipped};
 use crate::data::image::Preprocess;
 use crate::fsutil::write_atomic;
-use crate::report::tensorboard::EventWriter;
 use crate::report::{plot, Reporter};
 use crate::zoo::layers::{numbered_blocks, FreezeSpec, LayerRow};
+use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::{ModelSpec, Pretrained};
 use crate::{GraftError, Result};
 
@@ -128,94 +128,179 @@ pub struct FitSummary {
     pub best_val_loss: Option<f64>,
 }
 
-/// Training state saved in `last.safetensors`' metadata (image and text runs).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct TrainState {
-    /// Epochs completed (1-based count).
-    pub(super) epoch: usize,
-    pub(super) step: usize,
-    pub(super) best_epoch: usize,
-    pub(super) best_val_accuracy: f64,
-    /// Infinite until a validation epoch (JSON writes it as null).
-    #[serde(deserialize_with = "null_as_infinity")]
-    pub(super) best_val_loss: f64,
-    pub(super) early: Option<EarlyStopping>,
-    pub(super) plateau: Option<ReduceOnPlateau>,
-    pub(super) last_metrics: Option<EpochMetrics>,
-    pub(super) best_confusion: Vec<Vec<u64>>,
-    pub(super) train_seconds: f64,
-    pub(super) stopped_early: bool,
-}
-
-fn null_as_infinity<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
-}
-
-impl Default for TrainState {
-    fn default() -> Self {
-        TrainState {
-            epoch: 0,
-            step: 0,
-            best_epoch: 0,
-            best_val_accuracy: 0.0,
-            best_val_loss: f64::INFINITY,
-            early: None,
-            plateau: None,
-            last_metrics: None,
-            best_confusion: Vec::new(),
-            train_seconds: 0.0,
-            stopped_early: false,
-        }
-    }
-}
-
-impl TrainState {
-    /// The state after the last completed epoch of `run` and its `last.safetensors`, or `None`
-    /// when no epoch completed. The run directory is first made to agree with that state.
-    pub(super) fn resume(run: &Path) -> Result<Option<(TrainState, graft_weights::StateDict)>> {
-        let last = run.join("last.safetensors");
-        if !last.is_file() {
-            return Ok(None);
-        }
-        let dict = graft_weights::load(&last)?;
-        let state: TrainState = dict
-            .metadata
-            .get("graft.train_state")
-            .and_then(|s| serde_json::from_str(s).ok())
-            .ok_or_else(|| GraftError::Data { path: last.clone(), reason: "no training state in the checkpoint".into() })?;
-        repair_after_kill(run, &state)?;
-        Ok(Some((state, dict)))
-    }
-
-    /// Refuses to resume `run` with a total of `total` epochs when it already completed more
-    /// (read from `last.safetensors`' header), before anything in the run is rewritten.
-    pub(super) fn check_total(run: &Path, total: usize) -> Result<()> {
-        let last = run.join("last.safetensors");
-        if !last.is_file() {
-            return Ok(());
-        }
-        let done = checkpoint::read_metadata(&last)?.get("graft.epoch").and_then(|e| e.parse::<usize>().ok()).unwrap_or(0);
-        if done > total {
-            return Err(GraftError::spec("--epochs", &total.to_string(), format!("the run already completed {done} epochs; give at least {done}")));
-        }
-        Ok(())
-    }
-
-    /// `last.safetensors`' metadata carrying this state.
-    pub(super) fn metadata(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            ("graft.epoch".to_string(), self.epoch.to_string()),
-            ("graft.train_state".to_string(), serde_json::to_string(self).expect("state serializes")),
-        ])
-    }
-}
-
 /// Images decoded once, cropped and resized to the model's input size.
 struct Split {
     images: Vec<RgbImage>,
     labels: Vec<usize>,
     /// sha256 of each image file: its key in the feature store.
     hashes: Vec<[u8; 32]>,
+}
+
+/// The TensorBoard scalars of an epoch of `fit`.
+pub fn scalars(m: &EpochMetrics) -> Vec<(String, f64)> {
+    let all = [
+        ("loss/train", Some(m.train_loss)),
+        ("loss/val", m.val_loss),
+        ("accuracy/train", Some(m.train_accuracy)),
+        ("accuracy/val", m.val_accuracy),
+        ("lr", Some(m.lr)),
+    ];
+    all.into_iter().filter_map(|(tag, v)| v.map(|v| (tag.to_string(), v))).collect()
+}
+
+/// One stage of an image fit as the engine's task: a batch goes through the trunk (or comes
+/// from the frozen prefix's stored activations) and the unfrozen rest; the new head and the
+/// trunk are two parameter groups (the trunk's at `body_lr_mult` × the rate).
+struct FitTask<'a> {
+    config: &'a FitConfig,
+    classes: &'a [String],
+    train: &'a Split,
+    val: &'a Split,
+    preprocess: &'a Preprocess,
+    train_cache: Option<Cache>,
+    val_cache: Option<Cache>,
+    views: usize,
+    /// Stages of the frozen prefix (0: none).
+    cut: usize,
+    /// Per-sample shape of the activations at `cut`.
+    act_shape: [usize; 3],
+    resolution: usize,
+    freeze: &'a FreezeSpec,
+    stage: usize,
+    stage_lr_factor: f64,
+    plan: &'a LrPlan,
+    class_weights: Option<&'a [f32]>,
+    head_ids: Vec<ParamId>,
+    body_ids: Vec<ParamId>,
+    reporter: &'a dyn FitReporter,
+    device: &'a Device,
+    train_device: Device,
+    /// This epoch's shuffled image order.
+    order: Vec<usize>,
+    /// The frozen prefix, prepared for inference once per epoch (not per batch), when it runs.
+    prefix: Option<(Grafted, InferenceTrunk)>,
+    /// (loss sum, correct, seen) over the epoch.
+    sums: (f64, usize, usize),
+    /// Images run through the trunk (training and validation).
+    trunk_images: u64,
+}
+
+impl Task for FitTask<'_> {
+    type Model = Grafted;
+
+    fn iterations(&self) -> usize {
+        self.train.images.len().div_ceil(self.config.batch_size)
+    }
+
+    fn begin_epoch(&mut self, model: &Grafted, epoch: usize) -> Result<()> {
+        self.order = (0..self.train.images.len()).collect();
+        self.order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        self.sums = (0.0, 0, 0);
+        self.prefix = if self.train_cache.is_some() || self.cut == 0 {
+            None
+        } else {
+            let prefix = model.valid();
+            let frozen = prefix.trunk.for_inference();
+            Some((prefix, frozen))
+        };
+        Ok(())
+    }
+
+    fn lr(&self, it: &Iteration) -> f64 {
+        self.plan.lr_at(it.step) * self.stage_lr_factor
+    }
+
+    fn step(&mut self, model: &Grafted, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
+        let (config, views, epoch) = (self.config, self.views, it.epoch);
+        let bs = config.batch_size;
+        let batch: Vec<usize> = self.order[it.index * bs..((it.index + 1) * bs).min(self.order.len())].to_vec();
+        let targets: Vec<usize> = batch.iter().map(|&i| self.train.labels[i]).collect();
+        let input: Tensor<2> = match (&self.train_cache, &self.prefix) {
+            (Some(cache), _) => {
+                // One of the image's stored views per epoch, seeded.
+                let rows: Vec<usize> = batch
+                    .iter()
+                    .map(|&i| i * views + if views > 1 { (sample_rng(config.seed, epoch as u64, i as u64).next_u64() % views as u64) as usize } else { 0 })
+                    .collect();
+                rows_tensor(cache, &rows, &self.train_device)
+            }
+            (None, Some((prefix, frozen))) => {
+                let x = image_batch(self.train, &batch, self.preprocess, config, epoch, self.device);
+                self.trunk_images += batch.len() as u64;
+                let a = prefix.activations(frozen, x, self.cut);
+                self.act_shape = map_shape(prefix, self.cut, self.resolution);
+                Tensor::from_data(a.into_data(), &self.train_device)
+            }
+            (None, None) => {
+                self.trunk_images += batch.len() as u64;
+                image_batch(self.train, &batch, self.preprocess, config, epoch, &self.train_device).flatten(1, 3)
+            }
+        };
+        let logits = if self.cut == 0 {
+            let [n, _] = input.dims();
+            let s = self.resolution;
+            model.forward(input.reshape([n, 3, s, s])) // [n, classes]
+        } else {
+            model.forward_from(input, self.cut, self.act_shape)
+        };
+        let loss = cross_entropy(logits.clone(), &targets, config.label_smoothing, self.class_weights, &self.train_device);
+        let loss_value: f32 = loss.clone().into_scalar();
+        guard::check_loss("training loss", loss_value as f64, epoch + 1, lr)?;
+        let predicted = argmax(logits.detach());
+        self.sums.1 += predicted.iter().zip(&targets).filter(|(p, t)| p == t).count();
+        self.sums.2 += batch.len();
+        self.sums.0 += loss_value as f64 * batch.len() as f64;
+        let mut grads = loss.backward();
+        let head = GradientsParams::from_params(&mut grads, model, &self.head_ids);
+        let body = GradientsParams::from_params(&mut grads, model, &self.body_ids);
+        Ok(vec![(head, 1.0), (body, config.body_lr_mult)])
+    }
+
+    fn end_epoch(&mut self, model: &Grafted, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
+        let (config, val) = (self.config, self.val);
+        // Validation on the inference copy: frozen and trained BN alike use running stats.
+        let validation = if val.labels.is_empty() {
+            None
+        } else {
+            let (loss, predicted) = match &self.val_cache {
+                Some(cache) => evaluate_cached(model, cache, &val.labels, self.cut, self.act_shape, config.batch_size, self.views, self.device),
+                None => {
+                    self.trunk_images += val.images.len() as u64;
+                    evaluate_images(model, val, self.preprocess, config.batch_size, self.device)
+                }
+            };
+            let eval = Evaluation::from_predictions(self.classes, &val.labels, &predicted);
+            Some(Validation { loss, accuracy: eval.accuracy, confusion: eval.confusion })
+        };
+        let (loss_sum, correct, seen) = self.sums;
+        let metrics = EpochMetrics {
+            epoch,
+            stage: self.stage,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_accuracy: correct as f64 / seen.max(1) as f64,
+            val_loss: validation.as_ref().map(|v| v.loss),
+            val_accuracy: validation.as_ref().map(|v| v.accuracy),
+            seconds,
+        };
+        Ok(EpochEnd { validation, scalars: scalars(&metrics), record: serde_json::to_value(&metrics).expect("metrics serialize") })
+    }
+
+    /// A frozen trunk cannot change, so only the head is read then, not the trunk's millions of
+    /// weights every epoch (a cached epoch over 10,000 images takes ~0.1 s).
+    fn check_weights(&self, model: &Grafted, epoch: usize, lr: f64) -> Result<()> {
+        if *self.freeze == FreezeSpec::All {
+            guard::check_weights(&model.head, epoch, lr)
+        } else {
+            guard::check_weights(model, epoch, lr)
+        }
+    }
+
+    fn report(&self, _reporter: &dyn Reporter, record: &serde_json::Value, total: usize) {
+        if let Ok(m) = serde_json::from_value::<EpochMetrics>(record.clone()) {
+            self.reporter.epoch(&m, total);
+        }
+    }
 }
 
 /// Hooks for the caller: progress and the per-epoch line.
@@ -246,9 +331,9 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     }
     let train_folder = ImageFolder::scan(&config.data)?;
     if resume {
-        TrainState::check_total(run, config.total_epochs())?;
+        engine::check_total(run, config.total_epochs(), "--epochs")?;
     }
-    prepare_run_dir(run, resume)?;
+    engine::prepare_run_dir(run, resume)?;
     // Seeds burn's generator: the new head's initialisation and dropout masks.
     device.seed(config.seed);
     let preprocess = spec.preprocess();
@@ -348,20 +433,16 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     };
 
     // --- resume -------------------------------------------------------------------------------
-    let mut state = TrainState::default();
-    if resume {
-        if let Some((saved, dict)) = TrainState::resume(run)? {
-            state = saved;
-            model = checkpoint::import(model, &dict, &run.join("last.safetensors"), spec.id)?;
-            reporter.message(&format!("resuming {} after epoch {}", run.display(), state.epoch));
-        }
+    let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
+    model = engine::stable_ids(model);
+    if let Some(dict) = &engine.resumed {
+        model = checkpoint::import(model, dict, &run.join("last.safetensors"), spec.id)?;
     }
-    if state.stopped_early || state.epoch >= total_epochs {
+    if engine.state.finished(total_epochs) {
         reporter.message("the run had already finished");
     }
 
     // --- training -----------------------------------------------------------------------------
-    let mut tb = EventWriter::create(&run.join("tb"))?;
     let mut stats = CacheStats::default();
     let mut trunk_images = 0u64;
     let mut trainable_params = 0;
@@ -369,7 +450,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     let mut epoch_offset = 0;
     for (stage_index, (freeze, stage_epochs, stage_lr_factor)) in stages.iter().enumerate() {
         let stage_end = epoch_offset + stage_epochs;
-        if state.stopped_early || state.epoch >= stage_end {
+        if engine.status(epoch_offset, *stage_epochs) == PhaseStatus::Done {
             epoch_offset = stage_end;
             continue;
         }
@@ -382,8 +463,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             let flags = ParamGroup::from_regex(r"^trunk\..*\.training$").map_err(|e| GraftError::spec("--train-bn", "", format!("{e:?}")))?;
             model = model.freeze_group(flags);
         }
-        let model_train = model.train();
-        model = model_train;
+        model = model.train();
         trainable_params = count_trainable(&model);
         let cut = frozen_prefix(&rows, &frozen, &trunk_config);
         let augmenting = !config.augment.is_identity();
@@ -400,9 +480,6 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         };
         // Views per image in the cache: K augmented ones, or the plain image.
         let views = if augmenting { config.cache_views.max(1) } else { 1 };
-        let (head_ids, body_ids) = split_param_ids(&model);
-        let mut head_opt = make_optimizer(&config.optimizer);
-        let mut body_opt = make_optimizer(&config.optimizer);
 
         // Activations of the frozen prefix, computed once for this stage.
         let prefix = model.valid();
@@ -421,183 +498,59 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         } else {
             (None, None, [0; 3])
         };
-        let mut act_shape = act_shape;
-        state.train_seconds += caching.elapsed().as_secs_f64();
+        engine.state.train_seconds += caching.elapsed().as_secs_f64();
 
-        let mut plateau = state.plateau.clone().or_else(|| config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)));
-        let mut early = state.early.clone().or_else(|| config.patience.map(|p| EarlyStopping::new(p, config.min_delta)));
-
-        for epoch in state.epoch..stage_end {
-            let started = Instant::now();
-            let mut order: Vec<usize> = (0..train.images.len()).collect();
-            order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-            let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-            let plateau_scale = plateau.as_ref().map(|p| p.scale).unwrap_or(1.0);
-            // The frozen prefix, prepared for inference once per epoch (not per batch).
-            let prefix = if use_cache || cut == 0 {
-                None
-            } else {
-                let prefix = model.valid();
-                let frozen = prefix.trunk.for_inference();
-                Some((prefix, frozen))
-            };
-            reporter.start(&format!("epoch {}/{}", epoch + 1, total_epochs), Some(order.len() as u64));
-            let mut lr = config.lr;
-            for batch in order.chunks(config.batch_size) {
-                guard::check_stop(run, state.epoch)?;
-                let targets: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
-                let input: Tensor<2> = match (&train_cache, &prefix) {
-                    (Some(cache), _) => {
-                        // One of the image's stored views per epoch, seeded.
-                        let rows: Vec<usize> = batch
-                            .iter()
-                            .map(|&i| i * views + if views > 1 { (sample_rng(config.seed, epoch as u64, i as u64).next_u64() % views as u64) as usize } else { 0 })
-                            .collect();
-                        rows_tensor(cache, &rows, &train_device)
-                    }
-                    (None, Some((prefix, frozen))) => {
-                        let x = image_batch(&train, batch, &preprocess, config, epoch, device);
-                        trunk_images += batch.len() as u64;
-                        stats.misses += batch.len() as u64;
-                        let a = prefix.activations(frozen, x, cut);
-                        act_shape = map_shape(prefix, cut, resolution);
-                        Tensor::from_data(a.into_data(), &train_device)
-                    }
-                    (None, None) => {
-                        trunk_images += batch.len() as u64;
-                        let x = image_batch(&train, batch, &preprocess, config, epoch, &train_device);
-                        x.flatten(1, 3)
-                    }
-                };
-                let logits = if cut == 0 {
-                    let [n, _] = input.dims();
-                    let s = resolution;
-                    model.forward(input.reshape([n, 3, s, s]))
-                } else {
-                    model.forward_from(input, cut, act_shape)
-                };
-                let loss = cross_entropy(logits.clone(), &targets, config.label_smoothing, class_weights.as_deref(), &train_device);
-                let loss_value: f32 = loss.clone().into_scalar();
-                lr = plan.lr_at(state.step) * plateau_scale * stage_lr_factor;
-                guard::check_loss("training loss", loss_value as f64, epoch + 1, lr)?;
-                let predicted = argmax(logits.detach());
-                correct += predicted.iter().zip(&targets).filter(|(p, t)| p == t).count();
-                seen += batch.len();
-                loss_sum += loss_value as f64 * batch.len() as f64;
-
-                let mut grads = loss.backward();
-                let head_grads = GradientsParams::from_params(&mut grads, &model, &head_ids);
-                let body_grads = GradientsParams::from_params(&mut grads, &model, &body_ids);
-                model = head_opt.step(lr, model, head_grads);
-                if !body_grads.is_empty() {
-                    model = body_opt.step(lr * config.body_lr_mult, model, body_grads);
-                }
-                state.step += 1;
-                reporter.progress(seen as u64);
-            }
-            reporter.finish();
-
-            // Validation on the inference copy: frozen and trained BN alike use running stats.
-            let eval_model = model.valid();
-            let validation = if val.labels.is_empty() {
-                None
-            } else {
-                let (loss, predicted) = match &val_cache {
-                    Some(cache) => evaluate_cached(&eval_model, cache, &val.labels, cut, act_shape, config.batch_size, views, device),
-                    None => {
-                        trunk_images += val.images.len() as u64;
-                        evaluate_images(&eval_model, &val, &preprocess, config.batch_size, device)
-                    }
-                };
-                Some((loss, Evaluation::from_predictions(&classes, &val.labels, &predicted)))
-            };
-            // A diverged epoch stops the run before anything of it is saved. A frozen trunk
-            // cannot change, so only the head is read then, not the trunk's millions of
-            // weights every epoch (a cached epoch over 10,000 images takes ~0.1 s).
-            if *freeze == FreezeSpec::All {
-                guard::check_weights(&eval_model.head, epoch + 1, lr)?;
-            } else {
-                guard::check_weights(&eval_model, epoch + 1, lr)?;
-            }
-            if let Some((loss, _)) = &validation {
-                guard::check_loss("validation loss", *loss, epoch + 1, lr)?;
-            }
-            let seconds = started.elapsed().as_secs_f64();
-            state.train_seconds += seconds;
-            let metrics = EpochMetrics {
-                epoch: epoch + 1,
-                stage: stage_index + 1,
-                lr,
-                train_loss: loss_sum / seen.max(1) as f64,
-                train_accuracy: correct as f64 / seen.max(1) as f64,
-                val_loss: validation.as_ref().map(|v| v.0),
-                val_accuracy: validation.as_ref().map(|v| v.1.accuracy),
-                seconds,
-            };
-            state.epoch = epoch + 1;
-            let mut stop = false;
-            match &validation {
-                None => {
-                    state.best_epoch = state.epoch;
-                }
-                Some((loss, eval)) => {
-                    // Best by the monitored metric (--monitor).
-                    let monitor = config.monitor;
-                    let best = (state.best_epoch > 0).then_some((state.best_val_loss, state.best_val_accuracy));
-                    if monitor.improves((*loss, eval.accuracy), best, config.min_delta) {
-                        state.best_epoch = state.epoch;
-                        state.best_val_accuracy = eval.accuracy;
-                        state.best_val_loss = *loss;
-                        state.best_confusion = eval.confusion.clone();
-                    }
-                    let watched = monitor.value(*loss, eval.accuracy);
-                    if let Some(p) = plateau.as_mut() {
-                        if p.observe(watched, monitor.higher_is_better()) {
-                            reporter.message(&format!("{} plateaued: learning rate ×{:.3}", monitor.name(), p.scale));
-                        }
-                    }
-                    stop = early.as_mut().is_some_and(|e| e.observe(watched, monitor.higher_is_better()));
-                }
-            }
-            let improved = state.best_epoch == state.epoch;
-            state.plateau = plateau.clone();
-            state.early = early.clone();
-            state.last_metrics = Some(metrics.clone());
-            state.stopped_early = stop;
-
-            // Crash-safe order: last (with state) → best → metrics line; see repair_after_kill.
-            checkpoint::save(&model, &run.join("last.safetensors"), state.metadata())?;
-            if improved {
-                let mut meta = BTreeMap::new();
-                meta.insert("graft.epoch".to_string(), state.epoch.to_string());
-                checkpoint::save(&model, &run.join("best.safetensors"), meta)?;
-            }
-            append_metrics(run, &metrics)?;
-            let scalars = [
-                ("loss/train", Some(metrics.train_loss)),
-                ("loss/val", metrics.val_loss),
-                ("accuracy/train", Some(metrics.train_accuracy)),
-                ("accuracy/val", metrics.val_accuracy),
-                ("lr", Some(metrics.lr)),
-            ];
-            for (tag, value) in scalars {
-                if let Some(value) = value {
-                    tb.add_scalar(tag, value as f32, metrics.epoch as i64)?;
-                }
-            }
-            tb.flush()?;
-            reporter.epoch(&metrics, total_epochs);
-            if stop {
-                reporter.message(&format!("early stopping: no improvement for {} epochs", config.patience.unwrap_or(0)));
-                break;
-            }
+        let (head_ids, body_ids) = (param_ids(&model.head), param_ids(&model.trunk));
+        let mut task = FitTask {
+            config,
+            classes: &classes,
+            train: &train,
+            val: &val,
+            preprocess: &preprocess,
+            train_cache,
+            val_cache,
+            views,
+            cut,
+            act_shape,
+            resolution,
+            freeze,
+            stage: stage_index + 1,
+            stage_lr_factor: *stage_lr_factor,
+            plan: &plan,
+            class_weights: class_weights.as_deref(),
+            head_ids,
+            body_ids,
+            reporter,
+            device,
+            train_device: train_device.clone(),
+            order: Vec::new(),
+            prefix: None,
+            sums: (0.0, 0, 0),
+            trunk_images: 0,
+        };
+        let phase = Phase {
+            name: String::new(),
+            offset: epoch_offset,
+            epochs: *stage_epochs,
+            total: total_epochs,
+            keep: Keep::Best { monitor: config.monitor, min_delta: config.min_delta },
+            best_file: "best.safetensors".into(),
+            // Each stage gets its own patience; a plateau's reduced rate carries over.
+            early_stopping: config.patience.map(|p| EarlyStopping::new(p, config.min_delta)),
+            plateau: config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)),
+            optimizer: make_optimizer(&config.optimizer),
+        };
+        model = engine.run_phase(&mut task, model, phase)?;
+        trunk_images += task.trunk_images;
+        if !use_cache {
+            stats.misses += task.trunk_images;
         }
         epoch_offset = stage_end;
-        state.early = None; // each stage gets its own patience
-        if state.stopped_early {
+        if engine.state.stopped_early {
             break;
         }
     }
+    let state = engine.state;
 
     // --- wrap up ------------------------------------------------------------------------------
     let metrics = read_metrics(run)?;
@@ -622,79 +575,9 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     Ok(summary)
 }
 
-/// Checks and creates (or reopens, with `resume`) a run directory; a symbolic link inside it
-/// is refused. Returns whether a fresh run's directory was created here (see
-/// [`crate::fsutil::prepare_fresh_run_dir`]), so a failed start can remove it.
-pub(super) fn prepare_run_dir(run: &Path, resume: bool) -> Result<bool> {
-    if !resume && run.join("model.json").exists() {
-        return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run; pass --resume to continue it or choose another --out"));
-    }
-    if resume && !run.join("model.json").exists() {
-        return Err(GraftError::spec("--resume", &run.display().to_string(), "is not a graft run directory (no model.json)"));
-    }
-    crate::fsutil::check_run_dir(run)?;
-    // A kill during a write leaves its temporary file behind; the rename never happened, so
-    // the file it was replacing is intact and the temporary is garbage.
-    crate::fsutil::remove_stale_temps(run)?;
-    if resume {
-        return Ok(false);
-    }
-    // A start killed before model.json leaves only config.toml: an incomplete run, replaced.
-    if let Ok(entries) = std::fs::read_dir(run) {
-        let names: Vec<_> = entries.flatten().map(|e| e.file_name()).collect();
-        if names.len() == 1 && names[0] == "config.toml" {
-            crate::fsutil::remove_failed_run(run, false);
-        }
-    }
-    crate::fsutil::prepare_fresh_run_dir(run, "--out")
-}
-
-/// After a kill between writing `last.safetensors` and the metrics line (or `best`), make the
-/// run directory agree with the state stored in `last`.
-fn repair_after_kill(run: &Path, state: &TrainState) -> Result<()> {
-    // metrics.jsonl: keep completed epochs only, and add the last one if its line is missing.
-    // Kept lines are copied verbatim: a parse/print round trip may change a float's last digit.
-    let path = run.join("metrics.jsonl");
-    let old = crate::fsutil::read_run_text(&path, crate::limits::MAX_METRICS_FILE_BYTES)?.unwrap_or_default();
-    let mut text = String::new();
-    let mut epochs = Vec::new();
-    for line in old.lines() {
-        let Ok(m) = serde_json::from_str::<EpochMetrics>(line) else { continue }; // torn by a kill
-        if m.epoch <= state.epoch {
-            text.push_str(line);
-            text.push('\n');
-            epochs.push(m.epoch);
-        }
-    }
-    if let Some(last) = &state.last_metrics {
-        if !epochs.contains(&last.epoch) {
-            text.push_str(&(serde_json::to_string(last).expect("metrics serialize") + "\n"));
-        }
-    }
-    write_atomic(&path, text.as_bytes())?;
-    // best.safetensors: when the last epoch was the best, `last` holds those weights.
-    let best = run.join("best.safetensors");
-    let best_epoch = graft_weights::load(&best).ok().and_then(|d| d.metadata.get("graft.epoch").and_then(|e| e.parse::<usize>().ok()));
-    if state.best_epoch == state.epoch && best_epoch != Some(state.best_epoch) {
-        let tmp = run.join(".best.safetensors.repair");
-        std::fs::copy(run.join("last.safetensors"), &tmp).map_err(|e| GraftError::io(&tmp, e))?;
-        std::fs::rename(&tmp, &best).map_err(|e| GraftError::io(&best, e))?;
-    }
-    Ok(())
-}
-
-fn append_metrics(run: &Path, m: &EpochMetrics) -> Result<()> {
-    let path = run.join("metrics.jsonl");
-    let mut file = crate::fsutil::append_nofollow(&path)?;
-    let line = serde_json::to_string(m).expect("metrics serialize") + "\n";
-    file.write_all(line.as_bytes()).and_then(|_| file.sync_data()).map_err(|e| GraftError::io(&path, e))
-}
-
 /// Reads `metrics.jsonl`; a torn last line (killed mid-write) is ignored.
 pub fn read_metrics(run: &Path) -> Result<Vec<EpochMetrics>> {
-    let path = run.join("metrics.jsonl");
-    let text = crate::fsutil::read_run_text(&path, crate::limits::MAX_METRICS_FILE_BYTES)?.unwrap_or_default();
-    Ok(text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+    engine::read_records(run)
 }
 
 pub(crate) fn write_plots(run: &Path, metrics: &[EpochMetrics], classes: &[String], confusion: &[Vec<u64>]) -> Result<()> {
@@ -906,8 +789,7 @@ fn fit_classic(
     head.save(&run.join("classic.safetensors"))?;
     // The trunk (and an unused placeholder head) so the run is self-contained.
     checkpoint::save(model, &run.join("best.safetensors"), BTreeMap::from([("graft.epoch".to_string(), "1".to_string())]))?;
-    let text = serde_json::to_string(&metrics).expect("metrics serialize") + "\n";
-    write_atomic(&run.join("metrics.jsonl"), text.as_bytes())?;
+    engine::write_single_epoch(run, &serde_json::to_value(&metrics).expect("metrics serialize"), &scalars(&metrics))?;
     reporter.epoch(&metrics, 1);
     let confusion = validation.as_ref().map(|v| v.2.confusion.clone()).unwrap_or_default();
     write_plots(run, &[metrics.clone()], &info.classes, &confusion)?;
@@ -976,23 +858,6 @@ fn evaluate_images(model: &Grafted, split: &Split, preprocess: &Preprocess, batc
     (loss / split.labels.len().max(1) as f64, predicted)
 }
 
-/// Parameter ids of the new head and of the trunk.
-fn split_param_ids(model: &Grafted) -> (Vec<ParamId>, Vec<ParamId>) {
-    (param_ids(&model.head), param_ids(&model.trunk))
-}
-
-fn param_ids<M: Module>(module: &M) -> Vec<ParamId> {
-    struct Ids(Vec<ParamId>);
-    impl burn::module::ModuleVisitor for Ids {
-        fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<Tensor<D>>) {
-            self.0.push(param.id);
-        }
-    }
-    let mut ids = Ids(Vec::new());
-    module.visit(&mut ids);
-    ids.0
-}
-
 /// Parameters that will receive gradients.
 pub fn count_trainable<M: Module>(module: &M) -> usize {
     struct Count(usize);
@@ -1018,22 +883,5 @@ pub(crate) fn make_optimizer(optimizer: &Optimizer) -> ModuleOptimizer {
             cfg.init()
         }
         Optimizer::Adamw { weight_decay } => AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(*weight_decay as f32).init(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_state_without_validation_survives_its_json() {
-        // No validation epoch yet: the best loss is infinite, which JSON can only write as null.
-        let state = TrainState { epoch: 3, step: 12, best_epoch: 3, ..Default::default() };
-        let back: TrainState = serde_json::from_str(&state.metadata()["graft.train_state"]).unwrap();
-        assert_eq!(back.best_val_loss, f64::INFINITY);
-        assert_eq!((back.epoch, back.step, back.best_epoch), (3, 12, 3));
-        let seen = TrainState { best_val_loss: 0.25, ..state };
-        let back: TrainState = serde_json::from_str(&serde_json::to_string(&seen).unwrap()).unwrap();
-        assert_eq!(back.best_val_loss, 0.25);
     }
 }

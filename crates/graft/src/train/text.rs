@@ -7,7 +7,6 @@
 //! `last.safetensors` (or `classic.safetensors`): the encoder is the pulled one, checked by its
 //! sha256 when the run is loaded. `model.json` says `"kind": "text"`.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -22,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint;
 use super::guard;
 use super::config::{ClassWeights, FitConfig};
-use super::fit::{make_optimizer, write_plots, CacheStats, DataSummary, EpochMetrics, FitReporter, FitSummary, TrainState};
+use super::engine::{self, Engine, EpochEnd, Iteration, Keep, Phase, Task, Validation};
+use super::fit::{make_optimizer, write_plots, CacheStats, DataSummary, EpochMetrics, FitReporter, FitSummary};
 use super::loss::{argmax, cross_entropy};
 use super::model::{Head, HeadSpec};
 use super::run::{top1, Evaluation};
@@ -30,7 +30,6 @@ use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
 use crate::cache::FeatureStore;
 use crate::classic::Classic;
 use crate::fsutil::write_atomic;
-use crate::report::tensorboard::EventWriter;
 use crate::report::Reporter;
 use crate::text::features::{embed_cached, open_store, preprocess_id, EmbedStats};
 use crate::text::{stratified_split, SentenceEncoder, TextDataset};
@@ -183,9 +182,9 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
     config.validate()?;
     check_config(config)?;
     if resume && !matches!(config.head, HeadSpec::Classic(_)) {
-        TrainState::check_total(run, config.total_epochs())?;
+        engine::check_total(run, config.total_epochs(), "--epochs")?;
     }
-    super::fit::prepare_run_dir(run, resume)?;
+    engine::prepare_run_dir(run, resume)?;
     device.seed(config.seed);
     let started = Instant::now();
 
@@ -269,27 +268,6 @@ struct Trained {
     trainable_params: usize,
 }
 
-fn write_metrics(run: &Path, metrics: &[EpochMetrics]) -> Result<()> {
-    let text: String = metrics.iter().map(|m| serde_json::to_string(m).expect("metrics serialize") + "\n").collect();
-    write_atomic(&run.join("metrics.jsonl"), text.as_bytes())
-}
-
-fn log_tensorboard(tb: &mut EventWriter, m: &EpochMetrics) -> Result<()> {
-    let scalars = [
-        ("loss/train", Some(m.train_loss)),
-        ("loss/val", m.val_loss),
-        ("accuracy/train", Some(m.train_accuracy)),
-        ("accuracy/val", m.val_accuracy),
-        ("lr", Some(m.lr)),
-    ];
-    for (tag, value) in scalars {
-        if let Some(value) = value {
-            tb.add_scalar(tag, value as f32, m.epoch as i64)?;
-        }
-    }
-    tb.flush()
-}
-
 /// A classic head on the embeddings, trained in one go (one "epoch" in the metrics).
 fn train_classic(kind: &crate::classic::ClassicKind, seed: u64, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter) -> Result<Trained> {
     let started = Instant::now();
@@ -313,8 +291,7 @@ fn train_classic(kind: &crate::classic::ClassicKind, seed: u64, run: &Path, info
         val_accuracy: validation.as_ref().map(|v| v.1.accuracy),
         seconds: started.elapsed().as_secs_f64(),
     };
-    write_metrics(run, std::slice::from_ref(&metrics))?;
-    log_tensorboard(&mut EventWriter::create(&run.join("tb"))?, &metrics)?;
+    engine::write_single_epoch(run, &serde_json::to_value(&metrics).expect("metrics serialize"), &super::fit::scalars(&metrics))?;
     reporter.epoch(&metrics, 1);
     Ok(Trained {
         best_epoch: 1,
@@ -326,28 +303,105 @@ fn train_classic(kind: &crate::classic::ClassicKind, seed: u64, run: &Path, info
     })
 }
 
+/// A linear or MLP head on stored embeddings as the engine's task.
+struct HeadTask<'a> {
+    config: &'a FitConfig,
+    info: &'a TextRunInfo,
+    train: &'a Rows,
+    val: &'a Rows,
+    plan: LrPlan,
+    class_weights: Option<Vec<f32>>,
+    reporter: &'a dyn FitReporter,
+    device: &'a Device,
+    train_device: Device,
+    order: Vec<usize>,
+    /// (loss sum, correct) over the epoch.
+    sums: (f64, usize),
+}
+
+impl Task for HeadTask<'_> {
+    type Model = Head;
+
+    fn iterations(&self) -> usize {
+        self.train.labels.len().div_ceil(self.config.batch_size)
+    }
+
+    fn begin_epoch(&mut self, _model: &Head, epoch: usize) -> Result<()> {
+        self.order = (0..self.train.labels.len()).collect();
+        self.order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        self.sums = (0.0, 0);
+        Ok(())
+    }
+
+    fn lr(&self, it: &Iteration) -> f64 {
+        self.plan.lr_at(it.step)
+    }
+
+    fn step(&mut self, head: &Head, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
+        let bs = self.config.batch_size;
+        let batch = &self.order[it.index * bs..((it.index + 1) * bs).min(self.order.len())];
+        let targets: Vec<usize> = batch.iter().map(|&i| self.train.labels[i]).collect();
+        let logits = head.forward(self.train.tensor(batch, &self.train_device)); // [b, classes]
+        let loss = cross_entropy(logits.clone(), &targets, self.config.label_smoothing, self.class_weights.as_deref(), &self.train_device);
+        let loss_value: f32 = loss.clone().into_scalar();
+        guard::check_loss("training loss", loss_value as f64, it.epoch + 1, lr)?;
+        self.sums.0 += loss_value as f64 * batch.len() as f64;
+        self.sums.1 += argmax(logits.detach()).iter().zip(&targets).filter(|(p, t)| p == t).count();
+        Ok(vec![(GradientsParams::from_grads(loss.backward(), head), 1.0)])
+    }
+
+    fn end_epoch(&mut self, head: &Head, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
+        let val = self.val;
+        let validation = (!val.labels.is_empty()).then(|| {
+            let all: Vec<usize> = (0..val.labels.len()).collect();
+            let (mut loss, mut predicted) = (0f64, Vec::new());
+            for chunk in all.chunks(self.config.batch_size.max(256)) {
+                let logits = head.forward(val.tensor(chunk, self.device));
+                let targets: Vec<usize> = chunk.iter().map(|&i| val.labels[i]).collect();
+                let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, self.device).into_scalar();
+                loss += l as f64 * chunk.len() as f64;
+                predicted.extend(argmax(logits));
+            }
+            let eval = Evaluation::from_predictions(&self.info.classes, &val.labels, &predicted);
+            Validation { loss: loss / val.labels.len() as f64, accuracy: eval.accuracy, confusion: eval.confusion }
+        });
+        let n = self.train.labels.len().max(1) as f64;
+        let metrics = EpochMetrics {
+            epoch,
+            stage: 1,
+            lr,
+            train_loss: self.sums.0 / n,
+            train_accuracy: self.sums.1 as f64 / n,
+            val_loss: validation.as_ref().map(|v| v.loss),
+            val_accuracy: validation.as_ref().map(|v| v.accuracy),
+            seconds,
+        };
+        Ok(EpochEnd { validation, scalars: super::fit::scalars(&metrics), record: serde_json::to_value(&metrics).expect("metrics serialize") })
+    }
+
+    fn report(&self, _reporter: &dyn Reporter, record: &serde_json::Value, total: usize) {
+        if let Ok(m) = serde_json::from_value::<EpochMetrics>(record.clone()) {
+            self.reporter.epoch(&m, total);
+        }
+    }
+}
+
 /// A linear or MLP head trained with the run's optimizer, schedule and early stopping; the
-/// epoch with the best validation accuracy is kept (the last one without validation data).
-/// Each epoch's `last.safetensors` carries the training state, from which `resume` continues
-/// (with a fresh optimizer, as image runs).
+/// epoch with the best monitored validation metric is kept (the last one without validation
+/// data). A killed run resumes after its last completed epoch.
 #[allow(clippy::too_many_arguments)]
 fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter, device: &Device) -> Result<Trained> {
     let classes = info.classes.len();
-    let train_device = device.clone().autodiff();
-    let mut head = Head::init(&config.head, info.embedding_width, classes, config.dropout, device).train();
-    let mut state = TrainState::default();
-    if let Some((saved, _)) = if resume { TrainState::resume(run)? } else { None } {
-        head = checkpoint::load(head, &run.join("last.safetensors"))?;
-        state = saved;
-        reporter.message(&format!("resuming {} after epoch {}", run.display(), state.epoch));
+    let mut head = engine::stable_ids(Head::init(&config.head, info.embedding_width, classes, config.dropout, device).train());
+    let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
+    if let Some(dict) = &engine.resumed {
+        head = checkpoint::import(head, dict, &run.join("last.safetensors"), "the text head")?;
     }
-    if state.stopped_early || state.epoch >= config.epochs {
+    if engine.state.finished(config.epochs) {
         reporter.message("the run had already finished");
     }
     let trainable_params = super::fit::count_trainable(&head);
-    let mut optimizer = make_optimizer(&config.optimizer);
     let steps_per_epoch = train.labels.len().div_ceil(config.batch_size);
-    let plan = LrPlan { base_lr: config.lr, schedule: config.schedule.clone(), warmup_epochs: config.warmup_epochs, steps_per_epoch, epochs: config.epochs };
     let class_weights = match config.class_weights {
         ClassWeights::None => None,
         ClassWeights::Balanced => {
@@ -357,107 +411,32 @@ fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo
             Some(counts.iter().map(|&c| if c == 0 { 0.0 } else { n / (classes as f32 * c as f32) }).collect::<Vec<f32>>())
         }
     };
-    let mut plateau = state.plateau.clone().or_else(|| config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)));
-    let mut early = state.early.clone().or_else(|| config.patience.map(|p| EarlyStopping::new(p, config.min_delta)));
-    let mut tb = EventWriter::create(&run.join("tb"))?;
-    let mut metrics_log = if state.epoch > 0 { super::fit::read_metrics(run)? } else { Vec::new() };
-    let first_epoch = if state.stopped_early { config.epochs } else { state.epoch };
-    for epoch in first_epoch..config.epochs {
-        let started = Instant::now();
-        let mut order: Vec<usize> = (0..train.labels.len()).collect();
-        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
-        let scale = plateau.as_ref().map(|p| p.scale).unwrap_or(1.0);
-        let (mut loss_sum, mut correct) = (0f64, 0usize);
-        let mut lr = config.lr;
-        reporter.start(&format!("epoch {}/{}", epoch + 1, config.epochs), Some(order.len() as u64));
-        for (b, batch) in order.chunks(config.batch_size).enumerate() {
-            guard::check_stop(run, state.epoch)?;
-            let targets: Vec<usize> = batch.iter().map(|&i| train.labels[i]).collect();
-            let logits = head.forward(train.tensor(batch, &train_device)); // [b, classes]
-            let loss = cross_entropy(logits.clone(), &targets, config.label_smoothing, class_weights.as_deref(), &train_device);
-            let loss_value: f32 = loss.clone().into_scalar();
-            lr = plan.lr_at(state.step) * scale;
-            guard::check_loss("training loss", loss_value as f64, epoch + 1, lr)?;
-            loss_sum += loss_value as f64 * batch.len() as f64;
-            correct += argmax(logits.detach()).iter().zip(&targets).filter(|(p, t)| p == t).count();
-            let grads = GradientsParams::from_grads(loss.backward(), &head);
-            head = optimizer.step(lr, head, grads);
-            state.step += 1;
-            reporter.progress(((b + 1) * config.batch_size).min(order.len()) as u64);
-        }
-        reporter.finish();
-        let eval_head = head.valid();
-        let validation = (!val.labels.is_empty()).then(|| {
-            let all: Vec<usize> = (0..val.labels.len()).collect();
-            let (mut loss, mut predicted) = (0f64, Vec::new());
-            for chunk in all.chunks(config.batch_size.max(256)) {
-                let logits = eval_head.forward(val.tensor(chunk, device));
-                let targets: Vec<usize> = chunk.iter().map(|&i| val.labels[i]).collect();
-                let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, device).into_scalar();
-                loss += l as f64 * chunk.len() as f64;
-                predicted.extend(argmax(logits));
-            }
-            (loss / val.labels.len() as f64, Evaluation::from_predictions(&info.classes, &val.labels, &predicted))
-        });
-        // A diverged epoch stops the run before anything of it is saved.
-        guard::check_weights(&eval_head, epoch + 1, lr)?;
-        if let Some((loss, _)) = &validation {
-            guard::check_loss("validation loss", *loss, epoch + 1, lr)?;
-        }
-        let n = train.labels.len().max(1) as f64;
-        let metrics = EpochMetrics {
-            epoch: epoch + 1,
-            stage: 1,
-            lr,
-            train_loss: loss_sum / n,
-            train_accuracy: correct as f64 / n,
-            val_loss: validation.as_ref().map(|v| v.0),
-            val_accuracy: validation.as_ref().map(|v| v.1.accuracy),
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        let mut stop = false;
-        let improved = match &validation {
-            None => true,
-            Some((loss, eval)) => {
-                // Best by the monitored metric (--monitor), as image runs.
-                let monitor = config.monitor;
-                let best = (state.best_epoch > 0).then_some((state.best_val_loss, state.best_val_accuracy));
-                let improved = monitor.improves((*loss, eval.accuracy), best, config.min_delta);
-                if improved {
-                    (state.best_val_accuracy, state.best_val_loss, state.best_confusion) = (eval.accuracy, *loss, eval.confusion.clone());
-                }
-                let watched = monitor.value(*loss, eval.accuracy);
-                if let Some(p) = plateau.as_mut() {
-                    if p.observe(watched, monitor.higher_is_better()) {
-                        reporter.message(&format!("{} plateaued: learning rate ×{:.3}", monitor.name(), p.scale));
-                    }
-                }
-                stop = early.as_mut().is_some_and(|e| e.observe(watched, monitor.higher_is_better()));
-                improved
-            }
-        };
-        state.epoch = epoch + 1;
-        if improved {
-            state.best_epoch = epoch + 1;
-        }
-        (state.plateau, state.early, state.stopped_early) = (plateau.clone(), early.clone(), stop);
-        state.last_metrics = Some(metrics.clone());
-        state.train_seconds += metrics.seconds;
-        // Crash-safe order: last (with state) → best → metrics (see fit's repair_after_kill).
-        checkpoint::save(&head, &run.join("last.safetensors"), state.metadata())?;
-        if improved {
-            let meta = BTreeMap::from([("graft.epoch".to_string(), state.epoch.to_string())]);
-            checkpoint::save(&head, &run.join("best.safetensors"), meta)?;
-        }
-        metrics_log.push(metrics.clone());
-        write_metrics(run, &metrics_log)?;
-        log_tensorboard(&mut tb, &metrics)?;
-        reporter.epoch(&metrics, config.epochs);
-        if stop {
-            reporter.message(&format!("early stopping: no improvement for {} epochs", config.patience.unwrap_or(0)));
-            break;
-        }
-    }
+    let mut task = HeadTask {
+        config,
+        info,
+        train,
+        val,
+        plan: LrPlan { base_lr: config.lr, schedule: config.schedule.clone(), warmup_epochs: config.warmup_epochs, steps_per_epoch, epochs: config.epochs },
+        class_weights,
+        reporter,
+        device,
+        train_device: device.clone().autodiff(),
+        order: Vec::new(),
+        sums: (0.0, 0),
+    };
+    let phase = Phase {
+        name: String::new(),
+        offset: 0,
+        epochs: config.epochs,
+        total: config.epochs,
+        keep: Keep::Best { monitor: config.monitor, min_delta: config.min_delta },
+        best_file: "best.safetensors".into(),
+        early_stopping: config.patience.map(|p| EarlyStopping::new(p, config.min_delta)),
+        plateau: config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)),
+        optimizer: make_optimizer(&config.optimizer),
+    };
+    engine.run_phase(&mut task, head, phase)?;
+    let state = engine.state;
     Ok(Trained {
         best_epoch: state.best_epoch,
         best_val_accuracy: state.best_val_accuracy,

@@ -29,7 +29,7 @@ use crate::data::folder::{decode_with, stratified_split, ImageFolder, Sample, Sk
 use crate::fsutil::write_atomic;
 use crate::report::Reporter;
 use crate::train::checkpoint;
-use crate::train::engine::{self, Engine, EpochEnd, Iteration, Keep, Phase, Task};
+use crate::train::engine::{self, Engine, EpochEnd, Iteration, Keep, Phase, Task, Validation};
 use crate::train::guard;
 use crate::train::loss::{argmax, cross_entropy};
 use crate::train::run::Evaluation;
@@ -494,6 +494,91 @@ fn accuracy(net: &MlpClassifier, rows: &[f32], labels: &[usize], device: &Device
     (correct as f64 / labels.len().max(1) as f64, predicted)
 }
 
+/// The MLP fine-tune as the engine's task.
+struct MlpTask<'a> {
+    x_train: &'a [f32],
+    y_train: &'a [usize],
+    x_val: &'a [f32],
+    y_val: &'a [usize],
+    classes: &'a [String],
+    config: &'a MlpFitConfig,
+    device: &'a Device,
+    train_device: Device,
+    batches: Vec<Vec<usize>>,
+    loss_sum: f64,
+    correct: usize,
+}
+
+impl Task for MlpTask<'_> {
+    type Model = MlpClassifier;
+
+    fn iterations(&self) -> usize {
+        self.y_train.len().div_ceil(self.config.batch_size.max(1))
+    }
+
+    fn begin_epoch(&mut self, _model: &MlpClassifier, epoch: usize) -> Result<()> {
+        self.batches = batches(self.y_train.len(), self.config.batch_size, &mut epoch_rng(self.config.seed ^ 0xF17, 0, epoch));
+        (self.loss_sum, self.correct) = (0.0, 0);
+        Ok(())
+    }
+
+    fn lr(&self, _it: &Iteration) -> f64 {
+        self.config.lr
+    }
+
+    fn step(&mut self, model: &MlpClassifier, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
+        let idx = &self.batches[it.index];
+        let x = gather_rows(self.x_train, INPUT, idx, &self.train_device); // [b, 784]
+        let targets: Vec<usize> = idx.iter().map(|&i| self.y_train[i]).collect();
+        let logits = model.forward(x);
+        let loss = cross_entropy(logits.clone(), &targets, 0.0, None, &self.train_device);
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        guard::check_loss("training loss", value, it.epoch + 1, lr)?;
+        self.loss_sum += value * idx.len() as f64;
+        self.correct += argmax(logits.detach()).iter().zip(&targets).filter(|(p, t)| p == t).count();
+        Ok(vec![(GradientsParams::from_grads(loss.backward(), model), 1.0)])
+    }
+
+    fn end_epoch(&mut self, model: &MlpClassifier, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
+        let validation = (!self.y_val.is_empty()).then(|| {
+            let (loss, predicted) = score(model, self.x_val, self.y_val, self.device);
+            let eval = Evaluation::from_predictions(self.classes, self.y_val, &predicted);
+            Validation { loss, accuracy: eval.accuracy, confusion: eval.confusion }
+        });
+        let n = self.y_train.len().max(1) as f64;
+        let metrics = crate::train::fit::EpochMetrics {
+            epoch,
+            stage: 1,
+            lr,
+            train_loss: self.loss_sum / n,
+            train_accuracy: self.correct as f64 / n,
+            val_loss: validation.as_ref().map(|v| v.loss),
+            val_accuracy: validation.as_ref().map(|v| v.accuracy),
+            seconds,
+        };
+        Ok(EpochEnd { validation, record: serde_json::to_value(&metrics).expect("metrics serialize"), scalars: crate::train::fit::scalars(&metrics) })
+    }
+
+    fn report(&self, reporter: &dyn Reporter, record: &serde_json::Value, total: usize) {
+        let val = record["val_accuracy"].as_f64().map(|a| format!(" - val_accuracy: {a:.4}")).unwrap_or_default();
+        reporter.message(&format!("epoch {}/{total} - loss: {:.4}{val}", record["epoch"], record["train_loss"].as_f64().unwrap_or(f64::NAN)));
+    }
+}
+
+/// Mean cross-entropy and predictions of `net` on labelled rows.
+fn score(net: &MlpClassifier, rows: &[f32], labels: &[usize], device: &Device) -> (f64, Vec<usize>) {
+    let all: Vec<usize> = (0..labels.len()).collect();
+    let (mut loss, mut predicted) = (0f64, Vec::with_capacity(labels.len()));
+    for chunk in all.chunks(1024) {
+        let logits = net.forward(gather_rows(rows, INPUT, chunk, device));
+        let targets: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
+        let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, device).into_scalar();
+        loss += l as f64 * chunk.len() as f64;
+        predicted.extend(argmax(logits));
+    }
+    (loss / labels.len().max(1) as f64, predicted)
+}
+
 /// Fine-tunes an MLP (from a pretraining run, or random) with labels; the run is in `run`.
 pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, device: &Device) -> Result<MlpRun> {
     if run.join("mlp.json").exists() || run.join("model.json").exists() {
@@ -529,46 +614,41 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
     }
     std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
     crate::fsutil::check_run_dir(run)?;
-    let train_device = device.clone().autodiff();
-    let mut model = net.train();
-    let mut optim = AdamConfig::new().init();
-    let mut rng = StdRng::seed_from_u64(config.seed ^ 0xF17);
-    let (mut best_epoch, mut best_val): (usize, Option<f64>) = (0, None);
-    let mut metrics = String::new();
-    for epoch in 1..=config.epochs {
-        let mut loss_sum = 0f64;
-        for idx in batches(y_train.len(), config.batch_size, &mut rng) {
-            guard::check_stop(run, epoch - 1)?;
-            let x = gather_rows(&x_train, INPUT, &idx, &train_device); // [b, 784]
-            let targets: Vec<usize> = idx.iter().map(|&i| y_train[i]).collect();
-            let loss = cross_entropy(model.forward(x), &targets, 0.0, None, &train_device);
-            let value = loss.clone().into_scalar::<f32>() as f64;
-            guard::check_loss("training loss", value, epoch, config.lr)?;
-            loss_sum += value * idx.len() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(config.lr, model, grads);
-        }
-        let current = model.valid();
-        guard::check_weights(&current, epoch, config.lr)?;
-        let val_acc = (!y_val.is_empty()).then(|| accuracy(&current, &x_val, &y_val, device).0);
-        let line = serde_json::json!({"epoch": epoch, "train_loss": loss_sum / y_train.len() as f64, "val_accuracy": val_acc});
-        metrics.push_str(&format!("{line}\n"));
-        reporter.message(&format!("epoch {epoch}/{} - loss: {:.4}{}", config.epochs, loss_sum / y_train.len() as f64, val_acc.map(|a| format!(" - val_accuracy: {a:.4}")).unwrap_or_default()));
-        // Keep the best validation epoch (the last one without validation data).
-        if val_acc.is_none() || val_acc > best_val {
-            best_epoch = epoch;
-            best_val = val_acc;
-            checkpoint::save(&current, &run.join("best.safetensors"), BTreeMap::from([("graft.epoch".to_string(), epoch.to_string())]))?;
-        }
-    }
-    write_atomic(&run.join("metrics.jsonl"), metrics.as_bytes())?;
+    let mut engine = Engine::open(run, false, config.seed, reporter, device)?;
+    let mut task = MlpTask {
+        x_train: &x_train,
+        y_train: &y_train,
+        x_val: &x_val,
+        y_val: &y_val,
+        classes: &folder.classes,
+        config,
+        device,
+        train_device: device.clone().autodiff(),
+        batches: Vec::new(),
+        loss_sum: 0.0,
+        correct: 0,
+    };
+    let phase = Phase {
+        name: String::new(),
+        offset: 0,
+        epochs: config.epochs,
+        total: config.epochs,
+        // The best validation accuracy (the last epoch without validation data).
+        keep: Keep::Best { monitor: crate::train::config::Monitor::ValAccuracy, min_delta: 0.0 },
+        best_file: "best.safetensors".into(),
+        early_stopping: None,
+        plateau: None,
+        optimizer: AdamConfig::new().init(),
+    };
+    engine.run_phase(&mut task, engine::stable_ids(net.train()), phase)?;
+    let state = engine.state;
     let best = checkpoint::load(MlpClassifier::init(&config.arch, classes, device), &run.join("best.safetensors"))?;
     let info = MlpRun {
         kind: "mlp".into(),
         config: config.clone(),
         classes: folder.classes.clone(),
-        best_epoch,
-        best_val_accuracy: best_val,
+        best_epoch: state.best_epoch,
+        best_val_accuracy: (!y_val.is_empty()).then_some(state.best_val_accuracy),
         train_accuracy: accuracy(&best, &x_train, &y_train, device).0,
         n_train: y_train.len(),
         n_val: y_val.len(),
