@@ -114,42 +114,49 @@ pub struct AdaptArgs {
     pub seed: u64,
 }
 
-fn resolve(args: &AdaptArgs) -> anyhow::Result<AdaptConfig> {
-    let method: Method = args.method.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut c = AdaptConfig::new(method, &args.source, &args.target);
-    c.target_test = args.target_test.clone();
-    c.data_root = args.data_root.clone();
-    c.backbone = args.backbone.clone();
-    c.weights = args.weights.clone();
-    c.bottleneck = args.bottleneck;
-    c.epochs = args.epochs;
-    c.iters_per_epoch = args.iters_per_epoch;
-    c.batch_size = args.batch_size;
-    c.lr = args.lr;
-    c.lr_schedule = args.lr_schedule.parse()?;
-    c.lr_gamma = args.lr_gamma;
-    c.momentum = args.momentum;
-    c.weight_decay = args.weight_decay;
-    c.lambda = args.lambda;
-    c.lambda_schedule = args.lambda_schedule.as_deref().map(str::parse).transpose()?;
-    c.lambda_max_iters = args.lambda_max_iters;
-    c.entropy = args.entropy;
-    c.disc_hidden = args.disc_hidden;
-    c.pretrain_epochs = args.pretrain_epochs;
-    c.adda_objective = args.adda_objective.parse()?;
-    c.augment = args.augment.parse()?;
-    c.val_split = args.val_split;
-    c.seed = args.seed;
-    Ok(c)
+/// The flags as the library's [`AdaptConfig`] and the run directory. Every flag is named here,
+/// so a new one fails to compile until it is resolved; nothing is read or run.
+fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf)> {
+    let AdaptArgs {
+        method, source, target, target_test, out, backbone, weights, data_root, bottleneck, epochs, iters_per_epoch,
+        batch_size, lr, lr_schedule, lr_gamma, momentum, weight_decay, lambda, lambda_schedule, lambda_max_iters,
+        entropy, disc_hidden, pretrain_epochs, adda_objective, augment, val_split, seed,
+    } = args;
+    let method: Method = method.parse()?;
+    let mut c = AdaptConfig::new(method, &source, &target);
+    c.target_test = target_test;
+    c.data_root = data_root;
+    c.backbone = backbone;
+    c.weights = weights;
+    c.bottleneck = bottleneck;
+    c.epochs = epochs;
+    c.iters_per_epoch = iters_per_epoch;
+    c.batch_size = batch_size;
+    c.lr = lr;
+    c.lr_schedule = lr_schedule.parse()?;
+    c.lr_gamma = lr_gamma;
+    c.momentum = momentum;
+    c.weight_decay = weight_decay;
+    c.lambda = lambda;
+    c.lambda_schedule = lambda_schedule.as_deref().map(str::parse).transpose()?;
+    c.lambda_max_iters = lambda_max_iters;
+    c.entropy = entropy;
+    c.disc_hidden = disc_hidden;
+    c.pretrain_epochs = pretrain_epochs;
+    c.adda_objective = adda_objective.parse()?;
+    c.augment = augment.parse()?;
+    c.val_split = val_split;
+    c.seed = seed;
+    Ok((c, out))
 }
 
 pub fn run(args: AdaptArgs, out: &Output) -> anyhow::Result<()> {
-    let config = resolve(&args)?;
+    let (config, run_dir) = resolve(args)?;
     // A training loop re-allocates the same buffers every iteration: keep them mapped.
     crate::keep_freed_pages();
     let reporter = TermReporter::new();
     crate::reporter::stop_on_ctrl_c();
-    let s = match graft::adapt::adapt(&config, &args.out, &graft_home(), &reporter, &default_device()) {
+    let s = match graft::adapt::adapt(&config, &run_dir, &graft_home(), &reporter, &default_device()) {
         Ok(s) => s,
         Err(e) => {
             drop(reporter);

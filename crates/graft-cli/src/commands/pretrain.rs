@@ -45,19 +45,18 @@ pub struct PretrainArgs {
     pub seed: u64,
 }
 
+/// The flags as the library's [`PretrainConfig`] and the run directory. Every flag is named
+/// here, so a new one fails to compile until it is resolved.
+fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf)> {
+    let PretrainArgs { method, data, arch, out, epochs, batch_size, lr, noise, seed } = args;
+    let config = PretrainConfig { method, arch: arch.parse()?, data, epochs, batch_size, lr, noise, seed };
+    Ok((config, out))
+}
+
 pub fn run(args: PretrainArgs, out: &Output) -> anyhow::Result<()> {
-    let config = PretrainConfig {
-        method: args.method.clone(),
-        arch: args.arch.parse()?,
-        data: args.data.clone(),
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        noise: args.noise,
-        seed: args.seed,
-    };
+    let (config, run_dir) = resolve(args)?;
     crate::reporter::stop_on_ctrl_c();
-    let s = match pretrain(&config, &args.out, &TermReporter::new(), &default_device()) {
+    let s = match pretrain(&config, &run_dir, &TermReporter::new(), &default_device()) {
         Ok(s) => s,
         Err(e) => {
             let next = |_: &std::path::Path| "nothing was saved (pretraining cannot resume); run the command again".to_string();
