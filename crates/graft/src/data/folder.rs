@@ -265,7 +265,7 @@ pub(crate) fn splitmix64(mut z: u64) -> u64 {
 /// at least 2 samples keeps at least one sample on each side (a class with 1 sample stays in
 /// train). Both index lists are returned sorted ascending; the result depends only on the
 /// labels, the fraction and the seed. `val_fraction` must lie strictly between 0 and 1
-/// (`GraftError::InvalidSetting` for `--val-split` otherwise).
+/// (`GraftError::InvalidSetting` for `val_split` otherwise).
 pub fn stratified_split(
     samples: &[Sample],
     val_fraction: f64,
