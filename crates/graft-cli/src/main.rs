@@ -3,12 +3,13 @@
 
 mod cli;
 mod commands;
+mod errors;
 mod output;
 mod reporter;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 // Activations are tens of MB each and are allocated and freed every layer. glibc's malloc hands
 // such blocks back to the kernel (mmap/munmap), so every layer paid fresh page faults and page
@@ -55,24 +56,16 @@ fn image_limits(flag: Option<u64>) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut cli::Cli::command()).exit());
+    // Which command ran, to name a refused setting by that command's flag.
+    let ran = errors::Ran::new(cli::Cli::command(), &matches);
     let out = output::Output::new(cli.json);
     let result = image_limits(cli.max_image_pixels).and_then(|()| commands::run(cli.command, &out));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            // One line: the whole cause chain, outermost first.
-            let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
-            let mut line = chain[0].clone();
-            for cause in &chain[1..] {
-                if !line.contains(cause.as_str()) {
-                    line.push_str(": ");
-                    line.push_str(cause);
-                }
-            }
-            // Some library messages span lines; the contract is one line.
-            let line = line.split_whitespace().collect::<Vec<_>>().join(" ");
-            eprintln!("error: {line}");
+            eprintln!("error: {}", ran.line(&err));
             ExitCode::from(2)
         }
     }

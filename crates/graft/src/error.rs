@@ -1,4 +1,4 @@
-//! graft's library error type. Every variant names the file, tensor, flag or model involved,
+//! graft's library error type. Every variant names the file, tensor, setting or model involved,
 //! so the CLI can print one line a user can act on.
 
 use std::path::PathBuf;
@@ -50,8 +50,11 @@ pub enum GraftError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
 
-    #[error("invalid {flag} `{value}`: {reason}")]
-    InvalidSpec { flag: String, value: String, reason: String },
+    /// A setting's value is refused. `setting` is the setting's name as `config.toml` spells it
+    /// (`epochs`, `freeze`, `head`, …; one of [`SETTINGS`]), never a command-line flag: the CLI
+    /// maps it to the flag of the command that ran.
+    #[error("invalid {setting} `{value}`: {reason}")]
+    InvalidSetting { setting: String, value: String, reason: String },
 
     #[error("{path}: {reason}")]
     Data { path: PathBuf, reason: String },
@@ -62,18 +65,50 @@ impl GraftError {
         GraftError::Io { path: path.into(), source }
     }
 
-    pub(crate) fn spec(flag: &str, value: &str, reason: impl Into<String>) -> Self {
-        GraftError::InvalidSpec { flag: flag.into(), value: value.into(), reason: reason.into() }
+    /// [`GraftError::InvalidSetting`] for `setting` (one of [`SETTINGS`]).
+    pub(crate) fn setting(setting: &str, value: &str, reason: impl Into<String>) -> Self {
+        GraftError::InvalidSetting { setting: setting_name(setting), value: value.into(), reason: reason.into() }
     }
 }
 
-/// A flag's value as a unit variant of a serde enum, by the name serde gives it: a flag then
+/// A setting's name from a name or a legacy flag spelling: `--batch-size` → `batch_size`.
+/// Callers that still pass flags (a few training modules, until they are rewritten) thereby
+/// build the same errors as those that pass the setting.
+pub(crate) fn setting_name(name: &str) -> String {
+    match name.strip_prefix("--") {
+        Some(flag) => flag.replace('-', "_"),
+        None => name.to_string(),
+    }
+}
+
+/// Every setting an [`GraftError::InvalidSetting`] can name, as `config.toml` (or the library's
+/// own config structs) spell them. The CLI maps each to a flag, or prints it as is; a library
+/// test checks that every setting named in the sources is listed here.
+pub const SETTINGS: &[&str] = &[
+    // FitConfig (config.toml of `graft fit`) and the run directory.
+    "model", "weights", "data", "val", "val_split", "freeze", "head", "head_pool", "dropout", "epochs",
+    "batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule", "warmup_epochs",
+    "body_lr_mult", "stages", "label_smoothing", "class_weights", "augment", "cache_views", "monitor",
+    "patience", "min_delta", "reduce_on_plateau", "train_bn", "out", "resume",
+    // AdaptConfig (`graft adapt`), and the run an adapted model is loaded from.
+    "method", "source", "target", "target_test", "backbone", "bottleneck", "iters_per_epoch",
+    "lr_schedule", "lr_gamma", "lambda", "lambda_schedule", "lambda_max_iters", "entropy",
+    "disc_hidden", "pretrain_epochs", "adda_objective", "run",
+    // `graft pretrain` and MLP fits.
+    "arch", "noise",
+    // `graft extract`, `graft cache merge`, `graft data import`, `graft probe`.
+    "layer", "shard", "parts", "split", "stage",
+    // Text models: limits of the tokenizer and encoder, set by the library, not by a flag.
+    "max_tokens", "token_batch",
+];
+
+/// A setting's value as a unit variant of a serde enum, by the name serde gives it: a flag then
 /// accepts exactly the names a saved `config.toml` holds, with no second list to keep in step.
-/// Anything else is an [`GraftError::InvalidSpec`] naming the flag, with `expected` as reason.
-pub(crate) fn unit_variant<T: serde::de::DeserializeOwned>(flag: &str, value: &str, expected: &str) -> Result<T> {
+/// Anything else is an [`GraftError::InvalidSetting`] naming `setting`, with `expected` as reason.
+pub(crate) fn unit_variant<T: serde::de::DeserializeOwned>(setting: &str, value: &str, expected: &str) -> Result<T> {
     use serde::de::IntoDeserializer;
     let name: serde::de::value::StrDeserializer<'_, serde::de::value::Error> = value.into_deserializer();
-    T::deserialize(name).map_err(|_| GraftError::spec(flag, value, expected))
+    T::deserialize(name).map_err(|_| GraftError::setting(setting, value, expected))
 }
 
 #[cfg(test)]
@@ -83,8 +118,8 @@ mod tests {
 
     use super::*;
 
-    /// Each variant's serde name (what config.toml holds) parses back as the flag value, and
-    /// anything else is refused naming the flag.
+    /// Each variant's serde name (what config.toml holds) parses back as the value, and
+    /// anything else is refused naming the setting.
     #[test]
     fn flag_values_are_the_serde_names() {
         fn round_trip<T: serde::Serialize + std::str::FromStr<Err = GraftError> + PartialEq + std::fmt::Debug>(variants: &[T]) {
@@ -100,7 +135,56 @@ mod tests {
         assert_eq!("warm-start".parse::<LambdaSchedule>().unwrap(), LambdaSchedule::WarmStart);
         for bad in ["warm_start", "WarmStart", "", "dann "] {
             let err = bad.parse::<LambdaSchedule>().unwrap_err().to_string();
-            assert_eq!(err, format!("invalid --lambda-schedule `{bad}`: expected constant, dann or warm-start"));
+            assert_eq!(err, format!("invalid lambda_schedule `{bad}`: expected constant, dann or warm-start"));
+        }
+    }
+
+    /// A legacy flag spelling becomes its setting; a setting stays as it is.
+    #[test]
+    fn setting_names_come_from_flags_or_settings() {
+        assert_eq!(setting_name("--batch-size"), "batch_size");
+        assert_eq!(setting_name("batch_size"), "batch_size");
+        let err = GraftError::setting("--epochs", "0", "must be at least 1");
+        assert_eq!(err.to_string(), "invalid epochs `0`: must be at least 1");
+        assert!(matches!(err, GraftError::InvalidSetting { ref setting, .. } if setting == "epochs"));
+    }
+
+    /// Every setting the library's sources name where they build an `InvalidSetting` (directly
+    /// or through a helper taking the setting) is listed in `SETTINGS`, which the CLI maps to
+    /// flags; none is empty or a flag once normalised.
+    #[test]
+    fn every_setting_named_in_the_sources_is_listed() {
+        let patterns = [
+            r#"GraftError::(?:setting|spec)\(\s*"([^"]*)""#,
+            r#"\b(?:unit_variant|check_setting|check_mlp_widths|positive|finite|DomainSpec::parse)\(\s*"([^"]*)""#,
+            r#"\bcheck\([^"\n]*?, "([^"]*)", "#,
+            r#"\b(?:prepare_fresh_run_dir|\.load)\([^,"()]+, "([^"]*)""#,
+            r#"\b(?:read|embed|text_encoder)\("([^"]*)""#,
+            r#"(?:let setting|const SETTING: &str) = "([^"]*)""#,
+        ];
+        let patterns: Vec<regex::Regex> = patterns.iter().map(|p| regex::Regex::new(p).unwrap()).collect();
+        let mut found = Vec::new();
+        let mut stack = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for p in &patterns {
+                        for c in p.captures_iter(&text) {
+                            found.push((path.display().to_string(), c[1].to_string()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(found.len() > 80, "the patterns found only {} settings: {found:?}", found.len());
+        let missing: Vec<_> = found.iter().filter(|(_, s)| !SETTINGS.contains(&setting_name(s).as_str())).collect();
+        assert!(missing.is_empty(), "settings named in the sources but not in SETTINGS: {missing:?}");
+        for s in SETTINGS {
+            assert!(!s.is_empty() && !s.starts_with('-') && !s.contains(' ') && !s.contains('-'), "`{s}`");
         }
     }
 }

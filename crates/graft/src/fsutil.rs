@@ -161,9 +161,9 @@ pub fn check_run_dir(run: &Path) -> Result<()> {
 }
 
 /// Prepares `run` for a new run: creates it (and its parents) if missing, else requires it to
-/// be an empty folder; `flag` (`--out`) names the setting in the refusal. Returns whether the
+/// be an empty folder; `setting` (`out`) names the setting in the refusal. Returns whether the
 /// folder was created here, so a failed start can remove it again.
-pub fn prepare_fresh_run_dir(run: &Path, flag: &str) -> Result<bool> {
+pub fn prepare_fresh_run_dir(run: &Path, setting: &str) -> Result<bool> {
     match std::fs::read_dir(run) {
         Ok(mut entries) => {
             if let Some(entry) = entries.next() {
@@ -171,10 +171,10 @@ pub fn prepare_fresh_run_dir(run: &Path, flag: &str) -> Result<bool> {
                 if entry.file_type().is_ok_and(|t| t.is_symlink()) {
                     return Err(refuse(&entry.path(), LINK_REFUSED));
                 }
-                return Err(GraftError::spec(
-                    flag,
+                return Err(GraftError::setting(
+                    setting,
                     &run.display().to_string(),
-                    format!("already holds `{}`; a new run needs an empty or new folder (choose another {flag}, or remove it)", entry.file_name().to_string_lossy()),
+                    format!("already holds `{}`; a new run needs an empty or new folder (choose another folder, or remove it)", entry.file_name().to_string_lossy()),
                 ));
             }
             Ok(false)
@@ -336,8 +336,8 @@ mod tests {
         let outside = dir.join("outside.txt");
         std::fs::write(&outside, b"outside").unwrap();
         let run = dir.join("run");
-        assert!(prepare_fresh_run_dir(&run, "--out").unwrap(), "created");
-        assert!(!prepare_fresh_run_dir(&run, "--out").unwrap(), "empty: reused");
+        assert!(prepare_fresh_run_dir(&run, "out").unwrap(), "created");
+        assert!(!prepare_fresh_run_dir(&run, "out").unwrap(), "empty: reused");
         std::os::unix::fs::symlink(&outside, run.join("metrics.jsonl")).unwrap();
         std::os::unix::fs::symlink(&dir, run.join("tb")).unwrap();
         let err = append_nofollow(&run.join("metrics.jsonl")).unwrap_err().to_string();
@@ -346,7 +346,7 @@ mod tests {
         assert!(err.contains("tb: is a symbolic link"), "{err}");
         let err = check_run_dir(&run).unwrap_err().to_string();
         assert!(err.contains("is a symbolic link"), "{err}");
-        let err = prepare_fresh_run_dir(&run, "--out").unwrap_err().to_string();
+        let err = prepare_fresh_run_dir(&run, "out").unwrap_err().to_string();
         assert!(err.contains("is a symbolic link"), "{err}");
         // write_atomic replaces a link at its path; it never writes through it.
         write_atomic(&run.join("metrics.jsonl"), b"inside").unwrap();
@@ -360,8 +360,8 @@ mod tests {
         // Anything else in a fresh --out is refused naming it; a failed start empties only
         // a folder it found empty.
         std::fs::remove_file(run.join("tb")).unwrap();
-        let err = prepare_fresh_run_dir(&run, "--out").unwrap_err().to_string();
-        assert!(err.starts_with("invalid --out") && err.contains("already holds `"), "{err}");
+        let err = prepare_fresh_run_dir(&run, "out").unwrap_err().to_string();
+        assert!(err.starts_with("invalid out") && err.contains("already holds `"), "{err}");
         assert_eq!(fresh_run_state(&run), None);
         assert_eq!(fresh_run_state(&dir.join("nothing")), Some(true));
         remove_failed_run(&run, false);

@@ -1,4 +1,4 @@
-//! Every size graft derives from its input — a flag, a file's header, a dataset's contents —
+//! Every size graft derives from its input — a setting, a file's header, a dataset's contents —
 //! is checked against a limit here before anything of that size is allocated. Each limit is a
 //! named constant with the reason for its value; a refusal names the limit (and, where raising
 //! it makes sense, how). The weight-file parsers' limits are defined in `graft_weights::limits`
@@ -71,11 +71,11 @@ pub const MAX_QUOTED_CHARS: usize = 200;
 /// whole memory budget (hundreds of MB per image) before the pixels are even read.
 pub const PNG_DROPPED_CHUNKS: [&[u8; 4]; 5] = [b"iCCP", b"zTXt", b"iTXt", b"tEXt", b"eXIf"];
 
-/// `value` must be at most `max`; else an [`GraftError::InvalidSpec`] naming `flag` and the
+/// `value` must be at most `max`; else an [`GraftError::InvalidSetting`] naming `setting` and the
 /// limit's name.
-pub fn check_setting(flag: &str, value: usize, max: usize, limit: &str) -> Result<()> {
+pub fn check_setting(setting: &str, value: usize, max: usize, limit: &str) -> Result<()> {
     if value > max {
-        return Err(GraftError::spec(flag, &value.to_string(), format!("over the limit of {max} ({limit})")));
+        return Err(GraftError::setting(setting, &value.to_string(), format!("over the limit of {max} ({limit})")));
     }
     Ok(())
 }
@@ -145,8 +145,8 @@ mod tests {
         let json = format!("invalid type: string \"{long}\", expected a sequence at line 1 column 10000030");
         assert!(shorten_message(&json).ends_with(" expected a sequence at line 1 column 10000030"));
         assert_eq!(shorten_message("missing field `classes`"), "missing field `classes`");
-        let err = check_setting("--batch-size", 5000, MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE").unwrap_err().to_string();
-        assert_eq!(err, "invalid --batch-size `5000`: over the limit of 4096 (graft::limits::MAX_BATCH_SIZE)");
-        assert!(check_setting("--batch-size", 4096, MAX_BATCH_SIZE, "x").is_ok());
+        let err = check_setting("batch_size", 5000, MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE").unwrap_err().to_string();
+        assert_eq!(err, "invalid batch_size `5000`: over the limit of 4096 (graft::limits::MAX_BATCH_SIZE)");
+        assert!(check_setting("batch_size", 4096, MAX_BATCH_SIZE, "x").is_ok());
     }
 }

@@ -122,50 +122,57 @@ pub struct AdaptArgs {
     pub seed: u64,
 }
 
-/// The run's config, its directory and whether it resumes.
-fn resolve(args: &AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
-    if let Some(run) = &args.resume {
+/// The flags as the library's [`AdaptConfig`], the run directory and whether it resumes. Every
+/// flag is named here, so a new one fails to compile until it is resolved; nothing is run. With
+/// `--resume`, the run's own config.toml is read (the one file read during resolution).
+fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
+    let AdaptArgs {
+        method, source, target, target_test, out, resume, backbone, weights, data_root, bottleneck, epochs, iters_per_epoch,
+        batch_size, lr, lr_schedule, lr_gamma, momentum, weight_decay, lambda, lambda_schedule, lambda_max_iters,
+        entropy, disc_hidden, pretrain_epochs, adda_objective, augment, val_split, seed,
+    } = args;
+    if let Some(run) = resume {
         let mut config = AdaptConfig::from_toml(&run.join("config.toml"))?;
-        if let Some(epochs) = args.epochs {
+        if let Some(epochs) = epochs {
             // ADDA's pre-training keeps its length when the adversarial phase grows.
             config.pretrain_epochs = Some(config.pretrain_epochs());
             config.epochs = epochs;
         }
-        return Ok((config, run.clone(), true));
+        return Ok((config, run, true));
     }
-    let (Some(method), Some(source), Some(target), Some(out)) = (&args.method, &args.source, &args.target, &args.out) else {
+    let (Some(method), Some(source), Some(target), Some(out)) = (method, source, target, out) else {
         anyhow::bail!("--method, --source, --target and --out are required (or --resume RUN)");
     };
-    let method: Method = method.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut c = AdaptConfig::new(method, source, target);
-    c.target_test = args.target_test.clone();
-    c.data_root = args.data_root.clone();
-    c.backbone = args.backbone.clone();
-    c.weights = args.weights.clone();
-    c.bottleneck = args.bottleneck;
-    c.epochs = args.epochs.unwrap_or(20);
-    c.iters_per_epoch = args.iters_per_epoch;
-    c.batch_size = args.batch_size;
-    c.lr = args.lr;
-    c.lr_schedule = args.lr_schedule.parse()?;
-    c.lr_gamma = args.lr_gamma;
-    c.momentum = args.momentum;
-    c.weight_decay = args.weight_decay;
-    c.lambda = args.lambda;
-    c.lambda_schedule = args.lambda_schedule.as_deref().map(str::parse).transpose()?;
-    c.lambda_max_iters = args.lambda_max_iters;
-    c.entropy = args.entropy;
-    c.disc_hidden = args.disc_hidden;
-    c.pretrain_epochs = args.pretrain_epochs;
-    c.adda_objective = args.adda_objective.parse()?;
-    c.augment = args.augment.parse()?;
-    c.val_split = args.val_split;
-    c.seed = args.seed;
-    Ok((c, out.clone(), false))
+    let method: Method = method.parse()?;
+    let mut c = AdaptConfig::new(method, &source, &target);
+    c.target_test = target_test;
+    c.data_root = data_root;
+    c.backbone = backbone;
+    c.weights = weights;
+    c.bottleneck = bottleneck;
+    c.epochs = epochs.unwrap_or(20);
+    c.iters_per_epoch = iters_per_epoch;
+    c.batch_size = batch_size;
+    c.lr = lr;
+    c.lr_schedule = lr_schedule.parse()?;
+    c.lr_gamma = lr_gamma;
+    c.momentum = momentum;
+    c.weight_decay = weight_decay;
+    c.lambda = lambda;
+    c.lambda_schedule = lambda_schedule.as_deref().map(str::parse).transpose()?;
+    c.lambda_max_iters = lambda_max_iters;
+    c.entropy = entropy;
+    c.disc_hidden = disc_hidden;
+    c.pretrain_epochs = pretrain_epochs;
+    c.adda_objective = adda_objective.parse()?;
+    c.augment = augment.parse()?;
+    c.val_split = val_split;
+    c.seed = seed;
+    Ok((c, out, false))
 }
 
 pub fn run(args: AdaptArgs, out: &Output) -> anyhow::Result<()> {
-    let (config, run_dir, resume) = resolve(&args)?;
+    let (config, run_dir, resume) = resolve(args)?;
     // A training loop re-allocates the same buffers every iteration: keep them mapped.
     crate::keep_freed_pages();
     let reporter = TermReporter::new();

@@ -51,9 +51,26 @@ pub fn measure(model: &str, weights: Option<&std::path::Path>, data: &std::path:
     Ok(advise(&pretrained, data, sample, seed, &home, batch, &device, &reporter)?)
 }
 
+/// What to measure, resolved from the flags (nothing is loaded or run).
+struct Settings {
+    model: &'static str,
+    weights: Option<PathBuf>,
+    data: PathBuf,
+    sample: usize,
+    seed: u64,
+    batch: usize,
+}
+
+/// Every flag is named here, so a new one fails to compile until it is resolved.
+fn resolve(args: AdviseArgs) -> anyhow::Result<Settings> {
+    let AdviseArgs { model, arch, weights, data, sample, seed, batch } = args;
+    let model = super::model_spec(&model, arch.as_deref())?.id;
+    Ok(Settings { model, weights, data, sample, seed, batch })
+}
+
 pub fn run(args: AdviseArgs, out: &Output) -> anyhow::Result<()> {
-    let model = super::model_spec(&args.model, args.arch.as_deref())?.id;
-    let a = measure(model, args.weights.as_deref(), &args.data, args.sample, args.seed, args.batch)?;
+    let Settings { model, weights, data, sample, seed, batch } = resolve(args)?;
+    let a = measure(model, weights.as_deref(), &data, sample, seed, batch)?;
     let mut value = serde_json::to_value(&a)?;
     value["skipped"] = json!(a.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect::<Vec<_>>());
     out.result(&value, || {

@@ -1,6 +1,7 @@
 //! `graft bench`: speed figures (a benchmark, not a test). Each case has a PyTorch twin in
 //! `bench/torch_reference.py`, run side by side by `bench/compare`.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::{Module, ParamGroup};
@@ -23,12 +24,31 @@ const CLASSES: usize = 3;
 /// Cached feature rows in `head-epoch` (one epoch over them).
 const HEAD_ROWS: usize = 10_000;
 
-pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
-    if args.batch == 0 || args.iters == 0 {
+/// What to measure, resolved from the flags (nothing is loaded or run).
+struct Bench {
+    case: BenchCase,
+    spec: &'static ModelSpec,
+    weights: Option<PathBuf>,
+    batch: usize,
+    iters: usize,
+    warmup: usize,
+    layered: bool,
+}
+
+/// Every flag is named here, so a new one fails to compile until it is resolved.
+fn resolve(args: BenchArgs) -> anyhow::Result<Bench> {
+    let BenchArgs { case, model, arch, weights, batch, iters, warmup, layered } = args;
+    if batch == 0 || iters == 0 {
         anyhow::bail!("--batch and --iters must be at least 1");
     }
-    let spec = super::model_spec(&args.model, args.arch.as_deref())?;
-    anyhow::ensure!(args.weights.is_none() || matches!(args.case, BenchCase::Forward), "--weights is used by `graft bench forward` only");
+    let spec = super::model_spec(&model, arch.as_deref())?;
+    anyhow::ensure!(weights.is_none() || matches!(case, BenchCase::Forward), "--weights is used by `graft bench forward` only");
+    Ok(Bench { case, spec, weights, batch, iters, warmup, layered })
+}
+
+pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
+    let args = resolve(args)?;
+    let spec = args.spec;
     let device = default_device();
     let threads = graft::zoo::fold::batch_threads();
     let (value, text) = match args.case {
@@ -132,7 +152,7 @@ impl Tail {
 }
 
 /// Median seconds per training step of the tail; also the input shape it was fed.
-fn tail_train(spec: &ModelSpec, args: &BenchArgs, device: &Device) -> anyhow::Result<(f64, [usize; 4])> {
+fn tail_train(spec: &ModelSpec, args: &Bench, device: &Device) -> anyhow::Result<(f64, [usize; 4])> {
     let TrunkConfig::Lite(config) = spec.config() else {
         anyhow::bail!("--model {}: tail-train is defined for EfficientNet-Lite models", spec.id);
     };
@@ -164,7 +184,7 @@ fn tail_train(spec: &ModelSpec, args: &BenchArgs, device: &Device) -> anyhow::Re
 }
 
 /// Median seconds of one epoch of a linear head over `HEAD_ROWS` cached feature rows.
-fn head_epoch(args: &BenchArgs, device: &Device) -> f64 {
+fn head_epoch(args: &Bench, device: &Device) -> f64 {
     let train_device = device.clone().autodiff();
     let rows: Vec<f32> = Tensor::<2>::random([HEAD_ROWS, HEAD_CHANNELS], Distribution::Uniform(0.0, 2.0), device)
         .into_data()

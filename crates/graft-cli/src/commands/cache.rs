@@ -8,6 +8,8 @@ use crate::output::Output;
 
 pub fn run(cmd: CacheCommand, out: &Output) -> anyhow::Result<()> {
     let root = graft_home().join("cache").join("features");
+    // Each subcommand's fields are destructured completely (no `..`): a new flag fails to
+    // compile until it is used. There is nothing else to resolve.
     match cmd {
         CacheCommand::Ls => {
             let spaces = list(&root)?;

@@ -9,15 +9,30 @@ use crate::cli::{DataCommand, ImportArgs};
 use crate::output::Output;
 use crate::reporter::TermReporter;
 
-pub fn run(cmd: DataCommand, out: &Output) -> anyhow::Result<()> {
+/// `graft data import`, resolved from its flags (nothing is read or fetched).
+pub struct Import {
+    pub set: &'static DataSet,
+    /// As given (`amazon:books`), where `set` is the family (`amazon`).
+    pub dataset: String,
+    pub split: String,
+    pub per_class: Option<usize>,
+    pub seed: u64,
+    pub source: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+}
+
+/// Every flag is named here, so a new one fails to compile until it is resolved.
+fn resolve(cmd: DataCommand) -> anyhow::Result<Import> {
     let DataCommand::Import(args) = cmd;
-    let set = fetch::by_name(&args.dataset)
-        .ok_or_else(|| anyhow::anyhow!("unknown dataset `{}`: expected one of {}", args.dataset, fetch::names()))?;
-    anyhow::ensure!(
-        args.split == "train" || args.split == "test",
-        "invalid --split `{}`: expected train or test",
-        args.split
-    );
+    let ImportArgs { dataset, split, per_class, seed, source, out } = args;
+    let set = fetch::by_name(&dataset).ok_or_else(|| anyhow::anyhow!("unknown dataset `{dataset}`: expected one of {}", fetch::names()))?;
+    anyhow::ensure!(split == "train" || split == "test", "invalid --split `{split}`: expected train or test");
+    Ok(Import { set, dataset, split, per_class, seed, source, out })
+}
+
+pub fn run(cmd: DataCommand, out: &Output) -> anyhow::Result<()> {
+    let args = resolve(cmd)?;
+    let set = args.set;
     let dir = obtain(set, &args)?;
     let Some(dest) = &args.out else {
         let value = json!({"dataset": args.dataset, "dir": dir});
@@ -58,7 +73,7 @@ pub fn run(cmd: DataCommand, out: &Output) -> anyhow::Result<()> {
 
 /// The set's folder in `$GRAFT_HOME/data`: installed from `--source` (checked against the
 /// pins), already there, or fetched.
-fn obtain(set: &DataSet, args: &ImportArgs) -> anyhow::Result<PathBuf> {
+fn obtain(set: &DataSet, args: &Import) -> anyhow::Result<PathBuf> {
     let root = fetch::default_data_root();
     let reporter = TermReporter::new();
     Ok(match &args.source {

@@ -2,7 +2,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use graft::device::default_device;
-use graft::train::config::{CacheMode, ClassWeights, FitConfig, Optimizer, Stage};
+use graft::cache::StoreDtype;
+use graft::data::augment::Augment;
+use graft::train::config::{CacheMode, ClassWeights, FitConfig, Monitor, Optimizer, Stage};
+use graft::train::model::{HeadPool, HeadSpec};
+use graft::train::schedule::Schedule;
+use graft::transfer::autoencoder::{arch_of, MlpArch, MlpFitConfig};
+use graft::zoo::layers::FreezeSpec;
 use graft::train::fit::fit;
 use graft::zoo::graft_home;
 use serde_json::json;
@@ -11,131 +17,243 @@ use crate::cli::FitArgs;
 use crate::output::Output;
 use crate::reporter::TermReporter;
 
-/// Flags, then the config file, then defaults resolve into one FitConfig.
-fn resolve(args: &FitArgs) -> anyhow::Result<(FitConfig, PathBuf, bool)> {
-    if let Some(run) = &args.resume {
-        // Any other flag would be silently ignored: the run continues with its saved config.
-        let ignored = settings_given(args);
-        anyhow::ensure!(ignored.is_empty(), "--resume continues {} with its saved config.toml; {} cannot change it (only --epochs may be given: the run's new total)", run.display(), ignored.join(", "));
-        let mut config = FitConfig::from_toml(&run.join("config.toml"))?;
-        // A finished run trains on to the new total (Keras' initial_epoch).
-        if let Some(v) = args.epochs { config.set_total_epochs(v)?; }
-        return Ok((config, run.clone(), true));
-    }
-    let mut c = match &args.config {
-        Some(path) => FitConfig::from_toml(path)?,
-        None => {
-            let data = args.data.clone().context("--data is required (a folder of class sub-folders of images; for a text model a CSV with text,label columns or class folders of .txt)")?;
-            FitConfig::new(args.model.as_deref().unwrap_or("efficientnet-lite0"), data)
-        }
-    };
-    if let Some(arch) = &args.arch {
-        c.model = super::model_spec("", Some(arch))?.id.to_string();
-    }
-    let out = args.out.clone().context("--out is required (the run directory to create)")?;
-    if let Some(v) = &args.model { c.model = v.clone(); }
-    if let Some(v) = &args.weights { c.weights = Some(v.clone()); }
-    if args.from_scratch { c.from_scratch = true; }
-    if args.train_bn { c.train_bn = true; }
-    if let Some(v) = &args.data { c.data = v.clone(); }
-    if let Some(v) = &args.val { c.val = Some(v.clone()); }
-    if let Some(v) = args.val_split { c.val_split = v; }
-    // The advisor's settings go in before the flags below, so flags given still win.
-    match args.strategy.as_deref() {
-        None => {}
-        Some("auto") => {
-            let advice = crate::commands::advise::measure(&c.model, c.weights.as_deref(), &c.data, 200, c.seed, 16)?;
-            eprintln!("strategy auto: {} ({})", advice.strategy.name(), advice.reasons.join("; "));
-            advice.apply(&mut c)?;
-        }
-        Some(other) => anyhow::bail!("invalid --strategy `{other}`: expected auto"),
-    }
-    if let Some(v) = &args.freeze { c.freeze = v.parse()?; }
-    if let Some(v) = &args.head { c.head = v.parse()?; }
-    if let Some(v) = &args.head_pool { c.head_pool = v.parse()?; }
-    if let Some(v) = args.dropout { c.dropout = v; }
-    if let Some(v) = args.batch_size { c.batch_size = v; }
-    if let Some(v) = args.lr { c.lr = v; }
-    if let Some(v) = &args.optimizer { c.optimizer = v.parse()?; }
-    match (&mut c.optimizer, args.momentum, args.weight_decay) {
-        (Optimizer::Sgd { momentum, weight_decay }, m, w) => {
-            if let Some(m) = m { *momentum = m; }
-            if let Some(w) = w { *weight_decay = w; }
-        }
-        (Optimizer::Adamw { weight_decay }, m, w) => {
-            anyhow::ensure!(m.is_none(), "--momentum applies to --optimizer sgd only");
-            if let Some(w) = w { *weight_decay = w; }
-        }
-    }
-    if let Some(v) = &args.schedule { c.schedule = v.parse()?; }
-    if let Some(v) = args.warmup { c.warmup_epochs = v; }
-    if let Some(v) = args.body_lr_mult { c.body_lr_mult = v; }
-    if let Some(v) = &args.stages { c.stages = Stage::parse_list(v)?; }
-    // After the stages: with stages, --epochs is their total (the last stage takes the rest).
-    if let Some(v) = args.epochs { c.set_total_epochs(v)?; }
-    if let Some(v) = args.label_smoothing { c.label_smoothing = v; }
-    if let Some(v) = &args.class_weights {
-        c.class_weights = match v.as_str() {
-            "none" => ClassWeights::None,
-            "balanced" => ClassWeights::Balanced,
-            _ => anyhow::bail!("invalid --class-weights `{v}`: expected none or balanced"),
-        };
-    }
-    if let Some(v) = &args.augment { c.augment = v.parse()?; }
-    if let Some(v) = &args.cache {
-        c.cache = match v.as_str() {
-            "auto" => CacheMode::Auto,
-            "on" => CacheMode::On,
-            "off" => CacheMode::Off,
-            _ => anyhow::bail!("invalid --cache `{v}`: expected auto, on or off"),
-        };
-    }
-    if let Some(v) = args.cache_views { c.cache_views = v; }
-    if let Some(v) = &args.cache_dtype {
-        c.cache_dtype = match v.as_str() {
-            "f32" => graft::cache::StoreDtype::F32,
-            "f16" => graft::cache::StoreDtype::F16,
-            _ => anyhow::bail!("invalid --cache-dtype `{v}`: expected f32 or f16"),
-        };
-    }
-    if let Some(v) = &args.monitor { c.monitor = v.parse()?; }
-    if let Some(v) = args.patience { c.patience = Some(v); }
-    if let Some(v) = args.min_delta { c.min_delta = v; }
-    if let Some(v) = args.reduce_on_plateau { c.reduce_on_plateau = Some(v); }
-    if let Some(v) = args.seed { c.seed = v; }
-    Ok((c, out, false))
+/// What `graft fit` was asked to do, resolved from its flags with no work done yet.
+enum Plan {
+    /// An image or text fit. `config` holds the settings that come before the strategy (the
+    /// config file's, the data and model flags); `flags` the flags that win over it.
+    Fit { config: Box<FitConfig>, flags: Box<Flags>, auto: bool, run_dir: PathBuf, resume: bool, overwrite: bool },
+    /// `--init RUN` (a pretrained MLP) or `--arch mlp:…` (the same MLP, random init).
+    Mlp(MlpPlan),
 }
 
-/// The flags given that set a training setting, other than `--epochs`.
-fn settings_given(args: &FitArgs) -> Vec<&'static str> {
-    let mut given = Vec::new();
-    macro_rules! given {
-        ($($field:ident => $flag:literal),* $(,)?) => {
-            $(if args.$field.is_some() { given.push($flag); })*
-        };
-    }
-    given!(
-        model => "--model", arch => "--arch", weights => "--weights", data => "--data", val => "--val",
-        val_split => "--val-split", freeze => "--freeze", head => "--head", head_pool => "--head-pool",
-        dropout => "--dropout", batch_size => "--batch-size", lr => "--lr", optimizer => "--optimizer",
-        momentum => "--momentum", weight_decay => "--weight-decay", schedule => "--schedule", warmup => "--warmup",
-        body_lr_mult => "--body-lr-mult", stages => "--stages", label_smoothing => "--label-smoothing",
-        class_weights => "--class-weights", augment => "--augment", cache => "--cache", cache_views => "--cache-views",
-        cache_dtype => "--cache-dtype", monitor => "--monitor", patience => "--patience", min_delta => "--min-delta",
-        reduce_on_plateau => "--reduce-on-plateau", seed => "--seed", strategy => "--strategy", init => "--init",
-    );
-    for (set, flag) in [(args.from_scratch, "--from-scratch"), (args.train_bn, "--train-bn"), (args.overwrite, "--overwrite")] {
-        if set {
-            given.push(flag);
+/// An MLP fit: [`MlpFitConfig`] but for `arch`, which is `None` with `--init` alone (the run step
+/// reads it from the pretrained run).
+struct MlpPlan {
+    init: Option<PathBuf>,
+    arch: Option<MlpArch>,
+    data: PathBuf,
+    val: Option<PathBuf>,
+    val_split: f64,
+    epochs: usize,
+    batch_size: usize,
+    lr: f64,
+    seed: u64,
+    run_dir: PathBuf,
+    overwrite: bool,
+}
+
+/// Training flags, parsed, applied over the config file's (and `--strategy auto`'s) settings.
+#[derive(Default)]
+struct Flags {
+    freeze: Option<FreezeSpec>,
+    head: Option<HeadSpec>,
+    head_pool: Option<HeadPool>,
+    dropout: Option<f64>,
+    batch_size: Option<usize>,
+    lr: Option<f64>,
+    optimizer: Option<Optimizer>,
+    momentum: Option<f64>,
+    weight_decay: Option<f64>,
+    schedule: Option<Schedule>,
+    warmup: Option<f64>,
+    body_lr_mult: Option<f64>,
+    stages: Option<Vec<Stage>>,
+    epochs: Option<usize>,
+    label_smoothing: Option<f64>,
+    class_weights: Option<ClassWeights>,
+    augment: Option<Augment>,
+    cache: Option<CacheMode>,
+    cache_views: Option<usize>,
+    cache_dtype: Option<StoreDtype>,
+    monitor: Option<Monitor>,
+    patience: Option<usize>,
+    min_delta: Option<f64>,
+    reduce_on_plateau: Option<usize>,
+    seed: Option<u64>,
+}
+
+impl Flags {
+    /// Sets each flag given on `c`, in the order that lets `--epochs` follow `--stages`.
+    fn apply(self, c: &mut FitConfig) -> anyhow::Result<()> {
+        let Flags {
+            freeze, head, head_pool, dropout, batch_size, lr, optimizer, momentum, weight_decay, schedule, warmup,
+            body_lr_mult, stages, epochs, label_smoothing, class_weights, augment, cache, cache_views, cache_dtype,
+            monitor, patience, min_delta, reduce_on_plateau, seed,
+        } = self;
+        if let Some(v) = freeze { c.freeze = v; }
+        if let Some(v) = head { c.head = v; }
+        if let Some(v) = head_pool { c.head_pool = v; }
+        if let Some(v) = dropout { c.dropout = v; }
+        if let Some(v) = batch_size { c.batch_size = v; }
+        if let Some(v) = lr { c.lr = v; }
+        if let Some(v) = optimizer { c.optimizer = v; }
+        match &mut c.optimizer {
+            Optimizer::Sgd { momentum: m, weight_decay: w } => {
+                if let Some(v) = momentum { *m = v; }
+                if let Some(v) = weight_decay { *w = v; }
+            }
+            Optimizer::Adamw { weight_decay: w } => {
+                anyhow::ensure!(momentum.is_none(), "--momentum applies to --optimizer sgd only");
+                if let Some(v) = weight_decay { *w = v; }
+            }
         }
+        if let Some(v) = schedule { c.schedule = v; }
+        if let Some(v) = warmup { c.warmup_epochs = v; }
+        if let Some(v) = body_lr_mult { c.body_lr_mult = v; }
+        if let Some(v) = stages { c.stages = v; }
+        // After the stages: with stages, --epochs is their total (the last stage takes the rest).
+        if let Some(v) = epochs { c.set_total_epochs(v)?; }
+        if let Some(v) = label_smoothing { c.label_smoothing = v; }
+        if let Some(v) = class_weights { c.class_weights = v; }
+        if let Some(v) = augment { c.augment = v; }
+        if let Some(v) = cache { c.cache = v; }
+        if let Some(v) = cache_views { c.cache_views = v; }
+        if let Some(v) = cache_dtype { c.cache_dtype = v; }
+        if let Some(v) = monitor { c.monitor = v; }
+        if let Some(v) = patience { c.patience = Some(v); }
+        if let Some(v) = min_delta { c.min_delta = v; }
+        if let Some(v) = reduce_on_plateau { c.reduce_on_plateau = Some(v); }
+        if let Some(v) = seed { c.seed = v; }
+        Ok(())
     }
-    given
+}
+
+/// Flags, then the config file, then defaults resolve into a [`Plan`]. Every flag is named
+/// here, so a new one fails to compile until it is resolved. The only file read is the config
+/// a flag names (`--config FILE`, or `--resume RUN`'s saved config.toml): its values are the
+/// base the flags override, and a bad one is refused before any work.
+fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
+    let FitArgs {
+        model, arch, weights, from_scratch, data, out, val, val_split, freeze, head, head_pool, dropout, epochs,
+        batch_size, lr, optimizer, momentum, weight_decay, schedule, warmup, body_lr_mult, stages, label_smoothing,
+        class_weights, augment, cache, cache_views, cache_dtype, train_bn, monitor, patience, min_delta,
+        reduce_on_plateau, seed, config, overwrite, strategy, init, resume,
+    } = args;
+    if init.is_some() || arch.as_deref().is_some_and(|a| a.starts_with("mlp")) {
+        let data = data.context("--data is required (a folder of class sub-folders of images)")?;
+        let run_dir = out.context("--out is required (the run directory to create)")?;
+        return Ok(Plan::Mlp(MlpPlan {
+            init,
+            arch: arch.map(|a| a.parse()).transpose()?,
+            data,
+            val,
+            val_split: val_split.unwrap_or(0.2),
+            epochs: epochs.unwrap_or(30),
+            batch_size: batch_size.unwrap_or(32),
+            lr: lr.unwrap_or(1e-3),
+            seed: seed.unwrap_or(0),
+            run_dir,
+            overwrite,
+        }));
+    }
+    if let Some(run) = resume {
+        // Any other flag would be silently ignored: the run continues with its saved config.
+        // (--config and --out conflict with --resume: clap refuses them.)
+        let mut ignored = Vec::new();
+        for (given, flag) in [
+            (model.is_some(), "--model"), (arch.is_some(), "--arch"), (weights.is_some(), "--weights"), (data.is_some(), "--data"),
+            (val.is_some(), "--val"), (val_split.is_some(), "--val-split"), (freeze.is_some(), "--freeze"), (head.is_some(), "--head"),
+            (head_pool.is_some(), "--head-pool"), (dropout.is_some(), "--dropout"), (batch_size.is_some(), "--batch-size"),
+            (lr.is_some(), "--lr"), (optimizer.is_some(), "--optimizer"), (momentum.is_some(), "--momentum"),
+            (weight_decay.is_some(), "--weight-decay"), (schedule.is_some(), "--schedule"), (warmup.is_some(), "--warmup"),
+            (body_lr_mult.is_some(), "--body-lr-mult"), (stages.is_some(), "--stages"), (label_smoothing.is_some(), "--label-smoothing"),
+            (class_weights.is_some(), "--class-weights"), (augment.is_some(), "--augment"), (cache.is_some(), "--cache"),
+            (cache_views.is_some(), "--cache-views"), (cache_dtype.is_some(), "--cache-dtype"), (monitor.is_some(), "--monitor"),
+            (patience.is_some(), "--patience"), (min_delta.is_some(), "--min-delta"), (reduce_on_plateau.is_some(), "--reduce-on-plateau"),
+            (seed.is_some(), "--seed"), (strategy.is_some(), "--strategy"), (init.is_some(), "--init"),
+            (from_scratch, "--from-scratch"), (train_bn, "--train-bn"), (overwrite, "--overwrite"),
+        ] {
+            if given {
+                ignored.push(flag);
+            }
+        }
+        anyhow::ensure!(ignored.is_empty(), "--resume continues {} with its saved config.toml; {} cannot change it (only --epochs may be given: the run's new total)", run.display(), ignored.join(", "));
+        // Read here: the saved config is what the run continues with (see above).
+        let config = FitConfig::from_toml(&run.join("config.toml"))?;
+        // A finished run trains on to the new total (Keras' initial_epoch).
+        let flags = Flags { epochs, ..Flags::default() };
+        return Ok(Plan::Fit { config: Box::new(config), flags: Box::new(flags), auto: false, run_dir: run, resume: true, overwrite: false });
+    }
+    // Read here: the file's values are the base the flags below override.
+    let mut c = match &config {
+        Some(path) => FitConfig::from_toml(path)?,
+        None => {
+            let data = data.clone().context("--data is required (a folder of class sub-folders of images; for a text model a CSV with text,label columns or class folders of .txt)")?;
+            FitConfig::new(model.as_deref().unwrap_or("efficientnet-lite0"), data)
+        }
+    };
+    if let Some(arch) = &arch {
+        c.model = super::model_spec("", Some(arch))?.id.to_string();
+    }
+    let run_dir = out.context("--out is required (the run directory to create)")?;
+    if let Some(v) = model { c.model = v; }
+    if let Some(v) = weights { c.weights = Some(v); }
+    if from_scratch { c.from_scratch = true; }
+    if train_bn { c.train_bn = true; }
+    if let Some(v) = data { c.data = v; }
+    if let Some(v) = val { c.val = Some(v); }
+    if let Some(v) = val_split { c.val_split = v; }
+    // Only recorded: the run step asks the advisor, whose settings go in before the flags
+    // below, so flags given still win.
+    let auto = match strategy.as_deref() {
+        None => false,
+        Some("auto") => true,
+        Some(other) => anyhow::bail!("invalid --strategy `{other}`: expected auto"),
+    };
+    let flags = Flags {
+        freeze: freeze.map(|v| v.parse()).transpose()?,
+        head: head.map(|v| v.parse()).transpose()?,
+        head_pool: head_pool.map(|v| v.parse()).transpose()?,
+        dropout,
+        batch_size,
+        lr,
+        optimizer: optimizer.map(|v| v.parse()).transpose()?,
+        momentum,
+        weight_decay,
+        schedule: schedule.map(|v| v.parse()).transpose()?,
+        warmup,
+        body_lr_mult,
+        stages: stages.map(|v| Stage::parse_list(&v)).transpose()?,
+        epochs,
+        label_smoothing,
+        class_weights: match class_weights.as_deref() {
+            None => None,
+            Some("none") => Some(ClassWeights::None),
+            Some("balanced") => Some(ClassWeights::Balanced),
+            Some(v) => anyhow::bail!("invalid --class-weights `{v}`: expected none or balanced"),
+        },
+        augment: augment.map(|v| v.parse()).transpose()?,
+        cache: match cache.as_deref() {
+            None => None,
+            Some("auto") => Some(CacheMode::Auto),
+            Some("on") => Some(CacheMode::On),
+            Some("off") => Some(CacheMode::Off),
+            Some(v) => anyhow::bail!("invalid --cache `{v}`: expected auto, on or off"),
+        },
+        cache_views,
+        cache_dtype: match cache_dtype.as_deref() {
+            None => None,
+            Some("f32") => Some(StoreDtype::F32),
+            Some("f16") => Some(StoreDtype::F16),
+            Some(v) => anyhow::bail!("invalid --cache-dtype `{v}`: expected f32 or f16"),
+        },
+        monitor: monitor.map(|v| v.parse()).transpose()?,
+        patience,
+        min_delta,
+        reduce_on_plateau,
+        seed,
+    };
+    Ok(Plan::Fit { config: Box::new(c), flags: Box::new(flags), auto, run_dir, resume: false, overwrite })
 }
 
 pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     crate::reporter::stop_on_ctrl_c();
-    let mlp = args.init.is_some() || args.arch.as_deref().is_some_and(|a| a.starts_with("mlp"));
-    let result = fit_any(args, out);
+    let plan = resolve(args)?;
+    let mlp = matches!(plan, Plan::Mlp(_));
+    let result = match plan {
+        Plan::Fit { config, flags, auto, run_dir, resume, overwrite } => fit_image_or_text(*config, *flags, auto, run_dir, resume, overwrite, out),
+        Plan::Mlp(plan) => fit_mlp(plan, out),
+    };
     crate::reporter::exit_if_interrupted(result, |run| {
         if mlp {
             format!("{} is incomplete (an MLP fit cannot resume); run the same command again", run.display())
@@ -145,12 +263,15 @@ pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     })
 }
 
-fn fit_any(args: FitArgs, out: &Output) -> anyhow::Result<()> {
-    if args.init.is_some() || args.arch.as_deref().is_some_and(|a| a.starts_with("mlp")) {
-        return fit_mlp(&args, out);
+fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: PathBuf, resume: bool, overwrite: bool, out: &Output) -> anyhow::Result<()> {
+    if auto {
+        let c = &config;
+        let advice = crate::commands::advise::measure(&c.model, c.weights.as_deref(), &c.data, 200, c.seed, 16)?;
+        eprintln!("strategy auto: {} ({})", advice.strategy.name(), advice.reasons.join("; "));
+        advice.apply(&mut config)?;
     }
-    let (config, run_dir, resume) = resolve(&args)?;
-    if args.overwrite && run_dir.join("model.json").is_file() {
+    flags.apply(&mut config)?;
+    if overwrite && run_dir.join("model.json").is_file() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
     if graft::text::is_text_model(&config.model) {
@@ -172,30 +293,18 @@ fn fit_any(args: FitArgs, out: &Output) -> anyhow::Result<()> {
 }
 
 /// `graft fit --init RUN` (a pretrained MLP) or `--arch mlp:…` (the same MLP, random init).
-fn fit_mlp(args: &FitArgs, out: &Output) -> anyhow::Result<()> {
-    use graft::transfer::autoencoder::{arch_of, fit_mlp, MlpFitConfig};
-    let data = args.data.clone().context("--data is required (a folder of class sub-folders of images)")?;
-    let run_dir = args.out.clone().context("--out is required (the run directory to create)")?;
-    let arch = match (&args.init, &args.arch) {
-        (_, Some(a)) => a.parse()?,
-        (Some(init), None) => arch_of(init)?,
-        (None, None) => unreachable!("called with --init or --arch"),
+fn fit_mlp(plan: MlpPlan, out: &Output) -> anyhow::Result<()> {
+    let MlpPlan { init, arch, data, val, val_split, epochs, batch_size, lr, seed, run_dir, overwrite } = plan;
+    let arch = match (arch, &init) {
+        (Some(a), _) => a,
+        (None, Some(init)) => arch_of(init)?,
+        (None, None) => anyhow::bail!("an MLP fit needs --init RUN or --arch mlp:W1,W2,…"),
     };
-    let config = MlpFitConfig {
-        init: args.init.clone(),
-        arch,
-        data,
-        val: args.val.clone(),
-        val_split: args.val_split.unwrap_or(0.2),
-        epochs: args.epochs.unwrap_or(30),
-        batch_size: args.batch_size.unwrap_or(32),
-        lr: args.lr.unwrap_or(1e-3),
-        seed: args.seed.unwrap_or(0),
-    };
-    if args.overwrite && run_dir.join("mlp.json").is_file() {
+    let config = MlpFitConfig { init, arch, data, val, val_split, epochs, batch_size, lr, seed };
+    if overwrite && run_dir.join("mlp.json").is_file() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
-    let s = fit_mlp(&config, &run_dir, &TermReporter::new(), &default_device())?;
+    let s = graft::transfer::autoencoder::fit_mlp(&config, &run_dir, &TermReporter::new(), &default_device())?;
     let value = json!({
         "run": run_dir,
         "kind": s.kind,

@@ -1,30 +1,62 @@
 use graft::zoo::layers::{summarize, FreezeSpec};
 use graft::train::model::{Grafted, Head, HeadPool, HeadSpec};
 use graft::device::default_device;
-use graft::zoo::{graft_home, Pretrained};
+use std::path::PathBuf;
+
+use graft::zoo::{graft_home, ModelSpec, Pretrained};
 use serde_json::json;
 
 use crate::cli::InspectArgs;
 use crate::output::Output;
 use crate::reporter::TermReporter;
 
-pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
-    if let Some(run) = &args.run {
-        return super::inspect_run::run(run, out);
+/// What to inspect, resolved from the flags (nothing is read).
+enum Inspect {
+    /// `--run RUN`: what a run directory holds.
+    Run(PathBuf),
+    Model {
+        spec: &'static ModelSpec,
+        /// A weights file to check against the architecture.
+        weights: Option<PathBuf>,
+        freeze: FreezeSpec,
+        /// With --classes: the new head, its pooling and the number of classes.
+        grafted: Option<(HeadSpec, HeadPool, usize)>,
+    },
+}
+
+/// Every flag is named here, so a new one fails to compile until it is resolved.
+fn resolve(args: InspectArgs) -> anyhow::Result<Inspect> {
+    let InspectArgs { model, run, arch, weights, freeze, head, classes, head_pool } = args;
+    if let Some(run) = run {
+        return Ok(Inspect::Run(run));
     }
-    let spec = super::model_spec(args.model.as_deref().unwrap_or(""), args.arch.as_deref())?;
-    let freeze: FreezeSpec = args.freeze.parse()?;
+    let spec = super::model_spec(model.as_deref().unwrap_or(""), arch.as_deref())?;
+    let freeze: FreezeSpec = freeze.parse()?;
+    let grafted = match classes {
+        None => None,
+        Some(classes) => {
+            let head: HeadSpec = head.as_deref().unwrap_or("linear").parse()?;
+            let pool: HeadPool = head_pool.parse()?;
+            anyhow::ensure!(classes >= 2, "invalid --classes `{classes}`: a classifier needs at least 2 classes");
+            Some((head, pool, classes))
+        }
+    };
+    Ok(Inspect::Model { spec, weights, freeze, grafted })
+}
+
+pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
+    let (spec, weights, freeze, grafted) = match resolve(args)? {
+        Inspect::Run(run) => return super::inspect_run::run(&run, out),
+        Inspect::Model { spec, weights, freeze, grafted } => (spec, weights, freeze, grafted),
+    };
     let config = spec.config();
-    if let Some(weights) = &args.weights {
+    if let Some(weights) = &weights {
         // Loading checks every tensor's presence and shape; the numbers are not needed here.
         Pretrained::load(spec, Some(weights), &graft_home(), &TermReporter::new(), &default_device())?;
     }
     let mut rows = config.layer_rows();
-    if let Some(classes) = args.classes {
+    if let Some((head, pool, classes)) = grafted {
         // The grafted model: ImageNet classifier cut off, the new head in its place.
-        let head: HeadSpec = args.head.as_deref().unwrap_or("linear").parse()?;
-        let pool: HeadPool = args.head_pool.parse()?;
-        anyhow::ensure!(classes >= 2, "invalid --classes `{classes}`: a classifier needs at least 2 classes");
         rows.retain(|r| !r.is_head);
         let width = Grafted::head_input_width(pool, config.final_map());
         rows.extend(Head::rows(&head, width, classes));

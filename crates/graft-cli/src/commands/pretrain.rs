@@ -50,29 +50,23 @@ pub struct PretrainArgs {
     pub seed: u64,
 }
 
-/// The run's config, its directory and whether it resumes.
-fn resolve(args: &PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)> {
-    if let Some(run) = &args.resume {
-        return Ok((PretrainConfig::from_toml(&run.join("config.toml"))?, run.clone(), true));
+/// The flags as the library's [`PretrainConfig`], the run directory and whether it resumes.
+/// Every flag is named here, so a new one fails to compile until it is resolved. With
+/// `--resume`, the run's own config.toml is read (the one file read during resolution).
+fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)> {
+    let PretrainArgs { method, data, arch, out, resume, epochs, batch_size, lr, noise, seed } = args;
+    if let Some(run) = resume {
+        return Ok((PretrainConfig::from_toml(&run.join("config.toml"))?, run, true));
     }
-    let (Some(method), Some(data), Some(out)) = (&args.method, &args.data, &args.out) else {
+    let (Some(method), Some(data), Some(out)) = (method, data, out) else {
         anyhow::bail!("--method, --data and --out are required (or --resume RUN)");
     };
-    let config = PretrainConfig {
-        method: method.clone(),
-        arch: args.arch.parse()?,
-        data: data.clone(),
-        epochs: args.epochs,
-        batch_size: args.batch_size,
-        lr: args.lr,
-        noise: args.noise,
-        seed: args.seed,
-    };
-    Ok((config, out.clone(), false))
+    let config = PretrainConfig { method, arch: arch.parse()?, data, epochs, batch_size, lr, noise, seed };
+    Ok((config, out, false))
 }
 
 pub fn run(args: PretrainArgs, out: &Output) -> anyhow::Result<()> {
-    let (config, run_dir, resume) = resolve(&args)?;
+    let (config, run_dir, resume) = resolve(args)?;
     crate::reporter::stop_on_ctrl_c();
     let s = match pretrain(&config, &run_dir, resume, &TermReporter::new(), &default_device()) {
         Ok(s) => s,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use graft::device::default_device;
 use graft::transfer::probe::{plot, probe, Validation};
-use graft::zoo::{graft_home, Pretrained};
+use graft::zoo::{graft_home, ModelSpec, Pretrained};
 use serde_json::json;
 
 use crate::output::Output;
@@ -49,18 +49,35 @@ pub struct ProbeArgs {
     pub batch: usize,
 }
 
+/// What to probe, resolved from the flags (nothing is loaded or run).
+struct Settings {
+    spec: &'static ModelSpec,
+    weights: Option<PathBuf>,
+    data: PathBuf,
+    validation: Validation,
+    plot_file: Option<PathBuf>,
+    batch: usize,
+}
+
+/// Every flag is named here, so a new one fails to compile until it is resolved.
+fn resolve(args: ProbeArgs) -> anyhow::Result<Settings> {
+    let ProbeArgs { model, arch, weights, data, val, val_split, seed, plot, batch } = args;
+    let spec = super::model_spec(&model, arch.as_deref())?;
+    let validation = match val {
+        Some(dir) => Validation::Folder(dir),
+        None => Validation::Split { fraction: val_split, seed },
+    };
+    Ok(Settings { spec, weights, data, validation, plot_file: plot, batch })
+}
+
 pub fn run(args: ProbeArgs, out: &Output) -> anyhow::Result<()> {
-    let spec = super::model_spec(&args.model, args.arch.as_deref())?;
+    let Settings { spec, weights, data, validation, plot_file, batch } = resolve(args)?;
     let device = default_device();
     let reporter = TermReporter::new();
     let home = graft_home();
-    let model = Pretrained::load(spec, args.weights.as_deref(), &home, &reporter, &device)?;
-    let validation = match &args.val {
-        Some(dir) => Validation::Folder(dir.clone()),
-        None => Validation::Split { fraction: args.val_split, seed: args.seed },
-    };
-    let s = probe(&model, &args.data, &validation, &home, args.batch, &device, &reporter)?;
-    if let Some(path) = &args.plot {
+    let model = Pretrained::load(spec, weights.as_deref(), &home, &reporter, &device)?;
+    let s = probe(&model, &data, &validation, &home, batch, &device, &reporter)?;
+    if let Some(path) = &plot_file {
         plot(&s, path)?;
     }
     let best = &s.layers[s.best];
@@ -72,7 +89,7 @@ pub fn run(args: ProbeArgs, out: &Output) -> anyhow::Result<()> {
         "n_train": s.n_train,
         "n_val": s.n_val,
         "trunk_images": s.trunk_images,
-        "plot": args.plot,
+        "plot": plot_file,
         "skipped": skipped,
     });
     out.result(&value, || {
@@ -83,7 +100,7 @@ pub fn run(args: ProbeArgs, out: &Output) -> anyhow::Result<()> {
             t.push_str(&format!("{:<6} {:<26} {:>5} {:>9.4}{mark}\n", l.stage, l.name, l.dim, l.accuracy));
         }
         t.push_str(&format!("recommended cut: {} (stage {}, accuracy {:.4})\n", best.name, best.stage, best.accuracy));
-        if let Some(p) = &args.plot {
+        if let Some(p) = &plot_file {
             t.push_str(&format!("plot: {}\n", p.display()));
         }
         t

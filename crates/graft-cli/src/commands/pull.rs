@@ -6,14 +6,16 @@ use crate::output::Output;
 use crate::reporter::TermReporter;
 
 pub fn run(args: PullArgs, out: &Output) -> anyhow::Result<()> {
-    if args.model == graft::text::pull::MINILM_ID {
-        return super::text::pull(&args, out);
+    // Every flag is named here, so a new one fails to compile until it is used.
+    let PullArgs { model, force } = args;
+    if model == graft::text::pull::MINILM_ID {
+        return super::text::pull(force, out);
     }
-    let spec = ModelSpec::find(&args.model)?;
+    let spec = ModelSpec::find(&model)?;
     let home = graft_home();
     let reporter = TermReporter::new();
     let pulled = match pull::cached(spec, &home) {
-        Some(cached) if !args.force => cached,
+        Some(cached) if !force => cached,
         _ => pull::pull(spec, &home, &reporter)?,
     };
     let value = json!({"model": spec.id, "path": pulled.path, "sha256": pulled.sha256, "fetched": pulled.fetched});

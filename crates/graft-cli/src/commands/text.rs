@@ -15,16 +15,16 @@ use graft::train::text::{eval_dataset, fit_text, load_text_run, read_text_files}
 use graft::zoo::graft_home;
 use serde_json::{json, Value};
 
-use crate::cli::{EvalArgs, ImportArgs, PredictArgs, PullArgs};
+use crate::cli::{EvalArgs, PredictArgs};
 use crate::output::Output;
 use crate::reporter::TermReporter;
 
 /// `graft pull minilm-l6`: weights and tokenizer, both checked against their pinned sha256.
-pub fn pull(args: &PullArgs, out: &Output) -> anyhow::Result<()> {
+pub fn pull(force: bool, out: &Output) -> anyhow::Result<()> {
     let home = graft_home();
     let reporter = TermReporter::new();
     let pulled = match pull::cached_minilm(&home) {
-        Some(cached) if !args.force => cached,
+        Some(cached) if !force => cached,
         _ => pull::pull_minilm(&home, &reporter)?,
     };
     let tokenizer = pull::tokenizer_path(&pulled);
@@ -139,7 +139,7 @@ pub const TEXT_DATASETS: &str = "sms-spam, rt-polarity, amazon:books, amazon:dvd
 
 /// `graft data import sms-spam|rt-polarity|amazon:DOMAIN --out FILE.csv`: a seeded subset
 /// (`--per-class`) of the set kept in `dir` as CSV. `None` when `dataset` is not a text set.
-pub fn import(args: &ImportArgs, dir: &Path, dest: &Path, out: &Output) -> Option<anyhow::Result<()>> {
+pub fn import(args: &super::data::Import, dir: &Path, dest: &Path, out: &Output) -> Option<anyhow::Result<()>> {
     let path = match args.dataset.as_str() {
         "sms-spam" => dir.join("SMSSpamCollection"),
         "rt-polarity" => dir.to_path_buf(),

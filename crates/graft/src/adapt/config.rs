@@ -68,7 +68,7 @@ impl FromStr for Method {
             "dann" => Method::Dann,
             "adda" => Method::Adda,
             "cdan" => Method::Cdan,
-            _ => return Err(GraftError::spec("--method", s, format!("expected one of {METHODS}"))),
+            _ => return Err(GraftError::setting("method", s, format!("expected one of {METHODS}"))),
         })
     }
 }
@@ -124,7 +124,7 @@ pub enum LambdaSchedule {
 impl FromStr for LambdaSchedule {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        unit_variant("--lambda-schedule", s, "expected constant, dann or warm-start")
+        unit_variant("lambda_schedule", s, "expected constant, dann or warm-start")
     }
 }
 
@@ -143,7 +143,7 @@ pub enum LrSchedule {
 impl FromStr for LrSchedule {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        unit_variant("--lr-schedule", s, "expected anneal, inv or constant")
+        unit_variant("lr_schedule", s, "expected anneal, inv or constant")
     }
 }
 
@@ -163,7 +163,7 @@ pub enum AddaObjective {
 impl FromStr for AddaObjective {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        unit_variant("--adda-objective", s, "expected gan or reversal")
+        unit_variant("adda_objective", s, "expected gan or reversal")
     }
 }
 
@@ -274,37 +274,37 @@ impl AdaptConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let positive = |flag: &str, v: usize| if v == 0 { Err(GraftError::spec(flag, "0", "must be at least 1")) } else { Ok(()) };
-        positive("--epochs", self.epochs)?;
-        positive("--batch-size", self.batch_size)?;
-        positive("--bottleneck", self.bottleneck)?;
-        positive("--disc-hidden", self.disc_hidden)?;
-        positive("--lambda-max-iters", self.lambda_max_iters)?;
+        let positive = |setting: &str, v: usize| if v == 0 { Err(GraftError::setting(setting, "0", "must be at least 1")) } else { Ok(()) };
+        positive("epochs", self.epochs)?;
+        positive("batch_size", self.batch_size)?;
+        positive("bottleneck", self.bottleneck)?;
+        positive("disc_hidden", self.disc_hidden)?;
+        positive("lambda_max_iters", self.lambda_max_iters)?;
         if let Some(i) = self.iters_per_epoch {
-            positive("--iters-per-epoch", i)?;
+            positive("iters_per_epoch", i)?;
         }
         if self.method == Method::Adda {
-            positive("--pretrain-epochs", self.pretrain_epochs())?;
+            positive("pretrain_epochs", self.pretrain_epochs())?;
         }
-        let finite = |flag: &str, v: f64, ok: bool, why: &str| if v.is_finite() && ok { Ok(()) } else { Err(GraftError::spec(flag, &v.to_string(), why)) };
-        finite("--lr", self.lr, self.lr > 0.0, "must be a positive number")?;
-        finite("--lr-gamma", self.lr_gamma, self.lr_gamma >= 0.0, "must not be negative")?;
-        finite("--momentum", self.momentum, (0.0..1.0).contains(&self.momentum), "must lie in [0, 1)")?;
-        finite("--weight-decay", self.weight_decay, self.weight_decay >= 0.0, "must not be negative")?;
-        finite("--lambda", self.lambda(), self.lambda() >= 0.0, "must not be negative")?;
-        finite("--val-split", self.val_split, (0.0..1.0).contains(&self.val_split), "must lie in [0, 1)")?;
+        let finite = |setting: &str, v: f64, ok: bool, why: &str| if v.is_finite() && ok { Ok(()) } else { Err(GraftError::setting(setting, &v.to_string(), why)) };
+        finite("lr", self.lr, self.lr > 0.0, "must be a positive number")?;
+        finite("lr_gamma", self.lr_gamma, self.lr_gamma >= 0.0, "must not be negative")?;
+        finite("momentum", self.momentum, (0.0..1.0).contains(&self.momentum), "must lie in [0, 1)")?;
+        finite("weight_decay", self.weight_decay, self.weight_decay >= 0.0, "must not be negative")?;
+        finite("lambda", self.lambda(), self.lambda() >= 0.0, "must not be negative")?;
+        finite("val_split", self.val_split, (0.0..1.0).contains(&self.val_split), "must lie in [0, 1)")?;
         if self.batch_size < 2 && self.method != Method::SourceOnly {
-            return Err(GraftError::spec("--batch-size", &self.batch_size.to_string(), "adaptation losses need at least 2 images per domain"));
+            return Err(GraftError::setting("batch_size", &self.batch_size.to_string(), "adaptation losses need at least 2 images per domain"));
         }
         if self.adda_objective != AddaObjective::Gan && self.method != Method::Adda {
-            return Err(GraftError::spec("--adda-objective", &self.method.to_string(), "applies to --method adda only"));
+            return Err(GraftError::setting("adda_objective", &self.method.to_string(), "applies to --method adda only"));
         }
         self.augment.validate()?;
         if !self.augment.is_identity() && self.backbone != "lenet" {
-            return Err(GraftError::spec("--augment", &self.augment.to_string(), "applies to the lenet backbone only (a zoo backbone adapts cached features)"));
+            return Err(GraftError::setting("augment", &self.augment.to_string(), "applies to the lenet backbone only (a zoo backbone adapts cached features)"));
         }
         if self.entropy && self.method != Method::Cdan {
-            return Err(GraftError::spec("--entropy", &self.method.to_string(), "entropy conditioning applies to --method cdan only"));
+            return Err(GraftError::setting("entropy", &self.method.to_string(), "entropy conditioning applies to --method cdan only"));
         }
         Ok(())
     }
@@ -340,13 +340,13 @@ mod tests {
         assert_eq!(back, c);
         let mut bad = c.clone();
         bad.val_split = 1.0;
-        assert!(bad.validate().unwrap_err().to_string().contains("--val-split"));
+        assert!(bad.validate().unwrap_err().to_string().contains("val_split"));
         let mut bad = c.clone();
         bad.entropy = true;
-        assert!(bad.validate().unwrap_err().to_string().contains("--entropy"));
+        assert!(bad.validate().unwrap_err().to_string().contains("entropy"));
         let mut bad = c.clone();
         bad.adda_objective = AddaObjective::Reversal;
-        assert!(bad.validate().unwrap_err().to_string().contains("--adda-objective"));
+        assert!(bad.validate().unwrap_err().to_string().contains("adda_objective"));
         assert_eq!("reversal".parse::<AddaObjective>().unwrap(), AddaObjective::Reversal);
         assert!("minimax".parse::<AddaObjective>().unwrap_err().to_string().contains("gan or reversal"));
         let mut adda = AdaptConfig::new(Method::Adda, "a", "b");
@@ -359,13 +359,13 @@ mod tests {
         let back: AdaptConfig = toml::from_str(&aug.to_toml()).unwrap();
         assert_eq!(back, aug);
         aug.backbone = "efficientnet-lite0".into();
-        assert!(aug.validate().unwrap_err().to_string().contains("--augment"));
+        assert!(aug.validate().unwrap_err().to_string().contains("augment"));
         let mut bad = c.clone();
         bad.lr_gamma = -1.0;
-        assert!(bad.validate().unwrap_err().to_string().contains("--lr-gamma"));
+        assert!(bad.validate().unwrap_err().to_string().contains("lr_gamma"));
         let mut bad = c.clone();
         bad.lambda_max_iters = 0;
-        assert!(bad.validate().unwrap_err().to_string().contains("--lambda-max-iters"));
+        assert!(bad.validate().unwrap_err().to_string().contains("lambda_max_iters"));
         let mut bad = c;
         bad.lr = f64::NAN;
         assert!(bad.validate().is_err());

@@ -45,7 +45,7 @@ pub enum DomainSpec {
 impl DomainSpec {
     /// `mnist:train`, `mnist:test`, `usps:train`, `usps:test`, or a folder path. A value with a
     /// colon whose first part names a digit set must be one of those four.
-    pub fn parse(flag: &str, value: &str) -> Result<Self> {
+    pub fn parse(setting: &str, value: &str) -> Result<Self> {
         if let Some((set, split)) = value.split_once(':') {
             let set = match set {
                 "mnist" => Some(Digits::Mnist),
@@ -56,13 +56,13 @@ impl DomainSpec {
                 let train = match split {
                     "train" => true,
                     "test" => false,
-                    _ => return Err(GraftError::spec(flag, value, "expected mnist:train, mnist:test, usps:train, usps:test or a folder")),
+                    _ => return Err(GraftError::setting(setting, value, "expected mnist:train, mnist:test, usps:train, usps:test or a folder")),
                 };
                 return Ok(DomainSpec::Digits { set, train });
             }
         }
         if value.is_empty() {
-            return Err(GraftError::spec(flag, value, "expected a dataset (mnist:train, usps:test, …) or a folder"));
+            return Err(GraftError::setting(setting, value, "expected a dataset (mnist:train, usps:test, …) or a folder"));
         }
         Ok(DomainSpec::Folder(PathBuf::from(value)))
     }
@@ -204,13 +204,13 @@ fn digits_classes() -> Vec<String> {
     DIGIT_CLASSES.iter().map(|s| s.to_string()).collect()
 }
 
-fn read_raw(spec: &DomainSpec, flag: &str, data_root: &Path, classes: Option<&[String]>, labelled: bool) -> Result<Raw> {
+fn read_raw(spec: &DomainSpec, setting: &str, data_root: &Path, classes: Option<&[String]>, labelled: bool) -> Result<Raw> {
     match spec {
         DomainSpec::Digits { set, train } => {
             let digit_classes = digits_classes();
             if let Some(c) = classes {
                 if labelled && c != digit_classes.as_slice() {
-                    return Err(GraftError::spec(flag, &spec.name(), format!("the digit classes 0–9 differ from the source classes ({})", c.join(", "))));
+                    return Err(GraftError::setting(setting, &spec.name(), format!("the digit classes 0–9 differ from the source classes ({})", c.join(", "))));
                 }
             }
             let (side, pixels, labels) = match set {
@@ -317,8 +317,8 @@ impl<'a> Featurizer<'a> {
     }
 
     /// Loads a domain. Returns it, its class list and the files that could not be read.
-    pub fn load(&self, spec: &DomainSpec, flag: &str, data_root: &Path, classes: Option<&[String]>, labelled: bool, reporter: &dyn Reporter) -> Result<(Domain, Vec<String>, Vec<Skipped>)> {
-        let raw = read_raw(spec, flag, data_root, classes, labelled)?;
+    pub fn load(&self, spec: &DomainSpec, setting: &str, data_root: &Path, classes: Option<&[String]>, labelled: bool, reporter: &dyn Reporter) -> Result<(Domain, Vec<String>, Vec<Skipped>)> {
+        let raw = read_raw(spec, setting, data_root, classes, labelled)?;
         let name = spec.name();
         let mut x = Vec::new();
         let mut labels = Vec::new();
@@ -367,7 +367,7 @@ impl<'a> Featurizer<'a> {
                 DomainSpec::Folder(p) => p.clone(),
                 _ => data_root.to_path_buf(),
             };
-            return Err(GraftError::Data { path, reason: format!("{flag}: no readable images") });
+            return Err(GraftError::Data { path, reason: format!("no readable images (the {} domain)", crate::error::setting_name(setting)) });
         }
         Ok((domain, raw.classes, skipped))
     }
@@ -379,13 +379,13 @@ mod tests {
 
     #[test]
     fn parses_shorthands_and_folders() {
-        assert_eq!(DomainSpec::parse("--source", "mnist:train").unwrap(), DomainSpec::Digits { set: Digits::Mnist, train: true });
-        assert_eq!(DomainSpec::parse("--source", "usps:test").unwrap(), DomainSpec::Digits { set: Digits::Usps, train: false });
-        assert_eq!(DomainSpec::parse("--source", "data/x").unwrap(), DomainSpec::Folder("data/x".into()));
-        assert_eq!(DomainSpec::parse("--source", "C:x").unwrap(), DomainSpec::Folder("C:x".into()));
-        let e = DomainSpec::parse("--target", "usps:val").unwrap_err().to_string();
-        assert!(e.contains("--target") && e.contains("usps:val"), "{e}");
-        assert!(DomainSpec::parse("--target", "").is_err());
+        assert_eq!(DomainSpec::parse("source", "mnist:train").unwrap(), DomainSpec::Digits { set: Digits::Mnist, train: true });
+        assert_eq!(DomainSpec::parse("source", "usps:test").unwrap(), DomainSpec::Digits { set: Digits::Usps, train: false });
+        assert_eq!(DomainSpec::parse("source", "data/x").unwrap(), DomainSpec::Folder("data/x".into()));
+        assert_eq!(DomainSpec::parse("source", "C:x").unwrap(), DomainSpec::Folder("C:x".into()));
+        let e = DomainSpec::parse("target", "usps:val").unwrap_err().to_string();
+        assert!(e.contains("target") && e.contains("usps:val"), "{e}");
+        assert!(DomainSpec::parse("target", "").is_err());
     }
 
     #[test]

@@ -32,9 +32,9 @@ pub fn domain_path(value: &str, data_root: &Path) -> PathBuf {
     }
 }
 
-fn read(flag: &str, value: &str, data_root: &Path) -> Result<TextDataset> {
+fn read(setting: &str, value: &str, data_root: &Path) -> Result<TextDataset> {
     let path = domain_path(value, data_root);
-    TextDataset::open_any(&path).map_err(|e| GraftError::spec(flag, value, format!("not a text dataset: {e}")))
+    TextDataset::open_any(&path).map_err(|e| GraftError::setting(setting, value, format!("not a text dataset: {e}")))
 }
 
 /// Whether `run` is a `graft adapt --backbone minilm-l6 …` run (it classifies texts).
@@ -43,29 +43,29 @@ pub fn is_text_adapt_run(run: &Path) -> bool {
 }
 
 impl AdaptedModel {
-    fn text_encoder(&self, flag: &str) -> Result<&SentenceEncoder> {
-        self.encoder.as_ref().ok_or_else(|| GraftError::spec(flag, &self.info.backbone, "this adaptation run classifies images, not texts"))
+    fn text_encoder(&self, setting: &str) -> Result<&SentenceEncoder> {
+        self.encoder.as_ref().ok_or_else(|| GraftError::setting(setting, &self.info.backbone, "this adaptation run classifies images, not texts"))
     }
 
     /// Embeddings of `texts` as the run's network takes them (through the feature store under
     /// `home`, as in training).
-    fn embed(&self, flag: &str, texts: &[impl AsRef<str>], home: &Path, reporter: &dyn Reporter, stats: &mut EmbedStats) -> Result<Domain> {
-        let encoder = self.text_encoder(flag)?;
+    fn embed(&self, setting: &str, texts: &[impl AsRef<str>], home: &Path, reporter: &dyn Reporter, stats: &mut EmbedStats) -> Result<Domain> {
+        let encoder = self.text_encoder(setting)?;
         let mut store = open_store(home, &self.info.backbone, encoder, StoreDtype::F32, reporter)?;
         let rows = embed_cached(encoder, texts, Some(&mut store), reporter, stats)?;
         let width = rows.first().map(Vec::len).unwrap_or(self.info.input_width);
-        Ok(Domain { name: flag.to_string(), x: rows.into_iter().flatten().collect(), width, labels: Vec::new() })
+        Ok(Domain { name: setting.to_string(), x: rows.into_iter().flatten().collect(), width, labels: Vec::new() })
     }
 
     /// Scores the kept model on a labelled text domain (a `text,label` CSV, a class folder of
     /// `.txt`, or `amazon:DOMAIN` under `data_root`) given as `--data`, as `graft adapt`
     /// scored `--target-test`.
     pub fn evaluate_texts(&self, value: &str, data_root: &Path, batch: usize, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<(Evaluation, Vec<Skipped>, EmbedStats)> {
-        let flag = "--data";
-        self.text_encoder(flag)?;
-        let data = read(flag, value, data_root)?.with_classes(&self.info.classes)?;
+        let setting = "data";
+        self.text_encoder(setting)?;
+        let data = read(setting, value, data_root)?.with_classes(&self.info.classes)?;
         let mut stats = EmbedStats::default();
-        let mut domain = self.embed(flag, &data.texts, home, reporter, &mut stats)?;
+        let mut domain = self.embed(setting, &data.texts, home, reporter, &mut stats)?;
         domain.labels = data.labels.clone();
         let (_, predicted) = evaluate(&self.net, &domain, batch, device);
         Ok((Evaluation::from_predictions(&self.info.classes, &domain.labels, &predicted), data.skipped, stats))
@@ -73,7 +73,7 @@ impl AdaptedModel {
 
     /// Class probabilities of `texts`, one row each.
     pub fn text_probabilities(&self, texts: &[impl AsRef<str>], home: &Path, reporter: &dyn Reporter, stats: &mut EmbedStats, device: &Device) -> Result<Vec<Vec<f32>>> {
-        let domain = self.embed("--run", texts, home, reporter, stats)?;
+        let domain = self.embed("run", texts, home, reporter, stats)?;
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -89,15 +89,15 @@ pub(crate) fn load_text_domains(config: &AdaptConfig, home: &Path, reporter: &dy
     let mut store = open_store(home, &config.backbone, &encoder, StoreDtype::F32, reporter)?;
     let mut stats = EmbedStats::default();
     let root = &config.data_root;
-    let source = read("--source", &config.source, root)?;
+    let source = read("source", &config.source, root)?;
     source.check_trainable()?;
     let classes = source.classes.clone();
     // The target's labels, if any, are never read.
-    let target = read("--target", &config.target, root)?;
+    let target = read("target", &config.target, root)?;
     let test = config
         .target_test
         .as_deref()
-        .map(|t| read("--target-test", t, root)?.with_classes(&classes))
+        .map(|t| read("target_test", t, root)?.with_classes(&classes))
         .transpose()?;
     let mut embed = |name: &str, data: &TextDataset, labelled: bool| -> Result<Domain> {
         let rows = embed_cached(&encoder, &data.texts, Some(&mut store), reporter, &mut stats)?;

@@ -578,9 +578,9 @@ pub fn adapt(config: &AdaptConfig, run: &Path, resume: bool, home: &Path, report
 fn adapt_run(config: &AdaptConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<AdaptSummary> {
     let wall = Instant::now();
     config.validate()?;
-    let source_spec = DomainSpec::parse("--source", &config.source)?;
-    let target_spec = DomainSpec::parse("--target", &config.target)?;
-    let test_spec = config.target_test.as_deref().map(|t| DomainSpec::parse("--target-test", t)).transpose()?;
+    let source_spec = DomainSpec::parse("source", &config.source)?;
+    let target_spec = DomainSpec::parse("target", &config.target)?;
+    let test_spec = config.target_test.as_deref().map(|t| DomainSpec::parse("target_test", t)).transpose()?;
     if resume {
         let pre = if config.method == Method::Adda { config.pretrain_epochs() } else { 0 };
         engine::check_total(run, pre + config.epochs, "epochs")?;
@@ -596,18 +596,18 @@ fn adapt_run(config: &AdaptConfig, run: &Path, resume: bool, home: &Path, report
     let (input, trunk) = if config.backbone == "lenet" {
         (InputSpec::lenet(), None)
     } else {
-        let spec = ModelSpec::find(&config.backbone).map_err(|e| GraftError::spec("--backbone", &config.backbone, format!("expected lenet or a zoo model ({e})")))?;
+        let spec = ModelSpec::find(&config.backbone).map_err(|e| GraftError::setting("backbone", &config.backbone, format!("expected lenet or a zoo model ({e})")))?;
         let pretrained = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
         (InputSpec::Zoo { model: spec.id.into(), preprocess: spec.preprocess() }, Some(pretrained))
     };
     let featurizer = Featurizer::new(input.clone(), trunk.as_ref(), device);
     let root = &config.data_root;
-    let (source_all, classes, mut skipped) = featurizer.load(&source_spec, "--source", root, None, true, reporter)?;
-    let (target, _, bad) = featurizer.load(&target_spec, "--target", root, Some(&classes), false, reporter)?;
+    let (source_all, classes, mut skipped) = featurizer.load(&source_spec, "source", root, None, true, reporter)?;
+    let (target, _, bad) = featurizer.load(&target_spec, "target", root, Some(&classes), false, reporter)?;
     skipped.extend(bad);
     let test = match &test_spec {
         Some(spec) => {
-            let (d, _, bad) = featurizer.load(spec, "--target-test", root, Some(&classes), true, reporter)?;
+            let (d, _, bad) = featurizer.load(spec, "target_test", root, Some(&classes), true, reporter)?;
             skipped.extend(bad);
             Some(d)
         }
@@ -656,7 +656,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     let val = source_all.subset(&val_idx);
     let present: std::collections::BTreeSet<usize> = source.labels.iter().copied().collect();
     if present.len() < 2 {
-        return Err(GraftError::spec("--source", &config.source, "fewer than 2 classes have readable training images"));
+        return Err(GraftError::setting("source", &config.source, "fewer than 2 classes have readable training images"));
     }
     drop(source_all);
 
@@ -870,7 +870,7 @@ impl AdaptedModel {
 
     /// Class probabilities for image files; unreadable files are `None` and listed.
     pub fn predict_files(&self, files: &[Sample], device: &Device) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
-        self.expect_images("--run")?;
+        self.expect_images("run")?;
         let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), device);
         let mut out = Vec::with_capacity(files.len());
         let mut skipped = Vec::new();
@@ -895,7 +895,7 @@ impl AdaptedModel {
     /// Image inputs given to a text model are named, not decoded.
     fn expect_images(&self, flag: &str) -> Result<()> {
         match &self.info.input {
-            InputSpec::Text { model, .. } => Err(GraftError::spec(flag, model, "this adaptation run classifies texts, not images")),
+            InputSpec::Text { model, .. } => Err(GraftError::setting(flag, model, "this adaptation run classifies texts, not images")),
             _ => Ok(()),
         }
     }

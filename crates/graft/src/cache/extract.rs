@@ -43,7 +43,7 @@ impl Cut {
             None => {
                 let names = backbone.stage_names();
                 let examples = [names.first(), names.get(names.len() / 2), names.last()].into_iter().flatten().cloned().collect::<Vec<_>>().join(", ");
-                Err(GraftError::spec("--layer", layer, format!("expected pooled, a stage ({examples}, … as `graft probe` lists them) or a trunk layer of `graft inspect`")))
+                Err(GraftError::setting("layer", layer, format!("expected pooled, a stage ({examples}, … as `graft probe` lists them) or a trunk layer of `graft inspect`")))
             }
         }
     }
@@ -62,14 +62,14 @@ impl Format {
             Some("safetensors") => Ok(Format::Safetensors),
             Some("npy") => Ok(Format::Npy),
             Some("csv") => Ok(Format::Csv),
-            _ => Err(GraftError::spec("--out", &path.display().to_string(), "the file name must end in .safetensors, .npy or .csv")),
+            _ => Err(GraftError::setting("out", &path.display().to_string(), "the file name must end in .safetensors, .npy or .csv")),
         }
     }
 }
 
 /// `--shard i/n`: this machine takes samples i, i+n, i+2n … (i counts from 1).
 pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let bad = |why: &str| GraftError::spec("--shard", s, why.to_string());
+    let bad = |why: &str| GraftError::setting("shard", s, why.to_string());
     let (i, n) = s.split_once('/').ok_or_else(|| bad("expected i/n, e.g. 1/4"))?;
     let (i, n) = (i.parse::<usize>().map_err(|_| bad("i is a whole number"))?, n.parse::<usize>().map_err(|_| bad("n is a whole number"))?);
     if n == 0 || i == 0 || i > n {
@@ -245,10 +245,10 @@ pub fn merge(parts: &[PathBuf], out: &Path) -> Result<usize> {
             rows.push((index, features.data[k * dim..(k + 1) * dim].to_vec(), labels.data[k] as i64, path));
         }
     }
-    let (model, layer, shape, classes, dim) = common.ok_or_else(|| GraftError::spec("merge", "", "no parts given"))?;
+    let (model, layer, shape, classes, dim) = common.ok_or_else(|| GraftError::setting("parts", "", "no parts given"))?;
     rows.sort_by_key(|r| r.0);
     if rows.windows(2).any(|w| w[0].0 == w[1].0) {
-        return Err(GraftError::spec("merge", &out.display().to_string(), "parts overlap (the same image twice)"));
+        return Err(GraftError::setting("parts", &out.display().to_string(), "parts overlap (the same image twice)"));
     }
     let mut dict = graft_weights::StateDict::default();
     let n = rows.len();

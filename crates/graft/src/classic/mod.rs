@@ -103,14 +103,14 @@ impl Classic {
     pub fn fit_reporting(kind: ClassicKind, rows: &[f32], labels: &[usize], dim: usize, classes: usize, seed: u64, reporter: &dyn crate::report::Reporter) -> Result<Self> {
         let n = labels.len();
         if n == 0 || dim == 0 || rows.len() != n * dim {
-            return Err(GraftError::spec("--head", &format!("{kind:?}"), format!("needs training features: {n} rows of width {dim}")));
+            return Err(GraftError::setting("head", &format!("{kind:?}"), format!("needs training features: {n} rows of width {dim}")));
         }
         if let ClassicKind::Knn(0) = kind {
-            return Err(GraftError::spec("--head", "knn:0", "k must be at least 1"));
+            return Err(GraftError::setting("head", "knn:0", "k must be at least 1"));
         }
         if let ClassicKind::Logistic(Penalty::C(c)) = kind {
             if !(c.is_finite() && c > 0.0) {
-                return Err(GraftError::spec("--head", &format!("logistic:c={c}"), "C must be a finite number above 0"));
+                return Err(GraftError::setting("head", &format!("logistic:c={c}"), "C must be a finite number above 0"));
             }
         }
         let (mut mean, mut std) = (vec![0f32; dim], vec![1f32; dim]);

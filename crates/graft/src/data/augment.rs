@@ -52,7 +52,7 @@ pub struct Augment {
     pub color_jitter: f32,
 }
 
-const FLAG: &str = "--augment";
+const SETTING: &str = "augment";
 
 const ACCEPTED: &str = "accepted: `none`, `keras` (= flip,rotate:30,zoom:0.3,shift:0.3), or a \
 comma list of `flip`, `rotate:DEG` (0-180), `zoom:Z` (0 to <1), `shift:F`, `wshift:F`, \
@@ -94,7 +94,7 @@ impl Augment {
 
     /// Checks every range (for settings read from a file); the error names the field.
     pub fn validate(&self) -> Result<()> {
-        let bad = |what: &str| Err(GraftError::spec(FLAG, &self.to_string(), format!("{what}; {ACCEPTED}")));
+        let bad = |what: &str| Err(GraftError::setting(SETTING, &self.to_string(), format!("{what}; {ACCEPTED}")));
         let within = |v: f32, lo: f32, hi: f32| v.is_finite() && v >= lo && v <= hi;
         if !within(self.rotation_deg, 0.0, 180.0) {
             return bad("rotation must be 0-180 degrees");
@@ -271,7 +271,7 @@ impl FromStr for Augment {
     /// `none`, `keras`, or a comma list of items (see [`Augment`]); later items override
     /// earlier ones, so `keras,rotate:10` is the Keras set with a 10° rotation.
     fn from_str(spec: &str) -> Result<Augment> {
-        let err = |reason: String| GraftError::spec(FLAG, spec, reason);
+        let err = |reason: String| GraftError::setting(SETTING, spec, reason);
         let trimmed = spec.trim();
         if trimmed.is_empty() {
             return Err(err(format!("empty; {ACCEPTED}")));
@@ -336,7 +336,7 @@ impl FromStr for Augment {
             }
         }
         a.validate().map_err(|e| match e {
-            GraftError::InvalidSpec { reason, .. } => err(reason),
+            GraftError::InvalidSetting { reason, .. } => err(reason),
             other => other,
         })?;
         Ok(a)
@@ -535,8 +535,8 @@ mod tests {
             "crop:0-1", "crop:0.9-0.5", "jitter:2", "spin:3", "none,flip", "rotate:200", "rotate:nan",
         ] {
             match bad.parse::<Augment>() {
-                Err(GraftError::InvalidSpec { flag, value, reason }) => {
-                    assert_eq!(flag, "--augment");
+                Err(GraftError::InvalidSetting { setting, value, reason }) => {
+                    assert_eq!(setting, "augment");
                     assert_eq!(value, bad);
                     assert!(reason.contains("accepted"), "{bad}: {reason}");
                 }

@@ -265,15 +265,15 @@ pub(crate) fn splitmix64(mut z: u64) -> u64 {
 /// at least 2 samples keeps at least one sample on each side (a class with 1 sample stays in
 /// train). Both index lists are returned sorted ascending; the result depends only on the
 /// labels, the fraction and the seed. `val_fraction` must lie strictly between 0 and 1
-/// (`GraftError::InvalidSpec` for `--val-split` otherwise).
+/// (`GraftError::InvalidSetting` for `val_split` otherwise).
 pub fn stratified_split(
     samples: &[Sample],
     val_fraction: f64,
     seed: u64,
 ) -> Result<(Vec<usize>, Vec<usize>)> {
     if !(val_fraction > 0.0 && val_fraction < 1.0) {
-        return Err(GraftError::spec(
-            "--val-split",
+        return Err(GraftError::setting(
+            "val_split",
             &val_fraction.to_string(),
             "the validation fraction must lie strictly between 0 and 1",
         ));
@@ -534,7 +534,7 @@ pub(crate) mod tests {
 
         for bad in [0.0, 1.0, -0.1, 1.5, f64::NAN] {
             let err = stratified_split(&samples, bad, 1).unwrap_err();
-            assert!(matches!(err, GraftError::InvalidSpec { .. }), "{err}");
+            assert!(matches!(err, GraftError::InvalidSetting { .. }), "{err}");
         }
     }
 

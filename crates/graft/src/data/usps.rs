@@ -44,7 +44,7 @@ fn data_err(path: &Path, reason: impl Into<String>) -> GraftError {
 /// Reads split `train` or `test` of a `usps.h5` file.
 pub fn read_usps(path: &Path, split: &str) -> Result<Usps> {
     if split != "train" && split != "test" {
-        return Err(GraftError::spec("split", split, "USPS has the splits train and test"));
+        return Err(GraftError::setting("split", split, "USPS has the splits train and test"));
     }
     let bytes = crate::fsutil::read_regular(path, MAX_READ_BYTES as u64)?;
     usps_from_bytes(path, bytes, split)
@@ -53,7 +53,7 @@ pub fn read_usps(path: &Path, split: &str) -> Result<Usps> {
 /// [`read_usps`] for a file already in memory; `path` only names it in errors.
 pub fn usps_from_bytes(path: &Path, bytes: Vec<u8>, split: &str) -> Result<Usps> {
     if split != "train" && split != "test" {
-        return Err(GraftError::spec("split", split, "USPS has the splits train and test"));
+        return Err(GraftError::setting("split", split, "USPS has the splits train and test"));
     }
     // The HDF5 parser is third-party code reading untrusted bytes: a panic there is a bad file,
     // not a crash.

@@ -457,8 +457,8 @@ fn unescape_entities(s: &str) -> String {
 /// 0 and 1.
 pub fn stratified_split(labels: &[usize], held_out: f64, seed: u64) -> Result<(Vec<usize>, Vec<usize>)> {
     if !(held_out > 0.0 && held_out < 1.0) {
-        return Err(GraftError::spec(
-            "--val-split",
+        return Err(GraftError::setting(
+            "val_split",
             &held_out.to_string(),
             "the fraction must lie strictly between 0 and 1",
         ));

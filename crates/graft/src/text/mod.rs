@@ -53,7 +53,7 @@ impl SentenceEncoder {
     /// tokenizer), otherwise from graft's cache, pulled on first use.
     pub fn load(model: &str, weights: Option<&Path>, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<Self> {
         if !is_text_model(model) {
-            return Err(GraftError::spec("--model", model, format!("not a text model (text models: {})", pull::MINILM_ID)));
+            return Err(GraftError::setting("model", model, format!("not a text model (text models: {})", pull::MINILM_ID)));
         }
         let pulled = pull::ensure_minilm(home, reporter)?;
         let tokenizer = pull::tokenizer_path(&pulled);
@@ -89,7 +89,7 @@ pub fn embed_texts<S: AsRef<str>>(
     reporter: &dyn Reporter,
 ) -> Result<Vec<Vec<f32>>> {
     if batch == 0 {
-        return Err(GraftError::spec("--batch", "0", "the batch size must be at least 1"));
+        return Err(GraftError::setting("batch_size", "0", "the batch size must be at least 1"));
     }
     let ids = tokenizer.encode(texts)?;
     let mut order: Vec<usize> = (0..ids.len()).collect();

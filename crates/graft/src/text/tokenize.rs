@@ -47,7 +47,7 @@ impl TextTokenizer {
         // Room for `[CLS]`, `[SEP]` and at least one token; the library subtracts the special
         // tokens from the limit and would underflow below that.
         if max_tokens < 3 {
-            return Err(GraftError::spec("max tokens", &max_tokens.to_string(), "at least 3 are needed"));
+            return Err(GraftError::setting("max_tokens", &max_tokens.to_string(), "at least 3 are needed"));
         }
         let truncation = TruncationParams { max_length: max_tokens, ..Default::default() };
         inner

@@ -28,7 +28,7 @@ impl FromStr for Optimizer {
         match s {
             "sgd" => Ok(Optimizer::Sgd { momentum: 0.9, weight_decay: 0.0 }),
             "adamw" => Ok(Optimizer::Adamw { weight_decay: 0.01 }),
-            _ => Err(GraftError::spec("--optimizer", s, "expected sgd or adamw")),
+            _ => Err(GraftError::setting("optimizer", s, "expected sgd or adamw")),
         }
     }
 }
@@ -47,7 +47,7 @@ pub struct Stage {
 
 impl Stage {
     pub fn parse_list(s: &str) -> Result<Vec<Stage>> {
-        let bad = |why: &str| GraftError::spec("--stages", s, why.to_string());
+        let bad = |why: &str| GraftError::setting("stages", s, why.to_string());
         s.split(',')
             .map(|item| {
                 let mut parts = item.split(':');
@@ -74,9 +74,9 @@ impl Stage {
             "head" => Ok(FreezeSpec::All),
             "all" => Ok(FreezeSpec::None),
             t => {
-                let k: usize = t.trim_start_matches("top").parse().map_err(|_| GraftError::spec("--stages", t, "bad topK"))?;
+                let k: usize = t.trim_start_matches("top").parse().map_err(|_| GraftError::setting("stages", t, "bad topK"))?;
                 if k > blocks {
-                    return Err(GraftError::spec("--stages", t, format!("the model has only {blocks} blocks")));
+                    return Err(GraftError::setting("stages", t, format!("the model has only {blocks} blocks")));
                 }
                 Ok(FreezeSpec::FirstBlocks(blocks - k))
             }
@@ -157,7 +157,7 @@ impl Monitor {
 impl FromStr for Monitor {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        crate::error::unit_variant("--monitor", s, "expected val_loss or val_accuracy")
+        crate::error::unit_variant("monitor", s, "expected val_loss or val_accuracy")
     }
 }
 
@@ -251,22 +251,22 @@ impl FitConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        let check = |ok: bool, flag: &str, value: String, why: &str| {
-            if ok { Ok(()) } else { Err(GraftError::spec(flag, &value, why.to_string())) }
+        let check = |ok: bool, setting: &str, value: String, why: &str| {
+            if ok { Ok(()) } else { Err(GraftError::setting(setting, &value, why.to_string())) }
         };
-        check(self.batch_size > 0, "--batch-size", self.batch_size.to_string(), "must be at least 1")?;
-        crate::limits::check_setting("--batch-size", self.batch_size, crate::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
-        crate::limits::check_setting("--cache-views", self.cache_views, crate::limits::MAX_CACHE_VIEWS, "graft::limits::MAX_CACHE_VIEWS")?;
-        check(self.lr > 0.0 && self.lr.is_finite(), "--lr", self.lr.to_string(), "must be a positive number")?;
-        check((0.0..1.0).contains(&self.dropout), "--dropout", self.dropout.to_string(), "must be in [0, 1)")?;
-        check((0.0..1.0).contains(&self.label_smoothing), "--label-smoothing", self.label_smoothing.to_string(), "must be in [0, 1)")?;
-        check(self.body_lr_mult >= 0.0, "--body-lr-mult", self.body_lr_mult.to_string(), "must not be negative")?;
-        check(self.val.is_some() || (self.val_split >= 0.0 && self.val_split < 1.0), "--val-split", self.val_split.to_string(), "must be in [0, 1); 0 trains on everything")?;
+        check(self.batch_size > 0, "batch_size", self.batch_size.to_string(), "must be at least 1")?;
+        crate::limits::check_setting("batch_size", self.batch_size, crate::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
+        crate::limits::check_setting("cache_views", self.cache_views, crate::limits::MAX_CACHE_VIEWS, "graft::limits::MAX_CACHE_VIEWS")?;
+        check(self.lr > 0.0 && self.lr.is_finite(), "lr", self.lr.to_string(), "must be a positive number")?;
+        check((0.0..1.0).contains(&self.dropout), "dropout", self.dropout.to_string(), "must be in [0, 1)")?;
+        check((0.0..1.0).contains(&self.label_smoothing), "label_smoothing", self.label_smoothing.to_string(), "must be in [0, 1)")?;
+        check(self.body_lr_mult >= 0.0, "body_lr_mult", self.body_lr_mult.to_string(), "must not be negative")?;
+        check(self.val.is_some() || (self.val_split >= 0.0 && self.val_split < 1.0), "val_split", self.val_split.to_string(), "must be in [0, 1); 0 trains on everything")?;
         let has_val = self.val.is_some() || self.val_split > 0.0;
-        check(has_val || self.patience.is_none(), "--patience", String::new(), "early stopping needs validation data (--val or --val-split)")?;
-        check(has_val || self.reduce_on_plateau.is_none(), "--reduce-on-plateau", String::new(), "needs validation data (--val or --val-split)")?;
-        check(self.stages.is_empty() || self.stages.iter().all(|s| s.epochs > 0), "--stages", String::new(), "every stage needs at least one epoch")?;
-        check(!self.stages.is_empty() || self.epochs > 0, "--epochs", self.epochs.to_string(), "must be at least 1")?;
+        check(has_val || self.patience.is_none(), "patience", String::new(), "early stopping needs validation data (--val or --val-split)")?;
+        check(has_val || self.reduce_on_plateau.is_none(), "reduce_on_plateau", String::new(), "needs validation data (--val or --val-split)")?;
+        check(self.stages.is_empty() || self.stages.iter().all(|s| s.epochs > 0), "stages", String::new(), "every stage needs at least one epoch")?;
+        check(!self.stages.is_empty() || self.epochs > 0, "epochs", self.epochs.to_string(), "must be at least 1")?;
         // Settings a config.toml can hold that the checks above do not cover: each finite and
         // in range, named as in the file.
         check(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0, "warmup_epochs", self.warmup_epochs.to_string(), "must be a number of epochs, 0 or more")?;
@@ -282,7 +282,7 @@ impl FitConfig {
                 check(weight_decay.is_finite() && weight_decay >= 0.0, "weight_decay", weight_decay.to_string(), "must be a number, 0 or more")?;
             }
         }
-        self.schedule.validate().map_err(|why| GraftError::spec("schedule", &self.schedule.to_string(), why))?;
+        self.schedule.validate().map_err(|why| GraftError::setting("schedule", &self.schedule.to_string(), why))?;
         for stage in &self.stages {
             if let Some(lr) = stage.lr {
                 check(lr > 0.0 && lr.is_finite(), "stages", lr.to_string(), "a stage's lr must be a positive number")?;
@@ -305,7 +305,7 @@ impl FitConfig {
         };
         let before: usize = earlier.iter().map(|s| s.epochs).sum();
         if total <= before {
-            return Err(GraftError::spec("--epochs", &total.to_string(), format!("the stages before the last take {before} epochs; give more to leave the last stage at least one")));
+            return Err(GraftError::setting("epochs", &total.to_string(), format!("the stages before the last take {before} epochs; give more to leave the last stage at least one")));
         }
         last.epochs = total - before;
         Ok(())
@@ -345,12 +345,12 @@ mod tests {
             ("warmup_epochs", Box::new(|c| c.warmup_epochs = -1.0)),
             ("min_delta", Box::new(|c| c.min_delta = f64::NAN)),
             ("min_delta", Box::new(|c| c.min_delta = f64::INFINITY)),
-            ("--lr", Box::new(|c| c.lr = f64::NAN)),
-            ("--dropout", Box::new(|c| c.dropout = f64::NAN)),
-            ("--label-smoothing", Box::new(|c| c.label_smoothing = f64::NAN)),
-            ("--body-lr-mult", Box::new(|c| c.body_lr_mult = f64::NAN)),
+            ("lr", Box::new(|c| c.lr = f64::NAN)),
+            ("dropout", Box::new(|c| c.dropout = f64::NAN)),
+            ("label_smoothing", Box::new(|c| c.label_smoothing = f64::NAN)),
+            ("body_lr_mult", Box::new(|c| c.body_lr_mult = f64::NAN)),
             ("body_lr_mult", Box::new(|c| c.body_lr_mult = f64::INFINITY)),
-            ("--val-split", Box::new(|c| c.val_split = f64::NAN)),
+            ("val_split", Box::new(|c| c.val_split = f64::NAN)),
             ("weight_decay", Box::new(|c| c.optimizer = Optimizer::Adamw { weight_decay: f64::NAN })),
             ("momentum", Box::new(|c| c.optimizer = Optimizer::Sgd { momentum: f64::NAN, weight_decay: 0.0 })),
             ("weight_decay", Box::new(|c| c.optimizer = Optimizer::Sgd { momentum: 0.9, weight_decay: -0.1 })),
@@ -411,6 +411,6 @@ mod tests {
         assert_eq!(c.stages[1].epochs, 9);
         assert_eq!(c.total_epochs(), 12);
         let err = c.set_total_epochs(3).unwrap_err().to_string();
-        assert!(err.contains("--epochs") && err.contains("3"), "{err}");
+        assert!(err.contains("epochs") && err.contains("3"), "{err}");
     }
 }

@@ -226,7 +226,7 @@ pub fn check_total(run: &Path, total: usize, setting: &str) -> Result<()> {
     }
     let done = checkpoint::read_metadata(&last)?.get("graft.epoch").and_then(|e| e.parse::<usize>().ok()).unwrap_or(0);
     if done > total {
-        return Err(GraftError::spec(setting, &total.to_string(), format!("the run already completed {done} epochs; give at least {done}")));
+        return Err(GraftError::setting(setting, &total.to_string(), format!("the run already completed {done} epochs; give at least {done}")));
     }
     Ok(())
 }
@@ -522,10 +522,10 @@ fn load_optimizer(run: &Path, epoch: usize, optimizer: ModuleOptimizer) -> Resul
 /// [`crate::fsutil::prepare_fresh_run_dir`]), so a failed start can remove it.
 pub fn prepare_run_dir(run: &Path, resume: bool) -> Result<bool> {
     if !resume && run.join("model.json").exists() {
-        return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run; pass --resume to continue it or choose another --out"));
+        return Err(GraftError::setting("out", &run.display().to_string(), "already holds a run; pass --resume to continue it or choose another --out"));
     }
     if resume && !run.join("model.json").exists() {
-        return Err(GraftError::spec("--resume", &run.display().to_string(), "is not a graft run directory (no model.json)"));
+        return Err(GraftError::setting("resume", &run.display().to_string(), "is not a graft run directory (no model.json)"));
     }
     crate::fsutil::check_run_dir(run)?;
     // A kill during a write leaves its temporary file behind; the rename never happened, so
@@ -541,7 +541,7 @@ pub fn prepare_run_dir(run: &Path, resume: bool) -> Result<bool> {
             crate::fsutil::remove_failed_run(run, false);
         }
     }
-    crate::fsutil::prepare_fresh_run_dir(run, "--out")
+    crate::fsutil::prepare_fresh_run_dir(run, "out")
 }
 
 /// After a kill between writing `last.safetensors` and the metrics line (or the best

@@ -331,7 +331,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     }
     let train_folder = ImageFolder::scan(&config.data)?;
     if resume {
-        engine::check_total(run, config.total_epochs(), "--epochs")?;
+        engine::check_total(run, config.total_epochs(), "epochs")?;
     }
     engine::prepare_run_dir(run, resume)?;
     // Seeds burn's generator: the new head's initialisation and dropout masks.
@@ -460,7 +460,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             // BatchNorm in the unfrozen blocks stays in inference mode (its scale and shift
             // still train): on a small dataset, batch statistics of a few dozen images replace
             // ImageNet's running statistics poorly (Keras' fine-tuning advice).
-            let flags = ParamGroup::from_regex(r"^trunk\..*\.training$").map_err(|e| GraftError::spec("--train-bn", "", format!("{e:?}")))?;
+            let flags = ParamGroup::from_regex(r"^trunk\..*\.training$").map_err(|e| GraftError::setting("train_bn", "", format!("{e:?}")))?;
             model = model.freeze_group(flags);
         }
         model = model.train();
@@ -754,7 +754,7 @@ fn fit_classic(
     device: &Device,
 ) -> Result<FitSummary> {
     if config.freeze != FreezeSpec::All || !config.stages.is_empty() || !config.augment.is_identity() {
-        return Err(GraftError::spec("--head", &config.head.to_string(), "a classic head trains on stored features: use --freeze all, no --stages and no --augment"));
+        return Err(GraftError::setting("head", &config.head.to_string(), "a classic head trains on stored features: use --freeze all, no --stages and no --augment"));
     }
     let started = Instant::now();
     let skipped_count = skipped.len();

@@ -44,8 +44,8 @@ impl HeadSpec {
 /// An `mlp:` head's hidden widths within [`limits::MAX_HEAD_LAYERS`],
 /// [`limits::MAX_HEAD_WIDTH`] and [`limits::MAX_HEAD_HIDDEN_PARAMS`], checked before any
 /// tensor of those sizes exists.
-pub(crate) fn check_mlp_widths(flag: &str, spec: &str, widths: &[usize]) -> Result<()> {
-    let over = |what: String| Err(GraftError::spec(flag, spec, what));
+pub(crate) fn check_mlp_widths(setting: &str, spec: &str, widths: &[usize]) -> Result<()> {
+    let over = |what: String| Err(GraftError::setting(setting, spec, what));
     if widths.len() > limits::MAX_HEAD_LAYERS {
         return over(format!("{} hidden layers, over the limit of {} (graft::limits::MAX_HEAD_LAYERS)", widths.len(), limits::MAX_HEAD_LAYERS));
     }
@@ -70,23 +70,23 @@ impl FromStr for HeadSpec {
             _ => {}
         }
         if let Some(k) = s.strip_prefix("knn:") {
-            let k = k.parse::<usize>().ok().filter(|k| *k > 0).ok_or_else(|| GraftError::spec("--head", s, "knn:K needs K ≥ 1"))?;
+            let k = k.parse::<usize>().ok().filter(|k| *k > 0).ok_or_else(|| GraftError::setting("head", s, "knn:K needs K ≥ 1"))?;
             if k > limits::MAX_KNN_K {
-                return Err(GraftError::spec("--head", s, format!("knn:K is over the limit of {} (graft::limits::MAX_KNN_K)", limits::MAX_KNN_K)));
+                return Err(GraftError::setting("head", s, format!("knn:K is over the limit of {} (graft::limits::MAX_KNN_K)", limits::MAX_KNN_K)));
             }
             return Ok(HeadSpec::Classic(ClassicKind::Knn(k)));
         }
         if let Some(c) = s.strip_prefix("logistic:c=") {
-            let c = c.parse::<f64>().ok().filter(|c| c.is_finite() && *c > 0.0).ok_or_else(|| GraftError::spec("--head", s, "logistic:c=C needs C > 0 (or auto)"))?;
+            let c = c.parse::<f64>().ok().filter(|c| c.is_finite() && *c > 0.0).ok_or_else(|| GraftError::setting("head", s, "logistic:c=C needs C > 0 (or auto)"))?;
             return Ok(HeadSpec::Classic(ClassicKind::Logistic(Penalty::C(c))));
         }
-        let bad = || GraftError::spec("--head", s, "expected linear, mlp:W1,W2,… (e.g. mlp:1024,1024), logistic[:c=C|auto], svm, knn:K or prototype");
+        let bad = || GraftError::setting("head", s, "expected linear, mlp:W1,W2,… (e.g. mlp:1024,1024), logistic[:c=C|auto], svm, knn:K or prototype");
         let widths = s.strip_prefix("mlp:").ok_or_else(bad)?;
         let widths: Vec<usize> = widths.split(',').map(|w| w.trim().parse::<usize>()).collect::<std::result::Result<_, _>>().map_err(|_| bad())?;
         if widths.is_empty() || widths.contains(&0) {
             return Err(bad());
         }
-        check_mlp_widths("--head", s, &widths)?;
+        check_mlp_widths("head", s, &widths)?;
         Ok(HeadSpec::Mlp(widths))
     }
 }
@@ -132,7 +132,7 @@ pub enum HeadPool {
 impl FromStr for HeadPool {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        unit_variant("--head-pool", s, "expected avg or flatten")
+        unit_variant("head_pool", s, "expected avg or flatten")
     }
 }
 
@@ -277,7 +277,7 @@ impl Grafted {
             return Ok(self);
         }
         let group = ParamGroup::from_any_regexes(patterns)
-            .map_err(|e| GraftError::spec("--freeze", "", format!("internal freeze pattern: {e:?}")))?;
+            .map_err(|e| GraftError::setting("freeze", "", format!("internal freeze pattern: {e:?}")))?;
         Ok(self.freeze_group(group))
     }
 }
@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn head_sizes_are_bounded_at_parse_time() {
         let err = |s: &str| s.parse::<HeadSpec>().unwrap_err().to_string();
-        assert_eq!(err("mlp:100000000000"), "invalid --head `mlp:100000000000`: width 100000000000 is over the limit of 65536 (graft::limits::MAX_HEAD_WIDTH)");
+        assert_eq!(err("mlp:100000000000"), "invalid head `mlp:100000000000`: width 100000000000 is over the limit of 65536 (graft::limits::MAX_HEAD_WIDTH)");
         assert!(err("mlp:4000000000").contains("MAX_HEAD_WIDTH"));
         assert!(err(&format!("mlp:{}", vec!["8"; 17].join(","))).contains("17 hidden layers, over the limit of 16 (graft::limits::MAX_HEAD_LAYERS)"));
         assert!(err("mlp:65536,65536").contains("MAX_HEAD_HIDDEN_PARAMS"));

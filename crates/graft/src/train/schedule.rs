@@ -119,7 +119,7 @@ impl FromStr for Schedule {
     type Err = GraftError;
 
     fn from_str(value: &str) -> Result<Self, GraftError> {
-        let fail = |reason: String| GraftError::spec("--schedule", value, reason);
+        let fail = |reason: String| GraftError::setting("schedule", value, reason);
         let mut parts = value.trim().split(':');
         let name = parts.next().unwrap_or("").to_ascii_lowercase();
         let args: Vec<&str> = parts.collect();
@@ -499,8 +499,8 @@ mod tests {
             "constant:1",
         ] {
             match bad.parse::<Schedule>() {
-                Err(GraftError::InvalidSpec { flag, value, .. }) => {
-                    assert_eq!(flag, "--schedule");
+                Err(GraftError::InvalidSetting { setting, value, .. }) => {
+                    assert_eq!(setting, "schedule");
                     assert_eq!(value, bad);
                 }
                 other => panic!("`{bad}` gave {other:?}"),

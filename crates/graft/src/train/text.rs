@@ -139,21 +139,21 @@ fn head_probabilities(head: &TextHead, rows: &[Vec<f32>], device: &Device) -> Ve
 
 /// Text runs support what a frozen encoder supports; anything else is named.
 fn check_config(config: &FitConfig) -> Result<()> {
-    let only = |flag: &str, value: String, why: &str| Err(GraftError::spec(flag, &value, format!("{why} (text models support only --freeze all: the encoder stays frozen and its embeddings are cached)")));
+    let only = |flag: &str, value: String, why: &str| Err(GraftError::setting(flag, &value, format!("{why} (text models support only --freeze all: the encoder stays frozen and its embeddings are cached)")));
     if config.freeze != FreezeSpec::All {
-        return only("--freeze", config.freeze.to_string(), "fine-tuning the text encoder is not supported");
+        return only("freeze", config.freeze.to_string(), "fine-tuning the text encoder is not supported");
     }
     if !config.stages.is_empty() {
-        return only("--stages", String::new(), "staged fine-tuning is not supported for text");
+        return only("stages", String::new(), "staged fine-tuning is not supported for text");
     }
     if config.from_scratch {
-        return only("--from-scratch", String::new(), "a random text encoder is not supported");
+        return only("from_scratch", String::new(), "a random text encoder is not supported");
     }
     if !config.augment.is_identity() {
-        return only("--augment", config.augment.to_string(), "augmentation is for images");
+        return only("augment", config.augment.to_string(), "augmentation is for images");
     }
     if config.train_bn {
-        return only("--train-bn", String::new(), "the text encoder has no BatchNorm");
+        return only("train_bn", String::new(), "the text encoder has no BatchNorm");
     }
     Ok(())
 }
@@ -182,7 +182,7 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
     config.validate()?;
     check_config(config)?;
     if resume && !matches!(config.head, HeadSpec::Classic(_)) {
-        engine::check_total(run, config.total_epochs(), "--epochs")?;
+        engine::check_total(run, config.total_epochs(), "epochs")?;
     }
     engine::prepare_run_dir(run, resume)?;
     device.seed(config.seed);

@@ -191,7 +191,7 @@ pub fn advise(model: &Pretrained, data: &Path, sample: usize, seed: u64, home: &
     let logits = model
         .net
         .classify(pooled) // [n, K]
-        .ok_or_else(|| GraftError::spec("--model", model.spec.id, "the model has no pretrained classifier to measure similarity with"))?;
+        .ok_or_else(|| GraftError::setting("model", model.spec.id, "the model has no pretrained classifier to measure similarity with"))?;
     let k = logits.dims()[1];
     let entropy = mean_normalized_entropy(logits);
     let strategy = decide(median, entropy);

@@ -49,13 +49,13 @@ pub struct MlpArch {
 impl FromStr for MlpArch {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = |why: &str| GraftError::spec("--arch", s, why.to_string());
+        let bad = |why: &str| GraftError::setting("arch", s, why.to_string());
         let widths = s.strip_prefix("mlp:").ok_or_else(|| bad("expected mlp:W1,W2,… (hidden widths of an MLP on 28×28 grey images), e.g. mlp:500,250"))?;
         let hidden = widths
             .split(',')
             .map(|w| w.trim().parse::<usize>().ok().filter(|w| *w > 0).ok_or_else(|| bad("each width is a positive whole number")))
             .collect::<Result<Vec<_>>>()?;
-        crate::train::model::check_mlp_widths("--arch", s, &hidden)?;
+        crate::train::model::check_mlp_widths("arch", s, &hidden)?;
         Ok(MlpArch { hidden })
     }
 }
@@ -191,10 +191,10 @@ impl PretrainConfig {
     /// Every setting in range (the numbers finite), naming the setting that is not.
     pub fn validate(&self) -> Result<()> {
         if self.method != "autoencoder" {
-            return Err(GraftError::spec("--method", &self.method, "expected autoencoder"));
+            return Err(GraftError::setting("method", &self.method, "expected autoencoder"));
         }
         if !(0.0..1.0).contains(&self.noise) {
-            return Err(GraftError::spec("--noise", &self.noise.to_string(), "the masked fraction lies in [0, 1)"));
+            return Err(GraftError::setting("noise", &self.noise.to_string(), "the masked fraction lies in [0, 1)"));
         }
         check_training(self.lr, self.epochs, self.batch_size)
     }
@@ -336,7 +336,7 @@ pub fn pretrain(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
 fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dyn Reporter, device: &Device) -> Result<PretrainSummary> {
     config.validate()?;
     if !resume && run.join("pretrain.json").exists() {
-        return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a pretraining run"));
+        return Err(GraftError::setting("out", &run.display().to_string(), "already holds a pretraining run"));
     }
     let layers = config.arch.hidden.len();
     if resume {
@@ -441,7 +441,7 @@ impl MlpFitConfig {
     pub fn validate(&self) -> Result<()> {
         check_training(self.lr, self.epochs, self.batch_size)?;
         if self.val.is_none() && !(0.0..1.0).contains(&self.val_split) {
-            return Err(GraftError::spec("val_split", &self.val_split.to_string(), "must be in [0, 1); 0 trains on everything"));
+            return Err(GraftError::setting("val_split", &self.val_split.to_string(), "must be in [0, 1); 0 trains on everything"));
         }
         Ok(())
     }
@@ -451,13 +451,13 @@ impl MlpFitConfig {
 /// one epoch and a batch of at least one, each refusal naming its setting.
 fn check_training(lr: f64, epochs: usize, batch_size: usize) -> Result<()> {
     if !(lr > 0.0 && lr.is_finite()) {
-        return Err(GraftError::spec("lr", &lr.to_string(), "must be a positive number"));
+        return Err(GraftError::setting("lr", &lr.to_string(), "must be a positive number"));
     }
     if epochs == 0 {
-        return Err(GraftError::spec("epochs", "0", "must be at least 1"));
+        return Err(GraftError::setting("epochs", "0", "must be at least 1"));
     }
     if batch_size == 0 {
-        return Err(GraftError::spec("batch_size", "0", "must be at least 1"));
+        return Err(GraftError::setting("batch_size", "0", "must be at least 1"));
     }
     Ok(())
 }
@@ -582,7 +582,7 @@ fn score(net: &MlpClassifier, rows: &[f32], labels: &[usize], device: &Device) -
 /// Fine-tunes an MLP (from a pretraining run, or random) with labels; the run is in `run`.
 pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, device: &Device) -> Result<MlpRun> {
     if run.join("mlp.json").exists() || run.join("model.json").exists() {
-        return Err(GraftError::spec("--out", &run.display().to_string(), "already holds a run"));
+        return Err(GraftError::setting("out", &run.display().to_string(), "already holds a run"));
     }
     config.validate()?;
     let started = Instant::now();
@@ -608,7 +608,7 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
     if let Some(init) = &config.init {
         let saved = arch_of(init)?;
         if saved != config.arch {
-            return Err(GraftError::spec("--arch", &config.arch.to_string(), format!("{} was pretrained as {saved}", init.display())));
+            return Err(GraftError::setting("arch", &config.arch.to_string(), format!("{} was pretrained as {saved}", init.display())));
         }
         net.encoder = checkpoint::load(Encoder::init(&saved, device), &init.join("encoder.safetensors"))?;
     }

@@ -65,7 +65,7 @@ pub fn probe(model: &Pretrained, data: &Path, validation: &Validation, home: &Pa
         }
     };
     if val.is_empty() {
-        return Err(GraftError::spec("--val-split", "", "no validation images: give --val DIR or a larger --val-split"));
+        return Err(GraftError::setting("val_split", "", "no validation images: give --val DIR or a larger --val-split"));
     }
     let stages: Vec<usize> = (0..model.config.num_stages()).collect();
     let ft = stage_features(model, &train, &stages, home, batch, device, reporter)?;

@@ -51,7 +51,7 @@ pub fn stage_features(
 ) -> Result<StageFeatures> {
     let count = model.config.num_stages();
     if let Some(bad) = stages.iter().find(|s| **s >= count) {
-        return Err(GraftError::spec("stage", &bad.to_string(), format!("{} has stages 0 … {}", model.spec.id, count - 1)));
+        return Err(GraftError::setting("stage", &bad.to_string(), format!("{} has stages 0 … {}", model.spec.id, count - 1)));
     }
     let net = model.net.for_inference(); // frozen: BatchNorm folded (Lite), batches split across threads
     let preprocess = model.spec.preprocess();

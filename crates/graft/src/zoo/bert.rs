@@ -394,7 +394,7 @@ impl BertModel {
 
     /// Rejects batches the forward pass would panic on or compute garbage for.
     fn check(&self, batch: &TokenBatch) -> Result<()> {
-        let bad = |reason: String| GraftError::spec("token batch", &format!("{}×{}", batch.rows, batch.len), reason);
+        let bad = |reason: String| GraftError::setting("token_batch", &format!("{}×{}", batch.rows, batch.len), reason);
         let cells = batch.rows.checked_mul(batch.len).ok_or_else(|| bad("size overflows".into()))?;
         if batch.rows == 0 || batch.len == 0 {
             return Err(bad("empty batch".into()));

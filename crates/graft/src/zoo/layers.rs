@@ -128,15 +128,15 @@ impl FromStr for FreezeSpec {
             "none" => FreezeSpec::None,
             _ if s.starts_with("regex:") => {
                 let pattern = &s["regex:".len()..];
-                regex::Regex::new(pattern).map_err(|e| GraftError::spec("--freeze", s, regex_reason(&e)))?;
+                regex::Regex::new(pattern).map_err(|e| GraftError::setting("freeze", s, regex_reason(&e)))?;
                 FreezeSpec::Regex(pattern.to_string())
             }
             _ if s.starts_with("until:") => FreezeSpec::Until(s["until:".len()..].to_string()),
             _ => match s.parse::<usize>() {
                 Ok(n) => FreezeSpec::FirstBlocks(n),
                 Err(_) => {
-                    return Err(GraftError::spec(
-                        "--freeze",
+                    return Err(GraftError::setting(
+                        "freeze",
                         s,
                         "expected all, none, N (first N blocks), regex:PATTERN or until:LAYER",
                     ))
@@ -188,8 +188,8 @@ impl FreezeSpec {
                 // block) comes with the first.
                 let numbered = numbered_block_names(&trunk);
                 if *n > numbered.len() {
-                    return Err(GraftError::spec(
-                        "--freeze",
+                    return Err(GraftError::setting(
+                        "freeze",
                         &n.to_string(),
                         format!("the model has only {} blocks", numbered.len()),
                     ));
@@ -207,8 +207,8 @@ impl FreezeSpec {
                 let end = trunk.iter().rposition(|r| r.name == *layer || r.name.starts_with(&format!("{layer}.")) || r.block() == layer);
                 match end {
                     Some(end) => Ok(all_of(&trunk[..=end])),
-                    None => Err(GraftError::spec(
-                        "--freeze",
+                    None => Err(GraftError::setting(
+                        "freeze",
                         &format!("until:{layer}"),
                         format!(
                             "no layer named `{layer}` (e.g. {})",
@@ -219,7 +219,7 @@ impl FreezeSpec {
             }
             FreezeSpec::Regex(pattern) => {
                 let re = regex::Regex::new(pattern)
-                    .map_err(|e| GraftError::spec("--freeze", &format!("regex:{pattern}"), regex_reason(&e)))?;
+                    .map_err(|e| GraftError::setting("freeze", &format!("regex:{pattern}"), regex_reason(&e)))?;
                 let frozen: BTreeSet<String> = trunk
                     .iter()
                     .flat_map(|r| r.params.iter())
@@ -227,7 +227,7 @@ impl FreezeSpec {
                     .map(|p| p.path.clone())
                     .collect();
                 if frozen.is_empty() {
-                    return Err(GraftError::spec("--freeze", &format!("regex:{pattern}"), "matches no parameter path"));
+                    return Err(GraftError::setting("freeze", &format!("regex:{pattern}"), "matches no parameter path"));
                 }
                 Ok(frozen)
             }
