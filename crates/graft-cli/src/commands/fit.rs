@@ -192,13 +192,13 @@ fn fit_mlp(args: &FitArgs, out: &Output) -> anyhow::Result<()> {
         lr: args.lr.unwrap_or(1e-3),
         seed: args.seed.unwrap_or(0),
     };
-    if args.overwrite && run_dir.join("mlp.json").is_file() {
+    if args.overwrite && graft::manifest::RunManifest::file(&run_dir).is_some() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
     let s = fit_mlp(&config, &run_dir, &TermReporter::new(), &default_device())?;
     let value = json!({
         "run": run_dir,
-        "kind": s.kind,
+        "kind": "mlp",
         "init": s.config.init,
         "arch": s.config.arch,
         "epochs": s.config.epochs,
