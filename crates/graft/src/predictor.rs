@@ -114,26 +114,24 @@ impl Predictor {
 
     /// Class probabilities of image files, in batches; an unreadable file is `None` and listed.
     pub fn predict_images(&self, samples: &[Sample], batch: usize, reporter: &dyn Reporter, device: &Device) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
-        self.expect(InputKind::Images)?;
         match &self.model {
             Model::Image { info, model } => Ok(predict_files(model, &info.preprocess, samples, batch, device, reporter, None)),
-            Model::Adapt(m) => m.predict_files(samples, device),
+            Model::Adapt(m) if self.input == InputKind::Images => m.predict_files(samples, device),
             Model::Mlp { info, net } => Ok(mlp_probabilities(net, info.classes.len(), samples, batch, device)),
-            Model::Text(_) => unreachable!("checked by expect"),
+            _ => Err(self.not_its_input("images")),
         }
     }
 
     /// Class probabilities of texts, one row each (embeddings through the feature cache).
     pub fn predict_texts<S: AsRef<str>>(&self, texts: &[S], reporter: &dyn Reporter, device: &Device) -> Result<Vec<Vec<f32>>> {
-        self.expect(InputKind::Texts)?;
         let mut stats = EmbedStats::default();
         match &self.model {
             Model::Text(m) => {
                 let mut store = m.store(&self.home, reporter)?;
                 m.probabilities(texts, Some(&mut store), reporter, &mut stats, device)
             }
-            Model::Adapt(m) => m.text_probabilities(texts, &self.home, reporter, &mut stats, device),
-            _ => unreachable!("checked by expect"),
+            Model::Adapt(m) if self.input == InputKind::Texts => m.text_probabilities(texts, &self.home, reporter, &mut stats, device),
+            _ => Err(self.not_its_input("texts")),
         }
     }
 
@@ -180,16 +178,13 @@ impl Predictor {
         }
     }
 
-    /// Refuses inputs of the other kind, naming the run.
-    fn expect(&self, input: InputKind) -> Result<()> {
-        if self.input == input {
-            return Ok(());
-        }
-        let (has, given) = match self.input {
-            InputKind::Images => ("images", "texts"),
-            InputKind::Texts => ("texts", "images"),
+    /// The refusal of inputs (`given`: images or texts) of the other kind, naming the run.
+    fn not_its_input(&self, given: &str) -> GraftError {
+        let has = match self.input {
+            InputKind::Images => "images",
+            InputKind::Texts => "texts",
         };
-        Err(GraftError::Data { path: self.run.clone(), reason: format!("this run ({}) classifies {has}, not {given}", self.describe) })
+        GraftError::Data { path: self.run.clone(), reason: format!("this run ({}) classifies {has}, not {given}", self.describe) }
     }
 }
 

@@ -25,6 +25,8 @@ pub fn run(dir: &Path, out: &Output) -> anyhow::Result<()> {
     let manifest = RunManifest::load(dir)?;
     let kind = manifest.describe();
     let model = serde_json::to_value(&manifest)?;
+    // model.json, or for an older MLP or pretraining run its mlp.json / pretrain.json.
+    let described_in = RunManifest::file(dir).and_then(|f| f.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "model.json".into());
     let config = match read_text(&dir.join("config.toml"))? {
         Some(text) => {
             let table: toml::Table = toml::from_str(&text).map_err(|e| {
@@ -55,7 +57,7 @@ pub fn run(dir: &Path, out: &Output) -> anyhow::Result<()> {
         t.push_str(&format!("  state       {}\n", if finished { "finished" } else { "unfinished (no summary.json): resume it with `graft fit --resume`" }));
         t.push_str(&format!("  epochs done {epochs_done}\n"));
         if let Some(obj) = model.as_object() {
-            t.push_str("model.json\n");
+            t.push_str(&format!("{described_in}\n"));
             push_fields(&mut t, obj);
         }
         if let Some(obj) = summary.as_object() {
