@@ -21,7 +21,7 @@ for seed in 0 1 2; do
   labelled="$WORK/labelled-$seed"
   [ -d "$labelled" ] || $GRAFT data import mnist --per-class 10 --seed "$seed" --out "$labelled" >&2
   pre="$WORK/pre-$seed"
-  [ -f "$pre/pretrain.json" ] || $GRAFT pretrain --method autoencoder --data "$WORK/unlabelled" --arch "$ARCH" \
+  [ -f "$pre/model.json" ] || [ -f "$pre/pretrain.json" ] || $GRAFT pretrain --method autoencoder --data "$WORK/unlabelled" --arch "$ARCH" \
       --epochs "$PRE_EPOCHS" --noise "$NOISE" --seed "$seed" --out "$pre" >&2
   for init in random autoencoder; do
     run="$WORK/fit-$init-$seed"

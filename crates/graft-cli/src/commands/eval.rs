@@ -1,7 +1,9 @@
-use graft::report::Reporter;
-use graft::data::folder::ImageFolder;
+//! `graft eval --run RUN --data …`: any run (image or text fit, adapt, MLP) through the one
+//! [`Predictor`], with precision, recall, F1, the confusion matrix and the worst errors.
+
 use graft::device::default_device;
-use graft::train::run::{load_run_checked, predict_files, run_store, top1, Evaluation};
+use graft::predictor::Predictor;
+use graft::train::run::{top1, Evaluation};
 use graft::zoo::graft_home;
 use std::path::PathBuf;
 
@@ -12,72 +14,33 @@ use crate::output::Output;
 use crate::reporter::TermReporter;
 
 pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
-    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
-    graft::limits::check_setting("--batch", args.batch, graft::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
-    if graft::train::text::is_text_run(&args.run) || graft::adapt::text::is_text_adapt_run(&args.run) {
-        return super::text::eval(&args, out);
-    }
-    if graft::adapt::is_adapt_run(&args.run) {
-        return eval_adapted(&args, out);
-    }
-    let device = default_device();
-    if graft::transfer::autoencoder::is_mlp_run(&args.run) {
-        let (eval, skipped) = graft::transfer::autoencoder::evaluate_run(&args.run, &args.data, &device)?;
-        return print_evaluation(out, &eval, &skipped, "images", None, None, &View::of(&args));
-    }
-    let (info, model) = load_run_checked(&args.run, args.allow_unfinished, &device)?;
-    let folder = ImageFolder::scan_with_classes(&args.data, &info.classes)?;
-    let reporter = TermReporter::new();
-    // A frozen-trunk run's features may already be in the cache (and are kept there).
-    let mut store = run_store(&info, &graft_home())?;
-    let (probs, skipped) = predict_files(&model, &info.preprocess, &folder.samples, args.batch, &device, &reporter, store.as_mut());
-    let mut truth = Vec::new();
-    let mut rows = Vec::new();
-    let mut inputs = Vec::new();
-    for (p, s) in probs.into_iter().zip(&folder.samples) {
-        if let Some(p) = p {
-            truth.push(s.label);
-            rows.push(p);
-            inputs.push(s.path.display().to_string());
-        }
-    }
-    anyhow::ensure!(!rows.is_empty(), "{}: no readable images", args.data.display());
-    let predicted = top1(&rows);
-    let eval = Evaluation::from_predictions(&info.classes, &truth, &predicted);
-    let misses = Miss::collect(&inputs, &truth, &predicted, &rows);
-    print_evaluation(out, &eval, &skipped, "images", None, Some(&misses), &View::of(&args))
-}
-
-/// A `graft adapt` run: its kept network on a labelled folder or a digit set.
-fn eval_adapted(args: &EvalArgs, out: &Output) -> anyhow::Result<()> {
+    // Every flag is used below: a new one fails to compile until it is.
+    let EvalArgs { run, data, batch, data_root, errors, out_dir, allow_unfinished } = args;
+    anyhow::ensure!(batch > 0, "--batch must be at least 1");
+    graft::limits::check_setting("--batch", batch, graft::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
     let device = default_device();
     let reporter = TermReporter::new();
-    let model = graft::adapt::load_adapted(&args.run, &graft_home(), None, &reporter, &device)?;
-    let data = args.data.to_string_lossy();
-    let spec = graft::adapt::data::DomainSpec::parse("--data", &data)?;
-    let (eval, skipped) = model.evaluate_domain(&spec, "--data", &args.data_root, args.batch, &reporter, &device)?;
-    for s in &skipped {
-        reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
-    }
-    print_evaluation(out, &eval, &skipped, "images", None, None, &View::of(args))
+    let predictor = Predictor::load(&run, &graft_home(), None, allow_unfinished, &reporter, &device)?;
+    let scored = predictor.evaluate(&data, &data_root, batch, &reporter, &device)?;
+    let misses = scored.scored.as_ref().map(|s| Miss::collect(&s.inputs, &s.truth, &top1(&s.probs), &s.probs));
+    let noun = match predictor.input() {
+        graft::manifest::InputKind::Images => "images",
+        graft::manifest::InputKind::Texts => "texts",
+    };
+    let view = View { errors, out_dir };
+    print_evaluation(out, predictor.kind(), &scored.evaluation, &scored.skipped, noun, scored.cache, misses.as_deref(), &view)
 }
 
 /// What `eval` shows beside the accuracy: how many errors to list, and where to write the
 /// confusion-matrix plot and the full error list.
-pub(super) struct View {
+struct View {
     errors: usize,
     out_dir: Option<PathBuf>,
 }
 
-impl View {
-    pub(super) fn of(args: &EvalArgs) -> Self {
-        Self { errors: args.errors, out_dir: args.out_dir.clone() }
-    }
-}
-
 /// One misclassified input: what it is (a file, or the start of a text), its true and
 /// predicted classes and their probabilities.
-pub(super) struct Miss {
+struct Miss {
     input: String,
     truth: usize,
     predicted: usize,
@@ -87,7 +50,7 @@ pub(super) struct Miss {
 
 impl Miss {
     /// The misclassified rows, the lowest probability of the true class (the largest loss) first.
-    pub(super) fn collect(inputs: &[String], truth: &[usize], predicted: &[usize], probs: &[Vec<f32>]) -> Vec<Miss> {
+    fn collect(inputs: &[String], truth: &[usize], predicted: &[usize], probs: &[Vec<f32>]) -> Vec<Miss> {
         let mut misses: Vec<Miss> = (0..truth.len())
             .filter(|&i| truth[i] != predicted[i])
             .map(|i| Miss {
@@ -107,12 +70,14 @@ impl Miss {
 /// `eval.png` whatever the count).
 const MAX_PRINTED_CONFUSION: usize = 20;
 
-/// Prints the evaluation (accuracy, per class, confusion, skipped inputs; for texts also the
-/// embedding cache's hits and misses) of `n` `noun`s, with per-class precision, recall and F1,
-/// the confusion matrix, the worst misclassified inputs when known, and writes `eval.png` and
-/// `errors.csv` into `view.out_dir`.
-pub(super) fn print_evaluation(
+/// Prints the evaluation (the run's kind, accuracy, per class, confusion, skipped inputs; for
+/// texts also the embedding cache's hits and misses) of `n` `noun`s, with per-class precision,
+/// recall and F1, the confusion matrix, the worst misclassified inputs when known, and writes
+/// `eval.png` and `errors.csv` into `view.out_dir`.
+#[allow(clippy::too_many_arguments)]
+fn print_evaluation(
     out: &Output,
+    kind: &str,
     eval: &Evaluation,
     skipped: &[graft::data::folder::Skipped],
     noun: &str,
@@ -143,7 +108,7 @@ pub(super) fn print_evaluation(
         .collect();
     let skipped: Vec<_> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
     let mut value = json!({
-        "accuracy": eval.accuracy, "n": eval.n, "per_class": eval.per_class, "classes": eval.classes,
+        "kind": kind, "accuracy": eval.accuracy, "n": eval.n, "per_class": eval.per_class, "classes": eval.classes,
         "macro_f1": eval.macro_f1, "confusion": eval.confusion, "labels": eval.labels, "skipped": skipped,
         "errors": errors, "misclassified": misses.map(|m| m.len()), "written": written,
     });

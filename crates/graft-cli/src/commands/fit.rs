@@ -301,13 +301,13 @@ fn fit_mlp(plan: MlpPlan, out: &Output) -> anyhow::Result<()> {
         (None, None) => anyhow::bail!("an MLP fit needs --init RUN or --arch mlp:W1,W2,…"),
     };
     let config = MlpFitConfig { init, arch, data, val, val_split, epochs, batch_size, lr, seed };
-    if overwrite && run_dir.join("mlp.json").is_file() {
+    if overwrite && graft::manifest::RunManifest::file(&run_dir).is_some() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
     let s = graft::transfer::autoencoder::fit_mlp(&config, &run_dir, &TermReporter::new(), &default_device())?;
     let value = json!({
         "run": run_dir,
-        "kind": s.kind,
+        "kind": "mlp",
         "init": s.config.init,
         "arch": s.config.arch,
         "epochs": s.config.epochs,

@@ -3,21 +3,30 @@
 
 use std::path::Path;
 
+use graft::manifest::RunManifest;
+
 use serde_json::{json, Map, Value};
 
 use crate::output::Output;
 
 /// The run files `inspect --run` reports on, in the order shown.
-const RUN_FILES: [&str; 6] = ["model.json", "config.toml", "metrics.jsonl", "summary.json", "best.safetensors", "last.safetensors"];
+const RUN_FILES: [&str; 10] = [
+    "model.json", "config.toml", "metrics.jsonl", "summary.json", "best.safetensors", "last.safetensors", "classic.safetensors", "encoder.safetensors",
+    // Where MLP and pretraining runs written before run format 2 kept their description.
+    "mlp.json", "pretrain.json",
+];
 
 /// Largest run file read for display: model.json, config.toml and summary.json are a few KiB.
 const MAX_RUN_FILE_BYTES: u64 = 16 << 20;
 
 pub fn run(dir: &Path, out: &Output) -> anyhow::Result<()> {
     anyhow::ensure!(dir.is_dir(), "{}: not a run directory", dir.display());
-    anyhow::ensure!(dir.join("model.json").is_file(), "{}: no model.json: not a graft run (made by fit, adapt or pretrain)", dir.display());
-    let kind = run_kind(dir);
-    let model = read_json(&dir.join("model.json"))?;
+    // What made the run, from the description `eval` and `predict` read.
+    let manifest = RunManifest::load(dir)?;
+    let kind = manifest.describe();
+    let model = serde_json::to_value(&manifest)?;
+    // model.json, or for an older MLP or pretraining run its mlp.json / pretrain.json.
+    let described_in = RunManifest::file(dir).and_then(|f| f.file_name().map(|n| n.to_string_lossy().into_owned())).unwrap_or_else(|| "model.json".into());
     let config = match read_text(&dir.join("config.toml"))? {
         Some(text) => {
             let table: toml::Table = toml::from_str(&text).map_err(|e| {
@@ -37,7 +46,8 @@ pub fn run(dir: &Path, out: &Output) -> anyhow::Result<()> {
         .iter()
         .filter_map(|f| std::fs::symlink_metadata(dir.join(f)).ok().filter(|m| m.is_file()).map(|m| json!({"file": f, "bytes": m.len()})))
         .collect();
-    let finished = !summary.is_null();
+    // An MLP fit and a pretraining write their description last, and no summary.json.
+    let finished = !summary.is_null() || matches!(manifest, RunManifest::Mlp(_)) || matches!(&manifest, RunManifest::Pretrain(p) if !p.layers.is_empty());
     let value = json!({
         "run": dir, "kind": kind, "finished": finished, "epochs_done": epochs_done,
         "model": model, "config": config, "summary": summary, "files": files,
@@ -47,7 +57,7 @@ pub fn run(dir: &Path, out: &Output) -> anyhow::Result<()> {
         t.push_str(&format!("  state       {}\n", if finished { "finished" } else { "unfinished (no summary.json): resume it with `graft fit --resume`" }));
         t.push_str(&format!("  epochs done {epochs_done}\n"));
         if let Some(obj) = model.as_object() {
-            t.push_str("model.json\n");
+            t.push_str(&format!("{described_in}\n"));
             push_fields(&mut t, obj);
         }
         if let Some(obj) = summary.as_object() {
@@ -65,21 +75,6 @@ pub fn run(dir: &Path, out: &Output) -> anyhow::Result<()> {
         t
     });
     Ok(())
-}
-
-/// What made the run, from the same markers `eval` and `predict` read.
-fn run_kind(dir: &Path) -> &'static str {
-    if graft::adapt::text::is_text_adapt_run(dir) {
-        "text adaptation (graft adapt --backbone minilm-l6)"
-    } else if graft::adapt::is_adapt_run(dir) {
-        "image adaptation (graft adapt)"
-    } else if graft::train::text::is_text_run(dir) {
-        "text classifier (graft fit --model minilm-l6)"
-    } else if graft::transfer::autoencoder::is_mlp_run(dir) {
-        "digit MLP (graft pretrain / fit --init)"
-    } else {
-        "image classifier (graft fit)"
-    }
 }
 
 /// `key  value` lines; long values (lists of classes, nested tables) are cut to one line.

@@ -1,6 +1,8 @@
 use burn::tensor::activation::softmax;
 use graft::data::image;
 use graft::device::default_device;
+use graft::manifest::InputKind;
+use graft::predictor::Predictor;
 use graft::report::Reporter;
 use graft::zoo::{graft_home, Pretrained};
 use serde_json::{json, Value};
@@ -10,25 +12,31 @@ use crate::cli::PredictArgs;
 use crate::output::Output;
 use crate::reporter::TermReporter;
 
-pub fn run(mut args: PredictArgs, out: &Output) -> anyhow::Result<()> {
-    if args.top == 0 || args.batch == 0 {
+/// How predictions are shown: the classes per input, and the `--csv` file.
+struct Shown {
+    top: usize,
+    csv: Option<PathBuf>,
+}
+
+pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
+    // Every flag is used below: a new one fails to compile until it is.
+    let PredictArgs { model, arch, run, weights, top, batch, images, csv, text, allow_unfinished } = args;
+    if top == 0 || batch == 0 {
         anyhow::bail!("--top and --batch must be at least 1");
     }
-    graft::limits::check_setting("--batch", args.batch, graft::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
-    let text_run = args.run.as_deref().is_some_and(|run| graft::train::text::is_text_run(run) || graft::adapt::text::is_text_adapt_run(run));
-    args.images = expand_folders(&args.images, text_run)?;
-    if let Some(run) = &args.run {
-        if text_run {
-            return super::text::predict(run, &args, out);
-        }
-        anyhow::ensure!(args.text.is_empty(), "--text needs a text run (--run from `graft fit --model minilm-l6`)");
-        return predict_run(run, &args, out);
+    graft::limits::check_setting("--batch", batch, graft::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
+    let shown = Shown { top, csv };
+    if let Some(run) = &run {
+        return predict_run(run, &images, &text, batch, allow_unfinished, &shown, out);
     }
-    anyhow::ensure!(args.text.is_empty(), "--text needs a text run (--run from `graft fit --model minilm-l6`)");
-    let spec = super::model_spec(&args.model, args.arch.as_deref())?;
+    // --allow-unfinished is about runs; a zoo model is always complete.
+    let _ = allow_unfinished;
+    let images = expand_folders(&images, false)?;
+    anyhow::ensure!(text.is_empty(), "--text needs a text run (--run from `graft fit --model minilm-l6`)");
+    let spec = super::model_spec(&model, arch.as_deref())?;
     let device = default_device();
     let reporter = TermReporter::new();
-    let model = Pretrained::load(spec, args.weights.as_deref(), &graft_home(), &reporter, &device)?;
+    let model = Pretrained::load(spec, weights.as_deref(), &graft_home(), &reporter, &device)?;
     let preprocess = spec.preprocess();
     let labels = spec.labels();
 
@@ -36,7 +44,7 @@ pub fn run(mut args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     let mut inputs = Vec::new();
     let mut skipped = Vec::new();
     let mut first_error = None;
-    for path in &args.images {
+    for path in &images {
         match image::load(path, &preprocess) {
             Ok(x) => inputs.push((path, x)),
             Err(e) => {
@@ -47,60 +55,78 @@ pub fn run(mut args: PredictArgs, out: &Output) -> anyhow::Result<()> {
         }
     }
     if inputs.is_empty() {
-        anyhow::bail!("none of the {} images could be read ({})", args.images.len(), first_error.unwrap_or_default());
+        anyhow::bail!("none of the {} images could be read ({})", images.len(), first_error.unwrap_or_default());
     }
 
     let mut predictions = Vec::new();
     let net = model.net.for_inference();
-    for chunk in inputs.chunks(args.batch) {
+    for chunk in inputs.chunks(batch) {
         let pixels: Vec<Vec<f32>> = chunk.iter().map(|(_, x)| x.clone()).collect();
         let logits = net.forward(image::batch(&pixels, preprocess.size, &device));
         let probs: Vec<f32> = softmax(logits, 1).into_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let classes = probs.len() / chunk.len();
         for ((path, _), row) in chunk.iter().zip(probs.chunks(classes)) {
-            let top = top_k(row, args.top, |c| labels.get(c).copied().unwrap_or("?"));
+            let top = top_k(row, top, |c| labels.get(c).copied().unwrap_or("?"));
             predictions.push(json!({"file": path, "top": top}));
         }
     }
 
     let value = json!({"model": spec.id, "predictions": predictions, "skipped": skipped});
-    print_predictions(out, &value, &predictions, &args)
+    print_predictions(out, &value, &predictions, &shown)
 }
 
-/// Top-k of a fitted run's classes.
-fn predict_run(run: &std::path::Path, args: &PredictArgs, out: &Output) -> anyhow::Result<()> {
+/// Top-k of a run's classes (any kind, through the one [`Predictor`]) for image files, or for
+/// `.txt` files and `--text`s with a run on texts.
+fn predict_run(run: &Path, inputs: &[PathBuf], texts: &[String], batch: usize, allow_unfinished: bool, shown: &Shown, out: &Output) -> anyhow::Result<()> {
     let device = default_device();
-    let samples: Vec<graft::data::folder::Sample> =
-        args.images.iter().map(|p| graft::data::folder::Sample { path: p.clone(), label: 0 }).collect();
     let reporter = TermReporter::new();
-    let (classes, probs, skipped) = if graft::adapt::is_adapt_run(run) {
-        let model = graft::adapt::load_adapted(run, &graft_home(), None, &reporter, &device)?;
-        let (probs, skipped) = model.predict_files(&samples, &device)?;
-        (model.info.classes, probs, skipped)
+    let predictor = Predictor::load(run, &graft_home(), None, allow_unfinished, &reporter, &device)?;
+    let text_run = predictor.input() == InputKind::Texts;
+    let files = expand_folders(inputs, text_run)?;
+    let classes = predictor.classes();
+    let (predictions, skipped) = if text_run {
+        let (read, skipped) = graft::train::text::read_text_files(&files);
+        for s in &skipped {
+            reporter.message(&format!("skipping {}: {}", s.path.display(), s.reason));
+        }
+        // (what to show as the input, the text)
+        let mut inputs: Vec<(Value, String)> = read.into_iter().map(|(p, t)| (json!({"file": p}), t)).collect();
+        inputs.extend(texts.iter().map(|t| (json!({"text": t}), t.clone())));
+        anyhow::ensure!(!inputs.is_empty(), "none of the {} text files could be read", files.len());
+        let rows: Vec<&str> = inputs.iter().map(|(_, t)| t.as_str()).collect();
+        let probs = predictor.predict_texts(&rows, &reporter, &device)?;
+        let mut predictions = Vec::new();
+        for ((source, _), row) in inputs.iter().zip(&probs) {
+            let mut p = source.clone();
+            p["top"] = json!(top_k(row, shown.top, |c| &classes[c]));
+            predictions.push(p);
+        }
+        (predictions, skipped)
     } else {
-        let (info, model) = graft::train::run::load_run_checked(run, args.allow_unfinished, &device)?;
-        let (probs, skipped) = graft::train::run::predict_files(&model, &info.preprocess, &samples, args.batch, &device, &reporter, None);
-        (info.classes, probs, skipped)
+        anyhow::ensure!(texts.is_empty(), "--text needs a text run (--run from `graft fit --model minilm-l6`)");
+        let samples: Vec<graft::data::folder::Sample> = files.iter().map(|p| graft::data::folder::Sample { path: p.clone(), label: 0 }).collect();
+        let (probs, skipped) = predictor.predict_images(&samples, batch, &reporter, &device)?;
+        for s in &skipped {
+            reporter.message(&format!("skipping {}: {}", s.path.display(), s.reason));
+        }
+        let mut predictions = Vec::new();
+        for (p, path) in probs.iter().zip(&files) {
+            let Some(row) = p else { continue };
+            predictions.push(json!({"file": path, "top": top_k(row, shown.top, |c| &classes[c])}));
+        }
+        if predictions.is_empty() {
+            let first = skipped.first().map(|s| format!("{}: {}", s.path.display(), s.reason)).unwrap_or_default();
+            anyhow::bail!("none of the {} images could be read ({first})", files.len());
+        }
+        (predictions, skipped)
     };
-    for s in &skipped {
-        reporter.message(&format!("skipping {}: {}", s.path.display(), s.reason));
-    }
-    let mut predictions = Vec::new();
-    for (p, path) in probs.iter().zip(&args.images) {
-        let Some(row) = p else { continue };
-        predictions.push(json!({"file": path, "top": top_k(row, args.top, |c| &classes[c])}));
-    }
-    if predictions.is_empty() {
-        let first = skipped.first().map(|s| format!("{}: {}", s.path.display(), s.reason)).unwrap_or_default();
-        anyhow::bail!("none of the {} images could be read ({first})", args.images.len());
-    }
     let skipped: Vec<Value> = skipped.iter().map(|s| json!({"file": s.path, "reason": s.reason})).collect();
-    let value = json!({"run": run, "predictions": predictions, "skipped": skipped});
-    print_predictions(out, &value, &predictions, args)
+    let value = json!({"run": run, "kind": predictor.kind(), "predictions": predictions, "skipped": skipped});
+    print_predictions(out, &value, &predictions, shown)
 }
 
 /// The `k` most probable classes of one row, most probable first.
-pub(super) fn top_k<'a>(row: &[f32], k: usize, label: impl Fn(usize) -> &'a str) -> Vec<Value> {
+fn top_k<'a>(row: &[f32], k: usize, label: impl Fn(usize) -> &'a str) -> Vec<Value> {
     let mut order: Vec<usize> = (0..row.len()).collect();
     order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
     order.iter().take(k).map(|&c| json!({"class": c, "label": label(c), "prob": row[c]})).collect()
@@ -135,7 +161,7 @@ fn expand_folders(inputs: &[PathBuf], text_run: bool) -> anyhow::Result<Vec<Path
 
 /// A prediction's input for people: its `file`, or the start of its `text`, quoted.
 fn input_name(p: &Value) -> String {
-    p["file"].as_str().map(String::from).unwrap_or_else(|| super::text::text_excerpt(p["text"].as_str().unwrap_or("?")))
+    p["file"].as_str().map(String::from).unwrap_or_else(|| graft::predictor::text_excerpt(p["text"].as_str().unwrap_or("?")))
 }
 
 /// Writes `--csv`: a header, one row per prediction (input, then label and probability of each
@@ -170,9 +196,9 @@ fn write_csv(path: &Path, value: &Value, predictions: &[Value], top: usize) -> a
 
 /// Prints `value` (JSON) or each prediction's input — its `file`, or the start of its `text` —
 /// and top classes; writes `--csv` when given.
-pub(super) fn print_predictions(out: &Output, value: &Value, predictions: &[Value], args: &PredictArgs) -> anyhow::Result<()> {
-    if let Some(path) = &args.csv {
-        write_csv(path, value, predictions, args.top)?;
+fn print_predictions(out: &Output, value: &Value, predictions: &[Value], shown: &Shown) -> anyhow::Result<()> {
+    if let Some(path) = &shown.csv {
+        write_csv(path, value, predictions, shown.top)?;
     }
     out.result(value, || {
         let mut text = String::new();

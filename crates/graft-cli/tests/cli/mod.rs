@@ -11,6 +11,7 @@ mod hostile_weights;
 mod inspect;
 mod parity;
 mod predict;
+mod predictor;
 mod seam;
 mod text;
 mod traps;

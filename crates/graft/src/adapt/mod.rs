@@ -15,4 +15,4 @@ pub mod text;
 pub mod train;
 
 pub use config::{AdaptConfig, Method};
-pub use train::{adapt, is_adapt_run, load_adapted, AdaptSummary};
+pub use train::{adapt, load_adapted, AdaptSummary};

@@ -15,7 +15,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::config::AdaptConfig;
 use super::data::{Domain, InputSpec};
-use super::train::{evaluate, AdaptInfo, AdaptedModel, Loaded};
+use super::train::{evaluate, AdaptedModel, Loaded};
 use crate::cache::StoreDtype;
 use crate::data::folder::Skipped;
 use crate::report::Reporter;
@@ -35,11 +35,6 @@ pub fn domain_path(value: &str, data_root: &Path) -> PathBuf {
 fn read(setting: &str, value: &str, data_root: &Path) -> Result<TextDataset> {
     let path = domain_path(value, data_root);
     TextDataset::open_any(&path).map_err(|e| GraftError::setting(setting, value, format!("not a text dataset: {e}")))
-}
-
-/// Whether `run` is a `graft adapt --backbone minilm-l6 …` run (it classifies texts).
-pub fn is_text_adapt_run(run: &Path) -> bool {
-    super::is_adapt_run(run) && AdaptInfo::load(run).is_ok_and(|i| matches!(i.input, InputSpec::Text { .. }))
 }
 
 impl AdaptedModel {

@@ -59,8 +59,6 @@ pub const ADDA_REVERSAL_MAX: f64 = 2.0;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdaptInfo {
-    /// Always `"adapt"`: tells an adapted run from a `graft fit` run.
-    pub kind: String,
     pub method: Method,
     /// `lenet` or the zoo model whose frozen trunk feeds the bottleneck.
     pub backbone: String,
@@ -74,28 +72,23 @@ pub struct AdaptInfo {
 }
 
 impl AdaptInfo {
+    /// Writes `model.json` as an adaptation run's [`crate::manifest::RunManifest`] (`"kind": "adapt"`).
     pub fn save(&self, run: &Path) -> Result<()> {
-        write_atomic(&run.join("model.json"), &serde_json::to_vec_pretty(self).expect("info serializes"))
+        crate::manifest::RunManifest::Adapt(self.clone()).save(run)
     }
 
+    /// Reads `model.json`, which must be an adaptation run's [`crate::manifest::RunManifest`].
     pub fn load(run: &Path) -> Result<Self> {
-        let path = run.join("model.json");
-        let bytes = std::fs::read(&path).map_err(|e| GraftError::io(&path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| GraftError::Data { path, reason: format!("not a graft adapt run's model.json: {e}") })
+        match crate::manifest::RunManifest::load(run)? {
+            crate::manifest::RunManifest::Adapt(info) => Ok(info),
+            other => Err(crate::manifest::wrong_kind(run, &other, "an adaptation run from `graft adapt`")),
+        }
     }
 
     /// The network with fresh weights (to be overwritten by a checkpoint).
     pub fn build(&self, device: &Device) -> AdaptNet {
         AdaptNet::init(self.backbone == "lenet", self.input_width, self.bottleneck, self.classes.len(), device)
     }
-}
-
-/// Whether `run` holds an adapted model (its `model.json` says `"kind": "adapt"`).
-pub fn is_adapt_run(run: &Path) -> bool {
-    std::fs::read(run.join("model.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some("adapt"))
 }
 
 /// One epoch's figures (`metrics.jsonl`).
@@ -663,7 +656,6 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     // --- model ----------------------------------------------------------------------------------
     let net = AdaptNet::init(lenet, width, config.bottleneck, classes.len(), device);
     let info = AdaptInfo {
-        kind: "adapt".into(),
         method: config.method,
         backbone: config.backbone.clone(),
         weights_sha256,

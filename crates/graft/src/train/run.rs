@@ -17,7 +17,7 @@ use crate::classic::Classic;
 use super::model::{Grafted, Head, HeadPool, HeadSpec};
 use crate::data::folder::{decode_with, Sample, Skipped};
 use crate::data::image::{self, Preprocess};
-use crate::fsutil::write_atomic;
+use crate::manifest::RunManifest;
 use crate::report::Reporter;
 use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::ModelSpec;
@@ -42,14 +42,17 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
+    /// Writes `model.json` as an image run's [`RunManifest`].
     pub fn save(&self, run: &Path) -> Result<()> {
-        write_atomic(&run.join("model.json"), &serde_json::to_vec_pretty(self).expect("run info serializes"))
+        RunManifest::Image(self.clone()).save(run)
     }
 
+    /// Reads `model.json`, which must be an image run's [`RunManifest`].
     pub fn load(run: &Path) -> Result<Self> {
-        let path = run.join("model.json");
-        let bytes = crate::fsutil::read_run_file(&path, crate::limits::MAX_CONFIG_FILE_BYTES)?;
-        serde_json::from_slice(&bytes).map_err(|e| GraftError::Data { path, reason: format!("not a graft run's model.json: {}", crate::limits::shorten_message(&e.to_string())) })
+        match RunManifest::load(run)? {
+            RunManifest::Image(info) => Ok(info),
+            other => Err(crate::manifest::wrong_kind(run, &other, "an image classifier from `graft fit`")),
+        }
     }
 
     /// The architecture with fresh weights (to be overwritten by a checkpoint).

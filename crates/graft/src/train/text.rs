@@ -5,7 +5,7 @@
 //! The run directory has the same files as an image run (`config.toml`, `model.json`,
 //! `metrics.jsonl`, `tb/`, plots, `summary.json`), with the head alone in `best.safetensors` /
 //! `last.safetensors` (or `classic.safetensors`): the encoder is the pulled one, checked by its
-//! sha256 when the run is loaded. `model.json` says `"kind": "text"`.
+//! sha256 when the run is loaded. `model.json` says `"kind": "text"` ([`RunManifest::Text`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -30,21 +30,17 @@ use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
 use crate::cache::FeatureStore;
 use crate::classic::Classic;
 use crate::fsutil::write_atomic;
+use crate::manifest::RunManifest;
 use crate::report::Reporter;
 use crate::text::features::{embed_cached, open_store, preprocess_id, EmbedStats};
 use crate::text::{stratified_split, SentenceEncoder, TextDataset};
 use crate::zoo::layers::FreezeSpec;
 use crate::{GraftError, Result};
 
-/// `model.json`'s `kind` for a text run.
-pub const TEXT_RUN_KIND: &str = "text";
-
 /// What is needed to rebuild a text run's model without its training data (`model.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextRunInfo {
-    /// Always `"text"`.
-    pub kind: String,
     /// The sentence encoder, e.g. `minilm-l6`.
     pub model: String,
     pub classes: Vec<String>,
@@ -59,23 +55,18 @@ pub struct TextRunInfo {
 }
 
 impl TextRunInfo {
+    /// Writes `model.json` as a text run's [`RunManifest`].
     pub fn save(&self, run: &Path) -> Result<()> {
-        write_atomic(&run.join("model.json"), &serde_json::to_vec_pretty(self).expect("run info serializes"))
+        RunManifest::Text(self.clone()).save(run)
     }
 
+    /// Reads `model.json`, which must be a text run's [`RunManifest`].
     pub fn load(run: &Path) -> Result<Self> {
-        let path = run.join("model.json");
-        let bytes = std::fs::read(&path).map_err(|e| GraftError::io(&path, e))?;
-        serde_json::from_slice(&bytes).map_err(|e| GraftError::Data { path, reason: format!("not a graft text run's model.json: {e}") })
+        match RunManifest::load(run)? {
+            RunManifest::Text(info) => Ok(info),
+            other => Err(crate::manifest::wrong_kind(run, &other, "a text classifier from `graft fit --model minilm-l6`")),
+        }
     }
-}
-
-/// Whether `run` holds a text model (its `model.json` says `"kind": "text"`).
-pub fn is_text_run(run: &Path) -> bool {
-    std::fs::read(run.join("model.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .is_some_and(|v| v.get("kind").and_then(|k| k.as_str()) == Some(TEXT_RUN_KIND))
 }
 
 /// The trained classifier on top of the embeddings.
@@ -218,7 +209,6 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
     let val_rows = Rows { x: embed_cached(&encoder, &val.texts, store.as_mut(), reporter, &mut stats)?, labels: val.labels.clone() };
     let width = train_rows.x.first().map(Vec::len).unwrap_or(0);
     let info = TextRunInfo {
-        kind: TEXT_RUN_KIND.into(),
         model: config.model.clone(),
         classes: classes.clone(),
         head: config.head.clone(),

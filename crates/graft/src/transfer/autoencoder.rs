@@ -4,9 +4,10 @@
 //! then add a classifier and fine-tune everything with the few labels there are.
 //!
 //! The network is an MLP on 28×28 grey images (784 inputs, pixels in [0, 1]) with sigmoid
-//! hidden layers: `mlp:500,250` is 784 → 500 → 250. A run directory holds `pretrain.json` and the
-//! encoder weights (`encoder.safetensors`); `graft fit --init RUN` builds the same encoder from
-//! it, adds a linear classifier and fine-tunes (`mlp.json`, `best.safetensors`).
+//! hidden layers: `mlp:500,250` is 784 → 500 → 250. A run directory holds `model.json` (kind
+//! `pretrain`; `pretrain.json` before format 2) and the encoder weights (`encoder.safetensors`);
+//! `graft fit --init RUN` builds the same encoder from it, adds a linear classifier and
+//! fine-tunes (`model.json` of kind `mlp`, `best.safetensors`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -164,7 +165,7 @@ pub fn load_rows(samples: &[Sample]) -> (Vec<f32>, Vec<usize>, Vec<Skipped>) {
     (values, kept, skipped)
 }
 
-/// Settings of `graft pretrain --method autoencoder`, saved as `pretrain.json`.
+/// Settings of `graft pretrain --method autoencoder`, saved in its `config.toml` and `model.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainConfig {
@@ -210,7 +211,10 @@ pub struct LayerReport {
     pub last_epoch_loss: f64,
 }
 
+/// What a pretraining run's `model.json` holds (kind `pretrain`): written as the run starts
+/// (no `layers` yet) and again when it ends.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PretrainSummary {
     pub run: PathBuf,
     pub config: PretrainConfig,
@@ -230,17 +234,6 @@ fn batches(n: usize, batch: usize, rng: &mut StdRng) -> Vec<Vec<usize>> {
 /// from its own stream, so a resumed run draws exactly what an uninterrupted one would.
 fn epoch_rng(seed: u64, layer: usize, epoch: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ ((layer as u64 + 1) << 32) ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
-}
-
-/// What `model.json` of a pretraining run holds: the encoder's shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PretrainInfo {
-    /// Always `"pretrain"`: an encoder, not a classifier.
-    pub kind: String,
-    pub arch: MlpArch,
-    /// Width of one input row (784 grey pixels).
-    pub input_width: usize,
 }
 
 /// One autoencoder layer as the engine's task: reconstruct `codes` (the frozen layers' output).
@@ -335,8 +328,8 @@ pub fn pretrain(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
 
 fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dyn Reporter, device: &Device) -> Result<PretrainSummary> {
     config.validate()?;
-    if !resume && run.join("pretrain.json").exists() {
-        return Err(GraftError::setting("out", &run.display().to_string(), "already holds a pretraining run"));
+    if !resume && crate::manifest::RunManifest::file(run).is_some() {
+        return Err(GraftError::setting("out", &run.display().to_string(), "already holds a run"));
     }
     let layers = config.arch.hidden.len();
     if resume {
@@ -350,10 +343,12 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
     if n == 0 {
         return Err(GraftError::Data { path: config.data.clone(), reason: "no readable images".into() });
     }
-    let info = PretrainInfo { kind: "pretrain".into(), arch: config.arch.clone(), input_width: INPUT };
     if !resume {
+        // config.toml first: a run counts as started once model.json exists (its layers are
+        // filled in when the run ends).
         write_atomic(&run.join("config.toml"), toml::to_string(config).expect("config serializes").as_bytes())?;
-        write_atomic(&run.join("model.json"), &serde_json::to_vec_pretty(&info).expect("info serializes"))?;
+        let started = PretrainSummary { run: run.into(), config: config.clone(), images: n, layers: Vec::new(), seconds: 0.0, skipped: skipped.clone() };
+        crate::manifest::RunManifest::Pretrain(started).save(run)?;
     }
     let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
     let mut encoder = Encoder::init(&config.arch, device);
@@ -415,11 +410,11 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
         .collect();
     checkpoint::save(&encoder, &run.join("encoder.safetensors"), BTreeMap::from([("graft.arch".to_string(), config.arch.to_string())]))?;
     let summary = PretrainSummary { run: run.into(), config: config.clone(), images: n, layers: reports, seconds: engine.state.train_seconds, skipped };
-    write_atomic(&run.join("pretrain.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
+    crate::manifest::RunManifest::Pretrain(summary.clone()).save(run)?;
     Ok(summary)
 }
 
-/// Settings of `graft fit --init RUN` / `graft fit --arch mlp:…`, saved as `mlp.json`.
+/// Settings of `graft fit --init RUN` / `graft fit --arch mlp:…`, saved in its `model.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MlpFitConfig {
@@ -462,10 +457,10 @@ fn check_training(lr: f64, epochs: usize, batch_size: usize) -> Result<()> {
     Ok(())
 }
 
-/// What `mlp.json` in a fine-tuned run holds.
+/// What a fine-tuned MLP run's `model.json` holds (`"kind": "mlp"`; `mlp.json` before format 2).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MlpRun {
-    pub kind: String,
     pub config: MlpFitConfig,
     pub classes: Vec<String>,
     pub best_epoch: usize,
@@ -478,10 +473,10 @@ pub struct MlpRun {
 
 /// The architecture a pretraining run saved.
 pub fn arch_of(init: &Path) -> Result<MlpArch> {
-    let path = init.join("pretrain.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| GraftError::io(&path, e))?;
-    let summary: PretrainSummary = serde_json::from_str(&text).map_err(|e| GraftError::Data { path: path.clone(), reason: format!("not a graft pretrain run: {e}") })?;
-    Ok(summary.config.arch)
+    match crate::manifest::RunManifest::load(init)? {
+        crate::manifest::RunManifest::Pretrain(summary) => Ok(summary.config.arch),
+        other => Err(crate::manifest::wrong_kind(init, &other, "a pretraining run from `graft pretrain` (what --init takes)")),
+    }
 }
 
 fn accuracy(net: &MlpClassifier, rows: &[f32], labels: &[usize], device: &Device) -> (f64, Vec<usize>) {
@@ -581,7 +576,7 @@ fn score(net: &MlpClassifier, rows: &[f32], labels: &[usize], device: &Device) -
 
 /// Fine-tunes an MLP (from a pretraining run, or random) with labels; the run is in `run`.
 pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, device: &Device) -> Result<MlpRun> {
-    if run.join("mlp.json").exists() || run.join("model.json").exists() {
+    if crate::manifest::RunManifest::file(run).is_some() {
         return Err(GraftError::setting("out", &run.display().to_string(), "already holds a run"));
     }
     config.validate()?;
@@ -644,7 +639,6 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
     let state = engine.state;
     let best = checkpoint::load(MlpClassifier::init(&config.arch, classes, device), &run.join("best.safetensors"))?;
     let info = MlpRun {
-        kind: "mlp".into(),
         config: config.clone(),
         classes: folder.classes.clone(),
         best_epoch: state.best_epoch,
@@ -654,29 +648,8 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
         n_val: y_val.len(),
         seconds: started.elapsed().as_secs_f64(),
     };
-    write_atomic(&run.join("mlp.json"), &serde_json::to_vec_pretty(&info).expect("run serializes"))?;
+    crate::manifest::RunManifest::Mlp(info.clone()).save(run)?;
     Ok(info)
-}
-
-/// Whether `run` was made by [`fit_mlp`].
-pub fn is_mlp_run(run: &Path) -> bool {
-    run.join("mlp.json").is_file()
-}
-
-/// Evaluates an MLP run on a labelled folder; returns the evaluation and the unreadable files.
-pub fn evaluate_run(run: &Path, data: &Path, device: &Device) -> Result<(Evaluation, Vec<Skipped>)> {
-    let path = run.join("mlp.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| GraftError::io(&path, e))?;
-    let info: MlpRun = serde_json::from_str(&text).map_err(|e| GraftError::Data { path: path.clone(), reason: e.to_string() })?;
-    let net = checkpoint::load(MlpClassifier::init(&info.config.arch, info.classes.len(), device), &run.join("best.safetensors"))?;
-    let folder = ImageFolder::scan_with_classes(data, &info.classes)?;
-    let (rows, kept, skipped) = load_rows(&folder.samples);
-    let labels: Vec<usize> = kept.iter().map(|&i| folder.samples[i].label).collect();
-    if labels.is_empty() {
-        return Err(GraftError::Data { path: data.into(), reason: "no readable images".into() });
-    }
-    let (_, predicted) = accuracy(&net, &rows, &labels, device);
-    Ok((Evaluation::from_predictions(&info.classes, &labels, &predicted), skipped))
 }
 
 #[cfg(test)]

@@ -1,0 +1,238 @@
+//! One predictor for every run: [`Predictor::load`] reads a run's [`RunManifest`] and rebuilds
+//! its model (a zoo trunk and head, a head on the pulled sentence encoder, an adapted network,
+//! a digit MLP); `eval`, `predict` and exporters use it without knowing the kind.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::activation::softmax;
+use burn::tensor::Device;
+
+use crate::adapt::data::{DomainSpec, InputSpec};
+use crate::adapt::train::{load_adapted, AdaptedModel};
+use crate::adapt::losses::gather_rows;
+use crate::data::folder::{ImageFolder, Sample, Skipped};
+use crate::manifest::{InputKind, RunManifest};
+use crate::report::Reporter;
+use crate::text::features::EmbedStats;
+use crate::train::run::{load_run_checked, predict_files, run_store, top1, Evaluation, RunInfo, RunModel};
+use crate::train::text::{eval_dataset, load_text_run, TextRunModel};
+use crate::transfer::autoencoder::{load_rows, MlpClassifier, MlpRun, INPUT};
+use crate::{GraftError, Result};
+
+/// A run's model, ready to classify images or texts.
+pub struct Predictor {
+    run: PathBuf,
+    home: PathBuf,
+    kind: &'static str,
+    describe: &'static str,
+    input: InputKind,
+    model: Model,
+}
+
+/// What each kind of run rebuilds.
+enum Model {
+    Image { info: RunInfo, model: Box<RunModel> },
+    Text(Box<TextRunModel>),
+    Adapt(Box<AdaptedModel>),
+    Mlp { info: MlpRun, net: MlpClassifier },
+}
+
+/// An evaluation on a labelled set, with what `eval` shows beside it.
+pub struct Evaluated {
+    pub evaluation: Evaluation,
+    /// Inputs that could not be read.
+    pub skipped: Vec<Skipped>,
+    /// Every scored input with its true class and probabilities, when the kind gives them
+    /// (image, text and MLP runs; an adaptation run gives only its predictions).
+    pub scored: Option<Scored>,
+    /// Embeddings served from the cache vs computed (runs on texts).
+    pub cache: Option<EmbedStats>,
+}
+
+/// The scored inputs of an evaluation, row by row.
+pub struct Scored {
+    /// Each input for people: a file's path, or the start of a text, quoted.
+    pub inputs: Vec<String>,
+    pub truth: Vec<usize>,
+    pub probs: Vec<Vec<f32>>,
+}
+
+impl Predictor {
+    /// Loads the run `run` of any kind. `home` is graft's home (pulled weights, the feature
+    /// cache); `weights` replaces the pulled trunk or encoder of an adaptation run. An unfinished
+    /// image run is refused unless `allow_unfinished` (it then serves its latest checkpoint). A
+    /// pretraining run is refused: it holds an encoder, not a classifier.
+    pub fn load(run: &Path, home: &Path, weights: Option<&Path>, allow_unfinished: bool, reporter: &dyn Reporter, device: &Device) -> Result<Self> {
+        let manifest = RunManifest::load(run)?;
+        let (kind, describe, input) = (manifest.kind(), manifest.describe(), manifest.input());
+        let model = match manifest {
+            RunManifest::Image(_) => {
+                let (info, model) = load_run_checked(run, allow_unfinished, device)?;
+                Model::Image { info, model: Box::new(model) }
+            }
+            RunManifest::Text(_) => Model::Text(Box::new(load_text_run(run, home, reporter, device)?)),
+            RunManifest::Adapt(_) => Model::Adapt(Box::new(load_adapted(run, home, weights, reporter, device)?)),
+            RunManifest::Mlp(info) => {
+                crate::fsutil::check_run_dir(run)?;
+                let net = crate::train::checkpoint::load(MlpClassifier::init(&info.config.arch, info.classes.len(), device), &run.join("best.safetensors"))?;
+                Model::Mlp { info, net }
+            }
+            RunManifest::Pretrain(_) => {
+                return Err(GraftError::Data {
+                    path: run.to_path_buf(),
+                    reason: "a `graft pretrain` run holds an encoder, not a classifier: fine-tune it with `graft fit --init RUN --data LABELLED --out NEW_RUN` and use NEW_RUN".into(),
+                })
+            }
+        };
+        Ok(Self { run: run.to_path_buf(), home: home.to_path_buf(), kind, describe, input, model })
+    }
+
+    /// The run's `kind` as in its `model.json` (`image`, `text`, `adapt`, `mlp`).
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// What made the run, for people.
+    pub fn describe(&self) -> &'static str {
+        self.describe
+    }
+
+    /// Whether the model reads images or texts.
+    pub fn input(&self) -> InputKind {
+        self.input
+    }
+
+    /// The classes the model tells apart, in output order.
+    pub fn classes(&self) -> &[String] {
+        match &self.model {
+            Model::Image { info, .. } => &info.classes,
+            Model::Text(m) => &m.info.classes,
+            Model::Adapt(m) => &m.info.classes,
+            Model::Mlp { info, .. } => &info.classes,
+        }
+    }
+
+    /// Class probabilities of image files, in batches; an unreadable file is `None` and listed.
+    pub fn predict_images(&self, samples: &[Sample], batch: usize, reporter: &dyn Reporter, device: &Device) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
+        match &self.model {
+            Model::Image { info, model } => Ok(predict_files(model, &info.preprocess, samples, batch, device, reporter, None)),
+            Model::Adapt(m) if self.input == InputKind::Images => m.predict_files(samples, device),
+            Model::Mlp { info, net } => Ok(mlp_probabilities(net, info.classes.len(), samples, batch, device)),
+            _ => Err(self.not_its_input("images")),
+        }
+    }
+
+    /// Class probabilities of texts, one row each (embeddings through the feature cache).
+    pub fn predict_texts<S: AsRef<str>>(&self, texts: &[S], reporter: &dyn Reporter, device: &Device) -> Result<Vec<Vec<f32>>> {
+        let mut stats = EmbedStats::default();
+        match &self.model {
+            Model::Text(m) => {
+                let mut store = m.store(&self.home, reporter)?;
+                m.probabilities(texts, Some(&mut store), reporter, &mut stats, device)
+            }
+            Model::Adapt(m) if self.input == InputKind::Texts => m.text_probabilities(texts, &self.home, reporter, &mut stats, device),
+            _ => Err(self.not_its_input("texts")),
+        }
+    }
+
+    /// Scores the model on labelled data given as `--data`: a folder of class sub-folders
+    /// (classes named as in training), for a text run a text dataset (`text,label` CSV …), for
+    /// an adaptation run also a digit set (`mnist:test`) or `amazon:DOMAIN` read from `data_root`.
+    pub fn evaluate(&self, data: &Path, data_root: &Path, batch: usize, reporter: &dyn Reporter, device: &Device) -> Result<Evaluated> {
+        let classes = self.classes();
+        match &self.model {
+            Model::Image { info, model } => {
+                let folder = ImageFolder::scan_with_classes(data, classes)?;
+                // A frozen-trunk run's features may already be in the cache (and are kept there).
+                let mut store = run_store(info, &self.home)?;
+                let (probs, skipped) = predict_files(model, &info.preprocess, &folder.samples, batch, device, reporter, store.as_mut());
+                score_files(classes, data, &folder.samples, probs, skipped)
+            }
+            Model::Mlp { net, .. } => {
+                let folder = ImageFolder::scan_with_classes(data, classes)?;
+                let (probs, skipped) = mlp_probabilities(net, classes.len(), &folder.samples, batch, device);
+                score_files(classes, data, &folder.samples, probs, skipped)
+            }
+            Model::Text(m) => {
+                let set = eval_dataset(data, classes)?;
+                let mut store = m.store(&self.home, reporter)?;
+                let mut stats = EmbedStats::default();
+                let probs = m.probabilities(&set.texts, Some(&mut store), reporter, &mut stats, device)?;
+                let evaluation = Evaluation::from_predictions(classes, &set.labels, &top1(&probs));
+                let inputs = set.texts.iter().map(|t| text_excerpt(t)).collect();
+                Ok(Evaluated { evaluation, skipped: set.skipped, scored: Some(Scored { inputs, truth: set.labels, probs }), cache: Some(stats) })
+            }
+            Model::Adapt(m) => {
+                let value = data.to_string_lossy();
+                if matches!(m.info.input, InputSpec::Text { .. }) {
+                    let (evaluation, skipped, stats) = m.evaluate_texts(&value, data_root, batch, &self.home, reporter, device)?;
+                    return Ok(Evaluated { evaluation, skipped, scored: None, cache: Some(stats) });
+                }
+                let spec = DomainSpec::parse("--data", &value)?;
+                let (evaluation, skipped) = m.evaluate_domain(&spec, "--data", data_root, batch, reporter, device)?;
+                for s in &skipped {
+                    reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
+                }
+                Ok(Evaluated { evaluation, skipped, scored: None, cache: None })
+            }
+        }
+    }
+
+    /// The refusal of inputs (`given`: images or texts) of the other kind, naming the run.
+    fn not_its_input(&self, given: &str) -> GraftError {
+        let has = match self.input {
+            InputKind::Images => "images",
+            InputKind::Texts => "texts",
+        };
+        GraftError::Data { path: self.run.clone(), reason: format!("this run ({}) classifies {has}, not {given}", self.describe) }
+    }
+}
+
+/// The start of a text, quoted, for lists of inputs.
+pub fn text_excerpt(text: &str) -> String {
+    let short: String = text.chars().take(60).collect();
+    if short.len() < text.len() { format!("\"{short}…\"") } else { format!("\"{short}\"") }
+}
+
+/// An MLP run's class probabilities of image files (grey 28×28); unreadable files are `None`.
+fn mlp_probabilities(net: &MlpClassifier, classes: usize, samples: &[Sample], batch: usize, device: &Device) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
+    let (rows, kept, skipped) = load_rows(samples);
+    let mut out = vec![None; samples.len()];
+    let order: Vec<usize> = (0..kept.len()).collect();
+    for chunk in order.chunks(batch.max(1)) {
+        let p: Vec<f32> = softmax(net.forward(gather_rows(&rows, INPUT, chunk, device)), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+        for (&j, row) in chunk.iter().zip(p.chunks(classes.max(1))) {
+            out[kept[j]] = Some(row.to_vec());
+        }
+    }
+    (out, skipped)
+}
+
+/// The evaluation of image files from their probabilities (unreadable ones left out).
+fn score_files(classes: &[String], data: &Path, samples: &[Sample], probs: Vec<Option<Vec<f32>>>, skipped: Vec<Skipped>) -> Result<Evaluated> {
+    let mut scored = Scored { inputs: Vec::new(), truth: Vec::new(), probs: Vec::new() };
+    for (p, s) in probs.into_iter().zip(samples) {
+        if let Some(p) = p {
+            scored.truth.push(s.label);
+            scored.probs.push(p);
+            scored.inputs.push(s.path.display().to_string());
+        }
+    }
+    if scored.probs.is_empty() {
+        return Err(GraftError::Data { path: data.to_path_buf(), reason: "no readable images".into() });
+    }
+    let evaluation = Evaluation::from_predictions(classes, &scored.truth, &top1(&scored.probs));
+    Ok(Evaluated { evaluation, skipped, scored: Some(scored), cache: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_texts_are_cut_and_quoted() {
+        assert_eq!(text_excerpt("short"), "\"short\"");
+        let long = "é".repeat(70);
+        assert_eq!(text_excerpt(&long), format!("\"{}…\"", "é".repeat(60)));
+    }
+}
