@@ -19,7 +19,7 @@ fn data_root() -> PathBuf {
 }
 
 /// `per_class` seeded MNIST training digits as an image folder.
-fn mnist_folder(dir: &Path, per_class: usize, seed: u64) -> PathBuf {
+pub(super) fn mnist_folder(dir: &Path, per_class: usize, seed: u64) -> PathBuf {
     let out = dir.join("mnist");
     json_of(&graft(&[
         "data", "import", "mnist", "--per-class", &per_class.to_string(), "--seed", &seed.to_string(),

@@ -12,6 +12,7 @@ mod inspect;
 mod parity;
 mod predict;
 mod predictor;
+mod resume;
 mod seam;
 mod text;
 mod traps;

@@ -218,6 +218,9 @@ pub struct LayerReport {
 pub struct PretrainSummary {
     pub run: PathBuf,
     pub config: PretrainConfig,
+    /// Epochs completed over all layers (absent from runs written before resume existed).
+    #[serde(default)]
+    pub epochs: usize,
     pub images: usize,
     pub layers: Vec<LayerReport>,
     pub seconds: f64,
@@ -347,7 +350,7 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
         // config.toml first: a run counts as started once model.json exists (its layers are
         // filled in when the run ends).
         write_atomic(&run.join("config.toml"), toml::to_string(config).expect("config serializes").as_bytes())?;
-        let started = PretrainSummary { run: run.into(), config: config.clone(), images: n, layers: Vec::new(), seconds: 0.0, skipped: skipped.clone() };
+        let started = PretrainSummary { run: run.into(), config: config.clone(), epochs: 0, images: n, layers: Vec::new(), seconds: 0.0, skipped: skipped.clone() };
         crate::manifest::RunManifest::Pretrain(started).save(run)?;
     }
     let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
@@ -409,7 +412,7 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
         })
         .collect();
     checkpoint::save(&encoder, &run.join("encoder.safetensors"), BTreeMap::from([("graft.arch".to_string(), config.arch.to_string())]))?;
-    let summary = PretrainSummary { run: run.into(), config: config.clone(), images: n, layers: reports, seconds: engine.state.train_seconds, skipped };
+    let summary = PretrainSummary { run: run.into(), config: config.clone(), epochs: engine.state.epoch, images: n, layers: reports, seconds: engine.state.train_seconds, skipped };
     crate::manifest::RunManifest::Pretrain(summary.clone()).save(run)?;
     Ok(summary)
 }

@@ -1,0 +1,113 @@
+//! Resume after `kill -9` through the one training engine: `graft adapt` (DANN; ADDA with its two
+//! phases) and `graft pretrain` continue from their last completed epoch and end exactly where
+//! an uninterrupted run of the same seed ends — the same metrics line for every epoch, the same
+//! kept weights, the same final figures.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::{graft, json_of, scratch, shared, test_home};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Every `metrics.jsonl` line of `run`, without its wall time.
+fn records(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        })
+        .collect()
+}
+
+/// The tensors of a checkpoint, by name.
+fn tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    graft_weights::load(path).unwrap().tensors.into_iter().map(|(k, t)| (k, t.data)).collect()
+}
+
+/// Runs `args` (which write `run`) to the end; runs them again into `killed`, SIGKILLs that run
+/// `grace` after its first epoch is on disk and resumes it with `resume` (`graft CMD --resume`).
+/// Returns the two runs' JSON summaries after checking that the kill interrupted training.
+fn uninterrupted_and_resumed(args: &dyn Fn(&Path) -> Vec<String>, run: &Path, killed: &Path, resume: &str, epochs: usize, grace: Duration) -> (serde_json::Value, serde_json::Value) {
+    let full: Vec<String> = args(run);
+    let full = json_of(&graft(&full.iter().map(String::as_str).collect::<Vec<_>>()));
+    let interrupted: Vec<String> = args(killed);
+    let interrupted: Vec<&str> = interrupted.iter().map(String::as_str).collect();
+    let before = super::kill_after_first_epoch(test_home(), &interrupted, &killed.join("metrics.jsonl"), grace);
+    assert!((1..epochs).contains(&before), "the kill landed after {before} of {epochs} epochs");
+    let resumed = json_of(&graft(&[resume, "--resume", s(killed), "--json"]));
+    assert_eq!(resumed["epochs"].as_u64(), Some(epochs as u64), "the summary counts every epoch: {resumed}");
+    assert_eq!(records(killed), records(run), "the resumed run's epochs match the uninterrupted run's");
+    let leftovers: Vec<String> = std::fs::read_dir(killed).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).filter(|n| n.contains(".tmp") || n.contains(".repair")).collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    (full, resumed)
+}
+
+fn adapt_args(method: &str, source: &Path, extra: &'static [&'static str]) -> impl Fn(&Path) -> Vec<String> {
+    let source = source.to_path_buf();
+    let method = method.to_string();
+    move |out: &Path| {
+        let mut args: Vec<String> = [
+            "adapt", "--method", &method, "--source", s(&source), "--target", "usps:train", "--target-test", "usps:test",
+            "--data-root", s(&shared().join("data")), "--iters-per-epoch", "20", "--seed", "3", "--out", s(out), "--json",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    }
+}
+
+#[test]
+fn dann_resumes_after_kill_with_the_same_result() {
+    let dir = scratch("resume-dann");
+    let source = super::adapt::mnist_folder(&dir, 20, 1);
+    let (full, resumed) = uninterrupted_and_resumed(&adapt_args("dann", &source, &["--epochs", "5"]), &dir.join("full"), &dir.join("killed"), "adapt", 5, Duration::from_millis(1500));
+    for key in ["target_test_accuracy", "source_val_accuracy", "best_epoch", "iterations"] {
+        assert_eq!(resumed[key], full[key], "{key}");
+    }
+    assert_eq!(tensors(&dir.join("killed/best.safetensors")), tensors(&dir.join("full/best.safetensors")));
+}
+
+#[test]
+fn adda_resumes_in_either_phase_with_the_same_result() {
+    let dir = scratch("resume-adda");
+    let source = super::adapt::mnist_folder(&dir, 20, 1);
+    let args = adapt_args("adda", &source, &["--pretrain-epochs", "3", "--epochs", "3"]);
+    let (full, _) = uninterrupted_and_resumed(&args, &dir.join("full"), &dir.join("killed-pre"), "adapt", 6, Duration::from_millis(700));
+    // A second kill later on lands in the adversarial phase (after the source encoder is kept).
+    let interrupted: Vec<String> = args(&dir.join("killed-adv"));
+    let interrupted: Vec<&str> = interrupted.iter().map(String::as_str).collect();
+    let before = super::kill_after_first_epoch(test_home(), &interrupted, &dir.join("killed-adv/metrics.jsonl"), Duration::from_millis(5200));
+    let resumed = json_of(&graft(&["adapt", "--resume", s(&dir.join("killed-adv")), "--json"]));
+    assert!(before < 6, "the second kill landed after the run ended");
+    assert_eq!(resumed["epochs"], 6);
+    for run in ["killed-pre", "killed-adv"] {
+        assert_eq!(records(&dir.join(run)), records(&dir.join("full")), "{run}: epochs match the uninterrupted run");
+        assert_eq!(tensors(&dir.join(run).join("best.safetensors")), tensors(&dir.join("full/best.safetensors")), "{run}: the kept network");
+    }
+    assert_eq!(resumed["target_test_accuracy"], full["target_test_accuracy"]);
+    assert_eq!(resumed["source_val_accuracy"], full["source_val_accuracy"]);
+}
+
+#[test]
+fn pretrain_resumes_after_kill_with_the_same_encoder() {
+    let dir = scratch("resume-pretrain");
+    let data = dir.join("digits");
+    json_of(&graft(&["data", "import", "mnist", "--per-class", "200", "--seed", "1", "--source", s(&shared().join("data")), "--out", s(&data), "--json"]));
+    let args = |out: &Path| -> Vec<String> {
+        ["pretrain", "--method", "autoencoder", "--data", s(&data), "--arch", "mlp:1000,500", "--epochs", "3", "--batch-size", "32", "--noise", "0.2", "--seed", "4", "--out", s(out), "--json"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let (full, resumed) = uninterrupted_and_resumed(&args, &dir.join("full"), &dir.join("killed"), "pretrain", 6, Duration::from_millis(900));
+    assert_eq!(resumed["layers"], full["layers"], "first and last reconstruction error of every layer");
+    assert_eq!(tensors(&dir.join("killed/encoder.safetensors")), tensors(&dir.join("full/encoder.safetensors")));
+}
