@@ -11,6 +11,7 @@ pub mod load;
 pub mod mobilenetv2;
 pub mod pull;
 pub mod resnet;
+pub mod table;
 pub mod trunk;
 
 use std::path::{Path, PathBuf};
@@ -226,10 +227,10 @@ impl ModelSpec {
         let config = self.config();
         let backbone = config.backbone();
         let size = backbone.resolution();
-        let rows = backbone.layer_rows();
-        let stages: Vec<StageCfg> = (0..backbone.num_stages()).map(|s| StageCfg { stage: s, name: backbone.stage_name(s), shape: backbone.stage_shape(s) }).collect();
+        let table = config.table();
+        let stages: Vec<StageCfg> = (0..backbone.num_stages()).map(|s| StageCfg { stage: s, name: backbone.stage_name(s), shape: table.stage_shape(s) }).collect();
         // The last trunk layer of the stem, for `until:` (freeze the generic stem only).
-        let stem_end = rows.iter().filter(|r| !r.is_head && backbone.stage_of(&r.name) == Some(0)).last().map(|r| r.name.clone());
+        let stem_end = table.leaves.iter().filter(|l| !l.is_head && l.stage == Some(0)).last().map(|l| l.name.clone());
         let mut freeze_groups = vec![("head-only".to_string(), "all".to_string())];
         if let Some(stem) = stem_end {
             freeze_groups.push(("stem".to_string(), format!("until:{stem}")));
