@@ -4,15 +4,52 @@
 //! A backbone is a sequence of *stages* (a stem, blocks, and a head convolution where the
 //! network has one) followed by global pooling and a classifier. A stage is where a cut can
 //! fall. The config half ([`Backbone`]) describes the architecture without weights: its layer
-//! table (names as in the weights file), which stage each layer belongs to, and the name of each
-//! stage's output as the architecture's own framework calls it (`_blocks.12`, `layer3`,
-//! `features.14`, `block_12_add`). The network half ([`BackboneNet`]) runs it: the forward to any
-//! cut and the pretrained classifier on pooled features. Feature widths at each cut follow from
-//! the layer table ([`Backbone::stage_shape`]).
+//! table ([`Table`], names as in the weights file, recorded by the walk that builds the network),
+//! which stage each layer belongs to, and the name of each stage's output as the architecture's
+//! own framework calls it (`_blocks.12`, `layer3`, `features.14`, `block_12_add`). The network
+//! half ([`BackboneNet`]) runs it: the forward to any cut and the pretrained classifier on
+//! pooled features. Feature widths at each cut follow from the layer table
+//! ([`Backbone::stage_shape`]). The pretrained configuration (input size, crop, interpolation,
+//! mean/std, labels, stages, default freeze groups) is each registered model's
+//! [`ModelSpec`](super::ModelSpec), kept with its weights source.
 //!
-//! Adding an architecture: one file implementing both traits, a variant in
-//! [`TrunkConfig`](super::trunk::TrunkConfig) / [`Trunk`](super::trunk::Trunk), and one entry in
-//! [`MODELS`](super::MODELS).
+//! # Adding an architecture
+//!
+//! Two places: a new file `crates/graft/src/zoo/<arch>.rs`, and one registry entry in
+//! `crates/graft/src/zoo/mod.rs`.
+//!
+//! 1. In `zoo/<arch>.rs`, write the network as a burn module (`#[derive(Module, Debug)]`) whose
+//!    field names are the module names of the weights file you load (burn's parameter paths
+//!    are the field names, so `inspect` and `--freeze` show the file's names), plus a config
+//!    struct (`Debug, Clone, PartialEq`). Give the network a `#[module(skip)] pub config` field
+//!    holding the config it was built from.
+//! 2. Build it in one walk, `fn build(&self, b: &mut Builder) -> Net`, creating every layer
+//!    through the [`Builder`](super::table::Builder): `b.pp("layer1").pp(0).conv("conv1",
+//!    Conv2dConfig, [c, h, w])`, `batch_norm`, `layer` for pooling, `classifier` for the
+//!    pretrained head, last. Call `b.stage(Some(s))` before stage `s`'s layers and
+//!    `b.stage(None)` before the global pool. This is the only place a layer's name is written:
+//!    the layer table, stages, burn paths and the loader all read what the walk recorded.
+//! 3. Derive the rest from the walk: `init(device)` is `Table::build(device, |b|
+//!    self.build(b)).0`, `table()` is `Table::build(&Default::default(), |b| self.build(b)).1`
+//!    (add `.renamed(Convention::Keras, |leaf| …)` when the weights come from Keras, as
+//!    [`MobileNetV2Config::table`](super::mobilenetv2::MobileNetV2Config::table) does), and the
+//!    network's `load_weights(self, w)` is `self.config.table().load(self, w)`.
+//! 4. Implement [`Backbone`] for the config (`init_trunk` is `self.init(device).into()`;
+//!    `table`, `resolution`, `num_classes`, `num_stages`, `stage_name`) and [`BackboneNet`] for
+//!    the network (`forward_stages` runs any range of stages; `features`, `forward`,
+//!    `classify`, `drop_classifier`).
+//! 5. List the architecture's models in `pub const MODELS: &[ModelSpec]` in the same file:
+//!    id, `arch` (a constructor of the config, `|| MyConfig::new().into()`), weights source
+//!    (`None`: the user brings `--weights FILE`), input preparation and class labels.
+//! 6. In `zoo/mod.rs`, add one line to `backbones!`: `pub mod <arch>: <Variant>(<Config>,
+//!    <Net>),`. It declares the module and generates the [`TrunkConfig`](super::TrunkConfig) and
+//!    [`Trunk`] variants, their dispatch and the models' place in [`MODELS`](super::MODELS).
+//! 7. Run `cargo test --release --workspace --lib every_backbone_keeps_its_contract`: it checks,
+//!    for every registered model, that the table names exactly burn's parameters with their
+//!    shapes, that stages cover the trunk in order, that the width and map size recorded at
+//!    each cut are what `forward_stages` computes, and that the loader fills every parameter
+//!    from the file tensor the table names. Then add a parity test against the original
+//!    framework's outputs (see `tests/cli/zoo_parity.rs`).
 
 use burn::tensor::{Device, Tensor};
 

