@@ -209,7 +209,7 @@ impl MobileNetV2Config {
             Flavor::Keras { head } => table.renamed(Convention::Keras, |leaf| match leaf.kind {
                 LeafKind::Linear { .. } => head.clone(),
                 LeafKind::Pool(_) => "global_average_pooling2d".into(),
-                // Every trunk layer has a Keras name (test `every_backbone_keeps_its_contract`).
+                // Every trunk layer has a Keras name (test `keras_names_round_trip`).
                 _ => keras_layer_name(&leaf.module).unwrap_or_else(|| leaf.module.clone()),
             }),
         }
