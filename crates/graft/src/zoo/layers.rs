@@ -39,36 +39,6 @@ pub struct LayerRow {
 }
 
 impl LayerRow {
-    #[allow(clippy::too_many_arguments)]
-    pub fn conv(name: &str, out: [usize; 3], cin: usize, cout: usize, kernel: usize, groups: usize, bias: bool) -> Self {
-        let mut params = vec![ParamRow::weight(&format!("{name}.weight"), cout * cin / groups * kernel * kernel)];
-        if bias {
-            params.push(ParamRow::weight(&format!("{name}.bias"), cout));
-        }
-        let kind = if groups > 1 && groups == cin { "DepthwiseConv2d" } else { "Conv2d" };
-        Self { name: name.into(), kind: format!("{kind} {kernel}x{kernel}"), output_shape: out.to_vec(), params, is_head: false }
-    }
-
-    pub fn batch_norm(name: &str, out: [usize; 3]) -> Self {
-        let c = out[0];
-        Self {
-            name: name.into(),
-            kind: "BatchNorm2d".into(),
-            output_shape: out.to_vec(),
-            params: vec![
-                ParamRow::weight(&format!("{name}.weight"), c),
-                ParamRow::weight(&format!("{name}.bias"), c),
-                ParamRow::buffer(&format!("{name}.running_mean"), c),
-                ParamRow::buffer(&format!("{name}.running_var"), c),
-            ],
-            is_head: false,
-        }
-    }
-
-    pub fn pool(name: &str, channels: usize) -> Self {
-        Self { name: name.into(), kind: "GlobalAvgPool".into(), output_shape: vec![channels], params: vec![], is_head: false }
-    }
-
     /// Trainable-kind parameters (weights, biases, BN scale and shift), buffers excluded.
     pub fn num_params(&self) -> usize {
         self.params.iter().filter(|p| !p.buffer).map(|p| p.numel).sum()

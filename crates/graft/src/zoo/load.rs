@@ -1,12 +1,10 @@
-//! Moving checkpoint tensors into burn modules. This is the one place where checkpoint names
-//! meet burn's field names: BatchNorm `weight`/`bias` become `gamma`/`beta`, and PyTorch's
-//! `[out, in]` linear weight is transposed to burn's `[in, out]`.
+//! Reading checkpoint tensors, checked by name and shape. Backbones move them into burn modules
+//! through their layer table ([`super::table`]), where checkpoint names meet burn's.
 
 use std::path::Path;
 
-use burn::module::{Param, RunningState};
-use burn::nn::conv::Conv2d;
-use burn::nn::{BatchNorm, Linear};
+use burn::module::Param;
+use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 use graft_weights::StateDict;
 
@@ -51,23 +49,8 @@ impl WeightSource<'_> {
         Ok(Param::from_tensor(self.tensor(key, shape)?))
     }
 
-    pub fn conv(&self, conv: &mut Conv2d, prefix: &str) -> Result<()> {
-        conv.weight = self.param(&format!("{prefix}.weight"), &conv.weight)?;
-        if let Some(bias) = conv.bias.as_mut() {
-            *bias = self.param(&format!("{prefix}.bias"), bias)?;
-        }
-        Ok(())
-    }
-
-    pub fn batch_norm(&self, bn: &mut BatchNorm, prefix: &str) -> Result<()> {
-        bn.gamma = self.param(&format!("{prefix}.weight"), &bn.gamma)?;
-        bn.beta = self.param(&format!("{prefix}.bias"), &bn.beta)?;
-        let [c] = bn.gamma.lazy_shape().dims();
-        bn.running_mean = RunningState::new(self.tensor(&format!("{prefix}.running_mean"), [c])?);
-        bn.running_var = RunningState::new(self.tensor(&format!("{prefix}.running_var"), [c])?);
-        Ok(())
-    }
-
+    /// A PyTorch `nn.Linear` named `prefix` (BERT's; backbones load through their layer
+    /// table, see [`super::table::Table::load`]).
     pub fn linear(&self, linear: &mut Linear, prefix: &str) -> Result<()> {
         let [d_in, d_out]: [usize; 2] = linear.weight.lazy_shape().dims();
         let torch_layout = self.data(&format!("{prefix}.weight"), &[d_out, d_in])?;

