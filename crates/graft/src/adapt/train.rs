@@ -654,7 +654,6 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     drop(source_all);
 
     // --- model ----------------------------------------------------------------------------------
-    let net = AdaptNet::init(lenet, width, config.bottleneck, classes.len(), device);
     let info = AdaptInfo {
         method: config.method,
         backbone: config.backbone.clone(),
@@ -687,7 +686,12 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
         let rg = Tensor::<2>::random([classes.len(), CDAN_RANDOM_DIM], Distribution::Normal(0.0, 1.0), &td);
         (rf, rg)
     });
-    let disc = config.method.adversarial().then(|| Discriminator::init(disc_input, config.disc_hidden, device));
+    // burn initialises a parameter when it is first read: every network is materialised here,
+    // in a fixed order after the seed, so its initial weights do not depend on what ran before
+    // it is first used (ADDA's discriminator would otherwise differ between a run resumed at
+    // the phase boundary and one that never stopped).
+    let net = engine::stable_ids(AdaptNet::init(lenet, width, config.bottleneck, classes.len(), device));
+    let disc = config.method.adversarial().then(|| engine::stable_ids(Discriminator::init(disc_input, config.disc_hidden, device)));
 
     let steps_per_epoch = config.iters_per_epoch.unwrap_or_else(|| source.len().div_ceil(config.batch_size).max(1));
     let ctx = Ctx {

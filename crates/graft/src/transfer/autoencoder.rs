@@ -356,9 +356,16 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
     let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
     let mut encoder = Encoder::init(&config.arch, device);
     let total = layers * config.epochs;
-    for (l, (d_in, d_out)) in config.arch.shapes().into_iter().enumerate() {
+    // Every layer's autoencoder is built (and its weights drawn: burn initialises lazily) before
+    // any training, so a layer's start does not depend on whether the run was resumed.
+    let autoencoders: Vec<AutoencoderLayer> = config
+        .arch
+        .shapes()
+        .into_iter()
+        .map(|(d_in, d_out)| engine::stable_ids(AutoencoderLayer { encode: LinearConfig::new(d_in, d_out).init(device), decode: LinearConfig::new(d_out, d_in).init(device) }.train()))
+        .collect();
+    for ((l, (d_in, d_out)), ae) in config.arch.shapes().into_iter().enumerate().zip(autoencoders) {
         let offset = l * config.epochs;
-        let ae = engine::stable_ids(AutoencoderLayer { encode: LinearConfig::new(d_in, d_out).init(device), decode: LinearConfig::new(d_out, d_in).init(device) }.train());
         let trained = match engine.status(offset, config.epochs) {
             // Completed before this process started: its last epoch is on disk.
             engine::PhaseStatus::Done => checkpoint::load(ae, &run.join(layer_file(l)))?,
