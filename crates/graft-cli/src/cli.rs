@@ -60,7 +60,7 @@ pub struct FitArgs {
     #[arg(long)]
     pub model: Option<String>,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
-    #[arg(long, conflicts_with = "model", help = format!("{} Or, with no --init, mlp:500,250: train that MLP on 28×28 digits from random initialisation (the baseline for `graft pretrain`). [default: none: --model's architecture]", arch_sentence()))]
+    #[arg(long, conflicts_with = "model", help = format!("{} Or, with no --init, mlp:500,250: train that MLP on 28×28 digits from random initialisation (the baseline for `graft pretrain`). [default: none: --model's architecture]", crate::help::arch_sentence()))]
     pub arch: Option<String>,
 
     /// Weights file (.pth, safetensors, Keras .h5) instead of the cached pull. [default: the
@@ -280,7 +280,7 @@ pub struct PredictArgs {
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
-    #[arg(long, conflicts_with = "model", help = arch_help())]
+    #[arg(long, conflicts_with = "model", help = crate::help::arch_help())]
     pub arch: Option<String>,
     /// A run directory from `graft fit` or `graft adapt`: predict its classes instead.
     /// [default: none: --model's own classes]
@@ -324,7 +324,7 @@ pub struct InspectArgs {
     #[arg(long, value_name = "RUN", conflicts_with_all = ["model", "arch", "weights", "head", "classes"])]
     pub run: Option<PathBuf>,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
-    #[arg(long, conflicts_with = "model", help = arch_help())]
+    #[arg(long, conflicts_with = "model", help = crate::help::arch_help())]
     pub arch: Option<String>,
     /// Check that this weights file fits the architecture (every tensor, every shape).
     /// [default: none: no check]
@@ -354,7 +354,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
-    #[arg(long, conflicts_with = "model", help = arch_help())]
+    #[arg(long, conflicts_with = "model", help = crate::help::arch_help())]
     pub arch: Option<String>,
     /// forward: run these weights instead of random ones (the arithmetic is the same; this
     /// checks the file loads). [default: none: random weights of the architecture]
@@ -392,7 +392,7 @@ pub struct ExtractArgs {
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
-    #[arg(long, conflicts_with = "model", help = arch_help())]
+    #[arg(long, conflicts_with = "model", help = crate::help::arch_help())]
     pub arch: Option<String>,
 
     /// Weights file (.pth, safetensors, Keras .h5) instead of the cached pull. [default: the
@@ -438,17 +438,4 @@ pub enum CacheCommand {
         #[arg(required = true)]
         parts: Vec<PathBuf>,
     },
-}
-
-/// `--arch`'s help: the architectures of the registry that take the user's own weights.
-pub(crate) fn arch_help() -> String {
-    format!("{} [default: none: --model's architecture]", arch_sentence())
-}
-
-/// The architectures of the registry graft builds from a user's own weights, as one sentence.
-fn arch_sentence() -> String {
-    format!(
-        "Architecture for your own weights (with --weights FILE: a torchvision state dict as zip .pth or safetensors): {}.",
-        graft::zoo::user_archs().join(", ")
-    )
 }

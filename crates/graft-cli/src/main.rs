@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod errors;
+mod help;
 mod output;
 mod reporter;
 

@@ -21,7 +21,7 @@ pub struct AdviseArgs {
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
-    #[arg(long, conflicts_with = "model", help = crate::cli::arch_help())]
+    #[arg(long, conflicts_with = "model", help = crate::help::arch_help())]
     pub arch: Option<String>,
     /// Weights file (.pth, safetensors, Keras .h5) instead of the cached pull. [default: the
     /// cached pull]

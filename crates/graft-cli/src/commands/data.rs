@@ -39,7 +39,7 @@ pub fn run(cmd: DataCommand, out: &Output) -> anyhow::Result<()> {
         out.result(&value, || format!("{} is in {}\n", args.dataset, dir.display()));
         return Ok(());
     };
-    if let Some(result) = super::text::import(&args, &dir, dest, out) {
+    if let Some(result) = import_text(&args, &dir, dest, out) {
         return result;
     }
     let written = match set.name {
@@ -80,4 +80,29 @@ fn obtain(set: &DataSet, args: &Import) -> anyhow::Result<PathBuf> {
         Some(source) => fetch::install_from(set, source, &root, &reporter)?,
         None => fetch::ensure(set, &root, &reporter)?,
     })
+}
+
+/// The text sets `graft data import` writes as `text,label` CSV.
+pub const TEXT_DATASETS: &str = "sms-spam, rt-polarity, amazon:books, amazon:dvd, amazon:electronics, amazon:kitchen";
+
+/// `graft data import sms-spam|rt-polarity|amazon:DOMAIN --out FILE.csv`: a seeded subset
+/// (`--per-class`) of the set kept in `dir` as CSV. `None` when `dataset` is not a text set.
+fn import_text(args: &Import, dir: &std::path::Path, dest: &std::path::Path, out: &Output) -> Option<anyhow::Result<()>> {
+    let path = match args.dataset.as_str() {
+        "sms-spam" => dir.join("SMSSpamCollection"),
+        "rt-polarity" => dir.to_path_buf(),
+        d if d.starts_with("amazon:") => dir.to_path_buf(),
+        _ => return None,
+    };
+    Some((|| {
+        let data = anyhow::Context::with_context(graft::text::TextDataset::open_any(&path), || format!("reading {} (text sets: {TEXT_DATASETS})", args.dataset))?;
+        let data = match args.per_class {
+            Some(n) => data.seeded_per_class(n, args.seed),
+            None => data,
+        };
+        data.write_csv(dest)?;
+        let value = json!({"dataset": args.dataset, "texts": data.len(), "classes": data.classes, "out": dest});
+        out.result(&value, || format!("wrote {} texts to {}\n", data.len(), dest.display()));
+        Ok(())
+    })())
 }

@@ -275,7 +275,7 @@ fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: P
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
     if graft::text::is_text_model(&config.model) {
-        return super::text::fit(&config, &run_dir, resume, out);
+        return fit_text_run(&config, &run_dir, resume, out);
     }
     let reporter = TermReporter::new();
     let summary = fit(&config, &run_dir, resume, &graft_home(), &reporter, &default_device())?;
@@ -365,4 +365,26 @@ pub(super) fn summary_json(summary: &graft::train::fit::FitSummary) -> serde_jso
             "skipped": summary.data.skipped,
         },
     })
+}
+
+/// `graft fit --model minilm-l6 --data FILE.csv|DIR`.
+fn fit_text_run(config: &FitConfig, run_dir: &std::path::Path, resume: bool, out: &Output) -> anyhow::Result<()> {
+    let reporter = TermReporter::new();
+    let summary = graft::train::text::fit_text(config, run_dir, resume, &graft_home(), &reporter, &default_device())?;
+    let value = summary_json(&summary);
+    out.result(&value, || {
+        let kept = match summary.best_val_accuracy {
+            Some(acc) => format!("best val accuracy {acc:.4} at epoch {}", summary.best_epoch),
+            None => format!("no validation data: keeping epoch {}", summary.best_epoch),
+        };
+        format!(
+            "run {}: {} epochs, {kept} ({:.1} s); embeddings {} cached, {} computed\n",
+            summary.run.display(),
+            summary.epochs,
+            summary.train_seconds,
+            summary.cache.hits,
+            summary.cache.misses
+        )
+    });
+    Ok(())
 }

@@ -12,7 +12,6 @@ mod predict;
 pub mod pretrain;
 pub mod probe;
 mod pull;
-mod text;
 
 use crate::cli::Command;
 use crate::output::Output;
