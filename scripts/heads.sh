@@ -27,7 +27,7 @@ while read -r name args; do
 done <<'LIST'
 linear --head linear --epochs 30 --lr 0.01
 mlp --head mlp:1024,1024 --dropout 0.5 --epochs 30 --lr 0.001
-logistic --head logistic
+logistic --head logistic:c=1
 svm --head svm
 knn --head knn:5
 prototype --head prototype
