@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use super::{graft, json_of, scratch, shared, test_home};
 
+
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -30,15 +31,38 @@ fn tensors(path: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
     graft_weights::load(path).unwrap().tensors.into_iter().map(|(k, t)| (k, t.data)).collect()
 }
 
+/// Starts `graft args`, SIGKILLs it as soon as `epochs` epochs are on disk (polled every 10 ms,
+/// so the kill lands early in the next epoch whatever the machine's speed) and returns how many
+/// epochs the run had completed by then.
+fn kill_after_epochs(args: &[&str], metrics: &Path, epochs: usize) -> usize {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(args)
+        .env("GRAFT_HOME", test_home())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let done = || std::fs::read_to_string(metrics).map(|m| m.lines().count()).unwrap_or(0);
+    for _ in 0..12_000 {
+        if done() >= epochs || child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    done()
+}
+
 /// Runs `args` (which write `run`) to the end; runs them again into `killed`, SIGKILLs that run
-/// `grace` after its first epoch is on disk and resumes it with `resume` (`graft CMD --resume`).
+/// once `kill_after` epochs are on disk and resumes it with `resume` (`graft CMD --resume`).
 /// Returns the two runs' JSON summaries after checking that the kill interrupted training.
-fn uninterrupted_and_resumed(args: &dyn Fn(&Path) -> Vec<String>, run: &Path, killed: &Path, resume: &str, epochs: usize, grace: Duration) -> (serde_json::Value, serde_json::Value) {
+fn uninterrupted_and_resumed(args: &dyn Fn(&Path) -> Vec<String>, run: &Path, killed: &Path, resume: &str, epochs: usize, kill_after: usize) -> (serde_json::Value, serde_json::Value) {
     let full: Vec<String> = args(run);
     let full = json_of(&graft(&full.iter().map(String::as_str).collect::<Vec<_>>()));
     let interrupted: Vec<String> = args(killed);
     let interrupted: Vec<&str> = interrupted.iter().map(String::as_str).collect();
-    let before = super::kill_after_first_epoch(test_home(), &interrupted, &killed.join("metrics.jsonl"), grace);
+    let before = kill_after_epochs(&interrupted, &killed.join("metrics.jsonl"), kill_after);
     assert!((1..epochs).contains(&before), "the kill landed after {before} of {epochs} epochs");
     let resumed = json_of(&graft(&[resume, "--resume", s(killed), "--json"]));
     assert_eq!(resumed["epochs"].as_u64(), Some(epochs as u64), "the summary counts every epoch: {resumed}");
@@ -68,7 +92,7 @@ fn adapt_args(method: &str, source: &Path, extra: &'static [&'static str]) -> im
 fn dann_resumes_after_kill_with_the_same_result() {
     let dir = scratch("resume-dann");
     let source = super::adapt::mnist_folder(&dir, 20, 1);
-    let (full, resumed) = uninterrupted_and_resumed(&adapt_args("dann", &source, &["--epochs", "5"]), &dir.join("full"), &dir.join("killed"), "adapt", 5, Duration::from_millis(1500));
+    let (full, resumed) = uninterrupted_and_resumed(&adapt_args("dann", &source, &["--epochs", "5"]), &dir.join("full"), &dir.join("killed"), "adapt", 5, 2);
     for key in ["target_test_accuracy", "source_val_accuracy", "best_epoch", "iterations"] {
         assert_eq!(resumed[key], full[key], "{key}");
     }
@@ -80,13 +104,13 @@ fn adda_resumes_in_either_phase_with_the_same_result() {
     let dir = scratch("resume-adda");
     let source = super::adapt::mnist_folder(&dir, 20, 1);
     let args = adapt_args("adda", &source, &["--pretrain-epochs", "3", "--epochs", "3"]);
-    let (full, _) = uninterrupted_and_resumed(&args, &dir.join("full"), &dir.join("killed-pre"), "adapt", 6, Duration::from_millis(700));
-    // A second kill later on lands in the adversarial phase (after the source encoder is kept).
+    let (full, _) = uninterrupted_and_resumed(&args, &dir.join("full"), &dir.join("killed-pre"), "adapt", 6, 1);
+    // A second kill lands in the adversarial phase (after the source encoder is kept).
     let interrupted: Vec<String> = args(&dir.join("killed-adv"));
     let interrupted: Vec<&str> = interrupted.iter().map(String::as_str).collect();
-    let before = super::kill_after_first_epoch(test_home(), &interrupted, &dir.join("killed-adv/metrics.jsonl"), Duration::from_millis(5200));
+    let before = kill_after_epochs(&interrupted, &dir.join("killed-adv/metrics.jsonl"), 4);
     let resumed = json_of(&graft(&["adapt", "--resume", s(&dir.join("killed-adv")), "--json"]));
-    assert!(before < 6, "the second kill landed after the run ended");
+    assert!((4..6).contains(&before), "the second kill landed after {before} epochs, not in the adversarial phase");
     assert_eq!(resumed["epochs"], 6);
     for run in ["killed-pre", "killed-adv"] {
         assert_eq!(records(&dir.join(run)), records(&dir.join("full")), "{run}: epochs match the uninterrupted run");
@@ -107,7 +131,7 @@ fn pretrain_resumes_after_kill_with_the_same_encoder() {
             .map(|a| a.to_string())
             .collect()
     };
-    let (full, resumed) = uninterrupted_and_resumed(&args, &dir.join("full"), &dir.join("killed"), "pretrain", 6, Duration::from_millis(900));
+    let (full, resumed) = uninterrupted_and_resumed(&args, &dir.join("full"), &dir.join("killed"), "pretrain", 6, 4);
     assert_eq!(resumed["layers"], full["layers"], "first and last reconstruction error of every layer");
     assert_eq!(tensors(&dir.join("killed/encoder.safetensors")), tensors(&dir.join("full/encoder.safetensors")));
 }
