@@ -392,3 +392,11 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Reads a TOML file of type `T` (a config; its size checked before it is read), naming the file
+/// in every error.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = read_regular(path, crate::limits::MAX_CONFIG_FILE_BYTES)?;
+    let text = String::from_utf8(bytes).map_err(|_| GraftError::Data { path: path.into(), reason: "not UTF-8 text".into() })?;
+    toml::from_str(&text).map_err(|e| GraftError::Data { path: path.into(), reason: crate::limits::shorten_message(&e.to_string()) })
+}

@@ -315,9 +315,7 @@ impl AdaptConfig {
 
     /// Reads a run's `config.toml` (size-checked before it is read).
     pub fn from_toml(path: &std::path::Path) -> Result<Self> {
-        let bytes = crate::fsutil::read_regular(path, crate::limits::MAX_CONFIG_FILE_BYTES)?;
-        let text = String::from_utf8(bytes).map_err(|_| GraftError::Data { path: path.into(), reason: "not UTF-8 text".into() })?;
-        toml::from_str(&text).map_err(|e| GraftError::Data { path: path.into(), reason: crate::limits::shorten_message(&e.to_string()) })
+        crate::fsutil::read_toml(path)
     }
 }
 

@@ -558,14 +558,7 @@ pub fn read_metrics(run: &Path) -> Result<Vec<AdaptEpoch>> {
 /// (`resume`, with the run's saved config) from its last completed epoch. A fresh run that
 /// fails before its first epoch is saved leaves no run directory behind.
 pub fn adapt(config: &AdaptConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<AdaptSummary> {
-    let fresh = if resume { None } else { crate::fsutil::fresh_run_state(run) };
-    let result = adapt_run(config, run, resume, home, reporter, device);
-    if let (Err(_), Some(created)) = (&result, fresh) {
-        if !run.join("last.safetensors").exists() {
-            crate::fsutil::remove_failed_run(run, created);
-        }
-    }
-    result
+    engine::removing_a_failed_start(run, resume, || adapt_run(config, run, resume, home, reporter, device))
 }
 
 fn adapt_run(config: &AdaptConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<AdaptSummary> {

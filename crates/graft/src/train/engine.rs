@@ -516,6 +516,29 @@ fn load_optimizer(run: &Path, epoch: usize, optimizer: ModuleOptimizer) -> Resul
     }
 }
 
+/// Runs `train` on the run directory `run`; a fresh run (not `resume`) that fails before its
+/// first epoch is saved leaves no run directory behind (see [`crate::fsutil::fresh_run_state`]).
+pub fn removing_a_failed_start<T>(run: &Path, resume: bool, train: impl FnOnce() -> Result<T>) -> Result<T> {
+    let fresh = if resume { None } else { crate::fsutil::fresh_run_state(run) };
+    let result = train();
+    if let (Err(_), Some(created)) = (&result, fresh) {
+        if !run.join("last.safetensors").exists() {
+            crate::fsutil::remove_failed_run(run, created);
+        }
+    }
+    result
+}
+
+/// The order of `n` examples in epoch `epoch` of a run seeded `seed` (a fresh shuffle per epoch,
+/// the same in a resumed run).
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    use rand::SeedableRng;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+    order
+}
+
 /// Checks and creates (or reopens, with `resume`) a run directory; a symbolic link inside it
 /// is refused. `out` and `resume` name the settings that gave the directory, for errors.
 /// Returns whether a fresh run's directory was created here (see

@@ -13,8 +13,6 @@ use burn::module::{Module, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use image::RgbImage;
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
@@ -193,8 +191,7 @@ impl Task for FitTask<'_> {
     }
 
     fn begin_epoch(&mut self, model: &Grafted, epoch: usize) -> Result<()> {
-        self.order = (0..self.train.images.len()).collect();
-        self.order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        self.order = engine::epoch_order(self.train.images.len(), self.config.seed, epoch);
         self.sums = (0.0, 0, 0);
         self.prefix = if self.train_cache.is_some() || self.cut == 0 {
             None
@@ -311,14 +308,7 @@ pub trait FitReporter: Reporter {
 /// Runs (or resumes) training into `run`. A fresh run that fails before its first epoch is
 /// saved leaves no run directory behind (see [`crate::fsutil::fresh_run_state`]).
 pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device) -> Result<FitSummary> {
-    let fresh = if resume { None } else { crate::fsutil::fresh_run_state(run) };
-    let result = fit_run(config, run, resume, home, reporter, device);
-    if let (Err(_), Some(created)) = (&result, fresh) {
-        if !run.join("last.safetensors").exists() {
-            crate::fsutil::remove_failed_run(run, created);
-        }
-    }
-    result
+    engine::removing_a_failed_start(run, resume, || fit_run(config, run, resume, home, reporter, device))
 }
 
 fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device) -> Result<FitSummary> {

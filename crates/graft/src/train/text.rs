@@ -14,8 +14,6 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
@@ -317,8 +315,7 @@ impl Task for HeadTask<'_> {
     }
 
     fn begin_epoch(&mut self, _model: &Head, epoch: usize) -> Result<()> {
-        self.order = (0..self.train.labels.len()).collect();
-        self.order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(self.config.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        self.order = engine::epoch_order(self.train.labels.len(), self.config.seed, epoch);
         self.sums = (0.0, 0);
         Ok(())
     }

@@ -184,9 +184,7 @@ pub struct PretrainConfig {
 impl PretrainConfig {
     /// Reads a run's `config.toml` (size-checked before it is read).
     pub fn from_toml(path: &Path) -> Result<Self> {
-        let bytes = crate::fsutil::read_regular(path, crate::limits::MAX_CONFIG_FILE_BYTES)?;
-        let text = String::from_utf8(bytes).map_err(|_| GraftError::Data { path: path.into(), reason: "not UTF-8 text".into() })?;
-        toml::from_str(&text).map_err(|e| GraftError::Data { path: path.into(), reason: crate::limits::shorten_message(&e.to_string()) })
+        crate::fsutil::read_toml(path)
     }
 
     /// Every setting in range (the numbers finite), naming the setting that is not.
@@ -319,14 +317,7 @@ fn layer_file(layer: usize) -> String {
 /// (their labels are never read) into `run`; the encoder is saved there. With `resume`, the run
 /// continues after its last completed epoch and ends as an uninterrupted run would.
 pub fn pretrain(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dyn Reporter, device: &Device) -> Result<PretrainSummary> {
-    let fresh = if resume { None } else { crate::fsutil::fresh_run_state(run) };
-    let result = pretrain_run(config, run, resume, reporter, device);
-    if let (Err(_), Some(created)) = (&result, fresh) {
-        if !run.join("last.safetensors").exists() {
-            crate::fsutil::remove_failed_run(run, created);
-        }
-    }
-    result
+    engine::removing_a_failed_start(run, resume, || pretrain_run(config, run, resume, reporter, device))
 }
 
 fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dyn Reporter, device: &Device) -> Result<PretrainSummary> {
