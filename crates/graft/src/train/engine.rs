@@ -308,8 +308,9 @@ impl<'a> Engine<'a> {
             reporter.message(&format!("resuming {} after epoch {}", run.display(), state.epoch));
             engine.state = state;
             engine.resumed = Some(dict);
-        } else if !resume {
-            // A fresh run: nothing of an earlier attempt in this directory counts.
+        } else {
+            // A fresh run, or one resumed before any epoch completed (or written by a graft
+            // without resume): no epoch counts, so no line of an earlier attempt may stay.
             for name in ["metrics.jsonl", "last.safetensors"] {
                 let path = run.join(name);
                 if path.exists() {
@@ -645,6 +646,20 @@ mod tests {
         let state: RunState = serde_json::from_str(old).unwrap();
         assert_eq!(state.best_file, "best.safetensors");
         assert_eq!(state.last_metrics.unwrap()["epoch"], 2);
+    }
+
+    #[test]
+    fn a_resume_without_a_completed_epoch_starts_clean() {
+        let run = std::env::temp_dir().join(format!("graft-engine-clean-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&run);
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("metrics.jsonl"), "{\"epoch\":1}\n{\"epoch\":2}\n").unwrap();
+        let device = Device::default();
+        let engine = Engine::open(&run, true, 0, &crate::report::Silent, &device).unwrap();
+        assert_eq!(engine.state.epoch, 0);
+        assert!(engine.resumed.is_none());
+        assert!(!run.join("metrics.jsonl").exists(), "lines of epochs no checkpoint records would be kept twice");
+        std::fs::remove_dir_all(&run).unwrap();
     }
 
     #[test]
