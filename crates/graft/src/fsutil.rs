@@ -400,3 +400,12 @@ pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = String::from_utf8(bytes).map_err(|_| GraftError::Data { path: path.into(), reason: "not UTF-8 text".into() })?;
     toml::from_str(&text).map_err(|e| GraftError::Data { path: path.into(), reason: crate::limits::shorten_message(&e.to_string()) })
 }
+
+/// The files a run directory describes itself in: `model.json`, and before run format 2 an MLP
+/// run's `mlp.json` or a pretraining run's `pretrain.json`.
+pub const RUN_FILES: [&str; 3] = ["model.json", "mlp.json", "pretrain.json"];
+
+/// Whether `run` already holds a run (any of [`RUN_FILES`], even a dangling link).
+pub fn holds_run(run: &Path) -> bool {
+    RUN_FILES.iter().any(|f| run.join(f).symlink_metadata().is_ok())
+}

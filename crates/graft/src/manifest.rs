@@ -27,7 +27,7 @@ pub const RUN_FORMAT: u64 = 2;
 pub const MANIFEST_FILE: &str = "model.json";
 
 /// Where runs written before [`RUN_FORMAT`] 2 kept their description when not in `model.json`.
-const LEGACY_FILES: [(&str, &str); 2] = [("mlp.json", "mlp"), ("pretrain.json", "pretrain")];
+const LEGACY_FILES: [(&str, &str); 2] = [(crate::fsutil::RUN_FILES[1], "mlp"), (crate::fsutil::RUN_FILES[2], "pretrain")];
 
 /// Every `kind` a run can have, as written in `model.json`.
 pub const KINDS: [&str; 5] = ["image", "text", "adapt", "mlp", "pretrain"];
@@ -159,8 +159,35 @@ impl RunManifest {
     }
 }
 
+/// Each kind's description reads and writes itself through the manifest (here, so that the
+/// training modules that define them need not know the manifest).
+macro_rules! manifest_kind {
+    ($ty:ty, $variant:ident, $what:literal) => {
+        impl $ty {
+            /// Writes `model.json` as this kind's [`RunManifest`].
+            pub fn save(&self, run: &Path) -> Result<()> {
+                RunManifest::$variant(self.clone()).save(run)
+            }
+
+            /// Reads `model.json`, which must be this kind's [`RunManifest`].
+            pub fn load(run: &Path) -> Result<Self> {
+                match RunManifest::load(run)? {
+                    RunManifest::$variant(info) => Ok(info),
+                    other => Err(wrong_kind(run, &other, $what)),
+                }
+            }
+        }
+    };
+}
+
+manifest_kind!(RunInfo, Image, "an image classifier from `graft fit`");
+manifest_kind!(TextRunInfo, Text, "a text classifier from `graft fit --model minilm-l6`");
+manifest_kind!(AdaptInfo, Adapt, "an adaptation run from `graft adapt`");
+manifest_kind!(MlpRun, Mlp, "an MLP run from `graft fit --init` or `--arch mlp:…`");
+manifest_kind!(PretrainSummary, Pretrain, "a pretraining run from `graft pretrain` (what --init takes)");
+
 /// The run's description when it is of the kind `expected` (`what` names it in the error).
-pub(crate) fn wrong_kind(run: &Path, found: &RunManifest, what: &str) -> GraftError {
+fn wrong_kind(run: &Path, found: &RunManifest, what: &str) -> GraftError {
     GraftError::Data { path: run.join(MANIFEST_FILE), reason: format!("field `kind` is \"{}\" ({}), not {what}", found.kind(), found.describe()) }
 }
 

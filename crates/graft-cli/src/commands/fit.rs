@@ -7,7 +7,7 @@ use graft::data::augment::Augment;
 use graft::train::config::{CacheMode, ClassWeights, FitConfig, Monitor, Optimizer, Stage};
 use graft::train::model::{HeadPool, HeadSpec};
 use graft::train::schedule::Schedule;
-use graft::transfer::autoencoder::{arch_of, MlpArch, MlpFitConfig};
+use graft::transfer::autoencoder::{MlpArch, MlpFitConfig, PretrainSummary};
 use graft::zoo::layers::FreezeSpec;
 use graft::train::fit::fit;
 use graft::zoo::graft_home;
@@ -297,7 +297,7 @@ fn fit_mlp(plan: MlpPlan, out: &Output) -> anyhow::Result<()> {
     let MlpPlan { init, arch, data, val, val_split, epochs, batch_size, lr, seed, run_dir, overwrite } = plan;
     let arch = match (arch, &init) {
         (Some(a), _) => a,
-        (None, Some(init)) => arch_of(init)?,
+        (None, Some(init)) => PretrainSummary::load(init)?.config.arch,
         (None, None) => anyhow::bail!("an MLP fit needs --init RUN or --arch mlp:W1,W2,…"),
     };
     let config = MlpFitConfig { init, arch, data, val, val_split, epochs, batch_size, lr, seed };

@@ -72,19 +72,6 @@ pub struct AdaptInfo {
 }
 
 impl AdaptInfo {
-    /// Writes `model.json` as an adaptation run's [`crate::manifest::RunManifest`] (`"kind": "adapt"`).
-    pub fn save(&self, run: &Path) -> Result<()> {
-        crate::manifest::RunManifest::Adapt(self.clone()).save(run)
-    }
-
-    /// Reads `model.json`, which must be an adaptation run's [`crate::manifest::RunManifest`].
-    pub fn load(run: &Path) -> Result<Self> {
-        match crate::manifest::RunManifest::load(run)? {
-            crate::manifest::RunManifest::Adapt(info) => Ok(info),
-            other => Err(crate::manifest::wrong_kind(run, &other, "an adaptation run from `graft adapt`")),
-        }
-    }
-
     /// The network with fresh weights (to be overwritten by a checkpoint).
     pub fn build(&self, device: &Device) -> AdaptNet {
         AdaptNet::init(self.backbone == "lenet", self.input_width, self.bottleneck, self.classes.len(), device)

@@ -17,7 +17,6 @@ use crate::classic::Classic;
 use super::model::{Grafted, Head, HeadPool, HeadSpec};
 use crate::data::folder::{decode_with, Sample, Skipped};
 use crate::data::image::{self, Preprocess};
-use crate::manifest::RunManifest;
 use crate::report::Reporter;
 use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::ModelSpec;
@@ -42,19 +41,6 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
-    /// Writes `model.json` as an image run's [`RunManifest`].
-    pub fn save(&self, run: &Path) -> Result<()> {
-        RunManifest::Image(self.clone()).save(run)
-    }
-
-    /// Reads `model.json`, which must be an image run's [`RunManifest`].
-    pub fn load(run: &Path) -> Result<Self> {
-        match RunManifest::load(run)? {
-            RunManifest::Image(info) => Ok(info),
-            other => Err(crate::manifest::wrong_kind(run, &other, "an image classifier from `graft fit`")),
-        }
-    }
-
     /// The architecture with fresh weights (to be overwritten by a checkpoint).
     pub fn build(&self, device: &Device) -> Result<Grafted> {
         let config = ModelSpec::find(&self.model)?.config();

@@ -5,7 +5,7 @@
 //! The run directory has the same files as an image run (`config.toml`, `model.json`,
 //! `metrics.jsonl`, `tb/`, plots, `summary.json`), with the head alone in `best.safetensors` /
 //! `last.safetensors` (or `classic.safetensors`): the encoder is the pulled one, checked by its
-//! sha256 when the run is loaded. `model.json` says `"kind": "text"` ([`RunManifest::Text`]).
+//! sha256 when the run is loaded. `model.json` says `"kind": "text"` ([`crate::manifest::RunManifest::Text`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -28,7 +28,6 @@ use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
 use crate::cache::FeatureStore;
 use crate::classic::Classic;
 use crate::fsutil::write_atomic;
-use crate::manifest::RunManifest;
 use crate::report::Reporter;
 use crate::text::features::{embed_cached, open_store, preprocess_id, EmbedStats};
 use crate::text::{stratified_split, SentenceEncoder, TextDataset};
@@ -50,21 +49,6 @@ pub struct TextRunInfo {
     pub text_preprocess: String,
     /// Width of one embedding (the head's input).
     pub embedding_width: usize,
-}
-
-impl TextRunInfo {
-    /// Writes `model.json` as a text run's [`RunManifest`].
-    pub fn save(&self, run: &Path) -> Result<()> {
-        RunManifest::Text(self.clone()).save(run)
-    }
-
-    /// Reads `model.json`, which must be a text run's [`RunManifest`].
-    pub fn load(run: &Path) -> Result<Self> {
-        match RunManifest::load(run)? {
-            RunManifest::Text(info) => Ok(info),
-            other => Err(crate::manifest::wrong_kind(run, &other, "a text classifier from `graft fit --model minilm-l6`")),
-        }
-    }
 }
 
 /// The trained classifier on top of the embeddings.

@@ -322,7 +322,7 @@ pub fn pretrain(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
 
 fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dyn Reporter, device: &Device) -> Result<PretrainSummary> {
     config.validate()?;
-    if !resume && crate::manifest::RunManifest::file(run).is_some() {
+    if !resume && crate::fsutil::holds_run(run) {
         return Err(GraftError::setting("out", &run.display().to_string(), "already holds a run"));
     }
     let layers = config.arch.hidden.len();
@@ -342,7 +342,7 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
         // filled in when the run ends).
         write_atomic(&run.join("config.toml"), toml::to_string(config).expect("config serializes").as_bytes())?;
         let started = PretrainSummary { run: run.into(), config: config.clone(), epochs: 0, images: n, layers: Vec::new(), seconds: 0.0, skipped: skipped.clone() };
-        crate::manifest::RunManifest::Pretrain(started).save(run)?;
+        started.save(run)?;
     }
     let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
     let mut encoder = Encoder::init(&config.arch, device);
@@ -411,7 +411,7 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
         .collect();
     checkpoint::save(&encoder, &run.join("encoder.safetensors"), BTreeMap::from([("graft.arch".to_string(), config.arch.to_string())]))?;
     let summary = PretrainSummary { run: run.into(), config: config.clone(), epochs: engine.state.epoch, images: n, layers: reports, seconds: engine.state.train_seconds, skipped };
-    crate::manifest::RunManifest::Pretrain(summary.clone()).save(run)?;
+    summary.save(run)?;
     Ok(summary)
 }
 
@@ -472,13 +472,6 @@ pub struct MlpRun {
     pub seconds: f64,
 }
 
-/// The architecture a pretraining run saved.
-pub fn arch_of(init: &Path) -> Result<MlpArch> {
-    match crate::manifest::RunManifest::load(init)? {
-        crate::manifest::RunManifest::Pretrain(summary) => Ok(summary.config.arch),
-        other => Err(crate::manifest::wrong_kind(init, &other, "a pretraining run from `graft pretrain` (what --init takes)")),
-    }
-}
 
 fn accuracy(net: &MlpClassifier, rows: &[f32], labels: &[usize], device: &Device) -> (f64, Vec<usize>) {
     let all: Vec<usize> = (0..labels.len()).collect();
@@ -577,7 +570,7 @@ fn score(net: &MlpClassifier, rows: &[f32], labels: &[usize], device: &Device) -
 
 /// Fine-tunes an MLP (from a pretraining run, or random) with labels; the run is in `run`.
 pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, device: &Device) -> Result<MlpRun> {
-    if crate::manifest::RunManifest::file(run).is_some() {
+    if crate::fsutil::holds_run(run) {
         return Err(GraftError::setting("out", &run.display().to_string(), "already holds a run"));
     }
     config.validate()?;
@@ -602,7 +595,7 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
     let classes = folder.classes.len();
     let mut net = MlpClassifier::init(&config.arch, classes, device);
     if let Some(init) = &config.init {
-        let saved = arch_of(init)?;
+        let saved = PretrainSummary::load(init)?.config.arch;
         if saved != config.arch {
             return Err(GraftError::setting("arch", &config.arch.to_string(), format!("{} was pretrained as {saved}", init.display())));
         }
@@ -649,7 +642,7 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
         n_val: y_val.len(),
         seconds: started.elapsed().as_secs_f64(),
     };
-    crate::manifest::RunManifest::Mlp(info.clone()).save(run)?;
+    info.save(run)?;
     Ok(info)
 }
 
