@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::fit::fmnist;
-use super::{assert_bad_input, graft, json_of, scratch, shared};
+use super::{assert_bad_input, graft, json_of, scratch};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -18,15 +18,7 @@ fn read_json(path: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap()
 }
 
-/// A seeded subset of a shared set, written by `graft data import`.
-fn import(dataset: &str, split: &str, per_class: usize, seed: u64, out: &Path) -> PathBuf {
-    let source = shared().join("data");
-    json_of(&graft(&[
-        "data", "import", dataset, "--split", split, "--per-class", &per_class.to_string(), "--seed", &seed.to_string(),
-        "--source", s(&source), "--out", s(out), "--json",
-    ]));
-    out.to_path_buf()
-}
+use super::transfer::import;
 
 /// The image files below a class folder, sorted.
 fn files_below(folder: &Path) -> Vec<PathBuf> {

@@ -9,7 +9,7 @@ fn s(p: &Path) -> &str {
 }
 
 /// `graft data import DATASET` into `out`.
-fn import(dataset: &str, split: &str, per_class: usize, seed: u64, out: &Path) -> PathBuf {
+pub(super) fn import(dataset: &str, split: &str, per_class: usize, seed: u64, out: &Path) -> PathBuf {
     let source = shared().join("data");
     json_of(&graft(&[
         "data", "import", dataset, "--split", split, "--per-class", &per_class.to_string(), "--seed", &seed.to_string(),

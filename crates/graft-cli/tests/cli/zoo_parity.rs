@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Tensor, TensorData};
 use graft::device::default_device;
 use graft::npy;
+use graft::zoo::backbone::BackboneNet;
 use graft::zoo::keras::load_keras_h5;
 use graft::zoo::layers::summarize;
 use graft::zoo::load::WeightSource;

@@ -706,7 +706,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
         // Source pre-training: the kept epoch becomes the frozen source encoder and the target
         // encoder's start.
         let model = engine::stable_ids(Trainable { net, disc: None }.train());
-        let model = resume_into(&engine, model, 0, pre)?;
+        let model = engine.resume_into(model, 0, pre, "the adaptation network")?;
         let mut task = AdaptTask::new(&ctx, &model, Method::SourceOnly, "pretrain", None, config.seed, steps_done(&engine, 0, steps_per_epoch));
         let optimizer = task.optimizer();
         let model = engine.run_phase(&mut task, model, phase("pretrain", 0, pre, total, keep_best, PRETRAIN_BEST, optimizer))?;
@@ -720,7 +720,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
             lenet.dropout = DropoutConfig::new(0.0).init();
         }
         let model = engine::stable_ids(Trainable { net: target_net, disc }.train());
-        let model = resume_into(&engine, model, pre, config.epochs)?;
+        let model = engine.resume_into(model, pre, config.epochs, "the adaptation network")?;
         let mut task = AdaptTask::new(&ctx, &model, Method::Adda, "adapt", Some(&source_net), config.seed ^ 0xADDA, steps_done(&engine, pre, steps_per_epoch));
         let optimizer = task.optimizer();
         // The target encoder is not meant to work on the source: its last epoch is kept.
@@ -728,7 +728,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
         (checkpoint::load(model, &run.join(ADAPT_BEST))?.net, total)
     } else {
         let model = engine::stable_ids(Trainable { net, disc }.train());
-        let model = resume_into(&engine, model, 0, config.epochs)?;
+        let model = engine.resume_into(model, 0, config.epochs, "the adaptation network")?;
         let mut task = AdaptTask::new(&ctx, &model, config.method, "adapt", None, config.seed, steps_done(&engine, 0, steps_per_epoch));
         let optimizer = task.optimizer();
         let model = engine.run_phase(&mut task, model, phase("adapt", 0, config.epochs, config.epochs, keep_best, ADAPT_BEST, optimizer))?;
@@ -779,15 +779,6 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     };
     write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
     Ok(summary)
-}
-
-/// The model of a phase in progress when the run resumed, read from `last.safetensors`; any
-/// other phase starts from `model` as built.
-fn resume_into<M: Module>(engine: &Engine, model: M, offset: usize, epochs: usize) -> Result<M> {
-    match (&engine.resumed, engine.status(offset, epochs)) {
-        (Some(dict), engine::PhaseStatus::InProgress) => checkpoint::import(model, dict, &engine.run.join("last.safetensors"), "the adaptation network"),
-        _ => Ok(model),
-    }
 }
 
 /// Iterations of the phase starting at epoch `offset` that a resumed run already did.

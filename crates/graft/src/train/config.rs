@@ -94,6 +94,22 @@ pub enum ClassWeights {
     Balanced,
 }
 
+impl ClassWeights {
+    /// The loss weight of each of `classes` classes for training labels `labels` (`None`: all
+    /// equal). A class without training examples weighs 0.
+    pub fn weights(self, labels: &[usize], classes: usize) -> Option<Vec<f32>> {
+        match self {
+            ClassWeights::None => None,
+            ClassWeights::Balanced => {
+                let mut counts = vec![0usize; classes];
+                labels.iter().for_each(|&l| counts[l] += 1);
+                let n = labels.len() as f32;
+                Some(counts.iter().map(|&c| if c == 0 { 0.0 } else { n / (classes as f32 * c as f32) }).collect())
+            }
+        }
+    }
+}
+
 /// Whether frozen-trunk activations are computed once and reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]

@@ -332,6 +332,16 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// The model of the phase at `offset` (`epochs` long) when the run resumed inside it, read
+    /// from `last.safetensors` into `model`; `model` as built for any other phase. `name` names
+    /// the model in errors.
+    pub fn resume_into<M: Module>(&self, model: M, offset: usize, epochs: usize, name: &str) -> Result<M> {
+        match (&self.resumed, self.status(offset, epochs)) {
+            (Some(dict), PhaseStatus::InProgress) => checkpoint::import(model, dict, &self.run.join("last.safetensors"), name),
+            _ => Ok(model),
+        }
+    }
+
     /// Sets a figure of the task's own that must survive a kill (saved with the next epoch).
     pub fn set_extra(&mut self, key: &str, value: serde_json::Value) {
         self.state.extra.insert(key.into(), value);

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint;
 use super::engine::{self, param_ids, Engine, EpochEnd, Iteration, Keep, Phase, PhaseStatus, Task, Validation};
 use super::guard;
-use super::config::{CacheMode, ClassWeights, FitConfig, Optimizer};
+use super::config::{CacheMode, FitConfig, Optimizer};
 use super::loss::{argmax, cross_entropy};
 use super::model::{frozen_prefix, Grafted, Head, HeadSpec};
 use crate::classic::{Classic, ClassicKind};
@@ -412,15 +412,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         steps_per_epoch,
         epochs: total_epochs,
     };
-    let class_weights = match config.class_weights {
-        ClassWeights::None => None,
-        ClassWeights::Balanced => {
-            let mut counts = vec![0usize; classes.len()];
-            train.labels.iter().for_each(|&l| counts[l] += 1);
-            let n = train.labels.len() as f32;
-            Some(counts.iter().map(|&c| if c == 0 { 0.0 } else { n / (classes.len() as f32 * c as f32) }).collect::<Vec<f32>>())
-        }
-    };
+    let class_weights = config.class_weights.weights(&train.labels, classes.len());
 
     // --- resume -------------------------------------------------------------------------------
     let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;

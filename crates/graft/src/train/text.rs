@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
 use super::guard;
-use super::config::{ClassWeights, FitConfig};
+use super::config::FitConfig;
 use super::engine::{self, Engine, EpochEnd, Iteration, Keep, Phase, Task, Validation};
 use super::fit::{make_optimizer, write_plots, CacheStats, DataSummary, EpochMetrics, FitReporter, FitSummary};
 use super::loss::{argmax, cross_entropy};
@@ -373,15 +373,7 @@ fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo
     }
     let trainable_params = super::fit::count_trainable(&head);
     let steps_per_epoch = train.labels.len().div_ceil(config.batch_size);
-    let class_weights = match config.class_weights {
-        ClassWeights::None => None,
-        ClassWeights::Balanced => {
-            let mut counts = vec![0usize; classes];
-            train.labels.iter().for_each(|&l| counts[l] += 1);
-            let n = train.labels.len() as f32;
-            Some(counts.iter().map(|&c| if c == 0 { 0.0 } else { n / (classes as f32 * c as f32) }).collect::<Vec<f32>>())
-        }
-    };
+    let class_weights = config.class_weights.weights(&train.labels, classes);
     let mut task = HeadTask {
         config,
         info,

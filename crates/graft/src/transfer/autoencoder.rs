@@ -325,10 +325,8 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
     if !resume && crate::fsutil::holds_run(run) {
         return Err(GraftError::setting("out", &run.display().to_string(), "already holds a run"));
     }
+    // (A resumed run keeps its saved config, epochs included, so there is no new total to check.)
     let layers = config.arch.hidden.len();
-    if resume {
-        engine::check_total(run, layers * config.epochs, "epochs")?;
-    }
     let folder = ImageFolder::scan(&config.data)?;
     engine::prepare_run_dir(run, resume)?;
     device.seed(config.seed);
@@ -360,11 +358,8 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
         let trained = match engine.status(offset, config.epochs) {
             // Completed before this process started: its last epoch is on disk.
             engine::PhaseStatus::Done => checkpoint::load(ae, &run.join(layer_file(l)))?,
-            status => {
-                let ae = match (&engine.resumed, status) {
-                    (Some(dict), engine::PhaseStatus::InProgress) => checkpoint::import(ae, dict, &run.join("last.safetensors"), "the autoencoder layer")?,
-                    _ => ae,
-                };
+            _ => {
+                let ae = engine.resume_into(ae, offset, config.epochs, "the autoencoder layer")?;
                 let mut task = LayerTask { config, layer: l, layers, codes: &codes, d_in, n, train_device: device.clone().autodiff(), batches: Vec::new(), rng: epoch_rng(config.seed, l, 0), sum: 0.0 };
                 let phase = Phase {
                     name: String::new(),

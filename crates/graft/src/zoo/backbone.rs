@@ -144,8 +144,11 @@ pub trait BackboneNet {
     /// Runs stages `range` on a feature map (images when the range starts at 0).
     fn forward_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4>;
 
-    /// Pooled features: [N, 3, H, W] → [N, D].
-    fn features(&self, images: Tensor<4>) -> Tensor<2>;
+    /// Pooled features: every stage, then global average pooling: [N, 3, H, W] → [N, D].
+    fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = self.forward_stages(images, 0..self.num_stages()); // [N, D, h, w]
+        super::efficientnet::global_avg_pool(x) // [N, D]
+    }
 
     /// The pretrained classifier's logits: [N, 3, H, W] → [N, classes]; the pooled features
     /// once the classifier is cut off.

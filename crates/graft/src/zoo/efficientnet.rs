@@ -346,12 +346,6 @@ impl EfficientNetLite {
         x
     }
 
-    /// Pooled features: [N, 3, H, W] → [N, 1280].
-    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self.forward_stages(images, 0..self.num_stages()); // [N, 1280, H/32, W/32]
-        global_avg_pool(x) // [N, 1280]
-    }
-
     /// An inference-only copy with every BatchNorm folded into its convolution (see
     /// [`fold`](super::fold)). BatchNorm must be in inference mode (frozen), as it is for a
     /// loaded model that is not being trained.
@@ -533,9 +527,6 @@ impl BackboneNet for EfficientNetLite {
     }
     fn forward_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
         EfficientNetLite::forward_stages(self, x, range)
-    }
-    fn features(&self, images: Tensor<4>) -> Tensor<2> {
-        EfficientNetLite::features(self, images)
     }
     fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         EfficientNetLite::forward(self, images)

@@ -23,7 +23,6 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::backbone::{Backbone, BackboneNet};
-use super::efficientnet::global_avg_pool;
 use super::layers::LayerRow;
 use super::load::WeightSource;
 use super::table::{Builder, Convention, LeafKind, Table};
@@ -465,12 +464,6 @@ impl MobileNetV2 {
         x
     }
 
-    /// Pooled features: [N, 3, H, W] → [N, 1280].
-    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self.forward_stages(images, 0..self.num_stages()); // [N, 1280, H/32, W/32]
-        global_avg_pool(x) // [N, 1280]
-    }
-
     /// Logits (before softmax, also for Keras heads declared with `activation='softmax'`):
     /// [N, 3, H, W] → [N, num_classes]; without the classifier, the pooled features.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
@@ -523,9 +516,6 @@ impl BackboneNet for MobileNetV2 {
     }
     fn forward_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
         MobileNetV2::forward_stages(self, x, range)
-    }
-    fn features(&self, images: Tensor<4>) -> Tensor<2> {
-        MobileNetV2::features(self, images)
     }
     fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         MobileNetV2::forward(self, images)

@@ -20,7 +20,6 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::backbone::{Backbone, BackboneNet};
-use super::efficientnet::global_avg_pool;
 use super::layers::LayerRow;
 use super::load::WeightSource;
 use super::table::{Builder, Table};
@@ -309,12 +308,6 @@ impl ResNet {
         x
     }
 
-    /// Pooled features: [N, 3, H, W] → [N, 512] (18/34) or [N, 2048].
-    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self.forward_stages(images, 0..self.num_stages()); // [N, C, H/32, W/32]
-        global_avg_pool(x) // [N, C]
-    }
-
     /// ImageNet logits: [N, 3, H, W] → [N, num_classes]; without the classifier, the pooled
     /// features.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
@@ -367,9 +360,6 @@ impl BackboneNet for ResNet {
     }
     fn forward_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
         ResNet::forward_stages(self, x, range)
-    }
-    fn features(&self, images: Tensor<4>) -> Tensor<2> {
-        ResNet::features(self, images)
     }
     fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         ResNet::forward(self, images)
