@@ -9,15 +9,17 @@
 //!   trunk's pooled features, computed once per image.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 use image::{GrayImage, RgbImage};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::model::LENET_SIDE;
 use crate::data::fetch;
-use crate::data::folder::{decode_with, is_image_file, ImageFolder, Sample, Skipped};
+use crate::data::folder::{is_image_file, ImageFolder, Sample, Skipped};
+use crate::data::stream::index_images;
 use crate::data::idx::{self, DIGIT_CLASSES};
 use crate::data::image::{resize_bilinear, Preprocess};
 use crate::data::usps::{self, USPS_SIDE};
@@ -150,37 +152,97 @@ fn grey_row(img: &GrayImage, side: u32, mean: f32, std: f32) -> Vec<f32> {
     resized.as_raw().iter().map(|&v| (v as f32 / 255.0 - mean) / std).collect()
 }
 
-/// One domain, ready for a network: `n` rows of `width` values.
+/// One domain, ready for a network: `len()` rows of `width` values, made per batch from
+/// where the images are ([`Domain::rows`]): image files are decoded when a batch needs them,
+/// digit sets stay as their bytes, and only rows that cost a network pass to make (a zoo
+/// trunk's features, a text encoder's embeddings) are kept, computed once.
 #[derive(Debug, Clone)]
 pub struct Domain {
     pub name: String,
-    pub x: Vec<f32>,
     pub width: usize,
     /// Labels (indices into the source classes); empty for unlabelled data.
     pub labels: Vec<usize>,
+    /// Item of `source` behind each row (a subset picks some).
+    items: Arc<Vec<usize>>,
+    source: Arc<RowSource>,
+}
+
+/// Where a domain's rows come from.
+#[derive(Debug)]
+enum RowSource {
+    /// Rows computed up front (trunk features, text embeddings): item `i` is row `i`.
+    Memory(Vec<f32>),
+    /// Grey `side`×`side` byte images (a digit set), made into rows by `input`.
+    Grey { side: u32, pixels: Vec<u8>, input: InputSpec },
+    /// Image files, decoded and made into rows by `input`.
+    Files { paths: Vec<PathBuf>, input: InputSpec },
 }
 
 impl Domain {
+    /// A domain of precomputed rows (`x.len() / width` of them).
+    pub fn from_rows(name: String, x: Vec<f32>, width: usize, labels: Vec<usize>) -> Domain {
+        let n = if width == 0 { 0 } else { x.len() / width };
+        Domain { name, width, labels, items: Arc::new((0..n).collect()), source: Arc::new(RowSource::Memory(x)) }
+    }
+
     pub fn len(&self) -> usize {
-        if self.width == 0 {
-            0
-        } else {
-            self.x.len() / self.width
-        }
+        self.items.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// The rows at `indices` (labels too when present).
+    /// The rows at `indices` (labels too when present); shares the images, copies nothing.
     pub fn subset(&self, indices: &[usize]) -> Domain {
-        let mut x = Vec::with_capacity(indices.len() * self.width);
-        for &i in indices {
-            x.extend_from_slice(&self.x[i * self.width..(i + 1) * self.width]);
-        }
         let labels = if self.labels.is_empty() { Vec::new() } else { indices.iter().map(|&i| self.labels[i]).collect() };
-        Domain { name: self.name.clone(), x, width: self.width, labels }
+        Domain { name: self.name.clone(), width: self.width, labels, items: Arc::new(indices.iter().map(|&i| self.items[i]).collect()), source: self.source.clone() }
+    }
+
+    /// Rows `indices`, concatenated (`indices.len() × width` values). Image files are decoded
+    /// here, in parallel; one that no longer decodes (changed since it was read) is an error
+    /// naming it.
+    pub fn rows(&self, indices: &[usize]) -> Result<Vec<f32>> {
+        let w = self.width;
+        match &*self.source {
+            RowSource::Memory(x) => {
+                let mut out = Vec::with_capacity(indices.len() * w);
+                for &i in indices {
+                    let item = self.items[i];
+                    out.extend_from_slice(&x[item * w..(item + 1) * w]);
+                }
+                Ok(out)
+            }
+            RowSource::Grey { side, pixels, input } => {
+                let plane = (*side as usize).pow(2);
+                let rows: Vec<Vec<f32>> = indices
+                    .par_iter()
+                    .map(|&i| {
+                        let item = self.items[i];
+                        let img = GrayImage::from_raw(*side, *side, pixels[item * plane..(item + 1) * plane].to_vec()).expect("sizes checked");
+                        input.grey_row(&img)
+                    })
+                    .collect();
+                Ok(rows.concat())
+            }
+            RowSource::Files { paths, input } => {
+                let rows: Vec<Vec<f32>> = indices
+                    .par_iter()
+                    .map(|&i| crate::data::image::decode(&paths[self.items[i]]).map(|img| input.rgb_row(&img)))
+                    .collect::<Result<_>>()?;
+                Ok(rows.concat())
+            }
+        }
+    }
+
+    /// Every row, in order.
+    pub fn all_rows(&self) -> Result<Vec<f32>> {
+        self.rows(&(0..self.len()).collect::<Vec<_>>())
+    }
+
+    /// Rows `indices` as a `[n, width]` tensor.
+    pub fn tensor(&self, indices: &[usize], device: &Device) -> Result<Tensor<2>> {
+        Ok(Tensor::from_data(TensorData::new(self.rows(indices)?, [indices.len(), self.width]), device))
     }
 }
 
@@ -317,51 +379,49 @@ impl<'a> Featurizer<'a> {
     }
 
     /// Loads a domain. Returns it, its class list and the files that could not be read.
+    /// Without a trunk, nothing is decoded to keep: files are checked (decoded once, in
+    /// parallel, then dropped) and their rows made per batch later; with a trunk, its
+    /// features are computed here, a chunk at a time.
     pub fn load(&self, spec: &DomainSpec, setting: &str, data_root: &Path, classes: Option<&[String]>, labelled: bool, reporter: &dyn Reporter) -> Result<(Domain, Vec<String>, Vec<Skipped>)> {
         let raw = read_raw(spec, setting, data_root, classes, labelled)?;
         let name = spec.name();
-        let mut x = Vec::new();
-        let mut labels = Vec::new();
         let mut skipped = Vec::new();
-        match raw.items {
-            Items::Grey { side, pixels, labels: l } => {
-                let plane = (side * side) as usize;
-                let n = l.len();
-                reporter.start(&format!("preparing {name}"), Some(n as u64));
-                for start in (0..n).step_by(CHUNK) {
-                    let end = (start + CHUNK).min(n);
-                    let rows: Vec<Vec<f32>> = (start..end)
-                        .into_par_iter()
-                        .map(|i| {
-                            let img = GrayImage::from_raw(side, side, pixels[i * plane..(i + 1) * plane].to_vec()).expect("sizes checked");
-                            self.input.grey_row(&img)
-                        })
-                        .collect();
-                    x.extend(self.rows(rows)?);
-                    reporter.progress(end as u64);
-                }
-                reporter.finish();
-                if labelled {
-                    labels = l;
+        let domain = match raw.items {
+            Items::Grey { side, pixels, labels } => {
+                let n = labels.len();
+                let labels = if labelled { labels } else { Vec::new() };
+                let grey = Domain {
+                    name: name.clone(),
+                    width: self.input.image_width(),
+                    labels,
+                    items: Arc::new((0..n).collect()),
+                    source: Arc::new(RowSource::Grey { side, pixels, input: self.input.clone() }),
+                };
+                match self.trunk {
+                    None => grey,
+                    Some(_) => self.through_trunk(&grey, &name, reporter)?,
                 }
             }
             Items::Files { samples, labelled: has_labels } => {
-                let n = samples.len();
-                reporter.start(&format!("preparing {name}"), Some(n as u64));
-                for chunk in samples.chunks(CHUNK) {
-                    let (rows, bad) = decode_with(chunk, &|_| {}, |img| self.input.rgb_row(&img));
-                    skipped.extend(bad);
-                    let good: Vec<(Vec<f32>, usize)> = rows.into_iter().zip(chunk).filter_map(|(r, s)| r.map(|r| (r, s.label))).collect();
-                    if has_labels && labelled {
-                        labels.extend(good.iter().map(|g| g.1));
-                    }
-                    x.extend(self.rows(good.into_iter().map(|g| g.0).collect())?);
-                    reporter.progress(x.len() as u64 / self.width().max(1) as u64);
-                }
+                reporter.start(&format!("reading {name}"), Some(samples.len() as u64));
+                let (hashes, bad) = index_images(&samples, &|done| reporter.progress(done as u64));
                 reporter.finish();
+                skipped.extend(bad);
+                let good: Vec<&Sample> = hashes.iter().zip(&samples).filter(|(h, _)| h.is_some()).map(|(_, s)| s).collect();
+                let labels = if has_labels && labelled { good.iter().map(|s| s.label).collect() } else { Vec::new() };
+                let files = Domain {
+                    name: name.clone(),
+                    width: self.input.image_width(),
+                    labels,
+                    items: Arc::new((0..good.len()).collect()),
+                    source: Arc::new(RowSource::Files { paths: good.iter().map(|s| s.path.clone()).collect(), input: self.input.clone() }),
+                };
+                match self.trunk {
+                    None => files,
+                    Some(_) => self.through_trunk(&files, &name, reporter)?,
+                }
             }
-        }
-        let domain = Domain { name: name.clone(), x, width: self.width(), labels };
+        };
         if domain.is_empty() {
             let path = match spec {
                 DomainSpec::Folder(p) => p.clone(),
@@ -370,6 +430,23 @@ impl<'a> Featurizer<'a> {
             return Err(GraftError::Data { path, reason: format!("no readable images (the {} domain)", crate::error::setting_name(setting)) });
         }
         Ok((domain, raw.classes, skipped))
+    }
+
+    /// The trunk's features of every image of `images` (preprocessed rows), a chunk at a time.
+    fn through_trunk(&self, images: &Domain, name: &str, reporter: &dyn Reporter) -> Result<Domain> {
+        let n = images.len();
+        let mut x = Vec::with_capacity(n * self.width());
+        reporter.start(&format!("preparing {name}"), Some(n as u64));
+        for start in (0..n).step_by(CHUNK) {
+            let end = (start + CHUNK).min(n);
+            let idx: Vec<usize> = (start..end).collect();
+            let w = images.width;
+            let rows = images.rows(&idx)?;
+            x.extend(self.rows(rows.chunks(w).map(<[f32]>::to_vec).collect())?);
+            reporter.progress(end as u64);
+        }
+        reporter.finish();
+        Ok(Domain::from_rows(name.to_string(), x, self.width(), images.labels.clone()))
     }
 }
 

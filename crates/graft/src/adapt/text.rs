@@ -49,7 +49,7 @@ impl AdaptedModel {
         let mut store = open_store(home, &self.info.backbone, encoder, StoreDtype::F32, reporter)?;
         let rows = embed_cached(encoder, texts, Some(&mut store), reporter, stats)?;
         let width = rows.first().map(Vec::len).unwrap_or(self.info.input_width);
-        Ok(Domain { name: setting.to_string(), x: rows.into_iter().flatten().collect(), width, labels: Vec::new() })
+        Ok(Domain::from_rows(setting.to_string(), rows.into_iter().flatten().collect(), width, Vec::new()))
     }
 
     /// Scores the kept model on a labelled text domain (a `text,label` CSV, a class folder of
@@ -62,7 +62,7 @@ impl AdaptedModel {
         let mut stats = EmbedStats::default();
         let mut domain = self.embed(setting, &data.texts, home, reporter, &mut stats)?;
         domain.labels = data.labels.clone();
-        let (_, predicted) = evaluate(&self.net, &domain, batch, device);
+        let (_, predicted) = evaluate(&self.net, &domain, batch, device)?;
         Ok((Evaluation::from_predictions(&self.info.classes, &domain.labels, &predicted), data.skipped, stats))
     }
 
@@ -72,7 +72,7 @@ impl AdaptedModel {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let x = Tensor::<2>::from_data(TensorData::new(domain.x, [texts.len(), domain.width]), device);
+        let x = Tensor::<2>::from_data(TensorData::new(domain.all_rows()?, [texts.len(), domain.width]), device);
         let p: Vec<f32> = softmax(self.net.logits(x), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
         Ok(p.chunks(self.info.classes.len()).map(<[f32]>::to_vec).collect())
     }
@@ -98,7 +98,7 @@ pub(crate) fn load_text_domains(config: &AdaptConfig, home: &Path, reporter: &dy
         let rows = embed_cached(&encoder, &data.texts, Some(&mut store), reporter, &mut stats)?;
         let width = rows.first().map(Vec::len).unwrap_or(0);
         let labels = if labelled { data.labels.clone() } else { Vec::new() };
-        Ok(Domain { name: name.to_string(), x: rows.into_iter().flatten().collect(), width, labels })
+        Ok(Domain::from_rows(name.to_string(), rows.into_iter().flatten().collect(), width, labels))
     };
     let source_all = embed(&config.source, &source, true)?;
     let target_domain = embed(&config.target, &target, false)?;

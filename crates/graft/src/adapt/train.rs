@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{AdaptConfig, AddaObjective, LambdaSchedule, LrSchedule, Method};
 use super::data::{Domain, DomainSpec, Featurizer, InputSpec};
-use super::losses::{self, gather_rows};
+use super::losses;
 use super::model::{AdaptNet, Discriminator, Trainable};
 use crate::data::augment::sample_rng;
 use crate::data::folder::{stratified_split, Sample, Skipped};
@@ -185,11 +185,11 @@ fn sgd(config: &AdaptConfig) -> ModuleOptimizer {
 use engine::param_ids;
 
 /// Predictions and mean cross-entropy of `net` (an inference copy) on a labelled domain.
-pub fn evaluate(net: &AdaptNet, domain: &Domain, batch: usize, device: &Device) -> (f64, Vec<usize>) {
+pub fn evaluate(net: &AdaptNet, domain: &Domain, batch: usize, device: &Device) -> Result<(f64, Vec<usize>)> {
     let all: Vec<usize> = (0..domain.len()).collect();
     let (mut loss, mut predicted) = (0f64, Vec::with_capacity(all.len()));
     for chunk in all.chunks(batch.max(1)) {
-        let logits = net.logits(gather_rows(&domain.x, domain.width, chunk, device));
+        let logits = net.logits(domain.tensor(chunk, device)?);
         if !domain.labels.is_empty() {
             let targets: Vec<usize> = chunk.iter().map(|&i| domain.labels[i]).collect();
             let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, device).into_scalar();
@@ -197,7 +197,7 @@ pub fn evaluate(net: &AdaptNet, domain: &Domain, batch: usize, device: &Device) 
         }
         predicted.extend(argmax(logits));
     }
-    (loss / domain.len().max(1) as f64, predicted)
+    Ok((loss / domain.len().max(1) as f64, predicted))
 }
 
 /// Everything a training phase needs besides the model.
@@ -305,12 +305,12 @@ impl Task for AdaptTask<'_> {
         let sums = &mut self.sums;
         let updates = match (self.source_net, &self.adda_ids) {
             (Some(source_net), Some((_, _, both_ids))) if !self.gan => {
-                let loss = ctx.adda_reversal_step(model, source_net, &s_idx, &t_idx, ramp, it.step, sums);
+                let loss = ctx.adda_reversal_step(model, source_net, &s_idx, &t_idx, ramp, it.step, sums)?;
                 let mut grads = loss.backward();
                 vec![(GradientsParams::from_params(&mut grads, model, both_ids), 1.0)]
             }
             (Some(source_net), Some((encoder_ids, disc_ids, _))) => {
-                let (loss_d, loss_e) = ctx.adda_step(model, source_net, &s_idx, &t_idx, self.lambda, it.step, sums);
+                let (loss_d, loss_e) = ctx.adda_step(model, source_net, &s_idx, &t_idx, self.lambda, it.step, sums)?;
                 let mut grads_d = loss_d.backward();
                 let grads_d = GradientsParams::from_params(&mut grads_d, model, disc_ids);
                 let mut grads_e = loss_e.backward();
@@ -320,7 +320,7 @@ impl Task for AdaptTask<'_> {
                 vec![(grads_d, 1.0), (grads_e, 1.0)]
             }
             _ => {
-                let loss = ctx.step(model, self.method, &s_idx, &t_idx, self.lambda, it.step, sums);
+                let loss = ctx.step(model, self.method, &s_idx, &t_idx, self.lambda, it.step, sums)?;
                 vec![(GradientsParams::from_grads(loss.backward(), model), 1.0)]
             }
         };
@@ -332,11 +332,13 @@ impl Task for AdaptTask<'_> {
 
     fn end_epoch(&mut self, model: &Trainable, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
         let ctx = self.ctx;
-        let validation = (!ctx.val.is_empty()).then(|| {
-            let (loss, predicted) = evaluate(&model.net, ctx.val, 500, ctx.device);
+        let validation = if ctx.val.is_empty() {
+            None
+        } else {
+            let (loss, predicted) = evaluate(&model.net, ctx.val, 500, ctx.device)?;
             let eval = Evaluation::from_predictions(ctx.classes, &ctx.val.labels, &predicted);
-            Validation { loss, accuracy: eval.accuracy, confusion: eval.confusion }
-        });
+            Some(Validation { loss, accuracy: eval.accuracy, confusion: eval.confusion })
+        };
         let sums = &self.sums;
         let n = sums.steps.max(1) as f64;
         let metrics = AdaptEpoch {
@@ -394,39 +396,39 @@ impl Ctx<'_> {
     /// The rows of `idx` in `domain` for a training step, each image transformed by
     /// `augment` (LeNet's grey 28×28 rows; seeded by the run seed, the run's iteration
     /// `step`, the domain and the position in the batch, so a resumed run draws the same).
-    fn training_batch(&self, domain: &Domain, idx: &[usize], step: usize, domain_index: u64, device: &Device) -> Tensor<2> {
+    fn training_batch(&self, domain: &Domain, idx: &[usize], step: usize, domain_index: u64, device: &Device) -> Result<Tensor<2>> {
         let augment = &self.config.augment;
         if augment.is_identity() {
-            return gather_rows(&domain.x, domain.width, idx, device);
+            return domain.tensor(idx, device);
         }
         // `validate` allows augmentation with LeNet only, whose rows are grey images.
         let input = InputSpec::lenet();
+        let rows = domain.rows(idx)?;
         let mut data = Vec::with_capacity(idx.len() * domain.width);
-        for (k, &i) in idx.iter().enumerate() {
-            let row = &domain.x[i * domain.width..(i + 1) * domain.width];
+        for (k, row) in rows.chunks(domain.width).enumerate() {
             let grey = input.grey_image(row).expect("LeNet input is grey");
             let img = image::DynamicImage::ImageLuma8(grey).to_rgb8();
             let mut rng = sample_rng(self.config.seed, step as u64 * 2 + domain_index, k as u64);
             data.extend(input.rgb_row(&augment.apply(&img, &mut rng)));
         }
-        Tensor::from_data(TensorData::new(data, [idx.len(), domain.width]), device)
+        Ok(Tensor::from_data(TensorData::new(data, [idx.len(), domain.width]), device))
     }
 
     /// One iteration's loss; adds its figures to `sums`.
     #[allow(clippy::too_many_arguments)]
-    fn step(&self, model: &Trainable, method: Method, s_idx: &[usize], t_idx: &[usize], lambda: f64, step: usize, sums: &mut Sums) -> Tensor<1> {
+    fn step(&self, model: &Trainable, method: Method, s_idx: &[usize], t_idx: &[usize], lambda: f64, step: usize, sums: &mut Sums) -> Result<Tensor<1>> {
         let dev = &self.train_device;
-        let xs = self.training_batch(self.source, s_idx, step, 0, dev);
+        let xs = self.training_batch(self.source, s_idx, step, 0, dev)?;
         let ys: Vec<usize> = s_idx.iter().map(|&i| self.source.labels[i]).collect();
         let ns = s_idx.len();
         sums.steps += 1;
 
         if method == Method::SourceOnly {
             let logits = model.net.logits(xs);
-            return self.classification(logits, &ys, sums);
+            return Ok(self.classification(logits, &ys, sums));
         }
 
-        let xt = self.training_batch(self.target, t_idx, step, 1, dev);
+        let xt = self.training_batch(self.target, t_idx, step, 1, dev)?;
         let (f, logits) = model.net.forward(Tensor::cat(vec![xs, xt], 0));
         let (f_s, f_t) = split_rows(f.clone(), ns);
         let (logits_s, logits_t) = split_rows(logits.clone(), ns);
@@ -461,18 +463,18 @@ impl Ctx<'_> {
         };
         let t: f32 = transfer.clone().into_scalar();
         sums.transfer += t as f64;
-        cls + transfer
+        Ok(cls + transfer)
     }
 
     /// ADDA's features of one iteration: the frozen source encoder's (a constant) and the target
     /// encoder's (tracked).
-    fn adda_features(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], step: usize, sums: &mut Sums) -> (Tensor<2>, Tensor<2>) {
+    fn adda_features(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], step: usize, sums: &mut Sums) -> Result<(Tensor<2>, Tensor<2>)> {
         let dev = &self.train_device;
         sums.steps += 1;
-        let xs = self.training_batch(self.source, s_idx, step, 0, self.device);
+        let xs = self.training_batch(self.source, s_idx, step, 0, self.device)?;
         let f_s = Tensor::<2>::from_data(source_net.features(xs).into_data(), dev);
-        let f_t = model.net.features(self.training_batch(self.target, t_idx, step, 1, dev));
-        (f_s, f_t)
+        let f_t = model.net.features(self.training_batch(self.target, t_idx, step, 1, dev)?);
+        Ok((f_s, f_t))
     }
 
     /// ADDA's adversarial iteration (the original paper's GAN objective with inverted labels):
@@ -480,9 +482,9 @@ impl Ctx<'_> {
     /// learns to make the discriminator call its features source (weight `lambda`). Both see
     /// the joint batch, so the discriminator's BatchNorm always normalises source and target
     /// together. Returns (discriminator loss, encoder loss).
-    fn adda_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], lambda: f64, step: usize, sums: &mut Sums) -> (Tensor<1>, Tensor<1>) {
+    fn adda_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], lambda: f64, step: usize, sums: &mut Sums) -> Result<(Tensor<1>, Tensor<1>)> {
         let ns = s_idx.len();
-        let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, step, sums);
+        let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, step, sums)?;
         let disc = model.disc.as_ref().expect("ADDA has a discriminator");
         let z = disc.forward(Tensor::cat(vec![f_s.clone(), f_t.clone().detach()], 0));
         let (z_s, z_t) = split_rows(z, ns);
@@ -495,16 +497,16 @@ impl Ctx<'_> {
         let e: f32 = loss_e.clone().into_scalar();
         sums.transfer += d as f64;
         sums.cls += e as f64;
-        (loss_d, loss_e)
+        Ok((loss_d, loss_e))
     }
 
     /// ADDA's adversarial iteration with the reversal objective (TLlib's): one domain loss on the
     /// frozen source encoder's features and the target encoder's, through gradient reversal
     /// (coefficient `ADDA_REVERSAL_MAX` times the λ schedule's `ramp`), so that one step trains
     /// the discriminator to tell the domains apart and the target encoder to confuse it.
-    fn adda_reversal_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], ramp: f64, step: usize, sums: &mut Sums) -> Tensor<1> {
+    fn adda_reversal_step(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], ramp: f64, step: usize, sums: &mut Sums) -> Result<Tensor<1>> {
         let ns = s_idx.len();
-        let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, step, sums);
+        let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, step, sums)?;
         let coeff = ADDA_REVERSAL_MAX * ramp;
         let disc = model.disc.as_ref().expect("ADDA has a discriminator");
         let z = disc.forward(losses::reverse_gradient(Tensor::cat(vec![f_s, f_t], 0), coeff));
@@ -513,7 +515,7 @@ impl Ctx<'_> {
         let loss = losses::domain_adversarial(z_s, z_t).mul_scalar(self.config.lambda());
         let l: f32 = loss.clone().into_scalar();
         sums.transfer += l as f64;
-        loss
+        Ok(loss)
     }
 
     fn classification(&self, logits: Tensor<2>, ys: &[usize], sums: &mut Sums) -> Tensor<1> {
@@ -743,18 +745,21 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     let eval_net = final_net.valid();
     // ADDA's kept model is the adversarial phase's last epoch: its source accuracy is measured
     // here (the other methods kept their best source validation epoch).
-    let source_val_accuracy = (!val.is_empty()).then(|| {
-        if config.method == Method::Adda {
-            let (_, predicted) = evaluate(&eval_net, &val, 500, device);
-            Evaluation::from_predictions(&classes, &val.labels, &predicted).accuracy
-        } else {
-            state.best_val_accuracy
+    let source_val_accuracy = if val.is_empty() {
+        None
+    } else if config.method == Method::Adda {
+        let (_, predicted) = evaluate(&eval_net, &val, 500, device)?;
+        Some(Evaluation::from_predictions(&classes, &val.labels, &predicted).accuracy)
+    } else {
+        Some(state.best_val_accuracy)
+    };
+    let target_eval = match test.as_ref() {
+        Some(t) => {
+            let (_, predicted) = evaluate(&eval_net, t, 500, device)?;
+            Some(Evaluation::from_predictions(&classes, &t.labels, &predicted))
         }
-    });
-    let target_eval = test.as_ref().map(|t| {
-        let (_, predicted) = evaluate(&eval_net, t, 500, device);
-        Evaluation::from_predictions(&classes, &t.labels, &predicted)
-    });
+        None => None,
+    };
     let summary = AdaptSummary {
         run: run.to_path_buf(),
         method: config.method,
@@ -831,7 +836,7 @@ impl AdaptedModel {
         self.expect_images(flag)?;
         let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), device);
         let (domain, _, skipped) = featurizer.load(spec, flag, data_root, Some(&self.info.classes), true, reporter)?;
-        let (_, predicted) = evaluate(&self.net, &domain, batch, device);
+        let (_, predicted) = evaluate(&self.net, &domain, batch, device)?;
         Ok((Evaluation::from_predictions(&self.info.classes, &domain.labels, &predicted), skipped))
     }
 

@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -95,13 +96,26 @@ impl Shard {
         HEADER + self.count * ENTRY
     }
 
-    fn read(&self, row: usize) -> Vec<f32> {
+    /// Appends the features of `row` to `out`.
+    fn read_into(&self, row: usize, out: &mut Vec<f32>) {
         let size = self.dtype.size();
         let start = self.data_offset() + row * self.dim * size;
         let bytes = &self.map[start..start + self.dim * size];
         match self.dtype {
-            StoreDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            StoreDtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+            StoreDtype::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+            StoreDtype::F16 => out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
+        }
+    }
+
+    /// Drops the mapped pages from this process's resident set; they stay in the page cache
+    /// and are mapped again on the next read. Without this, reading a store of 60,000 images
+    /// every epoch would keep all of it resident (counted in the process's RSS).
+    fn release(&self) {
+        #[cfg(unix)]
+        // SAFETY: a read-only shared mapping of a file that is never modified in place
+        // (shards are written whole and renamed): dropped pages read back the same bytes.
+        unsafe {
+            let _ = self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed);
         }
     }
 }
@@ -117,7 +131,12 @@ pub struct FeatureStore {
     dim: Option<usize>,
     /// Shards found damaged on open (path and reason); they were removed.
     pub repaired: Vec<(PathBuf, String)>,
+    /// Bytes read through the maps since their pages were last released.
+    touched: AtomicUsize,
 }
+
+/// Mapped pages are released after this many bytes were read (bounds the resident set).
+const RELEASE_BYTES: usize = 32 << 20;
 
 /// Pending features are written as a shard once they pass this size, keeping memory flat.
 const FLUSH_BYTES: usize = 64 << 20;
@@ -149,6 +168,7 @@ impl FeatureStore {
             pending_bytes: 0,
             dim: None,
             repaired: Vec::new(),
+            touched: AtomicUsize::new(0),
         };
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|e| GraftError::io(&dir, e))?
@@ -197,7 +217,8 @@ impl FeatureStore {
             return Err(format!("truncated or padded: {} bytes, header says {expected}", map.len()));
         }
         let body = &map[..map.len() - 4];
-        if crc32fast::hash(body) != u32_at(map.len() - 4) {
+        let crc_ok = crc32fast::hash(body) == u32_at(map.len() - 4);
+        if !crc_ok {
             return Err("checksum mismatch (corrupted)".into());
         }
         if let Some(d) = self.dim {
@@ -213,7 +234,10 @@ impl FeatureStore {
             hash.copy_from_slice(&map[o..o + 32]);
             self.index.insert((hash, u32_at(o + 32)), (shard_index, row));
         }
-        self.shards.push(Shard { path: path.to_path_buf(), map, dim, dtype, count });
+        let shard = Shard { path: path.to_path_buf(), map, dim, dtype, count };
+        // The checksum read every page: let them go (see `Shard::release`).
+        shard.release();
+        self.shards.push(shard);
         Ok(())
     }
 
@@ -227,10 +251,36 @@ impl FeatureStore {
 
     /// Stored features of `key`, if present.
     pub fn get(&self, key: &Key) -> Option<Vec<f32>> {
+        let mut out = Vec::new();
+        self.read_into(key, &mut out).then_some(out)
+    }
+
+    /// Appends the stored features of `key` to `out`; false (and `out` unchanged) if absent.
+    /// Reads go through the memory maps, whose pages are released every [`RELEASE_BYTES`]:
+    /// the process never holds more than that of the store, however large it is.
+    pub fn read_into(&self, key: &Key, out: &mut Vec<f32>) -> bool {
         if let Some(&(s, row)) = self.index.get(key) {
-            return Some(self.shards[s].read(row));
+            let shard = &self.shards[s];
+            shard.read_into(row, out);
+            let bytes = shard.dim * shard.dtype.size();
+            if self.touched.fetch_add(bytes, Ordering::Relaxed) + bytes >= RELEASE_BYTES {
+                self.touched.store(0, Ordering::Relaxed);
+                self.shards.iter().for_each(Shard::release);
+            }
+            return true;
         }
-        self.pending.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        match self.pending.iter().find(|(k, _)| k == key) {
+            Some((_, v)) => {
+                out.extend_from_slice(v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Width of the stored features (`None` while the store is empty).
+    pub fn dim(&self) -> Option<usize> {
+        self.dim
     }
 
     pub fn contains(&self, key: &Key) -> bool {

@@ -297,7 +297,7 @@ pub fn stratified_split(
 }
 
 /// The reason of a decoding error, without the path (the [`Skipped`] entry has it).
-fn reason_of(e: GraftError) -> String {
+pub(crate) fn reason_of(e: GraftError) -> String {
     match e {
         GraftError::Image { reason, .. } | GraftError::Data { reason, .. } => reason,
         GraftError::Io { source, .. } => source.to_string(),

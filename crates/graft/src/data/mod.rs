@@ -6,4 +6,5 @@ pub mod fetch;
 pub mod folder;
 pub mod idx;
 pub mod image;
+pub mod stream;
 pub mod usps;

@@ -7,12 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::{Module, ParamGroup, ParamId};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{Device, Tensor, TensorData};
-use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
@@ -24,11 +24,12 @@ use super::model::{frozen_prefix, Grafted, Head, HeadSpec};
 use crate::classic::{Classic, ClassicKind};
 use super::run::{Evaluation, RunInfo};
 use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
-use crate::cache::store::content_hash;
+use crate::cache::store::Key;
 use crate::cache::{FeatureStore, Namespace};
-use crate::data::augment::sample_rng;
+use crate::data::augment::{sample_rng, Augment};
 use rand::RngCore;
-use crate::data::folder::{decode_with, stratified_split, ImageFolder, Sample, Skipped};
+use crate::data::folder::{stratified_split, ImageFolder, Sample, Skipped};
+use crate::data::stream::{index_images, ImageSource, Item, Prefetch};
 use crate::data::image::Preprocess;
 use crate::fsutil::write_atomic;
 use crate::report::{plot, Reporter};
@@ -126,12 +127,24 @@ pub struct FitSummary {
     pub best_val_loss: Option<f64>,
 }
 
-/// Images decoded once, cropped and resized to the model's input size.
+/// The readable images of a split, as an index: paths, labels and content hashes. Pixels are
+/// decoded batch by batch when needed ([`ImageSource::stream`]), never held all at once.
 struct Split {
-    images: Vec<RgbImage>,
+    paths: Arc<Vec<PathBuf>>,
     labels: Vec<usize>,
     /// sha256 of each image file: its key in the feature store.
     hashes: Vec<[u8; 32]>,
+}
+
+impl Split {
+    fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// The split's images through `preprocess` (and `augment` where an item asks for a view).
+    fn source(&self, preprocess: &Preprocess, augment: &Augment) -> ImageSource {
+        ImageSource { paths: self.paths.clone(), preprocess: preprocess.clone(), augment: augment.clone() }
+    }
 }
 
 /// The TensorBoard scalars of an epoch of `fit`.
@@ -175,6 +188,10 @@ struct FitTask<'a> {
     train_device: Device,
     /// This epoch's shuffled image order.
     order: Vec<usize>,
+    /// This epoch's batches of pixels, decoded ahead on worker threads (when the trunk runs).
+    loader: Option<Prefetch<Result<Vec<f32>>>>,
+    /// The iteration of the loader's first batch.
+    loader_base: usize,
     /// The frozen prefix, prepared for inference once per epoch (not per batch), when it runs.
     prefix: Option<(Grafted, InferenceTrunk)>,
     /// (loss sum, correct, seen) over the epoch.
@@ -183,16 +200,38 @@ struct FitTask<'a> {
     trunk_images: u64,
 }
 
+impl FitTask<'_> {
+    /// The pixels of iteration `it`'s batch, from the epoch's prefetching loader (started at
+    /// the first batch the epoch needs, so a resumed or restarted epoch streams from there).
+    fn next_images(&mut self, it: &Iteration, device: &Device) -> Result<Tensor<4>> {
+        let bs = self.config.batch_size;
+        let in_step = self.loader.as_ref().is_some_and(|l| self.loader_base + l.position() == it.index);
+        if !in_step {
+            let (seed, epoch, augmenting) = (self.config.seed, it.epoch as u64, !self.config.augment.is_identity());
+            let jobs: Vec<Vec<Item>> = self.order[it.index * bs..]
+                .chunks(bs)
+                .map(|batch| batch.iter().map(|&i| (i, augmenting.then_some((seed, epoch, i as u64)))).collect())
+                .collect();
+            self.loader = Some(self.train.source(self.preprocess, &self.config.augment).stream(jobs));
+            self.loader_base = it.index;
+        }
+        let loader = self.loader.as_mut().expect("started above");
+        let pixels = loader.next().ok_or_else(|| GraftError::Data { path: self.config.data.clone(), reason: "the image loader stopped".into() })??;
+        Ok(pixels_tensor(pixels, self.preprocess.size, device))
+    }
+}
+
 impl Task for FitTask<'_> {
     type Model = Grafted;
 
     fn iterations(&self) -> usize {
-        self.train.images.len().div_ceil(self.config.batch_size)
+        self.train.len().div_ceil(self.config.batch_size)
     }
 
     fn begin_epoch(&mut self, model: &Grafted, epoch: usize) -> Result<()> {
-        self.order = engine::epoch_order(self.train.images.len(), self.config.seed, epoch);
+        self.order = engine::epoch_order(self.train.len(), self.config.seed, epoch);
         self.sums = (0.0, 0, 0);
+        self.loader = None;
         self.prefix = if self.train_cache.is_some() || self.cut == 0 {
             None
         } else {
@@ -212,6 +251,15 @@ impl Task for FitTask<'_> {
         let bs = config.batch_size;
         let batch: Vec<usize> = self.order[it.index * bs..((it.index + 1) * bs).min(self.order.len())].to_vec();
         let targets: Vec<usize> = batch.iter().map(|&i| self.train.labels[i]).collect();
+        // Pixels when the trunk runs: on the inference device for a frozen prefix, else for training.
+        let images = match (&self.train_cache, &self.prefix) {
+            (Some(_), _) => None,
+            (None, Some(_)) => Some(self.next_images(it, &self.device.clone())?),
+            (None, None) => {
+                let device = self.train_device.clone();
+                Some(self.next_images(it, &device)?)
+            }
+        };
         let input: Tensor<2> = match (&self.train_cache, &self.prefix) {
             (Some(cache), _) => {
                 // One of the image's stored views per epoch, seeded.
@@ -219,10 +267,10 @@ impl Task for FitTask<'_> {
                     .iter()
                     .map(|&i| i * views + if views > 1 { (sample_rng(config.seed, epoch as u64, i as u64).next_u64() % views as u64) as usize } else { 0 })
                     .collect();
-                rows_tensor(cache, &rows, &self.train_device)
+                cache.tensor(&rows, &self.train_device)?
             }
             (None, Some((prefix, frozen))) => {
-                let x = image_batch(self.train, &batch, self.preprocess, config, epoch, self.device);
+                let x = images.expect("decoded above");
                 self.trunk_images += batch.len() as u64;
                 let a = prefix.activations(frozen, x, self.cut);
                 self.act_shape = map_shape(prefix, self.cut, self.resolution);
@@ -230,7 +278,7 @@ impl Task for FitTask<'_> {
             }
             (None, None) => {
                 self.trunk_images += batch.len() as u64;
-                image_batch(self.train, &batch, self.preprocess, config, epoch, &self.train_device).flatten(1, 3)
+                images.expect("decoded above").flatten(1, 3)
             }
         };
         let logits = if self.cut == 0 {
@@ -260,10 +308,10 @@ impl Task for FitTask<'_> {
             None
         } else {
             let (loss, predicted) = match &self.val_cache {
-                Some(cache) => evaluate_cached(model, cache, &val.labels, self.cut, self.act_shape, config.batch_size, self.views, self.device),
+                Some(cache) => evaluate_cached(model, cache, &val.labels, self.cut, self.act_shape, config.batch_size, self.views, self.device)?,
                 None => {
-                    self.trunk_images += val.images.len() as u64;
-                    evaluate_images(model, val, self.preprocess, config.batch_size, self.device)
+                    self.trunk_images += val.len() as u64;
+                    evaluate_images(model, val, self.preprocess, config.batch_size, self.device)?
                 }
             };
             let eval = Evaluation::from_predictions(self.classes, &val.labels, &predicted);
@@ -343,15 +391,15 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         }
     };
     let mut skipped = Vec::new();
-    let train = decode_split(&train_samples, &preprocess, "decoding training images", reporter, &mut skipped);
-    let val = decode_split(&val_samples, &preprocess, "decoding validation images", reporter, &mut skipped);
+    let train = index_split(&train_samples, "reading training images", reporter, &mut skipped);
+    let val = index_split(&val_samples, "reading validation images", reporter, &mut skipped);
     for s in &skipped {
         reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
     }
-    if train.images.is_empty() {
+    if train.len() == 0 {
         return Err(GraftError::Data { path: config.data.clone(), reason: "no readable training images".into() });
     }
-    if val.images.is_empty() && !val_samples.is_empty() {
+    if val.len() == 0 && !val_samples.is_empty() {
         return Err(GraftError::Data { path: config.val.clone().unwrap_or(config.data.clone()), reason: "no readable validation images".into() });
     }
     let data = DataSummary::new(classes.len(), &train.labels, &val.labels, skipped.len());
@@ -404,7 +452,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         config.stages.iter().map(|s| Ok((s.freeze(blocks)?, s.epochs, s.lr.map(|lr| lr / config.lr).unwrap_or(1.0)))).collect::<Result<_>>()?
     };
     let total_epochs: usize = stages.iter().map(|s| s.1).sum();
-    let steps_per_epoch = train.images.len().div_ceil(config.batch_size);
+    let steps_per_epoch = train.len().div_ceil(config.batch_size);
     let plan = LrPlan {
         base_lr: config.lr,
         schedule: config.schedule.clone(),
@@ -476,6 +524,8 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             let (t, shape) = fill(&train, "caching frozen-trunk activations")?;
             let (v, _) = fill(&val, "caching validation activations")?;
             trunk_images += stats.misses - misses_before;
+            let store = store.map(Arc::new);
+            let (t, v) = (Cache::new(t, store.as_ref(), train.len() * views), Cache::new(v, store.as_ref(), val.len() * views));
             (Some(t), Some(v), shape)
         } else {
             (None, None, [0; 3])
@@ -506,6 +556,8 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             device,
             train_device: train_device.clone(),
             order: Vec::new(),
+            loader: None,
+            loader_base: 0,
             prefix: None,
             sums: (0.0, 0, 0),
             trunk_images: 0,
@@ -579,38 +631,29 @@ pub(crate) fn write_plots(run: &Path, metrics: &[EpochMetrics], classes: &[Strin
     Ok(())
 }
 
-fn decode_split(samples: &[Sample], preprocess: &Preprocess, task: &str, reporter: &dyn Reporter, skipped: &mut Vec<Skipped>) -> Split {
+/// Indexes a split: every file is read once (hash, and a decode to find unreadable ones, which
+/// are skipped and listed); no pixels are kept.
+fn index_split(samples: &[Sample], task: &str, reporter: &dyn Reporter, skipped: &mut Vec<Skipped>) -> Split {
     reporter.start(task, Some(samples.len() as u64));
-    let (images, bad) = decode_with(samples, &|done| reporter.progress(done as u64), |img| preprocess.crop_resize(&img));
+    let (hashes, bad) = index_images(samples, &|done| reporter.progress(done as u64));
     reporter.finish();
     skipped.extend(bad);
-    let mut split = Split { images: Vec::new(), labels: Vec::new(), hashes: Vec::new() };
-    for (img, s) in images.into_iter().zip(samples) {
-        if let Some(img) = img {
-            // Decoded fine, so the file is readable; a racing deletion just gets a zero key.
-            split.hashes.push(content_hash(&s.path).unwrap_or([0; 32]));
-            split.images.push(img);
-            split.labels.push(s.label);
+    let (mut paths, mut labels, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+    for (hash, s) in hashes.into_iter().zip(samples) {
+        if let Some(hash) = hash {
+            paths.push(s.path.clone());
+            labels.push(s.label);
+            keys.push(hash);
         }
     }
-    split
+    Split { paths: Arc::new(paths), labels, hashes: keys }
 }
 
-/// A batch of normalised images, augmented when configured (seeded per run, epoch and sample).
-fn image_batch(split: &Split, batch: &[usize], preprocess: &Preprocess, config: &FitConfig, epoch: usize, device: &Device) -> Tensor<4> {
-    use rayon::prelude::*;
-    let pixels: Vec<Vec<f32>> = batch
-        .par_iter()
-        .map(|&i| {
-            if config.augment.is_identity() {
-                preprocess.normalize(&split.images[i])
-            } else {
-                let mut rng = sample_rng(config.seed, epoch as u64, i as u64);
-                preprocess.normalize(&config.augment.apply(&split.images[i], &mut rng))
-            }
-        })
-        .collect();
-    crate::data::image::batch(&pixels, preprocess.size, device)
+/// Normalised CHW pixels of `n` images as a `[n, 3, size, size]` tensor.
+fn pixels_tensor(pixels: Vec<f32>, size: u32, device: &Device) -> Tensor<4> {
+    let s = size as usize;
+    let n = pixels.len() / (3 * s * s);
+    Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), device)
 }
 
 /// Per-sample shape of the activation map at `cut` (ignored after the last stage).
@@ -625,7 +668,9 @@ fn map_shape(model: &Grafted, cut: usize, resolution: usize) -> [usize; 3] {
 }
 
 /// The frozen prefix's activations for every image (× `views`), row `image·views + view`:
-/// read from the feature store when present there, computed (and stored) otherwise.
+/// read from the feature store when present there, computed (and stored) otherwise; with a
+/// store, the rows stay on disk (read per batch through its memory maps), without one (a trunk
+/// without a weights identity, or `--cache off` for a classic head) they are kept in memory.
 /// View 0 is the plain image; views 1.. are augmentations seeded by the image's content hash,
 /// so the same file gets the same views in every run. Validation only ever reads view 0, but
 /// its rows are laid out the same way for simplicity.
@@ -642,58 +687,63 @@ fn activations(
     reporter: &dyn Reporter,
     task: &str,
     stats: &mut CacheStats,
-) -> Result<(Cache, [usize; 3])> {
+) -> Result<(Filled, [usize; 3])> {
     let resolution = preprocess.size as usize;
     let shape = map_shape(prefix, cut, resolution);
-    let n = split.images.len() * views;
-    let mut rows: Vec<Option<Vec<f32>>> = vec![None; n];
-    let mut missing = Vec::new();
-    for (row, slot) in rows.iter_mut().enumerate() {
-        let key = (split.hashes[row / views], (row % views) as u32);
-        match store.as_ref().and_then(|s| s.get(&key)) {
-            Some(features) => {
-                *slot = Some(features);
-                stats.hits += 1;
-            }
-            None => missing.push(row),
-        }
-    }
+    let n = split.len() * views;
+    let key = |row: usize| (split.hashes[row / views], (row % views) as u32);
+    let missing: Vec<usize> = match store.as_deref() {
+        Some(s) => (0..n).filter(|&row| !s.contains(&key(row))).collect(),
+        None => (0..n).collect(),
+    };
+    stats.hits += (n - missing.len()) as u64;
     let frozen = prefix.trunk.for_inference();
+    let jobs: Vec<Vec<Item>> = missing
+        .chunks(config.batch_size)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&row| {
+                    let (image, view) = (row / views, row % views);
+                    let seed = u64::from_le_bytes(split.hashes[image][..8].try_into().expect("8 bytes"));
+                    (image, (view > 0).then_some((config.seed ^ seed, view as u64, 0)))
+                })
+                .collect()
+        })
+        .collect();
+    let mut loader = split.source(preprocess, &config.augment).stream(jobs);
+    let mut memory = Vec::new();
     reporter.start(task, Some(missing.len() as u64));
     for (done, chunk) in missing.chunks(config.batch_size).enumerate() {
-        let pixels: Vec<Vec<f32>> = chunk
-            .iter()
-            .map(|&row| {
-                let (image, view) = (row / views, row % views);
-                if view == 0 {
-                    preprocess.normalize(&split.images[image])
-                } else {
-                    let seed = u64::from_le_bytes(split.hashes[image][..8].try_into().expect("8 bytes"));
-                    let mut rng = sample_rng(config.seed ^ seed, view as u64, 0);
-                    preprocess.normalize(&config.augment.apply(&split.images[image], &mut rng))
-                }
-            })
-            .collect();
-        let x = crate::data::image::batch(&pixels, preprocess.size, device);
+        let pixels = loader.next().ok_or_else(|| GraftError::Data { path: config.data.clone(), reason: "the image loader stopped".into() })??;
+        let x = pixels_tensor(pixels, preprocess.size, device);
         let a: Vec<f32> = prefix.activations(&frozen, x, cut).into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: PathBuf::new(), reason: format!("{e:?}") })?;
         let width = a.len() / chunk.len();
-        for (k, &row) in chunk.iter().enumerate() {
-            let features = a[k * width..(k + 1) * width].to_vec();
-            if let Some(store) = store.as_mut() {
-                store.put((split.hashes[row / views], (row % views) as u32), features.clone())?;
+        match store.as_mut() {
+            Some(store) => {
+                for (k, &row) in chunk.iter().enumerate() {
+                    store.put(key(row), a[k * width..(k + 1) * width].to_vec())?;
+                }
             }
-            rows[row] = Some(features);
+            None => memory.extend(a),
         }
         stats.misses += chunk.len() as u64;
         reporter.progress(((done + 1) * config.batch_size).min(missing.len()) as u64);
     }
     reporter.finish();
-    if let Some(store) = store {
-        store.flush()?;
-    }
-    let width = rows.first().and_then(|r| r.as_ref()).map(|r| r.len()).unwrap_or(0);
-    let data = rows.into_iter().flat_map(|r| r.unwrap_or_default()).collect();
-    Ok((Cache { data, width }, shape))
+    Ok(match store {
+        Some(store) => {
+            store.flush()?;
+            (Filled::Stored((0..n).map(key).collect()), shape)
+        }
+        None => (Filled::Memory(memory), shape),
+    })
+}
+
+/// Activations as [`activations`] left them: keys into the store, or the rows themselves.
+enum Filled {
+    Stored(Vec<Key>),
+    Memory(Vec<f32>),
 }
 
 /// The feature-store namespace for these activations; `None` (memory only) for a trunk without
@@ -746,11 +796,19 @@ fn fit_classic(
     let mut store = open_store(home, &info.model, info.weights_sha256.as_deref(), &crate::zoo::backbone::pooled_cut(config.head_pool), &info.preprocess, "none", config, reporter)?;
     let (train_rows, _) = activations(&prefix, train, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching frozen-trunk activations", &mut stats)?;
     let (val_rows, _) = activations(&prefix, val, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching validation activations", &mut stats)?;
+    // A classic head fits on the whole matrix at once: the one place the rows are all in memory.
+    let store = store.map(Arc::new);
+    let all = |filled: Filled, n: usize| -> Result<(Vec<f32>, usize)> {
+        let cache = Cache::new(filled, store.as_ref(), n);
+        Ok((cache.gather(&(0..n).collect::<Vec<_>>())?, cache.width))
+    };
+    let (train_rows, width) = all(train_rows, train.len())?;
+    let (val_rows, _) = all(val_rows, val.len())?;
     let classes = info.classes.len();
-    let head = Classic::fit_reporting(kind.clone(), &train_rows.data, &train.labels, train_rows.width, classes, config.seed, reporter)?;
+    let head = Classic::fit_reporting(kind.clone(), &train_rows, &train.labels, width, classes, config.seed, reporter)?;
     head.report_penalty(reporter);
-    let score = |rows: &Cache, labels: &[usize]| -> (f64, f64, Evaluation) {
-        let probs = head.predict_proba(&rows.data);
+    let score = |rows: &[f32], labels: &[usize]| -> (f64, f64, Evaluation) {
+        let probs = head.predict_proba(rows);
         let loss = probs.iter().zip(labels).map(|(p, &l)| -(p[l].max(1e-12) as f64).ln()).sum::<f64>() / labels.len().max(1) as f64;
         let eval = Evaluation::from_predictions(&info.classes, labels, &super::run::top1(&probs));
         (loss, eval.accuracy, eval)
@@ -795,49 +853,79 @@ fn fit_classic(
     Ok(summary)
 }
 
-/// Activations kept in memory, one row per image.
+/// The frozen prefix's activations of a split, one row per image view: in the feature store
+/// (read per batch, never copied whole) or, without a store, in memory.
 struct Cache {
-    data: Vec<f32>,
+    rows: CacheRows,
     width: usize,
 }
 
-fn rows_tensor(cache: &Cache, rows: &[usize], device: &Device) -> Tensor<2> {
-    let mut data = Vec::with_capacity(rows.len() * cache.width);
-    for &r in rows {
-        data.extend_from_slice(&cache.data[r * cache.width..(r + 1) * cache.width]);
+enum CacheRows {
+    Stored { store: Arc<FeatureStore>, keys: Vec<Key> },
+    Memory(Vec<f32>),
+}
+
+impl Cache {
+    fn new(filled: Filled, store: Option<&Arc<FeatureStore>>, rows: usize) -> Cache {
+        match (filled, store) {
+            (Filled::Stored(keys), Some(store)) => Cache { width: store.dim().unwrap_or(0), rows: CacheRows::Stored { store: store.clone(), keys } },
+            (Filled::Memory(data), _) => Cache { width: data.len() / rows.max(1), rows: CacheRows::Memory(data) },
+            (Filled::Stored(_), None) => unreachable!("stored rows come with their store"),
+        }
     }
-    Tensor::from_data(TensorData::new(data, [rows.len(), cache.width]), device)
+
+    /// Rows `rows`, concatenated.
+    fn gather(&self, rows: &[usize]) -> Result<Vec<f32>> {
+        let mut data = Vec::with_capacity(rows.len() * self.width);
+        match &self.rows {
+            CacheRows::Memory(all) => rows.iter().for_each(|&r| data.extend_from_slice(&all[r * self.width..(r + 1) * self.width])),
+            CacheRows::Stored { store, keys } => {
+                for &r in rows {
+                    if !store.read_into(&keys[r], &mut data) {
+                        return Err(GraftError::Data { path: store.dir.clone(), reason: "an activation written this run is missing from the feature cache".into() });
+                    }
+                }
+            }
+        }
+        Ok(data)
+    }
+
+    fn tensor(&self, rows: &[usize], device: &Device) -> Result<Tensor<2>> {
+        Ok(Tensor::from_data(TensorData::new(self.gather(rows)?, [rows.len(), self.width]), device))
+    }
 }
 
 /// Validation from cached activations (view 0 of each image: the validation views are never
 /// augmented, see `activations`).
 #[allow(clippy::too_many_arguments)]
-fn evaluate_cached(model: &Grafted, cache: &Cache, labels: &[usize], cut: usize, shape: [usize; 3], batch: usize, views: usize, device: &Device) -> (f64, Vec<usize>) {
+fn evaluate_cached(model: &Grafted, cache: &Cache, labels: &[usize], cut: usize, shape: [usize; 3], batch: usize, views: usize, device: &Device) -> Result<(f64, Vec<usize>)> {
     let all: Vec<usize> = (0..labels.len()).collect();
     let (mut loss, mut predicted) = (0f64, Vec::new());
     for chunk in all.chunks(batch) {
         let rows: Vec<usize> = chunk.iter().map(|&i| i * views).collect();
-        let logits = model.forward_from(rows_tensor(cache, &rows, device), cut, shape);
+        let logits = model.forward_from(cache.tensor(&rows, device)?, cut, shape);
         let targets: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
         let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, device).into_scalar();
         loss += l as f64 * chunk.len() as f64;
         predicted.extend(argmax(logits));
     }
-    (loss / labels.len().max(1) as f64, predicted)
+    Ok((loss / labels.len().max(1) as f64, predicted))
 }
 
-fn evaluate_images(model: &Grafted, split: &Split, preprocess: &Preprocess, batch: usize, device: &Device) -> (f64, Vec<usize>) {
-    let all: Vec<usize> = (0..split.labels.len()).collect();
+fn evaluate_images(model: &Grafted, split: &Split, preprocess: &Preprocess, batch: usize, device: &Device) -> Result<(f64, Vec<usize>)> {
+    let all: Vec<usize> = (0..split.len()).collect();
+    let jobs: Vec<Vec<Item>> = all.chunks(batch).map(|c| c.iter().map(|&i| (i, None)).collect()).collect();
+    let mut loader = split.source(preprocess, &Augment::default()).stream(jobs);
     let (mut loss, mut predicted) = (0f64, Vec::new());
     for chunk in all.chunks(batch) {
-        let pixels: Vec<Vec<f32>> = chunk.iter().map(|&i| preprocess.normalize(&split.images[i])).collect();
-        let logits = model.forward(crate::data::image::batch(&pixels, preprocess.size, device));
+        let pixels = loader.next().ok_or_else(|| GraftError::Data { path: PathBuf::new(), reason: "the image loader stopped".into() })??;
+        let logits = model.forward(pixels_tensor(pixels, preprocess.size, device));
         let targets: Vec<usize> = chunk.iter().map(|&i| split.labels[i]).collect();
         let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, device).into_scalar();
         loss += l as f64 * chunk.len() as f64;
         predicted.extend(argmax(logits));
     }
-    (loss / split.labels.len().max(1) as f64, predicted)
+    Ok((loss / split.len().max(1) as f64, predicted))
 }
 
 /// Parameters that will receive gradients.
