@@ -107,3 +107,38 @@ pub fn embed_cached<S: AsRef<str>>(
         .map(|(v, k)| v.unwrap_or_else(|| by_key[k].clone()))
         .collect())
 }
+
+/// Texts embedded per encoder call by [`embed_to_store`]: bounds the embeddings in memory.
+const STORE_CHUNK: usize = 4096;
+
+/// Embeds every distinct text of `texts` missing from `store` into it, a chunk at a time, and
+/// returns each text's key: the embeddings stay on disk, read per batch
+/// ([`FeatureStore::read_into`]), however many texts there are.
+pub fn embed_to_store<S: AsRef<str>>(
+    encoder: &SentenceEncoder,
+    texts: &[S],
+    store: &mut FeatureStore,
+    reporter: &dyn Reporter,
+    stats: &mut EmbedStats,
+) -> Result<Vec<crate::cache::store::Key>> {
+    let keys: Vec<[u8; 32]> = texts.iter().map(|t| text_hash(t.as_ref())).collect();
+    let mut seen: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
+    let mut missing = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        if store.contains(&(*key, 0)) || !seen.insert(*key) {
+            stats.hits += 1;
+        } else {
+            missing.push(i);
+        }
+    }
+    for chunk in missing.chunks(STORE_CHUNK) {
+        let todo: Vec<&str> = chunk.iter().map(|&i| texts[i].as_ref()).collect();
+        let embedded = embed_texts(&encoder.model, &encoder.tokenizer, &todo, DEFAULT_BATCH, reporter)?;
+        stats.misses += chunk.len() as u64;
+        for (&i, v) in chunk.iter().zip(embedded) {
+            store.put((keys[i], 0), v)?;
+        }
+    }
+    store.flush()?;
+    Ok(keys.into_iter().map(|k| (k, 0)).collect())
+}

@@ -8,6 +8,7 @@
 //! sha256 when the run is loaded. `model.json` says `"kind": "text"` ([`crate::manifest::RunManifest::Text`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
@@ -25,11 +26,12 @@ use super::loss::{argmax, cross_entropy};
 use super::model::{Head, HeadSpec};
 use super::run::{top1, Evaluation};
 use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
+use crate::cache::store::Key;
 use crate::cache::FeatureStore;
 use crate::classic::Classic;
 use crate::fsutil::write_atomic;
 use crate::report::Reporter;
-use crate::text::features::{embed_cached, open_store, preprocess_id, EmbedStats};
+use crate::text::features::{embed_cached, embed_to_store, open_store, preprocess_id, EmbedStats};
 use crate::text::{stratified_split, SentenceEncoder, TextDataset};
 use crate::zoo::layers::FreezeSpec;
 use crate::{GraftError, Result};
@@ -131,21 +133,41 @@ fn check_config(config: &FitConfig) -> Result<()> {
     Ok(())
 }
 
-/// Embeddings and labels of one split.
+/// Embeddings and labels of one split: keys into the feature store (read per batch), or the
+/// embeddings themselves with `--cache off`.
 struct Rows {
-    x: Vec<Vec<f32>>,
+    x: Embeddings,
     labels: Vec<usize>,
+    width: usize,
+}
+
+enum Embeddings {
+    Stored { store: Arc<FeatureStore>, keys: Vec<Key> },
+    Memory(Vec<Vec<f32>>),
 }
 
 impl Rows {
-    fn tensor(&self, idx: &[usize], device: &Device) -> Tensor<2> {
-        let width = self.x.first().map(Vec::len).unwrap_or(0);
-        let data: Vec<f32> = idx.iter().flat_map(|&i| self.x[i].iter().copied()).collect();
-        Tensor::from_data(TensorData::new(data, [idx.len(), width]), device)
+    fn gather(&self, idx: &[usize]) -> Result<Vec<f32>> {
+        let mut data = Vec::with_capacity(idx.len() * self.width);
+        match &self.x {
+            Embeddings::Memory(x) => idx.iter().for_each(|&i| data.extend_from_slice(&x[i])),
+            Embeddings::Stored { store, keys } => {
+                for &i in idx {
+                    if !store.read_into(&keys[i], &mut data) {
+                        return Err(GraftError::Data { path: store.dir.clone(), reason: "an embedding written this run is missing from the feature cache".into() });
+                    }
+                }
+            }
+        }
+        Ok(data)
     }
 
-    fn flat(&self) -> Vec<f32> {
-        self.x.iter().flatten().copied().collect()
+    fn tensor(&self, idx: &[usize], device: &Device) -> Result<Tensor<2>> {
+        Ok(Tensor::from_data(TensorData::new(self.gather(idx)?, [idx.len(), self.width]), device))
+    }
+
+    fn flat(&self) -> Result<Vec<f32>> {
+        self.gather(&(0..self.labels.len()).collect::<Vec<_>>())
     }
 }
 
@@ -183,13 +205,29 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
     // --- embeddings (cached) --------------------------------------------------------------------
     let encoder = SentenceEncoder::load(&config.model, config.weights.as_deref(), home, reporter, device)?;
     let mut stats = EmbedStats::default();
-    let mut store = match config.cache {
+    let store = match config.cache {
         super::config::CacheMode::Off => None,
         _ => Some(open_store(home, &config.model, &encoder, config.cache_dtype, reporter)?),
     };
-    let train_rows = Rows { x: embed_cached(&encoder, &train.texts, store.as_mut(), reporter, &mut stats)?, labels: train.labels.clone() };
-    let val_rows = Rows { x: embed_cached(&encoder, &val.texts, store.as_mut(), reporter, &mut stats)?, labels: val.labels.clone() };
-    let width = train_rows.x.first().map(Vec::len).unwrap_or(0);
+    let (train_rows, val_rows) = match store {
+        Some(mut store) => {
+            let train_keys = embed_to_store(&encoder, &train.texts, &mut store, reporter, &mut stats)?;
+            let val_keys = embed_to_store(&encoder, &val.texts, &mut store, reporter, &mut stats)?;
+            let width = store.dim().unwrap_or(0);
+            let store = Arc::new(store);
+            (
+                Rows { x: Embeddings::Stored { store: store.clone(), keys: train_keys }, labels: train.labels.clone(), width },
+                Rows { x: Embeddings::Stored { store, keys: val_keys }, labels: val.labels.clone(), width },
+            )
+        }
+        None => {
+            let t = embed_cached(&encoder, &train.texts, None, reporter, &mut stats)?;
+            let v = embed_cached(&encoder, &val.texts, None, reporter, &mut stats)?;
+            let width = t.first().map(Vec::len).unwrap_or(0);
+            (Rows { x: Embeddings::Memory(t), labels: train.labels.clone(), width }, Rows { x: Embeddings::Memory(v), labels: val.labels.clone(), width })
+        }
+    };
+    let width = train_rows.width;
     let info = TextRunInfo {
         model: config.model.clone(),
         classes: classes.clone(),
@@ -243,15 +281,15 @@ struct Trained {
 /// A classic head on the embeddings, trained in one go (one "epoch" in the metrics).
 fn train_classic(kind: &crate::classic::ClassicKind, seed: u64, run: &Path, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter) -> Result<Trained> {
     let started = Instant::now();
-    let head = Classic::fit_reporting(kind.clone(), &train.flat(), &train.labels, info.embedding_width, info.classes.len(), seed, reporter)?;
+    let head = Classic::fit_reporting(kind.clone(), &train.flat()?, &train.labels, info.embedding_width, info.classes.len(), seed, reporter)?;
     head.report_penalty(reporter);
-    let score = |rows: &Rows| -> (f64, Evaluation) {
-        let probs = head.predict_proba(&rows.flat());
+    let score = |rows: &Rows| -> Result<(f64, Evaluation)> {
+        let probs = head.predict_proba(&rows.flat()?);
         let loss = probs.iter().zip(&rows.labels).map(|(p, &l)| -(p[l].max(1e-12) as f64).ln()).sum::<f64>() / rows.labels.len().max(1) as f64;
-        (loss, Evaluation::from_predictions(&info.classes, &rows.labels, &top1(&probs)))
+        Ok((loss, Evaluation::from_predictions(&info.classes, &rows.labels, &top1(&probs))))
     };
-    let (train_loss, train_eval) = score(train);
-    let validation = (!val.labels.is_empty()).then(|| score(val));
+    let (train_loss, train_eval) = score(train)?;
+    let validation = if val.labels.is_empty() { None } else { Some(score(val)?) };
     head.save(&run.join("classic.safetensors"))?;
     let metrics = EpochMetrics {
         epoch: 1,
@@ -312,7 +350,7 @@ impl Task for HeadTask<'_> {
         let bs = self.config.batch_size;
         let batch = &self.order[it.index * bs..((it.index + 1) * bs).min(self.order.len())];
         let targets: Vec<usize> = batch.iter().map(|&i| self.train.labels[i]).collect();
-        let logits = head.forward(self.train.tensor(batch, &self.train_device)); // [b, classes]
+        let logits = head.forward(self.train.tensor(batch, &self.train_device)?); // [b, classes]
         let loss = cross_entropy(logits.clone(), &targets, self.config.label_smoothing, self.class_weights.as_deref(), &self.train_device);
         let loss_value: f32 = loss.clone().into_scalar();
         guard::check_loss("training loss", loss_value as f64, it.epoch + 1, lr)?;
@@ -323,19 +361,21 @@ impl Task for HeadTask<'_> {
 
     fn end_epoch(&mut self, head: &Head, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
         let val = self.val;
-        let validation = (!val.labels.is_empty()).then(|| {
+        let validation = if val.labels.is_empty() {
+            None
+        } else {
             let all: Vec<usize> = (0..val.labels.len()).collect();
             let (mut loss, mut predicted) = (0f64, Vec::new());
             for chunk in all.chunks(self.config.batch_size.max(256)) {
-                let logits = head.forward(val.tensor(chunk, self.device));
+                let logits = head.forward(val.tensor(chunk, self.device)?);
                 let targets: Vec<usize> = chunk.iter().map(|&i| val.labels[i]).collect();
                 let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, self.device).into_scalar();
                 loss += l as f64 * chunk.len() as f64;
                 predicted.extend(argmax(logits));
             }
             let eval = Evaluation::from_predictions(&self.info.classes, &val.labels, &predicted);
-            Validation { loss: loss / val.labels.len() as f64, accuracy: eval.accuracy, confusion: eval.confusion }
-        });
+            Some(Validation { loss: loss / val.labels.len() as f64, accuracy: eval.accuracy, confusion: eval.confusion })
+        };
         let n = self.train.labels.len().max(1) as f64;
         let metrics = EpochMetrics {
             epoch,
