@@ -138,8 +138,9 @@ pub struct FeatureStore {
 /// Mapped pages are released after this many bytes were read (bounds the resident set).
 const RELEASE_BYTES: usize = 32 << 20;
 
-/// Pending features are written as a shard once they pass this size, keeping memory flat.
-const FLUSH_BYTES: usize = 64 << 20;
+/// Pending features are written as a shard once they pass this size, keeping memory flat
+/// (the shard is streamed to disk, not assembled in memory first).
+const FLUSH_BYTES: usize = 16 << 20;
 
 impl FeatureStore {
     /// Opens (creating) the namespace folder under `root`, checking every shard.
@@ -314,30 +315,37 @@ impl FeatureStore {
         }
         let dim = self.dim.unwrap_or(0);
         let dtype = self.namespace.dtype;
-        let mut bytes = Vec::with_capacity(HEADER + self.pending.len() * (ENTRY + dim * dtype.size()) + 4);
-        bytes.extend_from_slice(MAGIC);
-        for v in [VERSION, dtype.code(), dim as u32, self.pending.len() as u32] {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
-        for ((hash, view), _) in &self.pending {
-            bytes.extend_from_slice(hash);
-            bytes.extend_from_slice(&view.to_le_bytes());
-        }
-        for (_, values) in &self.pending {
-            match dtype {
-                StoreDtype::F32 => values.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
-                StoreDtype::F16 => values.iter().for_each(|v| bytes.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+        let pending = &self.pending;
+        let write_body = |w: &mut dyn Write| -> std::io::Result<()> {
+            w.write_all(MAGIC)?;
+            for v in [VERSION, dtype.code(), dim as u32, pending.len() as u32] {
+                w.write_all(&v.to_le_bytes())?;
             }
-        }
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
+            for ((hash, view), _) in pending {
+                w.write_all(hash)?;
+                w.write_all(&view.to_le_bytes())?;
+            }
+            let mut row = Vec::with_capacity(dim * dtype.size());
+            for (_, values) in pending {
+                row.clear();
+                match dtype {
+                    StoreDtype::F32 => values.iter().for_each(|v| row.extend_from_slice(&v.to_le_bytes())),
+                    StoreDtype::F16 => values.iter().for_each(|v| row.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
+                }
+                w.write_all(&row)?;
+            }
+            Ok(())
+        };
         let name = format!("{:06}-{}.shard", self.shards.len(), std::process::id());
         let path = self.dir.join(name);
         // `.NAME.tmp-PID`, the pattern `fsutil::remove_stale_temps` recognises.
         let tmp = self.dir.join(format!(".shard.tmp-{}", std::process::id()));
         let write = || -> std::io::Result<()> {
-            let mut f = crate::fsutil::create_temp(&tmp)?;
-            f.write_all(&bytes)?;
+            let mut w = CrcWriter { inner: std::io::BufWriter::with_capacity(1 << 20, crate::fsutil::create_temp(&tmp)?), crc: crc32fast::Hasher::new() };
+            write_body(&mut w)?;
+            let crc = w.crc.finalize();
+            w.inner.write_all(&crc.to_le_bytes())?;
+            let f = w.inner.into_inner().map_err(|e| e.into_error())?;
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
@@ -353,6 +361,23 @@ impl FeatureStore {
     /// Files of this namespace's shards.
     pub fn shard_paths(&self) -> Vec<&Path> {
         self.shards.iter().map(|s| s.path.as_path()).collect()
+    }
+}
+
+/// Passes writes on, keeping the CRC32 of everything written.
+struct CrcWriter<W: Write> {
+    inner: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
     }
 }
 
