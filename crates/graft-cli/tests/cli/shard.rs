@@ -141,6 +141,15 @@ fn merge_refuses_a_missing_or_foreign_part_by_name() {
     std::fs::copy(part(1), part(2)).unwrap();
     assert_bad_input(&merge(), &["feats.part-2-of-3.safetensors", "foreign part", "part 1/3"]);
     restore(2);
+    // A truncated part (a copy cut short), and one whose header claims more than the file holds.
+    let bytes = std::fs::read(part(3)).unwrap();
+    std::fs::write(part(3), &bytes[..bytes.len() - 100]).unwrap();
+    assert_bad_input(&merge(), &["feats.part-3-of-3.safetensors", "truncated or damaged"]);
+    let mut huge = bytes.clone();
+    huge[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    std::fs::write(part(3), &huge).unwrap();
+    assert_bad_input(&merge(), &["feats.part-3-of-3.safetensors", "header length 1099511627776"]);
+    restore(3);
     let stale = merged.with_file_name("feats.part-1-of-2.safetensors");
     std::fs::copy(part(1), &stale).unwrap();
     assert_bad_input(&merge(), &["two splits", "-of-3", "-of-2"]);
