@@ -407,12 +407,17 @@ pub struct ExtractArgs {
     /// Image folder (class sub-folders).
     #[arg(long)]
     pub data: PathBuf,
-    /// Output file: .safetensors, .npy (labels and paths in a .json beside it) or .csv.
+    /// Output file: .safetensors, .npy (labels and paths in a .json beside it) or .csv. With
+    /// --shard, the merged .safetensors file: this process writes its part beside it as
+    /// NAME.part-I-of-N.safetensors, and `graft cache merge --out FILE` joins the parts.
     #[arg(long)]
     pub out: PathBuf,
-    /// Extract only part i of n, written as i/n (i counts from 1): images i, i+n, … — for n
-    /// machines. [default: none: every image]
-    #[arg(long)]
+    /// Extract only part i of n, written as i/n (i counts from 1): images i, i+n, … — one part
+    /// per machine or process. `auto` takes the part from the scheduler: JOB_COMPLETION_INDEX of
+    /// JOB_COMPLETIONS (Kubernetes Indexed Job) or SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN of
+    /// SLURM_ARRAY_TASK_COUNT (Slurm job array); index 0 writes part 1. [default: none: every
+    /// image]
+    #[arg(long, value_name = "i/n|auto")]
     pub shard: Option<String>,
     /// Images per forward pass.
     #[arg(long, visible_alias = "batch-size", default_value_t = 16)]
@@ -429,13 +434,15 @@ pub enum CacheCommand {
         #[arg(long)]
         model: Option<String>,
     },
-    /// Join `graft extract --shard` parts (safetensors) into one file, in the original order.
+    /// Join `graft extract --shard` parts into one file, in the original order; refused (naming
+    /// the part) unless every part 1..N is there and all come from the same model, weights,
+    /// layer, preprocessing and image listing.
     Merge {
-        /// The merged safetensors file to write.
+        /// The merged safetensors file to write: the --out that `graft extract --shard` was given.
         #[arg(long)]
         out: PathBuf,
-        /// The parts written by `graft extract --shard i/n`, in any order.
-        #[arg(required = true)]
+        /// The parts, in any order. [default: none given: every NAME.part-I-of-N.safetensors
+        /// beside --out]
         parts: Vec<PathBuf>,
     },
 }

@@ -1,4 +1,4 @@
-use graft::cache::extract::merge;
+use graft::cache::parts::{find_parts, merge};
 use graft::cache::store::list;
 use graft::zoo::graft_home;
 use serde_json::json;
@@ -41,9 +41,11 @@ pub fn run(cmd: CacheCommand, out: &Output) -> anyhow::Result<()> {
             out.result(&value, || format!("removed {} namespaces\n", removed.len()));
         }
         CacheCommand::Merge { out: file, parts } => {
-            let n = merge(&parts, &file)?;
-            let value = json!({"out": file, "n": n, "parts": parts.len()});
-            out.result(&value, || format!("{}: {n} rows from {} parts\n", file.display(), parts.len()));
+            // Without a list, the parts are the ones `extract --shard … --out FILE` wrote beside FILE.
+            let parts = if parts.is_empty() { find_parts(&file)? } else { parts };
+            let m = merge(&parts, &file)?;
+            let value = json!({"out": m.out, "n": m.n, "dim": m.dim, "parts": m.parts.len(), "files": m.parts});
+            out.result(&value, || format!("{}: {} rows from {} parts\n", m.out.display(), m.n, m.parts.len()));
         }
     }
     Ok(())

@@ -14,6 +14,7 @@ mod predict;
 mod predictor;
 mod resume;
 mod seam;
+mod shard;
 mod text;
 mod traps;
 mod transfer;

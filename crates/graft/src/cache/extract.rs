@@ -3,12 +3,14 @@
 //! temporary file as they are computed and the output is assembled at the end, then renamed
 //! into place.
 
+use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use serde::Serialize;
 
+use super::parts::{listing_sha256, write_header, Shard};
 use crate::data::folder::{decode_with, ImageFolder, Sample, Skipped};
 use crate::data::image::{self, Preprocess};
 use crate::report::Reporter;
@@ -67,20 +69,12 @@ impl Format {
     }
 }
 
-/// `--shard i/n`: this machine takes samples i, i+n, i+2n … (i counts from 1).
-pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
-    let bad = |why: &str| GraftError::setting("shard", s, why.to_string());
-    let (i, n) = s.split_once('/').ok_or_else(|| bad("expected i/n, e.g. 1/4"))?;
-    let (i, n) = (i.parse::<usize>().map_err(|_| bad("i is a whole number"))?, n.parse::<usize>().map_err(|_| bad("n is a whole number"))?);
-    if n == 0 || i == 0 || i > n {
-        return Err(bad("need 1 ≤ i ≤ n (i counts from 1)"));
-    }
-    Ok((i, n))
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct ExtractSummary {
+    /// The file written: `--out`, or with a shard its part beside it.
     pub out: PathBuf,
+    /// With a shard: which part this is.
+    pub shard: Option<Shard>,
     pub n: usize,
     pub dim: usize,
     /// Per-image shape before flattening ([C, H, W], or [D] when pooled).
@@ -88,29 +82,31 @@ pub struct ExtractSummary {
     pub skipped: Vec<Skipped>,
 }
 
-/// Extracts `cut` activations for the samples of `folder` (those of `shard`) into `out`.
+/// Extracts `cut` activations for the samples of `folder` into `out`; with a shard, only that
+/// part's samples, into the part file beside `out` (see [`Shard::part_path`]), which `graft
+/// cache merge` joins into `out`.
 #[allow(clippy::too_many_arguments)]
 pub fn extract(
     net: &Trunk,
     config: &TrunkConfig,
     model_id: &str,
+    weights_sha256: &str,
     layer: &str,
     preprocess: &Preprocess,
     folder: &ImageFolder,
-    shard: Option<(usize, usize)>,
+    shard: Option<Shard>,
     out: &Path,
     batch: usize,
     device: &Device,
     reporter: &dyn Reporter,
 ) -> Result<ExtractSummary> {
     let cut = Cut::parse(layer, config)?;
+    let out = &match shard {
+        Some(s) => s.part_path(out)?,
+        None => out.to_path_buf(),
+    };
     let format = Format::from_path(out)?;
-    let selected: Vec<(usize, &Sample)> = folder
-        .samples
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| shard.is_none_or(|(k, n)| i % n == k - 1))
-        .collect();
+    let selected: Vec<(usize, &Sample)> = folder.samples.iter().enumerate().filter(|(i, _)| shard.is_none_or(|s| s.takes(*i))).collect();
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| GraftError::io(dir, e))?;
     let raw_path = dir.join(format!(".{}.rows-{}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
@@ -143,15 +139,26 @@ pub fn extract(
     raw.flush().map_err(|e| GraftError::io(&raw_path, e))?;
     drop(raw);
     let dim: usize = shape.iter().product();
-    let result = assemble(format, out, &raw_path, &kept, dim, &shape, folder, model_id, layer);
+    let identity = Identity { model: model_id, weights_sha256, layer, preprocess, shard };
+    let result = assemble(format, out, &raw_path, &kept, dim, &shape, folder, &identity);
     let _ = std::fs::remove_file(&raw_path);
     result?;
-    Ok(ExtractSummary { out: out.to_path_buf(), n: kept.len(), dim, shape, skipped })
+    Ok(ExtractSummary { out: out.to_path_buf(), shard, n: kept.len(), dim, shape, skipped })
+}
+
+/// What the rows depend on besides the images, recorded in a safetensors file's metadata.
+struct Identity<'a> {
+    model: &'a str,
+    weights_sha256: &'a str,
+    layer: &'a str,
+    preprocess: &'a Preprocess,
+    shard: Option<Shard>,
 }
 
 /// Writes the final file from the raw rows, to a temporary name first.
 #[allow(clippy::too_many_arguments)]
-fn assemble(format: Format, out: &Path, raw_path: &Path, kept: &[(usize, &Sample)], dim: usize, shape: &[usize], folder: &ImageFolder, model: &str, layer: &str) -> Result<()> {
+fn assemble(format: Format, out: &Path, raw_path: &Path, kept: &[(usize, &Sample)], dim: usize, shape: &[usize], folder: &ImageFolder, identity: &Identity) -> Result<()> {
+    let (model, layer) = (identity.model, identity.layer);
     let tmp = out.with_file_name(format!(".{}.tmp-{}", out.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(), std::process::id()));
     let io = |e: std::io::Error| GraftError::io(out, e);
     let n = kept.len();
@@ -188,25 +195,24 @@ fn assemble(format: Format, out: &Path, raw_path: &Path, kept: &[(usize, &Sample
                 }
             }
             Format::Safetensors => {
-                let features_bytes = n * dim * 4;
-                let metadata = serde_json::json!({
-                    "model": model, "layer": layer,
-                    "shape": serde_json::to_string(shape).expect("json"),
-                    "classes": serde_json::to_string(&folder.classes).expect("json"),
-                    "paths": serde_json::to_string(&paths).expect("json"),
-                    "indices": serde_json::to_string(&indices).expect("json"),
-                });
-                let header = serde_json::json!({
-                    "__metadata__": metadata,
-                    "features": {"dtype": "F32", "shape": [n, dim], "data_offsets": [0, features_bytes]},
-                    "labels": {"dtype": "I64", "shape": [n], "data_offsets": [features_bytes, features_bytes + n * 8]},
-                });
-                let mut text = serde_json::to_string(&header).expect("json");
-                while text.len() % 8 != 0 {
-                    text.push(' ');
+                let mut metadata: BTreeMap<String, String> = [
+                    ("model", model.to_string()),
+                    ("weights_sha256", identity.weights_sha256.to_string()),
+                    ("layer", layer.to_string()),
+                    ("preprocess", serde_json::to_string(identity.preprocess).expect("json")),
+                    ("listing_sha256", listing_sha256(folder)),
+                    ("shape", serde_json::to_string(shape).expect("json")),
+                    ("classes", serde_json::to_string(&folder.classes).expect("json")),
+                    ("paths", serde_json::to_string(&paths).expect("json")),
+                    ("indices", serde_json::to_string(&indices).expect("json")),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+                if let Some(s) = identity.shard {
+                    metadata.insert("shard".into(), s.to_string());
                 }
-                file.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
-                file.write_all(text.as_bytes()).map_err(io)?;
+                write_header(&mut file, &metadata, n, dim).map_err(io)?;
                 std::io::copy(&mut raw, &mut file).map_err(io)?;
                 for l in &labels {
                     file.write_all(&(*l as i64).to_le_bytes()).map_err(io)?;
@@ -217,55 +223,4 @@ fn assemble(format: Format, out: &Path, raw_path: &Path, kept: &[(usize, &Sample
         file.get_ref().sync_all().map_err(io)?;
     }
     std::fs::rename(&tmp, out).map_err(io)
-}
-
-/// Joins `graft extract --shard` parts (safetensors) back into one file in the original order.
-pub fn merge(parts: &[PathBuf], out: &Path) -> Result<usize> {
-    let mut rows: Vec<(usize, Vec<f32>, i64, String)> = Vec::new();
-    let mut common: Option<(String, String, String, String, usize)> = None;
-    for part in parts {
-        let dict = graft_weights::load(part)?;
-        let bad = |why: String| GraftError::Data { path: part.clone(), reason: why };
-        let meta = |k: &str| dict.metadata.get(k).cloned().ok_or_else(|| bad(format!("not a graft extract part: no `{k}` metadata")));
-        let features = dict.tensors.get("features").ok_or_else(|| bad("no `features` tensor".into()))?;
-        let labels = dict.tensors.get("labels").ok_or_else(|| bad("no `labels` tensor".into()))?;
-        let dim = features.shape.get(1).copied().unwrap_or(0);
-        let key = (meta("model")?, meta("layer")?, meta("shape")?, meta("classes")?, dim);
-        match &common {
-            None => common = Some(key.clone()),
-            Some(c) if *c != key => return Err(bad("model, layer, shape or classes differ from the first part".into())),
-            _ => {}
-        }
-        let paths: Vec<String> = serde_json::from_str(&meta("paths")?).map_err(|e| bad(e.to_string()))?;
-        let indices: Vec<usize> = serde_json::from_str(&meta("indices")?).map_err(|e| bad(e.to_string()))?;
-        if paths.len() != labels.data.len() || indices.len() != labels.data.len() {
-            return Err(bad("paths, indices and labels disagree in length".into()));
-        }
-        for (k, (path, index)) in paths.into_iter().zip(indices).enumerate() {
-            rows.push((index, features.data[k * dim..(k + 1) * dim].to_vec(), labels.data[k] as i64, path));
-        }
-    }
-    let (model, layer, shape, classes, dim) = common.ok_or_else(|| GraftError::setting("parts", "", "no parts given"))?;
-    rows.sort_by_key(|r| r.0);
-    if rows.windows(2).any(|w| w[0].0 == w[1].0) {
-        return Err(GraftError::setting("parts", &out.display().to_string(), "parts overlap (the same image twice)"));
-    }
-    let mut dict = graft_weights::StateDict::default();
-    let n = rows.len();
-    dict.tensors.insert("features".into(), graft_weights::Tensor { shape: vec![n, dim], dtype: graft_weights::DType::F32, data: rows.iter().flat_map(|r| r.1.iter().copied()).collect() });
-    dict.tensors.insert("labels".into(), graft_weights::Tensor { shape: vec![n], dtype: graft_weights::DType::F32, data: rows.iter().map(|r| r.2 as f32).collect() });
-    let paths: Vec<&String> = rows.iter().map(|r| &r.3).collect();
-    let indices: Vec<usize> = rows.iter().map(|r| r.0).collect();
-    for (k, v) in [
-        ("model", model),
-        ("layer", layer),
-        ("shape", shape),
-        ("classes", classes),
-        ("paths", serde_json::to_string(&paths).expect("json")),
-        ("indices", serde_json::to_string(&indices).expect("json")),
-    ] {
-        dict.metadata.insert(k.into(), v);
-    }
-    graft_weights::save_safetensors(out, &dict)?;
-    Ok(n)
 }
