@@ -583,6 +583,44 @@ mod tests {
         assert_close(&grad_values(&out.grads, &unfrozen), &want, 1e-5);
     }
 
+    /// BatchNorm in training mode normalises each shard by its own statistics (documented, as
+    /// DDP without SyncBatchNorm): the gradient is no longer the one-device gradient, and the
+    /// running statistics are the mean of the shards' updates — for two equal shards the running
+    /// mean is the one-device update.
+    #[test]
+    fn training_batchnorm_uses_per_shard_statistics() {
+        let device = Device::flex().autodiff();
+        let trained_bn = || {
+            let mut m = Net::new(&device);
+            m.bn = m.bn.unfreeze();
+            m
+        };
+        let (x, targets) = batch(8, &device);
+        let one = trained_bn();
+        // The same weights with their own running state (tests share the device's generator,
+        // so a second `trained_bn()` could draw other weights).
+        let model = trained_bn().load_record(one.clone().into_record());
+        let values = |m: &Net| param_values(m).into_iter().map(|(_, v)| v).collect::<Vec<_>>();
+        assert_eq!(values(&model), values(&one));
+        let (_, one_device) = full_batch(&one, &x, &targets, None);
+        let one_mean = one.valid().bn.running_mean.value().into_data().try_to_vec::<f32>().unwrap();
+        let before = model.bn.running_mean.value().into_data().try_to_vec::<f32>().unwrap();
+        let mut dp = DataParallel::new(flex_devices(2)).unwrap();
+        let out = dp.step(&model, 8, shard_loss(&x, &targets, None)).unwrap();
+        let got = grad_values(&out.grads, &model);
+        assert_eq!(got.len(), one_device.len(), "BN's gamma and beta train too");
+        let differs = got.iter().zip(&one_device).any(|((_, g), (_, w))| {
+            let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            g.iter().zip(w).any(|(a, b)| (a - b).abs() > 1e-3 * scale)
+        });
+        assert!(differs, "per-shard batch statistics should change the gradient");
+        let dp_mean = model.valid().bn.running_mean.value().into_data().try_to_vec::<f32>().unwrap();
+        assert_ne!(dp_mean, before, "the running mean moved");
+        for (a, b) in dp_mean.iter().zip(&one_mean) {
+            assert!((a - b).abs() < 1e-5, "{dp_mean:?} vs {one_mean:?}");
+        }
+    }
+
     #[test]
     fn split_groups_cuts_by_parameter_ids() {
         let device = Device::flex().autodiff();
