@@ -9,5 +9,6 @@ pub mod engine;
 pub mod fit;
 pub mod guard;
 pub mod loss;
+pub mod parallel;
 pub mod run;
 pub mod text;
