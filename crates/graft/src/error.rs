@@ -98,6 +98,8 @@ pub const SETTINGS: &[&str] = &[
     "arch", "noise",
     // `graft extract`, `graft cache merge`, `graft data import`, `graft probe`.
     "layer", "shard", "parts", "split", "stage",
+    // Every command that computes (`--device`, `GRAFT_DEVICE`).
+    "device",
     // Text models: limits of the tokenizer and encoder, set by the library, not by a flag.
     "max_tokens", "token_batch",
 ];

@@ -2,7 +2,6 @@ use std::path::PathBuf;
 
 use graft::cache::extract::{extract, parse_shard};
 use graft::data::folder::ImageFolder;
-use graft::device::default_device;
 use graft::zoo::{graft_home, ModelSpec, Pretrained};
 use serde_json::json;
 
@@ -25,7 +24,7 @@ struct Settings {
 /// Every flag is named here, so a new one fails to compile until it is resolved. A bad
 /// --layer or --shard fails here, before any work.
 fn resolve(args: ExtractArgs) -> anyhow::Result<Settings> {
-    let ExtractArgs { model, arch, weights, layer, data, out, shard, batch } = args;
+    let ExtractArgs { device: _, model, arch, weights, layer, data, out, shard, batch } = args;
     let spec = super::model_spec(&model, arch.as_deref())?;
     graft::cache::extract::Cut::parse(&layer, &spec.config())?;
     let shard = shard.as_deref().map(parse_shard).transpose()?;
@@ -33,9 +32,9 @@ fn resolve(args: ExtractArgs) -> anyhow::Result<Settings> {
 }
 
 pub fn run(args: ExtractArgs, out: &Output) -> anyhow::Result<()> {
+    let device = args.device.device()?;
     let Settings { spec, weights, layer, data, out: file, shard, batch } = resolve(args)?;
     let folder = ImageFolder::scan(&data)?;
-    let device = default_device();
     let reporter = TermReporter::new();
     let model = Pretrained::load(spec, weights.as_deref(), &graft_home(), &reporter, &device)?;
     let s = extract(&model.net, &model.config, spec.id, &layer, &spec.preprocess(), &folder, shard, &file, batch, &device, &reporter)?;

@@ -470,7 +470,7 @@ impl Ctx<'_> {
         let dev = &self.train_device;
         sums.steps += 1;
         let xs = self.training_batch(self.source, s_idx, step, 0, self.device);
-        let f_s = Tensor::<2>::from_data(source_net.features(xs).into_data(), dev);
+        let f_s = source_net.features(xs).autodiff();
         let f_t = model.net.features(self.training_batch(self.target, t_idx, step, 1, dev));
         (f_s, f_t)
     }
@@ -651,7 +651,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     } else {
         // config.toml first: a run counts as started once model.json exists.
         write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
-        info.save(run)?;
+        info.save(run, device)?;
     }
 
     let cdan_full = classes.len() * config.bottleneck;
