@@ -72,3 +72,26 @@ fn a_device_not_built_in_names_the_feature() {
         }
     }
 }
+
+/// A fine-tune on the test device (`GRAFT_TEST_DEVICE`, else the CPU): a frozen prefix run for
+/// inference every batch (`--cache off`), its activations fed to the trained last blocks and
+/// head, one epoch; the run records that device and has a finite, positive training loss.
+#[test]
+fn a_fit_trains_on_the_test_device_and_records_it() {
+    let (spec, _) = super::test_device();
+    let dir = super::scratch("device-fit");
+    let data = super::fit::fmnist(&dir, 2, 3);
+    let run = dir.join("run");
+    let device = spec.to_string();
+    let v = super::json_of(&graft(&[
+        "fit", "--device", &device, "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "1",
+        "--freeze", "14", "--cache", "off", "--val-split", "0", "--batch-size", "6", "--json",
+    ]));
+    assert_eq!(v["epochs"], 1, "{v}");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(manifest["device"], device.as_str());
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let line: serde_json::Value = serde_json::from_str(metrics.lines().next().unwrap()).unwrap();
+    let loss = line["train_loss"].as_f64().unwrap_or_else(|| panic!("no train_loss in {line}"));
+    assert!(loss.is_finite() && loss > 0.0, "{line}");
+}
