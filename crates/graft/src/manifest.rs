@@ -48,10 +48,13 @@ pub enum RunManifest {
     Pretrain(PretrainSummary),
 }
 
-/// What is written: the format number, then the kind and its fields.
+/// What is written: the format number, the device the run computed on, then the kind and its
+/// fields.
 #[derive(Serialize)]
 struct Stored<'a> {
     format: u64,
+    /// `cpu`, `wgpu:0`, … ([`crate::device::record`]); a record, not read back.
+    device: String,
     #[serde(flatten)]
     run: &'a RunManifest,
 }
@@ -108,9 +111,10 @@ impl RunManifest {
         }
     }
 
-    /// Writes `run/model.json` (atomically) with `format` [`RUN_FORMAT`].
-    pub fn save(&self, run: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&Stored { format: RUN_FORMAT, run: self }).expect("run manifest serializes");
+    /// Writes `run/model.json` (atomically) with `format` [`RUN_FORMAT`] and the `device` the
+    /// run computes on.
+    pub fn save(&self, run: &Path, device: &burn::tensor::Device) -> Result<()> {
+        let bytes = serde_json::to_vec_pretty(&Stored { format: RUN_FORMAT, device: crate::device::record(device), run: self }).expect("run manifest serializes");
         write_atomic(&run.join(MANIFEST_FILE), &bytes)
     }
 
@@ -133,6 +137,8 @@ impl RunManifest {
         let serde_json::Value::Object(mut fields) = value else {
             return Err(bad("not a graft run's description (a JSON object with a `kind`)".into()));
         };
+        // The device the run computed on is a record only (a run loads on any device).
+        fields.remove("device");
         match fields.remove("format") {
             None => {}
             Some(f) if f.as_u64() == Some(RUN_FORMAT) => {}
@@ -164,9 +170,9 @@ impl RunManifest {
 macro_rules! manifest_kind {
     ($ty:ty, $variant:ident, $what:literal) => {
         impl $ty {
-            /// Writes `model.json` as this kind's [`RunManifest`].
-            pub fn save(&self, run: &Path) -> Result<()> {
-                RunManifest::$variant(self.clone()).save(run)
+            /// Writes `model.json` as this kind's [`RunManifest`], recording `device`.
+            pub fn save(&self, run: &Path, device: &burn::tensor::Device) -> Result<()> {
+                RunManifest::$variant(self.clone()).save(run, device)
             }
 
             /// Reads `model.json`, which must be this kind's [`RunManifest`].
@@ -225,9 +231,10 @@ mod tests {
     fn a_saved_manifest_has_format_and_kind_and_loads_back() {
         let run = scratch("roundtrip");
         let manifest = RunManifest::Image(image_info());
-        manifest.save(&run).unwrap();
+        manifest.save(&run, &crate::device::default_device().autodiff()).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("model.json")).unwrap()).unwrap();
         assert_eq!(v["format"], 2);
+        assert_eq!(v["device"], "cpu");
         assert_eq!(v["kind"], "image");
         assert_eq!(v["classes"], serde_json::json!(["a", "b"]));
         assert!(matches!(RunManifest::load(&run).unwrap(), RunManifest::Image(i) if i == image_info()));

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use graft::adapt::config::{AdaptConfig, Method};
-use graft::device::default_device;
 use graft::zoo::graft_home;
 use serde_json::json;
 
@@ -21,6 +20,8 @@ use crate::reporter::TermReporter;
 /// at the end.
 #[derive(Debug, clap::Args)]
 pub struct AdaptArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
     /// source-only, ddc, dan, coral, dann, adda or cdan. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub method: Option<String>,
@@ -127,6 +128,7 @@ pub struct AdaptArgs {
 /// `--resume`, the run's own config.toml is read (the one file read during resolution).
 fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
     let AdaptArgs {
+        device: _,
         method, source, target, target_test, out, resume, backbone, weights, data_root, bottleneck, epochs, iters_per_epoch,
         batch_size, lr, lr_schedule, lr_gamma, momentum, weight_decay, lambda, lambda_schedule, lambda_max_iters,
         entropy, disc_hidden, pretrain_epochs, adda_objective, augment, val_split, seed,
@@ -172,12 +174,13 @@ fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
 }
 
 pub fn run(args: AdaptArgs, out: &Output) -> anyhow::Result<()> {
+    let device = args.device.device()?;
     let (config, run_dir, resume) = resolve(args)?;
     // A training loop re-allocates the same buffers every iteration: keep them mapped.
     crate::keep_freed_pages();
     let reporter = TermReporter::new();
     crate::reporter::stop_on_ctrl_c();
-    let s = match graft::adapt::adapt(&config, &run_dir, resume, &graft_home(), &reporter, &default_device()) {
+    let s = match graft::adapt::adapt(&config, &run_dir, resume, &graft_home(), &reporter, &device) {
         Ok(s) => s,
         Err(e) => {
             drop(reporter);

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use graft::device::default_device;
 use graft::transfer::advise::{advise, Advice};
 use graft::zoo::{graft_home, ModelSpec, Pretrained};
 use serde_json::json;
@@ -17,6 +16,8 @@ use crate::reporter::TermReporter;
 /// (similar below 0.47; see docs/transferability.md for the measurements behind the threshold).
 #[derive(Debug, clap::Args)]
 pub struct AdviseArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
     /// Pretrained model id (see `graft pull`).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
@@ -42,13 +43,12 @@ pub struct AdviseArgs {
 }
 
 /// Measures and advises (shared with `graft fit --strategy auto`).
-pub fn measure(model: &str, weights: Option<&std::path::Path>, data: &std::path::Path, sample: usize, seed: u64, batch: usize) -> anyhow::Result<Advice> {
+pub fn measure(model: &str, weights: Option<&std::path::Path>, data: &std::path::Path, sample: usize, seed: u64, batch: usize, device: &burn::tensor::Device) -> anyhow::Result<Advice> {
     let spec = ModelSpec::find(model)?;
-    let device = default_device();
     let reporter = TermReporter::new();
     let home = graft_home();
-    let pretrained = Pretrained::load(spec, weights, &home, &reporter, &device)?;
-    Ok(advise(&pretrained, data, sample, seed, &home, batch, &device, &reporter)?)
+    let pretrained = Pretrained::load(spec, weights, &home, &reporter, device)?;
+    Ok(advise(&pretrained, data, sample, seed, &home, batch, device, &reporter)?)
 }
 
 /// What to measure, resolved from the flags (nothing is loaded or run).
@@ -63,14 +63,15 @@ struct Settings {
 
 /// Every flag is named here, so a new one fails to compile until it is resolved.
 fn resolve(args: AdviseArgs) -> anyhow::Result<Settings> {
-    let AdviseArgs { model, arch, weights, data, sample, seed, batch } = args;
+    let AdviseArgs { device: _, model, arch, weights, data, sample, seed, batch } = args;
     let model = super::model_spec(&model, arch.as_deref())?.id;
     Ok(Settings { model, weights, data, sample, seed, batch })
 }
 
 pub fn run(args: AdviseArgs, out: &Output) -> anyhow::Result<()> {
+    let device = args.device.device()?;
     let Settings { model, weights, data, sample, seed, batch } = resolve(args)?;
-    let a = measure(model, weights.as_deref(), &data, sample, seed, batch)?;
+    let a = measure(model, weights.as_deref(), &data, sample, seed, batch, &device)?;
     let mut value = serde_json::to_value(&a)?;
     value["skipped"] = json!(a.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect::<Vec<_>>());
     out.result(&value, || {

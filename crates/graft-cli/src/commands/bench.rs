@@ -8,7 +8,6 @@ use burn::module::{Module, ParamGroup};
 use burn::nn::{Linear, LinearConfig};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use graft::device::{default_device, device_name};
 use graft::train::loss::cross_entropy;
 use graft::zoo::efficientnet::{global_avg_pool, EfficientNetLite, HEAD_CHANNELS};
 use graft::zoo::trunk::TrunkConfig;
@@ -37,7 +36,7 @@ struct Bench {
 
 /// Every flag is named here, so a new one fails to compile until it is resolved.
 fn resolve(args: BenchArgs) -> anyhow::Result<Bench> {
-    let BenchArgs { case, model, arch, weights, batch, iters, warmup, layered } = args;
+    let BenchArgs { device: _, case, model, arch, weights, batch, iters, warmup, layered } = args;
     if batch == 0 || iters == 0 {
         anyhow::bail!("--batch and --iters must be at least 1");
     }
@@ -47,9 +46,9 @@ fn resolve(args: BenchArgs) -> anyhow::Result<Bench> {
 }
 
 pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
+    let device = args.device.device()?;
     let args = resolve(args)?;
     let spec = args.spec;
-    let device = default_device();
     let threads = graft::zoo::fold::batch_threads();
     let (value, text) = match args.case {
         BenchCase::Forward => {
@@ -75,7 +74,7 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
                 json!({
                     "case": "forward", "model": spec.id, "batch": args.batch, "resolution": size, "weights": args.weights,
                     "iters": args.iters, "median_seconds": median, "images_per_second": images_per_s,
-                    "threads": threads, "device": device_name(&device), "layered": args.layered,
+                    "threads": threads, "device": graft::device::record(&device), "layered": args.layered,
                 }),
                 format!(
                     "{} forward{}, batch {}, {size}x{size}: {images_per_s:.1} images/s (median of {} runs, {median:.3} s per batch, {threads} threads)\n",
@@ -83,15 +82,31 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
                 ),
             )
         }
+        BenchCase::FullTrain => {
+            let (median, input) = tail_train(spec, &args, &device, true)?;
+            let images_per_s = args.batch as f64 / median;
+            (
+                json!({
+                    "case": "full_train", "model": spec.id, "batch": args.batch, "input": input,
+                    "trained": "the whole network and a new 3-class linear (BatchNorm in inference mode)",
+                    "optimizer": "adamw", "iters": args.iters, "median_seconds": median,
+                    "images_per_second": images_per_s, "threads": threads, "device": graft::device::record(&device),
+                }),
+                format!(
+                    "{} full fine-tune (all stages + linear, forward+backward+AdamW), batch {}: {images_per_s:.1} images/s (median of {} steps, {median:.3} s per step, {threads} threads)\n",
+                    spec.id, args.batch, args.iters
+                ),
+            )
+        }
         BenchCase::TailTrain => {
-            let (median, input) = tail_train(spec, &args, &device)?;
+            let (median, input) = tail_train(spec, &args, &device, false)?;
             let images_per_s = args.batch as f64 / median;
             (
                 json!({
                     "case": "tail_train", "model": spec.id, "batch": args.batch, "input": input,
                     "trained": "blocks 13-15, head conv+BN, new 3-class linear (BatchNorm in inference mode)",
                     "optimizer": "adamw", "iters": args.iters, "median_seconds": median,
-                    "images_per_second": images_per_s, "threads": threads, "device": device_name(&device),
+                    "images_per_second": images_per_s, "threads": threads, "device": graft::device::record(&device),
                 }),
                 format!(
                     "{} tail train (blocks 13-15 + head + linear, forward+backward+AdamW), batch {}: {images_per_s:.1} images/s (median of {} steps, {median:.3} s per step, {threads} threads)\n",
@@ -106,7 +121,7 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
                 json!({
                     "case": "head_epoch", "rows": HEAD_ROWS, "dim": HEAD_CHANNELS, "classes": CLASSES,
                     "batch": args.batch, "optimizer": "adamw", "iters": args.iters, "median_seconds": median,
-                    "rows_per_second": rows_per_s, "threads": threads, "device": device_name(&device),
+                    "rows_per_second": rows_per_s, "threads": threads, "device": graft::device::record(&device),
                 }),
                 format!(
                     "linear head epoch on {HEAD_ROWS} cached {HEAD_CHANNELS}-d features, batch {}: {median:.3} s per epoch ({rows_per_s:.0} rows/s, median of {} epochs, {threads} threads)\n",
@@ -151,27 +166,31 @@ impl Tail {
     }
 }
 
-/// Median seconds per training step of the tail; also the input shape it was fed.
-fn tail_train(spec: &ModelSpec, args: &Bench, device: &Device) -> anyhow::Result<(f64, [usize; 4])> {
+/// Median seconds per training step of the tail (of the whole network when `whole`); also the
+/// input shape it was fed.
+fn tail_train(spec: &ModelSpec, args: &Bench, device: &Device, whole: bool) -> anyhow::Result<(f64, [usize; 4])> {
     let TrunkConfig::Lite(config) = spec.config() else {
         anyhow::bail!("--model {}: tail-train is defined for EfficientNet-Lite models", spec.id);
     };
     let size = config.resolution;
     let first = config.blocks().len().checked_sub(3).ok_or_else(|| anyhow::anyhow!("{} has fewer than 3 blocks", spec.id))?;
     // Block `first`'s input shape, from one image through the stages before it.
-    let probe = config.init(device).forward_stages(Tensor::<4>::zeros([1, 3, size, size], device), 0..first + 1);
-    let [_, c, h, w] = probe.dims();
+    let [_, c, h, w] = match whole {
+        true => [1, 3, size, size],
+        false => config.init(device).forward_stages(Tensor::<4>::zeros([1, 3, size, size], device), 0..first + 1).dims(),
+    };
     let train_device = device.clone().autodiff();
     let mut net = config.init(&train_device);
     net._fc = None;
-    let tail = Tail { net, fc: LinearConfig::new(HEAD_CHANNELS, CLASSES).init(&train_device), first_stage: first + 1 };
+    let tail = Tail { net, fc: LinearConfig::new(HEAD_CHANNELS, CLASSES).init(&train_device), first_stage: if whole { 0 } else { first + 1 } };
     // graft's default when fine-tuning: BatchNorm keeps its running statistics (scale and
     // shift still train); the PyTorch twin runs its BatchNorm in eval mode likewise.
     let flags = ParamGroup::from_regex(r"\.training$").map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let mut tail = tail.freeze_group(flags);
     let mut optimizer = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(0.01).init();
     // The input to block 13 is precomputed (the frozen prefix's cached activations).
-    let input = Tensor::<4>::random([args.batch, c, h, w], Distribution::Uniform(0.0, 6.0), &train_device);
+    let high = if whole { 1.0 } else { 6.0 };
+    let input = Tensor::<4>::random([args.batch, c, h, w], Distribution::Uniform(0.0, high), &train_device);
     let targets: Vec<usize> = (0..args.batch).map(|i| i % CLASSES).collect();
     let median = median_seconds(args.warmup, args.iters, || {
         let logits = tail.forward(input.clone());

@@ -1,7 +1,6 @@
 //! `graft eval --run RUN --data …`: any run (image or text fit, adapt, MLP) through the one
 //! [`Predictor`], with precision, recall, F1, the confusion matrix and the worst errors.
 
-use graft::device::default_device;
 use graft::predictor::Predictor;
 use graft::train::run::{top1, Evaluation};
 use graft::zoo::graft_home;
@@ -15,10 +14,10 @@ use crate::reporter::TermReporter;
 
 pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     // Every flag is used below: a new one fails to compile until it is.
-    let EvalArgs { run, data, batch, data_root, errors, out_dir, allow_unfinished } = args;
+    let EvalArgs { device, run, data, batch, data_root, errors, out_dir, allow_unfinished } = args;
     anyhow::ensure!(batch > 0, "--batch must be at least 1");
     graft::limits::check_setting("--batch", batch, graft::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
-    let device = default_device();
+    let device = device.device()?;
     let reporter = TermReporter::new();
     let predictor = Predictor::load(&run, &graft_home(), None, allow_unfinished, &reporter, &device)?;
     let scored = predictor.evaluate(&data, &data_root, batch, &reporter, &device)?;

@@ -3,7 +3,6 @@ use std::path::PathBuf;
 use graft::cache::extract::extract;
 use graft::cache::parts::Shard;
 use graft::data::folder::ImageFolder;
-use graft::device::default_device;
 use graft::zoo::{graft_home, ModelSpec, Pretrained};
 use graft::GraftError;
 use serde_json::json;
@@ -29,7 +28,7 @@ struct Settings {
 /// --layer or --shard (or, with `--shard auto`, bad scheduler variables) fails here, before
 /// any work.
 fn resolve(args: ExtractArgs) -> anyhow::Result<Settings> {
-    let ExtractArgs { model, arch, weights, layer, data, out, shard, batch } = args;
+    let ExtractArgs { device: _, model, arch, weights, layer, data, out, shard, batch } = args;
     let spec = super::model_spec(&model, arch.as_deref())?;
     graft::cache::extract::Cut::parse(&layer, &spec.config())?;
     let shard = match shard.as_deref() {
@@ -91,9 +90,9 @@ fn shard_from_env(var: impl Fn(&str) -> Option<String>) -> Result<(Shard, &'stat
 }
 
 pub fn run(args: ExtractArgs, out: &Output) -> anyhow::Result<()> {
+    let device = args.device.device()?;
     let Settings { spec, weights, layer, data, out: file, shard, batch } = resolve(args)?;
     let folder = ImageFolder::scan(&data)?;
-    let device = default_device();
     let reporter = TermReporter::new();
     let model = Pretrained::load(spec, weights.as_deref(), &graft_home(), &reporter, &device)?;
     let part = shard.map(|(s, _)| s);

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use graft::device::default_device;
+use burn::tensor::Device;
 use graft::cache::StoreDtype;
 use graft::data::augment::Augment;
 use graft::train::config::{CacheMode, ClassWeights, FitConfig, Monitor, Optimizer, Stage};
@@ -124,6 +124,7 @@ impl Flags {
 /// base the flags override, and a bad one is refused before any work.
 fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
     let FitArgs {
+        device: _,
         model, arch, weights, from_scratch, data, out, val, val_split, freeze, head, head_pool, dropout, epochs,
         batch_size, lr, optimizer, momentum, weight_decay, schedule, warmup, body_lr_mult, stages, label_smoothing,
         class_weights, augment, cache, cache_views, cache_dtype, train_bn, monitor, patience, min_delta,
@@ -248,11 +249,12 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
 
 pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     crate::reporter::stop_on_ctrl_c();
+    let device = fit_device(&args.device)?;
     let plan = resolve(args)?;
     let mlp = matches!(plan, Plan::Mlp(_));
     let result = match plan {
-        Plan::Fit { config, flags, auto, run_dir, resume, overwrite } => fit_image_or_text(*config, *flags, auto, run_dir, resume, overwrite, out),
-        Plan::Mlp(plan) => fit_mlp(plan, out),
+        Plan::Fit { config, flags, auto, run_dir, resume, overwrite } => fit_image_or_text(*config, *flags, auto, run_dir, resume, overwrite, &device, out),
+        Plan::Mlp(plan) => fit_mlp(plan, &device, out),
     };
     crate::reporter::exit_if_interrupted(result, |run| {
         if mlp {
@@ -263,10 +265,11 @@ pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     })
 }
 
-fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: PathBuf, resume: bool, overwrite: bool, out: &Output) -> anyhow::Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: PathBuf, resume: bool, overwrite: bool, device: &Device, out: &Output) -> anyhow::Result<()> {
     if auto {
         let c = &config;
-        let advice = crate::commands::advise::measure(&c.model, c.weights.as_deref(), &c.data, 200, c.seed, 16)?;
+        let advice = crate::commands::advise::measure(&c.model, c.weights.as_deref(), &c.data, 200, c.seed, 16, device)?;
         eprintln!("strategy auto: {} ({})", advice.strategy.name(), advice.reasons.join("; "));
         advice.apply(&mut config)?;
     }
@@ -275,10 +278,10 @@ fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: P
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
     if graft::text::is_text_model(&config.model) {
-        return fit_text_run(&config, &run_dir, resume, out);
+        return fit_text_run(&config, &run_dir, resume, device, out);
     }
     let reporter = TermReporter::new();
-    let summary = fit(&config, &run_dir, resume, &graft_home(), &reporter, &default_device())?;
+    let summary = fit(&config, &run_dir, resume, &graft_home(), &reporter, device)?;
     let value = summary_json(&summary);
     out.result(&value, || {
         let kept = kept_line(&summary);
@@ -293,7 +296,7 @@ fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: P
 }
 
 /// `graft fit --init RUN` (a pretrained MLP) or `--arch mlp:…` (the same MLP, random init).
-fn fit_mlp(plan: MlpPlan, out: &Output) -> anyhow::Result<()> {
+fn fit_mlp(plan: MlpPlan, device: &Device, out: &Output) -> anyhow::Result<()> {
     let MlpPlan { init, arch, data, val, val_split, epochs, batch_size, lr, seed, run_dir, overwrite } = plan;
     let arch = match (arch, &init) {
         (Some(a), _) => a,
@@ -304,7 +307,7 @@ fn fit_mlp(plan: MlpPlan, out: &Output) -> anyhow::Result<()> {
     if overwrite && graft::manifest::RunManifest::file(&run_dir).is_some() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
-    let s = graft::transfer::autoencoder::fit_mlp(&config, &run_dir, &TermReporter::new(), &default_device())?;
+    let s = graft::transfer::autoencoder::fit_mlp(&config, &run_dir, &TermReporter::new(), device)?;
     let value = json!({
         "run": run_dir,
         "kind": "mlp",
@@ -368,9 +371,9 @@ pub(super) fn summary_json(summary: &graft::train::fit::FitSummary) -> serde_jso
 }
 
 /// `graft fit --model minilm-l6 --data FILE.csv|DIR`.
-fn fit_text_run(config: &FitConfig, run_dir: &std::path::Path, resume: bool, out: &Output) -> anyhow::Result<()> {
+fn fit_text_run(config: &FitConfig, run_dir: &std::path::Path, resume: bool, device: &Device, out: &Output) -> anyhow::Result<()> {
     let reporter = TermReporter::new();
-    let summary = graft::train::text::fit_text(config, run_dir, resume, &graft_home(), &reporter, &default_device())?;
+    let summary = graft::train::text::fit_text(config, run_dir, resume, &graft_home(), &reporter, device)?;
     let value = summary_json(&summary);
     out.result(&value, || {
         let kept = match summary.best_val_accuracy {
@@ -387,4 +390,20 @@ fn fit_text_run(config: &FitConfig, run_dir: &std::path::Path, resume: bool, out
         )
     });
     Ok(())
+}
+
+/// `graft fit`'s device. Fit is the command that will take a list (`wgpu:0,1`, training on
+/// several devices); until the trainer runs on several, a list is refused naming the setting.
+fn fit_device(arg: &crate::cli::DeviceArg) -> anyhow::Result<Device> {
+    let specs = arg.specs()?;
+    if specs.len() > 1 {
+        let named: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+        return Err(graft::GraftError::InvalidSetting {
+            setting: graft::device::SETTING.into(),
+            value: named.join(","),
+            reason: "training on several devices is not available yet; name one".into(),
+        }
+        .into());
+    }
+    arg.device()
 }

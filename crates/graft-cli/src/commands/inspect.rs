@@ -1,6 +1,5 @@
 use graft::zoo::layers::{summarize, FreezeSpec};
 use graft::train::model::{Grafted, Head, HeadPool, HeadSpec};
-use graft::device::default_device;
 use std::path::PathBuf;
 
 use graft::zoo::{graft_home, ModelSpec, Pretrained};
@@ -26,7 +25,7 @@ enum Inspect {
 
 /// Every flag is named here, so a new one fails to compile until it is resolved.
 fn resolve(args: InspectArgs) -> anyhow::Result<Inspect> {
-    let InspectArgs { model, run, arch, weights, freeze, head, classes, head_pool } = args;
+    let InspectArgs { device: _, model, run, arch, weights, freeze, head, classes, head_pool } = args;
     if let Some(run) = run {
         return Ok(Inspect::Run(run));
     }
@@ -45,6 +44,7 @@ fn resolve(args: InspectArgs) -> anyhow::Result<Inspect> {
 }
 
 pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
+    let device = args.device.device()?;
     let (spec, weights, freeze, grafted) = match resolve(args)? {
         Inspect::Run(run) => return super::inspect_run::run(&run, out),
         Inspect::Model { spec, weights, freeze, grafted } => (spec, weights, freeze, grafted),
@@ -52,7 +52,7 @@ pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
     let config = spec.config();
     if let Some(weights) = &weights {
         // Loading checks every tensor's presence and shape; the numbers are not needed here.
-        Pretrained::load(spec, Some(weights), &graft_home(), &TermReporter::new(), &default_device())?;
+        Pretrained::load(spec, Some(weights), &graft_home(), &TermReporter::new(), &device)?;
     }
     let mut rows = config.layer_rows();
     if let Some((head, pool, classes)) = grafted {

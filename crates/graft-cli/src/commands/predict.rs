@@ -1,6 +1,6 @@
 use burn::tensor::activation::softmax;
 use graft::data::image;
-use graft::device::default_device;
+use burn::tensor::Device;
 use graft::manifest::InputKind;
 use graft::predictor::Predictor;
 use graft::report::Reporter;
@@ -20,21 +20,21 @@ struct Shown {
 
 pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     // Every flag is used below: a new one fails to compile until it is.
-    let PredictArgs { model, arch, run, weights, top, batch, images, csv, text, allow_unfinished } = args;
+    let PredictArgs { device, model, arch, run, weights, top, batch, images, csv, text, allow_unfinished } = args;
     if top == 0 || batch == 0 {
         anyhow::bail!("--top and --batch must be at least 1");
     }
     graft::limits::check_setting("--batch", batch, graft::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
     let shown = Shown { top, csv };
+    let device = device.device()?;
     if let Some(run) = &run {
-        return predict_run(run, &images, &text, batch, allow_unfinished, &shown, out);
+        return predict_run(run, &images, &text, batch, allow_unfinished, &shown, &device, out);
     }
     // --allow-unfinished is about runs; a zoo model is always complete.
     let _ = allow_unfinished;
     let images = expand_folders(&images, false)?;
     anyhow::ensure!(text.is_empty(), "--text needs a text run (--run from `graft fit --model minilm-l6`)");
     let spec = super::model_spec(&model, arch.as_deref())?;
-    let device = default_device();
     let reporter = TermReporter::new();
     let model = Pretrained::load(spec, weights.as_deref(), &graft_home(), &reporter, &device)?;
     let preprocess = spec.preprocess();
@@ -77,8 +77,8 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
 
 /// Top-k of a run's classes (any kind, through the one [`Predictor`]) for image files, or for
 /// `.txt` files and `--text`s with a run on texts.
-fn predict_run(run: &Path, inputs: &[PathBuf], texts: &[String], batch: usize, allow_unfinished: bool, shown: &Shown, out: &Output) -> anyhow::Result<()> {
-    let device = default_device();
+#[allow(clippy::too_many_arguments)]
+fn predict_run(run: &Path, inputs: &[PathBuf], texts: &[String], batch: usize, allow_unfinished: bool, shown: &Shown, device: &Device, out: &Output) -> anyhow::Result<()> {
     let reporter = TermReporter::new();
     let predictor = Predictor::load(run, &graft_home(), None, allow_unfinished, &reporter, &device)?;
     let text_run = predictor.input() == InputKind::Texts;

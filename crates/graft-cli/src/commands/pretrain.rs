@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use graft::device::default_device;
 use graft::transfer::autoencoder::{pretrain, PretrainConfig};
 use serde_json::json;
 
@@ -16,6 +15,8 @@ use crate::reporter::TermReporter;
 /// --data are never read. `graft fit --init RUN` then adds a classifier and fine-tunes.
 #[derive(Debug, clap::Args)]
 pub struct PretrainArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
     /// autoencoder. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub method: Option<String>,
@@ -54,7 +55,7 @@ pub struct PretrainArgs {
 /// Every flag is named here, so a new one fails to compile until it is resolved. With
 /// `--resume`, the run's own config.toml is read (the one file read during resolution).
 fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)> {
-    let PretrainArgs { method, data, arch, out, resume, epochs, batch_size, lr, noise, seed } = args;
+    let PretrainArgs { device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed } = args;
     if let Some(run) = resume {
         return Ok((PretrainConfig::from_toml(&run.join("config.toml"))?, run, true));
     }
@@ -66,9 +67,10 @@ fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)
 }
 
 pub fn run(args: PretrainArgs, out: &Output) -> anyhow::Result<()> {
+    let device = args.device.device()?;
     let (config, run_dir, resume) = resolve(args)?;
     crate::reporter::stop_on_ctrl_c();
-    let s = match pretrain(&config, &run_dir, resume, &TermReporter::new(), &default_device()) {
+    let s = match pretrain(&config, &run_dir, resume, &TermReporter::new(), &device) {
         Ok(s) => s,
         Err(e) => {
             let next = |run: &std::path::Path| format!("resume with graft pretrain --resume {}", run.display());

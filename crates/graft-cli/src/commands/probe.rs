@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use graft::device::default_device;
 use graft::transfer::probe::{plot, probe, Validation};
 use graft::zoo::{graft_home, ModelSpec, Pretrained};
 use serde_json::json;
@@ -19,6 +18,8 @@ use crate::reporter::TermReporter;
 /// images. The recommended cut is the best accuracy, the shallower layer on a tie.
 #[derive(Debug, clap::Args)]
 pub struct ProbeArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
     /// Pretrained model id (see `graft pull`).
     #[arg(long, default_value = "efficientnet-lite0")]
     pub model: String,
@@ -61,7 +62,7 @@ struct Settings {
 
 /// Every flag is named here, so a new one fails to compile until it is resolved.
 fn resolve(args: ProbeArgs) -> anyhow::Result<Settings> {
-    let ProbeArgs { model, arch, weights, data, val, val_split, seed, plot, batch } = args;
+    let ProbeArgs { device: _, model, arch, weights, data, val, val_split, seed, plot, batch } = args;
     let spec = super::model_spec(&model, arch.as_deref())?;
     let validation = match val {
         Some(dir) => Validation::Folder(dir),
@@ -71,8 +72,8 @@ fn resolve(args: ProbeArgs) -> anyhow::Result<Settings> {
 }
 
 pub fn run(args: ProbeArgs, out: &Output) -> anyhow::Result<()> {
+    let device = args.device.device()?;
     let Settings { spec, weights, data, validation, plot_file, batch } = resolve(args)?;
-    let device = default_device();
     let reporter = TermReporter::new();
     let home = graft_home();
     let model = Pretrained::load(spec, weights.as_deref(), &home, &reporter, &device)?;

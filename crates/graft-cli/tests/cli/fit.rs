@@ -96,6 +96,9 @@ fn freeze_all_keeps_the_trunk_bit_identical_and_trains_the_head() {
     }
     let metrics = std::fs::read_to_string(run1.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 2);
+    // The device the run computed on (the default: no --device, no GRAFT_DEVICE) is recorded.
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(run1.join("model.json")).unwrap()).unwrap();
+    assert_eq!(manifest["device"], "cpu");
 
     // TensorBoard: a valid record stream (lengths, masked CRC32C, Event protos) with our scalars.
     let tb = std::fs::read_dir(run1.join("tb")).unwrap().next().unwrap().unwrap().path();

@@ -3,6 +3,7 @@ mod backbones;
 mod bad_weights;
 mod cache;
 mod data;
+mod device;
 mod fit;
 mod help;
 mod hostile;
@@ -67,6 +68,8 @@ pub fn graft_in(home: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_graft"))
         .args(args)
         .env("GRAFT_HOME", home)
+        // The tests choose their device with --device; a user's GRAFT_DEVICE must not move them.
+        .env_remove("GRAFT_DEVICE")
         .output()
         .expect("run graft")
 }
@@ -171,6 +174,23 @@ pub fn assert_bad_input(out: &Output, needles: &[&str]) {
     for needle in needles {
         assert!(line.contains(needle), "error line does not mention `{needle}`: {line}");
     }
+}
+
+/// The device the parity tests compute on: `GRAFT_TEST_DEVICE` (`cpu`, `wgpu`, `wgpu:N`, …),
+/// else the CPU. A device this build lacks FAILS the test (it never falls back to the CPU).
+pub fn test_device() -> (graft::device::DeviceSpec, burn::tensor::Device) {
+    let value = std::env::var("GRAFT_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let spec = graft::device::DeviceSpec::parse_one(&value).unwrap_or_else(|e| panic!("GRAFT_TEST_DEVICE: {e}"));
+    let device = spec.device().unwrap_or_else(|e| panic!("GRAFT_TEST_DEVICE: {e}"));
+    (spec, device)
+}
+
+/// Asserts that `tensor` (an output) was computed on `spec`'s device: a run that fell back to
+/// the CPU fails here.
+pub fn assert_on_device<const D: usize>(spec: graft::device::DeviceSpec, tensor: &burn::tensor::Tensor<D>) {
+    let on = tensor.device();
+    assert_eq!(graft::device::DeviceSpec::of(&on), Some(spec), "computed on {on:?}, not on {spec}");
+    assert_eq!(graft::device::is_cpu(&on), spec == graft::device::DeviceSpec::Cpu, "{on:?}");
 }
 
 pub fn lite0_weights() -> PathBuf {

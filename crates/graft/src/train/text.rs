@@ -237,7 +237,7 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
         text_preprocess: preprocess_id(&encoder)?,
         embedding_width: width,
     };
-    info.save(run)?;
+    info.save(run, device)?;
     write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
     let cache = CacheStats { hits: stats.hits, misses: stats.misses };
     reporter.message(&format!("embeddings: {} from the cache, {} computed", stats.hits, stats.misses));

@@ -340,7 +340,7 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
         // filled in when the run ends).
         write_atomic(&run.join("config.toml"), toml::to_string(config).expect("config serializes").as_bytes())?;
         let started = PretrainSummary { run: run.into(), config: config.clone(), epochs: 0, images: n, layers: Vec::new(), seconds: 0.0, skipped: skipped.clone() };
-        started.save(run)?;
+        started.save(run, device)?;
     }
     let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
     let mut encoder = Encoder::init(&config.arch, device);
@@ -406,7 +406,7 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
         .collect();
     checkpoint::save(&encoder, &run.join("encoder.safetensors"), BTreeMap::from([("graft.arch".to_string(), config.arch.to_string())]))?;
     let summary = PretrainSummary { run: run.into(), config: config.clone(), epochs: engine.state.epoch, images: n, layers: reports, seconds: engine.state.train_seconds, skipped };
-    summary.save(run)?;
+    summary.save(run, device)?;
     Ok(summary)
 }
 
@@ -637,7 +637,7 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
         n_val: y_val.len(),
         seconds: started.elapsed().as_secs_f64(),
     };
-    info.save(run)?;
+    info.save(run, device)?;
     Ok(info)
 }
 

@@ -47,11 +47,15 @@ pub fn batch_threads() -> usize {
 
 /// Runs `f` on parts of the batch (dimension 0) on separate threads, image by image, and
 /// concatenates the results in order. Only for inference: the parts share no autodiff graph.
+/// On the CPU only: on any other device (a GPU) `f` gets the whole batch in one call.
 /// [N, …] → [N, …]
 pub fn split_batch<const D: usize, const E: usize, F>(x: Tensor<D>, f: F) -> Tensor<E>
 where
     F: Fn(Tensor<D>) -> Tensor<E> + Sync,
 {
+    if !crate::device::is_cpu(&x.device()) {
+        return f(x);
+    }
     let n = x.dims()[0];
     let parts = batch_threads().min(n);
     if parts <= 1 {
