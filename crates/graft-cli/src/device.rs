@@ -40,6 +40,14 @@ impl DeviceArg {
     }
 }
 
+impl DeviceArg {
+    /// The burn devices of `graft fit`, which takes a list (`wgpu:0,1`: data-parallel).
+    pub(crate) fn devices(&self) -> anyhow::Result<Vec<Device>> {
+        let (_, from_env) = self.value();
+        self.specs()?.iter().map(|s| s.device().map_err(|e| from_env_error(e, from_env))).collect()
+    }
+}
+
 /// A refused value that came from `GRAFT_DEVICE` names the variable, not the flag.
 fn from_env_error(err: GraftError, from_env: bool) -> anyhow::Error {
     match err {

@@ -34,7 +34,8 @@ pub enum DeviceSpec {
 
 impl DeviceSpec {
     /// Parses one device or a comma-separated list of the same kind (`wgpu:0,1` or
-    /// `wgpu:0,wgpu:1`): every device the setting names, in order, without repeats.
+    /// `wgpu:0,wgpu:1`): every device the setting names, in order, without repeats (but for
+    /// `cpu`, which may repeat: `cpu,cpu` checks the data-parallel path without GPUs).
     pub fn parse_list(value: &str) -> Result<Vec<DeviceSpec>> {
         let bad = |reason: String| GraftError::setting(SETTING, value, reason);
         let mut specs: Vec<DeviceSpec> = Vec::new();
@@ -48,7 +49,9 @@ impl DeviceSpec {
                 _ => item.parse::<DeviceSpec>().map_err(|_| bad(EXPECTED.into()))?,
             };
             kind = Some(spec.kind());
-            if specs.contains(&spec) {
+            // The CPU may repeat (`cpu,cpu`): one more replica on the same cores, no faster, but
+            // it runs the data-parallel path where there is no second GPU (its tests do).
+            if spec != DeviceSpec::Cpu && specs.contains(&spec) {
                 return Err(bad(format!("{spec} is named twice")));
             }
             if specs.first().is_some_and(|first| first.kind() != spec.kind()) {

@@ -9,7 +9,7 @@ use graft::train::model::{HeadPool, HeadSpec};
 use graft::train::schedule::Schedule;
 use graft::transfer::autoencoder::{MlpArch, MlpFitConfig, PretrainSummary};
 use graft::zoo::layers::FreezeSpec;
-use graft::train::fit::fit;
+use graft::train::fit::fit_on;
 use graft::zoo::graft_home;
 use serde_json::json;
 
@@ -249,12 +249,12 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
 
 pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     crate::reporter::stop_on_ctrl_c();
-    let device = fit_device(&args.device)?;
+    let devices = args.device.devices()?;
     let plan = resolve(args)?;
     let mlp = matches!(plan, Plan::Mlp(_));
     let result = match plan {
-        Plan::Fit { config, flags, auto, run_dir, resume, overwrite } => fit_image_or_text(*config, *flags, auto, run_dir, resume, overwrite, &device, out),
-        Plan::Mlp(plan) => fit_mlp(plan, &device, out),
+        Plan::Fit { config, flags, auto, run_dir, resume, overwrite } => fit_image_or_text(*config, *flags, auto, run_dir, resume, overwrite, &devices, out),
+        Plan::Mlp(plan) => fit_mlp(plan, &one_device(&devices, "an MLP fit")?, out),
     };
     crate::reporter::exit_if_interrupted(result, |run| {
         if mlp {
@@ -266,7 +266,8 @@ pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: PathBuf, resume: bool, overwrite: bool, device: &Device, out: &Output) -> anyhow::Result<()> {
+fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: PathBuf, resume: bool, overwrite: bool, devices: &[Device], out: &Output) -> anyhow::Result<()> {
+    let device = &devices[0];
     if auto {
         let c = &config;
         let advice = crate::commands::advise::measure(&c.model, c.weights.as_deref(), &c.data, 200, c.seed, 16, device)?;
@@ -278,10 +279,10 @@ fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: P
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
     if graft::text::is_text_model(&config.model) {
-        return fit_text_run(&config, &run_dir, resume, device, out);
+        return fit_text_run(&config, &run_dir, resume, &one_device(devices, "a text fit")?, out);
     }
     let reporter = TermReporter::new();
-    let summary = fit(&config, &run_dir, resume, &graft_home(), &reporter, device)?;
+    let summary = fit_on(&config, &run_dir, resume, &graft_home(), &reporter, devices)?;
     let value = summary_json(&summary);
     out.result(&value, || {
         let kept = kept_line(&summary);
@@ -392,18 +393,16 @@ fn fit_text_run(config: &FitConfig, run_dir: &std::path::Path, resume: bool, dev
     Ok(())
 }
 
-/// `graft fit`'s device. Fit is the command that will take a list (`wgpu:0,1`, training on
-/// several devices); until the trainer runs on several, a list is refused naming the setting.
-fn fit_device(arg: &crate::cli::DeviceArg) -> anyhow::Result<Device> {
-    let specs = arg.specs()?;
-    if specs.len() > 1 {
-        let named: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
-        return Err(graft::GraftError::InvalidSetting {
+/// `graft fit`'s devices: an image fit takes a list (`wgpu:0,1`, data-parallel training);
+/// text and MLP fits run on one, and refuse a list naming the setting.
+fn one_device(devices: &[Device], what: &str) -> anyhow::Result<Device> {
+    match devices {
+        [one] => Ok(one.clone()),
+        _ => Err(graft::GraftError::InvalidSetting {
             setting: graft::device::SETTING.into(),
-            value: named.join(","),
-            reason: "training on several devices is not available yet; name one".into(),
+            value: devices.iter().map(graft::device::record).collect::<Vec<_>>().join(","),
+            reason: format!("{what} trains on one device; name one (several: an image fit)"),
         }
-        .into());
+        .into()),
     }
-    arg.device()
 }

@@ -471,17 +471,10 @@ impl Ctx<'_> {
     fn adda_features(&self, model: &Trainable, source_net: &AdaptNet, s_idx: &[usize], t_idx: &[usize], step: usize, sums: &mut Sums) -> Result<(Tensor<2>, Tensor<2>)> {
         let dev = &self.train_device;
         sums.steps += 1;
-<<<<<<< HEAD
         let xs = self.training_batch(self.source, s_idx, step, 0, self.device)?;
-        let f_s = Tensor::<2>::from_data(source_net.features(xs).into_data(), dev);
+        let f_s = source_net.features(xs).autodiff();
         let f_t = model.net.features(self.training_batch(self.target, t_idx, step, 1, dev)?);
         Ok((f_s, f_t))
-=======
-        let xs = self.training_batch(self.source, s_idx, step, 0, self.device);
-        let f_s = source_net.features(xs).autodiff();
-        let f_t = model.net.features(self.training_batch(self.target, t_idx, step, 1, dev));
-        (f_s, f_t)
->>>>>>> s8-device
     }
 
     /// ADDA's adversarial iteration (the original paper's GAN objective with inverted labels):

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint;
 use super::engine::{self, param_ids, Engine, EpochEnd, Iteration, Keep, Phase, PhaseStatus, Task, Validation};
 use super::guard;
+use super::parallel::{loss_weight, split_groups, DataParallel, ShardLoss};
 use super::config::{CacheMode, FitConfig, Optimizer};
 use super::loss::{argmax, cross_entropy};
 use super::model::{frozen_prefix, Grafted, Head, HeadSpec};
@@ -188,6 +189,8 @@ struct FitTask<'a> {
     train_device: Device,
     /// This epoch's shuffled image order.
     order: Vec<usize>,
+    /// Several devices: each batch split across them (when the trunk runs in the step).
+    parallel: Option<DataParallel<Grafted>>,
     /// This epoch's batches of pixels, decoded ahead on worker threads (when the trunk runs).
     loader: Option<Prefetch<Result<Vec<f32>>>>,
     /// The iteration of the loader's first batch.
@@ -230,6 +233,9 @@ impl Task for FitTask<'_> {
 
     fn begin_epoch(&mut self, model: &Grafted, epoch: usize) -> Result<()> {
         self.order = engine::epoch_order(self.train.len(), self.config.seed, epoch);
+        if let Some(dp) = &self.parallel {
+            dp.seed(engine::epoch_seed(self.config.seed, epoch));
+        }
         self.sums = (0.0, 0, 0);
         self.loader = None;
         self.prefix = if self.train_cache.is_some() || self.cut == 0 {
@@ -282,6 +288,31 @@ impl Task for FitTask<'_> {
                 images.expect("decoded above").flatten(1, 3)
             }
         };
+        if let Some(dp) = self.parallel.as_mut() {
+            // Data-parallel: each device's replica takes its rows of the batch.
+            let (cut, act_shape, s, smoothing, weights) = (self.cut, self.act_shape, self.resolution, config.label_smoothing, self.class_weights);
+            let (input, targets) = (&input, &targets);
+            let out = dp.step(model, batch.len(), |replica, shard| {
+                let x = shard.take(input);
+                let t = &targets[shard.rows.clone()];
+                let logits = if cut == 0 {
+                    let [n, _] = x.dims();
+                    replica.forward(x.reshape([n, 3, s, s])) // [n, classes]
+                } else {
+                    replica.forward_from(x, cut, act_shape)
+                };
+                let loss = cross_entropy(logits.clone(), t, smoothing, weights, &shard.device);
+                let correct = argmax(logits.detach()).iter().zip(t).filter(|(p, t)| p == t).count();
+                Ok(ShardLoss { loss, weight: loss_weight(t, weights), output: correct })
+            })?;
+            guard::check_loss("training loss", out.loss, epoch + 1, lr)?;
+            self.sums.1 += out.outputs.iter().map(|(_, c)| c).sum::<usize>();
+            self.sums.2 += batch.len();
+            self.sums.0 += out.loss * batch.len() as f64;
+            let mut groups = split_groups(out.grads, model, &[&self.head_ids, &self.body_ids]).into_iter();
+            let (head, body) = (groups.next().expect("two groups"), groups.next().expect("two groups"));
+            return Ok(vec![(head, 1.0), (body, config.body_lr_mult)]);
+        }
         let logits = if self.cut == 0 {
             let [n, _] = input.dims();
             let s = self.resolution;
@@ -357,10 +388,19 @@ pub trait FitReporter: Reporter {
 /// Runs (or resumes) training into `run`. A fresh run that fails before its first epoch is
 /// saved leaves no run directory behind (see [`crate::fsutil::fresh_run_state`]).
 pub fn fit(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device) -> Result<FitSummary> {
-    engine::removing_a_failed_start(run, resume, || fit_run(config, run, resume, home, reporter, device))
+    fit_on(config, run, resume, home, reporter, std::slice::from_ref(device))
 }
 
-fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device) -> Result<FitSummary> {
+/// [`fit`] on several devices (the first is the main one): where the trunk runs in each step
+/// (no activation cache), every batch is split across them and trained data-parallel
+/// ([`DataParallel`]); a cached frozen trunk trains its head on the main device alone.
+pub fn fit_on(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, devices: &[Device]) -> Result<FitSummary> {
+    let device = devices.first().ok_or_else(|| GraftError::setting(crate::device::SETTING, "", "no device given"))?;
+    engine::removing_a_failed_start(run, resume, || fit_run(config, run, resume, home, reporter, device, devices))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device, devices: &[Device]) -> Result<FitSummary> {
     config.validate()?;
     // Everything that can be refused cheaply is checked before the run directory is created,
     // so a mistyped flag leaves nothing behind.
@@ -557,6 +597,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             device,
             train_device: train_device.clone(),
             order: Vec::new(),
+            parallel: if devices.len() > 1 && !use_cache { Some(DataParallel::new(devices.to_vec())?) } else { None },
             loader: None,
             loader_base: 0,
             prefix: None,
