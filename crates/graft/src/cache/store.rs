@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -86,6 +85,8 @@ pub fn content_hash(path: &Path) -> Result<[u8; 32]> {
 struct Shard {
     path: PathBuf,
     map: Mmap,
+    /// Rows are read from the file with positioned reads (see [`Shard::read_into`]).
+    file: std::fs::File,
     dim: usize,
     dtype: StoreDtype,
     count: usize,
@@ -96,20 +97,26 @@ impl Shard {
         HEADER + self.count * ENTRY
     }
 
-    /// Appends the features of `row` to `out`.
-    fn read_into(&self, row: usize, out: &mut Vec<f32>) {
+    /// Appends the features of `row` to `out`. Read with a positioned read, not through the
+    /// map: on a fault the kernel maps the whole page-cache folio (up to megabytes on current
+    /// kernels, e.g. for pages just written), so reading rows at random through the map grew
+    /// the resident set by hundreds of MB between releases; the page cache itself is not
+    /// counted in the process's memory.
+    fn read_into(&self, row: usize, out: &mut Vec<f32>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
         let size = self.dtype.size();
         let start = self.data_offset() + row * self.dim * size;
-        let bytes = &self.map[start..start + self.dim * size];
+        let mut bytes = vec![0u8; self.dim * size];
+        self.file.read_exact_at(&mut bytes, start as u64)?;
         match self.dtype {
             StoreDtype::F32 => out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
             StoreDtype::F16 => out.extend(bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
         }
+        Ok(())
     }
 
-    /// Drops the mapped pages from this process's resident set; they stay in the page cache
-    /// and are mapped again on the next read. Without this, reading a store of 60,000 images
-    /// every epoch would keep all of it resident (counted in the process's RSS).
+    /// Drops the mapped pages from this process's resident set (they stay in the page cache):
+    /// the map is read whole once, for the checksum, when the shard is opened.
     fn release(&self) {
         #[cfg(unix)]
         // SAFETY: a read-only shared mapping of a file that is never modified in place
@@ -131,12 +138,7 @@ pub struct FeatureStore {
     dim: Option<usize>,
     /// Shards found damaged on open (path and reason); they were removed.
     pub repaired: Vec<(PathBuf, String)>,
-    /// Bytes read through the maps since their pages were last released.
-    touched: AtomicUsize,
 }
-
-/// Mapped pages are released after this many bytes were read (bounds the resident set).
-const RELEASE_BYTES: usize = 32 << 20;
 
 /// Pending features are written as a shard once they pass this size, keeping memory flat
 /// (the shard is streamed to disk, not assembled in memory first).
@@ -169,7 +171,6 @@ impl FeatureStore {
             pending_bytes: 0,
             dim: None,
             repaired: Vec::new(),
-            touched: AtomicUsize::new(0),
         };
         let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
             .map_err(|e| GraftError::io(&dir, e))?
@@ -235,7 +236,7 @@ impl FeatureStore {
             hash.copy_from_slice(&map[o..o + 32]);
             self.index.insert((hash, u32_at(o + 32)), (shard_index, row));
         }
-        let shard = Shard { path: path.to_path_buf(), map, dim, dtype, count };
+        let shard = Shard { path: path.to_path_buf(), map, file, dim, dtype, count };
         // The checksum read every page: let them go (see `Shard::release`).
         shard.release();
         self.shards.push(shard);
@@ -256,17 +257,15 @@ impl FeatureStore {
         self.read_into(key, &mut out).then_some(out)
     }
 
-    /// Appends the stored features of `key` to `out`; false (and `out` unchanged) if absent.
-    /// Reads go through the memory maps, whose pages are released every [`RELEASE_BYTES`]:
-    /// the process never holds more than that of the store, however large it is.
+    /// Appends the stored features of `key` to `out`; false (and `out` unchanged) if absent
+    /// or if its shard can no longer be read (a shard removed under a running process: the
+    /// caller reports the missing row).
     pub fn read_into(&self, key: &Key, out: &mut Vec<f32>) -> bool {
         if let Some(&(s, row)) = self.index.get(key) {
-            let shard = &self.shards[s];
-            shard.read_into(row, out);
-            let bytes = shard.dim * shard.dtype.size();
-            if self.touched.fetch_add(bytes, Ordering::Relaxed) + bytes >= RELEASE_BYTES {
-                self.touched.store(0, Ordering::Relaxed);
-                self.shards.iter().for_each(Shard::release);
+            let before = out.len();
+            if self.shards[s].read_into(row, out).is_err() {
+                out.truncate(before);
+                return false;
             }
             return true;
         }
