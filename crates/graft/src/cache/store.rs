@@ -278,6 +278,17 @@ impl FeatureStore {
         }
     }
 
+    /// Appends the features of `keys[r]` for each `r` of `rows` to `out`, in that order; a key
+    /// missing from the store is an error naming the store and `what` (e.g. "an activation").
+    pub fn read_rows(&self, keys: &[Key], rows: &[usize], what: &str, out: &mut Vec<f32>) -> Result<()> {
+        for &r in rows {
+            if !self.read_into(&keys[r], out) {
+                return Err(GraftError::Data { path: self.dir.clone(), reason: format!("{what} written this run is missing from the feature cache") });
+            }
+        }
+        Ok(())
+    }
+
     /// Width of the stored features (`None` while the store is empty).
     pub fn dim(&self) -> Option<usize> {
         self.dim

@@ -204,13 +204,14 @@ impl ImageSource {
         let jobs = Arc::new(jobs);
         Prefetch::new(jobs.len(), decode_workers(), AHEAD, move |j| source.batch_pixels(&jobs[j]))
     }
+}
 
-    /// A batch of pixels as a `[n, 3, size, size]` tensor.
-    pub fn tensor(&self, pixels: Vec<f32>, device: &Device) -> Tensor<4> {
-        let s = self.preprocess.size as usize;
-        let n = pixels.len() / (3 * s * s);
-        Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), device)
-    }
+/// Normalised CHW pixels of `n` images (a batch of [`ImageSource::stream`]) as a
+/// `[n, 3, size, size]` tensor.
+pub fn pixels_tensor(pixels: Vec<f32>, size: u32, device: &Device) -> Tensor<4> {
+    let s = size as usize;
+    let n = pixels.len() / (3 * s * s);
+    Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), device)
 }
 
 /// Batches prepared ahead of the one being computed.

@@ -30,7 +30,7 @@ use crate::cache::{FeatureStore, Namespace};
 use crate::data::augment::{sample_rng, Augment};
 use rand::RngCore;
 use crate::data::folder::{stratified_split, ImageFolder, Sample, Skipped};
-use crate::data::stream::{index_images, ImageSource, Item, Prefetch};
+use crate::data::stream::{index_images, pixels_tensor, ImageSource, Item, Prefetch};
 use crate::data::image::Preprocess;
 use crate::fsutil::write_atomic;
 use crate::report::{plot, Reporter};
@@ -691,13 +691,6 @@ fn index_split(samples: &[Sample], task: &str, reporter: &dyn Reporter, skipped:
     Split { paths: Arc::new(paths), labels, hashes: keys }
 }
 
-/// Normalised CHW pixels of `n` images as a `[n, 3, size, size]` tensor.
-fn pixels_tensor(pixels: Vec<f32>, size: u32, device: &Device) -> Tensor<4> {
-    let s = size as usize;
-    let n = pixels.len() / (3 * s * s);
-    Tensor::from_data(TensorData::new(pixels, [n, 3, s, s]), device)
-}
-
 /// Per-sample shape of the activation map at `cut` (ignored after the last stage).
 fn map_shape(model: &Grafted, cut: usize, resolution: usize) -> [usize; 3] {
     if cut >= model.trunk.num_stages() {
@@ -921,13 +914,7 @@ impl Cache {
         let mut data = Vec::with_capacity(rows.len() * self.width);
         match &self.rows {
             CacheRows::Memory(all) => rows.iter().for_each(|&r| data.extend_from_slice(&all[r * self.width..(r + 1) * self.width])),
-            CacheRows::Stored { store, keys } => {
-                for &r in rows {
-                    if !store.read_into(&keys[r], &mut data) {
-                        return Err(GraftError::Data { path: store.dir.clone(), reason: "an activation written this run is missing from the feature cache".into() });
-                    }
-                }
-            }
+            CacheRows::Stored { store, keys } => store.read_rows(keys, rows, "an activation", &mut data)?,
         }
         Ok(data)
     }

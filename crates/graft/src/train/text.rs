@@ -151,13 +151,7 @@ impl Rows {
         let mut data = Vec::with_capacity(idx.len() * self.width);
         match &self.x {
             Embeddings::Memory(x) => idx.iter().for_each(|&i| data.extend_from_slice(&x[i])),
-            Embeddings::Stored { store, keys } => {
-                for &i in idx {
-                    if !store.read_into(&keys[i], &mut data) {
-                        return Err(GraftError::Data { path: store.dir.clone(), reason: "an embedding written this run is missing from the feature cache".into() });
-                    }
-                }
-            }
+            Embeddings::Stored { store, keys } => store.read_rows(keys, idx, "an embedding", &mut data)?,
         }
         Ok(data)
     }
