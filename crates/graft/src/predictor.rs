@@ -157,9 +157,10 @@ impl Predictor {
                 let set = eval_dataset(data, classes)?;
                 let mut store = m.store(&self.home, reporter)?;
                 let mut stats = EmbedStats::default();
-                let probs = m.probabilities(&set.texts, Some(&mut store), reporter, &mut stats, device)?;
+                let texts = set.texts.to_vec()?;
+                let probs = m.probabilities(&texts, Some(&mut store), reporter, &mut stats, device)?;
                 let evaluation = Evaluation::from_predictions(classes, &set.labels, &top1(&probs));
-                let inputs = set.texts.iter().map(|t| text_excerpt(t)).collect();
+                let inputs = texts.iter().map(|t| text_excerpt(t)).collect();
                 Ok(Evaluated { evaluation, skipped: set.skipped, scored: Some(Scored { inputs, truth: set.labels, probs }), cache: Some(stats) })
             }
             Model::Adapt(m) => {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use graft::data::idx::seeded_subset;
 use graft::data::usps;
 
-use super::{assert_bad_input, graft, json_of, scratch, shared};
+use super::{assert_bad_input, graft, graft_in, isolated_home, json_of, scratch, shared};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -217,11 +217,21 @@ fn bad_input_is_one_line_and_exit_2() {
 #[test]
 fn a_zoo_backbone_adapts_its_frozen_features() {
     let dir = scratch("adapt-zoo");
+    let home = isolated_home("adapt-zoo");
     let source = mnist_folder(&dir, 4, 7);
     let target = usps_folder(&dir, "train", 2, 8);
     let test = usps_folder(&dir, "test", 2, 9);
     let run = dir.join("run");
-    let v = adapt("dann", &source, &target, &test, &run, &["--backbone", "efficientnet-lite0", "--bottleneck", "64", "--val-split", "0.25"]);
+    let zoo = ["--backbone", "efficientnet-lite0", "--bottleneck", "64", "--val-split", "0.25"];
+    let adapt_in = |method: &str, run: &Path| {
+        let mut args = vec![
+            "adapt", "--method", method, "--source", s(&source), "--target", s(&target), "--target-test", s(&test), "--out", s(run),
+            "--epochs", "2", "--iters-per-epoch", "15", "--batch-size", "16", "--seed", "3", "--json",
+        ];
+        args.extend_from_slice(&zoo);
+        json_of(&graft_in(&home, &args))
+    };
+    let v = adapt_in("dann", &run);
     assert_eq!(v["backbone"], "efficientnet-lite0");
     assert_eq!(v["n_target_test"], 20);
     let info: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("model.json")).unwrap()).unwrap();
@@ -230,6 +240,21 @@ fn a_zoo_backbone_adapts_its_frozen_features() {
     let best = graft_weights::load(&run.join("best.safetensors")).unwrap();
     assert!(!best.tensors.keys().any(|k| k.starts_with("lenet")), "no LeNet with a zoo backbone");
     assert_eq!(best.tensors["bottleneck.weight"].shape, vec![1280, 64]);
+
+    // The trunk's features went to the feature store (not held in memory), in the namespace
+    // fit uses for pooled Lite0 features; a second method on the same domains computes none.
+    let stored = || -> u64 {
+        let v = json_of(&graft_in(&home, &["cache", "ls", "--json"]));
+        let spaces: Vec<&serde_json::Value> = v["namespaces"].as_array().unwrap().iter().filter(|n| n["namespace"]["model"] == "efficientnet-lite0").collect();
+        assert_eq!(spaces.len(), 1, "{v}");
+        assert_eq!(spaces[0]["namespace"]["cut"], "pooled:avg");
+        spaces[0]["bytes"].as_u64().unwrap()
+    };
+    let bytes = stored();
+    assert!(bytes > 80 * 1280 * 4, "80 images' features are stored: {bytes} bytes");
+    let again = adapt_in("dan", &dir.join("run-dan"));
+    assert_eq!(again["n_target_test"], 20);
+    assert_eq!(stored(), bytes, "the second run read every feature from the store");
 }
 
 #[test]

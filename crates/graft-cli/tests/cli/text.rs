@@ -255,7 +255,7 @@ fn eval_and_predict_read_the_adapted_run(home: &Path, run: &Path, test_csv: &Pat
 
     // The same reviews through predict: its top-1 accuracy is eval's.
     let data = graft::text::TextDataset::open_any(test_csv).unwrap();
-    let rows: Vec<(String, String)> = data.texts.iter().zip(&data.labels).map(|(t, &l)| (t.clone(), data.classes[l].clone())).collect();
+    let rows: Vec<(String, String)> = data.texts.to_vec().unwrap().into_iter().zip(&data.labels).map(|(t, &l)| (t, data.classes[l].clone())).collect();
     assert_eq!(rows.len(), 20);
     let mut args = vec!["predict", "--run", run, "--top", "2", "--json"];
     for (text, _) in &rows {

@@ -6,7 +6,9 @@
 //!   grey levels are first rounded to bytes, as when they are stored as images), scaled to [0, 1]
 //!   then (x − 0.5) / 0.5: 784 values per image.
 //! * A zoo model: the model's own preprocessing (grey images replicated to RGB), then the frozen
-//!   trunk's pooled features, computed once per image.
+//!   trunk's pooled features, computed once per image into the feature store under
+//!   `$GRAFT_HOME/cache/features` (the namespace `graft fit` uses for the same model, weights and
+//!   preprocessing) and read back per batch: a domain holds keys, not features.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::model::LENET_SIDE;
+use crate::cache::{FeatureStore, Key, Namespace, StoreDtype};
 use crate::data::fetch;
 use crate::data::folder::{is_image_file, ImageFolder, Sample, Skipped};
 use crate::data::stream::index_images;
@@ -154,8 +157,9 @@ fn grey_row(img: &GrayImage, side: u32, mean: f32, std: f32) -> Vec<f32> {
 
 /// One domain, ready for a network: `len()` rows of `width` values, made per batch from
 /// where the images are ([`Domain::rows`]): image files are decoded when a batch needs them,
-/// digit sets stay as their bytes, and only rows that cost a network pass to make (a zoo
-/// trunk's features, a text encoder's embeddings) are kept, computed once.
+/// digit sets stay as their bytes, and rows that cost a network pass to make (a zoo trunk's
+/// features, a text encoder's embeddings) are computed once into the feature store and read
+/// from it per batch.
 #[derive(Debug, Clone)]
 pub struct Domain {
     pub name: String,
@@ -170,8 +174,8 @@ pub struct Domain {
 /// Where a domain's rows come from.
 #[derive(Debug)]
 enum RowSource {
-    /// Rows computed up front (trunk features, text embeddings): item `i` is row `i`.
-    Memory(Vec<f32>),
+    /// Rows in the feature store (trunk features, text embeddings): item `i` is `keys[i]`.
+    Stored { store: FeatureStore, keys: Vec<Key> },
     /// Grey `side`×`side` byte images (a digit set), made into rows by `input`.
     Grey { side: u32, pixels: Vec<u8>, input: InputSpec },
     /// Image files, decoded and made into rows by `input`.
@@ -179,10 +183,10 @@ enum RowSource {
 }
 
 impl Domain {
-    /// A domain of precomputed rows (`x.len() / width` of them).
-    pub fn from_rows(name: String, x: Vec<f32>, width: usize, labels: Vec<usize>) -> Domain {
-        let n = if width == 0 { 0 } else { x.len() / width };
-        Domain { name, width, labels, items: Arc::new((0..n).collect()), source: Arc::new(RowSource::Memory(x)) }
+    /// A domain of rows in `store` (flushed), one per key, `width` wide.
+    pub fn from_store(name: String, store: FeatureStore, keys: Vec<Key>, width: usize, labels: Vec<usize>) -> Domain {
+        let n = keys.len();
+        Domain { name, width, labels, items: Arc::new((0..n).collect()), source: Arc::new(RowSource::Stored { store, keys }) }
     }
 
     pub fn len(&self) -> usize {
@@ -205,12 +209,10 @@ impl Domain {
     pub fn rows(&self, indices: &[usize]) -> Result<Vec<f32>> {
         let w = self.width;
         match &*self.source {
-            RowSource::Memory(x) => {
+            RowSource::Stored { store, keys } => {
+                let items: Vec<usize> = indices.iter().map(|&i| self.items[i]).collect();
                 let mut out = Vec::with_capacity(indices.len() * w);
-                for &i in indices {
-                    let item = self.items[i];
-                    out.extend_from_slice(&x[item * w..(item + 1) * w]);
-                }
+                store.read_rows(keys, &items, &format!("a row of {}", self.name), &mut out)?;
                 Ok(out)
             }
             RowSource::Grey { side, pixels, input } => {
@@ -334,13 +336,15 @@ pub struct Featurizer<'a> {
     pub device: Device,
     /// Width of the trunk's pooled features (0 without a trunk).
     feature_width: usize,
+    /// graft's home: the trunk's features go to its feature store.
+    home: PathBuf,
 }
 
 /// Rows computed per chunk (bounds memory for large zoo inputs).
 const CHUNK: usize = 256;
 
 impl<'a> Featurizer<'a> {
-    pub fn new(input: InputSpec, trunk: Option<&'a Pretrained>, device: &Device) -> Self {
+    pub fn new(input: InputSpec, trunk: Option<&'a Pretrained>, home: &Path, device: &Device) -> Self {
         let feature_width = trunk
             .map(|t| {
                 let size = match &input {
@@ -352,7 +356,7 @@ impl<'a> Featurizer<'a> {
                 t.net.features(probe).dims()[1]
             })
             .unwrap_or(0);
-        Featurizer { input, trunk, device: device.clone(), feature_width }
+        Featurizer { input, trunk, device: device.clone(), feature_width, home: home.to_path_buf() }
     }
 
     /// Width of the rows the networks see.
@@ -399,7 +403,13 @@ impl<'a> Featurizer<'a> {
                 };
                 match self.trunk {
                     None => grey,
-                    Some(_) => self.through_trunk(&grey, &name, reporter)?,
+                    Some(t) => {
+                        // A digit has no file: its key is the sha256 of its side and bytes.
+                        let RowSource::Grey { pixels, .. } = &*grey.source else { unreachable!("made above") };
+                        let plane = (side as usize).pow(2);
+                        let keys = (0..n).map(|i| grey_key(side, &pixels[i * plane..(i + 1) * plane])).collect();
+                        self.through_trunk(t, &grey, keys, &name, reporter)?
+                    }
                 }
             }
             Items::Files { samples, labelled: has_labels } => {
@@ -408,6 +418,7 @@ impl<'a> Featurizer<'a> {
                 reporter.finish();
                 skipped.extend(bad);
                 let good: Vec<&Sample> = hashes.iter().zip(&samples).filter(|(h, _)| h.is_some()).map(|(_, s)| s).collect();
+                let keys: Vec<Key> = hashes.iter().flatten().map(|h| (*h, 0)).collect();
                 let labels = if has_labels && labelled { good.iter().map(|s| s.label).collect() } else { Vec::new() };
                 let files = Domain {
                     name: name.clone(),
@@ -418,7 +429,7 @@ impl<'a> Featurizer<'a> {
                 };
                 match self.trunk {
                     None => files,
-                    Some(_) => self.through_trunk(&files, &name, reporter)?,
+                    Some(t) => self.through_trunk(t, &files, keys, &name, reporter)?,
                 }
             }
         };
@@ -432,22 +443,52 @@ impl<'a> Featurizer<'a> {
         Ok((domain, raw.classes, skipped))
     }
 
-    /// The trunk's features of every image of `images` (preprocessed rows), a chunk at a time.
-    fn through_trunk(&self, images: &Domain, name: &str, reporter: &dyn Reporter) -> Result<Domain> {
-        let n = images.len();
-        let mut x = Vec::with_capacity(n * self.width());
-        reporter.start(&format!("preparing {name}"), Some(n as u64));
-        for start in (0..n).step_by(CHUNK) {
-            let end = (start + CHUNK).min(n);
-            let idx: Vec<usize> = (start..end).collect();
-            let w = images.width;
-            let rows = images.rows(&idx)?;
-            x.extend(self.rows(rows.chunks(w).map(<[f32]>::to_vec).collect())?);
-            reporter.progress(end as u64);
+    /// The trunk's features of every image of `images` (keyed by `keys`) in the feature store:
+    /// those missing are computed a chunk at a time and written; the domain reads them back per
+    /// batch.
+    fn through_trunk(&self, trunk: &Pretrained, images: &Domain, keys: Vec<Key>, name: &str, reporter: &dyn Reporter) -> Result<Domain> {
+        let InputSpec::Zoo { model, preprocess } = &self.input else { unreachable!("a trunk always comes with zoo preprocessing") };
+        let namespace = Namespace {
+            model: model.clone(),
+            weights_sha256: trunk.weights_sha256.clone(),
+            cut: crate::zoo::backbone::pooled_cut(crate::train::model::HeadPool::Avg),
+            preprocess: serde_json::to_string(preprocess).expect("preprocess serializes"),
+            augment: "none".into(),
+            dtype: StoreDtype::F32,
+        };
+        let mut store = FeatureStore::open(&self.home.join("cache").join("features"), namespace)?;
+        for (path, reason) in &store.repaired {
+            reporter.message(&format!("feature cache: {} was damaged ({reason}); rebuilding its entries", path.display()));
         }
-        reporter.finish();
-        Ok(Domain::from_rows(name.to_string(), x, self.width(), images.labels.clone()))
+        let mut seen = std::collections::HashSet::new();
+        let missing: Vec<usize> = (0..images.len()).filter(|&i| !store.contains(&keys[i]) && seen.insert(keys[i])).collect();
+        if !missing.is_empty() {
+            reporter.start(&format!("preparing {name}"), Some(missing.len() as u64));
+            let w = images.width;
+            for (done, chunk) in missing.chunks(CHUNK).enumerate() {
+                let rows = images.rows(chunk)?;
+                let features = self.rows(rows.chunks(w).map(<[f32]>::to_vec).collect())?;
+                let d = self.width();
+                for (k, &i) in chunk.iter().enumerate() {
+                    store.put(keys[i], features[k * d..(k + 1) * d].to_vec())?;
+                }
+                reporter.progress(((done + 1) * CHUNK).min(missing.len()) as u64);
+            }
+            reporter.finish();
+        }
+        store.flush()?;
+        Ok(Domain::from_store(name.to_string(), store, keys, self.width(), images.labels.clone()))
     }
+}
+
+/// The store key of a grey digit image (no file behind it): sha256 of its side and bytes.
+fn grey_key(side: u32, pixels: &[u8]) -> Key {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"grey");
+    h.update(side.to_le_bytes());
+    h.update(pixels);
+    (h.finalize().into(), 0)
 }
 
 #[cfg(test)]

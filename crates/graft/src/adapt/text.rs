@@ -1,6 +1,7 @@
 //! Text domains for `graft adapt --backbone minilm-l6`: the frozen sentence encoder's embeddings
-//! (through the feature store, so each review is embedded once across runs and methods) are the
-//! rows the bottleneck → classifier network trains on, like a zoo trunk's pooled features.
+//! (in the feature store, so each review is embedded once across runs and methods, and read back
+//! per batch) are the rows the bottleneck → classifier network trains on, like a zoo trunk's
+//! pooled features.
 //!
 //! A domain is any text dataset `graft fit` reads (a CSV with `text,label`, a folder of class
 //! sub-folders of `.txt`, an Amazon reviews domain folder …) or `amazon:DOMAIN`, read from
@@ -20,7 +21,8 @@ use crate::cache::StoreDtype;
 use crate::data::folder::Skipped;
 use crate::report::Reporter;
 use crate::train::run::Evaluation;
-use crate::text::features::{embed_cached, open_store, preprocess_id, EmbedStats};
+use crate::text::features::{embed_to_store, open_store, preprocess_id, EmbedStats};
+use crate::text::dataset::Texts;
 use crate::text::{SentenceEncoder, TextDataset};
 use crate::{GraftError, Result};
 
@@ -44,12 +46,12 @@ impl AdaptedModel {
 
     /// Embeddings of `texts` as the run's network takes them (through the feature store under
     /// `home`, as in training).
-    fn embed(&self, setting: &str, texts: &[impl AsRef<str>], home: &Path, reporter: &dyn Reporter, stats: &mut EmbedStats) -> Result<Domain> {
+    fn embed(&self, setting: &str, texts: &Texts, home: &Path, reporter: &dyn Reporter, stats: &mut EmbedStats) -> Result<Domain> {
         let encoder = self.text_encoder(setting)?;
         let mut store = open_store(home, &self.info.backbone, encoder, StoreDtype::F32, reporter)?;
-        let rows = embed_cached(encoder, texts, Some(&mut store), reporter, stats)?;
-        let width = rows.first().map(Vec::len).unwrap_or(self.info.input_width);
-        Ok(Domain::from_rows(setting.to_string(), rows.into_iter().flatten().collect(), width, Vec::new()))
+        let keys = embed_to_store(encoder, texts, &mut store, reporter, stats)?;
+        let width = store.dim().unwrap_or(self.info.input_width);
+        Ok(Domain::from_store(setting.to_string(), store, keys, width, Vec::new()))
     }
 
     /// Scores the kept model on a labelled text domain (a `text,label` CSV, a class folder of
@@ -68,7 +70,7 @@ impl AdaptedModel {
 
     /// Class probabilities of `texts`, one row each.
     pub fn text_probabilities(&self, texts: &[impl AsRef<str>], home: &Path, reporter: &dyn Reporter, stats: &mut EmbedStats, device: &Device) -> Result<Vec<Vec<f32>>> {
-        let domain = self.embed("run", texts, home, reporter, stats)?;
+        let domain = self.embed("run", &Texts::from(texts.iter().map(|t| t.as_ref().to_string()).collect::<Vec<_>>()), home, reporter, stats)?;
         if texts.is_empty() {
             return Ok(Vec::new());
         }
@@ -81,7 +83,6 @@ impl AdaptedModel {
 /// Reads and embeds the source, target and target-test texts.
 pub(crate) fn load_text_domains(config: &AdaptConfig, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<Loaded> {
     let encoder = SentenceEncoder::load(&config.backbone, config.weights.as_deref(), home, reporter, device)?;
-    let mut store = open_store(home, &config.backbone, &encoder, StoreDtype::F32, reporter)?;
     let mut stats = EmbedStats::default();
     let root = &config.data_root;
     let source = read("source", &config.source, root)?;
@@ -94,11 +95,14 @@ pub(crate) fn load_text_domains(config: &AdaptConfig, home: &Path, reporter: &dy
         .as_deref()
         .map(|t| read("target_test", t, root)?.with_classes(&classes))
         .transpose()?;
+    // Each domain reads its rows from its own handle on the store (opened after the domains
+    // before it were written).
     let mut embed = |name: &str, data: &TextDataset, labelled: bool| -> Result<Domain> {
-        let rows = embed_cached(&encoder, &data.texts, Some(&mut store), reporter, &mut stats)?;
-        let width = rows.first().map(Vec::len).unwrap_or(0);
+        let mut store = open_store(home, &config.backbone, &encoder, StoreDtype::F32, reporter)?;
+        let keys = embed_to_store(&encoder, &data.texts, &mut store, reporter, &mut stats)?;
+        let width = store.dim().unwrap_or(0);
         let labels = if labelled { data.labels.clone() } else { Vec::new() };
-        Ok(Domain::from_rows(name.to_string(), rows.into_iter().flatten().collect(), width, labels))
+        Ok(Domain::from_store(name.to_string(), store, keys, width, labels))
     };
     let source_all = embed(&config.source, &source, true)?;
     let target_domain = embed(&config.target, &target, false)?;

@@ -575,7 +575,7 @@ fn adapt_run(config: &AdaptConfig, run: &Path, resume: bool, home: &Path, report
         let pretrained = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
         (InputSpec::Zoo { model: spec.id.into(), preprocess: spec.preprocess() }, Some(pretrained))
     };
-    let featurizer = Featurizer::new(input.clone(), trunk.as_ref(), device);
+    let featurizer = Featurizer::new(input.clone(), trunk.as_ref(), home, device);
     let root = &config.data_root;
     let (source_all, classes, mut skipped) = featurizer.load(&source_spec, "source", root, None, true, reporter)?;
     let (target, _, bad) = featurizer.load(&target_spec, "target", root, Some(&classes), false, reporter)?;
@@ -798,6 +798,8 @@ pub struct AdaptedModel {
     pub net: AdaptNet,
     pub trunk: Option<Pretrained>,
     pub encoder: Option<crate::text::SentenceEncoder>,
+    /// graft's home: the feature store that trunk features are computed into.
+    pub home: PathBuf,
 }
 
 /// Loads an adapted run's kept model. A zoo trunk or text encoder is loaded from graft's cache
@@ -825,7 +827,7 @@ pub fn load_adapted(run: &Path, home: &Path, weights: Option<&Path>, reporter: &
             trunk = Some(p);
         }
     }
-    Ok(AdaptedModel { info, net, trunk, encoder })
+    Ok(AdaptedModel { info, net, trunk, encoder, home: home.to_path_buf() })
 }
 
 impl AdaptedModel {
@@ -834,7 +836,7 @@ impl AdaptedModel {
     /// files that could not be read. `flag` names the option the domain came from, for errors.
     pub fn evaluate_domain(&self, spec: &DomainSpec, flag: &str, data_root: &Path, batch: usize, reporter: &dyn Reporter, device: &Device) -> Result<(Evaluation, Vec<Skipped>)> {
         self.expect_images(flag)?;
-        let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), device);
+        let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), &self.home, device);
         let (domain, _, skipped) = featurizer.load(spec, flag, data_root, Some(&self.info.classes), true, reporter)?;
         let (_, predicted) = evaluate(&self.net, &domain, batch, device)?;
         Ok((Evaluation::from_predictions(&self.info.classes, &domain.labels, &predicted), skipped))
@@ -843,7 +845,7 @@ impl AdaptedModel {
     /// Class probabilities for image files; unreadable files are `None` and listed.
     pub fn predict_files(&self, files: &[Sample], device: &Device) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
         self.expect_images("run")?;
-        let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), device);
+        let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), &self.home, device);
         let mut out = Vec::with_capacity(files.len());
         let mut skipped = Vec::new();
         for chunk in files.chunks(256) {

@@ -140,6 +140,12 @@ pub struct FeatureStore {
     pub repaired: Vec<(PathBuf, String)>,
 }
 
+impl std::fmt::Debug for FeatureStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FeatureStore").field("dir", &self.dir).field("rows", &self.index.len()).field("dim", &self.dim).finish_non_exhaustive()
+    }
+}
+
 /// Pending features are written as a shard once they pass this size, keeping memory flat
 /// (the shard is streamed to disk, not assembled in memory first).
 const FLUSH_BYTES: usize = 16 << 20;

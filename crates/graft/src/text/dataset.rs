@@ -10,10 +10,15 @@
 //!
 //! Class names are sorted (byte order) and a label is an index into them. Bytes that are not
 //! UTF-8 are read as Latin-1, line by line: the old corpora mix the two encodings.
+//!
+//! The two user formats are not held in memory: reading one indexes it (a CSV record's byte
+//! offset, a `.txt` file's path, and the labels), and [`Texts`] reads texts back when they are
+//! needed, a chunk at a time. The benchmark sets are small files read whole.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -30,11 +35,109 @@ pub struct TextDataset {
     pub source: PathBuf,
     /// Sorted class names.
     pub classes: Vec<String>,
-    pub texts: Vec<String>,
+    pub texts: Texts,
     /// Index into `classes`, one per text.
     pub labels: Vec<usize>,
     /// Files of a folder dataset that could not be read.
     pub skipped: Vec<Skipped>,
+}
+
+/// A dataset's texts: in memory, or where they are on disk, read back on demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Texts {
+    Memory(Vec<String>),
+    /// Texts `items` of `origin`, in this order.
+    Indexed { origin: Arc<Origin>, items: Vec<usize> },
+}
+
+/// Where indexed texts are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A CSV file: the byte offset of each record, and the text's column.
+    Csv { path: PathBuf, starts: Vec<u64>, column: usize },
+    /// One `.txt` file per text.
+    Files(Vec<PathBuf>),
+}
+
+/// Texts read per call of [`Texts::chunks`].
+pub const TEXT_CHUNK: usize = 4096;
+
+impl From<Vec<String>> for Texts {
+    fn from(texts: Vec<String>) -> Self {
+        Texts::Memory(texts)
+    }
+}
+
+impl Texts {
+    pub fn len(&self) -> usize {
+        match self {
+            Texts::Memory(t) => t.len(),
+            Texts::Indexed { items, .. } => items.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Texts at `indices`, in that order. A file that changed since it was indexed so that a
+    /// text can no longer be read is an error naming it.
+    pub fn read(&self, indices: &[usize]) -> Result<Vec<String>> {
+        let (origin, items) = match self {
+            Texts::Memory(t) => return Ok(indices.iter().map(|&i| t[i].clone()).collect()),
+            Texts::Indexed { origin, items } => (origin, items),
+        };
+        match &**origin {
+            Origin::Files(paths) => indices
+                .iter()
+                .map(|&i| {
+                    let path = &paths[items[i]];
+                    crate::fsutil::read_regular(path, limits::MAX_TEXT_FILE_BYTES).map(|bytes| text_of(&bytes))
+                })
+                .collect(),
+            Origin::Csv { path, starts, column } => {
+                let changed = |why: String| data_err(path, format!("changed since it was read ({why})"));
+                let file = fs::File::open(path).map_err(|e| GraftError::io(path, e))?;
+                let mut reader = csv::ReaderBuilder::new().has_headers(false).from_reader(std::io::BufReader::new(file));
+                let mut record = csv::ByteRecord::new();
+                let mut out = Vec::with_capacity(indices.len());
+                for &i in indices {
+                    // Records read in file order need no seek.
+                    if reader.position().byte() != starts[items[i]] {
+                        let mut at = csv::Position::new();
+                        at.set_byte(starts[items[i]]);
+                        reader.seek(at).map_err(|e| changed(e.to_string()))?;
+                    }
+                    if !reader.read_byte_record(&mut record).map_err(|e| changed(e.to_string()))? {
+                        return Err(changed("a record is missing".into()));
+                    }
+                    out.push(text_of(record.get(*column).ok_or_else(|| changed("a record lost its text field".into()))?));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Every text, in order (for what needs them all at once: a prediction listing, a CSV).
+    pub fn to_vec(&self) -> Result<Vec<String>> {
+        match self {
+            Texts::Memory(t) => Ok(t.clone()),
+            _ => self.read(&(0..self.len()).collect::<Vec<_>>()),
+        }
+    }
+
+    /// The texts in order, [`TEXT_CHUNK`] at a time.
+    pub fn chunks(&self) -> impl Iterator<Item = Result<Vec<String>>> + '_ {
+        (0..self.len()).step_by(TEXT_CHUNK).map(move |start| self.read(&(start..(start + TEXT_CHUNK).min(self.len())).collect::<Vec<_>>()))
+    }
+
+    /// The texts at `indices`, in that order (nothing is read).
+    pub fn subset(&self, indices: &[usize]) -> Texts {
+        match self {
+            Texts::Memory(t) => Texts::Memory(indices.iter().map(|&i| t[i].clone()).collect()),
+            Texts::Indexed { origin, items } => Texts::Indexed { origin: origin.clone(), items: indices.iter().map(|&i| items[i]).collect() },
+        }
+    }
 }
 
 fn data_err(path: &Path, reason: impl Into<String>) -> GraftError {
@@ -92,7 +195,7 @@ impl TextDataset {
         let classes: Vec<String> = pairs.iter().map(|(l, _)| l.clone()).collect::<BTreeSet<_>>().into_iter().collect();
         let index: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
         let labels = pairs.iter().map(|(l, _)| index[l.as_str()]).collect();
-        let texts = pairs.into_iter().map(|(_, t)| t).collect();
+        let texts = Texts::Memory(pairs.into_iter().map(|(_, t)| t).collect());
         Self { source: source.to_path_buf(), classes, texts, labels, skipped: Vec::new() }
     }
 
@@ -130,8 +233,11 @@ impl TextDataset {
         let mut writer = csv::WriterBuilder::new().from_writer(Vec::new());
         let io = |e: csv::Error| data_err(path, format!("cannot write CSV: {e}"));
         writer.write_record(["text", "label"]).map_err(io)?;
-        for (text, &label) in self.texts.iter().zip(&self.labels) {
-            writer.write_record([text.as_str(), self.classes[label].as_str()]).map_err(io)?;
+        let mut labels = self.labels.iter();
+        for chunk in self.texts.chunks() {
+            for (text, &label) in chunk?.iter().zip(&mut labels) {
+                writer.write_record([text.as_str(), self.classes[label].as_str()]).map_err(io)?;
+            }
         }
         let bytes = writer.into_inner().map_err(|e| data_err(path, format!("cannot write CSV: {e}")))?;
         crate::fsutil::write_atomic(path, &bytes)
@@ -155,15 +261,20 @@ impl TextDataset {
         self.subset(&keep)
     }
 
-    /// A CSV file with `text` and `label` columns named in its header.
+    /// A CSV file with `text` and `label` columns named in its header: read once, keeping each
+    /// record's offset and label; the texts are read back when needed ([`Texts::read`]).
     pub fn read_csv(path: &Path) -> Result<Self> {
-        let bytes = read(path)?;
-        Self::read_csv_bytes(path, &bytes)
-    }
-
-    /// [`read_csv`](Self::read_csv) on bytes already in memory; `path` only names them in errors.
-    pub fn read_csv_bytes(path: &Path, bytes: &[u8]) -> Result<Self> {
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes);
+        let file = crate::fsutil::open_regular(path).map_err(|e| match e {
+            GraftError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => data_err(path, "file does not exist"),
+            e => e,
+        })?;
+        // The size bounds what one record can make the reader allocate.
+        let max = limits::MAX_TEXT_FILE_BYTES;
+        let len = file.metadata().map_err(|e| GraftError::io(path, e))?.len();
+        if len > max {
+            return Err(data_err(path, format!("file is {len} bytes, over the limit of {max} bytes for this kind of file")));
+        }
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(std::io::BufReader::new(std::io::Read::take(file, max + 1)));
         let header =
             reader.byte_headers().map_err(|e| data_err(path, format!("cannot read the CSV header: {e}")))?.clone();
         let column = |name: &str| {
@@ -175,12 +286,17 @@ impl TextDataset {
         let (Some(text_col), Some(label_col)) = (column("text"), column("label")) else {
             return Err(data_err(path, "the CSV header must name a `text` and a `label` column"));
         };
-        let mut pairs = Vec::new();
+        let mut starts = Vec::new();
+        let mut names = Vec::new();
         let mut labels = BTreeSet::new();
-        for record in reader.byte_records() {
-            let record = record.map_err(|e| data_err(path, format!("bad CSV: {e}")))?;
+        let mut record = csv::ByteRecord::new();
+        loop {
+            let at = reader.position().byte();
+            if !reader.read_byte_record(&mut record).map_err(|e| data_err(path, format!("bad CSV: {e}")))? {
+                break;
+            }
             let line = record.position().map(|p| p.line()).unwrap_or(0);
-            let (Some(text), Some(label)) = (record.get(text_col).map(text_of), record.get(label_col).map(decode_text)) else {
+            let (Some(_), Some(label)) = (record.get(text_col), record.get(label_col).map(decode_text)) else {
                 return Err(data_err(path, format!("line {line}: missing the text or label field")));
             };
             let label = limits::truncate_str(label.trim(), limits::MAX_TEXT_BYTES).to_string();
@@ -191,12 +307,18 @@ impl TextDataset {
                 labels.insert(label.clone());
                 check_class_count(path, labels.len())?;
             }
-            pairs.push((label, text));
+            starts.push(record.position().map(|p| p.byte()).unwrap_or(at));
+            names.push(label);
         }
-        if pairs.is_empty() {
+        if starts.is_empty() {
             return Err(data_err(path, "the CSV file has no rows"));
         }
-        Ok(Self::from_pairs(path, pairs))
+        let classes: Vec<String> = labels.into_iter().collect();
+        let index: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+        let labels = names.iter().map(|l| index[l.as_str()]).collect();
+        let items = (0..starts.len()).collect();
+        let texts = Texts::Indexed { origin: Arc::new(Origin::Csv { path: path.to_path_buf(), starts, column: text_col }), items };
+        Ok(Self { source: path.to_path_buf(), classes, texts, labels, skipped: Vec::new() })
     }
 
     /// `DIR/<class>/**/*.txt`, one document per file.
@@ -219,10 +341,11 @@ impl TextDataset {
         let mut dataset = Self {
             source: root.to_path_buf(),
             classes: Vec::new(),
-            texts: Vec::new(),
+            texts: Texts::Memory(Vec::new()),
             labels: Vec::new(),
             skipped: Vec::new(),
         };
+        let mut paths = Vec::new();
         for (label, (name, dir)) in classes.into_iter().enumerate() {
             let mut files = Vec::new();
             walk_txt(&dir, 0, &mut files)?;
@@ -231,9 +354,11 @@ impl TextDataset {
                 return Err(data_err(&dir, "class folder holds no .txt files"));
             }
             for file in files {
+                // Checked now (a file that cannot be read is skipped and counted), read again when
+                // its text is needed.
                 match crate::fsutil::read_regular(&file, limits::MAX_TEXT_FILE_BYTES) {
-                    Ok(bytes) => {
-                        dataset.texts.push(text_of(&bytes));
+                    Ok(_) => {
+                        paths.push(file);
                         dataset.labels.push(label);
                     }
                     Err(e) => {
@@ -248,9 +373,10 @@ impl TextDataset {
             }
             dataset.classes.push(name);
         }
-        if dataset.texts.is_empty() {
+        if paths.is_empty() {
             return Err(data_err(root, "no readable .txt files"));
         }
+        dataset.texts = Texts::Indexed { items: (0..paths.len()).collect(), origin: Arc::new(Origin::Files(paths)) };
         Ok(dataset)
     }
 
@@ -343,7 +469,7 @@ impl TextDataset {
         Self {
             source: self.source.clone(),
             classes: self.classes.clone(),
-            texts: indices.iter().map(|&i| self.texts[i].clone()).collect(),
+            texts: self.texts.subset(indices),
             labels: indices.iter().map(|&i| self.labels[i]).collect(),
             skipped: Vec::new(),
         }
@@ -492,6 +618,30 @@ fn splitmix64(mut z: u64) -> u64 {
 mod tests {
     use super::*;
 
+    fn all(texts: &Texts) -> Vec<String> {
+        texts.to_vec().unwrap()
+    }
+
+    #[test]
+    fn csv_texts_are_read_back_on_demand_in_any_order() {
+        let dir = scratch("csv-indexed");
+        let path = dir.join("d.csv");
+        let rows: Vec<String> = (0..10_000).map(|i| format!("\"text, number {i}\",{}", if i % 3 == 0 { "a" } else { "b" })).collect();
+        fs::write(&path, format!("text,label\n{}\n", rows.join("\n"))).unwrap();
+        let d = TextDataset::read_csv(&path).unwrap();
+        assert!(matches!(d.texts, Texts::Indexed { .. }), "a CSV is indexed, not held");
+        assert_eq!((d.len(), d.classes.clone()), (10_000, vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(d.texts.read(&[9_999, 0, 5_000]).unwrap(), ["text, number 9999", "text, number 0", "text, number 5000"]);
+        let sub = d.subset(&[3, 1]);
+        assert_eq!((all(&sub.texts), sub.labels.clone()), (vec!["text, number 3".to_string(), "text, number 1".to_string()], vec![0, 1]));
+        let chunks: Vec<usize> = d.texts.chunks().map(|c| c.unwrap().len()).collect();
+        assert_eq!(chunks, [TEXT_CHUNK, TEXT_CHUNK, 10_000 - 2 * TEXT_CHUNK]);
+        // A file cut short after indexing: an error naming it, not a panic.
+        fs::write(&path, "text,label\n\"x\",a\n").unwrap();
+        let e = d.texts.read(&[9_999]).unwrap_err().to_string();
+        assert!(e.contains("d.csv") && e.contains("changed since it was read"), "{e}");
+    }
+
     fn shared() -> PathBuf {
         std::env::var_os("GRAFT_SHARED")
             .map(PathBuf::from)
@@ -517,9 +667,9 @@ mod tests {
         body.push_str("\",a\nshort,b\n");
         fs::write(&huge, body).unwrap();
         let d = TextDataset::read_csv(&huge).unwrap();
-        assert_eq!(d.texts[0].len(), limits::MAX_TEXT_BYTES);
-        assert!(d.texts[0].chars().all(|c| c == 'é'));
-        assert_eq!(d.texts[1], "short");
+        assert_eq!(all(&d.texts)[0].len(), limits::MAX_TEXT_BYTES);
+        assert!(all(&d.texts)[0].chars().all(|c| c == 'é'));
+        assert_eq!(all(&d.texts)[1], "short");
 
         let many = dir.join("many.csv");
         let mut body = String::from("text,label\n");
@@ -540,7 +690,7 @@ mod tests {
         let d = TextDataset::sms_spam(&shared().join("sms-spam/SMSSpamCollection")).unwrap();
         assert_eq!(d.classes, ["ham", "spam"]);
         assert_eq!(d.class_counts(), [4827, 747]);
-        assert_eq!(d.texts[1], "Ok lar... Joking wif u oni...");
+        assert_eq!(all(&d.texts)[1], "Ok lar... Joking wif u oni...");
     }
 
     #[test]
@@ -556,11 +706,11 @@ mod tests {
             let d = TextDataset::amazon_reviews(&shared().join("amazon-reviews").join(domain)).unwrap();
             assert_eq!(d.classes, ["negative", "positive"], "{domain}");
             assert_eq!(d.class_counts(), [1000, 1000], "{domain}");
-            assert!(d.texts.iter().all(|t| !t.is_empty() && !t.contains("<review_text>")), "{domain}");
+            assert!(all(&d.texts).iter().all(|t| !t.is_empty() && !t.contains("<review_text>")), "{domain}");
         }
         let books = TextDataset::amazon_reviews(&shared().join("amazon-reviews/books")).unwrap();
-        assert!(books.texts[1000].starts_with("Sphere by Michael Crichton is an excellant novel."));
-        assert!(!books.texts.iter().any(|t| t.contains("&quot;")), "entities are decoded");
+        assert!(all(&books.texts)[1000].starts_with("Sphere by Michael Crichton is an excellant novel."));
+        assert!(!all(&books.texts).iter().any(|t| t.contains("&quot;")), "entities are decoded");
     }
 
     #[test]
@@ -571,7 +721,7 @@ mod tests {
             .unwrap();
         let d = TextDataset::open(&path).unwrap();
         assert_eq!(d.classes, ["neg", "pos"]);
-        assert_eq!(d.texts, ["great, really \"great\"", "two\nlines", "plain"]);
+        assert_eq!(all(&d.texts), ["great, really \"great\"", "two\nlines", "plain"]);
         assert_eq!(d.labels, [1, 0, 1]);
     }
 
@@ -602,7 +752,7 @@ mod tests {
         fs::write(dir.join("spam/deeper/c.TXT"), "win £££").unwrap();
         let d = TextDataset::open(&dir).unwrap();
         assert_eq!(d.classes, ["ham", "spam"]);
-        assert_eq!(d.texts, ["café", "second", "win £££"]);
+        assert_eq!(all(&d.texts), ["café", "second", "win £££"]);
         assert_eq!(d.labels, [0, 0, 1]);
         fs::create_dir_all(dir.join("empty")).unwrap();
         let e = TextDataset::open(&dir).unwrap_err().to_string();

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
+use super::dataset::Texts;
 use super::{embed_texts, SentenceEncoder, DEFAULT_BATCH};
 use crate::cache::{FeatureStore, Namespace, StoreDtype};
 use crate::report::Reporter;
@@ -108,37 +109,42 @@ pub fn embed_cached<S: AsRef<str>>(
         .collect())
 }
 
-/// Texts embedded per encoder call by [`embed_to_store`]: bounds the embeddings in memory.
-const STORE_CHUNK: usize = 4096;
-
-/// Embeds every distinct text of `texts` missing from `store` into it, a chunk at a time, and
-/// returns each text's key: the embeddings stay on disk, read per batch
-/// ([`FeatureStore::read_into`]), however many texts there are.
-pub fn embed_to_store<S: AsRef<str>>(
+/// Embeds every distinct text of `texts` missing from `store` into it, a chunk of
+/// [`TEXT_CHUNK`](super::dataset::TEXT_CHUNK) at a time (texts read from disk per chunk when the dataset is indexed), and
+/// returns each text's key: neither the texts nor the embeddings are held, however many there
+/// are; the embeddings are read back per batch ([`FeatureStore::read_rows`]).
+pub fn embed_to_store(
     encoder: &SentenceEncoder,
-    texts: &[S],
+    texts: &Texts,
     store: &mut FeatureStore,
     reporter: &dyn Reporter,
     stats: &mut EmbedStats,
 ) -> Result<Vec<crate::cache::store::Key>> {
-    let keys: Vec<[u8; 32]> = texts.iter().map(|t| text_hash(t.as_ref())).collect();
+    let mut keys = Vec::with_capacity(texts.len());
     let mut seen: std::collections::HashSet<[u8; 32]> = std::collections::HashSet::new();
-    let mut missing = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
-        if store.contains(&(*key, 0)) || !seen.insert(*key) {
-            stats.hits += 1;
-        } else {
-            missing.push(i);
+    for chunk in texts.chunks() {
+        let chunk = chunk?;
+        let mut todo: Vec<&str> = Vec::new();
+        let mut todo_keys = Vec::new();
+        for text in &chunk {
+            let key = text_hash(text);
+            keys.push((key, 0));
+            if store.contains(&(key, 0)) || !seen.insert(key) {
+                stats.hits += 1;
+            } else {
+                todo.push(text);
+                todo_keys.push(key);
+            }
         }
-    }
-    for chunk in missing.chunks(STORE_CHUNK) {
-        let todo: Vec<&str> = chunk.iter().map(|&i| texts[i].as_ref()).collect();
+        if todo.is_empty() {
+            continue;
+        }
         let embedded = embed_texts(&encoder.model, &encoder.tokenizer, &todo, DEFAULT_BATCH, reporter)?;
-        stats.misses += chunk.len() as u64;
-        for (&i, v) in chunk.iter().zip(embedded) {
-            store.put((keys[i], 0), v)?;
+        stats.misses += todo.len() as u64;
+        for (key, v) in todo_keys.into_iter().zip(embedded) {
+            store.put((key, 0), v)?;
         }
     }
     store.flush()?;
-    Ok(keys.into_iter().map(|k| (k, 0)).collect())
+    Ok(keys)
 }

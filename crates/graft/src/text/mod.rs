@@ -162,9 +162,10 @@ mod tests {
         for (name, data) in sets {
             let n = data.len().min(limit);
             let data = data.subset(&(0..n).collect::<Vec<_>>());
-            let tokens: usize = encoder.tokenizer.encode(&data.texts).unwrap().iter().map(Vec::len).sum();
+            let texts = data.texts.to_vec().unwrap();
+            let tokens: usize = encoder.tokenizer.encode(&texts).unwrap().iter().map(Vec::len).sum();
             let start = Instant::now();
-            let x = embed_texts(&encoder.model, &encoder.tokenizer, &data.texts, batch, &Silent).unwrap();
+            let x = embed_texts(&encoder.model, &encoder.tokenizer, &texts, batch, &Silent).unwrap();
             let secs = start.elapsed().as_secs_f64();
             eprintln!(
                 "{name}: embedded {n} texts ({tokens} tokens, batch {batch}) in {secs:.1} s = {:.1} sentences/s, {:.0} tokens/s",
@@ -222,7 +223,7 @@ mod tests {
         ];
         for (name, data) in sets {
             let mut stats = features::EmbedStats::default();
-            let x = features::embed_cached(&encoder, &data.texts, Some(&mut store), &Silent, &mut stats).unwrap();
+            let x = features::embed_cached(&encoder, &data.texts.to_vec().unwrap(), Some(&mut store), &Silent, &mut stats).unwrap();
             eprintln!("{name}: {} hits, {} misses", stats.hits, stats.misses);
             let d = x[0].len();
             let k = data.classes.len();

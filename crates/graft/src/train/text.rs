@@ -215,8 +215,8 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
             )
         }
         None => {
-            let t = embed_cached(&encoder, &train.texts, None, reporter, &mut stats)?;
-            let v = embed_cached(&encoder, &val.texts, None, reporter, &mut stats)?;
+            let t = embed_cached(&encoder, &train.texts.to_vec()?, None, reporter, &mut stats)?;
+            let v = embed_cached(&encoder, &val.texts.to_vec()?, None, reporter, &mut stats)?;
             let width = t.first().map(Vec::len).unwrap_or(0);
             (Rows { x: Embeddings::Memory(t), labels: train.labels.clone(), width }, Rows { x: Embeddings::Memory(v), labels: val.labels.clone(), width })
         }
