@@ -11,6 +11,9 @@ Same architecture (EfficientNet-Lite0 with TF "SAME" padding, BN eps 1e-3, ReLU6
   full_train  the whole network + new 3-class linear, forward+backward+AdamW on a batch of
               224x224 images (a fine-tuning step with nothing frozen); BatchNorm in eval mode
   head_epoch  one epoch of a linear head on 10,000 cached 1280-d rows, batch B, AdamW
+  latency     one decoded 500x375 image to probabilities: graft's preprocessing (largest centred
+              square, PIL bilinear to 224, (x - 127) / 128), the network at batch 1, softmax;
+              also ONNX Runtime (--onnx) with the same numpy preprocessing
 
 --device cuda (or cuda:N, mps, cpu) runs every case there; timings then wait for the device.
 
@@ -116,6 +119,37 @@ class Tail(nn.Module):
 SYNC = lambda: None  # waits for the device (set in main for CUDA)
 
 
+def latency_image():
+    """The decoded image of the latency case (the formula of `graft bench latency`)."""
+    y, x = np.mgrid[0:375, 0:500].astype(np.int64)
+    return np.stack([(x * 7 + y * 3) % 256, (x * 2 + y * 5) % 256, (x ^ y) % 256], axis=-1).astype(np.uint8)
+
+
+def lite0_pixels(image):
+    """graft's Lite0 preprocessing in PIL + numpy: [1, 3, 224, 224] float32."""
+    from PIL import Image
+    h, w = image.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    square = Image.fromarray(image[top:top + s, left:left + s])
+    x = np.asarray(square.resize((224, 224), Image.BILINEAR), dtype=np.float32)
+    return ((x - 127.0) / 128.0).transpose(2, 0, 1)[None].copy()
+
+
+def export_onnx(net, x, path):
+    warnings.filterwarnings("ignore")  # the tracer's notes on SAME padding
+    torch.onnx.export(net, (x,), path, input_names=["x"], output_names=["logits"],
+                      dynamic_axes={"x": {0: "n"}}, opset_version=17, dynamo=False)
+
+
+def ort_session(path, threads):
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
 def median_seconds(warmup, iters, step):
     times = []
     for i in range(warmup + iters):
@@ -187,18 +221,45 @@ def main():
             else:
                 with tempfile.TemporaryDirectory() as tmp:
                     path = os.path.join(tmp, "lite0.onnx")
-                    warnings.filterwarnings("ignore")  # the tracer's notes on SAME padding
-                    torch.onnx.export(net, (x,), path, input_names=["x"], output_names=["logits"],
-                                      dynamic_axes={"x": {0: "n"}}, opset_version=17, dynamo=False)
-                    opts = ort.SessionOptions()
-                    opts.intra_op_num_threads = args.threads
-                    opts.inter_op_num_threads = 1
-                    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+                    export_onnx(net, x, path)
+                    session = ort_session(path, args.threads)
                     feed = {"x": x.cpu().numpy()}
                     t_ort = median_seconds(args.warmup, args.iters, lambda: session.run(None, feed))
                 out.update({"onnxruntime": f"onnxruntime {ort.__version__}",
                             "onnxruntime_median_seconds": t_ort,
                             "onnxruntime_images_per_second": args.batch / t_ort})
+        print(json.dumps(out), flush=True)
+
+    if "latency" in cases:
+        image = latency_image()
+
+        def torch_call():
+            with torch.inference_mode():
+                x = torch.from_numpy(lite0_pixels(image)).to(dev)
+                return torch.softmax(net(x), 1).cpu()
+
+        t = median_seconds(args.warmup, args.iters, torch_call)
+        out = {"case": "latency", "framework": f"pytorch {torch.__version__}", "device": str(dev), "image": [500, 375],
+               "threads": args.threads, "median_seconds": t, "median_ms": t * 1e3}
+        if args.onnx and dev.type == "cpu":
+            try:
+                import onnxruntime as ort
+            except ImportError:
+                out["onnxruntime_error"] = "pip install onnxruntime onnx"
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = os.path.join(tmp, "lite0.onnx")
+                    export_onnx(net, torch.zeros(1, 3, 224, 224), path)
+                    session = ort_session(path, args.threads)
+
+                    def ort_call():
+                        logits = session.run(None, {"x": lite0_pixels(image)})[0]
+                        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+                        return e / e.sum(axis=1, keepdims=True)
+
+                    t_ort = median_seconds(args.warmup, args.iters, ort_call)
+                out.update({"onnxruntime": f"onnxruntime {ort.__version__}", "onnxruntime_median_seconds": t_ort,
+                            "onnxruntime_median_ms": t_ort * 1e3})
         print(json.dumps(out), flush=True)
 
     if "tail_train" in cases:

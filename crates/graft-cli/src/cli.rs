@@ -366,7 +366,7 @@ pub struct BenchArgs {
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
     #[arg(long, conflicts_with = "model", help = crate::help::arch_help())]
     pub arch: Option<String>,
-    /// forward: run these weights instead of random ones (the arithmetic is the same; this
+    /// forward, latency: run these weights instead of random ones (the arithmetic is the same; this
     /// checks the file loads). [default: none: random weights of the architecture]
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -397,6 +397,9 @@ pub enum BenchCase {
     FullTrain,
     /// One epoch of a linear head on 10,000 cached 1280-d feature rows (--batch rows per step).
     HeadEpoch,
+    /// One image from decoded pixels to class probabilities (preprocessing, the inference
+    /// network at batch 1, softmax): what `predict` pays per image, in ms (--batch is ignored).
+    Latency,
 }
 
 #[derive(Debug, clap::Args)]

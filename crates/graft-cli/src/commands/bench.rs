@@ -41,7 +41,7 @@ fn resolve(args: BenchArgs) -> anyhow::Result<Bench> {
         anyhow::bail!("--batch and --iters must be at least 1");
     }
     let spec = super::model_spec(&model, arch.as_deref())?;
-    anyhow::ensure!(weights.is_none() || matches!(case, BenchCase::Forward), "--weights is used by `graft bench forward` only");
+    anyhow::ensure!(weights.is_none() || matches!(case, BenchCase::Forward | BenchCase::Latency), "--weights is used by `graft bench forward` and `latency` only");
     Ok(Bench { case, spec, weights, batch, iters, warmup, layered })
 }
 
@@ -79,6 +79,34 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
                 format!(
                     "{} forward{}, batch {}, {size}x{size}: {images_per_s:.1} images/s (median of {} runs, {median:.3} s per batch, {threads} threads)\n",
                     spec.id, if args.layered { " (layered)" } else { "" }, args.batch, args.iters
+                ),
+            )
+        }
+        BenchCase::Latency => {
+            let net = match &args.weights {
+                Some(file) => Pretrained::load(spec, Some(file), &graft_home(), &TermReporter::new(), &device)?.net,
+                None => spec.config().init(&device),
+            };
+            let preprocess = spec.preprocess();
+            let image = latency_image();
+            let folded = net.for_inference();
+            let median = median_seconds(args.warmup, args.iters, || {
+                let pixels = preprocess.apply(&image);
+                let size = preprocess.size as usize;
+                let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, size, size]), &device);
+                let probs = burn::tensor::activation::softmax(folded.forward(x), 1);
+                let _ = probs.into_data(); // wait for the result
+            });
+            let ms = median * 1e3;
+            (
+                json!({
+                    "case": "latency", "model": spec.id, "image": [LATENCY_W, LATENCY_H], "weights": args.weights,
+                    "iters": args.iters, "median_seconds": median, "median_ms": ms,
+                    "threads": threads, "device": graft::device::record(&device),
+                }),
+                format!(
+                    "{} latency, one {LATENCY_W}x{LATENCY_H} decoded image to probabilities: {ms:.1} ms (median of {} runs, {threads} threads)\n",
+                    spec.id, args.iters
                 ),
             )
         }
@@ -132,6 +160,15 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     };
     out.result(&value, || text);
     Ok(())
+}
+
+/// The decoded image of the `latency` case: a 500×375 photo-sized pattern (the same formula in
+/// `bench/torch_reference.py`).
+const LATENCY_W: u32 = 500;
+const LATENCY_H: u32 = 375;
+
+fn latency_image() -> image::RgbImage {
+    image::RgbImage::from_fn(LATENCY_W, LATENCY_H, |x, y| image::Rgb([((x * 7 + y * 3) % 256) as u8, ((x * 2 + y * 5) % 256) as u8, ((x ^ y) % 256) as u8]))
 }
 
 /// Median wall time of `iters` calls of `step` after `warmup` untimed ones.
