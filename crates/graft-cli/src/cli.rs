@@ -25,13 +25,15 @@ pub struct Cli {
 pub enum Command {
     /// Fetch and verify a model's pretrained weights into graft's cache ($GRAFT_HOME).
     Pull(PullArgs),
-    /// Classify images with a pretrained model (ImageNet top-k).
+    /// Classify images with a pretrained model (ImageNet top-k); or texts by label descriptions
+    /// alone (--labels: zero-shot).
     Predict(PredictArgs),
     /// Show a model's layers, output shapes, parameters and what a freeze spec freezes.
     Inspect(InspectArgs),
     /// Train a new head (and optionally part of the trunk) on a folder of labelled images.
     Fit(Box<FitArgs>),
-    /// Evaluate a run's model on a labelled image folder.
+    /// Evaluate a run's model on a labelled image folder (or texts); few-shot episodes on a
+    /// run's or a backbone's features (--episodes); zero-shot text classification (--zero-shot).
     Eval(EvalArgs),
     /// Domain adaptation: labelled source, unlabelled target (DDC, DAN, CORAL, DANN, ADDA, CDAN).
     Adapt(Box<crate::commands::adapt::AdaptArgs>),
