@@ -47,7 +47,7 @@ fn episodes_on_a_backbone_and_a_run_share_the_feature_cache() {
     other.extend(["--seed", "1", "--classifier", "prototype"]);
     let other = json_of(&graft_in(&home, &other));
     assert_eq!(other["classifiers"].as_array().unwrap().len(), 1);
-    assert_ne!(score(&other, "prototype")["mean"], score(&first, "prototype")["mean"]);
+    assert_ne!(score(&other, "prototype"), score(&first, "prototype"), "another seed scored the same episodes");
 
     // A frozen-trunk run: its trunk is Lite0's, so its features come from the same entries.
     let run = data.parent().unwrap().join("run");
