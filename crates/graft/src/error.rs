@@ -102,6 +102,8 @@ pub const SETTINGS: &[&str] = &[
     "device",
     // Text models: limits of the tokenizer and encoder, set by the library, not by a flag.
     "max_tokens", "token_batch",
+    // Few-shot episodes and zero-shot classification (`graft eval`, `graft predict`).
+    "episodes", "way", "shot", "query", "classifier", "labels", "template",
 ];
 
 /// A setting's value as a unit variant of a serde enum, by the name serde gives it: a flag then

@@ -4,6 +4,7 @@ mod bad_weights;
 mod cache;
 mod data;
 mod device;
+mod fewzero;
 mod fit;
 mod help;
 mod hostile;
