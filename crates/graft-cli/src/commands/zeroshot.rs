@@ -73,7 +73,7 @@ pub fn eval(args: ZeroShotArgs, model: Option<String>, data: &Path, device: &Dev
     let mut store = open_store(&home, &model, &encoder, graft::cache::StoreDtype::F32, &reporter)?;
     let mut cache = EmbedStats::default();
     let classifier = ZeroShot::new(&encoder, &labels, &template, Some(&mut store), &reporter, &mut cache)?;
-    let similarities = classifier.classify(&encoder, &set.texts, Some(&mut store), &reporter, &mut cache)?;
+    let similarities = classifier.classify(&encoder, &set.texts.to_vec()?, Some(&mut store), &reporter, &mut cache)?;
     let truth: Vec<usize> = set.labels.iter().map(|&l| to_label[l]).collect();
     let evaluation = graft::train::run::Evaluation::from_predictions(&classifier.classes, &truth, &zeroshot::argmax(&similarities));
     let extra = json!({
