@@ -84,7 +84,7 @@ pub fn parse_layers(path: &Path, bytes: &[u8]) -> Result<Vec<Layer>, WeightsErro
         };
         seen_layer = true;
         let layer = parse_layer(msg, legacy).map_err(|e| {
-            WeightsError::corrupt(path, format!("layer {} ({}): {e}", layers.len(), if legacy { "legacy `layers`" } else { "`layer`" }))
+            WeightsError::corrupt(path, format!("Caffe layer {} ({}): {e}", layers.len(), if legacy { "legacy `layers`" } else { "`layer`" }))
         })?;
         if !layer.blobs.is_empty() {
             layers.push(layer);

@@ -5,6 +5,7 @@ mod cache;
 mod data;
 mod device;
 mod fit;
+mod formats;
 mod help;
 mod hostile;
 mod hostile_io;
