@@ -67,10 +67,21 @@ pub struct FitArgs {
     #[arg(long, conflicts_with = "model", help = format!("{} Or, with no --init, mlp:500,250: train that MLP on 28×28 digits from random initialisation (the baseline for `graft pretrain`). [default: none: --model's architecture]", crate::help::arch_sentence()))]
     pub arch: Option<String>,
 
-    /// Weights file (.pth, safetensors, Keras .h5) instead of the cached pull. [default: the
-    /// cached pull]
+    /// Weights file (.pth, safetensors, Keras .h5, a TensorFlow checkpoint's prefix or .index, a
+    /// Caffe .caffemodel) instead of the cached pull; with --arch mlp:…, a TensorFlow checkpoint
+    /// whose hidden layers (hidden1/kernel, … or TF2's layer_with_weights-K) are restored into
+    /// the MLP (see --restore). [default: the cached pull]
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// With --arch mlp:… and --weights: restore only the checkpoint variables whose names this
+    /// regex matches (searched, as TensorFlow's scope filter: 'hidden[123]'). [default: every
+    /// hidden layer the checkpoint holds]
+    #[arg(long, requires = "weights")]
+    pub restore: Option<String>,
+    /// With --arch mlp:…: the hidden layers' nonlinearity, sigmoid or relu. [default: relu with
+    /// --weights (TensorFlow's Dense layers), else sigmoid (graft pretrain's autoencoders)]
+    #[arg(long)]
+    pub activation: Option<String>,
     /// Ignore the pretrained weights: train the same architecture from random initialisation.
     #[arg(long)]
     pub from_scratch: bool,
@@ -90,7 +101,8 @@ pub struct FitArgs {
     #[arg(long)]
     pub val_split: Option<f64>,
     /// Which layers stay frozen: all, none, N (stem + first N blocks), regex:PATTERN,
-    /// until:LAYER. [default: all]
+    /// until:LAYER; with --arch mlp:…, none or regex:PATTERN over the layer names hidden1 …
+    /// hiddenN and output. [default: all; none with --arch mlp:…]
     #[arg(long)]
     pub freeze: Option<String>,
     /// linear, mlp:1024,1024, or a classic head on stored features: logistic (C by 5-fold
@@ -349,7 +361,7 @@ pub struct InspectArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
     /// Model id, e.g. efficientnet-lite0.
-    #[arg(required_unless_present_any = ["arch", "run"])]
+    #[arg(required_unless_present_any = ["arch", "run", "weights"])]
     pub model: Option<String>,
     /// A run directory (from fit, adapt or pretrain): show what it holds instead — its kind,
     /// model, classes, settings, epochs done and checkpoints. [default: none: inspect a model]
@@ -358,8 +370,10 @@ pub struct InspectArgs {
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
     #[arg(long, conflicts_with = "model", help = crate::help::arch_help())]
     pub arch: Option<String>,
-    /// Check that this weights file fits the architecture (every tensor, every shape).
-    /// [default: none: no check]
+    /// Check that this weights file fits the architecture (every tensor, every shape). Given
+    /// alone (no model, no --arch): list the file's tensors, their dtypes and shapes, for any
+    /// format graft reads: PyTorch, safetensors, Keras .h5, a TensorFlow checkpoint (its
+    /// prefix such as model.ckpt, or its .index) or a Caffe .caffemodel. [default: none]
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Freeze spec: all, none, N (stem + first N blocks), regex:PATTERN, until:LAYER.

@@ -6,6 +6,7 @@ mod data;
 mod device;
 mod fewzero;
 mod fit;
+mod formats;
 mod help;
 mod hostile;
 mod hostile_io;
