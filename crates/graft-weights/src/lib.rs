@@ -2,7 +2,9 @@
 //!
 //! * PyTorch legacy `.pth` (torch < 1.6, a stream of pickles + raw storages),
 //! * PyTorch zip `.pth`/`.pt` (torch >= 1.6),
-//! * safetensors (read and write).
+//! * safetensors (read and write),
+//! * TensorFlow checkpoints (`model.ckpt.index` + `.data-*` shards, [`tfckpt`]),
+//! * Caffe `.caffemodel` ([`caffe`]).
 //!
 //! PyTorch files are pickles, and unpickling with Python runs whatever code
 //! the file names. Here the pickle is interpreted by a small VM
@@ -22,13 +24,16 @@
 use std::io::Read;
 use std::path::Path;
 
+pub mod caffe;
 mod error;
 pub mod fsio;
 mod legacy;
 pub mod limits;
 mod pickle;
+mod proto;
 mod safetensors;
 mod tensor;
+pub mod tfckpt;
 mod zip;
 
 pub use error::WeightsError;
@@ -86,8 +91,17 @@ fn finite(path: &Path, dict: StateDict) -> Result<StateDict, WeightsError> {
     Ok(dict)
 }
 
-/// Load any supported weights file, choosing the reader by content.
+/// Load any supported weights file, choosing the reader by content. A TensorFlow checkpoint
+/// is recognised by its name first (its prefix `model.ckpt`, which is no file, its `.index` or
+/// a `.data-*` shard, see [`tfckpt::index_of`]), and a Caffe model by its `.caffemodel`
+/// extension (protobuf has no magic number).
 pub fn load(path: &Path) -> Result<StateDict, WeightsError> {
+    if let Some(index) = tfckpt::index_of(path) {
+        return tfckpt::load(&index);
+    }
+    if caffe::is_caffemodel(path) {
+        return caffe::load(path);
+    }
     let dict = match detect_format(path)? {
         Format::PytorchLegacy => legacy::load(path),
         Format::PytorchZip => zip::load(path),

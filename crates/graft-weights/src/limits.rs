@@ -71,3 +71,22 @@ pub const MAX_VIEW_EXPANSION: u64 = 4;
 
 /// ...plus this many elements (small broadcast buffers).
 pub const VIEW_EXPANSION_SLACK: u64 = 1 << 24;
+
+/// Largest TensorFlow checkpoint `.index` file read (it is read whole). An index holds about
+/// 50 to 150 bytes per variable, so this is over a million variables.
+pub const MAX_TF_INDEX_BYTES: u64 = 256 << 20;
+
+/// Longest key (variable name) in a TensorFlow checkpoint index. TF2's object-graph names run
+/// to a few hundred bytes.
+pub const MAX_TF_KEY_BYTES: u64 = 64 << 10;
+
+/// The keys of a checkpoint index may expand (they are prefix-compressed) to at most this
+/// many times the index's size, plus 1 MiB: real indexes compress their keys 2 to 4 times, and
+/// a hostile one repeating a long shared prefix is stopped before it costs more.
+pub const TF_KEY_EXPANSION: u64 = 16;
+
+/// Largest Caffe `.caffemodel` read (it is read whole): VGG16's is 553 MB.
+pub const MAX_CAFFE_BYTES: u64 = 2 << 30;
+
+/// Most blobs one Caffe layer may hold (convolution and inner product have 2, BatchNorm 3).
+pub const MAX_CAFFE_BLOBS_PER_LAYER: usize = 64;

@@ -94,14 +94,16 @@ pub const SETTINGS: &[&str] = &[
     "method", "source", "target", "target_test", "backbone", "bottleneck", "iters_per_epoch",
     "lr_schedule", "lr_gamma", "lambda", "lambda_schedule", "lambda_max_iters", "entropy",
     "disc_hidden", "pretrain_epochs", "adda_objective", "run",
-    // `graft pretrain` and MLP fits.
-    "arch", "noise",
+    // `graft pretrain` and MLP fits (`restore`, `activation`: an MLP restored from a checkpoint).
+    "arch", "noise", "restore", "activation",
     // `graft extract`, `graft cache merge`, `graft data import`, `graft probe`.
     "layer", "shard", "parts", "split", "stage",
     // Every command that computes (`--device`, `GRAFT_DEVICE`; a list for data-parallel fit).
     "device",
     // Text models: limits of the tokenizer and encoder, set by the library, not by a flag.
     "max_tokens", "token_batch",
+    // Few-shot episodes and zero-shot classification (`graft eval`, `graft predict`).
+    "episodes", "way", "shot", "query", "classifier", "labels", "template",
 ];
 
 /// A setting's value as a unit variant of a serde enum, by the name serde gives it: a flag then

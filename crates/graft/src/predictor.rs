@@ -16,7 +16,7 @@ use crate::report::Reporter;
 use crate::text::features::EmbedStats;
 use crate::train::run::{load_run_checked, predict_files, run_store, top1, Evaluation, RunInfo, RunModel};
 use crate::train::text::{eval_dataset, load_text_run, TextRunModel};
-use crate::transfer::autoencoder::{load_rows, MlpClassifier, MlpRun, INPUT};
+use crate::transfer::autoencoder::{load_rows, Activation, MlpClassifier, MlpRun, INPUT};
 use crate::{GraftError, Result};
 
 /// A run's model, ready to classify images or texts.
@@ -117,7 +117,7 @@ impl Predictor {
         match &self.model {
             Model::Image { info, model } => Ok(predict_files(model, &info.preprocess, samples, batch, device, reporter, None)),
             Model::Adapt(m) if self.input == InputKind::Images => m.predict_files(samples, device),
-            Model::Mlp { info, net } => Ok(mlp_probabilities(net, info.classes.len(), samples, batch, device)),
+            Model::Mlp { info, net } => Ok(mlp_probabilities(net, info.config.activation, info.classes.len(), samples, batch, device)),
             _ => Err(self.not_its_input("images")),
         }
     }
@@ -148,9 +148,9 @@ impl Predictor {
                 let (probs, skipped) = predict_files(model, &info.preprocess, &folder.samples, batch, device, reporter, store.as_mut());
                 score_files(classes, data, &folder.samples, probs, skipped)
             }
-            Model::Mlp { net, .. } => {
+            Model::Mlp { info, net } => {
                 let folder = ImageFolder::scan_with_classes(data, classes)?;
-                let (probs, skipped) = mlp_probabilities(net, classes.len(), &folder.samples, batch, device);
+                let (probs, skipped) = mlp_probabilities(net, info.config.activation, classes.len(), &folder.samples, batch, device);
                 score_files(classes, data, &folder.samples, probs, skipped)
             }
             Model::Text(m) => {
@@ -196,12 +196,12 @@ pub fn text_excerpt(text: &str) -> String {
 }
 
 /// An MLP run's class probabilities of image files (grey 28×28); unreadable files are `None`.
-fn mlp_probabilities(net: &MlpClassifier, classes: usize, samples: &[Sample], batch: usize, device: &Device) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
+fn mlp_probabilities(net: &MlpClassifier, act: Activation, classes: usize, samples: &[Sample], batch: usize, device: &Device) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
     let (rows, kept, skipped) = load_rows(samples);
     let mut out = vec![None; samples.len()];
     let order: Vec<usize> = (0..kept.len()).collect();
     for chunk in order.chunks(batch.max(1)) {
-        let p: Vec<f32> = softmax(net.forward(gather_rows(&rows, INPUT, chunk, device)), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+        let p: Vec<f32> = softmax(net.forward_with(gather_rows(&rows, INPUT, chunk, device), act), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
         for (&j, row) in chunk.iter().zip(p.chunks(classes.max(1))) {
             out[kept[j]] = Some(row.to_vec());
         }

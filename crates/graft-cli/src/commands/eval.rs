@@ -14,10 +14,20 @@ use crate::reporter::TermReporter;
 
 pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     // Every flag is used below: a new one fails to compile until it is.
-    let EvalArgs { device, run, data, batch, data_root, errors, out_dir, allow_unfinished } = args;
+    let EvalArgs { device, run, model, data, batch, data_root, errors, out_dir, allow_unfinished, episodes, zero_shot } = args;
     anyhow::ensure!(batch > 0, "--batch must be at least 1");
     graft::limits::check_setting("--batch", batch, graft::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
     let device = device.device()?;
+    let view = View { errors, out_dir };
+    if let Some(n) = episodes.episodes {
+        return super::fewshot::run(episodes, n, run, model, allow_unfinished, &data, batch, &device, out);
+    }
+    if zero_shot.zero_shot {
+        let z = super::zeroshot::eval(zero_shot, model, &data, &device)?;
+        return print_evaluation(out, "zero-shot", &z.evaluation, &z.skipped, "texts", Some(z.cache), None, &view, Some(z.extra));
+    }
+    let run = run.ok_or_else(|| anyhow::anyhow!("--run is required (unless --episodes or --zero-shot)"))?;
+    anyhow::ensure!(model.is_none(), "--model goes with --episodes or --zero-shot: a run evaluates its own model");
     let reporter = TermReporter::new();
     let predictor = Predictor::load(&run, &graft_home(), None, allow_unfinished, &reporter, &device)?;
     let scored = predictor.evaluate(&data, &data_root, batch, &reporter, &device)?;
@@ -26,8 +36,7 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
         graft::manifest::InputKind::Images => "images",
         graft::manifest::InputKind::Texts => "texts",
     };
-    let view = View { errors, out_dir };
-    print_evaluation(out, predictor.kind(), &scored.evaluation, &scored.skipped, noun, scored.cache, misses.as_deref(), &view)
+    print_evaluation(out, predictor.kind(), &scored.evaluation, &scored.skipped, noun, scored.cache, misses.as_deref(), &view, None)
 }
 
 /// What `eval` shows beside the accuracy: how many errors to list, and where to write the
@@ -72,7 +81,7 @@ const MAX_PRINTED_CONFUSION: usize = 20;
 /// Prints the evaluation (the run's kind, accuracy, per class, confusion, skipped inputs; for
 /// texts also the embedding cache's hits and misses) of `n` `noun`s, with per-class precision,
 /// recall and F1, the confusion matrix, the worst misclassified inputs when known, and writes
-/// `eval.png` and `errors.csv` into `view.out_dir`.
+/// `eval.png` and `errors.csv` into `view.out_dir`; `extra`'s keys are added to `--json`.
 #[allow(clippy::too_many_arguments)]
 fn print_evaluation(
     out: &Output,
@@ -83,6 +92,7 @@ fn print_evaluation(
     cache: Option<graft::text::features::EmbedStats>,
     misses: Option<&[Miss]>,
     view: &View,
+    extra: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
     let label = |c: usize| eval.labels.get(c).map(String::as_str).unwrap_or("?");
     let mut written = Vec::new();
@@ -113,6 +123,11 @@ fn print_evaluation(
     });
     if let Some(cache) = cache {
         value["cache"] = json!(cache);
+    }
+    if let Some(serde_json::Value::Object(extra)) = extra {
+        for (k, v) in extra {
+            value[k] = v;
+        }
     }
     out.result(&value, || {
         let mut t = format!("accuracy {:.4} on {} {noun} (macro F1 {:.4})\n\n", eval.accuracy, eval.n, eval.macro_f1);

@@ -30,6 +30,11 @@ enum Plan {
 /// reads it from the pretrained run).
 struct MlpPlan {
     init: Option<PathBuf>,
+    activation: graft::transfer::autoencoder::Activation,
+    weights: Option<PathBuf>,
+    restore: Option<String>,
+    /// A regex over the layer names (`--freeze regex:PATTERN`).
+    freeze: Option<String>,
     arch: Option<MlpArch>,
     data: PathBuf,
     val: Option<PathBuf>,
@@ -125,7 +130,7 @@ impl Flags {
 fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
     let FitArgs {
         device: _,
-        model, arch, weights, from_scratch, data, out, val, val_split, freeze, head, head_pool, dropout, epochs,
+        model, arch, weights, restore, activation, from_scratch, data, out, val, val_split, freeze, head, head_pool, dropout, epochs,
         batch_size, lr, optimizer, momentum, weight_decay, schedule, warmup, body_lr_mult, stages, label_smoothing,
         class_weights, augment, cache, cache_views, cache_dtype, train_bn, monitor, patience, min_delta,
         reduce_on_plateau, seed, config, overwrite, strategy, init, resume,
@@ -133,8 +138,25 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
     if init.is_some() || arch.as_deref().is_some_and(|a| a.starts_with("mlp")) {
         let data = data.context("--data is required (a folder of class sub-folders of images)")?;
         let run_dir = out.context("--out is required (the run directory to create)")?;
+        anyhow::ensure!(!(init.is_some() && weights.is_some()), "--init and --weights both give the MLP's starting weights; give one");
+        let activation = match activation {
+            Some(a) => a.parse()?,
+            None if weights.is_some() => graft::transfer::autoencoder::Activation::Relu,
+            None => graft::transfer::autoencoder::Activation::Sigmoid,
+        };
+        let freeze = match freeze.as_deref() {
+            None | Some("none") => None,
+            Some(f) => match f.strip_prefix("regex:") {
+                Some(p) => Some(p.to_string()),
+                None => anyhow::bail!("invalid --freeze `{f}`: an MLP fit takes none or regex:PATTERN over its layer names (hidden1 … hiddenN, output)"),
+            },
+        };
         return Ok(Plan::Mlp(MlpPlan {
             init,
+            activation,
+            weights,
+            restore,
+            freeze,
             arch: arch.map(|a| a.parse()).transpose()?,
             data,
             val,
@@ -162,6 +184,7 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
             (cache_views.is_some(), "--cache-views"), (cache_dtype.is_some(), "--cache-dtype"), (monitor.is_some(), "--monitor"),
             (patience.is_some(), "--patience"), (min_delta.is_some(), "--min-delta"), (reduce_on_plateau.is_some(), "--reduce-on-plateau"),
             (seed.is_some(), "--seed"), (strategy.is_some(), "--strategy"), (init.is_some(), "--init"),
+            (restore.is_some(), "--restore"), (activation.is_some(), "--activation"),
             (from_scratch, "--from-scratch"), (train_bn, "--train-bn"), (overwrite, "--overwrite"),
         ] {
             if given {
@@ -175,6 +198,7 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
         let flags = Flags { epochs, ..Flags::default() };
         return Ok(Plan::Fit { config: Box::new(config), flags: Box::new(flags), auto: false, run_dir: run, resume: true, overwrite: false });
     }
+    anyhow::ensure!(restore.is_none() && activation.is_none(), "--restore and --activation apply to an MLP fit (--arch mlp:…) only");
     // Read here: the file's values are the base the flags below override.
     let mut c = match &config {
         Some(path) => FitConfig::from_toml(path)?,
@@ -298,13 +322,13 @@ fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: P
 
 /// `graft fit --init RUN` (a pretrained MLP) or `--arch mlp:…` (the same MLP, random init).
 fn fit_mlp(plan: MlpPlan, device: &Device, out: &Output) -> anyhow::Result<()> {
-    let MlpPlan { init, arch, data, val, val_split, epochs, batch_size, lr, seed, run_dir, overwrite } = plan;
+    let MlpPlan { init, activation, weights, restore, freeze, arch, data, val, val_split, epochs, batch_size, lr, seed, run_dir, overwrite } = plan;
     let arch = match (arch, &init) {
         (Some(a), _) => a,
         (None, Some(init)) => PretrainSummary::load(init)?.config.arch,
         (None, None) => anyhow::bail!("an MLP fit needs --init RUN or --arch mlp:W1,W2,…"),
     };
-    let config = MlpFitConfig { init, arch, data, val, val_split, epochs, batch_size, lr, seed };
+    let config = MlpFitConfig { init, arch, data, val, val_split, epochs, batch_size, lr, seed, activation, weights, restore, freeze };
     if overwrite && graft::manifest::RunManifest::file(&run_dir).is_some() {
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
@@ -313,6 +337,10 @@ fn fit_mlp(plan: MlpPlan, device: &Device, out: &Output) -> anyhow::Result<()> {
         "run": run_dir,
         "kind": "mlp",
         "init": s.config.init,
+        "weights": s.config.weights,
+        "restore": s.config.restore,
+        "freeze": s.config.freeze,
+        "activation": s.config.activation,
         "arch": s.config.arch,
         "epochs": s.config.epochs,
         "best_epoch": s.best_epoch,
@@ -323,7 +351,11 @@ fn fit_mlp(plan: MlpPlan, device: &Device, out: &Output) -> anyhow::Result<()> {
         "train_seconds": s.seconds,
     });
     out.result(&value, || {
-        let from = match &s.config.init { Some(r) => format!("pretrained {}", r.display()), None => "random initialisation".into() };
+        let from = match (&s.config.init, &s.config.weights) {
+            (Some(r), _) => format!("pretrained {}", r.display()),
+            (None, Some(w)) => format!("layers restored from {}", w.display()),
+            (None, None) => "random initialisation".into(),
+        };
         let kept = match s.best_val_accuracy {
             Some(acc) => format!("best val accuracy {acc:.4} at epoch {}", s.best_epoch),
             None => format!("no validation data: keeping epoch {}", s.best_epoch),

@@ -13,6 +13,8 @@ use crate::reporter::TermReporter;
 enum Inspect {
     /// `--run RUN`: what a run directory holds.
     Run(PathBuf),
+    /// `--weights FILE` alone: the tensors a weights file holds.
+    Weights(PathBuf),
     Model {
         spec: &'static ModelSpec,
         /// A weights file to check against the architecture.
@@ -28,6 +30,10 @@ fn resolve(args: InspectArgs) -> anyhow::Result<Inspect> {
     let InspectArgs { device: _, model, run, arch, weights, freeze, head, classes, head_pool } = args;
     if let Some(run) = run {
         return Ok(Inspect::Run(run));
+    }
+    if let (None, None, Some(weights)) = (&model, &arch, &weights) {
+        anyhow::ensure!(classes.is_none(), "--classes needs a model or --arch (with --weights alone, inspect lists the file's tensors)");
+        return Ok(Inspect::Weights(weights.clone()));
     }
     let spec = super::model_spec(model.as_deref().unwrap_or(""), arch.as_deref())?;
     let freeze: FreezeSpec = freeze.parse()?;
@@ -47,6 +53,7 @@ pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
     let device = args.device.device()?;
     let (spec, weights, freeze, grafted) = match resolve(args)? {
         Inspect::Run(run) => return super::inspect_run::run(&run, out),
+        Inspect::Weights(path) => return list_weights(&path, out),
         Inspect::Model { spec, weights, freeze, grafted } => (spec, weights, freeze, grafted),
     };
     let config = spec.config();
@@ -108,6 +115,28 @@ pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
             "total params: {}\ntrainable params: {}\nfrozen params: {}\nnon-trainable buffers (BN running statistics): {}\n",
             summary.total_params, summary.trainable_params, summary.frozen_params, summary.buffers
         ));
+        t
+    });
+    Ok(())
+}
+
+/// `graft inspect --weights FILE`: the file's tensors, dtypes and shapes.
+fn list_weights(path: &std::path::Path, out: &Output) -> anyhow::Result<()> {
+    let listing = graft::zoo::list_weights(path)?;
+    let total: usize = listing.tensors.iter().fold(0usize, |a, t| a.saturating_add(t.numel));
+    let value = json!({
+        "file": path,
+        "format": listing.format,
+        "tensors": listing.tensors,
+        "total_values": total,
+    });
+    out.result(&value, || {
+        let width = listing.tensors.iter().map(|t| t.name.chars().count()).max().unwrap_or(4).clamp(4, 80);
+        let mut t = format!("{} ({}): {} tensors, {total} values\n", path.display(), listing.format, listing.tensors.len());
+        t.push_str(&format!("{:<width$}  {:<8}  {:<20}  {:>10}\n", "name", "dtype", "shape", "values"));
+        for x in &listing.tensors {
+            t.push_str(&format!("{:<width$}  {:<8}  {:<20}  {:>10}\n", x.name, x.dtype, format!("{:?}", x.shape), x.numel));
+        }
         t
     });
     Ok(())

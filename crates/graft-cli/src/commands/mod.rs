@@ -3,6 +3,7 @@ pub mod advise;
 mod bench;
 mod cache;
 mod extract;
+pub mod fewshot;
 mod data;
 mod eval;
 mod fit;
@@ -12,6 +13,7 @@ mod predict;
 pub mod pretrain;
 pub mod probe;
 mod pull;
+pub mod zeroshot;
 
 use crate::cli::Command;
 use crate::output::Output;

@@ -20,7 +20,7 @@ struct Shown {
 
 pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     // Every flag is used below: a new one fails to compile until it is.
-    let PredictArgs { device, model, arch, run, weights, top, batch, images, csv, text, allow_unfinished } = args;
+    let PredictArgs { device, model, arch, run, weights, top, batch, images, csv, text, allow_unfinished, labels, template } = args;
     if top == 0 || batch == 0 {
         anyhow::bail!("--top and --batch must be at least 1");
     }
@@ -32,6 +32,11 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     }
     // --allow-unfinished is about runs; a zoo model is always complete.
     let _ = allow_unfinished;
+    if let Some(labels) = &labels {
+        anyhow::ensure!(shown.csv.is_none(), "--csv is not written for zero-shot --labels (use --json)");
+        let files = expand_folders(&images, true)?;
+        return super::zeroshot::predict(&model, labels, &template, &text, &files, top, &device, out);
+    }
     let images = expand_folders(&images, false)?;
     anyhow::ensure!(text.is_empty(), "--text needs a text run (--run from `graft fit --model minilm-l6`)");
     let spec = super::model_spec(&model, arch.as_deref())?;

@@ -6,6 +6,7 @@ pub mod dataset;
 pub mod features;
 pub mod pull;
 pub mod tokenize;
+pub mod zeroshot;
 
 #[cfg(test)]
 mod probe;

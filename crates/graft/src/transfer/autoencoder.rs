@@ -95,6 +95,36 @@ impl MlpArch {
     }
 }
 
+/// The hidden layers' nonlinearity: sigmoid for `graft pretrain`'s autoencoders, ReLU for an
+/// MLP restored from a TensorFlow checkpoint (the seed's recipe uses `tf.nn.relu`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    #[default]
+    Sigmoid,
+    Relu,
+}
+
+impl FromStr for Activation {
+    type Err = GraftError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sigmoid" => Ok(Activation::Sigmoid),
+            "relu" => Ok(Activation::Relu),
+            _ => Err(GraftError::setting("activation", s, "expected sigmoid or relu")),
+        }
+    }
+}
+
+impl Activation {
+    fn apply(self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Activation::Sigmoid => sigmoid(x),
+            Activation::Relu => burn::tensor::activation::relu(x),
+        }
+    }
+}
+
 /// The stacked encoder: sigmoid(linear) per layer.
 #[derive(Module, Debug)]
 pub struct Encoder {
@@ -107,9 +137,14 @@ impl Encoder {
     }
 
     /// [n, 784] → [n, last width].
-    pub fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.forward_with(x, Activation::Sigmoid)
+    }
+
+    /// [`forward`](Self::forward) with `act` after every layer.
+    pub fn forward_with(&self, mut x: Tensor<2>, act: Activation) -> Tensor<2> {
         for layer in &self.layers {
-            x = sigmoid(layer.forward(x)); // [n, width of this layer]
+            x = act.apply(layer.forward(x)); // [n, width of this layer]
         }
         x
     }
@@ -146,7 +181,12 @@ impl MlpClassifier {
 
     /// [n, 784] → logits [n, classes].
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.head.forward(self.encoder.forward(x))
+        self.forward_with(x, Activation::Sigmoid)
+    }
+
+    /// [`forward`](Self::forward) with `act` after every hidden layer.
+    pub fn forward_with(&self, x: Tensor<2>, act: Activation) -> Tensor<2> {
+        self.head.forward(self.encoder.forward_with(x, act))
     }
 }
 
@@ -425,6 +465,19 @@ pub struct MlpFitConfig {
     pub batch_size: usize,
     pub lr: f64,
     pub seed: u64,
+    /// The hidden layers' nonlinearity (runs before it: sigmoid).
+    #[serde(default)]
+    pub activation: Activation,
+    /// A weights file (a TensorFlow checkpoint: its prefix or `.index`) whose hidden layers
+    /// are restored into the MLP (see [`restore_layers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<PathBuf>,
+    /// Which of its variables: a regex searched in their names. `None`: every hidden layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
+    /// Layers kept frozen: a regex searched in the layer names `hidden1` … `hiddenN`, `output`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze: Option<String>,
 }
 
 impl MlpFitConfig {
@@ -468,11 +521,11 @@ pub struct MlpRun {
 }
 
 
-fn accuracy(net: &MlpClassifier, rows: &[f32], labels: &[usize], device: &Device) -> (f64, Vec<usize>) {
+fn accuracy(net: &MlpClassifier, act: Activation, rows: &[f32], labels: &[usize], device: &Device) -> (f64, Vec<usize>) {
     let all: Vec<usize> = (0..labels.len()).collect();
     let mut predicted = Vec::with_capacity(labels.len());
     for chunk in all.chunks(1024) {
-        predicted.extend(argmax(net.forward(gather_rows(rows, INPUT, chunk, device))));
+        predicted.extend(argmax(net.forward_with(gather_rows(rows, INPUT, chunk, device), act)));
     }
     let correct = predicted.iter().zip(labels).filter(|(p, t)| p == t).count();
     (correct as f64 / labels.len().max(1) as f64, predicted)
@@ -514,7 +567,7 @@ impl Task for MlpTask<'_> {
         let idx = &self.batches[it.index];
         let x = gather_rows(self.x_train, INPUT, idx, &self.train_device); // [b, 784]
         let targets: Vec<usize> = idx.iter().map(|&i| self.y_train[i]).collect();
-        let logits = model.forward(x);
+        let logits = model.forward_with(x, self.config.activation);
         let loss = cross_entropy(logits.clone(), &targets, 0.0, None, &self.train_device);
         let value = loss.clone().into_scalar::<f32>() as f64;
         guard::check_loss("training loss", value, it.epoch + 1, lr)?;
@@ -525,7 +578,7 @@ impl Task for MlpTask<'_> {
 
     fn end_epoch(&mut self, model: &MlpClassifier, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
         let validation = (!self.y_val.is_empty()).then(|| {
-            let (loss, predicted) = score(model, self.x_val, self.y_val, self.device);
+            let (loss, predicted) = score(model, self.config.activation, self.x_val, self.y_val, self.device);
             let eval = Evaluation::from_predictions(self.classes, self.y_val, &predicted);
             Validation { loss, accuracy: eval.accuracy, confusion: eval.confusion }
         });
@@ -550,17 +603,127 @@ impl Task for MlpTask<'_> {
 }
 
 /// Mean cross-entropy and predictions of `net` on labelled rows.
-fn score(net: &MlpClassifier, rows: &[f32], labels: &[usize], device: &Device) -> (f64, Vec<usize>) {
+fn score(net: &MlpClassifier, act: Activation, rows: &[f32], labels: &[usize], device: &Device) -> (f64, Vec<usize>) {
     let all: Vec<usize> = (0..labels.len()).collect();
     let (mut loss, mut predicted) = (0f64, Vec::with_capacity(labels.len()));
     for chunk in all.chunks(1024) {
-        let logits = net.forward(gather_rows(rows, INPUT, chunk, device));
+        let logits = net.forward_with(gather_rows(rows, INPUT, chunk, device), act);
         let targets: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
         let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, device).into_scalar();
         loss += l as f64 * chunk.len() as f64;
         predicted.extend(argmax(logits));
     }
     (loss / labels.len().max(1) as f64, predicted)
+}
+
+/// The hidden layer (0-based) a checkpoint variable belongs to, and whether it is the kernel
+/// (`true`) or the bias: TF1 `hidden2/kernel` (or `weights`, `bias`, `biases`) is layer 1,
+/// TF2 `…/layer_with_weights-1/kernel/.ATTRIBUTES/VARIABLE_VALUE` too. `None` for anything else
+/// (optimizer slots, counters, other layers).
+pub fn checkpoint_layer(name: &str) -> Option<(String, usize, bool)> {
+    let name = name.strip_suffix("/.ATTRIBUTES/VARIABLE_VALUE").unwrap_or(name);
+    let mut parts = name.rsplit('/');
+    let kernel = match parts.next()? {
+        "kernel" | "weights" => true,
+        "bias" | "biases" => false,
+        _ => return None,
+    };
+    let layer = parts.next()?;
+    let index = if let Some(n) = layer.strip_prefix("hidden") {
+        n.parse::<usize>().ok().filter(|&n| n >= 1)? - 1
+    } else {
+        layer.strip_prefix("layer_with_weights-")?.parse::<usize>().ok()?
+    };
+    Some((layer.to_string(), index, kernel))
+}
+
+/// Restores hidden layers of `net` from the weights file `path` (a TensorFlow checkpoint, or
+/// any file whose names follow TensorFlow's): every variable whose name `restore` matches (a
+/// regex, searched; `None`: all) and that names a hidden layer's kernel or bias (see
+/// [`checkpoint_layer`]). Kernels are `[in, out]`, as TensorFlow and burn both store them.
+/// Returns the net and the variable names restored, sorted. A pattern that matches no hidden
+/// layer, a layer past the MLP's depth, a missing kernel or bias and a shape that differs from
+/// the MLP's are errors naming the file and the variable.
+pub fn restore_layers(mut net: MlpClassifier, arch: &MlpArch, path: &Path, restore: Option<&str>, device: &Device) -> Result<(MlpClassifier, Vec<String>)> {
+    let re = match restore {
+        Some(p) => Some(regex::Regex::new(p).map_err(|e| GraftError::setting("restore", p, format!("not a regex: {e}")))?),
+        None => None,
+    };
+    let wanted = |name: &str| checkpoint_layer(name).is_some() && re.as_ref().is_none_or(|re| re.is_match(name));
+    let dict = match graft_weights::tfckpt::index_of(path) {
+        // Only the chosen variables are read (and need a readable dtype).
+        Some(index) => graft_weights::tfckpt::load_index(&graft_weights::tfckpt::read_index(&index)?, &wanted)?,
+        None => crate::zoo::read_weights(path)?,
+    };
+    let shapes = arch.shapes();
+    let model = arch.to_string();
+    // layer index -> (kernel name, bias name)
+    let mut layers: BTreeMap<usize, (Option<&str>, Option<&str>)> = BTreeMap::new();
+    for name in dict.tensors.keys().filter(|n| wanted(n)) {
+        let Some((layer, index, kernel)) = checkpoint_layer(name) else { continue };
+        if index >= shapes.len() {
+            return Err(GraftError::setting(
+                "restore",
+                restore.unwrap_or(""),
+                format!("{}: variable `{name}` is layer `{layer}`, but {model} has {} hidden layers", path.display(), shapes.len()),
+            ));
+        }
+        let slot = layers.entry(index).or_default();
+        if kernel { slot.0 = Some(name) } else { slot.1 = Some(name) }
+    }
+    if layers.is_empty() {
+        let names: Vec<&str> = dict.tensors.keys().map(String::as_str).take(12).collect();
+        return Err(GraftError::setting(
+            "restore",
+            restore.unwrap_or(""),
+            format!("{}: matches no hidden layer's kernel or bias (names such as hidden1/kernel or layer_with_weights-0/kernel; the file has {})", path.display(), names.join(", ")),
+        ));
+    }
+    let mut restored = Vec::new();
+    for (index, (kernel, bias)) in layers {
+        let (d_in, d_out) = shapes[index];
+        let (Some(kernel), Some(bias)) = (kernel, bias) else {
+            let have = kernel.or(bias).unwrap_or("");
+            return Err(GraftError::setting(
+                "restore",
+                restore.unwrap_or(""),
+                format!("{}: `{have}` is restored without its layer's {}: restore both", path.display(), if kernel.is_none() { "kernel" } else { "bias" }),
+            ));
+        };
+        let source = crate::zoo::load::WeightSource { dict: &dict, path, model: &model, device };
+        let w = source.tensor(kernel, [d_in, d_out])?;
+        let b = source.tensor(bias, [d_out])?;
+        let layer = &mut net.encoder.layers[index];
+        layer.weight = burn::module::Param::from_tensor(w);
+        layer.bias = Some(burn::module::Param::from_tensor(b));
+        restored.push(kernel.to_string());
+        restored.push(bias.to_string());
+    }
+    restored.sort();
+    Ok((net, restored))
+}
+
+/// Freezes the layers of `net` whose names (`hidden1` … `hiddenN`, `output`) the regex
+/// `pattern` matches (searched): their weights get no gradient, so training leaves them
+/// bit-for-bit as they were. A pattern matching no layer is an error.
+pub fn freeze_layers(mut net: MlpClassifier, pattern: &str) -> Result<MlpClassifier> {
+    let re = regex::Regex::new(pattern).map_err(|e| GraftError::setting("freeze", pattern, format!("not a regex: {e}")))?;
+    let mut any = false;
+    let layers = std::mem::take(&mut net.encoder.layers);
+    for (i, layer) in layers.into_iter().enumerate() {
+        let frozen = re.is_match(&format!("hidden{}", i + 1));
+        any |= frozen;
+        net.encoder.layers.push(if frozen { layer.no_grad() } else { layer });
+    }
+    if re.is_match("output") {
+        any = true;
+        net.head = net.head.no_grad();
+    }
+    if !any {
+        let names: Vec<String> = (1..=net.encoder.layers.len()).map(|i| format!("hidden{i}")).chain(["output".to_string()]).collect();
+        return Err(GraftError::setting("freeze", pattern, format!("matches none of the MLP's layers ({})", names.join(", "))));
+    }
+    Ok(net)
 }
 
 /// Fine-tunes an MLP (from a pretraining run, or random) with labels; the run is in `run`.
@@ -595,6 +758,12 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
             return Err(GraftError::setting("arch", &config.arch.to_string(), format!("{} was pretrained as {saved}", init.display())));
         }
         net.encoder = checkpoint::load(Encoder::init(&saved, device), &init.join("encoder.safetensors"))?;
+    }
+    if let Some(weights) = &config.weights {
+        net = restore_layers(net, &config.arch, weights, config.restore.as_deref(), device)?.0;
+    }
+    if let Some(pattern) = &config.freeze {
+        net = freeze_layers(net, pattern)?;
     }
     std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
     crate::fsutil::check_run_dir(run)?;
@@ -632,7 +801,7 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
         classes: folder.classes.clone(),
         best_epoch: state.best_epoch,
         best_val_accuracy: (!y_val.is_empty()).then_some(state.best_val_accuracy),
-        train_accuracy: accuracy(&best, &x_train, &y_train, device).0,
+        train_accuracy: accuracy(&best, config.activation, &x_train, &y_train, device).0,
         n_train: y_train.len(),
         n_val: y_val.len(),
         seconds: started.elapsed().as_secs_f64(),

@@ -215,13 +215,67 @@ pub struct PretrainedCfg {
     pub freeze_groups: Vec<(String, String)>,
 }
 
-/// Reads a weights file: Keras `.h5` (see [`keras`]), else a PyTorch checkpoint or
-/// safetensors (see `graft_weights::load`).
+/// Reads a weights file: Keras `.h5` (see [`keras`]), else a PyTorch checkpoint, safetensors,
+/// a TensorFlow checkpoint (its prefix, `.index` or a data shard) or a Caffe `.caffemodel`
+/// (see `graft_weights::load`).
 pub fn read_weights(path: &Path) -> Result<graft_weights::StateDict> {
     match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
         Some("h5" | "hdf5" | "keras") => keras::load_keras_h5(path),
         _ => Ok(graft_weights::load(path)?),
     }
+}
+
+/// One tensor of a weights file, as [`list_weights`] lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListedTensor {
+    pub name: String,
+    /// The file's own name for the element type (`float32`, `int64`, TensorFlow's `string`).
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub numel: usize,
+}
+
+/// What a weights file holds, without an architecture: its format and its tensors by name.
+#[derive(Debug, Clone, Serialize)]
+pub struct WeightsListing {
+    /// `tf-checkpoint`, `caffemodel`, `keras-h5`, `pytorch`, `safetensors`.
+    pub format: String,
+    pub tensors: Vec<ListedTensor>,
+}
+
+/// Lists the tensors of any weights file graft reads. A TensorFlow checkpoint is listed from
+/// its index alone (every variable, string ones included; no data is read); other files are
+/// read whole, as [`read_weights`] reads them.
+pub fn list_weights(path: &Path) -> Result<WeightsListing> {
+    if let Some(index) = graft_weights::tfckpt::index_of(path) {
+        let index = graft_weights::tfckpt::read_index(&index)?;
+        let tensors = index
+            .variables
+            .iter()
+            .map(|v| ListedTensor { name: v.name.clone(), dtype: v.dtype.name(), shape: v.shape.clone(), numel: v.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).unwrap_or(usize::MAX) })
+            .collect();
+        return Ok(WeightsListing { format: "tf-checkpoint".into(), tensors });
+    }
+    let dict = read_weights(path)?;
+    let format = match dict.metadata.get("format") {
+        Some(f) => f.clone(),
+        None => match graft_weights::detect_format(path)? {
+            graft_weights::Format::Safetensors => "safetensors".into(),
+            _ => "pytorch".into(),
+        },
+    };
+    let tensors = dict
+        .tensors
+        .iter()
+        .map(|(name, t)| ListedTensor { name: name.clone(), dtype: t.dtype.name().into(), shape: t.shape.clone(), numel: t.data.len() })
+        .collect();
+    Ok(WeightsListing { format, tensors })
+}
+
+/// The file that identifies a weights path (its sha256 is the weights' identity): the `.index`
+/// of a TensorFlow checkpoint (whose prefix is no file), else the path itself.
+pub fn weights_identity_file(path: &Path) -> PathBuf {
+    graft_weights::tfckpt::index_of(path).unwrap_or_else(|| path.to_path_buf())
 }
 
 /// A pretrained network loaded and ready to run.
@@ -246,7 +300,7 @@ impl Pretrained {
         device: &Device,
     ) -> Result<Self> {
         let (path, sha256) = match weights {
-            Some(file) => (file.to_path_buf(), pull::sha256_file(file)?),
+            Some(file) => (file.to_path_buf(), pull::sha256_file(&weights_identity_file(file))?),
             None if spec.source.is_none() => return Err(GraftError::NeedsWeights { model: spec.id.into() }),
             None => {
                 let pulled = pull::ensure_pulled(spec, home, reporter)?;
