@@ -87,8 +87,9 @@ pub struct FitArgs {
     /// everything. [default: 0.2]
     #[arg(long)]
     pub val_split: Option<f64>,
-    /// Which layers stay frozen: all, none, N (stem + first N blocks), regex:PATTERN,
-    /// until:LAYER. [default: all]
+    /// Which layers stay frozen: all, none, N (stem + first N blocks; for VGG and AlexNet the
+    /// first N layers as Keras counts them, input first), regex:PATTERN, until:LAYER.
+    /// [default: all]
     #[arg(long)]
     pub freeze: Option<String>,
     /// linear, mlp:1024,1024, or a classic head on stored features: logistic (C by 5-fold
@@ -338,7 +339,8 @@ pub struct InspectArgs {
     /// [default: none: no check]
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Freeze spec: all, none, N (stem + first N blocks), regex:PATTERN, until:LAYER.
+    /// Freeze spec: all, none, N (stem + first N blocks; for VGG and AlexNet the first N layers
+    /// as Keras counts them, input first), regex:PATTERN, until:LAYER.
     #[arg(long, default_value = "none")]
     pub freeze: String,
     /// Show the model with its classifier replaced by this head (linear, mlp:1024,1024).

@@ -185,6 +185,7 @@ impl Head {
                     ParamRow::weight(&format!("head.layers.{i}.bias"), w[1]),
                 ],
                 is_head: true,
+                block: None,
             })
             .collect()
     }

