@@ -1,4 +1,4 @@
-//! torchvision's VGG and AlexNet against PyTorch, without committed weights: both sides fill
+//! torchvision's VGG, AlexNet and ConvNeXt-Tiny against PyTorch, without committed weights: both sides fill
 //! every tensor from the same seeded formula (`graft::zoo::seeded`, and `seeded.py` beside the
 //! references), run the same seeded inputs, and only the logits (KB) are committed, with the
 //! script that made them (`tests/fixtures/seeded/make_reference.py`). Also torchvision's eval
@@ -76,11 +76,25 @@ fn alexnet_seeded_logits_match_torchvision() {
     seeded_logits_match_torchvision("alexnet");
 }
 
-/// `--arch vgg16`'s preparation is torchvision's `VGG16_Weights.IMAGENET1K_V1.transforms()`:
-/// the same 8-bit crop of a seeded 320×250 image (resize 256 → 327×256, crop offsets 52, 16).
 #[test]
-fn vgg_preprocessing_is_torchvisions_resize_and_centre_crop() {
+fn convnext_tiny_seeded_logits_match_torchvision() {
+    seeded_logits_match_torchvision("convnext_tiny");
+}
+
+/// `--arch vgg16`'s preparation is torchvision's `VGG16_Weights.IMAGENET1K_V1.transforms()`:
+/// the same 8-bit crop of a seeded 320×250 image (resize 256 → 327×256, crop offsets 52, 16);
+/// AlexNet, ResNet and MobileNetV2 (their `IMAGENET1K_V1` weights) prepare images the same way.
+#[test]
+fn torchvision_archs_prepare_images_with_torchvisions_resize_and_centre_crop() {
     let want = reference()["preprocess"].clone();
+    for arch in ["alexnet", "vgg19_bn", "resnet18", "resnet50", "mobilenetv2"] {
+        assert_eq!(ModelSpec::find(arch).unwrap().preprocess(), ModelSpec::find("vgg16").unwrap().preprocess(), "{arch}");
+    }
+    // ConvNeXt's weights resize to 236 (Tiny), 230 (Small), 232 (Base), then crop 224.
+    for (arch, shorter) in [("convnext_tiny", 236), ("convnext_small", 230), ("convnext_base", 232)] {
+        let pre = ModelSpec::find(arch).unwrap().preprocess();
+        assert_eq!((pre.size, pre.crop), (224, graft::data::image::Crop::ResizeCentre { shorter }), "{arch}");
+    }
     let spec = ModelSpec::find("vgg16").unwrap();
     let pre = spec.preprocess();
     assert_eq!((pre.size, pre.crop), (224, graft::data::image::Crop::ResizeCentre { shorter: 256 }));

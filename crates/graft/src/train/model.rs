@@ -267,7 +267,8 @@ impl Grafted {
             let names: Vec<&ParamRow> = row.params.iter().collect();
             let all = names.iter().all(|p| frozen.contains(&p.path));
             if all {
-                patterns.push(format!("^trunk\\.{}\\.", regex::escape(&config.module_path(&row.name))));
+                // The module's parameters, or the parameter itself (ConvNeXt's `layer_scale`).
+                patterns.push(format!("^trunk\\.{}(\\.|$)", regex::escape(&config.module_path(&row.name))));
             } else {
                 for p in names.iter().filter(|p| frozen.contains(&p.path)) {
                     patterns.push(format!("^trunk\\.{}$", regex::escape(&config.param_path(row, &p.path))));

@@ -20,7 +20,7 @@ use std::fmt::Display;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::keras::{depthwise_to_oihw, hwio_to_oihw};
@@ -34,6 +34,10 @@ pub enum LeafKind {
     Conv { input: usize, output: usize, kernel: usize, groups: usize, bias: bool },
     BatchNorm { channels: usize },
     Linear { input: usize, output: usize, bias: bool },
+    /// A LayerNorm over `channels` (weight and bias; ConvNeXt's over the channels of a map).
+    LayerNorm { channels: usize },
+    /// A bare parameter of this shape, named by the leaf itself (ConvNeXt's `layer_scale`).
+    Scale { shape: [usize; 3] },
     /// A layer without parameters (pooling), shown under this kind.
     Pool(&'static str),
 }
@@ -214,6 +218,15 @@ impl Table {
                     out.push(tensor("bias", "bias", vec![output], false, Layout::Same));
                 }
             }
+            LeafKind::LayerNorm { channels } => {
+                let names = if keras { ["gamma", "beta"] } else { ["weight", "bias"] };
+                for (file, burn) in names.into_iter().zip(["gamma", "beta"]) {
+                    out.push(tensor(file, burn, vec![channels], false, Layout::Same));
+                }
+            }
+            LeafKind::Scale { shape } => {
+                out.push(TensorName { file: leaf.name.clone(), burn: leaf.module.clone(), shape: shape.to_vec(), buffer: false, layout: Layout::Same });
+            }
             LeafKind::Pool(_) => {}
         }
         out
@@ -249,6 +262,8 @@ impl Table {
             }
             LeafKind::BatchNorm { .. } => if keras { "BatchNormalization" } else { "BatchNorm2d" }.into(),
             LeafKind::Linear { .. } => if keras { "Dense" } else { "Linear" }.into(),
+            LeafKind::LayerNorm { .. } => if keras { "LayerNormalization" } else { "LayerNorm" }.into(),
+            LeafKind::Scale { .. } => "LayerScale".into(),
             LeafKind::Pool(kind) => kind.into(),
         }
     }
@@ -414,6 +429,25 @@ impl Builder<'_> {
     /// A layer without parameters (pooling), recorded for the table.
     pub fn layer(&mut self, name: impl Display, kind: &'static str, out: Vec<usize>) {
         self.push(name, LeafKind::Pool(kind), out, false);
+    }
+
+    /// A LayerNorm over the last dimension; `head`: part of the pretrained classifier.
+    pub fn layer_norm(&mut self, name: impl Display, config: LayerNormConfig, out: Vec<usize>, head: bool) -> LayerNorm {
+        self.push(name, LeafKind::LayerNorm { channels: config.d_model }, out, head);
+        config.init(self.device)
+    }
+
+    /// A linear layer inside the trunk (the pretrained classifier is [`classifier`](Self::classifier)).
+    pub fn linear(&mut self, name: impl Display, config: LinearConfig, out: Vec<usize>) -> Linear {
+        let kind = LeafKind::Linear { input: config.d_input, output: config.d_output, bias: config.bias };
+        self.push(name, kind, out, false);
+        config.init(self.device)
+    }
+
+    /// A bare parameter of `shape`, initialised to ones (ConvNeXt's `layer_scale`).
+    pub fn scale(&mut self, name: impl Display, shape: [usize; 3], out: [usize; 3]) -> Param<Tensor<3>> {
+        self.push(name, LeafKind::Scale { shape }, out.to_vec(), false);
+        Param::from_tensor(Tensor::ones(shape, self.device))
     }
 
     /// The pretrained classifier.

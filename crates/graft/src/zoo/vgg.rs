@@ -39,26 +39,22 @@ use super::backbone::{Backbone, BackboneNet};
 use super::load::WeightSource;
 use super::resnet::{BN_EPS, BN_MOMENTUM};
 use super::table::{Builder, Convention, Table};
-use super::{ModelSpec, Trunk, TrunkConfig};
+use super::{user_weights, ModelSpec, Trunk};
 use crate::Result;
 
 /// The registered VGGs and AlexNet: torchvision's, for the user's own weights (`--weights
 /// FILE`), with torchvision's eval transforms (resize 256, centre crop 224, bilinear).
 pub const MODELS: &[ModelSpec] = &[
-    user_weights_256("vgg11", || VggConfig::vgg(11, false).into()),
-    user_weights_256("vgg11_bn", || VggConfig::vgg(11, true).into()),
-    user_weights_256("vgg13", || VggConfig::vgg(13, false).into()),
-    user_weights_256("vgg13_bn", || VggConfig::vgg(13, true).into()),
-    user_weights_256("vgg16", || VggConfig::vgg(16, false).into()),
-    user_weights_256("vgg16_bn", || VggConfig::vgg(16, true).into()),
-    user_weights_256("vgg19", || VggConfig::vgg(19, false).into()),
-    user_weights_256("vgg19_bn", || VggConfig::vgg(19, true).into()),
-    user_weights_256("alexnet", || VggConfig::alexnet().into()),
+    user_weights("vgg11", || VggConfig::vgg(11, false).into()),
+    user_weights("vgg11_bn", || VggConfig::vgg(11, true).into()),
+    user_weights("vgg13", || VggConfig::vgg(13, false).into()),
+    user_weights("vgg13_bn", || VggConfig::vgg(13, true).into()),
+    user_weights("vgg16", || VggConfig::vgg(16, false).into()),
+    user_weights("vgg16_bn", || VggConfig::vgg(16, true).into()),
+    user_weights("vgg19", || VggConfig::vgg(19, false).into()),
+    user_weights("vgg19_bn", || VggConfig::vgg(19, true).into()),
+    user_weights("alexnet", || VggConfig::alexnet().into()),
 ];
-
-const fn user_weights_256(id: &'static str, arch: fn() -> TrunkConfig) -> ModelSpec {
-    ModelSpec { input: super::TORCHVISION_RESIZE_256, ..super::user_weights(id, arch) }
-}
 
 /// One module of `features` with parameters or a pool (ReLUs follow every convolution).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
