@@ -66,12 +66,19 @@ fn the_seeds_vgg_recipe_is_one_fit_command() {
 /// torchvision's names, shapes and parameter counts (`sum(p.numel() for p in
 /// torchvision.models.NAME().parameters())`, torchvision 0.29.2), and the recipe's grafted model.
 #[test]
-fn inspect_lists_vgg_and_alexnet_as_torchvision_counts_them() {
+fn inspect_lists_vgg_alexnet_and_convnext_as_torchvision_counts_them() {
     for (arch, params) in [("vgg19", 143_667_240u64), ("vgg19_bn", 143_678_248), ("vgg16", 138_357_544), ("alexnet", 61_100_840)] {
         let i = json_of(&graft(&["inspect", "--arch", arch, "--json"]));
         assert_eq!(i["total_params"], params, "{arch}");
         assert_eq!(i["pretrained_cfg"]["input"]["crop"], json!({"resize-centre": {"shorter": 256}}), "{arch}");
     }
+    // ConvNeXt-Tiny: torchvision's count, names and its own resize (236).
+    let i = json_of(&graft(&["inspect", "--arch", "convnext_tiny", "--json"]));
+    assert_eq!(i["total_params"], 28_589_128u64);
+    assert_eq!(i["pretrained_cfg"]["input"]["crop"], json!({"resize-centre": {"shorter": 236}}));
+    let names: Vec<&str> = i["layers"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"features.5.8.layer_scale") && names.contains(&"classifier.2"), "{names:?}");
+
     let i = json_of(&graft(&["inspect", "--arch", "vgg19", "--json"]));
     let layers = i["layers"].as_array().unwrap();
     let layer = |name: &str| layers.iter().find(|l| l["name"] == name).unwrap_or_else(|| panic!("no layer {name}")).clone();
