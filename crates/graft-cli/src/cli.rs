@@ -100,9 +100,10 @@ pub struct FitArgs {
     /// everything. [default: 0.2]
     #[arg(long)]
     pub val_split: Option<f64>,
-    /// Which layers stay frozen: all, none, N (stem + first N blocks), regex:PATTERN,
-    /// until:LAYER; with --arch mlp:…, none or regex:PATTERN over the layer names hidden1 …
-    /// hiddenN and output. [default: all; none with --arch mlp:…]
+    /// Which layers stay frozen: all, none, N (stem + first N blocks; for VGG and AlexNet the
+    /// first N layers as Keras counts them, input first), regex:PATTERN, until:LAYER; with
+    /// --arch mlp:…, none or regex:PATTERN over the layer names hidden1 … hiddenN and output.
+    /// [default: all; none with --arch mlp:…]
     #[arg(long)]
     pub freeze: Option<String>,
     /// linear, mlp:1024,1024, or a classic head on stored features: logistic (C by 5-fold
@@ -376,7 +377,8 @@ pub struct InspectArgs {
     /// prefix such as model.ckpt, or its .index) or a Caffe .caffemodel. [default: none]
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Freeze spec: all, none, N (stem + first N blocks), regex:PATTERN, until:LAYER.
+    /// Freeze spec: all, none, N (stem + first N blocks; for VGG and AlexNet the first N layers
+    /// as Keras counts them, input first), regex:PATTERN, until:LAYER.
     #[arg(long, default_value = "none")]
     pub freeze: String,
     /// Show the model with its classifier replaced by this head (linear, mlp:1024,1024).

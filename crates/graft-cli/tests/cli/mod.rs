@@ -1,4 +1,5 @@
 mod adapt;
+mod arch_parity;
 mod backbones;
 mod bad_weights;
 mod cache;
@@ -21,6 +22,7 @@ mod shard;
 mod text;
 mod traps;
 mod transfer;
+mod vgg_cli;
 mod views;
 mod zoo_cli;
 mod zoo_parity;

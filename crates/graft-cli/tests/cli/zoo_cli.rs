@@ -158,7 +158,8 @@ fn resnet18_from_a_torchvision_state_dict_predicts_like_the_library_network() {
     let dict = graft_weights::load(&path).unwrap();
     let source = WeightSource { dict: &dict, path: &path, model: "resnet18", device: &device };
     let net = ResNetConfig::resnet(18).unwrap().init(&device).load_weights(&source).unwrap();
-    let pre = Preprocess::centre_square(224, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]);
+    // torchvision's eval transforms: resize 256, centre crop 224.
+    let pre = Preprocess { crop: graft::data::image::Crop::ResizeCentre { shorter: 256 }, ..Preprocess::centre_square(224, [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]) };
     let pixels: Vec<Vec<f32>> = IMAGES[..2].iter().map(|n| image::load(&image_path(n), &pre).unwrap()).collect();
     let probs: Vec<f32> = softmax(net.forward(image::batch(&pixels, 224, &device)), 1).into_data().try_to_vec::<f32>().unwrap();
 

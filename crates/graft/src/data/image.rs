@@ -21,6 +21,11 @@ pub enum Crop {
     /// The whole image resized to `size`×`size`, aspect ratio not kept (Keras/PIL
     /// `img.resize((size, size))`).
     Stretch,
+    /// torchvision's eval transforms: the shorter side resized to `shorter` (the longer to
+    /// `int(shorter · long / short)`), then the centred `size`×`size` crop
+    /// (`Resize(shorter)`, `CenterCrop(size)`; offsets `round((side − size) / 2)`, halves to
+    /// even as Python rounds).
+    ResizeCentre { shorter: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +67,9 @@ impl Preprocess {
     pub fn crop_resize(&self, image: &RgbImage) -> RgbImage {
         if self.crop == Crop::Stretch {
             return resize_bilinear(image, self.size, self.size);
+        }
+        if let Crop::ResizeCentre { shorter } = self.crop {
+            return resize_centre(image, shorter, self.size);
         }
         let (w, h) = image.dimensions();
         let side = w.min(h);
@@ -218,6 +226,34 @@ pub fn batch(images: &[Vec<f32>], size: u32, device: &Device) -> Tensor<4> {
     let s = size as usize;
     let data: Vec<f32> = images.iter().flat_map(|i| i.iter().copied()).collect();
     Tensor::from_data(TensorData::new(data, [images.len(), 3, s, s]), device)
+}
+
+/// torchvision's `CenterCrop(size)(Resize(shorter)(image))` on a PIL image: the shorter side
+/// to `shorter`, the longer to `int(shorter · long / short)`, PIL bilinear; then the centred
+/// square, offset `round((side − size) / 2)` (Python's round, halves to even), padded with
+/// black where the resized image is smaller than `size` (as `CenterCrop` pads).
+fn resize_centre(image: &RgbImage, shorter: u32, size: u32) -> RgbImage {
+    let (w, h) = image.dimensions();
+    let long = |l: u32, s: u32| ((u64::from(shorter) * u64::from(l)) / u64::from(s.max(1))).max(1) as u32;
+    let (rw, rh) = if w <= h { (shorter, long(h, w)) } else { (long(w, h), shorter) };
+    let resized = resize_bilinear(image, rw, rh);
+    // Python's round((side − size) / 2): x.5 goes to the even neighbour.
+    let offset = |side: u32| -> i64 {
+        let twice = i64::from(side) - i64::from(size);
+        let (q, odd) = (twice.div_euclid(2), twice.rem_euclid(2) == 1);
+        if odd && q % 2 != 0 { q + 1 } else { q }
+    };
+    let (left, top) = (offset(rw), offset(rh));
+    let mut out = RgbImage::new(size, size);
+    for y in 0..size {
+        for x in 0..size {
+            let (sx, sy) = (i64::from(x) + left, i64::from(y) + top);
+            if (0..i64::from(rw)).contains(&sx) && (0..i64::from(rh)).contains(&sy) {
+                out.put_pixel(x, y, *resized.get_pixel(sx as u32, sy as u32));
+            }
+        }
+    }
+    out
 }
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;

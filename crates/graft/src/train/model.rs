@@ -185,6 +185,7 @@ impl Head {
                     ParamRow::weight(&format!("head.layers.{i}.bias"), w[1]),
                 ],
                 is_head: true,
+                block: None,
             })
             .collect()
     }
@@ -266,7 +267,8 @@ impl Grafted {
             let names: Vec<&ParamRow> = row.params.iter().collect();
             let all = names.iter().all(|p| frozen.contains(&p.path));
             if all {
-                patterns.push(format!("^trunk\\.{}\\.", regex::escape(&config.module_path(&row.name))));
+                // The module's parameters, or the parameter itself (ConvNeXt's `layer_scale`).
+                patterns.push(format!("^trunk\\.{}(\\.|$)", regex::escape(&config.module_path(&row.name))));
             } else {
                 for p in names.iter().filter(|p| frozen.contains(&p.path)) {
                     patterns.push(format!("^trunk\\.{}$", regex::escape(&config.param_path(row, &p.path))));

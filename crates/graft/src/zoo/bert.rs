@@ -81,6 +81,7 @@ impl BertConfig {
             output_shape: out,
             params,
             is_head: false,
+            block: None,
         };
         let embedding = |name: &str, rows: usize| {
             row(name.into(), "Embedding", vec![seq_len, d], vec![ParamRow::weight(&format!("{name}.weight"), rows * d)])

@@ -36,6 +36,11 @@ pub struct LayerRow {
     /// Part of the classifier head rather than the reusable trunk; freeze specs skip it.
     #[serde(skip)]
     pub is_head: bool,
+    /// The block `--freeze N` counts the layer in when the architecture says so (e.g. VGG's
+    /// `features.1` BatchNorm with its convolution `features.0`); `None`: the one its name
+    /// implies.
+    #[serde(skip)]
+    pub block: Option<String>,
 }
 
 impl LayerRow {
@@ -48,9 +53,10 @@ impl LayerRow {
         self.params.iter().filter(|p| p.buffer).map(|p| p.numel).sum()
     }
 
-    /// The block this layer belongs to: `_blocks.3` for `_blocks.3._bn1`, else the layer itself.
+    /// The block this layer belongs to: the architecture's own grouping where it states one,
+    /// else `_blocks.3` for `_blocks.3._bn1`, else the layer itself.
     pub fn block(&self) -> &str {
-        block_of(&self.name)
+        self.block.as_deref().unwrap_or_else(|| block_of(&self.name))
     }
 }
 
@@ -208,8 +214,8 @@ impl FreezeSpec {
 /// The numbered blocks of a layer table in order (`_blocks.3`, `layer2.1`, `block_5`).
 fn numbered_block_names<'a>(rows: &[&'a LayerRow]) -> Vec<&'a str> {
     let mut numbered: Vec<&str> = Vec::new();
-    for block in rows.iter().map(|r| r.block()) {
-        let is_numbered = block.split('.').any(|s| s.parse::<usize>().is_ok()) || block.starts_with("block_");
+    for (row, block) in rows.iter().map(|r| (r, r.block())) {
+        let is_numbered = row.block.is_some() || block.split('.').any(|s| s.parse::<usize>().is_ok()) || block.starts_with("block_");
         if is_numbered && numbered.last() != Some(&block) {
             numbered.push(block);
         }

