@@ -94,6 +94,9 @@ pub const SETTINGS: &[&str] = &[
     "method", "source", "target", "target_test", "backbone", "bottleneck", "iters_per_epoch",
     "lr_schedule", "lr_gamma", "lambda", "lambda_schedule", "lambda_max_iters", "entropy",
     "disc_hidden", "pretrain_epochs", "adda_objective", "run",
+    // The classic methods of `graft adapt` (`adapt::shallow::ShallowConfig`).
+    "features", "classifier", "kernel", "gamma", "mu", "dim", "iterations", "normalize", "source_samples",
+    "target_samples",
     // `graft pretrain` and MLP fits (`restore`, `activation`: an MLP restored from a checkpoint).
     "arch", "noise", "restore", "activation",
     // `graft extract`, `graft cache merge`, `graft data import`, `graft probe`.
@@ -103,7 +106,7 @@ pub const SETTINGS: &[&str] = &[
     // Text models: limits of the tokenizer and encoder, set by the library, not by a flag.
     "max_tokens", "token_batch",
     // Few-shot episodes and zero-shot classification (`graft eval`, `graft predict`).
-    "episodes", "way", "shot", "query", "classifier", "labels", "template",
+    "episodes", "way", "shot", "query", "labels", "template",
 ];
 
 /// A setting's value as a unit variant of a serde enum, by the name serde gives it: a flag then

@@ -22,7 +22,9 @@ use crate::reporter::TermReporter;
 pub struct AdaptArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
-    /// source-only, ddc, dan, coral, dann, adda or cdan. [default: none; required without --resume]
+    /// source-only, ddc, dan, coral, dann, adda or cdan; or a classic method on fixed features
+    /// (--features): tca, jda, gfk, sa, coral-shallow, and the baselines none (the classifier
+    /// alone) and pca. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub method: Option<String>,
     /// Labelled source domain: a folder or mnist:train, usps:train, ….
@@ -118,9 +120,12 @@ pub struct AdaptArgs {
     /// Fraction of the source held out (stratified, seeded) to pick the epoch; 0 keeps the last.
     #[arg(long, default_value_t = 0.1)]
     pub val_split: f64,
-    /// Random seed (validation split, initialisation, shuffling, augmentation).
+    /// Random seed (validation split, initialisation, shuffling, augmentation; the classic
+    /// methods' --source-samples and --target-samples draws).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub classic: crate::commands::adapt_classic::ClassicArgs,
 }
 
 /// The flags as the library's [`AdaptConfig`], the run directory and whether it resumes. Every
@@ -131,8 +136,12 @@ fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
         device: _,
         method, source, target, target_test, out, resume, backbone, weights, data_root, bottleneck, epochs, iters_per_epoch,
         batch_size, lr, lr_schedule, lr_gamma, momentum, weight_decay, lambda, lambda_schedule, lambda_max_iters,
-        entropy, disc_hidden, pretrain_epochs, adda_objective, augment, val_split, seed,
+        entropy, disc_hidden, pretrain_epochs, adda_objective, augment, val_split, seed, classic,
     } = args;
+    // The classic methods' flags mean nothing to a network method (nor to a resumed run).
+    if let Some(flag) = classic.first_given() {
+        anyhow::bail!("{flag} applies to the classic methods only (--method {})", graft::adapt::shallow::SHALLOW_METHODS);
+    }
     if let Some(run) = resume {
         let mut config = AdaptConfig::from_toml(&run.join("config.toml"))?;
         if let Some(epochs) = epochs {
@@ -174,6 +183,9 @@ fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
 }
 
 pub fn run(args: AdaptArgs, out: &Output) -> anyhow::Result<()> {
+    if let Some(method) = args.method.as_deref().and_then(graft::adapt::shallow::ShallowMethod::parse) {
+        return crate::commands::adapt_classic::run(args, method, out);
+    }
     let device = args.device.device()?;
     let (config, run_dir, resume) = resolve(args)?;
     // A training loop re-allocates the same buffers every iteration: keep them mapped.

@@ -1,4 +1,5 @@
 pub mod adapt;
+mod adapt_classic;
 pub mod advise;
 mod bench;
 mod cache;

@@ -1,4 +1,5 @@
 mod adapt;
+mod adapt_classic;
 mod arch_parity;
 mod backbones;
 mod bad_weights;

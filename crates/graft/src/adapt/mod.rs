@@ -6,11 +6,13 @@
 //! * [`model`]: LeNet, the bottleneck classifier and the domain discriminator.
 //! * [`losses`]: MMD, multi-kernel MMD, CORAL, gradient reversal, adversarial losses, schedules.
 //! * [`train`]: the trainer (`graft adapt`), the run directory, and loading an adapted model.
+//! * [`shallow`]: the classic methods on fixed features (TCA, JDA, GFK, SA, CORAL), no network.
 
 pub mod config;
 pub mod data;
 pub mod losses;
 pub mod model;
+pub mod shallow;
 pub mod text;
 pub mod train;
 
