@@ -582,7 +582,7 @@ fn load(config: &ShallowConfig, features: &FeatureSpec, home: &Path, reporter: &
         match (features, &trunk) {
             (FeatureSpec::Model { .. }, Some(t)) => {
                 let input = InputSpec::Zoo { model: t.spec.id.into(), preprocess: t.spec.preprocess() };
-                let (domain, classes, bad) = Featurizer::new(input, None, device).load(spec, setting, root, classes, labelled, reporter)?;
+                let (domain, classes, bad) = Featurizer::new(input, None, home, device).load(spec, setting, root, classes, labelled, reporter)?;
                 skipped.extend(bad);
                 Ok((Pending { labels: domain.labels.clone(), n: domain.len(), items: Items::Domain(domain) }, classes))
             }
