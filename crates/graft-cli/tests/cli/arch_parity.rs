@@ -26,6 +26,10 @@ fn reference() -> serde_json::Value {
 /// Seeded weights into `arch`, seeded inputs through it, logits against torchvision's:
 /// max |Δlogit| ≤ 1e-4 of the largest logit. Also the parameter count against torchvision's.
 fn seeded_logits_match_torchvision(arch: &str) {
+    let name = format!("cli::arch_parity::{}_seeded_logits_match_torchvision", arch);
+    if !super::in_child_process(&name) {
+        return;
+    }
     let (on, device) = test_device();
     let want = reference()["archs"][arch].clone();
     assert!(want.is_object(), "reference.json has no {arch}");

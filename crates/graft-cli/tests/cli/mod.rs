@@ -101,6 +101,29 @@ pub fn kill_after_first_epoch(home: &Path, args: &[&str], metrics: &Path, grace:
     std::fs::read_to_string(metrics).unwrap().lines().count()
 }
 
+/// Runs the calling test again in a child process of this test binary and returns `true` in
+/// the child, where the test does its work; in the parent it waits for the child, fails if the
+/// child failed, and returns `false`. For tests that hold gigabytes in-process (seeded VGG
+/// weights): a process this binary starts meanwhile would inherit that resident set in its
+/// peak-RSS figure (Linux counts the parent's pages at fork), failing the memory checks of the
+/// tests running beside it. `name` is the test's path as the harness lists it.
+pub fn in_child_process(name: &str) -> bool {
+    const CHILD: &str = "GRAFT_TEST_IN_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let out = Command::new(std::env::current_exe().expect("the test binary"))
+        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the test in a child process");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprint!("{stderr}");
+    assert!(out.status.success(), "{name} failed in its child process:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{name} did not run in its child process:\n{stdout}");
+    false
+}
+
 /// A fresh GRAFT_HOME of its own (an empty feature cache) sharing the pulled weights.
 pub fn isolated_home(name: &str) -> PathBuf {
     let home = scratch(&format!("home-{name}"));

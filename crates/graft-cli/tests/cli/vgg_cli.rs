@@ -20,6 +20,10 @@ fn s(p: &Path) -> &str {
 
 #[test]
 fn the_seeds_vgg_recipe_is_one_fit_command() {
+    // The seeded VGG-11 weights are built in this process: keep them out of the test binary.
+    if !super::in_child_process("cli::vgg_cli::the_seeds_vgg_recipe_is_one_fit_command") {
+        return;
+    }
     let dir = scratch("vgg-recipe");
     let home = isolated_home("vgg-recipe");
     let data = fmnist(&dir, 2, 17); // 3 classes × 2 images
