@@ -158,7 +158,8 @@ pub struct FitArgs {
     #[arg(long)]
     pub class_weights: Option<String>,
     /// Random transforms of training images: none, keras, or e.g.
-    /// flip,rotate:30,zoom:0.3,shift:0.3,crop:0.5-1.0,jitter:0.2. [default: none]
+    /// flip,rotate:30,zoom:0.3,shift:0.3,crop:0.5-1.0,jitter:0.2 (also randaugment:N:M and
+    /// cutout:F). [default: none]
     #[arg(long)]
     pub augment: Option<String>,
     /// auto, on or off: reuse the frozen trunk's activations. [default: auto]
@@ -214,6 +215,64 @@ pub struct FitArgs {
     /// config.toml; --epochs N sets a new total to train a finished run further. [default: none]
     #[arg(long, conflicts_with_all = ["config", "out"])]
     pub resume: Option<PathBuf>,
+    #[command(flatten)]
+    pub semi: SemiArgs,
+    /// Multi-task: the label columns of a text CSV (--data), one head per task on the one
+    /// encoder, e.g. sentiment,domain. [default: none: one task, the `label` column]
+    #[arg(long)]
+    pub tasks: Option<String>,
+    /// Multi-task: each task's loss weight, in --tasks order, e.g. 1,0.5. [default: 1 each]
+    #[arg(long, requires = "tasks")]
+    pub task_weights: Option<String>,
+}
+
+/// Semi-supervised training (`graft fit --unlabelled DIR --method …`).
+#[derive(Debug, clap::Args)]
+pub struct SemiArgs {
+    /// Unlabelled data for semi-supervised training: a folder of images (searched recursively,
+    /// sub-folder names ignored), or for a text model a CSV with a `text` column or a folder of
+    /// .txt files. The trunk stays frozen; the head trains on stored features. Needs --method.
+    /// [default: none: supervised only]
+    #[arg(long)]
+    pub unlabelled: Option<PathBuf>,
+    /// The semi-supervised method: pseudo-label (the model's confident classes as targets),
+    /// fixmatch (confident classes of weak views as targets for strong views; images only) or
+    /// mean-teacher (consistency with an average of the weights). [default: none]
+    #[arg(long, requires = "unlabelled")]
+    pub method: Option<String>,
+    /// pseudo-label and fixmatch: the least class probability that makes an unlabelled item a
+    /// target. [default: 0.95]
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// mean-teacher: decay of the teacher's moving average of the weights. [default: 0.99]
+    #[arg(long)]
+    pub ema: Option<f64>,
+    /// mean-teacher: epochs over which the consistency weight ramps up as exp(-5(1-t)^2).
+    /// [default: 5]
+    #[arg(long)]
+    pub rampup_epochs: Option<f64>,
+    /// Unlabelled items per labelled one in each batch (FixMatch's mu). [default: 7]
+    #[arg(long)]
+    pub unlabelled_ratio: Option<usize>,
+    /// Weight of the unlabelled loss (lambda_u). [default: 1]
+    #[arg(long)]
+    pub unlabelled_weight: Option<f64>,
+    /// Augmented views stored per unlabelled image, for the weak and (fixmatch) the strong
+    /// transforms; one is drawn per epoch. [default: 2]
+    #[arg(long)]
+    pub unlabelled_views: Option<usize>,
+    /// The weak views of unlabelled images (same syntax as --augment). [default: flip,shift:0.125]
+    #[arg(long)]
+    pub weak_augment: Option<String>,
+    /// fixmatch: the strong views (same syntax as --augment). [default:
+    /// flip,shift:0.125,randaugment:2:10,cutout:0.5]
+    #[arg(long)]
+    pub strong_augment: Option<String>,
+    /// pseudo-label and fixmatch: distribution alignment (ReMixMatch), on or off: scale each
+    /// unlabelled prediction by the labelled class frequencies over the model's mean prediction
+    /// on the unlabelled set before picking the confident class. [default: on]
+    #[arg(long)]
+    pub align: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

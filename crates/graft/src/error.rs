@@ -107,6 +107,11 @@ pub const SETTINGS: &[&str] = &[
     "max_tokens", "token_batch",
     // Few-shot episodes and zero-shot classification (`graft eval`, `graft predict`).
     "episodes", "way", "shot", "query", "labels", "template",
+    // Semi-supervised fits (`graft fit --unlabelled`, `train::semi::SemiConfig`).
+    "threshold", "ema", "rampup_epochs", "unlabelled_ratio", "unlabelled_weight", "unlabelled_views",
+    "weak_augment", "strong_augment",
+    // Multi-task fits (`graft fit --tasks`).
+    "tasks", "task_weights",
 ];
 
 /// A setting's value as a unit variant of a serde enum, by the name serde gives it: a flag then

@@ -47,6 +47,9 @@ pub struct Evaluated {
     pub scored: Option<Scored>,
     /// Embeddings served from the cache vs computed (runs on texts).
     pub cache: Option<EmbedStats>,
+    /// A multi-task run: every task's evaluation, in output order (`evaluation` and `scored`
+    /// are the first task's). Empty otherwise.
+    pub tasks: Vec<(String, Evaluation)>,
 }
 
 /// The scored inputs of an evaluation, row by row.
@@ -112,6 +115,14 @@ impl Predictor {
         }
     }
 
+    /// A multi-task run's tasks (its outputs are their classes, task after task); empty for one task.
+    pub fn tasks(&self) -> &[crate::train::text::TaskHead] {
+        match &self.model {
+            Model::Text(m) => &m.info.tasks,
+            _ => &[],
+        }
+    }
+
     /// Class probabilities of image files, in batches; an unreadable file is `None` and listed.
     pub fn predict_images(&self, samples: &[Sample], batch: usize, reporter: &dyn Reporter, device: &Device) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
         match &self.model {
@@ -153,6 +164,28 @@ impl Predictor {
                 let (probs, skipped) = mlp_probabilities(net, info.config.activation, classes.len(), &folder.samples, batch, device);
                 score_files(classes, data, &folder.samples, probs, skipped)
             }
+            Model::Text(m) if !m.info.tasks.is_empty() => {
+                // A label column per task; each task's classes mapped to the run's.
+                let names: Vec<&str> = m.info.tasks.iter().map(|t| t.name.as_str()).collect();
+                let (texts, sets) = crate::text::dataset::read_csv_columns(data, &names)?;
+                let texts = texts.to_vec()?;
+                let mut store = m.store(&self.home, reporter)?;
+                let mut stats = EmbedStats::default();
+                let probs = m.probabilities(&texts, Some(&mut store), reporter, &mut stats, device)?;
+                let mut tasks = Vec::new();
+                let mut first = None;
+                for ((task, range), (found, labels)) in m.info.tasks.iter().zip(crate::train::text::TaskHead::ranges(&m.info.tasks)).zip(sets) {
+                    let relabel = crate::text::TextDataset { source: data.to_path_buf(), classes: found, texts: crate::text::dataset::Texts::Memory(Vec::new()), labels, skipped: Vec::new() };
+                    let truth = relabel.with_classes(&task.classes)?.labels;
+                    let task_probs: Vec<Vec<f32>> = probs.iter().map(|row| row[range.clone()].to_vec()).collect();
+                    let evaluation = Evaluation::from_predictions(&task.classes, &truth, &top1(&task_probs));
+                    first.get_or_insert((evaluation.clone(), truth, task_probs));
+                    tasks.push((task.name.clone(), evaluation));
+                }
+                let (evaluation, truth, probs) = first.expect("a multi-task run has tasks");
+                let inputs = texts.iter().map(|t| text_excerpt(t)).collect();
+                Ok(Evaluated { evaluation, skipped: Vec::new(), scored: Some(Scored { inputs, truth, probs }), cache: Some(stats), tasks })
+            }
             Model::Text(m) => {
                 let set = eval_dataset(data, classes)?;
                 let mut store = m.store(&self.home, reporter)?;
@@ -161,20 +194,20 @@ impl Predictor {
                 let probs = m.probabilities(&texts, Some(&mut store), reporter, &mut stats, device)?;
                 let evaluation = Evaluation::from_predictions(classes, &set.labels, &top1(&probs));
                 let inputs = texts.iter().map(|t| text_excerpt(t)).collect();
-                Ok(Evaluated { evaluation, skipped: set.skipped, scored: Some(Scored { inputs, truth: set.labels, probs }), cache: Some(stats) })
+                Ok(Evaluated { evaluation, skipped: set.skipped, scored: Some(Scored { inputs, truth: set.labels, probs }), cache: Some(stats), tasks: Vec::new() })
             }
             Model::Adapt(m) => {
                 let value = data.to_string_lossy();
                 if matches!(m.info.input, InputSpec::Text { .. }) {
                     let (evaluation, skipped, stats) = m.evaluate_texts(&value, data_root, batch, &self.home, reporter, device)?;
-                    return Ok(Evaluated { evaluation, skipped, scored: None, cache: Some(stats) });
+                    return Ok(Evaluated { evaluation, skipped, scored: None, cache: Some(stats), tasks: Vec::new() });
                 }
                 let spec = DomainSpec::parse("--data", &value)?;
                 let (evaluation, skipped) = m.evaluate_domain(&spec, "--data", data_root, batch, reporter, device)?;
                 for s in &skipped {
                     reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
                 }
-                Ok(Evaluated { evaluation, skipped, scored: None, cache: None })
+                Ok(Evaluated { evaluation, skipped, scored: None, cache: None, tasks: Vec::new() })
             }
         }
     }
@@ -223,7 +256,7 @@ fn score_files(classes: &[String], data: &Path, samples: &[Sample], probs: Vec<O
         return Err(GraftError::Data { path: data.to_path_buf(), reason: "no readable images".into() });
     }
     let evaluation = Evaluation::from_predictions(classes, &scored.truth, &top1(&scored.probs));
-    Ok(Evaluated { evaluation, skipped, scored: Some(scored), cache: None })
+    Ok(Evaluated { evaluation, skipped, scored: Some(scored), cache: None, tasks: Vec::new() })
 }
 
 #[cfg(test)]

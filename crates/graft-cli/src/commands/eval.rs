@@ -36,7 +36,16 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
         graft::manifest::InputKind::Images => "images",
         graft::manifest::InputKind::Texts => "texts",
     };
-    print_evaluation(out, predictor.kind(), &scored.evaluation, &scored.skipped, noun, scored.cache, misses.as_deref(), &view, None)
+    // A multi-task run: the first task's report, and every task's figures beside it.
+    let extra = (!scored.tasks.is_empty()).then(|| {
+        let tasks: serde_json::Map<String, serde_json::Value> = scored
+            .tasks
+            .iter()
+            .map(|(name, e)| (name.clone(), json!({"accuracy": e.accuracy, "n": e.n, "macro_f1": e.macro_f1, "classes": e.classes, "confusion": e.confusion, "labels": e.labels})))
+            .collect();
+        json!({"tasks": tasks})
+    });
+    print_evaluation(out, predictor.kind(), &scored.evaluation, &scored.skipped, noun, scored.cache, misses.as_deref(), &view, extra)
 }
 
 /// What `eval` shows beside the accuracy: how many errors to list, and where to write the
@@ -130,7 +139,14 @@ fn print_evaluation(
         }
     }
     out.result(&value, || {
-        let mut t = format!("accuracy {:.4} on {} {noun} (macro F1 {:.4})\n\n", eval.accuracy, eval.n, eval.macro_f1);
+        let mut t = String::new();
+        if let Some(tasks) = value["tasks"].as_object() {
+            for (name, e) in tasks {
+                t.push_str(&format!("task {name}: accuracy {:.4} (macro F1 {:.4})\n", e["accuracy"].as_f64().unwrap_or(0.0), e["macro_f1"].as_f64().unwrap_or(0.0)));
+            }
+            t.push_str(&format!("\nthe first task, {}:\n", tasks.keys().next().map(String::as_str).unwrap_or("?")));
+        }
+        t.push_str(&format!("accuracy {:.4} on {} {noun} (macro F1 {:.4})\n\n", eval.accuracy, eval.n, eval.macro_f1));
         let width = eval.labels.iter().map(|l| l.chars().count()).max().unwrap_or(5).clamp(5, 24);
         t.push_str(&format!("  {:<width$}  precision  recall      f1  support\n", "class"));
         for c in &eval.classes {

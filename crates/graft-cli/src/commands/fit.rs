@@ -4,9 +4,10 @@ use anyhow::Context;
 use burn::tensor::Device;
 use graft::cache::StoreDtype;
 use graft::data::augment::Augment;
-use graft::train::config::{CacheMode, ClassWeights, FitConfig, Monitor, Optimizer, Stage};
+use graft::train::config::{CacheMode, ClassWeights, FitConfig, Monitor, Optimizer, Stage, TaskSpec};
 use graft::train::model::{HeadPool, HeadSpec};
 use graft::train::schedule::Schedule;
+use graft::train::semi::{relabel, SemiConfig, SemiMethod};
 use graft::transfer::autoencoder::{MlpArch, MlpFitConfig, PretrainSummary};
 use graft::zoo::layers::FreezeSpec;
 use graft::train::fit::fit_on;
@@ -75,6 +76,86 @@ struct Flags {
     min_delta: Option<f64>,
     reduce_on_plateau: Option<usize>,
     seed: Option<u64>,
+    semi: SemiFlags,
+    tasks: Option<Vec<TaskSpec>>,
+}
+
+/// The semi-supervised flags, parsed; applied over a config file's `semi` table.
+#[derive(Default)]
+struct SemiFlags {
+    unlabelled: Option<PathBuf>,
+    method: Option<String>,
+    threshold: Option<f64>,
+    ema: Option<f64>,
+    rampup_epochs: Option<f64>,
+    ratio: Option<usize>,
+    weight: Option<f64>,
+    views: Option<usize>,
+    weak: Option<Augment>,
+    strong: Option<Augment>,
+    align: Option<bool>,
+}
+
+impl SemiFlags {
+    fn resolve(args: crate::cli::SemiArgs) -> anyhow::Result<Self> {
+        let crate::cli::SemiArgs {
+            unlabelled, method, threshold, ema, rampup_epochs, unlabelled_ratio, unlabelled_weight, unlabelled_views, weak_augment, strong_augment, align,
+        } = args;
+        Ok(SemiFlags {
+            unlabelled,
+            method,
+            threshold,
+            ema,
+            rampup_epochs,
+            ratio: unlabelled_ratio,
+            weight: unlabelled_weight,
+            views: unlabelled_views,
+            weak: weak_augment.map(|v| relabel(v.parse(), "weak_augment")).transpose()?,
+            strong: strong_augment.map(|v| relabel(v.parse(), "strong_augment")).transpose()?,
+            align: match align.as_deref() {
+                None => None,
+                Some("on") => Some(true),
+                Some("off") => Some(false),
+                Some(v) => anyhow::bail!("invalid --align `{v}`: expected on or off"),
+            },
+        })
+    }
+
+    fn any(&self) -> bool {
+        let SemiFlags { unlabelled, method, threshold, ema, rampup_epochs, ratio, weight, views, weak, strong, align } = self;
+        align.is_some() || unlabelled.is_some() || method.is_some() || threshold.is_some() || ema.is_some() || rampup_epochs.is_some() || ratio.is_some() || weight.is_some() || views.is_some() || weak.is_some() || strong.is_some()
+    }
+
+    fn apply(self, c: &mut FitConfig) -> anyhow::Result<()> {
+        if !self.any() {
+            return Ok(());
+        }
+        let base = c.semi.take();
+        let SemiFlags { unlabelled, method, threshold, ema, rampup_epochs, ratio, weight, views, weak, strong, align } = self;
+        let unlabelled = unlabelled.or(base.as_ref().map(|b| b.unlabelled.clone())).context("the semi-supervised flags need --unlabelled DIR")?;
+        let method = match (method, &base) {
+            (Some(name), _) => SemiMethod::new(&name, threshold, ema, rampup_epochs)?,
+            (None, Some(b)) => {
+                let (t, e, r) = match b.method {
+                    SemiMethod::PseudoLabel { threshold: t } | SemiMethod::Fixmatch { threshold: t } => (threshold.or(Some(t)), ema, rampup_epochs),
+                    SemiMethod::MeanTeacher { ema: e, rampup_epochs: r } => (threshold, ema.or(Some(e)), rampup_epochs.or(Some(r))),
+                };
+                SemiMethod::new(b.method.name(), t, e, r)?
+            }
+            (None, None) => anyhow::bail!("--unlabelled needs --method ({})", graft::train::semi::METHODS),
+        };
+        let mut s = base.unwrap_or_else(|| SemiConfig::new(unlabelled.clone(), method.clone()));
+        s.unlabelled = unlabelled;
+        s.method = method;
+        if let Some(v) = ratio { s.ratio = v; }
+        if let Some(v) = weight { s.weight = v; }
+        if let Some(v) = views { s.views = v; }
+        if let Some(v) = weak { s.weak = v; }
+        if let Some(v) = strong { s.strong = v; }
+        if let Some(v) = align { s.align = v; }
+        c.semi = Some(s);
+        Ok(())
+    }
 }
 
 impl Flags {
@@ -83,8 +164,10 @@ impl Flags {
         let Flags {
             freeze, head, head_pool, dropout, batch_size, lr, optimizer, momentum, weight_decay, schedule, warmup,
             body_lr_mult, stages, epochs, label_smoothing, class_weights, augment, cache, cache_views, cache_dtype,
-            monitor, patience, min_delta, reduce_on_plateau, seed,
+            monitor, patience, min_delta, reduce_on_plateau, seed, semi, tasks,
         } = self;
+        semi.apply(c)?;
+        if let Some(v) = tasks { c.tasks = v; }
         if let Some(v) = freeze { c.freeze = v; }
         if let Some(v) = head { c.head = v; }
         if let Some(v) = head_pool { c.head_pool = v; }
@@ -133,9 +216,11 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
         model, arch, weights, restore, activation, from_scratch, data, out, val, val_split, freeze, head, head_pool, dropout, epochs,
         batch_size, lr, optimizer, momentum, weight_decay, schedule, warmup, body_lr_mult, stages, label_smoothing,
         class_weights, augment, cache, cache_views, cache_dtype, train_bn, monitor, patience, min_delta,
-        reduce_on_plateau, seed, config, overwrite, strategy, init, resume,
+        reduce_on_plateau, seed, config, overwrite, strategy, init, resume, semi, tasks, task_weights,
     } = args;
+    let semi = SemiFlags::resolve(semi)?;
     if init.is_some() || arch.as_deref().is_some_and(|a| a.starts_with("mlp")) {
+        anyhow::ensure!(!semi.any() && tasks.is_none(), "--unlabelled and --tasks apply to image and text fits, not to an MLP fit (--init, --arch mlp:…)");
         let data = data.context("--data is required (a folder of class sub-folders of images)")?;
         let run_dir = out.context("--out is required (the run directory to create)")?;
         anyhow::ensure!(!(init.is_some() && weights.is_some()), "--init and --weights both give the MLP's starting weights; give one");
@@ -186,6 +271,7 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
             (seed.is_some(), "--seed"), (strategy.is_some(), "--strategy"), (init.is_some(), "--init"),
             (restore.is_some(), "--restore"), (activation.is_some(), "--activation"),
             (from_scratch, "--from-scratch"), (train_bn, "--train-bn"), (overwrite, "--overwrite"),
+            (semi.any(), "--unlabelled (and the semi-supervised flags)"), (tasks.is_some(), "--tasks"),
         ] {
             if given {
                 ignored.push(flag);
@@ -267,6 +353,8 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
         min_delta,
         reduce_on_plateau,
         seed,
+        semi,
+        tasks: tasks.map(|t| TaskSpec::parse_list(&t, task_weights.as_deref())).transpose()?,
     };
     Ok(Plan::Fit { config: Box::new(c), flags: Box::new(flags), auto, run_dir, resume: false, overwrite })
 }

@@ -100,10 +100,25 @@ fn predict_run(run: &Path, inputs: &[PathBuf], texts: &[String], batch: usize, a
         anyhow::ensure!(!inputs.is_empty(), "none of the {} text files could be read", files.len());
         let rows: Vec<&str> = inputs.iter().map(|(_, t)| t.as_str()).collect();
         let probs = predictor.predict_texts(&rows, &reporter, &device)?;
+        let tasks = predictor.tasks();
         let mut predictions = Vec::new();
         for ((source, _), row) in inputs.iter().zip(&probs) {
             let mut p = source.clone();
-            p["top"] = json!(top_k(row, shown.top, |c| &classes[c]));
+            if tasks.is_empty() {
+                p["top"] = json!(top_k(row, shown.top, |c| &classes[c]));
+            } else {
+                // Every task's top classes (labelled `task/class`), task after task.
+                let mut top = Vec::new();
+                let mut by_task = serde_json::Map::new();
+                for (task, range) in tasks.iter().zip(graft::train::text::TaskHead::ranges(tasks)) {
+                    let start = range.start;
+                    let best = top_k(&row[range], shown.top, |c| &classes[start + c]);
+                    top.extend(best.iter().cloned());
+                    by_task.insert(task.name.clone(), json!(best));
+                }
+                p["top"] = json!(top);
+                p["tasks"] = by_task.into();
+            }
             predictions.push(p);
         }
         (predictions, skipped)

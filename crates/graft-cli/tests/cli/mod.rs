@@ -19,6 +19,7 @@ mod predict;
 mod predictor;
 mod resume;
 mod seam;
+mod semi;
 mod shard;
 mod text;
 mod traps;

@@ -50,13 +50,27 @@ pub struct Augment {
     pub random_resized_crop: Option<(f32, f32)>,
     /// Colour jitter strength j: brightness, contrast and saturation factors in [1−j, 1+j]; 0–1.
     pub color_jitter: f32,
+    /// RandAugment as FixMatch uses it (Cubuk et al. 2020; Sohn et al. 2020): `n` operations
+    /// drawn from [`RANDAUGMENT_OPS`], each applied with probability 1/2 at a magnitude uniform
+    /// in [1, `m`] of 10.
+    pub randaugment: Option<(u8, u8)>,
+    /// Cutout: one square of side `cutout` × the shorter side, at a uniform position, filled with
+    /// grey (128); 0–1.
+    pub cutout: f32,
 }
+
+/// The operations RandAugment draws from (FixMatch's list).
+pub const RANDAUGMENT_OPS: [&str; 14] = [
+    "identity", "autocontrast", "equalize", "brightness", "color", "contrast", "sharpness", "posterize", "solarize",
+    "rotate", "shear-x", "shear-y", "translate-x", "translate-y",
+];
 
 const SETTING: &str = "augment";
 
 const ACCEPTED: &str = "accepted: `none`, `keras` (= flip,rotate:30,zoom:0.3,shift:0.3), or a \
 comma list of `flip`, `rotate:DEG` (0-180), `zoom:Z` (0 to <1), `shift:F`, `wshift:F`, \
-`hshift:F` (fractions 0-1), `crop:LO-HI` (area fractions, 0 < LO <= HI <= 1), `jitter:J` (0-1)";
+`hshift:F` (fractions 0-1), `crop:LO-HI` (area fractions, 0 < LO <= HI <= 1), `jitter:J` (0-1), \
+`randaugment:N:M` (N operations of 1-14, magnitude M of 1-10), `cutout:F` (side fraction 0-1)";
 
 /// Seeds the generator of one sample in one epoch: independent streams for every
 /// (run seed, epoch, sample index), mixed with splitmix64.
@@ -90,6 +104,8 @@ impl Augment {
             && !(self.height_shift > 0.0)
             && self.random_resized_crop.is_none()
             && !(self.color_jitter > 0.0)
+            && self.randaugment.is_none()
+            && !(self.cutout > 0.0)
     }
 
     /// Checks every range (for settings read from a file); the error names the field.
@@ -112,6 +128,14 @@ impl Augment {
         }
         if !within(self.color_jitter, 0.0, 1.0) {
             return bad("jitter must be 0-1");
+        }
+        if let Some((n, m)) = self.randaugment {
+            if !(1..=RANDAUGMENT_OPS.len() as u8).contains(&n) || !(1..=10).contains(&m) {
+                return bad("randaugment takes N of 1-14 operations and a magnitude M of 1-10");
+            }
+        }
+        if !within(self.cutout, 0.0, 1.0) {
+            return bad("cutout must be a side fraction 0-1");
         }
         Ok(())
     }
@@ -161,7 +185,150 @@ impl Augment {
             let s = uniform(rng, lo, 1.0 + j) as f32;
             jitter(&mut out, b, c, s);
         }
+        if let Some((n, m)) = self.randaugment {
+            for _ in 0..n.min(RANDAUGMENT_OPS.len() as u8) {
+                let op = RANDAUGMENT_OPS[rng.random_range(0..RANDAUGMENT_OPS.len())];
+                // Magnitude uniform in [1, m] of 10, each operation applied half the time.
+                let level = uniform(rng, 1.0, m.clamp(1, 10) as f64) / 10.0;
+                if rng.random_bool(0.5) {
+                    out = rand_op(&out, op, level, rng);
+                }
+            }
+        }
+        let side = clean(self.cutout, 1.0);
+        if side > 0.0 {
+            cutout(&mut out, side, rng);
+        }
         out
+    }
+}
+
+/// One RandAugment operation at `level` in (0, 1], with FixMatch's ranges: rotation ±30°,
+/// shear ±0.3, translation ±0.3 of the side, enhancement factors 1 ± 0.9·level, posterize
+/// down to 4 bits, solarize threshold 256 − 256·level. Geometric ones fill with grey (128).
+fn rand_op(img: &RgbImage, op: &str, level: f64, rng: &mut impl Rng) -> RgbImage {
+    let sign = if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+    let (w, h) = img.dimensions();
+    let factor = (1.0 + sign * 0.9 * level) as f32;
+    let mut out = img.clone();
+    match op {
+        "autocontrast" => autocontrast(&mut out),
+        "equalize" => equalize(&mut out),
+        "brightness" => jitter(&mut out, factor, 1.0, 1.0),
+        "contrast" => jitter(&mut out, 1.0, factor, 1.0),
+        "color" => jitter(&mut out, 1.0, 1.0, factor),
+        "sharpness" => sharpness(&mut out, factor),
+        "posterize" => {
+            let bits = 8 - (4.0 * level).round() as u32;
+            let mask = (0xffu32 << (8 - bits)) as u8;
+            out.pixels_mut().for_each(|p| p.0 = p.0.map(|v| v & mask));
+        }
+        "solarize" => {
+            let threshold = (256.0 - 256.0 * level) as u32;
+            out.pixels_mut().for_each(|p| p.0 = p.0.map(|v| if v as u32 >= threshold { 255 - v } else { v }));
+        }
+        "rotate" => {
+            let (sin, cos) = (sign * 30.0 * level).to_radians().sin_cos();
+            out = warp(img, |x, y| (cos * x + sin * y, -sin * x + cos * y));
+        }
+        "shear-x" => out = warp(img, |x, y| (x + sign * 0.3 * level * y, y)),
+        "shear-y" => out = warp(img, |x, y| (x, y + sign * 0.3 * level * x)),
+        "translate-x" => out = warp(img, |x, y| (x + sign * 0.3 * level * w as f64, y)),
+        "translate-y" => out = warp(img, |x, y| (x, y + sign * 0.3 * level * h as f64)),
+        _ => {} // identity
+    }
+    out
+}
+
+/// Inverse-maps every output pixel through `source` (centred coordinates x right, y down) and
+/// samples bilinearly; outside the image is grey (128), as FixMatch's PIL transforms fill.
+fn warp(img: &RgbImage, source: impl Fn(f64, f64) -> (f64, f64)) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
+    let mut out = RgbImage::new(w, h);
+    for (c, r, px) in out.enumerate_pixels_mut() {
+        let (sx, sy) = source(c as f64 - cx, r as f64 - cy);
+        let (sx, sy) = (sx + cx, sy + cy);
+        let (fx, fy) = (sx.floor(), sy.floor());
+        let (ax, ay) = (sx - fx, sy - fy);
+        let tap = |x: f64, y: f64, k: usize| -> f64 {
+            if x < 0.0 || y < 0.0 || x > w as f64 - 1.0 || y > h as f64 - 1.0 {
+                128.0
+            } else {
+                img.get_pixel(x as u32, y as u32)[k] as f64
+            }
+        };
+        for k in 0..3 {
+            let top = tap(fx, fy, k) * (1.0 - ax) + tap(fx + 1.0, fy, k) * ax;
+            let bottom = tap(fx, fy + 1.0, k) * (1.0 - ax) + tap(fx + 1.0, fy + 1.0, k) * ax;
+            px[k] = (top * (1.0 - ay) + bottom * ay).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
+/// Stretches each channel to the full 0–255 range (PIL `autocontrast`).
+fn autocontrast(img: &mut RgbImage) {
+    for k in 0..3 {
+        let (lo, hi) = img.pixels().fold((255u8, 0u8), |(lo, hi), p| (lo.min(p[k]), hi.max(p[k])));
+        if hi > lo {
+            let scale = 255.0 / (hi - lo) as f32;
+            img.pixels_mut().for_each(|p| p[k] = ((p[k] - lo) as f32 * scale).round().clamp(0.0, 255.0) as u8);
+        }
+    }
+}
+
+/// Histogram equalisation per channel (PIL `equalize`).
+fn equalize(img: &mut RgbImage) {
+    let n = img.pixels().len().max(1) as f64;
+    for k in 0..3 {
+        let mut hist = [0usize; 256];
+        img.pixels().for_each(|p| hist[p[k] as usize] += 1);
+        let mut cdf = [0f64; 256];
+        let mut run = 0usize;
+        for (v, count) in hist.iter().enumerate() {
+            run += count;
+            cdf[v] = run as f64 / n;
+        }
+        img.pixels_mut().for_each(|p| p[k] = (cdf[p[k] as usize] * 255.0).round() as u8);
+    }
+}
+
+/// Blends with a 3×3 smoothed copy (PIL `ImageEnhance.Sharpness`): `factor` 1 is the image,
+/// 0 the smoothed one, above 1 sharper. The border stays as it is.
+fn sharpness(img: &mut RgbImage, factor: f32) {
+    let (w, h) = img.dimensions();
+    if w < 3 || h < 3 {
+        return;
+    }
+    let src = img.clone();
+    for y in 1..h - 1 {
+        for x in 1..w - 1 {
+            for k in 0..3 {
+                let mut sum = 0f32;
+                for (dy, dx) in (0..3).flat_map(|dy| (0..3).map(move |dx| (dy, dx))) {
+                    let weight = if (dy, dx) == (1, 1) { 5.0 } else { 1.0 };
+                    sum += weight * src.get_pixel(x + dx - 1, y + dy - 1)[k] as f32;
+                }
+                let smooth = sum / 13.0;
+                let v = src.get_pixel(x, y)[k] as f32;
+                img.get_pixel_mut(x, y)[k] = (smooth + factor * (v - smooth)).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+}
+
+/// Greys out one square of side `side` × the shorter side, centred uniformly in the image.
+fn cutout(img: &mut RgbImage, side: f64, rng: &mut impl Rng) {
+    let (w, h) = img.dimensions();
+    let s = (side * w.min(h) as f64).round() as i64;
+    let (cx, cy) = (rng.random_range(0..w) as i64, rng.random_range(0..h) as i64);
+    let (x0, y0) = ((cx - s / 2).max(0) as u32, (cy - s / 2).max(0) as u32);
+    let (x1, y1) = ((cx - s / 2 + s).min(w as i64) as u32, (cy - s / 2 + s).min(h as i64) as u32);
+    for y in y0..y1 {
+        for x in x0..x1 {
+            img.put_pixel(x, y, image::Rgb([128, 128, 128]));
+        }
     }
 }
 
@@ -331,6 +498,15 @@ impl FromStr for Augment {
                     a.random_resized_crop = Some(range);
                 }
                 "jitter" => a.color_jitter = number(value)?,
+                "randaugment" => {
+                    let v = value.ok_or_else(|| err(format!("`randaugment` needs N:M, as `randaugment:2:10`; {ACCEPTED}")))?;
+                    let parsed = v.split_once(':').and_then(|(n, m)| Some((n.trim().parse::<u8>().ok()?, m.trim().parse::<u8>().ok()?)));
+                    let Some(nm) = parsed else {
+                        return Err(err(format!("`{item}`: expected `randaugment:N:M`; {ACCEPTED}")));
+                    };
+                    a.randaugment = Some(nm);
+                }
+                "cutout" => a.cutout = number(value)?,
                 "none" => return Err(err(format!("`none` cannot be combined with other items; {ACCEPTED}"))),
                 _ => return Err(err(format!("unknown item `{}`; {ACCEPTED}", raw.trim()))),
             }
@@ -374,6 +550,12 @@ impl fmt::Display for Augment {
         }
         if self.color_jitter != 0.0 {
             items.push(format!("jitter:{}", self.color_jitter));
+        }
+        if let Some((n, m)) = self.randaugment {
+            items.push(format!("randaugment:{n}:{m}"));
+        }
+        if self.cutout != 0.0 {
+            items.push(format!("cutout:{}", self.cutout));
         }
         if items.is_empty() {
             f.write_str("none")
@@ -483,6 +665,8 @@ mod tests {
             height_shift: f32::INFINITY,
             random_resized_crop: Some((2.0, -1.0)),
             color_jitter: 9.0,
+            randaugment: Some((200, 255)),
+            cutout: 7.0,
         };
         assert_eq!(wild.apply(&img, &mut sample_rng(0, 0, 0)).dimensions(), (33, 21));
     }
@@ -493,6 +677,28 @@ mod tests {
         let orig = img.clone();
         jitter(&mut img, 1.0, 1.0, 1.0);
         assert_eq!(img, orig);
+    }
+
+    /// RandAugment changes images, reproducibly from the generator; every operation keeps the
+    /// size; cutout greys a square of the asked side.
+    #[test]
+    fn randaugment_and_cutout() {
+        let img = test_image(32, 24);
+        let a: Augment = "randaugment:2:10".parse().unwrap();
+        let views: Vec<RgbImage> = (0..8).map(|i| a.apply(&img, &mut sample_rng(5, 0, i))).collect();
+        assert!(views.iter().any(|v| *v != img), "eight draws left every image unchanged");
+        assert_eq!(a.apply(&img, &mut sample_rng(5, 0, 3)), views[3], "same generator, same view");
+        for op in RANDAUGMENT_OPS {
+            let out = rand_op(&img, op, 1.0, &mut sample_rng(1, 2, 3));
+            assert_eq!(out.dimensions(), img.dimensions(), "{op}");
+            if !matches!(op, "identity") {
+                assert_ne!(out, img, "{op} at full magnitude changed nothing");
+            }
+        }
+        let mut plain = RgbImage::from_pixel(20, 20, image::Rgb([10, 20, 30]));
+        cutout(&mut plain, 0.5, &mut sample_rng(0, 0, 0));
+        let grey = plain.pixels().filter(|p| p.0 == [128, 128, 128]).count();
+        assert!((25..=100).contains(&grey), "a 10×10 square (clipped at the border): {grey} grey pixels");
     }
 
     #[test]
@@ -515,9 +721,12 @@ mod tests {
                 height_shift: 0.1,
                 random_resized_crop: Some((0.5, 1.0)),
                 color_jitter: 0.2,
+                ..Augment::default()
             }
         );
-        for a in [k, full, Augment::default(), "jitter:0.1".parse().unwrap(), "crop:0.08-1".parse().unwrap()] {
+        let strong: Augment = "flip,shift:0.125,randaugment:2:10,cutout:0.5".parse().unwrap();
+        assert_eq!((strong.randaugment, strong.cutout), (Some((2, 10)), 0.5));
+        for a in [strong, k, full, Augment::default(), "jitter:0.1".parse().unwrap(), "crop:0.08-1".parse().unwrap()] {
             let s = a.to_string();
             assert_eq!(s.parse::<Augment>().unwrap(), a, "{s}");
             let json = serde_json::to_string(&a).unwrap();
@@ -533,6 +742,7 @@ mod tests {
         for bad in [
             "", "rotate", "rotate:abc", "zoom:1.5", "zoom:1", "shift:-0.1", "flip:1", "crop:0.5",
             "crop:0-1", "crop:0.9-0.5", "jitter:2", "spin:3", "none,flip", "rotate:200", "rotate:nan",
+            "randaugment", "randaugment:2", "randaugment:0:10", "randaugment:2:11", "randaugment:15:5", "cutout:1.5",
         ] {
             match bad.parse::<Augment>() {
                 Err(GraftError::InvalidSetting { setting, value, reason }) => {

@@ -189,6 +189,98 @@ pub fn decode_text(bytes: &[u8]) -> String {
     }
 }
 
+/// A CSV file's `text` column and the label columns `label_columns` (named in its header, any
+/// order, other columns ignored; none: unlabelled texts): the texts indexed by record offset
+/// (read back when needed, [`Texts::read`]), and per label column its classes (sorted) and each
+/// record's class.
+pub fn read_csv_columns(path: &Path, label_columns: &[&str]) -> Result<(Texts, Vec<(Vec<String>, Vec<usize>)>)> {
+    let file = crate::fsutil::open_regular(path).map_err(|e| match e {
+        GraftError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => data_err(path, "file does not exist"),
+        e => e,
+    })?;
+    // The size bounds what one record can make the reader allocate.
+    let max = limits::MAX_TEXT_FILE_BYTES;
+    let len = file.metadata().map_err(|e| GraftError::io(path, e))?.len();
+    if len > max {
+        return Err(data_err(path, format!("file is {len} bytes, over the limit of {max} bytes for this kind of file")));
+    }
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(std::io::BufReader::new(std::io::Read::take(file, max + 1)));
+    let header = reader.byte_headers().map_err(|e| data_err(path, format!("cannot read the CSV header: {e}")))?.clone();
+    let column = |name: &str| {
+        header.iter().position(|h| {
+            let h = h.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(h);
+            decode_text(h).trim().eq_ignore_ascii_case(name)
+        })
+    };
+    let named = |columns: &[&str]| columns.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(" and ");
+    let text_col = column("text");
+    let label_cols: Vec<Option<usize>> = label_columns.iter().map(|c| column(c)).collect();
+    let (Some(text_col), true) = (text_col, label_cols.iter().all(Option::is_some)) else {
+        let mut wanted = vec!["text"];
+        wanted.extend(label_columns);
+        return Err(data_err(path, format!("the CSV header must name a {} column", named(&wanted))));
+    };
+    let label_cols: Vec<usize> = label_cols.into_iter().flatten().collect();
+    let mut starts = Vec::new();
+    let mut names: Vec<Vec<String>> = vec![Vec::new(); label_cols.len()];
+    let mut seen: Vec<BTreeSet<String>> = vec![BTreeSet::new(); label_cols.len()];
+    let mut record = csv::ByteRecord::new();
+    loop {
+        let at = reader.position().byte();
+        if !reader.read_byte_record(&mut record).map_err(|e| data_err(path, format!("bad CSV: {e}")))? {
+            break;
+        }
+        let line = record.position().map(|p| p.line()).unwrap_or(0);
+        if record.get(text_col).is_none() {
+            return Err(data_err(path, format!("line {line}: missing the text field")));
+        }
+        for (k, &col) in label_cols.iter().enumerate() {
+            let Some(label) = record.get(col).map(decode_text) else {
+                return Err(data_err(path, format!("line {line}: missing the {} field", label_columns[k])));
+            };
+            let label = limits::truncate_str(label.trim(), limits::MAX_TEXT_BYTES).to_string();
+            if label.is_empty() {
+                return Err(data_err(path, format!("line {line}: empty {}", label_columns[k])));
+            }
+            if !seen[k].contains(&label) {
+                seen[k].insert(label.clone());
+                check_class_count(path, seen[k].len())?;
+            }
+            names[k].push(label);
+        }
+        starts.push(record.position().map(|p| p.byte()).unwrap_or(at));
+    }
+    if starts.is_empty() {
+        return Err(data_err(path, "the CSV file has no rows"));
+    }
+    let tasks = seen
+        .into_iter()
+        .zip(names)
+        .map(|(seen, names)| {
+            let classes: Vec<String> = seen.into_iter().collect();
+            let index: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
+            let labels = names.iter().map(|l| index[l.as_str()]).collect();
+            (classes, labels)
+        })
+        .collect();
+    let items = (0..starts.len()).collect();
+    Ok((Texts::Indexed { origin: Arc::new(Origin::Csv { path: path.to_path_buf(), starts, column: text_col }), items }, tasks))
+}
+
+/// Unlabelled texts: a CSV file with a `text` column (other columns ignored), or a folder of
+/// `.txt` files (searched recursively, one text per file).
+pub fn read_unlabelled(path: &Path) -> Result<Texts> {
+    if path.is_dir() {
+        let files = crate::data::folder::files_below(path, &|p: &Path| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("txt")))?;
+        if files.is_empty() {
+            return Err(data_err(path, "no .txt files"));
+        }
+        let items = (0..files.len()).collect();
+        return Ok(Texts::Indexed { origin: Arc::new(Origin::Files(files)), items });
+    }
+    Ok(read_csv_columns(path, &[])?.0)
+}
+
 impl TextDataset {
     /// Builds a dataset from (label, text) pairs; classes are the distinct labels, sorted.
     pub fn from_pairs(source: &Path, pairs: Vec<(String, String)>) -> Self {
@@ -264,60 +356,8 @@ impl TextDataset {
     /// A CSV file with `text` and `label` columns named in its header: read once, keeping each
     /// record's offset and label; the texts are read back when needed ([`Texts::read`]).
     pub fn read_csv(path: &Path) -> Result<Self> {
-        let file = crate::fsutil::open_regular(path).map_err(|e| match e {
-            GraftError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => data_err(path, "file does not exist"),
-            e => e,
-        })?;
-        // The size bounds what one record can make the reader allocate.
-        let max = limits::MAX_TEXT_FILE_BYTES;
-        let len = file.metadata().map_err(|e| GraftError::io(path, e))?.len();
-        if len > max {
-            return Err(data_err(path, format!("file is {len} bytes, over the limit of {max} bytes for this kind of file")));
-        }
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(std::io::BufReader::new(std::io::Read::take(file, max + 1)));
-        let header =
-            reader.byte_headers().map_err(|e| data_err(path, format!("cannot read the CSV header: {e}")))?.clone();
-        let column = |name: &str| {
-            header.iter().position(|h| {
-                let h = h.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(h);
-                decode_text(h).trim().eq_ignore_ascii_case(name)
-            })
-        };
-        let (Some(text_col), Some(label_col)) = (column("text"), column("label")) else {
-            return Err(data_err(path, "the CSV header must name a `text` and a `label` column"));
-        };
-        let mut starts = Vec::new();
-        let mut names = Vec::new();
-        let mut labels = BTreeSet::new();
-        let mut record = csv::ByteRecord::new();
-        loop {
-            let at = reader.position().byte();
-            if !reader.read_byte_record(&mut record).map_err(|e| data_err(path, format!("bad CSV: {e}")))? {
-                break;
-            }
-            let line = record.position().map(|p| p.line()).unwrap_or(0);
-            let (Some(_), Some(label)) = (record.get(text_col), record.get(label_col).map(decode_text)) else {
-                return Err(data_err(path, format!("line {line}: missing the text or label field")));
-            };
-            let label = limits::truncate_str(label.trim(), limits::MAX_TEXT_BYTES).to_string();
-            if label.is_empty() {
-                return Err(data_err(path, format!("line {line}: empty label")));
-            }
-            if !labels.contains(&label) {
-                labels.insert(label.clone());
-                check_class_count(path, labels.len())?;
-            }
-            starts.push(record.position().map(|p| p.byte()).unwrap_or(at));
-            names.push(label);
-        }
-        if starts.is_empty() {
-            return Err(data_err(path, "the CSV file has no rows"));
-        }
-        let classes: Vec<String> = labels.into_iter().collect();
-        let index: BTreeMap<&str, usize> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i)).collect();
-        let labels = names.iter().map(|l| index[l.as_str()]).collect();
-        let items = (0..starts.len()).collect();
-        let texts = Texts::Indexed { origin: Arc::new(Origin::Csv { path: path.to_path_buf(), starts, column: text_col }), items };
+        let (texts, mut tasks) = read_csv_columns(path, &["label"])?;
+        let (classes, labels) = tasks.pop().expect("one label column asked");
         Ok(Self { source: path.to_path_buf(), classes, texts, labels, skipped: Vec::new() })
     }
 

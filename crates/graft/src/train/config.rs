@@ -226,6 +226,57 @@ pub struct FitConfig {
     /// `graft fit --strategy auto`: the advisor's choice and its measures (record only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
+    /// Semi-supervised training on unlabelled data (`--unlabelled DIR --method …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semi: Option<super::semi::SemiConfig>,
+    /// Multi-task training: one head per label column of a text CSV (`--tasks a,b`). Empty: one
+    /// task, the `label` column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// One task of a multi-task fit: its label column and its loss weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub column: String,
+    pub weight: f64,
+}
+
+impl TaskSpec {
+    /// `--tasks a,b` with `--task-weights 1,0.5` (default: 1 each).
+    pub fn parse_list(columns: &str, weights: Option<&str>) -> Result<Vec<TaskSpec>> {
+        let names: Vec<String> = columns.split(',').map(|c| c.trim().to_string()).collect();
+        let weights: Vec<f64> = match weights {
+            None => vec![1.0; names.len()],
+            Some(w) => w
+                .split(',')
+                .map(|x| x.trim().parse::<f64>().map_err(|_| GraftError::setting("task_weights", w, format!("`{x}` is not a number"))))
+                .collect::<Result<_>>()?,
+        };
+        if weights.len() != names.len() {
+            return Err(GraftError::setting("task_weights", &weights.len().to_string(), format!("{} weights for {} tasks", weights.len(), names.len())));
+        }
+        let tasks: Vec<TaskSpec> = names.into_iter().zip(weights).map(|(column, weight)| TaskSpec { column, weight }).collect();
+        TaskSpec::validate(&tasks)?;
+        Ok(tasks)
+    }
+
+    pub fn validate(tasks: &[TaskSpec]) -> Result<()> {
+        let list = || tasks.iter().map(|t| t.column.as_str()).collect::<Vec<_>>().join(",");
+        for (i, t) in tasks.iter().enumerate() {
+            if t.column.is_empty() || tasks[..i].iter().any(|u| u.column == t.column) {
+                return Err(GraftError::setting("tasks", &list(), "each task is a distinct, non-empty CSV column name"));
+            }
+            if !(t.weight.is_finite() && t.weight >= 0.0) {
+                return Err(GraftError::setting("task_weights", &t.weight.to_string(), "a task's loss weight is a number, 0 or more"));
+            }
+        }
+        if tasks.len() > 64 {
+            return Err(GraftError::setting("tasks", &list(), "at most 64 tasks"));
+        }
+        Ok(())
+    }
 }
 
 impl FitConfig {
@@ -263,6 +314,8 @@ impl FitConfig {
             reduce_on_plateau: None,
             seed: 0,
             strategy: None,
+            semi: None,
+            tasks: Vec::new(),
         }
     }
 
@@ -299,6 +352,10 @@ impl FitConfig {
             }
         }
         self.schedule.validate().map_err(|why| GraftError::setting("schedule", &self.schedule.to_string(), why))?;
+        if let Some(semi) = &self.semi {
+            semi.validate()?;
+        }
+        TaskSpec::validate(&self.tasks)?;
         for stage in &self.stages {
             if let Some(lr) = stage.lr {
                 check(lr > 0.0 && lr.is_finite(), "stages", lr.to_string(), "a stage's lr must be a positive number")?;

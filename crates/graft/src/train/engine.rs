@@ -109,6 +109,18 @@ pub trait Task {
 
     /// Reports an epoch's line (the engine has written it already).
     fn report(&self, reporter: &dyn Reporter, record: &serde_json::Value, total_epochs: usize);
+
+    /// A task that learns from an exponential moving average of its own weights (mean teacher)
+    /// returns the decay: the engine then keeps that average after every optimiser step
+    /// (trained parameters only), saves it with every epoch, measures and keeps it instead of
+    /// the raw weights, and hands it to [`see_teacher`](Self::see_teacher) before every step.
+    fn ema_decay(&self) -> Option<f64> {
+        None
+    }
+
+    /// The averaged weights before an iteration (only called when [`ema_decay`](Self::ema_decay)
+    /// is set).
+    fn see_teacher(&mut self, _teacher: &Self::Model) {}
 }
 
 /// Which epoch of a phase is kept as its best checkpoint.
@@ -374,6 +386,13 @@ impl<'a> Engine<'a> {
             self.tb = Some(EventWriter::create(&self.run.join("tb"))?);
         }
         let prefix = if phase.name.is_empty() { String::new() } else { format!("{} ", phase.name) };
+        // The averaged weights (mean teacher): saved beside the optimiser state of each epoch.
+        let ema = task.ema_decay();
+        let mut teacher = match ema {
+            None => None,
+            Some(_) if resuming_within => Some(checkpoint::load(model.clone(), &teacher_path(self.run, self.state.epoch))?),
+            Some(_) => Some(model.clone()),
+        };
         for epoch in start..phase.end() {
             let started = Instant::now();
             self.device.seed(epoch_seed(self.seed, epoch));
@@ -391,17 +410,25 @@ impl<'a> Engine<'a> {
                     step: self.state.step,
                 };
                 lr = task.lr(&it) * scale;
+                if let Some(t) = &teacher {
+                    task.see_teacher(t);
+                }
                 for (grads, mult) in task.step(&model, &it, lr)? {
                     if !grads.is_empty() {
                         model = phase.optimizer.step(lr * mult, model, grads);
                     }
+                }
+                if let (Some(decay), Some(t)) = (ema, teacher.take()) {
+                    teacher = Some(ema_update(t, &model, decay));
                 }
                 self.state.step += 1;
                 self.reporter.progress(index as u64 + 1);
             }
             self.reporter.finish();
 
-            let eval = model.valid();
+            // What is measured and kept: the averaged weights when the task has them.
+            let kept = teacher.as_ref().unwrap_or(&model);
+            let eval = kept.valid();
             task.check_weights(&eval, epoch + 1, lr)?;
             let seconds = started.elapsed().as_secs_f64();
             let end = task.end_epoch(&eval, epoch + 1, lr, seconds)?;
@@ -442,11 +469,14 @@ impl<'a> Engine<'a> {
             // Crash-safe order: optimiser → last (with state) → best → metrics line; see
             // repair_after_kill.
             save_optimizer(self.run, self.state.epoch, &phase.optimizer)?;
+            if let Some(t) = &teacher {
+                checkpoint::save(t, &teacher_path(self.run, self.state.epoch), BTreeMap::new())?;
+            }
             checkpoint::save(&model, &self.run.join("last.safetensors"), self.state.metadata())?;
             remove_old_optimizers(self.run, self.state.epoch);
             if improved {
                 let meta = BTreeMap::from([("graft.epoch".to_string(), self.state.epoch.to_string())]);
-                checkpoint::save(&model, &self.run.join(&phase.best_file), meta)?;
+                checkpoint::save(teacher.as_ref().unwrap_or(&model), &self.run.join(&phase.best_file), meta)?;
             }
             append_metrics(self.run, &end.record)?;
             let tb = self.tb.as_mut().expect("opened above");
@@ -493,17 +523,52 @@ fn save_optimizer(run: &Path, epoch: usize, optimizer: &ModuleOptimizer) -> Resu
     write_atomic(&path, &bytes[..])
 }
 
-/// Removes optimiser states of other epochs than `epoch` (the one `last.safetensors` names).
+/// Removes optimiser states (and averaged weights) of other epochs than `epoch` (the one
+/// `last.safetensors` names).
 fn remove_old_optimizers(run: &Path, epoch: usize) {
-    let keep = format!("optim-{epoch}.bin");
+    let keep = [format!("optim-{epoch}.bin"), format!("teacher-{epoch}.safetensors")];
     if let Ok(entries) = std::fs::read_dir(run) {
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("optim-") && name.ends_with(".bin") && name != keep {
+            let ours = (name.starts_with("optim-") && name.ends_with(".bin")) || (name.starts_with("teacher-") && name.ends_with(".safetensors"));
+            if ours && !keep.contains(&name) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
     }
+}
+
+/// The averaged weights (mean teacher) after `epoch`.
+fn teacher_path(run: &Path, epoch: usize) -> PathBuf {
+    run.join(format!("teacher-{epoch}.safetensors"))
+}
+
+/// `teacher ← decay · teacher + (1 − decay) · student` for every trained parameter of
+/// `student` (matched by id: the teacher started as the student's copy); frozen ones are equal.
+pub fn ema_update<M: Module>(teacher: M, student: &M, decay: f64) -> M {
+    struct Trained(std::collections::HashMap<ParamId, Tensor<1>>);
+    impl burn::module::ModuleVisitor for Trained {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val();
+            if value.is_require_grad() {
+                let n = value.shape().num_elements();
+                self.0.insert(param.id, value.detach().reshape([n]));
+            }
+        }
+    }
+    struct Average(std::collections::HashMap<ParamId, Tensor<1>>, f64);
+    impl ModuleMapper for Average {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let Some(s) = self.0.remove(&param.id) else { return param };
+            let (id, value, mapper) = param.consume();
+            let dims = value.dims();
+            let mixed = value.detach().mul_scalar(self.1) + s.reshape(dims).mul_scalar(1.0 - self.1);
+            Param::from_mapped_value(id, mixed, mapper)
+        }
+    }
+    let mut trained = Trained(Default::default());
+    student.visit(&mut trained);
+    teacher.map(&mut Average(trained.0, decay))
 }
 
 /// The optimiser state saved after `epoch`. Its size is checked before it is read (at most a few
@@ -636,6 +701,33 @@ pub fn read_records<R: serde::de::DeserializeOwned>(run: &Path) -> Result<Vec<R>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The teacher moves (1 − decay) of the way to the student, parameter by parameter; a
+    /// parameter that does not train stays as it is.
+    #[test]
+    fn ema_update_moves_the_teacher_towards_the_student() {
+        use crate::train::model::{Head, HeadSpec};
+        let device = Device::default();
+        let student = stable_ids(Head::init(&HeadSpec::Linear, 3, 2, 0.0, &device).train());
+        let teacher = student.clone();
+        struct AddOne;
+        impl ModuleMapper for AddOne {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                let (id, value, mapper) = param.consume();
+                let device = value.device();
+                Param::from_mapped_value(id, Tensor::from_data(value.detach().add_scalar(1.0).into_data(), &device).require_grad(), mapper)
+            }
+        }
+        let moved = student.clone().map(&mut AddOne);
+        let values = |m: &Head| -> Vec<f32> { m.layers[0].weight.val().into_data().try_to_vec::<f32>().unwrap() };
+        let averaged = ema_update(teacher.clone(), &moved, 0.9);
+        for (a, t) in values(&averaged).iter().zip(values(&teacher)) {
+            assert!((a - (t + 0.1)).abs() < 1e-6, "{a} vs {t} + 0.1");
+        }
+        // A student whose parameters do not train leaves the teacher unchanged.
+        let frozen = moved.no_grad();
+        assert_eq!(values(&ema_update(teacher.clone(), &frozen, 0.9)), values(&teacher));
+    }
 
     #[test]
     fn a_state_without_validation_survives_its_json() {

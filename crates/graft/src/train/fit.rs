@@ -25,6 +25,7 @@ use super::model::{frozen_prefix, Grafted, Head, HeadSpec};
 use crate::classic::{Classic, ClassicKind};
 use super::run::{Evaluation, RunInfo};
 use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
+use super::semi::{SemiConfig, SemiMethod, SemiTask, Views};
 use crate::cache::store::Key;
 use crate::cache::{FeatureStore, Namespace};
 use crate::data::augment::{sample_rng, Augment};
@@ -402,6 +403,10 @@ pub fn fit_on(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporte
 #[allow(clippy::too_many_arguments)]
 fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: &dyn FitReporter, device: &Device, devices: &[Device]) -> Result<FitSummary> {
     config.validate()?;
+    if !config.tasks.is_empty() {
+        let list = config.tasks.iter().map(|t| t.column.as_str()).collect::<Vec<_>>().join(",");
+        return Err(GraftError::setting("tasks", &list, "multi-task fits read a text CSV with a label column per task (a text model such as minilm-l6); image folders have one label"));
+    }
     // Everything that can be refused cheaply is checked before the run directory is created,
     // so a mistyped flag leaves nothing behind.
     let spec = ModelSpec::find(&config.model)?;
@@ -485,6 +490,9 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     if let HeadSpec::Classic(kind) = &config.head {
         return fit_classic(kind, config, run, home, &model, &info, &train, &val, skipped, reporter, device);
     }
+    if let Some(semi) = &config.semi {
+        return fit_semi(semi, config, run, resume, home, model, &info, &train, &val, skipped, reporter, device);
+    }
 
     // (what is frozen, epochs, learning-rate factor relative to --lr) per stage.
     let stages: Vec<(FreezeSpec, usize, f64)> = if config.stages.is_empty() {
@@ -560,7 +568,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             let mut store = open_store(home, spec.id, info.weights_sha256.as_deref(), &trunk_config.cut_name(cut, config.head_pool), &preprocess, &augment, config, reporter)?;
             let misses_before = stats.misses;
             let mut fill = |split: &Split, task: &str| {
-                activations(&prefix, split, &preprocess, cut, views, config, store.as_mut(), device, reporter, task, &mut stats)
+                activations(&prefix, split, &preprocess, cut, View::of(views, &config.augment), config, store.as_mut(), device, reporter, task, &mut stats)
             };
             let (t, shape) = fill(&train, "caching frozen-trunk activations")?;
             let (v, _) = fill(&val, "caching validation activations")?;
@@ -715,7 +723,7 @@ fn activations(
     split: &Split,
     preprocess: &Preprocess,
     cut: usize,
-    views: usize,
+    views: View<'_>,
     config: &FitConfig,
     mut store: Option<&mut FeatureStore>,
     device: &Device,
@@ -723,15 +731,19 @@ fn activations(
     task: &str,
     stats: &mut CacheStats,
 ) -> Result<(Filled, [usize; 3])> {
+    let View { count: views, augment, skip_plain } = views;
     let resolution = preprocess.size as usize;
     let shape = map_shape(prefix, cut, resolution);
     let n = split.len() * views;
     let key = |row: usize| (split.hashes[row / views], (row % views) as u32);
+    // Plain rows are left out only where a store keeps the layout (memory rows are dense).
+    let skip_plain = skip_plain && store.is_some();
+    let wanted = |row: usize| !(skip_plain && row % views == 0);
     let missing: Vec<usize> = match store.as_deref() {
-        Some(s) => (0..n).filter(|&row| !s.contains(&key(row))).collect(),
+        Some(s) => (0..n).filter(|&row| wanted(row) && !s.contains(&key(row))).collect(),
         None => (0..n).collect(),
     };
-    stats.hits += (n - missing.len()) as u64;
+    stats.hits += (0..n).filter(|&row| wanted(row)).count().saturating_sub(missing.len()) as u64;
     let frozen = prefix.trunk.for_inference();
     let jobs: Vec<Vec<Item>> = missing
         .chunks(config.batch_size)
@@ -746,7 +758,7 @@ fn activations(
                 .collect()
         })
         .collect();
-    let mut loader = split.source(preprocess, &config.augment).stream(jobs);
+    let mut loader = split.source(preprocess, augment).stream(jobs);
     let mut memory = Vec::new();
     reporter.start(task, Some(missing.len() as u64));
     for (done, chunk) in missing.chunks(config.batch_size).enumerate() {
@@ -773,6 +785,21 @@ fn activations(
         }
         None => (Filled::Memory(memory), shape),
     })
+}
+
+/// Which views of each image [`activations`] lays out: `count` rows per image, view 0 plain and
+/// the others `augment`ed; `skip_plain` leaves view 0 uncomputed (a store of strong views).
+#[derive(Clone, Copy)]
+struct View<'a> {
+    count: usize,
+    augment: &'a Augment,
+    skip_plain: bool,
+}
+
+impl<'a> View<'a> {
+    fn of(count: usize, augment: &'a Augment) -> Self {
+        View { count, augment, skip_plain: false }
+    }
 }
 
 /// Activations as [`activations`] left them: keys into the store, or the rows themselves.
@@ -829,8 +856,9 @@ fn fit_classic(
     let mut stats = CacheStats::default();
     let prefix = model.valid();
     let mut store = open_store(home, &info.model, info.weights_sha256.as_deref(), &crate::zoo::backbone::pooled_cut(config.head_pool), &info.preprocess, "none", config, reporter)?;
-    let (train_rows, _) = activations(&prefix, train, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching frozen-trunk activations", &mut stats)?;
-    let (val_rows, _) = activations(&prefix, val, &info.preprocess, cut, 1, config, store.as_mut(), device, reporter, "caching validation activations", &mut stats)?;
+    let plain = View::of(1, &config.augment);
+    let (train_rows, _) = activations(&prefix, train, &info.preprocess, cut, plain, config, store.as_mut(), device, reporter, "caching frozen-trunk activations", &mut stats)?;
+    let (val_rows, _) = activations(&prefix, val, &info.preprocess, cut, plain, config, store.as_mut(), device, reporter, "caching validation activations", &mut stats)?;
     // A classic head fits on the whole matrix at once: the one place the rows are all in memory.
     let store = store.map(Arc::new);
     let all = |filled: Filled, n: usize| -> Result<(Vec<f32>, usize)> {
@@ -886,6 +914,148 @@ fn fit_classic(
     };
     write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
     Ok(summary)
+}
+
+/// `fit --unlabelled DIR --method …`: the head trains on the frozen trunk's stored features of
+/// the labelled images and of weak (and, for FixMatch, strong) views of the unlabelled ones
+/// ([`super::semi`]). The run directory is an image run's like any other.
+#[allow(clippy::too_many_arguments)]
+fn fit_semi(
+    semi: &SemiConfig,
+    config: &FitConfig,
+    run: &Path,
+    resume: bool,
+    home: &Path,
+    model: Grafted,
+    info: &RunInfo,
+    train: &Split,
+    val: &Split,
+    mut skipped: Vec<Skipped>,
+    reporter: &dyn FitReporter,
+    device: &Device,
+) -> Result<FitSummary> {
+    if config.freeze != FreezeSpec::All || !config.stages.is_empty() {
+        let (setting, value) = if config.stages.is_empty() { ("freeze", config.freeze.to_string()) } else { ("stages", String::new()) };
+        return Err(GraftError::setting(setting, &value, format!("{} trains the head on the frozen trunk's stored features: use --freeze all (the default) and no --stages", semi.method.name())));
+    }
+    let started = Instant::now();
+    let files = crate::data::folder::files_below(&semi.unlabelled, &crate::data::folder::is_image_file)?;
+    if files.is_empty() {
+        return Err(GraftError::Data { path: semi.unlabelled.clone(), reason: "no image files (png, jpg, jpeg, bmp, gif, webp) for semi-supervised training".into() });
+    }
+    let samples: Vec<Sample> = files.into_iter().map(|path| Sample { path, label: 0 }).collect();
+    let before = skipped.len();
+    let unlabelled = index_split(&samples, "reading unlabelled images", reporter, &mut skipped);
+    for s in &skipped[before..] {
+        reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
+    }
+    if unlabelled.len() == 0 {
+        return Err(GraftError::Data { path: semi.unlabelled.clone(), reason: "no readable unlabelled images".into() });
+    }
+    reporter.message(&format!("unlabelled: {} images ({}, {} unlabelled per labelled image in a batch)", unlabelled.len(), semi.method.name(), semi.ratio));
+
+    // Stored features: labelled and validation images (a view per epoch when augmenting), weak
+    // views of the unlabelled images (view 0 plain), and FixMatch's strong views.
+    let cut = model.trunk.num_stages();
+    let prefix = model.valid();
+    let preprocess = &info.preprocess;
+    let pooled = crate::zoo::backbone::pooled_cut(config.head_pool);
+    let mut stats = CacheStats::default();
+    let labelled_views = if config.augment.is_identity() { 1 } else { config.cache_views.max(1) };
+    let augment_id = |views: usize, augment: &Augment| if views > 1 { augment.to_string() } else { "none".to_string() };
+    let fill = |split: &Split, view: View, task: &str, stats: &mut CacheStats| -> Result<(Cache, usize)> {
+        let mut store = open_store(home, &info.model, info.weights_sha256.as_deref(), &pooled, preprocess, &augment_id(view.count, view.augment), config, reporter)?;
+        let (filled, _) = activations(&prefix, split, preprocess, cut, view, config, store.as_mut(), device, reporter, task, stats)?;
+        let store = store.map(Arc::new);
+        Ok((Cache::new(filled, store.as_ref(), split.len() * view.count), view.count))
+    };
+    let (train_cache, _) = fill(train, View::of(labelled_views, &config.augment), "caching frozen-trunk activations", &mut stats)?;
+    let (val_cache, _) = fill(val, View::of(labelled_views, &config.augment), "caching validation activations", &mut stats)?;
+    let (weak_cache, weak_views) = fill(&unlabelled, View::of(1 + semi.views, &semi.weak), "caching unlabelled activations (weak views)", &mut stats)?;
+    let strong_cache = match semi.method {
+        SemiMethod::Fixmatch { .. } => Some(fill(&unlabelled, View { count: 1 + semi.views, augment: &semi.strong, skip_plain: true }, "caching unlabelled activations (strong views)", &mut stats)?),
+        _ => None,
+    };
+    reporter.message(&format!("features: {} from the cache, {} computed", stats.hits, stats.misses));
+
+    // --- training -----------------------------------------------------------------------------
+    let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
+    let mut model = engine::stable_ids(model);
+    if let Some(dict) = &engine.resumed {
+        model = checkpoint::import(model, dict, &run.join("last.safetensors"), &info.model)?;
+    }
+    if engine.state.finished(config.epochs) {
+        reporter.message("the run had already finished");
+    }
+    // Only the head trains: the trunk is left out of the gradients (and of the graph).
+    let mut model = model.train();
+    model.trunk = model.trunk.no_grad();
+    let trainable_params = count_trainable(&model.head);
+    let trained = param_ids(&model.head);
+    let steps_per_epoch = unlabelled.len().div_ceil(config.batch_size * semi.ratio);
+    let mut task: SemiTask<'_, Grafted> = SemiTask {
+        semi,
+        batch_size: config.batch_size,
+        seed: config.seed,
+        plan: LrPlan { base_lr: config.lr, schedule: config.schedule.clone(), warmup_epochs: config.warmup_epochs, steps_per_epoch, epochs: config.epochs },
+        classes: &info.classes,
+        labelled: Views { rows: &train_cache, items: train.len(), views: labelled_views },
+        labels: &train.labels,
+        weak: Views { rows: &weak_cache, items: unlabelled.len(), views: weak_views },
+        strong: strong_cache.as_ref().map(|(c, views)| Views { rows: c, items: unlabelled.len(), views: *views }),
+        val: Some((Views { rows: &val_cache, items: val.len(), views: labelled_views }, &val.labels)),
+        trained,
+        reporter,
+        device: device.clone(),
+        train_device: device.clone().autodiff(),
+        teacher: None,
+        labelled_order: Vec::new(),
+        unlabelled_order: Vec::new(),
+        sums: Default::default(),
+        alignment: None,
+    };
+    let phase = Phase {
+        name: String::new(),
+        offset: 0,
+        epochs: config.epochs,
+        total: config.epochs,
+        keep: Keep::Best { monitor: config.monitor, min_delta: config.min_delta },
+        best_file: "best.safetensors".into(),
+        early_stopping: config.patience.map(|p| EarlyStopping::new(p, config.min_delta)),
+        plateau: config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)),
+        optimizer: make_optimizer(&config.optimizer),
+    };
+    engine.run_phase(&mut task, model, phase)?;
+    let state = engine.state;
+    let metrics = read_metrics(run)?;
+    write_plots(run, &metrics, &info.classes, &state.best_confusion)?;
+    let summary = FitSummary {
+        run: run.to_path_buf(),
+        epochs: state.epoch,
+        best_epoch: state.best_epoch,
+        best_val_accuracy: (!val.labels.is_empty()).then_some(state.best_val_accuracy),
+        train_seconds: started.elapsed().as_secs_f64(),
+        data: DataSummary::new(info.classes.len(), &train.labels, &val.labels, skipped.len()),
+        skipped,
+        cache: stats,
+        trunk_images: stats.misses,
+        stopped_early: state.stopped_early,
+        trainable_params,
+        classes: info.classes.clone(),
+        monitor: (!val.labels.is_empty()).then_some(config.monitor),
+        best_val_loss: (!val.labels.is_empty()).then_some(state.best_val_loss),
+    };
+    write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
+    Ok(summary)
+}
+
+impl super::semi::RowSource for Cache {
+    fn gather(&self, rows: &[usize]) -> Result<Vec<f32>> {
+        Cache::gather(self, rows)
+    }
+    fn width(&self) -> usize {
+        self.width
+    }
 }
 
 /// The frozen prefix's activations of a split, one row per image view: in the feature store

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod schedule;
+pub mod semi;
 pub mod model;
 pub mod config;
 pub mod engine;

@@ -26,6 +26,7 @@ use super::loss::{argmax, cross_entropy};
 use super::model::{Head, HeadSpec};
 use super::run::{top1, Evaluation};
 use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
+use super::semi::{SemiMethod, SemiTask, Views};
 use crate::cache::store::Key;
 use crate::cache::FeatureStore;
 use crate::classic::Classic;
@@ -51,6 +52,33 @@ pub struct TextRunInfo {
     pub text_preprocess: String,
     /// Width of one embedding (the head's input).
     pub embedding_width: usize,
+    /// Multi-task runs: the tasks, in output order (the head's outputs are their classes one
+    /// task after another, and `classes` names them `task/class`). Empty for one task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskHead>,
+}
+
+/// One task of a multi-task text run: its label column, classes and loss weight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskHead {
+    pub name: String,
+    pub classes: Vec<String>,
+    pub weight: f64,
+}
+
+impl TaskHead {
+    /// Each task's range of the head's outputs.
+    pub fn ranges(tasks: &[TaskHead]) -> Vec<std::ops::Range<usize>> {
+        let mut start = 0;
+        tasks
+            .iter()
+            .map(|t| {
+                start += t.classes.len();
+                start - t.classes.len()..start
+            })
+            .collect()
+    }
 }
 
 /// The trained classifier on top of the embeddings.
@@ -92,11 +120,13 @@ impl TextRunModel {
     /// Class probabilities for `texts`, embeddings served from `store` when there.
     pub fn probabilities<S: AsRef<str>>(&self, texts: &[S], store: Option<&mut FeatureStore>, reporter: &dyn Reporter, stats: &mut EmbedStats, device: &Device) -> Result<Vec<Vec<f32>>> {
         let rows = embed_cached(&self.encoder, texts, store, reporter, stats)?;
-        Ok(head_probabilities(&self.head, &rows, device))
+        Ok(head_probabilities(&self.head, &self.info.tasks, &rows, device))
     }
 }
 
-fn head_probabilities(head: &TextHead, rows: &[Vec<f32>], device: &Device) -> Vec<Vec<f32>> {
+/// Class probabilities per row; a multi-task head's row holds each task's probabilities (each
+/// summing to 1) one task after another.
+fn head_probabilities(head: &TextHead, tasks: &[TaskHead], rows: &[Vec<f32>], device: &Device) -> Vec<Vec<f32>> {
     if rows.is_empty() {
         return Vec::new();
     }
@@ -106,7 +136,13 @@ fn head_probabilities(head: &TextHead, rows: &[Vec<f32>], device: &Device) -> Ve
         TextHead::Classic(c) => c.predict_proba(&flat),
         TextHead::Neural(h) => {
             let x = Tensor::<2>::from_data(TensorData::new(flat, [rows.len(), width]), device);
-            let p: Vec<f32> = softmax(h.forward(x), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+            let logits = h.forward(x); // [N, outputs]
+            let p = if tasks.is_empty() {
+                softmax(logits, 1)
+            } else {
+                Tensor::cat(TaskHead::ranges(tasks).into_iter().map(|r| softmax(logits.clone().slice([0..rows.len(), r]), 1)).collect(), 1)
+            };
+            let p: Vec<f32> = p.into_data().try_to_vec::<f32>().unwrap_or_default();
             p.chunks((p.len() / rows.len()).max(1)).map(|r| r.to_vec()).collect()
         }
     }
@@ -130,6 +166,22 @@ fn check_config(config: &FitConfig) -> Result<()> {
     if config.train_bn {
         return only("train_bn", String::new(), "the text encoder has no BatchNorm");
     }
+    if !config.tasks.is_empty() {
+        if matches!(config.head, HeadSpec::Classic(_)) {
+            return Err(GraftError::setting("head", &config.head.to_string(), "a multi-task fit trains one neural head per task (linear or mlp:…)"));
+        }
+        if config.semi.is_some() {
+            return Err(GraftError::setting("tasks", &config.tasks.iter().map(|t| t.column.as_str()).collect::<Vec<_>>().join(","), "multi-task and semi-supervised training do not combine yet"));
+        }
+    }
+    if let Some(semi) = &config.semi {
+        if matches!(semi.method, SemiMethod::Fixmatch { .. }) {
+            return Err(GraftError::setting("method", "fixmatch", "FixMatch learns from strong image augmentations; for text use pseudo-label or mean-teacher"));
+        }
+        if matches!(config.head, HeadSpec::Classic(_)) {
+            return Err(GraftError::setting("head", &config.head.to_string(), "semi-supervised training trains a neural head (linear or mlp:…)"));
+        }
+    }
     Ok(())
 }
 
@@ -144,6 +196,24 @@ struct Rows {
 enum Embeddings {
     Stored { store: Arc<FeatureStore>, keys: Vec<Key> },
     Memory(Vec<Vec<f32>>),
+}
+
+impl super::semi::RowSource for Rows {
+    fn gather(&self, rows: &[usize]) -> Result<Vec<f32>> {
+        Rows::gather(self, rows)
+    }
+    fn width(&self) -> usize {
+        self.width
+    }
+}
+
+impl Embeddings {
+    fn len(&self) -> usize {
+        match self {
+            Embeddings::Stored { keys, .. } => keys.len(),
+            Embeddings::Memory(rows) => rows.len(),
+        }
+    }
 }
 
 impl Rows {
@@ -178,23 +248,49 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
     let started = Instant::now();
 
     // --- data -----------------------------------------------------------------------------------
-    let data = TextDataset::open_any(&config.data)?;
+    // Multi-task: a CSV with a label column per task; the first task's labels stand for the
+    // dataset's (the split is stratified on them), the others go along by index.
+    let columns: Vec<&str> = config.tasks.iter().map(|t| t.column.as_str()).collect();
+    let (data, task_sets) = if columns.is_empty() {
+        (TextDataset::open_any(&config.data)?, Vec::new())
+    } else {
+        read_tasks(&config.data, &columns)?
+    };
     data.check_trainable()?;
-    let classes = data.classes.clone();
-    let (train, val) = match &config.val {
-        Some(path) => (data.clone(), TextDataset::open_any(path)?.with_classes(&classes)?),
-        None if config.val_split == 0.0 => (data.clone(), data.subset(&[])),
+    let (train, val, train_tasks, val_tasks) = match &config.val {
+        Some(path) if columns.is_empty() => (data.clone(), TextDataset::open_any(path)?.with_classes(&data.classes)?, Vec::new(), Vec::new()),
+        Some(path) => {
+            let (val, val_sets) = read_tasks(path, &columns)?;
+            let mut val_labels = Vec::new();
+            for ((classes, _), (val_classes, labels)) in task_sets.iter().zip(val_sets) {
+                let relabelled = TextDataset { source: path.clone(), classes: val_classes, texts: val.texts.clone(), labels, skipped: Vec::new() }.with_classes(classes)?;
+                val_labels.push(relabelled.labels);
+            }
+            let first = val_labels.first().cloned().unwrap_or_default();
+            let train_labels = task_sets.iter().map(|(_, l)| l.clone()).collect();
+            (data.clone(), TextDataset { labels: first, classes: data.classes.clone(), ..val }, train_labels, val_labels)
+        }
         None => {
-            let (t, v) = stratified_split(&data.labels, config.val_split, config.seed)?;
-            (data.subset(&t), data.subset(&v))
+            let (t, v) = if config.val_split == 0.0 { ((0..data.len()).collect(), Vec::new()) } else { stratified_split(&data.labels, config.val_split, config.seed)? };
+            let pick = |idx: &[usize]| -> Vec<Vec<usize>> { task_sets.iter().map(|(_, labels)| idx.iter().map(|&i| labels[i]).collect()).collect() };
+            (data.subset(&t), data.subset(&v), pick(&t), pick(&v))
         }
     };
+    let classes = if columns.is_empty() {
+        data.classes.clone()
+    } else {
+        config.tasks.iter().zip(&task_sets).flat_map(|(t, (classes, _))| classes.iter().map(move |c| format!("{}/{c}", t.column))).collect()
+    };
+    let task_heads: Vec<TaskHead> = config.tasks.iter().zip(&task_sets).map(|(t, (classes, _))| TaskHead { name: t.column.clone(), classes: classes.clone(), weight: t.weight }).collect();
     let skipped = data.skipped.clone();
     for s in &skipped {
         reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
     }
-    let data_summary = DataSummary::new(classes.len(), &train.labels, &val.labels, skipped.len());
-    reporter.message(&data_summary.line(&classes, "texts"));
+    let data_summary = DataSummary::new(data.classes.len(), &train.labels, &val.labels, skipped.len());
+    reporter.message(&data_summary.line(&data.classes, "texts"));
+    for (t, (task_classes, _)) in config.tasks.iter().zip(&task_sets).skip(1) {
+        reporter.message(&format!("task {}: {} classes ({})", t.column, task_classes.len(), task_classes.join(", ")));
+    }
 
     // --- embeddings (cached) --------------------------------------------------------------------
     let encoder = SentenceEncoder::load(&config.model, config.weights.as_deref(), home, reporter, device)?;
@@ -203,22 +299,31 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
         super::config::CacheMode::Off => None,
         _ => Some(open_store(home, &config.model, &encoder, config.cache_dtype, reporter)?),
     };
-    let (train_rows, val_rows) = match store {
+    // Unlabelled texts (semi-supervised): embedded like the others, no labels.
+    let unlabelled = config.semi.as_ref().map(|semi| crate::text::dataset::read_unlabelled(&semi.unlabelled)).transpose()?;
+    let (train_rows, val_rows, unlabelled_rows) = match store {
         Some(mut store) => {
             let train_keys = embed_to_store(&encoder, &train.texts, &mut store, reporter, &mut stats)?;
             let val_keys = embed_to_store(&encoder, &val.texts, &mut store, reporter, &mut stats)?;
+            let unlabelled_keys = unlabelled.as_ref().map(|u| embed_to_store(&encoder, u, &mut store, reporter, &mut stats)).transpose()?;
             let width = store.dim().unwrap_or(0);
             let store = Arc::new(store);
             (
                 Rows { x: Embeddings::Stored { store: store.clone(), keys: train_keys }, labels: train.labels.clone(), width },
-                Rows { x: Embeddings::Stored { store, keys: val_keys }, labels: val.labels.clone(), width },
+                Rows { x: Embeddings::Stored { store: store.clone(), keys: val_keys }, labels: val.labels.clone(), width },
+                unlabelled_keys.map(|keys| Rows { x: Embeddings::Stored { store, keys }, labels: Vec::new(), width }),
             )
         }
         None => {
             let t = embed_cached(&encoder, &train.texts.to_vec()?, None, reporter, &mut stats)?;
             let v = embed_cached(&encoder, &val.texts.to_vec()?, None, reporter, &mut stats)?;
+            let u = unlabelled.as_ref().map(|u| embed_cached(&encoder, &u.to_vec()?, None, reporter, &mut stats)).transpose()?;
             let width = t.first().map(Vec::len).unwrap_or(0);
-            (Rows { x: Embeddings::Memory(t), labels: train.labels.clone(), width }, Rows { x: Embeddings::Memory(v), labels: val.labels.clone(), width })
+            (
+                Rows { x: Embeddings::Memory(t), labels: train.labels.clone(), width },
+                Rows { x: Embeddings::Memory(v), labels: val.labels.clone(), width },
+                u.map(|u| Rows { x: Embeddings::Memory(u), labels: Vec::new(), width }),
+            )
         }
     };
     let width = train_rows.width;
@@ -230,6 +335,7 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
         weights_sha256: encoder.weights_sha256.clone(),
         text_preprocess: preprocess_id(&encoder)?,
         embedding_width: width,
+        tasks: task_heads,
     };
     info.save(run, device)?;
     write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
@@ -239,7 +345,7 @@ pub fn fit_text(config: &FitConfig, run: &Path, resume: bool, home: &Path, repor
     // --- head -----------------------------------------------------------------------------------
     let trained = match &config.head {
         HeadSpec::Classic(kind) => train_classic(kind, config.seed, run, &info, &train_rows, &val_rows, reporter)?,
-        _ => train_neural(config, run, resume, &info, &train_rows, &val_rows, reporter, device)?,
+        _ => train_neural(config, run, resume, &info, &train_rows, &val_rows, unlabelled_rows.as_ref(), (&train_tasks, &val_tasks), reporter, device)?,
     };
     let metrics = super::fit::read_metrics(run)?;
     write_plots(run, &metrics, &classes, &trained.best_confusion)?;
@@ -321,6 +427,47 @@ struct HeadTask<'a> {
     order: Vec<usize>,
     /// (loss sum, correct) over the epoch.
     sums: (f64, usize),
+    /// Multi-task: each task's output range, weight and labels (train, validation); empty for
+    /// one task.
+    tasks: Vec<TaskLabels<'a>>,
+    /// Multi-task: each task's validation accuracy in the epoch just measured.
+    val_tasks: Vec<f64>,
+}
+
+struct TaskLabels<'a> {
+    head: &'a TaskHead,
+    range: std::ops::Range<usize>,
+    train: &'a [usize],
+    val: &'a [usize],
+    /// Correct training predictions over the epoch.
+    correct: usize,
+}
+
+/// The reading of a CSV with a label column per task: the first task's labels as a dataset,
+/// and every task's classes and labels.
+fn read_tasks(path: &Path, columns: &[&str]) -> Result<(TextDataset, Vec<(Vec<String>, Vec<usize>)>)> {
+    let (texts, sets) = crate::text::dataset::read_csv_columns(path, columns)?;
+    let (classes, labels) = sets[0].clone();
+    Ok((TextDataset { source: path.to_path_buf(), classes, texts, labels, skipped: Vec::new() }, sets))
+}
+
+/// Σ weight × cross-entropy of each task's outputs against its labels (rows `rows` of the split).
+fn task_loss(logits: Tensor<2>, tasks: &[TaskLabels], rows: &[usize], val: bool, device: &Device) -> (Tensor<1>, Vec<Vec<usize>>) {
+    let n = rows.len();
+    let mut total: Option<Tensor<1>> = None;
+    let mut predicted = Vec::new();
+    for t in tasks {
+        let part = logits.clone().slice([0..n, t.range.clone()]); // [n, task classes]
+        let labels = if val { t.val } else { t.train };
+        let targets: Vec<usize> = rows.iter().map(|&i| labels[i]).collect();
+        let loss = cross_entropy(part.clone(), &targets, 0.0, None, device).mul_scalar(t.head.weight as f32);
+        predicted.push(argmax(part.detach()));
+        total = Some(match total {
+            Some(sum) => sum + loss,
+            None => loss,
+        });
+    }
+    (total.expect("at least one task"), predicted)
 }
 
 impl Task for HeadTask<'_> {
@@ -333,6 +480,7 @@ impl Task for HeadTask<'_> {
     fn begin_epoch(&mut self, _model: &Head, epoch: usize) -> Result<()> {
         self.order = engine::epoch_order(self.train.labels.len(), self.config.seed, epoch);
         self.sums = (0.0, 0);
+        self.tasks.iter_mut().for_each(|t| t.correct = 0);
         Ok(())
     }
 
@@ -344,12 +492,21 @@ impl Task for HeadTask<'_> {
         let bs = self.config.batch_size;
         let batch = &self.order[it.index * bs..((it.index + 1) * bs).min(self.order.len())];
         let targets: Vec<usize> = batch.iter().map(|&i| self.train.labels[i]).collect();
-        let logits = head.forward(self.train.tensor(batch, &self.train_device)?); // [b, classes]
-        let loss = cross_entropy(logits.clone(), &targets, self.config.label_smoothing, self.class_weights.as_deref(), &self.train_device);
+        let logits = head.forward(self.train.tensor(batch, &self.train_device)?); // [b, outputs]
+        let loss = if self.tasks.is_empty() {
+            self.sums.1 += argmax(logits.clone().detach()).iter().zip(&targets).filter(|(p, t)| p == t).count();
+            cross_entropy(logits, &targets, self.config.label_smoothing, self.class_weights.as_deref(), &self.train_device)
+        } else {
+            let (loss, predicted) = task_loss(logits, &self.tasks, batch, false, &self.train_device);
+            for (t, p) in self.tasks.iter_mut().zip(predicted) {
+                t.correct += p.iter().zip(batch).filter(|(p, &i)| **p == t.train[i]).count();
+            }
+            self.sums.1 = self.tasks[0].correct;
+            loss
+        };
         let loss_value: f32 = loss.clone().into_scalar();
         guard::check_loss("training loss", loss_value as f64, it.epoch + 1, lr)?;
         self.sums.0 += loss_value as f64 * batch.len() as f64;
-        self.sums.1 += argmax(logits.detach()).iter().zip(&targets).filter(|(p, t)| p == t).count();
         Ok(vec![(GradientsParams::from_grads(loss.backward(), head), 1.0)])
     }
 
@@ -360,15 +517,32 @@ impl Task for HeadTask<'_> {
         } else {
             let all: Vec<usize> = (0..val.labels.len()).collect();
             let (mut loss, mut predicted) = (0f64, Vec::new());
+            let mut per_task: Vec<Vec<usize>> = vec![Vec::new(); self.tasks.len()];
             for chunk in all.chunks(self.config.batch_size.max(256)) {
                 let logits = head.forward(val.tensor(chunk, self.device)?);
                 let targets: Vec<usize> = chunk.iter().map(|&i| val.labels[i]).collect();
-                let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, self.device).into_scalar();
+                let l: f32 = if self.tasks.is_empty() {
+                    predicted.extend(argmax(logits.clone()));
+                    cross_entropy(logits, &targets, 0.0, None, self.device).into_scalar()
+                } else {
+                    let (l, p) = task_loss(logits, &self.tasks, chunk, true, self.device);
+                    per_task.iter_mut().zip(p).for_each(|(all, p)| all.extend(p));
+                    l.into_scalar()
+                };
                 loss += l as f64 * chunk.len() as f64;
-                predicted.extend(argmax(logits));
             }
-            let eval = Evaluation::from_predictions(&self.info.classes, &val.labels, &predicted);
-            Some(Validation { loss: loss / val.labels.len() as f64, accuracy: eval.accuracy, confusion: eval.confusion })
+            let loss = loss / val.labels.len() as f64;
+            if self.tasks.is_empty() {
+                let eval = Evaluation::from_predictions(&self.info.classes, &val.labels, &predicted);
+                Some(Validation { loss, accuracy: eval.accuracy, confusion: eval.confusion })
+            } else {
+                // The mean of the tasks' accuracies picks the kept epoch; the first task's
+                // confusion matrix is the run's plot. Each task's figures go in its record.
+                let evals: Vec<Evaluation> = self.tasks.iter().zip(&per_task).map(|(t, p)| Evaluation::from_predictions(&t.head.classes, t.val, p)).collect();
+                let accuracy = evals.iter().map(|e| e.accuracy).sum::<f64>() / evals.len() as f64;
+                self.val_tasks = evals.iter().map(|e| e.accuracy).collect();
+                Some(Validation { loss, accuracy, confusion: evals[0].confusion.clone() })
+            }
         };
         let n = self.train.labels.len().max(1) as f64;
         let metrics = EpochMetrics {
@@ -381,7 +555,22 @@ impl Task for HeadTask<'_> {
             val_accuracy: validation.as_ref().map(|v| v.accuracy),
             seconds,
         };
-        Ok(EpochEnd { validation, scalars: super::fit::scalars(&metrics), record: serde_json::to_value(&metrics).expect("metrics serialize") })
+        let mut scalars = super::fit::scalars(&metrics);
+        let mut record = serde_json::to_value(&metrics).expect("metrics serialize");
+        if !self.tasks.is_empty() {
+            let mut tasks = serde_json::Map::new();
+            for (k, t) in self.tasks.iter().enumerate() {
+                let train_accuracy = t.correct as f64 / n;
+                let val_accuracy = validation.as_ref().and_then(|_| self.val_tasks.get(k).copied());
+                tasks.insert(t.head.name.clone(), serde_json::json!({"train_accuracy": train_accuracy, "val_accuracy": val_accuracy}));
+                scalars.push((format!("accuracy/train/{}", t.head.name), train_accuracy));
+                if let Some(v) = val_accuracy {
+                    scalars.push((format!("accuracy/val/{}", t.head.name), v));
+                }
+            }
+            record["tasks"] = tasks.into();
+        }
+        Ok(EpochEnd { validation, scalars, record })
     }
 
     fn report(&self, _reporter: &dyn Reporter, record: &serde_json::Value, total: usize) {
@@ -395,7 +584,7 @@ impl Task for HeadTask<'_> {
 /// epoch with the best monitored validation metric is kept (the last one without validation
 /// data). A killed run resumes after its last completed epoch.
 #[allow(clippy::too_many_arguments)]
-fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo, train: &Rows, val: &Rows, reporter: &dyn FitReporter, device: &Device) -> Result<Trained> {
+fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo, train: &Rows, val: &Rows, unlabelled: Option<&Rows>, task_labels: (&[Vec<usize>], &[Vec<usize>]), reporter: &dyn FitReporter, device: &Device) -> Result<Trained> {
     let classes = info.classes.len();
     let mut head = engine::stable_ids(Head::init(&config.head, info.embedding_width, classes, config.dropout, device).train());
     let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
@@ -408,19 +597,6 @@ fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo
     let trainable_params = super::fit::count_trainable(&head);
     let steps_per_epoch = train.labels.len().div_ceil(config.batch_size);
     let class_weights = config.class_weights.weights(&train.labels, classes);
-    let mut task = HeadTask {
-        config,
-        info,
-        train,
-        val,
-        plan: LrPlan { base_lr: config.lr, schedule: config.schedule.clone(), warmup_epochs: config.warmup_epochs, steps_per_epoch, epochs: config.epochs },
-        class_weights,
-        reporter,
-        device,
-        train_device: device.clone().autodiff(),
-        order: Vec::new(),
-        sums: (0.0, 0),
-    };
     let phase = Phase {
         name: String::new(),
         offset: 0,
@@ -432,7 +608,59 @@ fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo
         plateau: config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)),
         optimizer: make_optimizer(&config.optimizer),
     };
-    engine.run_phase(&mut task, head, phase)?;
+    if let (Some(semi), Some(unlabelled)) = (&config.semi, unlabelled) {
+        if unlabelled.x.len() == 0 {
+            return Err(GraftError::Data { path: semi.unlabelled.clone(), reason: "no unlabelled texts".into() });
+        }
+        reporter.message(&format!("unlabelled: {} texts ({}, {} unlabelled per labelled text in a batch)", unlabelled.x.len(), semi.method.name(), semi.ratio));
+        let steps_per_epoch = unlabelled.x.len().div_ceil(config.batch_size * semi.ratio);
+        let trained = engine::param_ids(&head);
+        let mut task: SemiTask<'_, Head> = SemiTask {
+            semi,
+            batch_size: config.batch_size,
+            seed: config.seed,
+            plan: LrPlan { base_lr: config.lr, schedule: config.schedule.clone(), warmup_epochs: config.warmup_epochs, steps_per_epoch, epochs: config.epochs },
+            classes: &info.classes,
+            labelled: Views { rows: train, items: train.labels.len(), views: 1 },
+            labels: &train.labels,
+            weak: Views { rows: unlabelled, items: unlabelled.x.len(), views: 1 },
+            strong: None,
+            val: Some((Views { rows: val, items: val.labels.len(), views: 1 }, &val.labels)),
+            trained,
+            reporter,
+            device: device.clone(),
+            train_device: device.clone().autodiff(),
+            teacher: None,
+            labelled_order: Vec::new(),
+            unlabelled_order: Vec::new(),
+            sums: Default::default(),
+            alignment: None,
+        };
+        engine.run_phase(&mut task, head, phase)?;
+    } else {
+        let mut task = HeadTask {
+        config,
+        info,
+        train,
+        val,
+        plan: LrPlan { base_lr: config.lr, schedule: config.schedule.clone(), warmup_epochs: config.warmup_epochs, steps_per_epoch, epochs: config.epochs },
+        class_weights,
+        reporter,
+        device,
+        train_device: device.clone().autodiff(),
+        order: Vec::new(),
+        sums: (0.0, 0),
+        tasks: info
+            .tasks
+            .iter()
+            .zip(TaskHead::ranges(&info.tasks))
+            .zip(task_labels.0.iter().zip(task_labels.1))
+            .map(|((head, range), (train, val))| TaskLabels { head, range, train, val, correct: 0 })
+            .collect(),
+        val_tasks: Vec::new(),
+        };
+        engine.run_phase(&mut task, head, phase)?;
+    }
     let state = engine.state;
     Ok(Trained {
         best_epoch: state.best_epoch,
