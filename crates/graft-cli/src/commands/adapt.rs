@@ -16,8 +16,8 @@ use crate::reporter::TermReporter;
 /// (10,000), usps:train (7,291), usps:test (2,007), read from --data-root (where
 /// `graft data import mnist|usps --source …` keeps them). Images are grey
 /// 28×28, (x − 0.5)/0.5 for LeNet; a zoo model's frozen trunk gives pooled features otherwise.
-/// The epoch is picked on a held-out part of the source; the target test set is evaluated once,
-/// at the end.
+/// The epoch is picked on a held-out part of the source (--select); the target test set is
+/// evaluated once, at the end.
 #[derive(Debug, clap::Args)]
 pub struct AdaptArgs {
     #[command(flatten)]
@@ -102,7 +102,7 @@ pub struct AdaptArgs {
     /// CDAN+E: weigh examples by the confidence of their prediction.
     #[arg(long)]
     pub entropy: bool,
-    /// Hidden width of the domain discriminator.
+    /// Hidden width of the domain discriminator (MDD: of its adversarial head).
     #[arg(long, default_value_t = 1024)]
     pub disc_hidden: usize,
     /// ADDA: epochs of source pre-training before the adversarial phase [default: epochs / 2].

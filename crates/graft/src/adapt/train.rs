@@ -146,7 +146,7 @@ pub struct AdaptSummary {
     pub target: String,
     pub target_test: Option<String>,
     pub epochs: usize,
-    /// The kept epoch (for ADDA: of the adversarial phase, its last).
+    /// The kept epoch (for ADDA: of the adversarial phase, by default its last; see `--select`).
     pub best_epoch: usize,
     /// Accuracy of the kept model on the held-out source split (`None` with `--val-split 0`).
     pub source_val_accuracy: Option<f64>,
