@@ -16,13 +16,13 @@ use crate::reporter::TermReporter;
 /// (10,000), usps:train (7,291), usps:test (2,007), read from --data-root (where
 /// `graft data import mnist|usps --source …` keeps them). Images are grey
 /// 28×28, (x − 0.5)/0.5 for LeNet; a zoo model's frozen trunk gives pooled features otherwise.
-/// The epoch is picked on a held-out part of the source; the target test set is evaluated once,
-/// at the end.
+/// The epoch is picked on a held-out part of the source (--select); the target test set is
+/// evaluated once, at the end.
 #[derive(Debug, clap::Args)]
 pub struct AdaptArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
-    /// source-only, ddc, dan, coral, dann, adda or cdan; or a classic method on fixed features
+    /// source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn or mdd; or a classic method on fixed features
     /// (--features): tca, jda, gfk, sa, coral-shallow, and the baselines none (the classifier
     /// alone) and pca. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
@@ -45,7 +45,7 @@ pub struct AdaptArgs {
     /// Continue the run in this directory after its last completed epoch, with its saved
     /// config.toml (a run killed at any moment finishes as if never interrupted); only --epochs
     /// may be given with it (the new total of the adversarial phase). [default: none]
-    #[arg(long, conflicts_with_all = ["method", "source", "target", "target_test", "out", "backbone", "weights", "data_root", "bottleneck", "iters_per_epoch", "batch_size", "lr", "lr_schedule", "lr_gamma", "momentum", "weight_decay", "lambda", "lambda_schedule", "lambda_max_iters", "entropy", "disc_hidden", "pretrain_epochs", "adda_objective", "augment", "val_split", "seed"])]
+    #[arg(long, conflicts_with_all = ["method", "source", "target", "target_test", "out", "backbone", "weights", "data_root", "bottleneck", "iters_per_epoch", "batch_size", "lr", "lr_schedule", "lr_gamma", "momentum", "weight_decay", "lambda", "lambda_schedule", "lambda_max_iters", "entropy", "disc_hidden", "pretrain_epochs", "adda_objective", "augment", "mcc_temperature", "bsp_k", "bsp_tradeoff", "afn_delta", "afn_entropy", "mdd_margin", "select", "val_split", "seed"])]
     pub resume: Option<PathBuf>,
     /// lenet (trained from scratch), a zoo model id (frozen trunk, trainable bottleneck), or
     /// minilm-l6: text domains (CSV text,label, class folders of .txt, amazon:DOMAIN from
@@ -102,7 +102,7 @@ pub struct AdaptArgs {
     /// CDAN+E: weigh examples by the confidence of their prediction.
     #[arg(long)]
     pub entropy: bool,
-    /// Hidden width of the domain discriminator.
+    /// Hidden width of the domain discriminator (MDD: of its adversarial head).
     #[arg(long, default_value_t = 1024)]
     pub disc_hidden: usize,
     /// ADDA: epochs of source pre-training before the adversarial phase [default: epochs / 2].
@@ -117,6 +117,33 @@ pub struct AdaptArgs {
     /// e.g. rotate:10,zoom:0.2,shift:0.1); validation and test images are never transformed.
     #[arg(long, default_value = "none")]
     pub augment: String,
+    /// MCC: temperature of the target softmax (the paper's 2.5); the loss's weight is --lambda
+    /// (default 1).
+    #[arg(long, default_value_t = 2.5)]
+    pub mcc_temperature: f64,
+    /// BSP: how many of the largest singular values of each domain's feature batch are penalised.
+    #[arg(long, default_value_t = 1)]
+    pub bsp_k: usize,
+    /// BSP: weight of the spectral penalty (the paper's 2e-4); BSP trains on DANN, whose
+    /// adversarial loss keeps --lambda (default 1) and its ramp.
+    #[arg(long, default_value_t = 2e-4)]
+    pub bsp_tradeoff: f64,
+    /// AFN: the step Δr by which each feature norm is pushed up per iteration; the norm loss's
+    /// weight is --lambda (default 0.05).
+    #[arg(long, default_value_t = 1.0)]
+    pub afn_delta: f64,
+    /// AFN: weight of the target prediction entropy added to the loss (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub afn_entropy: f64,
+    /// MDD: the margin γ; the loss's weight is --lambda (default 1), its gradient reversal ramps
+    /// per iteration to 0.1 (warm-start, --lambda-max-iters).
+    #[arg(long, default_value_t = 4.0)]
+    pub mdd_margin: f64,
+    /// How the kept epoch is chosen without target labels: source-val (best accuracy on the
+    /// source split), dev (lowest importance-weighted source validation loss, DEV) or last
+    /// [default: source-val; last for ADDA's adversarial phase].
+    #[arg(long)]
+    pub select: Option<String>,
     /// Fraction of the source held out (stratified, seeded) to pick the epoch; 0 keeps the last.
     #[arg(long, default_value_t = 0.1)]
     pub val_split: f64,
@@ -136,7 +163,8 @@ fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
         device: _,
         method, source, target, target_test, out, resume, backbone, weights, data_root, bottleneck, epochs, iters_per_epoch,
         batch_size, lr, lr_schedule, lr_gamma, momentum, weight_decay, lambda, lambda_schedule, lambda_max_iters,
-        entropy, disc_hidden, pretrain_epochs, adda_objective, augment, val_split, seed, classic,
+        entropy, disc_hidden, pretrain_epochs, adda_objective, augment, mcc_temperature, bsp_k, bsp_tradeoff, afn_delta,
+        afn_entropy, mdd_margin, select, val_split, seed, classic,
     } = args;
     // The classic methods' flags mean nothing to a network method (nor to a resumed run).
     if let Some(flag) = classic.first_given() {
@@ -177,6 +205,13 @@ fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
     c.pretrain_epochs = pretrain_epochs;
     c.adda_objective = adda_objective.parse()?;
     c.augment = augment.parse()?;
+    c.mcc_temperature = mcc_temperature;
+    c.bsp_k = bsp_k;
+    c.bsp_tradeoff = bsp_tradeoff;
+    c.afn_delta = afn_delta;
+    c.afn_entropy = afn_entropy;
+    c.mdd_margin = mdd_margin;
+    c.select = select.as_deref().map(str::parse).transpose()?;
     c.val_split = val_split;
     c.seed = seed;
     Ok((c, out, false))

@@ -350,3 +350,120 @@ fn tllib_schedules_are_flags_saved_in_the_config() {
     assert_bad_input(&bad("--lambda-max-iters=0", "c"), &["--lambda-max-iters"]);
     assert_bad_input(&bad("--lr-gamma=-1", "d"), &["--lr-gamma"]);
 }
+
+/// `graft adapt` on USPS test digits (source) and USPS training digits (target), a few steps.
+fn quick(method: &str, run: &Path, epochs: &str, extra: &[&str]) -> serde_json::Value {
+    let root = data_root();
+    let mut args = vec![
+        "adapt", "--method", method, "--source", "usps:test", "--target", "usps:train", "--target-test", "usps:test",
+        "--data-root", s(&root), "--epochs", epochs, "--iters-per-epoch", "10", "--batch-size", "16", "--seed", "4", "--out", s(run), "--json",
+    ];
+    args.extend_from_slice(extra);
+    json_of(&graft(&args))
+}
+
+fn metrics_of(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn mcc_bsp_afn_mdd_train_resume_and_evaluate() {
+    let dir = scratch("adapt-mcc-bsp-afn-mdd");
+    let root = data_root();
+    for (method, flag, line) in [
+        ("mcc", ["--mcc-temperature", "2"], "mcc_temperature = 2.0"),
+        ("bsp", ["--bsp-k", "2"], "bsp_k = 2"),
+        ("afn", ["--afn-entropy", "0.03"], "afn_entropy = 0.03"),
+        ("mdd", ["--mdd-margin", "3"], "mdd_margin = 3.0"),
+    ] {
+        let run = dir.join(method);
+        let v = quick(method, &run, "2", &flag);
+        assert_eq!(v["method"], method);
+        let acc = v["target_test_accuracy"].as_f64().unwrap_or_else(|| panic!("{method}: {v}"));
+        assert!((0.0..=1.0).contains(&acc));
+        // 20 steps of 16 digits are enough to rise above chance (0.1) on the source split.
+        assert!(v["source_val_accuracy"].as_f64().unwrap() > 0.2, "{method}: {v}");
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert!(config.lines().any(|l| l == line), "{method}: config.toml lacks `{line}`:\n{config}");
+        let metrics = metrics_of(&run);
+        assert_eq!(metrics.len(), 2);
+        for m in &metrics {
+            assert_eq!(m["select"], "source-val", "{method}: {m}");
+            assert_eq!(m["select_value"], m["source_val_accuracy"], "{method}: {m}");
+            // Every method adds a loss of its own (MDD's may be of either sign).
+            let transfer = m["transfer_loss"].as_f64().unwrap();
+            assert!(transfer.is_finite() && transfer != 0.0, "{method}: {m}");
+        }
+        if method == "bsp" {
+            // BSP trains on DANN: a discriminator, its ramp.
+            assert!(metrics[1]["domain_accuracy"].is_number() && metrics[1]["lambda"].as_f64().unwrap() > metrics[0]["lambda"].as_f64().unwrap());
+        }
+        if method == "afn" {
+            // AFN's norm loss is Δr² = 1 per domain, weighted by its default λ 0.05, plus the entropy term.
+            let t = metrics[0]["transfer_loss"].as_f64().unwrap();
+            assert!(t > 0.1 && t < 0.1 + 0.03 * 2.31, "{t}");
+        }
+        // eval reads the run: the same accuracy as adapt reported.
+        let e = json_of(&graft(&["eval", "--run", s(&run), "--data", "usps:test", "--data-root", s(&root), "--json"]));
+        assert!((e["accuracy"].as_f64().unwrap() - acc).abs() < 1e-12, "{method}: eval {} vs adapt {acc}", e["accuracy"]);
+    }
+
+    // MDD's adversarial head is saved with each epoch: a run stopped after epoch 1 and resumed to 2
+    // ends where the uninterrupted run ended (a per-iteration lr schedule, so that the first
+    // epoch does not depend on the run's length).
+    let whole = dir.join("mdd-whole");
+    let v = quick("mdd", &whole, "2", &["--lr-schedule", "inv"]);
+    let part = dir.join("mdd-resumed");
+    quick("mdd", &part, "1", &["--lr-schedule", "inv"]);
+    let resumed = json_of(&graft(&["adapt", "--resume", s(&part), "--epochs", "2", "--json"]));
+    assert_eq!(resumed["target_test_accuracy"], v["target_test_accuracy"]);
+    assert_eq!(metrics_of(&part)[1]["transfer_loss"], metrics_of(&whole)[1]["transfer_loss"]);
+
+    // Bad settings: one line, exit 2, naming the flag.
+    let bad = |args: &[&str], name: &str| {
+        let mut a = vec!["adapt", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out"];
+        let out = dir.join(name);
+        a.push(s(&out));
+        a.extend_from_slice(args);
+        graft(&a)
+    };
+    assert_bad_input(&bad(&["--method", "mcc", "--mcc-temperature", "0"], "b1"), &["--mcc-temperature"]);
+    assert_bad_input(&bad(&["--method", "mcc", "--bsp-k", "2"], "b2"), &["--bsp-k", "bsp"]);
+    assert_bad_input(&bad(&["--method", "dann", "--mdd-margin", "2"], "b3"), &["--mdd-margin", "mdd"]);
+    assert_bad_input(&bad(&["--method", "dann", "--select", "reverse"], "b4"), &["--select", "reverse", "dev"]);
+    assert_bad_input(&bad(&["--method", "dann", "--select", "dev", "--val-split", "0"], "b5"), &["--select", "--val-split"]);
+}
+
+#[test]
+fn dev_and_last_selection_are_recorded_and_followed() {
+    let dir = scratch("adapt-select");
+    // ADDA's adversarial phase with DEV: each adaptation epoch records its DEV risk, and the
+    // kept epoch is the one with the lowest.
+    let run = dir.join("adda-dev");
+    let v = quick("adda", &run, "3", &["--pretrain-epochs", "1", "--select", "dev"]);
+    let metrics = metrics_of(&run);
+    assert_eq!(metrics.len(), 4);
+    assert_eq!((metrics[0]["phase"].as_str(), metrics[0]["select"].as_str()), (Some("pretrain"), Some("source-val")));
+    let adapt: Vec<&serde_json::Value> = metrics.iter().filter(|m| m["phase"] == "adapt").collect();
+    assert_eq!(adapt.len(), 3);
+    let risks: Vec<f64> = adapt.iter().map(|m| {
+        assert_eq!(m["select"], "dev", "{m}");
+        let r = m["select_value"].as_f64().unwrap_or_else(|| panic!("no DEV risk: {m}"));
+        assert!(r.is_finite(), "{m}");
+        r
+    }).collect();
+    let best = (0..3).min_by(|&a, &b| risks[a].total_cmp(&risks[b])).unwrap();
+    assert_eq!(v["best_epoch"].as_u64().unwrap() as usize, adapt[best]["epoch"].as_u64().unwrap() as usize, "risks {risks:?}: {v}");
+    assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().lines().any(|l| l == "select = \"dev\""));
+
+    // --select last keeps the last epoch, whatever the source split says.
+    let run = dir.join("mcc-last");
+    let v = quick("mcc", &run, "3", &["--select", "last"]);
+    assert_eq!(v["best_epoch"], 3);
+    assert!(metrics_of(&run).iter().all(|m| m["select"] == "last" && m["select_value"].is_null()));
+    // By default ADDA's adversarial phase keeps its last epoch too (and says so).
+    let run = dir.join("adda-default");
+    let v = quick("adda", &run, "2", &["--pretrain-epochs", "1"]);
+    assert_eq!(v["best_epoch"], 3);
+    assert_eq!(metrics_of(&run)[2]["select"], "last");
+}

@@ -1,6 +1,8 @@
 //! Adaptation losses and schedules: MMD (one Gaussian kernel, DDC) and multi-kernel MMD (DAN),
 //! Deep CORAL, gradient reversal (DANN, CDAN, ADDA), the domain discriminator's binary
-//! cross-entropy, CDAN's multilinear conditioning and entropy weights.
+//! cross-entropy, CDAN's multilinear conditioning and entropy weights; MCC's class confusion,
+//! BSP's spectral penalty, AFN's feature-norm step, MDD's margin disparity; DEV's
+//! importance-weighted validation risk.
 //!
 //! All functions take row-major batches `[n, d]`; source and target batches may differ in size.
 
@@ -142,6 +144,156 @@ pub fn entropy_weights(logits: Tensor<2>) -> Tensor<2> {
     w.mul_scalar(n as f64 / total.max(1e-12) as f64)
 }
 
+/// Row-wise one-hot [n, c] of `classes` on `device`.
+fn one_hot(classes: &[usize], c: usize, device: &Device) -> Tensor<2> {
+    let mut v = vec![0f32; classes.len() * c];
+    for (i, &k) in classes.iter().enumerate() {
+        v[i * c + k] = 1.0;
+    }
+    Tensor::from_data(TensorData::new(v, [classes.len(), c]), device)
+}
+
+/// Minimum Class Confusion (Jin et al. 2020, as TLlib computes it) on target logits [n, c]:
+/// p = softmax(logits / T); certainty weights w = 1 + e^−H(p) (H with TLlib's 1e-5 inside the
+/// log, not differentiated), scaled to add up to n; the class confusion C = (w·p)ᵀ p, each
+/// column j divided by the sum of row j; loss = (ΣC − tr C) / c. Low when each prediction is
+/// confident and the batch spreads over the classes.
+pub fn mcc(logits: Tensor<2>, temperature: f64) -> Tensor<1> {
+    let [n, c] = logits.dims();
+    let device = logits.device();
+    let p = softmax(logits.div_scalar(temperature), 1);
+    let h = (p.clone().detach() * p.clone().detach().add_scalar(1e-5).log()).sum_dim(1).neg(); // [n, 1]
+    let w = h.neg().exp().add_scalar(1.0);
+    let total: f32 = w.clone().sum().into_scalar();
+    let w = w.mul_scalar(n as f64 / (total as f64).max(1e-12));
+    let confusion = (p.clone() * w.expand([n, c])).transpose().matmul(p); // [c, c]
+    let rows = confusion.clone().sum_dim(1).transpose().expand([c, c]); // [c, c]: column j holds row j's sum
+    let confusion = confusion / rows;
+    let eye = one_hot(&(0..c).collect::<Vec<_>>(), c, &device);
+    let trace = (confusion.clone() * eye).sum();
+    (confusion.sum() - trace).div_scalar(c as f64)
+}
+
+/// Batch Spectral Penalization (Chen et al. 2019): the sum of the `k` largest squared singular
+/// values of a feature batch [n, d]. Written as Σᵢ ‖F vᵢ‖² with vᵢ the top right singular
+/// vectors of F (from faer's SVD, not differentiated): equal in value, and its gradient 2·F vᵢvᵢᵀ
+/// is σᵢ²'s (the vᵢ maximise the sum, so their own change does not count at first order).
+pub fn bsp_penalty(f: Tensor<2>, k: usize) -> crate::Result<Tensor<1>> {
+    let [n, d] = f.dims();
+    let values: Vec<f32> = f.clone().detach().into_data().try_to_vec::<f32>().map_err(|e| svd_error(format!("{e:?}")))?;
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(svd_error("the features are not finite".into()));
+    }
+    let m = faer::Mat::<f64>::from_fn(n, d, |i, j| values[i * d + j] as f64);
+    let svd = m.thin_svd().map_err(|e| svd_error(format!("{e:?}")))?;
+    let s = svd.S().column_vector();
+    let v = svd.V();
+    let mut order: Vec<usize> = (0..s.nrows()).collect();
+    order.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
+    let k = k.min(order.len());
+    let mut top = vec![0f32; d * k];
+    for (col, &i) in order[..k].iter().enumerate() {
+        for r in 0..d {
+            top[r * k + col] = v[(r, i)] as f32;
+        }
+    }
+    let vk = Tensor::<2>::from_data(TensorData::new(top, [d, k]), &f.device());
+    Ok(f.matmul(vk).powi_scalar(2).sum())
+}
+
+fn svd_error(reason: String) -> crate::GraftError {
+    crate::GraftError::Data { path: "bsp".into(), reason: format!("the SVD of a feature batch failed: {reason}") }
+}
+
+/// Stepwise Adaptive Feature Norm (Xu et al. 2019): mean over rows of (‖f‖ − (‖f‖̄ + Δr))², the
+/// target norm ‖f‖̄ + Δr a constant taken from this step's features, so that every step pushes
+/// each norm up by Δr.
+pub fn afn(f: Tensor<2>, delta: f64) -> Tensor<1> {
+    let norm = f.powi_scalar(2).sum_dim(1).add_scalar(1e-12).sqrt(); // [n, 1]
+    let radius = norm.clone().detach().add_scalar(delta);
+    (norm - radius).powi_scalar(2).mean()
+}
+
+/// The loss MDD minimises (TLlib's `ClassificationMarginDisparityDiscrepancy`, negated):
+/// γ·CE(adv_s, ŷ_s) − log(1 − softmax(adv_t)[ŷ_t]), averaged over the rows, where ŷ are the main
+/// head's predictions (argmax, no gradient) and adv the adversarial head's logits; the log is
+/// TLlib's `shift_log` (offset 1e-6, at most 0). The adversarial head minimises it (agree on the
+/// source, disagree on the target); the features, behind gradient reversal, maximise it.
+pub fn mdd(logits_s: Tensor<2>, adv_s: Tensor<2>, logits_t: Tensor<2>, adv_t: Tensor<2>, margin: f64) -> Tensor<1> {
+    let [_, c] = adv_s.dims();
+    let device = adv_s.device();
+    let pred_s = crate::train::loss::argmax(logits_s.detach());
+    let pred_t = crate::train::loss::argmax(logits_t.detach());
+    let source = (one_hot(&pred_s, c, &device) * log_softmax(adv_s, 1)).sum_dim(1).neg().mean();
+    let p_t = (softmax(adv_t, 1) * one_hot(&pred_t, c, &device)).sum_dim(1);
+    let target = p_t.neg().add_scalar(1.0 + 1e-6).clamp_max(1.0).log().neg().mean();
+    source.mul_scalar(margin) + target
+}
+
+/// DEV's domain classifier (You et al. 2019): L2-regularised logistic regression, source = 0,
+/// target = 1, on standardised features (rows of `d` values), fitted by gradient descent; returns
+/// the density ratio w(x) = p(target|x)/p(source|x) · (n_s/n_t) of each row of `query`.
+pub fn importance_weights(source: &[f32], target: &[f32], query: &[f32], d: usize) -> Vec<f64> {
+    let (ns, nt) = (source.len() / d.max(1), target.len() / d.max(1));
+    if d == 0 || ns == 0 || nt == 0 {
+        return vec![1.0; query.len() / d.max(1)];
+    }
+    let n = (ns + nt) as f64;
+    let (mut mean, mut var) = (vec![0f64; d], vec![0f64; d]);
+    for row in source.chunks(d).chain(target.chunks(d)) {
+        for (j, &v) in row.iter().enumerate() {
+            mean[j] += v as f64 / n;
+        }
+    }
+    for row in source.chunks(d).chain(target.chunks(d)) {
+        for (j, &v) in row.iter().enumerate() {
+            var[j] += (v as f64 - mean[j]).powi(2) / n;
+        }
+    }
+    let scale: Vec<f64> = var.iter().map(|v| 1.0 / v.sqrt().max(1e-6)).collect();
+    let standard = |row: &[f32]| -> Vec<f64> { row.iter().enumerate().map(|(j, &v)| (v as f64 - mean[j]) * scale[j]).collect() };
+    let rows: Vec<(Vec<f64>, f64)> = source.chunks(d).map(|r| (standard(r), 0.0)).chain(target.chunks(d).map(|r| (standard(r), 1.0))).collect();
+    // Each domain weighs half, whatever its size; the prior ratio is put back below.
+    let class_weight = [0.5 / ns as f64, 0.5 / nt as f64];
+    let (mut w, mut b) = (vec![0f64; d], 0f64);
+    let (l2, step) = (1e-2, 1.0);
+    for _ in 0..300 {
+        let (mut gw, mut gb) = (vec![0f64; d], 0f64);
+        for (x, y) in &rows {
+            let z = b + x.iter().zip(&w).map(|(a, c)| a * c).sum::<f64>();
+            let r = (1.0 / (1.0 + (-z).exp()) - y) * class_weight[*y as usize];
+            gb += r;
+            for (g, a) in gw.iter_mut().zip(x) {
+                *g += r * a;
+            }
+        }
+        for (wj, gj) in w.iter_mut().zip(&gw) {
+            *wj -= step * (gj + l2 * *wj);
+        }
+        b -= step * gb;
+    }
+    // Trained with balanced classes, e^z is p(t|x)/p(s|x) at equal priors; TLlib/DEV's ratio
+    // also carries n_s/n_t, which for balanced training is what the classifier's prior would be.
+    query.chunks(d).map(|r| (b + standard(r).iter().zip(&w).map(|(a, c)| a * c).sum::<f64>()).clamp(-30.0, 30.0).exp()).collect()
+}
+
+/// DEV's risk: the mean of the weighted losses W·L plus η·(mean W − 1), with the control variate
+/// η = −Cov(W·L, W)/Var(W) (0 when the weights do not vary).
+pub fn dev_risk(losses: &[f64], weights: &[f64]) -> f64 {
+    let n = losses.len().min(weights.len());
+    if n == 0 {
+        return f64::INFINITY;
+    }
+    let wl: Vec<f64> = (0..n).map(|i| losses[i] * weights[i]).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (m_wl, m_w) = (mean(&wl), mean(&weights[..n]));
+    let denom = (n.max(2) - 1) as f64;
+    let cov = (0..n).map(|i| (wl[i] - m_wl) * (weights[i] - m_w)).sum::<f64>() / denom;
+    let var = (0..n).map(|i| (weights[i] - m_w).powi(2)).sum::<f64>() / denom;
+    let eta = if var > 1e-12 { -cov / var } else { 0.0 };
+    m_wl + eta * m_w - eta
+}
+
 /// Rows of `values` ([rows·width]) at `indices` as a [len, width] tensor on `device`.
 pub fn gather_rows(values: &[f32], width: usize, indices: &[usize], device: &Device) -> Tensor<2> {
     let mut data = Vec::with_capacity(indices.len() * width);
@@ -274,6 +426,168 @@ mod tests {
         assert!((one[2] - 200.0).abs() < 1e-3 && one[3].abs() < 1e-6);
         assert!(zero[2].abs() < 1e-6 && (zero[3] - 200.0).abs() < 1e-3);
         assert!(one.iter().chain(&zero).all(|v| v.is_finite()));
+    }
+
+    fn tensor(values: Vec<f32>, shape: [usize; 2]) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(values, shape), &device())
+    }
+
+    #[test]
+    fn mcc_is_lower_for_confident_balanced_predictions() {
+        let (n, c) = (20, 4);
+        // Confident and balanced: each row sure of its own class, classes taken in turn.
+        let balanced: Vec<f32> = (0..n * c).map(|i| if i % c == (i / c) % c { 12.0 } else { 0.0 }).collect();
+        // Equally confident, all on class 0: the confusion matrix is one column.
+        let collapsed: Vec<f32> = (0..n * c).map(|i| if i % c == 0 { 12.0 } else { 0.0 }).collect();
+        // Unsure: nearly uniform rows.
+        let unsure: Vec<f32> = (0..n * c).map(|i| ((i * 7) % 5) as f32 * 0.05).collect();
+        let t = 2.5;
+        let l_bal = scalar(mcc(tensor(balanced, [n, c]), t));
+        let l_col = scalar(mcc(tensor(collapsed, [n, c]), t));
+        let l_uns = scalar(mcc(tensor(unsure, [n, c]), t));
+        assert!(l_bal < l_col && l_bal < l_uns, "balanced {l_bal}, collapsed {l_col}, unsure {l_uns}");
+        assert!(l_bal < 0.05, "{l_bal}");
+        // Uniform predictions: every entry of the normalised confusion is 1/c, so the loss is
+        // (c − 1)/c.
+        let uniform = scalar(mcc(Tensor::<2>::zeros([n, c], &device()), t));
+        assert!((uniform - (c as f32 - 1.0) / c as f32).abs() < 1e-5, "{uniform}");
+        // A hand computation, T = 1, two rows, two classes: p = [[0.5, 0.5], [e/(1+e), 1/(1+e)]].
+        let e = std::f64::consts::E;
+        let rows = [[0.5f64, 0.5], [e / (1.0 + e), 1.0 / (1.0 + e)]];
+        let h: Vec<f64> = rows.iter().map(|r| -r.iter().map(|p| p * (p + 1e-5).ln()).sum::<f64>()).collect();
+        let w: Vec<f64> = h.iter().map(|h| 1.0 + (-h).exp()).collect();
+        let w: Vec<f64> = w.iter().map(|x| 2.0 * x / (w[0] + w[1])).collect();
+        let mut cm = [[0f64; 2]; 2];
+        for i in 0..2 {
+            for j in 0..2 {
+                cm[i][j] = (0..2).map(|k| rows[k][i] * w[k] * rows[k][j]).sum();
+            }
+        }
+        let sums = [cm[0][0] + cm[0][1], cm[1][0] + cm[1][1]];
+        let want = (cm[0][1] / sums[1] + cm[1][0] / sums[0]) / 2.0;
+        let got = scalar(mcc(tensor(vec![0.0, 0.0, 1.0, 0.0], [2, 2]), 1.0));
+        assert!((got as f64 - want).abs() < 1e-5, "{got} vs {want}");
+    }
+
+    /// An n×d matrix with singular values `s` (n, d ≥ len): Q₁ diag(s) Q₂ᵀ with orthonormal
+    /// columns from Gram–Schmidt on seeded random vectors.
+    fn with_singular_values(n: usize, d: usize, s: &[f64], seed: u64) -> Vec<f64> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut basis = |len: usize| {
+            let mut q: Vec<Vec<f64>> = Vec::new();
+            while q.len() < s.len() {
+                let mut v: Vec<f64> = (0..len).map(|_| rng.random::<f64>() - 0.5).collect();
+                for u in &q {
+                    let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+                    v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
+                }
+                let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+                q.push(v.into_iter().map(|a| a / norm).collect());
+            }
+            q
+        };
+        let (u, v) = (basis(n), basis(d));
+        let mut m = vec![0f64; n * d];
+        for (k, &sk) in s.iter().enumerate() {
+            for i in 0..n {
+                for j in 0..d {
+                    m[i * d + j] += sk * u[k][i] * v[k][j];
+                }
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn bsp_penalty_is_the_sum_of_the_top_squared_singular_values() {
+        let (n, d) = (12, 7);
+        let s = [5.0, 3.0, 2.0, 0.5];
+        let m = with_singular_values(n, d, &s, 3);
+        let f = tensor(m.iter().map(|&v| v as f32).collect(), [n, d]);
+        for k in 1..=3 {
+            let want: f64 = s[..k].iter().map(|x| x * x).sum();
+            let got = scalar(bsp_penalty(f.clone(), k).unwrap()) as f64;
+            assert!((got - want).abs() < 1e-3 * want, "k = {k}: {got} vs {want}");
+        }
+        // k beyond the rank: all of them, ‖F‖²_F.
+        let got = scalar(bsp_penalty(f.clone(), 20).unwrap()) as f64;
+        assert!((got - s.iter().map(|x| x * x).sum::<f64>()).abs() < 1e-2, "{got}");
+        // Its gradient is σ₁²'s, 2·σ₁·u₁v₁ᵀ = 2·F·v₁v₁ᵀ: checked by central differences of the
+        // largest eigenvalue of FᵀF (power iteration, independent of the SVD).
+        let dev = device().autodiff();
+        let x = Tensor::<2>::from_data(TensorData::new(m.iter().map(|&v| v as f32).collect(), [n, d]), &dev).require_grad();
+        let grads = bsp_penalty(x.clone(), 1).unwrap().backward();
+        let g: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
+        let top = |m: &[f64]| {
+            let mut v = vec![1.0f64; d];
+            let mut lambda = 0.0;
+            for _ in 0..500 {
+                let fv: Vec<f64> = (0..n).map(|i| (0..d).map(|j| m[i * d + j] * v[j]).sum()).collect();
+                let w: Vec<f64> = (0..d).map(|j| (0..n).map(|i| m[i * d + j] * fv[i]).sum()).collect();
+                lambda = w.iter().map(|a| a * a).sum::<f64>().sqrt();
+                v = w.iter().map(|a| a / lambda).collect();
+            }
+            lambda
+        };
+        assert!((top(&m) - 25.0).abs() < 1e-6);
+        for idx in [0, 5, 17, 40, n * d - 1] {
+            let (mut up, mut down) = (m.clone(), m.clone());
+            up[idx] += 1e-4;
+            down[idx] -= 1e-4;
+            let numeric = (top(&up) - top(&down)) / 2e-4;
+            assert!((g[idx] as f64 - numeric).abs() < 2e-3 * numeric.abs().max(1.0), "element {idx}: {} vs {numeric}", g[idx]);
+        }
+    }
+
+    #[test]
+    fn afn_pushes_every_norm_up_by_delta() {
+        let dev = device().autodiff();
+        let values = vec![3.0f32, 4.0, 0.0, 1.0, 0.0, 0.0];
+        let x = Tensor::<2>::from_data(TensorData::new(values, [2, 3]), &dev).require_grad();
+        let loss = afn(x.clone(), 1.0);
+        // (‖f‖ − (‖f‖ + Δr))² = Δr² for every row.
+        assert!((scalar(loss.clone()) - 1.0).abs() < 1e-6);
+        let g: Vec<f32> = x.grad(&loss.backward()).unwrap().into_data().try_to_vec().unwrap();
+        // ∂/∂f of mean (‖f‖ − r)² = 2(‖f‖ − r)·f/‖f‖ / n = −Δr·f/‖f‖: along −f, so descent grows the norm.
+        let want = [-0.6f32, -0.8, 0.0, -1.0, 0.0, 0.0];
+        for (a, b) in g.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{g:?}");
+        }
+    }
+
+    #[test]
+    fn mdd_rewards_agreement_on_the_source_and_disagreement_on_the_target() {
+        // Main head predicts class 0 on both rows of each domain.
+        let main = tensor(vec![5.0, 0.0, 5.0, 0.0], [2, 2]);
+        let agree = tensor(vec![4.0, 0.0, 4.0, 0.0], [2, 2]);
+        let disagree = tensor(vec![0.0, 4.0, 0.0, 4.0], [2, 2]);
+        let good = scalar(mdd(main.clone(), agree.clone(), main.clone(), disagree.clone(), 4.0));
+        let bad = scalar(mdd(main.clone(), disagree.clone(), main.clone(), agree.clone(), 4.0));
+        assert!(good < bad, "{good} vs {bad}");
+        // By hand: the agreeing source rows cost −ln σ(4) each (times γ), the disagreeing target
+        // rows −ln(1 − σ(−4)).
+        let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let want = 4.0 * -(sig(4.0)).ln() - (1.0 - sig(-4.0) + 1e-6).min(1.0).ln();
+        assert!((good as f64 - want).abs() < 1e-4, "{good} vs {want}");
+    }
+
+    #[test]
+    fn dev_weights_follow_the_density_ratio_and_the_control_variate_removes_the_weights_noise() {
+        // Source features around 0, target around 1 (1-d): a point near the target gets a
+        // larger weight than one near the source, and the weights of a point halfway are ≈ 1.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let mut draw = |mu: f32, n: usize| (0..n).map(|_| mu + (rng.random::<f32>() - 0.5)).collect::<Vec<f32>>();
+        let (s, t) = (draw(0.0, 400), draw(1.0, 400));
+        let w = importance_weights(&s, &t, &[0.0, 0.5, 1.0], 1);
+        assert!(w[0] < 0.2 && w[2] > 5.0 && (w[1] - 1.0).abs() < 0.5, "{w:?}");
+        // Equal weights: DEV is the plain mean loss.
+        assert!((dev_risk(&[1.0, 2.0, 3.0], &[1.0, 1.0, 1.0]) - 2.0).abs() < 1e-12);
+        // Constant loss L with any weights: W·L = L·W, so η = −L and the risk is exactly L.
+        let r = dev_risk(&[0.7; 4], &[0.1, 3.0, 0.5, 2.0]);
+        assert!((r - 0.7).abs() < 1e-12, "{r}");
+        // By hand: L = [1, 2], W = [1, 3]: WL = [1, 6], Cov = (−2.5·−1 + 2.5·1)/1 = 5, Var = 2,
+        // η = −2.5; risk = 3.5 + (−2.5)(2) + 2.5 = 1.
+        assert!((dev_risk(&[1.0, 2.0], &[1.0, 3.0]) - 1.0).abs() < 1e-12);
     }
 
     #[test]

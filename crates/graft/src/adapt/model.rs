@@ -130,11 +130,33 @@ impl Discriminator {
     }
 }
 
-/// What one optimizer trains: the classifier and, for the adversarial methods, a discriminator.
+/// MDD's adversarial head (TLlib's `adv_head`): linear → ReLU → dropout 0.5 → linear to the
+/// classes, fed the bottleneck features through gradient reversal.
+#[derive(Module, Debug)]
+pub struct AdvHead {
+    pub fc1: Linear,
+    pub dropout: Dropout,
+    pub fc2: Linear,
+}
+
+impl AdvHead {
+    pub fn init(input: usize, hidden: usize, classes: usize, device: &Device) -> Self {
+        Self { fc1: LinearConfig::new(input, hidden).init(device), dropout: DropoutConfig::new(0.5).init(), fc2: LinearConfig::new(hidden, classes).init(device) }
+    }
+
+    /// [n, input] → [n, classes] logits.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        self.fc2.forward(self.dropout.forward(relu(self.fc1.forward(x))))
+    }
+}
+
+/// What one optimizer trains: the classifier and, for the adversarial methods, a discriminator
+/// (MDD: an adversarial head).
 #[derive(Module, Debug)]
 pub struct Trainable {
     pub net: AdaptNet,
     pub disc: Option<Discriminator>,
+    pub adv: Option<AdvHead>,
 }
 
 #[cfg(test)]
@@ -159,6 +181,8 @@ mod tests {
         assert_eq!((f.dims(), l.dims()), ([2, 64], [2, 3]));
         let d = Discriminator::init(64, 32, &device);
         assert_eq!(d.forward(Tensor::<2>::from_data(TensorData::new(vec![0.5f32; 128], [2, 64]), &device)).dims(), [2, 1]);
+        let adv = AdvHead::init(64, 32, 3, &device);
+        assert_eq!(adv.forward(Tensor::<2>::zeros([5, 64], &device)).dims(), [5, 3]);
     }
 }
 

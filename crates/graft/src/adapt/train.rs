@@ -7,10 +7,14 @@
 //! the classifier stays fixed.
 //!
 //! Model selection never reads target labels: after every epoch the model is scored on a held-out
-//! stratified part of the source (`--val-split`), and the best epoch is kept. ADDA's target
+//! stratified part of the source (`--val-split`), and the epoch chosen by `--select` is kept:
+//! the best source validation accuracy (`source-val`, the default), the lowest DEV risk (`dev`:
+//! the source validation loss weighted by p(target|x)/p(source|x) from a domain classifier on
+//! the features, with a control variate; You et al. 2019) or the last epoch. ADDA's target
 //! encoder is not meant to work on the source, so its adversarial phase keeps its last epoch
-//! (the source pre-training still picks its epoch on the source validation split). The target
-//! test set, when given, is evaluated once, at the end, on the kept model.
+//! unless `--select` says otherwise (the source pre-training always picks its epoch on the source
+//! validation split). The target test set, when given, is evaluated once, at the end, on the kept
+//! model.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,17 +24,17 @@ use burn::module::{Module, ParamId};
 use burn::nn::DropoutConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::config::{AdaptConfig, AddaObjective, LambdaSchedule, LrSchedule, Method};
+use super::config::{AdaptConfig, AddaObjective, LambdaSchedule, LrSchedule, Method, Select, MDD_REVERSAL_MAX};
 use super::data::{Domain, DomainSpec, Featurizer, InputSpec};
 use super::losses;
-use super::model::{AdaptNet, Discriminator, Trainable};
+use super::model::{AdaptNet, AdvHead, Discriminator, Trainable};
 use crate::data::augment::sample_rng;
 use crate::data::folder::{stratified_split, Sample, Skipped};
 use crate::fsutil::write_atomic;
@@ -48,6 +52,9 @@ use crate::{GraftError, Result};
 /// [`CDAN_RANDOM_DIM`]) beyond (TLlib's rule).
 pub const CDAN_FULL_MAX: usize = 4096;
 pub const CDAN_RANDOM_DIM: usize = 1024;
+
+/// Source training and target images DEV's domain classifier sees per epoch (each domain).
+pub const DEV_SAMPLES: usize = 1000;
 
 /// Learning rate of ADDA's adversarial phase with the GAN objective (Adam, as in the ADDA paper).
 pub const ADDA_LR: f64 = 2e-4;
@@ -97,6 +104,13 @@ pub struct AdaptEpoch {
     pub domain_accuracy: Option<f64>,
     pub source_val_loss: Option<f64>,
     pub source_val_accuracy: Option<f64>,
+    /// The criterion that picks the phase's kept epoch (`source-val`, `dev`, `last`).
+    #[serde(default)]
+    pub select: Option<String>,
+    /// Its value at this epoch: the source validation accuracy (higher is better), the DEV risk
+    /// (lower is better); none for `last`.
+    #[serde(default)]
+    pub select_value: Option<f64>,
     pub seconds: f64,
 }
 
@@ -111,6 +125,11 @@ impl AdaptEpoch {
         }
         if let (Some(l), Some(a)) = (self.source_val_loss, self.source_val_accuracy) {
             s.push_str(&format!(" - src val loss {l:.4} - src val acc {a:.4}"));
+        }
+        if let (Some(c), Some(v)) = (&self.select, self.select_value) {
+            if c != "source-val" {
+                s.push_str(&format!(" - {c} {v:.4}"));
+            }
         }
         s.push_str(&format!(" - lr {:.2e} - λ {:.3}", self.lr, self.lambda));
         s
@@ -127,7 +146,7 @@ pub struct AdaptSummary {
     pub target: String,
     pub target_test: Option<String>,
     pub epochs: usize,
-    /// The kept epoch (for ADDA: of the adversarial phase, its last).
+    /// The kept epoch (for ADDA: of the adversarial phase, by default its last; see `--select`).
     pub best_epoch: usize,
     /// Accuracy of the kept model on the held-out source split (`None` with `--val-split 0`).
     pub source_val_accuracy: Option<f64>,
@@ -244,12 +263,15 @@ struct AdaptTask<'a> {
     target_batches: Batches,
     sums: Sums,
     lambda: f64,
+    /// How this phase keeps its epoch.
+    select: Select,
 }
 
 impl<'a> AdaptTask<'a> {
     /// The task of a phase whose batch streams are seeded `seed`; a phase resumed after
     /// `steps_done` of its iterations replays its streams that far.
-    fn new(ctx: &'a Ctx<'a>, model: &Trainable, method: Method, phase: &'static str, source_net: Option<&'a AdaptNet>, seed: u64, steps_done: usize) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    fn new(ctx: &'a Ctx<'a>, model: &Trainable, method: Method, phase: &'static str, source_net: Option<&'a AdaptNet>, select: Select, seed: u64, steps_done: usize) -> Self {
         let gan = source_net.is_some() && ctx.config.adda_objective == AddaObjective::Gan;
         let adda_ids = source_net.map(|_| {
             let head = param_ids(&model.net.head);
@@ -264,7 +286,7 @@ impl<'a> AdaptTask<'a> {
             source_batches.next(ctx.config.batch_size);
             target_batches.next(ctx.config.batch_size);
         }
-        AdaptTask { ctx, method, phase, source_net, gan, adda_ids, source_batches, target_batches, sums: Sums::default(), lambda: 0.0 }
+        AdaptTask { ctx, method, phase, source_net, gan, adda_ids, source_batches, target_batches, sums: Sums::default(), lambda: 0.0, select }
     }
 
     fn optimizer(&self) -> ModuleOptimizer {
@@ -339,6 +361,16 @@ impl Task for AdaptTask<'_> {
             let eval = Evaluation::from_predictions(ctx.classes, &ctx.val.labels, &predicted);
             Some(Validation { loss, accuracy: eval.accuracy, confusion: eval.confusion })
         };
+        // DEV's risk stands in for the validation loss: the phase keeps its lowest.
+        let dev = match (&validation, self.select) {
+            (Some(_), Select::Dev) => Some(ctx.dev_risk(&model.net, epoch)?),
+            _ => None,
+        };
+        let select_value = match self.select {
+            Select::SourceVal => validation.as_ref().map(|v| v.accuracy),
+            Select::Dev => dev,
+            Select::Last => None,
+        };
         let sums = &self.sums;
         let n = sums.steps.max(1) as f64;
         let metrics = AdaptEpoch {
@@ -352,6 +384,8 @@ impl Task for AdaptTask<'_> {
             domain_accuracy: (sums.domain_seen > 0).then(|| sums.domain_hits as f64 / sums.domain_seen as f64),
             source_val_loss: validation.as_ref().map(|v| v.loss),
             source_val_accuracy: validation.as_ref().map(|v| v.accuracy),
+            select: Some(self.select.to_string()),
+            select_value,
             seconds,
         };
         let mut scalars = vec![
@@ -364,6 +398,11 @@ impl Task for AdaptTask<'_> {
         scalars.extend(metrics.domain_accuracy.map(|d| ("accuracy/domain".to_string(), d)));
         scalars.extend(metrics.source_val_loss.map(|l| ("loss/source_val".to_string(), l)));
         scalars.extend(metrics.source_val_accuracy.map(|a| ("accuracy/source_val".to_string(), a)));
+        scalars.extend(dev.map(|d| ("select/dev_risk".to_string(), d)));
+        let validation = match (validation, dev) {
+            (Some(v), Some(risk)) => Some(Validation { loss: risk, ..v }),
+            (v, _) => v,
+        };
         Ok(EpochEnd { validation, record: serde_json::to_value(&metrics).expect("metrics serialize"), scalars })
     }
 
@@ -459,6 +498,32 @@ impl Ctx<'_> {
                 let loss = if self.config.entropy { (bce * losses::entropy_weights(logits)).mean() } else { bce.mean() };
                 loss.mul_scalar(self.config.lambda())
             }
+            Method::Mcc => losses::mcc(logits_t, self.config.mcc_temperature).mul_scalar(lambda),
+            Method::Bsp => {
+                // DANN's loss as above, plus the spectral penalty of each domain's features.
+                let coeff = lambda / self.config.lambda().max(f64::MIN_POSITIVE);
+                let z = model.disc.as_ref().expect("BSP has a discriminator").forward(losses::reverse_gradient(f, coeff));
+                let (z_s, z_t) = split_rows(z, ns);
+                self.count_domain(&z_s, &z_t, sums);
+                let penalty = losses::bsp_penalty(f_s, self.config.bsp_k)? + losses::bsp_penalty(f_t, self.config.bsp_k)?;
+                losses::domain_adversarial(z_s, z_t).mul_scalar(self.config.lambda()) + penalty.mul_scalar(self.config.bsp_tradeoff)
+            }
+            Method::Afn => {
+                let norm = (losses::afn(f_s, self.config.afn_delta) + losses::afn(f_t, self.config.afn_delta)).mul_scalar(lambda);
+                if self.config.afn_entropy > 0.0 {
+                    norm + losses::entropy(logits_t).mean().mul_scalar(self.config.afn_entropy)
+                } else {
+                    norm
+                }
+            }
+            Method::Mdd => {
+                // The ramp scales the reversed gradient (up to MDD_REVERSAL_MAX, TLlib's); the loss
+                // is weighted by --lambda.
+                let coeff = MDD_REVERSAL_MAX * lambda / self.config.lambda().max(f64::MIN_POSITIVE);
+                let adv = model.adv.as_ref().expect("MDD has an adversarial head").forward(losses::reverse_gradient(f, coeff));
+                let (adv_s, adv_t) = split_rows(adv, ns);
+                losses::mdd(logits_s, adv_s, logits_t, adv_t, self.config.mdd_margin).mul_scalar(self.config.lambda())
+            }
             Method::SourceOnly | Method::Adda => unreachable!("handled above"),
         };
         let t: f32 = transfer.clone().into_scalar();
@@ -516,6 +581,41 @@ impl Ctx<'_> {
         let l: f32 = loss.clone().into_scalar();
         sums.transfer += l as f64;
         Ok(loss)
+    }
+
+    /// DEV's risk of `net` (an inference copy) after epoch `epoch`: a domain classifier on the
+    /// features of up to [`DEV_SAMPLES`] source training and target images (drawn per epoch,
+    /// seeded) gives each source validation image its weight p(target|x)/p(source|x); the risk
+    /// is the weighted validation cross-entropy with DEV's control variate.
+    fn dev_risk(&self, net: &AdaptNet, epoch: usize) -> Result<f64> {
+        let mut rng = StdRng::seed_from_u64(self.config.seed ^ 0xDE5E_1EC7 ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut draw = |n: usize| {
+            let mut idx: Vec<usize> = (0..n).collect();
+            idx.shuffle(&mut rng);
+            idx.truncate(DEV_SAMPLES);
+            idx
+        };
+        let (s_idx, t_idx) = (draw(self.source.len()), draw(self.target.len()));
+        let features = |domain: &Domain, idx: &[usize]| -> Result<Vec<f32>> {
+            let mut out = Vec::new();
+            for chunk in idx.chunks(500) {
+                let f = net.features(domain.tensor(chunk, self.device)?);
+                out.extend(f.into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: PathBuf::from("dev"), reason: format!("features: {e:?}") })?);
+            }
+            Ok(out)
+        };
+        let (fs, ft) = (features(self.source, &s_idx)?, features(self.target, &t_idx)?);
+        let all: Vec<usize> = (0..self.val.len()).collect();
+        let (mut fv, mut val_losses) = (Vec::new(), Vec::new());
+        for chunk in all.chunks(500) {
+            let (f, logits) = net.forward(self.val.tensor(chunk, self.device)?);
+            fv.extend(f.into_data().try_to_vec::<f32>().unwrap_or_default());
+            let logp: Vec<f32> = log_softmax(logits, 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+            let c = self.classes.len();
+            val_losses.extend(chunk.iter().enumerate().map(|(k, &i)| -(logp[k * c + self.val.labels[i]] as f64)));
+        }
+        let weights = losses::importance_weights(&fs, &ft, &fv, self.config.bottleneck);
+        Ok(losses::dev_risk(&val_losses, &weights))
     }
 
     fn classification(&self, logits: Tensor<2>, ys: &[usize], sums: &mut Sums) -> Tensor<1> {
@@ -674,6 +774,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     // the phase boundary and one that never stopped).
     let net = engine::stable_ids(AdaptNet::init(lenet, width, config.bottleneck, classes.len(), device));
     let disc = config.method.adversarial().then(|| engine::stable_ids(Discriminator::init(disc_input, config.disc_hidden, device)));
+    let adv = (config.method == Method::Mdd).then(|| engine::stable_ids(AdvHead::init(config.bottleneck, config.disc_hidden, classes.len(), device)));
 
     let steps_per_epoch = config.iters_per_epoch.unwrap_or_else(|| source.len().div_ceil(config.batch_size).max(1));
     let ctx = Ctx {
@@ -691,6 +792,13 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     // --- training -------------------------------------------------------------------------------
     let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
     let keep_best = Keep::Best { monitor: Monitor::ValAccuracy, min_delta: 0.0 };
+    // The adaptation phase's rule (the source pre-training of ADDA always keeps `keep_best`).
+    let select = config.select();
+    let keep_adapt = match select {
+        Select::SourceVal => keep_best,
+        Select::Dev => Keep::Best { monitor: Monitor::ValLoss, min_delta: 0.0 },
+        Select::Last => Keep::Last,
+    };
     let phase = |name: &str, offset: usize, epochs: usize, total: usize, keep: Keep, best_file: &str, optimizer: ModuleOptimizer| Phase {
         name: name.into(),
         offset,
@@ -707,9 +815,9 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
         let total = pre + config.epochs;
         // Source pre-training: the kept epoch becomes the frozen source encoder and the target
         // encoder's start.
-        let model = engine::stable_ids(Trainable { net, disc: None }.train());
+        let model = engine::stable_ids(Trainable { net, disc: None, adv: None }.train());
         let model = engine.resume_into(model, 0, pre, "the adaptation network")?;
-        let mut task = AdaptTask::new(&ctx, &model, Method::SourceOnly, "pretrain", None, config.seed, steps_done(&engine, 0, steps_per_epoch));
+        let mut task = AdaptTask::new(&ctx, &model, Method::SourceOnly, "pretrain", None, Select::SourceVal, config.seed, steps_done(&engine, 0, steps_per_epoch));
         let optimizer = task.optimizer();
         let model = engine.run_phase(&mut task, model, phase("pretrain", 0, pre, total, keep_best, PRETRAIN_BEST, optimizer))?;
         let net = if pre > 0 { checkpoint::load(model, &run.join(PRETRAIN_BEST))?.net } else { model.net };
@@ -721,19 +829,19 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
             lenet.channel_dropout = DropoutConfig::new(0.0).init();
             lenet.dropout = DropoutConfig::new(0.0).init();
         }
-        let model = engine::stable_ids(Trainable { net: target_net, disc }.train());
+        let model = engine::stable_ids(Trainable { net: target_net, disc, adv: None }.train());
         let model = engine.resume_into(model, pre, config.epochs, "the adaptation network")?;
-        let mut task = AdaptTask::new(&ctx, &model, Method::Adda, "adapt", Some(&source_net), config.seed ^ 0xADDA, steps_done(&engine, pre, steps_per_epoch));
+        let mut task = AdaptTask::new(&ctx, &model, Method::Adda, "adapt", Some(&source_net), select, config.seed ^ 0xADDA, steps_done(&engine, pre, steps_per_epoch));
         let optimizer = task.optimizer();
-        // The target encoder is not meant to work on the source: its last epoch is kept.
-        let model = engine.run_phase(&mut task, model, phase("adapt", pre, config.epochs, total, Keep::Last, ADAPT_BEST, optimizer))?;
+        // The target encoder is not meant to work on the source: by default its last epoch is kept.
+        let model = engine.run_phase(&mut task, model, phase("adapt", pre, config.epochs, total, keep_adapt, ADAPT_BEST, optimizer))?;
         (checkpoint::load(model, &run.join(ADAPT_BEST))?.net, total)
     } else {
-        let model = engine::stable_ids(Trainable { net, disc }.train());
+        let model = engine::stable_ids(Trainable { net, disc, adv }.train());
         let model = engine.resume_into(model, 0, config.epochs, "the adaptation network")?;
-        let mut task = AdaptTask::new(&ctx, &model, config.method, "adapt", None, config.seed, steps_done(&engine, 0, steps_per_epoch));
+        let mut task = AdaptTask::new(&ctx, &model, config.method, "adapt", None, select, config.seed, steps_done(&engine, 0, steps_per_epoch));
         let optimizer = task.optimizer();
-        let model = engine.run_phase(&mut task, model, phase("adapt", 0, config.epochs, config.epochs, keep_best, ADAPT_BEST, optimizer))?;
+        let model = engine.run_phase(&mut task, model, phase("adapt", 0, config.epochs, config.epochs, keep_adapt, ADAPT_BEST, optimizer))?;
         (checkpoint::load(model, &run.join(ADAPT_BEST))?.net, config.epochs)
     };
     let state = engine.state.clone();
