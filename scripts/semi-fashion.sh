@@ -38,10 +38,12 @@ for seed in $SEEDS; do
     run_case supervised --epochs 450
     run_case pseudo-label "${U[@]}" --method pseudo-label
     run_case pseudo-label-t0.8 "${U[@]}" --method pseudo-label --threshold 0.8
-    run_case pseudo-label-noalign "${U[@]}" --method pseudo-label --align off
+    run_case pseudo-label-align "${U[@]}" --method pseudo-label --align on
+    run_case pseudo-label-align-t0.8 "${U[@]}" --method pseudo-label --align on --threshold 0.8
     run_case fixmatch "${U[@]}" --method fixmatch
     run_case fixmatch-t0.8 "${U[@]}" --method fixmatch --threshold 0.8
-    run_case fixmatch-noalign "${U[@]}" --method fixmatch --align off
+    run_case fixmatch-align "${U[@]}" --method fixmatch --align on
+    run_case fixmatch-align-t0.8 "${U[@]}" --method fixmatch --align on --threshold 0.8
     run_case mean-teacher "${U[@]}" --method mean-teacher
 done
 python3 - "$RESULTS" <<'PY'

@@ -270,7 +270,8 @@ pub struct SemiArgs {
     pub strong_augment: Option<String>,
     /// pseudo-label and fixmatch: distribution alignment (ReMixMatch), on or off: scale each
     /// unlabelled prediction by the labelled class frequencies over the model's mean prediction
-    /// on the unlabelled set before picking the confident class. [default: on]
+    /// on the unlabelled set before picking the confident class. Helps when the labelled
+    /// classes are as frequent as in the unlabelled data, hurts when they are not. [default: off]
     #[arg(long)]
     pub align: Option<String>,
 }

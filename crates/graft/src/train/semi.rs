@@ -108,7 +108,9 @@ pub struct SemiConfig {
     /// each unlabelled row's predicted class distribution is multiplied by the labelled class
     /// frequencies over the model's mean prediction on the unlabelled set (measured at the start
     /// of each epoch) and renormalised, before the confident class is taken. Counters the drift
-    /// of pseudo-labels towards the classes the model already favours.
+    /// of pseudo-labels towards the classes the model already favours — when the labelled
+    /// frequencies are the unlabelled data's; a balanced labelled sample of imbalanced data is
+    /// pulled the wrong way. Off unless asked for.
     #[serde(default)]
     pub align: bool,
 }
@@ -123,7 +125,7 @@ impl SemiConfig {
             views: 2,
             weak: "flip,shift:0.125".parse().expect("a valid spec"),
             strong: "flip,shift:0.125,randaugment:2:10,cutout:0.5".parse().expect("a valid spec"),
-            align: true,
+            align: false,
         }
     }
 
