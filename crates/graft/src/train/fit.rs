@@ -612,18 +612,8 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             sums: (0.0, 0, 0),
             trunk_images: 0,
         };
-        let phase = Phase {
-            name: String::new(),
-            offset: epoch_offset,
-            epochs: *stage_epochs,
-            total: total_epochs,
-            keep: Keep::Best { monitor: config.monitor, min_delta: config.min_delta },
-            best_file: "best.safetensors".into(),
-            // Each stage gets its own patience; a plateau's reduced rate carries over.
-            early_stopping: config.patience.map(|p| EarlyStopping::new(p, config.min_delta)),
-            plateau: config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)),
-            optimizer: make_optimizer(&config.optimizer),
-        };
+        // Each stage gets its own patience; a plateau's reduced rate carries over.
+        let phase = fit_phase(config, epoch_offset, *stage_epochs, total_epochs);
         model = engine.run_phase(&mut task, model, phase)?;
         trunk_images += task.trunk_images;
         if !use_cache {
@@ -1014,18 +1004,7 @@ fn fit_semi(
         sums: Default::default(),
         alignment: None,
     };
-    let phase = Phase {
-        name: String::new(),
-        offset: 0,
-        epochs: config.epochs,
-        total: config.epochs,
-        keep: Keep::Best { monitor: config.monitor, min_delta: config.min_delta },
-        best_file: "best.safetensors".into(),
-        early_stopping: config.patience.map(|p| EarlyStopping::new(p, config.min_delta)),
-        plateau: config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)),
-        optimizer: make_optimizer(&config.optimizer),
-    };
-    engine.run_phase(&mut task, model, phase)?;
+    engine.run_phase(&mut task, model, fit_phase(config, 0, config.epochs, config.epochs))?;
     let state = engine.state;
     let metrics = read_metrics(run)?;
     write_plots(run, &metrics, &info.classes, &state.best_confusion)?;
@@ -1140,6 +1119,22 @@ pub fn count_trainable<M: Module>(module: &M) -> usize {
     let mut c = Count(0);
     module.visit(&mut c);
     c.0
+}
+
+/// A fit's phase of `epochs` epochs after `offset` (of `total`): the best epoch by the monitored
+/// metric kept in `best.safetensors`, with the config's early stopping, plateau and optimiser.
+pub(crate) fn fit_phase(config: &FitConfig, offset: usize, epochs: usize, total: usize) -> Phase {
+    Phase {
+        name: String::new(),
+        offset,
+        epochs,
+        total,
+        keep: Keep::Best { monitor: config.monitor, min_delta: config.min_delta },
+        best_file: "best.safetensors".into(),
+        early_stopping: config.patience.map(|p| EarlyStopping::new(p, config.min_delta)),
+        plateau: config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)),
+        optimizer: make_optimizer(&config.optimizer),
+    }
 }
 
 pub(crate) fn make_optimizer(optimizer: &Optimizer) -> ModuleOptimizer {

@@ -20,12 +20,12 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint;
 use super::guard;
 use super::config::FitConfig;
-use super::engine::{self, Engine, EpochEnd, Iteration, Keep, Phase, Task, Validation};
-use super::fit::{make_optimizer, write_plots, CacheStats, DataSummary, EpochMetrics, FitReporter, FitSummary};
+use super::engine::{self, Engine, EpochEnd, Iteration, Task, Validation};
+use super::fit::{fit_phase, write_plots, CacheStats, DataSummary, EpochMetrics, FitReporter, FitSummary};
 use super::loss::{argmax, cross_entropy};
 use super::model::{Head, HeadSpec};
 use super::run::{top1, Evaluation};
-use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
+use super::schedule::LrPlan;
 use super::semi::{SemiMethod, SemiTask, Views};
 use crate::cache::store::Key;
 use crate::cache::FeatureStore;
@@ -597,17 +597,7 @@ fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo
     let trainable_params = super::fit::count_trainable(&head);
     let steps_per_epoch = train.labels.len().div_ceil(config.batch_size);
     let class_weights = config.class_weights.weights(&train.labels, classes);
-    let phase = Phase {
-        name: String::new(),
-        offset: 0,
-        epochs: config.epochs,
-        total: config.epochs,
-        keep: Keep::Best { monitor: config.monitor, min_delta: config.min_delta },
-        best_file: "best.safetensors".into(),
-        early_stopping: config.patience.map(|p| EarlyStopping::new(p, config.min_delta)),
-        plateau: config.reduce_on_plateau.map(|p| ReduceOnPlateau::new(0.1, p, config.min_delta)),
-        optimizer: make_optimizer(&config.optimizer),
-    };
+    let phase = fit_phase(config, 0, config.epochs, config.epochs);
     if let (Some(semi), Some(unlabelled)) = (&config.semi, unlabelled) {
         if unlabelled.x.len() == 0 {
             return Err(GraftError::Data { path: semi.unlabelled.clone(), reason: "no unlabelled texts".into() });
