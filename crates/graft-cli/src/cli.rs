@@ -54,6 +54,26 @@ pub enum Command {
     Advise(crate::commands::advise::AdviseArgs),
     /// Unsupervised greedy layer-wise pretraining (autoencoders) of a small digit network.
     Pretrain(crate::commands::pretrain::PretrainArgs),
+    /// The learning-rate range test (fastai's lr_find): a new head on the frozen trunk trained
+    /// with an exponentially growing rate; the smoothed loss curve and a suggested rate.
+    LrFind(crate::commands::lr_find::LrFindArgs),
+}
+
+/// `--lr`: a number, or `auto` (found by the learning-rate range test).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LrArg {
+    Auto,
+    Value(f64),
+}
+
+impl std::str::FromStr for LrArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(LrArg::Auto);
+        }
+        s.parse::<f64>().map(LrArg::Value).map_err(|_| "expected a number (0.001, 1e-3) or auto".to_string())
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -125,9 +145,11 @@ pub struct FitArgs {
     /// Images (or texts) per training step. [default: 32]
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Learning rate of the head (the trunk gets lr × --body-lr-mult). [default: 0.001]
-    #[arg(long)]
-    pub lr: Option<f64>,
+    /// Learning rate of the head (the trunk gets lr × --body-lr-mult), or `auto`: the rate
+    /// `graft lr-find` suggests for this head on the frozen trunk, found before training (the
+    /// sweep is saved as lr-find.json and lr-find.png in the run). [default: 0.001]
+    #[arg(long, value_name = "LR|auto")]
+    pub lr: Option<LrArg>,
     /// sgd (momentum 0.9) or adamw (eps 1e-8). [default: adamw]
     #[arg(long)]
     pub optimizer: Option<String>,
@@ -305,14 +327,29 @@ pub struct EvalArgs {
     /// class first (0: none).
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub errors: usize,
-    /// Also write `eval.png` (the confusion matrix) and `errors.csv` (every misclassified
-    /// input) into this folder [default: none written].
+    /// Also write `eval.png` (the confusion matrix), `errors.csv` (every misclassified input)
+    /// and `predictions.csv` (every input's class probabilities) into this folder
+    /// [default: none written].
     #[arg(long, value_name = "DIR")]
     pub out_dir: Option<PathBuf>,
     /// Use a run whose fit stopped before the end (no summary.json): its best checkpoint so
     /// far, else its last [default: off, such a run is refused].
     #[arg(long)]
     pub allow_unfinished: bool,
+    /// Test-time augmentation (image runs of `graft fit`): each image's probabilities are the
+    /// mean over 6 views, the image, its mirror and its 4 corners (90 % of each side)
+    /// [default: off].
+    #[arg(long)]
+    pub tta: bool,
+    /// Write `report.html`, the run's report with this evaluation added: per-class figures, the
+    /// confusion matrix and the top-loss gallery (images with their Grad-CAM heatmaps, or
+    /// texts), into --out-dir, else into the run directory [default: off].
+    #[arg(long)]
+    pub report: bool,
+    /// Inputs in the report's top-loss gallery: the largest losses (cross-entropy of the true
+    /// class), largest first.
+    #[arg(long, default_value_t = 12, value_name = "N", requires = "report")]
+    pub top_losses: usize,
     #[command(flatten)]
     pub episodes: crate::commands::fewshot::EpisodeArgs,
     #[command(flatten)]

@@ -113,6 +113,10 @@ pub const SETTINGS: &[&str] = &[
     "weak_augment", "strong_augment",
     // Multi-task fits (`graft fit --tasks`).
     "tasks", "task_weights",
+    // Evaluation (`graft eval`): test-time augmentation.
+    "tta",
+    // The learning-rate range test (`graft lr-find`, `train::lr_find::LrSweep`).
+    "lr_start", "lr_end", "lr_steps",
 ];
 
 /// A setting's value as a unit variant of a serde enum, by the name serde gives it: a flag then

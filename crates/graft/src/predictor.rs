@@ -12,6 +12,7 @@ use crate::adapt::train::{load_adapted, AdaptedModel};
 use crate::adapt::losses::gather_rows;
 use crate::data::folder::{ImageFolder, Sample, Skipped};
 use crate::manifest::{InputKind, RunManifest};
+use crate::report::gradcam::Cam;
 use crate::report::Reporter;
 use crate::text::features::EmbedStats;
 use crate::train::run::{load_run_checked, predict_files, run_store, top1, Evaluation, RunInfo, RunModel};
@@ -51,6 +52,16 @@ pub struct Evaluated {
     /// are the first task's). Empty otherwise.
     pub tasks: Vec<(String, Evaluation)>,
 }
+
+/// An image for people: what the model saw, and where it looked.
+pub struct Explanation {
+    /// The input as the model saw it, with the heatmap laid over it when there is one.
+    pub picture: image::RgbImage,
+    pub cam: Option<Cam>,
+}
+
+/// Side of the pictures of runs that do not crop to a model's input (digit MLPs, adaptation).
+const THUMBNAIL: u32 = 112;
 
 /// The scored inputs of an evaluation, row by row.
 pub struct Scored {
@@ -149,9 +160,19 @@ impl Predictor {
     /// Scores the model on labelled data given as `--data`: a folder of class sub-folders
     /// (classes named as in training), for a text run a text dataset (`text,label` CSV …), for
     /// an adaptation run also a digit set (`mnist:test`) or `amazon:DOMAIN` read from `data_root`.
-    pub fn evaluate(&self, data: &Path, data_root: &Path, batch: usize, reporter: &dyn Reporter, device: &Device) -> Result<Evaluated> {
+    /// With `tta` (image runs of `graft fit` only), each image's probabilities are the mean over
+    /// the views of [`tta_views`](crate::train::run::tta_views).
+    pub fn evaluate(&self, data: &Path, data_root: &Path, batch: usize, tta: bool, reporter: &dyn Reporter, device: &Device) -> Result<Evaluated> {
         let classes = self.classes();
+        if tta && !matches!(self.model, Model::Image { .. }) {
+            return Err(GraftError::setting("tta", "on", format!("test-time augmentation applies to image classifiers from `graft fit`, not to this run ({})", self.describe)));
+        }
         match &self.model {
+            Model::Image { info, model } if tta => {
+                let folder = ImageFolder::scan_with_classes(data, classes)?;
+                let (probs, skipped) = crate::train::run::predict_files_tta(model, &info.preprocess, &folder.samples, batch, device, reporter);
+                score_files(classes, data, &folder.samples, probs, skipped)
+            }
             Model::Image { info, model } => {
                 let folder = ImageFolder::scan_with_classes(data, classes)?;
                 // A frozen-trunk run's features may already be in the cache (and are kept there).
@@ -209,6 +230,28 @@ impl Predictor {
                 }
                 Ok(Evaluated { evaluation, skipped, scored: None, cache: None, tasks: Vec::new() })
             }
+        }
+    }
+
+    /// An image file as the model sees it (cropped and resized as its preprocessing does) with
+    /// the Grad-CAM heatmap of `class` laid over it where the model has one (an image run with a
+    /// neural head); other image runs give the picture alone, text runs refuse.
+    pub fn explain_image(&self, path: &Path, class: usize, device: &Device) -> Result<Explanation> {
+        let decoded = crate::data::image::decode(path)?;
+        match &self.model {
+            Model::Image { info, model } => {
+                let seen = info.preprocess.crop_resize(&decoded);
+                let input = crate::data::image::batch(&[info.preprocess.normalize(&seen)], info.preprocess.size, device);
+                let cam = model.grad_cam(input, class, device);
+                let picture = cam.as_ref().map(|c| c.overlay(&seen)).unwrap_or(seen);
+                Ok(Explanation { picture, cam })
+            }
+            Model::Adapt(_) | Model::Mlp { .. } if self.input == InputKind::Images => {
+                let side = decoded.width().min(decoded.height()).max(1);
+                let square = image::imageops::crop_imm(&decoded, (decoded.width() - side) / 2, (decoded.height() - side) / 2, side, side).to_image();
+                Ok(Explanation { picture: crate::data::image::resize_bilinear(&square, THUMBNAIL, THUMBNAIL), cam: None })
+            }
+            _ => Err(self.not_its_input("images")),
         }
     }
 

@@ -4,7 +4,7 @@
 use graft::predictor::Predictor;
 use graft::train::run::{top1, Evaluation};
 use graft::zoo::graft_home;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
@@ -14,11 +14,13 @@ use crate::reporter::TermReporter;
 
 pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     // Every flag is used below: a new one fails to compile until it is.
-    let EvalArgs { device, run, model, data, batch, data_root, errors, out_dir, allow_unfinished, episodes, zero_shot } = args;
+    let EvalArgs { device, run, model, data, batch, data_root, errors, out_dir, allow_unfinished, tta, report, top_losses, episodes, zero_shot } = args;
     anyhow::ensure!(batch > 0, "--batch must be at least 1");
     graft::limits::check_setting("--batch", batch, graft::limits::MAX_BATCH_SIZE, "graft::limits::MAX_BATCH_SIZE")?;
     let device = device.device()?;
-    let view = View { errors, out_dir };
+    let mut view = View { errors, out_dir, report: None, predictions: None };
+    let episodic = episodes.episodes.is_some() || zero_shot.zero_shot;
+    anyhow::ensure!(!(episodic && (tta || report)), "--tta and --report evaluate a run: they do not go with --episodes or --zero-shot");
     if let Some(n) = episodes.episodes {
         return super::fewshot::run(episodes, n, run, model, allow_unfinished, &data, batch, &device, out);
     }
@@ -30,8 +32,15 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     anyhow::ensure!(model.is_none(), "--model goes with --episodes or --zero-shot: a run evaluates its own model");
     let reporter = TermReporter::new();
     let predictor = Predictor::load(&run, &graft_home(), None, allow_unfinished, &reporter, &device)?;
-    let scored = predictor.evaluate(&data, &data_root, batch, &reporter, &device)?;
+    let scored = predictor.evaluate(&data, &data_root, batch, tta, &reporter, &device)?;
+    if report {
+        let dir = view.out_dir.clone().unwrap_or_else(|| run.clone());
+        view.report = Some(write_report(&predictor, &run, &data, &dir, &scored, top_losses, tta, &reporter, &device)?);
+    }
     let misses = scored.scored.as_ref().map(|s| Miss::collect(&s.inputs, &s.truth, &top1(&s.probs), &s.probs));
+    if let (Some(dir), Some(s)) = (&view.out_dir, &scored.scored) {
+        view.predictions = Some(write_predictions(dir, &scored.evaluation.labels, s)?);
+    }
     let noun = match predictor.input() {
         graft::manifest::InputKind::Images => "images",
         graft::manifest::InputKind::Texts => "texts",
@@ -48,11 +57,104 @@ pub fn run(args: EvalArgs, out: &Output) -> anyhow::Result<()> {
     print_evaluation(out, predictor.kind(), &scored.evaluation, &scored.skipped, noun, scored.cache, misses.as_deref(), &view, extra)
 }
 
-/// What `eval` shows beside the accuracy: how many errors to list, and where to write the
-/// confusion-matrix plot and the full error list.
+/// What `eval` shows beside the accuracy: how many errors to list, where to write the
+/// confusion-matrix plot and the full error list, and the report written.
 struct View {
     errors: usize,
     out_dir: Option<PathBuf>,
+    report: Option<PathBuf>,
+    predictions: Option<PathBuf>,
+}
+
+/// Writes `predictions.csv` into `dir`: every scored input with its true and predicted class
+/// and the probability of each class (columns `p:CLASS`, in the run's class order).
+fn write_predictions(dir: &Path, labels: &[String], s: &graft::predictor::Scored) -> anyhow::Result<PathBuf> {
+    let mut csv = String::from("input,true,predicted");
+    for l in labels {
+        csv.push_str(&format!(",{}", csv_field(&format!("p:{l}"))));
+    }
+    csv.push('\n');
+    let label = |c: usize| labels.get(c).map(String::as_str).unwrap_or("?");
+    for ((input, &truth), (probs, predicted)) in s.inputs.iter().zip(&s.truth).zip(s.probs.iter().zip(top1(&s.probs))) {
+        csv.push_str(&format!("{},{},{}", csv_field(input), csv_field(label(truth)), csv_field(label(predicted))));
+        for p in probs {
+            csv.push_str(&format!(",{p}"));
+        }
+        csv.push('\n');
+    }
+    let path = dir.join("predictions.csv");
+    graft::fsutil::write_atomic(&path, csv.as_bytes())?;
+    Ok(path)
+}
+
+/// Writes `report.html` into `dir`: the run's training curves, this evaluation, and the
+/// `top_losses` inputs of largest loss (images as the model saw them, with the Grad-CAM heatmap
+/// of the predicted class where the run has one). Returns the file written.
+#[allow(clippy::too_many_arguments)]
+fn write_report(
+    predictor: &Predictor,
+    run: &Path,
+    data: &Path,
+    dir: &Path,
+    scored: &graft::predictor::Evaluated,
+    top_losses: usize,
+    tta: bool,
+    reporter: &dyn graft::report::Reporter,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<PathBuf> {
+    use graft::report::html::{Page, Section, TopLoss, REPORT_FILE};
+    let metrics = graft::train::fit::read_metrics(run).unwrap_or_default();
+    let mut page = Page::for_run(run, &metrics);
+    let labels = &scored.evaluation.labels;
+    let label = |c: usize| labels.get(c).cloned().unwrap_or_else(|| "?".into());
+    let mut items = Vec::new();
+    let mut heatmaps = 0;
+    let note = match &scored.scored {
+        Some(s) => {
+            let predicted = top1(&s.probs);
+            let p = |i: usize, c: usize| s.probs[i].get(c).copied().unwrap_or(0.0);
+            let loss = |i: usize| -p(i, s.truth[i]).max(1e-12).ln();
+            let mut order: Vec<usize> = (0..s.truth.len()).collect();
+            order.sort_by(|&a, &b| loss(b).total_cmp(&loss(a)).then_with(|| s.inputs[a].cmp(&s.inputs[b])));
+            order.truncate(top_losses);
+            let images = predictor.input() == graft::manifest::InputKind::Images;
+            if images {
+                reporter.start("explaining the top losses", Some(order.len() as u64));
+            }
+            for (done, &i) in order.iter().enumerate() {
+                let mut picture = None;
+                if images {
+                    let explained = predictor.explain_image(Path::new(&s.inputs[i]), predicted[i], device)?;
+                    heatmaps += usize::from(explained.cam.is_some());
+                    picture = Some(graft::report::plot::png_bytes(Path::new(&s.inputs[i]), &explained.picture)?);
+                    reporter.progress(done as u64 + 1);
+                }
+                items.push(TopLoss {
+                    input: s.inputs[i].clone(),
+                    truth: label(s.truth[i]),
+                    predicted: label(predicted[i]),
+                    p_truth: p(i, s.truth[i]),
+                    p_predicted: p(i, predicted[i]),
+                    loss: loss(i),
+                    picture,
+                });
+            }
+            if images {
+                reporter.finish();
+            }
+            Some(match (images, heatmaps) {
+                (false, _) => "the texts with the largest loss (cross-entropy of the true class), largest first".to_string(),
+                (true, 0) => "the images with the largest loss, as the model saw them; no heatmaps: this run's head has no gradients (a classic head) or its model has no convolutional stages".to_string(),
+                (true, _) => "the images with the largest loss, as the model saw them, with the Grad-CAM heatmap of the predicted class over the trunk's last stage (red: where the score comes from)".to_string(),
+            })
+        }
+        None => Some("this kind of run gives predictions only: no gallery".to_string()),
+    };
+    let tta_note = if tta { " (test-time augmentation)" } else { "" };
+    page.sections.push(Section { heading: format!("Evaluation on {}{tta_note}", data.display()), evaluation: scored.evaluation.clone(), top_losses: items, gallery_note: note });
+    let path = dir.join(REPORT_FILE);
+    page.write(&path)?;
+    Ok(path)
 }
 
 /// One misclassified input: what it is (a file, or the start of a text), its true and
@@ -104,7 +206,7 @@ fn print_evaluation(
     extra: Option<serde_json::Value>,
 ) -> anyhow::Result<()> {
     let label = |c: usize| eval.labels.get(c).map(String::as_str).unwrap_or("?");
-    let mut written = Vec::new();
+    let mut written: Vec<PathBuf> = view.report.iter().chain(&view.predictions).cloned().collect();
     if let Some(dir) = &view.out_dir {
         let png = dir.join("eval.png");
         graft::report::plot::confusion_matrix_plot(&png, &eval.labels, &eval.confusion)?;

@@ -14,7 +14,7 @@ use graft::train::fit::fit_on;
 use graft::zoo::graft_home;
 use serde_json::json;
 
-use crate::cli::FitArgs;
+use crate::cli::{FitArgs, LrArg};
 use crate::output::Output;
 use crate::reporter::TermReporter;
 
@@ -22,7 +22,8 @@ use crate::reporter::TermReporter;
 enum Plan {
     /// An image or text fit. `config` holds the settings that come before the strategy (the
     /// config file's, the data and model flags); `flags` the flags that win over it.
-    Fit { config: Box<FitConfig>, flags: Box<Flags>, auto: bool, run_dir: PathBuf, resume: bool, overwrite: bool },
+    /// `lr_auto`: `--lr auto`, the rate is found by the range test before training.
+    Fit { config: Box<FitConfig>, flags: Box<Flags>, auto: bool, lr_auto: bool, run_dir: PathBuf, resume: bool, overwrite: bool },
     /// `--init RUN` (a pretrained MLP) or `--arch mlp:…` (the same MLP, random init).
     Mlp(MlpPlan),
 }
@@ -248,7 +249,11 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
             val_split: val_split.unwrap_or(0.2),
             epochs: epochs.unwrap_or(30),
             batch_size: batch_size.unwrap_or(32),
-            lr: lr.unwrap_or(1e-3),
+            lr: match lr {
+                None => 1e-3,
+                Some(LrArg::Value(v)) => v,
+                Some(LrArg::Auto) => anyhow::bail!("--lr auto applies to image fits of a pretrained trunk, not to an MLP fit (--init, --arch mlp:…)"),
+            },
             seed: seed.unwrap_or(0),
             run_dir,
             overwrite,
@@ -282,7 +287,7 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
         let config = FitConfig::from_toml(&run.join("config.toml"))?;
         // A finished run trains on to the new total (Keras' initial_epoch).
         let flags = Flags { epochs, ..Flags::default() };
-        return Ok(Plan::Fit { config: Box::new(config), flags: Box::new(flags), auto: false, run_dir: run, resume: true, overwrite: false });
+        return Ok(Plan::Fit { config: Box::new(config), flags: Box::new(flags), auto: false, lr_auto: false, run_dir: run, resume: true, overwrite: false });
     }
     anyhow::ensure!(restore.is_none() && activation.is_none(), "--restore and --activation apply to an MLP fit (--arch mlp:…) only");
     // Read here: the file's values are the base the flags below override.
@@ -317,7 +322,10 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
         head_pool: head_pool.map(|v| v.parse()).transpose()?,
         dropout,
         batch_size,
-        lr,
+        lr: match lr {
+            Some(LrArg::Value(v)) => Some(v),
+            _ => None,
+        },
         optimizer: optimizer.map(|v| v.parse()).transpose()?,
         momentum,
         weight_decay,
@@ -356,7 +364,7 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
         semi,
         tasks: tasks.map(|t| TaskSpec::parse_list(&t, task_weights.as_deref())).transpose()?,
     };
-    Ok(Plan::Fit { config: Box::new(c), flags: Box::new(flags), auto, run_dir, resume: false, overwrite })
+    Ok(Plan::Fit { config: Box::new(c), flags: Box::new(flags), auto, lr_auto: lr == Some(LrArg::Auto), run_dir, resume: false, overwrite })
 }
 
 pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
@@ -365,7 +373,7 @@ pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
     let plan = resolve(args)?;
     let mlp = matches!(plan, Plan::Mlp(_));
     let result = match plan {
-        Plan::Fit { config, flags, auto, run_dir, resume, overwrite } => fit_image_or_text(*config, *flags, auto, run_dir, resume, overwrite, &devices, out),
+        Plan::Fit { config, flags, auto, lr_auto, run_dir, resume, overwrite } => fit_image_or_text(*config, *flags, auto, lr_auto, run_dir, resume, overwrite, &devices, out),
         Plan::Mlp(plan) => fit_mlp(plan, &one_device(&devices, "an MLP fit")?, out),
     };
     crate::reporter::exit_if_interrupted(result, |run| {
@@ -378,7 +386,7 @@ pub fn run(args: FitArgs, out: &Output) -> anyhow::Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: PathBuf, resume: bool, overwrite: bool, devices: &[Device], out: &Output) -> anyhow::Result<()> {
+fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, lr_auto: bool, run_dir: PathBuf, resume: bool, overwrite: bool, devices: &[Device], out: &Output) -> anyhow::Result<()> {
     let device = &devices[0];
     if auto {
         let c = &config;
@@ -391,11 +399,29 @@ fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, run_dir: P
         std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
     }
     if graft::text::is_text_model(&config.model) {
+        anyhow::ensure!(!lr_auto, "--lr auto applies to image fits (the range test sweeps a head on a frozen image trunk): give --lr a number for a text fit");
         return fit_text_run(&config, &run_dir, resume, &one_device(devices, "a text fit")?, out);
     }
     let reporter = TermReporter::new();
+    // --lr auto: the range test of this head on the frozen trunk's features, before the run
+    // exists (a refused configuration leaves nothing behind).
+    let found = if lr_auto {
+        let found = graft::train::fit::lr_find(&config, &graft::train::lr_find::LrSweep::default(), &graft_home(), &reporter, &devices[0])?;
+        eprintln!("lr auto: {:.2e} (the range test's valley; minimum / 10 {:.2e})", found.suggested, found.min_div_10);
+        config.lr = found.suggested;
+        Some(found)
+    } else {
+        None
+    };
     let summary = fit_on(&config, &run_dir, resume, &graft_home(), &reporter, devices)?;
-    let value = summary_json(&summary);
+    let mut value = summary_json(&summary);
+    if let Some(found) = &found {
+        let (json_path, png) = (run_dir.join("lr-find.json"), run_dir.join("lr-find.png"));
+        found.plot(&png)?;
+        graft::fsutil::write_atomic(&json_path, &serde_json::to_vec_pretty(found)?)?;
+        value["lr_find"] = super::lr_find::found_json(found, &[json_path, png]);
+        value["lr"] = json!(config.lr);
+    }
     out.result(&value, || {
         let kept = kept_line(&summary);
         let mut t = format!("run {}: {} epochs, {kept} ({:.1} s training)\n", summary.run.display(), summary.epochs, summary.train_seconds);

@@ -10,6 +10,7 @@ mod eval;
 mod fit;
 mod inspect;
 mod inspect_run;
+pub mod lr_find;
 mod predict;
 pub mod pretrain;
 pub mod probe;
@@ -34,6 +35,7 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Probe(args) => probe::run(args, out),
         Command::Advise(args) => advise::run(args, out),
         Command::Pretrain(args) => pretrain::run(args, out),
+        Command::LrFind(args) => lr_find::run(args, out),
     }
 }
 

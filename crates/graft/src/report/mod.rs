@@ -24,5 +24,7 @@ impl Reporter for Silent {
     fn finish(&self) {}
 }
 
+pub mod gradcam;
+pub mod html;
 pub mod plot;
 pub mod tensorboard;

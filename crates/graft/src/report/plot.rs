@@ -60,6 +60,11 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, series: &[Series]) -> 
     save_png(path, &render_line_plot(title, x_label, series))
 }
 
+/// [`line_plot`]'s picture as PNG bytes (for pages that inline their images).
+pub fn line_plot_png(title: &str, x_label: &str, series: &[Series]) -> Result<Vec<u8>> {
+    png_bytes(Path::new(title), &render_line_plot(title, x_label, series))
+}
+
 /// The plot area inside the image, in pixels.
 #[derive(Debug, Clone, Copy)]
 struct Rect {
@@ -379,11 +384,16 @@ fn heat(share: f64) -> Rgb<u8> {
 
 /// Encodes to PNG in memory, then writes atomically so a viewer never sees half a file.
 fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
+    write_atomic(path, &png_bytes(path, img)?)
+}
+
+/// `img` encoded as PNG in memory; `what` names it in the error.
+pub fn png_bytes(what: &Path, img: &RgbImage) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     PngEncoder::new(&mut bytes)
         .write_image(img.as_raw(), img.width(), img.height(), ExtendedColorType::Rgb8)
-        .map_err(|e| GraftError::Data { path: path.to_path_buf(), reason: format!("cannot encode PNG: {e}") })?;
-    write_atomic(path, &bytes)
+        .map_err(|e| GraftError::Data { path: what.to_path_buf(), reason: format!("cannot encode PNG: {e}") })?;
+    Ok(bytes)
 }
 
 /// Fills the inclusive rectangle, clipped to the image.

@@ -25,6 +25,7 @@ use super::model::{frozen_prefix, Grafted, Head, HeadSpec};
 use crate::classic::{Classic, ClassicKind};
 use super::run::{Evaluation, RunInfo};
 use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
+use super::lr_find::{LrFound, LrSweep};
 use super::semi::{SemiConfig, SemiMethod, SemiTask, Views};
 use crate::cache::store::Key;
 use crate::cache::{FeatureStore, Namespace};
@@ -34,7 +35,7 @@ use crate::data::folder::{stratified_split, ImageFolder, Sample, Skipped};
 use crate::data::stream::{index_images, pixels_tensor, ImageSource, Item, Prefetch};
 use crate::data::image::Preprocess;
 use crate::fsutil::write_atomic;
-use crate::report::{plot, Reporter};
+use crate::report::{html, plot, Reporter};
 use crate::zoo::layers::{numbered_blocks, FreezeSpec, LayerRow};
 use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::{ModelSpec, Pretrained};
@@ -424,18 +425,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
 
     // --- data ---------------------------------------------------------------------------------
     let classes = train_folder.classes.clone();
-    let (train_samples, val_samples) = match &config.val {
-        Some(dir) => (train_folder.samples.clone(), ImageFolder::scan_with_classes(dir, &classes)?.samples),
-        None => {
-            // --val-split 0: train on everything and keep the last epoch (a fixed budget).
-            let (t, v) = if config.val_split == 0.0 {
-                ((0..train_folder.samples.len()).collect(), Vec::new())
-            } else {
-                stratified_split(&train_folder.samples, config.val_split, config.seed)?
-            };
-            (t.iter().map(|&i| train_folder.samples[i].clone()).collect(), v.iter().map(|&i| train_folder.samples[i].clone()).collect())
-        }
-    };
+    let (train_samples, val_samples) = split_samples(config, &train_folder)?;
     let mut skipped = Vec::new();
     let train = index_split(&train_samples, "reading training images", reporter, &mut skipped);
     let val = index_split(&val_samples, "reading validation images", reporter, &mut skipped);
@@ -649,6 +639,98 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     Ok(summary)
 }
 
+/// The training and validation images: `--val`'s folder, or a seeded stratified split of the
+/// training folder (`--val-split 0`: all of it trains, nothing validates).
+fn split_samples(config: &FitConfig, train_folder: &ImageFolder) -> Result<(Vec<Sample>, Vec<Sample>)> {
+    Ok(match &config.val {
+        Some(dir) => (train_folder.samples.clone(), ImageFolder::scan_with_classes(dir, &train_folder.classes)?.samples),
+        None => {
+            // --val-split 0: train on everything and keep the last epoch (a fixed budget).
+            let (t, v) = if config.val_split == 0.0 {
+                ((0..train_folder.samples.len()).collect(), Vec::new())
+            } else {
+                stratified_split(&train_folder.samples, config.val_split, config.seed)?
+            };
+            (t.iter().map(|&i| train_folder.samples[i].clone()).collect(), v.iter().map(|&i| train_folder.samples[i].clone()).collect())
+        }
+    })
+}
+
+/// The learning-rate range test ([`lr_find`](super::lr_find)) of `config`'s head on the frozen
+/// trunk's pooled features of the training images (from the feature store, as `fit` reads
+/// them): a fresh head, `config`'s optimizer, batch size, label smoothing and class weights,
+/// one mini-batch per rate. Only a neural head on a frozen trunk (`freeze = all`, no stages)
+/// is swept. Nothing is written but the feature store.
+pub fn lr_find(config: &FitConfig, sweep: &LrSweep, home: &Path, reporter: &dyn Reporter, device: &Device) -> Result<LrFound> {
+    config.validate()?;
+    sweep.validate()?;
+    if let HeadSpec::Classic(_) = &config.head {
+        return Err(GraftError::setting("head", &config.head.to_string(), "a classic head trains in one go, without a learning rate: the range test needs a linear or MLP head"));
+    }
+    if config.freeze != FreezeSpec::All || !config.stages.is_empty() || config.semi.is_some() || config.from_scratch {
+        let (setting, value) = if !config.stages.is_empty() { ("stages", String::new()) } else { ("freeze", config.freeze.to_string()) };
+        return Err(GraftError::setting(setting, &value, "the learning-rate range test sweeps the head on the frozen trunk's stored features: use a pretrained trunk with freeze all (the default), no stages and no unlabelled data"));
+    }
+    let spec = ModelSpec::find(&config.model)?;
+    if config.weights.is_none() && spec.source.is_none() {
+        return Err(GraftError::NeedsWeights { model: spec.id.into() });
+    }
+    let folder = ImageFolder::scan(&config.data)?;
+    let (train_samples, _) = split_samples(config, &folder)?;
+    let mut skipped = Vec::new();
+    let train = index_split(&train_samples, "reading training images", reporter, &mut skipped);
+    for s in &skipped {
+        reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
+    }
+    if train.len() == 0 {
+        return Err(GraftError::Data { path: config.data.clone(), reason: "no readable training images".into() });
+    }
+    device.seed(config.seed);
+    let preprocess = spec.preprocess();
+    let trunk_config = spec.config();
+    let pretrained = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
+    let head_width = Grafted::head_input_width(config.head_pool, trunk_config.final_map());
+    let classes = folder.classes.len();
+    let model = Grafted::new(pretrained.net, Head::init(&config.head.neural(), head_width, classes, config.dropout, device), config.head_pool);
+    let cut = model.trunk.num_stages();
+    let pooled = crate::zoo::backbone::pooled_cut(config.head_pool);
+    let mut store = open_store(home, spec.id, Some(&pretrained.weights_sha256), &pooled, &preprocess, "none", config, reporter)?;
+    let mut stats = CacheStats::default();
+    let none = Augment::default();
+    let (filled, _) = activations(&model.valid(), &train, &preprocess, cut, View::of(1, &none), config, store.as_mut(), device, reporter, "caching frozen-trunk activations", &mut stats)?;
+    let store = store.map(Arc::new);
+    let cache = Cache::new(filled, store.as_ref(), train.len());
+
+    let train_device = device.clone().autodiff();
+    let mut head = Some(model.head.train());
+    let mut optimizer = make_optimizer(&config.optimizer);
+    let class_weights = config.class_weights.clone().weights(&train.labels, classes);
+    let (bs, per_epoch) = (config.batch_size, train.len().div_ceil(config.batch_size));
+    let mut order = Vec::new();
+    reporter.start("sweeping the learning rate", Some(sweep.steps as u64));
+    let found = super::lr_find::sweep(
+        sweep,
+        |i, lr| {
+            if i % per_epoch == 0 {
+                order = engine::epoch_order(train.len(), config.seed, i / per_epoch);
+            }
+            let k = i % per_epoch;
+            let batch = &order[k * bs..((k + 1) * bs).min(order.len())];
+            let targets: Vec<usize> = batch.iter().map(|&r| train.labels[r]).collect();
+            let net = head.take().expect("the head is back after every step");
+            let logits = net.forward(cache.tensor(batch, &train_device)?); // [B, classes]
+            let loss = cross_entropy(logits, &targets, config.label_smoothing, class_weights.as_deref(), &train_device);
+            let value = loss.clone().into_scalar::<f32>() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            head = Some(optimizer.step(lr, net, grads));
+            Ok(value)
+        },
+        |done| reporter.progress(done as u64),
+    );
+    reporter.finish();
+    found
+}
+
 /// Reads `metrics.jsonl`; a torn last line (killed mid-write) is ignored.
 pub fn read_metrics(run: &Path) -> Result<Vec<EpochMetrics>> {
     engine::read_records(run)
@@ -668,7 +750,12 @@ pub(crate) fn write_plots(run: &Path, metrics: &[EpochMetrics], classes: &[Strin
     if !confusion.is_empty() {
         plot::confusion_matrix_plot(&run.join("confusion.png"), classes, confusion)?;
     }
-    Ok(())
+    let mut page = html::Page::for_run(run, metrics);
+    if !confusion.is_empty() {
+        let evaluation = Evaluation::from_confusion(classes, confusion.to_vec());
+        page.sections.push(html::Section { heading: "Validation (the kept epoch)".into(), evaluation, top_losses: Vec::new(), gallery_note: None });
+    }
+    page.write(&run.join(html::REPORT_FILE))
 }
 
 /// Indexes a split: every file is read once (hash, and a decode to find unreadable ones, which

@@ -8,6 +8,7 @@ pub mod model;
 pub mod config;
 pub mod engine;
 pub mod fit;
+pub mod lr_find;
 pub mod guard;
 pub mod loss;
 pub mod parallel;

@@ -20,6 +20,7 @@ use crate::data::image::{self, Preprocess};
 use crate::report::Reporter;
 use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::ModelSpec;
+use crate::report::gradcam::{grad_cam, Cam};
 use crate::{GraftError, Result};
 
 /// What is needed to rebuild a run's model without its training data.
@@ -81,6 +82,39 @@ impl RunModel {
     /// The head's input for a batch of images: [N, 3, H, W] → [N, D].
     fn features(&self, images: Tensor<4>) -> Tensor<2> {
         self.net.pool_map(self.frozen.forward_stages(images, 0..self.net.trunk.num_stages()))
+    }
+
+    /// The Grad-CAM heatmap of `class` for one image [1, 3, H, W] over the trunk's last stage
+    /// (see [`grad_cam`](crate::report::gradcam::grad_cam)); `None` for a classic head, which
+    /// has no gradients.
+    pub fn grad_cam(&self, image: Tensor<4>, class: usize, device: &Device) -> Option<Cam> {
+        if self.classic.is_some() {
+            return None;
+        }
+        let map = self.frozen.forward_stages(image, 0..self.net.trunk.num_stages()); // [1, C, h, w]
+        // The head's weights as constants on the autodiff device (no dropout: inference).
+        let autodiff = device.clone().without_autodiff().autodiff();
+        let layers: Vec<(Tensor<2>, Option<Tensor<1>>)> = self
+            .net
+            .head
+            .layers
+            .iter()
+            .map(|l| (Tensor::from_data(l.weight.val().into_data(), &autodiff), l.bias.as_ref().map(|b| Tensor::from_data(b.val().into_data(), &autodiff))))
+            .collect();
+        let rest = |a: Tensor<4>| {
+            let mut x = self.net.pool_map(a); // [1, D]
+            for (i, (w, b)) in layers.iter().enumerate() {
+                x = x.matmul(w.clone()); // [1, out]
+                if let Some(b) = b {
+                    x = x + b.clone().unsqueeze::<2>();
+                }
+                if i + 1 < layers.len() {
+                    x = burn::tensor::activation::relu(x);
+                }
+            }
+            x
+        };
+        grad_cam(map, rest, class, &autodiff)
     }
 
     /// Class probabilities for a batch of images [N, 3, H, W].
@@ -161,6 +195,55 @@ pub fn predict_files(
         let mut probs = probs.into_iter();
         out.extend(pixels.iter().map(|p| p.as_ref().and_then(|_| probs.next())));
         reporter.progress(((i + 1) * batch).min(files.len()) as u64);
+    }
+    reporter.finish();
+    (out, skipped)
+}
+
+/// Views of test-time augmentation: the image, its mirror image, and its four corners
+/// (each [`TTA_CORNER`] of the width and height), each prepared as the model's input.
+pub const TTA_VIEWS: usize = 6;
+
+/// Side of a corner view of test-time augmentation, as a fraction of the image's.
+pub const TTA_CORNER: f64 = 0.9;
+
+/// The [`TTA_VIEWS`] views of `img`, preprocessed.
+pub fn tta_views(img: &::image::RgbImage, preprocess: &Preprocess) -> Vec<Vec<f32>> {
+    let (w, h) = img.dimensions();
+    let (cw, ch) = (((w as f64 * TTA_CORNER).round() as u32).clamp(1, w), ((h as f64 * TTA_CORNER).round() as u32).clamp(1, h));
+    let mut views = vec![preprocess.apply(img), preprocess.apply(&::image::imageops::flip_horizontal(img))];
+    for (x, y) in [(0, 0), (w - cw, 0), (0, h - ch), (w - cw, h - ch)] {
+        views.push(preprocess.apply(&::image::imageops::crop_imm(img, x, y, cw, ch).to_image()));
+    }
+    views
+}
+
+/// [`predict_files`] with test-time augmentation: each file's probabilities are the mean over
+/// its [`TTA_VIEWS`] views (through the whole model: the feature store is not used).
+pub fn predict_files_tta(model: &RunModel, preprocess: &Preprocess, files: &[Sample], batch: usize, device: &Device, reporter: &dyn Reporter) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
+    let mut out = Vec::with_capacity(files.len());
+    let mut skipped = Vec::new();
+    reporter.start("predicting (test-time augmentation)", Some(files.len() as u64));
+    // A batch holds `batch` views.
+    let per_chunk = (batch / TTA_VIEWS).max(1);
+    for (i, chunk) in files.chunks(per_chunk).enumerate() {
+        let (views, bad) = decode_with(chunk, &|_| {}, |img| tta_views(&img, preprocess));
+        skipped.extend(bad);
+        let good: Vec<Vec<f32>> = views.iter().flatten().flatten().cloned().collect();
+        let mut probs = if good.is_empty() { Vec::new() } else { model.probabilities(image::batch(&good, preprocess.size, device)) }.into_iter();
+        for v in &views {
+            out.push(v.as_ref().map(|v| {
+                let rows: Vec<Vec<f32>> = probs.by_ref().take(v.len()).collect();
+                let mut mean = vec![0f32; rows.first().map(Vec::len).unwrap_or(0)];
+                for row in &rows {
+                    for (m, p) in mean.iter_mut().zip(row) {
+                        *m += p / rows.len() as f32;
+                    }
+                }
+                mean
+            }));
+        }
+        reporter.progress(((i + 1) * per_chunk).min(files.len()) as u64);
     }
     reporter.finish();
     (out, skipped)
@@ -279,7 +362,23 @@ impl Evaluation {
                 confusion[t][p] += 1;
             }
         }
-        let n = truth.len();
+        // Every prediction counts in `n`, also one outside the labels (then it is wrong).
+        let mut evaluation = Self::from_confusion(labels, confusion);
+        let correct: u64 = (0..k).map(|i| evaluation.confusion[i][i]).sum();
+        evaluation.n = truth.len();
+        evaluation.accuracy = if truth.is_empty() { 0.0 } else { correct as f64 / truth.len() as f64 };
+        evaluation
+    }
+
+    /// The report of a confusion matrix (`confusion[truth][predicted]`, `labels.len()` square).
+    /// Rows or columns beyond the labels are dropped, missing ones count zero.
+    pub fn from_confusion(labels: &[String], mut confusion: Vec<Vec<u64>>) -> Self {
+        let k = labels.len();
+        confusion.resize(k, Vec::new());
+        for row in &mut confusion {
+            row.resize(k, 0);
+        }
+        let n = confusion.iter().flatten().sum::<u64>() as usize;
         let correct: u64 = (0..k).map(|i| confusion[i][i]).sum();
         let per_class = labels
             .iter()
