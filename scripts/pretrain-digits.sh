@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # MNIST with 100 labelled digits (10 per class) and the rest of the 10,000 training digits
 # unlabelled: test accuracy (the 10,000 MNIST test digits) of the same MLP trained from random
-# initialisation vs. after greedy layer-wise autoencoder pretraining, 3 seeds (the seed picks
-# the labelled subset, the initialisation and the batch order), mean ± std.
+# initialisation vs. after greedy layer-wise pretraining (denoising autoencoders; stacked RBMs,
+# CD-1), 3 seeds (the seed picks the labelled subset, the initialisation and the batch order),
+# mean ± std. INITS picks the cases (default: random autoencoder rbm).
 #
 #   scripts/pretrain-digits.sh [WORKDIR]      (run from the repository root, after cargo build --release)
 set -euo pipefail
@@ -12,6 +13,8 @@ ARCH=${ARCH:-mlp:500,250}
 PRE_EPOCHS=${PRE_EPOCHS:-10}
 FIT_EPOCHS=${FIT_EPOCHS:-50}
 NOISE=${NOISE:-0.2}
+RBM_LR=${RBM_LR:-0.001}
+INITS=${INITS:-"random autoencoder rbm"}
 mkdir -p "$WORK"
 [ -d "$WORK/unlabelled" ] || $GRAFT data import mnist --out "$WORK/unlabelled" >&2
 [ -d "$WORK/test" ] || $GRAFT data import mnist --split test --out "$WORK/test" >&2
@@ -20,10 +23,14 @@ printf 'seed\tinit\ttest_accuracy\n' > "$results"
 for seed in 0 1 2; do
   labelled="$WORK/labelled-$seed"
   [ -d "$labelled" ] || $GRAFT data import mnist --per-class 10 --seed "$seed" --out "$labelled" >&2
-  pre="$WORK/pre-$seed"
-  [ -f "$pre/model.json" ] || [ -f "$pre/pretrain.json" ] || $GRAFT pretrain --method autoencoder --data "$WORK/unlabelled" --arch "$ARCH" \
-      --epochs "$PRE_EPOCHS" --noise "$NOISE" --seed "$seed" --out "$pre" >&2
-  for init in random autoencoder; do
+  for init in $INITS; do
+    pre="$WORK/pre-$init-$seed"
+    case $init in
+      autoencoder) [ -f "$pre/model.json" ] || $GRAFT pretrain --method autoencoder --data "$WORK/unlabelled" --arch "$ARCH" \
+          --epochs "$PRE_EPOCHS" --noise "$NOISE" --seed "$seed" --out "$pre" >&2 ;;
+      rbm) [ -f "$pre/model.json" ] || $GRAFT pretrain --method rbm --data "$WORK/unlabelled" --arch "$ARCH" \
+          --epochs "$PRE_EPOCHS" --lr "$RBM_LR" --seed "$seed" --out "$pre" >&2 ;;
+    esac
     run="$WORK/fit-$init-$seed"
     if [ "$init" = random ]; then from=(--arch "$ARCH"); else from=(--init "$pre"); fi
     $GRAFT fit "${from[@]}" --data "$labelled" --val-split 0 --epochs "$FIT_EPOCHS" --seed "$seed" --out "$run" --overwrite >&2
@@ -34,7 +41,7 @@ done
 python3 - "$results" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-for init in ("random", "autoencoder"):
+for init in dict.fromkeys(r["init"] for r in rows):
     acc = [float(r["test_accuracy"]) for r in rows if r["init"] == init]
     print(f"{init:<12} test accuracy {statistics.mean(acc):.4f} ± {statistics.stdev(acc):.4f} (n = {len(acc)}: {', '.join(f'{a:.4f}' for a in acc)})")
 PY

@@ -1,4 +1,4 @@
-//! `graft pretrain`: greedy layer-wise autoencoder pretraining.
+//! `graft pretrain`: greedy layer-wise pretraining (autoencoders or RBMs).
 
 use std::path::PathBuf;
 
@@ -10,14 +10,16 @@ use crate::reporter::TermReporter;
 
 /// Arguments of `graft pretrain`.
 ///
-/// Each hidden layer of the MLP is trained in turn as an autoencoder (sigmoid code, linear
-/// decoder, mean squared error, Adam) on the codes of the frozen layers below; the labels of
-/// --data are never read. `graft fit --init RUN` then adds a classifier and fine-tunes.
+/// Each hidden layer of the MLP is trained in turn, as an autoencoder (sigmoid code, linear
+/// decoder, mean squared error, Adam) or as an RBM (contrastive divergence, Adam), on the codes
+/// of the frozen layers below; the labels of --data are never read. `graft fit --init RUN` then
+/// adds a classifier and fine-tunes.
 #[derive(Debug, clap::Args)]
 pub struct PretrainArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
-    /// autoencoder. [default: none; required without --resume]
+    /// autoencoder or rbm (stacked restricted Boltzmann machines, CD-k). [default: none;
+    /// required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub method: Option<String>,
     /// Images (28×28 grey, e.g. from `graft data import mnist`); class sub-folders, labels
@@ -32,7 +34,7 @@ pub struct PretrainArgs {
     pub out: Option<PathBuf>,
     /// Continue the run in this directory after its last completed epoch, with its saved
     /// config.toml (a run killed at any moment finishes as if never interrupted). [default: none]
-    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed"])]
+    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed", "cd_k", "visible"])]
     pub resume: Option<PathBuf>,
     /// Epochs per layer.
     #[arg(long, default_value_t = 10)]
@@ -49,20 +51,33 @@ pub struct PretrainArgs {
     /// Random seed (initialisation, shuffling, noise).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// RBMs: Gibbs steps of contrastive divergence (CD-k).
+    #[arg(long, default_value_t = 1)]
+    pub cd_k: usize,
+    /// RBMs: the first layer's visible units, bernoulli (inputs in [0, 1], such as pixels) or
+    /// gaussian (unit variance, for standardised real-valued inputs); the layers above are
+    /// Bernoulli.
+    #[arg(long, default_value = "bernoulli")]
+    pub visible: String,
 }
 
 /// The flags as the library's [`PretrainConfig`], the run directory and whether it resumes.
 /// Every flag is named here, so a new one fails to compile until it is resolved. With
 /// `--resume`, the run's own config.toml is read (the one file read during resolution).
 fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)> {
-    let PretrainArgs { device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed } = args;
+    let PretrainArgs { device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed, cd_k, visible } = args;
     if let Some(run) = resume {
         return Ok((PretrainConfig::from_toml(&run.join("config.toml"))?, run, true));
     }
     let (Some(method), Some(data), Some(out)) = (method, data, out) else {
         anyhow::bail!("--method, --data and --out are required (or --resume RUN)");
     };
-    let config = PretrainConfig { method, arch: arch.parse()?, data, epochs, batch_size, lr, noise, seed };
+    let visible = match visible.as_str() {
+        "bernoulli" => graft::transfer::rbm::Visible::Bernoulli,
+        "gaussian" => graft::transfer::rbm::Visible::Gaussian,
+        other => anyhow::bail!("invalid --visible `{other}`: expected bernoulli or gaussian"),
+    };
+    let config = PretrainConfig { method, arch: arch.parse()?, data, epochs, batch_size, lr, noise, seed, cd_k, visible };
     Ok((config, out, false))
 }
 

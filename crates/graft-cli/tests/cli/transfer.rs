@@ -150,6 +150,35 @@ fn pretrain_then_fit_init_then_eval() {
     assert_eq!(confusion, 100);
 
     assert_bad_input(&graft(&["pretrain", "--method", "autoencoder", "--data", s(&unlabelled), "--arch", "conv:3", "--out", s(&dir.join("x"))]), &["--arch", "conv:3"]);
-    assert_bad_input(&graft(&["pretrain", "--method", "rbm", "--data", s(&unlabelled), "--out", s(&dir.join("y"))]), &["--method", "rbm"]);
+    assert_bad_input(&graft(&["pretrain", "--method", "boltzmann", "--data", s(&unlabelled), "--out", s(&dir.join("y"))]), &["--method", "boltzmann"]);
     assert_bad_input(&graft(&["fit", "--init", s(&pre), "--arch", "mlp:64", "--data", s(&labelled), "--out", s(&dir.join("z"))]), &["--arch", "mlp:64,32"]);
+}
+
+/// Stacked RBMs (CD-1) instead of autoencoders: the same run layout, so `fit --init` reads it;
+/// the reconstruction error falls in every layer; settings of the other method are refused.
+#[test]
+fn rbm_pretraining_stacks_layers_that_fit_init_starts_from() {
+    let dir = scratch("pretrain-rbm");
+    let unlabelled = import("mnist", "train", 30, 1, &dir.join("unlabelled"));
+    let labelled = import("mnist", "train", 10, 2, &dir.join("labelled"));
+    let pre = dir.join("pre");
+    let p = json_of(&graft(&[
+        "pretrain", "--method", "rbm", "--data", s(&unlabelled), "--arch", "mlp:64,32", "--epochs", "4", "--lr", "0.01", "--out", s(&pre), "--json",
+    ]));
+    assert_eq!(p["config"]["method"], "rbm");
+    assert_eq!(p["config"]["cd_k"], 1);
+    let layers = p["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for l in layers {
+        assert!(l["last_epoch_loss"].as_f64().unwrap() < l["first_epoch_loss"].as_f64().unwrap(), "reconstruction improves: {l}");
+    }
+    let encoder = graft_weights::load(&pre.join("encoder.safetensors")).unwrap();
+    assert_eq!(encoder.tensors.len(), 4, "the encoder keeps W and the hidden bias of each RBM: {:?}", encoder.tensors.keys().collect::<Vec<_>>());
+    let run = dir.join("run");
+    let f = json_of(&graft(&["fit", "--init", s(&pre), "--data", s(&labelled), "--val-split", "0", "--epochs", "2", "--out", s(&run), "--json"]));
+    assert_eq!(f["arch"], "mlp:64,32");
+    assert_bad_input(&graft(&["pretrain", "--method", "rbm", "--noise", "0.2", "--data", s(&unlabelled), "--out", s(&dir.join("x"))]), &["--noise", "autoencoder"]);
+    assert_bad_input(&graft(&["pretrain", "--method", "autoencoder", "--visible", "gaussian", "--data", s(&unlabelled), "--out", s(&dir.join("x"))]), &["--visible", "rbm"]);
+    assert_bad_input(&graft(&["pretrain", "--method", "rbm", "--cd-k", "0", "--data", s(&unlabelled), "--out", s(&dir.join("x"))]), &["--cd-k"]);
+    assert!(!dir.join("x").exists(), "refused settings leave no run directory");
 }

@@ -34,6 +34,7 @@ use crate::train::engine::{self, Engine, EpochEnd, Iteration, Keep, Phase, Task,
 use crate::train::guard;
 use crate::train::loss::{argmax, cross_entropy};
 use crate::train::run::Evaluation;
+use super::rbm::{Rbm, Visible};
 use crate::{GraftError, Result};
 
 /// Side of the square grey input.
@@ -219,7 +220,20 @@ pub struct PretrainConfig {
     /// Denoising: the fraction of each input's values set to zero (0 = plain autoencoder).
     pub noise: f64,
     pub seed: u64,
+    /// RBMs: Gibbs steps of contrastive divergence (CD-k).
+    #[serde(default = "one")]
+    pub cd_k: usize,
+    /// RBMs: the first layer's visible units (the layers above are Bernoulli).
+    #[serde(default)]
+    pub visible: Visible,
 }
+
+fn one() -> usize {
+    1
+}
+
+/// The methods of `graft pretrain`.
+pub const PRETRAIN_METHODS: &str = "autoencoder or rbm";
 
 impl PretrainConfig {
     /// Reads a run's `config.toml` (size-checked before it is read).
@@ -229,8 +243,21 @@ impl PretrainConfig {
 
     /// Every setting in range (the numbers finite), naming the setting that is not.
     pub fn validate(&self) -> Result<()> {
-        if self.method != "autoencoder" {
-            return Err(GraftError::setting("method", &self.method, "expected autoencoder"));
+        match self.method.as_str() {
+            "autoencoder" => {
+                if self.visible != Visible::Bernoulli {
+                    return Err(GraftError::setting("visible", "gaussian", "applies to --method rbm"));
+                }
+            }
+            "rbm" => {
+                if self.noise != 0.0 {
+                    return Err(GraftError::setting("noise", &self.noise.to_string(), "denoising applies to --method autoencoder"));
+                }
+                if !(1..=100).contains(&self.cd_k) {
+                    return Err(GraftError::setting("cd_k", &self.cd_k.to_string(), "Gibbs steps lie in 1..=100"));
+                }
+            }
+            _ => return Err(GraftError::setting("method", &self.method, format!("expected {PRETRAIN_METHODS}"))),
         }
         if !(0.0..1.0).contains(&self.noise) {
             return Err(GraftError::setting("noise", &self.noise.to_string(), "the masked fraction lies in [0, 1)"));
@@ -277,8 +304,47 @@ fn epoch_rng(seed: u64, layer: usize, epoch: usize) -> StdRng {
     StdRng::seed_from_u64(seed ^ ((layer as u64 + 1) << 32) ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
-/// One autoencoder layer as the engine's task: reconstruct `codes` (the frozen layers' output).
-struct LayerTask<'a> {
+/// What one layer of greedy pretraining learns from a batch of the codes below it.
+trait LayerObjective: Module {
+    /// The loss to descend and the batch's reconstruction error (mean squared) for the record.
+    fn objective(&self, clean: Tensor<2>, config: &PretrainConfig, first: bool, rng: &mut StdRng) -> (Tensor<1>, f64);
+    /// The trained layer's encoder: codes = sigmoid(encode(x)).
+    fn into_encode(self) -> Linear;
+}
+
+impl LayerObjective for AutoencoderLayer {
+    fn objective(&self, clean: Tensor<2>, config: &PretrainConfig, _first: bool, rng: &mut StdRng) -> (Tensor<1>, f64) {
+        let [b, d_in] = clean.dims();
+        let input = if config.noise > 0.0 {
+            let mask: Vec<f32> = (0..b * d_in).map(|_| if rng.random::<f64>() < config.noise { 0.0 } else { 1.0 }).collect();
+            clean.clone() * Tensor::<2>::from_data(TensorData::new(mask, [b, d_in]), &clean.device())
+        } else {
+            clean.clone()
+        };
+        let (_, reconstruction) = self.forward(input);
+        let loss = (reconstruction - clean).powi_scalar(2).mean(); // mean squared error
+        let value: f32 = loss.clone().into_scalar();
+        (loss, value as f64)
+    }
+
+    fn into_encode(self) -> Linear {
+        self.encode
+    }
+}
+
+impl LayerObjective for Rbm {
+    fn objective(&self, clean: Tensor<2>, config: &PretrainConfig, first: bool, rng: &mut StdRng) -> (Tensor<1>, f64) {
+        let visible = if first { config.visible } else { Visible::Bernoulli };
+        self.cd_loss(clean, config.cd_k, visible, rng)
+    }
+
+    fn into_encode(self) -> Linear {
+        self.encode
+    }
+}
+
+/// One layer as the engine's task: learn the objective on `codes` (the frozen layers' output).
+struct LayerTask<'a, M> {
     config: &'a PretrainConfig,
     layer: usize,
     layers: usize,
@@ -289,16 +355,17 @@ struct LayerTask<'a> {
     batches: Vec<Vec<usize>>,
     rng: StdRng,
     sum: f64,
+    _model: std::marker::PhantomData<M>,
 }
 
-impl Task for LayerTask<'_> {
-    type Model = AutoencoderLayer;
+impl<M: LayerObjective> Task for LayerTask<'_, M> {
+    type Model = M;
 
     fn iterations(&self) -> usize {
         self.n.div_ceil(self.config.batch_size.max(1))
     }
 
-    fn begin_epoch(&mut self, _model: &AutoencoderLayer, epoch: usize) -> Result<()> {
+    fn begin_epoch(&mut self, _model: &M, epoch: usize) -> Result<()> {
         self.rng = epoch_rng(self.config.seed, self.layer, epoch);
         self.batches = batches(self.n, self.config.batch_size, &mut self.rng);
         self.sum = 0.0;
@@ -309,26 +376,17 @@ impl Task for LayerTask<'_> {
         self.config.lr
     }
 
-    fn step(&mut self, ae: &AutoencoderLayer, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
-        let (d_in, dev) = (self.d_in, &self.train_device);
+    fn step(&mut self, model: &M, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
         let idx = &self.batches[it.index];
-        let clean = gather_rows(self.codes, d_in, idx, dev); // [b, d_in]
-        let input = if self.config.noise > 0.0 {
-            let noise = self.config.noise;
-            let mask: Vec<f32> = (0..idx.len() * d_in).map(|_| if self.rng.random::<f64>() < noise { 0.0 } else { 1.0 }).collect();
-            clean.clone() * Tensor::<2>::from_data(TensorData::new(mask, [idx.len(), d_in]), dev)
-        } else {
-            clean.clone()
-        };
-        let (_, reconstruction) = ae.forward(input);
-        let loss = (reconstruction - clean).powi_scalar(2).mean(); // mean squared error
-        let value: f32 = loss.clone().into_scalar();
-        guard::check_loss(&format!("layer {} reconstruction loss", self.layer + 1), value as f64, it.epoch + 1, lr)?;
-        self.sum += value as f64 * idx.len() as f64;
-        Ok(vec![(GradientsParams::from_grads(loss.backward(), ae), 1.0)])
+        let clean = gather_rows(self.codes, self.d_in, idx, &self.train_device); // [b, d_in]
+        let (loss, error) = model.objective(clean, self.config, self.layer == 0, &mut self.rng);
+        let what = if self.config.method == "rbm" { "contrastive-divergence loss" } else { "reconstruction loss" };
+        guard::check_loss(&format!("layer {} {what}", self.layer + 1), loss.clone().into_scalar::<f32>() as f64, it.epoch + 1, lr)?;
+        self.sum += error * idx.len() as f64;
+        Ok(vec![(GradientsParams::from_grads(loss.backward(), model), 1.0)])
     }
 
-    fn end_epoch(&mut self, _model: &AutoencoderLayer, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
+    fn end_epoch(&mut self, _model: &M, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
         let mse = self.sum / self.n.max(1) as f64;
         let record = serde_json::json!({
             "epoch": epoch,
@@ -345,6 +403,55 @@ impl Task for LayerTask<'_> {
         let epoch = record["epoch"].as_u64().unwrap_or(0) as usize;
         let within = epoch - self.layer * self.config.epochs;
         reporter.message(&format!("layer {}/{}, epoch {within}/{}: reconstruction mse {:.5}", self.layer + 1, self.layers, self.config.epochs, record["train_loss"].as_f64().unwrap_or(f64::NAN)));
+    }
+}
+
+/// A layer's model before training.
+enum LayerNet {
+    Autoencoder(AutoencoderLayer),
+    Rbm(Rbm),
+}
+
+/// One layer of a pretraining run, trained (or read back when done before a resume).
+struct Layer<'a> {
+    config: &'a PretrainConfig,
+    run: &'a Path,
+    l: usize,
+    layers: usize,
+    d_in: usize,
+    n: usize,
+    total: usize,
+    codes: &'a [f32],
+    device: &'a Device,
+}
+
+impl Layer<'_> {
+    /// Trains `model` for the layer's epochs (resuming where the run stopped) and returns its
+    /// encoder, off the autodiff graph.
+    fn train<M: LayerObjective>(&self, engine: &mut Engine, model: M) -> Result<Linear> {
+        let Layer { config, run, l, layers, d_in, n, total, codes, device } = *self;
+        let offset = l * config.epochs;
+        let trained = match engine.status(offset, config.epochs) {
+            // Completed before this process started: its last epoch is on disk.
+            engine::PhaseStatus::Done => checkpoint::load(model, &run.join(layer_file(l)))?,
+            _ => {
+                let model = engine.resume_into(model, offset, config.epochs, "the pretrained layer")?;
+                let mut task = LayerTask { config, layer: l, layers, codes, d_in, n, train_device: device.clone().autodiff(), batches: Vec::new(), rng: epoch_rng(config.seed, l, 0), sum: 0.0, _model: std::marker::PhantomData };
+                let phase = Phase {
+                    name: String::new(),
+                    offset,
+                    epochs: config.epochs,
+                    total,
+                    keep: Keep::Last,
+                    best_file: layer_file(l),
+                    early_stopping: None,
+                    plateau: None,
+                    optimizer: AdamConfig::new().init(),
+                };
+                engine.run_phase(&mut task, model, phase)?
+            }
+        };
+        Ok(trained.valid().into_encode())
     }
 }
 
@@ -385,46 +492,31 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
     let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
     let mut encoder = Encoder::init(&config.arch, device);
     let total = layers * config.epochs;
-    // Every layer's autoencoder is built (and its weights drawn: burn initialises lazily) before
-    // any training, so a layer's start does not depend on whether the run was resumed.
-    let autoencoders: Vec<AutoencoderLayer> = config
-        .arch
-        .shapes()
-        .into_iter()
-        .map(|(d_in, d_out)| engine::stable_ids(AutoencoderLayer { encode: LinearConfig::new(d_in, d_out).init(device), decode: LinearConfig::new(d_out, d_in).init(device) }.train()))
+    // Every layer's model is built (and its weights drawn: burn initialises lazily) before any
+    // training, so a layer's start does not depend on whether the run was resumed.
+    let shapes = config.arch.shapes();
+    let models: Vec<LayerNet> = shapes
+        .iter()
+        .map(|&(d_in, d_out)| match config.method.as_str() {
+            "rbm" => LayerNet::Rbm(engine::stable_ids(Rbm::init(d_in, d_out, device).train())),
+            _ => LayerNet::Autoencoder(engine::stable_ids(AutoencoderLayer { encode: LinearConfig::new(d_in, d_out).init(device), decode: LinearConfig::new(d_out, d_in).init(device) }.train())),
+        })
         .collect();
-    for ((l, (d_in, d_out)), ae) in config.arch.shapes().into_iter().enumerate().zip(autoencoders) {
-        let offset = l * config.epochs;
-        let trained = match engine.status(offset, config.epochs) {
-            // Completed before this process started: its last epoch is on disk.
-            engine::PhaseStatus::Done => checkpoint::load(ae, &run.join(layer_file(l)))?,
-            _ => {
-                let ae = engine.resume_into(ae, offset, config.epochs, "the autoencoder layer")?;
-                let mut task = LayerTask { config, layer: l, layers, codes: &codes, d_in, n, train_device: device.clone().autodiff(), batches: Vec::new(), rng: epoch_rng(config.seed, l, 0), sum: 0.0 };
-                let phase = Phase {
-                    name: String::new(),
-                    offset,
-                    epochs: config.epochs,
-                    total,
-                    keep: Keep::Last,
-                    best_file: layer_file(l),
-                    early_stopping: None,
-                    plateau: None,
-                    optimizer: AdamConfig::new().init(),
-                };
-                engine.run_phase(&mut task, ae, phase)?
-            }
+    for ((l, &(d_in, d_out)), model) in shapes.iter().enumerate().zip(models) {
+        let layer = Layer { config, run, l, layers, d_in, n, total, codes: &codes, device };
+        let encode = match model {
+            LayerNet::Autoencoder(ae) => layer.train(&mut engine, ae)?,
+            LayerNet::Rbm(rbm) => layer.train(&mut engine, rbm)?,
         };
-        let trained = trained.valid();
         // The next layer learns on this layer's codes, computed once with the layer frozen.
         let mut next = Vec::with_capacity(n * d_out);
         let all: Vec<usize> = (0..n).collect();
         for chunk in all.chunks(1024) {
-            let (code, _) = trained.forward(gather_rows(&codes, d_in, chunk, device));
+            let code = sigmoid(encode.forward(gather_rows(&codes, d_in, chunk, device)));
             next.extend(code.into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: run.into(), reason: format!("{e:?}") })?);
         }
         codes = next;
-        encoder.layers[l] = trained.encode;
+        encoder.layers[l] = encode;
     }
     // Per layer, the reconstruction error of its first and last epoch.
     let records: Vec<serde_json::Value> = engine::read_records(run)?;

@@ -6,4 +6,5 @@
 pub mod advise;
 pub mod autoencoder;
 pub mod probe;
+pub mod rbm;
 pub mod stages;
