@@ -14,6 +14,7 @@ mod predict;
 pub mod pretrain;
 pub mod probe;
 mod pull;
+mod serve;
 pub mod zeroshot;
 
 use crate::cli::Command;
@@ -34,6 +35,7 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Probe(args) => probe::run(args, out),
         Command::Advise(args) => advise::run(args, out),
         Command::Pretrain(args) => pretrain::run(args, out),
+        Command::Serve(args) => serve::run(args, out),
     }
 }
 

@@ -20,6 +20,7 @@ mod predictor;
 mod resume;
 mod seam;
 mod semi;
+mod serve;
 mod shard;
 mod text;
 mod traps;
