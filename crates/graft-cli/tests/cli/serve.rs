@@ -304,3 +304,81 @@ fn chunked_post(addr: &str, path: &str, body: &[u8]) -> Response {
     let _ = stream.write_all(b"0\r\n\r\n");
     read_response(&mut stream)
 }
+
+/// `predict --run RUN --top 3 --json ARGS…`: each prediction's `top`, in order.
+fn predict_tops(run: &Path, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["predict", "--run", s(run), "--top", "3", "--json"];
+    all.extend_from_slice(args);
+    let p = json_of(&graft(&all));
+    p["predictions"].as_array().unwrap().iter().map(|p| p["top"].clone()).collect()
+}
+
+#[test]
+fn serve_reads_adapt_mlp_and_text_runs_as_predict_does() {
+    use super::transfer::import;
+    let dir = scratch("serve-kinds");
+    let source = import("mnist", "train", 6, 1, &dir.join("source"));
+    let target = import("usps", "train", 4, 2, &dir.join("target"));
+    let test = import("usps", "test", 1, 3, &dir.join("test"));
+    let adapted = dir.join("adapt");
+    json_of(&graft(&[
+        "adapt", "--method", "dann", "--source", s(&source), "--target", s(&target), "--out", s(&adapted),
+        "--epochs", "1", "--iters-per-epoch", "4", "--batch-size", "16", "--seed", "3", "--json",
+    ]));
+    let mlp = dir.join("mlp");
+    let f = json_of(&graft(&["fit", "--arch", "mlp:16", "--data", s(&source), "--val-split", "0", "--epochs", "1", "--out", s(&mlp), "--json"]));
+    assert_eq!(f["kind"], "mlp");
+    let files: Vec<PathBuf> = images_below(&test).into_iter().take(4).collect();
+    let parts: Vec<(String, Vec<u8>)> = files.iter().map(|f| (f.file_name().unwrap().to_str().unwrap().to_string(), std::fs::read(f).unwrap())).collect();
+    let parts: Vec<(&str, &[u8])> = parts.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    for (run, kind) in [(&adapted, "adapt"), (&mlp, "mlp")] {
+        let expected = predict_tops(run, &files.iter().map(|f| s(f)).collect::<Vec<_>>());
+        let server = Server::start(test_home(), run, &[]);
+        let r = server.upload("/predict?top=3", &parts);
+        assert_eq!(r.status, 200, "{kind}: {}", String::from_utf8_lossy(&r.body));
+        let v = r.json();
+        assert_eq!(v["kind"], kind);
+        let predictions = v["predictions"].as_array().unwrap();
+        assert_eq!(predictions.len(), 4, "{v}");
+        for ((p, e), (name, _)) in predictions.iter().zip(&expected).zip(&parts) {
+            assert_eq!(p["file"].as_str(), Some(*name));
+            assert_same_top(&p["top"], e, &format!("{kind} run, {name}"));
+        }
+    }
+
+    // A text run: JSON texts, a text/plain body and .txt parts answer as `predict --text`; an
+    // image is refused naming what the run reads.
+    super::text::minilm();
+    let sms = dir.join("sms.csv");
+    super::text::import_csv("sms-spam", 10, &sms);
+    let text_run = dir.join("text");
+    json_of(&graft(&["fit", "--model", "minilm-l6", "--data", s(&sms), "--out", s(&text_run), "--head", "logistic", "--val-split", "0", "--json"]));
+    let (spam, ham) = ("WINNER!! Claim your free £900 prize now, call 09061701461", "Ok lar, I'll see you at home after work");
+    let expected = predict_tops(&text_run, &["--text", spam, "--text", ham]);
+    let server = Server::start(test_home(), &text_run, &[]);
+    assert_eq!(server.request("GET", "/health", None, b"").json()["input"], "texts");
+    let body = serde_json::json!({"texts": [spam, ham]}).to_string();
+    let r = server.request("POST", "/predict?top=3", Some("application/json"), body.as_bytes());
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_eq!(v["kind"], "text");
+    assert_eq!(v["predictions"][1]["text"], ham);
+    for (p, e) in v["predictions"].as_array().unwrap().iter().zip(&expected) {
+        assert_same_top(&p["top"], e, "JSON texts");
+    }
+    let r = server.request("POST", "/predict?top=3", Some("text/plain; charset=utf-8"), spam.as_bytes());
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_same_top(&r.json()["predictions"][0]["top"], &expected[0], "text/plain");
+    let r = server.upload("/predict?top=3", &[("ham.txt", ham.as_bytes())]);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["predictions"][0]["file"], "ham.txt");
+    assert_same_top(&r.json()["predictions"][0]["top"], &expected[1], "a .txt part");
+    for r in [server.request("POST", "/predict", Some("image/png"), parts[0].1), server.upload("/predict", &parts[..1])] {
+        assert_eq!(r.status, 415, "{}", String::from_utf8_lossy(&r.body));
+        let error = r.json()["error"].as_str().unwrap().to_string();
+        assert!(error.contains("this run (text) classifies texts"), "{error}");
+    }
+    let r = server.request("POST", "/predict", Some("application/json"), br#"{"text": "no list"}"#);
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].as_str().unwrap().contains(r#"expected {"texts""#));
+}
