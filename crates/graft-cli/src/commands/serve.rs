@@ -33,6 +33,20 @@ use crate::output::Output;
 /// anyway: the process is gone within 2 s of the signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 
+/// Most request-body bytes held at once, all requests together, in MiB (raised to one
+/// `--max-body-bytes` body when that is larger): a request waits for room before its body is
+/// read, so many concurrent uploads queue instead of exhausting memory.
+const BODY_BUDGET_MIB: u64 = 256;
+
+/// Longest a request may take to send its body: a client trickling a large body holds its
+/// share of [`BODY_BUDGET_MIB`] at most this long (answered 408).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// MiB of the body budget a body of `bytes` takes (at least 1).
+fn budget_mib(bytes: u64) -> u32 {
+    u32::try_from(bytes.div_ceil(1 << 20).max(1)).unwrap_or(u32::MAX)
+}
+
 pub fn run(args: ServeArgs, out: &Output) -> anyhow::Result<()> {
     // Every flag is used below: a new one fails to compile until it is.
     let ServeArgs { device, run, addr, top, max_batch, batch_wait_ms, max_body_bytes, max_inputs, allow_unfinished } = args;
@@ -71,7 +85,8 @@ pub fn run(args: ServeArgs, out: &Output) -> anyhow::Result<()> {
     })?;
     let facts = ready.recv().map_err(|_| anyhow::anyhow!("{}: the model worker stopped while loading the run", run.display()))??;
 
-    let state = Arc::new(Served { run, facts, jobs, counts, top, max_inputs, max_body });
+    let bodies = tokio::sync::Semaphore::new(BODY_BUDGET_MIB.max(u64::from(budget_mib(max_body_bytes))) as usize);
+    let state = Arc::new(Served { run, facts, jobs, counts, bodies, top, max_inputs, max_body });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
     let graceful = runtime.block_on(serve(addr, state, out))?;
     // Dropping the runtime drops every connection and with it the last job sender: the worker
@@ -98,6 +113,8 @@ struct Served {
     facts: Facts,
     jobs: mpsc::Sender<Job>,
     counts: Arc<Counts>,
+    /// The body budget ([`BODY_BUDGET_MIB`]), one permit per MiB.
+    bodies: tokio::sync::Semaphore,
     top: usize,
     max_inputs: usize,
     max_body: usize,
@@ -334,6 +351,9 @@ async fn predict_inner(state: &Served, request: Request) -> Result<Response, Res
     if let Some(len) = declared.filter(|&len| len > state.max_body as u64) {
         return Err(too_large(len, state.max_body));
     }
+    // Room for the body (a chunked one may reach the limit), held until the answer is built.
+    let need = budget_mib(declared.unwrap_or(state.max_body as u64));
+    let _room = state.bodies.acquire_many(need).await.map_err(|_| refuse(StatusCode::SERVICE_UNAVAILABLE, "the server is stopping"))?;
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_ascii_lowercase();
     let texts = state.facts.input == InputKind::Texts;
     let wants = |given: &str| {
@@ -345,7 +365,9 @@ async fn predict_inner(state: &Served, request: Request) -> Result<Response, Res
         refuse(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("{given}, but this run ({}) classifies {has}: send {send}", state.facts.kind))
     };
     let (parts, body) = request.into_parts();
-    let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await.map_err(|e| {
+    let reading = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(Request::from_parts(parts.clone(), body), &()));
+    let read = reading.await.map_err(|_| refuse(StatusCode::REQUEST_TIMEOUT, format!("the body took over {} s to arrive", BODY_READ_TIMEOUT.as_secs())))?;
+    let bytes = read.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             too_large(0, state.max_body)
         } else {
@@ -483,6 +505,15 @@ fn too_large(declared: u64, max: usize) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bodies_take_their_size_in_mib_of_the_budget() {
+        assert_eq!(budget_mib(0), 1);
+        assert_eq!(budget_mib(1), 1);
+        assert_eq!(budget_mib(1 << 20), 1);
+        assert_eq!(budget_mib((1 << 20) + 1), 2);
+        assert_eq!(budget_mib(32 << 20), 32);
+    }
 
     #[test]
     fn top_comes_from_the_query_or_the_default() {
