@@ -6,7 +6,6 @@
 //! first queued job, gathers what else arrives within `--batch-wait-ms` (up to `--max-batch`
 //! inputs), runs them together, and answers every job from the one result.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +61,10 @@ pub fn run(args: ServeArgs, out: &Output) -> anyhow::Result<()> {
     );
     let max_body = usize::try_from(max_body_bytes).unwrap_or(usize::MAX);
     let device = device.device()?;
+    // Bound first, so a busy port is said at once rather than after loading the model;
+    // connections made while it loads wait in the backlog.
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("--addr {addr}: cannot listen: {e}"))?;
+    listener.set_nonblocking(true)?;
 
     // The worker loads the run on its own thread and says when it is ready (or why not).
     let (jobs, queue) = mpsc::channel::<Job>();
@@ -88,7 +91,7 @@ pub fn run(args: ServeArgs, out: &Output) -> anyhow::Result<()> {
     let bodies = tokio::sync::Semaphore::new(BODY_BUDGET_MIB.max(u64::from(budget_mib(max_body_bytes))) as usize);
     let state = Arc::new(Served { run, facts, jobs, counts, bodies, top, max_inputs, max_body });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build()?;
-    let graceful = runtime.block_on(serve(addr, state, out))?;
+    let graceful = runtime.block_on(serve(listener, state, out))?;
     // Dropping the runtime drops every connection and with it the last job sender: the worker
     // finishes its batch and stops. After a forced stop it may still be computing; the process
     // ends without waiting for it.
@@ -215,8 +218,8 @@ fn answer(predictor: &Predictor, batch: Vec<Job>, max_batch: usize, device: &bur
 
 /// Serves until SIGTERM or Ctrl-C; `Ok(true)` when every in-flight request finished within
 /// [`SHUTDOWN_GRACE`], `Ok(false)` when the server stopped without them.
-async fn serve(addr: SocketAddr, state: Arc<Served>, out: &Output) -> anyhow::Result<bool> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("--addr {addr}: cannot listen: {e}"))?;
+async fn serve(listener: std::net::TcpListener, state: Arc<Served>, out: &Output) -> anyhow::Result<bool> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let bound = listener.local_addr()?;
     let line = if out.json { json!({"listening": bound.to_string()}).to_string() } else { format!("serving {} on http://{bound}", state.run.display()) };
     {

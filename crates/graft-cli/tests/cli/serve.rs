@@ -166,6 +166,10 @@ fn serve_answers_as_predict_under_concurrency_refuses_hostile_bodies_and_stops_o
 
     let server = Server::start(test_home(), &run, &["--max-batch", "8"]);
 
+    // A second server on the same port is refused at once, naming the flag.
+    let busy = graft(&["serve", "--run", s(&run), "--addr", &server.addr]);
+    super::assert_bad_input(&busy, &["--addr", &server.addr, "cannot listen"]);
+
     let health = server.request("GET", "/health", None, b"");
     assert_eq!(health.status, 200, "{}", String::from_utf8_lossy(&health.body));
     let health = health.json();
