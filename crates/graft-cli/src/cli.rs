@@ -52,11 +52,14 @@ pub enum Command {
     Probe(crate::commands::probe::ProbeArgs),
     /// Which of the four transfer scenarios a dataset is in (size × similarity), measured.
     Advise(crate::commands::advise::AdviseArgs),
-    /// Unsupervised greedy layer-wise pretraining (autoencoders) of a small digit network.
+    /// Unsupervised greedy layer-wise pretraining (autoencoders or RBMs) of a small digit network.
     Pretrain(crate::commands::pretrain::PretrainArgs),
     /// The learning-rate range test (fastai's lr_find): a new head on the frozen trunk trained
     /// with an exponentially growing rate; the smoothed loss curve and a suggested rate.
     LrFind(crate::commands::lr_find::LrFindArgs),
+    /// Serve a run's model over HTTP: POST /predict (images, or texts for a text run) answers
+    /// as `predict --json`; GET /health; GET / an upload page. Stops on SIGTERM or Ctrl-C.
+    Serve(ServeArgs),
 }
 
 /// `--lr`: a number, or `auto` (found by the learning-rate range test).
@@ -452,6 +455,39 @@ pub struct PredictArgs {
     /// description)]
     #[arg(long, value_name = "TEMPLATE", requires = "labels")]
     pub template: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
+    /// The run directory (from `graft fit` or `graft adapt`) whose model answers.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Address and port to listen on; port 0 takes a free port (the line printed on start, or
+    /// with --json `{"listening": "ADDR"}`, names it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: std::net::SocketAddr,
+    /// How many classes to list per input, unless a request asks `?top=K`.
+    #[arg(long, default_value_t = 5)]
+    pub top: usize,
+    /// Most inputs per forward pass: concurrent requests are run together up to this many.
+    #[arg(long, default_value_t = 16)]
+    pub max_batch: usize,
+    /// How long the model worker waits, after a request arrives, for others to batch with it
+    /// (milliseconds; 0 runs each as soon as the worker is free).
+    #[arg(long, default_value_t = 5)]
+    pub batch_wait_ms: u64,
+    /// Largest request body in bytes; a larger one is answered 413.
+    #[arg(long, default_value_t = 32 << 20)]
+    pub max_body_bytes: u64,
+    /// Most images (or texts) in one request; more are answered 413.
+    #[arg(long, default_value_t = 64)]
+    pub max_inputs: usize,
+    /// Serve a run whose fit stopped before the end (no summary.json): its best checkpoint so
+    /// far, else its last [default: off, such a run is refused].
+    #[arg(long)]
+    pub allow_unfinished: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -10,14 +10,14 @@ use burn::tensor::Device;
 use crate::adapt::data::{DomainSpec, InputSpec};
 use crate::adapt::train::{load_adapted, AdaptedModel};
 use crate::adapt::losses::gather_rows;
-use crate::data::folder::{ImageFolder, Sample, Skipped};
+use crate::data::folder::{decode_bytes_with, ImageBytes, ImageFolder, Sample, Skipped};
 use crate::manifest::{InputKind, RunManifest};
 use crate::report::gradcam::Cam;
 use crate::report::Reporter;
 use crate::text::features::EmbedStats;
 use crate::train::run::{load_run_checked, predict_files, run_store, top1, Evaluation, RunInfo, RunModel};
 use crate::train::text::{eval_dataset, load_text_run, TextRunModel};
-use crate::transfer::autoencoder::{load_rows, Activation, MlpClassifier, MlpRun, INPUT};
+use crate::transfer::autoencoder::{load_rows, Activation, MlpClassifier, MlpRun, GREY_INPUT, INPUT};
 use crate::{GraftError, Result};
 
 /// A run's model, ready to classify images or texts.
@@ -141,6 +141,48 @@ impl Predictor {
             Model::Adapt(m) if self.input == InputKind::Images => m.predict_files(samples, device),
             Model::Mlp { info, net } => Ok(mlp_probabilities(net, info.config.activation, info.classes.len(), samples, batch, device)),
             _ => Err(self.not_its_input("images")),
+        }
+    }
+
+    /// [`Self::predict_images`] for images held in memory (uploads): the same decoder, limits
+    /// and preprocessing, `batch` images per forward pass; an undecodable image is `None` and
+    /// listed under its name. Nothing is written to disk (a frozen-trunk run's feature cache is
+    /// not consulted).
+    pub fn predict_image_bytes(&self, images: &[ImageBytes], batch: usize, device: &Device) -> Result<(Vec<Option<Vec<f32>>>, Vec<Skipped>)> {
+        let mut out = Vec::with_capacity(images.len());
+        let mut skipped = Vec::new();
+        for chunk in images.chunks(batch.max(1)) {
+            let (rows, bad) = match &self.model {
+                Model::Image { info, .. } => decode_bytes_with(chunk, |img| info.preprocess.apply(&img)),
+                Model::Adapt(m) if self.input == InputKind::Images => decode_bytes_with(chunk, |img| m.info.input.rgb_row(&img)),
+                Model::Mlp { .. } => decode_bytes_with(chunk, |img| GREY_INPUT.rgb_row(&img)),
+                _ => return Err(self.not_its_input("images")),
+            };
+            skipped.extend(bad);
+            let decoded: Vec<bool> = rows.iter().map(Option::is_some).collect();
+            let good: Vec<Vec<f32>> = rows.into_iter().flatten().collect();
+            let mut probs = Vec::new().into_iter();
+            if !good.is_empty() {
+                probs = self.probabilities_of_rows(good, device)?.into_iter();
+            }
+            out.extend(decoded.into_iter().map(|d| if d { probs.next() } else { None }));
+        }
+        Ok((out, skipped))
+    }
+
+    /// Class probabilities of decoded input rows, as the run's kind prepares an image.
+    fn probabilities_of_rows(&self, rows: Vec<Vec<f32>>, device: &Device) -> Result<Vec<Vec<f32>>> {
+        match &self.model {
+            Model::Image { info, model } => Ok(model.probabilities(crate::data::image::batch(&rows, info.preprocess.size, device))),
+            Model::Adapt(m) => m.probabilities_of_rows(rows, device),
+            Model::Mlp { info, net } => {
+                let order: Vec<usize> = (0..rows.len()).collect();
+                let x = gather_rows(&rows.concat(), INPUT, &order, device);
+                let p = softmax(net.forward_with(x, info.config.activation), 1).into_data().try_to_vec::<f32>();
+                let p = p.map_err(|e| GraftError::Data { path: self.run.clone(), reason: format!("the MLP's probabilities: {e:?}") })?;
+                Ok(p.chunks(info.classes.len().max(1)).map(|r| r.to_vec()).collect())
+            }
+            Model::Text(_) => Err(self.not_its_input("images")),
         }
     }
 

@@ -15,6 +15,7 @@ mod predict;
 pub mod pretrain;
 pub mod probe;
 mod pull;
+mod serve;
 pub mod zeroshot;
 
 use crate::cli::Command;
@@ -36,6 +37,7 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Advise(args) => advise::run(args, out),
         Command::Pretrain(args) => pretrain::run(args, out),
         Command::LrFind(args) => lr_find::run(args, out),
+        Command::Serve(args) => serve::run(args, out),
     }
 }
 

@@ -101,26 +101,7 @@ fn predict_run(run: &Path, inputs: &[PathBuf], texts: &[String], batch: usize, a
         let rows: Vec<&str> = inputs.iter().map(|(_, t)| t.as_str()).collect();
         let probs = predictor.predict_texts(&rows, &reporter, &device)?;
         let tasks = predictor.tasks();
-        let mut predictions = Vec::new();
-        for ((source, _), row) in inputs.iter().zip(&probs) {
-            let mut p = source.clone();
-            if tasks.is_empty() {
-                p["top"] = json!(top_k(row, shown.top, |c| &classes[c]));
-            } else {
-                // Every task's top classes (labelled `task/class`), task after task.
-                let mut top = Vec::new();
-                let mut by_task = serde_json::Map::new();
-                for (task, range) in tasks.iter().zip(graft::train::text::TaskHead::ranges(tasks)) {
-                    let start = range.start;
-                    let best = top_k(&row[range], shown.top, |c| &classes[start + c]);
-                    top.extend(best.iter().cloned());
-                    by_task.insert(task.name.clone(), json!(best));
-                }
-                p["top"] = json!(top);
-                p["tasks"] = by_task.into();
-            }
-            predictions.push(p);
-        }
+        let predictions = inputs.iter().zip(&probs).map(|((source, _), row)| text_prediction(source.clone(), row, classes, tasks, shown.top)).collect();
         (predictions, skipped)
     } else {
         anyhow::ensure!(texts.is_empty(), "--text needs a text run (--run from `graft fit --model minilm-l6`)");
@@ -145,8 +126,30 @@ fn predict_run(run: &Path, inputs: &[PathBuf], texts: &[String], batch: usize, a
     print_predictions(out, &value, &predictions, shown)
 }
 
+/// One text's prediction: `source` (what names the input) with its `top` classes; a
+/// multi-task run's every task's top classes (labelled `task/class`), task after task, and
+/// `tasks` holding them by task.
+pub(crate) fn text_prediction(source: Value, row: &[f32], classes: &[String], tasks: &[graft::train::text::TaskHead], k: usize) -> Value {
+    let mut p = source;
+    if tasks.is_empty() {
+        p["top"] = json!(top_k(row, k, |c| &classes[c]));
+    } else {
+        let mut top = Vec::new();
+        let mut by_task = serde_json::Map::new();
+        for (task, range) in tasks.iter().zip(graft::train::text::TaskHead::ranges(tasks)) {
+            let start = range.start;
+            let best = top_k(&row[range], k, |c| &classes[start + c]);
+            top.extend(best.iter().cloned());
+            by_task.insert(task.name.clone(), json!(best));
+        }
+        p["top"] = json!(top);
+        p["tasks"] = by_task.into();
+    }
+    p
+}
+
 /// The `k` most probable classes of one row, most probable first.
-fn top_k<'a>(row: &[f32], k: usize, label: impl Fn(usize) -> &'a str) -> Vec<Value> {
+pub(crate) fn top_k<'a>(row: &[f32], k: usize, label: impl Fn(usize) -> &'a str) -> Vec<Value> {
     let mut order: Vec<usize> = (0..row.len()).collect();
     order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
     order.iter().take(k).map(|&c| json!({"class": c, "label": label(c), "prob": row[c]})).collect()

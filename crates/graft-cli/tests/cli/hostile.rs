@@ -110,7 +110,7 @@ fn chelsea() -> String {
 
 /// A PNG whose header claims `width`×`height` RGB pixels, followed by a valid but empty image
 /// stream: 67 bytes that would decode to width·height·3 bytes.
-fn png_bomb(width: u32, height: u32) -> Vec<u8> {
+pub(super) fn png_bomb(width: u32, height: u32) -> Vec<u8> {
     fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
         out.extend((data.len() as u32).to_be_bytes());
         let start = out.len();

@@ -22,6 +22,7 @@ mod report;
 mod resume;
 mod seam;
 mod semi;
+mod serve;
 mod shard;
 mod text;
 mod traps;

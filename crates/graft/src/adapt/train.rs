@@ -962,16 +962,27 @@ impl AdaptedModel {
             let good: Vec<Vec<f32>> = rows.iter().flatten().cloned().collect();
             let mut probs = Vec::new().into_iter();
             if !good.is_empty() {
-                let x = featurizer.rows(good)?;
-                let n = x.len() / featurizer.width();
-                let t = Tensor::<2>::from_data(TensorData::new(x, [n, featurizer.width()]), device);
-                let p: Vec<f32> = softmax(self.net.logits(t), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
-                let c = self.info.classes.len();
-                probs = p.chunks(c).map(|r| r.to_vec()).collect::<Vec<_>>().into_iter();
+                probs = self.probabilities_with(&featurizer, good, device)?.into_iter();
             }
             out.extend(rows.iter().map(|r| r.as_ref().and_then(|_| probs.next())));
         }
         Ok((out, skipped))
+    }
+
+    /// Class probabilities of input rows (each [`InputSpec::rgb_row`] of an image).
+    pub fn probabilities_of_rows(&self, rows: Vec<Vec<f32>>, device: &Device) -> Result<Vec<Vec<f32>>> {
+        self.expect_images("run")?;
+        let featurizer = Featurizer::new(self.info.input.clone(), self.trunk.as_ref(), &self.home, device);
+        self.probabilities_with(&featurizer, rows, device)
+    }
+
+    fn probabilities_with(&self, featurizer: &Featurizer, rows: Vec<Vec<f32>>, device: &Device) -> Result<Vec<Vec<f32>>> {
+        let x = featurizer.rows(rows)?;
+        let n = x.len() / featurizer.width();
+        let t = Tensor::<2>::from_data(TensorData::new(x, [n, featurizer.width()]), device);
+        let p: Vec<f32> = softmax(self.net.logits(t), 1).into_data().try_to_vec::<f32>().unwrap_or_default();
+        let c = self.info.classes.len();
+        Ok(p.chunks(c).map(|r| r.to_vec()).collect())
     }
 
     /// Image inputs given to a text model are named, not decoded.

@@ -307,11 +307,53 @@ pub(crate) fn reason_of(e: GraftError) -> String {
 
 /// Decodes one file, turning decoder panics (bugs on hostile input) into errors.
 fn decode_guarded(path: &Path) -> std::result::Result<RgbImage, String> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(path))) {
+    guarded(|| decode(path))
+}
+
+/// Runs a decoder, turning its panics (bugs on hostile input) into errors.
+fn guarded(decode: impl FnOnce() -> Result<RgbImage>) -> std::result::Result<RgbImage, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)) {
         Ok(Ok(img)) => Ok(img),
         Ok(Err(e)) => Err(reason_of(e)),
         Err(_) => Err("the image decoder failed on this file".into()),
     }
+}
+
+/// An image file's bytes already in memory (an upload), with the name its errors give it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageBytes {
+    pub name: PathBuf,
+    pub bytes: Vec<u8>,
+}
+
+/// [`decode_with`] for images in memory: the same decoder, with the process-wide
+/// [`super::image::limits`] and [`crate::limits::MAX_IMAGE_FILE_BYTES`] a file gets, in
+/// parallel; undecodable ones are `None` and listed under their name.
+pub fn decode_bytes_with<T: Send>(images: &[ImageBytes], f: impl Fn(RgbImage) -> T + Sync) -> (Vec<Option<T>>, Vec<Skipped>) {
+    let limits = super::image::limits();
+    let results: Vec<std::result::Result<T, String>> = images
+        .par_iter()
+        .map(|i| {
+            if i.bytes.len() as u64 > crate::limits::MAX_IMAGE_FILE_BYTES {
+                let max = crate::limits::MAX_IMAGE_FILE_BYTES;
+                return Err(format!("{} bytes, over the limit of {max} bytes for an image (MAX_IMAGE_FILE_BYTES)", i.bytes.len()));
+            }
+            guarded(|| super::image::decode_bytes(&i.name, &i.bytes, &limits)).map(&f)
+        })
+        .collect();
+    let mut skipped = Vec::new();
+    let out = results
+        .into_iter()
+        .zip(images)
+        .map(|(r, i)| match r {
+            Ok(v) => Some(v),
+            Err(reason) => {
+                skipped.push(Skipped { path: i.name.clone(), reason });
+                None
+            }
+        })
+        .collect();
+    (out, skipped)
 }
 
 /// Decodes every sample in parallel and maps the image through `f`; unreadable files are
@@ -599,5 +641,52 @@ pub(crate) mod tests {
         let first = imgs[0].as_ref().unwrap();
         assert_eq!(first.dimensions(), (10, 8));
         assert_eq!(first.get_pixel(3, 2).0, [21, 26, 0]);
+    }
+
+    #[test]
+    fn images_in_memory_decode_as_their_files_do_and_bad_ones_are_named() {
+        let tmp = TempDir::new("bytes");
+        three_classes(&tmp.0);
+        let ds = ImageFolder::scan(&tmp.0).unwrap();
+        let pre = Preprocess::centre_square(8, [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]);
+        let (from_files, none_skipped) = decode_all(&ds.samples, &pre, &|_| {});
+        assert!(none_skipped.is_empty());
+        let mut images: Vec<ImageBytes> = ds.samples.iter().map(|s| ImageBytes { name: s.path.clone(), bytes: fs::read(&s.path).unwrap() }).collect();
+        // Not an image, and a PNG cut after its header: skipped under their names, in order.
+        let cut = images[0].bytes[..40].to_vec();
+        images.insert(1, ImageBytes { name: "upload: notes".into(), bytes: b"plain text".to_vec() });
+        images.push(ImageBytes { name: "upload: cut.png".into(), bytes: cut });
+        let (from_bytes, skipped) = decode_bytes_with(&images, |img| pre.apply(&img));
+        assert_eq!(from_bytes.len(), ds.samples.len() + 2);
+        assert!(from_bytes[1].is_none() && from_bytes.last().unwrap().is_none());
+        let names: Vec<&Path> = skipped.iter().map(|s| s.path.as_path()).collect();
+        assert_eq!(names, [Path::new("upload: notes"), Path::new("upload: cut.png")]);
+        assert!(skipped[0].reason.contains("not a recognised image format"), "{}", skipped[0].reason);
+        let decoded: Vec<Vec<f32>> = from_bytes.into_iter().flatten().collect();
+        let files: Vec<Vec<f32>> = from_files.into_iter().flatten().collect();
+        assert_eq!(decoded, files);
+    }
+
+    #[test]
+    fn an_image_in_memory_over_the_pixel_limit_is_refused_by_its_header() {
+        // A 64-byte PNG whose header claims 100000×100000 pixels: refused unread.
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut chunk = |kind: &[u8; 4], data: &[u8]| {
+            png.extend((data.len() as u32).to_be_bytes());
+            let mut body = kind.to_vec();
+            body.extend(data);
+            png.extend(&body);
+            png.extend(crc32fast::hash(&body).to_be_bytes());
+        };
+        let mut ihdr = 100_000u32.to_be_bytes().to_vec();
+        ihdr.extend(100_000u32.to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]);
+        chunk(b"IHDR", &ihdr);
+        chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+        chunk(b"IEND", &[]);
+        let (out, skipped) = decode_bytes_with(&[ImageBytes { name: "bomb.png".into(), bytes: png }], |img| img.len());
+        assert_eq!(out, [None]);
+        assert_eq!(skipped[0].path, Path::new("bomb.png"));
+        assert!(skipped[0].reason.contains("100000×100000 is 10000000000 pixels, over the limit"), "{}", skipped[0].reason);
     }
 }

@@ -42,6 +42,9 @@ pub const SIDE: usize = 28;
 /// Width of one input row.
 pub const INPUT: usize = SIDE * SIDE;
 
+/// How an image becomes an MLP's input row: grey, [`SIDE`]×[`SIDE`], values 0–1.
+pub const GREY_INPUT: InputSpec = InputSpec::Grey { side: SIDE as u32, mean: 0.0, std: 1.0 };
+
 /// `mlp:W1,W2,…`: the hidden widths of an MLP on 784 inputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MlpArch {
@@ -193,8 +196,7 @@ impl MlpClassifier {
 
 /// Grey 28×28 rows in [0, 1] of the readable samples, with their indices.
 pub fn load_rows(samples: &[Sample]) -> (Vec<f32>, Vec<usize>, Vec<Skipped>) {
-    let spec = InputSpec::Grey { side: SIDE as u32, mean: 0.0, std: 1.0 };
-    let (rows, skipped) = decode_with(samples, &|_| {}, |img| spec.rgb_row(&img));
+    let (rows, skipped) = decode_with(samples, &|_| {}, |img| GREY_INPUT.rgb_row(&img));
     let mut values = Vec::with_capacity(samples.len() * INPUT);
     let mut kept = Vec::new();
     for (i, r) in rows.into_iter().enumerate() {
