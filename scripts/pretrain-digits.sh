@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # MNIST with 100 labelled digits (10 per class) and the rest of the 10,000 training digits
 # unlabelled: test accuracy (the 10,000 MNIST test digits) of the same MLP trained from random
-# initialisation vs. after greedy layer-wise pretraining (denoising autoencoders; stacked RBMs,
-# CD-1), 3 seeds (the seed picks the labelled subset, the initialisation and the batch order),
-# mean ± std. INITS picks the cases (default: random autoencoder rbm).
+# initialisation vs. after pretraining: greedy layer-wise (denoising autoencoders; stacked RBMs,
+# CD-1) or the whole encoder on a task whose labels come for free (siamese: 20,000 pairs of the
+# unlabelled digits known only as same/different; contrastive: SimCLR views), 3 seeds (the seed
+# picks the labelled subset, the initialisation and the batch order), mean ± std. INITS picks the
+# cases (default: random autoencoder rbm siamese contrastive).
 #
 #   scripts/pretrain-digits.sh [WORKDIR]      (run from the repository root, after cargo build --release)
 set -euo pipefail
@@ -14,10 +16,31 @@ PRE_EPOCHS=${PRE_EPOCHS:-10}
 FIT_EPOCHS=${FIT_EPOCHS:-50}
 NOISE=${NOISE:-0.2}
 RBM_LR=${RBM_LR:-0.001}
-INITS=${INITS:-"random autoencoder rbm"}
+INITS=${INITS:-"random autoencoder rbm siamese contrastive"}
+PAIRS=${PAIRS:-20000}
+CONTRASTIVE_EPOCHS=${CONTRASTIVE_EPOCHS:-30}
 mkdir -p "$WORK"
 [ -d "$WORK/unlabelled" ] || $GRAFT data import mnist --out "$WORK/unlabelled" >&2
 [ -d "$WORK/test" ] || $GRAFT data import mnist --split test --out "$WORK/test" >&2
+# Pairs of the unlabelled digits: half of the same class, half of different ones (the class folders
+# decide same/different only; the siamese network never sees a label).
+[ -f "$WORK/pairs.csv" ] || python3 - "$WORK/unlabelled" "$PAIRS" > "$WORK/pairs.csv" <<'PY'
+import os, random, sys
+root, n = sys.argv[1], int(sys.argv[2])
+by_class = {c: sorted(os.listdir(os.path.join(root, c))) for c in sorted(os.listdir(root))}
+classes = list(by_class)
+rng = random.Random(0)
+print("a,b,same")
+for i in range(n):
+    c = rng.choice(classes)
+    a = rng.choice(by_class[c])
+    if i % 2 == 0:
+        d, same = c, 1
+    else:
+        d, same = rng.choice([k for k in classes if k != c]), 0
+    b = rng.choice(by_class[d])
+    print(f"{c}/{a},{d}/{b},{same}")
+PY
 results="$WORK/results-pre${PRE_EPOCHS}-fit${FIT_EPOCHS}.tsv"
 printf 'seed\tinit\ttest_accuracy\n' > "$results"
 for seed in 0 1 2; do
@@ -30,6 +53,10 @@ for seed in 0 1 2; do
           --epochs "$PRE_EPOCHS" --noise "$NOISE" --seed "$seed" --out "$pre" >&2 ;;
       rbm) [ -f "$pre/model.json" ] || $GRAFT pretrain --method rbm --data "$WORK/unlabelled" --arch "$ARCH" \
           --epochs "$PRE_EPOCHS" --lr "$RBM_LR" --seed "$seed" --out "$pre" >&2 ;;
+      siamese) [ -f "$pre/model.json" ] || $GRAFT pretrain --method siamese --data "$WORK/unlabelled" --pairs "$WORK/pairs.csv" \
+          --arch "$ARCH" --epochs "$PRE_EPOCHS" --seed "$seed" --out "$pre" >&2 ;;
+      contrastive) [ -f "$pre/model.json" ] || $GRAFT pretrain --method contrastive --data "$WORK/unlabelled" --arch "$ARCH" \
+          --epochs "$CONTRASTIVE_EPOCHS" --batch-size 256 --seed "$seed" --out "$pre" >&2 ;;
     esac
     run="$WORK/fit-$init-$seed"
     if [ "$init" = random ]; then from=(--arch "$ARCH"); else from=(--init "$pre"); fi

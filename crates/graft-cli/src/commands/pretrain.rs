@@ -18,8 +18,9 @@ use crate::reporter::TermReporter;
 pub struct PretrainArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
-    /// autoencoder or rbm (stacked restricted Boltzmann machines, CD-k). [default: none;
-    /// required without --resume]
+    /// autoencoder, rbm (stacked restricted Boltzmann machines, CD-k), siamese (pairs known to be
+    /// the same or different, --pairs; contrastive loss) or contrastive (SimCLR: two random views
+    /// of each image, NT-Xent). [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub method: Option<String>,
     /// Images (28×28 grey, e.g. from `graft data import mnist`); class sub-folders, labels
@@ -34,7 +35,7 @@ pub struct PretrainArgs {
     pub out: Option<PathBuf>,
     /// Continue the run in this directory after its last completed epoch, with its saved
     /// config.toml (a run killed at any moment finishes as if never interrupted). [default: none]
-    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed", "cd_k", "visible"])]
+    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed", "cd_k", "visible", "pairs", "margin", "temperature"])]
     pub resume: Option<PathBuf>,
     /// Epochs per layer.
     #[arg(long, default_value_t = 10)]
@@ -59,13 +60,23 @@ pub struct PretrainArgs {
     /// Bernoulli.
     #[arg(long, default_value = "bernoulli")]
     pub visible: String,
+    /// Siamese: a CSV of `a,b,same` rows (image paths relative to --data; same is 1/0) [default:
+    /// none; required by --method siamese].
+    #[arg(long, value_name = "CSV")]
+    pub pairs: Option<PathBuf>,
+    /// Siamese: how far apart different pairs are pushed (distance of unit-length codes, ≤ 2).
+    #[arg(long, default_value_t = 1.0)]
+    pub margin: f64,
+    /// Contrastive: the NT-Xent temperature.
+    #[arg(long, default_value_t = 0.5)]
+    pub temperature: f64,
 }
 
 /// The flags as the library's [`PretrainConfig`], the run directory and whether it resumes.
 /// Every flag is named here, so a new one fails to compile until it is resolved. With
 /// `--resume`, the run's own config.toml is read (the one file read during resolution).
 fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)> {
-    let PretrainArgs { device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed, cd_k, visible } = args;
+    let PretrainArgs { device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature } = args;
     if let Some(run) = resume {
         return Ok((PretrainConfig::from_toml(&run.join("config.toml"))?, run, true));
     }
@@ -77,7 +88,7 @@ fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)
         "gaussian" => graft::transfer::rbm::Visible::Gaussian,
         other => anyhow::bail!("invalid --visible `{other}`: expected bernoulli or gaussian"),
     };
-    let config = PretrainConfig { method, arch: arch.parse()?, data, epochs, batch_size, lr, noise, seed, cd_k, visible };
+    let config = PretrainConfig { method, arch: arch.parse()?, data, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature };
     Ok((config, out, false))
 }
 

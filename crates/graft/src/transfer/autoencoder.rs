@@ -34,6 +34,7 @@ use crate::train::engine::{self, Engine, EpochEnd, Iteration, Keep, Phase, Task,
 use crate::train::guard;
 use crate::train::loss::{argmax, cross_entropy};
 use crate::train::run::Evaluation;
+use super::pairs::PairNet;
 use super::rbm::{Rbm, Visible};
 use crate::{GraftError, Result};
 
@@ -228,6 +229,23 @@ pub struct PretrainConfig {
     /// RBMs: the first layer's visible units (the layers above are Bernoulli).
     #[serde(default)]
     pub visible: Visible,
+    /// Siamese: the CSV of `a,b,same` rows (paths relative to `data`).
+    #[serde(default)]
+    pub pairs: Option<PathBuf>,
+    /// Siamese: how far apart (unit-length codes) different pairs are pushed.
+    #[serde(default = "default_margin")]
+    pub margin: f64,
+    /// Contrastive (SimCLR): the NT-Xent temperature.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+}
+
+fn default_margin() -> f64 {
+    1.0
+}
+
+fn default_temperature() -> f64 {
+    0.5
 }
 
 fn one() -> usize {
@@ -235,7 +253,7 @@ fn one() -> usize {
 }
 
 /// The methods of `graft pretrain`.
-pub const PRETRAIN_METHODS: &str = "autoencoder or rbm";
+pub const PRETRAIN_METHODS: &str = "autoencoder, rbm, siamese or contrastive";
 
 impl PretrainConfig {
     /// Reads a run's `config.toml` (size-checked before it is read).
@@ -259,7 +277,24 @@ impl PretrainConfig {
                     return Err(GraftError::setting("cd_k", &self.cd_k.to_string(), "Gibbs steps lie in 1..=100"));
                 }
             }
+            "siamese" | "contrastive" => {
+                if self.noise != 0.0 || self.visible != Visible::Bernoulli {
+                    let (setting, value) = if self.noise != 0.0 { ("noise", self.noise.to_string()) } else { ("visible", "gaussian".to_string()) };
+                    return Err(GraftError::setting(setting, &value, "applies to --method autoencoder (noise) or rbm (visible)"));
+                }
+                if !(self.margin > 0.0 && self.margin <= 2.0) {
+                    return Err(GraftError::setting("margin", &self.margin.to_string(), "unit-length codes are at most 2 apart: a margin in (0, 2]"));
+                }
+                if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+                    return Err(GraftError::setting("temperature", &self.temperature.to_string(), "must be a positive number"));
+                }
+            }
             _ => return Err(GraftError::setting("method", &self.method, format!("expected {PRETRAIN_METHODS}"))),
+        }
+        match (self.method.as_str(), &self.pairs) {
+            ("siamese", None) => return Err(GraftError::setting("pairs", "", "--method siamese learns from a CSV of a,b,same rows")),
+            ("siamese", Some(_)) | (_, None) => {}
+            (_, Some(p)) => return Err(GraftError::setting("pairs", &p.display().to_string(), "applies to --method siamese")),
         }
         if !(0.0..1.0).contains(&self.noise) {
             return Err(GraftError::setting("noise", &self.noise.to_string(), "the masked fraction lies in [0, 1)"));
@@ -476,13 +511,27 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
     }
     // (A resumed run keeps its saved config, epochs included, so there is no new total to check.)
     let layers = config.arch.hidden.len();
-    let folder = ImageFolder::scan(&config.data)?;
+    // The images (for siamese, those of the pairs) and, for siamese, the pairs as row indices.
+    let (samples, pairs) = match &config.pairs {
+        Some(csv) => {
+            let pairs = super::pairs::read_pairs(csv, &config.data)?;
+            let mut files: Vec<PathBuf> = pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
+            files.sort();
+            files.dedup();
+            (files.into_iter().map(|path| Sample { path, label: 0 }).collect::<Vec<_>>(), Some(pairs))
+        }
+        None => (ImageFolder::scan(&config.data)?.samples, None),
+    };
     engine::prepare_run_dir(run, resume)?;
     device.seed(config.seed);
-    let (mut codes, kept, skipped) = load_rows(&folder.samples);
+    let (mut codes, kept, skipped) = load_rows(&samples);
+    let pair_rows: Option<Vec<(usize, usize, bool)>> = pairs.map(|pairs| {
+        let row_of: std::collections::HashMap<&Path, usize> = kept.iter().enumerate().map(|(row, &i)| (samples[i].path.as_path(), row)).collect();
+        pairs.iter().filter_map(|p| Some((*row_of.get(p.a.as_path())?, *row_of.get(p.b.as_path())?, p.same))).collect()
+    });
     let n = kept.len();
-    if n == 0 {
-        return Err(GraftError::Data { path: config.data.clone(), reason: "no readable images".into() });
+    if n == 0 || pair_rows.as_ref().is_some_and(|p| p.is_empty()) {
+        return Err(GraftError::Data { path: config.pairs.clone().unwrap_or(config.data.clone()), reason: "no readable images".into() });
     }
     if !resume {
         // config.toml first: a run counts as started once model.json exists (its layers are
@@ -492,6 +541,9 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
         started.save(run, device)?;
     }
     let mut engine = Engine::open(run, resume, config.seed, reporter, device)?;
+    if matches!(config.method.as_str(), "siamese" | "contrastive") {
+        return pretrain_whole(config, run, engine, &codes, pair_rows, n, skipped, device);
+    }
     let mut encoder = Encoder::init(&config.arch, device);
     let total = layers * config.epochs;
     // Every layer's model is built (and its weights drawn: burn initialises lazily) before any
@@ -542,6 +594,104 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
     let summary = PretrainSummary { run: run.into(), config: config.clone(), epochs: engine.state.epoch, images: n, layers: reports, seconds: engine.state.train_seconds, skipped };
     summary.save(run, device)?;
     Ok(summary)
+}
+
+/// The whole encoder trained at once on pairs (siamese) or on two views of each image
+/// (contrastive): one phase of `config.epochs`, the encoder saved as the layer-wise methods save it.
+#[allow(clippy::too_many_arguments)]
+fn pretrain_whole(config: &PretrainConfig, run: &Path, mut engine: Engine, rows: &[f32], pairs: Option<Vec<(usize, usize, bool)>>, images: usize, skipped: Vec<Skipped>, device: &Device) -> Result<PretrainSummary> {
+    let contrastive = pairs.is_none();
+    let net = engine::stable_ids(PairNet::init(&config.arch, contrastive, device).train());
+    let net = engine.resume_into(net, 0, config.epochs, "the pretrained encoder")?;
+    let n = pairs.as_ref().map(|p| p.len()).unwrap_or(images);
+    let mut task = WholeTask { config, rows, pairs, n, train_device: device.clone().autodiff(), batches: Vec::new(), rng: epoch_rng(config.seed, 0, 0), sum: 0.0 };
+    let phase = Phase {
+        name: String::new(),
+        offset: 0,
+        epochs: config.epochs,
+        total: config.epochs,
+        keep: Keep::Last,
+        best_file: "pretrained.safetensors".into(),
+        early_stopping: None,
+        plateau: None,
+        optimizer: AdamConfig::new().init(),
+    };
+    let trained = engine.run_phase(&mut task, net, phase)?.valid();
+    let records: Vec<serde_json::Value> = engine::read_records(run)?;
+    let losses: Vec<f64> = records.iter().filter_map(|r| r["train_loss"].as_f64()).collect();
+    let report = LayerReport {
+        layer: 0,
+        input: INPUT,
+        output: config.arch.hidden.last().copied().unwrap_or(INPUT),
+        first_epoch_loss: losses.first().copied().unwrap_or(f64::NAN),
+        last_epoch_loss: losses.last().copied().unwrap_or(f64::NAN),
+    };
+    checkpoint::save(&trained.encoder, &run.join("encoder.safetensors"), BTreeMap::from([("graft.arch".to_string(), config.arch.to_string())]))?;
+    let summary = PretrainSummary { run: run.into(), config: config.clone(), epochs: engine.state.epoch, images, layers: vec![report], seconds: engine.state.train_seconds, skipped };
+    summary.save(run, device)?;
+    Ok(summary)
+}
+
+/// The whole encoder's task: pairs through the contrastive loss, or two views of each image
+/// through NT-Xent.
+struct WholeTask<'a> {
+    config: &'a PretrainConfig,
+    rows: &'a [f32],
+    /// (row a, row b, same) per pair; `None`: contrastive views of every row.
+    pairs: Option<Vec<(usize, usize, bool)>>,
+    n: usize,
+    train_device: Device,
+    batches: Vec<Vec<usize>>,
+    rng: StdRng,
+    sum: f64,
+}
+
+impl Task for WholeTask<'_> {
+    type Model = PairNet;
+
+    fn iterations(&self) -> usize {
+        self.n.div_ceil(self.config.batch_size.max(1))
+    }
+
+    fn begin_epoch(&mut self, _model: &PairNet, epoch: usize) -> Result<()> {
+        self.rng = epoch_rng(self.config.seed, 0, epoch);
+        self.batches = batches(self.n, self.config.batch_size, &mut self.rng);
+        self.sum = 0.0;
+        Ok(())
+    }
+
+    fn lr(&self, _it: &Iteration) -> f64 {
+        self.config.lr
+    }
+
+    fn step(&mut self, net: &PairNet, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
+        let idx = &self.batches[it.index];
+        let dev = &self.train_device;
+        let loss = match &self.pairs {
+            Some(pairs) => {
+                let (a, b, same) = super::pairs::pair_batch(self.rows, pairs, idx, dev);
+                super::pairs::contrastive_loss(net.embed(a), net.embed(b), &same, self.config.margin)
+            }
+            None => {
+                let (a, b) = super::pairs::views(self.rows, idx, &mut self.rng, dev);
+                super::pairs::nt_xent(net.embed(a), net.embed(b), self.config.temperature)
+            }
+        };
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        guard::check_loss(&format!("{} loss", self.config.method), value, it.epoch + 1, lr)?;
+        self.sum += value * idx.len() as f64;
+        Ok(vec![(super::pairs::grads(loss, net), 1.0)])
+    }
+
+    fn end_epoch(&mut self, _model: &PairNet, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
+        let loss = self.sum / self.n.max(1) as f64;
+        let record = serde_json::json!({"epoch": epoch, "phase": self.config.method, "layer": 1, "lr": lr, "train_loss": loss, "seconds": seconds});
+        Ok(EpochEnd { validation: None, record, scalars: vec![(format!("loss/{}", self.config.method), loss), ("lr".into(), lr)] })
+    }
+
+    fn report(&self, reporter: &dyn Reporter, record: &serde_json::Value, _total: usize) {
+        reporter.message(&format!("{} epoch {}/{}: loss {:.5}", self.config.method, record["epoch"].as_u64().unwrap_or(0), self.config.epochs, record["train_loss"].as_f64().unwrap_or(f64::NAN)));
+    }
 }
 
 /// Settings of `graft fit --init RUN` / `graft fit --arch mlp:…`, saved in its `model.json`.

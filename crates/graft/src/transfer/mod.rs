@@ -5,6 +5,7 @@
 
 pub mod advise;
 pub mod autoencoder;
+pub mod pairs;
 pub mod probe;
 pub mod rbm;
 pub mod stages;
