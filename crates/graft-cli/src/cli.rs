@@ -54,6 +54,37 @@ pub enum Command {
     Advise(crate::commands::advise::AdviseArgs),
     /// Unsupervised greedy layer-wise pretraining (autoencoders) of a small digit network.
     Pretrain(crate::commands::pretrain::PretrainArgs),
+    /// Write a fitted image run for other runtimes: one ONNX file (preprocessed images in, class
+    /// probabilities out, labels and preprocessing in its metadata), or safetensors weights
+    /// with a JSON config for PyTorch.
+    Export(ExportArgs),
+}
+
+/// What `graft export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One .onnx file (opset 17, dynamic batch).
+    Onnx,
+    /// A folder with model.safetensors and config.json.
+    Safetensors,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Run directory made by `graft fit` on images. [default: none, required]
+    #[arg(long)]
+    pub run: PathBuf,
+    /// onnx: one file; safetensors: a folder with model.safetensors and config.json.
+    #[arg(long, value_enum, default_value = "onnx")]
+    pub format: ExportFormat,
+    /// Where to write: the .onnx file (--format onnx) or the folder, created if missing
+    /// (--format safetensors). [default: none, required]
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Export a run whose fit stopped before the end (no summary.json): its best checkpoint so
+    /// far, else its last [default: off, such a run is refused].
+    #[arg(long)]
+    pub allow_unfinished: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -7,6 +7,7 @@ mod extract;
 pub mod fewshot;
 mod data;
 mod eval;
+mod export;
 mod fit;
 mod inspect;
 mod inspect_run;
@@ -34,6 +35,7 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Probe(args) => probe::run(args, out),
         Command::Advise(args) => advise::run(args, out),
         Command::Pretrain(args) => pretrain::run(args, out),
+        Command::Export(args) => export::run(args, out),
     }
 }
 

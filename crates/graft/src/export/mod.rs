@@ -1,0 +1,355 @@
+//! `graft export`: a fitted image run written for other runtimes.
+//!
+//! - [`write_onnx`]: the whole model as one ONNX file (opset 17): preprocessed images
+//!   `input` [N, 3, H, W] (float, N dynamic) in, class probabilities `probabilities`
+//!   [N, classes] out. The trunk is each architecture's emitter
+//!   ([`BackboneNet::to_onnx`](crate::zoo::backbone::BackboneNet::to_onnx), BatchNorm folded
+//!   into the convolutions), then the run's pooling and head and a softmax. The labels and
+//!   the preprocessing are in the model's `metadata_props` ([`metadata`]).
+//! - [`write_safetensors`]: the weights (trunk under the original weights file's PyTorch names,
+//!   head as `head.layers.i`) and a `config.json` describing how they fit together.
+//!
+//! Text, adaptation and digit-MLP runs, architectures without an emitter (VGG, ConvNeXt) and
+//! k-NN heads are refused with [`GraftError::Export`], naming what is refused.
+
+pub mod onnx;
+pub mod proto;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use serde::Serialize;
+
+use crate::classic::{Classic, ClassicKind};
+use crate::manifest::RunManifest;
+use crate::train::model::{HeadPool, HeadSpec};
+use crate::train::run::{load_run_checked, RunInfo, RunModel};
+use crate::zoo::table::{Convention, Layout};
+use crate::zoo::ModelSpec;
+use crate::{GraftError, Result};
+use onnx::{float, int, ints, OnnxGraph};
+use proto::{Dim, ModelProto, ValueInfoProto, FLOAT};
+
+/// ONNX operator set written (LayerNormalization exists from 17).
+pub const OPSET: i64 = 17;
+/// ONNX IR version of opset 17 (ONNX 1.12).
+pub const IR_VERSION: i64 = 8;
+/// Name of the ONNX model's input and output.
+pub const INPUT: &str = "input";
+pub const OUTPUT: &str = "probabilities";
+
+/// What `write_onnx` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct OnnxExport {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub opset: i64,
+    pub nodes: usize,
+    pub initializers: usize,
+    /// `[batch, 3, size, size]` (batch is symbolic).
+    pub input: String,
+    pub output: String,
+    pub classes: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What `write_safetensors` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct SafetensorsExport {
+    pub weights: PathBuf,
+    pub config: PathBuf,
+    pub tensors: usize,
+}
+
+/// Loads an image run for export; any other kind is refused, naming it.
+fn load_image_run(run: &Path, allow_unfinished: bool, device: &Device) -> Result<(RunInfo, RunModel)> {
+    let manifest = RunManifest::load(run)?;
+    if !matches!(manifest, RunManifest::Image(_)) {
+        return Err(GraftError::Export {
+            what: format!("{} (a {} run)", run.display(), manifest.describe()),
+            reason: "graft exports image classifiers made by `graft fit` only".into(),
+        });
+    }
+    load_run_checked(run, allow_unfinished, device)
+}
+
+/// The ONNX model's `metadata_props`: labels, preprocessing (as a whole and field by field),
+/// the graft model and head it came from, and what the input and output hold.
+pub fn metadata(info: &RunInfo) -> BTreeMap<String, String> {
+    let json = |v: serde_json::Value| v.to_string();
+    let pre = serde_json::to_value(&info.preprocess).expect("preprocess serializes");
+    let mut m = BTreeMap::new();
+    m.insert("labels".into(), json(serde_json::json!(info.classes)));
+    m.insert("preprocess".into(), json(pre.clone()));
+    for key in ["size", "crop", "interpolation", "mean", "std"] {
+        m.insert(format!("preprocess.{key}"), json(pre[key].clone()));
+    }
+    m.insert("graft.model".into(), info.model.clone());
+    m.insert("graft.head".into(), info.head.to_string());
+    m.insert("graft.head_pool".into(), json(serde_json::to_value(info.head_pool).expect("pool serializes")));
+    m.insert(
+        "input".into(),
+        format!("{INPUT}: float32 [batch, 3, {s}, {s}], RGB planes after crop and resize, (pixel − mean) / std with pixel, mean and std on the 0–255 scale", s = info.preprocess.size),
+    );
+    m.insert("output".into(), format!("{OUTPUT}: float32 [batch, {}], softmax class probabilities in the order of `labels`", info.classes.len()));
+    m
+}
+
+/// The whole fitted model of an image run as an ONNX model (see the module docs).
+pub fn onnx_model(run: &Path, allow_unfinished: bool, device: &Device) -> Result<ModelProto> {
+    let (info, model) = load_image_run(run, allow_unfinished, device)?;
+    let mut g = OnnxGraph::new();
+    let map = model.net.trunk.net().to_onnx(&mut g, INPUT).map_err(|e| match e {
+        GraftError::Export { what, reason } => GraftError::Export { what: format!("{what} (run {}, model {})", run.display(), info.model), reason },
+        e => e,
+    })?;
+    let features = match model.net.pool {
+        HeadPool::Avg => g.global_avg_pool(&map),
+        HeadPool::Flatten => g.flatten(&map),
+    };
+    let probabilities = match &model.classic {
+        None => {
+            let layers = &model.net.head.layers;
+            let mut x = features;
+            for (i, layer) in layers.iter().enumerate() {
+                x = g.linear(layer, &x, &format!("head.layers.{i}"))?;
+                // Hidden layers: ReLU, then dropout (the identity in inference).
+                if i + 1 < layers.len() {
+                    x = g.relu(&x);
+                }
+            }
+            g.softmax(&x, OUTPUT)
+        }
+        Some(classic) => classic_head(&mut g, classic, &info.head, &features)?,
+    };
+    debug_assert_eq!(probabilities, OUTPUT);
+    let size = info.preprocess.size as i64;
+    let batch = || Dim::Param("batch".into());
+    let input = ValueInfoProto { name: INPUT.into(), elem_type: FLOAT, shape: vec![batch(), Dim::Value(3), Dim::Value(size), Dim::Value(size)] };
+    let output = ValueInfoProto { name: OUTPUT.into(), elem_type: FLOAT, shape: vec![batch(), Dim::Value(info.classes.len() as i64)] };
+    let graph = g.finish(&format!("graft {} {}", info.model, info.head), vec![input], vec![output]);
+    Ok(ModelProto {
+        ir_version: IR_VERSION,
+        opset: OPSET,
+        producer_name: "graft".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: format!("{} with a {} head on {} classes, exported by graft from {}", info.model, info.head, info.classes.len(), run.display()),
+        graph,
+        metadata: metadata(&info).into_iter().collect(),
+    })
+}
+
+/// A classic head on pooled features `x`: logistic regression and the linear SVM as
+/// standardisation + `Gemm` + softmax, prototypes as L2 normalisation + `MatMul` + softmax;
+/// k-NN is refused.
+fn classic_head(g: &mut OnnxGraph, classic: &Classic, head: &HeadSpec, x: &str) -> Result<String> {
+    let (mean, std, params) = classic.parts();
+    let (d, c) = (classic.dim, classic.classes);
+    match classic.kind {
+        ClassicKind::Logistic(_) | ClassicKind::Svm => {
+            let m = g.initializer("classic.mean", &[d], mean);
+            let s = g.initializer("classic.std", &[d], std);
+            let centred = g.node("Sub", &[x, &m], vec![], "classic.centred");
+            let z = g.node("Div", &[&centred, &s], vec![], "classic.standardised");
+            // params: [c, d + 1], bias last → Gemm(z, W, b, transB = 1) with W [c, d].
+            let rows: Vec<&[f32]> = params.chunks(d + 1).collect();
+            let w: Vec<f32> = rows.iter().flat_map(|r| r[..d].iter().copied()).collect();
+            let b: Vec<f32> = rows.iter().map(|r| r[d]).collect();
+            let w = g.initializer("classic.weight", &[c, d], &w);
+            let b = g.initializer("classic.bias", &[c], &b);
+            let scores = g.node("Gemm", &[&z, &w, &b], vec![int("transB", 1)], "classic.scores");
+            Ok(g.softmax(&scores, OUTPUT))
+        }
+        ClassicKind::Prototype => {
+            // x / max(‖x‖₂, 1e-12), then cosine similarities × 10 (see `Classic`).
+            let norm = g.node("ReduceL2", &[x], vec![ints("axes", &[1]), int("keepdims", 1)], "classic.norm");
+            let eps = g.initializer("classic.eps", &[], &[1e-12]);
+            let norm = g.node("Max", &[&norm, &eps], vec![], "classic.norm_clamped");
+            let unit = g.node("Div", &[x, &norm], vec![], "classic.unit");
+            let p = g.initializer("classic.prototypes", &[c, d], params);
+            let scores = g.node("Gemm", &[&unit, &p], vec![int("transB", 1), float("alpha", 10.0)], "classic.scores");
+            Ok(g.softmax(&scores, OUTPUT))
+        }
+        ClassicKind::Knn(_) => Err(GraftError::Export {
+            what: format!("the {head} head to ONNX"),
+            reason: "a k-NN head votes among stored training rows, which graft does not write as ONNX operators; refit with --head logistic or linear".into(),
+        }),
+    }
+}
+
+/// Writes the run's model as ONNX to `out` (atomically).
+pub fn write_onnx(run: &Path, out: &Path, allow_unfinished: bool, device: &Device) -> Result<OnnxExport> {
+    let model = onnx_model(run, allow_unfinished, device)?;
+    let bytes = model.to_bytes();
+    crate::fsutil::write_atomic(out, &bytes)?;
+    let classes: Vec<String> = serde_json::from_str(&model.metadata.iter().find(|(k, _)| k == "labels").map(|(_, v)| v.clone()).unwrap_or_default()).unwrap_or_default();
+    Ok(OnnxExport {
+        path: out.to_path_buf(),
+        bytes: bytes.len() as u64,
+        opset: OPSET,
+        nodes: model.graph.nodes.len(),
+        initializers: model.graph.initializers.len(),
+        input: format!("{INPUT} [batch, 3, {0}, {0}]", model.graph.inputs[0].shape.get(2).map(|d| match d { Dim::Value(v) => v.to_string(), Dim::Param(p) => p.clone() }).unwrap_or_default()),
+        output: format!("{OUTPUT} [batch, {}]", classes.len()),
+        classes,
+        metadata: model.metadata.into_iter().collect(),
+    })
+}
+
+/// The PyTorch name of a trunk tensor: the original weights file's name for a PyTorch
+/// checkpoint; for weights that came from Keras, burn's path (torchvision's module layout)
+/// with BatchNorm's `gamma`/`beta` called `weight`/`bias` as PyTorch does.
+fn pytorch_name(convention: Convention, file: &str, burn: &str) -> String {
+    match convention {
+        Convention::Torch => file.to_string(),
+        Convention::Keras => match burn.rsplit_once('.') {
+            Some((module, "gamma")) => format!("{module}.weight"),
+            Some((module, "beta")) => format!("{module}.bias"),
+            _ => burn.to_string(),
+        },
+    }
+}
+
+/// `[rows, cols]` row-major → `[cols, rows]`.
+fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Writes `DIR/model.safetensors` (trunk tensors under PyTorch names, the head's linear layers
+/// as `head.layers.i.weight` `[out, in]` and `.bias`, a classic head's tensors as `classic.*`)
+/// and `DIR/config.json`; creates `DIR`.
+pub fn write_safetensors(run: &Path, dir: &Path, allow_unfinished: bool, device: &Device) -> Result<SafetensorsExport> {
+    let (info, model) = load_image_run(run, allow_unfinished, device)?;
+    let config = ModelSpec::find(&info.model)?.config();
+    let table = config.table();
+    let state = crate::train::checkpoint::export(&model.net);
+    let mut dict = graft_weights::StateDict::default();
+    let missing = |name: &str| GraftError::Data { path: run.to_path_buf(), reason: format!("the run's model has no tensor `{name}`") };
+    for leaf in table.leaves.iter().filter(|l| !l.is_head) {
+        for t in table.tensors(leaf) {
+            let key = format!("trunk.{}", t.burn);
+            let mut tensor = state.tensors.get(&key).cloned().ok_or_else(|| missing(&key))?;
+            if let (Layout::Transposed, &[d_in, d_out]) = (t.layout, t.shape.as_slice()) {
+                tensor.data = transpose(&tensor.data, d_in, d_out);
+                tensor.shape = vec![d_out, d_in];
+            }
+            dict.tensors.insert(pytorch_name(table.convention, &t.file, &t.burn), tensor);
+        }
+    }
+    let mut layers = Vec::new();
+    let hidden = model.net.head.layers.len();
+    if model.classic.is_none() {
+        for i in 0..hidden {
+            let (wk, bk) = (format!("head.layers.{i}.weight"), format!("head.layers.{i}.bias"));
+            let mut w = state.tensors.get(&wk).cloned().ok_or_else(|| missing(&wk))?;
+            let [d_in, d_out] = [w.shape[0], w.shape[1]];
+            w.data = transpose(&w.data, d_in, d_out);
+            w.shape = vec![d_out, d_in];
+            dict.tensors.insert(wk.clone(), w);
+            dict.tensors.insert(bk.clone(), state.tensors.get(&bk).cloned().ok_or_else(|| missing(&bk))?);
+            let activation = if i + 1 < hidden { Some("relu") } else { None };
+            layers.push(serde_json::json!({ "weight": wk, "bias": bk, "in": d_in, "out": d_out, "activation": activation }));
+        }
+    } else {
+        let classic = graft_weights::load(&run.join("classic.safetensors"))?;
+        for (k, v) in classic.tensors {
+            dict.tensors.insert(format!("classic.{k}"), v);
+        }
+    }
+    crate::fsutil::create_dir_nofollow(dir)?;
+    let weights = dir.join("model.safetensors");
+    let tensors = dict.tensors.len();
+    graft_weights::save_safetensors(&weights, &dict)?;
+    let [c, h, w] = config.final_map();
+    let head = match &model.classic {
+        None => serde_json::json!({ "kind": info.head.to_string(), "pool": info.head_pool, "input": crate::train::model::Grafted::head_input_width(info.head_pool, [c, h, w]), "layers": layers, "output": "softmax" }),
+        Some(classic) => serde_json::json!({
+            "kind": info.head.to_string(), "pool": info.head_pool, "input": classic.dim,
+            "tensors": "classic.mean, classic.std, classic.params ([classes, dim + 1], bias last, for logistic and svm; class means for prototype; training rows for knn), classic.labels",
+            "output": "softmax",
+        }),
+    };
+    let json = serde_json::json!({
+        "format": "graft-export",
+        "version": 1,
+        "model": info.model,
+        "weights": "model.safetensors",
+        "trunk": {
+            "names": match table.convention { Convention::Torch => "as in the original PyTorch state dict", Convention::Keras => "torchvision's module paths (the original file is Keras)" },
+            "batch_norm": "unfolded: weight, bias, running_mean, running_var",
+            "stages": config.num_stages(),
+            "final_map": [c, h, w],
+        },
+        "head": head,
+        "classes": info.classes,
+        "preprocess": info.preprocess,
+    });
+    let config_path = dir.join("config.json");
+    crate::fsutil::write_atomic(&config_path, &serde_json::to_vec_pretty(&json).expect("config serializes"))?;
+    Ok(SafetensorsExport { weights, config: config_path, tensors })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::zoo::backbone::BackboneNet;
+    use crate::zoo::convnext::ConvNeXtConfig;
+    use crate::zoo::efficientnet::EfficientNetLiteConfig;
+    use crate::zoo::table::LeafKind;
+
+    /// An architecture without an emitter refuses with a typed error naming it.
+    #[test]
+    fn architectures_without_an_emitter_refuse_naming_themselves() {
+        let device = Device::default();
+        let net = ConvNeXtConfig { depths: [1; 4], dims: [8, 16, 32, 64], resolution: 32, num_classes: 2 }.init(&device);
+        let err = net.to_onnx(&mut OnnxGraph::new(), INPUT).unwrap_err();
+        assert!(matches!(err, GraftError::Export { .. }), "{err:?}");
+        let err = err.to_string();
+        assert!(err.starts_with("cannot export the ConvNeXt architecture to ONNX"), "{err}");
+    }
+
+    /// Lite0's emitter writes one Conv per convolution of the layer table (BatchNorm folded
+    /// into it: no BatchNormalization node, a bias per Conv), a Clip per ReLU6 sharing one
+    /// pair of bounds, and an Add per residual block; every node input is defined before use.
+    #[test]
+    fn lite0_graph_has_a_conv_per_table_convolution_and_no_batch_norm() {
+        let device = Device::default();
+        let mut config = EfficientNetLiteConfig::lite(0).expect("lite0");
+        config.resolution = 64;
+        let net = config.init(&device);
+        let mut g = OnnxGraph::new();
+        let out = net.to_onnx(&mut g, INPUT).unwrap();
+        let graph = g.finish("t", vec![], vec![]);
+        let convs = config.table().leaves.iter().filter(|l| matches!(l.kind, LeafKind::Conv { .. })).count();
+        let count = |op: &str| graph.nodes.iter().filter(|n| n.op_type == op).count();
+        assert_eq!(count("Conv"), convs);
+        assert_eq!(count("BatchNormalization"), 0);
+        assert!(graph.nodes.iter().filter(|n| n.op_type == "Conv").all(|n| n.inputs.len() == 3), "every Conv has its folded bias");
+        let blocks = config.blocks();
+        assert_eq!(count("Add"), blocks.iter().filter(|b| b.stride == 1 && b.input == b.output).count());
+        assert_eq!(count("Clip"), 2 + blocks.len() + blocks.iter().filter(|b| b.expanded.is_some()).count());
+        assert_eq!(graph.initializers.iter().filter(|t| t.name == "six" || t.name == "zero").count(), 2);
+        let mut defined: std::collections::BTreeSet<&str> = graph.initializers.iter().map(|t| t.name.as_str()).collect();
+        defined.insert(INPUT);
+        for n in &graph.nodes {
+            for i in &n.inputs {
+                assert!(defined.contains(i.as_str()), "{} reads {i} before it exists", n.name);
+            }
+            assert!(defined.insert(&n.outputs[0]), "{} is written twice", n.outputs[0]);
+        }
+        assert_eq!(graph.nodes.last().map(|n| n.outputs[0].as_str()), Some(out.as_str()));
+        // The stem convolution's folded weights: W·γ/√(σ² + ε), as fold_conv_bn computes them.
+        let stem = graph.initializers.iter().find(|t| t.name == "_conv_stem.weight").unwrap();
+        assert_eq!(stem.dims, vec![32, 3, 3, 3]);
+        let folded = crate::zoo::fold::fold_conv_bn(&net._conv_stem, &net._bn0);
+        let want: Vec<u8> = onnx::values(folded.weight.val(), "w").unwrap().iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(stem.raw_data, want);
+    }
+}
