@@ -13,7 +13,7 @@ pub fn run(args: ExportArgs, out: &Output) -> anyhow::Result<()> {
     let device = graft::device::default_device();
     match format {
         ExportFormat::Onnx => {
-            let e = graft::export::write_onnx(&run, &path, allow_unfinished, &device)?;
+            let e = graft::export::write_onnx(&run, &path, &graft::zoo::graft_home(), allow_unfinished, &device)?;
             let value = json!({
                 "format": "onnx", "path": e.path, "files": [e.path], "bytes": e.bytes, "opset": e.opset,
                 "nodes": e.nodes, "initializers": e.initializers, "input": e.input, "output": e.output,

@@ -41,12 +41,13 @@ fn onnx_python() -> &'static Path {
     })
 }
 
-/// Runs `model` in onnxruntime on the `[N, 3, S, S]` inputs; returns the probabilities and
-/// what the script reports (metadata, declared shapes, operators, the batch-of-one check).
-fn run_onnx(model: &Path, inputs: &Path) -> (graft::npy::Array, serde_json::Value) {
+/// Runs `model` in onnxruntime on `inputs` (.npy, in the graph's input order); returns the
+/// probabilities and what the script reports (metadata, declared shapes, operators, the
+/// batch-of-one check).
+fn run_onnx(model: &Path, inputs: &[PathBuf]) -> (graft::npy::Array, serde_json::Value) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/export/run_onnx.py");
-    let out_npy = inputs.with_file_name("onnx-probabilities.npy");
-    let out = Command::new("python3").arg(&script).arg(model).arg(inputs).arg(&out_npy).env("PYTHONPATH", onnx_python()).output().expect("run python3");
+    let out_npy = model.with_extension("probabilities.npy");
+    let out = Command::new("python3").arg(&script).arg(model).arg(&out_npy).args(inputs).env("PYTHONPATH", onnx_python()).output().expect("run python3");
     assert!(out.status.success(), "run_onnx.py failed on {}: {}", model.display(), String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("run_onnx.py printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
     (graft::npy::read_f32(&out_npy).unwrap(), report)
@@ -77,7 +78,7 @@ fn check_onnx_parity(home: &Path, run: &Path, files: &[PathBuf], name: &str) -> 
     let size = info.preprocess.size as usize;
     let inputs = run.with_file_name(format!("{name}-inputs.npy"));
     std::fs::write(&inputs, graft::npy::encode_f32(&[files.len(), 3, size, size], &pixels)).unwrap();
-    let (got, report) = run_onnx(&onnx, &inputs);
+    let (got, report) = run_onnx(&onnx, &[inputs]);
     let classes = info.classes.len();
     assert_eq!(got.shape, vec![files.len(), classes], "{name}: output shape");
     // Saturated probabilities (all 0 or 1) would hide differences in the logits.
@@ -102,7 +103,7 @@ fn check_onnx_parity(home: &Path, run: &Path, files: &[PathBuf], name: &str) -> 
 
     // A dynamic batch: one image alone gives its row of the batch.
     assert!(report["single_vs_batch"].as_f64().unwrap() <= 1e-5, "{name}: {report}");
-    assert_eq!(report["input"], serde_json::json!(["input", ["batch", 3, size, size]]));
+    assert_eq!(report["inputs"], serde_json::json!([["input", ["batch", 3, size, size]]]));
     assert_eq!(report["output"], serde_json::json!(["probabilities", ["batch", classes]]));
     assert_eq!(report["opset"], serde_json::json!([17]));
     let meta = &report["metadata"];
@@ -215,4 +216,64 @@ fn export_refusals_name_the_run() {
     assert_bad_input(&graft_in(&home, &["export", "--run", s(&dir), "--out", s(&dir.join("m.onnx"))]), &[s(&dir), "not a graft run"]);
     assert_bad_input(&graft_in(&home, &["export", "--run", s(&dir.join("none")), "--format", "safetensors", "--out", s(&dir.join("st"))]), &["none"]);
     assert!(!dir.join("m.onnx").exists() && !dir.join("st").exists());
+}
+
+/// A text run (MiniLM-L6 embeddings, an MLP head) exports with its encoder: graft's own token
+/// ids in (one text long enough to be truncated), probabilities within 1e-4 of
+/// `graft predict --run RUN --text …`.
+#[test]
+fn text_run_exports_to_onnx_that_onnxruntime_runs_like_predict() {
+    let pulled = super::text::minilm();
+    let dir = scratch("export-text");
+    let home = isolated_home("export-text");
+    let csv = dir.join("sms.csv");
+    super::text::import_csv("sms-spam", 10, &csv);
+    let run = dir.join("run");
+    json_of(&graft_in(&home, &["fit", "--model", "minilm-l6", "--data", s(&csv), "--out", s(&run), "--head", "mlp:16", "--epochs", "3", "--val-split", "0", "--json"]));
+    let onnx = dir.join("text.onnx");
+    let e = json_of(&graft_in(&home, &["export", "--run", s(&run), "--out", s(&onnx), "--json"]));
+    assert_eq!(e["files"], serde_json::json!([s(&onnx)]));
+    assert_eq!(e["input"], "input_ids [batch, sequence], attention_mask [batch, sequence]");
+
+    let long = "Congratulations, you have won a prize! ".repeat(60);
+    let texts = ["Are we still meeting for lunch tomorrow?", "WINNER!! Claim your free cash prize now, text WIN to 80086", "ok", long.as_str()];
+    let tokenizer = graft::text::TextTokenizer::from_file(&graft::text::pull::tokenizer_path(pulled)).unwrap();
+    let batch = tokenizer.batch(&texts).unwrap();
+    assert_eq!(batch.len, tokenizer.max_tokens(), "the long text is truncated");
+    let npy = |name: &str, values: &[u32]| {
+        let path = dir.join(name);
+        let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        std::fs::write(&path, graft::npy::encode_f32(&[batch.rows, batch.len], &values)).unwrap();
+        path
+    };
+    let (got, report) = run_onnx(&onnx, &[npy("ids.npy", &batch.ids), npy("mask.npy", &batch.mask)]);
+    let classes: Vec<String> = serde_json::from_str(report["metadata"]["labels"].as_str().unwrap()).unwrap();
+    assert_eq!(classes, ["ham", "spam"]);
+    assert_eq!(got.shape, vec![texts.len(), 2]);
+    assert!(got.data.iter().filter(|p| (0.001..0.999).contains(*p)).count() >= texts.len(), "saturated probabilities {:?}", got.data);
+
+    let mut args = vec!["predict", "--run", s(&run), "--top", "2", "--json"];
+    for t in &texts {
+        args.extend(["--text", t]);
+    }
+    let v = json_of(&graft_in(&home, &args));
+    let mut max_diff = 0f32;
+    for (i, p) in v["predictions"].as_array().unwrap().iter().enumerate() {
+        for t in p["top"].as_array().unwrap() {
+            let c = t["class"].as_u64().unwrap() as usize;
+            max_diff = max_diff.max((got.data[i * 2 + c] - t["prob"].as_f64().unwrap() as f32).abs());
+        }
+    }
+    eprintln!("minilm-text: max |Δp| between onnxruntime and graft predict = {max_diff:e} over {} texts × 2 classes", texts.len());
+    assert!(max_diff <= 1e-4, "text: ONNX probabilities differ from graft predict by {max_diff}");
+    assert!(report["single_vs_batch"].as_f64().unwrap() <= 1e-5, "{report}");
+    assert_eq!(report["inputs"], serde_json::json!([["input_ids", ["batch", "sequence"]], ["attention_mask", ["batch", "sequence"]]]));
+    assert_eq!(report["output"], serde_json::json!(["probabilities", ["batch", 2]]));
+    let ops: Vec<&str> = report["ops"].as_array().unwrap().iter().map(|o| o.as_str().unwrap()).collect();
+    assert!(ops.contains(&"LayerNormalization") && ops.contains(&"Erf") && ops.contains(&"Softmax"), "{ops:?}");
+    assert_eq!(report["metadata"]["graft.model"], "minilm-l6");
+    assert!(report["metadata"]["tokenizer"].as_str().unwrap().contains("max_tokens=256"), "{report}");
+
+    // safetensors is for image runs: refused, naming the run's kind.
+    assert_bad_input(&graft_in(&home, &["export", "--run", s(&run), "--format", "safetensors", "--out", s(&dir.join("st"))]), &["cannot export", "text classifier"]);
 }

@@ -9,8 +9,12 @@
 //! - [`write_safetensors`]: the weights (trunk under the original weights file's PyTorch names,
 //!   head as `head.layers.i`) and a `config.json` describing how they fit together.
 //!
-//! Text, adaptation and digit-MLP runs, architectures without an emitter (VGG, ConvNeXt) and
-//! k-NN heads are refused with [`GraftError::Export`], naming what is refused.
+//! A text run exports as ONNX too: `input_ids` and `attention_mask` (int64 [batch, sequence])
+//! in, the MiniLM encoder ([`BertModel::to_onnx`](crate::zoo::bert::BertModel::to_onnx)), its
+//! mean pooling and normalisation, the head and a softmax. Adaptation, digit-MLP and
+//! multi-task text runs, architectures without an emitter (VGG, ConvNeXt) and k-NN heads are
+//! refused with [`GraftError::Export`], naming what is refused; `--format safetensors` is for
+//! image runs.
 
 pub mod onnx;
 pub mod proto;
@@ -23,13 +27,14 @@ use serde::Serialize;
 
 use crate::classic::{Classic, ClassicKind};
 use crate::manifest::RunManifest;
-use crate::train::model::{HeadPool, HeadSpec};
+use crate::train::model::{Head, HeadPool, HeadSpec};
+use crate::train::text::{load_text_run, TextHead};
 use crate::train::run::{load_run_checked, RunInfo, RunModel};
 use crate::zoo::table::{Convention, Layout};
 use crate::zoo::ModelSpec;
 use crate::{GraftError, Result};
 use onnx::{float, int, ints, OnnxGraph};
-use proto::{Dim, ModelProto, ValueInfoProto, FLOAT};
+use proto::{Dim, ModelProto, ValueInfoProto, FLOAT, INT64};
 
 /// ONNX operator set written (LayerNormalization exists from 17).
 pub const OPSET: i64 = 17;
@@ -68,7 +73,7 @@ fn load_image_run(run: &Path, allow_unfinished: bool, device: &Device) -> Result
     if !matches!(manifest, RunManifest::Image(_)) {
         return Err(GraftError::Export {
             what: format!("{} (a {} run)", run.display(), manifest.describe()),
-            reason: "graft exports image classifiers made by `graft fit` only".into(),
+            reason: "graft exports classifiers made by `graft fit` (as ONNX: image and single-task text runs; as safetensors: image runs)".into(),
         });
     }
     load_run_checked(run, allow_unfinished, device)
@@ -96,8 +101,42 @@ pub fn metadata(info: &RunInfo) -> BTreeMap<String, String> {
     m
 }
 
-/// The whole fitted model of an image run as an ONNX model (see the module docs).
-pub fn onnx_model(run: &Path, allow_unfinished: bool, device: &Device) -> Result<ModelProto> {
+/// The whole fitted model of an image or text run as an ONNX model (see the module docs);
+/// `home` is graft's home, where a text run's encoder was pulled.
+pub fn onnx_model(run: &Path, home: &Path, allow_unfinished: bool, device: &Device) -> Result<ModelProto> {
+    match RunManifest::load(run)? {
+        RunManifest::Text(_) => text_onnx(run, home, device),
+        _ => image_onnx(run, allow_unfinished, device),
+    }
+}
+
+/// A neural head (linear layers, ReLU between them) and the softmax on features `x`.
+fn neural_head(g: &mut OnnxGraph, head: &Head, x: &str) -> Result<String> {
+    let mut x = x.to_string();
+    for (i, layer) in head.layers.iter().enumerate() {
+        x = g.linear(layer, &x, &format!("head.layers.{i}"))?;
+        // Hidden layers: ReLU, then dropout (the identity in inference).
+        if i + 1 < head.layers.len() {
+            x = g.relu(&x);
+        }
+    }
+    Ok(g.softmax(&x, OUTPUT))
+}
+
+fn model_proto(g: OnnxGraph, name: String, inputs: Vec<ValueInfoProto>, classes: usize, doc: String, metadata: BTreeMap<String, String>) -> ModelProto {
+    let output = ValueInfoProto { name: OUTPUT.into(), elem_type: FLOAT, shape: vec![Dim::Param("batch".into()), Dim::Value(classes as i64)] };
+    ModelProto {
+        ir_version: IR_VERSION,
+        opset: OPSET,
+        producer_name: "graft".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+        doc_string: doc,
+        graph: g.finish(&name, inputs, vec![output]),
+        metadata: metadata.into_iter().collect(),
+    }
+}
+
+fn image_onnx(run: &Path, allow_unfinished: bool, device: &Device) -> Result<ModelProto> {
     let (info, model) = load_image_run(run, allow_unfinished, device)?;
     let mut g = OnnxGraph::new();
     let map = model.net.trunk.net().to_onnx(&mut g, INPUT).map_err(|e| match e {
@@ -109,35 +148,60 @@ pub fn onnx_model(run: &Path, allow_unfinished: bool, device: &Device) -> Result
         HeadPool::Flatten => g.flatten(&map),
     };
     let probabilities = match &model.classic {
-        None => {
-            let layers = &model.net.head.layers;
-            let mut x = features;
-            for (i, layer) in layers.iter().enumerate() {
-                x = g.linear(layer, &x, &format!("head.layers.{i}"))?;
-                // Hidden layers: ReLU, then dropout (the identity in inference).
-                if i + 1 < layers.len() {
-                    x = g.relu(&x);
-                }
-            }
-            g.softmax(&x, OUTPUT)
-        }
+        None => neural_head(&mut g, &model.net.head, &features)?,
         Some(classic) => classic_head(&mut g, classic, &info.head, &features)?,
     };
     debug_assert_eq!(probabilities, OUTPUT);
     let size = info.preprocess.size as i64;
-    let batch = || Dim::Param("batch".into());
-    let input = ValueInfoProto { name: INPUT.into(), elem_type: FLOAT, shape: vec![batch(), Dim::Value(3), Dim::Value(size), Dim::Value(size)] };
-    let output = ValueInfoProto { name: OUTPUT.into(), elem_type: FLOAT, shape: vec![batch(), Dim::Value(info.classes.len() as i64)] };
-    let graph = g.finish(&format!("graft {} {}", info.model, info.head), vec![input], vec![output]);
-    Ok(ModelProto {
-        ir_version: IR_VERSION,
-        opset: OPSET,
-        producer_name: "graft".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: format!("{} with a {} head on {} classes, exported by graft from {}", info.model, info.head, info.classes.len(), run.display()),
-        graph,
-        metadata: metadata(&info).into_iter().collect(),
-    })
+    let input = ValueInfoProto { name: INPUT.into(), elem_type: FLOAT, shape: vec![Dim::Param("batch".into()), Dim::Value(3), Dim::Value(size), Dim::Value(size)] };
+    let doc = format!("{} with a {} head on {} classes, exported by graft from {}", info.model, info.head, info.classes.len(), run.display());
+    Ok(model_proto(g, format!("graft {} {}", info.model, info.head), vec![input], info.classes.len(), doc, metadata(&info)))
+}
+
+/// Inputs of an exported text model.
+pub const INPUT_IDS: &str = "input_ids";
+pub const ATTENTION_MASK: &str = "attention_mask";
+
+/// A text run: the sentence encoder (MiniLM), its mean pooling and normalisation, the head
+/// and the softmax, on token ids and the attention mask (int64 [batch, sequence]).
+fn text_onnx(run: &Path, home: &Path, device: &Device) -> Result<ModelProto> {
+    crate::fsutil::check_run_dir(run)?;
+    let model = load_text_run(run, home, &crate::report::Silent, device)?;
+    let info = &model.info;
+    if !info.tasks.is_empty() {
+        return Err(GraftError::Export {
+            what: format!("{} (a multi-task text run)", run.display()),
+            reason: "graft writes ONNX for single-task text runs only".into(),
+        });
+    }
+    let mut g = OnnxGraph::new();
+    let embedding = model.encoder.model.to_onnx(&mut g, INPUT_IDS, ATTENTION_MASK)?;
+    match &model.head {
+        TextHead::Neural(head) => neural_head(&mut g, head, &embedding)?,
+        TextHead::Classic(classic) => classic_head(&mut g, classic, &info.head, &embedding)?,
+    };
+    let tokens = || vec![Dim::Param("batch".into()), Dim::Param("sequence".into())];
+    let inputs = vec![
+        ValueInfoProto { name: INPUT_IDS.into(), elem_type: INT64, shape: tokens() },
+        ValueInfoProto { name: ATTENTION_MASK.into(), elem_type: INT64, shape: tokens() },
+    ];
+    let mut m = BTreeMap::new();
+    m.insert("labels".into(), serde_json::json!(info.classes).to_string());
+    m.insert("graft.model".into(), info.model.clone());
+    m.insert("graft.head".into(), info.head.to_string());
+    m.insert("tokenizer".into(), info.text_preprocess.clone());
+    m.insert("tokenizer.max_tokens".into(), model.encoder.tokenizer.max_tokens().to_string());
+    m.insert(
+        "input".into(),
+        format!(
+            "{INPUT_IDS}, {ATTENTION_MASK}: int64 [batch, sequence]: the ids of {}'s tokenizer.json (special tokens added, at most {} tokens), padded with 0 where the mask is 0",
+            info.model,
+            model.encoder.tokenizer.max_tokens()
+        ),
+    );
+    m.insert("output".into(), format!("{OUTPUT}: float32 [batch, {}], softmax class probabilities in the order of `labels`", info.classes.len()));
+    let doc = format!("{} with a {} head on {} classes, exported by graft from {}", info.model, info.head, info.classes.len(), run.display());
+    Ok(model_proto(g, format!("graft {} {}", info.model, info.head), inputs, info.classes.len(), doc, m))
 }
 
 /// A classic head on pooled features `x`: logistic regression and the linear SVM as
@@ -179,8 +243,8 @@ fn classic_head(g: &mut OnnxGraph, classic: &Classic, head: &HeadSpec, x: &str) 
 }
 
 /// Writes the run's model as ONNX to `out` (atomically).
-pub fn write_onnx(run: &Path, out: &Path, allow_unfinished: bool, device: &Device) -> Result<OnnxExport> {
-    let model = onnx_model(run, allow_unfinished, device)?;
+pub fn write_onnx(run: &Path, out: &Path, home: &Path, allow_unfinished: bool, device: &Device) -> Result<OnnxExport> {
+    let model = onnx_model(run, home, allow_unfinished, device)?;
     let bytes = model.to_bytes();
     crate::fsutil::write_atomic(out, &bytes)?;
     let classes: Vec<String> = serde_json::from_str(&model.metadata.iter().find(|(k, _)| k == "labels").map(|(_, v)| v.clone()).unwrap_or_default()).unwrap_or_default();
@@ -190,7 +254,7 @@ pub fn write_onnx(run: &Path, out: &Path, allow_unfinished: bool, device: &Devic
         opset: OPSET,
         nodes: model.graph.nodes.len(),
         initializers: model.graph.initializers.len(),
-        input: format!("{INPUT} [batch, 3, {0}, {0}]", model.graph.inputs[0].shape.get(2).map(|d| match d { Dim::Value(v) => v.to_string(), Dim::Param(p) => p.clone() }).unwrap_or_default()),
+        input: model.graph.inputs.iter().map(|i| format!("{} [{}]", i.name, i.shape.iter().map(|d| match d { Dim::Value(v) => v.to_string(), Dim::Param(p) => p.clone() }).collect::<Vec<_>>().join(", "))).collect::<Vec<_>>().join(", "),
         output: format!("{OUTPUT} [batch, {}]", classes.len()),
         classes,
         metadata: model.metadata.into_iter().collect(),

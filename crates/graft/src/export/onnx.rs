@@ -174,6 +174,38 @@ impl OnnxGraph {
     }
 
     /// Softmax over the classes (axis 1), its output named `name`.
+    /// burn's `Linear` on any rank (`[…, in]` → `[…, out]`): `MatMul(x, W)` then `Add(b)`.
+    pub fn linear_nd(&mut self, linear: &Linear, x: &str, name: &str) -> Result<String> {
+        let w = self.parameter(&format!("{name}.weight"), linear.weight.val())?;
+        let y = self.node("MatMul", &[x, &w], vec![], &format!("{name}.matmul"));
+        match &linear.bias {
+            Some(b) => {
+                let b = self.parameter(&format!("{name}.bias"), b.val())?;
+                Ok(self.node("Add", &[&y, &b], vec![], name))
+            }
+            None => Ok(y),
+        }
+    }
+
+    /// `LayerNormalization` over the last axis (opset 17).
+    pub fn layer_norm(&mut self, weight: Tensor<1>, bias: Tensor<1>, epsilon: f64, x: &str, name: &str) -> Result<String> {
+        let scale = self.parameter(&format!("{name}.weight"), weight)?;
+        let b = self.parameter(&format!("{name}.bias"), bias)?;
+        Ok(self.node("LayerNormalization", &[x, &scale, &b], vec![int("axis", -1), float("epsilon", epsilon as f32)], name))
+    }
+
+    /// Exact GELU, x·½·(1 + erf(x/√2)), as `Div`, `Erf`, `Add`, `Mul`, `Mul`.
+    pub fn gelu(&mut self, x: &str) -> String {
+        let sqrt2 = self.initializer("sqrt2", &[], &[std::f32::consts::SQRT_2]);
+        let one = self.initializer("one", &[], &[1.0]);
+        let half = self.initializer("half", &[], &[0.5]);
+        let scaled = self.node("Div", &[x, &sqrt2], vec![], "gelu.scaled");
+        let erf = self.node("Erf", &[&scaled], vec![], "gelu.erf");
+        let shifted = self.node("Add", &[&erf, &one], vec![], "gelu.shifted");
+        let y = self.node("Mul", &[x, &shifted], vec![], "gelu.product");
+        self.node("Mul", &[&y, &half], vec![], "gelu")
+    }
+
     pub fn softmax(&mut self, x: &str, name: &str) -> String {
         self.node("Softmax", &[x], vec![int("axis", 1)], name)
     }
