@@ -198,6 +198,11 @@ impl Classic {
         (&self.mean, &self.std, &self.params)
     }
 
+    /// The class of each stored training row (k-NN), for exporters.
+    pub fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+
     fn proba_one(&self, row: &[f32]) -> Vec<f32> {
         let (d, c) = (self.dim, self.classes);
         match self.kind {

@@ -12,7 +12,7 @@
 //! A text run exports as ONNX too: `input_ids` and `attention_mask` (int64 [batch, sequence])
 //! in, the MiniLM encoder ([`BertModel::to_onnx`](crate::zoo::bert::BertModel::to_onnx)), its
 //! mean pooling and normalisation, the head and a softmax. Adaptation, digit-MLP and
-//! multi-task text runs, architectures without an emitter (none of the registered ones) and k-NN heads are
+//! multi-task text runs and architectures without an emitter (none of the registered ones) are
 //! refused with [`GraftError::Export`], naming what is refused; `--format safetensors` is for
 //! image runs.
 
@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::classic::{Classic, ClassicKind};
 use crate::manifest::RunManifest;
-use crate::train::model::{Head, HeadPool, HeadSpec};
+use crate::train::model::{Head, HeadPool};
 use crate::train::text::{load_text_run, TextHead};
 use crate::train::run::{load_run_checked, RunInfo, RunModel};
 use crate::zoo::table::{Convention, Layout};
@@ -149,7 +149,7 @@ fn image_onnx(run: &Path, allow_unfinished: bool, device: &Device) -> Result<Mod
     };
     let probabilities = match &model.classic {
         None => neural_head(&mut g, &model.net.head, &features)?,
-        Some(classic) => classic_head(&mut g, classic, &info.head, &features)?,
+        Some(classic) => classic_head(&mut g, classic, &features)?,
     };
     debug_assert_eq!(probabilities, OUTPUT);
     let size = info.preprocess.size as i64;
@@ -178,7 +178,7 @@ fn text_onnx(run: &Path, home: &Path, device: &Device) -> Result<ModelProto> {
     let embedding = model.encoder.model.to_onnx(&mut g, INPUT_IDS, ATTENTION_MASK)?;
     match &model.head {
         TextHead::Neural(head) => neural_head(&mut g, head, &embedding)?,
-        TextHead::Classic(classic) => classic_head(&mut g, classic, &info.head, &embedding)?,
+        TextHead::Classic(classic) => classic_head(&mut g, classic, &embedding)?,
     };
     let tokens = || vec![Dim::Param("batch".into()), Dim::Param("sequence".into())];
     let inputs = vec![
@@ -205,9 +205,9 @@ fn text_onnx(run: &Path, home: &Path, device: &Device) -> Result<ModelProto> {
 }
 
 /// A classic head on pooled features `x`: logistic regression and the linear SVM as
-/// standardisation + `Gemm` + softmax, prototypes as L2 normalisation + `MatMul` + softmax;
-/// k-NN is refused.
-fn classic_head(g: &mut OnnxGraph, classic: &Classic, head: &HeadSpec, x: &str) -> Result<String> {
+/// standardisation + `Gemm` + softmax, prototypes as L2 normalisation + `Gemm` + softmax, k-NN
+/// as similarities to the stored rows + `TopK` + label votes.
+fn classic_head(g: &mut OnnxGraph, classic: &Classic, x: &str) -> Result<String> {
     let (mean, std, params) = classic.parts();
     let (d, c) = (classic.dim, classic.classes);
     match classic.kind {
@@ -227,19 +227,55 @@ fn classic_head(g: &mut OnnxGraph, classic: &Classic, head: &HeadSpec, x: &str) 
         }
         ClassicKind::Prototype => {
             // x / max(‖x‖₂, 1e-12), then cosine similarities × 10 (see `Classic`).
-            let norm = g.node("ReduceL2", &[x], vec![ints("axes", &[1]), int("keepdims", 1)], "classic.norm");
-            let eps = g.initializer("classic.eps", &[], &[1e-12]);
-            let norm = g.node("Max", &[&norm, &eps], vec![], "classic.norm_clamped");
-            let unit = g.node("Div", &[x, &norm], vec![], "classic.unit");
+            let unit = unit_rows(g, x);
             let p = g.initializer("classic.prototypes", &[c, d], params);
             let scores = g.node("Gemm", &[&unit, &p], vec![int("transB", 1), float("alpha", 10.0)], "classic.scores");
             Ok(g.softmax(&scores, OUTPUT))
         }
-        ClassicKind::Knn(_) => Err(GraftError::Export {
-            what: format!("the {head} head to ONNX"),
-            reason: "a k-NN head votes among stored training rows, which graft does not write as ONNX operators; refit with --head logistic or linear".into(),
-        }),
+        ClassicKind::Knn(k) => {
+            // Cosine similarity to every stored training row, the k most similar (TopK keeps
+            // the lower index first among equals, as graft's stable sort does), one vote each
+            // plus 1e-3 · similarity / rank to break ties, normalised (see `Classic`).
+            let labels = classic.labels();
+            let m = labels.len();
+            let k = k.min(m);
+            let unit = unit_rows(g, x);
+            let rows = g.initializer("classic.rows", &[m, d], params);
+            let sims = g.node("Gemm", &[&unit, &rows], vec![int("transB", 1)], "classic.similarities"); // [N, M]
+            let k_input = g.initializer_i64("classic.k", &[1], &[k as i64]);
+            let top = g.fresh("classic.top");
+            let indices = g.fresh("classic.top_indices");
+            g.push_node("TopK", &[&sims, &k_input], &[&top, &indices], vec![int("axis", 1), int("largest", 1), int("sorted", 1)]);
+            let mut one_hot = vec![0f32; m * c];
+            for (i, &l) in labels.iter().enumerate() {
+                one_hot[i * c + l] = 1.0;
+            }
+            let one_hot = g.initializer("classic.one_hot_labels", &[m, c], &one_hot);
+            let votes = g.node("Gather", &[&one_hot, &indices], vec![int("axis", 0)], "classic.neighbour_labels"); // [N, k, C]
+            let ranks: Vec<f32> = (1..=k).map(|r| r as f32).collect();
+            let ranks = g.initializer("classic.ranks", &[k], &ranks);
+            let share = g.node("Div", &[&top, &ranks], vec![], "classic.share");
+            let milli = g.initializer("classic.tie_weight", &[], &[1e-3]);
+            let share = g.node("Mul", &[&share, &milli], vec![], "classic.tie_share");
+            let one = g.initializer("classic.one", &[], &[1.0]);
+            let weight = g.node("Add", &[&share, &one], vec![], "classic.vote_weight"); // [N, k]
+            let last = g.initializer_i64("classic.axis_2", &[1], &[2]);
+            let weight = g.node("Unsqueeze", &[&weight, &last], vec![], "classic.vote_weight_3d");
+            let weighted = g.node("Mul", &[&votes, &weight], vec![], "classic.weighted_votes");
+            let axis = g.initializer_i64("classic.axis_1", &[1], &[1]);
+            let votes = g.node("ReduceSum", &[&weighted, &axis], vec![int("keepdims", 0)], "classic.votes"); // [N, C]
+            let total = g.node("ReduceSum", &[&votes, &axis], vec![int("keepdims", 1)], "classic.total");
+            Ok(g.node("Div", &[&votes, &total], vec![], OUTPUT))
+        }
     }
+}
+
+/// Rows of `x` [N, D] at unit length: x / max(‖x‖₂, 1e-12), as `Classic` normalises them.
+fn unit_rows(g: &mut OnnxGraph, x: &str) -> String {
+    let norm = g.node("ReduceL2", &[x], vec![ints("axes", &[1]), int("keepdims", 1)], "classic.norm");
+    let eps = g.initializer("classic.eps", &[], &[1e-12]);
+    let norm = g.node("Max", &[&norm, &eps], vec![], "classic.norm_clamped");
+    g.node("Div", &[x, &norm], vec![], "classic.unit")
 }
 
 /// Writes the run's model as ONNX to `out` (atomically).

@@ -82,6 +82,17 @@ impl OnnxGraph {
         Ok(self.initializer(name, &dims, &data))
     }
 
+    /// A node with the outputs named (see [`fresh`](Self::fresh)).
+    pub fn push_node(&mut self, op: &str, inputs: &[&str], outputs: &[&str], attributes: Vec<AttributeProto>) {
+        self.graph.nodes.push(NodeProto {
+            name: format!("{op}:{}", outputs.first().copied().unwrap_or("")),
+            op_type: op.into(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+            attributes,
+        });
+    }
+
     /// A node with one output, named from `hint`; returns the output's name.
     pub fn node(&mut self, op: &str, inputs: &[&str], attributes: Vec<AttributeProto>, hint: &str) -> String {
         let output = self.fresh(hint);
