@@ -255,61 +255,87 @@ fn export_refusals_name_the_run() {
     assert!(!dir.join("m.onnx").exists() && !dir.join("st").exists());
 }
 
-/// A text run (MiniLM-L6 embeddings, an MLP head) exports with its encoder: graft's own token
-/// ids in (one text long enough to be truncated), probabilities within 1e-4 of
-/// `graft predict --run RUN --text …`.
-#[test]
-fn text_run_exports_to_onnx_that_onnxruntime_runs_like_predict() {
-    let pulled = super::text::minilm();
-    let dir = scratch("export-text");
-    let home = isolated_home("export-text");
-    let csv = dir.join("sms.csv");
-    super::text::import_csv("sms-spam", 10, &csv);
-    let run = dir.join("run");
-    json_of(&graft_in(&home, &["fit", "--model", "minilm-l6", "--data", s(&csv), "--out", s(&run), "--head", "mlp:16", "--epochs", "3", "--val-split", "0", "--json"]));
-    let onnx = dir.join("text.onnx");
-    let e = json_of(&graft_in(&home, &["export", "--run", s(&run), "--out", s(&onnx), "--json"]));
+/// Exports the text run `run` to ONNX, feeds it graft's own token ids of `texts` and compares
+/// with `graft predict --run RUN --text …` (entries matched by label, `task/class` in a
+/// multi-task run); returns the script's report.
+fn check_text_parity(home: &Path, run: &Path, texts: &[&str], name: &str) -> serde_json::Value {
+    let onnx = run.with_file_name(format!("{name}.onnx"));
+    let e = json_of(&graft_in(home, &["export", "--run", s(run), "--out", s(&onnx), "--json"]));
     assert_eq!(e["files"], serde_json::json!([s(&onnx)]));
     assert_eq!(e["input"], "input_ids [batch, sequence], attention_mask [batch, sequence]");
-
-    let long = "Congratulations, you have won a prize! ".repeat(60);
-    let texts = ["Are we still meeting for lunch tomorrow?", "WINNER!! Claim your free cash prize now, text WIN to 80086", "ok", long.as_str()];
-    let tokenizer = graft::text::TextTokenizer::from_file(&graft::text::pull::tokenizer_path(pulled)).unwrap();
-    let batch = tokenizer.batch(&texts).unwrap();
-    assert_eq!(batch.len, tokenizer.max_tokens(), "the long text is truncated");
-    let npy = |name: &str, values: &[u32]| {
-        let path = dir.join(name);
+    let tokenizer = graft::text::TextTokenizer::from_file(&graft::text::pull::tokenizer_path(super::text::minilm())).unwrap();
+    let batch = tokenizer.batch(texts).unwrap();
+    let npy = |file: &str, values: &[u32]| {
+        let path = run.with_file_name(format!("{name}-{file}"));
         let values: Vec<f32> = values.iter().map(|&v| v as f32).collect();
         std::fs::write(&path, graft::npy::encode_f32(&[batch.rows, batch.len], &values)).unwrap();
         path
     };
     let (got, report) = run_onnx(&onnx, &[npy("ids.npy", &batch.ids), npy("mask.npy", &batch.mask)]);
-    let classes: Vec<String> = serde_json::from_str(report["metadata"]["labels"].as_str().unwrap()).unwrap();
-    assert_eq!(classes, ["ham", "spam"]);
-    assert_eq!(got.shape, vec![texts.len(), 2]);
-    assert!(got.data.iter().filter(|p| (0.001..0.999).contains(*p)).count() >= texts.len(), "saturated probabilities {:?}", got.data);
+    let labels: Vec<String> = serde_json::from_str(report["metadata"]["labels"].as_str().unwrap()).unwrap();
+    let k = labels.len();
+    assert_eq!(got.shape, vec![texts.len(), k]);
+    assert!(got.data.iter().filter(|p| (0.001..0.999).contains(*p)).count() >= texts.len(), "{name}: saturated probabilities {:?}", got.data);
 
-    let mut args = vec!["predict", "--run", s(&run), "--top", "2", "--json"];
-    for t in &texts {
+    let mut args = vec!["predict", "--run", s(run), "--top", "100", "--json"];
+    for t in texts {
         args.extend(["--text", t]);
     }
-    let v = json_of(&graft_in(&home, &args));
+    let v = json_of(&graft_in(home, &args));
     let mut max_diff = 0f32;
     for (i, p) in v["predictions"].as_array().unwrap().iter().enumerate() {
-        for t in p["top"].as_array().unwrap() {
-            let c = t["class"].as_u64().unwrap() as usize;
-            max_diff = max_diff.max((got.data[i * 2 + c] - t["prob"].as_f64().unwrap() as f32).abs());
+        let top = p["top"].as_array().unwrap();
+        assert_eq!(top.len(), k, "{name}: predict lists every class");
+        for t in top {
+            let c = labels.iter().position(|l| l == t["label"].as_str().unwrap()).unwrap_or_else(|| panic!("{name}: {t} is not in {labels:?}"));
+            max_diff = max_diff.max((got.data[i * k + c] - t["prob"].as_f64().unwrap() as f32).abs());
         }
     }
-    eprintln!("minilm-text: max |Δp| between onnxruntime and graft predict = {max_diff:e} over {} texts × 2 classes", texts.len());
-    assert!(max_diff <= 1e-4, "text: ONNX probabilities differ from graft predict by {max_diff}");
+    eprintln!("{name}: max |Δp| between onnxruntime and graft predict = {max_diff:e} over {} texts × {k} outputs", texts.len());
+    assert!(max_diff <= 1e-4, "{name}: ONNX probabilities differ from graft predict by {max_diff}");
     assert!(report["single_vs_batch"].as_f64().unwrap() <= 1e-5, "{report}");
     assert_eq!(report["inputs"], serde_json::json!([["input_ids", ["batch", "sequence"]], ["attention_mask", ["batch", "sequence"]]]));
-    assert_eq!(report["output"], serde_json::json!(["probabilities", ["batch", 2]]));
+    assert_eq!(report["output"], serde_json::json!(["probabilities", ["batch", k]]));
     let ops: Vec<&str> = report["ops"].as_array().unwrap().iter().map(|o| o.as_str().unwrap()).collect();
     assert!(ops.contains(&"LayerNormalization") && ops.contains(&"Erf") && ops.contains(&"Softmax"), "{ops:?}");
     assert_eq!(report["metadata"]["graft.model"], "minilm-l6");
     assert!(report["metadata"]["tokenizer"].as_str().unwrap().contains("max_tokens=256"), "{report}");
+    report
+}
+
+/// Text runs (MiniLM-L6 embeddings) export with their encoder: an MLP head, and a multi-task
+/// head (a softmax per task); one text is long enough to be truncated.
+#[test]
+fn text_runs_export_to_onnx_that_onnxruntime_runs_like_predict() {
+    let dir = scratch("export-text");
+    let home = isolated_home("export-text");
+    let csv = dir.join("sms.csv");
+    super::text::import_csv("sms-spam", 10, &csv);
+    let long = "Congratulations, you have won a prize! ".repeat(60);
+    let texts = ["Are we still meeting for lunch tomorrow?", "WINNER!! Claim your free cash prize now, text WIN to 80086", "ok", long.as_str()];
+    let tokenizer = graft::text::TextTokenizer::from_file(&graft::text::pull::tokenizer_path(super::text::minilm())).unwrap();
+    assert_eq!(tokenizer.batch(&texts).unwrap().len, tokenizer.max_tokens(), "the long text is truncated");
+
+    let run = dir.join("run");
+    json_of(&graft_in(&home, &["fit", "--model", "minilm-l6", "--data", s(&csv), "--out", s(&run), "--head", "mlp:16", "--epochs", "3", "--val-split", "0", "--json"]));
+    let report = check_text_parity(&home, &run, &texts, "minilm-mlp");
+    assert_eq!(report["metadata"]["labels"], r#"["ham","spam"]"#);
+
+    // Two label columns: spam or not, and the text's length.
+    let mut reader = csv::Reader::from_path(&csv).unwrap();
+    let multi = dir.join("multi.csv");
+    let mut writer = csv::Writer::from_path(&multi).unwrap();
+    writer.write_record(["text", "spam", "length"]).unwrap();
+    for r in reader.records() {
+        let r = r.unwrap();
+        writer.write_record([&r[0], &r[1], if r[0].len() > 60 { "long" } else { "short" }]).unwrap();
+    }
+    writer.flush().unwrap();
+    let run = dir.join("multi");
+    json_of(&graft_in(&home, &["fit", "--model", "minilm-l6", "--data", s(&multi), "--out", s(&run), "--tasks", "spam,length", "--epochs", "3", "--val-split", "0", "--json"]));
+    let report = check_text_parity(&home, &run, &texts, "minilm-multi-task");
+    assert_eq!(report["metadata"]["labels"], r#"["spam/ham","spam/spam","length/long","length/short"]"#);
+    assert!(report["ops"].as_array().unwrap().contains(&serde_json::json!("Concat")), "{report}");
 
     // safetensors is for image runs: refused, naming the run's kind.
     assert_bad_input(&graft_in(&home, &["export", "--run", s(&run), "--format", "safetensors", "--out", s(&dir.join("st"))]), &["cannot export", "text classifier"]);

@@ -11,8 +11,8 @@
 //!
 //! A text run exports as ONNX too: `input_ids` and `attention_mask` (int64 [batch, sequence])
 //! in, the MiniLM encoder ([`BertModel::to_onnx`](crate::zoo::bert::BertModel::to_onnx)), its
-//! mean pooling and normalisation, the head and a softmax. Adaptation, digit-MLP and
-//! multi-task text runs and architectures without an emitter (none of the registered ones) are
+//! mean pooling and normalisation, the head and a softmax (one per task in a multi-task run).
+//! Adaptation and digit-MLP runs and architectures without an emitter (none of the registered ones) are
 //! refused with [`GraftError::Export`], naming what is refused; `--format safetensors` is for
 //! image runs.
 
@@ -28,7 +28,7 @@ use serde::Serialize;
 use crate::classic::{Classic, ClassicKind};
 use crate::manifest::RunManifest;
 use crate::train::model::{Head, HeadPool};
-use crate::train::text::{load_text_run, TextHead};
+use crate::train::text::{load_text_run, TaskHead, TextHead};
 use crate::train::run::{load_run_checked, RunInfo, RunModel};
 use crate::zoo::table::{Convention, Layout};
 use crate::zoo::ModelSpec;
@@ -73,7 +73,7 @@ fn load_image_run(run: &Path, allow_unfinished: bool, device: &Device) -> Result
     if !matches!(manifest, RunManifest::Image(_)) {
         return Err(GraftError::Export {
             what: format!("{} (a {} run)", run.display(), manifest.describe()),
-            reason: "graft exports classifiers made by `graft fit` (as ONNX: image and single-task text runs; as safetensors: image runs)".into(),
+            reason: "graft exports classifiers made by `graft fit` (as ONNX: image and text runs; as safetensors: image runs)".into(),
         });
     }
     load_run_checked(run, allow_unfinished, device)
@@ -112,15 +112,37 @@ pub fn onnx_model(run: &Path, home: &Path, allow_unfinished: bool, device: &Devi
 
 /// A neural head (linear layers, ReLU between them) and the softmax on features `x`.
 fn neural_head(g: &mut OnnxGraph, head: &Head, x: &str) -> Result<String> {
+    let logits = neural_logits(g, head, x)?;
+    Ok(g.softmax(&logits, OUTPUT))
+}
+
+/// A neural head's logits: linear layers with ReLU between them (dropout is the identity in
+/// inference).
+fn neural_logits(g: &mut OnnxGraph, head: &Head, x: &str) -> Result<String> {
     let mut x = x.to_string();
     for (i, layer) in head.layers.iter().enumerate() {
         x = g.linear(layer, &x, &format!("head.layers.{i}"))?;
-        // Hidden layers: ReLU, then dropout (the identity in inference).
         if i + 1 < head.layers.len() {
             x = g.relu(&x);
         }
     }
-    Ok(g.softmax(&x, OUTPUT))
+    Ok(x)
+}
+
+/// A multi-task head: each task's slice of the logits through its own softmax, the tasks'
+/// probabilities side by side in output order (as `predict` and `eval` read them).
+fn multi_task_head(g: &mut OnnxGraph, head: &Head, tasks: &[TaskHead], x: &str) -> Result<String> {
+    let logits = neural_logits(g, head, x)?;
+    let axis = g.initializer_i64("task_axis", &[1], &[1]);
+    let mut parts = Vec::new();
+    for (task, range) in tasks.iter().zip(TaskHead::ranges(tasks)) {
+        let start = g.initializer_i64(&format!("task.{}.start", task.name), &[1], &[range.start as i64]);
+        let end = g.initializer_i64(&format!("task.{}.end", task.name), &[1], &[range.end as i64]);
+        let slice = g.node("Slice", &[&logits, &start, &end, &axis], vec![], &format!("task.{}.logits", task.name));
+        parts.push(g.softmax(&slice, &format!("task.{}.probabilities", task.name)));
+    }
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    Ok(g.node("Concat", &parts, vec![int("axis", 1)], OUTPUT))
 }
 
 fn model_proto(g: OnnxGraph, name: String, inputs: Vec<ValueInfoProto>, classes: usize, doc: String, metadata: BTreeMap<String, String>) -> ModelProto {
@@ -168,17 +190,15 @@ fn text_onnx(run: &Path, home: &Path, device: &Device) -> Result<ModelProto> {
     crate::fsutil::check_run_dir(run)?;
     let model = load_text_run(run, home, &crate::report::Silent, device)?;
     let info = &model.info;
-    if !info.tasks.is_empty() {
-        return Err(GraftError::Export {
-            what: format!("{} (a multi-task text run)", run.display()),
-            reason: "graft writes ONNX for single-task text runs only".into(),
-        });
-    }
     let mut g = OnnxGraph::new();
     let embedding = model.encoder.model.to_onnx(&mut g, INPUT_IDS, ATTENTION_MASK)?;
-    match &model.head {
-        TextHead::Neural(head) => neural_head(&mut g, head, &embedding)?,
-        TextHead::Classic(classic) => classic_head(&mut g, classic, &embedding)?,
+    match (&model.head, info.tasks.is_empty()) {
+        (TextHead::Neural(head), true) => neural_head(&mut g, head, &embedding)?,
+        (TextHead::Neural(head), false) => multi_task_head(&mut g, head, &info.tasks, &embedding)?,
+        (TextHead::Classic(classic), true) => classic_head(&mut g, classic, &embedding)?,
+        (TextHead::Classic(_), false) => {
+            return Err(GraftError::Export { what: format!("{} (a multi-task run with the classic {} head)", run.display(), info.head), reason: "multi-task runs export with neural heads only".into() })
+        }
     };
     let tokens = || vec![Dim::Param("batch".into()), Dim::Param("sequence".into())];
     let inputs = vec![
@@ -199,7 +219,13 @@ fn text_onnx(run: &Path, home: &Path, device: &Device) -> Result<ModelProto> {
             model.encoder.tokenizer.max_tokens()
         ),
     );
-    m.insert("output".into(), format!("{OUTPUT}: float32 [batch, {}], softmax class probabilities in the order of `labels`", info.classes.len()));
+    let output = if info.tasks.is_empty() {
+        format!("{OUTPUT}: float32 [batch, {}], softmax class probabilities in the order of `labels`", info.classes.len())
+    } else {
+        m.insert("tasks".into(), serde_json::json!(info.tasks.iter().map(|t| serde_json::json!({"name": t.name, "classes": t.classes})).collect::<Vec<_>>()).to_string());
+        format!("{OUTPUT}: float32 [batch, {}], each task's softmax probabilities one task after another (`tasks`), labelled task/class in `labels`", info.classes.len())
+    };
+    m.insert("output".into(), output);
     let doc = format!("{} with a {} head on {} classes, exported by graft from {}", info.model, info.head, info.classes.len(), run.display());
     Ok(model_proto(g, format!("graft {} {}", info.model, info.head), inputs, info.classes.len(), doc, m))
 }
