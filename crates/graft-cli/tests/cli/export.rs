@@ -245,11 +245,19 @@ fn alexnet_run_exports_to_onnx_that_onnxruntime_runs_like_predict() {
 }
 
 /// What graft cannot export is refused with exit 2, naming it: a missing run, a folder that is
-/// not a run.
+/// not a run, a digit-MLP run (no classifier graft exports), in either format.
 #[test]
 fn export_refusals_name_the_run() {
     let dir = scratch("export-refusals");
     let home = isolated_home("export-refusals");
+    let data = fmnist(&dir, 1, 36);
+    let mlp = dir.join("mlp");
+    fit(&home, &data, &mlp, &["--arch", "mlp:8"]);
+    for format in ["onnx", "safetensors"] {
+        let out = dir.join(format!("mlp-{format}"));
+        assert_bad_input(&graft_in(&home, &["export", "--run", s(&mlp), "--format", format, "--out", s(&out)]), &["cannot export", s(&mlp), "digit MLP"]);
+        assert!(!out.exists(), "a refused export left {}", out.display());
+    }
     assert_bad_input(&graft_in(&home, &["export", "--run", s(&dir), "--out", s(&dir.join("m.onnx"))]), &[s(&dir), "not a graft run"]);
     assert_bad_input(&graft_in(&home, &["export", "--run", s(&dir.join("none")), "--format", "safetensors", "--out", s(&dir.join("st"))]), &["none"]);
     assert!(!dir.join("m.onnx").exists() && !dir.join("st").exists());
