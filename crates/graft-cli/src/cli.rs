@@ -60,6 +60,10 @@ pub enum Command {
     /// Serve a run's model over HTTP: POST /predict (images, or texts for a text run) answers
     /// as `predict --json`; GET /health; GET / an upload page. Stops on SIGTERM or Ctrl-C.
     Serve(ServeArgs),
+    /// Write a fitted image run for other runtimes: one ONNX file (preprocessed images in, class
+    /// probabilities out, labels and preprocessing in its metadata), or safetensors weights
+    /// with a JSON config for PyTorch.
+    Export(ExportArgs),
 }
 
 /// `--lr`: a number, or `auto` (found by the learning-rate range test).
@@ -77,6 +81,33 @@ impl std::str::FromStr for LrArg {
         }
         s.parse::<f64>().map(LrArg::Value).map_err(|_| "expected a number (0.001, 1e-3) or auto".to_string())
     }
+}
+
+/// What `graft export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// One .onnx file (opset 17, dynamic batch).
+    Onnx,
+    /// A folder with model.safetensors and config.json.
+    Safetensors,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Run directory made by `graft fit` on images. [default: none, required]
+    #[arg(long)]
+    pub run: PathBuf,
+    /// onnx: one file; safetensors: a folder with model.safetensors and config.json.
+    #[arg(long, value_enum, default_value = "onnx")]
+    pub format: ExportFormat,
+    /// Where to write: the .onnx file (--format onnx) or the folder, created if missing
+    /// (--format safetensors). [default: none, required]
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Export a run whose fit stopped before the end (no summary.json): its best checkpoint so
+    /// far, else its last [default: off, such a run is refused].
+    #[arg(long)]
+    pub allow_unfinished: bool,
 }
 
 #[derive(Debug, clap::Args)]

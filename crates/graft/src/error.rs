@@ -58,6 +58,11 @@ pub enum GraftError {
 
     #[error("{path}: {reason}")]
     Data { path: PathBuf, reason: String },
+
+    /// `graft export` of something it has no writer for: `what` names the architecture, head
+    /// or run kind.
+    #[error("cannot export {what}: {reason}")]
+    Export { what: String, reason: String },
 }
 
 impl GraftError {

@@ -9,6 +9,7 @@ pub mod classic;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod export;
 pub mod fewshot;
 pub mod fsutil;
 pub mod kernels;

@@ -7,6 +7,7 @@ mod extract;
 pub mod fewshot;
 mod data;
 mod eval;
+mod export;
 mod fit;
 mod inspect;
 mod inspect_run;
@@ -38,6 +39,7 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::Pretrain(args) => pretrain::run(args, out),
         Command::LrFind(args) => lr_find::run(args, out),
         Command::Serve(args) => serve::run(args, out),
+        Command::Export(args) => export::run(args, out),
     }
 }
 

@@ -6,6 +6,7 @@ mod bad_weights;
 mod cache;
 mod data;
 mod device;
+mod export;
 mod fewzero;
 mod fit;
 mod formats;

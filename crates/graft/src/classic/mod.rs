@@ -191,6 +191,18 @@ impl Classic {
         rows.chunks(self.dim).map(|r| self.proba_one(r)).collect()
     }
 
+    /// The stored parameters, for exporters: the inputs' mean and std (logistic, SVM), and
+    /// `params` (`[classes × (dim + 1)]` weights with the bias last for logistic and SVM, the
+    /// `[classes × dim]` class means for prototypes, the training rows for k-NN).
+    pub fn parts(&self) -> (&[f32], &[f32], &[f32]) {
+        (&self.mean, &self.std, &self.params)
+    }
+
+    /// The class of each stored training row (k-NN), for exporters.
+    pub fn labels(&self) -> &[usize] {
+        &self.labels
+    }
+
     fn proba_one(&self, row: &[f32]) -> Vec<f32> {
         let (d, c) = (self.dim, self.classes);
         match self.kind {

@@ -56,7 +56,9 @@ use burn::tensor::{Device, Tensor};
 use super::layers::LayerRow;
 use super::table::Table;
 use super::trunk::Trunk;
+use crate::export::onnx::OnnxGraph;
 use crate::train::model::HeadPool;
+use crate::{GraftError, Result};
 
 /// An architecture's shape and naming, without weights.
 pub trait Backbone {
@@ -160,6 +162,17 @@ pub trait BackboneNet {
 
     /// Cuts the pretrained classifier off (for a new head).
     fn drop_classifier(&mut self);
+
+    /// Writes every stage (the whole trunk, in inference mode: BatchNorm from its running
+    /// statistics) into `g` as ONNX nodes on the images `input` ([N, 3, H, W]) and returns the
+    /// name of the last feature map ([N, C, h, w]). Weights come from the module's own
+    /// parameters, so fine-tuned blocks are exported as fitted. An architecture without an
+    /// emitter refuses, naming itself.
+    fn to_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String> {
+        let _ = (g, input);
+        let arch = std::any::type_name::<Self>().rsplit("::").next().unwrap_or("this").to_string();
+        Err(GraftError::Export { what: format!("the {arch} architecture to ONNX"), reason: "the architecture has no ONNX emitter (`BackboneNet::to_onnx` in its file)".into() })
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@ use graft_weights::StateDict;
 use serde::{Deserialize, Serialize};
 
 use super::layers::{LayerRow, ParamRow};
+use crate::export::onnx::{int, ints, OnnxGraph};
+use crate::export::proto::FLOAT;
 use super::load::WeightSource;
 use crate::{GraftError, Result};
 
@@ -413,6 +415,89 @@ impl BertModel {
             return Err(bad(format!("row {r} has no unmasked token")));
         }
         Ok(())
+    }
+}
+
+impl BertModel {
+    /// Writes the encoder and the sentence embedding ([`BertModel::embed`]: mean over unmasked
+    /// tokens, then unit length) into `g` on int64 `input_ids` and `attention_mask`
+    /// ([N, L], L dynamic); returns the embedding's name ([N, D]). opset 17:
+    /// `LayerNormalization`, exact GELU through `Erf`, the padding mask as a −1e9 score bias.
+    pub fn to_onnx(&self, g: &mut OnnxGraph, input_ids: &str, attention_mask: &str) -> Result<String> {
+        let e = &self.embeddings;
+        let words = g.parameter("embeddings.word_embeddings.weight", e.word_embeddings.weight.val())?;
+        let words = g.node("Gather", &[&words, input_ids], vec![int("axis", 0)], "embeddings.words"); // [N, L, D]
+        let (zero, one) = (g.initializer_i64("index_zero", &[], &[0]), g.initializer_i64("index_one", &[], &[1]));
+        let shape = g.node("Shape", &[input_ids], vec![], "ids_shape");
+        let len = g.node("Gather", &[&shape, &one], vec![int("axis", 0)], "sequence_length");
+        let positions = g.node("Range", &[&zero, &len, &one], vec![], "positions"); // [L]
+        let table = g.parameter("embeddings.position_embeddings.weight", e.position_embeddings.weight.val())?;
+        let positions = g.node("Gather", &[&table, &positions], vec![int("axis", 0)], "embeddings.positions"); // [L, D]
+        let table = g.parameter("embeddings.token_type_embeddings.weight", e.token_type_embeddings.weight.val())?;
+        let types = g.node("Gather", &[&table, &zero], vec![int("axis", 0)], "embeddings.types"); // [D]: type 0
+        let x = g.add(&words, &positions);
+        let x = g.add(&x, &types);
+        let ln = &e.LayerNorm;
+        let mut x = g.layer_norm(ln.weight.val(), ln.bias.val(), ln.eps, &x, "embeddings.LayerNorm")?;
+
+        // (1 − mask) · −1e9 on the scores of padding keys: [N, 1, 1, L].
+        let mask = g.node("Cast", &[attention_mask], vec![int("to", i64::from(FLOAT))], "mask"); // [N, L]
+        let one_f = g.initializer("one_f", &[], &[1.0]);
+        let inverse = g.node("Sub", &[&one_f, &mask], vec![], "mask_inverse");
+        let masked = g.initializer("masked_score", &[], &[MASKED_SCORE]);
+        let bias = g.node("Mul", &[&inverse, &masked], vec![], "mask_scores");
+        let axes = g.initializer_i64("axes_1_2", &[2], &[1, 2]);
+        let bias = g.node("Unsqueeze", &[&bias, &axes], vec![], "mask_bias");
+
+        let d = e.word_embeddings.weight.lazy_shape().dims::<2>()[1];
+        let (h, dh) = (self.num_attention_heads, d / self.num_attention_heads);
+        let split = g.initializer_i64("heads_shape", &[4], &[0, 0, h as i64, dh as i64]);
+        let merge = g.initializer_i64("merged_shape", &[3], &[0, 0, d as i64]);
+        let sqrt_dh = g.initializer("sqrt_head_dim", &[], &[(dh as f64).sqrt() as f32]);
+        for (i, layer) in self.encoder.layer.iter().enumerate() {
+            let p = format!("encoder.layer.{i}");
+            let a = &layer.attention.self_;
+            let heads = |g: &mut OnnxGraph, linear: &Linear, name: &str, perm: &[i64]| -> Result<String> {
+                let y = g.linear_nd(linear, &x, &format!("{p}.attention.self.{name}"))?; // [N, L, D]
+                let y = g.node("Reshape", &[&y, &split], vec![], &format!("{p}.{name}.heads")); // [N, L, H, Dh]
+                Ok(g.node("Transpose", &[&y], vec![ints("perm", perm)], &format!("{p}.{name}.t")))
+            };
+            let q = heads(g, &a.query, "query", &[0, 2, 1, 3])?; // [N, H, L, Dh]
+            let k = heads(g, &a.key, "key", &[0, 2, 3, 1])?; // [N, H, Dh, L]
+            let v = heads(g, &a.value, "value", &[0, 2, 1, 3])?; // [N, H, L, Dh]
+            let scores = g.node("MatMul", &[&q, &k], vec![], &format!("{p}.scores"));
+            let scores = g.node("Div", &[&scores, &sqrt_dh], vec![], &format!("{p}.scaled"));
+            let scores = g.add(&scores, &bias);
+            let probs = g.node("Softmax", &[&scores], vec![int("axis", 3)], &format!("{p}.attention"));
+            let ctx = g.node("MatMul", &[&probs, &v], vec![], &format!("{p}.context")); // [N, H, L, Dh]
+            let ctx = g.node("Transpose", &[&ctx], vec![ints("perm", &[0, 2, 1, 3])], &format!("{p}.context.t"));
+            let ctx = g.node("Reshape", &[&ctx, &merge], vec![], &format!("{p}.context.merged")); // [N, L, D]
+            let out = &layer.attention.output;
+            let y = g.linear_nd(&out.dense, &ctx, &format!("{p}.attention.output.dense"))?;
+            let y = g.add(&y, &x);
+            x = g.layer_norm(out.LayerNorm.weight.val(), out.LayerNorm.bias.val(), out.LayerNorm.eps, &y, &format!("{p}.attention.output.LayerNorm"))?;
+            let f = g.linear_nd(&layer.intermediate.dense, &x, &format!("{p}.intermediate.dense"))?;
+            let f = g.gelu(&f);
+            let out = &layer.output;
+            let y = g.linear_nd(&out.dense, &f, &format!("{p}.output.dense"))?;
+            let y = g.add(&y, &x);
+            x = g.layer_norm(out.LayerNorm.weight.val(), out.LayerNorm.bias.val(), out.LayerNorm.eps, &y, &format!("{p}.output.LayerNorm"))?;
+        }
+
+        // Mean over unmasked tokens, then unit length (see `mean_pool`, `l2_normalize`).
+        let last = g.initializer_i64("axis_2", &[1], &[2]);
+        let mask3 = g.node("Unsqueeze", &[&mask, &last], vec![], "mask_3d"); // [N, L, 1]
+        let kept = g.node("Mul", &[&x, &mask3], vec![], "masked_hidden");
+        let tokens = g.initializer_i64("axis_1", &[1], &[1]);
+        let summed = g.node("ReduceSum", &[&kept, &tokens], vec![int("keepdims", 0)], "summed"); // [N, D]
+        let count = g.node("ReduceSum", &[&mask3, &tokens], vec![int("keepdims", 0)], "token_count"); // [N, 1]
+        let floor = g.initializer("count_floor", &[], &[1e-9]);
+        let count = g.node("Max", &[&count, &floor], vec![], "token_count_floored");
+        let mean = g.node("Div", &[&summed, &count], vec![], "mean_pooled");
+        let norm = g.node("ReduceL2", &[&mean], vec![ints("axes", &[1]), int("keepdims", 1)], "norm");
+        let floor = g.initializer("norm_floor", &[], &[1e-12]);
+        let norm = g.node("Max", &[&norm, &floor], vec![], "norm_floored");
+        Ok(g.node("Div", &[&mean, &norm], vec![], "embedding"))
     }
 }
 

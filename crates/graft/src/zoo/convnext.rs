@@ -24,6 +24,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use super::backbone::{Backbone, BackboneNet};
+use crate::export::onnx::{ints, OnnxGraph};
 use super::load::WeightSource;
 use super::table::{Builder, Convention, Table};
 use super::{InputCfg, ModelSpec, Trunk, TORCHVISION_INPUT};
@@ -247,6 +248,38 @@ impl BackboneNet for ConvNeXt {
             (Some(norm), Some(fc)) => Some(fc.forward(norm.forward(pooled))),
             _ => None,
         }
+    }
+    fn to_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String> {
+        // LayerNorm over channels on [N, C, H, W]: to channels-last, LayerNormalization, back.
+        let norm = |g: &mut OnnxGraph, norm: &LayerNorm, x: &str, name: &str, back: bool| -> Result<String> {
+            let beta = norm.beta.as_ref().map(|b| b.val()).unwrap_or_else(|| norm.gamma.val().zeros_like());
+            let x = g.node("Transpose", &[x], vec![ints("perm", &[0, 2, 3, 1])], &format!("{name}.nhwc"));
+            let y = g.layer_norm(norm.gamma.val(), beta, LN_EPS, &x, name)?;
+            Ok(if back { g.node("Transpose", &[&y], vec![ints("perm", &[0, 3, 1, 2])], &format!("{name}.nchw")) } else { y })
+        };
+        let x = g.conv(&self.stem_conv, None, input, "stem_conv")?;
+        let mut x = norm(g, &self.stem_norm, &x, "stem_norm", true)?;
+        for k in 1..8 {
+            if k % 2 == 0 {
+                let (ln, conv) = &self.downsample[k / 2 - 1];
+                let y = norm(g, ln, &x, &format!("downsample.{}.0", k / 2 - 1), true)?;
+                x = g.conv(conv, None, &y, &format!("downsample.{}.1", k / 2 - 1))?;
+                continue;
+            }
+            for (j, block) in self.stages[k / 2].iter().enumerate() {
+                let p = format!("stages.{}.{j}", k / 2);
+                let h = g.conv(&block.dwconv, None, &x, &format!("{p}.dwconv"))?; // [N, C, H, W]
+                let h = norm(g, &block.norm, &h, &format!("{p}.norm"), false)?; // [N, H, W, C]
+                let h = g.linear_nd(&block.pwconv1, &h, &format!("{p}.pwconv1"))?; // [N, H, W, 4C]
+                let h = g.gelu(&h);
+                let h = g.linear_nd(&block.pwconv2, &h, &format!("{p}.pwconv2"))?; // [N, H, W, C]
+                let h = g.node("Transpose", &[&h], vec![ints("perm", &[0, 3, 1, 2])], &format!("{p}.nchw"));
+                let scale = g.parameter(&format!("{p}.layer_scale"), block.layer_scale.val())?; // [C, 1, 1]
+                let h = g.node("Mul", &[&h, &scale], vec![], &format!("{p}.scaled"));
+                x = g.add(&h, &x);
+            }
+        }
+        Ok(x)
     }
     fn drop_classifier(&mut self) {
         self.head_norm = None;

@@ -18,6 +18,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::backbone::{Backbone, BackboneNet};
+use crate::export::onnx::OnnxGraph;
 use super::channels_last::{global_avg_pool_channels_last, RowsLite};
 use super::fold::{fold_conv_bn, split_batch};
 use super::layers::LayerRow;
@@ -536,6 +537,24 @@ impl BackboneNet for EfficientNetLite {
     }
     fn drop_classifier(&mut self) {
         self._fc = None;
+    }
+    fn to_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String> {
+        let x = g.conv(&self._conv_stem, Some(&self._bn0), input, "_conv_stem")?;
+        let mut x = g.relu6(&x);
+        for (i, block) in self._blocks.iter().enumerate() {
+            let p = format!("_blocks.{i}");
+            let mut h = x.clone();
+            if let (Some(conv), Some(bn)) = (&block._expand_conv, &block._bn0) {
+                h = g.conv(conv, Some(bn), &h, &format!("{p}._expand_conv"))?;
+                h = g.relu6(&h);
+            }
+            h = g.conv(&block._depthwise_conv, Some(&block._bn1), &h, &format!("{p}._depthwise_conv"))?;
+            h = g.relu6(&h);
+            h = g.conv(&block._project_conv, Some(&block._bn2), &h, &format!("{p}._project_conv"))?;
+            x = if block.residual { g.add(&h, &x) } else { h };
+        }
+        let x = g.conv(&self._conv_head, Some(&self._bn1), &x, "_conv_head")?;
+        Ok(g.relu6(&x))
     }
 }
 

@@ -23,6 +23,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::backbone::{Backbone, BackboneNet};
+use crate::export::onnx::OnnxGraph;
 use super::layers::LayerRow;
 use super::load::WeightSource;
 use super::table::{Builder, Convention, LeafKind, Table};
@@ -526,6 +527,35 @@ impl BackboneNet for MobileNetV2 {
     }
     fn drop_classifier(&mut self) {
         self.classifier = None;
+    }
+    fn to_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String> {
+        // Names as in torchvision's state dict (the Keras flavour's layers sit at the same paths).
+        let conv_act = |g: &mut OnnxGraph, (conv, bn): &ConvNormAct, x: &str, name: String| -> Result<String> {
+            let y = g.conv(conv, Some(bn), x, &name)?;
+            Ok(g.relu6(&y))
+        };
+        let mut x = input.to_string();
+        for (i, feature) in self.features.iter().enumerate() {
+            let p = format!("features.{i}");
+            x = match feature {
+                Feature::ConvNormAct(layer) => conv_act(g, layer, &x, format!("{p}.0"))?,
+                Feature::InvertedResidual(block) => {
+                    let h = match &block.conv {
+                        InvertedConv::Plain((depthwise, project, bn)) => {
+                            let h = conv_act(g, depthwise, &x, format!("{p}.conv.0.0"))?;
+                            g.conv(project, Some(bn), &h, &format!("{p}.conv.1"))?
+                        }
+                        InvertedConv::Expand((expand, depthwise, project, bn)) => {
+                            let h = conv_act(g, expand, &x, format!("{p}.conv.0.0"))?;
+                            let h = conv_act(g, depthwise, &h, format!("{p}.conv.1.0"))?;
+                            g.conv(project, Some(bn), &h, &format!("{p}.conv.2"))?
+                        }
+                    };
+                    if block.residual { g.add(&h, &x) } else { h }
+                }
+            };
+        }
+        Ok(x)
     }
 }
 

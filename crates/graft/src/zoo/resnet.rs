@@ -20,6 +20,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::backbone::{Backbone, BackboneNet};
+use crate::export::onnx::OnnxGraph;
 use super::layers::LayerRow;
 use super::load::WeightSource;
 use super::table::{Builder, Table};
@@ -369,6 +370,28 @@ impl BackboneNet for ResNet {
     }
     fn drop_classifier(&mut self) {
         self.fc = None;
+    }
+    fn to_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String> {
+        let x = g.conv(&self.conv1, Some(&self.bn1), input, "conv1")?;
+        let x = g.relu(&x);
+        let mut x = g.max_pool(&self.maxpool, &x, "maxpool")?;
+        for (spec, block) in self.config.blocks().iter().zip(self.blocks()) {
+            let p = spec.prefix();
+            let shortcut = match &block.downsample {
+                Some((conv, bn)) => g.conv(conv, Some(bn), &x, &format!("{p}.downsample.0"))?,
+                None => x.clone(),
+            };
+            let h = g.conv(&block.conv1, Some(&block.bn1), &x, &format!("{p}.conv1"))?;
+            let h = g.relu(&h);
+            let mut h = g.conv(&block.conv2, Some(&block.bn2), &h, &format!("{p}.conv2"))?;
+            if let (Some(conv3), Some(bn3)) = (&block.conv3, &block.bn3) {
+                let r = g.relu(&h);
+                h = g.conv(conv3, Some(bn3), &r, &format!("{p}.conv3"))?;
+            }
+            let sum = g.add(&h, &shortcut);
+            x = g.relu(&sum);
+        }
+        Ok(x)
     }
 }
 

@@ -36,6 +36,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::backbone::{Backbone, BackboneNet};
+use crate::export::onnx::{ints, OnnxGraph};
 use super::load::WeightSource;
 use super::resnet::{BN_EPS, BN_MOMENTUM};
 use super::table::{Builder, Convention, Table};
@@ -323,6 +324,24 @@ impl BackboneNet for Vgg {
     }
     fn drop_classifier(&mut self) {
         self.classifier = None;
+    }
+    fn to_onnx(&self, g: &mut OnnxGraph, input: &str) -> Result<String> {
+        let mut x = input.to_string();
+        let mut conv = 0;
+        for (i, f) in self.config.features.iter().enumerate() {
+            x = match *f {
+                Feature::Conv { .. } => {
+                    let y = g.conv(&self.convs[conv], self.norms.get(conv), &x, &format!("convs.{conv}"))?;
+                    conv += 1;
+                    g.relu(&y)
+                }
+                Feature::Pool { kernel, stride } => {
+                    let (k, s) = (kernel as i64, stride as i64);
+                    g.node("MaxPool", &[&x], vec![ints("kernel_shape", &[k, k]), ints("strides", &[s, s]), ints("pads", &[0, 0, 0, 0])], &format!("features.{i}"))
+                }
+            };
+        }
+        Ok(x)
     }
 }
 
