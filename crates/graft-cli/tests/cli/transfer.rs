@@ -182,3 +182,51 @@ fn rbm_pretraining_stacks_layers_that_fit_init_starts_from() {
     assert_bad_input(&graft(&["pretrain", "--method", "rbm", "--cd-k", "0", "--data", s(&unlabelled), "--out", s(&dir.join("x"))]), &["--cd-k"]);
     assert!(!dir.join("x").exists(), "refused settings leave no run directory");
 }
+
+/// The whole encoder on tasks whose labels come for free: pairs known only as same/different
+/// (siamese) and two views of each unlabelled digit (contrastive); `fit --init` starts from
+/// either; bad pairs and settings of other methods are refused by name.
+#[test]
+fn siamese_and_contrastive_pretraining_feed_fit_init() {
+    let dir = scratch("pretrain-pairs");
+    let unlabelled = import("mnist", "train", 20, 1, &dir.join("unlabelled"));
+    let labelled = import("mnist", "train", 5, 2, &dir.join("labelled"));
+    // 200 pairs: each digit with the next of its own class (same) and with one of the next class.
+    let mut classes: Vec<String> = std::fs::read_dir(&unlabelled).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    classes.sort();
+    let files = |c: &str| {
+        let mut f: Vec<String> = std::fs::read_dir(unlabelled.join(c)).unwrap().map(|e| format!("{c}/{}", e.unwrap().file_name().to_string_lossy())).collect();
+        f.sort();
+        f
+    };
+    let mut csv = String::from("a,b,same\n");
+    for (k, c) in classes.iter().enumerate() {
+        let (own, next) = (files(c), files(&classes[(k + 1) % classes.len()]));
+        for i in 0..10 {
+            csv.push_str(&format!("{},{},1\n{},{},0\n", own[i], own[i + 10], own[i], next[i]));
+        }
+    }
+    let pairs = dir.join("pairs.csv");
+    std::fs::write(&pairs, csv).unwrap();
+    for (name, extra) in [("siamese", vec!["--pairs", s(&pairs)]), ("contrastive", vec!["--batch-size", "32"])] {
+        let pre = dir.join(name);
+        let mut args = vec!["pretrain", "--method", name, "--data", s(&unlabelled), "--arch", "mlp:64,32", "--epochs", "3", "--out", s(&pre), "--json"];
+        args.extend(extra);
+        let p = json_of(&graft(&args));
+        let layers = p["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 1, "one whole-encoder report: {p}");
+        assert!(layers[0]["last_epoch_loss"].as_f64().unwrap() < layers[0]["first_epoch_loss"].as_f64().unwrap(), "{name} loss falls: {p}");
+        let encoder = graft_weights::load(&pre.join("encoder.safetensors")).unwrap();
+        assert_eq!(encoder.tensors.len(), 4, "the encoder alone (no projection head): {:?}", encoder.tensors.keys().collect::<Vec<_>>());
+        let run = dir.join(format!("fit-{name}"));
+        let f = json_of(&graft(&["fit", "--init", s(&pre), "--data", s(&labelled), "--val-split", "0", "--epochs", "2", "--out", s(&run), "--json"]));
+        assert_eq!(f["arch"], "mlp:64,32");
+    }
+    assert_eq!(json_of(&graft(&["inspect", "--run", s(&dir.join("siamese")), "--json"]))["model"]["config"]["pairs"].as_str(), Some(s(&pairs)));
+    let x = dir.join("x");
+    assert_bad_input(&graft(&["pretrain", "--method", "siamese", "--data", s(&unlabelled), "--out", s(&x)]), &["--pairs", "siamese"]);
+    assert_bad_input(&graft(&["pretrain", "--method", "rbm", "--pairs", s(&pairs), "--data", s(&unlabelled), "--out", s(&x)]), &["--pairs", "siamese"]);
+    std::fs::write(dir.join("bad.csv"), "a.png,b.png,maybe\n").unwrap();
+    assert_bad_input(&graft(&["pretrain", "--method", "siamese", "--pairs", s(&dir.join("bad.csv")), "--data", s(&unlabelled), "--out", s(&x)]), &["bad.csv", "line 1", "maybe"]);
+    assert!(!x.exists(), "refused settings leave no run directory");
+}
