@@ -64,6 +64,9 @@ pub enum Command {
     /// probabilities out, labels and preprocessing in its metadata), or safetensors weights
     /// with a JSON config for PyTorch.
     Export(ExportArgs),
+    /// Studies of transfer itself: `study transferability` (Yosinski et al., 2014).
+    #[command(subcommand)]
+    Study(crate::commands::study::StudyCommand),
 }
 
 /// `--lr`: a number, or `auto` (found by the learning-rate range test).

@@ -17,6 +17,7 @@ pub mod pretrain;
 pub mod probe;
 mod pull;
 mod serve;
+pub mod study;
 pub mod zeroshot;
 
 use crate::cli::Command;
@@ -40,6 +41,7 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
         Command::LrFind(args) => lr_find::run(args, out),
         Command::Serve(args) => serve::run(args, out),
         Command::Export(args) => export::run(args, out),
+        Command::Study(cmd) => study::run(cmd, out),
     }
 }
 

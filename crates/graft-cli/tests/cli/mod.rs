@@ -25,6 +25,7 @@ mod seam;
 mod semi;
 mod serve;
 mod shard;
+mod study;
 mod text;
 mod traps;
 mod transfer;

@@ -737,7 +737,7 @@ impl MlpFitConfig {
 
 /// The settings every training config here shares: a positive finite learning rate, at least
 /// one epoch and a batch of at least one, each refusal naming its setting.
-fn check_training(lr: f64, epochs: usize, batch_size: usize) -> Result<()> {
+pub(crate) fn check_training(lr: f64, epochs: usize, batch_size: usize) -> Result<()> {
     if !(lr > 0.0 && lr.is_finite()) {
         return Err(GraftError::setting("lr", &lr.to_string(), "must be a positive number"));
     }

@@ -9,3 +9,4 @@ pub mod pairs;
 pub mod probe;
 pub mod rbm;
 pub mod stages;
+pub mod study;

@@ -1,0 +1,103 @@
+//! `graft study transferability`: Yosinski et al.'s layer-transfer study on a small CNN.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use graft::transfer::study::{transferability, StudyConfig};
+use serde_json::json;
+
+use crate::output::Output;
+use crate::reporter::TermReporter;
+
+#[derive(Debug, Subcommand)]
+pub enum StudyCommand {
+    /// Where features stop transferring (Yosinski et al., 2014): the classes split into halves
+    /// A and B; base networks on each; for every layer boundary n, AnB, BnB (first n layers
+    /// copied and frozen, the rest trained on B) and AnB+, BnB+ (all fine-tuned); tested on B's
+    /// test images. Writes metrics.jsonl, transferability.png and summary.json into --out.
+    Transferability(TransferabilityArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TransferabilityArgs {
+    #[command(flatten)]
+    pub device: crate::cli::DeviceArg,
+    /// Training images: class folders of 28×28 grey images (at least 4 classes).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Test images of the same classes (an image with a training image's content is left out).
+    #[arg(long)]
+    pub test: PathBuf,
+    /// The study's folder (one engine run per training in runs/).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The network: small-cnn (conv 32, conv 64, fc 256, fc 128, output: 5 weight layers).
+    #[arg(long, default_value = "small-cnn")]
+    pub arch: String,
+    /// Seeds the split of the classes into A and B.
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
+    /// Seeds of the repeated trainings, comma-separated.
+    #[arg(long, default_value = "0,1,2")]
+    pub seeds: String,
+    /// Epochs of every training.
+    #[arg(long, default_value_t = 5)]
+    pub epochs: usize,
+    /// Images per training step.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Learning rate (Adam) of every training.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Continue the study in --out: finished trainings are read back, an interrupted one
+    /// continues [default: off; a folder holding a study is refused].
+    #[arg(long)]
+    pub resume: bool,
+}
+
+pub fn run(command: StudyCommand, out: &Output) -> anyhow::Result<()> {
+    let StudyCommand::Transferability(args) = command;
+    // Every flag is used below: a new one fails to compile until it is.
+    let TransferabilityArgs { device, data, test, out: dir, arch, split_seed, seeds, epochs, batch_size, lr, resume } = args;
+    anyhow::ensure!(arch == "small-cnn", "invalid --arch `{arch}`: the study trains small-cnn (5 weight layers) from scratch; other networks are not built yet");
+    let seeds = seeds
+        .split(',')
+        .map(|s| s.trim().parse::<u64>().map_err(|_| anyhow::anyhow!("invalid --seeds `{seeds}`: expected whole numbers separated by commas")))
+        .collect::<anyhow::Result<Vec<u64>>>()?;
+    let device = device.device()?;
+    let config = StudyConfig { data, test, split_seed, seeds, epochs, batch_size, lr };
+    crate::reporter::stop_on_ctrl_c();
+    let summary = match transferability(&config, &dir, resume, &TermReporter::new(), &device) {
+        Ok(s) => s,
+        Err(e) => return crate::reporter::exit_if_interrupted(Err(e.into()), |run| format!("resume with the same command and --resume ({})", run.display())),
+    };
+    let written: Vec<PathBuf> = ["metrics.jsonl", "transferability.png", "summary.json"].iter().map(|f| dir.join(f)).collect();
+    let mut value = serde_json::to_value(&summary)?;
+    value["written"] = json!(written);
+    out.result(&value, || {
+        let mut t = format!("A: {}\nB: {}\n\n", summary.classes_a.join(", "), summary.classes_b.join(", "));
+        t.push_str("accuracy on B's test images (mean ± std over seeds)\n  n  ");
+        let variants = ["BnB", "BnB+", "AnB", "AnB+"];
+        for v in variants {
+            t.push_str(&format!("{v:>16}"));
+        }
+        t.push('\n');
+        let find = |v: &str, n: usize| summary.means.iter().find(|m| m.0 == v && m.1 == n).map(|m| format!("{:.4} ± {:.4}", m.2, m.3)).unwrap_or_default();
+        for n in 1..graft::transfer::study::LAYERS {
+            t.push_str(&format!("  {n}  "));
+            for v in variants {
+                t.push_str(&format!("{:>16}", find(v, n)));
+            }
+            t.push('\n');
+        }
+        t.push_str(&format!("  baseB {}, baseA (on A) {}\n\n", find("baseB", 0), find("baseA", 0)));
+        for (finding, appears, why) in &summary.findings {
+            t.push_str(&format!("{} {finding}: {why}\n", if *appears { "yes" } else { "no " }));
+        }
+        for path in &written {
+            t.push_str(&format!("wrote {}\n", path.display()));
+        }
+        t
+    });
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `graft study transferability`: the layer-transfer study writes its table, plot and findings,
+//! every variant at every boundary, and resumes without retraining what finished.
+
+use std::path::Path;
+
+use super::transfer::import;
+use super::{assert_bad_input, graft, json_of, scratch};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn the_study_trains_every_variant_at_every_boundary_and_resumes() {
+    let dir = scratch("study");
+    let train = import("fashion-mnist", "train", 12, 1, &dir.join("train"));
+    let test = import("fashion-mnist", "test", 6, 2, &dir.join("test"));
+    let out = dir.join("study");
+    let args = ["study", "transferability", "--data", s(&train), "--test", s(&test), "--out", s(&out), "--seeds", "0", "--epochs", "1", "--json"];
+    let v = json_of(&graft(&args));
+    let (a, b) = (v["classes_a"].as_array().unwrap(), v["classes_b"].as_array().unwrap());
+    assert_eq!((a.len(), b.len()), (5, 5));
+    assert!(a.iter().all(|c| !b.contains(c)), "A and B are disjoint");
+    let outcomes = v["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2 + 4 * 4, "two bases and four variants at n = 1..4");
+    for variant in ["AnB", "BnB", "AnB+", "BnB+"] {
+        let ns: Vec<u64> = outcomes.iter().filter(|o| o["variant"] == variant).map(|o| o["n"].as_u64().unwrap()).collect();
+        assert_eq!(ns, vec![1, 2, 3, 4], "{variant}");
+    }
+    assert!(outcomes.iter().all(|o| (0.0..=1.0).contains(&o["accuracy"].as_f64().unwrap())));
+    assert_eq!(v["findings"].as_array().unwrap().len(), 3);
+    assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count(), 18);
+    assert_eq!(&std::fs::read(out.join("transferability.png")).unwrap()[..4], b"\x89PNG");
+
+    // Again without --resume: refused; with it, every training is read back, same answers.
+    assert_bad_input(&graft(&args[..args.len() - 1]), &["--out", "already holds a study"]);
+    let mut again = args.to_vec();
+    again.push("--resume");
+    let w = json_of(&graft(&again));
+    assert_eq!(w["outcomes"], v["outcomes"], "finished trainings are read back, not retrained");
+    assert_bad_input(&graft(&["study", "transferability", "--data", s(&train), "--test", s(&test), "--out", s(&dir.join("x")), "--arch", "resnet18"]), &["--arch", "resnet18"]);
+}
