@@ -120,6 +120,8 @@ pub const SETTINGS: &[&str] = &[
     "tasks", "task_weights",
     // Evaluation (`graft eval`): test-time augmentation.
     "tta",
+    // `graft study transferability` (`transfer::study::StudyConfig`).
+    "seeds",
     // The learning-rate range test (`graft lr-find`, `train::lr_find::LrSweep`).
     "lr_start", "lr_end", "lr_steps",
 ];
