@@ -68,6 +68,26 @@ fn minilm_pull_is_verified_and_cached() {
     assert_eq!(again.path, pulled.path);
 }
 
+/// graft's own BERT tokenizer against Python's `tokenizers` 0.23.3 on tricky strings (accents,
+/// CJK, Hangul, emoji, control and format characters, special tokens inside the text, words over
+/// 100 chars, truncation at 256) and a sample of the real text data sets
+/// (`tests/fixtures/tokenizer/make_ids.py` made `ids.json`).
+#[test]
+fn tokenizer_ids_match_hugging_face_tokenizers() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/ids.json");
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&std::fs::read(&fixture).unwrap()).unwrap();
+    assert!(rows.len() > 150, "{} rows", rows.len());
+    let texts: Vec<&str> = rows.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    let ids = encoder().tokenizer.encode(&texts).unwrap();
+    let mut truncated = 0;
+    for (i, (ours, row)) in ids.iter().zip(&rows).enumerate() {
+        let theirs: Vec<u32> = row["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(ours, &theirs, "token ids of text {i} ({:?})", texts[i].chars().take(80).collect::<String>());
+        truncated += usize::from(ours.len() == 256);
+    }
+    assert!(truncated >= 2, "the fixture exercises truncation");
+}
+
 #[test]
 fn minilm_token_ids_match_transformers() {
     let want = reference_data();

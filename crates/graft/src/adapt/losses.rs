@@ -176,7 +176,7 @@ pub fn mcc(logits: Tensor<2>, temperature: f64) -> Tensor<1> {
 
 /// Batch Spectral Penalization (Chen et al. 2019): the sum of the `k` largest squared singular
 /// values of a feature batch [n, d]. Written as Σᵢ ‖F vᵢ‖² with vᵢ the top right singular
-/// vectors of F (from faer's SVD, not differentiated): equal in value, and its gradient 2·F vᵢvᵢᵀ
+/// vectors of F (from the Gram matrix's eigenvectors, not differentiated): equal in value, and its gradient 2·F vᵢvᵢᵀ
 /// is σᵢ²'s (the vᵢ maximise the sum, so their own change does not count at first order).
 pub fn bsp_penalty(f: Tensor<2>, k: usize) -> crate::Result<Tensor<1>> {
     let [n, d] = f.dims();
@@ -184,17 +184,14 @@ pub fn bsp_penalty(f: Tensor<2>, k: usize) -> crate::Result<Tensor<1>> {
     if values.iter().any(|v| !v.is_finite()) {
         return Err(svd_error("the features are not finite".into()));
     }
-    let m = faer::Mat::<f64>::from_fn(n, d, |i, j| values[i * d + j] as f64);
-    let svd = m.thin_svd().map_err(|e| svd_error(format!("{e:?}")))?;
-    let s = svd.S().column_vector();
-    let v = svd.V();
-    let mut order: Vec<usize> = (0..s.nrows()).collect();
-    order.sort_by(|&a, &b| s[b].total_cmp(&s[a]));
-    let k = k.min(order.len());
+    let m = super::shallow::dense::Mat::from_fn(n, d, |i, j| values[i * d + j] as f64);
+    // Singular values largest first, the right singular vectors as columns of v.
+    let (s, v) = super::shallow::linalg::right_singular(m.as_ref()).map_err(|e| svd_error(e.to_string()))?;
+    let k = k.min(s.len());
     let mut top = vec![0f32; d * k];
-    for (col, &i) in order[..k].iter().enumerate() {
+    for col in 0..k {
         for r in 0..d {
-            top[r * k + col] = v[(r, i)] as f32;
+            top[r * k + col] = v[(r, col)] as f32;
         }
     }
     let vk = Tensor::<2>::from_data(TensorData::new(top, [d, k]), &f.device());

@@ -1,13 +1,16 @@
-//! The dense linear algebra of the classic methods, through `faer`: the symmetric and
-//! generalised symmetric eigenproblems, SVD, PCA bases and matrix square roots. Matrices are
-//! `faer::Mat<f64>` with one sample per row.
+//! The dense linear algebra of the classic methods: the symmetric and generalised symmetric
+//! eigenproblems (Householder tridiagonalisation and the implicit QL algorithm of EISPACK's
+//! `tql2`), Cholesky, SVD (one-sided Jacobi for the small matrices of GFK; the Gram
+//! matrix's eigenvectors for PCA directions), PCA bases and matrix square roots. Matrices are
+//! [`Mat`] with one sample per row.
 
-use faer::{Mat, MatRef, Side};
+use rayon::prelude::*;
 
+use super::dense::{Mat, MatRef};
 use crate::{GraftError, Result};
 
-fn failed(what: &str, reason: impl std::fmt::Debug) -> GraftError {
-    GraftError::Data { path: "adapt".into(), reason: format!("{what} failed: {reason:?}") }
+fn failed(what: &str, reason: impl std::fmt::Display) -> GraftError {
+    GraftError::Data { path: "adapt".into(), reason: format!("{what} failed: {reason}") }
 }
 
 /// `n × d` row-major values → a matrix.
@@ -18,7 +21,14 @@ pub fn from_rows(x: &[f64], n: usize, d: usize) -> Mat<f64> {
 /// Column means of `x` (one per feature).
 pub fn col_means(x: MatRef<'_, f64>) -> Vec<f64> {
     let n = x.nrows().max(1) as f64;
-    (0..x.ncols()).map(|j| (0..x.nrows()).map(|i| x[(i, j)]).sum::<f64>() / n).collect()
+    let mut m = vec![0.0; x.ncols()];
+    for i in 0..x.nrows() {
+        for (acc, v) in m.iter_mut().zip(x.row(i)) {
+            *acc += v;
+        }
+    }
+    m.iter_mut().for_each(|v| *v /= n);
+    m
 }
 
 /// `x` with every column's mean subtracted.
@@ -28,16 +38,257 @@ pub fn centred(x: MatRef<'_, f64>) -> Mat<f64> {
 }
 
 /// Symmetric eigendecomposition: eigenvalues in decreasing order and their eigenvectors (as
-/// columns, same order).
+/// columns, same order). `a` must be symmetric (both triangles are read).
 pub fn sym_eigen(a: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>)> {
-    let e = a.self_adjoint_eigen(Side::Lower).map_err(|e| failed("symmetric eigendecomposition", e))?;
+    sym_eigen_top(a, a.nrows())
+}
+
+/// The `k` largest eigenvalues of the symmetric `a`, decreasing, and their eigenvectors as
+/// columns. Householder tridiagonalisation (Golub & Van Loan, alg. 8.3.1), the implicit QL
+/// algorithm on the tridiagonal matrix (EISPACK `tql2`), then the `k` wanted vectors mapped back
+/// through the reflectors. Row-contiguous loops, split over threads for large matrices.
+pub fn sym_eigen_top(a: MatRef<'_, f64>, k: usize) -> Result<(Vec<f64>, Mat<f64>)> {
     let n = a.nrows();
-    let s = e.S().column_vector();
-    let u = e.U();
-    // faer sorts increasing; reverse.
-    let values: Vec<f64> = (0..n).rev().map(|i| s[i]).collect();
-    let vectors = Mat::from_fn(n, n, |i, j| u[(i, n - 1 - j)]);
-    Ok((values, vectors))
+    if n != a.ncols() {
+        return Err(failed("symmetric eigendecomposition", format!("the matrix is {}×{}, not square", n, a.ncols())));
+    }
+    let k = k.min(n);
+    if n == 0 {
+        return Ok((Vec::new(), Mat::zeros(0, 0)));
+    }
+    if (0..n).any(|i| a.row(i).iter().any(|v| !v.is_finite())) {
+        return Err(failed("symmetric eigendecomposition", "the matrix has non-finite entries"));
+    }
+    let mut m: Vec<f64> = (0..n).flat_map(|i| a.row(i).iter().copied()).collect();
+    let (mut d, mut e, reflectors) = tridiagonalize(&mut m, n);
+    drop(m);
+    // w = Zᵀ: row r is the r-th eigenvector of the tridiagonal matrix.
+    let mut w = vec![0.0; n * n];
+    (0..n).for_each(|i| w[i * n + i] = 1.0);
+    tql2(&mut w, &mut d, &mut e)?;
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| d[y].total_cmp(&d[x]));
+    order.truncate(k);
+    let values: Vec<f64> = order.iter().map(|&r| d[r]).collect();
+    // v = Q z with Q = H₀ H₁ ⋯: the last reflector first.
+    let vectors: Vec<Vec<f64>> = order
+        .par_iter()
+        .map(|&r| {
+            let mut z = w[r * n..(r + 1) * n].to_vec();
+            for (start, v, beta) in reflectors.iter().rev() {
+                let tail = &mut z[*start..];
+                let s = beta * v.iter().zip(tail.iter()).map(|(a, b)| a * b).sum::<f64>();
+                tail.iter_mut().zip(v).for_each(|(t, vj)| *t -= s * vj);
+            }
+            z
+        })
+        .collect();
+    Ok((values, Mat::from_fn(n, k, |i, j| vectors[j][i])))
+}
+
+/// Rows of at least this length have their updates split over threads.
+const PARALLEL_ROWS: usize = 192;
+
+/// Householder tridiagonalisation of the symmetric `n × n` row-major `m` (overwritten): the
+/// diagonal, the sub-diagonal (`e[i]` couples `i − 1` and `i`; `e[0] = 0`) and the reflectors
+/// `(start, v, β)`, `H = I − β v vᵀ` acting on indices `start..`.
+fn tridiagonalize(m: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, Vec<(usize, Vec<f64>, f64)>) {
+    let mut e = vec![0.0; n];
+    let mut reflectors = Vec::with_capacity(n.saturating_sub(2));
+    for k in 0..n.saturating_sub(2) {
+        let start = k + 1;
+        let len = n - start;
+        // x = the column below the diagonal = row k right of it (symmetry).
+        let mut v = m[k * n + start..(k + 1) * n].to_vec();
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            e[start] = 0.0;
+            continue;
+        }
+        let alpha = if v[0] > 0.0 { -norm } else { norm };
+        v[0] -= alpha;
+        let vv: f64 = v.iter().map(|x| x * x).sum();
+        e[start] = alpha;
+        if vv == 0.0 {
+            continue;
+        }
+        let beta = 2.0 / vv;
+        // p = β A₂₂ v, then w = p − (β pᵀv / 2) v, then A₂₂ −= v wᵀ + w vᵀ.
+        let sub_row = |row: &[f64]| -> f64 { row[start..].iter().zip(&v).map(|(a, b)| a * b).sum::<f64>() * beta };
+        let rows = &mut m[start * n..];
+        let p: Vec<f64> = if len >= PARALLEL_ROWS { rows.par_chunks(n).map(sub_row).collect() } else { rows.chunks(n).map(sub_row).collect() };
+        let half = 0.5 * beta * p.iter().zip(&v).map(|(a, b)| a * b).sum::<f64>();
+        let w: Vec<f64> = p.iter().zip(&v).map(|(pi, vi)| pi - half * vi).collect();
+        let update = |(i, row): (usize, &mut [f64])| {
+            let (vi, wi) = (v[i], w[i]);
+            row[start..].iter_mut().zip(w.iter().zip(&v)).for_each(|(a, (wj, vj))| *a -= vi * wj + wi * vj);
+        };
+        if len >= PARALLEL_ROWS {
+            rows.par_chunks_mut(n).enumerate().for_each(update);
+        } else {
+            rows.chunks_mut(n).enumerate().for_each(update);
+        }
+        // Row and column k now hold α at (k, k+1) and zeros beyond.
+        m[k * n + start..(k + 1) * n].iter_mut().for_each(|x| *x = 0.0);
+        m[k * n + start] = alpha;
+        reflectors.push((start, v, beta));
+    }
+    if n >= 2 {
+        e[n - 1] = m[(n - 1) * n + n - 2];
+    }
+    let d = (0..n).map(|i| m[i * n + i]).collect();
+    (d, e, reflectors)
+}
+
+/// Eigenvalues (`d`) and eigenvectors of the symmetric tridiagonal matrix (diagonal `d`,
+/// sub-diagonal `e[1..]`) by the implicit QL method (EISPACK `tql2`). `w` is `n × n` row-major
+/// and holds the transformation transposed: each Givens rotation of an iteration is recorded,
+/// then applied to two rows of `w` (split by columns over threads when the rows are long).
+fn tql2(w: &mut [f64], d: &mut [f64], e: &mut [f64]) -> Result<()> {
+    let n = d.len();
+    for i in 1..n {
+        e[i - 1] = e[i];
+    }
+    e[n - 1] = 0.0;
+    let mut f = 0.0;
+    let mut tst1: f64 = 0.0;
+    let eps = f64::EPSILON;
+    let mut rotations: Vec<(usize, f64, f64)> = Vec::with_capacity(n);
+    for l in 0..n {
+        tst1 = tst1.max(d[l].abs() + e[l].abs());
+        let mut m = l;
+        while m < n - 1 && e[m].abs() > eps * tst1 {
+            m += 1;
+        }
+        if m > l {
+            let mut iterations = 0;
+            loop {
+                iterations += 1;
+                if iterations > 100 {
+                    return Err(failed("symmetric eigendecomposition", "the QL iteration did not converge"));
+                }
+                let g = d[l];
+                let mut p = (d[l + 1] - g) / (2.0 * e[l]);
+                let mut r = p.hypot(1.0);
+                if p < 0.0 {
+                    r = -r;
+                }
+                d[l] = e[l] / (p + r);
+                d[l + 1] = e[l] * (p + r);
+                let dl1 = d[l + 1];
+                let h = g - d[l];
+                for x in d[l + 2..].iter_mut() {
+                    *x -= h;
+                }
+                f += h;
+                p = d[m];
+                let (mut c, mut c2, mut c3) = (1.0, 1.0, 1.0);
+                let el1 = e[l + 1];
+                let (mut s, mut s2) = (0.0, 0.0);
+                rotations.clear();
+                for i in (l..m).rev() {
+                    c3 = c2;
+                    c2 = c;
+                    s2 = s;
+                    let g = c * e[i];
+                    let h = c * p;
+                    r = p.hypot(e[i]);
+                    e[i + 1] = s * r;
+                    s = e[i] / r;
+                    c = p / r;
+                    p = c * d[i] - s * g;
+                    d[i + 1] = h + s * (c * g + s * d[i]);
+                    rotations.push((i, c, s));
+                }
+                rotate_rows(w, n, &rotations);
+                p = -s * s2 * c3 * el1 * e[l] / dl1;
+                e[l] = s * p;
+                d[l] = c * p;
+                if e[l].abs() <= eps * tst1 {
+                    break;
+                }
+            }
+        }
+        d[l] += f;
+        e[l] = 0.0;
+    }
+    Ok(())
+}
+
+/// Applies the rotations `(i, c, s)` in order to rows `i` and `i + 1` of the `n`-wide `w`:
+/// `(a, b) ← (c a − s b, s a + c b)`.
+fn rotate_rows(w: &mut [f64], n: usize, rotations: &[(usize, f64, f64)]) {
+    let apply = |rows: &mut [&mut [f64]]| {
+        for &(i, c, s) in rotations {
+            let (lo, hi) = rows.split_at_mut(i + 1);
+            for (a, b) in lo[i].iter_mut().zip(hi[0].iter_mut()) {
+                let h = *b;
+                *b = s * *a + c * h;
+                *a = c * *a - s * h;
+            }
+        }
+    };
+    let threads = rayon::current_num_threads().max(1);
+    if n < PARALLEL_ROWS || threads == 1 || rotations.len() * n < 1 << 16 {
+        let mut rows: Vec<&mut [f64]> = w.chunks_mut(n).collect();
+        apply(&mut rows);
+        return;
+    }
+    // Every thread takes a band of columns of every row and applies all the rotations to it.
+    let width = n.div_ceil(threads);
+    let mut bands: Vec<Vec<&mut [f64]>> = (0..threads).map(|_| Vec::with_capacity(n)).collect();
+    for row in w.chunks_mut(n) {
+        for (band, piece) in bands.iter_mut().zip(row.chunks_mut(width)) {
+            band.push(piece);
+        }
+    }
+    bands.into_par_iter().for_each(|mut rows| apply(&mut rows));
+}
+
+/// The lower Cholesky factor `L` of the symmetric positive definite `a` (`a = L Lᵀ`).
+pub fn cholesky(a: MatRef<'_, f64>) -> Result<Mat<f64>> {
+    let n = a.nrows();
+    let mut l = Mat::zeros(n, n);
+    for j in 0..n {
+        let diag = a[(j, j)] - l.row(j)[..j].iter().map(|x| x * x).sum::<f64>();
+        if !(diag > 0.0) || !diag.is_finite() {
+            return Err(failed("Cholesky factorisation (is μ > 0?)", format!("the matrix is not positive definite (pivot {j} is {diag:e})")));
+        }
+        let dj = diag.sqrt();
+        l[(j, j)] = dj;
+        // Column j below the diagonal: L[i][j] = (a[i][j] − L[i][..j]·L[j][..j]) / L[j][j].
+        let lj = l.row(j)[..j].to_vec();
+        let column = |i: usize, row: &[f64]| (a[(i, j)] - row[..j].iter().zip(&lj).map(|(x, y)| x * y).sum::<f64>()) / dj;
+        let below: Vec<f64> = if (n - j) * j >= 1 << 16 {
+            (j + 1..n).into_par_iter().map(|i| column(i, l.row(i))).collect()
+        } else {
+            (j + 1..n).map(|i| column(i, l.row(i))).collect()
+        };
+        for (i, v) in (j + 1..n).zip(below) {
+            l[(i, j)] = v;
+        }
+    }
+    Ok(l)
+}
+
+/// Replaces every row `x` of `rows` by `L⁻¹ x` (`lower`) or `U⁻¹ x` (upper), for the
+/// triangular `t` (forward or backward substitution; rows in parallel).
+fn solve_rows(t: &Mat<f64>, rows: &mut Mat<f64>, lower: bool) {
+    let n = t.nrows();
+    let solve = |x: &mut [f64]| {
+        if lower {
+            for i in 0..n {
+                let s: f64 = t.row(i)[..i].iter().zip(&x[..i]).map(|(a, b)| a * b).sum();
+                x[i] = (x[i] - s) / t[(i, i)];
+            }
+        } else {
+            for i in (0..n).rev() {
+                let s: f64 = t.row(i)[i + 1..].iter().zip(&x[i + 1..]).map(|(a, b)| a * b).sum();
+                x[i] = (x[i] - s) / t[(i, i)];
+            }
+        }
+    };
+    rows.par_rows_mut().for_each(solve);
 }
 
 /// The `k` leading eigenvectors of the generalised problem `b v = λ a v` (`a` symmetric
@@ -46,21 +297,109 @@ pub fn sym_eigen(a: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>)> {
 /// Euclidean norm (as `scipy.linalg.eig` returns them). Also returns the λ.
 pub fn generalized_top(b: MatRef<'_, f64>, a: MatRef<'_, f64>, k: usize) -> Result<(Vec<f64>, Mat<f64>)> {
     let n = a.nrows();
-    let llt = a.llt(Side::Lower).map_err(|e| failed("Cholesky factorisation (is μ > 0?)", e))?;
-    let l = llt.L();
-    // c = L⁻¹ b L⁻ᵀ: solve L y = b, then L z = yᵀ (b symmetric, so (L⁻¹ b L⁻ᵀ) = L⁻¹ (L⁻¹ b)ᵀ).
+    let l = cholesky(a)?;
+    // Rows of b are its columns (b symmetric): y = (L⁻¹ b)ᵀ = b L⁻ᵀ row by row, then the
+    // columns of y solved again: c = L⁻¹ b L⁻ᵀ, whose rows are its columns (c symmetric).
     let mut y = b.to_owned();
-    l.solve_lower_triangular_in_place(y.as_mut());
-    let mut c = y.transpose().to_owned();
-    l.solve_lower_triangular_in_place(c.as_mut());
+    solve_rows(&l, &mut y, true);
+    let mut c = y.transpose();
+    solve_rows(&l, &mut c, true);
     // Symmetrise what rounding broke.
     let c = Mat::from_fn(n, n, |i, j| 0.5 * (c[(i, j)] + c[(j, i)]));
-    let (values, w) = sym_eigen(c.as_ref())?;
-    let k = k.min(n);
-    let mut v = w.subcols(0, k).to_owned();
-    l.transpose().solve_upper_triangular_in_place(v.as_mut());
+    let (values, w) = sym_eigen_top(c.as_ref(), k)?;
+    // v = L⁻ᵀ w: each column of w solved against the upper-triangular Lᵀ.
+    let mut vt = w.transpose();
+    solve_rows(&l.transpose(), &mut vt, false);
+    let mut v = vt.transpose();
     normalise_columns(&mut v);
-    Ok((values[..k].to_vec(), v))
+    Ok((values, v))
+}
+
+/// The singular value decomposition `a = U diag(s) Vᵀ` of a small matrix by one-sided Jacobi
+/// rotations (accurate to rounding for every singular value): `U` is `m × r`, `V` is `n × r`,
+/// `r = min(m, n)`, singular values in decreasing order.
+pub fn svd(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
+    if a.nrows() < a.ncols() {
+        let (u, s, v) = svd(a.transpose().as_ref())?;
+        return Ok((v, s, u));
+    }
+    let (m, n) = (a.nrows(), a.ncols());
+    // Columns of a as rows of ut, so rotations touch contiguous memory.
+    let mut ut = a.transpose();
+    let mut vt = Mat::<f64>::identity(n, n);
+    let mut converged = false;
+    for _sweep in 0..60 {
+        let mut rotated = false;
+        for p in 0..n {
+            for q in p + 1..n {
+                let (alpha, beta, gamma) = {
+                    let (up, uq) = (ut.row(p), ut.row(q));
+                    let mut acc = (0.0, 0.0, 0.0);
+                    for (x, y) in up.iter().zip(uq) {
+                        acc.0 += x * x;
+                        acc.1 += y * y;
+                        acc.2 += x * y;
+                    }
+                    acc
+                };
+                if gamma == 0.0 || gamma.abs() <= f64::EPSILON * (alpha * beta).sqrt() {
+                    continue;
+                }
+                rotated = true;
+                let zeta = (beta - alpha) / (2.0 * gamma);
+                let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
+                let c = 1.0 / (1.0 + t * t).sqrt();
+                let s = c * t;
+                for mat in [&mut ut, &mut vt] {
+                    let rp = mat.row(p).to_vec();
+                    let rq = mat.row(q).to_vec();
+                    mat.row_mut(p).iter_mut().zip(rp.iter().zip(&rq)).for_each(|(o, (x, y))| *o = c * x - s * y);
+                    mat.row_mut(q).iter_mut().zip(rp.iter().zip(&rq)).for_each(|(o, (x, y))| *o = s * x + c * y);
+                }
+            }
+        }
+        if !rotated {
+            converged = true;
+            break;
+        }
+    }
+    if !converged {
+        return Err(failed("SVD", "the Jacobi rotations did not converge"));
+    }
+    let norms: Vec<f64> = (0..n).map(|j| ut.row(j).iter().map(|x| x * x).sum::<f64>().sqrt()).collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| norms[y].total_cmp(&norms[x]));
+    let s: Vec<f64> = order.iter().map(|&j| norms[j]).collect();
+    let u = Mat::from_fn(m, n, |i, c| {
+        let j = order[c];
+        if norms[j] > 0.0 { ut[(j, i)] / norms[j] } else { 0.0 }
+    });
+    let v = Mat::from_fn(n, n, |i, c| vt[(order[c], i)]);
+    Ok((u, s, v))
+}
+
+/// The leading right singular vectors of `x` (`rows × features`) and their singular values,
+/// largest first, at most `min(rows, features)` of them: from the eigenvectors of the smaller
+/// Gram matrix (xᵀx, or x xᵀ mapped back through xᵀ). Directions of (numerically) zero singular
+/// value come back as zero columns.
+pub fn right_singular(x: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>)> {
+    let (n, d) = (x.nrows(), x.ncols());
+    let r = n.min(d);
+    if d <= n {
+        let (values, v) = sym_eigen((x.transpose() * x).as_ref())?;
+        Ok((values.iter().map(|l| l.max(0.0).sqrt()).collect(), v))
+    } else {
+        let (values, u) = sym_eigen((x * x.transpose()).as_ref())?;
+        let s: Vec<f64> = values.iter().map(|l| l.max(0.0).sqrt()).collect();
+        let mut v = x.transpose() * &u; // d × n: column j is σⱼ vⱼ
+        let tiny = s.first().copied().unwrap_or(0.0) * f64::EPSILON * (n.max(d) as f64);
+        for j in 0..r {
+            for i in 0..d {
+                v[(i, j)] = if s[j] > tiny { v[(i, j)] / s[j] } else { 0.0 };
+            }
+        }
+        Ok((s, v))
+    }
 }
 
 /// Scales every column to unit Euclidean norm (a zero column stays zero).
@@ -91,10 +430,9 @@ pub fn normalise_rows(z: &mut Mat<f64>) {
 /// with orthonormal columns, from the thin SVD of the centred data.
 pub fn pca_basis(x: MatRef<'_, f64>, d: usize) -> Result<Mat<f64>> {
     let c = centred(x);
-    let svd = c.thin_svd().map_err(|e| failed("SVD", e))?;
-    let v = svd.V();
-    let d = d.min(v.ncols());
-    Ok(v.subcols(0, d).to_owned())
+    let (_, v) = right_singular(c.as_ref())?;
+    let d = d.min(x.nrows().min(x.ncols()));
+    Ok(v.subcols(0, d))
 }
 
 /// `a^p` for a symmetric positive semi-definite `a` (p = ½ or −½ here), through its
@@ -125,22 +463,22 @@ mod tests {
 
     #[test]
     fn generalized_eigenvectors_solve_the_pencil() {
-        // b v = λ a v for a random SPD a and symmetric b.
-        let n = 6;
-        let r = Mat::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 11) as f64 / 11.0 - 0.4);
-        let a = &r * r.transpose() + Mat::<f64>::identity(n, n);
-        let s = Mat::from_fn(n, n, |i, j| ((i + j) % 5) as f64 - 2.0);
-        let (lambda, v) = generalized_top(s.as_ref(), a.as_ref(), 3).unwrap();
-        assert!(lambda[0] >= lambda[1] && lambda[1] >= lambda[2]);
-        for k in 0..3 {
-            let col = v.col(k);
-            let lhs = &s * col;
-            let rhs = &a * col;
-            for i in 0..n {
-                assert!((lhs[i] - lambda[k] * rhs[i]).abs() < 1e-8, "column {k}, row {i}");
+        // b v = λ a v for a random SPD a and symmetric b; 250 takes the threaded paths.
+        for n in [6, 250] {
+            let r = Mat::from_fn(n, n, |i, j| ((i * 7 + j * 3) % 11) as f64 / 11.0 - 0.4);
+            let a = &r * r.transpose() + Mat::<f64>::identity(n, n);
+            let s = Mat::from_fn(n, n, |i, j| ((i + j) % 5) as f64 - 2.0);
+            let (lambda, v) = generalized_top(s.as_ref(), a.as_ref(), 3).unwrap();
+            assert_eq!((lambda.len(), v.nrows(), v.ncols()), (3, n, 3));
+            assert!(lambda[0] >= lambda[1] && lambda[1] >= lambda[2]);
+            let (lhs, rhs) = (&s * &v, &a * &v);
+            for k in 0..3 {
+                for i in 0..n {
+                    assert!((lhs[(i, k)] - lambda[k] * rhs[(i, k)]).abs() < 1e-8 * (1.0 + lambda[k].abs()), "n = {n}, column {k}, row {i}");
+                }
+                let norm: f64 = (0..n).map(|i| v[(i, k)] * v[(i, k)]).sum();
+                assert!((norm - 1.0).abs() < 1e-10);
             }
-            let norm: f64 = (0..n).map(|i| col[i] * col[i]).sum();
-            assert!((norm - 1.0).abs() < 1e-10);
         }
     }
 
@@ -156,6 +494,79 @@ mod tests {
             for j in 0..4 {
                 assert!((back[(i, j)] - a[(i, j)]).abs() < 1e-9);
                 assert!((one[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs() < 1e-9);
+            }
+        }
+    }
+
+    fn random_symmetric(n: usize, seed: u64) -> Mat<f64> {
+        let r = Mat::from_fn(n, n, |i, j| {
+            let h = crate::zoo::seeded::splitmix64(seed.wrapping_mul(1_000_003).wrapping_add((i * n + j) as u64));
+            (h >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        });
+        Mat::from_fn(n, n, |i, j| r[(i, j)] + r[(j, i)])
+    }
+
+    #[test]
+    fn symmetric_eigendecomposition_rebuilds_the_matrix() {
+        for (n, seed) in [(1, 1), (2, 2), (7, 3), (60, 4), (300, 5)] {
+            let a = random_symmetric(n, seed);
+            let (values, v) = sym_eigen(a.as_ref()).unwrap();
+            assert!(values.windows(2).all(|w| w[0] >= w[1]), "n = {n}: not decreasing");
+            let vtv = v.transpose() * &v;
+            let scaled = Mat::from_fn(n, n, |i, j| v[(i, j)] * values[j]);
+            let back = &scaled * v.transpose();
+            for i in 0..n {
+                for j in 0..n {
+                    let eye = if i == j { 1.0 } else { 0.0 };
+                    assert!((vtv[(i, j)] - eye).abs() < 1e-10, "n = {n}: VᵀV at ({i}, {j}) is {}", vtv[(i, j)]);
+                    assert!((back[(i, j)] - a[(i, j)]).abs() < 1e-10, "n = {n}: V Λ Vᵀ at ({i}, {j})");
+                }
+            }
+        }
+        // Repeated eigenvalues (an identity block) and a zero matrix.
+        let mut a = Mat::<f64>::identity(5, 5);
+        a[(4, 4)] = 3.0;
+        let (values, _) = sym_eigen(a.as_ref()).unwrap();
+        assert_eq!(values.iter().map(|v| (v * 1e9).round() / 1e9).collect::<Vec<_>>(), vec![3.0, 1.0, 1.0, 1.0, 1.0]);
+        let (values, v) = sym_eigen(Mat::<f64>::zeros(3, 3).as_ref()).unwrap();
+        assert_eq!(values, vec![0.0; 3]);
+        assert_eq!(v, Mat::<f64>::identity(3, 3));
+        let mut bad = Mat::<f64>::identity(2, 2);
+        bad[(0, 1)] = f64::NAN;
+        assert!(sym_eigen(bad.as_ref()).is_err());
+    }
+
+    #[test]
+    fn svd_rebuilds_the_matrix_with_orthonormal_factors() {
+        for (m, n) in [(5, 5), (8, 3), (3, 8), (20, 20)] {
+            let a = Mat::from_fn(m, n, |i, j| ((i * 13 + j * 7) % 17) as f64 / 17.0 - 0.5 + if i == j { 1.0 } else { 0.0 });
+            let (u, s, v) = svd(a.as_ref()).unwrap();
+            let r = m.min(n);
+            assert_eq!((u.nrows(), u.ncols(), v.nrows(), v.ncols(), s.len()), (m, r, n, r, r));
+            assert!(s.windows(2).all(|w| w[0] >= w[1]));
+            let back = Mat::from_fn(m, r, |i, j| u[(i, j)] * s[j]) * v.transpose();
+            for i in 0..m {
+                for j in 0..n {
+                    assert!((back[(i, j)] - a[(i, j)]).abs() < 1e-12, "{m}×{n} at ({i}, {j})");
+                }
+            }
+            let (utu, vtv) = (u.transpose() * &u, v.transpose() * &v);
+            for i in 0..r {
+                for j in 0..r {
+                    let eye = if i == j { 1.0 } else { 0.0 };
+                    assert!((utu[(i, j)] - eye).abs() < 1e-12 && (vtv[(i, j)] - eye).abs() < 1e-12);
+                }
+            }
+            // The Gram route gives the same singular values and spans.
+            let (s2, v2) = right_singular(a.as_ref()).unwrap();
+            for j in 0..r {
+                assert!((s2[j] - s[j]).abs() < 1e-9 * s[0], "{m}×{n}: σ{j} {} against {}", s2[j], s[j]);
+                // Vectors are only defined up to sign where σ is well apart from its neighbours.
+                let apart = |i: usize, k: usize| (s[i] - s[k]).abs() > 1e-3 * s[0];
+                if s[j] > 1e-3 * s[0] && (j + 1 == r || apart(j, j + 1)) && (j == 0 || apart(j, j - 1)) {
+                    let dot: f64 = (0..n).map(|i| v[(i, j)] * v2[(i, j)]).sum();
+                    assert!((dot.abs() - 1.0).abs() < 1e-8, "{m}×{n}: v{j} differs ({dot})");
+                }
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The transforms: PCA, TCA, JDA, GFK, SA and CORAL, each fitted on the (normalised) rows of
 //! a labelled source and an unlabelled target, then applied to any rows of either domain.
 
-use faer::{Mat, MatRef};
+use super::dense::{Mat, MatRef};
 
 use super::linalg::{covariance, from_rows, generalized_top, normalise_rows, pca_basis, sym_power};
 use crate::Result;
@@ -224,16 +224,13 @@ pub fn jda(
 pub fn gfk_kernel(ps: MatRef<'_, f64>, pt: MatRef<'_, f64>) -> Result<Mat<f64>> {
     let d = ps.ncols().min(pt.ncols());
     let dim = ps.nrows();
-    let ps = ps.subcols(0, d);
-    let pt = pt.subcols(0, d);
-    let svd = (ps.transpose() * pt).svd().map_err(|e| crate::GraftError::Data { path: "gfk".into(), reason: format!("SVD failed: {e:?}") })?;
-    let u1 = svd.U();
-    let v = svd.V();
-    let gamma = svd.S().column_vector();
+    let ps = &ps.subcols(0, d);
+    let pt = &pt.subcols(0, d);
+    let (u1, gamma, v) = super::linalg::svd((ps.transpose() * pt).as_ref())?;
     let theta: Vec<f64> = (0..d).map(|i| gamma[i].clamp(-1.0, 1.0).acos()).collect();
-    let o1 = ps * u1;
+    let o1 = ps * &u1;
     let resid = pt - ps * (ps.transpose() * pt);
-    let mut o2 = resid * v;
+    let mut o2 = resid * &v;
     for (j, &t) in theta.iter().enumerate() {
         let s = t.sin();
         for i in 0..dim {
@@ -408,9 +405,8 @@ mod tests {
         let ps = pca_basis(xs.as_ref(), 2).unwrap();
         let pt = pca_basis(xt.as_ref(), 2).unwrap();
         let g = gfk_kernel(ps.as_ref(), pt.as_ref()).unwrap();
-        let svd = (ps.transpose() * &pt).svd().unwrap();
-        let (u1, v) = (svd.U().to_owned(), svd.V().to_owned());
-        let theta: Vec<f64> = (0..2).map(|i| svd.S().column_vector()[i].clamp(-1.0, 1.0).acos()).collect();
+        let (u1, gamma, v) = super::super::linalg::svd((ps.transpose() * &pt).as_ref()).unwrap();
+        let theta: Vec<f64> = (0..2).map(|i| gamma[i].clamp(-1.0, 1.0).acos()).collect();
         let o1 = &ps * &u1;
         let resid = &pt - &ps * (ps.transpose() * &pt);
         let r = &resid * &v; // = −Rs U₂ sin θ

@@ -21,6 +21,7 @@
 //! or a text encoder's embeddings (`minilm-l6`). Rows are then L2-normalised (the JDA code),
 //! or z-scored per domain (`--normalize zscore`, the SA and CORAL papers').
 
+pub mod dense;
 pub mod linalg;
 pub mod methods;
 
@@ -29,7 +30,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use burn::tensor::Device;
-use faer::{Mat, MatRef};
+use dense::{Mat, MatRef};
 use image::GrayImage;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
