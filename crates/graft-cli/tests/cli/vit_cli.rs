@@ -118,3 +118,31 @@ fn vit_b_16_inspects_probes_extracts_fits_benches_and_exports() {
     graft_weights::save_safetensors(&b32, &seeded::state_dict(&config.table())).unwrap();
     assert_bad_input(&graft_in(&home, &["inspect", "--arch", "vit_b_16", "--weights", s(&b32)]), &["conv_proj.weight", "vit_b_16"]);
 }
+
+/// timm's ViTs prepare images as timm's eval transform does (`crop_pct` 0.9: PIL bicubic resize
+/// of the shorter side to 248, centre crop 224, mean and std 0.5): the same 8-bit crop of the
+/// seeded 320×250 image as `make_vit_reference.py` records; torchvision's ViTs resize to 256.
+#[test]
+fn vits_prepare_images_as_timm_and_torchvision_do() {
+    use graft::data::image::{Crop, Interpolation};
+    let path = fixtures().join("vit_reference.json");
+    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
+    let want = &reference["preprocess_timm"];
+    for arch in ["vit_b_16", "vit_b_32"] {
+        assert_eq!(ModelSpec::find(arch).unwrap().preprocess(), ModelSpec::find("vgg16").unwrap().preprocess(), "{arch}");
+    }
+    let pre = ModelSpec::find("vit_small_patch16_224").unwrap().preprocess();
+    assert_eq!(pre, ModelSpec::find("vit_base_patch16_224").unwrap().preprocess());
+    assert_eq!((pre.size, pre.crop, pre.interpolation), (224, Crop::ResizeCentre { shorter: 248 }, Interpolation::Bicubic));
+    assert_eq!((pre.mean, pre.std), ([127.5; 3], [127.5; 3]));
+    let (w, h) = (320u32, 250u32);
+    assert_eq!(want["image"], json!([w, h]));
+    let image = image::RgbImage::from_raw(w, h, seeded::bytes("image", (w * h * 3) as usize)).unwrap();
+    let bytes = pre.crop_resize(&image).into_raw();
+    assert_eq!(bytes.len(), 224 * 224 * 3);
+    let sums: Vec<u64> = (0..3).map(|c| bytes.iter().skip(c).step_by(3).map(|&b| u64::from(b)).sum()).collect();
+    let weighted: u64 = bytes.iter().enumerate().map(|(i, &b)| (i as u64 + 1) * u64::from(b)).sum();
+    let want_sums: Vec<u64> = want["channel_sums"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert_eq!(sums, want_sums, "per-channel sums of the crop");
+    assert_eq!(weighted, want["weighted_sum"].as_u64().unwrap(), "position-weighted sum of the crop");
+}

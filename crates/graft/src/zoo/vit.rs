@@ -42,9 +42,8 @@ use crate::Result;
 
 /// timm's `pretrained_cfg` for its ImageNet ViTs (`vit_small_patch16_224.augreg_in21k_ft_in1k`,
 /// `vit_base_patch16_224.augreg2_in21k_ft_in1k`): mean and std 0.5, `crop_pct` 0.9 (shorter
-/// side resized to ⌊224 / 0.9⌋ = 248, centre crop 224). timm resizes bicubic; graft resizes
-/// bilinear (its one resampler), see docs/architectures.md.
-pub const TIMM_VIT_INPUT: InputCfg = InputCfg { crop: Crop::ResizeCentre { shorter: 248 }, interpolation: Interpolation::Bilinear, mean: [127.5; 3], std: [127.5; 3] };
+/// side resized to ⌊224 / 0.9⌋ = 248 with PIL bicubic, centre crop 224).
+pub const TIMM_VIT_INPUT: InputCfg = InputCfg { crop: Crop::ResizeCentre { shorter: 248 }, interpolation: Interpolation::Bicubic, mean: [127.5; 3], std: [127.5; 3] };
 
 /// The registered ViTs, for the user's own weights (`--weights FILE`): torchvision's
 /// (`ViT_B_16_Weights.IMAGENET1K_V1` eval transforms: resize 256 bilinear, centre crop 224,
