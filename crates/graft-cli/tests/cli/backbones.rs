@@ -30,7 +30,7 @@ fn cached_cuts(home: &Path, model: &str) -> Vec<String> {
 /// Runs the five commands of the check on one architecture and returns the probe's JSON.
 /// `layer`: a stage name for `extract --layer`, with the shape it must give; `top2_cut`: the
 /// cache key of the frozen prefix under `--stages …,top2`.
-fn check(arch: &str, weights: &PathBuf, name: &str, layer: (&str, [usize; 3]), top2_cut: &str) -> serde_json::Value {
+pub(super) fn check(arch: &str, weights: &PathBuf, name: &str, layer: (&str, [usize; 3]), top2_cut: &str) -> serde_json::Value {
     let dir = scratch(&format!("backbone-{name}"));
     let home = isolated_home(&format!("backbone-{name}"));
     let data = fmnist(&dir, 2, 31); // 3 classes × 2 images
@@ -85,7 +85,7 @@ fn check(arch: &str, weights: &PathBuf, name: &str, layer: (&str, [usize; 3]), t
     p
 }
 
-fn names_and_dims(p: &serde_json::Value) -> (Vec<String>, Vec<u64>) {
+pub(super) fn names_and_dims(p: &serde_json::Value) -> (Vec<String>, Vec<u64>) {
     let layers = p["layers"].as_array().unwrap();
     (layers.iter().map(|l| l["name"].as_str().unwrap().to_string()).collect(), layers.iter().map(|l| l["dim"].as_u64().unwrap()).collect())
 }

@@ -54,7 +54,7 @@ fn run_onnx(model: &Path, inputs: &[PathBuf]) -> (graft::npy::Array, serde_json:
 }
 
 /// Image files to compare on: the run's training images and photographs of other sizes.
-fn images(data: &Path) -> Vec<PathBuf> {
+pub(super) fn images(data: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(data).unwrap().flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap()).map(|f| f.unwrap().path()).collect();
     files.sort();
     files.truncate(4);
@@ -65,7 +65,7 @@ fn images(data: &Path) -> Vec<PathBuf> {
 /// Exports `run` to ONNX and checks it against `graft predict --run`: probabilities within
 /// 1e-4 on `files`, the checker passing, a dynamic batch, labels and preprocessing in the
 /// metadata. Returns the export's JSON and the script's report.
-fn check_onnx_parity(home: &Path, run: &Path, files: &[PathBuf], name: &str) -> (serde_json::Value, serde_json::Value) {
+pub(super) fn check_onnx_parity(home: &Path, run: &Path, files: &[PathBuf], name: &str) -> (serde_json::Value, serde_json::Value) {
     let onnx = run.with_file_name(format!("{name}.onnx"));
     let e = json_of(&graft_in(home, &["export", "--run", s(run), "--format", "onnx", "--out", s(&onnx), "--json"]));
     assert_eq!(e["path"], s(&onnx));

@@ -30,6 +30,7 @@ mod text;
 mod traps;
 mod transfer;
 mod vgg_cli;
+mod vit_cli;
 mod views;
 mod zoo_cli;
 mod zoo_parity;

@@ -33,6 +33,9 @@ pub enum Crop {
 pub enum Interpolation {
     /// PIL bilinear (antialiased when shrinking).
     Bilinear,
+    /// PIL bicubic (Keys' cubic, a = −0.5; antialiased when shrinking), as timm's
+    /// `interpolation: bicubic` configs resize.
+    Bicubic,
 }
 
 /// A model's input preparation; stored with the model and in every run directory.
@@ -66,16 +69,16 @@ impl Preprocess {
     /// [`Crop::Stretch`]), resized to `size`×`size`.
     pub fn crop_resize(&self, image: &RgbImage) -> RgbImage {
         if self.crop == Crop::Stretch {
-            return resize_bilinear(image, self.size, self.size);
+            return resize(image, self.size, self.size, self.interpolation);
         }
         if let Crop::ResizeCentre { shorter } = self.crop {
-            return resize_centre(image, shorter, self.size);
+            return resize_centre(image, shorter, self.size, self.interpolation);
         }
         let (w, h) = image.dimensions();
         let side = w.min(h);
         let (left, top) = ((w - side) / 2, (h - side) / 2);
         let square = image::imageops::crop_imm(image, left, top, side, side).to_image();
-        resize_bilinear(&square, self.size, self.size)
+        resize(&square, self.size, self.size, self.interpolation)
     }
 
     /// The numeric part, on an image already `size`×`size`: RGB → (x − mean) / std, CHW.
@@ -229,14 +232,14 @@ pub fn batch(images: &[Vec<f32>], size: u32, device: &Device) -> Tensor<4> {
 }
 
 /// torchvision's `CenterCrop(size)(Resize(shorter)(image))` on a PIL image: the shorter side
-/// to `shorter`, the longer to `int(shorter · long / short)`, PIL bilinear; then the centred
-/// square, offset `round((side − size) / 2)` (Python's round, halves to even), padded with
-/// black where the resized image is smaller than `size` (as `CenterCrop` pads).
-fn resize_centre(image: &RgbImage, shorter: u32, size: u32) -> RgbImage {
+/// to `shorter`, the longer to `int(shorter · long / short)`, PIL bilinear or bicubic; then the
+/// centred square, offset `round((side − size) / 2)` (Python's round, halves to even), padded
+/// with black where the resized image is smaller than `size` (as `CenterCrop` pads).
+fn resize_centre(image: &RgbImage, shorter: u32, size: u32, interpolation: Interpolation) -> RgbImage {
     let (w, h) = image.dimensions();
     let long = |l: u32, s: u32| ((u64::from(shorter) * u64::from(l)) / u64::from(s.max(1))).max(1) as u32;
     let (rw, rh) = if w <= h { (shorter, long(h, w)) } else { (long(w, h), shorter) };
-    let resized = resize_bilinear(image, rw, rh);
+    let resized = resize(image, rw, rh, interpolation);
     // Python's round((side − size) / 2): x.5 goes to the even neighbour.
     let offset = |side: u32| -> i64 {
         let twice = i64::from(side) - i64::from(size);
@@ -258,22 +261,42 @@ fn resize_centre(image: &RgbImage, shorter: u32, size: u32) -> RgbImage {
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// Fixed-point weights of PIL's bilinear resampling along one axis: for each output index, the
-/// first input index and the weights of the inputs from there.
-fn coefficients(in_size: u32, out_size: u32) -> Vec<(usize, Vec<i64>)> {
+/// PIL's filters: the kernel at distance `t` (in input pixels, scaled when shrinking) and its
+/// support (`Imaging.h`'s `bilinear_filter`, `bicubic_filter` with a = −0.5).
+fn filter(interpolation: Interpolation, t: f64) -> f64 {
+    let t = t.abs();
+    match interpolation {
+        Interpolation::Bilinear => if t < 1.0 { 1.0 - t } else { 0.0 },
+        Interpolation::Bicubic => {
+            const A: f64 = -0.5;
+            if t < 1.0 {
+                ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0
+            } else if t < 2.0 {
+                (((t - 5.0) * t + 8.0) * t - 4.0) * A
+            } else {
+                0.0
+            }
+        }
+    }
+}
+
+/// Fixed-point weights of PIL's resampling along one axis: for each output index, the first
+/// input index and the weights of the inputs from there.
+fn coefficients(in_size: u32, out_size: u32, interpolation: Interpolation) -> Vec<(usize, Vec<i64>)> {
     let scale = in_size as f64 / out_size as f64;
     let filter_scale = scale.max(1.0);
-    let support = filter_scale; // bilinear support 1.0, widened when shrinking
+    let radius = match interpolation {
+        Interpolation::Bilinear => 1.0,
+        Interpolation::Bicubic => 2.0,
+    };
+    let support = radius * filter_scale; // widened when shrinking
     (0..out_size)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let raw: Vec<f64> = (xmin..xmax)
-                .map(|x| {
-                    let t = ((x as f64 - center + 0.5) / filter_scale).abs();
-                    if t < 1.0 { 1.0 - t } else { 0.0 }
-                })
+                .map(|x| filter(interpolation, (x as f64 - center + 0.5) / filter_scale))
                 .collect();
             let total: f64 = raw.iter().sum();
             let fixed = raw
@@ -295,12 +318,18 @@ fn clip8(acc: i64) -> u8 {
 
 /// PIL-exact bilinear resize: horizontal pass, round to 8 bits, vertical pass.
 pub fn resize_bilinear(src: &RgbImage, width: u32, height: u32) -> RgbImage {
+    resize(src, width, height, Interpolation::Bilinear)
+}
+
+/// PIL-exact resize (`Image.resize(…, BILINEAR or BICUBIC)`): horizontal pass, round to 8
+/// bits, vertical pass.
+pub fn resize(src: &RgbImage, width: u32, height: u32, interpolation: Interpolation) -> RgbImage {
     let (sw, sh) = src.dimensions();
     let half = 1i64 << (PRECISION_BITS - 1);
     let horizontal = if sw == width {
         src.clone()
     } else {
-        let coeffs = coefficients(sw, width);
+        let coeffs = coefficients(sw, width, interpolation);
         let mut out = RgbImage::new(width, sh);
         for y in 0..sh {
             for (x, (start, weights)) in coeffs.iter().enumerate() {
@@ -319,7 +348,7 @@ pub fn resize_bilinear(src: &RgbImage, width: u32, height: u32) -> RgbImage {
     if sh == height {
         return horizontal;
     }
-    let coeffs = coefficients(sh, height);
+    let coeffs = coefficients(sh, height, interpolation);
     let mut out = RgbImage::new(width, height);
     for (y, (start, weights)) in coeffs.iter().enumerate() {
         for x in 0..width {

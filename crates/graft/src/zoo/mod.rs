@@ -20,6 +20,7 @@ trunk::backbones! {
     pub mod mobilenetv2: MobileNetV2(MobileNetV2Config, MobileNetV2),
     pub mod vgg: Vgg(VggConfig, Vgg),
     pub mod convnext: ConvNeXt(ConvNeXtConfig, ConvNeXt),
+    pub mod vit: Vit(VitConfig, Vit),
 }
 
 use std::path::{Path, PathBuf};
@@ -167,7 +168,7 @@ impl ModelSpec {
         let backbone = config.backbone();
         let size = backbone.resolution();
         let table = config.table();
-        let stages: Vec<StageCfg> = (0..backbone.num_stages()).map(|s| StageCfg { stage: s, name: backbone.stage_name(s), shape: table.stage_shape(s) }).collect();
+        let stages: Vec<StageCfg> = (0..backbone.num_stages()).map(|s| StageCfg { stage: s, name: backbone.stage_name(s), shape: backbone.stage_shape(s) }).collect();
         // The last trunk layer of the stem, for `until:` (freeze the generic stem only).
         let stem_end = table.leaves.iter().filter(|l| !l.is_head && l.stage == Some(0)).last().map(|l| l.name.clone());
         let mut freeze_groups = vec![("head-only".to_string(), "all".to_string())];

@@ -38,6 +38,12 @@ pub enum LeafKind {
     LayerNorm { channels: usize },
     /// A bare parameter of this shape, named by the leaf itself (ConvNeXt's `layer_scale`).
     Scale { shape: [usize; 3] },
+    /// A bare parameter added to or joined with the activations, named by the leaf itself
+    /// (ViT's `class_token` and `encoder.pos_embedding`).
+    Embedding { shape: [usize; 3] },
+    /// A linear layer whose weight and bias are its parent's own `<leaf>_weight` and
+    /// `<leaf>_bias` (PyTorch's `nn.MultiheadAttention`: `self_attention.in_proj_weight`).
+    InProj { input: usize, output: usize },
     /// A layer without parameters (pooling), shown under this kind.
     Pool(&'static str),
 }
@@ -224,8 +230,19 @@ impl Table {
                     out.push(tensor(file, burn, vec![channels], false, Layout::Same));
                 }
             }
-            LeafKind::Scale { shape } => {
+            LeafKind::Scale { shape } | LeafKind::Embedding { shape } => {
                 out.push(TensorName { file: leaf.name.clone(), burn: leaf.module.clone(), shape: shape.to_vec(), buffer: false, layout: Layout::Same });
+            }
+            LeafKind::InProj { input, output } => {
+                let fused = |file: &str, burn: &str, shape: Vec<usize>, layout: Layout| TensorName {
+                    file: format!("{}_{file}", leaf.name),
+                    burn: format!("{}.{burn}", leaf.module),
+                    shape,
+                    buffer: false,
+                    layout,
+                };
+                out.push(fused("weight", "weight", vec![input, output], Layout::Transposed));
+                out.push(fused("bias", "bias", vec![output], Layout::Same));
             }
             LeafKind::Pool(_) => {}
         }
@@ -264,6 +281,8 @@ impl Table {
             LeafKind::Linear { .. } => if keras { "Dense" } else { "Linear" }.into(),
             LeafKind::LayerNorm { .. } => if keras { "LayerNormalization" } else { "LayerNorm" }.into(),
             LeafKind::Scale { .. } => "LayerScale".into(),
+            LeafKind::Embedding { .. } => "Parameter".into(),
+            LeafKind::InProj { .. } => "Linear (in_proj)".into(),
             LeafKind::Pool(kind) => kind.into(),
         }
     }
@@ -448,6 +467,20 @@ impl Builder<'_> {
     pub fn scale(&mut self, name: impl Display, shape: [usize; 3], out: [usize; 3]) -> Param<Tensor<3>> {
         self.push(name, LeafKind::Scale { shape }, out.to_vec(), false);
         Param::from_tensor(Tensor::ones(shape, self.device))
+    }
+
+    /// A bare parameter of `shape` joined with or added to the activations (ViT's class token
+    /// and position embedding), initialised to zeros; `out` is the layer's output for one image.
+    pub fn embedding(&mut self, name: impl Display, shape: [usize; 3], out: Vec<usize>) -> Param<Tensor<3>> {
+        self.push(name, LeafKind::Embedding { shape }, out, false);
+        Param::from_tensor(Tensor::zeros(shape, self.device))
+    }
+
+    /// A linear layer recorded as PyTorch's `nn.MultiheadAttention` input projection
+    /// ([`LeafKind::InProj`]): the file's `<name>_weight` `[out, in]` and `<name>_bias`.
+    pub fn in_proj(&mut self, name: impl Display, config: LinearConfig, out: Vec<usize>) -> Linear {
+        self.push(name, LeafKind::InProj { input: config.d_input, output: config.d_output }, out, false);
+        config.init(self.device)
     }
 
     /// The pretrained classifier.

@@ -156,7 +156,7 @@ impl TrunkConfig {
 
     /// The last feature map for one image at the native resolution: `[C, h, w]`.
     pub fn final_map(&self) -> [usize; 3] {
-        self.table().stage_shape(self.num_stages() - 1)
+        self.backbone().stage_shape(self.num_stages() - 1)
     }
 
     /// Width of the pooled feature vector.
