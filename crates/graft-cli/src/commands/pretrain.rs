@@ -35,7 +35,7 @@ pub struct PretrainArgs {
     pub out: Option<PathBuf>,
     /// Continue the run in this directory after its last completed epoch, with its saved
     /// config.toml (a run killed at any moment finishes as if never interrupted). [default: none]
-    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed", "cd_k", "visible", "pairs", "margin", "temperature"])]
+    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed", "cd_k", "visible", "pairs", "margin", "temperature", "crop", "projection_hidden"])]
     pub resume: Option<PathBuf>,
     /// Epochs per layer.
     #[arg(long, default_value_t = 10)]
@@ -70,13 +70,22 @@ pub struct PretrainArgs {
     /// Contrastive: the NT-Xent temperature.
     #[arg(long, default_value_t = 0.5)]
     pub temperature: f64,
+    /// Contrastive: the smallest area of a view's random resized crop, as a fraction of the
+    /// image (each view: a window of this to all of the image, aspect ratio 3/4–4/3, stretched
+    /// back to 28×28, then rotated by up to ±15°).
+    #[arg(long, default_value_t = 1.0)]
+    pub crop: f64,
+    /// Contrastive: the hidden width of the projection head (Linear–ReLU–Linear to 128 wide;
+    /// dropped after pretraining); 0: one linear layer.
+    #[arg(long, default_value_t = 0)]
+    pub projection_hidden: usize,
 }
 
 /// The flags as the library's [`PretrainConfig`], the run directory and whether it resumes.
 /// Every flag is named here, so a new one fails to compile until it is resolved. With
 /// `--resume`, the run's own config.toml is read (the one file read during resolution).
 fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)> {
-    let PretrainArgs { device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature } = args;
+    let PretrainArgs { device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature, crop, projection_hidden } = args;
     if let Some(run) = resume {
         return Ok((PretrainConfig::from_toml(&run.join("config.toml"))?, run, true));
     }
@@ -88,7 +97,7 @@ fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)
         "gaussian" => graft::transfer::rbm::Visible::Gaussian,
         other => anyhow::bail!("invalid --visible `{other}`: expected bernoulli or gaussian"),
     };
-    let config = PretrainConfig { method, arch: arch.parse()?, data, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature };
+    let config = PretrainConfig { method, arch: arch.parse()?, data, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature, crop: Some(crop), projection_hidden };
     Ok((config, out, false))
 }
 
