@@ -238,8 +238,8 @@ pub struct PretrainConfig {
     /// Contrastive (SimCLR): the NT-Xent temperature.
     #[serde(default = "default_temperature")]
     pub temperature: f64,
-    /// Contrastive: the smallest area fraction of a view's random resized crop; absent in runs
-    /// made before crops, whose views are scaled 0.85–1.15 and shifted ±3 pixels instead.
+    /// Contrastive: the smallest area fraction of a view's random resized crop; absent (the
+    /// default, and runs made before crops): views scaled 0.85–1.15 and shifted ±3 pixels instead.
     #[serde(default)]
     pub crop: Option<f64>,
     /// Contrastive: the projection head's hidden width (Linear–ReLU–Linear to 128); 0, as in runs

@@ -5,7 +5,7 @@
 //!   and the contrastive loss pulls same pairs together and pushes different ones at least a
 //!   margin apart: `y·d² + (1 − y)·max(0, m − d)²`, `d` the distance of the unit-length codes.
 //! - `contrastive` (SimCLR, Chen et al., 2020): two random views of each unlabelled image
-//!   (a random resized crop, rotated; or, for runs made before crops, shifted, scaled and rotated),
+//!   (shifted, scaled and rotated; or, with `crop`, a random resized crop, rotated),
 //!   encoded and projected by a small head (Linear–ReLU–Linear, or one linear layer); the NT-Xent
 //!   loss makes each view pick its partner among the batch's 2B − 1 other views (cosine
 //!   similarity / τ). The projection head is dropped afterwards: the encoder's codes, the
@@ -99,7 +99,7 @@ pub fn nt_xent(z1: Tensor<2>, z2: Tensor<2>, tau: f64) -> Tensor<1> {
 /// A random view of a 28×28 digit row (bilinear, zeros outside), rotated by up to ±15°. With
 /// `crop` (the smallest area fraction), a random resized crop: a window of `crop`–1 of the
 /// frame's area, aspect ratio 3/4–4/3, anywhere inside the frame, stretched back to 28×28.
-/// Without (runs made before crops), scaled by 0.85–1.15 and shifted by up to ±3 pixels.
+/// Without (the default), scaled by 0.85–1.15 and shifted by up to ±3 pixels.
 pub fn digit_view(row: &[f32], crop: Option<f32>, rng: &mut StdRng) -> Vec<f32> {
     let side = SIDE as f32;
     // Magnification along x and y and the centre of the window the view shows.
