@@ -105,6 +105,7 @@ pub const SETTINGS: &[&str] = &[
     "target_samples",
     // `graft pretrain` and MLP fits (`restore`, `activation`: an MLP restored from a checkpoint).
     "arch", "noise", "restore", "activation", "cd_k", "visible", "pairs", "margin", "temperature",
+    "crop", "projection_hidden",
     // `graft extract`, `graft cache merge`, `graft data import`, `graft probe`.
     "layer", "shard", "parts", "split", "stage",
     // Every command that computes (`--device`, `GRAFT_DEVICE`; a list for data-parallel fit).

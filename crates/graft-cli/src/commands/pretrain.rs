@@ -35,17 +35,19 @@ pub struct PretrainArgs {
     pub out: Option<PathBuf>,
     /// Continue the run in this directory after its last completed epoch, with its saved
     /// config.toml (a run killed at any moment finishes as if never interrupted). [default: none]
-    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed", "cd_k", "visible", "pairs", "margin", "temperature"])]
+    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed", "cd_k", "visible", "pairs", "margin", "temperature", "crop", "projection_hidden"])]
     pub resume: Option<PathBuf>,
-    /// Epochs per layer.
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
-    /// Images per training step.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
-    /// Learning rate (Adam).
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
+    /// Epochs per layer (siamese, contrastive: of the whole encoder). [default: 10; 60 for
+    /// --method contrastive]
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Images per training step (contrastive: each brings two views, the other 2B − 2 views are
+    /// its negatives). [default: 64; 256 for --method contrastive]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Learning rate (Adam). [default: 0.001; 0.003 for --method contrastive]
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Denoising autoencoders: the fraction of inputs set to zero.
     #[arg(long, default_value_t = 0.0)]
     pub noise: f64,
@@ -68,27 +70,42 @@ pub struct PretrainArgs {
     #[arg(long, default_value_t = 1.0)]
     pub margin: f64,
     /// Contrastive: the NT-Xent temperature.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = 0.2)]
     pub temperature: f64,
+    /// Contrastive: views from random resized crops, each a window of this fraction of the
+    /// image's area up to all of it (aspect ratio 3/4–4/3) stretched back to 28×28, then rotated
+    /// by up to ±15°. [default: none: each view scaled by 0.85–1.15, rotated by up to ±15° and
+    /// shifted by up to ±3 pixels, which did better on MNIST]
+    #[arg(long)]
+    pub crop: Option<f64>,
+    /// Contrastive: the hidden width of the projection head (Linear–ReLU–Linear to 128 wide;
+    /// dropped after pretraining); 0: one linear layer.
+    #[arg(long, default_value_t = 0)]
+    pub projection_hidden: usize,
 }
 
 /// The flags as the library's [`PretrainConfig`], the run directory and whether it resumes.
 /// Every flag is named here, so a new one fails to compile until it is resolved. With
 /// `--resume`, the run's own config.toml is read (the one file read during resolution).
 fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)> {
-    let PretrainArgs { device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature } = args;
+    let PretrainArgs { device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature, crop, projection_hidden } = args;
     if let Some(run) = resume {
         return Ok((PretrainConfig::from_toml(&run.join("config.toml"))?, run, true));
     }
     let (Some(method), Some(data), Some(out)) = (method, data, out) else {
         anyhow::bail!("--method, --data and --out are required (or --resume RUN)");
     };
+    // The contrastive defaults are those that did best on MNIST (docs/transferability.md).
+    let contrastive = method == "contrastive";
+    let epochs = epochs.unwrap_or(if contrastive { 60 } else { 10 });
+    let batch_size = batch_size.unwrap_or(if contrastive { 256 } else { 64 });
+    let lr = lr.unwrap_or(if contrastive { 3e-3 } else { 1e-3 });
     let visible = match visible.as_str() {
         "bernoulli" => graft::transfer::rbm::Visible::Bernoulli,
         "gaussian" => graft::transfer::rbm::Visible::Gaussian,
         other => anyhow::bail!("invalid --visible `{other}`: expected bernoulli or gaussian"),
     };
-    let config = PretrainConfig { method, arch: arch.parse()?, data, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature };
+    let config = PretrainConfig { method, arch: arch.parse()?, data, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature, crop, projection_hidden };
     Ok((config, out, false))
 }
 

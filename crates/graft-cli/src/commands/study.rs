@@ -1,4 +1,4 @@
-//! `graft study transferability`: Yosinski et al.'s layer-transfer study on a small CNN.
+//! `graft study transferability`: Yosinski et al.'s layer-transfer study on a small CNN or LeNet-5.
 
 use std::path::PathBuf;
 
@@ -31,7 +31,9 @@ pub struct TransferabilityArgs {
     /// The study's folder (one engine run per training in runs/).
     #[arg(long)]
     pub out: PathBuf,
-    /// The network: small-cnn (conv 32, conv 64, fc 256, fc 128, output: 5 weight layers).
+    /// The network, trained from scratch: small-cnn (conv 3×3 → 32, conv 3×3 → 64, fc 256, fc
+    /// 128, output) or lenet (LeNet-5 with ReLU and max-pooling: conv 5×5 → 6, conv 5×5 → 16, fc
+    /// 120, fc 84, output); 5 weight layers each.
     #[arg(long, default_value = "small-cnn")]
     pub arch: String,
     /// Seeds the split of the classes into A and B.
@@ -59,13 +61,13 @@ pub fn run(command: StudyCommand, out: &Output) -> anyhow::Result<()> {
     let StudyCommand::Transferability(args) = command;
     // Every flag is used below: a new one fails to compile until it is.
     let TransferabilityArgs { device, data, test, out: dir, arch, split_seed, seeds, epochs, batch_size, lr, resume } = args;
-    anyhow::ensure!(arch == "small-cnn", "invalid --arch `{arch}`: the study trains small-cnn (5 weight layers) from scratch; other networks are not built yet");
+    let arch: graft::transfer::study::StudyArch = arch.parse()?;
     let seeds = seeds
         .split(',')
         .map(|s| s.trim().parse::<u64>().map_err(|_| anyhow::anyhow!("invalid --seeds `{seeds}`: expected whole numbers separated by commas")))
         .collect::<anyhow::Result<Vec<u64>>>()?;
     let device = device.device()?;
-    let config = StudyConfig { data, test, split_seed, seeds, epochs, batch_size, lr };
+    let config = StudyConfig { data, test, split_seed, seeds, epochs, batch_size, lr, arch };
     crate::reporter::stop_on_ctrl_c();
     let summary = match transferability(&config, &dir, resume, &TermReporter::new(), &device) {
         Ok(s) => s,

@@ -40,3 +40,24 @@ fn the_study_trains_every_variant_at_every_boundary_and_resumes() {
     assert_eq!(w["outcomes"], v["outcomes"], "finished trainings are read back, not retrained");
     assert_bad_input(&graft(&["study", "transferability", "--data", s(&train), "--test", s(&test), "--out", s(&dir.join("x")), "--arch", "resnet18"]), &["--arch", "resnet18"]);
 }
+
+/// `--arch lenet`: LeNet-5's five layers give the same table, and the saved config names it.
+#[test]
+fn the_study_runs_on_lenet() {
+    let dir = scratch("study-lenet");
+    let train = import("fashion-mnist", "train", 8, 1, &dir.join("train"));
+    let test = import("fashion-mnist", "test", 4, 2, &dir.join("test"));
+    let out = dir.join("study");
+    let v = json_of(&graft(&["study", "transferability", "--data", s(&train), "--test", s(&test), "--out", s(&out), "--arch", "lenet", "--seeds", "0", "--epochs", "1", "--json"]));
+    let outcomes = v["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2 + 4 * 4, "two bases and four variants at n = 1..4");
+    assert!(outcomes.iter().all(|o| (0.0..=1.0).contains(&o["accuracy"].as_f64().unwrap())));
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("study.json")).unwrap()).unwrap();
+    assert_eq!(saved["config"]["arch"], "lenet");
+    // LeNet's first layer: 6 filters of 5×5 (small-cnn's: 32 of 3×3), in baseA's saved weights.
+    let weights = std::fs::read(out.join("runs/baseA-0-s0/final.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&weights[8..8 + header_len]).unwrap();
+    let conv1 = header.as_object().unwrap().iter().find(|(k, _)| k.contains("conv1") && k.contains("weight")).map(|(_, v)| v["shape"].clone());
+    assert_eq!(conv1, Some(serde_json::json!([6, 1, 5, 5])), "{header}");
+}

@@ -208,7 +208,7 @@ fn siamese_and_contrastive_pretraining_feed_fit_init() {
     }
     let pairs = dir.join("pairs.csv");
     std::fs::write(&pairs, csv).unwrap();
-    for (name, extra) in [("siamese", vec!["--pairs", s(&pairs)]), ("contrastive", vec!["--batch-size", "32"])] {
+    for (name, extra) in [("siamese", vec!["--pairs", s(&pairs)]), ("contrastive", vec!["--batch-size", "32", "--crop", "0.6", "--projection-hidden", "16"])] {
         let pre = dir.join(name);
         let mut args = vec!["pretrain", "--method", name, "--data", s(&unlabelled), "--arch", "mlp:64,32", "--epochs", "3", "--out", s(&pre), "--json"];
         args.extend(extra);
@@ -223,7 +223,13 @@ fn siamese_and_contrastive_pretraining_feed_fit_init() {
         assert_eq!(f["arch"], "mlp:64,32");
     }
     assert_eq!(json_of(&graft(&["inspect", "--run", s(&dir.join("siamese")), "--json"]))["model"]["config"]["pairs"].as_str(), Some(s(&pairs)));
+    let contrastive = json_of(&graft(&["inspect", "--run", s(&dir.join("contrastive")), "--json"]))["model"]["config"].clone();
+    assert_eq!((contrastive["crop"].as_f64(), contrastive["projection_hidden"].as_u64()), (Some(0.6), Some(16)), "{contrastive}");
+    // The head's hidden layer trained with the encoder (16 wide) and was dropped from encoder.safetensors.
+    let whole = graft_weights::load(&dir.join("contrastive/pretrained.safetensors")).unwrap();
+    assert!(whole.tensors.iter().any(|(k, t)| k.starts_with("hidden") && t.shape.contains(&16)), "{:?}", whole.tensors.keys().collect::<Vec<_>>());
     let x = dir.join("x");
+    assert_bad_input(&graft(&["pretrain", "--method", "contrastive", "--crop", "1.5", "--data", s(&unlabelled), "--out", s(&x)]), &["--crop", "1.5"]);
     assert_bad_input(&graft(&["pretrain", "--method", "siamese", "--data", s(&unlabelled), "--out", s(&x)]), &["--pairs", "siamese"]);
     assert_bad_input(&graft(&["pretrain", "--method", "rbm", "--pairs", s(&pairs), "--data", s(&unlabelled), "--out", s(&x)]), &["--pairs", "siamese"]);
     std::fs::write(dir.join("bad.csv"), "a.png,b.png,maybe\n").unwrap();

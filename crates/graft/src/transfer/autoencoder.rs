@@ -238,6 +238,14 @@ pub struct PretrainConfig {
     /// Contrastive (SimCLR): the NT-Xent temperature.
     #[serde(default = "default_temperature")]
     pub temperature: f64,
+    /// Contrastive: the smallest area fraction of a view's random resized crop; absent (the
+    /// default, and runs made before crops): views scaled 0.85–1.15 and shifted ±3 pixels instead.
+    #[serde(default)]
+    pub crop: Option<f64>,
+    /// Contrastive: the projection head's hidden width (Linear–ReLU–Linear to 128); 0, as in runs
+    /// made before it, is one linear layer.
+    #[serde(default)]
+    pub projection_hidden: usize,
 }
 
 fn default_margin() -> f64 {
@@ -287,6 +295,12 @@ impl PretrainConfig {
                 }
                 if !(self.temperature > 0.0 && self.temperature.is_finite()) {
                     return Err(GraftError::setting("temperature", &self.temperature.to_string(), "must be a positive number"));
+                }
+                if let Some(crop) = self.crop.filter(|c| !(*c > 0.0 && *c <= 1.0)) {
+                    return Err(GraftError::setting("crop", &crop.to_string(), "the smallest crop is a fraction of the image's area in (0, 1]"));
+                }
+                if self.projection_hidden > 4096 {
+                    return Err(GraftError::setting("projection_hidden", &self.projection_hidden.to_string(), "a hidden width of at most 4096"));
                 }
             }
             _ => return Err(GraftError::setting("method", &self.method, format!("expected {PRETRAIN_METHODS}"))),
@@ -601,7 +615,7 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
 #[allow(clippy::too_many_arguments)]
 fn pretrain_whole(config: &PretrainConfig, run: &Path, mut engine: Engine, rows: &[f32], pairs: Option<Vec<(usize, usize, bool)>>, images: usize, skipped: Vec<Skipped>, device: &Device) -> Result<PretrainSummary> {
     let contrastive = pairs.is_none();
-    let net = engine::stable_ids(PairNet::init(&config.arch, contrastive, device).train());
+    let net = engine::stable_ids(PairNet::init(&config.arch, contrastive, config.projection_hidden, device).train());
     let net = engine.resume_into(net, 0, config.epochs, "the pretrained encoder")?;
     let n = pairs.as_ref().map(|p| p.len()).unwrap_or(images);
     let mut task = WholeTask { config, rows, pairs, n, train_device: device.clone().autodiff(), batches: Vec::new(), rng: epoch_rng(config.seed, 0, 0), sum: 0.0 };
@@ -673,7 +687,7 @@ impl Task for WholeTask<'_> {
                 super::pairs::contrastive_loss(net.embed(a), net.embed(b), &same, self.config.margin)
             }
             None => {
-                let (a, b) = super::pairs::views(self.rows, idx, &mut self.rng, dev);
+                let (a, b) = super::pairs::views(self.rows, idx, self.config.crop.map(|c| c as f32), &mut self.rng, dev);
                 super::pairs::nt_xent(net.embed(a), net.embed(b), self.config.temperature)
             }
         };

@@ -5,9 +5,11 @@
 //!   and the contrastive loss pulls same pairs together and pushes different ones at least a
 //!   margin apart: `y·d² + (1 − y)·max(0, m − d)²`, `d` the distance of the unit-length codes.
 //! - `contrastive` (SimCLR, Chen et al., 2020): two random views of each unlabelled image
-//!   (shifted, scaled, rotated), encoded and projected by a small head; the NT-Xent loss makes each
-//!   view pick its partner among the batch's 2B − 1 other views (cosine similarity / τ). The
-//!   projection head is dropped afterwards.
+//!   (shifted, scaled and rotated; or, with `crop`, a random resized crop, rotated),
+//!   encoded and projected by a small head (Linear–ReLU–Linear, or one linear layer); the NT-Xent
+//!   loss makes each view pick its partner among the batch's 2B − 1 other views (cosine
+//!   similarity / τ). The projection head is dropped afterwards: the encoder's codes, the
+//!   representation before the head, are what `fit --init` starts from.
 //!
 //! The encoder is the MLP `fit --init` starts from, as with the layer-wise methods.
 
@@ -27,22 +29,30 @@ use crate::{GraftError, Result};
 /// The SimCLR projection head's output width.
 pub const PROJECTION: usize = 128;
 
-/// The encoder and, for `contrastive`, the projection head trained with it.
+/// The encoder and, for `contrastive`, the projection head trained with it: `hidden` (when the
+/// head has a hidden layer) then `projection` to [`PROJECTION`] wide.
 #[derive(Module, Debug)]
 pub struct PairNet {
     pub encoder: Encoder,
+    pub hidden: Option<Linear>,
     pub projection: Option<Linear>,
 }
 
 impl PairNet {
-    pub fn init(arch: &MlpArch, projection: bool, device: &Device) -> Self {
+    /// With `projection`, a head whose hidden layer is `hidden` wide (0: one linear layer).
+    pub fn init(arch: &MlpArch, projection: bool, hidden: usize, device: &Device) -> Self {
         let width = arch.hidden.last().copied().unwrap_or(1);
-        Self { encoder: Encoder::init(arch, device), projection: projection.then(|| LinearConfig::new(width, PROJECTION).init(device)) }
+        let hidden_layer = (projection && hidden > 0).then(|| LinearConfig::new(width, hidden).init(device));
+        let into = if hidden > 0 { hidden } else { width };
+        Self { encoder: Encoder::init(arch, device), hidden: hidden_layer, projection: projection.then(|| LinearConfig::new(into, PROJECTION).init(device)) }
     }
 
     /// Unit-length embeddings: the codes, through the projection head when there is one.
     pub fn embed(&self, x: Tensor<2>) -> Tensor<2> {
         let mut z = self.encoder.forward(x);
+        if let Some(h) = &self.hidden {
+            z = h.forward(z);
+        }
         if let Some(p) = &self.projection {
             z = p.forward(burn::tensor::activation::relu(z));
         }
@@ -86,21 +96,44 @@ pub fn nt_xent(z1: Tensor<2>, z2: Tensor<2>, tau: f64) -> Tensor<1> {
     cross_entropy(logits, &targets, 0.0, None, &device)
 }
 
-/// A random view of a 28×28 digit row: scaled by 0.85–1.15, rotated by up to ±15°, shifted by
-/// up to ±3 pixels (bilinear, zeros outside).
-pub fn digit_view(row: &[f32], rng: &mut StdRng) -> Vec<f32> {
-    let scale = rng.random_range(0.85f32..1.15);
+/// A random view of a 28×28 digit row (bilinear, zeros outside), rotated by up to ±15°. With
+/// `crop` (the smallest area fraction), a random resized crop: a window of `crop`–1 of the
+/// frame's area, aspect ratio 3/4–4/3, anywhere inside the frame, stretched back to 28×28.
+/// Without (the default), scaled by 0.85–1.15 and shifted by up to ±3 pixels.
+pub fn digit_view(row: &[f32], crop: Option<f32>, rng: &mut StdRng) -> Vec<f32> {
+    let side = SIDE as f32;
+    // Magnification along x and y and the centre of the window the view shows.
+    let (zx, zy, dx, dy) = match crop {
+        Some(min_area) => {
+            let area = rng.random_range(min_area.min(1.0)..=1.0);
+            let aspect = rng.random_range((0.75f32).ln()..=(4.0f32 / 3.0).ln()).exp();
+            let (w, h) = ((side * (area * aspect).sqrt()).min(side), (side * (area / aspect).sqrt()).min(side));
+            let (mx, my) = ((side - w) / 2.0, (side - h) / 2.0);
+            let (dx, dy) = (if mx > 0.0 { rng.random_range(-mx..=mx) } else { 0.0 }, if my > 0.0 { rng.random_range(-my..=my) } else { 0.0 });
+            (side / w, side / h, -dx, -dy)
+        }
+        None => {
+            let scale = rng.random_range(0.85f32..1.15);
+            (scale, scale, 0.0, 0.0)
+        }
+    };
     let angle = rng.random_range(-15f32..15.0).to_radians();
-    let (dx, dy) = (rng.random_range(-3f32..3.0), rng.random_range(-3f32..3.0));
+    let (dx, dy) = if crop.is_some() { (dx, dy) } else { (rng.random_range(-3f32..3.0), rng.random_range(-3f32..3.0)) };
     let (sin, cos) = angle.sin_cos();
-    let c = (SIDE as f32 - 1.0) / 2.0;
+    let c = (side - 1.0) / 2.0;
     let at = |x: i32, y: i32| if x < 0 || y < 0 || x >= SIDE as i32 || y >= SIDE as i32 { 0.0 } else { row[y as usize * SIDE + x as usize] };
     let mut out = vec![0f32; SIDE * SIDE];
     for y in 0..SIDE {
         for x in 0..SIDE {
-            // The source of output pixel (x, y): the inverse of shift ∘ rotation ∘ scale about the centre.
-            let (u, v) = (x as f32 - c - dx, y as f32 - c - dy);
-            let (sx, sy) = ((cos * u + sin * v) / scale + c, (-sin * u + cos * v) / scale + c);
+            // The source of output pixel (x, y): the inverse of shift ∘ rotation ∘ scale about the
+            // centre (with a crop, the shift is minus the window's centre, applied before the zoom).
+            let (sx, sy) = if crop.is_some() {
+                let (u, v) = (x as f32 - c, y as f32 - c);
+                ((cos * u + sin * v) / zx + c - dx, (-sin * u + cos * v) / zy + c - dy)
+            } else {
+                let (u, v) = (x as f32 - c - dx, y as f32 - c - dy);
+                ((cos * u + sin * v) / zx + c, (-sin * u + cos * v) / zy + c)
+            };
             let (x0, y0) = (sx.floor(), sy.floor());
             let (fx, fy) = (sx - x0, sy - y0);
             let (x0, y0) = (x0 as i32, y0 as i32);
@@ -152,15 +185,15 @@ pub fn read_pairs(csv: &Path, base: &Path) -> Result<Vec<Pair>> {
     Ok(pairs)
 }
 
-/// A batch's two views as tensors: rows `idx` of `rows` (784 wide) through `view`.
-pub fn views(rows: &[f32], idx: &[usize], rng: &mut StdRng, device: &Device) -> (Tensor<2>, Tensor<2>) {
+/// A batch's two views as tensors: rows `idx` of `rows` (784 wide) through [`digit_view`].
+pub fn views(rows: &[f32], idx: &[usize], crop: Option<f32>, rng: &mut StdRng, device: &Device) -> (Tensor<2>, Tensor<2>) {
     let width = SIDE * SIDE;
     let mut a = Vec::with_capacity(idx.len() * width);
     let mut b = Vec::with_capacity(idx.len() * width);
     for &i in idx {
         let row = &rows[i * width..(i + 1) * width];
-        a.extend(digit_view(row, rng));
-        b.extend(digit_view(row, rng));
+        a.extend(digit_view(row, crop, rng));
+        b.extend(digit_view(row, crop, rng));
     }
     (Tensor::from_data(TensorData::new(a, [idx.len(), width]), device), Tensor::from_data(TensorData::new(b, [idx.len(), width]), device))
 }
@@ -224,11 +257,24 @@ mod tests {
             }
         }
         let mut rng = StdRng::seed_from_u64(1);
-        let v = digit_view(&row, &mut rng);
+        let v = digit_view(&row, None, &mut rng);
         let (mass, view_mass): (f32, f32) = (row.iter().sum(), v.iter().sum());
         assert!((view_mass / mass - 1.0).abs() < 0.4, "the stroke survives: {mass} → {view_mass}");
         assert!(v.iter().zip(&row).any(|(a, b)| (a - b).abs() > 0.1), "the view moved it");
         assert!(v.iter().all(|p| (0.0..=1.0 + 1e-6).contains(p)));
+        // A crop of at least half the frame magnifies by at most √2 (and √(4/3) for the aspect
+        // ratio): the stroke's mass grows by at most that area factor, never vanishes from a
+        // centred digit, and the view differs from the original.
+        for _ in 0..20 {
+            let v = digit_view(&row, Some(0.5), &mut rng);
+            let view_mass: f32 = v.iter().sum();
+            assert!(view_mass > 0.1 * mass && view_mass < 2.0 * 4.0 / 3.0 * mass + 1e-3, "{mass} → {view_mass}");
+            assert!(v.iter().all(|p| (0.0..=1.0 + 1e-6).contains(p)));
+        }
+        // A crop of the whole frame (crop 1: only the aspect ratio and the rotation vary) keeps
+        // the centre of a centred bar and leaves the empty corner empty.
+        let v = digit_view(&row, Some(1.0), &mut rng);
+        assert!(v[14 * SIDE + 13] > 0.5 && v[2 * SIDE + 2] == 0.0);
     }
 
     #[test]

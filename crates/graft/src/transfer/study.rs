@@ -1,5 +1,5 @@
 //! The transferability study (Yosinski, Clune, Bengio & Lipson, 2014, "How transferable are
-//! features in deep neural networks?"), on a small CNN trained from scratch.
+//! features in deep neural networks?"), on a small CNN or LeNet-5 trained from scratch.
 //!
 //! The classes are split at random into halves A and B (`split_seed`). Base networks baseA and
 //! baseB train on their half. Then, for every layer boundary n (1 … L − 1 of L weight layers):
@@ -38,8 +38,34 @@ use crate::{GraftError, Result};
 /// Weight layers of [`SmallCnn`]; the boundaries studied are 1 … `LAYERS` − 1.
 pub const LAYERS: usize = 5;
 
+/// The networks the study trains from scratch, both of [`LAYERS`] weight layers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StudyArch {
+    /// conv 3×3 → 32, conv 3×3 → 64, fc 256, fc 128, output.
+    #[default]
+    #[serde(rename = "small-cnn")]
+    SmallCnn,
+    /// LeNet-5 (LeCun et al., 1998) with ReLU and max-pooling: conv 5×5 → 6 (padded, 28×28),
+    /// conv 5×5 → 16 (10×10), fc 400 → 120, fc 84, output.
+    #[serde(rename = "lenet")]
+    Lenet,
+}
+
+impl std::str::FromStr for StudyArch {
+    type Err = GraftError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "small-cnn" => Ok(StudyArch::SmallCnn),
+            "lenet" => Ok(StudyArch::Lenet),
+            "resnet18" => Err(GraftError::setting("arch", s, "not built for the study: ResNet-18 has 17 layer boundaries (4 × 17 trainings per seed), hours on a CPU; use small-cnn or lenet")),
+            _ => Err(GraftError::setting("arch", s, "expected small-cnn or lenet")),
+        }
+    }
+}
+
 /// A small CNN on 28×28 grey images: conv 3×3 → 32, ReLU, max-pool; conv 3×3 → 64, ReLU,
 /// max-pool; fc 3136 → 256, ReLU; fc 256 → 128, ReLU; fc 128 → classes. Five weight layers.
+/// With [`StudyArch::Lenet`] the same five layers are LeNet-5's (see there).
 #[derive(Module, Debug)]
 pub struct SmallCnn {
     pub conv1: Conv2d,
@@ -52,18 +78,34 @@ pub struct SmallCnn {
 
 impl SmallCnn {
     pub fn init(classes: usize, device: &Device) -> Self {
-        let conv = |i, o| Conv2dConfig::new([i, o], [3, 3]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device);
-        SmallCnn {
-            conv1: conv(1, 32),
-            conv2: conv(32, 64),
-            fc1: LinearConfig::new(64 * 7 * 7, 256).init(device),
-            fc2: LinearConfig::new(256, 128).init(device),
-            out: LinearConfig::new(128, classes).init(device),
-            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+        Self::init_arch(StudyArch::SmallCnn, classes, device)
+    }
+
+    /// `arch`'s five layers, freshly initialised.
+    pub fn init_arch(arch: StudyArch, classes: usize, device: &Device) -> Self {
+        let conv = |i, o, k: usize, pad: usize| Conv2dConfig::new([i, o], [k, k]).with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad)).init(device);
+        let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
+        match arch {
+            StudyArch::SmallCnn => SmallCnn {
+                conv1: conv(1, 32, 3, 1),
+                conv2: conv(32, 64, 3, 1),
+                fc1: LinearConfig::new(64 * 7 * 7, 256).init(device),
+                fc2: LinearConfig::new(256, 128).init(device),
+                out: LinearConfig::new(128, classes).init(device),
+                pool,
+            },
+            StudyArch::Lenet => SmallCnn {
+                conv1: conv(1, 6, 5, 2),
+                conv2: conv(6, 16, 5, 0),
+                fc1: LinearConfig::new(16 * 5 * 5, 120).init(device),
+                fc2: LinearConfig::new(120, 84).init(device),
+                out: LinearConfig::new(84, classes).init(device),
+                pool,
+            },
         }
     }
 
-    /// [n, 784] → [n, classes] logits.
+    /// [n, 784] → [n, classes] logits (shapes for small-cnn; LeNet: 6 × 14 × 14, 16 × 5 × 5, 120, 84).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let [n, _] = x.dims();
         let x = x.reshape([n, 1, SIDE, SIDE]); // [n, 1, 28, 28]
@@ -124,6 +166,9 @@ pub struct StudyConfig {
     pub epochs: usize,
     pub batch_size: usize,
     pub lr: f64,
+    /// The network (studies made before LeNet: small-cnn).
+    #[serde(default)]
+    pub arch: StudyArch,
 }
 
 impl StudyConfig {
@@ -276,7 +321,7 @@ impl Trainer<'_> {
         crate::fsutil::remove_stale_temps(&run)?;
         // The fresh layers are seeded by the seed, the variant and the boundary.
         device.seed(seed.wrapping_mul(1_000_003) ^ (n as u64) << 8 ^ variant.len() as u64);
-        let mut net = SmallCnn::init(classes, device);
+        let mut net = SmallCnn::init_arch(config.arch, classes, device);
         if let Some((base, _)) = base {
             net = net.transplant(base, n);
         }
@@ -488,6 +533,21 @@ mod tests {
         let grads = net.forward(x).sum().backward();
         assert!(net.conv1.weight.val().grad(&grads).is_none() && net.conv2.weight.val().grad(&grads).is_none());
         assert!(net.fc1.weight.val().grad(&grads).is_some());
+    }
+
+    /// LeNet-5's five layers have its shapes, and a batch of digits comes out as logits.
+    #[test]
+    fn lenet_has_lenet5_shapes() {
+        let device = Device::flex();
+        let net = SmallCnn::init_arch(StudyArch::Lenet, 5, &device);
+        assert_eq!(net.conv1.weight.dims(), [6, 1, 5, 5]);
+        assert_eq!(net.conv2.weight.dims(), [16, 6, 5, 5]);
+        assert_eq!(net.fc1.weight.dims(), [400, 120]);
+        assert_eq!(net.fc2.weight.dims(), [120, 84]);
+        assert_eq!(net.out.weight.dims(), [84, 5]);
+        assert_eq!(net.forward(Tensor::<2>::ones([3, INPUT], &device)).dims(), [3, 5]);
+        assert_eq!("lenet".parse::<StudyArch>().unwrap(), StudyArch::Lenet);
+        assert!("resnet18".parse::<StudyArch>().unwrap_err().to_string().contains("resnet18"));
     }
 
     #[test]
