@@ -62,19 +62,31 @@ pub fn sym_eigen_top(a: MatRef<'_, f64>, k: usize) -> Result<(Vec<f64>, Mat<f64>
     let mut m: Vec<f64> = (0..n).flat_map(|i| a.row(i).iter().copied()).collect();
     let (mut d, mut e, reflectors) = tridiagonalize(&mut m, n);
     drop(m);
-    // w = Zᵀ: row r is the r-th eigenvector of the tridiagonal matrix.
-    let mut w = vec![0.0; n * n];
-    (0..n).for_each(|i| w[i * n + i] = 1.0);
-    tql2(&mut w, &mut d, &mut e)?;
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&x, &y| d[y].total_cmp(&d[x]));
-    order.truncate(k);
-    let values: Vec<f64> = order.iter().map(|&r| d[r]).collect();
+    // Rows of the tridiagonal matrix's eigenvectors, in decreasing order of their values.
+    let (values, rows): (Vec<f64>, Vec<Vec<f64>>) = if k * 4 < n && n >= INVERSE_ITERATION_FROM {
+        // A few of many: the values alone by QL (O(n²)), then each wanted vector by inverse
+        // iteration on the tridiagonal matrix (O(n) each), instead of rotating all n vectors.
+        let (d0, e0) = (d.clone(), e.clone());
+        tql2(None, &mut d, &mut e)?;
+        let mut values = d;
+        values.sort_by(|x, y| y.total_cmp(x));
+        values.truncate(k);
+        let rows = tridiagonal_vectors(&d0, &e0, &values);
+        (values, rows)
+    } else {
+        // w = Zᵀ: row r is the r-th eigenvector of the tridiagonal matrix.
+        let mut w = vec![0.0; n * n];
+        (0..n).for_each(|i| w[i * n + i] = 1.0);
+        tql2(Some(&mut w), &mut d, &mut e)?;
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&x, &y| d[y].total_cmp(&d[x]));
+        order.truncate(k);
+        (order.iter().map(|&r| d[r]).collect(), order.iter().map(|&r| w[r * n..(r + 1) * n].to_vec()).collect())
+    };
     // v = Q z with Q = H₀ H₁ ⋯: the last reflector first.
-    let vectors: Vec<Vec<f64>> = order
-        .par_iter()
-        .map(|&r| {
-            let mut z = w[r * n..(r + 1) * n].to_vec();
+    let vectors: Vec<Vec<f64>> = rows
+        .into_par_iter()
+        .map(|mut z| {
             for (start, v, beta) in reflectors.iter().rev() {
                 let tail = &mut z[*start..];
                 let s = beta * v.iter().zip(tail.iter()).map(|(a, b)| a * b).sum::<f64>();
@@ -84,6 +96,111 @@ pub fn sym_eigen_top(a: MatRef<'_, f64>, k: usize) -> Result<(Vec<f64>, Mat<f64>
         })
         .collect();
     Ok((values, Mat::from_fn(n, k, |i, j| vectors[j][i])))
+}
+
+/// Matrices from this size on get their few wanted vectors by inverse iteration.
+const INVERSE_ITERATION_FROM: usize = 400;
+
+/// Eigenvectors of the symmetric tridiagonal matrix (diagonal `d`, `e[i]` coupling `i − 1` and
+/// `i`) for the eigenvalues `values` (decreasing), by inverse iteration with a pivoted LU of
+/// `T − λI` (as LAPACK's `dstein`): four solves from a fixed start vector, each vector
+/// orthogonalised against the earlier ones of its cluster (values closer than 10⁻³‖T‖).
+fn tridiagonal_vectors(d: &[f64], e: &[f64], values: &[f64]) -> Vec<Vec<f64>> {
+    let n = d.len();
+    let norm = (0..n).map(|i| d[i].abs() + e[i].abs() + e.get(i + 1).map_or(0.0, |x| x.abs())).fold(0.0, f64::max).max(f64::MIN_POSITIVE);
+    let tiny = f64::EPSILON * norm;
+    let mut out: Vec<Vec<f64>> = Vec::with_capacity(values.len());
+    let mut cluster_start = 0;
+    for (j, &lambda) in values.iter().enumerate() {
+        if j > 0 && values[j - 1] - lambda > 1e-3 * norm {
+            cluster_start = j;
+        }
+        let lu = TridiagonalLu::new(d, e, lambda, tiny);
+        let mut x: Vec<f64> = (0..n).map(|i| (crate::zoo::seeded::splitmix64((j * n + i) as u64) >> 11) as f64 / (1u64 << 53) as f64 - 0.5).collect();
+        for _ in 0..4 {
+            lu.solve(&mut x);
+            for _ in 0..2 {
+                for prev in &out[cluster_start..j] {
+                    let dot: f64 = prev.iter().zip(&x).map(|(a, b)| a * b).sum();
+                    x.iter_mut().zip(prev).for_each(|(xi, p)| *xi -= dot * p);
+                }
+            }
+            let len = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+            if len > 0.0 && len.is_finite() {
+                x.iter_mut().for_each(|v| *v /= len);
+            }
+        }
+        out.push(x);
+    }
+    out
+}
+
+/// `T − σI = P L U` for a symmetric tridiagonal `T`, partial pivoting (U has two
+/// super-diagonals); pivots smaller than `tiny` are raised to it.
+struct TridiagonalLu {
+    u0: Vec<f64>,
+    u1: Vec<f64>,
+    u2: Vec<f64>,
+    l: Vec<f64>,
+    swap: Vec<bool>,
+}
+
+impl TridiagonalLu {
+    fn new(d: &[f64], e: &[f64], sigma: f64, tiny: f64) -> Self {
+        let n = d.len();
+        let mut u0: Vec<f64> = d.iter().map(|x| x - sigma).collect();
+        let mut u1: Vec<f64> = (0..n).map(|i| if i + 1 < n { e[i + 1] } else { 0.0 }).collect();
+        let mut u2 = vec![0.0; n];
+        let mut l = vec![0.0; n];
+        let mut swap = vec![false; n];
+        let raise = |x: f64| if x.abs() < tiny { if x < 0.0 { -tiny } else { tiny } } else { x };
+        for i in 0..n.saturating_sub(1) {
+            let sub = e[i + 1];
+            if u0[i].abs() >= sub.abs() {
+                u0[i] = raise(u0[i]);
+                let m = sub / u0[i];
+                l[i] = m;
+                u0[i + 1] -= m * u1[i];
+            } else {
+                // Rows i and i + 1 trade places.
+                let m = u0[i] / sub;
+                l[i] = m;
+                swap[i] = true;
+                let (r1, r2) = (u0[i + 1], u1[i + 1]);
+                let old1 = u1[i];
+                u0[i] = sub;
+                u1[i] = r1;
+                u2[i] = r2;
+                u0[i + 1] = old1 - m * r1;
+                u1[i + 1] = -m * r2;
+            }
+        }
+        if n > 0 {
+            u0[n - 1] = raise(u0[n - 1]);
+        }
+        Self { u0, u1, u2, l, swap }
+    }
+
+    /// `x ← (T − σI)⁻¹ x`.
+    fn solve(&self, x: &mut [f64]) {
+        let n = x.len();
+        for i in 0..n.saturating_sub(1) {
+            if self.swap[i] {
+                x.swap(i, i + 1);
+            }
+            x[i + 1] -= self.l[i] * x[i];
+        }
+        for i in (0..n).rev() {
+            let mut v = x[i];
+            if i + 1 < n {
+                v -= self.u1[i] * x[i + 1];
+            }
+            if i + 2 < n {
+                v -= self.u2[i] * x[i + 2];
+            }
+            x[i] = v / self.u0[i];
+        }
+    }
 }
 
 /// Rows of at least this length have their updates split over threads.
@@ -141,10 +258,10 @@ fn tridiagonalize(m: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, Vec<(usize, V
 }
 
 /// Eigenvalues (`d`) and eigenvectors of the symmetric tridiagonal matrix (diagonal `d`,
-/// sub-diagonal `e[1..]`) by the implicit QL method (EISPACK `tql2`). `w` is `n × n` row-major
-/// and holds the transformation transposed: each Givens rotation of an iteration is recorded,
+/// sub-diagonal `e[1..]`) by the implicit QL method (EISPACK `tql2`). `w`, when given, is `n × n`
+/// row-major and holds the transformation transposed: each Givens rotation of an iteration is recorded,
 /// then applied to two rows of `w` (split by columns over threads when the rows are long).
-fn tql2(w: &mut [f64], d: &mut [f64], e: &mut [f64]) -> Result<()> {
+fn tql2(mut w: Option<&mut [f64]>, d: &mut [f64], e: &mut [f64]) -> Result<()> {
     let n = d.len();
     for i in 1..n {
         e[i - 1] = e[i];
@@ -200,7 +317,9 @@ fn tql2(w: &mut [f64], d: &mut [f64], e: &mut [f64]) -> Result<()> {
                     d[i + 1] = h + s * (c * g + s * d[i]);
                     rotations.push((i, c, s));
                 }
-                rotate_rows(w, n, &rotations);
+                if let Some(w) = w.as_deref_mut() {
+                    rotate_rows(w, n, &rotations);
+                }
                 p = -s * s2 * c3 * el1 * e[l] / dl1;
                 e[l] = s * p;
                 d[l] = c * p;
@@ -534,6 +653,43 @@ mod tests {
         let mut bad = Mat::<f64>::identity(2, 2);
         bad[(0, 1)] = f64::NAN;
         assert!(sym_eigen(bad.as_ref()).is_err());
+    }
+
+    /// ‖A V − V Λ‖ and ‖VᵀV − I‖, largest entry.
+    fn eigen_errors(a: &Mat<f64>, values: &[f64], v: &Mat<f64>) -> (f64, f64) {
+        let av = a * v;
+        let (n, k) = (v.nrows(), v.ncols());
+        let residual = (0..n).flat_map(|i| (0..k).map(move |j| (i, j))).map(|(i, j)| (av[(i, j)] - v[(i, j)] * values[j]).abs()).fold(0.0, f64::max);
+        let vtv = v.transpose() * v;
+        let ortho = (0..k).flat_map(|i| (0..k).map(move |j| (i, j))).map(|(i, j)| (vtv[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs()).fold(0.0, f64::max);
+        (residual, ortho)
+    }
+
+    #[test]
+    fn a_few_leading_eigenvectors_by_inverse_iteration() {
+        let n = 600;
+        let a = random_symmetric(n, 9);
+        let (all, _) = sym_eigen(a.as_ref()).unwrap();
+        let (values, v) = sym_eigen_top(a.as_ref(), 20).unwrap();
+        assert_eq!((values.len(), v.nrows(), v.ncols()), (20, n, 20));
+        for j in 0..20 {
+            assert!((values[j] - all[j]).abs() < 1e-10, "λ{j}: {} against {}", values[j], all[j]);
+        }
+        let (residual, ortho) = eigen_errors(&a, &values, &v);
+        assert!(residual < 1e-9 && ortho < 1e-9, "residual {residual:e}, orthogonality {ortho:e}");
+        // A cluster: eigenvalue 2 four times, then 1.9, 1.5, …, in a rotated basis H D H.
+        let u: Vec<f64> = (0..n).map(|i| ((i * 37 % 101) as f64 - 50.0) / 50.0).collect();
+        let uu: f64 = u.iter().map(|x| x * x).sum();
+        let h = Mat::from_fn(n, n, |i, j| if i == j { 1.0 } else { 0.0 } - 2.0 * u[i] * u[j] / uu);
+        let diag: Vec<f64> = (0..n).map(|i| if i < 4 { 2.0 } else { 1.9 - i as f64 * 1e-3 }).collect();
+        let a = &Mat::from_fn(n, n, |i, j| h[(i, j)] * diag[j]) * &h;
+        let a = Mat::from_fn(n, n, |i, j| 0.5 * (a[(i, j)] + a[(j, i)]));
+        let (values, v) = sym_eigen_top(a.as_ref(), 8).unwrap();
+        for (j, want) in [2.0, 2.0, 2.0, 2.0, 1.896, 1.895, 1.894, 1.893].iter().enumerate() {
+            assert!((values[j] - want).abs() < 1e-9, "λ{j} = {}", values[j]);
+        }
+        let (residual, ortho) = eigen_errors(&a, &values, &v);
+        assert!(residual < 1e-9 && ortho < 1e-9, "cluster: residual {residual:e}, orthogonality {ortho:e}");
     }
 
     #[test]
