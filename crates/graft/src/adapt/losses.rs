@@ -186,7 +186,7 @@ pub fn bsp_penalty(f: Tensor<2>, k: usize) -> crate::Result<Tensor<1>> {
     }
     let m = super::shallow::dense::Mat::from_fn(n, d, |i, j| values[i * d + j] as f64);
     // Singular values largest first, the right singular vectors as columns of v.
-    let (s, v) = super::shallow::linalg::right_singular(m.as_ref()).map_err(|e| svd_error(e.to_string()))?;
+    let (s, v) = super::shallow::linalg::right_singular(m.as_ref(), k).map_err(|e| svd_error(e.to_string()))?;
     let k = k.min(s.len());
     let mut top = vec![0f32; d * k];
     for col in 0..k {

@@ -89,13 +89,11 @@ impl TextTokenizer {
         let bytes = crate::fsutil::read_regular(path, crate::limits::MAX_TOKENIZER_FILE_BYTES)?;
         let json: Value = serde_json::from_slice(&bytes)
             .map_err(|e| bad(format!("not a Hugging Face tokenizer.json: {}", crate::limits::shorten_message(&e.to_string()))))?;
-        let mut t = Self::from_json(&json, max_tokens).map_err(|reason| bad(format!("not a BERT WordPiece tokenizer.json: {reason}")))?;
-        t.path = path.to_path_buf();
-        Ok(t)
+        Self::from_json(&json, path, max_tokens).map_err(|reason| bad(format!("not a BERT WordPiece tokenizer.json: {reason}")))
     }
 
     /// The BERT pipeline of a parsed `tokenizer.json`; any other pipeline is refused, naming the part.
-    fn from_json(json: &Value, max_tokens: usize) -> std::result::Result<Self, String> {
+    fn from_json(json: &Value, path: &Path, max_tokens: usize) -> std::result::Result<Self, String> {
         let type_of = |part: &str| json.get(part).and_then(|p| p.get("type")).and_then(Value::as_str).unwrap_or("none").to_string();
         let flag = |v: &Value, key: &str, default: bool| -> std::result::Result<bool, String> {
             match v.get(key) {
@@ -181,7 +179,7 @@ impl TextTokenizer {
             sep_id,
             pad_id,
             max_tokens,
-            path: PathBuf::new(),
+            path: path.to_path_buf(),
         })
     }
 

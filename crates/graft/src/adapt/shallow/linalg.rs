@@ -497,18 +497,18 @@ pub fn svd(a: MatRef<'_, f64>) -> Result<(Mat<f64>, Vec<f64>, Mat<f64>)> {
     Ok((u, s, v))
 }
 
-/// The leading right singular vectors of `x` (`rows × features`) and their singular values,
+/// The `k` leading right singular vectors of `x` (`rows × features`) and their singular values,
 /// largest first, at most `min(rows, features)` of them: from the eigenvectors of the smaller
-/// Gram matrix (xᵀx, or x xᵀ mapped back through xᵀ). Directions of (numerically) zero singular
-/// value come back as zero columns.
-pub fn right_singular(x: MatRef<'_, f64>) -> Result<(Vec<f64>, Mat<f64>)> {
+/// Gram matrix (xᵀx, or x xᵀ mapped back through xᵀ), only the `k` wanted ones computed.
+/// Directions of (numerically) zero singular value come back as zero columns.
+pub fn right_singular(x: MatRef<'_, f64>, k: usize) -> Result<(Vec<f64>, Mat<f64>)> {
     let (n, d) = (x.nrows(), x.ncols());
-    let r = n.min(d);
+    let r = n.min(d).min(k);
     if d <= n {
-        let (values, v) = sym_eigen((x.transpose() * x).as_ref())?;
+        let (values, v) = sym_eigen_top((x.transpose() * x).as_ref(), r)?;
         Ok((values.iter().map(|l| l.max(0.0).sqrt()).collect(), v))
     } else {
-        let (values, u) = sym_eigen((x * x.transpose()).as_ref())?;
+        let (values, u) = sym_eigen_top((x * x.transpose()).as_ref(), r)?;
         let s: Vec<f64> = values.iter().map(|l| l.max(0.0).sqrt()).collect();
         let mut v = x.transpose() * &u; // d × n: column j is σⱼ vⱼ
         let tiny = s.first().copied().unwrap_or(0.0) * f64::EPSILON * (n.max(d) as f64);
@@ -549,9 +549,8 @@ pub fn normalise_rows(z: &mut Mat<f64>) {
 /// with orthonormal columns, from the thin SVD of the centred data.
 pub fn pca_basis(x: MatRef<'_, f64>, d: usize) -> Result<Mat<f64>> {
     let c = centred(x);
-    let (_, v) = right_singular(c.as_ref())?;
-    let d = d.min(x.nrows().min(x.ncols()));
-    Ok(v.subcols(0, d))
+    let (_, v) = right_singular(c.as_ref(), d)?;
+    Ok(v)
 }
 
 /// `a^p` for a symmetric positive semi-definite `a` (p = ½ or −½ here), through its
@@ -714,7 +713,11 @@ mod tests {
                 }
             }
             // The Gram route gives the same singular values and spans.
-            let (s2, v2) = right_singular(a.as_ref()).unwrap();
+            let (s2, v2) = right_singular(a.as_ref(), r).unwrap();
+            // Only the leading ones asked for: the same values, as many as asked.
+            let (s3, _) = right_singular(a.as_ref(), 2).unwrap();
+            assert_eq!(s3.len(), r.min(2));
+            assert!(s3.iter().zip(&s2).all(|(x, y)| (x - y).abs() < 1e-9 * s[0]));
             for j in 0..r {
                 assert!((s2[j] - s[j]).abs() < 1e-9 * s[0], "{m}×{n}: σ{j} {} against {}", s2[j], s[j]);
                 // Vectors are only defined up to sign where σ is well apart from its neighbours.
