@@ -20,12 +20,14 @@ use clap::{CommandFactory, FromArgMatches};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 // mimalloc (v3, as libmimalloc-sys 0.1.49 builds it) still hands freed memory back to the kernel
-// after a delay; a training loop frees and re-allocates the same buffers every iteration, so 100
-// LeNet DANN iterations took ~70,000–90,000 page faults, ~600 with purging off
-// (`MIMALLOC_PURGE_DELAY=-1`): 6–8% less CPU for source-only, DANN and CDAN runs, for 6–23% more
-// peak RSS (source-only 153 → 189 MiB, DANN 185 → 201, CDAN 215 → 229).
-// Only `graft adapt` turns it off (see `keep_freed_pages`), so other commands' memory stays as
-// measured.
+// after a delay, and the next allocation of the same size comes back as fresh zeroed pages. A
+// training loop frees and re-allocates the same buffers every iteration: 100 LeNet DANN
+// iterations took ~70,000–90,000 page faults, ~600 with purging off (`MIMALLOC_PURGE_DELAY=-1`),
+// 6–8% less CPU for source-only, DANN and CDAN runs, for 6–23% more peak RSS (source-only 153 →
+// 189 MiB, DANN 185 → 201, CDAN 215 → 229). The same holds for inference: a Lite0 forward pass
+// of 16 images spent 18% of its time in the kernel's page clearing (`perf record`), gone with
+// purging off; `graft bench forward` 6,746 → 500 page faults, peak RSS 185 → 206 MB. So every
+// command turns it off at start (`keep_freed_pages`), unless the user set it.
 unsafe extern "C" {
     fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
 }
@@ -33,7 +35,7 @@ unsafe extern "C" {
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 /// Turns mimalloc's purging off unless the user set `MIMALLOC_PURGE_DELAY` themselves.
-pub(crate) fn keep_freed_pages() {
+fn keep_freed_pages() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: mi_option_set only stores an option value; mimalloc reads it when it purges.
         unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
     // Which command ran, to name a refused setting by that command's flag.
     let ran = errors::Ran::new(cli::Cli::command(), &matches);
     let out = output::Output::new(cli.json);
+    keep_freed_pages();
     let result = image_limits(cli.max_image_pixels).and_then(|()| commands::run(cli.command, &out));
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -223,8 +223,6 @@ pub fn run(args: AdaptArgs, out: &Output) -> anyhow::Result<()> {
     }
     let device = args.device.device()?;
     let (config, run_dir, resume) = resolve(args)?;
-    // A training loop re-allocates the same buffers every iteration: keep them mapped.
-    crate::keep_freed_pages();
     let reporter = TermReporter::new();
     crate::reporter::stop_on_ctrl_c();
     let s = match graft::adapt::adapt(&config, &run_dir, resume, &graft_home(), &reporter, &device) {

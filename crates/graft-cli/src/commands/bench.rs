@@ -74,7 +74,7 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
                 json!({
                     "case": "forward", "model": spec.id, "batch": args.batch, "resolution": size, "weights": args.weights,
                     "iters": args.iters, "median_seconds": median, "images_per_second": images_per_s,
-                    "threads": threads, "device": graft::device::record(&device), "layered": args.layered,
+                    "threads": threads, "device": graft::device::record(&device), "simd": graft::kernels::simd().name(), "layered": args.layered,
                 }),
                 format!(
                     "{} forward{}, batch {}, {size}x{size}: {images_per_s:.1} images/s (median of {} runs, {median:.3} s per batch, {threads} threads)\n",
@@ -102,7 +102,7 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
                 json!({
                     "case": "latency", "model": spec.id, "image": [LATENCY_W, LATENCY_H], "weights": args.weights,
                     "iters": args.iters, "median_seconds": median, "median_ms": ms,
-                    "threads": threads, "device": graft::device::record(&device),
+                    "threads": threads, "device": graft::device::record(&device), "simd": graft::kernels::simd().name(),
                 }),
                 format!(
                     "{} latency, one {LATENCY_W}x{LATENCY_H} decoded image to probabilities: {ms:.1} ms (median of {} runs, {threads} threads)\n",
@@ -118,7 +118,7 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
                     "case": "full_train", "model": spec.id, "batch": args.batch, "input": input,
                     "trained": "the whole network and a new 3-class linear (BatchNorm in inference mode)",
                     "optimizer": "adamw", "iters": args.iters, "median_seconds": median,
-                    "images_per_second": images_per_s, "threads": threads, "device": graft::device::record(&device),
+                    "images_per_second": images_per_s, "threads": threads, "device": graft::device::record(&device), "simd": graft::kernels::simd().name(),
                 }),
                 format!(
                     "{} full fine-tune (all stages + linear, forward+backward+AdamW), batch {}: {images_per_s:.1} images/s (median of {} steps, {median:.3} s per step, {threads} threads)\n",
@@ -134,7 +134,7 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
                     "case": "tail_train", "model": spec.id, "batch": args.batch, "input": input,
                     "trained": "blocks 13-15, head conv+BN, new 3-class linear (BatchNorm in inference mode)",
                     "optimizer": "adamw", "iters": args.iters, "median_seconds": median,
-                    "images_per_second": images_per_s, "threads": threads, "device": graft::device::record(&device),
+                    "images_per_second": images_per_s, "threads": threads, "device": graft::device::record(&device), "simd": graft::kernels::simd().name(),
                 }),
                 format!(
                     "{} tail train (blocks 13-15 + head + linear, forward+backward+AdamW), batch {}: {images_per_s:.1} images/s (median of {} steps, {median:.3} s per step, {threads} threads)\n",
@@ -149,7 +149,7 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
                 json!({
                     "case": "head_epoch", "rows": HEAD_ROWS, "dim": HEAD_CHANNELS, "classes": CLASSES,
                     "batch": args.batch, "optimizer": "adamw", "iters": args.iters, "median_seconds": median,
-                    "rows_per_second": rows_per_s, "threads": threads, "device": graft::device::record(&device),
+                    "rows_per_second": rows_per_s, "threads": threads, "device": graft::device::record(&device), "simd": graft::kernels::simd().name(),
                 }),
                 format!(
                     "linear head epoch on {HEAD_ROWS} cached {HEAD_CHANNELS}-d features, batch {}: {median:.3} s per epoch ({rows_per_s:.0} rows/s, median of {} epochs, {threads} threads)\n",

@@ -53,6 +53,11 @@ impl<B: Backend + GraftOps, C: CheckpointStrategy> GraftOps for Autodiff<B, C> {
         Self::from_inner(B::depthwise_nhwc_weight_grad(x.into_primitive(), grad.into_primitive(), geometry))
     }
 
+    fn patch_rows(x: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self> {
+        // Inference only (the stem of a frozen network): untracked, no gradient to x.
+        Self::from_inner(B::patch_rows(x.into_primitive(), geometry))
+    }
+
     fn pointwise_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, relu6: bool) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Pointwise;

@@ -13,9 +13,65 @@ use rayon::prelude::*;
 
 use super::{DepthwiseGeometry, GraftOps};
 
-/// Compiles a kernel body twice on x86-64, once for AVX2 + FMA, and picks the variant at run
-/// time: graft's release build targets baseline x86-64 (SSE2), where the channel loops would
-/// run 4 floats wide instead of 8.
+/// The widest vector extension graft's own kernels use on this CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    /// Baseline x86-64 (SSE2) or another architecture: 4 floats wide.
+    Baseline,
+    /// AVX2 + FMA: 8 floats wide.
+    Avx2,
+    /// AVX-512 (F, BW, VL) + FMA: 16 floats wide.
+    Avx512,
+}
+
+impl Simd {
+    pub fn name(self) -> &'static str {
+        match self {
+            Simd::Baseline => "baseline",
+            Simd::Avx2 => "avx2",
+            Simd::Avx512 => "avx512",
+        }
+    }
+}
+
+/// The environment variable that caps [`simd`] below what the CPU has (`avx2` or `baseline`),
+/// to compare the paths on one machine.
+pub const SIMD_ENV: &str = "GRAFT_SIMD";
+
+/// The extension the kernels run with: the widest the CPU has, capped by `GRAFT_SIMD` when it
+/// names a narrower one (an unknown value is ignored). Read once per process.
+pub fn simd() -> Simd {
+    static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var(SIMD_ENV).as_deref() {
+            Ok("baseline") => Simd::Baseline,
+            Ok("avx2") => Simd::Avx2,
+            _ => Simd::Avx512,
+        };
+        detected().min(cap)
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detected() -> Simd {
+    use std::arch::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("fma") {
+        Simd::Avx512
+    } else if has!("avx2") && has!("fma") {
+        Simd::Avx2
+    } else {
+        Simd::Baseline
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detected() -> Simd {
+    Simd::Baseline
+}
+
+/// Compiles a kernel body three times on x86-64, for AVX-512, for AVX2 + FMA and for the
+/// baseline, and picks the variant at run time ([`simd`]): graft's release build targets
+/// baseline x86-64 (SSE2), where the channel loops would run 4 floats wide instead of 8 or 16.
 macro_rules! simd_variants {
     ($($(#[$meta:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block)*) => {$(
         $(#[$meta])*
@@ -24,11 +80,15 @@ macro_rules! simd_variants {
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) { body($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) { body($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports the features `avx2` was compiled for.
-                    return unsafe { avx2($($arg),*) };
+                match simd() {
+                    // SAFETY: `simd` returns a level only where the CPU has its features.
+                    Simd::Avx512 => return unsafe { avx512($($arg),*) },
+                    Simd::Avx2 => return unsafe { avx2($($arg),*) },
+                    Simd::Baseline => {}
                 }
             }
             body($($arg),*)
@@ -51,6 +111,25 @@ fn clamp_relu6(values: &mut [f32]) {
     }
 }
 
+/// The most taps a depthwise kernel may have (k ≤ 7).
+const MAX_TAPS: usize = 49;
+
+/// Channels `c0..c0 + N` of one output pixel: `acc = relu6(acc + Σ_taps x · w)`, the N sums in
+/// registers across the taps.
+#[inline(always)]
+fn depthwise_block<const N: usize>(acc: &mut [f32], x: &[f32], w: &[f32], taps: &[(usize, usize)], c0: usize) {
+    let mut sum: [f32; N] = acc[c0..c0 + N].try_into().expect("N channels");
+    for &(xo, wo) in taps {
+        let (xs, ws) = (&x[xo + c0..xo + c0 + N], &w[wo + c0..wo + c0 + N]);
+        for l in 0..N {
+            sum[l] += xs[l] * ws[l];
+        }
+    }
+    for l in 0..N {
+        acc[c0 + l] = sum[l].clamp(0.0, 6.0); // NaN stays NaN
+    }
+}
+
 /// The input row `i` (height or width) that output row `o` reads through kernel tap `k`.
 #[inline(always)]
 fn input_index(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
@@ -65,20 +144,37 @@ fn output_index(i: usize, k: usize, stride: usize, pad: usize, size: usize) -> O
 }
 
 simd_variants! {
-    /// One image: `out[oh, ow, :] = relu6(bias + Σ_taps x[ih, iw, :] · w[kh, kw, :])`.
-    fn depthwise_forward_image(x: &[f32], w: &[f32], out: &mut [f32], g: &DepthwiseGeometry) {
+    /// One output row `oh` of one image:
+    /// `out[ow, :] = relu6(bias + Σ_taps x[ih, iw, :] · w[kh, kw, :])`.
+    /// Channels go in blocks of 64, then 16, then one by one, each block's sums kept in
+    /// registers over all taps (not re-read from `out` per tap).
+    fn depthwise_forward_row(x: &[f32], w: &[f32], out: &mut [f32], g: &DepthwiseGeometry, oh: usize) {
         let c = g.channels;
-        for oh in 0..g.out_h {
-            for ow in 0..g.out_w {
-                let acc = &mut out[(oh * g.out_w + ow) * c..][..c]; // holds the bias
-                for kh in 0..g.kernel {
-                    let Some(ih) = input_index(oh, kh, g.stride, g.pad_top, g.in_h) else { continue };
-                    for kw in 0..g.kernel {
-                        let Some(iw) = input_index(ow, kw, g.stride, g.pad_left, g.in_w) else { continue };
-                        multiply_add(acc, &x[(ih * g.in_w + iw) * c..][..c], &w[(kh * g.kernel + kw) * c..][..c]);
-                    }
+        let mut taps = [(0usize, 0usize); MAX_TAPS];
+        for ow in 0..g.out_w {
+            // (input offset, weight offset) of the taps inside the image.
+            let mut n = 0;
+            for kh in 0..g.kernel {
+                let Some(ih) = input_index(oh, kh, g.stride, g.pad_top, g.in_h) else { continue };
+                for kw in 0..g.kernel {
+                    let Some(iw) = input_index(ow, kw, g.stride, g.pad_left, g.in_w) else { continue };
+                    taps[n] = ((ih * g.in_w + iw) * c, (kh * g.kernel + kw) * c);
+                    n += 1;
                 }
-                clamp_relu6(acc);
+            }
+            let (taps, acc) = (&taps[..n], &mut out[ow * c..][..c]); // acc holds the bias
+            let mut c0 = 0;
+            while c0 + 64 <= c {
+                depthwise_block::<64>(acc, x, w, taps, c0);
+                c0 += 64;
+            }
+            while c0 + 16 <= c {
+                depthwise_block::<16>(acc, x, w, taps, c0);
+                c0 += 16;
+            }
+            while c0 < c {
+                depthwise_block::<1>(acc, x, w, taps, c0);
+                c0 += 1;
             }
         }
     }
@@ -119,9 +215,14 @@ simd_variants! {
         }
     }
 
-    /// In place: `y = min(max(y, 0), 6)`.
-    fn relu6_in_place(values: &mut [f32]) {
-        clamp_relu6(values);
+    /// In place on whole rows: `y = min(max(y + bias, 0), 6)`.
+    fn bias_relu6_rows(values: &mut [f32], bias: &[f32]) {
+        for row in values.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+            clamp_relu6(row);
+        }
     }
 
     /// In place on the gradient: it passes where the ReLU6 output was strictly between 0 and 6.
@@ -168,16 +269,42 @@ fn owned(tensor: FlexTensor) -> FlexTensor {
 fn repeat_rows(row: &[f32], rows: usize) -> Vec<f32> {
     let columns = row.len();
     let mut values = Vec::with_capacity(rows * columns);
-    values.spare_capacity_mut()[..rows * columns]
-        .par_chunks_mut((ELEMENTWISE_CHUNK / columns.max(1)).max(1) * columns.max(1))
-        .for_each(|chunk| {
-            for (slot, value) in chunk.iter_mut().zip(row.iter().cycle()) {
-                slot.write(*value);
-            }
-        });
+    if columns > 0 {
+        // Whole rows per task, each written as a slice copy (a `cycle()` over the row ran one
+        // scalar store per element: 16 % of a forward pass in a profile).
+        values.spare_capacity_mut()[..rows * columns]
+            .par_chunks_mut((ELEMENTWISE_CHUNK / columns).max(1) * columns)
+            .for_each(|chunk| {
+                for slots in chunk.chunks_exact_mut(columns) {
+                    for (slot, value) in slots.iter_mut().zip(row) {
+                        slot.write(*value);
+                    }
+                }
+            });
+    }
     // SAFETY: every one of the `rows × columns` slots was written just above.
     unsafe { values.set_len(rows * columns) };
     values
+}
+
+/// One image's k×k patches as rows: x `[C, H, W]` → `[H'·W', k·k·C]`, taps in (kh, kw, c)
+/// order, zeros where a tap falls in the padding.
+fn patch_rows_image(x: &[f32], rows: &mut [f32], g: &DepthwiseGeometry) {
+    let (c, k) = (g.channels, g.kernel);
+    let plane = g.in_h * g.in_w;
+    for (pixel, row) in rows.chunks_exact_mut(k * k * c).enumerate() {
+        let (oh, ow) = (pixel / g.out_w, pixel % g.out_w);
+        for kh in 0..k {
+            let ih = input_index(oh, kh, g.stride, g.pad_top, g.in_h);
+            for kw in 0..k {
+                let tap = &mut row[(kh * k + kw) * c..][..c];
+                match (ih, input_index(ow, kw, g.stride, g.pad_left, g.in_w)) {
+                    (Some(ih), Some(iw)) => tap.iter_mut().enumerate().for_each(|(ch, t)| *t = x[ch * plane + ih * g.in_w + iw]),
+                    _ => tap.fill(0.0),
+                }
+            }
+        }
+    }
 }
 
 /// (row stride, column stride) of a 2-D flex tensor, in elements.
@@ -196,9 +323,13 @@ impl GraftOps for Flex {
         let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
         let (x, w, b) = (f32s(&x), f32s(&weight), f32s(&bias));
         let mut out = repeat_rows(b, g.batch * g.out_h * g.out_w);
-        out.par_chunks_mut(g.out_h * g.out_w * g.channels)
-            .zip(x.par_chunks(g.in_h * g.in_w * g.channels))
-            .for_each(|(out, x)| depthwise_forward_image(x, w, out, &g));
+        // One task per output row (of any image), so that a single image also runs on every
+        // thread (`predict`'s batch of one).
+        let image = g.in_h * g.in_w * g.channels;
+        out.par_chunks_mut(g.out_w * g.channels)
+            .with_min_len(2)
+            .enumerate()
+            .for_each(|(row, out)| depthwise_forward_row(&x[row / g.out_h * image..][..image], w, out, &g, row % g.out_h));
         flex(out, [g.batch, g.out_h, g.out_w, g.channels])
     }
 
@@ -237,26 +368,47 @@ impl GraftOps for Flex {
         flex(dw, [g.kernel, g.kernel, g.channels])
     }
 
+    fn patch_rows(x: FloatTensor<Self>, g: DepthwiseGeometry) -> FloatTensor<Self> {
+        assert_eq!(x.dtype(), DType::F32, "patch_rows computes in f32");
+        let x = contiguous(x);
+        let x = f32s(&x);
+        let width = g.kernel * g.kernel * g.channels;
+        let mut rows = vec![0.0f32; g.batch * g.out_h * g.out_w * width];
+        rows.par_chunks_mut(g.out_h * g.out_w * width)
+            .zip(x.par_chunks(g.channels * g.in_h * g.in_w))
+            .for_each(|(rows, x)| patch_rows_image(x, rows, &g));
+        flex(rows, [g.batch * g.out_h * g.out_w, width])
+    }
+
     fn pointwise_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, relu6: bool) -> FloatTensor<Self> {
         assert_eq!(x.dtype(), DType::F32, "pointwise_rows computes in f32");
         let bias = contiguous(bias);
         let b = f32s(&bias);
         let (rows, inner) = (x.layout().shape()[0], x.layout().shape()[1]);
         let columns = b.len();
-        // The output starts as the bias on every row; the product is added to it.
-        let mut out = repeat_rows(b, rows);
         let (x_rs, x_cs) = strides_2d(&x);
         let (w_rs, w_cs) = strides_2d(&weight);
         let parallelism = if rows * columns * inner >= 192 * 192 * 192 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        // With ReLU6 (the expansions and the head: the largest outputs) the product is written
+        // as is and one pass adds the bias and clamps. Without, the output starts as the bias
+        // on every row and the product is added to it. Either way one pass over the output
+        // besides the product's own (these maps are tens of MB: each pass is memory-bound).
+        let fresh = relu6 && inner > 0 && columns > 0; // (a product over nothing writes nothing)
+        let mut out = if fresh { Vec::with_capacity(rows * columns) } else { repeat_rows(b, rows) };
         // SAFETY: the pointers cover `rows × inner`, `inner × columns` and `rows × columns`
-        // elements at the given strides (flex layouts of live tensors; `out` is ours).
+        // elements at the given strides (flex layouts of live tensors; `out` is ours, with room
+        // for `rows × columns`). With `read_dst` false gemm writes every element of the output
+        // without reading it, so the uninitialised buffer is never read and is whole after.
         unsafe {
             let x_ptr = x.storage::<f32>().as_ptr().add(x.layout().start_offset());
             let w_ptr = weight.storage::<f32>().as_ptr().add(weight.layout().start_offset());
-            gemm::gemm(rows, columns, inner, out.as_mut_ptr(), 1, columns as isize, true, x_ptr, x_cs, x_rs, w_ptr, w_cs, w_rs, 1.0f32, 1.0f32, false, false, false, parallelism);
+            gemm::gemm(rows, columns, inner, out.as_mut_ptr(), 1, columns as isize, !fresh, x_ptr, x_cs, x_rs, w_ptr, w_cs, w_rs, 1.0f32, 1.0f32, false, false, false, parallelism);
+            out.set_len(rows * columns);
         }
-        if relu6 {
-            out.par_chunks_mut(ELEMENTWISE_CHUNK).for_each(relu6_in_place);
+        if fresh {
+            out.par_chunks_mut((ELEMENTWISE_CHUNK / columns).max(1) * columns).for_each(|chunk| bias_relu6_rows(chunk, b));
+        } else if relu6 {
+            out.par_chunks_mut(ELEMENTWISE_CHUNK).for_each(clamp_relu6);
         }
         flex(out, [rows, columns])
     }

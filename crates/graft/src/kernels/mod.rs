@@ -15,6 +15,8 @@
 mod autodiff;
 mod cpu;
 
+pub use cpu::{SIMD_ENV, Simd, simd};
+
 use burn::backend::{Backend, Dispatch, backend_extension, tensor::FloatTensor};
 use burn::tensor::{Device, Tensor};
 
@@ -54,6 +56,11 @@ pub trait GraftOps: Backend {
     fn depthwise_nhwc_input_grad(grad: FloatTensor<Self>, weight: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
     /// Gradient of the (linear) depthwise convolution with respect to its weight.
     fn depthwise_nhwc_weight_grad(x: FloatTensor<Self>, grad: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
+    /// The k×k patches of x `[N, C, H, W]` (SAME padding, zeros outside) as rows
+    /// `[N·H'·W', k·k·C]`, taps in (kh, kw, c) order: a k×k convolution is then one matrix
+    /// product with its weight laid out `[k·k·C, C_out]`, its output channels-last. For
+    /// inference: no gradient flows back through it.
+    fn patch_rows(x: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
     /// A 1×1 convolution on rows: x `[R, C_in]` × weight `[C_in, C_out]` + bias `[C_out]`,
     /// then ReLU6 if `relu6`. The product accumulates into the bias (no zeroed buffer, no
     /// separate bias pass).
@@ -75,8 +82,17 @@ pub fn depthwise_conv_nhwc_relu6(x: Tensor<4>, weight: Tensor<3>, bias: Tensor<1
     let [n, h, w, c] = x.dims();
     let [k, k2, cw] = weight.dims();
     assert!(k == k2 && cw == c && bias.dims() == [c], "depthwise weight [{k}, {k2}, {cw}] / bias {:?} do not fit a map with {c} channels", bias.dims());
+    assert!(k <= 7, "depthwise_conv_nhwc_relu6 takes kernels up to 7×7, not {k}×{k}");
     let geometry = DepthwiseGeometry::same(n, [h, w], c, k, stride);
     Tensor::from_dispatch(<Dispatch as GraftOps>::depthwise_nhwc(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), geometry))
+}
+
+/// The k×k patches of images `[N, C, H, W]` with SAME padding as rows `[N·H'·W', k·k·C]`
+/// ([`GraftOps::patch_rows`]); the device must be [`supported`]. No gradient flows through it.
+pub fn patch_rows(x: Tensor<4>, kernel: usize, stride: usize) -> Tensor<2> {
+    let [n, c, h, w] = x.dims();
+    let geometry = DepthwiseGeometry::same(n, [h, w], c, kernel, stride);
+    Tensor::from_dispatch(<Dispatch as GraftOps>::patch_rows(x.into_dispatch(), geometry))
 }
 
 /// A 1×1 convolution on rows: `x · weight + bias` (`[R, C_in]`, `[C_in, C_out]`, `[C_out]`),

@@ -113,3 +113,28 @@ fn same_padding_follows_tensorflow() {
     assert_eq!((g.out_h, g.pad_left), (8, 2));
     assert!(supported(&Device::flex()) && supported(&Device::flex().autodiff()));
 }
+
+/// A k×k convolution as patch rows times its weight laid out `[k·k·C_in, C_out]` equals burn's
+/// convolution with SAME padding (the stem of EfficientNet-Lite), for odd and even sizes,
+/// strides 1 and 2, kernels 3 and 5; the rows come out channels-last.
+#[test]
+fn patch_rows_times_weight_is_burns_convolution() {
+    let device = Device::flex();
+    for (h, w, kernel, stride, c_in, c_out) in [(224, 224, 3, 2, 3, 32), (9, 7, 3, 2, 3, 5), (8, 8, 5, 1, 2, 4), (11, 6, 5, 2, 4, 3)] {
+        let x = Tensor::<4>::random([2, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let mut conv = Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Same)
+            .with_bias(false)
+            .init(&device);
+        conv.weight = Param::from_tensor(Tensor::<4>::random([c_out, c_in, kernel, kernel], Distribution::Normal(0.0, 1.0), &device));
+        let reference = conv.forward(x.clone()).permute([0, 2, 3, 1]); // [N, Ho, Wo, C_out]
+        let rows = patch_rows(x, kernel, stride); // [N·Ho·Wo, k·k·C_in]
+        let [n, ho, wo, _] = reference.dims();
+        assert_eq!(rows.dims(), [n * ho * wo, kernel * kernel * c_in]);
+        let weight = conv.weight.val().permute([2, 3, 1, 0]).reshape([kernel * kernel * c_in, c_out]);
+        let out = pointwise_rows(rows, weight, Tensor::zeros([c_out], &device), false).reshape([n, ho, wo, c_out]);
+        let case = format!("{h}×{w}, kernel {kernel}, stride {stride}, {c_in} → {c_out}");
+        assert!(max_abs_diff(out, reference) < 1e-4, "differs: {case}");
+    }
+}

@@ -465,11 +465,13 @@ impl FoldedLite {
         let parts = x.chunk(images.div_ceil(CHANNELS_LAST_IMAGES).max(1), 0);
         let outputs = parts
             .into_iter()
-            .map(|mut part| {
-                if range.start == 0 {
-                    part = split_batch(part, |p| fast_relu6(self.stem.forward(p))); // [n, 32, H/2, W/2]
-                }
-                rows.forward_stages(part.permute([0, 2, 3, 1]), range.start.max(1)..range.end)
+            .map(|part| {
+                let part = if range.start == 0 {
+                    rows.stem(part) // [n, H/2, W/2, 32]
+                } else {
+                    part.permute([0, 2, 3, 1]) // [n, H, W, C]
+                };
+                rows.forward_stages(part, range.start.max(1)..range.end)
             })
             .collect::<Vec<_>>();
         Tensor::cat(outputs, 0)
