@@ -380,7 +380,7 @@ impl BackboneNet for EfficientNet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::zoo::layers::summarize;
+    use crate::zoo::layers::{numbered_blocks, summarize, FreezeSpec};
 
     #[test]
     fn parameter_counts_and_names_match_torchvision() {
@@ -401,5 +401,10 @@ mod tests {
         assert_eq!(b4.stages().iter().map(|s| s[0].output).collect::<Vec<_>>(), [24, 32, 56, 112, 160, 272, 448]);
         assert_eq!(Backbone::stage_shape(&b0, 8), [1280, 7, 7]);
         assert_eq!(Backbone::stage_shape(&b4, 8), [1792, 12, 12]);
+        // `--freeze N` counts `features.K`: `--freeze 2` is the stem and `features.1`.
+        assert_eq!(numbered_blocks(&rows), 9);
+        let frozen = FreezeSpec::FirstBlocks(2).frozen_params(&rows).unwrap();
+        assert!(frozen.contains("features.0.1.running_var") && frozen.contains("features.1.0.block.2.1.weight"));
+        assert!(!frozen.iter().any(|p| p.starts_with("features.2.") || p.starts_with("classifier")));
     }
 }
