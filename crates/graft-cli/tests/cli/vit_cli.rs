@@ -4,16 +4,13 @@
 //! are committed, with `tests/fixtures/seeded/make_vit_reference.py`), and `--arch vit_b_16`
 //! through inspect, probe, advise, extract, fit, bench and export (ONNX).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use burn::tensor::{Tensor, TensorData};
-use graft::npy;
-use graft::zoo::load::WeightSource;
 use graft::zoo::{seeded, ModelSpec};
 use serde_json::json;
 
 use super::arch_parity::fixtures;
-use super::{assert_bad_input, assert_on_device, graft_in, isolated_home, json_of, scratch, test_device};
+use super::{assert_bad_input, graft_in, isolated_home, json_of, scratch};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -26,36 +23,7 @@ fn vit_seeded_logits_match_torchvision_and_timm() {
     if !super::in_child_process("cli::vit_cli::vit_seeded_logits_match_torchvision_and_timm") {
         return;
     }
-    let path = fixtures().join("vit_reference.json");
-    let reference: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))).unwrap();
-    let (on, device) = test_device();
-    for arch in ["vit_b_16", "vit_b_32", "vit_small_patch16_224", "vit_base_patch16_224"] {
-        let want = &reference["archs"][arch];
-        assert!(want.is_object(), "vit_reference.json has no {arch}");
-        let config = ModelSpec::find(arch).unwrap().config();
-        let rows = config.layer_rows();
-        assert_eq!(graft::zoo::layers::summarize(&rows, &Default::default()).total_params as u64, want["params"].as_u64().unwrap(), "{arch}: parameters");
-        let dict = seeded::state_dict(&config.table());
-        let file = PathBuf::from(format!("seeded-{arch}.pth"));
-        let source = WeightSource { dict: &dict, path: &file, model: arch, device: &device };
-        let net = config.init(&device).load_weights(&source).unwrap();
-        drop(dict);
-
-        let batch = want["batch"].as_u64().unwrap() as usize;
-        let shape = [batch, 3, 224, 224];
-        let x = Tensor::<4>::from_data(TensorData::new(seeded::inputs("input", &shape), shape), &device);
-        let start = std::time::Instant::now();
-        let logits = net.forward(x);
-        assert_on_device(on, &logits);
-        let logits = logits.into_data().try_to_vec::<f32>().unwrap();
-        let elapsed = start.elapsed();
-        let reference = npy::read_f32(&fixtures().join(format!("{arch}_logits.npy"))).unwrap();
-        assert_eq!(reference.shape, vec![batch, 1000]);
-        let d = logits.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        let scale = reference.data.iter().fold(0f32, |m, x| m.max(x.abs()));
-        eprintln!("{arch}: max |Δlogit| = {d:e}, largest logit {scale:.3}, relative {:e} (forward of {batch} in {elapsed:.2?})", d / scale);
-        assert!(d / scale <= 1e-4, "{arch}: logits differ from PyTorch's by {d} (largest logit {scale})");
-    }
+    super::arch_parity::seeded_logits_match("vit_reference.json", &["vit_b_16", "vit_b_32", "vit_small_patch16_224", "vit_base_patch16_224"]);
 }
 
 /// `--arch vit_b_16 --weights FILE` (seeded, torchvision's names) on every command: inspect

@@ -83,17 +83,19 @@ const STEM_CHANNELS: usize = 32;
 /// Width of the pooled feature vector; fixed in the Lite family.
 pub const HEAD_CHANNELS: usize = 1280;
 
-/// One MBConv stage of the base (Lite0) network.
-struct StageArgs {
-    repeats: usize,
-    kernel: usize,
-    stride: usize,
-    expand: usize,
-    input: usize,
-    output: usize,
+/// One MBConv stage of the base (Lite0 and B0) network.
+pub(crate) struct StageArgs {
+    pub(crate) repeats: usize,
+    pub(crate) kernel: usize,
+    pub(crate) stride: usize,
+    pub(crate) expand: usize,
+    pub(crate) input: usize,
+    pub(crate) output: usize,
 }
 
-const BASE_STAGES: [StageArgs; 7] = [
+/// The seven MBConv stages of EfficientNet-B0 (the paper's Table 1), which Lite0 shares and
+/// torchvision's `efficientnet_b*` scale (see [`super::efficientnet_b`]).
+pub(crate) const BASE_STAGES: [StageArgs; 7] = [
     StageArgs { repeats: 1, kernel: 3, stride: 1, expand: 1, input: 32, output: 16 },
     StageArgs { repeats: 2, kernel: 3, stride: 2, expand: 6, input: 16, output: 24 },
     StageArgs { repeats: 2, kernel: 5, stride: 2, expand: 6, input: 24, output: 40 },

@@ -21,6 +21,9 @@ trunk::backbones! {
     pub mod vgg: Vgg(VggConfig, Vgg),
     pub mod convnext: ConvNeXt(ConvNeXtConfig, ConvNeXt),
     pub mod vit: Vit(VitConfig, Vit),
+    pub mod efficientnet_b: EfficientNet(EfficientNetConfig, EfficientNet),
+    pub mod densenet: DenseNet(DenseNetConfig, DenseNet),
+    pub mod regnet: RegNet(RegNetConfig, RegNet),
 }
 
 use std::path::{Path, PathBuf};
