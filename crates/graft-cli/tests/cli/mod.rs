@@ -4,6 +4,7 @@ mod arch_parity;
 mod backbones;
 mod bad_weights;
 mod cache;
+mod corrupt_text;
 mod data;
 mod device;
 mod export;
