@@ -139,7 +139,8 @@ pub struct FitArgs {
     /// --weights (TensorFlow's Dense layers), else sigmoid (graft pretrain's autoencoders)]
     #[arg(long)]
     pub activation: Option<String>,
-    /// Ignore the pretrained weights: train the same architecture from random initialisation.
+    /// Ignore the pretrained weights: train the same architecture from random initialisation
+    /// (with --init a corrupted-text run: its word encoder and tokenizer, from a random start).
     #[arg(long)]
     pub from_scratch: bool,
     /// Training data: a folder of class sub-folders of images; with a text model (minilm-l6) a CSV
@@ -159,8 +160,9 @@ pub struct FitArgs {
     pub val_split: Option<f64>,
     /// Which layers stay frozen: all, none, N (stem + first N blocks; for VGG and AlexNet the
     /// first N layers as Keras counts them, input first), regex:PATTERN, until:LAYER; with
-    /// --arch mlp:…, none or regex:PATTERN over the layer names hidden1 … hiddenN and output.
-    /// [default: all; none with --arch mlp:…]
+    /// --arch mlp:…, none or regex:PATTERN over the layer names hidden1 … hiddenN and output;
+    /// with --init a corrupted-text run, none or all (the word encoder frozen, the classifier
+    /// alone trains). [default: all; none with --arch mlp:… or --init]
     #[arg(long)]
     pub freeze: Option<String>,
     /// linear, mlp:1024,1024, or a classic head on stored features: logistic (C by 5-fold
@@ -266,9 +268,10 @@ pub struct FitArgs {
     /// the flags and defaults above]
     #[arg(long)]
     pub strategy: Option<String>,
-    /// A `graft pretrain` run: build its network, add a classifier and fine-tune with labels.
-    /// [default: none]
-    #[arg(long, conflicts_with_all = ["model", "weights", "from_scratch", "strategy"])]
+    /// A `graft pretrain` run: build its network, add a classifier and fine-tune with labels
+    /// (--data: images for an MLP run; for a corrupted-text run, a CSV with text,label columns
+    /// or class folders of .txt files, and every layer trains). [default: none]
+    #[arg(long, conflicts_with_all = ["model", "weights", "strategy"])]
     pub init: Option<PathBuf>,
     /// Continue an interrupted run (its directory) from its last completed epoch, with its saved
     /// config.toml; --epochs N sets a new total to train a finished run further. [default: none]
@@ -449,7 +452,8 @@ pub struct PredictArgs {
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
     #[arg(long, conflicts_with = "model", help = crate::help::arch_help())]
     pub arch: Option<String>,
-    /// A run directory from `graft fit` or `graft adapt`: predict its classes instead.
+    /// A run directory from `graft fit` (including `fit --init`) or `graft adapt`: predict its
+    /// classes instead.
     /// [default: none: --model's own classes]
     #[arg(long, conflicts_with_all = ["weights", "arch"])]
     pub run: Option<PathBuf>,

@@ -16,7 +16,7 @@ pub(crate) const RENAMED: &[(&str, &str)] = &[("warmup_epochs", "warmup")];
 /// Settings no command has a flag for (set by the library or through a positional argument):
 /// printed as the library names them.
 #[cfg(test)]
-const NO_FLAG: &[&str] = &["parts", "stage", "max_tokens", "token_batch"];
+const NO_FLAG: &[&str] = &["parts", "stage", "token_batch"];
 
 /// The command that ran (the leaf subcommand, e.g. `cache merge`) and its parsed arguments.
 pub(crate) struct Ran {

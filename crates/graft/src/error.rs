@@ -106,11 +106,14 @@ pub const SETTINGS: &[&str] = &[
     // `graft pretrain` and MLP fits (`restore`, `activation`: an MLP restored from a checkpoint).
     "arch", "noise", "restore", "activation", "cd_k", "visible", "pairs", "margin", "temperature",
     "crop", "projection_hidden",
+    // `graft pretrain --method corrupted-text` (`transfer::corrupt::CorruptTextConfig`).
+    "corruption",
     // `graft extract`, `graft cache merge`, `graft data import`, `graft probe`.
     "layer", "shard", "parts", "split", "stage",
     // Every command that computes (`--device`, `GRAFT_DEVICE`; a list for data-parallel fit).
     "device",
-    // Text models: limits of the tokenizer and encoder, set by the library, not by a flag.
+    // Text models: limits of the tokenizer and encoder, set by the library (max_tokens also by
+    // `graft pretrain --method corrupted-text --max-tokens`).
     "max_tokens", "token_batch",
     // Few-shot episodes and zero-shot classification (`graft eval`, `graft predict`).
     "episodes", "way", "shot", "query", "labels", "template",

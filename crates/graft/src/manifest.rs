@@ -18,6 +18,7 @@ use crate::limits::shorten_message;
 use crate::train::run::RunInfo;
 use crate::train::text::TextRunInfo;
 use crate::transfer::autoencoder::{MlpRun, PretrainSummary};
+use crate::transfer::corrupt::{CorruptTextSummary, WordFitRun};
 use crate::{GraftError, Result};
 
 /// The `format` every run written now has; a run without one predates it (and is read as such).
@@ -30,7 +31,7 @@ pub const MANIFEST_FILE: &str = "model.json";
 const LEGACY_FILES: [(&str, &str); 2] = [(crate::fsutil::RUN_FILES[1], "mlp"), (crate::fsutil::RUN_FILES[2], "pretrain")];
 
 /// Every `kind` a run can have, as written in `model.json`.
-pub const KINDS: [&str; 5] = ["image", "text", "adapt", "mlp", "pretrain"];
+pub const KINDS: [&str; 7] = ["image", "text", "adapt", "mlp", "pretrain", "text-pretrain", "words"];
 
 /// What a run holds, by kind (`model.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -46,6 +47,12 @@ pub enum RunManifest {
     Mlp(MlpRun),
     /// `graft pretrain`: a layer-wise pretrained encoder (not a classifier).
     Pretrain(PretrainSummary),
+    /// `graft pretrain --method corrupted-text`: a word encoder that scores real sentences above
+    /// corrupted ones (not a classifier).
+    #[serde(rename = "text-pretrain")]
+    TextPretrain(CorruptTextSummary),
+    /// `graft fit --init RUN` from a corrupted-text run: the word encoder and a linear classifier.
+    Words(WordFitRun),
 }
 
 /// What is written: the format number, the device the run computed on, then the kind and its
@@ -76,6 +83,8 @@ impl RunManifest {
             RunManifest::Adapt(_) => "adapt",
             RunManifest::Mlp(_) => "mlp",
             RunManifest::Pretrain(_) => "pretrain",
+            RunManifest::TextPretrain(_) => "text-pretrain",
+            RunManifest::Words(_) => "words",
         }
     }
 
@@ -88,6 +97,8 @@ impl RunManifest {
             RunManifest::Adapt(_) => "image adaptation (graft adapt)",
             RunManifest::Mlp(_) => "digit MLP (graft pretrain / fit --init)",
             RunManifest::Pretrain(_) => "pretrained encoder (graft pretrain; fine-tune it with graft fit --init)",
+            RunManifest::TextPretrain(_) => "pretrained word encoder (graft pretrain --method corrupted-text; fine-tune it with graft fit --init)",
+            RunManifest::Words(_) => "word-encoder text classifier (graft fit --init from a corrupted-text run)",
         }
     }
 
@@ -98,14 +109,15 @@ impl RunManifest {
             RunManifest::Text(t) => Some(&t.classes),
             RunManifest::Adapt(a) => Some(&a.classes),
             RunManifest::Mlp(m) => Some(&m.classes),
-            RunManifest::Pretrain(_) => None,
+            RunManifest::Words(w) => Some(&w.classes),
+            RunManifest::Pretrain(_) | RunManifest::TextPretrain(_) => None,
         }
     }
 
     /// Whether the run's model reads images or texts.
     pub fn input(&self) -> InputKind {
         match self {
-            RunManifest::Text(_) => InputKind::Texts,
+            RunManifest::Text(_) | RunManifest::TextPretrain(_) | RunManifest::Words(_) => InputKind::Texts,
             RunManifest::Adapt(a) if matches!(a.input, InputSpec::Text { .. }) => InputKind::Texts,
             _ => InputKind::Images,
         }
@@ -191,6 +203,8 @@ manifest_kind!(TextRunInfo, Text, "a text classifier from `graft fit --model min
 manifest_kind!(AdaptInfo, Adapt, "an adaptation run from `graft adapt`");
 manifest_kind!(MlpRun, Mlp, "an MLP run from `graft fit --init` or `--arch mlp:…`");
 manifest_kind!(PretrainSummary, Pretrain, "a pretraining run from `graft pretrain` (what --init takes)");
+manifest_kind!(CorruptTextSummary, TextPretrain, "a corrupted-text pretraining run from `graft pretrain --method corrupted-text`");
+manifest_kind!(WordFitRun, Words, "a word-encoder classifier from `graft fit --init` on a corrupted-text run");
 
 /// The run's description when it is of the kind `expected` (`what` names it in the error).
 fn wrong_kind(run: &Path, found: &RunManifest, what: &str) -> GraftError {

@@ -1,6 +1,7 @@
 //! One predictor for every run: [`Predictor::load`] reads a run's [`RunManifest`] and rebuilds
 //! its model (a zoo trunk and head, a head on the pulled sentence encoder, an adapted network,
-//! a digit MLP); `eval`, `predict` and exporters use it without knowing the kind.
+//! a digit MLP, a word-encoder text classifier); `eval`, `predict` and exporters use it without
+//! knowing the kind.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,7 @@ use crate::text::features::EmbedStats;
 use crate::train::run::{load_run_checked, predict_files, run_store, top1, Evaluation, RunInfo, RunModel};
 use crate::train::text::{eval_dataset, load_text_run, TextRunModel};
 use crate::transfer::autoencoder::{load_rows, Activation, MlpClassifier, MlpRun, GREY_INPUT, INPUT};
+use crate::transfer::corrupt::{load_word_run, WordRunModel};
 use crate::{GraftError, Result};
 
 /// A run's model, ready to classify images or texts.
@@ -36,6 +38,7 @@ enum Model {
     Text(Box<TextRunModel>),
     Adapt(Box<AdaptedModel>),
     Mlp { info: MlpRun, net: MlpClassifier },
+    Words(Box<WordRunModel>),
 }
 
 /// An evaluation on a labelled set, with what `eval` shows beside it.
@@ -91,6 +94,13 @@ impl Predictor {
                 let net = crate::train::checkpoint::load(MlpClassifier::init(&info.config.arch, info.classes.len(), device), &run.join("best.safetensors"))?;
                 Model::Mlp { info, net }
             }
+            RunManifest::TextPretrain(_) => {
+                return Err(GraftError::Data {
+                    path: run.to_path_buf(),
+                    reason: "a corrupted-text pretraining run holds a word encoder, not a classifier: fine-tune it with `graft fit --init RUN --data LABELLED.csv --out NEW_RUN`".into(),
+                })
+            }
+            RunManifest::Words(_) => Model::Words(Box::new(load_word_run(run, device)?)),
             RunManifest::Pretrain(_) => {
                 return Err(GraftError::Data {
                     path: run.to_path_buf(),
@@ -123,6 +133,7 @@ impl Predictor {
             Model::Text(m) => &m.info.classes,
             Model::Adapt(m) => &m.info.classes,
             Model::Mlp { info, .. } => &info.classes,
+            Model::Words(m) => &m.info.classes,
         }
     }
 
@@ -182,7 +193,7 @@ impl Predictor {
                 let p = p.map_err(|e| GraftError::Data { path: self.run.clone(), reason: format!("the MLP's probabilities: {e:?}") })?;
                 Ok(p.chunks(info.classes.len().max(1)).map(|r| r.to_vec()).collect())
             }
-            Model::Text(_) => Err(self.not_its_input("images")),
+            Model::Text(_) | Model::Words(_) => Err(self.not_its_input("images")),
         }
     }
 
@@ -195,6 +206,7 @@ impl Predictor {
                 m.probabilities(texts, Some(&mut store), reporter, &mut stats, device)
             }
             Model::Adapt(m) if self.input == InputKind::Texts => m.text_probabilities(texts, &self.home, reporter, &mut stats, device),
+            Model::Words(m) => m.probabilities(texts, device),
             _ => Err(self.not_its_input("texts")),
         }
     }
@@ -258,6 +270,14 @@ impl Predictor {
                 let evaluation = Evaluation::from_predictions(classes, &set.labels, &top1(&probs));
                 let inputs = texts.iter().map(|t| text_excerpt(t)).collect();
                 Ok(Evaluated { evaluation, skipped: set.skipped, scored: Some(Scored { inputs, truth: set.labels, probs }), cache: Some(stats), tasks: Vec::new() })
+            }
+            Model::Words(m) => {
+                let set = eval_dataset(data, classes)?;
+                let texts = set.texts.to_vec()?;
+                let probs = m.probabilities(&texts, device)?;
+                let evaluation = Evaluation::from_predictions(classes, &set.labels, &top1(&probs));
+                let inputs = texts.iter().map(|t| text_excerpt(t)).collect();
+                Ok(Evaluated { evaluation, skipped: set.skipped, scored: Some(Scored { inputs, truth: set.labels, probs }), cache: None, tasks: Vec::new() })
             }
             Model::Adapt(m) => {
                 let value = data.to_string_lossy();

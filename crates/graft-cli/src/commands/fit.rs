@@ -9,6 +9,7 @@ use graft::train::model::{HeadPool, HeadSpec};
 use graft::train::schedule::Schedule;
 use graft::train::semi::{relabel, SemiConfig, SemiMethod};
 use graft::transfer::autoencoder::{MlpArch, MlpFitConfig, PretrainSummary};
+use graft::transfer::corrupt::WordFitConfig;
 use graft::zoo::layers::FreezeSpec;
 use graft::train::fit::fit_on;
 use graft::zoo::graft_home;
@@ -37,6 +38,8 @@ struct MlpPlan {
     restore: Option<String>,
     /// A regex over the layer names (`--freeze regex:PATTERN`).
     freeze: Option<String>,
+    /// `--freeze all`: only a corrupted-text run's classifier trains (its word encoder frozen).
+    freeze_all: bool,
     arch: Option<MlpArch>,
     data: PathBuf,
     val: Option<PathBuf>,
@@ -47,6 +50,8 @@ struct MlpPlan {
     seed: u64,
     run_dir: PathBuf,
     overwrite: bool,
+    /// With `--init` a corrupted-text run: its network from a random start.
+    from_scratch: bool,
 }
 
 /// Training flags, parsed, applied over the config file's (and `--strategy auto`'s) settings.
@@ -230,7 +235,8 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
             None if weights.is_some() => graft::transfer::autoencoder::Activation::Relu,
             None => graft::transfer::autoencoder::Activation::Sigmoid,
         };
-        let freeze = match freeze.as_deref() {
+        let freeze_all = freeze.as_deref() == Some("all");
+        let freeze = match freeze.as_deref().filter(|f| *f != "all") {
             None | Some("none") => None,
             Some(f) => match f.strip_prefix("regex:") {
                 Some(p) => Some(p.to_string()),
@@ -243,6 +249,7 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
             weights,
             restore,
             freeze,
+            freeze_all,
             arch: arch.map(|a| a.parse()).transpose()?,
             data,
             val,
@@ -257,6 +264,7 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
             seed: seed.unwrap_or(0),
             run_dir,
             overwrite,
+            from_scratch,
         }));
     }
     if let Some(run) = resume {
@@ -436,7 +444,14 @@ fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, lr_auto: b
 
 /// `graft fit --init RUN` (a pretrained MLP) or `--arch mlp:…` (the same MLP, random init).
 fn fit_mlp(plan: MlpPlan, device: &Device, out: &Output) -> anyhow::Result<()> {
-    let MlpPlan { init, activation, weights, restore, freeze, arch, data, val, val_split, epochs, batch_size, lr, seed, run_dir, overwrite } = plan;
+    let MlpPlan { init, activation, weights, restore, freeze, freeze_all, arch, data, val, val_split, epochs, batch_size, lr, seed, run_dir, overwrite, from_scratch } = plan;
+    if let Some(init) = init.as_ref().filter(|r| matches!(graft::manifest::RunManifest::load(r), Ok(graft::manifest::RunManifest::TextPretrain(_)))) {
+        anyhow::ensure!(arch.is_none() && restore.is_none() && freeze.is_none(), "--arch, --restore and --freeze regex:… apply to an MLP fit; a corrupted-text run's word encoder trains whole, or not at all with --freeze all");
+        let config = WordFitConfig { init: init.clone(), from_scratch, freeze_encoder: freeze_all, data, val, val_split, epochs, batch_size, lr, seed };
+        return fit_words(&config, &run_dir, overwrite, device, out);
+    }
+    anyhow::ensure!(!freeze_all, "invalid --freeze `all`: an MLP fit takes none or regex:PATTERN over its layer names (hidden1 … hiddenN, output)");
+    anyhow::ensure!(!from_scratch, "--from-scratch with --init applies to a corrupted-text run; for a randomly initialised MLP give --arch mlp:… without --init");
     let arch = match (arch, &init) {
         (Some(a), _) => a,
         (None, Some(init)) => PretrainSummary::load(init)?.config.arch,
@@ -475,6 +490,26 @@ fn fit_mlp(plan: MlpPlan, device: &Device, out: &Output) -> anyhow::Result<()> {
             None => format!("no validation data: keeping epoch {}", s.best_epoch),
         };
         format!("run {}: {} from {from}, {kept}, train accuracy {:.4} ({:.1} s)\n", run_dir.display(), s.config.arch, s.train_accuracy, s.seconds)
+    });
+    Ok(())
+}
+
+/// `graft fit --init RUN` from a corrupted-text run (`--from-scratch`: the same network, random).
+fn fit_words(config: &WordFitConfig, run_dir: &std::path::Path, overwrite: bool, device: &Device, out: &Output) -> anyhow::Result<()> {
+    if overwrite && graft::manifest::RunManifest::file(run_dir).is_some() {
+        std::fs::remove_dir_all(run_dir).with_context(|| format!("cannot remove {}", run_dir.display()))?;
+    }
+    let s = graft::transfer::corrupt::fit_words(config, run_dir, &TermReporter::new(), device)?;
+    let mut value = serde_json::to_value(&s)?;
+    value["run"] = json!(run_dir);
+    value["kind"] = json!("words");
+    out.result(&value, || {
+        let from = if s.config.from_scratch { format!("random initialisation (the shape of {})", s.config.init.display()) } else { format!("pretrained {}", s.config.init.display()) };
+        let kept = match (s.best_val_accuracy, s.last_val_accuracy) {
+            (Some(best), Some(last)) => format!("best val accuracy {best:.4} at epoch {}, last epoch {last:.4}", s.best_epoch),
+            _ => format!("no validation data: keeping epoch {}", s.best_epoch),
+        };
+        format!("run {}: {} from {from}, {kept}, train accuracy {:.4} ({:.1} s)\n", run_dir.display(), s.arch, s.train_accuracy, s.seconds)
     });
     Ok(())
 }

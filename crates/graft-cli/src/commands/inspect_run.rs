@@ -47,7 +47,10 @@ pub fn run(dir: &Path, out: &Output) -> anyhow::Result<()> {
         .filter_map(|f| std::fs::symlink_metadata(dir.join(f)).ok().filter(|m| m.is_file()).map(|m| json!({"file": f, "bytes": m.len()})))
         .collect();
     // An MLP fit and a pretraining write their description last, and no summary.json.
-    let finished = !summary.is_null() || matches!(manifest, RunManifest::Mlp(_)) || matches!(&manifest, RunManifest::Pretrain(p) if !p.layers.is_empty());
+    let finished = !summary.is_null()
+        || matches!(manifest, RunManifest::Mlp(_) | RunManifest::Words(_))
+        || matches!(&manifest, RunManifest::Pretrain(p) if !p.layers.is_empty())
+        || matches!(&manifest, RunManifest::TextPretrain(p) if p.epochs > 0);
     let value = json!({
         "run": dir, "kind": kind, "finished": finished, "epochs_done": epochs_done,
         "model": model, "config": config, "summary": summary, "files": files,

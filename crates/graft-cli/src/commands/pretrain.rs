@@ -1,8 +1,11 @@
-//! `graft pretrain`: greedy layer-wise pretraining (autoencoders or RBMs).
+//! `graft pretrain`: greedy layer-wise pretraining (autoencoders or RBMs), siamese and
+//! contrastive pretraining of the whole encoder, and corrupted-text pretraining of a word encoder.
 
 use std::path::PathBuf;
 
 use graft::transfer::autoencoder::{pretrain, PretrainConfig};
+use graft::transfer::corrupt::{self, CorruptTextConfig};
+use graft::zoo::graft_home;
 use serde_json::json;
 
 use crate::output::Output;
@@ -13,29 +16,36 @@ use crate::reporter::TermReporter;
 /// Each hidden layer of the MLP is trained in turn, as an autoencoder (sigmoid code, linear
 /// decoder, mean squared error, Adam) or as an RBM (contrastive divergence, Adam), on the codes
 /// of the frozen layers below; the labels of --data are never read. `graft fit --init RUN` then
-/// adds a classifier and fine-tunes.
+/// adds a classifier and fine-tunes. --method corrupted-text trains a word encoder on unlabelled
+/// text to score each real sentence above a copy with a word replaced or two words swapped
+/// (hinge loss, Collobert & Weston 2008); `graft fit --init RUN` on labelled text then fine-tunes
+/// it with a linear classifier.
 #[derive(Debug, clap::Args)]
 pub struct PretrainArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
     /// autoencoder, rbm (stacked restricted Boltzmann machines, CD-k), siamese (pairs known to be
     /// the same or different, --pairs; contrastive loss) or contrastive (SimCLR: two random views
-    /// of each image, NT-Xent). [default: none; required without --resume]
+    /// of each image, NT-Xent) or corrupted-text (a word encoder scoring real sentences above
+    /// corrupted copies; --data is text). [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub method: Option<String>,
     /// Images (28×28 grey, e.g. from `graft data import mnist`); class sub-folders, labels
-    /// unused. [default: none; required without --resume]
+    /// unused. Corrupted-text: a CSV with a `text` column or a folder of .txt files. [default:
+    /// none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    /// mlp:W1,W2,… hidden widths on the 784 pixels.
-    #[arg(long, default_value = "mlp:500,250")]
-    pub arch: String,
+    /// mlp:W1,W2,… hidden widths on the 784 pixels; corrupted-text: words:E,W,K (E-wide token
+    /// embeddings, W filters over windows of K tokens, max over the sentence). [default:
+    /// mlp:500,250; words:64,128,5 for --method corrupted-text]
+    #[arg(long)]
+    pub arch: Option<String>,
     /// Run directory to create. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory after its last completed epoch, with its saved
     /// config.toml (a run killed at any moment finishes as if never interrupted). [default: none]
-    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed", "cd_k", "visible", "pairs", "margin", "temperature", "crop", "projection_hidden"])]
+    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed", "cd_k", "visible", "pairs", "margin", "temperature", "crop", "projection_hidden", "tokenizer", "max_tokens", "corruption"])]
     pub resume: Option<PathBuf>,
     /// Epochs per layer (siamese, contrastive: of the whole encoder). [default: 10; 60 for
     /// --method contrastive]
@@ -67,6 +77,7 @@ pub struct PretrainArgs {
     #[arg(long, value_name = "CSV")]
     pub pairs: Option<PathBuf>,
     /// Siamese: how far apart different pairs are pushed (distance of unit-length codes, ≤ 2).
+    /// Corrupted-text: the hinge's margin, max(0, margin − s(real) + s(corrupted)).
     #[arg(long, default_value_t = 1.0)]
     pub margin: f64,
     /// Contrastive: the NT-Xent temperature.
@@ -82,19 +93,71 @@ pub struct PretrainArgs {
     /// dropped after pretraining); 0: one linear layer.
     #[arg(long, default_value_t = 0)]
     pub projection_hidden: usize,
+    /// Corrupted-text: a BERT WordPiece tokenizer.json whose tokens the encoder embeds (copied
+    /// into the run). [default: the pulled MiniLM's (minilm-l6), pulled when absent]
+    #[arg(long, value_name = "FILE")]
+    pub tokenizer: Option<PathBuf>,
+    /// Corrupted-text: tokens kept per text, [CLS] and [SEP] included.
+    #[arg(long, default_value_t = 64)]
+    pub max_tokens: usize,
+    /// Corrupted-text: how each sentence's corrupted copy is made: replace (one word by a word of
+    /// the corpus, drawn by frequency), swap (two words) or both (either, evenly; a new copy
+    /// every epoch).
+    #[arg(long, default_value = "both")]
+    pub corruption: String,
+}
+
+/// What `graft pretrain` runs.
+enum Plan {
+    Images(PretrainConfig),
+    Text(CorruptTextConfig),
 }
 
 /// The flags as the library's [`PretrainConfig`], the run directory and whether it resumes.
 /// Every flag is named here, so a new one fails to compile until it is resolved. With
 /// `--resume`, the run's own config.toml is read (the one file read during resolution).
-fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)> {
-    let PretrainArgs { device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature, crop, projection_hidden } = args;
+fn resolve(args: PretrainArgs) -> anyhow::Result<(Plan, PathBuf, bool)> {
+    let PretrainArgs {
+        device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature, crop,
+        projection_hidden, tokenizer, max_tokens, corruption,
+    } = args;
     if let Some(run) = resume {
-        return Ok((PretrainConfig::from_toml(&run.join("config.toml"))?, run, true));
+        let config = match corrupt::is_corrupt_text_run(&run) {
+            true => Plan::Text(CorruptTextConfig::from_toml(&run.join("config.toml"))?),
+            false => Plan::Images(PretrainConfig::from_toml(&run.join("config.toml"))?),
+        };
+        return Ok((config, run, true));
     }
     let (Some(method), Some(data), Some(out)) = (method, data, out) else {
         anyhow::bail!("--method, --data and --out are required (or --resume RUN)");
     };
+    if method == corrupt::METHOD {
+        // The image methods' flags would be silently ignored.
+        let image_only = [
+            (noise != 0.0, "--noise"), (cd_k != 1, "--cd-k"), (visible != "bernoulli", "--visible"), (pairs.is_some(), "--pairs"),
+            (temperature != 0.2, "--temperature"), (crop.is_some(), "--crop"), (projection_hidden != 0, "--projection-hidden"),
+        ];
+        let given: Vec<&str> = image_only.iter().filter(|(g, _)| *g).map(|(_, f)| *f).collect();
+        anyhow::ensure!(given.is_empty(), "{} apply to the image methods, not to --method corrupted-text", given.join(", "));
+        let config = CorruptTextConfig {
+            method,
+            data,
+            arch: arch.as_deref().unwrap_or(corrupt::DEFAULT_ARCH).parse()?,
+            tokenizer,
+            max_tokens,
+            corruption: corruption.parse()?,
+            margin,
+            epochs: epochs.unwrap_or(10),
+            batch_size: batch_size.unwrap_or(64),
+            lr: lr.unwrap_or(1e-3),
+            seed,
+        };
+        return Ok((Plan::Text(config), out, false));
+    }
+    let text_only = [(tokenizer.is_some(), "--tokenizer"), (max_tokens != 64, "--max-tokens"), (corruption != "both", "--corruption")];
+    let given: Vec<&str> = text_only.iter().filter(|(g, _)| *g).map(|(_, f)| *f).collect();
+    anyhow::ensure!(given.is_empty(), "{} apply to --method corrupted-text only", given.join(", "));
+    let arch = arch.as_deref().unwrap_or("mlp:500,250");
     // The contrastive defaults are those that did best on MNIST (docs/transferability.md).
     let contrastive = method == "contrastive";
     let epochs = epochs.unwrap_or(if contrastive { 60 } else { 10 });
@@ -106,19 +169,33 @@ fn resolve(args: PretrainArgs) -> anyhow::Result<(PretrainConfig, PathBuf, bool)
         other => anyhow::bail!("invalid --visible `{other}`: expected bernoulli or gaussian"),
     };
     let config = PretrainConfig { method, arch: arch.parse()?, data, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature, crop, projection_hidden };
-    Ok((config, out, false))
+    Ok((Plan::Images(config), out, false))
 }
 
 pub fn run(args: PretrainArgs, out: &Output) -> anyhow::Result<()> {
     let device = args.device.device()?;
-    let (config, run_dir, resume) = resolve(args)?;
+    let (plan, run_dir, resume) = resolve(args)?;
     crate::reporter::stop_on_ctrl_c();
+    let next = |run: &std::path::Path| format!("resume with graft pretrain --resume {}", run.display());
+    let config = match plan {
+        Plan::Images(config) => config,
+        Plan::Text(config) => {
+            let s = match corrupt::pretrain_corrupt_text(&config, &run_dir, resume, &graft_home(), &TermReporter::new(), &device) {
+                Ok(s) => s,
+                Err(e) => return crate::reporter::exit_if_interrupted(Err(e.into()), next),
+            };
+            out.result(&serde_json::to_value(&s)?, || {
+                format!(
+                    "run {}: {} pretrained on {} sentences ({} too short, left out), {} epochs ({:.1} s)\n  hinge loss {:.4} → {:.4}; last epoch: real above corrupted {:.1}%\n",
+                    s.run.display(), s.config.arch, s.sentences, s.too_short, s.epochs, s.seconds, s.first_epoch_loss, s.last_epoch_loss, 100.0 * s.last_epoch_ranked
+                )
+            });
+            return Ok(());
+        }
+    };
     let s = match pretrain(&config, &run_dir, resume, &TermReporter::new(), &device) {
         Ok(s) => s,
-        Err(e) => {
-            let next = |run: &std::path::Path| format!("resume with graft pretrain --resume {}", run.display());
-            return crate::reporter::exit_if_interrupted(Err(e.into()), next);
-        }
+        Err(e) => return crate::reporter::exit_if_interrupted(Err(e.into()), next),
     };
     let mut value = serde_json::to_value(&s)?;
     value["skipped"] = json!(s.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect::<Vec<_>>());

@@ -5,6 +5,7 @@ mod backbones;
 mod bad_weights;
 mod cache;
 mod cnn_archs_cli;
+mod corrupt_text;
 mod data;
 mod device;
 mod export;

@@ -135,3 +135,23 @@ fn pretrain_resumes_after_kill_with_the_same_encoder() {
     assert_eq!(resumed["layers"], full["layers"], "first and last reconstruction error of every layer");
     assert_eq!(tensors(&dir.join("killed/encoder.safetensors")), tensors(&dir.join("full/encoder.safetensors")));
 }
+
+#[test]
+fn corrupted_text_pretraining_resumes_after_kill_with_the_same_encoder() {
+    let dir = scratch("resume-corrupt-text");
+    let (corpus, tokenizer) = (super::corrupt_text::fixture("corpus.csv"), super::corrupt_text::fixture("tokenizer.json"));
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "pretrain", "--method", "corrupted-text", "--data", s(&corpus), "--tokenizer", s(&tokenizer), "--arch", "words:32,64,3", "--epochs", "30",
+            "--batch-size", "16", "--seed", "2", "--out", s(out), "--json",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let (full, resumed) = uninterrupted_and_resumed(&args, &dir.join("full"), &dir.join("killed"), "pretrain", 30, 3);
+    for key in ["first_epoch_loss", "last_epoch_loss", "last_epoch_ranked"] {
+        assert_eq!(resumed[key], full[key], "{key}");
+    }
+    assert_eq!(tensors(&dir.join("killed/encoder.safetensors")), tensors(&dir.join("full/encoder.safetensors")));
+}

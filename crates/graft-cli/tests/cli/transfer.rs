@@ -218,6 +218,10 @@ fn siamese_and_contrastive_pretraining_feed_fit_init() {
         assert!(layers[0]["last_epoch_loss"].as_f64().unwrap() < layers[0]["first_epoch_loss"].as_f64().unwrap(), "{name} loss falls: {p}");
         let encoder = graft_weights::load(&pre.join("encoder.safetensors")).unwrap();
         assert_eq!(encoder.tensors.len(), 4, "the encoder alone (no projection head): {:?}", encoder.tensors.keys().collect::<Vec<_>>());
+        // A finished run resumed trains nothing and keeps its trained encoder (it once saved a fresh one).
+        let saved = std::fs::read(pre.join("encoder.safetensors")).unwrap();
+        json_of(&graft(&["pretrain", "--resume", s(&pre), "--json"]));
+        assert!(std::fs::read(pre.join("encoder.safetensors")).unwrap() == saved, "{name}: the resumed finished run rewrote its encoder");
         let run = dir.join(format!("fit-{name}"));
         let f = json_of(&graft(&["fit", "--init", s(&pre), "--data", s(&labelled), "--val-split", "0", "--epochs", "2", "--out", s(&run), "--json"]));
         assert_eq!(f["arch"], "mlp:64,32");

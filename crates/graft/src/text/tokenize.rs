@@ -215,6 +215,14 @@ impl TextTokenizer {
         }
     }
 
+    /// Rows an embedding table over these ids needs: the largest id (vocabulary, added and
+    /// special tokens) plus one.
+    pub fn vocab_size(&self) -> usize {
+        let added = self.raw_added.iter().chain(&self.normalized_added).map(|(_, id)| *id);
+        let special = [self.unk_id, self.cls_id, self.sep_id, self.pad_id];
+        self.vocab.values().copied().chain(added).chain(special).max().map_or(0, |m| m as usize + 1)
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -151,6 +151,23 @@ pub struct Phase {
 }
 
 impl Phase {
+    /// A phase of `epochs` alone in its run (offset 0, total `epochs`) that keeps its last epoch
+    /// in `best_file`, with Adam's defaults, no early stopping and no plateau; a phase later in
+    /// a run sets `offset` and `total` over it (`Phase { offset, total, ..Phase::keep_last(…) }`).
+    pub fn keep_last(name: &str, epochs: usize, best_file: &str) -> Phase {
+        Phase {
+            name: name.into(),
+            offset: 0,
+            epochs,
+            total: epochs,
+            keep: Keep::Last,
+            best_file: best_file.into(),
+            early_stopping: None,
+            plateau: None,
+            optimizer: burn::optim::AdamConfig::new().init(),
+        }
+    }
+
     pub fn end(&self) -> usize {
         self.offset + self.epochs
     }
@@ -351,6 +368,17 @@ impl<'a> Engine<'a> {
         match (&self.resumed, self.status(offset, epochs)) {
             (Some(dict), PhaseStatus::InProgress) => checkpoint::import(model, dict, &self.run.join("last.safetensors"), name),
             _ => Ok(model),
+        }
+    }
+
+    /// The model to run the single `phase` on: as built when it has not begun, its last completed
+    /// epoch's (see [`resume_into`](Self::resume_into)) when the run stopped inside it, and the
+    /// epoch it kept (its `best_file`) when it is done, so that a finished run resumed hands
+    /// back its trained model rather than a fresh one.
+    pub fn resume_phase<M: Module>(&self, model: M, phase: &Phase, name: &str) -> Result<M> {
+        match self.status(phase.offset, phase.epochs) {
+            PhaseStatus::Done => checkpoint::load(model, &self.run.join(&phase.best_file)),
+            _ => self.resume_into(model, phase.offset, phase.epochs, name),
         }
     }
 

@@ -488,17 +488,7 @@ impl Layer<'_> {
             _ => {
                 let model = engine.resume_into(model, offset, config.epochs, "the pretrained layer")?;
                 let mut task = LayerTask { config, layer: l, layers, codes, d_in, n, train_device: device.clone().autodiff(), batches: Vec::new(), rng: epoch_rng(config.seed, l, 0), sum: 0.0, _model: std::marker::PhantomData };
-                let phase = Phase {
-                    name: String::new(),
-                    offset,
-                    epochs: config.epochs,
-                    total,
-                    keep: Keep::Last,
-                    best_file: layer_file(l),
-                    early_stopping: None,
-                    plateau: None,
-                    optimizer: AdamConfig::new().init(),
-                };
+                let phase = Phase { offset, total, ..Phase::keep_last("", config.epochs, &layer_file(l)) };
                 engine.run_phase(&mut task, model, phase)?
             }
         };
@@ -616,20 +606,11 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
 fn pretrain_whole(config: &PretrainConfig, run: &Path, mut engine: Engine, rows: &[f32], pairs: Option<Vec<(usize, usize, bool)>>, images: usize, skipped: Vec<Skipped>, device: &Device) -> Result<PretrainSummary> {
     let contrastive = pairs.is_none();
     let net = engine::stable_ids(PairNet::init(&config.arch, contrastive, config.projection_hidden, device).train());
-    let net = engine.resume_into(net, 0, config.epochs, "the pretrained encoder")?;
+    let phase = Phase::keep_last("", config.epochs, "pretrained.safetensors");
+    // A finished run resumed gets its trained network back (not a fresh one to save).
+    let net = engine.resume_phase(net, &phase, "the pretrained encoder")?;
     let n = pairs.as_ref().map(|p| p.len()).unwrap_or(images);
     let mut task = WholeTask { config, rows, pairs, n, train_device: device.clone().autodiff(), batches: Vec::new(), rng: epoch_rng(config.seed, 0, 0), sum: 0.0 };
-    let phase = Phase {
-        name: String::new(),
-        offset: 0,
-        epochs: config.epochs,
-        total: config.epochs,
-        keep: Keep::Last,
-        best_file: "pretrained.safetensors".into(),
-        early_stopping: None,
-        plateau: None,
-        optimizer: AdamConfig::new().init(),
-    };
     let trained = engine.run_phase(&mut task, net, phase)?.valid();
     let records: Vec<serde_json::Value> = engine::read_records(run)?;
     let losses: Vec<f64> = records.iter().filter_map(|r| r["train_loss"].as_f64()).collect();

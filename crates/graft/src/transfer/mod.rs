@@ -1,10 +1,12 @@
 //! Which layers transfer, and how to transfer them: a linear probe at every stage of a
 //! pretrained trunk ([`probe`]), a strategy advisor for the four classic scenarios
 //! ([`advise`]), and greedy layer-wise autoencoder pretraining for when no similar pretrained
-//! model exists ([`autoencoder`]).
+//! model exists ([`autoencoder`]), and its text counterpart: an encoder that tells real
+//! sentences from corrupted ones ([`corrupt`]).
 
 pub mod advise;
 pub mod autoencoder;
+pub mod corrupt;
 pub mod pairs;
 pub mod probe;
 pub mod rbm;

@@ -18,7 +18,7 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 use rand::seq::SliceRandom;
@@ -31,7 +31,7 @@ use crate::data::folder::{ImageFolder, Sample};
 use crate::fsutil::write_atomic;
 use crate::report::plot::{line_plot, Series};
 use crate::report::Reporter;
-use crate::train::engine::{self, Engine, EpochEnd, Iteration, Keep, Phase, Task};
+use crate::train::engine::{self, Engine, EpochEnd, Iteration, Phase, Task};
 use crate::train::loss::{argmax, cross_entropy};
 use crate::{GraftError, Result};
 
@@ -116,39 +116,41 @@ impl SmallCnn {
         self.out.forward(x)
     }
 
-    /// This network with its first `n` weight layers taken from `base`.
-    pub fn transplant(mut self, base: &SmallCnn, n: usize) -> SmallCnn {
-        macro_rules! layer {
-            ($i:expr, $field:ident) => {
+    /// Applies `f` to each of the first `n` weight layers (conv1, conv2, fc1, fc2, out), given
+    /// the layer of `self` and the same layer of `other` (`self`'s own when `other` is `None`).
+    fn for_first(mut self, n: usize, other: Option<&SmallCnn>, mut f: impl FnMut(Layer, Layer) -> Layer) -> SmallCnn {
+        let other = other.unwrap_or(&self).clone();
+        macro_rules! layers {
+            ($($i:expr => $field:ident: $kind:ident),*) => {$(
                 if n > $i {
-                    self.$field = base.$field.clone();
+                    if let Layer::$kind(layer) = f(Layer::$kind(self.$field.clone()), Layer::$kind(other.$field.clone())) {
+                        self.$field = layer;
+                    }
                 }
-            };
+            )*};
         }
-        layer!(0, conv1);
-        layer!(1, conv2);
-        layer!(2, fc1);
-        layer!(3, fc2);
-        layer!(4, out);
+        layers!(0 => conv1: Conv, 1 => conv2: Conv, 2 => fc1: Linear, 3 => fc2: Linear, 4 => out: Linear);
         self
     }
 
-    /// This network with its first `n` weight layers frozen (no gradients).
-    pub fn freeze_first(mut self, n: usize) -> SmallCnn {
-        macro_rules! layer {
-            ($i:expr, $field:ident) => {
-                if n > $i {
-                    self.$field = self.$field.no_grad();
-                }
-            };
-        }
-        layer!(0, conv1);
-        layer!(1, conv2);
-        layer!(2, fc1);
-        layer!(3, fc2);
-        layer!(4, out);
-        self
+    /// This network with its first `n` weight layers taken from `base`.
+    pub fn transplant(self, base: &SmallCnn, n: usize) -> SmallCnn {
+        self.for_first(n, Some(base), |_, from_base| from_base)
     }
+
+    /// This network with its first `n` weight layers frozen (no gradients).
+    pub fn freeze_first(self, n: usize) -> SmallCnn {
+        self.for_first(n, None, |own, _| match own {
+            Layer::Conv(c) => Layer::Conv(c.no_grad()),
+            Layer::Linear(l) => Layer::Linear(l.no_grad()),
+        })
+    }
+}
+
+/// One weight layer of [`SmallCnn`], as [`SmallCnn::for_first`] hands it over.
+enum Layer {
+    Conv(Conv2d),
+    Linear(Linear),
 }
 
 /// Settings of `graft study transferability`.
@@ -331,21 +333,9 @@ impl Trainer<'_> {
         }
         let resume = run.join("last.safetensors").is_file();
         let mut engine = Engine::open(&run, resume, seed, reporter, device)?;
-        if let Some(dict) = &engine.resumed {
-            net = crate::train::checkpoint::import(net, dict, &run.join("last.safetensors"), "the study's network")?;
-        }
+        let phase = Phase::keep_last("", config.epochs, "final.safetensors");
+        let net = engine.resume_phase(net, &phase, "the study's network")?;
         let mut task = StudyTask { rows: &train.rows, labels: &train.labels, batch: config.batch_size, lr: config.lr, seed, train_device: device.clone().autodiff(), order: Vec::new(), sums: (0.0, 0, 0), name: name.clone() };
-        let phase = Phase {
-            name: String::new(),
-            offset: 0,
-            epochs: config.epochs,
-            total: config.epochs,
-            keep: Keep::Last,
-            best_file: "final.safetensors".into(),
-            early_stopping: None,
-            plateau: None,
-            optimizer: AdamConfig::new().init(),
-        };
         let trained = engine.run_phase(&mut task, net, phase)?.valid();
         let accuracy = accuracy(&trained, test, config.batch_size, device);
         reporter.message(&format!("{name}: test accuracy {accuracy:.4}"));
