@@ -151,6 +151,31 @@ impl Split {
 }
 
 /// The TensorBoard scalars of an epoch of `fit`.
+/// The end of a classifier's epoch in `metrics.jsonl`'s format: the training loss and accuracy
+/// over `n` examples from their sums, and the validation figures if there are any. Shared by
+/// the tasks that train a classifier outside `fit` (the MLP on stored features, the word
+/// encoder of corrupted-text pretraining).
+pub(crate) fn classifier_epoch_end(epoch: usize, lr: f64, seconds: f64, loss_sum: f64, correct: usize, n: usize, validation: Option<super::engine::Validation>) -> super::engine::EpochEnd {
+    let n = n.max(1) as f64;
+    let metrics = EpochMetrics {
+        epoch,
+        stage: 1,
+        lr,
+        train_loss: loss_sum / n,
+        train_accuracy: correct as f64 / n,
+        val_loss: validation.as_ref().map(|v| v.loss),
+        val_accuracy: validation.as_ref().map(|v| v.accuracy),
+        seconds,
+    };
+    super::engine::EpochEnd { validation, record: serde_json::to_value(&metrics).expect("metrics serialize"), scalars: scalars(&metrics) }
+}
+
+/// The one-line report of an epoch written by [`classifier_epoch_end`].
+pub(crate) fn report_classifier_epoch(reporter: &dyn Reporter, record: &serde_json::Value, total: usize) {
+    let val = record["val_accuracy"].as_f64().map(|a| format!(" - val_accuracy: {a:.4}")).unwrap_or_default();
+    reporter.message(&format!("epoch {}/{total} - loss: {:.4}{val}", record["epoch"], record["train_loss"].as_f64().unwrap_or(f64::NAN)));
+}
+
 pub fn scalars(m: &EpochMetrics) -> Vec<(String, f64)> {
     let all = [
         ("loss/train", Some(m.train_loss)),

@@ -689,23 +689,11 @@ impl Task for WordTask<'_> {
             let eval = Evaluation::from_predictions(self.classes, &self.val.labels, &predicted);
             Validation { loss, accuracy: eval.accuracy, confusion: eval.confusion }
         });
-        let n = self.train.labels.len().max(1) as f64;
-        let metrics = crate::train::fit::EpochMetrics {
-            epoch,
-            stage: 1,
-            lr,
-            train_loss: self.loss_sum / n,
-            train_accuracy: self.correct as f64 / n,
-            val_loss: validation.as_ref().map(|v| v.loss),
-            val_accuracy: validation.as_ref().map(|v| v.accuracy),
-            seconds,
-        };
-        Ok(EpochEnd { validation, record: serde_json::to_value(&metrics).expect("metrics serialize"), scalars: crate::train::fit::scalars(&metrics) })
+        Ok(crate::train::fit::classifier_epoch_end(epoch, lr, seconds, self.loss_sum, self.correct, self.train.labels.len(), validation))
     }
 
     fn report(&self, reporter: &dyn Reporter, record: &serde_json::Value, total: usize) {
-        let val = record["val_accuracy"].as_f64().map(|a| format!(" - val_accuracy: {a:.4}")).unwrap_or_default();
-        reporter.message(&format!("epoch {}/{total} - loss: {:.4}{val}", record["epoch"], record["train_loss"].as_f64().unwrap_or(f64::NAN)));
+        crate::train::fit::report_classifier_epoch(reporter, record, total);
     }
 }
 
