@@ -22,7 +22,7 @@ use crate::reporter::TermReporter;
 pub struct AdaptArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
-    /// source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn or mdd; or a classic method on fixed features
+    /// source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn, mdd or daan; or a classic method on fixed features
     /// (--features): tca, jda, gfk, sa, coral-shallow, and the baselines none (the classifier
     /// alone) and pca. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
@@ -45,7 +45,7 @@ pub struct AdaptArgs {
     /// Continue the run in this directory after its last completed epoch, with its saved
     /// config.toml (a run killed at any moment finishes as if never interrupted); only --epochs
     /// may be given with it (the new total of the adversarial phase). [default: none]
-    #[arg(long, conflicts_with_all = ["method", "source", "target", "target_test", "out", "backbone", "weights", "data_root", "bottleneck", "iters_per_epoch", "batch_size", "lr", "lr_schedule", "lr_gamma", "momentum", "weight_decay", "lambda", "lambda_schedule", "lambda_max_iters", "entropy", "disc_hidden", "pretrain_epochs", "adda_objective", "augment", "mcc_temperature", "bsp_k", "bsp_tradeoff", "afn_delta", "afn_entropy", "mdd_margin", "select", "val_split", "seed"])]
+    #[arg(long, conflicts_with_all = ["method", "source", "target", "target_test", "out", "backbone", "weights", "data_root", "bottleneck", "iters_per_epoch", "batch_size", "lr", "lr_schedule", "lr_gamma", "momentum", "weight_decay", "lambda", "lambda_schedule", "lambda_max_iters", "entropy", "disc_hidden", "pretrain_epochs", "adda_objective", "augment", "mcc_temperature", "bsp_k", "bsp_tradeoff", "afn_delta", "afn_entropy", "mdd_margin", "daan_local_hidden", "daan_omega", "select", "val_split", "seed"])]
     pub resume: Option<PathBuf>,
     /// lenet (trained from scratch), a zoo model id (frozen trunk, trainable bottleneck), or
     /// minilm-l6: text domains (CSV text,label, class folders of .txt, amazon:DOMAIN from
@@ -139,6 +139,15 @@ pub struct AdaptArgs {
     /// per iteration to 0.1 (warm-start, --lambda-max-iters).
     #[arg(long, default_value_t = 4.0)]
     pub mdd_margin: f64,
+    /// DAAN: hidden width of each class's local discriminator (the global one has
+    /// --disc-hidden); the adversarial loss keeps --lambda (default 1) and DANN's ramp.
+    #[arg(long, default_value_t = 256)]
+    pub daan_local_hidden: usize,
+    /// DAAN: a fixed factor ω in [0, 1] weighing the local (class-conditional) against the
+    /// global alignment, (1 − ω)·global + ω·local (0 is DANN). [default: dynamic, re-estimated
+    /// after every epoch from the discriminators' proxy A-distances, starting at 0.5]
+    #[arg(long)]
+    pub daan_omega: Option<f64>,
     /// How the kept epoch is chosen without target labels: source-val (best accuracy on the
     /// source split), dev (lowest importance-weighted source validation loss, DEV) or last
     /// [default: source-val; last for ADDA's adversarial phase].
@@ -164,7 +173,7 @@ fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
         method, source, target, target_test, out, resume, backbone, weights, data_root, bottleneck, epochs, iters_per_epoch,
         batch_size, lr, lr_schedule, lr_gamma, momentum, weight_decay, lambda, lambda_schedule, lambda_max_iters,
         entropy, disc_hidden, pretrain_epochs, adda_objective, augment, mcc_temperature, bsp_k, bsp_tradeoff, afn_delta,
-        afn_entropy, mdd_margin, select, val_split, seed, classic,
+        afn_entropy, mdd_margin, daan_local_hidden, daan_omega, select, val_split, seed, classic,
     } = args;
     // The classic methods' flags mean nothing to a network method (nor to a resumed run).
     if let Some(flag) = classic.first_given() {
@@ -211,6 +220,8 @@ fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
     c.afn_delta = afn_delta;
     c.afn_entropy = afn_entropy;
     c.mdd_margin = mdd_margin;
+    c.daan_local_hidden = daan_local_hidden;
+    c.daan_omega = daan_omega;
     c.select = select.as_deref().map(str::parse).transpose()?;
     c.val_split = val_split;
     c.seed = seed;

@@ -435,6 +435,63 @@ fn mcc_bsp_afn_mdd_train_resume_and_evaluate() {
 }
 
 #[test]
+fn daan_weighs_global_and_local_alignment_by_its_dynamic_factor() {
+    let dir = scratch("adapt-daan");
+    let root = data_root();
+    let whole = dir.join("whole");
+    let v = quick("daan", &whole, "3", &["--lr-schedule", "inv", "--lambda-schedule", "warm-start"]);
+    assert_eq!(v["method"], "daan");
+    assert!(v["source_val_accuracy"].as_f64().unwrap() > 0.2, "{v}");
+    let metrics = metrics_of(&whole);
+    assert_eq!(metrics.len(), 3);
+    // The first epoch trains at ω = 0.5; each later one with the factor the previous chose from
+    // its discriminators' proxy A-distances, ω = d_local / (d_global + d_local).
+    assert_eq!(metrics[0]["daan"]["omega"], 0.5);
+    for (i, m) in metrics.iter().enumerate() {
+        let d = &m["daan"];
+        let (g, l, next) = (d["global_a_distance"].as_f64().unwrap(), d["local_a_distance"].as_f64().unwrap(), d["next_omega"].as_f64().unwrap());
+        assert!((0.0..=2.0).contains(&g) && (0.0..=2.0).contains(&l), "{m}");
+        let expected = if g + l > 1e-12 { l / (g + l) } else { d["omega"].as_f64().unwrap() };
+        assert!((next - expected).abs() < 1e-9, "{m}");
+        if i > 0 {
+            assert_eq!(d["omega"], metrics[i - 1]["daan"]["next_omega"], "{m}");
+        }
+        assert!(m["domain_accuracy"].is_number() && m["transfer_loss"].as_f64().unwrap() > 0.0, "{m}");
+    }
+    // The local discriminators and the factor survive a stop: a run stopped after epoch 2 and
+    // resumed ends where the uninterrupted run ended (per-iteration schedules, so that the
+    // first epochs do not depend on the run's length).
+    let part = dir.join("part");
+    quick("daan", &part, "2", &["--lr-schedule", "inv", "--lambda-schedule", "warm-start"]);
+    let resumed = json_of(&graft(&["adapt", "--resume", s(&part), "--epochs", "3", "--json"]));
+    assert_eq!(resumed["target_test_accuracy"], v["target_test_accuracy"]);
+    let without_time = |mut m: serde_json::Value| {
+        m.as_object_mut().unwrap().remove("seconds");
+        m
+    };
+    assert_eq!(without_time(metrics_of(&part)[2].clone()), without_time(metrics[2].clone()));
+    // A fixed factor stays fixed; ω = 0 is DANN's loss with the local discriminators idle.
+    let fixed = dir.join("fixed");
+    quick("daan", &fixed, "2", &["--daan-omega", "0", "--daan-local-hidden", "32"]);
+    for m in metrics_of(&fixed) {
+        assert_eq!((m["daan"]["omega"].as_f64(), m["daan"]["next_omega"].as_f64()), (Some(0.0), Some(0.0)), "{m}");
+    }
+    let config = std::fs::read_to_string(fixed.join("config.toml")).unwrap();
+    assert!(config.contains("daan_omega = 0.0") && config.contains("daan_local_hidden = 32"), "{config}");
+    let e = json_of(&graft(&["eval", "--run", s(&whole), "--data", "usps:test", "--data-root", s(&root), "--json"]));
+    assert!((e["accuracy"].as_f64().unwrap() - v["target_test_accuracy"].as_f64().unwrap()).abs() < 1e-12);
+    let bad = |args: &[&str], name: &str| {
+        let mut a = vec!["adapt", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out"];
+        let out = dir.join(name);
+        a.push(s(&out));
+        a.extend_from_slice(args);
+        graft(&a)
+    };
+    assert_bad_input(&bad(&["--method", "daan", "--daan-omega", "1.5"], "b1"), &["--daan-omega"]);
+    assert_bad_input(&bad(&["--method", "dann", "--daan-omega", "0.5"], "b2"), &["--daan-omega", "daan"]);
+}
+
+#[test]
 fn dev_and_last_selection_are_recorded_and_followed() {
     let dir = scratch("adapt-select");
     // ADDA's adversarial phase with DEV: each adaptation epoch records its DEV risk, and the

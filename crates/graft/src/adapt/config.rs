@@ -73,9 +73,14 @@ pub enum Method {
     /// through gradient reversal, agrees with the head on the source (margin γ) and disagrees on
     /// the target.
     Mdd,
+    /// Dynamic Adversarial Adaptation Network (Yu et al. 2019): DANN's global discriminator plus
+    /// one local discriminator per class, fed the features weighted by that class's predicted
+    /// probability; the dynamic factor ω, re-estimated after every epoch from the discriminators'
+    /// proxy A-distances, weighs conditional (ω) against marginal (1 − ω) alignment.
+    Daan,
 }
 
-pub const METHODS: &str = "source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn, mdd";
+pub const METHODS: &str = "source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn, mdd, daan";
 
 impl FromStr for Method {
     type Err = GraftError;
@@ -92,6 +97,7 @@ impl FromStr for Method {
             "bsp" => Method::Bsp,
             "afn" => Method::Afn,
             "mdd" => Method::Mdd,
+            "daan" => Method::Daan,
             _ => return Err(GraftError::setting("method", s, format!("expected one of {METHODS}"))),
         })
     }
@@ -107,7 +113,7 @@ impl std::fmt::Display for Method {
 impl Method {
     /// Methods with a domain discriminator.
     pub fn adversarial(self) -> bool {
-        matches!(self, Method::Dann | Method::Adda | Method::Cdan | Method::Bsp)
+        matches!(self, Method::Dann | Method::Adda | Method::Cdan | Method::Bsp | Method::Daan)
     }
 
     /// Methods whose adversary reverses the gradient with a ramp (the λ schedule scales the
@@ -258,6 +264,11 @@ fn default_mdd_margin() -> f64 {
     4.0
 }
 
+/// DAAN: hidden width of each class's local discriminator (the DAAN authors' discriminator).
+fn default_daan_local_hidden() -> usize {
+    256
+}
+
 fn default_lr_gamma() -> f64 {
     0.001
 }
@@ -333,6 +344,13 @@ pub struct AdaptConfig {
     /// MDD: the margin γ.
     #[serde(default = "default_mdd_margin")]
     pub mdd_margin: f64,
+    /// DAAN: hidden width of the per-class local discriminators.
+    #[serde(default = "default_daan_local_hidden")]
+    pub daan_local_hidden: usize,
+    /// DAAN: a fixed ω (0: DANN's marginal alignment only, 1: the local discriminators only);
+    /// `None`: the dynamic factor, re-estimated after every epoch.
+    #[serde(default)]
+    pub daan_omega: Option<f64>,
     /// How the kept epoch (of ADDA: of its adversarial phase) is chosen; `None`: source-val, or
     /// last for ADDA's adversarial phase.
     #[serde(default)]
@@ -375,6 +393,8 @@ impl AdaptConfig {
             afn_delta: default_afn_delta(),
             afn_entropy: 0.0,
             mdd_margin: default_mdd_margin(),
+            daan_local_hidden: default_daan_local_hidden(),
+            daan_omega: None,
             select: None,
             val_split: 0.1,
             seed: 0,
@@ -435,14 +455,20 @@ impl AdaptConfig {
         finite("afn_delta", self.afn_delta, self.afn_delta >= 0.0, "must not be negative")?;
         finite("afn_entropy", self.afn_entropy, self.afn_entropy >= 0.0, "must not be negative")?;
         finite("mdd_margin", self.mdd_margin, self.mdd_margin > 0.0, "must be a positive number")?;
+        positive("daan_local_hidden", self.daan_local_hidden)?;
+        if let Some(omega) = self.daan_omega {
+            finite("daan_omega", omega, (0.0..=1.0).contains(&omega), "must lie in [0, 1]")?;
+        }
         let defaults = AdaptConfig::new(self.method, "", "");
-        let own: [(&str, bool, Method); 6] = [
+        let own: [(&str, bool, Method); 8] = [
             ("mcc_temperature", self.mcc_temperature != defaults.mcc_temperature, Method::Mcc),
             ("bsp_k", self.bsp_k != defaults.bsp_k, Method::Bsp),
             ("bsp_tradeoff", self.bsp_tradeoff != defaults.bsp_tradeoff, Method::Bsp),
             ("afn_delta", self.afn_delta != defaults.afn_delta, Method::Afn),
             ("afn_entropy", self.afn_entropy != defaults.afn_entropy, Method::Afn),
             ("mdd_margin", self.mdd_margin != defaults.mdd_margin, Method::Mdd),
+            ("daan_local_hidden", self.daan_local_hidden != defaults.daan_local_hidden, Method::Daan),
+            ("daan_omega", self.daan_omega.is_some(), Method::Daan),
         ];
         if let Some((setting, _, m)) = own.iter().find(|(_, changed, m)| *changed && *m != self.method) {
             return Err(GraftError::setting(setting, &self.method.to_string(), format!("applies to --method {m} only")));

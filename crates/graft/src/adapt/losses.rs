@@ -108,6 +108,34 @@ pub fn domain_hits(z: Tensor<2>, label: f32) -> usize {
     v.iter().filter(|&&x| (x > 0.0) == (label >= 0.5)).count()
 }
 
+/// The proxy A-distance of a domain discriminator that errs on a fraction `error` of the rows
+/// (Ben-David et al. 2007): 2·(1 − 2ε), clamped to [0, 2] (a discriminator no better than chance
+/// sees no distance).
+pub fn proxy_a_distance(error: f64) -> f64 {
+    (2.0 * (1.0 - 2.0 * error)).clamp(0.0, 2.0)
+}
+
+/// DAAN's dynamic factor ω from the epoch's error of the global discriminator and of each class's
+/// local one: with d_g and d_l (the mean over classes) their proxy A-distances,
+/// ω = d_l / (d_g + d_l), the share of the conditional (local) alignment in
+/// (1 − ω)·L_global + ω·L_local. Domains whose marginal distributions are far apart (large d_g)
+/// get mostly global alignment; once they are close, the class-conditional alignment takes over.
+/// This is the direction of the authors' code (the paper's equation 7 prints the ratio the other
+/// way round, which contradicts its own reading of ω). `previous` is kept when neither
+/// discriminator sees any distance (or there are no local errors).
+pub fn daan_omega(global_error: f64, local_errors: &[f64], previous: f64) -> f64 {
+    if local_errors.is_empty() {
+        return previous;
+    }
+    let d_g = proxy_a_distance(global_error);
+    let d_l = local_errors.iter().map(|&e| proxy_a_distance(e)).sum::<f64>() / local_errors.len() as f64;
+    if d_g + d_l <= 1e-12 {
+        previous
+    } else {
+        d_l / (d_g + d_l)
+    }
+}
+
 /// The domain-adversarial loss on discriminator logits: ½·(BCE(source, 1) + BCE(target, 0)),
 /// each averaged over its rows (TLlib's `DomainAdversarialLoss`).
 pub fn domain_adversarial(z_source: Tensor<2>, z_target: Tensor<2>) -> Tensor<1> {
@@ -598,5 +626,25 @@ mod tests {
         let logits = Tensor::<2>::from_data(TensorData::new(vec![10.0f32, 0.0, 0.0, 0.0], [2, 2]), &dev);
         let w: Vec<f32> = entropy_weights(logits).into_data().try_to_vec().unwrap();
         assert!(w[0] > w[1] && ((w[0] + w[1]) - 2.0).abs() < 1e-5, "{w:?}");
+    }
+
+    #[test]
+    fn daan_omega_weighs_the_farther_alignment() {
+        // Chance-level discriminators see no distance; a perfect one sees 2.
+        assert_eq!(proxy_a_distance(0.5), 0.0);
+        assert_eq!(proxy_a_distance(0.7), 0.0);
+        assert_eq!(proxy_a_distance(0.0), 2.0);
+        assert!((proxy_a_distance(0.25) - 1.0).abs() < 1e-12);
+        // Marginals far apart (global error 0), classes barely (local errors near chance):
+        // almost all weight on the global loss.
+        assert!(daan_omega(0.0, &[0.45, 0.5], 0.5) < 0.1);
+        // The reverse: mostly local.
+        assert!(daan_omega(0.5, &[0.1, 0.0], 0.5) > 0.9);
+        // Equal distances: half and half; the value is d_l / (d_g + d_l).
+        assert!((daan_omega(0.25, &[0.25, 0.25], 0.3) - 0.5).abs() < 1e-12);
+        assert!((daan_omega(0.0, &[0.25], 0.3) - 1.0 / 3.0).abs() < 1e-12);
+        // No distance at all, or no local figures: the previous factor stays.
+        assert_eq!(daan_omega(0.5, &[0.5, 0.6], 0.3), 0.3);
+        assert_eq!(daan_omega(0.1, &[], 0.7), 0.7);
     }
 }

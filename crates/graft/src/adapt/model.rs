@@ -151,12 +151,13 @@ impl AdvHead {
 }
 
 /// What one optimizer trains: the classifier and, for the adversarial methods, a discriminator
-/// (MDD: an adversarial head).
+/// (MDD: an adversarial head; DAAN: also one local discriminator per class).
 #[derive(Module, Debug)]
 pub struct Trainable {
     pub net: AdaptNet,
     pub disc: Option<Discriminator>,
     pub adv: Option<AdvHead>,
+    pub local: Vec<Discriminator>,
 }
 
 #[cfg(test)]

@@ -111,7 +111,23 @@ pub struct AdaptEpoch {
     /// (lower is better); none for `last`.
     #[serde(default)]
     pub select_value: Option<f64>,
+    /// DAAN: the dynamic factor of this epoch and what its discriminators measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daan: Option<DaanEpoch>,
     pub seconds: f64,
+}
+
+/// DAAN's figures of one epoch (`metrics.jsonl`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DaanEpoch {
+    /// The factor ω this epoch trained with: (1 − ω)·global + ω·local.
+    pub omega: f64,
+    /// Proxy A-distance 2(1 − 2ε) of the global discriminator over the epoch.
+    pub global_a_distance: f64,
+    /// The same, averaged over the classes' local discriminators.
+    pub local_a_distance: f64,
+    /// The factor the next epoch trains with (the same as `omega` when it is fixed).
+    pub next_omega: f64,
 }
 
 impl AdaptEpoch {
@@ -130,6 +146,9 @@ impl AdaptEpoch {
             if c != "source-val" {
                 s.push_str(&format!(" - {c} {v:.4}"));
             }
+        }
+        if let Some(d) = &self.daan {
+            s.push_str(&format!(" - ω {:.3} (A-distance global {:.3}, local {:.3})", d.omega, d.global_a_distance, d.local_a_distance));
         }
         s.push_str(&format!(" - lr {:.2e} - λ {:.3}", self.lr, self.lambda));
         s
@@ -243,6 +262,10 @@ struct Sums {
     domain_hits: usize,
     domain_seen: usize,
     steps: usize,
+    /// DAAN: the factor ω of this epoch, and each class's local discriminator's right guesses
+    /// (of `domain_seen` rows, as the global one).
+    omega: f64,
+    local_hits: Vec<usize>,
 }
 
 /// One phase of `graft adapt` as the engine's task: a joint method (or ADDA's source
@@ -265,6 +288,8 @@ struct AdaptTask<'a> {
     lambda: f64,
     /// How this phase keeps its epoch.
     select: Select,
+    /// DAAN's dynamic factor for the coming epoch (0.5 at the start, as the authors').
+    omega: f64,
 }
 
 impl<'a> AdaptTask<'a> {
@@ -286,7 +311,8 @@ impl<'a> AdaptTask<'a> {
             source_batches.next(ctx.config.batch_size);
             target_batches.next(ctx.config.batch_size);
         }
-        AdaptTask { ctx, method, phase, source_net, gan, adda_ids, source_batches, target_batches, sums: Sums::default(), lambda: 0.0, select }
+        let omega = ctx.config.daan_omega.unwrap_or(0.5);
+        AdaptTask { ctx, method, phase, source_net, gan, adda_ids, source_batches, target_batches, sums: Sums::default(), lambda: 0.0, select, omega }
     }
 
     fn optimizer(&self) -> ModuleOptimizer {
@@ -305,8 +331,8 @@ impl Task for AdaptTask<'_> {
         self.ctx.steps_per_epoch
     }
 
-    fn begin_epoch(&mut self, _model: &Trainable, _epoch: usize) -> Result<()> {
-        self.sums = Sums::default();
+    fn begin_epoch(&mut self, model: &Trainable, _epoch: usize) -> Result<()> {
+        self.sums = Sums { omega: self.omega, local_hits: vec![0; model.local.len()], ..Sums::default() };
         Ok(())
     }
 
@@ -373,6 +399,24 @@ impl Task for AdaptTask<'_> {
         };
         let sums = &self.sums;
         let n = sums.steps.max(1) as f64;
+        let daan = (!model.local.is_empty()).then(|| {
+            let error = |hits: usize| 1.0 - hits as f64 / sums.domain_seen.max(1) as f64;
+            let local: Vec<f64> = sums.local_hits.iter().map(|&h| error(h)).collect();
+            let next_omega = match ctx.config.daan_omega {
+                Some(fixed) => fixed,
+                None => losses::daan_omega(error(sums.domain_hits), &local, sums.omega),
+            };
+            DaanEpoch {
+                omega: sums.omega,
+                global_a_distance: losses::proxy_a_distance(error(sums.domain_hits)),
+                local_a_distance: local.iter().map(|&e| losses::proxy_a_distance(e)).sum::<f64>() / local.len() as f64,
+                next_omega,
+            }
+        });
+        if let Some(d) = &daan {
+            self.omega = d.next_omega;
+        }
+        let sums = &self.sums;
         let metrics = AdaptEpoch {
             epoch,
             phase: self.phase.into(),
@@ -386,6 +430,7 @@ impl Task for AdaptTask<'_> {
             source_val_accuracy: validation.as_ref().map(|v| v.accuracy),
             select: Some(self.select.to_string()),
             select_value,
+            daan: daan.clone(),
             seconds,
         };
         let mut scalars = vec![
@@ -399,6 +444,11 @@ impl Task for AdaptTask<'_> {
         scalars.extend(metrics.source_val_loss.map(|l| ("loss/source_val".to_string(), l)));
         scalars.extend(metrics.source_val_accuracy.map(|a| ("accuracy/source_val".to_string(), a)));
         scalars.extend(dev.map(|d| ("select/dev_risk".to_string(), d)));
+        if let Some(d) = &daan {
+            scalars.push(("daan/omega".to_string(), d.omega));
+            scalars.push(("daan/global_a_distance".to_string(), d.global_a_distance));
+            scalars.push(("daan/local_a_distance".to_string(), d.local_a_distance));
+        }
         let validation = match (validation, dev) {
             (Some(v), Some(risk)) => Some(Validation { loss: risk, ..v }),
             (v, _) => v,
@@ -523,6 +573,31 @@ impl Ctx<'_> {
                 let adv = model.adv.as_ref().expect("MDD has an adversarial head").forward(losses::reverse_gradient(f, coeff));
                 let (adv_s, adv_t) = split_rows(adv, ns);
                 losses::mdd(logits_s, adv_s, logits_t, adv_t, self.config.mdd_margin).mul_scalar(self.config.lambda())
+            }
+            Method::Daan => {
+                // DANN's global discriminator, and one local discriminator per class fed the
+                // reversed features weighted by the (detached) probability of that class; the
+                // factor ω of the epoch weighs the two (`--daan-omega` fixes it).
+                let coeff = lambda / self.config.lambda().max(f64::MIN_POSITIVE);
+                let reversed = losses::reverse_gradient(f, coeff); // [2n, bottleneck]
+                let z = model.disc.as_ref().expect("DAAN has a global discriminator").forward(reversed.clone());
+                let (z_s, z_t) = split_rows(z, ns);
+                self.count_domain(&z_s, &z_t, sums);
+                let global = losses::domain_adversarial(z_s, z_t);
+                let p = softmax(logits, 1).detach(); // [2n, classes]
+                let rows = p.dims()[0];
+                let mut local = Tensor::<1>::zeros([1], &reversed.device());
+                for (c, disc) in model.local.iter().enumerate() {
+                    let weight = p.clone().slice([0..rows, c..c + 1]); // [2n, 1]
+                    let z = disc.forward(reversed.clone() * weight); // [2n, 1]
+                    let (z_s, z_t) = split_rows(z, ns);
+                    sums.local_hits[c] += losses::domain_hits(z_s.clone().detach(), 1.0) + losses::domain_hits(z_t.clone().detach(), 0.0);
+                    local = local + losses::domain_adversarial(z_s, z_t);
+                }
+                // The classes' losses are averaged, so both terms are on one scale (the authors'
+                // code sums them and rescales the two terms by hand).
+                let local = local.div_scalar(model.local.len().max(1) as f64);
+                (global.mul_scalar(1.0 - sums.omega) + local.mul_scalar(sums.omega)).mul_scalar(self.config.lambda())
             }
             Method::SourceOnly | Method::Adda => unreachable!("handled above"),
         };
@@ -775,6 +850,11 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     let net = engine::stable_ids(AdaptNet::init(lenet, width, config.bottleneck, classes.len(), device));
     let disc = config.method.adversarial().then(|| engine::stable_ids(Discriminator::init(disc_input, config.disc_hidden, device)));
     let adv = (config.method == Method::Mdd).then(|| engine::stable_ids(AdvHead::init(config.bottleneck, config.disc_hidden, classes.len(), device)));
+    let local: Vec<Discriminator> = if config.method == Method::Daan {
+        (0..classes.len()).map(|_| engine::stable_ids(Discriminator::init(config.bottleneck, config.daan_local_hidden, device))).collect()
+    } else {
+        Vec::new()
+    };
 
     let steps_per_epoch = config.iters_per_epoch.unwrap_or_else(|| source.len().div_ceil(config.batch_size).max(1));
     let ctx = Ctx {
@@ -815,7 +895,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
         let total = pre + config.epochs;
         // Source pre-training: the kept epoch becomes the frozen source encoder and the target
         // encoder's start.
-        let model = engine::stable_ids(Trainable { net, disc: None, adv: None }.train());
+        let model = engine::stable_ids(Trainable { net, disc: None, adv: None, local: Vec::new() }.train());
         let model = engine.resume_into(model, 0, pre, "the adaptation network")?;
         let mut task = AdaptTask::new(&ctx, &model, Method::SourceOnly, "pretrain", None, Select::SourceVal, config.seed, steps_done(&engine, 0, steps_per_epoch));
         let optimizer = task.optimizer();
@@ -829,7 +909,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
             lenet.channel_dropout = DropoutConfig::new(0.0).init();
             lenet.dropout = DropoutConfig::new(0.0).init();
         }
-        let model = engine::stable_ids(Trainable { net: target_net, disc, adv: None }.train());
+        let model = engine::stable_ids(Trainable { net: target_net, disc, adv: None, local: Vec::new() }.train());
         let model = engine.resume_into(model, pre, config.epochs, "the adaptation network")?;
         let mut task = AdaptTask::new(&ctx, &model, Method::Adda, "adapt", Some(&source_net), select, config.seed ^ 0xADDA, steps_done(&engine, pre, steps_per_epoch));
         let optimizer = task.optimizer();
@@ -837,9 +917,14 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
         let model = engine.run_phase(&mut task, model, phase("adapt", pre, config.epochs, total, keep_adapt, ADAPT_BEST, optimizer))?;
         (checkpoint::load(model, &run.join(ADAPT_BEST))?.net, total)
     } else {
-        let model = engine::stable_ids(Trainable { net, disc, adv }.train());
+        let model = engine::stable_ids(Trainable { net, disc, adv, local }.train());
         let model = engine.resume_into(model, 0, config.epochs, "the adaptation network")?;
         let mut task = AdaptTask::new(&ctx, &model, config.method, "adapt", None, select, config.seed, steps_done(&engine, 0, steps_per_epoch));
+        if let Some(next) = resumed_omega(run, engine.state.epoch)? {
+            // DAAN's factor is re-estimated after every epoch: a resumed run goes on with the
+            // one its last completed epoch chose.
+            task.omega = next;
+        }
         let optimizer = task.optimizer();
         let model = engine.run_phase(&mut task, model, phase("adapt", 0, config.epochs, config.epochs, keep_adapt, ADAPT_BEST, optimizer))?;
         (checkpoint::load(model, &run.join(ADAPT_BEST))?.net, config.epochs)
@@ -892,6 +977,14 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     };
     write_atomic(&run.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("summary serializes"))?;
     Ok(summary)
+}
+
+/// DAAN's factor for the epoch after `epoch` (the last completed one), from its metrics record.
+fn resumed_omega(run: &Path, epoch: usize) -> Result<Option<f64>> {
+    if epoch == 0 {
+        return Ok(None);
+    }
+    Ok(read_metrics(run)?.into_iter().find(|m| m.epoch == epoch).and_then(|m| m.daan).map(|d| d.next_omega))
 }
 
 /// Iterations of the phase starting at epoch `offset` that a resumed run already did.
