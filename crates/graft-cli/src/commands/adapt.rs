@@ -149,8 +149,9 @@ pub struct AdaptArgs {
     #[arg(long)]
     pub daan_omega: Option<f64>,
     /// How the kept epoch is chosen without target labels: source-val (best accuracy on the
-    /// source split), dev (lowest importance-weighted source validation loss, DEV) or last
-    /// [default: source-val; last for ADDA's adversarial phase].
+    /// source split), dev (lowest importance-weighted source validation loss, DEV), reverse
+    /// (reverse validation: a classifier trained on the network's target predictions, scored on
+    /// the source split) or last [default: source-val; last for ADDA's adversarial phase].
     #[arg(long)]
     pub select: Option<String>,
     /// Fraction of the source held out (stratified, seeded) to pick the epoch; 0 keeps the last.

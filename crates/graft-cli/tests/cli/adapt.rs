@@ -430,7 +430,7 @@ fn mcc_bsp_afn_mdd_train_resume_and_evaluate() {
     assert_bad_input(&bad(&["--method", "mcc", "--mcc-temperature", "0"], "b1"), &["--mcc-temperature"]);
     assert_bad_input(&bad(&["--method", "mcc", "--bsp-k", "2"], "b2"), &["--bsp-k", "bsp"]);
     assert_bad_input(&bad(&["--method", "dann", "--mdd-margin", "2"], "b3"), &["--mdd-margin", "mdd"]);
-    assert_bad_input(&bad(&["--method", "dann", "--select", "reverse"], "b4"), &["--select", "reverse", "dev"]);
+    assert_bad_input(&bad(&["--method", "dann", "--select", "backwards"], "b4"), &["--select", "backwards", "reverse"]);
     assert_bad_input(&bad(&["--method", "dann", "--select", "dev", "--val-split", "0"], "b5"), &["--select", "--val-split"]);
 }
 
@@ -512,6 +512,23 @@ fn dev_and_last_selection_are_recorded_and_followed() {
     let best = (0..3).min_by(|&a, &b| risks[a].total_cmp(&risks[b])).unwrap();
     assert_eq!(v["best_epoch"].as_u64().unwrap() as usize, adapt[best]["epoch"].as_u64().unwrap() as usize, "risks {risks:?}: {v}");
     assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().lines().any(|l| l == "select = \"dev\""));
+
+    // Reverse validation: each epoch records the reverse classifier's source accuracy (a
+    // fraction of the source split, so a multiple of 1/n), and the kept epoch has the highest.
+    let run = dir.join("dann-reverse");
+    let v = quick("dann", &run, "3", &["--select", "reverse"]);
+    let metrics = metrics_of(&run);
+    let n_val = v["n_source_val"].as_f64().unwrap();
+    let scores: Vec<f64> = metrics.iter().map(|m| {
+        assert_eq!(m["select"], "reverse", "{m}");
+        let r = m["select_value"].as_f64().unwrap_or_else(|| panic!("no reverse accuracy: {m}"));
+        assert!((0.0..=1.0).contains(&r) && ((r * n_val) - (r * n_val).round()).abs() < 1e-6, "{m}");
+        r
+    }).collect();
+    let best = (0..3).rev().max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap();
+    assert_eq!(v["best_epoch"].as_u64().unwrap() as usize, best + 1, "reverse accuracies {scores:?}: {v}");
+    // The summary's source accuracy is the kept epoch's own, not the criterion.
+    assert_eq!(v["source_val_accuracy"], metrics[best]["source_val_accuracy"], "{v}");
 
     // --select last keeps the last epoch, whatever the source split says.
     let run = dir.join("mcc-last");

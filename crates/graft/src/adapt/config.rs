@@ -219,6 +219,11 @@ pub enum Select {
     /// validation loss, weights p(target|x)/p(source|x) from a domain classifier on the
     /// features, with the control variate η = −Cov(WL, W)/Var(W).
     Dev,
+    /// Reverse validation (Zhong et al. 2010, as the DANN paper selects): the network labels a
+    /// draw of target images, a reverse classifier (logistic regression on the features) learns
+    /// those labels, and its accuracy on the labelled source split is the criterion (the higher,
+    /// the better).
+    Reverse,
     /// The last epoch.
     Last,
 }
@@ -226,7 +231,7 @@ pub enum Select {
 impl FromStr for Select {
     type Err = GraftError;
     fn from_str(s: &str) -> Result<Self> {
-        unit_variant("select", s, "expected source-val, dev or last")
+        unit_variant("select", s, "expected source-val, dev, reverse or last")
     }
 }
 
@@ -235,6 +240,7 @@ impl std::fmt::Display for Select {
         f.write_str(match self {
             Select::SourceVal => "source-val",
             Select::Dev => "dev",
+            Select::Reverse => "reverse",
             Select::Last => "last",
         })
     }

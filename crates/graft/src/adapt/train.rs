@@ -35,6 +35,7 @@ use super::config::{AdaptConfig, AddaObjective, LambdaSchedule, LrSchedule, Meth
 use super::data::{Domain, DomainSpec, Featurizer, InputSpec};
 use super::losses;
 use super::model::{AdaptNet, AdvHead, Discriminator, Trainable};
+use crate::classic::{Classic, ClassicKind, Penalty};
 use crate::data::augment::sample_rng;
 use crate::data::folder::{stratified_split, Sample, Skipped};
 use crate::fsutil::write_atomic;
@@ -44,7 +45,7 @@ use crate::train::config::Monitor;
 use crate::train::engine::{self, Engine, EpochEnd, Iteration, Keep, Phase, Task, Validation};
 use crate::train::guard;
 use crate::train::loss::{argmax, cross_entropy};
-use crate::train::run::Evaluation;
+use crate::train::run::{top1, Evaluation};
 use crate::zoo::{ModelSpec, Pretrained};
 use crate::{GraftError, Result};
 
@@ -392,9 +393,14 @@ impl Task for AdaptTask<'_> {
             (Some(_), Select::Dev) => Some(ctx.dev_risk(&model.net, epoch)?),
             _ => None,
         };
+        let reverse = match (&validation, self.select) {
+            (Some(_), Select::Reverse) => Some(ctx.reverse_accuracy(&model.net, epoch)?),
+            _ => None,
+        };
         let select_value = match self.select {
             Select::SourceVal => validation.as_ref().map(|v| v.accuracy),
             Select::Dev => dev,
+            Select::Reverse => reverse,
             Select::Last => None,
         };
         let sums = &self.sums;
@@ -444,13 +450,16 @@ impl Task for AdaptTask<'_> {
         scalars.extend(metrics.source_val_loss.map(|l| ("loss/source_val".to_string(), l)));
         scalars.extend(metrics.source_val_accuracy.map(|a| ("accuracy/source_val".to_string(), a)));
         scalars.extend(dev.map(|d| ("select/dev_risk".to_string(), d)));
+        scalars.extend(reverse.map(|r| ("select/reverse_accuracy".to_string(), r)));
         if let Some(d) = &daan {
             scalars.push(("daan/omega".to_string(), d.omega));
             scalars.push(("daan/global_a_distance".to_string(), d.global_a_distance));
             scalars.push(("daan/local_a_distance".to_string(), d.local_a_distance));
         }
-        let validation = match (validation, dev) {
-            (Some(v), Some(risk)) => Some(Validation { loss: risk, ..v }),
+        // DEV's risk, or 1 − the reverse accuracy, stands in for the validation loss: the phase
+        // keeps its lowest.
+        let validation = match (validation, dev.or(reverse.map(|r| 1.0 - r))) {
+            (Some(v), Some(criterion)) => Some(Validation { loss: criterion, ..v }),
             (v, _) => v,
         };
         Ok(EpochEnd { validation, record: serde_json::to_value(&metrics).expect("metrics serialize"), scalars })
@@ -662,23 +671,32 @@ impl Ctx<'_> {
     /// features of up to [`DEV_SAMPLES`] source training and target images (drawn per epoch,
     /// seeded) gives each source validation image its weight p(target|x)/p(source|x); the risk
     /// is the weighted validation cross-entropy with DEV's control variate.
+    /// A seeded draw (per epoch, `salt` per criterion) of at most [`DEV_SAMPLES`] indices of `n`.
+    fn draw(&self, n: usize, epoch: usize, salt: u64, rng: &mut Option<StdRng>) -> Vec<usize> {
+        let rng = rng.get_or_insert_with(|| StdRng::seed_from_u64(self.config.seed ^ salt ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)));
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.shuffle(rng);
+        idx.truncate(DEV_SAMPLES);
+        idx
+    }
+
+    /// The bottleneck features ([rows of `idx`, bottleneck], flat) and logits of `domain`'s rows.
+    fn features_and_logits(&self, net: &AdaptNet, domain: &Domain, idx: &[usize]) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (mut features, mut logits) = (Vec::new(), Vec::new());
+        for chunk in idx.chunks(500) {
+            let (f, l) = net.forward(domain.tensor(chunk, self.device)?);
+            let data = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: PathBuf::from("select"), reason: format!("features: {e:?}") });
+            features.extend(data(f)?);
+            logits.extend(data(l)?);
+        }
+        Ok((features, logits))
+    }
+
     fn dev_risk(&self, net: &AdaptNet, epoch: usize) -> Result<f64> {
-        let mut rng = StdRng::seed_from_u64(self.config.seed ^ 0xDE5E_1EC7 ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let mut draw = |n: usize| {
-            let mut idx: Vec<usize> = (0..n).collect();
-            idx.shuffle(&mut rng);
-            idx.truncate(DEV_SAMPLES);
-            idx
-        };
-        let (s_idx, t_idx) = (draw(self.source.len()), draw(self.target.len()));
-        let features = |domain: &Domain, idx: &[usize]| -> Result<Vec<f32>> {
-            let mut out = Vec::new();
-            for chunk in idx.chunks(500) {
-                let f = net.features(domain.tensor(chunk, self.device)?);
-                out.extend(f.into_data().try_to_vec::<f32>().map_err(|e| GraftError::Data { path: PathBuf::from("dev"), reason: format!("features: {e:?}") })?);
-            }
-            Ok(out)
-        };
+        let mut rng = None;
+        let s_idx = self.draw(self.source.len(), epoch, 0xDE5E_1EC7, &mut rng);
+        let t_idx = self.draw(self.target.len(), epoch, 0xDE5E_1EC7, &mut rng);
+        let features = |domain: &Domain, idx: &[usize]| self.features_and_logits(net, domain, idx).map(|(f, _)| f);
         let (fs, ft) = (features(self.source, &s_idx)?, features(self.target, &t_idx)?);
         let all: Vec<usize> = (0..self.val.len()).collect();
         let (mut fv, mut val_losses) = (Vec::new(), Vec::new());
@@ -691,6 +709,29 @@ impl Ctx<'_> {
         }
         let weights = losses::importance_weights(&fs, &ft, &fv, self.config.bottleneck);
         Ok(losses::dev_risk(&val_losses, &weights))
+    }
+
+    /// Reverse validation: the network's predictions on a seeded draw of target rows train a
+    /// reverse classifier (softmax regression on standardised bottleneck features, C = 1), whose
+    /// accuracy on the labelled source validation split is returned. Predictions of one class
+    /// only make a classifier that always answers it.
+    fn reverse_accuracy(&self, net: &AdaptNet, epoch: usize) -> Result<f64> {
+        let t_idx = self.draw(self.target.len(), epoch, 0x5EE7_E25E, &mut None);
+        let classes = self.classes.len();
+        let (ft, logits) = self.features_and_logits(net, self.target, &t_idx)?;
+        let pseudo = top1(&logits.chunks(classes).map(<[f32]>::to_vec).collect::<Vec<_>>());
+        let val_idx: Vec<usize> = (0..self.val.len()).collect();
+        let (fv, _) = self.features_and_logits(net, self.val, &val_idx)?;
+        let width = self.config.bottleneck;
+        let distinct: std::collections::BTreeSet<usize> = pseudo.iter().copied().collect();
+        let predicted: Vec<usize> = if distinct.len() < 2 {
+            vec![pseudo.first().copied().unwrap_or(0); val_idx.len()]
+        } else {
+            let reverse = Classic::fit(ClassicKind::Logistic(Penalty::C(1.0)), &ft, &pseudo, width, classes, self.config.seed)?;
+            top1(&reverse.predict_proba(&fv))
+        };
+        let right = predicted.iter().zip(&val_idx).filter(|(p, &i)| **p == self.val.labels[i]).count();
+        Ok(right as f64 / val_idx.len().max(1) as f64)
     }
 
     fn classification(&self, logits: Tensor<2>, ys: &[usize], sums: &mut Sums) -> Tensor<1> {
@@ -876,7 +917,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     let select = config.select();
     let keep_adapt = match select {
         Select::SourceVal => keep_best,
-        Select::Dev => Keep::Best { monitor: Monitor::ValLoss, min_delta: 0.0 },
+        Select::Dev | Select::Reverse => Keep::Best { monitor: Monitor::ValLoss, min_delta: 0.0 },
         Select::Last => Keep::Last,
     };
     let phase = |name: &str, offset: usize, epochs: usize, total: usize, keep: Keep, best_file: &str, optimizer: ModuleOptimizer| Phase {
