@@ -1,4 +1,5 @@
-//! `graft study transferability`: Yosinski et al.'s layer-transfer study on a small CNN or LeNet-5.
+//! `graft study transferability`: Yosinski et al.'s layer-transfer study on a small CNN, LeNet-5
+//! or ResNet-18.
 
 use std::path::PathBuf;
 
@@ -33,7 +34,10 @@ pub struct TransferabilityArgs {
     pub out: PathBuf,
     /// The network, trained from scratch: small-cnn (conv 3×3 → 32, conv 3×3 → 64, fc 256, fc
     /// 128, output) or lenet (LeNet-5 with ReLU and max-pooling: conv 5×5 → 6, conv 5×5 → 16, fc
-    /// 120, fc 84, output); 5 weight layers each.
+    /// 120, fc 84, output): 5 weight layers each, boundaries n = 1..4 between them; or resnet18
+    /// (torchvision's ResNet-18, the grey images replicated to 3 channels at 28×28), studied at
+    /// stage granularity: stem (conv1+bn1), layer1, layer2, layer3, layer4, fc, so n = 1..5
+    /// (a frozen stage's BatchNorm keeps the base's running statistics).
     #[arg(long, default_value = "small-cnn")]
     pub arch: String,
     /// Seeds the split of the classes into A and B.
@@ -77,7 +81,8 @@ pub fn run(command: StudyCommand, out: &Output) -> anyhow::Result<()> {
     let mut value = serde_json::to_value(&summary)?;
     value["written"] = json!(written);
     out.result(&value, || {
-        let mut t = format!("A: {}\nB: {}\n\n", summary.classes_a.join(", "), summary.classes_b.join(", "));
+        let mut t = format!("A: {}\nB: {}\n", summary.classes_a.join(", "), summary.classes_b.join(", "));
+        t.push_str(&format!("groups (n copies the first n): {}\n\n", summary.groups.join(", ")));
         t.push_str("accuracy on B's test images (mean ± std over seeds)\n  n  ");
         let variants = ["BnB", "BnB+", "AnB", "AnB+"];
         for v in variants {
@@ -85,7 +90,7 @@ pub fn run(command: StudyCommand, out: &Output) -> anyhow::Result<()> {
         }
         t.push('\n');
         let find = |v: &str, n: usize| summary.means.iter().find(|m| m.0 == v && m.1 == n).map(|m| format!("{:.4} ± {:.4}", m.2, m.3)).unwrap_or_default();
-        for n in 1..graft::transfer::study::LAYERS {
+        for n in summary.arch.boundaries() {
             t.push_str(&format!("  {n}  "));
             for v in variants {
                 t.push_str(&format!("{:>16}", find(v, n)));

@@ -38,7 +38,7 @@ fn the_study_trains_every_variant_at_every_boundary_and_resumes() {
     again.push("--resume");
     let w = json_of(&graft(&again));
     assert_eq!(w["outcomes"], v["outcomes"], "finished trainings are read back, not retrained");
-    assert_bad_input(&graft(&["study", "transferability", "--data", s(&train), "--test", s(&test), "--out", s(&dir.join("x")), "--arch", "resnet18"]), &["--arch", "resnet18"]);
+    assert_bad_input(&graft(&["study", "transferability", "--data", s(&train), "--test", s(&test), "--out", s(&dir.join("x")), "--arch", "resnet50"]), &["--arch", "resnet50", "resnet18"]);
 }
 
 /// `--arch lenet`: LeNet-5's five layers give the same table, and the saved config names it.
@@ -60,4 +60,33 @@ fn the_study_runs_on_lenet() {
     let header: serde_json::Value = serde_json::from_slice(&weights[8..8 + header_len]).unwrap();
     let conv1 = header.as_object().unwrap().iter().find(|(k, _)| k.contains("conv1") && k.contains("weight")).map(|(_, v)| v["shape"].clone());
     assert_eq!(conv1, Some(serde_json::json!([6, 1, 5, 5])), "{header}");
+}
+
+/// `--arch resnet18`: ResNet-18 at stage granularity (stem, layer1 … layer4, fc), so every
+/// variant at n = 1..5, the plot written, and the groups named in the answer.
+#[test]
+fn the_study_runs_on_resnet18_by_stage() {
+    let dir = scratch("study-resnet18");
+    // Two training images per class (10 per half, one step per training): 22 trainings of an
+    // 11.7 M-parameter network.
+    let train = import("fashion-mnist", "train", 2, 1, &dir.join("train"));
+    let test = import("fashion-mnist", "test", 1, 2, &dir.join("test"));
+    let out = dir.join("study");
+    let v = json_of(&graft(&["study", "transferability", "--data", s(&train), "--test", s(&test), "--out", s(&out), "--arch", "resnet18", "--seeds", "0", "--epochs", "1", "--json"]));
+    assert_eq!(v["arch"], "resnet18");
+    assert_eq!(v["groups"], serde_json::json!(["stem (conv1, bn1)", "layer1", "layer2", "layer3", "layer4", "fc"]));
+    let outcomes = v["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2 + 4 * 5, "two bases and four variants at n = 1..5");
+    for variant in ["AnB", "BnB", "AnB+", "BnB+"] {
+        let ns: Vec<u64> = outcomes.iter().filter(|o| o["variant"] == variant).map(|o| o["n"].as_u64().unwrap()).collect();
+        assert_eq!(ns, vec![1, 2, 3, 4, 5], "{variant}");
+    }
+    assert!(outcomes.iter().all(|o| (0.0..=1.0).contains(&o["accuracy"].as_f64().unwrap())));
+    assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count(), 22);
+    assert_eq!(&std::fs::read(out.join("transferability.png")).unwrap()[..4], b"\x89PNG");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(saved["groups"].as_array().map(Vec::len), Some(6));
+    // A finished training keeps its checkpoints, not its optimiser state.
+    let run = std::fs::read_dir(out.join("runs/AnBplus-3-s0")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect::<Vec<_>>();
+    assert!(run.contains(&"final.safetensors".to_string()) && !run.iter().any(|f| f.starts_with("optim-")), "{run:?}");
 }

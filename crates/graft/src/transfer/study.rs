@@ -1,11 +1,17 @@
 //! The transferability study (Yosinski, Clune, Bengio & Lipson, 2014, "How transferable are
-//! features in deep neural networks?"), on a small CNN or LeNet-5 trained from scratch.
+//! features in deep neural networks?"), on a small CNN, LeNet-5 or ResNet-18 trained from
+//! scratch.
 //!
 //! The classes are split at random into halves A and B (`split_seed`). Base networks baseA and
-//! baseB train on their half. Then, for every layer boundary n (1 … L − 1 of L weight layers):
+//! baseB train on their half. A network is a sequence of L groups ([`StudyArch::groups`]): the
+//! weight layers of the small CNNs, and for ResNet-18 the residual network's stages (stem,
+//! layer1 … layer4, fc). Then, for every boundary n (1 … L − 1):
 //! - **AnB**: the first n layers copied from baseA and frozen, the rest fresh and trained on B;
 //! - **BnB**: the same from baseB itself (the "selffer" control);
 //! - **AnB+**, **BnB+**: the same, but every layer trains (fine-tuning the copied ones).
+//!
+//! A frozen group's BatchNorm (ResNet-18) is in inference mode: its running statistics stay
+//! the base's. Every network of a study is a [`StudyNet`], so one loop serves all three.
 //!
 //! Every network is tested on B's test images, which never enter a training set (a test image
 //! whose content equals a training image's is left out). Each training is a run of the one
@@ -26,6 +32,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::autoencoder::{load_rows, INPUT, SIDE};
+use crate::zoo::resnet::{ResNet, ResNetConfig};
 use crate::adapt::losses::gather_rows;
 use crate::data::folder::{ImageFolder, Sample};
 use crate::fsutil::write_atomic;
@@ -35,10 +42,7 @@ use crate::train::engine::{self, Engine, EpochEnd, Iteration, Phase, Task};
 use crate::train::loss::{argmax, cross_entropy};
 use crate::{GraftError, Result};
 
-/// Weight layers of [`SmallCnn`]; the boundaries studied are 1 … `LAYERS` − 1.
-pub const LAYERS: usize = 5;
-
-/// The networks the study trains from scratch, both of [`LAYERS`] weight layers.
+/// The networks the study trains from scratch.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StudyArch {
     /// conv 3×3 → 32, conv 3×3 → 64, fc 256, fc 128, output.
@@ -49,6 +53,26 @@ pub enum StudyArch {
     /// conv 5×5 → 16 (10×10), fc 400 → 120, fc 84, output.
     #[serde(rename = "lenet")]
     Lenet,
+    /// torchvision's ResNet-18 (the zoo's), studied at stage granularity: stem (conv1 + bn1),
+    /// layer1 … layer4, fc. The grey 28×28 images enter at their own size, replicated to 3
+    /// channels (maps 14, 7, 7, 4, 2, 1).
+    #[serde(rename = "resnet18")]
+    ResNet18,
+}
+
+impl StudyArch {
+    /// The network's groups in order: boundary n copies (and with AnB/BnB freezes) the first n.
+    pub fn groups(self) -> &'static [&'static str] {
+        match self {
+            StudyArch::SmallCnn | StudyArch::Lenet => &["conv1", "conv2", "fc1", "fc2", "out"],
+            StudyArch::ResNet18 => &["stem (conv1, bn1)", "layer1", "layer2", "layer3", "layer4", "fc"],
+        }
+    }
+
+    /// The boundaries studied: 1 … groups − 1.
+    pub fn boundaries(self) -> std::ops::Range<usize> {
+        1..self.groups().len()
+    }
 }
 
 impl std::str::FromStr for StudyArch {
@@ -57,8 +81,8 @@ impl std::str::FromStr for StudyArch {
         match s {
             "small-cnn" => Ok(StudyArch::SmallCnn),
             "lenet" => Ok(StudyArch::Lenet),
-            "resnet18" => Err(GraftError::setting("arch", s, "not built for the study: ResNet-18 has 17 layer boundaries (4 × 17 trainings per seed), hours on a CPU; use small-cnn or lenet")),
-            _ => Err(GraftError::setting("arch", s, "expected small-cnn or lenet")),
+            "resnet18" => Ok(StudyArch::ResNet18),
+            _ => Err(GraftError::setting("arch", s, "expected small-cnn, lenet or resnet18")),
         }
     }
 }
@@ -81,12 +105,13 @@ impl SmallCnn {
         Self::init_arch(StudyArch::SmallCnn, classes, device)
     }
 
-    /// `arch`'s five layers, freshly initialised.
+    /// `arch`'s five layers, freshly initialised (LeNet-5's for [`StudyArch::Lenet`], the small
+    /// CNN's otherwise).
     pub fn init_arch(arch: StudyArch, classes: usize, device: &Device) -> Self {
         let conv = |i, o, k: usize, pad: usize| Conv2dConfig::new([i, o], [k, k]).with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad)).init(device);
         let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
         match arch {
-            StudyArch::SmallCnn => SmallCnn {
+            StudyArch::SmallCnn | StudyArch::ResNet18 => SmallCnn {
                 conv1: conv(1, 32, 3, 1),
                 conv2: conv(32, 64, 3, 1),
                 fc1: LinearConfig::new(64 * 7 * 7, 256).init(device),
@@ -153,6 +178,95 @@ enum Layer {
     Linear(Linear),
 }
 
+crate::zoo::mobilenetv2::transparent_module_enum! {
+    /// A network of the study: what the study loop trains, transplants and freezes, whatever
+    /// the architecture. burn's paths are the wrapped network's (`conv1.weight`,
+    /// `layer2.0.bn1.running_mean`, …).
+    pub enum StudyNet {
+        /// small-cnn or LeNet-5: five weight layers.
+        Plain(SmallCnn),
+        /// ResNet-18 (the zoo's torchvision network), its `fc` giving the half's classes.
+        ResNet(ResNet),
+    }
+}
+
+impl StudyNet {
+    /// `arch` freshly initialised for `classes` outputs.
+    pub fn init(arch: StudyArch, classes: usize, device: &Device) -> Self {
+        match arch {
+            StudyArch::SmallCnn | StudyArch::Lenet => StudyNet::Plain(SmallCnn::init_arch(arch, classes, device)),
+            StudyArch::ResNet18 => {
+                let config = ResNetConfig { resolution: SIDE, num_classes: classes, ..ResNetConfig::resnet(18).expect("18 is a ResNet depth") };
+                StudyNet::ResNet(config.init(device))
+            }
+        }
+    }
+
+    /// [n, 784] grey 28×28 rows → [n, classes] logits.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            StudyNet::Plain(net) => net.forward(x),
+            StudyNet::ResNet(net) => {
+                let [n, _] = x.dims();
+                let x = x.reshape([n, 1, SIDE, SIDE]).repeat_dim(1, 3); // [n, 3, 28, 28], grey replicated
+                net.forward(x) // stem [n, 64, 7, 7], layer1 7×7, layer2 4×4, layer3 2×2, layer4 [n, 512, 1, 1] → [n, classes]
+            }
+        }
+    }
+
+    /// This network with its first `n` groups ([`StudyArch::groups`]) taken from `base`, a
+    /// network of the same architecture: every parameter and BatchNorm statistic of those groups.
+    pub fn transplant(self, base: &StudyNet, n: usize) -> StudyNet {
+        match (self, base) {
+            (StudyNet::Plain(net), StudyNet::Plain(base)) => StudyNet::Plain(net.transplant(base, n)),
+            (StudyNet::ResNet(mut net), StudyNet::ResNet(base)) => {
+                if n > 0 {
+                    net.conv1 = base.conv1.clone();
+                    net.bn1 = base.bn1.clone();
+                }
+                for (i, (layer, from)) in resnet_layers(&mut net).into_iter().zip([&base.layer1, &base.layer2, &base.layer3, &base.layer4]).enumerate() {
+                    if n > i + 1 {
+                        *layer = from.clone();
+                    }
+                }
+                if n > 5 {
+                    net.fc = base.fc.clone();
+                }
+                StudyNet::ResNet(net)
+            }
+            _ => unreachable!("the study builds every network of a study with one architecture"),
+        }
+    }
+
+    /// This network with its first `n` groups frozen: no gradients, and BatchNorm in inference
+    /// mode (running statistics unchanged by training).
+    pub fn freeze_first(self, n: usize) -> StudyNet {
+        match self {
+            StudyNet::Plain(net) => StudyNet::Plain(net.freeze_first(n)),
+            StudyNet::ResNet(mut net) => {
+                if n > 0 {
+                    net.conv1 = net.conv1.freeze();
+                    net.bn1 = net.bn1.freeze();
+                }
+                for (i, layer) in resnet_layers(&mut net).into_iter().enumerate() {
+                    if n > i + 1 {
+                        *layer = std::mem::take(layer).freeze();
+                    }
+                }
+                if n > 5 {
+                    net.fc = net.fc.take().map(Module::freeze);
+                }
+                StudyNet::ResNet(net)
+            }
+        }
+    }
+}
+
+/// ResNet's residual groups, layer1 first.
+fn resnet_layers(net: &mut ResNet) -> [&mut Vec<crate::zoo::resnet::Block>; 4] {
+    [&mut net.layer1, &mut net.layer2, &mut net.layer3, &mut net.layer4]
+}
+
 /// Settings of `graft study transferability`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +312,10 @@ pub struct Outcome {
 #[derive(Debug, Clone, Serialize)]
 pub struct StudySummary {
     pub out: PathBuf,
+    pub arch: StudyArch,
+    /// The network's groups in order; boundary n copies the first n (weight layers for
+    /// small-cnn and lenet, stages for resnet18).
+    pub groups: Vec<String>,
     pub classes_a: Vec<String>,
     pub classes_b: Vec<String>,
     pub outcomes: Vec<Outcome>,
@@ -282,7 +400,7 @@ pub fn transferability(config: &StudyConfig, out: &Path, resume: bool, reporter:
         outcomes.push(Outcome { variant: "baseA".into(), n: 0, seed, accuracy: acc_a });
         let (base_b, acc_b) = trainer.train("baseB", 0, &train_b, &test_b, None, classes_b.len())?;
         outcomes.push(Outcome { variant: "baseB".into(), n: 0, seed, accuracy: acc_b });
-        for n in 1..LAYERS {
+        for n in config.arch.boundaries() {
             for (variant, base, freeze) in [("AnB", &base_a, true), ("BnB", &base_b, true), ("AnB+", &base_a, false), ("BnB+", &base_b, false)] {
                 let (_, accuracy) = trainer.train(variant, n, &train_b, &test_b, Some((base, freeze)), classes_b.len())?;
                 outcomes.push(Outcome { variant: variant.into(), n, seed, accuracy });
@@ -298,7 +416,8 @@ pub fn transferability(config: &StudyConfig, out: &Path, resume: bool, reporter:
     let means = means(&outcomes);
     plot(&out.join("transferability.png"), &means)?;
     let findings = findings(&means);
-    let summary = StudySummary { out: out.into(), classes_a, classes_b, outcomes, means, findings, test_duplicates_dropped: dropped };
+    let groups = config.arch.groups().iter().map(|g| g.to_string()).collect();
+    let summary = StudySummary { out: out.into(), arch: config.arch, groups, classes_a, classes_b, outcomes, means, findings, test_duplicates_dropped: dropped };
     write_atomic(&out.join("summary.json"), &serde_json::to_vec_pretty(&summary).expect("serializes"))?;
     Ok(summary)
 }
@@ -315,7 +434,7 @@ struct Trainer<'a> {
 impl Trainer<'_> {
     /// Trains `variant` at boundary `n` on `train` (from `base`'s first n layers, frozen or not)
     /// and returns the network and its accuracy on `test`. A finished run is read back.
-    fn train(&self, variant: &str, n: usize, train: &Half, test: &Half, base: Option<(&SmallCnn, bool)>, classes: usize) -> Result<(SmallCnn, f64)> {
+    fn train(&self, variant: &str, n: usize, train: &Half, test: &Half, base: Option<(&StudyNet, bool)>, classes: usize) -> Result<(StudyNet, f64)> {
         let Trainer { config, out, seed, reporter, device } = *self;
         let name = format!("{}-{n}-s{seed}", variant.replace('+', "plus"));
         let run = out.join("runs").join(&name);
@@ -323,7 +442,7 @@ impl Trainer<'_> {
         crate::fsutil::remove_stale_temps(&run)?;
         // The fresh layers are seeded by the seed, the variant and the boundary.
         device.seed(seed.wrapping_mul(1_000_003) ^ (n as u64) << 8 ^ variant.len() as u64);
-        let mut net = SmallCnn::init_arch(config.arch, classes, device);
+        let mut net = StudyNet::init(config.arch, classes, device);
         if let Some((base, _)) = base {
             net = net.transplant(base, n);
         }
@@ -337,14 +456,29 @@ impl Trainer<'_> {
         let net = engine.resume_phase(net, &phase, "the study's network")?;
         let mut task = StudyTask { rows: &train.rows, labels: &train.labels, batch: config.batch_size, lr: config.lr, seed, train_device: device.clone().autodiff(), order: Vec::new(), sums: (0.0, 0, 0), name: name.clone() };
         let trained = engine.run_phase(&mut task, net, phase)?.valid();
+        // A finished training is read back from its checkpoints alone: its optimiser state
+        // (twice the network's size, 90 MB for ResNet-18) is not kept.
+        remove_optimizer_states(&run)?;
         let accuracy = accuracy(&trained, test, config.batch_size, device);
         reporter.message(&format!("{name}: test accuracy {accuracy:.4}"));
         Ok((trained, accuracy))
     }
 }
 
+/// Removes the engine's `optim-E.bin` files from a finished run.
+fn remove_optimizer_states(run: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(run).map_err(|e| GraftError::io(run, e))? {
+        let path = entry.map_err(|e| GraftError::io(run, e))?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with("optim-") && name.ends_with(".bin") {
+            std::fs::remove_file(&path).map_err(|e| GraftError::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// Accuracy of `net` on `half`.
-fn accuracy(net: &SmallCnn, half: &Half, batch: usize, device: &Device) -> f64 {
+fn accuracy(net: &StudyNet, half: &Half, batch: usize, device: &Device) -> f64 {
     let all: Vec<usize> = (0..half.labels.len()).collect();
     let mut correct = 0;
     for chunk in all.chunks(batch.max(1)) {
@@ -369,13 +503,13 @@ struct StudyTask<'a> {
 }
 
 impl Task for StudyTask<'_> {
-    type Model = SmallCnn;
+    type Model = StudyNet;
 
     fn iterations(&self) -> usize {
         self.labels.len().div_ceil(self.batch.max(1))
     }
 
-    fn begin_epoch(&mut self, _model: &SmallCnn, epoch: usize) -> Result<()> {
+    fn begin_epoch(&mut self, _model: &StudyNet, epoch: usize) -> Result<()> {
         self.order = engine::epoch_order(self.labels.len(), self.seed, epoch);
         self.sums = (0.0, 0, 0);
         Ok(())
@@ -385,7 +519,7 @@ impl Task for StudyTask<'_> {
         self.lr
     }
 
-    fn step(&mut self, net: &SmallCnn, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
+    fn step(&mut self, net: &StudyNet, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
         let idx = &self.order[it.index * self.batch..((it.index + 1) * self.batch).min(self.order.len())];
         let targets: Vec<usize> = idx.iter().map(|&i| self.labels[i]).collect();
         let logits = net.forward(gather_rows(self.rows, INPUT, idx, &self.train_device));
@@ -398,7 +532,7 @@ impl Task for StudyTask<'_> {
         Ok(vec![(GradientsParams::from_grads(loss.backward(), net), 1.0)])
     }
 
-    fn end_epoch(&mut self, _model: &SmallCnn, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
+    fn end_epoch(&mut self, _model: &StudyNet, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
         let (loss, correct, rows) = self.sums;
         let (loss, acc) = (loss / rows.max(1) as f64, correct as f64 / rows.max(1) as f64);
         let record = serde_json::json!({"epoch": epoch, "run": self.name, "lr": lr, "train_loss": loss, "train_accuracy": acc, "seconds": seconds});
@@ -428,6 +562,11 @@ fn means(outcomes: &[Outcome]) -> Vec<(String, usize, f64, f64)> {
         .collect()
 }
 
+/// The deepest boundary in `means`.
+fn last_boundary(means: &[(String, usize, f64, f64)]) -> usize {
+    means.iter().map(|m| m.1).max().unwrap_or(0)
+}
+
 fn mean_of(means: &[(String, usize, f64, f64)], variant: &str, n: usize) -> f64 {
     means.iter().find(|m| m.0 == variant && m.1 == n).map(|m| m.2).unwrap_or(f64::NAN)
 }
@@ -436,9 +575,10 @@ fn mean_of(means: &[(String, usize, f64, f64)], variant: &str, n: usize) -> f64 
 /// horizontal reference.
 fn plot(path: &Path, means: &[(String, usize, f64, f64)]) -> Result<()> {
     let base = mean_of(means, "baseB", 0);
-    let mut series = vec![Series { name: "baseB".into(), points: vec![(1.0, base), ((LAYERS - 1) as f64, base)] }];
+    let last = last_boundary(means);
+    let mut series = vec![Series { name: "baseB".into(), points: vec![(1.0, base), (last as f64, base)] }];
     for variant in ["BnB", "BnB+", "AnB", "AnB+"] {
-        series.push(Series { name: variant.into(), points: (1..LAYERS).map(|n| (n as f64, mean_of(means, variant, n))).collect() });
+        series.push(Series { name: variant.into(), points: (1..=last).map(|n| (n as f64, mean_of(means, variant, n))).collect() });
     }
     line_plot(path, "transferability: accuracy on B's test images", "layers transferred (n)", &series)
 }
@@ -449,11 +589,11 @@ fn plot(path: &Path, means: &[(String, usize, f64, f64)]) -> Result<()> {
 pub fn findings(means: &[(String, usize, f64, f64)]) -> Vec<(String, bool, String)> {
     let base = mean_of(means, "baseB", 0);
     let at = |v: &str, n: usize| mean_of(means, v, n);
-    let last = LAYERS - 1;
+    let last = last_boundary(means);
     let anb_drop = at("AnB", 1) - at("AnB", last);
     let middle = (2..last).map(|n| at("BnB", n)).fold(f64::INFINITY, f64::min);
     let ends = at("BnB", 1).min(at("BnB", last));
-    let plus: Vec<f64> = (1..LAYERS).map(|n| at("AnB+", n)).collect();
+    let plus: Vec<f64> = (1..=last).map(|n| at("AnB+", n)).collect();
     let plus_mean = plus.iter().sum::<f64>() / plus.len() as f64;
     vec![
         (
@@ -537,7 +677,70 @@ mod tests {
         assert_eq!(net.out.weight.dims(), [84, 5]);
         assert_eq!(net.forward(Tensor::<2>::ones([3, INPUT], &device)).dims(), [3, 5]);
         assert_eq!("lenet".parse::<StudyArch>().unwrap(), StudyArch::Lenet);
-        assert!("resnet18".parse::<StudyArch>().unwrap_err().to_string().contains("resnet18"));
+        assert_eq!("resnet18".parse::<StudyArch>().unwrap(), StudyArch::ResNet18);
+        assert!("resnet50".parse::<StudyArch>().unwrap_err().to_string().contains("resnet18"));
+    }
+
+    /// Every float tensor of `m` (parameters and BatchNorm statistics), in visiting order.
+    fn values<M: Module>(m: &M) -> Vec<f32> {
+        struct Values(Vec<f32>);
+        impl burn::module::ModuleVisitor for Values {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                self.0.extend(p.val().into_data().try_to_vec::<f32>().unwrap());
+            }
+        }
+        let mut v = Values(Vec::new());
+        m.visit(&mut v);
+        v.0
+    }
+
+    /// ResNet-18's six groups' values: stem, layer1 … layer4, fc.
+    fn resnet_groups(net: &StudyNet) -> Vec<Vec<f32>> {
+        let StudyNet::ResNet(r) = net else { panic!("not a ResNet") };
+        vec![[values(&r.conv1), values(&r.bn1)].concat(), values(&r.layer1), values(&r.layer2), values(&r.layer3), values(&r.layer4), values(&r.fc)]
+    }
+
+    /// ResNet-18 at stage granularity: boundary n copies exactly the first n groups (weights and
+    /// BatchNorm statistics), and freezing them stops their gradients and keeps their BatchNorm
+    /// statistics through a training step while the groups above train.
+    #[test]
+    fn resnet18_transplant_copies_the_first_n_stages_and_freezing_holds_them() {
+        let device = Device::flex();
+        let train_device = device.clone().autodiff();
+        assert_eq!(StudyArch::ResNet18.boundaries(), 1..6);
+        let batch = || Tensor::<2>::random([4, INPUT], burn::tensor::Distribution::Uniform(0.0, 1.0), &train_device);
+        // A base whose BatchNorm statistics have moved (one training-mode forward), so copying
+        // them is visible.
+        device.seed(1);
+        let base = StudyNet::init(StudyArch::ResNet18, 5, &device).train();
+        assert_eq!(base.forward(batch()).dims(), [4, 5]);
+        let base = base.valid();
+        device.seed(2);
+        let fresh = StudyNet::init(StudyArch::ResNet18, 5, &device);
+        let (b, f) = (resnet_groups(&base), resnet_groups(&fresh));
+        assert_eq!(b.len(), StudyArch::ResNet18.groups().len());
+        for n in StudyArch::ResNet18.boundaries() {
+            let t = resnet_groups(&fresh.clone().transplant(&base, n));
+            for g in 0..6 {
+                if g < n {
+                    assert!(t[g] == b[g], "n = {n}: group {g} is the base's");
+                } else {
+                    assert!(t[g] == f[g] && t[g] != b[g], "n = {n}: group {g} stays the new network's");
+                }
+            }
+        }
+        // Frozen stem and layer1: no gradients, and their BatchNorm statistics stay put through
+        // a training-mode step; layer2 (trainable) gets gradients and moves its statistics.
+        let net = engine::stable_ids(fresh.clone().transplant(&base, 2)).train().freeze_first(2);
+        let before = resnet_groups(&net.valid());
+        let grads = net.forward(batch()).sum().backward();
+        let after = resnet_groups(&net.valid());
+        assert!(before[0] == after[0] && before[1] == after[1], "frozen groups' BatchNorm statistics unchanged");
+        assert!(before[2] != after[2], "layer2's BatchNorm trains");
+        let StudyNet::ResNet(r) = &net else { unreachable!() };
+        assert!(r.conv1.weight.val().grad(&grads).is_none() && r.bn1.gamma.val().grad(&grads).is_none());
+        assert!(r.layer1.iter().all(|block| block.conv2.weight.val().grad(&grads).is_none() && block.bn2.gamma.val().grad(&grads).is_none()));
+        assert!(r.layer2[0].conv1.weight.val().grad(&grads).is_some() && r.fc.as_ref().unwrap().weight.val().grad(&grads).is_some());
     }
 
     #[test]
