@@ -101,17 +101,21 @@ pub struct SmallCnn {
 }
 
 impl SmallCnn {
+    /// The small CNN's five layers, freshly initialised.
     pub fn init(classes: usize, device: &Device) -> Self {
-        Self::init_arch(StudyArch::SmallCnn, classes, device)
+        Self::init_five(false, classes, device)
     }
 
-    /// `arch`'s five layers, freshly initialised (LeNet-5's for [`StudyArch::Lenet`], the small
-    /// CNN's otherwise).
-    pub fn init_arch(arch: StudyArch, classes: usize, device: &Device) -> Self {
+    /// LeNet-5's five layers ([`StudyArch::Lenet`]), freshly initialised.
+    pub fn lenet(classes: usize, device: &Device) -> Self {
+        Self::init_five(true, classes, device)
+    }
+
+    fn init_five(lenet: bool, classes: usize, device: &Device) -> Self {
         let conv = |i, o, k: usize, pad: usize| Conv2dConfig::new([i, o], [k, k]).with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad)).init(device);
         let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
-        match arch {
-            StudyArch::SmallCnn | StudyArch::ResNet18 => SmallCnn {
+        match lenet {
+            false => SmallCnn {
                 conv1: conv(1, 32, 3, 1),
                 conv2: conv(32, 64, 3, 1),
                 fc1: LinearConfig::new(64 * 7 * 7, 256).init(device),
@@ -119,7 +123,7 @@ impl SmallCnn {
                 out: LinearConfig::new(128, classes).init(device),
                 pool,
             },
-            StudyArch::Lenet => SmallCnn {
+            true => SmallCnn {
                 conv1: conv(1, 6, 5, 2),
                 conv2: conv(6, 16, 5, 0),
                 fc1: LinearConfig::new(16 * 5 * 5, 120).init(device),
@@ -194,7 +198,8 @@ impl StudyNet {
     /// `arch` freshly initialised for `classes` outputs.
     pub fn init(arch: StudyArch, classes: usize, device: &Device) -> Self {
         match arch {
-            StudyArch::SmallCnn | StudyArch::Lenet => StudyNet::Plain(SmallCnn::init_arch(arch, classes, device)),
+            StudyArch::SmallCnn => StudyNet::Plain(SmallCnn::init(classes, device)),
+            StudyArch::Lenet => StudyNet::Plain(SmallCnn::lenet(classes, device)),
             StudyArch::ResNet18 => {
                 let config = ResNetConfig { resolution: SIDE, num_classes: classes, ..ResNetConfig::resnet(18).expect("18 is a ResNet depth") };
                 StudyNet::ResNet(config.init(device))
@@ -669,7 +674,7 @@ mod tests {
     #[test]
     fn lenet_has_lenet5_shapes() {
         let device = Device::flex();
-        let net = SmallCnn::init_arch(StudyArch::Lenet, 5, &device);
+        let net = SmallCnn::lenet(5, &device);
         assert_eq!(net.conv1.weight.dims(), [6, 1, 5, 5]);
         assert_eq!(net.conv2.weight.dims(), [16, 6, 5, 5]);
         assert_eq!(net.fc1.weight.dims(), [400, 120]);
