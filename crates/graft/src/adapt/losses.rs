@@ -120,8 +120,7 @@ pub fn proxy_a_distance(error: f64) -> f64 {
 /// ω = d_l / (d_g + d_l), the share of the conditional (local) alignment in
 /// (1 − ω)·L_global + ω·L_local. Domains whose marginal distributions are far apart (large d_g)
 /// get mostly global alignment; once they are close, the class-conditional alignment takes over.
-/// This is the direction of the authors' code (the paper's equation 7 prints the ratio the other
-/// way round, which contradicts its own reading of ω). `previous` is kept when neither
+/// This is the direction of the authors' released code. `previous` is kept when neither
 /// discriminator sees any distance (or there are no local errors).
 pub fn daan_omega(global_error: f64, local_errors: &[f64], previous: f64) -> f64 {
     if local_errors.is_empty() {
