@@ -56,7 +56,7 @@ for seed in $SEEDS; do
     esac
     if [ "$init" != original ]; then
       from=(--weights "$pre/trunk.safetensors")
-      stats=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print(f"{m[\"seconds\"]:.0f}\t{m[\"first_epoch_loss\"]:.4f}\t{m[\"last_epoch_loss\"]:.4f}")' "$pre/model.json")
+      stats=$(python3 -c 'import json,sys; m=json.load(open(sys.argv[1])); print("%.0f\t%.4f\t%.4f" % (m["seconds"], m["first_epoch_loss"], m["last_epoch_loss"]))' "$pre/model.json")
     fi
     run="$WORK/fit-$init-$seed"
     $GRAFT fit --model efficientnet-lite0 "${from[@]}" --data "$labelled" --val-split 0 --epochs "$FIT_EPOCHS" --seed "$seed" --out "$run" --overwrite >&2
