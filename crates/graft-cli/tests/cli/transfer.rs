@@ -316,6 +316,8 @@ fn contrastive_and_siamese_tune_a_pretrained_trunks_top_that_fit_starts_from() {
     let args = ["pretrain", "--method", "siamese", "--model", "efficientnet-lite0", "--pairs", s(&pairs), "--data", s(&unlabelled), "--epochs", "1", "--lr", "0.001", "--out", s(&siamese), "--json"];
     let p = json_of(&graft_in(&home, &args));
     assert_eq!((p["pairs"].as_u64(), p["images"].as_u64()), (Some(20), Some(20)), "{p}");
+    // The top alone trains (no projection head): the last block, the head convolution and BatchNorm.
+    assert_eq!(p["trainable_params"].as_u64(), Some(1_017_600), "{p}");
     check(&graft_weights::load(&siamese.join("trunk.safetensors")).unwrap(), "", "siamese trunk.safetensors", original.tensors.len() - 2);
     let inspected = json_of(&graft_in(&home, &["inspect", "--run", s(&siamese), "--json"]));
     assert_eq!((inspected["model"]["kind"].as_str(), inspected["finished"].as_bool()), (Some("trunk-pretrain"), Some(true)), "{inspected}");

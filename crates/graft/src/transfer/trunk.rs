@@ -267,6 +267,10 @@ fn pretrain_trunk_run(config: &TrunkPretrainConfig, run: &Path, resume: bool, ho
     // `graft fit` keeps it.
     let flags = ParamGroup::from_regex(r"^trunk\..*\.training$").map_err(|e| GraftError::setting("freeze", "", format!("{e:?}")))?;
     model = model.freeze_group(flags);
+    if config.pairs.is_some() {
+        // Siamese compares pooled codes: the projection head is never used.
+        model.head = model.head.no_grad();
+    }
     let model = model.train();
     let trainable_params = count_trainable(&model);
     let n = pair_rows.as_ref().map(Vec::len).unwrap_or(images);
