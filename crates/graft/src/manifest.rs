@@ -19,6 +19,7 @@ use crate::train::run::RunInfo;
 use crate::train::text::TextRunInfo;
 use crate::transfer::autoencoder::{MlpRun, PretrainSummary};
 use crate::transfer::corrupt::{CorruptTextSummary, WordFitRun};
+use crate::transfer::trunk::TrunkPretrainSummary;
 use crate::{GraftError, Result};
 
 /// The `format` every run written now has; a run without one predates it (and is read as such).
@@ -31,7 +32,7 @@ pub const MANIFEST_FILE: &str = "model.json";
 const LEGACY_FILES: [(&str, &str); 2] = [(crate::fsutil::RUN_FILES[1], "mlp"), (crate::fsutil::RUN_FILES[2], "pretrain")];
 
 /// Every `kind` a run can have, as written in `model.json`.
-pub const KINDS: [&str; 7] = ["image", "text", "adapt", "mlp", "pretrain", "text-pretrain", "words"];
+pub const KINDS: [&str; 8] = ["image", "text", "adapt", "mlp", "pretrain", "text-pretrain", "words", "trunk-pretrain"];
 
 /// What a run holds, by kind (`model.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,6 +54,10 @@ pub enum RunManifest {
     TextPretrain(CorruptTextSummary),
     /// `graft fit --init RUN` from a corrupted-text run: the word encoder and a linear classifier.
     Words(WordFitRun),
+    /// `graft pretrain --method siamese|contrastive --model M`: a pretrained trunk whose top was
+    /// tuned (`trunk.safetensors`, read by `graft fit --weights`; not a classifier).
+    #[serde(rename = "trunk-pretrain")]
+    TrunkPretrain(TrunkPretrainSummary),
 }
 
 /// What is written: the format number, the device the run computed on, then the kind and its
@@ -85,6 +90,7 @@ impl RunManifest {
             RunManifest::Pretrain(_) => "pretrain",
             RunManifest::TextPretrain(_) => "text-pretrain",
             RunManifest::Words(_) => "words",
+            RunManifest::TrunkPretrain(_) => "trunk-pretrain",
         }
     }
 
@@ -99,6 +105,7 @@ impl RunManifest {
             RunManifest::Pretrain(_) => "pretrained encoder (graft pretrain; fine-tune it with graft fit --init)",
             RunManifest::TextPretrain(_) => "pretrained word encoder (graft pretrain --method corrupted-text; fine-tune it with graft fit --init)",
             RunManifest::Words(_) => "word-encoder text classifier (graft fit --init from a corrupted-text run)",
+            RunManifest::TrunkPretrain(_) => "pretrained trunk with a tuned top (graft pretrain --model; fine-tune it with graft fit --weights RUN/trunk.safetensors)",
         }
     }
 
@@ -110,7 +117,7 @@ impl RunManifest {
             RunManifest::Adapt(a) => Some(&a.classes),
             RunManifest::Mlp(m) => Some(&m.classes),
             RunManifest::Words(w) => Some(&w.classes),
-            RunManifest::Pretrain(_) | RunManifest::TextPretrain(_) => None,
+            RunManifest::Pretrain(_) | RunManifest::TextPretrain(_) | RunManifest::TrunkPretrain(_) => None,
         }
     }
 
@@ -204,6 +211,7 @@ manifest_kind!(AdaptInfo, Adapt, "an adaptation run from `graft adapt`");
 manifest_kind!(MlpRun, Mlp, "an MLP run from `graft fit --init` or `--arch mlp:…`");
 manifest_kind!(PretrainSummary, Pretrain, "a pretraining run from `graft pretrain` (what --init takes)");
 manifest_kind!(CorruptTextSummary, TextPretrain, "a corrupted-text pretraining run from `graft pretrain --method corrupted-text`");
+manifest_kind!(TrunkPretrainSummary, TrunkPretrain, "a trunk-pretraining run from `graft pretrain --model`");
 manifest_kind!(WordFitRun, Words, "a word-encoder classifier from `graft fit --init` on a corrupted-text run");
 
 /// The run's description when it is of the kind `expected` (`what` names it in the error).

@@ -101,6 +101,16 @@ impl Predictor {
                 })
             }
             RunManifest::Words(_) => Model::Words(Box::new(load_word_run(run, device)?)),
+            RunManifest::TrunkPretrain(t) => {
+                return Err(GraftError::Data {
+                    path: run.to_path_buf(),
+                    reason: format!(
+                        "a trunk-pretraining run holds a tuned trunk, not a classifier: fit a head on it with `graft fit --model {} --weights {} --data LABELLED --out NEW_RUN`",
+                        t.config.model,
+                        run.join(crate::transfer::trunk::TRUNK_FILE).display()
+                    ),
+                })
+            }
             RunManifest::Pretrain(_) => {
                 return Err(GraftError::Data {
                     path: run.to_path_buf(),

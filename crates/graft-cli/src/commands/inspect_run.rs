@@ -50,7 +50,8 @@ pub fn run(dir: &Path, out: &Output) -> anyhow::Result<()> {
     let finished = !summary.is_null()
         || matches!(manifest, RunManifest::Mlp(_) | RunManifest::Words(_))
         || matches!(&manifest, RunManifest::Pretrain(p) if !p.layers.is_empty())
-        || matches!(&manifest, RunManifest::TextPretrain(p) if p.epochs > 0);
+        || matches!(&manifest, RunManifest::TextPretrain(p) if p.epochs > 0)
+        || matches!(&manifest, RunManifest::TrunkPretrain(p) if p.trunk_weights.is_some());
     let value = json!({
         "run": dir, "kind": kind, "finished": finished, "epochs_done": epochs_done,
         "model": model, "config": config, "summary": summary, "files": files,

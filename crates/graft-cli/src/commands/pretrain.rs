@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use graft::transfer::autoencoder::{pretrain, PretrainConfig};
 use graft::transfer::corrupt::{self, CorruptTextConfig};
+use graft::transfer::trunk::{self, TrunkPretrainConfig};
 use graft::zoo::graft_home;
 use serde_json::json;
 
@@ -20,6 +21,12 @@ use crate::reporter::TermReporter;
 /// text to score each real sentence above a copy with a word replaced or two words swapped
 /// (hinge loss, Collobert & Weston 2008); `graft fit --init RUN` on labelled text then fine-tunes
 /// it with a linear classifier.
+///
+/// With --model, siamese and contrastive train a pretrained trunk's top instead: the stem and
+/// the blocks --freeze names stay frozen (BatchNorm in inference mode), their activations are
+/// computed once (--cache-views augmented views per image, in the feature cache), and the top
+/// trains; the run writes RUN/trunk.safetensors under the checkpoint's own names, for
+/// `graft fit --model M --weights RUN/trunk.safetensors`.
 #[derive(Debug, clap::Args)]
 pub struct PretrainArgs {
     #[command(flatten)]
@@ -45,17 +52,37 @@ pub struct PretrainArgs {
     pub out: Option<PathBuf>,
     /// Continue the run in this directory after its last completed epoch, with its saved
     /// config.toml (a run killed at any moment finishes as if never interrupted). [default: none]
-    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed", "cd_k", "visible", "pairs", "margin", "temperature", "crop", "projection_hidden", "tokenizer", "max_tokens", "corruption"])]
+    #[arg(long, conflicts_with_all = ["method", "data", "arch", "out", "epochs", "batch_size", "lr", "noise", "seed", "cd_k", "visible", "pairs", "margin", "temperature", "crop", "projection_hidden", "tokenizer", "max_tokens", "corruption", "model", "weights", "freeze", "augment", "cache_views"])]
     pub resume: Option<PathBuf>,
+    /// Siamese, contrastive: a zoo model (efficientnet-lite0, resnet18, …) whose pretrained
+    /// trunk's top trains instead of an MLP (see above). [default: none: the MLP of --arch]
+    #[arg(long)]
+    pub model: Option<String>,
+    /// With --model: its weights file, as `graft fit --weights`. [default: the pulled weights]
+    #[arg(long, value_name = "FILE")]
+    pub weights: Option<PathBuf>,
+    /// With --model: what stays frozen, as `graft fit --freeze` (N = stem + first N blocks,
+    /// regex:PATTERN, until:LAYER). [default: all but the last numbered block]
+    #[arg(long)]
+    pub freeze: Option<String>,
+    /// With --model: image-level augmentation of the stored views, as `graft fit --augment`
+    /// (contrastive pairs two different views of each image). [default: flip,crop:0.35-1 for
+    /// contrastive; none for siamese]
+    #[arg(long)]
+    pub augment: Option<String>,
+    /// With --model: views stored per image at the cut (view 0 the plain image; contrastive
+    /// needs at least 2). [default: 4 for contrastive; 1 for siamese]
+    #[arg(long)]
+    pub cache_views: Option<usize>,
     /// Epochs per layer (siamese, contrastive: of the whole encoder). [default: 10; 60 for
-    /// --method contrastive]
+    /// --method contrastive; 10 with --model]
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Images per training step (contrastive: each brings two views, the other 2B − 2 views are
-    /// its negatives). [default: 64; 256 for --method contrastive]
+    /// its negatives). [default: 64; 256 for --method contrastive; with --model 64 (siamese: pairs)]
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Learning rate (Adam). [default: 0.001; 0.003 for --method contrastive]
+    /// Learning rate (Adam). [default: 0.001; 0.003 for --method contrastive; 0.0001 with --model]
     #[arg(long)]
     pub lr: Option<f64>,
     /// Denoising autoencoders: the fraction of inputs set to zero.
@@ -111,6 +138,7 @@ pub struct PretrainArgs {
 enum Plan {
     Images(PretrainConfig),
     Text(CorruptTextConfig),
+    Trunk(TrunkPretrainConfig),
 }
 
 /// The flags as the library's [`PretrainConfig`], the run directory and whether it resumes.
@@ -118,19 +146,60 @@ enum Plan {
 /// `--resume`, the run's own config.toml is read (the one file read during resolution).
 fn resolve(args: PretrainArgs) -> anyhow::Result<(Plan, PathBuf, bool)> {
     let PretrainArgs {
-        device: _, method, data, arch, out, resume, epochs, batch_size, lr, noise, seed, cd_k, visible, pairs, margin, temperature, crop,
-        projection_hidden, tokenizer, max_tokens, corruption,
+        device: _, method, data, arch, out, resume, model, weights, freeze, augment, cache_views, epochs, batch_size, lr, noise, seed, cd_k,
+        visible, pairs, margin, temperature, crop, projection_hidden, tokenizer, max_tokens, corruption,
     } = args;
     if let Some(run) = resume {
-        let config = match corrupt::is_corrupt_text_run(&run) {
-            true => Plan::Text(CorruptTextConfig::from_toml(&run.join("config.toml"))?),
-            false => Plan::Images(PretrainConfig::from_toml(&run.join("config.toml"))?),
+        let config = if corrupt::is_corrupt_text_run(&run) {
+            Plan::Text(CorruptTextConfig::from_toml(&run.join("config.toml"))?)
+        } else if trunk::is_trunk_run(&run) {
+            Plan::Trunk(TrunkPretrainConfig::from_toml(&run.join("config.toml"))?)
+        } else {
+            Plan::Images(PretrainConfig::from_toml(&run.join("config.toml"))?)
         };
         return Ok((config, run, true));
     }
     let (Some(method), Some(data), Some(out)) = (method, data, out) else {
         anyhow::bail!("--method, --data and --out are required (or --resume RUN)");
     };
+    if model.is_some() || weights.is_some() {
+        // A pretrained trunk's top: the MLP's and the text method's flags would be ignored.
+        let mlp_only = [
+            (arch.is_some(), "--arch"), (noise != 0.0, "--noise"), (cd_k != 1, "--cd-k"), (visible != "bernoulli", "--visible"), (crop.is_some(), "--crop"),
+            (tokenizer.is_some(), "--tokenizer"), (max_tokens != 64, "--max-tokens"), (corruption != "both", "--corruption"),
+        ];
+        let given: Vec<&str> = mlp_only.iter().filter(|(g, _)| *g).map(|(_, f)| *f).collect();
+        anyhow::ensure!(given.is_empty(), "{} apply to the MLP and text methods, not to a pretrained trunk (--model)", given.join(", "));
+        anyhow::ensure!(matches!(method.as_str(), "siamese" | "contrastive"), "invalid --method `{method}`: a pretrained trunk's top (--model) trains by siamese or contrastive");
+        let spec = graft::zoo::ModelSpec::find(model.as_deref().unwrap_or("efficientnet-lite0"))?;
+        let contrastive = method == "contrastive";
+        let freeze = match freeze {
+            Some(f) => f.parse()?,
+            None => graft::zoo::layers::FreezeSpec::FirstBlocks(graft::zoo::layers::numbered_blocks(&spec.layer_rows()).saturating_sub(1)),
+        };
+        let augment = augment.as_deref().unwrap_or(if contrastive { "flip,crop:0.35-1" } else { "none" }).parse()?;
+        let config = TrunkPretrainConfig {
+            method,
+            model: spec.id.to_string(),
+            weights,
+            data,
+            pairs,
+            freeze,
+            epochs: epochs.unwrap_or(10),
+            batch_size: batch_size.unwrap_or(64),
+            lr: lr.unwrap_or(1e-4),
+            seed,
+            margin,
+            temperature,
+            projection_hidden,
+            augment,
+            cache_views: cache_views.unwrap_or(if contrastive { 4 } else { 1 }),
+        };
+        return Ok((Plan::Trunk(config), out, false));
+    }
+    let trunk_only = [(freeze.is_some(), "--freeze"), (augment.is_some(), "--augment"), (cache_views.is_some(), "--cache-views")];
+    let given: Vec<&str> = trunk_only.iter().filter(|(g, _)| *g).map(|(_, f)| *f).collect();
+    anyhow::ensure!(given.is_empty(), "{} apply to a pretrained trunk's top (--model M) only", given.join(", "));
     if method == corrupt::METHOD {
         // The image methods' flags would be silently ignored.
         let image_only = [
@@ -179,6 +248,24 @@ pub fn run(args: PretrainArgs, out: &Output) -> anyhow::Result<()> {
     let next = |run: &std::path::Path| format!("resume with graft pretrain --resume {}", run.display());
     let config = match plan {
         Plan::Images(config) => config,
+        Plan::Trunk(config) => {
+            let s = match trunk::pretrain_trunk(&config, &run_dir, resume, &graft_home(), &TermReporter::new(), &device) {
+                Ok(s) => s,
+                Err(e) => return crate::reporter::exit_if_interrupted(Err(e.into()), next),
+            };
+            let mut value = serde_json::to_value(&s)?;
+            value["skipped"] = json!(s.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect::<Vec<_>>());
+            out.result(&value, || {
+                let loss = |l: Option<f64>| l.map(|l| format!("{l:.4}")).unwrap_or_else(|| "–".into());
+                let trunk = s.trunk_weights.clone().unwrap_or_default();
+                format!(
+                    "run {}: {} trained above {} by {} on {} images ({} parameters, {} epochs, {:.1} s)\n  loss {} → {}\n  tuned trunk: {} (graft fit --model {} --weights {})\n",
+                    s.run.display(), s.config.model, s.cut, s.config.method, s.images, s.trainable_params, s.epochs, s.seconds,
+                    loss(s.first_epoch_loss), loss(s.last_epoch_loss), trunk.display(), s.config.model, trunk.display()
+                )
+            });
+            return Ok(());
+        }
         Plan::Text(config) => {
             let s = match corrupt::pretrain_corrupt_text(&config, &run_dir, resume, &graft_home(), &TermReporter::new(), &device) {
                 Ok(s) => s,

@@ -136,6 +136,25 @@ fn pretrain_resumes_after_kill_with_the_same_encoder() {
     assert_eq!(tensors(&dir.join("killed/encoder.safetensors")), tensors(&dir.join("full/encoder.safetensors")));
 }
 
+/// SimCLR on a pretrained trunk's top (Lite0's last block and head convolution on cached views).
+#[test]
+fn trunk_pretraining_resumes_after_kill_with_the_same_trunk() {
+    let dir = scratch("resume-pretrain-trunk");
+    let data = super::transfer::import("fashion-mnist", "train", 2, 3, &dir.join("images"));
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "pretrain", "--method", "contrastive", "--model", "efficientnet-lite0", "--data", s(&data), "--epochs", "3", "--batch-size", "5",
+            "--cache-views", "2", "--lr", "0.001", "--seed", "5", "--out", s(out), "--json",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let (full, resumed) = uninterrupted_and_resumed(&args, &dir.join("full"), &dir.join("killed"), "pretrain", 3, 1);
+    assert_eq!((resumed["first_epoch_loss"].clone(), resumed["last_epoch_loss"].clone()), (full["first_epoch_loss"].clone(), full["last_epoch_loss"].clone()));
+    assert_eq!(tensors(&dir.join("killed/trunk.safetensors")), tensors(&dir.join("full/trunk.safetensors")));
+}
+
 #[test]
 fn corrupted_text_pretraining_resumes_after_kill_with_the_same_encoder() {
     let dir = scratch("resume-corrupt-text");

@@ -240,3 +240,98 @@ fn siamese_and_contrastive_pretraining_feed_fit_init() {
     assert_bad_input(&graft(&["pretrain", "--method", "siamese", "--pairs", s(&dir.join("bad.csv")), "--data", s(&unlabelled), "--out", s(&x)]), &["bad.csv", "line 1", "maybe"]);
     assert!(!x.exists(), "refused settings leave no run directory");
 }
+
+/// A pretrained trunk's top tuned by SimCLR on stored views, and by siamese pairs: Lite0's last
+/// block and head convolution train on the frozen part's cached activations; `trunk.safetensors`
+/// (the checkpoint's own names) feeds `fit --weights`, whose trunk then has the tuned top and the
+/// original frozen part, byte for byte; a finished run resumed changes nothing.
+#[test]
+fn contrastive_and_siamese_tune_a_pretrained_trunks_top_that_fit_starts_from() {
+    let dir = scratch("pretrain-trunk");
+    let home = isolated_home("pretrain-trunk");
+    let unlabelled = import("fashion-mnist", "train", 2, 1, &dir.join("unlabelled"));
+    let labelled = import("fashion-mnist", "train", 1, 2, &dir.join("labelled"));
+    let original = graft_weights::load(&super::lite0_weights()).unwrap();
+    let top = |name: &str| name.starts_with("_blocks.15.") || name.starts_with("_conv_head.") || name.starts_with("_bn1.");
+    // The tensors of `tuned` against the original: every one under the original names, or a
+    // fit's convolutions (`trunk.` + the same name; its BatchNorms have burn's names): the frozen
+    // part byte-identical, the top's convolutions changed, its BatchNorm statistics not.
+    let check = |tuned: &graft_weights::StateDict, prefix: &str, what: &str, at_least: usize| {
+        let mut compared = 0;
+        for (name, t) in &original.tensors {
+            let Some(u) = tuned.tensors.get(&format!("{prefix}{name}")) else {
+                assert!(name.starts_with("_fc.") || !prefix.is_empty() && name.contains("_bn"), "{what}: no {prefix}{name}");
+                continue;
+            };
+            compared += 1;
+            if top(name) && (name.ends_with("conv.weight") || name == "_conv_head.weight") {
+                assert!(u.data != t.data, "{what}: {name} did not train");
+            } else if !top(name) || name.contains("running_") {
+                assert!(u.data == t.data && u.shape == t.shape, "{what}: frozen {name} changed");
+            }
+        }
+        assert!(compared >= at_least, "{what}: only {compared} tensors compared");
+    };
+
+    let pre = dir.join("simclr");
+    let args = [
+        "pretrain", "--method", "contrastive", "--model", "efficientnet-lite0", "--data", s(&unlabelled), "--epochs", "1",
+        "--batch-size", "10", "--cache-views", "3", "--lr", "0.001", "--out", s(&pre), "--json",
+    ];
+    let p = json_of(&graft_in(&home, &args));
+    assert_eq!((p["epochs"].as_u64(), p["images"].as_u64(), p["cut"].as_str()), (Some(1), Some(20), Some("_blocks.14")), "{p}");
+    assert!(p["trainable_params"].as_u64().unwrap() > 500_000 && p["last_epoch_loss"].as_f64().unwrap().is_finite(), "{p}");
+    let trunk = graft_weights::load(&pre.join("trunk.safetensors")).unwrap();
+    check(&trunk, "", "trunk.safetensors", original.tensors.len() - 2);
+    // The projection head trained with the top and is not in trunk.safetensors.
+    assert!(!trunk.tensors.keys().any(|k| k.starts_with("head.")));
+
+    // A finished run resumed trains nothing and rewrites nothing.
+    let saved = std::fs::read(pre.join("trunk.safetensors")).unwrap();
+    json_of(&graft_in(&home, &["pretrain", "--resume", s(&pre), "--json"]));
+    assert!(std::fs::read(pre.join("trunk.safetensors")).unwrap() == saved, "the resumed finished run rewrote trunk.safetensors");
+
+    // The next step: a head on the tuned trunk.
+    let run = dir.join("fit");
+    let weights = pre.join("trunk.safetensors");
+    json_of(&graft_in(&home, &["fit", "--model", "efficientnet-lite0", "--weights", s(&weights), "--data", s(&labelled), "--val-split", "0", "--epochs", "1", "--out", s(&run), "--json"]));
+    check(&graft_weights::load(&run.join("best.safetensors")).unwrap(), "trunk.", "fit --weights trunk.safetensors", 49);
+
+    // Siamese: pairs of the unlabelled images (the first two of each class same, across classes different).
+    let mut classes: Vec<String> = std::fs::read_dir(&unlabelled).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    classes.sort();
+    let files = |c: &str| {
+        let mut f: Vec<String> = std::fs::read_dir(unlabelled.join(c)).unwrap().map(|e| format!("{c}/{}", e.unwrap().file_name().to_string_lossy())).collect();
+        f.sort();
+        f
+    };
+    let mut csv = String::from("a,b,same\n");
+    for (k, c) in classes.iter().enumerate() {
+        let (own, next) = (files(c), files(&classes[(k + 1) % classes.len()]));
+        csv.push_str(&format!("{},{},1\n{},{},0\n", own[0], own[1], own[0], next[1]));
+    }
+    let pairs = dir.join("pairs.csv");
+    std::fs::write(&pairs, csv).unwrap();
+    let siamese = dir.join("siamese");
+    let args = ["pretrain", "--method", "siamese", "--model", "efficientnet-lite0", "--pairs", s(&pairs), "--data", s(&unlabelled), "--epochs", "1", "--lr", "0.001", "--out", s(&siamese), "--json"];
+    let p = json_of(&graft_in(&home, &args));
+    assert_eq!((p["pairs"].as_u64(), p["images"].as_u64()), (Some(20), Some(20)), "{p}");
+    // The top alone trains (no projection head): the last block, the head convolution and BatchNorm.
+    assert_eq!(p["trainable_params"].as_u64(), Some(1_017_600), "{p}");
+    check(&graft_weights::load(&siamese.join("trunk.safetensors")).unwrap(), "", "siamese trunk.safetensors", original.tensors.len() - 2);
+    let inspected = json_of(&graft_in(&home, &["inspect", "--run", s(&siamese), "--json"]));
+    assert_eq!((inspected["model"]["kind"].as_str(), inspected["finished"].as_bool()), (Some("trunk-pretrain"), Some(true)), "{inspected}");
+
+    // Settings that cannot train a top are refused by flag, leaving no run.
+    let x = dir.join("x");
+    let base = ["pretrain", "--model", "efficientnet-lite0", "--data", s(&unlabelled), "--out", s(&x)];
+    fn joined<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        [base, extra].concat()
+    }
+    let with = |extra: &[&'static str]| joined(&base, extra);
+    assert_bad_input(&graft_in(&home, &with(&["--method", "contrastive", "--freeze", "all"])), &["--freeze", "all"]);
+    assert_bad_input(&graft_in(&home, &with(&["--method", "contrastive", "--cache-views", "1"])), &["--cache-views", "1"]);
+    assert_bad_input(&graft_in(&home, &with(&["--method", "rbm"])), &["--method", "rbm"]);
+    assert_bad_input(&graft_in(&home, &with(&["--method", "contrastive", "--arch", "mlp:8"])), &["--arch"]);
+    assert!(!x.exists(), "refused settings leave no run directory");
+}

@@ -132,15 +132,15 @@ pub struct FitSummary {
 
 /// The readable images of a split, as an index: paths, labels and content hashes. Pixels are
 /// decoded batch by batch when needed ([`ImageSource::stream`]), never held all at once.
-struct Split {
-    paths: Arc<Vec<PathBuf>>,
+pub(crate) struct Split {
+    pub(crate) paths: Arc<Vec<PathBuf>>,
     labels: Vec<usize>,
     /// sha256 of each image file: its key in the feature store.
     hashes: Vec<[u8; 32]>,
 }
 
 impl Split {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.labels.len()
     }
 
@@ -785,7 +785,7 @@ pub(crate) fn write_plots(run: &Path, metrics: &[EpochMetrics], classes: &[Strin
 
 /// Indexes a split: every file is read once (hash, and a decode to find unreadable ones, which
 /// are skipped and listed); no pixels are kept.
-fn index_split(samples: &[Sample], task: &str, reporter: &dyn Reporter, skipped: &mut Vec<Skipped>) -> Split {
+pub(crate) fn index_split(samples: &[Sample], task: &str, reporter: &dyn Reporter, skipped: &mut Vec<Skipped>) -> Split {
     reporter.start(task, Some(samples.len() as u64));
     let (hashes, bad) = index_images(samples, &|done| reporter.progress(done as u64));
     reporter.finish();
@@ -820,7 +820,7 @@ fn map_shape(model: &Grafted, cut: usize, resolution: usize) -> [usize; 3] {
 /// so the same file gets the same views in every run. Validation only ever reads view 0, but
 /// its rows are laid out the same way for simplicity.
 #[allow(clippy::too_many_arguments)]
-fn activations(
+pub(crate) fn activations(
     prefix: &Grafted,
     split: &Split,
     preprocess: &Preprocess,
@@ -892,20 +892,20 @@ fn activations(
 /// Which views of each image [`activations`] lays out: `count` rows per image, view 0 plain and
 /// the others `augment`ed; `skip_plain` leaves view 0 uncomputed (a store of strong views).
 #[derive(Clone, Copy)]
-struct View<'a> {
+pub(crate) struct View<'a> {
     count: usize,
     augment: &'a Augment,
     skip_plain: bool,
 }
 
 impl<'a> View<'a> {
-    fn of(count: usize, augment: &'a Augment) -> Self {
+    pub(crate) fn of(count: usize, augment: &'a Augment) -> Self {
         View { count, augment, skip_plain: false }
     }
 }
 
 /// Activations as [`activations`] left them: keys into the store, or the rows themselves.
-enum Filled {
+pub(crate) enum Filled {
     Stored(Vec<Key>),
     Memory(Vec<f32>),
 }
@@ -913,7 +913,7 @@ enum Filled {
 /// The feature-store namespace for these activations; `None` (memory only) for a trunk without
 /// a weights identity (random initialisation) or with `--cache off`.
 #[allow(clippy::too_many_arguments)]
-fn open_store(home: &Path, model: &str, weights_sha256: Option<&str>, cut: &str, preprocess: &Preprocess, augment: &str, config: &FitConfig, reporter: &dyn Reporter) -> Result<Option<FeatureStore>> {
+pub(crate) fn open_store(home: &Path, model: &str, weights_sha256: Option<&str>, cut: &str, preprocess: &Preprocess, augment: &str, config: &FitConfig, reporter: &dyn Reporter) -> Result<Option<FeatureStore>> {
     let (Some(sha), false) = (weights_sha256, config.cache == CacheMode::Off) else {
         return Ok(None);
     };
@@ -1151,7 +1151,7 @@ impl super::semi::RowSource for Cache {
 
 /// The frozen prefix's activations of a split, one row per image view: in the feature store
 /// (read per batch, never copied whole) or, without a store, in memory.
-struct Cache {
+pub(crate) struct Cache {
     rows: CacheRows,
     width: usize,
 }
@@ -1162,7 +1162,7 @@ enum CacheRows {
 }
 
 impl Cache {
-    fn new(filled: Filled, store: Option<&Arc<FeatureStore>>, rows: usize) -> Cache {
+    pub(crate) fn new(filled: Filled, store: Option<&Arc<FeatureStore>>, rows: usize) -> Cache {
         match (filled, store) {
             (Filled::Stored(keys), Some(store)) => Cache { width: store.dim().unwrap_or(0), rows: CacheRows::Stored { store: store.clone(), keys } },
             (Filled::Memory(data), _) => Cache { width: data.len() / rows.max(1), rows: CacheRows::Memory(data) },
@@ -1180,7 +1180,7 @@ impl Cache {
         Ok(data)
     }
 
-    fn tensor(&self, rows: &[usize], device: &Device) -> Result<Tensor<2>> {
+    pub(crate) fn tensor(&self, rows: &[usize], device: &Device) -> Result<Tensor<2>> {
         Ok(Tensor::from_data(TensorData::new(self.gather(rows)?, [rows.len(), self.width]), device))
     }
 }

@@ -240,15 +240,19 @@ impl Grafted {
     /// Logits from activations at `cut` with per-sample shape `shape` ([C, h, w]; ignored when
     /// the cut is after the last stage).
     pub fn forward_from(&self, activations: Tensor<2>, cut: usize, shape: [usize; 3]) -> Tensor<2> {
-        let features = if cut == self.trunk.num_stages() {
-            activations
-        } else {
-            let [n, _] = activations.dims();
-            let x = activations.reshape([n, shape[0], shape[1], shape[2]]);
-            let x = self.trunk.forward_stages(x, cut..self.trunk.num_stages());
-            self.pool_map(x)
-        };
-        self.head.forward(features)
+        self.head.forward(self.features_from(activations, cut, shape))
+    }
+
+    /// The pooled features (what the head sees, [n, width]) from activations at `cut`, as in
+    /// [`forward_from`](Self::forward_from).
+    pub fn features_from(&self, activations: Tensor<2>, cut: usize, shape: [usize; 3]) -> Tensor<2> {
+        if cut == self.trunk.num_stages() {
+            return activations;
+        }
+        let [n, _] = activations.dims();
+        let x = activations.reshape([n, shape[0], shape[1], shape[2]]); // [n, C, h, w]
+        let x = self.trunk.forward_stages(x, cut..self.trunk.num_stages()); // [n, C', h', w']
+        self.pool_map(x) // [n, width]
     }
 
     /// Logits from images.

@@ -61,7 +61,7 @@ impl PairNet {
 }
 
 /// Rows scaled to unit length.
-fn normalize(z: Tensor<2>) -> Tensor<2> {
+pub fn normalize(z: Tensor<2>) -> Tensor<2> {
     let norm = z.clone().powi_scalar(2).sum_dim(1).sqrt().clamp_min(1e-8); // [n, 1]
     z / norm
 }
