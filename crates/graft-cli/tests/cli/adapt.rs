@@ -351,6 +351,15 @@ fn tllib_schedules_are_flags_saved_in_the_config() {
     assert_bad_input(&bad("--lr-gamma=-1", "d"), &["--lr-gamma"]);
 }
 
+/// `graft adapt` from USPS test to USPS training digits into `out` with `args` (settings meant to
+/// be refused: the caller checks the error).
+fn bad_digits_run(out: &Path, args: &[&str]) -> std::process::Output {
+    let root = data_root();
+    let mut a = vec!["adapt", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out", s(out)];
+    a.extend_from_slice(args);
+    graft(&a)
+}
+
 /// `graft adapt` on USPS test digits (source) and USPS training digits (target), a few steps.
 fn quick(method: &str, run: &Path, epochs: &str, extra: &[&str]) -> serde_json::Value {
     let root = data_root();
@@ -420,13 +429,7 @@ fn mcc_bsp_afn_mdd_train_resume_and_evaluate() {
     assert_eq!(metrics_of(&part)[1]["transfer_loss"], metrics_of(&whole)[1]["transfer_loss"]);
 
     // Bad settings: one line, exit 2, naming the flag.
-    let bad = |args: &[&str], name: &str| {
-        let mut a = vec!["adapt", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out"];
-        let out = dir.join(name);
-        a.push(s(&out));
-        a.extend_from_slice(args);
-        graft(&a)
-    };
+    let bad = |args: &[&str], name: &str| bad_digits_run(&dir.join(name), args);
     assert_bad_input(&bad(&["--method", "mcc", "--mcc-temperature", "0"], "b1"), &["--mcc-temperature"]);
     assert_bad_input(&bad(&["--method", "mcc", "--bsp-k", "2"], "b2"), &["--bsp-k", "bsp"]);
     assert_bad_input(&bad(&["--method", "dann", "--mdd-margin", "2"], "b3"), &["--mdd-margin", "mdd"]);
@@ -480,13 +483,7 @@ fn daan_weighs_global_and_local_alignment_by_its_dynamic_factor() {
     assert!(config.contains("daan_omega = 0.0") && config.contains("daan_local_hidden = 32"), "{config}");
     let e = json_of(&graft(&["eval", "--run", s(&whole), "--data", "usps:test", "--data-root", s(&root), "--json"]));
     assert!((e["accuracy"].as_f64().unwrap() - v["target_test_accuracy"].as_f64().unwrap()).abs() < 1e-12);
-    let bad = |args: &[&str], name: &str| {
-        let mut a = vec!["adapt", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out"];
-        let out = dir.join(name);
-        a.push(s(&out));
-        a.extend_from_slice(args);
-        graft(&a)
-    };
+    let bad = |args: &[&str], name: &str| bad_digits_run(&dir.join(name), args);
     assert_bad_input(&bad(&["--method", "daan", "--daan-omega", "1.5"], "b1"), &["--daan-omega"]);
     assert_bad_input(&bad(&["--method", "dann", "--daan-omega", "0.5"], "b2"), &["--daan-omega", "daan"]);
 }
