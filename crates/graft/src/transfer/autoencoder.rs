@@ -516,23 +516,11 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
     // (A resumed run keeps its saved config, epochs included, so there is no new total to check.)
     let layers = config.arch.hidden.len();
     // The images (for siamese, those of the pairs) and, for siamese, the pairs as row indices.
-    let (samples, pairs) = match &config.pairs {
-        Some(csv) => {
-            let pairs = super::pairs::read_pairs(csv, &config.data)?;
-            let mut files: Vec<PathBuf> = pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
-            files.sort();
-            files.dedup();
-            (files.into_iter().map(|path| Sample { path, label: 0 }).collect::<Vec<_>>(), Some(pairs))
-        }
-        None => (ImageFolder::scan(&config.data)?.samples, None),
-    };
+    let (samples, pairs) = super::pairs::pretraining_images(config.pairs.as_deref(), &config.data)?;
     engine::prepare_run_dir(run, resume)?;
     device.seed(config.seed);
     let (mut codes, kept, skipped) = load_rows(&samples);
-    let pair_rows: Option<Vec<(usize, usize, bool)>> = pairs.map(|pairs| {
-        let row_of: std::collections::HashMap<&Path, usize> = kept.iter().enumerate().map(|(row, &i)| (samples[i].path.as_path(), row)).collect();
-        pairs.iter().filter_map(|p| Some((*row_of.get(p.a.as_path())?, *row_of.get(p.b.as_path())?, p.same))).collect()
-    });
+    let pair_rows = pairs.map(|pairs| super::pairs::pair_rows(&pairs, kept.iter().map(|&i| samples[i].path.as_path())));
     let n = kept.len();
     if n == 0 || pair_rows.as_ref().is_some_and(|p| p.is_empty()) {
         return Err(GraftError::Data { path: config.pairs.clone().unwrap_or(config.data.clone()), reason: "no readable images".into() });

@@ -23,6 +23,7 @@ use rand::{rngs::StdRng, Rng};
 
 use super::autoencoder::{Encoder, MlpArch, SIDE};
 use crate::adapt::losses::gather_rows;
+use crate::data::folder::{ImageFolder, Sample};
 use crate::train::loss::cross_entropy;
 use crate::{GraftError, Result};
 
@@ -150,6 +151,28 @@ pub struct Pair {
     pub a: PathBuf,
     pub b: PathBuf,
     pub same: bool,
+}
+
+/// The images a pretraining reads: with a pairs CSV (siamese), every image of its pairs once
+/// (sorted), and the pairs; otherwise every image of the folder `data`.
+pub fn pretraining_images(pairs: Option<&Path>, data: &Path) -> Result<(Vec<Sample>, Option<Vec<Pair>>)> {
+    Ok(match pairs {
+        Some(csv) => {
+            let pairs = read_pairs(csv, data)?;
+            let mut files: Vec<PathBuf> = pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
+            files.sort();
+            files.dedup();
+            (files.into_iter().map(|path| Sample { path, label: 0 }).collect(), Some(pairs))
+        }
+        None => (ImageFolder::scan(data)?.samples, None),
+    })
+}
+
+/// The pairs as (row of a, row of b, same), given the row of each readable image (`rows`:
+/// its path, in row order); a pair with an unreadable image is left out.
+pub fn pair_rows<'a>(pairs: &[Pair], rows: impl Iterator<Item = &'a Path>) -> Vec<(usize, usize, bool)> {
+    let row_of: std::collections::HashMap<&Path, usize> = rows.enumerate().map(|(row, path)| (path, row)).collect();
+    pairs.iter().filter_map(|p| Some((*row_of.get(p.a.as_path())?, *row_of.get(p.b.as_path())?, p.same))).collect()
 }
 
 /// Reads `a,b,same` rows (an `a,b,same` header is allowed; `same` is 1/0, true/false or same/different),

@@ -15,7 +15,7 @@
 //! (the file `fit --weights` reads; the frozen tensors are the original's, byte for byte), so the
 //! next step is `graft fit --model M --weights RUN/trunk.safetensors`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pairs::{contrastive_loss, normalize, nt_xent, PROJECTION};
 use crate::data::augment::{sample_rng, Augment};
-use crate::data::folder::{ImageFolder, Sample, Skipped};
+use crate::data::folder::Skipped;
 use crate::fsutil::write_atomic;
 use crate::report::Reporter;
 use crate::train::config::FitConfig;
@@ -183,16 +183,7 @@ fn pretrain_trunk_run(config: &TrunkPretrainConfig, run: &Path, resume: bool, ho
         return Err(GraftError::setting("out", &run.display().to_string(), "already holds a run"));
     }
     // The images (for siamese, those of the pairs).
-    let (samples, pairs) = match &config.pairs {
-        Some(csv) => {
-            let pairs = super::pairs::read_pairs(csv, &config.data)?;
-            let mut files: Vec<PathBuf> = pairs.iter().flat_map(|p| [p.a.clone(), p.b.clone()]).collect();
-            files.sort();
-            files.dedup();
-            (files.into_iter().map(|path| Sample { path, label: 0 }).collect::<Vec<_>>(), Some(pairs))
-        }
-        None => (ImageFolder::scan(&config.data)?.samples, None),
-    };
+    let (samples, pairs) = super::pairs::pretraining_images(config.pairs.as_deref(), &config.data)?;
     engine::prepare_run_dir(run, resume)?;
     device.seed(config.seed);
     let mut skipped = Vec::new();
@@ -200,10 +191,7 @@ fn pretrain_trunk_run(config: &TrunkPretrainConfig, run: &Path, resume: bool, ho
     for s in &skipped {
         reporter.message(&format!("skipped {}: {}", s.path.display(), s.reason));
     }
-    let pair_rows: Option<Vec<(usize, usize, bool)>> = pairs.map(|pairs| {
-        let row_of: HashMap<&Path, usize> = split.paths.iter().enumerate().map(|(row, p)| (p.as_path(), row)).collect();
-        pairs.iter().filter_map(|p| Some((*row_of.get(p.a.as_path())?, *row_of.get(p.b.as_path())?, p.same))).collect()
-    });
+    let pair_rows = pairs.map(|pairs| super::pairs::pair_rows(&pairs, split.paths.iter().map(PathBuf::as_path)));
     let images = split.len();
     if images == 0 || pair_rows.as_ref().is_some_and(|p| p.is_empty()) {
         return Err(GraftError::Data { path: config.pairs.clone().unwrap_or(config.data.clone()), reason: "no readable images".into() });
