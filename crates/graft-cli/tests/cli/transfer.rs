@@ -186,22 +186,30 @@ fn rbm_pretraining_stacks_layers_that_fit_init_starts_from() {
 /// The whole encoder on tasks whose labels come for free: pairs known only as same/different
 /// (siamese) and two views of each unlabelled digit (contrastive); `fit --init` starts from
 /// either; bad pairs and settings of other methods are refused by name.
+/// The class folders of `dir`, sorted, each with its files as `class/file` paths, sorted.
+fn class_files(dir: &Path) -> Vec<(String, Vec<String>)> {
+    let mut classes: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    classes.sort();
+    classes
+        .into_iter()
+        .map(|c| {
+            let mut f: Vec<String> = std::fs::read_dir(dir.join(&c)).unwrap().map(|e| format!("{c}/{}", e.unwrap().file_name().to_string_lossy())).collect();
+            f.sort();
+            (c, f)
+        })
+        .collect()
+}
+
 #[test]
 fn siamese_and_contrastive_pretraining_feed_fit_init() {
     let dir = scratch("pretrain-pairs");
     let unlabelled = import("mnist", "train", 20, 1, &dir.join("unlabelled"));
     let labelled = import("mnist", "train", 5, 2, &dir.join("labelled"));
     // 200 pairs: each digit with the next of its own class (same) and with one of the next class.
-    let mut classes: Vec<String> = std::fs::read_dir(&unlabelled).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    classes.sort();
-    let files = |c: &str| {
-        let mut f: Vec<String> = std::fs::read_dir(unlabelled.join(c)).unwrap().map(|e| format!("{c}/{}", e.unwrap().file_name().to_string_lossy())).collect();
-        f.sort();
-        f
-    };
+    let classes = class_files(&unlabelled);
     let mut csv = String::from("a,b,same\n");
-    for (k, c) in classes.iter().enumerate() {
-        let (own, next) = (files(c), files(&classes[(k + 1) % classes.len()]));
+    for (k, (_, own)) in classes.iter().enumerate() {
+        let next = &classes[(k + 1) % classes.len()].1;
         for i in 0..10 {
             csv.push_str(&format!("{},{},1\n{},{},0\n", own[i], own[i + 10], own[i], next[i]));
         }
@@ -298,16 +306,10 @@ fn contrastive_and_siamese_tune_a_pretrained_trunks_top_that_fit_starts_from() {
     check(&graft_weights::load(&run.join("best.safetensors")).unwrap(), "trunk.", "fit --weights trunk.safetensors", 49);
 
     // Siamese: pairs of the unlabelled images (the first two of each class same, across classes different).
-    let mut classes: Vec<String> = std::fs::read_dir(&unlabelled).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    classes.sort();
-    let files = |c: &str| {
-        let mut f: Vec<String> = std::fs::read_dir(unlabelled.join(c)).unwrap().map(|e| format!("{c}/{}", e.unwrap().file_name().to_string_lossy())).collect();
-        f.sort();
-        f
-    };
+    let classes = class_files(&unlabelled);
     let mut csv = String::from("a,b,same\n");
-    for (k, c) in classes.iter().enumerate() {
-        let (own, next) = (files(c), files(&classes[(k + 1) % classes.len()]));
+    for (k, (_, own)) in classes.iter().enumerate() {
+        let next = &classes[(k + 1) % classes.len()].1;
         csv.push_str(&format!("{},{},1\n{},{},0\n", own[0], own[1], own[0], next[1]));
     }
     let pairs = dir.join("pairs.csv");
