@@ -121,7 +121,7 @@ pub struct FitArgs {
     #[arg(long)]
     pub model: Option<String>,
     // The architectures are listed from the registry (`graft::zoo::MODELS`).
-    #[arg(long, conflicts_with = "model", help = format!("{} Or, with no --init, mlp:500,250: train that MLP on 28×28 digits from random initialisation (the baseline for `graft pretrain`). [default: none: --model's architecture]", crate::help::arch_sentence()))]
+    #[arg(long, conflicts_with = "model", help = format!("{} Or, with no --init, mlp:500,250 or small-cnn (conv 32, conv 64, fc 256, fc 128): train that network on 28×28 digits from random initialisation (the baseline for `graft pretrain`). [default: none: --model's architecture]", crate::help::arch_sentence()))]
     pub arch: Option<String>,
 
     /// Weights file (.pth, safetensors, Keras .h5, a TensorFlow checkpoint's prefix or .index, a

@@ -18,7 +18,7 @@ use crate::report::Reporter;
 use crate::text::features::EmbedStats;
 use crate::train::run::{load_run_checked, predict_files, run_store, top1, Evaluation, RunInfo, RunModel};
 use crate::train::text::{eval_dataset, load_text_run, TextRunModel};
-use crate::transfer::autoencoder::{load_rows, Activation, MlpClassifier, MlpRun, GREY_INPUT, INPUT};
+use crate::transfer::autoencoder::{load_rows, Activation, DigitNet, MlpRun, GREY_INPUT, INPUT};
 use crate::transfer::corrupt::{load_word_run, WordRunModel};
 use crate::{GraftError, Result};
 
@@ -37,7 +37,7 @@ enum Model {
     Image { info: RunInfo, model: Box<RunModel> },
     Text(Box<TextRunModel>),
     Adapt(Box<AdaptedModel>),
-    Mlp { info: MlpRun, net: MlpClassifier },
+    Mlp { info: MlpRun, net: DigitNet },
     Words(Box<WordRunModel>),
 }
 
@@ -91,7 +91,7 @@ impl Predictor {
             RunManifest::Adapt(_) => Model::Adapt(Box::new(load_adapted(run, home, weights, reporter, device)?)),
             RunManifest::Mlp(info) => {
                 crate::fsutil::check_run_dir(run)?;
-                let net = crate::train::checkpoint::load(MlpClassifier::init(&info.config.arch, info.classes.len(), device), &run.join("best.safetensors"))?;
+                let net = crate::train::checkpoint::load(DigitNet::init(&info.config.arch, info.classes.len(), device), &run.join("best.safetensors"))?;
                 Model::Mlp { info, net }
             }
             RunManifest::TextPretrain(_) => {
@@ -344,7 +344,7 @@ pub fn text_excerpt(text: &str) -> String {
 }
 
 /// An MLP run's class probabilities of image files (grey 28×28); unreadable files are `None`.
-fn mlp_probabilities(net: &MlpClassifier, act: Activation, classes: usize, samples: &[Sample], batch: usize, device: &Device) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
+fn mlp_probabilities(net: &DigitNet, act: Activation, classes: usize, samples: &[Sample], batch: usize, device: &Device) -> (Vec<Option<Vec<f32>>>, Vec<Skipped>) {
     let (rows, kept, skipped) = load_rows(samples);
     let mut out = vec![None; samples.len()];
     let order: Vec<usize> = (0..kept.len()).collect();

@@ -8,7 +8,7 @@ use graft::train::config::{CacheMode, ClassWeights, FitConfig, Monitor, Optimize
 use graft::train::model::{HeadPool, HeadSpec};
 use graft::train::schedule::Schedule;
 use graft::train::semi::{relabel, SemiConfig, SemiMethod};
-use graft::transfer::autoencoder::{MlpArch, MlpFitConfig, PretrainSummary};
+use graft::transfer::autoencoder::{DigitArch, MlpFitConfig, PretrainSummary};
 use graft::transfer::corrupt::WordFitConfig;
 use graft::zoo::layers::FreezeSpec;
 use graft::train::fit::fit_on;
@@ -25,7 +25,7 @@ enum Plan {
     /// config file's, the data and model flags); `flags` the flags that win over it.
     /// `lr_auto`: `--lr auto`, the rate is found by the range test before training.
     Fit { config: Box<FitConfig>, flags: Box<Flags>, auto: bool, lr_auto: bool, run_dir: PathBuf, resume: bool, overwrite: bool },
-    /// `--init RUN` (a pretrained MLP) or `--arch mlp:…` (the same MLP, random init).
+    /// `--init RUN` (a pretrained MLP or small CNN) or `--arch mlp:…|small-cnn` (random init).
     Mlp(MlpPlan),
 }
 
@@ -40,7 +40,7 @@ struct MlpPlan {
     freeze: Option<String>,
     /// `--freeze all`: only a corrupted-text run's classifier trains (its word encoder frozen).
     freeze_all: bool,
-    arch: Option<MlpArch>,
+    arch: Option<DigitArch>,
     data: PathBuf,
     val: Option<PathBuf>,
     val_split: f64,
@@ -225,7 +225,7 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
         reduce_on_plateau, seed, config, overwrite, strategy, init, resume, semi, tasks, task_weights,
     } = args;
     let semi = SemiFlags::resolve(semi)?;
-    if init.is_some() || arch.as_deref().is_some_and(|a| a.starts_with("mlp")) {
+    if init.is_some() || arch.as_deref().is_some_and(DigitArch::names) {
         anyhow::ensure!(!semi.any() && tasks.is_none(), "--unlabelled and --tasks apply to image and text fits, not to an MLP fit (--init, --arch mlp:…)");
         let data = data.context("--data is required (a folder of class sub-folders of images)")?;
         let run_dir = out.context("--out is required (the run directory to create)")?;
@@ -442,7 +442,7 @@ fn fit_image_or_text(mut config: FitConfig, flags: Flags, auto: bool, lr_auto: b
     Ok(())
 }
 
-/// `graft fit --init RUN` (a pretrained MLP) or `--arch mlp:…` (the same MLP, random init).
+/// `graft fit --init RUN` (a pretrained MLP or small CNN) or `--arch mlp:…|small-cnn` (random init).
 fn fit_mlp(plan: MlpPlan, device: &Device, out: &Output) -> anyhow::Result<()> {
     let MlpPlan { init, activation, weights, restore, freeze, freeze_all, arch, data, val, val_split, epochs, batch_size, lr, seed, run_dir, overwrite, from_scratch } = plan;
     if let Some(init) = init.as_ref().filter(|r| matches!(graft::manifest::RunManifest::load(r), Ok(graft::manifest::RunManifest::TextPretrain(_)))) {
@@ -455,7 +455,7 @@ fn fit_mlp(plan: MlpPlan, device: &Device, out: &Output) -> anyhow::Result<()> {
     let arch = match (arch, &init) {
         (Some(a), _) => a,
         (None, Some(init)) => PretrainSummary::load(init)?.config.arch,
-        (None, None) => anyhow::bail!("an MLP fit needs --init RUN or --arch mlp:W1,W2,…"),
+        (None, None) => anyhow::bail!("an MLP fit needs --init RUN or --arch mlp:W1,W2,… (or small-cnn)"),
     };
     let config = MlpFitConfig { init, arch, data, val, val_split, epochs, batch_size, lr, seed, activation, weights, restore, freeze };
     if overwrite && graft::manifest::RunManifest::file(&run_dir).is_some() {

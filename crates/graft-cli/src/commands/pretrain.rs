@@ -42,9 +42,10 @@ pub struct PretrainArgs {
     /// none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
     pub data: Option<PathBuf>,
-    /// mlp:W1,W2,… hidden widths on the 784 pixels; corrupted-text: words:E,W,K (E-wide token
-    /// embeddings, W filters over windows of K tokens, max over the sentence). [default:
-    /// mlp:500,250; words:64,128,5 for --method corrupted-text]
+    /// mlp:W1,W2,… hidden widths on the 784 pixels; siamese and contrastive also small-cnn
+    /// (conv 3×3 → 32, conv 3×3 → 64, fc 256, fc 128, as `graft study` trains); corrupted-text:
+    /// words:E,W,K (E-wide token embeddings, W filters over windows of K tokens, max over the
+    /// sentence). [default: mlp:500,250; words:64,128,5 for --method corrupted-text]
     #[arg(long)]
     pub arch: Option<String>,
     /// Run directory to create. [default: none; required without --resume]
@@ -289,7 +290,13 @@ pub fn run(args: PretrainArgs, out: &Output) -> anyhow::Result<()> {
     out.result(&value, || {
         let mut t = format!("run {}: {} pretrained on {} images ({:.1} s)\n", s.run.display(), s.config.arch, s.images, s.seconds);
         for l in &s.layers {
-            t.push_str(&format!("  layer {} ({} → {}): reconstruction mse {:.5} → {:.5}\n", l.layer + 1, l.input, l.output, l.first_epoch_loss, l.last_epoch_loss));
+            // The layer-wise methods report each layer's reconstruction; siamese and contrastive
+            // the whole encoder's own loss.
+            let (what, loss) = match s.config.method.as_str() {
+                "autoencoder" | "rbm" => (format!("layer {}", l.layer + 1), "reconstruction mse"),
+                method => ("encoder".to_string(), if method == "siamese" { "contrastive loss" } else { "NT-Xent loss" }),
+            };
+            t.push_str(&format!("  {what} ({} → {}): {loss} {:.5} → {:.5}\n", l.input, l.output, l.first_epoch_loss, l.last_epoch_loss));
         }
         t
     });

@@ -183,9 +183,6 @@ fn rbm_pretraining_stacks_layers_that_fit_init_starts_from() {
     assert!(!dir.join("x").exists(), "refused settings leave no run directory");
 }
 
-/// The whole encoder on tasks whose labels come for free: pairs known only as same/different
-/// (siamese) and two views of each unlabelled digit (contrastive); `fit --init` starts from
-/// either; bad pairs and settings of other methods are refused by name.
 /// The class folders of `dir`, sorted, each with its files as `class/file` paths, sorted.
 fn class_files(dir: &Path) -> Vec<(String, Vec<String>)> {
     let mut classes: Vec<String> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -200,6 +197,9 @@ fn class_files(dir: &Path) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// The whole encoder on tasks whose labels come for free: pairs known only as same/different
+/// (siamese) and two views of each unlabelled digit (contrastive), for the MLP and the small CNN;
+/// `fit --init` starts from either; bad pairs and settings of other methods are refused by name.
 #[test]
 fn siamese_and_contrastive_pretraining_feed_fit_init() {
     let dir = scratch("pretrain-pairs");
@@ -216,31 +216,66 @@ fn siamese_and_contrastive_pretraining_feed_fit_init() {
     }
     let pairs = dir.join("pairs.csv");
     std::fs::write(&pairs, csv).unwrap();
-    for (name, extra) in [("siamese", vec!["--pairs", s(&pairs)]), ("contrastive", vec!["--batch-size", "32", "--crop", "0.6", "--projection-hidden", "16"])] {
-        let pre = dir.join(name);
-        let mut args = vec!["pretrain", "--method", name, "--data", s(&unlabelled), "--arch", "mlp:64,32", "--epochs", "3", "--out", s(&pre), "--json"];
-        args.extend(extra);
-        let p = json_of(&graft(&args));
-        let layers = p["layers"].as_array().unwrap();
-        assert_eq!(layers.len(), 1, "one whole-encoder report: {p}");
-        assert!(layers[0]["last_epoch_loss"].as_f64().unwrap() < layers[0]["first_epoch_loss"].as_f64().unwrap(), "{name} loss falls: {p}");
-        let encoder = graft_weights::load(&pre.join("encoder.safetensors")).unwrap();
-        assert_eq!(encoder.tensors.len(), 4, "the encoder alone (no projection head): {:?}", encoder.tensors.keys().collect::<Vec<_>>());
-        // A finished run resumed trains nothing and keeps its trained encoder (it once saved a fresh one).
-        let saved = std::fs::read(pre.join("encoder.safetensors")).unwrap();
-        json_of(&graft(&["pretrain", "--resume", s(&pre), "--json"]));
-        assert!(std::fs::read(pre.join("encoder.safetensors")).unwrap() == saved, "{name}: the resumed finished run rewrote its encoder");
-        let run = dir.join(format!("fit-{name}"));
-        let f = json_of(&graft(&["fit", "--init", s(&pre), "--data", s(&labelled), "--val-split", "0", "--epochs", "2", "--out", s(&run), "--json"]));
-        assert_eq!(f["arch"], "mlp:64,32");
+    let contrastive_flags = ["--batch-size", "32", "--crop", "0.6", "--projection-hidden", "16"];
+    // The MLP, and the small CNN of `graft study` (its encoder: conv1, conv2, fc1, fc2).
+    let weight_and_bias = |layers: &[&str]| -> Vec<String> {
+        let mut names: Vec<String> = layers.iter().flat_map(|l| [format!("{l}.weight"), format!("{l}.bias")]).collect();
+        names.sort();
+        names
+    };
+    for (arch, encoder_names) in [("mlp:64,32", weight_and_bias(&["layers.0", "layers.1"])), ("small-cnn", weight_and_bias(&["conv1", "conv2", "fc1", "fc2"]))] {
+        for (method, extra) in [("siamese", vec!["--pairs", s(&pairs)]), ("contrastive", contrastive_flags.to_vec())] {
+            let name = if arch == "small-cnn" { format!("{method}-cnn") } else { method.to_string() };
+            let pre = dir.join(&name);
+            let mut args = vec!["pretrain", "--method", method, "--data", s(&unlabelled), "--arch", arch, "--epochs", "3", "--out", s(&pre), "--json"];
+            args.extend(extra);
+            let p = json_of(&graft(&args));
+            let layers = p["layers"].as_array().unwrap();
+            assert_eq!(layers.len(), 1, "one whole-encoder report: {p}");
+            assert!(layers[0]["last_epoch_loss"].as_f64().unwrap() < layers[0]["first_epoch_loss"].as_f64().unwrap(), "{name} loss falls: {p}");
+            let encoder = graft_weights::load(&pre.join("encoder.safetensors")).unwrap();
+            let mut names: Vec<String> = encoder.tensors.keys().cloned().collect();
+            names.sort();
+            assert_eq!(names, encoder_names, "{name}: the encoder alone (no projection head)");
+            // A finished run resumed trains nothing and keeps its trained encoder (it once saved a fresh one).
+            let saved = std::fs::read(pre.join("encoder.safetensors")).unwrap();
+            json_of(&graft(&["pretrain", "--resume", s(&pre), "--json"]));
+            assert!(std::fs::read(pre.join("encoder.safetensors")).unwrap() == saved, "{name}: the resumed finished run rewrote its encoder");
+            let run = dir.join(format!("fit-{name}"));
+            let f = json_of(&graft(&["fit", "--init", s(&pre), "--data", s(&labelled), "--val-split", "0", "--epochs", "2", "--out", s(&run), "--json"]));
+            assert_eq!(f["arch"], arch);
+            if arch == "small-cnn" {
+                // The fit started from the pretrained layers: at a learning rate of 1e-9 they stay
+                // where pretraining left them, while the output layer is new; `eval` reads the run.
+                let still = dir.join(format!("still-{name}"));
+                json_of(&graft(&["fit", "--init", s(&pre), "--data", s(&labelled), "--val-split", "0", "--epochs", "1", "--lr", "1e-9", "--out", s(&still), "--json"]));
+                let tuned = graft_weights::load(&still.join("best.safetensors")).unwrap();
+                for key in &encoder_names {
+                    let (a, b) = (&encoder.tensors[key].data, &tuned.tensors[key].data);
+                    assert!(a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() < 1e-5), "{name}: {key} is the pretrained one");
+                }
+                assert_eq!(tuned.tensors["out.weight"].shape, vec![128, 10]);
+                let e = json_of(&graft(&["eval", "--run", s(&run), "--data", s(&labelled), "--json"]));
+                assert_eq!(e["n"], 50);
+            }
+        }
     }
+    // The same CNN from random initialisation (the baseline), different from the pretrained start.
+    let random = dir.join("random-cnn");
+    json_of(&graft(&["fit", "--arch", "small-cnn", "--data", s(&labelled), "--val-split", "0", "--epochs", "1", "--lr", "1e-9", "--out", s(&random), "--json"]));
+    let (r, p) = (graft_weights::load(&random.join("best.safetensors")).unwrap(), graft_weights::load(&dir.join("siamese-cnn/encoder.safetensors")).unwrap());
+    assert!(r.tensors["conv2.weight"].data.iter().zip(p.tensors["conv2.weight"].data.iter()).any(|(x, y)| (x - y).abs() > 1e-3));
+    let x = dir.join("x");
+    assert_bad_input(&graft(&["pretrain", "--method", "rbm", "--arch", "small-cnn", "--data", s(&unlabelled), "--out", s(&x)]), &["--arch", "small-cnn", "MLP"]);
+    assert_bad_input(&graft(&["fit", "--init", s(&dir.join("siamese-cnn")), "--freeze", "regex:hidden1", "--data", s(&labelled), "--out", s(&x)]), &["--freeze", "small-cnn"]);
+    assert_bad_input(&graft(&["fit", "--arch", "small-cnn", "--activation", "relu", "--data", s(&labelled), "--out", s(&x)]), &["--activation", "small-cnn"]);
+    assert_bad_input(&graft(&["fit", "--init", s(&dir.join("siamese-cnn")), "--arch", "mlp:64,32", "--data", s(&labelled), "--out", s(&x)]), &["--arch", "small-cnn"]);
     assert_eq!(json_of(&graft(&["inspect", "--run", s(&dir.join("siamese")), "--json"]))["model"]["config"]["pairs"].as_str(), Some(s(&pairs)));
     let contrastive = json_of(&graft(&["inspect", "--run", s(&dir.join("contrastive")), "--json"]))["model"]["config"].clone();
     assert_eq!((contrastive["crop"].as_f64(), contrastive["projection_hidden"].as_u64()), (Some(0.6), Some(16)), "{contrastive}");
     // The head's hidden layer trained with the encoder (16 wide) and was dropped from encoder.safetensors.
     let whole = graft_weights::load(&dir.join("contrastive/pretrained.safetensors")).unwrap();
     assert!(whole.tensors.iter().any(|(k, t)| k.starts_with("hidden") && t.shape.contains(&16)), "{:?}", whole.tensors.keys().collect::<Vec<_>>());
-    let x = dir.join("x");
     assert_bad_input(&graft(&["pretrain", "--method", "contrastive", "--crop", "1.5", "--data", s(&unlabelled), "--out", s(&x)]), &["--crop", "1.5"]);
     assert_bad_input(&graft(&["pretrain", "--method", "siamese", "--data", s(&unlabelled), "--out", s(&x)]), &["--pairs", "siamese"]);
     assert_bad_input(&graft(&["pretrain", "--method", "rbm", "--pairs", s(&pairs), "--data", s(&unlabelled), "--out", s(&x)]), &["--pairs", "siamese"]);

@@ -36,6 +36,7 @@ use crate::train::loss::{argmax, cross_entropy};
 use crate::train::run::Evaluation;
 use super::pairs::PairNet;
 use super::rbm::{Rbm, Visible};
+use super::study::{CnnEncoder, SmallCnn, CNN_CODE};
 use crate::{GraftError, Result};
 
 /// Side of the square grey input.
@@ -73,13 +74,68 @@ impl fmt::Display for MlpArch {
     }
 }
 
-impl Serialize for MlpArch {
+/// The network of a pretraining and of the fit that starts from it: an MLP (`mlp:W1,W2,…`) or,
+/// for the siamese and contrastive methods, the transferability study's small CNN (`small-cnn`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DigitArch {
+    Mlp(MlpArch),
+    /// conv 3×3 → 32, conv 3×3 → 64, fc 256, fc 128 (ReLU, max-pooling; [`SmallCnn`]).
+    SmallCnn,
+}
+
+/// `--arch` of the small CNN.
+pub const SMALL_CNN: &str = "small-cnn";
+
+impl DigitArch {
+    /// Whether `arch` names one of these networks rather than a zoo architecture.
+    pub fn names(arch: &str) -> bool {
+        arch.starts_with("mlp") || arch == SMALL_CNN
+    }
+
+    /// The MLP, or an error naming `arch` for what only an MLP does (`what`).
+    pub fn mlp(&self, what: &str) -> Result<&MlpArch> {
+        match self {
+            DigitArch::Mlp(arch) => Ok(arch),
+            DigitArch::SmallCnn => Err(GraftError::setting("arch", SMALL_CNN, format!("{what} needs an MLP (mlp:W1,W2,…)"))),
+        }
+    }
+
+    /// Width of the encoder's code.
+    pub fn code_width(&self) -> usize {
+        match self {
+            DigitArch::Mlp(arch) => arch.hidden.last().copied().unwrap_or(INPUT),
+            DigitArch::SmallCnn => CNN_CODE,
+        }
+    }
+}
+
+impl FromStr for DigitArch {
+    type Err = GraftError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            SMALL_CNN => Ok(DigitArch::SmallCnn),
+            _ if s.starts_with("mlp:") => Ok(DigitArch::Mlp(s.parse()?)),
+            _ => Err(GraftError::setting("arch", s, "expected mlp:W1,W2,… (hidden widths of an MLP on 28×28 grey images, e.g. mlp:500,250) or small-cnn")),
+        }
+    }
+}
+
+impl fmt::Display for DigitArch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DigitArch::Mlp(arch) => arch.fmt(f),
+            DigitArch::SmallCnn => f.write_str(SMALL_CNN),
+        }
+    }
+}
+
+impl Serialize for DigitArch {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_string())
     }
 }
 
-impl<'de> Deserialize<'de> for MlpArch {
+impl<'de> Deserialize<'de> for DigitArch {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
@@ -195,6 +251,74 @@ impl MlpClassifier {
     }
 }
 
+crate::zoo::mobilenetv2::transparent_module_enum! {
+    /// The encoder of a [`DigitArch`]; its weight names are the wrapped network's.
+    pub enum DigitEncoder {
+        Mlp(Encoder),
+        Cnn(CnnEncoder),
+    }
+}
+
+impl DigitEncoder {
+    pub fn init(arch: &DigitArch, device: &Device) -> Self {
+        match arch {
+            DigitArch::Mlp(arch) => DigitEncoder::Mlp(Encoder::init(arch, device)),
+            DigitArch::SmallCnn => DigitEncoder::Cnn(CnnEncoder::init(device)),
+        }
+    }
+
+    /// [n, 784] → codes [n, `arch.code_width()`].
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            DigitEncoder::Mlp(encoder) => encoder.forward(x),
+            DigitEncoder::Cnn(encoder) => encoder.forward(x),
+        }
+    }
+}
+
+crate::zoo::mobilenetv2::transparent_module_enum! {
+    /// The classifier `graft fit --init` / `--arch mlp:…|small-cnn` trains: an encoder and a
+    /// linear output layer.
+    pub enum DigitNet {
+        Mlp(MlpClassifier),
+        Cnn(SmallCnn),
+    }
+}
+
+impl DigitNet {
+    pub fn init(arch: &DigitArch, classes: usize, device: &Device) -> Self {
+        match arch {
+            DigitArch::Mlp(arch) => DigitNet::Mlp(MlpClassifier::init(arch, classes, device)),
+            DigitArch::SmallCnn => DigitNet::Cnn(SmallCnn::init(classes, device)),
+        }
+    }
+
+    /// [n, 784] → logits [n, classes]; `act` after an MLP's hidden layers (the CNN's are ReLU).
+    pub fn forward_with(&self, x: Tensor<2>, act: Activation) -> Tensor<2> {
+        match self {
+            DigitNet::Mlp(net) => net.forward_with(x, act),
+            DigitNet::Cnn(net) => net.forward(x),
+        }
+    }
+
+    /// This network with `encoder`'s layers under its output layer.
+    fn with_encoder(self, encoder: DigitEncoder) -> Result<DigitNet> {
+        match (self, encoder) {
+            (DigitNet::Mlp(net), DigitEncoder::Mlp(encoder)) => Ok(DigitNet::Mlp(MlpClassifier { encoder, ..net })),
+            (DigitNet::Cnn(net), DigitEncoder::Cnn(encoder)) => Ok(DigitNet::Cnn(net.with_encoder(encoder))),
+            (net, _) => Err(GraftError::setting("arch", if matches!(net, DigitNet::Mlp(_)) { "mlp" } else { SMALL_CNN }, "the pretrained encoder is another network")),
+        }
+    }
+
+    /// The MLP, or an error naming `setting` (which only an MLP takes).
+    fn into_mlp(self, setting: &str) -> Result<MlpClassifier> {
+        match self {
+            DigitNet::Mlp(net) => Ok(net),
+            DigitNet::Cnn(_) => Err(GraftError::setting(setting, "", format!("applies to an MLP (mlp:W1,W2,…), not to {SMALL_CNN}"))),
+        }
+    }
+}
+
 /// Grey 28×28 rows in [0, 1] of the readable samples, with their indices.
 pub fn load_rows(samples: &[Sample]) -> (Vec<f32>, Vec<usize>, Vec<Skipped>) {
     let (rows, skipped) = decode_with(samples, &|_| {}, |img| GREY_INPUT.rgb_row(&img));
@@ -214,7 +338,8 @@ pub fn load_rows(samples: &[Sample]) -> (Vec<f32>, Vec<usize>, Vec<Skipped>) {
 #[serde(deny_unknown_fields)]
 pub struct PretrainConfig {
     pub method: String,
-    pub arch: MlpArch,
+    /// An MLP; for siamese and contrastive also the small CNN.
+    pub arch: DigitArch,
     pub data: PathBuf,
     /// Epochs per layer.
     pub epochs: usize,
@@ -271,6 +396,9 @@ impl PretrainConfig {
 
     /// Every setting in range (the numbers finite), naming the setting that is not.
     pub fn validate(&self) -> Result<()> {
+        if matches!(self.method.as_str(), "autoencoder" | "rbm") {
+            self.arch.mlp("layer-wise pretraining (autoencoder, rbm)")?;
+        }
         match self.method.as_str() {
             "autoencoder" => {
                 if self.visible != Visible::Bernoulli {
@@ -514,7 +642,6 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
         return Err(GraftError::setting("out", &run.display().to_string(), "already holds a run"));
     }
     // (A resumed run keeps its saved config, epochs included, so there is no new total to check.)
-    let layers = config.arch.hidden.len();
     // The images (for siamese, those of the pairs) and, for siamese, the pairs as row indices.
     let (samples, pairs) = super::pairs::pretraining_images(config.pairs.as_deref(), &config.data)?;
     engine::prepare_run_dir(run, resume)?;
@@ -536,11 +663,13 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
     if matches!(config.method.as_str(), "siamese" | "contrastive") {
         return pretrain_whole(config, run, engine, &codes, pair_rows, n, skipped, device);
     }
-    let mut encoder = Encoder::init(&config.arch, device);
+    let arch = config.arch.mlp("layer-wise pretraining")?;
+    let layers = arch.hidden.len();
+    let mut encoder = Encoder::init(arch, device);
     let total = layers * config.epochs;
     // Every layer's model is built (and its weights drawn: burn initialises lazily) before any
     // training, so a layer's start does not depend on whether the run was resumed.
-    let shapes = config.arch.shapes();
+    let shapes = arch.shapes();
     let models: Vec<LayerNet> = shapes
         .iter()
         .map(|&(d_in, d_out)| match config.method.as_str() {
@@ -566,9 +695,7 @@ fn pretrain_run(config: &PretrainConfig, run: &Path, resume: bool, reporter: &dy
     }
     // Per layer, the reconstruction error of its first and last epoch.
     let records: Vec<serde_json::Value> = engine::read_records(run)?;
-    let reports = config
-        .arch
-        .shapes()
+    let reports = shapes
         .into_iter()
         .enumerate()
         .map(|(l, (d_in, d_out))| {
@@ -605,7 +732,7 @@ fn pretrain_whole(config: &PretrainConfig, run: &Path, mut engine: Engine, rows:
     let report = LayerReport {
         layer: 0,
         input: INPUT,
-        output: config.arch.hidden.last().copied().unwrap_or(INPUT),
+        output: config.arch.code_width(),
         first_epoch_loss: losses.first().copied().unwrap_or(f64::NAN),
         last_epoch_loss: losses.last().copied().unwrap_or(f64::NAN),
     };
@@ -683,7 +810,7 @@ impl Task for WholeTask<'_> {
 pub struct MlpFitConfig {
     /// A `graft pretrain` run to start from; `None`: random initialisation.
     pub init: Option<PathBuf>,
-    pub arch: MlpArch,
+    pub arch: DigitArch,
     pub data: PathBuf,
     pub val: Option<PathBuf>,
     /// Used without `val`; 0 trains on everything and keeps the last epoch.
@@ -713,6 +840,15 @@ impl MlpFitConfig {
         check_training(self.lr, self.epochs, self.batch_size)?;
         if self.val.is_none() && !(0.0..1.0).contains(&self.val_split) {
             return Err(GraftError::setting("val_split", &self.val_split.to_string(), "must be in [0, 1); 0 trains on everything"));
+        }
+        if self.arch == DigitArch::SmallCnn {
+            // What only an MLP has: TensorFlow layers to restore, hidden layers to freeze by name,
+            // a choice of nonlinearity.
+            let relu = (self.activation == Activation::Relu).then(|| "relu".to_string());
+            let mlp_only = [("weights", self.weights.as_ref().map(|p| p.display().to_string())), ("restore", self.restore.clone()), ("freeze", self.freeze.clone()), ("activation", relu)];
+            if let Some((setting, value)) = mlp_only.into_iter().find_map(|(setting, value)| Some((setting, value?))) {
+                return Err(GraftError::setting(setting, &value, format!("applies to an MLP (mlp:W1,W2,…), not to {SMALL_CNN}")));
+            }
         }
         Ok(())
     }
@@ -748,7 +884,7 @@ pub struct MlpRun {
 }
 
 
-fn accuracy(net: &MlpClassifier, act: Activation, rows: &[f32], labels: &[usize], device: &Device) -> (f64, Vec<usize>) {
+fn accuracy(net: &DigitNet, act: Activation, rows: &[f32], labels: &[usize], device: &Device) -> (f64, Vec<usize>) {
     let all: Vec<usize> = (0..labels.len()).collect();
     let mut predicted = Vec::with_capacity(labels.len());
     for chunk in all.chunks(1024) {
@@ -774,13 +910,13 @@ struct MlpTask<'a> {
 }
 
 impl Task for MlpTask<'_> {
-    type Model = MlpClassifier;
+    type Model = DigitNet;
 
     fn iterations(&self) -> usize {
         self.y_train.len().div_ceil(self.config.batch_size.max(1))
     }
 
-    fn begin_epoch(&mut self, _model: &MlpClassifier, epoch: usize) -> Result<()> {
+    fn begin_epoch(&mut self, _model: &DigitNet, epoch: usize) -> Result<()> {
         self.batches = batches(self.y_train.len(), self.config.batch_size, &mut epoch_rng(self.config.seed ^ 0xF17, 0, epoch));
         (self.loss_sum, self.correct) = (0.0, 0);
         Ok(())
@@ -790,7 +926,7 @@ impl Task for MlpTask<'_> {
         self.config.lr
     }
 
-    fn step(&mut self, model: &MlpClassifier, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
+    fn step(&mut self, model: &DigitNet, it: &Iteration, lr: f64) -> Result<Vec<(GradientsParams, f64)>> {
         let idx = &self.batches[it.index];
         let x = gather_rows(self.x_train, INPUT, idx, &self.train_device); // [b, 784]
         let targets: Vec<usize> = idx.iter().map(|&i| self.y_train[i]).collect();
@@ -803,7 +939,7 @@ impl Task for MlpTask<'_> {
         Ok(vec![(GradientsParams::from_grads(loss.backward(), model), 1.0)])
     }
 
-    fn end_epoch(&mut self, model: &MlpClassifier, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
+    fn end_epoch(&mut self, model: &DigitNet, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
         let validation = (!self.y_val.is_empty()).then(|| {
             let (loss, predicted) = score(model, self.config.activation, self.x_val, self.y_val, self.device);
             let eval = Evaluation::from_predictions(self.classes, self.y_val, &predicted);
@@ -818,7 +954,7 @@ impl Task for MlpTask<'_> {
 }
 
 /// Mean cross-entropy and predictions of `net` on labelled rows.
-fn score(net: &MlpClassifier, act: Activation, rows: &[f32], labels: &[usize], device: &Device) -> (f64, Vec<usize>) {
+fn score(net: &DigitNet, act: Activation, rows: &[f32], labels: &[usize], device: &Device) -> (f64, Vec<usize>) {
     let all: Vec<usize> = (0..labels.len()).collect();
     let (mut loss, mut predicted) = (0f64, Vec::with_capacity(labels.len()));
     for chunk in all.chunks(1024) {
@@ -966,19 +1102,20 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
         return Err(GraftError::Data { path: config.data.clone(), reason: "no readable training images".into() });
     }
     let classes = folder.classes.len();
-    let mut net = MlpClassifier::init(&config.arch, classes, device);
+    let mut net = DigitNet::init(&config.arch, classes, device);
     if let Some(init) = &config.init {
         let saved = PretrainSummary::load(init)?.config.arch;
         if saved != config.arch {
             return Err(GraftError::setting("arch", &config.arch.to_string(), format!("{} was pretrained as {saved}", init.display())));
         }
-        net.encoder = checkpoint::load(Encoder::init(&saved, device), &init.join("encoder.safetensors"))?;
+        net = net.with_encoder(checkpoint::load(DigitEncoder::init(&saved, device), &init.join("encoder.safetensors"))?)?;
     }
     if let Some(weights) = &config.weights {
-        net = restore_layers(net, &config.arch, weights, config.restore.as_deref(), device)?.0;
+        let arch = config.arch.mlp("restoring TensorFlow layers")?;
+        net = DigitNet::Mlp(restore_layers(net.into_mlp("weights")?, arch, weights, config.restore.as_deref(), device)?.0);
     }
     if let Some(pattern) = &config.freeze {
-        net = freeze_layers(net, pattern)?;
+        net = DigitNet::Mlp(freeze_layers(net.into_mlp("freeze")?, pattern)?);
     }
     std::fs::create_dir_all(run).map_err(|e| GraftError::io(run, e))?;
     crate::fsutil::check_run_dir(run)?;
@@ -1010,7 +1147,7 @@ pub fn fit_mlp(config: &MlpFitConfig, run: &Path, reporter: &dyn Reporter, devic
     };
     engine.run_phase(&mut task, engine::stable_ids(net.train()), phase)?;
     let state = engine.state;
-    let best = checkpoint::load(MlpClassifier::init(&config.arch, classes, device), &run.join("best.safetensors"))?;
+    let best = checkpoint::load(DigitNet::init(&config.arch, classes, device), &run.join("best.safetensors"))?;
     let info = MlpRun {
         config: config.clone(),
         classes: folder.classes.clone(),

@@ -11,7 +11,8 @@
 //!   similarity / τ). The projection head is dropped afterwards: the encoder's codes, the
 //!   representation before the head, are what `fit --init` starts from.
 //!
-//! The encoder is the MLP `fit --init` starts from, as with the layer-wise methods.
+//! The encoder is the network `fit --init` starts from: the MLP of the layer-wise methods, or
+//! the transferability study's small CNN (`small-cnn`).
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +22,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::{rngs::StdRng, Rng};
 
-use super::autoencoder::{Encoder, MlpArch, SIDE};
+use super::autoencoder::{DigitArch, DigitEncoder, SIDE};
 use crate::adapt::losses::gather_rows;
 use crate::data::folder::{ImageFolder, Sample};
 use crate::train::loss::cross_entropy;
@@ -34,18 +35,18 @@ pub const PROJECTION: usize = 128;
 /// head has a hidden layer) then `projection` to [`PROJECTION`] wide.
 #[derive(Module, Debug)]
 pub struct PairNet {
-    pub encoder: Encoder,
+    pub encoder: DigitEncoder,
     pub hidden: Option<Linear>,
     pub projection: Option<Linear>,
 }
 
 impl PairNet {
     /// With `projection`, a head whose hidden layer is `hidden` wide (0: one linear layer).
-    pub fn init(arch: &MlpArch, projection: bool, hidden: usize, device: &Device) -> Self {
-        let width = arch.hidden.last().copied().unwrap_or(1);
+    pub fn init(arch: &DigitArch, projection: bool, hidden: usize, device: &Device) -> Self {
+        let width = arch.code_width();
         let hidden_layer = (projection && hidden > 0).then(|| LinearConfig::new(width, hidden).init(device));
         let into = if hidden > 0 { hidden } else { width };
-        Self { encoder: Encoder::init(arch, device), hidden: hidden_layer, projection: projection.then(|| LinearConfig::new(into, PROJECTION).init(device)) }
+        Self { encoder: DigitEncoder::init(arch, device), hidden: hidden_layer, projection: projection.then(|| LinearConfig::new(into, PROJECTION).init(device)) }
     }
 
     /// Unit-length embeddings: the codes, through the projection head when there is one.

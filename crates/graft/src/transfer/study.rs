@@ -136,13 +136,14 @@ impl SmallCnn {
 
     /// [n, 784] → [n, classes] logits (shapes for small-cnn; LeNet: 6 × 14 × 14, 16 × 5 × 5, 120, 84).
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let [n, _] = x.dims();
-        let x = x.reshape([n, 1, SIDE, SIDE]); // [n, 1, 28, 28]
-        let x = self.pool.forward(relu(self.conv1.forward(x))); // [n, 32, 14, 14]
-        let x = self.pool.forward(relu(self.conv2.forward(x))); // [n, 64, 7, 7]
-        let x = relu(self.fc1.forward(x.flatten(1, 3))); // [n, 256]
-        let x = relu(self.fc2.forward(x)); // [n, 128]
+        let x = codes([&self.conv1, &self.conv2], [&self.fc1, &self.fc2], &self.pool, x); // [n, 128]
         self.out.forward(x)
+    }
+
+    /// This network with its first four layers (conv1 … fc2) those of `encoder`.
+    pub fn with_encoder(self, encoder: CnnEncoder) -> SmallCnn {
+        let CnnEncoder { conv1, conv2, fc1, fc2, pool } = encoder;
+        SmallCnn { conv1, conv2, fc1, fc2, pool, ..self }
     }
 
     /// Applies `f` to each of the first `n` weight layers (conv1, conv2, fc1, fc2, out), given
@@ -180,6 +181,44 @@ impl SmallCnn {
 enum Layer {
     Conv(Conv2d),
     Linear(Linear),
+}
+
+/// The code of a small CNN's first four layers: [n, 784] → [n, 128] (ReLU after each, max-pool
+/// after each convolution; shapes for small-cnn).
+fn codes([conv1, conv2]: [&Conv2d; 2], [fc1, fc2]: [&Linear; 2], pool: &MaxPool2d, x: Tensor<2>) -> Tensor<2> {
+    let [n, _] = x.dims();
+    let x = x.reshape([n, 1, SIDE, SIDE]); // [n, 1, 28, 28]
+    let x = pool.forward(relu(conv1.forward(x))); // [n, 32, 14, 14]
+    let x = pool.forward(relu(conv2.forward(x))); // [n, 64, 7, 7]
+    let x = relu(fc1.forward(x.flatten(1, 3))); // [n, 256]
+    relu(fc2.forward(x)) // [n, 128]
+}
+
+/// Width of the small CNN's code (fc2's output).
+pub const CNN_CODE: usize = 128;
+
+/// The small CNN without its output layer: the encoder `graft pretrain --arch small-cnn` trains
+/// (siamese, contrastive) and `graft fit --init` puts under a fresh output layer. Weight names
+/// are [`SmallCnn`]'s (`conv1.weight`, …, `fc2.bias`).
+#[derive(Module, Debug)]
+pub struct CnnEncoder {
+    pub conv1: Conv2d,
+    pub conv2: Conv2d,
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub pool: MaxPool2d,
+}
+
+impl CnnEncoder {
+    pub fn init(device: &Device) -> Self {
+        let SmallCnn { conv1, conv2, fc1, fc2, pool, .. } = SmallCnn::init(1, device);
+        Self { conv1, conv2, fc1, fc2, pool }
+    }
+
+    /// [n, 784] → [n, 128].
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        codes([&self.conv1, &self.conv2], [&self.fc1, &self.fc2], &self.pool, x)
+    }
 }
 
 crate::zoo::mobilenetv2::transparent_module_enum! {
