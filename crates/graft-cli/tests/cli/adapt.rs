@@ -255,6 +255,12 @@ fn a_zoo_backbone_adapts_its_frozen_features() {
     let again = adapt_in("dan", &dir.join("run-dan"));
     assert_eq!(again["n_target_test"], 20);
     assert_eq!(stored(), bytes, "the second run read every feature from the store");
+    // AutoDIAL on the frozen features: alignment layers on the bottleneck and the logits.
+    let dial = adapt_in("autodial", &dir.join("run-autodial"));
+    assert_eq!(dial["n_target_test"], 20);
+    let alpha = metrics_of(&dir.join("run-autodial"))[1]["autodial"]["alpha"].clone();
+    assert_eq!(alpha.as_object().unwrap().keys().map(String::as_str).collect::<Vec<_>>(), ["bottleneck", "logits"], "{alpha}");
+    assert_eq!(stored(), bytes);
 }
 
 #[test]
@@ -486,6 +492,70 @@ fn daan_weighs_global_and_local_alignment_by_its_dynamic_factor() {
     let bad = |args: &[&str], name: &str| bad_digits_run(&dir.join(name), args);
     assert_bad_input(&bad(&["--method", "daan", "--daan-omega", "1.5"], "b1"), &["--daan-omega"]);
     assert_bad_input(&bad(&["--method", "dann", "--daan-omega", "0.5"], "b2"), &["--daan-omega", "daan"]);
+}
+
+#[test]
+fn autodial_learns_its_alignment_per_layer_and_resumes() {
+    let dir = scratch("adapt-autodial");
+    let root = data_root();
+    let whole = dir.join("whole");
+    // α starts below 1 so that both bounds are in reach; a per-iteration lr schedule, so that
+    // the first epochs do not depend on the run's length.
+    let extra = ["--lr-schedule", "inv", "--autodial-alpha-init", "0.75"];
+    let v = quick("autodial", &whole, "3", &extra);
+    assert_eq!(v["method"], "autodial");
+    assert!(v["source_val_accuracy"].as_f64().unwrap() > 0.2, "{v}");
+    let metrics = metrics_of(&whole);
+    assert_eq!(metrics.len(), 3);
+    let mut moved = false;
+    for m in &metrics {
+        let a = &m["autodial"];
+        let alpha = a["alpha"].as_object().unwrap();
+        assert_eq!(alpha.keys().map(String::as_str).collect::<Vec<_>>(), ["bottleneck", "conv1", "conv2", "fc", "logits"], "{m}");
+        for value in alpha.values() {
+            let value = value.as_f64().unwrap();
+            assert!((0.5..=1.0).contains(&value), "{m}");
+            moved |= (value - 0.75).abs() > 1e-7;
+        }
+        // The transfer loss is the target entropy weighted by the default λ, 0.1.
+        let entropy = a["entropy"].as_f64().unwrap();
+        assert!(entropy > 0.0 && entropy <= 10f64.ln() + 1e-6, "{m}");
+        assert!((m["transfer_loss"].as_f64().unwrap() - 0.1 * entropy).abs() < 1e-6 * entropy.max(1.0), "{m}");
+        assert_eq!(m["lambda"], 0.1, "{m}");
+    }
+    assert!(moved, "α is learned: {metrics:?}");
+    let config = std::fs::read_to_string(whole.join("config.toml")).unwrap();
+    assert!(config.contains("autodial_alpha_init = 0.75"), "{config}");
+    // α per layer and the entropy reach TensorBoard too.
+    let tb = std::fs::read_dir(whole.join("tb")).unwrap().next().unwrap().unwrap().path();
+    let events = graft::report::tensorboard::read_events(&tb).unwrap_or_else(|e| panic!("{e}"));
+    for tag in ["autodial/alpha/conv1", "autodial/alpha/logits", "autodial/entropy"] {
+        let steps: Vec<i64> = events.iter().filter(|e| e.scalars.iter().any(|(t, _)| t == tag)).map(|e| e.step).collect();
+        assert_eq!(steps, vec![1, 2, 3], "{tag}");
+    }
+    // The alignment layers' running statistics and α survive a stop: a run stopped after epoch
+    // 2 and resumed ends where the uninterrupted run ended.
+    let part = dir.join("part");
+    quick("autodial", &part, "2", &extra);
+    let resumed = json_of(&graft(&["adapt", "--resume", s(&part), "--epochs", "3", "--json"]));
+    assert_eq!(resumed["target_test_accuracy"], v["target_test_accuracy"]);
+    let without_time = |mut m: serde_json::Value| {
+        m.as_object_mut().unwrap().remove("seconds");
+        m
+    };
+    assert_eq!(without_time(metrics_of(&part)[2].clone()), without_time(metrics[2].clone()));
+    // eval and predict read the run as a model for the target (its statistics).
+    let e = json_of(&graft(&["eval", "--run", s(&whole), "--data", "usps:test", "--data-root", s(&root), "--json"]));
+    assert!((e["accuracy"].as_f64().unwrap() - v["target_test_accuracy"].as_f64().unwrap()).abs() < 1e-12);
+    let bad = |args: &[&str], name: &str| {
+        let mut a = vec!["adapt", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out"];
+        let out = dir.join(name);
+        a.push(s(&out));
+        a.extend_from_slice(args);
+        graft(&a)
+    };
+    assert_bad_input(&bad(&["--method", "autodial", "--autodial-alpha-init", "0.3"], "b1"), &["--autodial-alpha-init", "[0.5, 1]"]);
+    assert_bad_input(&bad(&["--method", "dann", "--autodial-alpha-init", "0.9"], "b2"), &["--autodial-alpha-init", "autodial"]);
 }
 
 #[test]

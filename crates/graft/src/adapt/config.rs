@@ -78,9 +78,13 @@ pub enum Method {
     /// probability; the dynamic factor ω, re-estimated after every epoch from the discriminators'
     /// proxy A-distances, weighs conditional (ω) against marginal (1 − ω) alignment.
     Daan,
+    /// AutoDIAL (Carlucci et al. 2017): domain alignment layers after the network's layers, each
+    /// a BatchNorm whose per-domain statistics are mixed by a learned α ∈ [0.5, 1]; the target
+    /// predictions' entropy is minimised (`adapt::autodial`).
+    Autodial,
 }
 
-pub const METHODS: &str = "source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn, mdd, daan";
+pub const METHODS: &str = "source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn, mdd, daan, autodial";
 
 impl FromStr for Method {
     type Err = GraftError;
@@ -98,6 +102,7 @@ impl FromStr for Method {
             "afn" => Method::Afn,
             "mdd" => Method::Mdd,
             "daan" => Method::Daan,
+            "autodial" => Method::Autodial,
             _ => return Err(GraftError::setting("method", s, format!("expected one of {METHODS}"))),
         })
     }
@@ -127,12 +132,14 @@ impl Method {
     /// at the end of training; with the 1/(4d²) normalisation on a 256-wide bottleneck the raw
     /// CORAL loss of LeNet digits is ≈ 0.003 against a classification loss of 0.2–1, so 100.
     /// MCC, MDD: 1 (TLlib's trade-off). BSP: 1 for its DANN loss (the penalty's weight is
-    /// `--bsp-tradeoff`). AFN: 0.05 (the paper's λ, TLlib's `--trade-off-norm`).
+    /// `--bsp-tradeoff`). AFN: 0.05 (the paper's λ, TLlib's `--trade-off-norm`). AutoDIAL: 0.1,
+    /// the weight of its target entropy in the authors' networks.
     pub fn default_lambda(self) -> f64 {
         match self {
             Method::SourceOnly => 0.0,
             Method::Coral => 100.0,
             Method::Afn => 0.05,
+            Method::Autodial => crate::adapt::autodial::DEFAULT_LAMBDA,
             _ => 1.0,
         }
     }
@@ -275,6 +282,10 @@ fn default_daan_local_hidden() -> usize {
     256
 }
 
+fn default_autodial_alpha_init() -> f64 {
+    crate::adapt::autodial::DEFAULT_ALPHA_INIT
+}
+
 fn default_lr_gamma() -> f64 {
     0.001
 }
@@ -357,6 +368,9 @@ pub struct AdaptConfig {
     /// `None`: the dynamic factor, re-estimated after every epoch.
     #[serde(default)]
     pub daan_omega: Option<f64>,
+    /// AutoDIAL: α of every alignment layer at the start (1: BatchNorm per domain).
+    #[serde(default = "default_autodial_alpha_init")]
+    pub autodial_alpha_init: f64,
     /// How the kept epoch (of ADDA: of its adversarial phase) is chosen; `None`: source-val, or
     /// last for ADDA's adversarial phase.
     #[serde(default)]
@@ -401,6 +415,7 @@ impl AdaptConfig {
             mdd_margin: default_mdd_margin(),
             daan_local_hidden: default_daan_local_hidden(),
             daan_omega: None,
+            autodial_alpha_init: default_autodial_alpha_init(),
             select: None,
             val_split: 0.1,
             seed: 0,
@@ -465,8 +480,9 @@ impl AdaptConfig {
         if let Some(omega) = self.daan_omega {
             finite("daan_omega", omega, (0.0..=1.0).contains(&omega), "must lie in [0, 1]")?;
         }
+        finite("autodial_alpha_init", self.autodial_alpha_init, (0.5..=1.0).contains(&self.autodial_alpha_init), "must lie in [0.5, 1]")?;
         let defaults = AdaptConfig::new(self.method, "", "");
-        let own: [(&str, bool, Method); 8] = [
+        let own: [(&str, bool, Method); 9] = [
             ("mcc_temperature", self.mcc_temperature != defaults.mcc_temperature, Method::Mcc),
             ("bsp_k", self.bsp_k != defaults.bsp_k, Method::Bsp),
             ("bsp_tradeoff", self.bsp_tradeoff != defaults.bsp_tradeoff, Method::Bsp),
@@ -475,6 +491,7 @@ impl AdaptConfig {
             ("mdd_margin", self.mdd_margin != defaults.mdd_margin, Method::Mdd),
             ("daan_local_hidden", self.daan_local_hidden != defaults.daan_local_hidden, Method::Daan),
             ("daan_omega", self.daan_omega.is_some(), Method::Daan),
+            ("autodial_alpha_init", self.autodial_alpha_init != defaults.autodial_alpha_init, Method::Autodial),
         ];
         if let Some((setting, _, m)) = own.iter().find(|(_, changed, m)| *changed && *m != self.method) {
             return Err(GraftError::setting(setting, &self.method.to_string(), format!("applies to --method {m} only")));

@@ -4,10 +4,12 @@
 //! * [`config`]: the methods and every setting, with their defaults.
 //! * [`data`]: domains from image folders or the shared digit sets (`mnist:train`, `usps:test`).
 //! * [`model`]: LeNet, the bottleneck classifier and the domain discriminator.
+//! * [`autodial`]: AutoDIAL's domain alignment layers (BatchNorm statistics mixed by a learned α).
 //! * [`losses`]: MMD, multi-kernel MMD, CORAL, gradient reversal, adversarial losses, schedules.
 //! * [`train`]: the trainer (`graft adapt`), the run directory, and loading an adapted model.
 //! * [`shallow`]: the classic methods on fixed features (TCA, JDA, GFK, SA, CORAL), no network.
 
+pub mod autodial;
 pub mod config;
 pub mod data;
 pub mod losses;

@@ -11,6 +11,8 @@ use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, Linea
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use super::autodial::DialLayers;
+
 /// Side of LeNet's square grey input.
 pub const LENET_SIDE: usize = 28;
 /// Width of LeNet's output (its fc layer).
@@ -65,6 +67,9 @@ pub struct AdaptNet {
     pub bottleneck: Linear,
     pub bottleneck_bn: BatchNorm,
     pub head: Linear,
+    /// AutoDIAL's domain alignment layers (`--method autodial`), which replace the bottleneck's
+    /// BatchNorm and follow LeNet's layers and the head.
+    pub dial: Option<DialLayers>,
 }
 
 impl AdaptNet {
@@ -76,11 +81,15 @@ impl AdaptNet {
             bottleneck: LinearConfig::new(width, bottleneck).init(device),
             bottleneck_bn: BatchNormConfig::new(bottleneck).init(device),
             head: LinearConfig::new(bottleneck, classes).init(device),
+            dial: None,
         }
     }
 
     /// Rows → bottleneck features [n, bottleneck].
     pub fn features(&self, x: Tensor<2>) -> Tensor<2> {
+        if let Some(dial) = &self.dial {
+            return dial.features(self, x, dial.rows(None));
+        }
         let x = match &self.lenet {
             Some(lenet) => lenet.forward(x),
             None => x,
@@ -90,8 +99,21 @@ impl AdaptNet {
 
     /// Rows → (bottleneck features, logits).
     pub fn forward(&self, x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
-        let f = self.features(x);
-        let logits = self.head.forward(f.clone());
+        self.forward_joint(x, None)
+    }
+
+    /// A training batch of both domains, the first `source` rows the source's, → (features,
+    /// logits); only AutoDIAL's alignment layers read the split (`None`: one domain's rows).
+    pub fn forward_joint(&self, x: Tensor<2>, source: Option<usize>) -> (Tensor<2>, Tensor<2>) {
+        let f = match &self.dial {
+            Some(dial) => dial.features(self, x, dial.rows(source)),
+            None => self.features(x),
+        };
+        let logits = self.head.forward(f.clone()); // [n, classes]
+        let logits = match &self.dial {
+            Some(dial) => dial.logits.forward(logits, dial.rows(source)),
+            None => logits,
+        };
         (f, logits)
     }
 

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{AdaptConfig, AddaObjective, LambdaSchedule, LrSchedule, Method, Select, MDD_REVERSAL_MAX};
 use super::data::{Domain, DomainSpec, Featurizer, InputSpec};
+use super::autodial;
 use super::losses;
 use super::model::{AdaptNet, AdvHead, Discriminator, Trainable};
 use crate::classic::{Classic, ClassicKind, Penalty};
@@ -82,7 +83,12 @@ pub struct AdaptInfo {
 impl AdaptInfo {
     /// The network with fresh weights (to be overwritten by a checkpoint).
     pub fn build(&self, device: &Device) -> AdaptNet {
-        AdaptNet::init(self.backbone == "lenet", self.input_width, self.bottleneck, self.classes.len(), device)
+        let net = AdaptNet::init(self.backbone == "lenet", self.input_width, self.bottleneck, self.classes.len(), device);
+        if self.method == Method::Autodial {
+            net.with_dial(autodial::DEFAULT_ALPHA_INIT, device)
+        } else {
+            net
+        }
     }
 }
 
@@ -115,7 +121,19 @@ pub struct AdaptEpoch {
     /// DAAN: the dynamic factor of this epoch and what its discriminators measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daan: Option<DaanEpoch>,
+    /// AutoDIAL: each alignment layer's α and the target entropy of this epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autodial: Option<AutodialEpoch>,
     pub seconds: f64,
+}
+
+/// AutoDIAL's figures of one epoch (`metrics.jsonl`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AutodialEpoch {
+    /// α of each alignment layer at the end of the epoch (clamped to [0.5, 1]), by layer.
+    pub alpha: BTreeMap<String, f64>,
+    /// Mean entropy of the target predictions over the epoch (before the weight λ).
+    pub entropy: f64,
 }
 
 /// DAAN's figures of one epoch (`metrics.jsonl`).
@@ -150,6 +168,10 @@ impl AdaptEpoch {
         }
         if let Some(d) = &self.daan {
             s.push_str(&format!(" - ω {:.3} (A-distance global {:.3}, local {:.3})", d.omega, d.global_a_distance, d.local_a_distance));
+        }
+        if let Some(a) = &self.autodial {
+            let alphas: Vec<String> = a.alpha.iter().map(|(layer, v)| format!("{layer} {v:.3}")).collect();
+            s.push_str(&format!(" - entropy {:.4} - α {}", a.entropy, alphas.join(", ")));
         }
         s.push_str(&format!(" - lr {:.2e} - λ {:.3}", self.lr, self.lambda));
         s
@@ -267,6 +289,8 @@ struct Sums {
     /// (of `domain_seen` rows, as the global one).
     omega: f64,
     local_hits: Vec<usize>,
+    /// AutoDIAL: the target entropy summed over the epoch's iterations.
+    entropy: f64,
 }
 
 /// One phase of `graft adapt` as the engine's task: a joint method (or ADDA's source
@@ -384,7 +408,8 @@ impl Task for AdaptTask<'_> {
         let validation = if ctx.val.is_empty() {
             None
         } else {
-            let (loss, predicted) = evaluate(&model.net, ctx.val, 500, ctx.device)?;
+            // AutoDIAL's alignment layers score the source split with the source's statistics.
+            let (loss, predicted) = evaluate(&model.net.on_source(), ctx.val, 500, ctx.device)?;
             let eval = Evaluation::from_predictions(ctx.classes, &ctx.val.labels, &predicted);
             Some(Validation { loss, accuracy: eval.accuracy, confusion: eval.confusion })
         };
@@ -423,6 +448,7 @@ impl Task for AdaptTask<'_> {
             self.omega = d.next_omega;
         }
         let sums = &self.sums;
+        let dial = model.net.dial.as_ref().map(|d| AutodialEpoch { alpha: d.alphas(), entropy: sums.entropy / n });
         let metrics = AdaptEpoch {
             epoch,
             phase: self.phase.into(),
@@ -437,6 +463,7 @@ impl Task for AdaptTask<'_> {
             select: Some(self.select.to_string()),
             select_value,
             daan: daan.clone(),
+            autodial: dial.clone(),
             seconds,
         };
         let mut scalars = vec![
@@ -455,6 +482,10 @@ impl Task for AdaptTask<'_> {
             scalars.push(("daan/omega".to_string(), d.omega));
             scalars.push(("daan/global_a_distance".to_string(), d.global_a_distance));
             scalars.push(("daan/local_a_distance".to_string(), d.local_a_distance));
+        }
+        if let Some(a) = &dial {
+            scalars.push(("autodial/entropy".to_string(), a.entropy));
+            scalars.extend(a.alpha.iter().map(|(layer, v)| (format!("autodial/alpha/{layer}"), *v)));
         }
         // DEV's risk, or 1 − the reverse accuracy, stands in for the validation loss: the phase
         // keeps its lowest.
@@ -527,7 +558,7 @@ impl Ctx<'_> {
         }
 
         let xt = self.training_batch(self.target, t_idx, step, 1, dev)?;
-        let (f, logits) = model.net.forward(Tensor::cat(vec![xs, xt], 0));
+        let (f, logits) = model.net.forward_joint(Tensor::cat(vec![xs, xt], 0), Some(ns));
         let (f_s, f_t) = split_rows(f.clone(), ns);
         let (logits_s, logits_t) = split_rows(logits.clone(), ns);
         let cls = self.classification(logits_s.clone(), &ys, sums);
@@ -607,6 +638,14 @@ impl Ctx<'_> {
                 // code sums them and rescales the two terms by hand).
                 let local = local.div_scalar(model.local.len().max(1) as f64);
                 (global.mul_scalar(1.0 - sums.omega) + local.mul_scalar(sums.omega)).mul_scalar(self.config.lambda())
+            }
+            Method::Autodial => {
+                // The alignment layers did their part in the forward pass; the loss adds the
+                // target predictions' entropy.
+                let entropy = losses::entropy(logits_t).mean();
+                let e: f32 = entropy.clone().into_scalar();
+                sums.entropy += e as f64;
+                entropy.mul_scalar(lambda)
             }
             Method::SourceOnly | Method::Adda => unreachable!("handled above"),
         };
@@ -696,12 +735,14 @@ impl Ctx<'_> {
         let mut rng = None;
         let s_idx = self.draw(self.source.len(), epoch, 0xDE5E_1EC7, &mut rng);
         let t_idx = self.draw(self.target.len(), epoch, 0xDE5E_1EC7, &mut rng);
-        let features = |domain: &Domain, idx: &[usize]| self.features_and_logits(net, domain, idx).map(|(f, _)| f);
-        let (fs, ft) = (features(self.source, &s_idx)?, features(self.target, &t_idx)?);
+        // AutoDIAL's alignment layers: each domain with its own statistics.
+        let source_net = net.on_source();
+        let features = |net: &AdaptNet, domain: &Domain, idx: &[usize]| self.features_and_logits(net, domain, idx).map(|(f, _)| f);
+        let (fs, ft) = (features(&source_net, self.source, &s_idx)?, features(net, self.target, &t_idx)?);
         let all: Vec<usize> = (0..self.val.len()).collect();
         let (mut fv, mut val_losses) = (Vec::new(), Vec::new());
         for chunk in all.chunks(500) {
-            let (f, logits) = net.forward(self.val.tensor(chunk, self.device)?);
+            let (f, logits) = source_net.forward(self.val.tensor(chunk, self.device)?);
             fv.extend(f.into_data().try_to_vec::<f32>().unwrap_or_default());
             let logp: Vec<f32> = log_softmax(logits, 1).into_data().try_to_vec::<f32>().unwrap_or_default();
             let c = self.classes.len();
@@ -721,7 +762,7 @@ impl Ctx<'_> {
         let (ft, logits) = self.features_and_logits(net, self.target, &t_idx)?;
         let pseudo = top1(&logits.chunks(classes).map(<[f32]>::to_vec).collect::<Vec<_>>());
         let val_idx: Vec<usize> = (0..self.val.len()).collect();
-        let (fv, _) = self.features_and_logits(net, self.val, &val_idx)?;
+        let (fv, _) = self.features_and_logits(&net.on_source(), self.val, &val_idx)?;
         let width = self.config.bottleneck;
         let distinct: std::collections::BTreeSet<usize> = pseudo.iter().copied().collect();
         let predicted: Vec<usize> = if distinct.len() < 2 {
@@ -888,7 +929,8 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     // in a fixed order after the seed, so its initial weights do not depend on what ran before
     // it is first used (ADDA's discriminator would otherwise differ between a run resumed at
     // the phase boundary and one that never stopped).
-    let net = engine::stable_ids(AdaptNet::init(lenet, width, config.bottleneck, classes.len(), device));
+    let net = AdaptNet::init(lenet, width, config.bottleneck, classes.len(), device);
+    let net = engine::stable_ids(if config.method == Method::Autodial { net.with_dial(config.autodial_alpha_init, device) } else { net });
     let disc = config.method.adversarial().then(|| engine::stable_ids(Discriminator::init(disc_input, config.disc_hidden, device)));
     let adv = (config.method == Method::Mdd).then(|| engine::stable_ids(AdvHead::init(config.bottleneck, config.disc_hidden, classes.len(), device)));
     let local: Vec<Discriminator> = if config.method == Method::Daan {
