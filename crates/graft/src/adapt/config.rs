@@ -78,9 +78,13 @@ pub enum Method {
     /// probability; the dynamic factor ω, re-estimated after every epoch from the discriminators'
     /// proxy A-distances, weighs conditional (ω) against marginal (1 − ω) alignment.
     Daan,
+    /// Domain Separation Networks (Bousmalis et al. 2016), with DANN's similarity loss: a private
+    /// encoder per domain and a shared decoder reconstructing each image from its shared and
+    /// private codes; reconstruction (α), difference (β) and similarity (γ) losses (LeNet only).
+    Dsn,
 }
 
-pub const METHODS: &str = "source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn, mdd, daan";
+pub const METHODS: &str = "source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn, mdd, daan, dsn";
 
 impl FromStr for Method {
     type Err = GraftError;
@@ -98,6 +102,7 @@ impl FromStr for Method {
             "afn" => Method::Afn,
             "mdd" => Method::Mdd,
             "daan" => Method::Daan,
+            "dsn" => Method::Dsn,
             _ => return Err(GraftError::setting("method", s, format!("expected one of {METHODS}"))),
         })
     }
@@ -113,7 +118,7 @@ impl std::fmt::Display for Method {
 impl Method {
     /// Methods with a domain discriminator.
     pub fn adversarial(self) -> bool {
-        matches!(self, Method::Dann | Method::Adda | Method::Cdan | Method::Bsp | Method::Daan)
+        matches!(self, Method::Dann | Method::Adda | Method::Cdan | Method::Bsp | Method::Daan | Method::Dsn)
     }
 
     /// Methods whose adversary reverses the gradient with a ramp (the λ schedule scales the
@@ -275,6 +280,19 @@ fn default_daan_local_hidden() -> usize {
     256
 }
 
+/// DSN: weights of the reconstruction, difference and similarity losses (see `adapt::dsn`).
+fn default_dsn_alpha() -> f64 {
+    0.01
+}
+
+fn default_dsn_beta() -> f64 {
+    0.075
+}
+
+fn default_dsn_gamma() -> f64 {
+    0.25
+}
+
 fn default_lr_gamma() -> f64 {
     0.001
 }
@@ -357,6 +375,15 @@ pub struct AdaptConfig {
     /// `None`: the dynamic factor, re-estimated after every epoch.
     #[serde(default)]
     pub daan_omega: Option<f64>,
+    /// DSN: weight α of the scale-invariant reconstruction loss.
+    #[serde(default = "default_dsn_alpha")]
+    pub dsn_alpha: f64,
+    /// DSN: weight β of the difference (shared/private orthogonality) loss.
+    #[serde(default = "default_dsn_beta")]
+    pub dsn_beta: f64,
+    /// DSN: weight γ of the similarity (DANN adversarial) loss on the shared codes.
+    #[serde(default = "default_dsn_gamma")]
+    pub dsn_gamma: f64,
     /// How the kept epoch (of ADDA: of its adversarial phase) is chosen; `None`: source-val, or
     /// last for ADDA's adversarial phase.
     #[serde(default)]
@@ -401,6 +428,9 @@ impl AdaptConfig {
             mdd_margin: default_mdd_margin(),
             daan_local_hidden: default_daan_local_hidden(),
             daan_omega: None,
+            dsn_alpha: default_dsn_alpha(),
+            dsn_beta: default_dsn_beta(),
+            dsn_gamma: default_dsn_gamma(),
             select: None,
             val_split: 0.1,
             seed: 0,
@@ -465,8 +495,14 @@ impl AdaptConfig {
         if let Some(omega) = self.daan_omega {
             finite("daan_omega", omega, (0.0..=1.0).contains(&omega), "must lie in [0, 1]")?;
         }
+        finite("dsn_alpha", self.dsn_alpha, self.dsn_alpha >= 0.0, "must not be negative")?;
+        finite("dsn_beta", self.dsn_beta, self.dsn_beta >= 0.0, "must not be negative")?;
+        finite("dsn_gamma", self.dsn_gamma, self.dsn_gamma >= 0.0, "must not be negative")?;
+        if self.method == Method::Dsn && self.backbone != "lenet" {
+            return Err(GraftError::setting("backbone", &self.backbone, "--method dsn reconstructs the input images with its decoder, so it needs the lenet backbone (a zoo or text backbone adapts fixed features)"));
+        }
         let defaults = AdaptConfig::new(self.method, "", "");
-        let own: [(&str, bool, Method); 8] = [
+        let own: [(&str, bool, Method); 11] = [
             ("mcc_temperature", self.mcc_temperature != defaults.mcc_temperature, Method::Mcc),
             ("bsp_k", self.bsp_k != defaults.bsp_k, Method::Bsp),
             ("bsp_tradeoff", self.bsp_tradeoff != defaults.bsp_tradeoff, Method::Bsp),
@@ -475,6 +511,9 @@ impl AdaptConfig {
             ("mdd_margin", self.mdd_margin != defaults.mdd_margin, Method::Mdd),
             ("daan_local_hidden", self.daan_local_hidden != defaults.daan_local_hidden, Method::Daan),
             ("daan_omega", self.daan_omega.is_some(), Method::Daan),
+            ("dsn_alpha", self.dsn_alpha != defaults.dsn_alpha, Method::Dsn),
+            ("dsn_beta", self.dsn_beta != defaults.dsn_beta, Method::Dsn),
+            ("dsn_gamma", self.dsn_gamma != defaults.dsn_gamma, Method::Dsn),
         ];
         if let Some((setting, _, m)) = own.iter().find(|(_, changed, m)| *changed && *m != self.method) {
             return Err(GraftError::setting(setting, &self.method.to_string(), format!("applies to --method {m} only")));

@@ -4,12 +4,14 @@
 //! * [`config`]: the methods and every setting, with their defaults.
 //! * [`data`]: domains from image folders or the shared digit sets (`mnist:train`, `usps:test`).
 //! * [`model`]: LeNet, the bottleneck classifier and the domain discriminator.
+//! * [`dsn`]: Domain Separation Networks' private encoders, decoder and losses.
 //! * [`losses`]: MMD, multi-kernel MMD, CORAL, gradient reversal, adversarial losses, schedules.
 //! * [`train`]: the trainer (`graft adapt`), the run directory, and loading an adapted model.
 //! * [`shallow`]: the classic methods on fixed features (TCA, JDA, GFK, SA, CORAL), no network.
 
 pub mod config;
 pub mod data;
+pub mod dsn;
 pub mod losses;
 pub mod model;
 pub mod shallow;
