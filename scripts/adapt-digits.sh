@@ -13,7 +13,7 @@
 #
 # Usage: scripts/adapt-digits.sh [WORK_DIR]
 #   SEEDS="0 1 2"  METHODS="source-only ddc dan coral dann adda cdan"  TASKS="m2u u2m"
-#   (also mcc bsp afn mdd daan autodial; ARGS_M2U/ARGS_U2M="--select dev" for label-free selection)
+#   (also mcc bsp afn mdd daan autodial dsn; ARGS_M2U/ARGS_U2M="--select dev" for label-free selection)
 #   EPOCHS=8 ITERS=100 BATCH=32 DATA_ROOT=../shared/data
 #   PRETRAIN_EPOCHS=N: ADDA pre-trains N epochs, then adapts EPOCHS (default: EPOCHS/2 + the rest)
 #   PARALLEL=1: run the tasks side by side (one process per task), e.g. on a 2-core machine
@@ -111,7 +111,7 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 published = {"source-only": (82.1, 74.6), "dan": (86.0, 89.5), "dann": (91.7, 95.2), "adda": (94.5, 98.3), "cdan": (96.0, 97.7),
              "mcc": (95.1, 94.6), "mdd": (94.8, 97.8), "bsp": (95.7, 97.8), "afn": (88.6, 97.2)}
-order = ["source-only", "ddc", "dan", "coral", "dann", "adda", "cdan", "mcc", "bsp", "afn", "mdd", "daan", "autodial"]
+order = ["source-only", "ddc", "dan", "coral", "dann", "adda", "cdan", "mcc", "bsp", "afn", "mdd", "daan", "autodial", "dsn"]
 def cell(method, task, key="target_test_accuracy", scale=100.0):
     v = [r[key] * scale for r in rows if r["method"] == method and r["task"] == task]
     if not v:

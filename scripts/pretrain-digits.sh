@@ -5,7 +5,8 @@
 # CD-1) or the whole encoder on a task whose labels come for free (siamese: 20,000 pairs of the
 # unlabelled digits known only as same/different; contrastive: SimCLR views), 3 seeds (the seed
 # picks the labelled subset, the initialisation and the batch order), mean ± std. INITS picks the
-# cases (default: random autoencoder rbm siamese contrastive).
+# cases (default: random autoencoder rbm siamese contrastive), SEEDS the seeds (default: 0 1 2),
+# ARCH the network (default mlp:500,250; small-cnn for random, siamese and contrastive).
 #
 #   scripts/pretrain-digits.sh [WORKDIR]      (run from the repository root, after cargo build --release)
 set -euo pipefail
@@ -17,6 +18,7 @@ FIT_EPOCHS=${FIT_EPOCHS:-50}
 NOISE=${NOISE:-0.2}
 RBM_LR=${RBM_LR:-0.001}
 INITS=${INITS:-"random autoencoder rbm siamese contrastive"}
+SEEDS=${SEEDS:-0 1 2}
 PAIRS=${PAIRS:-20000}
 # The method's defaults (60 epochs, batch 256, lr 0.003, temperature 0.2); the first measurement
 # was CONTRASTIVE_FLAGS="--epochs 30 --lr 0.001 --temperature 0.5".
@@ -45,7 +47,7 @@ for i in range(n):
 PY
 results="$WORK/results-pre${PRE_EPOCHS}-fit${FIT_EPOCHS}.tsv"
 printf 'seed\tinit\ttest_accuracy\n' > "$results"
-for seed in 0 1 2; do
+for seed in $SEEDS; do
   labelled="$WORK/labelled-$seed"
   [ -d "$labelled" ] || $GRAFT data import mnist --per-class 10 --seed "$seed" --out "$labelled" >&2
   for init in $INITS; do

@@ -99,7 +99,7 @@ pub const SETTINGS: &[&str] = &[
     "method", "source", "target", "target_test", "backbone", "bottleneck", "iters_per_epoch",
     "lr_schedule", "lr_gamma", "lambda", "lambda_schedule", "lambda_max_iters", "entropy",
     "disc_hidden", "pretrain_epochs", "adda_objective", "run",
-    "mcc_temperature", "bsp_k", "bsp_tradeoff", "afn_delta", "afn_entropy", "mdd_margin", "daan_local_hidden", "daan_omega", "autodial_alpha_init", "select",
+    "mcc_temperature", "bsp_k", "bsp_tradeoff", "afn_delta", "afn_entropy", "mdd_margin", "daan_local_hidden", "daan_omega", "autodial_alpha_init", "dsn_alpha", "dsn_beta", "dsn_gamma", "select",
     // The classic methods of `graft adapt` (`adapt::shallow::ShallowConfig`).
     "features", "classifier", "kernel", "gamma", "mu", "dim", "iterations", "normalize", "source_samples",
     "target_samples",

@@ -22,7 +22,7 @@ use crate::reporter::TermReporter;
 pub struct AdaptArgs {
     #[command(flatten)]
     pub device: crate::cli::DeviceArg,
-    /// source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn, mdd, daan or autodial; or a classic method on fixed features
+    /// source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn, mdd, daan, autodial or dsn (LeNet only); or a classic method on fixed features
     /// (--features): tca, jda, gfk, sa, coral-shallow, and the baselines none (the classifier
     /// alone) and pca. [default: none; required without --resume]
     #[arg(long, required_unless_present = "resume")]
@@ -45,7 +45,7 @@ pub struct AdaptArgs {
     /// Continue the run in this directory after its last completed epoch, with its saved
     /// config.toml (a run killed at any moment finishes as if never interrupted); only --epochs
     /// may be given with it (the new total of the adversarial phase). [default: none]
-    #[arg(long, conflicts_with_all = ["method", "source", "target", "target_test", "out", "backbone", "weights", "data_root", "bottleneck", "iters_per_epoch", "batch_size", "lr", "lr_schedule", "lr_gamma", "momentum", "weight_decay", "lambda", "lambda_schedule", "lambda_max_iters", "entropy", "disc_hidden", "pretrain_epochs", "adda_objective", "augment", "mcc_temperature", "bsp_k", "bsp_tradeoff", "afn_delta", "afn_entropy", "mdd_margin", "daan_local_hidden", "daan_omega", "autodial_alpha_init", "select", "val_split", "seed"])]
+    #[arg(long, conflicts_with_all = ["method", "source", "target", "target_test", "out", "backbone", "weights", "data_root", "bottleneck", "iters_per_epoch", "batch_size", "lr", "lr_schedule", "lr_gamma", "momentum", "weight_decay", "lambda", "lambda_schedule", "lambda_max_iters", "entropy", "disc_hidden", "pretrain_epochs", "adda_objective", "augment", "mcc_temperature", "bsp_k", "bsp_tradeoff", "afn_delta", "afn_entropy", "mdd_margin", "daan_local_hidden", "daan_omega", "autodial_alpha_init", "dsn_alpha", "dsn_beta", "dsn_gamma", "select", "val_split", "seed"])]
     pub resume: Option<PathBuf>,
     /// lenet (trained from scratch), a zoo model id (frozen trunk, trainable bottleneck), or
     /// minilm-l6: text domains (CSV text,label, class folders of .txt, amazon:DOMAIN from
@@ -154,6 +154,18 @@ pub struct AdaptArgs {
     /// normalise with the target's statistics.
     #[arg(long, default_value_t = 1.0)]
     pub autodial_alpha_init: f64,
+    /// DSN: weight α of the scale-invariant reconstruction loss (each image rebuilt by a shared
+    /// decoder from its shared and private codes); all three DSN weights are times --lambda
+    /// (default 1), the similarity's reversal ramps as DANN's.
+    #[arg(long, default_value_t = 0.01)]
+    pub dsn_alpha: f64,
+    /// DSN: weight β of the difference loss (orthogonality of each domain's shared and private
+    /// codes).
+    #[arg(long, default_value_t = 0.075)]
+    pub dsn_beta: f64,
+    /// DSN: weight γ of the similarity loss (DANN's domain discriminator on the shared codes).
+    #[arg(long, default_value_t = 0.25)]
+    pub dsn_gamma: f64,
     /// How the kept epoch is chosen without target labels: source-val (best accuracy on the
     /// source split), dev (lowest importance-weighted source validation loss, DEV), reverse
     /// (reverse validation: a classifier trained on the network's target predictions, scored on
@@ -180,7 +192,7 @@ fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
         method, source, target, target_test, out, resume, backbone, weights, data_root, bottleneck, epochs, iters_per_epoch,
         batch_size, lr, lr_schedule, lr_gamma, momentum, weight_decay, lambda, lambda_schedule, lambda_max_iters,
         entropy, disc_hidden, pretrain_epochs, adda_objective, augment, mcc_temperature, bsp_k, bsp_tradeoff, afn_delta,
-        afn_entropy, mdd_margin, daan_local_hidden, daan_omega, autodial_alpha_init, select, val_split, seed, classic,
+        afn_entropy, mdd_margin, daan_local_hidden, daan_omega, autodial_alpha_init, dsn_alpha, dsn_beta, dsn_gamma, select, val_split, seed, classic,
     } = args;
     // The classic methods' flags mean nothing to a network method (nor to a resumed run).
     if let Some(flag) = classic.first_given() {
@@ -230,6 +242,9 @@ fn resolve(args: AdaptArgs) -> anyhow::Result<(AdaptConfig, PathBuf, bool)> {
     c.daan_local_hidden = daan_local_hidden;
     c.daan_omega = daan_omega;
     c.autodial_alpha_init = autodial_alpha_init;
+    c.dsn_alpha = dsn_alpha;
+    c.dsn_beta = dsn_beta;
+    c.dsn_gamma = dsn_gamma;
     c.select = select.as_deref().map(str::parse).transpose()?;
     c.val_split = val_split;
     c.seed = seed;

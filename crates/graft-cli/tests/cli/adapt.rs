@@ -547,15 +547,62 @@ fn autodial_learns_its_alignment_per_layer_and_resumes() {
     // eval and predict read the run as a model for the target (its statistics).
     let e = json_of(&graft(&["eval", "--run", s(&whole), "--data", "usps:test", "--data-root", s(&root), "--json"]));
     assert!((e["accuracy"].as_f64().unwrap() - v["target_test_accuracy"].as_f64().unwrap()).abs() < 1e-12);
-    let bad = |args: &[&str], name: &str| {
-        let mut a = vec!["adapt", "--source", "usps:test", "--target", "usps:train", "--data-root", s(&root), "--out"];
-        let out = dir.join(name);
-        a.push(s(&out));
-        a.extend_from_slice(args);
-        graft(&a)
-    };
+    let bad = |args: &[&str], name: &str| bad_digits_run(&dir.join(name), args);
     assert_bad_input(&bad(&["--method", "autodial", "--autodial-alpha-init", "0.3"], "b1"), &["--autodial-alpha-init", "[0.5, 1]"]);
     assert_bad_input(&bad(&["--method", "dann", "--autodial-alpha-init", "0.9"], "b2"), &["--autodial-alpha-init", "autodial"]);
+}
+
+#[test]
+fn dsn_records_its_four_losses_resumes_and_evaluates_with_the_shared_encoder() {
+    let dir = scratch("adapt-dsn");
+    let root = data_root();
+    let whole = dir.join("whole");
+    let schedules = ["--lr-schedule", "inv", "--lambda-schedule", "warm-start"];
+    let v = quick("dsn", &whole, "3", &schedules);
+    assert_eq!(v["method"], "dsn");
+    assert!(v["source_val_accuracy"].as_f64().unwrap() > 0.2, "{v}");
+    let metrics = metrics_of(&whole);
+    assert_eq!(metrics.len(), 3);
+    let term = |m: &serde_json::Value, t: &str| m["dsn"][t].as_f64().unwrap_or_else(|| panic!("no dsn {t} in {m}"));
+    for m in &metrics {
+        // The task term is the classification loss; the transfer loss is the default-weighted
+        // sum of the other three, 0.01·reconstruction + 0.075·difference + 0.25·similarity.
+        assert!((term(m, "task") - m["cls_loss"].as_f64().unwrap()).abs() < 1e-12, "{m}");
+        let (rec, diff, sim) = (term(m, "reconstruction"), term(m, "difference"), term(m, "similarity"));
+        assert!(rec > 0.0 && (0.0..=2.0).contains(&diff) && sim > 0.0, "{m}");
+        let expected = 0.01 * rec + 0.075 * diff + 0.25 * sim;
+        assert!((m["transfer_loss"].as_f64().unwrap() - expected).abs() < 1e-5, "{m}: expected transfer {expected}");
+        assert!(m["domain_accuracy"].is_number(), "{m}");
+    }
+    // The private encoders and the decoder survive a stop: a run stopped after epoch 2 and
+    // resumed ends where the uninterrupted run ended.
+    let part = dir.join("part");
+    quick("dsn", &part, "2", &schedules);
+    let resumed = json_of(&graft(&["adapt", "--resume", s(&part), "--epochs", "3", "--json"]));
+    assert_eq!(resumed["target_test_accuracy"], v["target_test_accuracy"]);
+    let without_time = |mut m: serde_json::Value| {
+        m.as_object_mut().unwrap().remove("seconds");
+        m
+    };
+    assert_eq!(without_time(metrics_of(&part)[2].clone()), without_time(metrics[2].clone()));
+    // eval reads the shared encoder and head only.
+    let e = json_of(&graft(&["eval", "--run", s(&whole), "--data", "usps:test", "--data-root", s(&root), "--json"]));
+    assert!((e["accuracy"].as_f64().unwrap() - v["target_test_accuracy"].as_f64().unwrap()).abs() < 1e-12);
+    // The weights are flags, saved with the run; with the reconstruction alone weighed, the
+    // decoder learns: the epoch's mean reconstruction error falls.
+    let recon = dir.join("recon");
+    quick("dsn", &recon, "2", &["--dsn-alpha", "1", "--dsn-beta", "0", "--dsn-gamma", "0"]);
+    let config = std::fs::read_to_string(recon.join("config.toml")).unwrap();
+    assert!(config.contains("dsn_alpha = 1.0") && config.contains("dsn_beta = 0.0") && config.contains("dsn_gamma = 0.0"), "{config}");
+    let m = metrics_of(&recon);
+    for e in &m {
+        assert!((e["transfer_loss"].as_f64().unwrap() - term(e, "reconstruction")).abs() < 1e-5, "{e}");
+    }
+    assert!(term(&m[1], "reconstruction") < term(&m[0], "reconstruction"), "{m:?}");
+    let bad = |args: &[&str], name: &str| bad_digits_run(&dir.join(name), args);
+    assert_bad_input(&bad(&["--method", "dsn", "--dsn-beta=-1"], "b1"), &["--dsn-beta"]);
+    assert_bad_input(&bad(&["--method", "dann", "--dsn-alpha", "0.5"], "b2"), &["--dsn-alpha", "dsn"]);
+    assert_bad_input(&bad(&["--method", "dsn", "--backbone", "efficientnet-lite0"], "b3"), &["--backbone", "lenet"]);
 }
 
 #[test]

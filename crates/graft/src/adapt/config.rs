@@ -82,9 +82,13 @@ pub enum Method {
     /// a BatchNorm whose per-domain statistics are mixed by a learned α ∈ [0.5, 1]; the target
     /// predictions' entropy is minimised (`adapt::autodial`).
     Autodial,
+    /// Domain Separation Networks (Bousmalis et al. 2016), with DANN's similarity loss: a private
+    /// encoder per domain and a shared decoder reconstructing each image from its shared and
+    /// private codes; reconstruction (α), difference (β) and similarity (γ) losses (LeNet only).
+    Dsn,
 }
 
-pub const METHODS: &str = "source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn, mdd, daan, autodial";
+pub const METHODS: &str = "source-only, ddc, dan, coral, dann, adda, cdan, mcc, bsp, afn, mdd, daan, autodial, dsn";
 
 impl FromStr for Method {
     type Err = GraftError;
@@ -103,6 +107,7 @@ impl FromStr for Method {
             "mdd" => Method::Mdd,
             "daan" => Method::Daan,
             "autodial" => Method::Autodial,
+            "dsn" => Method::Dsn,
             _ => return Err(GraftError::setting("method", s, format!("expected one of {METHODS}"))),
         })
     }
@@ -118,7 +123,7 @@ impl std::fmt::Display for Method {
 impl Method {
     /// Methods with a domain discriminator.
     pub fn adversarial(self) -> bool {
-        matches!(self, Method::Dann | Method::Adda | Method::Cdan | Method::Bsp | Method::Daan)
+        matches!(self, Method::Dann | Method::Adda | Method::Cdan | Method::Bsp | Method::Daan | Method::Dsn)
     }
 
     /// Methods whose adversary reverses the gradient with a ramp (the λ schedule scales the
@@ -286,6 +291,19 @@ fn default_autodial_alpha_init() -> f64 {
     crate::adapt::autodial::DEFAULT_ALPHA_INIT
 }
 
+/// DSN: weights of the reconstruction, difference and similarity losses (see `adapt::dsn`).
+fn default_dsn_alpha() -> f64 {
+    0.01
+}
+
+fn default_dsn_beta() -> f64 {
+    0.075
+}
+
+fn default_dsn_gamma() -> f64 {
+    0.25
+}
+
 fn default_lr_gamma() -> f64 {
     0.001
 }
@@ -371,6 +389,15 @@ pub struct AdaptConfig {
     /// AutoDIAL: α of every alignment layer at the start (1: BatchNorm per domain).
     #[serde(default = "default_autodial_alpha_init")]
     pub autodial_alpha_init: f64,
+    /// DSN: weight α of the scale-invariant reconstruction loss.
+    #[serde(default = "default_dsn_alpha")]
+    pub dsn_alpha: f64,
+    /// DSN: weight β of the difference (shared/private orthogonality) loss.
+    #[serde(default = "default_dsn_beta")]
+    pub dsn_beta: f64,
+    /// DSN: weight γ of the similarity (DANN adversarial) loss on the shared codes.
+    #[serde(default = "default_dsn_gamma")]
+    pub dsn_gamma: f64,
     /// How the kept epoch (of ADDA: of its adversarial phase) is chosen; `None`: source-val, or
     /// last for ADDA's adversarial phase.
     #[serde(default)]
@@ -416,6 +443,9 @@ impl AdaptConfig {
             daan_local_hidden: default_daan_local_hidden(),
             daan_omega: None,
             autodial_alpha_init: default_autodial_alpha_init(),
+            dsn_alpha: default_dsn_alpha(),
+            dsn_beta: default_dsn_beta(),
+            dsn_gamma: default_dsn_gamma(),
             select: None,
             val_split: 0.1,
             seed: 0,
@@ -481,8 +511,14 @@ impl AdaptConfig {
             finite("daan_omega", omega, (0.0..=1.0).contains(&omega), "must lie in [0, 1]")?;
         }
         finite("autodial_alpha_init", self.autodial_alpha_init, (0.5..=1.0).contains(&self.autodial_alpha_init), "must lie in [0.5, 1]")?;
+        finite("dsn_alpha", self.dsn_alpha, self.dsn_alpha >= 0.0, "must not be negative")?;
+        finite("dsn_beta", self.dsn_beta, self.dsn_beta >= 0.0, "must not be negative")?;
+        finite("dsn_gamma", self.dsn_gamma, self.dsn_gamma >= 0.0, "must not be negative")?;
+        if self.method == Method::Dsn && self.backbone != "lenet" {
+            return Err(GraftError::setting("backbone", &self.backbone, "--method dsn reconstructs the input images with its decoder, so it needs the lenet backbone (a zoo or text backbone adapts fixed features)"));
+        }
         let defaults = AdaptConfig::new(self.method, "", "");
-        let own: [(&str, bool, Method); 9] = [
+        let own: [(&str, bool, Method); 12] = [
             ("mcc_temperature", self.mcc_temperature != defaults.mcc_temperature, Method::Mcc),
             ("bsp_k", self.bsp_k != defaults.bsp_k, Method::Bsp),
             ("bsp_tradeoff", self.bsp_tradeoff != defaults.bsp_tradeoff, Method::Bsp),
@@ -492,6 +528,9 @@ impl AdaptConfig {
             ("daan_local_hidden", self.daan_local_hidden != defaults.daan_local_hidden, Method::Daan),
             ("daan_omega", self.daan_omega.is_some(), Method::Daan),
             ("autodial_alpha_init", self.autodial_alpha_init != defaults.autodial_alpha_init, Method::Autodial),
+            ("dsn_alpha", self.dsn_alpha != defaults.dsn_alpha, Method::Dsn),
+            ("dsn_beta", self.dsn_beta != defaults.dsn_beta, Method::Dsn),
+            ("dsn_gamma", self.dsn_gamma != defaults.dsn_gamma, Method::Dsn),
         ];
         if let Some((setting, _, m)) = own.iter().find(|(_, changed, m)| *changed && *m != self.method) {
             return Err(GraftError::setting(setting, &self.method.to_string(), format!("applies to --method {m} only")));

@@ -5,6 +5,7 @@
 //! * [`data`]: domains from image folders or the shared digit sets (`mnist:train`, `usps:test`).
 //! * [`model`]: LeNet, the bottleneck classifier and the domain discriminator.
 //! * [`autodial`]: AutoDIAL's domain alignment layers (BatchNorm statistics mixed by a learned α).
+//! * [`dsn`]: Domain Separation Networks' private encoders, decoder and losses.
 //! * [`losses`]: MMD, multi-kernel MMD, CORAL, gradient reversal, adversarial losses, schedules.
 //! * [`train`]: the trainer (`graft adapt`), the run directory, and loading an adapted model.
 //! * [`shallow`]: the classic methods on fixed features (TCA, JDA, GFK, SA, CORAL), no network.
@@ -12,6 +13,7 @@
 pub mod autodial;
 pub mod config;
 pub mod data;
+pub mod dsn;
 pub mod losses;
 pub mod model;
 pub mod shallow;

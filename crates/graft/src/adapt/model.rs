@@ -173,13 +173,16 @@ impl AdvHead {
 }
 
 /// What one optimizer trains: the classifier and, for the adversarial methods, a discriminator
-/// (MDD: an adversarial head; DAAN: also one local discriminator per class).
+/// (MDD: an adversarial head; DAAN: also one local discriminator per class; DSN: also its
+/// private encoders and decoder).
 #[derive(Module, Debug)]
 pub struct Trainable {
     pub net: AdaptNet,
     pub disc: Option<Discriminator>,
     pub adv: Option<AdvHead>,
     pub local: Vec<Discriminator>,
+    /// DSN: the private encoders and the shared decoder.
+    pub dsn: Option<super::dsn::DsnNets>,
 }
 
 #[cfg(test)]

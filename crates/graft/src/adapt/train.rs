@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{AdaptConfig, AddaObjective, LambdaSchedule, LrSchedule, Method, Select, MDD_REVERSAL_MAX};
 use super::data::{Domain, DomainSpec, Featurizer, InputSpec};
 use super::autodial;
+use super::dsn::{DsnEpoch, DsnNets, DsnSums, DsnWeights};
 use super::losses;
 use super::model::{AdaptNet, AdvHead, Discriminator, Trainable};
 use crate::classic::{Classic, ClassicKind, Penalty};
@@ -124,6 +125,9 @@ pub struct AdaptEpoch {
     /// AutoDIAL: each alignment layer's α and the target entropy of this epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autodial: Option<AutodialEpoch>,
+    /// DSN: the epoch's four loss terms, unweighted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn: Option<DsnEpoch>,
     pub seconds: f64,
 }
 
@@ -291,6 +295,8 @@ struct Sums {
     local_hits: Vec<usize>,
     /// AutoDIAL: the target entropy summed over the epoch's iterations.
     entropy: f64,
+    /// DSN: its loss terms.
+    dsn: DsnSums,
 }
 
 /// One phase of `graft adapt` as the engine's task: a joint method (or ADDA's source
@@ -447,6 +453,7 @@ impl Task for AdaptTask<'_> {
         if let Some(d) = &daan {
             self.omega = d.next_omega;
         }
+        let dsn = model.dsn.is_some().then(|| self.sums.dsn.epoch(self.sums.cls / n, n));
         let sums = &self.sums;
         let dial = model.net.dial.as_ref().map(|d| AutodialEpoch { alpha: d.alphas(), entropy: sums.entropy / n });
         let metrics = AdaptEpoch {
@@ -464,6 +471,7 @@ impl Task for AdaptTask<'_> {
             select_value,
             daan: daan.clone(),
             autodial: dial.clone(),
+            dsn: dsn.clone(),
             seconds,
         };
         let mut scalars = vec![
@@ -487,6 +495,7 @@ impl Task for AdaptTask<'_> {
             scalars.push(("autodial/entropy".to_string(), a.entropy));
             scalars.extend(a.alpha.iter().map(|(layer, v)| (format!("autodial/alpha/{layer}"), *v)));
         }
+        scalars.extend(dsn.iter().flat_map(DsnEpoch::scalars));
         // DEV's risk, or 1 − the reverse accuracy, stands in for the validation loss: the phase
         // keeps its lowest.
         let validation = match (validation, dev.or(reverse.map(|r| 1.0 - r))) {
@@ -558,7 +567,7 @@ impl Ctx<'_> {
         }
 
         let xt = self.training_batch(self.target, t_idx, step, 1, dev)?;
-        let (f, logits) = model.net.forward_joint(Tensor::cat(vec![xs, xt], 0), Some(ns));
+        let (f, logits) = model.net.forward_joint(Tensor::cat(vec![xs.clone(), xt.clone()], 0), Some(ns));
         let (f_s, f_t) = split_rows(f.clone(), ns);
         let (logits_s, logits_t) = split_rows(logits.clone(), ns);
         let cls = self.classification(logits_s.clone(), &ys, sums);
@@ -646,6 +655,20 @@ impl Ctx<'_> {
                 let e: f32 = entropy.clone().into_scalar();
                 sums.entropy += e as f64;
                 entropy.mul_scalar(lambda)
+            }
+            Method::Dsn => {
+                // DSN with DANN's similarity loss on the shared codes (the bottleneck features),
+                // through the ramped reversal; the private encoders and the decoder add the
+                // reconstruction and difference losses (`adapt::dsn`).
+                let coeff = lambda / self.config.lambda().max(f64::MIN_POSITIVE);
+                let z = model.disc.as_ref().expect("DSN has a discriminator").forward(losses::reverse_gradient(f, coeff));
+                let (z_s, z_t) = split_rows(z, ns);
+                self.count_domain(&z_s, &z_t, sums);
+                let similarity = losses::domain_adversarial(z_s, z_t);
+                let c = self.config;
+                let weights = DsnWeights { alpha: c.dsn_alpha, beta: c.dsn_beta, gamma: c.dsn_gamma };
+                let nets = model.dsn.as_ref().expect("DSN has private encoders and a decoder");
+                nets.loss(xs, xt, f_s, f_t, similarity, weights, &mut sums.dsn).mul_scalar(c.lambda())
             }
             Method::SourceOnly | Method::Adda => unreachable!("handled above"),
         };
@@ -938,6 +961,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     } else {
         Vec::new()
     };
+    let dsn = (config.method == Method::Dsn).then(|| engine::stable_ids(DsnNets::init(config.bottleneck, device)));
 
     let steps_per_epoch = config.iters_per_epoch.unwrap_or_else(|| source.len().div_ceil(config.batch_size).max(1));
     let ctx = Ctx {
@@ -978,7 +1002,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
         let total = pre + config.epochs;
         // Source pre-training: the kept epoch becomes the frozen source encoder and the target
         // encoder's start.
-        let model = engine::stable_ids(Trainable { net, disc: None, adv: None, local: Vec::new() }.train());
+        let model = engine::stable_ids(Trainable { net, disc: None, adv: None, local: Vec::new(), dsn: None }.train());
         let model = engine.resume_into(model, 0, pre, "the adaptation network")?;
         let mut task = AdaptTask::new(&ctx, &model, Method::SourceOnly, "pretrain", None, Select::SourceVal, config.seed, steps_done(&engine, 0, steps_per_epoch));
         let optimizer = task.optimizer();
@@ -992,7 +1016,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
             lenet.channel_dropout = DropoutConfig::new(0.0).init();
             lenet.dropout = DropoutConfig::new(0.0).init();
         }
-        let model = engine::stable_ids(Trainable { net: target_net, disc, adv: None, local: Vec::new() }.train());
+        let model = engine::stable_ids(Trainable { net: target_net, disc, adv: None, local: Vec::new(), dsn: None }.train());
         let model = engine.resume_into(model, pre, config.epochs, "the adaptation network")?;
         let mut task = AdaptTask::new(&ctx, &model, Method::Adda, "adapt", Some(&source_net), select, config.seed ^ 0xADDA, steps_done(&engine, pre, steps_per_epoch));
         let optimizer = task.optimizer();
@@ -1000,7 +1024,7 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
         let model = engine.run_phase(&mut task, model, phase("adapt", pre, config.epochs, total, keep_adapt, ADAPT_BEST, optimizer))?;
         (checkpoint::load(model, &run.join(ADAPT_BEST))?.net, total)
     } else {
-        let model = engine::stable_ids(Trainable { net, disc, adv, local }.train());
+        let model = engine::stable_ids(Trainable { net, disc, adv, local, dsn }.train());
         let model = engine.resume_into(model, 0, config.epochs, "the adaptation network")?;
         let mut task = AdaptTask::new(&ctx, &model, config.method, "adapt", None, select, config.seed, steps_done(&engine, 0, steps_per_epoch));
         if let Some(next) = resumed_omega(run, engine.state.epoch)? {
