@@ -357,6 +357,26 @@ fn tllib_schedules_are_flags_saved_in_the_config() {
     assert_bad_input(&bad("--lr-gamma=-1", "d"), &["--lr-gamma"]);
 }
 
+/// `part`, a run stopped after its second epoch, resumed to a third ends as the uninterrupted
+/// three-epoch run did (its result `whole` and metrics `metrics`; only the seconds differ).
+fn assert_resumes_to_the_same_end(part: &Path, whole: &serde_json::Value, metrics: &[serde_json::Value]) {
+    let resumed = json_of(&graft(&["adapt", "--resume", s(part), "--epochs", "3", "--json"]));
+    assert_eq!(resumed["target_test_accuracy"], whole["target_test_accuracy"]);
+    let without_time = |mut m: serde_json::Value| {
+        m.as_object_mut().unwrap().remove("seconds");
+        m
+    };
+    assert_eq!(without_time(metrics_of(part)[2].clone()), without_time(metrics[2].clone()));
+}
+
+/// `graft eval` of the run `run` on the USPS test digits gives the target accuracy its
+/// adaptation reported (`result`).
+fn assert_eval_gives_the_target_accuracy(run: &Path, result: &serde_json::Value) {
+    let root = data_root();
+    let e = json_of(&graft(&["eval", "--run", s(run), "--data", "usps:test", "--data-root", s(&root), "--json"]));
+    assert!((e["accuracy"].as_f64().unwrap() - result["target_test_accuracy"].as_f64().unwrap()).abs() < 1e-12);
+}
+
 /// `graft adapt` from USPS test to USPS training digits into `out` with `args` (settings meant to
 /// be refused: the caller checks the error).
 fn bad_digits_run(out: &Path, args: &[&str]) -> std::process::Output {
@@ -446,7 +466,6 @@ fn mcc_bsp_afn_mdd_train_resume_and_evaluate() {
 #[test]
 fn daan_weighs_global_and_local_alignment_by_its_dynamic_factor() {
     let dir = scratch("adapt-daan");
-    let root = data_root();
     let whole = dir.join("whole");
     let v = quick("daan", &whole, "3", &["--lr-schedule", "inv", "--lambda-schedule", "warm-start"]);
     assert_eq!(v["method"], "daan");
@@ -472,13 +491,7 @@ fn daan_weighs_global_and_local_alignment_by_its_dynamic_factor() {
     // first epochs do not depend on the run's length).
     let part = dir.join("part");
     quick("daan", &part, "2", &["--lr-schedule", "inv", "--lambda-schedule", "warm-start"]);
-    let resumed = json_of(&graft(&["adapt", "--resume", s(&part), "--epochs", "3", "--json"]));
-    assert_eq!(resumed["target_test_accuracy"], v["target_test_accuracy"]);
-    let without_time = |mut m: serde_json::Value| {
-        m.as_object_mut().unwrap().remove("seconds");
-        m
-    };
-    assert_eq!(without_time(metrics_of(&part)[2].clone()), without_time(metrics[2].clone()));
+    assert_resumes_to_the_same_end(&part, &v, &metrics);
     // A fixed factor stays fixed; ω = 0 is DANN's loss with the local discriminators idle.
     let fixed = dir.join("fixed");
     quick("daan", &fixed, "2", &["--daan-omega", "0", "--daan-local-hidden", "32"]);
@@ -487,8 +500,7 @@ fn daan_weighs_global_and_local_alignment_by_its_dynamic_factor() {
     }
     let config = std::fs::read_to_string(fixed.join("config.toml")).unwrap();
     assert!(config.contains("daan_omega = 0.0") && config.contains("daan_local_hidden = 32"), "{config}");
-    let e = json_of(&graft(&["eval", "--run", s(&whole), "--data", "usps:test", "--data-root", s(&root), "--json"]));
-    assert!((e["accuracy"].as_f64().unwrap() - v["target_test_accuracy"].as_f64().unwrap()).abs() < 1e-12);
+    assert_eval_gives_the_target_accuracy(&whole, &v);
     let bad = |args: &[&str], name: &str| bad_digits_run(&dir.join(name), args);
     assert_bad_input(&bad(&["--method", "daan", "--daan-omega", "1.5"], "b1"), &["--daan-omega"]);
     assert_bad_input(&bad(&["--method", "dann", "--daan-omega", "0.5"], "b2"), &["--daan-omega", "daan"]);
@@ -497,7 +509,6 @@ fn daan_weighs_global_and_local_alignment_by_its_dynamic_factor() {
 #[test]
 fn autodial_learns_its_alignment_per_layer_and_resumes() {
     let dir = scratch("adapt-autodial");
-    let root = data_root();
     let whole = dir.join("whole");
     // α starts below 1 so that both bounds are in reach; a per-iteration lr schedule, so that
     // the first epochs do not depend on the run's length.
@@ -537,16 +548,9 @@ fn autodial_learns_its_alignment_per_layer_and_resumes() {
     // 2 and resumed ends where the uninterrupted run ended.
     let part = dir.join("part");
     quick("autodial", &part, "2", &extra);
-    let resumed = json_of(&graft(&["adapt", "--resume", s(&part), "--epochs", "3", "--json"]));
-    assert_eq!(resumed["target_test_accuracy"], v["target_test_accuracy"]);
-    let without_time = |mut m: serde_json::Value| {
-        m.as_object_mut().unwrap().remove("seconds");
-        m
-    };
-    assert_eq!(without_time(metrics_of(&part)[2].clone()), without_time(metrics[2].clone()));
+    assert_resumes_to_the_same_end(&part, &v, &metrics);
     // eval and predict read the run as a model for the target (its statistics).
-    let e = json_of(&graft(&["eval", "--run", s(&whole), "--data", "usps:test", "--data-root", s(&root), "--json"]));
-    assert!((e["accuracy"].as_f64().unwrap() - v["target_test_accuracy"].as_f64().unwrap()).abs() < 1e-12);
+    assert_eval_gives_the_target_accuracy(&whole, &v);
     let bad = |args: &[&str], name: &str| bad_digits_run(&dir.join(name), args);
     assert_bad_input(&bad(&["--method", "autodial", "--autodial-alpha-init", "0.3"], "b1"), &["--autodial-alpha-init", "[0.5, 1]"]);
     assert_bad_input(&bad(&["--method", "dann", "--autodial-alpha-init", "0.9"], "b2"), &["--autodial-alpha-init", "autodial"]);
@@ -555,7 +559,6 @@ fn autodial_learns_its_alignment_per_layer_and_resumes() {
 #[test]
 fn dsn_records_its_four_losses_resumes_and_evaluates_with_the_shared_encoder() {
     let dir = scratch("adapt-dsn");
-    let root = data_root();
     let whole = dir.join("whole");
     let schedules = ["--lr-schedule", "inv", "--lambda-schedule", "warm-start"];
     let v = quick("dsn", &whole, "3", &schedules);
@@ -578,16 +581,9 @@ fn dsn_records_its_four_losses_resumes_and_evaluates_with_the_shared_encoder() {
     // resumed ends where the uninterrupted run ended.
     let part = dir.join("part");
     quick("dsn", &part, "2", &schedules);
-    let resumed = json_of(&graft(&["adapt", "--resume", s(&part), "--epochs", "3", "--json"]));
-    assert_eq!(resumed["target_test_accuracy"], v["target_test_accuracy"]);
-    let without_time = |mut m: serde_json::Value| {
-        m.as_object_mut().unwrap().remove("seconds");
-        m
-    };
-    assert_eq!(without_time(metrics_of(&part)[2].clone()), without_time(metrics[2].clone()));
+    assert_resumes_to_the_same_end(&part, &v, &metrics);
     // eval reads the shared encoder and head only.
-    let e = json_of(&graft(&["eval", "--run", s(&whole), "--data", "usps:test", "--data-root", s(&root), "--json"]));
-    assert!((e["accuracy"].as_f64().unwrap() - v["target_test_accuracy"].as_f64().unwrap()).abs() < 1e-12);
+    assert_eval_gives_the_target_accuracy(&whole, &v);
     // The weights are flags, saved with the run; with the reconstruction alone weighed, the
     // decoder learns: the epoch's mean reconstruction error falls.
     let recon = dir.join("recon");
