@@ -179,7 +179,8 @@ pub fn pair_rows<'a>(pairs: &[Pair], rows: impl Iterator<Item = &'a Path>) -> Ve
 /// Reads `a,b,same` rows (an `a,b,same` header is allowed; `same` is 1/0, true/false or same/different),
 /// checking its size first; a bad row is named with its line.
 pub fn read_pairs(csv: &Path, base: &Path) -> Result<Vec<Pair>> {
-    let bytes = crate::fsutil::read_run_file(csv, crate::limits::MAX_TEXT_FILE_BYTES)?;
+    // An input the user names (not a file of a run): a symbolic link is followed.
+    let bytes = crate::fsutil::read_regular(csv, crate::limits::MAX_TEXT_FILE_BYTES)?;
     let text = String::from_utf8(bytes).map_err(|_| GraftError::Data { path: csv.into(), reason: "not UTF-8 text".into() })?;
     let mut pairs = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -312,6 +313,14 @@ mod tests {
             Pair { a: "/data/x/1.png".into(), b: "/data/y/2.png".into(), same: true },
             Pair { a: "/abs/3.png".into(), b: "/data/y/4.png".into(), same: false },
         ]);
+        // A link to the CSV is read as the CSV (it is an input, not a file of a run).
+        #[cfg(unix)]
+        {
+            let link = dir.join("link.csv");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&csv, &link).unwrap();
+            assert_eq!(read_pairs(&link, Path::new("/data")).unwrap(), pairs);
+        }
         std::fs::write(&csv, "x.png,y.png,1\nx.png,y.png,maybe\n").unwrap();
         let err = read_pairs(&csv, Path::new("/data")).unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("maybe"), "{err}");
