@@ -144,13 +144,12 @@ impl Dial {
 
     /// [n, c] → [n, c].
     pub fn forward(&self, x: Tensor<2>, rows: Rows) -> Tensor<2> {
-        let [n, c] = x.dims();
+        let [_, c] = x.dims();
         let a = self.alpha_used(); // [1, 1]
         let b = a.clone().neg().add_scalar(1.0); // [1, 1]
         let normalised = match rows {
             Rows::Joint { source } => {
-                let xs = x.clone().slice([0..source, 0..c]); // [ns, c]
-                let xt = x.slice([source..n, 0..c]); // [nt, c]
+                let (xs, xt) = super::losses::split_rows(x, source); // [ns, c], [nt, c]
                 let (ps, pt) = (moments(xs.clone()), moments(xt.clone()));
                 if xs.device().is_autodiff() {
                     self.remember(&ps, &pt);

@@ -109,9 +109,7 @@ impl DsnNets {
         let private_t = self.target_private.forward(xt.clone()); // [nt, width]
         let codes = Tensor::cat(vec![shared_s.clone() + private_s.clone(), shared_t.clone() + private_t.clone()], 0);
         let recon = self.decoder.forward(codes); // [ns + nt, 784]
-        let [rows, cols] = recon.dims();
-        let recon_s = recon.clone().slice([0..ns, 0..cols]);
-        let recon_t = recon.slice([ns..rows, 0..cols]);
+        let (recon_s, recon_t) = super::losses::split_rows(recon, ns);
         let reconstruction = scale_invariant_mse(xs, recon_s) + scale_invariant_mse(xt, recon_t);
         let difference = difference(shared_s, private_s) + difference(shared_t, private_t);
         let value = |t: &Tensor<1>| {

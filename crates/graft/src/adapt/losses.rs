@@ -319,6 +319,12 @@ pub fn dev_risk(losses: &[f64], weights: &[f64]) -> f64 {
 }
 
 /// Rows of `values` ([rows·width]) at `indices` as a [len, width] tensor on `device`.
+/// The first `n` rows of `x` and the rest: a joint batch's source and target parts.
+pub fn split_rows(x: Tensor<2>, n: usize) -> (Tensor<2>, Tensor<2>) {
+    let [rows, cols] = x.dims();
+    (x.clone().slice([0..n, 0..cols]), x.slice([n..rows, 0..cols]))
+}
+
 pub fn gather_rows(values: &[f32], width: usize, indices: &[usize], device: &Device) -> Tensor<2> {
     let mut data = Vec::with_capacity(indices.len() * width);
     for &i in indices {

@@ -568,8 +568,8 @@ impl Ctx<'_> {
 
         let xt = self.training_batch(self.target, t_idx, step, 1, dev)?;
         let (f, logits) = model.net.forward_joint(Tensor::cat(vec![xs.clone(), xt.clone()], 0), Some(ns));
-        let (f_s, f_t) = split_rows(f.clone(), ns);
-        let (logits_s, logits_t) = split_rows(logits.clone(), ns);
+        let (f_s, f_t) = losses::split_rows(f.clone(), ns);
+        let (logits_s, logits_t) = losses::split_rows(logits.clone(), ns);
         let cls = self.classification(logits_s.clone(), &ys, sums);
         let transfer = match method {
             Method::Ddc => losses::mmd(f_s, f_t, &[1.0]).mul_scalar(lambda),
@@ -579,7 +579,7 @@ impl Ctx<'_> {
                 // The ramp scales the reversed gradient; the loss itself is weighted by --lambda.
                 let coeff = lambda / self.config.lambda().max(f64::MIN_POSITIVE);
                 let z = model.disc.as_ref().expect("DANN has a discriminator").forward(losses::reverse_gradient(f, coeff));
-                let (z_s, z_t) = split_rows(z, ns);
+                let (z_s, z_t) = losses::split_rows(z, ns);
                 self.count_domain(&z_s, &z_t, sums);
                 losses::domain_adversarial(z_s, z_t).mul_scalar(self.config.lambda())
             }
@@ -591,7 +591,7 @@ impl Ctx<'_> {
                     Some((rf, rg)) => losses::randomized_multilinear(f, g, rf.clone(), rg.clone()),
                 };
                 let z = model.disc.as_ref().expect("CDAN has a discriminator").forward(losses::reverse_gradient(h, coeff));
-                let (z_s, z_t) = split_rows(z.clone(), ns);
+                let (z_s, z_t) = losses::split_rows(z.clone(), ns);
                 self.count_domain(&z_s, &z_t, sums);
                 let bce = Tensor::cat(vec![losses::bce_per_row(z_s, 1.0), losses::bce_per_row(z_t, 0.0)], 0);
                 let loss = if self.config.entropy { (bce * losses::entropy_weights(logits)).mean() } else { bce.mean() };
@@ -602,7 +602,7 @@ impl Ctx<'_> {
                 // DANN's loss as above, plus the spectral penalty of each domain's features.
                 let coeff = lambda / self.config.lambda().max(f64::MIN_POSITIVE);
                 let z = model.disc.as_ref().expect("BSP has a discriminator").forward(losses::reverse_gradient(f, coeff));
-                let (z_s, z_t) = split_rows(z, ns);
+                let (z_s, z_t) = losses::split_rows(z, ns);
                 self.count_domain(&z_s, &z_t, sums);
                 let penalty = losses::bsp_penalty(f_s, self.config.bsp_k)? + losses::bsp_penalty(f_t, self.config.bsp_k)?;
                 losses::domain_adversarial(z_s, z_t).mul_scalar(self.config.lambda()) + penalty.mul_scalar(self.config.bsp_tradeoff)
@@ -620,7 +620,7 @@ impl Ctx<'_> {
                 // is weighted by --lambda.
                 let coeff = MDD_REVERSAL_MAX * lambda / self.config.lambda().max(f64::MIN_POSITIVE);
                 let adv = model.adv.as_ref().expect("MDD has an adversarial head").forward(losses::reverse_gradient(f, coeff));
-                let (adv_s, adv_t) = split_rows(adv, ns);
+                let (adv_s, adv_t) = losses::split_rows(adv, ns);
                 losses::mdd(logits_s, adv_s, logits_t, adv_t, self.config.mdd_margin).mul_scalar(self.config.lambda())
             }
             Method::Daan => {
@@ -630,7 +630,7 @@ impl Ctx<'_> {
                 let coeff = lambda / self.config.lambda().max(f64::MIN_POSITIVE);
                 let reversed = losses::reverse_gradient(f, coeff); // [2n, bottleneck]
                 let z = model.disc.as_ref().expect("DAAN has a global discriminator").forward(reversed.clone());
-                let (z_s, z_t) = split_rows(z, ns);
+                let (z_s, z_t) = losses::split_rows(z, ns);
                 self.count_domain(&z_s, &z_t, sums);
                 let global = losses::domain_adversarial(z_s, z_t);
                 let p = softmax(logits, 1).detach(); // [2n, classes]
@@ -639,7 +639,7 @@ impl Ctx<'_> {
                 for (c, disc) in model.local.iter().enumerate() {
                     let weight = p.clone().slice([0..rows, c..c + 1]); // [2n, 1]
                     let z = disc.forward(reversed.clone() * weight); // [2n, 1]
-                    let (z_s, z_t) = split_rows(z, ns);
+                    let (z_s, z_t) = losses::split_rows(z, ns);
                     sums.local_hits[c] += losses::domain_hits(z_s.clone().detach(), 1.0) + losses::domain_hits(z_t.clone().detach(), 0.0);
                     local = local + losses::domain_adversarial(z_s, z_t);
                 }
@@ -662,7 +662,7 @@ impl Ctx<'_> {
                 // reconstruction and difference losses (`adapt::dsn`).
                 let coeff = lambda / self.config.lambda().max(f64::MIN_POSITIVE);
                 let z = model.disc.as_ref().expect("DSN has a discriminator").forward(losses::reverse_gradient(f, coeff));
-                let (z_s, z_t) = split_rows(z, ns);
+                let (z_s, z_t) = losses::split_rows(z, ns);
                 self.count_domain(&z_s, &z_t, sums);
                 let similarity = losses::domain_adversarial(z_s, z_t);
                 let c = self.config;
@@ -698,11 +698,11 @@ impl Ctx<'_> {
         let (f_s, f_t) = self.adda_features(model, source_net, s_idx, t_idx, step, sums)?;
         let disc = model.disc.as_ref().expect("ADDA has a discriminator");
         let z = disc.forward(Tensor::cat(vec![f_s.clone(), f_t.clone().detach()], 0));
-        let (z_s, z_t) = split_rows(z, ns);
+        let (z_s, z_t) = losses::split_rows(z, ns);
         self.count_domain(&z_s, &z_t, sums);
         let loss_d = losses::domain_adversarial(z_s, z_t);
         let z = disc.forward(Tensor::cat(vec![f_s, f_t], 0));
-        let (_, z_t) = split_rows(z, ns);
+        let (_, z_t) = losses::split_rows(z, ns);
         let loss_e = losses::bce_per_row(z_t, 1.0).mean().mul_scalar(lambda);
         let d: f32 = loss_d.clone().into_scalar();
         let e: f32 = loss_e.clone().into_scalar();
@@ -721,7 +721,7 @@ impl Ctx<'_> {
         let coeff = ADDA_REVERSAL_MAX * ramp;
         let disc = model.disc.as_ref().expect("ADDA has a discriminator");
         let z = disc.forward(losses::reverse_gradient(Tensor::cat(vec![f_s, f_t], 0), coeff));
-        let (z_s, z_t) = split_rows(z, ns);
+        let (z_s, z_t) = losses::split_rows(z, ns);
         self.count_domain(&z_s, &z_t, sums);
         let loss = losses::domain_adversarial(z_s, z_t).mul_scalar(self.config.lambda());
         let l: f32 = loss.clone().into_scalar();
@@ -811,11 +811,6 @@ impl Ctx<'_> {
         sums.domain_hits += losses::domain_hits(z_s.clone().detach(), 1.0) + losses::domain_hits(z_t.clone().detach(), 0.0);
         sums.domain_seen += z_s.dims()[0] + z_t.dims()[0];
     }
-}
-
-fn split_rows(x: Tensor<2>, n: usize) -> (Tensor<2>, Tensor<2>) {
-    let [rows, cols] = x.dims();
-    (x.clone().slice([0..n, 0..cols]), x.slice([n..rows, 0..cols]))
 }
 
 /// Reads a run's `metrics.jsonl` (a torn last line is ignored).
