@@ -53,9 +53,13 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
     let (value, text) = match args.case {
         BenchCase::Forward => {
             // Random weights unless --weights: the arithmetic is the same as with pretrained ones.
-            let net = match &args.weights {
-                Some(file) => Pretrained::load(spec, Some(file), &graft_home(), &TermReporter::new(), &device)?.net,
-                None => spec.config().init(&device),
+            // A file in another framework's names loads into that flavour of the architecture.
+            let (spec, net) = match &args.weights {
+                Some(file) => {
+                    let p = Pretrained::load(spec, Some(file), &graft_home(), &TermReporter::new(), &device)?;
+                    (p.spec, p.net)
+                }
+                None => (spec, spec.config().init(&device)),
             };
             let size = spec.config().resolution();
             let input = Tensor::<4>::random([args.batch, 3, size, size], Distribution::Normal(0.0, 1.0), &device);
@@ -83,9 +87,13 @@ pub fn run(args: BenchArgs, out: &Output) -> anyhow::Result<()> {
             )
         }
         BenchCase::Latency => {
-            let net = match &args.weights {
-                Some(file) => Pretrained::load(spec, Some(file), &graft_home(), &TermReporter::new(), &device)?.net,
-                None => spec.config().init(&device),
+            // A file in another framework's names loads into that flavour of the architecture.
+            let (spec, net) = match &args.weights {
+                Some(file) => {
+                    let p = Pretrained::load(spec, Some(file), &graft_home(), &TermReporter::new(), &device)?;
+                    (p.spec, p.net)
+                }
+                None => (spec, spec.config().init(&device)),
             };
             let preprocess = spec.preprocess();
             let image = latency_image();

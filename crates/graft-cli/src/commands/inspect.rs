@@ -56,11 +56,13 @@ pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
         Inspect::Weights(path) => return list_weights(&path, out),
         Inspect::Model { spec, weights, freeze, grafted } => (spec, weights, freeze, grafted),
     };
+    // Loading checks every tensor's presence and shape; the numbers are not needed here. A
+    // file in another framework's names is listed under them (that flavour of the architecture).
+    let spec = match &weights {
+        Some(weights) => Pretrained::load(spec, Some(weights), &graft_home(), &TermReporter::new(), &device)?.spec,
+        None => spec,
+    };
     let config = spec.config();
-    if let Some(weights) = &weights {
-        // Loading checks every tensor's presence and shape; the numbers are not needed here.
-        Pretrained::load(spec, Some(weights), &graft_home(), &TermReporter::new(), &device)?;
-    }
     let mut rows = config.layer_rows();
     if let Some((head, pool, classes)) = grafted {
         // The grafted model: ImageNet classifier cut off, the new head in its place.

@@ -42,6 +42,7 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     let spec = super::model_spec(&model, arch.as_deref())?;
     let reporter = TermReporter::new();
     let model = Pretrained::load(spec, weights.as_deref(), &graft_home(), &reporter, &device)?;
+    let spec = model.spec; // the file's flavour of the architecture
     let preprocess = spec.preprocess();
     let labels = spec.labels();
 

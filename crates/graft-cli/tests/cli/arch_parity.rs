@@ -194,3 +194,86 @@ fn efficientnets_prepare_images_with_torchvisions_bicubic_resize_and_crop() {
         assert_eq!(ModelSpec::find(arch).unwrap().preprocess(), ModelSpec::find("vgg16").unwrap().preprocess(), "{arch}");
     }
 }
+
+/// The Caffe Model Zoo's networks (`vgg16_caffe`, `vgg19_caffe`, `bvlc_alexnet`, `caffenet`;
+/// `caffe_reference.json`, made by `make_caffe_reference.py`): seeded weights under Caffe's layer
+/// names, Caffe's first convolution reversed to read RGB on load, against PyTorch twins of the
+/// Caffe networks (AlexNet's grouped convolutions and LRN, Caffe's rounded-up pooling) fed the
+/// channel-reversed input. Also their parameter counts (AlexNet's 60,965,224 is Caffe's).
+#[test]
+fn caffe_flavours_seeded_logits_match_pytorch() {
+    if super::in_child_process("cli::arch_parity::caffe_flavours_seeded_logits_match_pytorch") {
+        seeded_logits_match("caffe_reference.json", &["vgg16_caffe", "vgg19_caffe", "bvlc_alexnet", "caffenet"]);
+    }
+}
+
+/// A real `.caffemodel` through graft's Caffe reader: `caffenet-tiny.caffemodel`, CaffeNet's layer
+/// list in the legacy `layers` form of the 2014 Model Zoo files (num/channels/height/width blob
+/// shapes; ReLU, pooling and LRN layers without blobs), tiny widths, seeded weights, written with
+/// Caffe's schema by `make_caffe_reference.py`; logits against PyTorch's on the same weights.
+#[test]
+fn a_legacy_caffemodel_loads_into_caffes_alexnet_and_matches_pytorch() {
+    use graft::zoo::vgg::{Feature, VggConfig};
+    let want = &serde_json::from_slice::<serde_json::Value>(&std::fs::read(fixtures().join("caffe_reference.json")).unwrap()).unwrap()["caffenet_tiny"];
+    let file = fixtures().join(want["file"].as_str().unwrap());
+    let dict = graft::zoo::read_weights(&file).unwrap();
+    assert_eq!(dict.metadata["format"], "caffemodel");
+    assert_eq!(dict.tensors["conv2.weight"].shape, vec![16, 4, 5, 5], "grouped: 8 inputs in 2 groups");
+    assert_eq!(dict.tensors["fc6.weight"].shape, vec![16, 8], "legacy [1, 1, out, in] squeezed");
+
+    let u = |k: &str| want[k].as_u64().unwrap() as usize;
+    let widths: Vec<usize> = want["widths"].as_array().unwrap().iter().map(|w| w.as_u64().unwrap() as usize).collect();
+    let mut config = VggConfig { hidden: u("hidden"), num_classes: u("classes"), resolution: u("side"), pool_side: 1, ..VggConfig::caffe_alexnet(true) };
+    let mut convs = widths.iter();
+    for f in &mut config.features {
+        if let Feature::Conv { output, .. } = f {
+            *output = *convs.next().unwrap();
+        }
+    }
+    let (on, device) = test_device();
+    let source = WeightSource { dict: &dict, path: &file, model: "caffenet (tiny)", device: &device };
+    let net = config.init(&device).load_weights(&source).unwrap();
+    let shape = [u("batch"), 3, u("side"), u("side")];
+    let x = Tensor::<4>::from_data(TensorData::new(seeded::inputs("input", &shape), shape), &device);
+    let logits = net.forward(x);
+    assert_on_device(on, &logits);
+    let logits = logits.into_data().try_to_vec::<f32>().unwrap();
+    let reference = npy::read_f32(&fixtures().join("caffenet_tiny_logits.npy")).unwrap();
+    assert_eq!(reference.shape, vec![u("batch"), u("classes")]);
+    let d = logits.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let scale = reference.data.iter().fold(0f32, |m, x| m.max(x.abs()));
+    eprintln!("caffenet-tiny.caffemodel: max |Δlogit| = {d:e}, largest logit {scale:.3}, relative {:e}", d / scale);
+    assert!(d / scale <= 1e-4, "tiny CaffeNet: logits differ from PyTorch's by {d} (largest {scale})");
+    // The reversal is what makes them agree: without it (the weights as Caffe stores them, BGR)
+    // the same input gives other logits.
+    let mut bgr = config.table();
+    bgr.convention = graft::zoo::table::Convention::Torch;
+    let plain = bgr.load(config.init(&device), &source).unwrap();
+    let other = plain.forward(Tensor::<4>::from_data(TensorData::new(seeded::inputs("input", &shape), shape), &device)).into_data().try_to_vec::<f32>().unwrap();
+    let d_plain = other.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(d_plain / scale > 1e-3, "reading BGR weights unreversed should change the logits ({d_plain})");
+}
+
+/// `--arch vgg16|vgg19|alexnet` with a file under Caffe's layer names loads Caffe's flavour of
+/// the network (its names, its layers and its preparation: BGR mean pixel, std 1); a file under
+/// torchvision's names stays with torchvision's.
+#[test]
+fn a_caffe_file_given_to_a_torchvision_arch_loads_its_caffe_flavour() {
+    let names_of = |id: &str| {
+        let table = ModelSpec::find(id).unwrap().config().table();
+        let tensors = table.leaves.iter().flat_map(|l| table.tensors(l)).map(|t| (t.file, graft_weights::Tensor { shape: vec![0], dtype: graft_weights::DType::F32, data: vec![] }));
+        graft_weights::StateDict { tensors: tensors.collect(), ..Default::default() }
+    };
+    for (arch, caffe) in [("vgg16", "vgg16_caffe"), ("vgg19", "vgg19_caffe"), ("alexnet", "bvlc_alexnet")] {
+        let spec = ModelSpec::find(arch).unwrap();
+        assert_eq!(spec.for_weights(&names_of(caffe)).id, caffe);
+        assert_eq!(spec.for_weights(&names_of(arch)).id, arch);
+        let pre = ModelSpec::find(caffe).unwrap().preprocess();
+        assert_eq!(pre.std, [1.0; 3], "{caffe}: Caffe does not scale");
+        assert!(pre.mean[0] > pre.mean[2], "{caffe}: the BGR mean pixel, in RGB order (R 123.7 / 122.7 first)");
+    }
+    assert!(ModelSpec::find("alexnet").unwrap().flavours().contains(&"caffenet"));
+    assert_eq!(ModelSpec::find("bvlc_alexnet").unwrap().preprocess().size, 227);
+    // A file of neither stays with the architecture asked for (and fails naming its tensor).
+    assert_eq!(ModelSpec::find("vgg16").unwrap().for_weights(&Default::default()).id, "vgg16");
+}

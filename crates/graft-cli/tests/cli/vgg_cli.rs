@@ -105,3 +105,47 @@ fn inspect_lists_vgg_alexnet_and_convnext_as_torchvision_counts_them() {
     let frozen_layers: Vec<&str> = layers.iter().filter(|l| l["params"].as_u64().unwrap() > 0 && l["trainable"] == false).map(|l| l["name"].as_str().unwrap()).collect();
     assert_eq!(frozen_layers, ["features.0", "features.2", "features.5"]);
 }
+
+/// A Caffe Model Zoo file given to torchvision's architecture names loads into its Caffe
+/// flavour (Caffe's layer names and preparation; for AlexNet Caffe's own network): seeded
+/// weights under Caffe's names, written by `graft::zoo::seeded`, stand in for the Model Zoo's
+/// files. `fit --arch alexnet` with CaffeNet-shaped weights trains on `bvlc_alexnet`, records it
+/// in the run, and `eval` rebuilds it from the run; `inspect --arch vgg19` with a Caffe VGG19 and
+/// the seed's recipe flags freezes conv1_1, conv1_2, conv2_1.
+#[test]
+fn caffe_files_load_through_torchvisions_arch_names() {
+    if !super::in_child_process("cli::vgg_cli::caffe_files_load_through_torchvisions_arch_names") {
+        return;
+    }
+    let dir = scratch("caffe-archs");
+    let home = isolated_home("caffe-archs");
+    let data = fmnist(&dir, 2, 23); // 3 classes × 2 images
+    let write = |id: &str| {
+        let path = dir.join(format!("{id}-seeded.safetensors"));
+        graft_weights::save_safetensors(&path, &seeded::state_dict(&ModelSpec::find(id).unwrap().config().table())).unwrap();
+        path
+    };
+
+    let alexnet = write("bvlc_alexnet");
+    let run = dir.join("run");
+    let v = json_of(&graft_in(&home, &[
+        "fit", "--arch", "alexnet", "--weights", s(&alexnet), "--data", s(&data), "--out", s(&run), "--epochs", "1", "--batch-size", "6",
+        "--val-split", "0", "--json",
+    ]));
+    assert_eq!(v["epochs"], 1, "{v}");
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("model.json")).unwrap()).unwrap();
+    assert_eq!(manifest["model"], "bvlc_alexnet", "{manifest}");
+    assert_eq!((&manifest["preprocess"]["size"], &manifest["preprocess"]["std"]), (&json!(227), &json!([1.0, 1.0, 1.0])), "{manifest}");
+    let e = json_of(&graft_in(&home, &["eval", "--run", s(&run), "--data", s(&data), "--json"]));
+    assert_eq!(e["n"], 6, "{e}");
+    std::fs::remove_file(&alexnet).unwrap();
+
+    let vgg19 = write("vgg19_caffe");
+    let i = json_of(&graft_in(&home, &[
+        "inspect", "--arch", "vgg19", "--weights", s(&vgg19), "--head-pool", "flatten", "--head", "mlp:1024,1024", "--classes", "2", "--freeze", "5", "--json",
+    ]));
+    assert_eq!(i["model"], "vgg19_caffe", "{i}");
+    let frozen: Vec<&str> = i["layers"].as_array().unwrap().iter().filter(|l| l["params"].as_u64().unwrap() > 0 && l["trainable"] == false).map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(frozen, ["conv1_1", "conv1_2", "conv2_1"]);
+    assert_eq!(i["frozen_params"], 1792 + 36_928 + 73_856);
+}

@@ -328,7 +328,7 @@ pub fn write_onnx(run: &Path, out: &Path, home: &Path, allow_unfinished: bool, d
 /// with BatchNorm's `gamma`/`beta` called `weight`/`bias` as PyTorch does.
 fn pytorch_name(convention: Convention, file: &str, burn: &str) -> String {
     match convention {
-        Convention::Torch => file.to_string(),
+        Convention::Torch | Convention::Caffe => file.to_string(),
         Convention::Keras => match burn.rsplit_once('.') {
             Some((module, "gamma")) => format!("{module}.weight"),
             Some((module, "beta")) => format!("{module}.bias"),
@@ -408,7 +408,7 @@ pub fn write_safetensors(run: &Path, dir: &Path, allow_unfinished: bool, device:
         "model": info.model,
         "weights": "model.safetensors",
         "trunk": {
-            "names": match table.convention { Convention::Torch => "as in the original PyTorch state dict", Convention::Keras => "torchvision's module paths (the original file is Keras)" },
+            "names": match table.convention { Convention::Torch => "as in the original PyTorch state dict", Convention::Keras => "torchvision's module paths (the original file is Keras)", Convention::Caffe => "as in the original Caffe model (its first convolution reads RGB)" },
             "batch_norm": "unfolded: weight, bias, running_mean, running_var",
             "stages": config.num_stages(),
             "final_map": [c, h, w],

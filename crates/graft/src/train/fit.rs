@@ -446,7 +446,6 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     engine::prepare_run_dir(run, resume)?;
     // Seeds burn's generator: the new head's initialisation and dropout masks.
     device.seed(config.seed);
-    let preprocess = spec.preprocess();
 
     // --- data ---------------------------------------------------------------------------------
     let classes = train_folder.classes.clone();
@@ -471,13 +470,15 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     }
 
     // --- model --------------------------------------------------------------------------------
-    let trunk_config = spec.config();
-    let (trunk, weights_sha256) = if config.from_scratch {
-        (trunk_config.init(device), None)
+    // A file in another framework's names loads into that flavour of the architecture.
+    let (spec, trunk, weights_sha256) = if config.from_scratch {
+        (spec, spec.config().init(device), None)
     } else {
         let p = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
-        (p.net, Some(p.weights_sha256))
+        (p.spec, p.net, Some(p.weights_sha256))
     };
+    let trunk_config = spec.config();
+    let preprocess = spec.preprocess();
     let resolution = trunk_config.resolution();
     let head_width = Grafted::head_input_width(config.head_pool, trunk_config.final_map());
     let head = Head::init(&config.head.neural(), head_width, classes.len(), config.dropout, device);
@@ -711,9 +712,10 @@ pub fn lr_find(config: &FitConfig, sweep: &LrSweep, home: &Path, reporter: &dyn 
         return Err(GraftError::Data { path: config.data.clone(), reason: "no readable training images".into() });
     }
     device.seed(config.seed);
+    let pretrained = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
+    let spec = pretrained.spec;
     let preprocess = spec.preprocess();
     let trunk_config = spec.config();
-    let pretrained = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
     let head_width = Grafted::head_input_width(config.head_pool, trunk_config.final_map());
     let classes = folder.classes.len();
     let model = Grafted::new(pretrained.net, Head::init(&config.head.neural(), head_width, classes, config.dropout, device), config.head_pool);

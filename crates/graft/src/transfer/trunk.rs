@@ -173,12 +173,7 @@ fn pretrain_trunk_run(config: &TrunkPretrainConfig, run: &Path, resume: bool, ho
     if config.weights.is_none() && spec.source.is_none() {
         return Err(GraftError::NeedsWeights { model: spec.id.into() });
     }
-    let trunk_config = spec.config();
-    let table = trunk_config.table();
-    // trunk.safetensors is written under the file's names in the file's layout.
-    if let Some(t) = table.leaves.iter().filter(|l| !l.is_head).flat_map(|l| table.tensors(l)).find(|t| !matches!(t.layout, Layout::Same | Layout::Transposed)) {
-        return Err(GraftError::setting("model", spec.id, format!("its checkpoint stores `{}` in Keras' layout; trunk pretraining writes PyTorch-layout checkpoints only", t.file)));
-    }
+    plain_layout(spec)?;
     if !resume && crate::fsutil::holds_run(run) {
         return Err(GraftError::setting("out", &run.display().to_string(), "already holds a run"));
     }
@@ -199,6 +194,9 @@ fn pretrain_trunk_run(config: &TrunkPretrainConfig, run: &Path, resume: bool, ho
 
     // --- model: the pretrained trunk, its lower part frozen, and the projection head --------
     let pretrained = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
+    let spec = pretrained.spec; // the file's flavour of the architecture
+    plain_layout(spec)?;
+    let trunk_config = spec.config();
     let (original, weights_sha256) = (pretrained.weights_path.clone(), pretrained.weights_sha256.clone());
     let width = Grafted::head_input_width(HeadPool::Avg, trunk_config.final_map());
     let head_spec = if config.projection_hidden > 0 { HeadSpec::Mlp(vec![config.projection_hidden]) } else { HeadSpec::Linear };
@@ -285,6 +283,16 @@ fn pretrain_trunk_run(config: &TrunkPretrainConfig, run: &Path, resume: bool, ho
 /// Writes `model`'s trunk to `out` under the names of the checkpoint it was loaded from
 /// (`original`): the original file's tensors (its ImageNet classifier included), each trunk
 /// tensor replaced by the model's, in the file's layout. `fit --weights out` reads it back.
+/// trunk.safetensors is written under the weights file's names in PyTorch's layout: refuses a
+/// model whose file stores a trunk tensor otherwise (Keras's kernels, Caffe's BGR convolution).
+fn plain_layout(spec: &ModelSpec) -> Result<()> {
+    let table = spec.config().table();
+    match table.leaves.iter().filter(|l| !l.is_head).flat_map(|l| table.tensors(l)).find(|t| !matches!(t.layout, Layout::Same | Layout::Transposed)) {
+        Some(t) => Err(GraftError::setting("model", spec.id, format!("its checkpoint stores `{}` in another layout than PyTorch's ({:?}); trunk pretraining writes PyTorch-layout checkpoints only", t.file, t.layout))),
+        None => Ok(()),
+    }
+}
+
 pub fn write_trunk_weights(model: &Grafted, spec: &ModelSpec, original: &Path, out: &Path) -> Result<()> {
     let mut dict = crate::zoo::read_weights(original)?;
     dict.metadata.clear();

@@ -40,7 +40,11 @@
 //!    `classify`, `drop_classifier`).
 //! 5. List the architecture's models in `pub const MODELS: &[ModelSpec]` in the same file:
 //!    id, `arch` (a constructor of the config, `|| MyConfig::new().into()`), weights source
-//!    (`None`: the user brings `--weights FILE`), input preparation and class labels.
+//!    (`None`: the user brings `--weights FILE`), input preparation and class labels. Another
+//!    framework's version of a registered architecture (Caffe's VGG16 of torchvision's
+//!    `vgg16`: its names, its preparation, its layers where they differ) is one more entry,
+//!    `flavour(id, of, input, arch)`: `--arch of --weights FILE` then loads FILE into whichever
+//!    of them names FILE's tensors ([`ModelSpec::for_weights`](super::ModelSpec::for_weights)).
 //! 6. In `zoo/mod.rs`, add one line to `backbones!`: `pub mod <arch>: <Variant>(<Config>,
 //!    <Net>),`. It declares the module and generates the [`TrunkConfig`](super::TrunkConfig) and
 //!    [`Trunk`] variants, their dispatch and the models' place in [`MODELS`](super::MODELS).

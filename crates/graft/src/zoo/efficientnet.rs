@@ -41,6 +41,7 @@ pub const MODELS: &[ModelSpec] = &[
         }),
         input: TF_LITE_INPUT,
         labels: Labels::ImageNet,
+        flavour_of: None,
     },
     ModelSpec {
         id: "efficientnet-lite1",
@@ -53,6 +54,7 @@ pub const MODELS: &[ModelSpec] = &[
         }),
         input: TF_LITE_INPUT,
         labels: Labels::ImageNet,
+        flavour_of: None,
     },
     ModelSpec {
         id: "efficientnet-lite2",
@@ -65,6 +67,7 @@ pub const MODELS: &[ModelSpec] = &[
         }),
         input: TF_LITE_INPUT,
         labels: Labels::ImageNet,
+        flavour_of: None,
     },
 ];
 

