@@ -246,7 +246,7 @@ fn text_adaptation_reports_target_accuracy() {
     import_csv("amazon:books", 10, &books);
     import_csv("amazon:kitchen", 10, &kitchen);
     let home = isolated_home("text-adapt");
-    for method in ["dann", "coral", "autodial"] {
+    for method in ["dann", "coral", "autodial", "dsn"] {
         let out = dir.join(method);
         let v = json_of(&graft_in(&home, &[
             "adapt", "--method", method, "--backbone", "minilm-l6",

@@ -514,9 +514,6 @@ impl AdaptConfig {
         finite("dsn_alpha", self.dsn_alpha, self.dsn_alpha >= 0.0, "must not be negative")?;
         finite("dsn_beta", self.dsn_beta, self.dsn_beta >= 0.0, "must not be negative")?;
         finite("dsn_gamma", self.dsn_gamma, self.dsn_gamma >= 0.0, "must not be negative")?;
-        if self.method == Method::Dsn && self.backbone != "lenet" {
-            return Err(GraftError::setting("backbone", &self.backbone, "--method dsn reconstructs the input images with its decoder, so it needs the lenet backbone (a zoo or text backbone adapts fixed features)"));
-        }
         let defaults = AdaptConfig::new(self.method, "", "");
         let own: [(&str, bool, Method); 12] = [
             ("mcc_temperature", self.mcc_temperature != defaults.mcc_temperature, Method::Mcc),

@@ -1,7 +1,10 @@
 //! Domain Separation Networks (Bousmalis et al. 2016), the DSN-DANN variant: the shared encoder
-//! is the adaptation network's LeNet and bottleneck (what the head reads, and all that eval and
-//! predict load); each domain has a small private encoder of its own, and one shared decoder
-//! reconstructs every 28×28 input from the sum of its shared and private codes.
+//! is the adaptation network's LeNet (or, on a zoo or text backbone, nothing) and bottleneck
+//! (what the head reads, and all that eval and predict load); each domain has a small private
+//! encoder of its own, and one shared decoder reconstructs every input row from the sum of its
+//! shared and private codes: the 28×28 image for LeNet, the frozen trunk's pooled features or
+//! the sentence embedding for a zoo or text backbone (there the inputs are those rows, so the
+//! private encoders are two-layer MLPs and the decoder rebuilds the features).
 //!
 //! The loss is task + λ·(α·L_recon + β·L_difference + γ·L_similarity):
 //! * L_recon: the scale-invariant MSE of the reconstructions (the paper's eq. 3), per domain;
@@ -29,38 +32,71 @@ use super::model::LENET_SIDE;
 
 /// Hidden width of the shared decoder.
 pub const DECODER_HIDDEN: usize = 512;
+/// Hidden width of a private encoder on feature rows.
+pub const PRIVATE_HIDDEN: usize = 256;
 
-/// A domain's private encoder: a LeNet-shaped conv net, narrower (16 and 32 channels), to the
-/// bottleneck's width.
+/// What the adaptation network reads: LeNet's 28×28 images, or feature rows of a width.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsnInput {
+    Images,
+    Features(usize),
+}
+
+impl DsnInput {
+    /// The width of an input row (what the decoder rebuilds).
+    pub fn width(self) -> usize {
+        match self {
+            DsnInput::Images => LENET_SIDE * LENET_SIDE,
+            DsnInput::Features(width) => width,
+        }
+    }
+}
+
+/// A domain's private encoder, to the bottleneck's width: on images a LeNet-shaped conv net,
+/// narrower (16 and 32 channels); on feature rows an MLP with one hidden layer.
 #[derive(Module, Debug)]
 pub struct PrivateEncoder {
-    pub conv1: Conv2d,
-    pub conv2: Conv2d,
+    pub conv1: Option<Conv2d>,
+    pub conv2: Option<Conv2d>,
+    /// Feature rows: input → [`PRIVATE_HIDDEN`].
+    pub hidden: Option<Linear>,
     pub fc: Linear,
     pub pool: MaxPool2d,
 }
 
 impl PrivateEncoder {
-    pub fn init(width: usize, device: &Device) -> Self {
+    pub fn init(input: DsnInput, width: usize, device: &Device) -> Self {
+        let images = input == DsnInput::Images;
         Self {
-            conv1: Conv2dConfig::new([1, 16], [5, 5]).init(device),
-            conv2: Conv2dConfig::new([16, 32], [5, 5]).init(device),
-            fc: LinearConfig::new(32 * 4 * 4, width).init(device),
+            conv1: images.then(|| Conv2dConfig::new([1, 16], [5, 5]).init(device)),
+            conv2: images.then(|| Conv2dConfig::new([16, 32], [5, 5]).init(device)),
+            hidden: match input {
+                DsnInput::Images => None,
+                DsnInput::Features(d) => Some(LinearConfig::new(d, PRIVATE_HIDDEN).init(device)),
+            },
+            fc: LinearConfig::new(if images { 32 * 4 * 4 } else { PRIVATE_HIDDEN }, width).init(device),
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
         }
     }
 
-    /// [n, 784] → [n, width].
+    /// [n, 784] or [n, d] → [n, width].
     pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        let [n, _] = x.dims();
-        let x = x.reshape([n, 1, LENET_SIDE, LENET_SIDE]); // [n, 1, 28, 28]
-        let x = relu(self.pool.forward(self.conv1.forward(x))); // [n, 16, 12, 12]
-        let x = relu(self.pool.forward(self.conv2.forward(x))); // [n, 32, 4, 4]
-        relu(self.fc.forward(x.flatten(1, 3))) // [n, width]
+        let x = match (&self.conv1, &self.conv2, &self.hidden) {
+            (Some(conv1), Some(conv2), _) => {
+                let [n, _] = x.dims();
+                let x = x.reshape([n, 1, LENET_SIDE, LENET_SIDE]); // [n, 1, 28, 28]
+                let x = relu(self.pool.forward(conv1.forward(x))); // [n, 16, 12, 12]
+                relu(self.pool.forward(conv2.forward(x))).flatten(1, 3) // [n, 32·4·4]
+            }
+            (_, _, Some(hidden)) => relu(hidden.forward(x)), // [n, 256]
+            _ => unreachable!("a private encoder is built for images or for feature rows"),
+        };
+        relu(self.fc.forward(x)) // [n, width]
     }
 }
 
-/// The shared decoder: an MLP from a code to the 28×28 input (in the network's normalised range).
+/// The shared decoder: an MLP from a code to an input row (the 28×28 image in the network's
+/// normalised range, or the feature row).
 #[derive(Module, Debug)]
 pub struct Decoder {
     pub fc1: Linear,
@@ -68,13 +104,13 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn init(width: usize, device: &Device) -> Self {
-        Self { fc1: LinearConfig::new(width, DECODER_HIDDEN).init(device), fc2: LinearConfig::new(DECODER_HIDDEN, LENET_SIDE * LENET_SIDE).init(device) }
+    pub fn init(width: usize, output: usize, device: &Device) -> Self {
+        Self { fc1: LinearConfig::new(width, DECODER_HIDDEN).init(device), fc2: LinearConfig::new(DECODER_HIDDEN, output).init(device) }
     }
 
-    /// [n, width] → [n, 784].
+    /// [n, width] → [n, output].
     pub fn forward(&self, code: Tensor<2>) -> Tensor<2> {
-        self.fc2.forward(relu(self.fc1.forward(code))) // [n, 512] → [n, 784]
+        self.fc2.forward(relu(self.fc1.forward(code))) // [n, 512] → [n, output]
     }
 }
 
@@ -95,20 +131,25 @@ pub struct DsnWeights {
 }
 
 impl DsnNets {
-    /// `width`: the bottleneck's (the shared code's) width.
-    pub fn init(width: usize, device: &Device) -> Self {
-        Self { source_private: PrivateEncoder::init(width, device), target_private: PrivateEncoder::init(width, device), decoder: Decoder::init(width, device) }
+    /// `input`: what the adaptation network reads; `width`: the bottleneck's (the shared
+    /// code's) width.
+    pub fn init(input: DsnInput, width: usize, device: &Device) -> Self {
+        Self {
+            source_private: PrivateEncoder::init(input, width, device),
+            target_private: PrivateEncoder::init(input, width, device),
+            decoder: Decoder::init(width, input.width(), device),
+        }
     }
 
     /// α·L_recon + β·L_difference + γ·`similarity` for one iteration: `xs`, `xt` the input rows
-    /// [n, 784] of each domain, `shared_s`, `shared_t` their shared codes (the bottleneck
+    /// ([n, 784] images or [n, d] features) of each domain, `shared_s`, `shared_t` their shared codes (the bottleneck
     /// features). Adds the unweighted terms to `sums`.
     pub fn loss(&self, xs: Tensor<2>, xt: Tensor<2>, shared_s: Tensor<2>, shared_t: Tensor<2>, similarity: Tensor<1>, w: DsnWeights, sums: &mut DsnSums) -> Tensor<1> {
         let ns = xs.dims()[0];
         let private_s = self.source_private.forward(xs.clone()); // [ns, width]
         let private_t = self.target_private.forward(xt.clone()); // [nt, width]
         let codes = Tensor::cat(vec![shared_s.clone() + private_s.clone(), shared_t.clone() + private_t.clone()], 0);
-        let recon = self.decoder.forward(codes); // [ns + nt, 784]
+        let recon = self.decoder.forward(codes); // [ns + nt, 784 or d]
         let (recon_s, recon_t) = super::losses::split_rows(recon, ns);
         let reconstruction = scale_invariant_mse(xs, recon_s) + scale_invariant_mse(xt, recon_t);
         let difference = difference(shared_s, private_s) + difference(shared_t, private_t);
@@ -265,7 +306,7 @@ mod tests {
     #[test]
     fn nets_shapes_and_loss_terms() {
         let dev = device();
-        let nets = DsnNets::init(24, &dev);
+        let nets = DsnNets::init(DsnInput::Images, 24, &dev);
         let xs = Tensor::<2>::random([3, 784], Distribution::Uniform(-1.0, 1.0), &dev);
         let xt = Tensor::<2>::random([2, 784], Distribution::Uniform(-1.0, 1.0), &dev);
         assert_eq!(nets.source_private.forward(xs.clone()).dims(), [3, 24]);
@@ -280,5 +321,19 @@ mod tests {
         assert!(sums.reconstruction > 0.0 && (sums.similarity - 0.7).abs() < 1e-6, "{sums:?}");
         let e = sums.epoch(1.5, 2.0);
         assert_eq!((e.task, e.similarity), (1.5, sums.similarity / 2.0));
+
+        // On feature rows (a zoo or text backbone): MLP private encoders, the decoder rebuilds
+        // the rows' width, and the terms are the same.
+        let nets = DsnNets::init(DsnInput::Features(40), 24, &dev);
+        assert!(nets.source_private.conv1.is_none() && nets.source_private.hidden.is_some());
+        let xs = Tensor::<2>::random([3, 40], Distribution::Uniform(0.0, 2.0), &dev);
+        let xt = Tensor::<2>::random([2, 40], Distribution::Uniform(0.0, 2.0), &dev);
+        assert_eq!(nets.target_private.forward(xt.clone()).dims(), [2, 24]);
+        assert_eq!(nets.decoder.forward(Tensor::zeros([2, 24], &dev)).dims(), [2, 40]);
+        let mut sums = DsnSums::default();
+        let similarity = Tensor::<1>::from_data(TensorData::new(vec![0.7f32], [1]), &dev);
+        let total = scalar(nets.loss(xs, xt, Tensor::ones([3, 24], &dev), Tensor::ones([2, 24], &dev), similarity, w, &mut sums));
+        assert!((total - (0.5 * sums.reconstruction + 2.0 * sums.difference + 3.0 * 0.7)).abs() < 1e-4);
+        assert!(sums.reconstruction > 0.0, "{sums:?}");
     }
 }

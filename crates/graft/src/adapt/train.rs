@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::config::{AdaptConfig, AddaObjective, LambdaSchedule, LrSchedule, Method, Select, MDD_REVERSAL_MAX};
 use super::data::{Domain, DomainSpec, Featurizer, InputSpec};
 use super::autodial;
-use super::dsn::{DsnEpoch, DsnNets, DsnSums, DsnWeights};
+use super::dsn::{DsnEpoch, DsnInput, DsnNets, DsnSums, DsnWeights};
 use super::losses;
 use super::model::{AdaptNet, AdvHead, Discriminator, Trainable};
 use crate::classic::{Classic, ClassicKind, Penalty};
@@ -957,7 +957,8 @@ pub(crate) fn train_loaded(config: &AdaptConfig, run: &Path, resume: bool, loade
     } else {
         Vec::new()
     };
-    let dsn = (config.method == Method::Dsn).then(|| engine::stable_ids(DsnNets::init(config.bottleneck, device)));
+    let dsn_input = if lenet { DsnInput::Images } else { DsnInput::Features(width) };
+    let dsn = (config.method == Method::Dsn).then(|| engine::stable_ids(DsnNets::init(dsn_input, config.bottleneck, device)));
 
     let steps_per_epoch = config.iters_per_epoch.unwrap_or_else(|| source.len().div_ceil(config.batch_size).max(1));
     let ctx = Ctx {
