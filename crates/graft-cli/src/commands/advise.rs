@@ -64,7 +64,7 @@ struct Settings {
 /// Every flag is named here, so a new one fails to compile until it is resolved.
 fn resolve(args: AdviseArgs) -> anyhow::Result<Settings> {
     let AdviseArgs { device: _, model, arch, weights, data, sample, seed, batch } = args;
-    let model = super::model_spec(&model, arch.as_deref())?.id;
+    let model = super::model_spec(&model, arch.as_deref(), weights.as_deref())?.id;
     Ok(Settings { model, weights, data, sample, seed, batch })
 }
 

@@ -40,7 +40,7 @@ fn resolve(args: BenchArgs) -> anyhow::Result<Bench> {
     if batch == 0 || iters == 0 {
         anyhow::bail!("--batch and --iters must be at least 1");
     }
-    let spec = super::model_spec(&model, arch.as_deref())?;
+    let spec = super::model_spec(&model, arch.as_deref(), weights.as_deref())?;
     anyhow::ensure!(weights.is_none() || matches!(case, BenchCase::Forward | BenchCase::Latency), "--weights is used by `graft bench forward` and `latency` only");
     Ok(Bench { case, spec, weights, batch, iters, warmup, layered })
 }

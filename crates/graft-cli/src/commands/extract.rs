@@ -29,7 +29,7 @@ struct Settings {
 /// any work.
 fn resolve(args: ExtractArgs) -> anyhow::Result<Settings> {
     let ExtractArgs { device: _, model, arch, weights, layer, data, out, shard, batch } = args;
-    let spec = super::model_spec(&model, arch.as_deref())?;
+    let spec = super::model_spec(&model, arch.as_deref(), weights.as_deref())?;
     graft::cache::extract::Cut::parse(&layer, &spec.config())?;
     let shard = match shard.as_deref() {
         None => None,

@@ -307,7 +307,7 @@ fn resolve(args: FitArgs) -> anyhow::Result<Plan> {
         }
     };
     if let Some(arch) = &arch {
-        c.model = super::model_spec("", Some(arch))?.id.to_string();
+        c.model = super::model_spec("", Some(arch), weights.as_deref().or(c.weights.as_deref()))?.id.to_string();
     }
     let run_dir = out.context("--out is required (the run directory to create)")?;
     if let Some(v) = model { c.model = v; }

@@ -35,7 +35,7 @@ fn resolve(args: InspectArgs) -> anyhow::Result<Inspect> {
         anyhow::ensure!(classes.is_none(), "--classes needs a model or --arch (with --weights alone, inspect lists the file's tensors)");
         return Ok(Inspect::Weights(weights.clone()));
     }
-    let spec = super::model_spec(model.as_deref().unwrap_or(""), arch.as_deref())?;
+    let spec = super::model_spec(model.as_deref().unwrap_or(""), arch.as_deref(), weights.as_deref())?;
     let freeze: FreezeSpec = freeze.parse()?;
     let grafted = match classes {
         None => None,

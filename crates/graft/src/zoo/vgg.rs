@@ -20,6 +20,17 @@
 //! convolution's ReLU, `features.1` for the convolution `features.0`; a pool, `features.4`):
 //! the output of stage `features.K` is torchvision's `model.features[:K+1](x)`.
 //!
+//! **Keras** (`keras.applications.VGG16/VGG19`, [`VggConfig::keras`]): the same network under
+//! Keras layer names (`block1_conv1` … `block5_conv4`, `block1_pool`, `fc1`, `fc2`,
+//! `predictions`) and layouts, for Keras `.h5` files (see [`super::keras`]), the registered
+//! `vgg16-keras` and `vgg19-keras` that `--arch vgg16|vgg19` becomes for such a file. Two
+//! things differ beyond names: Keras flattens the last `[h, w, 512]` map channels-last, so
+//! `fc1`'s rows are permuted into torchvision's (c, h, w) order, and Keras's Caffe-style
+//! `preprocess_input` feeds BGR images, so `block1_conv1`'s input channels are reversed and the
+//! network takes RGB minus the ImageNet mean like the others ([`KERAS_CAFFE_INPUT`]). The top
+//! flattens the map at the native side (no adaptive pool: the pool side is resolution / 32);
+//! `include_top=False` files (`…_notop.h5`) load as a trunk without the classifier.
+//!
 //! **`--freeze N`** counts layers as Keras's `model.layers[:N]` does, the input layer first:
 //! the layer table begins with a parameterless `input` row, then one block per convolution (its
 //! BatchNorm with it) and per pool. So `--freeze 5` freezes input, `features.0`, `features.2`,
@@ -39,8 +50,8 @@ use super::backbone::{Backbone, BackboneNet};
 use crate::export::onnx::{ints, OnnxGraph};
 use super::load::WeightSource;
 use super::resnet::{BN_EPS, BN_MOMENTUM};
-use super::table::{Builder, Convention, Table};
-use super::{user_weights, ModelSpec, Trunk};
+use super::table::{Builder, Convention, FileInput, Table};
+use super::{user_weights, ModelSpec, Trunk, KERAS_CAFFE_INPUT};
 use crate::Result;
 
 /// The registered VGGs and AlexNet: torchvision's, for the user's own weights (`--weights
@@ -55,6 +66,8 @@ pub const MODELS: &[ModelSpec] = &[
     user_weights("vgg19", || VggConfig::vgg(19, false).into()),
     user_weights("vgg19_bn", || VggConfig::vgg(19, true).into()),
     user_weights("alexnet", || VggConfig::alexnet().into()),
+    ModelSpec { input: KERAS_CAFFE_INPUT, ..user_weights("vgg16-keras", || VggConfig::keras(16, 224).into()) },
+    ModelSpec { input: KERAS_CAFFE_INPUT, ..user_weights("vgg19-keras", || VggConfig::keras(19, 224).into()) },
 ];
 
 /// One module of `features` with parameters or a pool (ReLUs follow every convolution).
@@ -81,6 +94,8 @@ pub struct VggConfig {
     /// Native input side (for the layer table's output shapes); torchvision's is 224.
     pub resolution: usize,
     pub num_classes: usize,
+    /// Keras Applications' names and layouts (see the module docs).
+    pub keras: bool,
 }
 
 impl VggConfig {
@@ -97,7 +112,13 @@ impl VggConfig {
             .iter()
             .map(|&c| if c == 0 { Feature::Pool { kernel: 2, stride: 2 } } else { Feature::Conv { output: c, kernel: 3, stride: 1, padding: 1 } })
             .collect();
-        Self { features, batch_norm, pool_side: 7, hidden: 4096, classifier_index: [0, 3, 6], resolution: 224, num_classes: 1000 }
+        Self { features, batch_norm, pool_side: 7, hidden: 4096, classifier_index: [0, 3, 6], resolution: 224, num_classes: 1000, keras: false }
+    }
+
+    /// `keras.applications.VGG16/VGG19` (`depth` 16 or 19) at `resolution` px (a multiple of
+    /// 32; Keras's top flattens the `resolution / 32` map).
+    pub fn keras(depth: usize, resolution: usize) -> Self {
+        Self { resolution, pool_side: resolution / 32, keras: true, ..Self::vgg(depth, false) }
     }
 
     /// torchvision's `alexnet` (the one-GPU variant of the paper: 64, 192, 384, 256, 256).
@@ -112,6 +133,7 @@ impl VggConfig {
             classifier_index: [1, 4, 6],
             resolution: 224,
             num_classes: 1000,
+            keras: false,
         }
     }
 
@@ -137,11 +159,46 @@ impl VggConfig {
         Table::build(device, |b| self.build(b)).0
     }
 
-    /// The layer table (see [`table`](super::table)) under torchvision's names.
+    /// The layer table (see [`table`](super::table)) under torchvision's names, or Keras's.
     pub fn table(&self) -> Table {
         let table = Table::build(&Default::default(), |b| self.build(b)).1;
+        if self.keras {
+            let names = self.keras_names();
+            let mut table = table.renamed(Convention::Keras, |leaf| names.get(&leaf.module).cloned().unwrap_or_else(|| leaf.module.clone()));
+            for leaf in &mut table.leaves {
+                leaf.block = leaf.block.as_ref().map(|b| names.get(b).cloned().unwrap_or_else(|| b.clone()));
+            }
+            let channels = self.features.iter().rev().find_map(|f| if let Feature::Conv { output, .. } = f { Some(*output) } else { None }).unwrap_or(3);
+            let side = self.pool_side;
+            return table.with_input("block1_conv1", FileInput::Bgr).with_input("fc1", FileInput::ChannelsLast { channels, h: side, w: side });
+        }
         let names = self.torch_names();
         table.renamed(Convention::Torch, |leaf| names.get(&leaf.module).cloned().unwrap_or_else(|| leaf.module.clone()))
+    }
+
+    /// burn's module path (and the torchvision name of each pool) → Keras's layer name:
+    /// `convs.0` → `block1_conv1`, `features.4` → `block1_pool`, `classifier.0` → `fc1`.
+    fn keras_names(&self) -> HashMap<String, String> {
+        let mut names = HashMap::new();
+        let (mut block, mut conv, mut convs) = (1, 1, 0);
+        for (f, at) in self.features.iter().zip(self.torch_index()) {
+            match f {
+                Feature::Conv { .. } => {
+                    names.insert(format!("convs.{convs}"), format!("block{block}_conv{conv}"));
+                    names.insert(format!("features.{at}"), format!("block{block}_conv{conv}"));
+                    (conv, convs) = (conv + 1, convs + 1);
+                }
+                Feature::Pool { .. } => {
+                    names.insert(format!("features.{at}"), format!("block{block}_pool"));
+                    (block, conv) = (block + 1, 1);
+                }
+            }
+        }
+        for (i, name) in ["fc1", "fc2", "predictions"].into_iter().enumerate() {
+            names.insert(format!("classifier.{i}"), name.into());
+        }
+        names.insert("avgpool".into(), "flatten".into());
+        names
     }
 
     /// burn's module path → torchvision's name, for the layers with parameters.
@@ -227,8 +284,15 @@ pub struct Vgg {
 impl Vgg {
     /// Replaces every parameter and BatchNorm statistic with the checkpoint's, checking that
     /// each tensor exists and has the shape this architecture needs.
-    pub fn load_weights(self, w: &WeightSource) -> Result<Self> {
-        self.config.table().load(self, w)
+    /// A Keras file without the classifier (`include_top=False`) loads as a trunk: the
+    /// classifier is dropped.
+    pub fn load_weights(mut self, w: &WeightSource) -> Result<Self> {
+        let table = self.config.table();
+        if self.config.keras && !w.dict.tensors.contains_key("fc1/kernel") {
+            self.classifier = None;
+            return table.without_head().load(self, w);
+        }
+        table.load(self, w)
     }
 
     /// Runs stages `range` (one per convolution and per pool) on a feature map; stages past
@@ -296,6 +360,11 @@ impl Backbone for VggConfig {
         self.features.len()
     }
     fn stage_name(&self, stage: usize) -> String {
+        if self.keras {
+            // Keras's convolutions hold their ReLU: a stage's output is its layer's.
+            let at = self.torch_index().get(stage).map(|at| format!("features.{at}"));
+            return at.and_then(|at| self.keras_names().remove(&at)).unwrap_or_else(|| format!("stage{stage}"));
+        }
         let relu = if self.batch_norm { 2 } else { 1 };
         match (self.features.get(stage), self.torch_index().get(stage)) {
             (Some(Feature::Conv { .. }), Some(at)) => format!("features.{}", at + relu),
