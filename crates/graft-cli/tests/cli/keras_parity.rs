@@ -72,6 +72,24 @@ fn the_three_keras_file_layouts_read_as_the_same_layer_weights() {
     }
 }
 
+/// Through the CLI: `inspect --weights` lists a Keras 3 `.weights.h5` by layer names; the file
+/// given for an architecture it does not hold fails naming the file and the missing tensor; a
+/// `.weights.h5` without layer names (older Keras 3) is refused naming the file and the group.
+#[test]
+fn keras_weights_files_through_the_cli_list_and_fail_by_name() {
+    let path = fixture("tiny.weights.h5");
+    let v = json_of(&super::graft(&["inspect", "--weights", path.to_str().unwrap(), "--json"]));
+    assert_eq!(v["format"], "keras-h5", "{v}");
+    let names: BTreeSet<String> = v["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, TINY.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>());
+    // `--arch vgg16` with a Keras file: the Keras flavour, which misses `block1_conv1/kernel`.
+    let out = super::graft(&["inspect", "--arch", "vgg16", "--weights", path.to_str().unwrap()]);
+    super::assert_bad_input(&out, &["tiny.weights.h5", "block1_conv1/kernel"]);
+    let nameless = fixture("tiny_nameless.weights.h5");
+    let out = super::graft(&["inspect", "--weights", nameless.to_str().unwrap()]);
+    super::assert_bad_input(&out, &["tiny_nameless.weights.h5", "/layers/", "/vars", "does not name its layers"]);
+}
+
 /// `--arch vgg16|vgg19|resnet50|mobilenetv2 --weights FILE.h5` loads the architecture's Keras
 /// flavour (its `-keras` twin, with Keras's preprocessing); any other file, torchvision's.
 #[test]
