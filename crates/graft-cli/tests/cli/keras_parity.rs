@@ -1,5 +1,5 @@
 //! Keras `.h5` weights: the three file layouts on a tiny committed model, and Keras
-//! Applications' VGG16, VGG19, ResNet50 and MobileNetV2 against Keras 3 itself, without
+//! Applications' VGG16, VGG19, ResNet50, MobileNetV2 and EfficientNetB0 against Keras 3 itself, without
 //! committed weights. `tests/fixtures/keras/make_keras_fixtures.py` fills each Keras model from
 //! the seeded formula (`graft::zoo::seeded`, keyed by the Keras weight name `<layer>/<weight>`)
 //! and commits only the logits Keras computed on the seeded input; here the architecture's
@@ -15,6 +15,7 @@ use burn::tensor::{Tensor, TensorData};
 use graft::npy;
 use graft::zoo::layers::summarize;
 use graft::zoo::load::WeightSource;
+use graft::zoo::efficientnet_b::EfficientNetConfig;
 use graft::zoo::mobilenetv2::MobileNetV2Config;
 use graft::zoo::resnet::ResNetConfig;
 use graft::zoo::vgg::VggConfig;
@@ -90,11 +91,12 @@ fn keras_weights_files_through_the_cli_list_and_fail_by_name() {
     super::assert_bad_input(&out, &["tiny_nameless.weights.h5", "/layers/", "/vars", "does not name its layers"]);
 }
 
-/// `--arch vgg16|vgg19|resnet50|mobilenetv2 --weights FILE.h5` loads the architecture's Keras
-/// flavour (its `-keras` twin, with Keras's preprocessing); any other file, torchvision's.
+/// `--arch vgg16|vgg19|resnet50|mobilenetv2|efficientnet_b0 --weights FILE.h5` loads the
+/// architecture's Keras flavour (its `-keras` twin, with Keras's preprocessing); any other file,
+/// torchvision's.
 #[test]
 fn a_keras_h5_file_selects_the_keras_flavour_and_its_preprocessing() {
-    for arch in ["vgg16", "vgg19", "resnet50", "mobilenetv2"] {
+    for arch in ["vgg16", "vgg19", "resnet50", "mobilenetv2", "efficientnet_b0"] {
         let spec = ModelSpec::find(arch).unwrap();
         for file in ["w.h5", "w.weights.h5", "W.HDF5"] {
             assert_eq!(spec.for_weights(Some(Path::new(file))).id, format!("{arch}-keras"), "{arch} {file}");
@@ -106,6 +108,7 @@ fn a_keras_h5_file_selects_the_keras_flavour_and_its_preprocessing() {
     }
     // An architecture without a Keras flavour stays itself.
     assert_eq!(ModelSpec::find("vgg11").unwrap().for_weights(Some(Path::new("w.h5"))).id, "vgg11");
+    let vgg_torch = ModelSpec::find("vgg16").unwrap().preprocess();
     // VGG: Keras names and Caffe-style input (mean in RGB order: the BGR swap is in the kernel).
     let spec = ModelSpec::find("vgg19-keras").unwrap();
     let pre = spec.preprocess();
@@ -121,6 +124,10 @@ fn a_keras_h5_file_selects_the_keras_flavour_and_its_preprocessing() {
     assert_eq!(summarize(&rows, &Default::default()).total_params, 143_667_240);
     let mobilenet = ModelSpec::find("mobilenetv2-keras").unwrap().preprocess();
     assert_eq!((mobilenet.mean, mobilenet.std), ([127.5; 3], [127.5; 3]));
+    // EfficientNet: Keras's in-model Rescaling and Normalization, for ImageNet weights.
+    let effnet = ModelSpec::find("efficientnet_b0-keras").unwrap().preprocess();
+    assert_eq!((effnet.mean, effnet.std), (vgg_torch.mean, vgg_torch.std));
+    assert_eq!(effnet.crop, graft::data::image::Crop::Stretch);
 }
 
 /// Keras Applications' `arch` (an entry of `keras_reference.json`) against its Keras flavour
@@ -185,6 +192,13 @@ fn keras_resnet50_seeded_logits_match_keras() {
     if super::in_child_process("cli::keras_parity::keras_resnet50_seeded_logits_match_keras") {
         keras_logits_match("resnet50", ResNetConfig::keras50(64).into(), true);
     }
+}
+
+/// EfficientNetB0 on 96-pixel inputs: Keras's model takes raw pixels and normalizes them itself
+/// (given ImageNet's mean and std², see the fixture script); graft gets the normalized input.
+#[test]
+fn keras_efficientnetb0_seeded_logits_match_keras() {
+    keras_logits_match("efficientnetb0", EfficientNetConfig::keras_b0(96).into(), false);
 }
 
 /// The seed's recipe on Keras VGG19 (`include_top=False`): `graft fit --arch vgg19-keras
