@@ -490,6 +490,26 @@ mod tests {
     use crate::zoo::layers::{numbered_blocks, summarize, FreezeSpec};
 
     #[test]
+    fn keras_b0_has_keras_names_and_counts() {
+        let cfg = EfficientNetConfig::keras_b0(224);
+        let rows = cfg.table().rows();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).take(9).collect();
+        assert_eq!(names, ["stem_conv", "stem_bn", "block1a_dwconv", "block1a_bn", "block1a_se_reduce", "block1a_se_expand", "block1a_project_conv", "block1a_project_bn", "block2a_expand_conv"]);
+        let last: Vec<&str> = rows.iter().rev().take(4).map(|r| r.name.as_str()).collect();
+        assert_eq!(last, ["predictions", "avg_pool", "top_bn", "top_conv"]);
+        assert!(rows.iter().any(|r| r.name == "block7a_project_bn") && rows.iter().any(|r| r.name == "block6d_se_expand"));
+        // Keras's count_params() less its Normalization layer's 7 values.
+        let s = summarize(&rows, &Default::default());
+        assert_eq!(s.total_params + s.buffers, 5_330_564);
+        assert_eq!((Backbone::stage_name(&cfg, 0), Backbone::stage_name(&cfg, 1), Backbone::stage_name(&cfg, 2)), ("stem_activation".into(), "block1a_project_bn".into(), "block2b_add".into()));
+        // Keras's correct_pad on an even side: one more row and column at the bottom and right.
+        assert_eq!(cfg.padding(3, 2, 224), PaddingConfig2d::Explicit(0, 0, 1, 1));
+        assert_eq!(cfg.padding(5, 2, 28), PaddingConfig2d::Explicit(1, 1, 2, 2));
+        assert_eq!(cfg.padding(3, 2, 7), PaddingConfig2d::Explicit(1, 1, 1, 1));
+        assert_eq!(cfg.padding(5, 1, 14), PaddingConfig2d::Explicit(2, 2, 2, 2));
+    }
+
+    #[test]
     fn parameter_counts_and_names_match_torchvision() {
         // sum(p.numel() for p in torchvision.models.efficientnet_bN().parameters()), torchvision
         // 0.29.2 (also the weights enums' `num_params`).

@@ -488,6 +488,25 @@ mod tests {
     }
 
     #[test]
+    fn keras_resnet50_is_v1_under_keras_names() {
+        let cfg = ResNetConfig::keras50(224);
+        let rows = cfg.layer_rows();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).take(5).collect();
+        assert_eq!(names, ["conv1_conv", "conv1_bn", "pool1_pool", "conv2_block1_1_conv", "conv2_block1_1_bn"]);
+        let find = |n: &str| rows.iter().find(|r| r.name == n).unwrap_or_else(|| panic!("no row {n}"));
+        // v1: the stride is on the first 1×1 convolution; every convolution has a bias.
+        assert_eq!(find("conv3_block1_1_conv").output_shape, vec![128, 28, 28]);
+        assert_eq!(find("conv3_block1_0_conv").output_shape, vec![512, 28, 28]);
+        assert_eq!(find("conv3_block1_2_conv").params.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), ["conv3_block1_2_conv/kernel", "conv3_block1_2_conv/bias"]);
+        assert_eq!(rows.last().unwrap().name, "predictions");
+        // Keras's count_params() (BatchNorm statistics included) for ResNet50.
+        let s = summarize(&rows, &Default::default());
+        assert_eq!(s.total_params + s.buffers, 25_636_712);
+        assert_eq!(Backbone::stage_name(&cfg, 16), "conv5_block3_out");
+        assert_eq!(Backbone::stage_named(&cfg, "conv3_block1_out"), Some(4));
+    }
+
+    #[test]
     fn parameter_counts_match_torchvision() {
         // torchvision's published counts (sum of p.numel() over model.parameters()).
         assert_eq!(total_params(&ResNetConfig::resnet(18).unwrap()), 11_689_512);
