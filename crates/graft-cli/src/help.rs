@@ -9,7 +9,7 @@ pub(crate) fn arch_help() -> String {
 /// The architectures of the registry graft builds from a user's own weights, as one sentence.
 pub(crate) fn arch_sentence() -> String {
     format!(
-        "Architecture for your own weights (with --weights FILE: a torchvision state dict as zip .pth or safetensors): {}.",
+        "Architecture for your own weights (with --weights FILE: a torchvision state dict as zip .pth or safetensors; a Keras .h5 or Caffe .caffemodel loads into the architecture's _keras or _caffe flavour, told by its layer names): {}.",
         graft::zoo::user_archs().join(", ")
     )
 }

@@ -30,7 +30,12 @@ struct Settings {
 fn resolve(args: ExtractArgs) -> anyhow::Result<Settings> {
     let ExtractArgs { device: _, model, arch, weights, layer, data, out, shard, batch } = args;
     let spec = super::model_spec(&model, arch.as_deref())?;
-    graft::cache::extract::Cut::parse(&layer, &spec.config())?;
+    // A layer of one of the architecture's flavours (Keras's `block3_pool`, Caffe's `pool3`) is
+    // checked again against the flavour the weights file loads into.
+    let in_flavour = spec.flavours().iter().filter_map(|f| graft::zoo::ModelSpec::find(f).ok()).any(|f| graft::cache::extract::Cut::parse(&layer, &f.config()).is_ok());
+    if !in_flavour {
+        graft::cache::extract::Cut::parse(&layer, &spec.config())?;
+    }
     let shard = match shard.as_deref() {
         None => None,
         Some("auto") => Some(shard_from_env(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))?),

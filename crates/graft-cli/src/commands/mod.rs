@@ -45,8 +45,9 @@ pub fn run(command: Command, out: &Output) -> anyhow::Result<()> {
     }
 }
 
-/// The model a command runs: `--arch NAME` (an architecture for the user's own torchvision
-/// weights) when given, else `--model ID`.
+/// The model a command runs: `--arch NAME` (an architecture for the user's own weights; a file
+/// in another framework's names loads into that flavour of it, see `ModelSpec::for_weights`)
+/// when given, else `--model ID`.
 pub(crate) fn model_spec(model: &str, arch: Option<&str>) -> anyhow::Result<&'static graft::zoo::ModelSpec> {
     match arch {
         Some(arch) => {

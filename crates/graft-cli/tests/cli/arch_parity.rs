@@ -247,7 +247,9 @@ fn a_legacy_caffemodel_loads_into_caffes_alexnet_and_matches_pytorch() {
     // The reversal is what makes them agree: without it (the weights as Caffe stores them, BGR)
     // the same input gives other logits.
     let mut bgr = config.table();
-    bgr.convention = graft::zoo::table::Convention::Torch;
+    for leaf in &mut bgr.leaves {
+        leaf.input = graft::zoo::table::FileInput::Same;
+    }
     let plain = bgr.load(config.init(&device), &source).unwrap();
     let other = plain.forward(Tensor::<4>::from_data(TensorData::new(seeded::inputs("input", &shape), shape), &device)).into_data().try_to_vec::<f32>().unwrap();
     let d_plain = other.iter().zip(&reference.data).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

@@ -17,6 +17,7 @@ mod hostile;
 mod hostile_io;
 mod hostile_weights;
 mod inspect;
+mod keras_parity;
 mod lr_find;
 mod parity;
 mod predict;

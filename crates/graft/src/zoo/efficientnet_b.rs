@@ -12,6 +12,17 @@
 //! added when stride 1 and widths agree. Padding is symmetric (`(k − 1) / 2`), BatchNorm eps
 //! 1e-5 (torchvision's default for B0–B4), stochastic depth is off (its identity at inference).
 //!
+//! **Keras** (`keras.applications.EfficientNetB0`, [`EfficientNetConfig::keras_b0`], the
+//! registered `efficientnet_b0_keras` that `--arch efficientnet_b0` loads a Keras `.h5` into):
+//! Keras layer names (`stem_conv`, `block2a_expand_conv`, `block2a_dwconv`, `block2a_se_reduce`,
+//! `block2a_project_bn`, `top_conv`, `predictions`; [`keras_layer_name`]), BatchNorm eps 1e-3,
+//! and Keras's stride-2 padding: `ZeroPadding2D(correct_pad)` then 'valid', one row and column
+//! more at the bottom and right than at the top and left for an even side. Keras's model starts
+//! with `Rescaling(1/255)` and `Normalization` (and, built with `weights="imagenet"`, a
+//! `Rescaling(1/sqrt(std))` correcting the stored variance): for ImageNet weights that is
+//! `(x/255 − mean) / std` with ImageNet's mean and std, which graft does in preprocessing
+//! ([`KERAS_EFFICIENTNET_INPUT`]); the file's `normalization/mean` and `variance` are not read.
+//!
 //! burn's parameter paths are torchvision's names (`features.2.1.block.2.fc1.weight`): the
 //! `features` Sequential and each block's `block` Sequential are `Vec`s of
 //! [`transparent_module_enum!`](super::mobilenetv2) entries, which add no path level. Stages
@@ -28,7 +39,7 @@ use super::backbone::{Backbone, BackboneNet};
 use super::efficientnet::BASE_STAGES;
 use super::load::WeightSource;
 use super::mobilenetv2::{transparent_module_enum, ConvNormAct};
-use super::table::{Builder, Table};
+use super::table::{Builder, Convention, Table};
 use super::{InputCfg, ModelSpec, Trunk, TrunkConfig, TORCHVISION_INPUT};
 use crate::data::image::{Crop, Interpolation};
 use crate::Result;
@@ -48,7 +59,13 @@ pub const MODELS: &[ModelSpec] = &[
     ModelSpec { input: bicubic(288), ..super::user_weights("efficientnet_b2", || b(2)) },
     ModelSpec { input: bicubic(320), ..super::user_weights("efficientnet_b3", || b(3)) },
     ModelSpec { input: bicubic(384), ..super::user_weights("efficientnet_b4", || b(4)) },
+    super::flavour("efficientnet_b0_keras", "efficientnet_b0", KERAS_EFFICIENTNET_INPUT, || EfficientNetConfig::keras_b0(224).into()),
 ];
+
+/// What Keras's EfficientNet does to an image before its stem, for ImageNet weights (see the
+/// module docs): ImageNet's mean and std on the 0–255 scale; the whole image resized to the
+/// square input (`keras.utils.load_img(target_size=…)`), bilinear.
+pub const KERAS_EFFICIENTNET_INPUT: InputCfg = InputCfg { crop: Crop::Stretch, interpolation: Interpolation::Bilinear, ..TORCHVISION_INPUT };
 
 fn b(variant: u8) -> TrunkConfig {
     EfficientNetConfig::b(variant).expect("registry holds valid variants").into()
@@ -57,6 +74,9 @@ fn b(variant: u8) -> TrunkConfig {
 /// PyTorch's BatchNorm defaults, which torchvision keeps for B0–B4.
 const BN_EPS: f64 = 1e-5;
 const BN_MOMENTUM: f64 = 0.1;
+/// Keras's BatchNormalization defaults (momentum 0.99 is burn's 0.01).
+const KERAS_BN_EPS: f64 = 1e-3;
+const KERAS_BN_MOMENTUM: f64 = 0.01;
 const STEM_CHANNELS: usize = 32;
 
 /// Shape of one MBConv block after scaling.
@@ -91,6 +111,8 @@ pub struct EfficientNetConfig {
     /// Dropout before the classifier (only active when the classifier itself trains).
     pub dropout: f64,
     pub num_classes: usize,
+    /// Keras Applications' names, padding and BatchNorm eps (see the module docs).
+    pub keras: bool,
 }
 
 impl EfficientNetConfig {
@@ -104,7 +126,12 @@ impl EfficientNetConfig {
             4 => (1.4, 1.8, 380, 0.4),
             _ => return None,
         };
-        Some(Self { width, depth, resolution, dropout, num_classes: 1000 })
+        Some(Self { width, depth, resolution, dropout, num_classes: 1000, keras: false })
+    }
+
+    /// `keras.applications.EfficientNetB0` at `resolution` px.
+    pub fn keras_b0(resolution: usize) -> Self {
+        Self { resolution, keras: true, ..Self::b(0).expect("B0 is a variant") }
     }
 
     /// torchvision's `_make_divisible(channels · width, 8)`.
@@ -145,31 +172,52 @@ impl EfficientNetConfig {
         Table::build(device, |b| self.build(b)).0
     }
 
-    /// The layer table, under torchvision's names (burn's paths are torchvision's).
+    /// The layer table, under torchvision's names (burn's paths are torchvision's), or Keras's.
     pub fn table(&self) -> Table {
-        Table::build(&Default::default(), |b| self.build(b)).1
+        let table = Table::build(&Default::default(), |b| self.build(b)).1;
+        if !self.keras {
+            return table;
+        }
+        table.renamed(Convention::Keras, |leaf| keras_layer_name(self, &leaf.module).unwrap_or_else(|| leaf.module.clone()))
+    }
+
+    /// A k×k convolution's padding on an input of side `hw`: torchvision's symmetric
+    /// `(k − 1) / 2`; Keras's 'same' at stride 1 (the same) and `correct_pad` at stride 2.
+    fn padding(&self, kernel: usize, stride: usize, hw: usize) -> PaddingConfig2d {
+        let p = (kernel - 1) / 2;
+        if self.keras && stride == 2 {
+            let top = kernel / 2 - (1 - hw % 2);
+            return PaddingConfig2d::Explicit(top, top, kernel / 2, kernel / 2);
+        }
+        PaddingConfig2d::Explicit(p, p, p, p)
+    }
+
+    fn bn(&self, channels: usize) -> BatchNormConfig {
+        let (eps, momentum) = if self.keras { (KERAS_BN_EPS, KERAS_BN_MOMENTUM) } else { (BN_EPS, BN_MOMENTUM) };
+        BatchNormConfig::new(channels).with_epsilon(eps).with_momentum(momentum)
     }
 
     fn build(&self, b: &mut Builder) -> EfficientNet {
         let stem = self.adjust(STEM_CHANNELS);
+        let stem_conv = conv(3, stem, 3, 2, 1, false).with_padding(self.padding(3, 2, self.resolution));
         let mut hw = conv_out(self.resolution, 3, 2);
         let mut f = b.pp("features");
         f.stage(Some(0));
-        let mut features = vec![Feature::ConvNormAct(conv_norm(&mut f.pp(0), conv(3, stem, 3, 2, 1, false), [stem, hw, hw]))];
+        let mut features = vec![Feature::ConvNormAct(self.conv_norm(&mut f.pp(0), stem_conv, [stem, hw, hw]))];
         let stages = self.stages();
         for (s, blocks) in stages.iter().enumerate() {
             f.stage(Some(s + 1));
             let mut stage = f.pp(s + 1);
             let mut built = Vec::with_capacity(blocks.len());
             for (i, spec) in blocks.iter().enumerate() {
-                built.push(MBConv::build(spec, hw, &mut stage.pp(i).pp("block")));
+                built.push(MBConv::build(self, spec, hw, &mut stage.pp(i).pp("block")));
                 hw = conv_out(hw, spec.kernel, spec.stride);
             }
             features.push(Feature::Stage(built));
         }
         let (last, head) = (stages.last().and_then(|s| s.last()).map_or(stem, |b| b.output), self.head_channels());
         f.stage(Some(stages.len() + 1));
-        features.push(Feature::ConvNormAct(conv_norm(&mut f.pp(stages.len() + 1), conv(last, head, 1, 1, 1, false), [head, hw, hw])));
+        features.push(Feature::ConvNormAct(self.conv_norm(&mut f.pp(stages.len() + 1), conv(last, head, 1, 1, 1, false), [head, hw, hw])));
         b.stage(None);
         b.layer("avgpool", "GlobalAvgPool", vec![head]);
         let linear = b.pp("classifier").classifier(1, LinearConfig::new(head, self.num_classes));
@@ -203,11 +251,57 @@ fn conv(input: usize, output: usize, kernel: usize, stride: usize, groups: usize
         .with_bias(bias)
 }
 
-/// torchvision's `Conv2dNormActivation` under `b`: the convolution (`.0`) with output `out`
-/// and its BatchNorm (`.1`).
-fn conv_norm(b: &mut Builder, conv: Conv2dConfig, out: [usize; 3]) -> ConvNormAct {
-    let bn = BatchNormConfig::new(out[0]).with_epsilon(BN_EPS).with_momentum(BN_MOMENTUM);
-    (b.conv(0, conv, out), b.batch_norm(1, bn, out))
+impl EfficientNetConfig {
+    /// torchvision's `Conv2dNormActivation` under `b`: the convolution (`.0`) with output `out`
+    /// and its BatchNorm (`.1`).
+    fn conv_norm(&self, b: &mut Builder, conv: Conv2dConfig, out: [usize; 3]) -> ConvNormAct {
+        (b.conv(0, conv, out), b.batch_norm(1, self.bn(out[0]), out))
+    }
+}
+
+/// The Keras (`keras.applications.EfficientNetB0`) name of a layer given its torchvision module
+/// path: `features.0.0` → `stem_conv`, `features.2.0.block.0.0` → `block2a_expand_conv`,
+/// `features.2.0.block.2.fc1` → `block2a_se_reduce`, `features.8.1` → `top_bn`, `classifier.1`
+/// → `predictions`.
+pub fn keras_layer_name(cfg: &EfficientNetConfig, path: &str) -> Option<String> {
+    let stages = cfg.stages();
+    let top = stages.len() + 1;
+    match path {
+        "avgpool" => return Some("avg_pool".into()),
+        "classifier.1" => return Some("predictions".into()),
+        _ => {}
+    }
+    let rest = path.strip_prefix("features.")?;
+    let (stage, rest) = rest.split_once('.')?;
+    let stage: usize = stage.parse().ok()?;
+    match (stage, rest) {
+        (0, "0") => return Some("stem_conv".into()),
+        (0, "1") => return Some("stem_bn".into()),
+        (s, "0") if s == top => return Some("top_conv".into()),
+        (s, "1") if s == top => return Some("top_bn".into()),
+        _ => {}
+    }
+    let (index, rest) = rest.split_once('.')?;
+    let index: usize = index.parse().ok()?;
+    let layer = rest.strip_prefix("block.")?;
+    let spec = stages.get(stage.checked_sub(1)?)?.get(index)?;
+    // Without an expansion the block's children shift down by one.
+    let (k, part) = layer.split_once('.')?;
+    let k: usize = k.parse().ok()?;
+    let k = if spec.expands() { k } else { k + 1 };
+    let part = match (k, part) {
+        (0, "0") => "expand_conv",
+        (0, "1") => "expand_bn",
+        (1, "0") => "dwconv",
+        (1, "1") => "bn",
+        (2, "fc1") => "se_reduce",
+        (2, "fc2") => "se_expand",
+        (3, "0") => "project_conv",
+        (3, "1") => "project_bn",
+        _ => return None,
+    };
+    let letter = char::from(b'a' + u8::try_from(index).ok()?);
+    Some(format!("block{stage}{letter}_{part}"))
 }
 
 /// Convolution, BatchNorm, then SiLU when `act`.
@@ -268,16 +362,17 @@ pub struct MBConv {
 
 impl MBConv {
     /// The block on an input of side `hw` at the native resolution, under its `block` path.
-    fn build(spec: &BlockSpec, hw: usize, b: &mut Builder) -> Self {
+    fn build(cfg: &EfficientNetConfig, spec: &BlockSpec, hw: usize, b: &mut Builder) -> Self {
         let (e, out) = (spec.expanded, conv_out(hw, spec.kernel, spec.stride));
         let mut block = Vec::with_capacity(4);
         if spec.expands() {
-            block.push(Layer::ConvNormAct(conv_norm(&mut b.pp(0), conv(spec.input, e, 1, 1, 1, false), [e, hw, hw])));
+            block.push(Layer::ConvNormAct(cfg.conv_norm(&mut b.pp(0), conv(spec.input, e, 1, 1, 1, false), [e, hw, hw])));
         }
         let k = block.len();
-        block.push(Layer::ConvNormAct(conv_norm(&mut b.pp(k), conv(e, e, spec.kernel, spec.stride, e, false), [e, out, out])));
+        let depthwise = conv(e, e, spec.kernel, spec.stride, e, false).with_padding(cfg.padding(spec.kernel, spec.stride, hw));
+        block.push(Layer::ConvNormAct(cfg.conv_norm(&mut b.pp(k), depthwise, [e, out, out])));
         block.push(Layer::SqueezeExcitation(SqueezeExcitation::build(e, spec.squeeze, &mut b.pp(k + 1))));
-        block.push(Layer::ConvNormAct(conv_norm(&mut b.pp(k + 2), conv(e, spec.output, 1, 1, 1, false), [spec.output, out, out])));
+        block.push(Layer::ConvNormAct(cfg.conv_norm(&mut b.pp(k + 2), conv(e, spec.output, 1, 1, 1, false), [spec.output, out, out])));
         Self { block, residual: spec.residual() }
     }
 
@@ -355,6 +450,18 @@ impl Backbone for EfficientNetConfig {
         BASE_STAGES.len() + 2
     }
     fn stage_name(&self, stage: usize) -> String {
+        if self.keras {
+            // The Keras layers whose outputs the stages are.
+            let stages = self.stages();
+            return match stage {
+                0 => "stem_activation".into(),
+                s if s == stages.len() + 1 => "top_activation".into(),
+                s => match stages.get(s - 1).and_then(|blocks| blocks.last().map(|b| (blocks.len(), b.residual()))) {
+                    Some((n, residual)) => format!("block{s}{}_{}", char::from(b'a' + (n - 1) as u8), if residual { "add" } else { "project_bn" }),
+                    None => format!("stage{s}"),
+                },
+            };
+        }
         format!("features.{stage}")
     }
 }
@@ -381,6 +488,26 @@ impl BackboneNet for EfficientNet {
 mod tests {
     use super::*;
     use crate::zoo::layers::{numbered_blocks, summarize, FreezeSpec};
+
+    #[test]
+    fn keras_b0_has_keras_names_and_counts() {
+        let cfg = EfficientNetConfig::keras_b0(224);
+        let rows = cfg.table().rows();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).take(9).collect();
+        assert_eq!(names, ["stem_conv", "stem_bn", "block1a_dwconv", "block1a_bn", "block1a_se_reduce", "block1a_se_expand", "block1a_project_conv", "block1a_project_bn", "block2a_expand_conv"]);
+        let last: Vec<&str> = rows.iter().rev().take(4).map(|r| r.name.as_str()).collect();
+        assert_eq!(last, ["predictions", "avg_pool", "top_bn", "top_conv"]);
+        assert!(rows.iter().any(|r| r.name == "block7a_project_bn") && rows.iter().any(|r| r.name == "block6d_se_expand"));
+        // Keras's count_params() less its Normalization layer's 7 values.
+        let s = summarize(&rows, &Default::default());
+        assert_eq!(s.total_params + s.buffers, 5_330_564);
+        assert_eq!((Backbone::stage_name(&cfg, 0), Backbone::stage_name(&cfg, 1), Backbone::stage_name(&cfg, 2)), ("stem_activation".into(), "block1a_project_bn".into(), "block2b_add".into()));
+        // Keras's correct_pad on an even side: one more row and column at the bottom and right.
+        assert_eq!(cfg.padding(3, 2, 224), PaddingConfig2d::Explicit(0, 0, 1, 1));
+        assert_eq!(cfg.padding(5, 2, 28), PaddingConfig2d::Explicit(1, 1, 2, 2));
+        assert_eq!(cfg.padding(3, 2, 7), PaddingConfig2d::Explicit(1, 1, 1, 1));
+        assert_eq!(cfg.padding(5, 1, 14), PaddingConfig2d::Explicit(2, 2, 2, 2));
+    }
 
     #[test]
     fn parameter_counts_and_names_match_torchvision() {

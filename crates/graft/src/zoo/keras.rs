@@ -1,10 +1,26 @@
 //! Keras `.h5` weights, read in pure Rust (no libhdf5), and moved into burn layers.
 //!
-//! Keras 2 (`model.save('m.h5')`) stores `model_weights/<layer>/<layer>/kernel:0`; Keras 3's
-//! legacy `.h5` stores `model_weights/<layer>/<sublayer>/kernel` (a nested model, such as the
-//! MobileNetV2 trunk of a fine-tuned classifier, is one top-level layer whose sublayers are
-//! its layers). Both become `<layer>/<weight>`: `Conv1/kernel`, `bn_Conv1/moving_mean`,
-//! `dense/bias`. Tensors keep Keras's layout (convolution kernels `[kh, kw, in, out]`,
+//! Three layouts, one result:
+//!
+//! * Keras 2 (`model.save('m.h5')`) stores `model_weights/<layer>/<layer>/kernel:0`
+//!   (`model.save_weights('w.h5')`, and the Keras Applications files such as
+//!   `vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5`, put the layer groups at the root);
+//! * Keras 3's legacy `.h5` (`model.save('m.h5')`) stores `model_weights/<layer>/<sublayer>/kernel`
+//!   (a nested model, such as the MobileNetV2 trunk of a fine-tuned classifier, is one
+//!   top-level layer whose sublayers are its layers);
+//! * Keras 3's native `.weights.h5` (`model.save_weights('m.weights.h5')`) stores numbered
+//!   variables, `layers/<class>/vars/<i>`, where `<class>` is the layer's class in snake case
+//!   made unique by a counter (`conv2d_3`: Keras's `saving_lib._save_container_state`, which
+//!   deliberately does not address layers by name) and the `vars` group carries the layer's
+//!   name as its `name` attribute (`saving_lib.H5IOStore._create_h5_group`). The variables are
+//!   `layer._trainable_variables + layer._non_trainable_variables` in creation order
+//!   (`Layer.save_own_variables`): Conv2D, DepthwiseConv2D and Dense `kernel`, then `bias`
+//!   (`build` of `keras/src/layers/convolutional/base_conv.py`, `base_depthwise_conv.py`,
+//!   `core/dense.py`); BatchNormalization `gamma`, `beta` (trainable), then `moving_mean`,
+//!   `moving_variance` (`normalization/batch_normalization.py`). The file does not say a
+//!   layer's class, so [`keras3_var_names`] tells them apart by the variables' ranks.
+//!
+//! All become `<layer>/<weight>`: `Conv1/kernel`, `bn_Conv1/moving_mean`, `dense/bias`. Tensors keep Keras's layout (convolution kernels `[kh, kw, in, out]`,
 //! depthwise `[kh, kw, channels, multiplier]`, Dense `[in, out]`); [`hwio_to_oihw`] and
 //! [`depthwise_to_oihw`] transpose them for burn (see [`super::table::Layout`]).
 
@@ -101,66 +117,125 @@ impl Walker<'_> {
         }
         let (groups, datasets) = group.members().map_err(|e| bad(format!("cannot list {}: {e}", here(trail))))?;
         for dataset in datasets {
-            let float_size = match dataset.dtype() {
-                Datatype::FloatingPoint { size, .. } => *size,
-                _ => continue,
-            };
-            if !self.visited.insert(dataset.address()) {
-                continue;
-            }
             trail.push(dataset.name().to_string());
             let location = here(trail);
             let name = keras_tensor_name(trail);
             trail.pop();
             let Some(name) = name else { continue };
-            if name.starts_with("vars/") {
-                return Err(bad(format!(
-                    "{location}: Keras 3 `.weights.h5` files (layers/<layer>/vars/<i>) name no weights; save the model with `model.save(\"model.h5\")`"
-                )));
-            }
-            let shape: Vec<usize> = dataset.shape().iter().map(|&d| d as usize).collect();
-            let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(format!("{location}: shape {shape:?} overflows")))?;
-            // Before allocating: the header's extent must be possible for this file.
-            let bytes = (numel as u64).saturating_mul(float_size as u64);
-            if bytes > self.max_bytes {
-                return Err(bad(format!("{location}: shape {shape:?} needs {bytes} bytes, impossible for a file of this size")));
-            }
-            if bytes > self.budget {
-                return Err(bad(format!("{location}: the datasets read so far and this one need more bytes than a file of this size can hold")));
-            }
-            self.budget -= bytes;
-            let read_err = |e: hdf5_reader::error::Error| bad(format!("cannot read {location}: {e}"));
-            let (data, dtype) = match float_size {
-                4 => {
-                    let mut data = vec![0f32; numel];
-                    dataset.read_into(&mut data).map_err(read_err)?;
-                    (data, DType::F32)
-                }
-                8 => {
-                    let mut data = vec![0f64; numel];
-                    dataset.read_into(&mut data).map_err(read_err)?;
-                    (data.into_iter().map(|x| x as f32).collect(), DType::F64)
-                }
-                size => return Err(bad(format!("{location}: {}-bit floats are not supported", size as usize * 8))),
-            };
+            let Some(tensor) = self.read(&dataset, &location)? else { continue };
             if dict.tensors.contains_key(&name) {
                 return Err(bad(format!("{location}: a second tensor named `{name}` (two nested models with a layer of the same name)")));
             }
-            dict.tensors.insert(name, graft_weights::Tensor { shape, dtype, data });
+            dict.tensors.insert(name, tensor);
         }
         for sub in groups {
             // Keras 2 `save_weights` files have no `model_weights`; optimizer state is not a weight.
-            if trail.is_empty() && sub.name() == "optimizer_weights" {
+            if trail.is_empty() && (sub.name() == "optimizer_weights" || sub.name() == "optimizer") {
                 continue;
             }
             if !self.visited.insert(sub.address()) {
                 continue;
             }
             trail.push(sub.name().to_string());
-            self.walk(&sub, trail, dict)?;
+            if sub.name() == "vars" {
+                self.read_vars(&sub, trail, dict)?;
+            } else {
+                self.walk(&sub, trail, dict)?;
+            }
             trail.pop();
         }
         Ok(())
+    }
+
+    /// A Keras 3 `.weights.h5` variable group (`…/<class>/vars`, see the module docs): its
+    /// numbered datasets as `<layer>/<weight>`, the layer named by the group's `name` attribute.
+    fn read_vars(&mut self, group: &Group, trail: &mut Vec<String>, dict: &mut StateDict) -> Result<()> {
+        let path = self.path;
+        let here = format!("/{}", trail.join("/"));
+        let bad = |reason: String| GraftError::Data { path: path.to_path_buf(), reason };
+        let (_, datasets) = group.members().map_err(|e| bad(format!("cannot list {here}: {e}")))?;
+        if datasets.is_empty() {
+            return Ok(()); // a layer without variables (the model itself, pooling, ReLU)
+        }
+        let Some(layer) = group.attribute("name").ok().and_then(|a| a.read_string().ok()) else {
+            return Err(bad(format!(
+                "{here}: this Keras 3 `.weights.h5` file does not name its layers (only newer Keras writes the layer name beside its variables); save the weights again with a current Keras, or the model with `model.save(\"model.h5\")`"
+            )));
+        };
+        let mut vars = Vec::new();
+        for dataset in &datasets {
+            let location = format!("{here}/{}", dataset.name());
+            let index: usize = dataset.name().parse().map_err(|_| bad(format!("{location}: a Keras 3 variable is named by its index")))?;
+            if let Some(tensor) = self.read(dataset, &location)? {
+                vars.push((index, tensor));
+            }
+        }
+        vars.sort_by_key(|(index, _)| *index);
+        let shapes: Vec<&[usize]> = vars.iter().map(|(_, t)| t.shape.as_slice()).collect();
+        let names = keras3_var_names(&shapes);
+        for ((index, tensor), weight) in vars.into_iter().zip(names) {
+            let name = format!("{layer}/{weight}");
+            if dict.tensors.contains_key(&name) {
+                return Err(bad(format!("{here}/{index}: a second tensor named `{name}` (two layers named `{layer}`)")));
+            }
+            dict.tensors.insert(name, tensor);
+        }
+        Ok(())
+    }
+
+    /// One float dataset, checked for size before allocating; `None` for a non-float one
+    /// (counters, seeds) or one already read through another link.
+    fn read(&mut self, dataset: &hdf5_reader::Dataset, location: &str) -> Result<Option<graft_weights::Tensor>> {
+        let path = self.path;
+        let bad = |reason: String| GraftError::Data { path: path.to_path_buf(), reason };
+        let float_size = match dataset.dtype() {
+            Datatype::FloatingPoint { size, .. } => *size,
+            _ => return Ok(None),
+        };
+        if !self.visited.insert(dataset.address()) {
+            return Ok(None);
+        }
+        let shape: Vec<usize> = dataset.shape().iter().map(|&d| d as usize).collect();
+        let numel = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(format!("{location}: shape {shape:?} overflows")))?;
+        // Before allocating: the header's extent must be possible for this file.
+        let bytes = (numel as u64).saturating_mul(float_size as u64);
+        if bytes > self.max_bytes {
+            return Err(bad(format!("{location}: shape {shape:?} needs {bytes} bytes, impossible for a file of this size")));
+        }
+        if bytes > self.budget {
+            return Err(bad(format!("{location}: the datasets read so far and this one need more bytes than a file of this size can hold")));
+        }
+        self.budget -= bytes;
+        let read_err = |e: hdf5_reader::error::Error| bad(format!("cannot read {location}: {e}"));
+        let (data, dtype) = match float_size {
+            4 => {
+                let mut data = vec![0f32; numel];
+                dataset.read_into(&mut data).map_err(read_err)?;
+                (data, DType::F32)
+            }
+            8 => {
+                let mut data = vec![0f64; numel];
+                dataset.read_into(&mut data).map_err(read_err)?;
+                (data.into_iter().map(|x| x as f32).collect(), DType::F64)
+            }
+            size => return Err(bad(format!("{location}: {}-bit floats are not supported", size as usize * 8))),
+        };
+        Ok(Some(graft_weights::Tensor { shape, dtype, data }))
+    }
+}
+
+/// The weight names of one Keras 3 layer's numbered variables, told from their shapes (see the
+/// module docs for the order): four vectors are a BatchNormalization's `gamma`, `beta`,
+/// `moving_mean`, `moving_variance`; a first variable of rank 2 or more is a Dense or
+/// convolution `kernel` (DepthwiseConv2D's too, as Keras 3 names it), a vector after it its
+/// `bias`. Anything else keeps its index as its name (`vars/2`), which no architecture reads.
+pub fn keras3_var_names(shapes: &[&[usize]]) -> Vec<String> {
+    let vector = |s: &&[usize]| s.len() == 1;
+    match shapes {
+        [a, b, c, d] if [a, b, c, d].into_iter().all(vector) => ["gamma", "beta", "moving_mean", "moving_variance"].map(String::from).to_vec(),
+        [kernel] if kernel.len() >= 2 => vec!["kernel".into()],
+        [kernel, bias] if kernel.len() >= 2 && bias.len() == 1 => vec!["kernel".into(), "bias".into()],
+        _ => (0..shapes.len()).map(|i| format!("vars/{i}")).collect(),
     }
 }
 
@@ -225,6 +300,17 @@ mod tests {
         assert_eq!(keras_tensor_name(&["model", "block_1_expand_BN", "moving_mean:0"]).as_deref(), Some("block_1_expand_BN/moving_mean"));
         assert_eq!(keras_tensor_name(&["weird:name"]), None);
         assert_eq!(keras_tensor_name(&["l", "a:b"]).as_deref(), Some("l/a:b"));
+    }
+
+    #[test]
+    fn keras3_variables_are_named_by_their_ranks() {
+        let names = |shapes: &[&[usize]]| keras3_var_names(shapes);
+        assert_eq!(names(&[&[8], &[8], &[8], &[8]]), ["gamma", "beta", "moving_mean", "moving_variance"]);
+        assert_eq!(names(&[&[3, 3, 3, 8], &[8]]), ["kernel", "bias"]);
+        assert_eq!(names(&[&[1, 1, 8, 4]]), ["kernel"]);
+        assert_eq!(names(&[&[16, 10], &[10]]), ["kernel", "bias"]);
+        // Not a layer graft knows (a Normalization's mean and variance): indices kept.
+        assert_eq!(names(&[&[3], &[3]]), ["vars/0", "vars/1"]);
     }
 
     #[test]

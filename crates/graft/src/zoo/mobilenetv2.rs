@@ -47,6 +47,8 @@ pub const MODELS: &[ModelSpec] = &[
         flavour_of: None,
     },
     user_weights("mobilenetv2", || MobileNetV2Config::torchvision().into()),
+    // `keras.applications.MobileNetV2()`: what `--arch mobilenetv2` loads a Keras `.h5` into.
+    super::flavour("mobilenetv2_keras", "mobilenetv2", KERAS_INPUT, || MobileNetV2Config { dropout: 0.0, ..MobileNetV2Config::keras(1.0, 224, 1000, "predictions") }.into()),
 ];
 
 const STEM_CHANNELS: usize = 32;

@@ -81,6 +81,13 @@ pub const TORCHVISION_RESIZE_256: InputCfg = InputCfg { crop: Crop::ResizeCentre
 /// `preprocess_input`: x / 127.5 − 1.
 pub const KERAS_INPUT: InputCfg = InputCfg { crop: Crop::Stretch, interpolation: Interpolation::Bilinear, mean: [127.5; 3], std: [127.5; 3] };
 
+/// Keras Applications' Caffe-style `preprocess_input` (VGG16/19, ResNet50): RGB → BGR, the
+/// ImageNet mean (103.939, 116.779, 123.68 in BGR) subtracted, no scaling. The BGR swap is done
+/// by the network itself (its first kernel's input channels reversed on loading, see
+/// [`table::FileInput::Bgr`]), so the mean is given here in RGB order. The whole image is
+/// resized to the square input (`keras.utils.load_img(target_size=…)`), bilinear.
+pub const KERAS_CAFFE_INPUT: InputCfg = InputCfg { crop: Crop::Stretch, interpolation: Interpolation::Bilinear, mean: [123.68, 116.779, 103.939], std: [1.0; 3] };
+
 /// The names of a model's own classifier outputs.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub enum Labels {
@@ -166,22 +173,30 @@ impl ModelSpec {
 
     /// The model among `self` and its flavours (the registered models whose
     /// [`flavour_of`](Self::flavour_of) is `self`) whose layer table names the most of
-    /// `dict`'s tensors: `--arch vgg16` with a Caffe file is `vgg16_caffe`. `self` when none
-    /// names more than it does (then loading names the first missing tensor, as before).
+    /// `dict`'s tensors: `--arch vgg16` with a Caffe file is `vgg16_caffe`, with a Keras file
+    /// `vgg16_keras`. On a tie (a file that matches none of them), the flavour whose framework
+    /// wrote the file (its `format`: `keras-h5`, `caffemodel`), so that loading names a tensor
+    /// the file's own framework would have; else `self`.
     pub fn for_weights(&'static self, dict: &graft_weights::StateDict) -> &'static ModelSpec {
         let flavours: Vec<&'static ModelSpec> = MODELS.iter().filter(|m| m.flavour_of == Some(self.id)).collect();
         if flavours.is_empty() {
             return self;
         }
-        let named = |spec: &ModelSpec| {
+        let format = dict.metadata.get("format").map(String::as_str);
+        let score = |spec: &ModelSpec| {
             let table = spec.config().table();
-            table.leaves.iter().flat_map(|l| table.tensors(l)).filter(|t| dict.tensors.contains_key(&t.file)).count()
+            let named = table.leaves.iter().flat_map(|l| table.tensors(l)).filter(|t| dict.tensors.contains_key(&t.file)).count();
+            let framework = matches!(
+                (table.convention, format),
+                (table::Convention::Keras, Some("keras-h5")) | (table::Convention::Caffe, Some("caffemodel"))
+            );
+            (named, framework)
         };
-        let mut best = (self, named(self));
+        let mut best = (self, score(self));
         for flavour in flavours {
-            let n = named(flavour);
-            if n > best.1 {
-                best = (flavour, n);
+            let s = score(flavour);
+            if s > best.1 {
+                best = (flavour, s);
             }
         }
         best.0
@@ -273,10 +288,16 @@ pub struct PretrainedCfg {
 /// a TensorFlow checkpoint (its prefix, `.index` or a data shard) or a Caffe `.caffemodel`
 /// (see `graft_weights::load`).
 pub fn read_weights(path: &Path) -> Result<graft_weights::StateDict> {
-    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
-        Some("h5" | "hdf5" | "keras") => keras::load_keras_h5(path),
-        _ => Ok(graft_weights::load(path)?),
+    if is_keras_file(path) {
+        keras::load_keras_h5(path)
+    } else {
+        Ok(graft_weights::load(path)?)
     }
+}
+
+/// A Keras HDF5 weights file, by its extension (`.h5`, `.hdf5`, `.weights.h5`).
+pub fn is_keras_file(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref(), Some("h5" | "hdf5" | "keras"))
 }
 
 /// One tensor of a weights file, as [`list_weights`] lists it.

@@ -7,6 +7,15 @@
 //! shape changes, and for the bottleneck variants the stride on the 3×3 convolution ("v1.5";
 //! the paper put it on the first 1×1).
 //!
+//! **Keras** (`keras.applications.ResNet50`, [`ResNetConfig::keras50`]): Keras's ResNet50 is
+//! ResNet v1, so it is a flavour of the network, not only other names: the stride sits on each
+//! stack's first 1×1 convolution (`conv3_block1_1_conv`), every convolution has a bias, BatchNorm
+//! eps is 1.001e-5, and its Caffe-style `preprocess_input` feeds BGR images (the stem's input
+//! channels are reversed on loading, see [`super::table::FileInput::Bgr`]). Layers are named as
+//! Keras names them (`conv1_conv`, `conv2_block1_0_conv` for the shortcut, `conv2_block1_1_bn`,
+//! `predictions`); burn's module paths stay torchvision's. It is the registered
+//! `resnet50_keras`, which `--arch resnet50` loads a Keras `.h5` file into (by its names).
+//!
 //! Field names are the checkpoint's (`conv1`, `layer2.0.downsample.0`, …): burn's module paths
 //! then equal the names users see in `inspect` and write in `--freeze`. torchvision's
 //! `downsample` is an `nn.Sequential(conv, bn)`; a tuple gives the same `.0` / `.1` paths.
@@ -23,8 +32,8 @@ use super::backbone::{Backbone, BackboneNet};
 use crate::export::onnx::OnnxGraph;
 use super::layers::LayerRow;
 use super::load::WeightSource;
-use super::table::{Builder, Table};
-use super::{user_weights, ModelSpec, Trunk, TrunkConfig};
+use super::table::{Builder, Convention, FileInput, Table};
+use super::{user_weights, ModelSpec, Trunk, TrunkConfig, KERAS_CAFFE_INPUT};
 use crate::Result;
 
 /// The registered ResNets: torchvision's, for the user's own weights (`--weights FILE`).
@@ -34,6 +43,7 @@ pub const MODELS: &[ModelSpec] = &[
     user_weights("resnet50", || torchvision(50)),
     user_weights("resnet101", || torchvision(101)),
     user_weights("resnet152", || torchvision(152)),
+    super::flavour("resnet50_keras", "resnet50", KERAS_CAFFE_INPUT, || ResNetConfig::keras50(224).into()),
 ];
 
 fn torchvision(depth: usize) -> TrunkConfig {
@@ -43,6 +53,8 @@ fn torchvision(depth: usize) -> TrunkConfig {
 /// PyTorch's BatchNorm defaults (eps; momentum used when BN trains).
 pub const BN_EPS: f64 = 1e-5;
 pub const BN_MOMENTUM: f64 = 0.1;
+/// Keras Applications' ResNet BatchNorm eps; its momentum 0.99 is burn's 0.01.
+const KERAS_BN_EPS: f64 = 1.001e-5;
 const STEM_CHANNELS: usize = 64;
 
 /// The residual unit: two 3×3 convolutions (18/34) or 1×1 → 3×3 → 1×1 (50 and deeper).
@@ -95,6 +107,9 @@ pub struct ResNetConfig {
     /// Native input side (for the layer table's output shapes); torchvision's is 224.
     pub resolution: usize,
     pub num_classes: usize,
+    /// Keras Applications' ResNet v1 (see the module docs).
+    #[serde(default)]
+    pub keras: bool,
 }
 
 impl ResNetConfig {
@@ -108,7 +123,12 @@ impl ResNetConfig {
             152 => ([3, 8, 36, 3], BlockKind::Bottleneck),
             _ => return None,
         };
-        Some(Self { layers, block, resolution: 224, num_classes: 1000 })
+        Some(Self { layers, block, resolution: 224, num_classes: 1000, keras: false })
+    }
+
+    /// `keras.applications.ResNet50` at `resolution` px.
+    pub fn keras50(resolution: usize) -> Self {
+        Self { resolution, keras: true, ..Self::resnet(50).expect("50 is a ResNet depth") }
     }
 
     /// Width of the pooled feature vector: 512 (18/34) or 2048.
@@ -139,9 +159,13 @@ impl ResNetConfig {
     }
 
     /// The layer table (see [`table`](super::table)), recorded by the walk that builds the
-    /// network.
+    /// network; for Keras, renamed by [`keras_layer_name`].
     pub fn table(&self) -> Table {
-        Table::build(&Default::default(), |b| self.build(b)).1
+        let table = Table::build(&Default::default(), |b| self.build(b)).1;
+        if !self.keras {
+            return table;
+        }
+        table.renamed(Convention::Keras, |leaf| keras_layer_name(&leaf.module).unwrap_or_else(|| leaf.module.clone())).with_input("conv1_conv", FileInput::Bgr)
     }
 
     /// The layer table for `inspect`: leaf layers with their output shape for one image at the
@@ -155,15 +179,17 @@ impl ResNetConfig {
     fn build(&self, b: &mut Builder) -> ResNet {
         b.stage(Some(0));
         let mut hw = conv_out(self.resolution, 7, 2, 3);
-        let conv1 = b.conv("conv1", conv(3, STEM_CHANNELS, 7, 2), [STEM_CHANNELS, hw, hw]);
-        let bn1 = b.batch_norm("bn1", bn(STEM_CHANNELS), [STEM_CHANNELS, hw, hw]);
+        // Keras: ZeroPadding2D(3) then a 7×7/2 'valid' convolution, the same padding.
+        let conv1 = b.conv("conv1", self.conv(3, STEM_CHANNELS, 7, 2), [STEM_CHANNELS, hw, hw]);
+        let bn1 = b.batch_norm("bn1", self.bn(STEM_CHANNELS), [STEM_CHANNELS, hw, hw]);
+        // Keras pads with zeros (ZeroPadding2D(1)), PyTorch with −∞: the same after a ReLU.
         hw = conv_out(hw, 3, 2, 1);
         b.layer("maxpool", "MaxPool2d 3x3", vec![STEM_CHANNELS, hw, hw]);
         let maxpool = MaxPool2dConfig::new([3, 3]).with_strides([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init();
         let mut layers: [Vec<Block>; 4] = Default::default();
         for (i, spec) in self.blocks().iter().enumerate() {
             b.stage(Some(i + 1));
-            let block = Block::build(spec, hw, &mut b.pp(format!("layer{}", spec.layer)).pp(spec.index));
+            let block = Block::build(self, spec, hw, &mut b.pp(format!("layer{}", spec.layer)).pp(spec.index));
             layers[spec.layer - 1].push(block);
             hw = conv_out(hw, 3, spec.stride, 1);
         }
@@ -173,6 +199,52 @@ impl ResNetConfig {
         let fc = b.classifier("fc", LinearConfig::new(self.feature_dim(), self.num_classes));
         ResNet { conv1, bn1, maxpool, layer1, layer2, layer3, layer4, fc: Some(fc), config: *self }
     }
+
+    /// A convolution with symmetric `k / 2` padding (Keras's 'same' for its stride-1 3×3 and
+    /// 'valid' for its 1×1 convolutions); with a bias in Keras's flavour only.
+    fn conv(&self, input: usize, output: usize, kernel: usize, stride: usize) -> Conv2dConfig {
+        conv(input, output, kernel, stride).with_bias(self.keras)
+    }
+
+    fn bn(&self, channels: usize) -> BatchNormConfig {
+        match self.keras {
+            false => bn(channels),
+            true => BatchNormConfig::new(channels).with_epsilon(KERAS_BN_EPS).with_momentum(0.01),
+        }
+    }
+}
+
+/// The Keras (`keras.applications.ResNet50`) name of a layer given its torchvision module path:
+/// `conv1` → `conv1_conv`, `layer2.0.conv1` → `conv3_block1_1_conv`, `layer2.0.downsample.1` →
+/// `conv3_block1_0_bn`, `fc` → `predictions`.
+pub fn keras_layer_name(path: &str) -> Option<String> {
+    let fixed = match path {
+        "conv1" => Some("conv1_conv"),
+        "bn1" => Some("conv1_bn"),
+        "maxpool" => Some("pool1_pool"),
+        "avgpool" => Some("avg_pool"),
+        "fc" => Some("predictions"),
+        _ => None,
+    };
+    if let Some(name) = fixed {
+        return Some(name.into());
+    }
+    let rest = path.strip_prefix("layer")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let (index, part) = rest.split_once('.')?;
+    let (layer, index): (usize, usize) = (layer.parse().ok()?, index.parse().ok()?);
+    let part = match part {
+        "conv1" => "1_conv",
+        "bn1" => "1_bn",
+        "conv2" => "2_conv",
+        "bn2" => "2_bn",
+        "conv3" => "3_conv",
+        "bn3" => "3_bn",
+        "downsample.0" => "0_conv",
+        "downsample.1" => "0_bn",
+        _ => return None,
+    };
+    Some(format!("conv{}_block{}_{part}", layer + 1, index + 1))
 }
 
 /// `(n + 2p − k) / s + 1`: output side of a convolution or pooling window.
@@ -207,10 +279,13 @@ pub struct Block {
 }
 
 impl Block {
-    /// The block on an input of side `hw` at the native resolution.
-    fn build(spec: &BlockSpec, hw: usize, b: &mut Builder) -> Self {
+    /// The block on an input of side `hw` at the native resolution. Keras's (v1) puts the
+    /// stride on the first 1×1 convolution, torchvision's (v1.5) on the 3×3.
+    fn build(cfg: &ResNetConfig, spec: &BlockSpec, hw: usize, b: &mut Builder) -> Self {
         let out = conv_out(hw, 3, spec.stride, 1);
         let (width, output) = (spec.width, spec.output);
+        let (conv, bn) = (|i, o, k, s| cfg.conv(i, o, k, s), |c| cfg.bn(c));
+        let (stride1, stride2, hw1) = if cfg.keras { (spec.stride, 1, out) } else { (1, spec.stride, hw) };
         let mut block = match spec.kind {
             BlockKind::Basic => Self {
                 conv1: b.conv("conv1", conv(spec.input, width, 3, spec.stride), [width, out, out]),
@@ -222,9 +297,9 @@ impl Block {
                 downsample: None,
             },
             BlockKind::Bottleneck => Self {
-                conv1: b.conv("conv1", conv(spec.input, width, 1, 1), [width, hw, hw]),
-                bn1: b.batch_norm("bn1", bn(width), [width, hw, hw]),
-                conv2: b.conv("conv2", conv(width, width, 3, spec.stride), [width, out, out]),
+                conv1: b.conv("conv1", conv(spec.input, width, 1, stride1), [width, hw1, hw1]),
+                bn1: b.batch_norm("bn1", bn(width), [width, hw1, hw1]),
+                conv2: b.conv("conv2", conv(width, width, 3, stride2), [width, out, out]),
                 bn2: b.batch_norm("bn2", bn(width), [width, out, out]),
                 conv3: Some(b.conv("conv3", conv(width, output, 1, 1), [output, out, out])),
                 bn3: Some(b.batch_norm("bn3", bn(output), [output, out, out])),
@@ -340,6 +415,14 @@ impl Backbone for ResNetConfig {
         1 + self.layers.iter().sum::<usize>()
     }
     fn stage_name(&self, stage: usize) -> String {
+        if self.keras {
+            // Keras's layers whose outputs the stages are: the stem's pool, each block's ReLU.
+            return match self.blocks().get(stage.wrapping_sub(1)) {
+                _ if stage == 0 => "pool1_pool".into(),
+                Some(b) => format!("conv{}_block{}_out", b.layer + 1, b.index + 1),
+                None => format!("stage{stage}"),
+            };
+        }
         if stage == 0 {
             return "maxpool".into();
         }
@@ -402,6 +485,25 @@ mod tests {
 
     fn total_params(cfg: &ResNetConfig) -> usize {
         summarize(&cfg.layer_rows(), &Default::default()).total_params
+    }
+
+    #[test]
+    fn keras_resnet50_is_v1_under_keras_names() {
+        let cfg = ResNetConfig::keras50(224);
+        let rows = cfg.layer_rows();
+        let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).take(5).collect();
+        assert_eq!(names, ["conv1_conv", "conv1_bn", "pool1_pool", "conv2_block1_1_conv", "conv2_block1_1_bn"]);
+        let find = |n: &str| rows.iter().find(|r| r.name == n).unwrap_or_else(|| panic!("no row {n}"));
+        // v1: the stride is on the first 1×1 convolution; every convolution has a bias.
+        assert_eq!(find("conv3_block1_1_conv").output_shape, vec![128, 28, 28]);
+        assert_eq!(find("conv3_block1_0_conv").output_shape, vec![512, 28, 28]);
+        assert_eq!(find("conv3_block1_2_conv").params.iter().map(|p| p.path.as_str()).collect::<Vec<_>>(), ["conv3_block1_2_conv/kernel", "conv3_block1_2_conv/bias"]);
+        assert_eq!(rows.last().unwrap().name, "predictions");
+        // Keras's count_params() (BatchNorm statistics included) for ResNet50.
+        let s = summarize(&rows, &Default::default());
+        assert_eq!(s.total_params + s.buffers, 25_636_712);
+        assert_eq!(Backbone::stage_name(&cfg, 16), "conv5_block3_out");
+        assert_eq!(Backbone::stage_named(&cfg, "conv3_block1_out"), Some(4));
     }
 
     #[test]

@@ -14,6 +14,12 @@
 //!   (He-uniform, so activations keep their scale through ReLU layers);
 //! - computed in `f64`, then rounded once to `f32`.
 //!
+//! Keras names (`<layer>/<weight>`, see [`super::keras`]) follow the same formula with Keras's
+//! words and layout: `…/moving_variance` as `running_var`, `…/moving_mean` and `…/beta` as
+//! `running_mean`; kernels keep their output channels last (`[kh, kw, in, out]`, Dense
+//! `[in, out]`), so `fan_in` is the product of every dimension but the last, and a depthwise
+//! kernel `[kh, kw, channels, 1]` has `fan_in = kh · kw`.
+//!
 //! Every step is an IEEE-exact operation (integer arithmetic, `f64` +, ·, /, `sqrt`, one
 //! rounding to `f32`), so numpy reproduces the values exactly. `num_batches_tracked` is not a
 //! weight and is left out.
@@ -44,12 +50,17 @@ pub fn splitmix64(x: u64) -> u64 {
 pub fn values(name: &str, shape: &[usize]) -> Vec<f32> {
     let key = fnv1a64(name.as_bytes());
     let numel: usize = shape.iter().product();
-    let fan_in: usize = shape.iter().skip(1).product();
+    let keras = name.contains('/');
+    let fan_in: usize = match shape {
+        [kh, kw, _, 1] if keras => kh * kw,
+        [.., _] if keras => shape[..shape.len() - 1].iter().product(),
+        _ => shape.iter().skip(1).product(),
+    };
     let bound = (6.0 / fan_in.max(1) as f64).sqrt();
     let unit = |j: usize| (splitmix64(key.wrapping_add(j as u64)) >> 40) as f64 / (1u64 << 24) as f64;
-    let value: Box<dyn Fn(f64) -> f64> = if name.ends_with("running_var") {
+    let value: Box<dyn Fn(f64) -> f64> = if name.ends_with("running_var") || name.ends_with("/moving_variance") {
         Box::new(|u| 0.5 + u)
-    } else if name.ends_with("running_mean") || name.ends_with("bias") {
+    } else if name.ends_with("running_mean") || name.ends_with("bias") || name.ends_with("/moving_mean") || name.ends_with("/beta") {
         Box::new(|u| 0.1 * (2.0 * u - 1.0))
     } else if shape.len() == 1 {
         Box::new(|u| 1.0 + 0.1 * (2.0 * u - 1.0))
@@ -119,5 +130,14 @@ mod tests {
         assert_eq!(bits(&gamma, 2), [0x3f7d_2dc2, 0x3f8a_5afb]);
         assert_eq!(bits(&x, 2), [0xbfcd_eac2, 0xbfb4_7db0]);
         assert_eq!(bytes("image", 4), [177, 200, 89, 10]);
+        // Keras names: output channels last, depthwise fan-in kh·kw, Keras's BatchNorm words.
+        let k = values("c/kernel", &[3, 3, 2, 4]);
+        assert!(k.iter().all(|x| x.abs() <= (6.0f64 / 18.0).sqrt() as f32) && k.iter().any(|x| x.abs() > 0.5));
+        let dw = values("d/kernel", &[3, 3, 8, 1]);
+        assert!(dw.iter().any(|x| x.abs() > 0.7) && dw.iter().all(|x| x.abs() <= (6.0f64 / 9.0).sqrt() as f32));
+        assert!(values("b/moving_variance", &[8]).iter().all(|v| (0.5..1.5).contains(v)));
+        assert!(values("b/moving_mean", &[8]).iter().chain(&values("b/beta", &[8])).all(|v| v.abs() <= 0.1));
+        assert_eq!(bits(&k, 2), [0xbca3_ccf3, 0xbf0b_3031]);
+        assert_eq!(bits(&values("b/moving_variance", &[8]), 1), [0x3f86_cd52]);
     }
 }

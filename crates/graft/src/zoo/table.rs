@@ -65,6 +65,25 @@ pub struct Leaf {
     /// The block `--freeze N` counts this layer in, where the architecture groups its layers
     /// itself (see [`Builder::block`]); `None`: the block its name implies.
     pub block: Option<String>,
+    /// How the file's layer sees its input, where that reorders its kernel (Keras and Caffe
+    /// files; set by [`Table::with_input`]).
+    pub input: FileInput,
+}
+
+/// What a Keras or Caffe file's layer takes as input, where that differs from burn's network
+/// and its kernel is reordered on loading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileInput {
+    #[default]
+    Same,
+    /// The first convolution of a network whose file expects BGR images (Caffe's networks,
+    /// Keras's Caffe-style `preprocess_input` of VGG and ResNet50): its kernel's input channels
+    /// are reversed, so
+    /// burn's network takes RGB images like every other graft network.
+    Bgr,
+    /// A Dense layer after Keras's `Flatten` of a `[h, w, channels]` map: its kernel's rows are
+    /// in (h, w, c) order, burn's flatten of `[c, h, w]` wants (c, h, w).
+    ChannelsLast { channels: usize, h: usize, w: usize },
 }
 
 /// How a weights file names and lays out tensors.
@@ -77,10 +96,10 @@ pub enum Convention {
     /// (depthwise `[kh, kw, channels, multiplier]`, Keras 2 calls it `depthwise_kernel`),
     /// BatchNorm `gamma`/`beta`/`moving_mean`/`moving_variance`, Dense kernels `[in, out]`.
     Keras,
-    /// Caffe `.caffemodel` (see `graft_weights::caffe`): PyTorch's names and layouts
-    /// (`conv1.weight` `[out, in / groups, kh, kw]`, InnerProduct `[out, in]`), but Caffe's
-    /// networks read BGR images: a convolution reading the 3 image channels has them reversed
-    /// on load ([`Layout::ReversedInput`]), so the network reads RGB as every graft model does.
+    /// Caffe `.caffemodel` (see `graft_weights::caffe`): PyTorch's layouts (`conv1.weight`
+    /// `[out, in / groups, kh, kw]`, InnerProduct `[out, in]`) under Caffe's layer names and
+    /// types. Caffe's networks read BGR images: their first convolution is marked
+    /// [`FileInput::Bgr`] and reversed on load, so the network reads RGB as every graft model does.
     Caffe,
 }
 
@@ -95,9 +114,14 @@ pub enum Layout {
     KerasConv,
     /// Keras's depthwise `[kh, kw, groups, multiplier]` → `[groups · multiplier, 1, kh, kw]`.
     KerasDepthwise { groups: usize },
-    /// The same shape with the input channels (axis 1) in reverse order: Caffe's first
-    /// convolution, which reads BGR, made to read RGB.
+    /// The same shape with the input channels (axis 1) in reverse order ([`FileInput::Bgr`] in
+    /// PyTorch's layout: Caffe's first convolution).
     ReversedInput,
+    /// [`KerasConv`](Self::KerasConv) with the input channels reversed ([`FileInput::Bgr`]).
+    KerasConvBgr,
+    /// A Keras Dense kernel `[h·w·c, out]` after a `Flatten` of `[h, w, c]` → burn's
+    /// `[c·h·w, out]` ([`FileInput::ChannelsLast`]).
+    KerasFlattened { channels: usize, h: usize, w: usize },
 }
 
 /// One parameter of a leaf: its name in the file, its burn path and shape, and how one becomes
@@ -123,7 +147,7 @@ impl TensorName {
     pub fn file_shape(&self) -> Vec<usize> {
         match (self.layout, self.shape.as_slice()) {
             (Layout::Transposed, &[d_in, d_out]) => vec![d_out, d_in],
-            (Layout::KerasConv, &[out, in_per_group, kh, kw]) => vec![kh, kw, in_per_group, out],
+            (Layout::KerasConv | Layout::KerasConvBgr, &[out, in_per_group, kh, kw]) => vec![kh, kw, in_per_group, out],
             (Layout::KerasDepthwise { groups }, &[out, _, kh, kw]) => vec![kh, kw, groups, out / groups],
             _ => self.shape.clone(),
         }
@@ -147,18 +171,21 @@ impl TensorName {
                 transposed
             }
             Layout::KerasConv => hwio_to_oihw(w.data(&self.file, &file_shape)?, shape4(&file_shape)),
-            Layout::ReversedInput => {
-                let data = w.data(&self.file, &self.shape)?;
-                let [out, channels, kh, kw] = shape4(&self.shape);
-                let plane = kh * kw;
-                let mut reversed = vec![0f32; data.len()];
-                for o in 0..out {
-                    for c in 0..channels {
-                        let (to, from) = ((o * channels + c) * plane, (o * channels + channels - 1 - c) * plane);
-                        reversed[to..to + plane].copy_from_slice(&data[from..from + plane]);
+            Layout::ReversedInput => reverse_input_channels(w.data(&self.file, &self.shape)?, shape4(&self.shape)),
+            Layout::KerasConvBgr => reverse_input_channels(&hwio_to_oihw(w.data(&self.file, &file_shape)?, shape4(&file_shape)), shape4(&self.shape)),
+            Layout::KerasFlattened { channels, h, w: width } => {
+                let d_out = self.shape[1];
+                let keras = w.data(&self.file, &file_shape)?;
+                let mut rows = vec![0f32; keras.len()];
+                for c in 0..channels {
+                    for y in 0..h {
+                        for x in 0..width {
+                            let (to, from) = (((c * h + y) * width + x) * d_out, ((y * width + x) * channels + c) * d_out);
+                            rows[to..to + d_out].copy_from_slice(&keras[from..from + d_out]);
+                        }
                     }
                 }
-                reversed
+                rows
             }
             Layout::KerasDepthwise { .. } => {
                 // Keras 2 names the depthwise kernel `depthwise_kernel`, Keras 3 `kernel`.
@@ -168,6 +195,20 @@ impl TensorName {
             }
         })
     }
+}
+
+/// A `[out, in, kh, kw]` kernel with its input channels in reverse order (a network that reads
+/// BGR made to read RGB).
+fn reverse_input_channels(data: &[f32], [out, channels, kh, kw]: [usize; 4]) -> Vec<f32> {
+    let plane = kh * kw;
+    let mut reversed = vec![0f32; data.len()];
+    for o in 0..out {
+        for c in 0..channels {
+            let (to, from) = ((o * channels + c) * plane, (o * channels + channels - 1 - c) * plane);
+            reversed[to..to + plane].copy_from_slice(&data[from..from + plane]);
+        }
+    }
+    reversed
 }
 
 fn shape4(shape: &[usize]) -> [usize; 4] {
@@ -203,6 +244,20 @@ impl Table {
         self
     }
 
+    /// The table with the layer named `layer` taking `input` in the file (see [`FileInput`]).
+    pub fn with_input(mut self, layer: &str, input: FileInput) -> Self {
+        for leaf in self.leaves.iter_mut().filter(|l| l.name == layer) {
+            leaf.input = input;
+        }
+        self
+    }
+
+    /// The table without the pretrained classifier (a Keras `include_top=False` file).
+    pub fn without_head(mut self) -> Self {
+        self.leaves.retain(|l| !l.is_head);
+        self
+    }
+
     /// Every parameter of `leaf`, under the file's name and burn's, in burn's field order.
     pub fn tensors(&self, leaf: &Leaf) -> Vec<TensorName> {
         let keras = self.convention == Convention::Keras;
@@ -218,10 +273,10 @@ impl Table {
         match leaf.kind {
             LeafKind::Conv { input, output, kernel, groups, bias } => {
                 let shape = vec![output, input / groups, kernel, kernel];
-                let caffe_image_input = self.convention == Convention::Caffe && input == 3 && groups == 1;
                 let (name, layout) = match (keras, is_depthwise(&leaf.kind)) {
-                    (false, _) if caffe_image_input => ("weight", Layout::ReversedInput),
+                    (false, _) if leaf.input == FileInput::Bgr => ("weight", Layout::ReversedInput),
                     (false, _) => ("weight", Layout::Same),
+                    (true, false) if leaf.input == FileInput::Bgr => ("kernel", Layout::KerasConvBgr),
                     (true, false) => ("kernel", Layout::KerasConv),
                     (true, true) => ("kernel", Layout::KerasDepthwise { groups }),
                 };
@@ -241,7 +296,11 @@ impl Table {
                 }
             }
             LeafKind::Linear { input, output, bias } => {
-                let (name, layout) = if keras { ("kernel", Layout::Same) } else { ("weight", Layout::Transposed) };
+                let (name, layout) = match (keras, leaf.input) {
+                    (true, FileInput::ChannelsLast { channels, h, w }) => ("kernel", Layout::KerasFlattened { channels, h, w }),
+                    (true, _) => ("kernel", Layout::Same),
+                    (false, _) => ("weight", Layout::Transposed),
+                };
                 out.push(tensor(name, "weight", vec![input, output], false, layout));
                 if bias {
                     out.push(tensor("bias", "bias", vec![output], false, Layout::Same));
@@ -461,7 +520,7 @@ impl Builder<'_> {
     fn push(&mut self, name: impl Display, kind: LeafKind, output_shape: Vec<usize>, is_head: bool) {
         let module = self.path(name);
         let (stage, block) = if is_head { (None, None) } else { (self.record.stage, self.record.block.clone()) };
-        self.record.leaves.push(Leaf { name: module.clone(), module, kind, output_shape, stage, is_head, block });
+        self.record.leaves.push(Leaf { name: module.clone(), module, kind, output_shape, stage, is_head, block, input: FileInput::Same });
     }
 
     /// A convolution whose output for one image at the native resolution is `out`.

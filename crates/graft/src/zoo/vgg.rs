@@ -20,6 +20,17 @@
 //! convolution's ReLU, `features.1` for the convolution `features.0`; a pool, `features.4`):
 //! the output of stage `features.K` is torchvision's `model.features[:K+1](x)`.
 //!
+//! **Keras** (`keras.applications.VGG16/VGG19`, [`VggConfig::keras`]): the same network under
+//! Keras layer names (`block1_conv1` … `block5_conv4`, `block1_pool`, `fc1`, `fc2`,
+//! `predictions`) and layouts, for Keras `.h5` files (see [`super::keras`]), the registered
+//! `vgg16_keras` and `vgg19_keras` that `--arch vgg16|vgg19` loads such a file into. Two
+//! things differ beyond names: Keras flattens the last `[h, w, 512]` map channels-last, so
+//! `fc1`'s rows are permuted into torchvision's (c, h, w) order, and Keras's Caffe-style
+//! `preprocess_input` feeds BGR images, so `block1_conv1`'s input channels are reversed and the
+//! network takes RGB minus the ImageNet mean like the others ([`KERAS_CAFFE_INPUT`]). The top
+//! flattens the map at the native side (no adaptive pool: the pool side is resolution / 32);
+//! `include_top=False` files (`…_notop.h5`) load as a trunk without the classifier.
+//!
 //! **`--freeze N`** counts layers as Keras's `model.layers[:N]` does, the input layer first:
 //! the layer table begins with a parameterless `input` row, then one block per convolution (its
 //! BatchNorm with it) and per pool. So `--freeze 5` freezes input, `features.0`, `features.2`,
@@ -47,8 +58,8 @@ use super::backbone::{Backbone, BackboneNet};
 use crate::export::onnx::{float, int, ints, OnnxGraph};
 use super::load::WeightSource;
 use super::resnet::{BN_EPS, BN_MOMENTUM};
-use super::table::{Builder, Convention, Table};
-use super::{flavour, user_weights, InputCfg, ModelSpec, Trunk};
+use super::table::{Builder, Convention, FileInput, Table};
+use super::{flavour, user_weights, InputCfg, ModelSpec, Trunk, KERAS_CAFFE_INPUT};
 use crate::data::image::{Crop, Interpolation};
 use graft_weights::caffe::{rgb_mean, ALEXNET_MEAN_BGR, VGG16_MEAN_BGR};
 use crate::Result;
@@ -71,6 +82,10 @@ pub const MODELS: &[ModelSpec] = &[
     flavour("vgg19_caffe", "vgg19", CAFFE_VGG_INPUT, || VggConfig::caffe_vgg(19).into()),
     flavour("bvlc_alexnet", "alexnet", CAFFE_ALEXNET_INPUT, || VggConfig::caffe_alexnet(false).into()),
     flavour("caffenet", "alexnet", CAFFE_ALEXNET_INPUT, || VggConfig::caffe_alexnet(true).into()),
+    // Keras Applications files (`super::keras`): an `.h5` given to `--arch vgg16|vgg19` loads
+    // into these by its layer names.
+    flavour("vgg16_keras", "vgg16", KERAS_CAFFE_INPUT, || VggConfig::keras(16, 224).into()),
+    flavour("vgg19_keras", "vgg19", KERAS_CAFFE_INPUT, || VggConfig::keras(19, 224).into()),
 ];
 
 /// Caffe's VGG preparation: BGR on the 0–255 scale, the VGG mean pixel subtracted, no scaling
@@ -122,6 +137,9 @@ pub enum VggNames {
     /// The Caffe Model Zoo's `bvlc_alexnet` / `bvlc_reference_caffenet` prototxts: `conv1`…
     /// `conv5`, `relu{i}`, `norm{i}` and `pool{i}` after convolution `i`, `fc6`…`fc8`.
     CaffeAlexNet,
+    /// `keras.applications.VGG16/VGG19`: `block{b}_conv{i}` (the ReLU inside), `block{b}_pool`,
+    /// `flatten`, `fc1`, `fc2`, `predictions`, in Keras's layouts.
+    Keras,
 }
 
 /// A VGG or AlexNet.
@@ -187,6 +205,12 @@ impl VggConfig {
         }
     }
 
+    /// `keras.applications.VGG16/VGG19` (`depth` 16 or 19) at `resolution` px (a multiple of
+    /// 32; Keras's top flattens the `resolution / 32` map).
+    pub fn keras(depth: usize, resolution: usize) -> Self {
+        Self { resolution, pool_side: resolution / 32, names: VggNames::Keras, ..Self::vgg(depth, false) }
+    }
+
     /// torchvision's `alexnet` (the one-GPU variant of the paper: 64, 192, 384, 256, 256).
     pub fn alexnet() -> Self {
         let conv = |output, kernel, stride, padding| Feature::Conv { output, kernel, stride, padding, groups: 1 };
@@ -225,12 +249,29 @@ impl VggConfig {
         Table::build(device, |b| self.build(b)).0
     }
 
-    /// The layer table (see [`table`](super::table)) under torchvision's or Caffe's names.
+    /// The layer table (see [`table`](super::table)) under torchvision's, Caffe's or Keras's
+    /// names. Caffe's and Keras's first convolution reads BGR ([`FileInput::Bgr`]); Keras's `fc1`
+    /// reads the last map flattened channels-last ([`FileInput::ChannelsLast`]).
     pub fn table(&self) -> Table {
         let table = Table::build(&Default::default(), |b| self.build(b)).1;
         let names = self.file_names();
-        let convention = if self.names == VggNames::Torchvision { Convention::Torch } else { Convention::Caffe };
-        table.renamed(convention, |leaf| names.get(&leaf.module).cloned().unwrap_or_else(|| leaf.module.clone()))
+        let convention = match self.names {
+            VggNames::Torchvision => Convention::Torch,
+            VggNames::CaffeVgg | VggNames::CaffeAlexNet => Convention::Caffe,
+            VggNames::Keras => Convention::Keras,
+        };
+        let table = table.renamed(convention, |leaf| names.get(&leaf.module).cloned().unwrap_or_else(|| leaf.module.clone()));
+        if self.names == VggNames::Torchvision {
+            return table;
+        }
+        let first = names.get("convs.0").cloned().unwrap_or_default();
+        let table = table.with_input(&first, FileInput::Bgr);
+        if self.names != VggNames::Keras {
+            return table;
+        }
+        let channels = self.features.iter().rev().find_map(|f| if let Feature::Conv { output, .. } = f { Some(*output) } else { None }).unwrap_or(3);
+        let side = self.pool_side;
+        table.with_input("fc1", FileInput::ChannelsLast { channels, h: side, w: side })
     }
 
     /// Per feature: its name in the weights file (torchvision's `features.N`, Caffe's
@@ -260,6 +301,17 @@ impl VggConfig {
                 }
                 (VggNames::CaffeAlexNet, Feature::Pool { .. }) => (format!("pool{conv}"), format!("pool{conv}")),
                 (VggNames::CaffeAlexNet, Feature::Lrn { .. }) => (format!("norm{conv}"), format!("norm{conv}")),
+                // Keras's convolutions hold their ReLU: a stage's output is its layer's.
+                (VggNames::Keras, Feature::Conv { .. }) => {
+                    in_block += 1;
+                    let name = format!("block{block}_conv{in_block}");
+                    (name.clone(), name)
+                }
+                (VggNames::Keras, _) => {
+                    let name = format!("block{block}_pool");
+                    (block, in_block) = (block + 1, 0);
+                    (name.clone(), name)
+                }
             })
             .collect()
     }
@@ -269,6 +321,7 @@ impl VggConfig {
         match self.names {
             VggNames::Torchvision => self.classifier_index.map(|at| format!("classifier.{at}")),
             VggNames::CaffeVgg | VggNames::CaffeAlexNet => ["fc6".into(), "fc7".into(), "fc8".into()],
+            VggNames::Keras => ["fc1".into(), "fc2".into(), "predictions".into()],
         }
     }
 
@@ -330,7 +383,9 @@ impl VggConfig {
         b.block(None);
         b.stage(None);
         let side = self.pool_side;
-        b.layer("avgpool", if side == 7 { "AdaptiveAvgPool2d 7x7" } else { "AdaptiveAvgPool2d 6x6" }, vec![channels, side, side]);
+        // Keras's top flattens the last map (its side is the pool's at the native resolution).
+        let pool = if self.names == VggNames::Keras { "flatten" } else { "avgpool" };
+        b.layer(pool, if side == 7 { "AdaptiveAvgPool2d 7x7" } else { "AdaptiveAvgPool2d 6x6" }, vec![channels, side, side]);
         let flat = channels * side * side;
         let mut c = b.pp("classifier");
         let classifier = vec![
@@ -359,8 +414,15 @@ pub struct Vgg {
 impl Vgg {
     /// Replaces every parameter and BatchNorm statistic with the checkpoint's, checking that
     /// each tensor exists and has the shape this architecture needs.
-    pub fn load_weights(self, w: &WeightSource) -> Result<Self> {
-        self.config.table().load(self, w)
+    /// A Keras file without the classifier (`include_top=False`) loads as a trunk: the
+    /// classifier is dropped.
+    pub fn load_weights(mut self, w: &WeightSource) -> Result<Self> {
+        let table = self.config.table();
+        if self.config.names == VggNames::Keras && !w.dict.tensors.contains_key("fc1/kernel") {
+            self.classifier = None;
+            return table.without_head().load(self, w);
+        }
+        table.load(self, w)
     }
 
     /// Runs stages `range` (one per convolution and per pool) on a feature map; stages past
