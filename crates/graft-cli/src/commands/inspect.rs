@@ -57,10 +57,12 @@ pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
         Inspect::Model { spec, weights, freeze, grafted } => (spec, weights, freeze, grafted),
     };
     let config = spec.config();
-    if let Some(weights) = &weights {
-        // Loading checks every tensor's presence and shape; the numbers are not needed here.
-        Pretrained::load(spec, Some(weights), &graft_home(), &TermReporter::new(), &device)?;
-    }
+    // Loading checks every tensor's presence and shape, and tells which name set the file
+    // uses (its input configuration follows); the numbers are not needed here.
+    let loaded = match &weights {
+        Some(weights) => Some(Pretrained::load(spec, Some(weights), &graft_home(), &TermReporter::new(), &device)?),
+        None => None,
+    };
     let mut rows = config.layer_rows();
     if let Some((head, pool, classes)) = grafted {
         // The grafted model: ImageNet classifier cut off, the new head in its place.
@@ -96,7 +98,7 @@ pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
         "trainable_params": summary.trainable_params,
         "frozen_params": summary.frozen_params,
         "buffers": summary.buffers,
-        "pretrained_cfg": spec.pretrained_cfg(),
+        "pretrained_cfg": loaded.as_ref().map_or_else(|| spec.pretrained_cfg(), Pretrained::pretrained_cfg),
     });
     out.result(&value, || {
         let mut t = format!("{:<34} {:<20} {:<18} {:>10}  {}\n", "layer", "kind", "output shape", "params", "state");

@@ -42,7 +42,7 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     let spec = super::model_spec(&model, arch.as_deref())?;
     let reporter = TermReporter::new();
     let model = Pretrained::load(spec, weights.as_deref(), &graft_home(), &reporter, &device)?;
-    let preprocess = spec.preprocess();
+    let preprocess = model.preprocess();
     let labels = spec.labels();
 
     // Unreadable files are skipped and reported, never fatal unless nothing is left.

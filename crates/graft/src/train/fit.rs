@@ -446,7 +446,6 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     engine::prepare_run_dir(run, resume)?;
     // Seeds burn's generator: the new head's initialisation and dropout masks.
     device.seed(config.seed);
-    let preprocess = spec.preprocess();
 
     // --- data ---------------------------------------------------------------------------------
     let classes = train_folder.classes.clone();
@@ -472,11 +471,13 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
 
     // --- model --------------------------------------------------------------------------------
     let trunk_config = spec.config();
-    let (trunk, weights_sha256) = if config.from_scratch {
-        (trunk_config.init(device), None)
+    // The file's name set decides the preparation (timm's `pretrained_cfg` for a timm file).
+    let (trunk, weights_sha256, preprocess) = if config.from_scratch {
+        (trunk_config.init(device), None, spec.preprocess())
     } else {
         let p = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
-        (p.net, Some(p.weights_sha256))
+        let preprocess = p.preprocess();
+        (p.net, Some(p.weights_sha256), preprocess)
     };
     let resolution = trunk_config.resolution();
     let head_width = Grafted::head_input_width(config.head_pool, trunk_config.final_map());
@@ -711,9 +712,9 @@ pub fn lr_find(config: &FitConfig, sweep: &LrSweep, home: &Path, reporter: &dyn 
         return Err(GraftError::Data { path: config.data.clone(), reason: "no readable training images".into() });
     }
     device.seed(config.seed);
-    let preprocess = spec.preprocess();
     let trunk_config = spec.config();
     let pretrained = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
+    let preprocess = pretrained.preprocess();
     let head_width = Grafted::head_input_width(config.head_pool, trunk_config.final_map());
     let classes = folder.classes.len();
     let model = Grafted::new(pretrained.net, Head::init(&config.head.neural(), head_width, classes, config.dropout, device), config.head_pool);
