@@ -153,9 +153,9 @@ fn densenet121_and_resnet18_timm_names_are_torchvisions() {
 }
 
 /// `graft inspect` says which name set a file uses and shows its input configuration; the
-/// timm alias `regnety_004` is the same architecture; a timm file short of one tensor, or a
-/// file with neither name set, fails with the typed missing-tensor error naming the nearer
-/// set's first missing tensor; timm's `regnety_008` (another network) is no alias.
+/// timm alias `regnety_004` is the same architecture; a timm file short of one tensor fails
+/// with the typed missing-tensor error naming timm's tensor, a file with neither name set
+/// naming torchvision's first; timm's `regnety_008` (another network) is no alias.
 #[test]
 fn inspect_shows_the_name_set_and_timms_input_and_bad_files_name_the_tensor() {
     let dir = scratch("timm-inspect");
@@ -187,7 +187,7 @@ fn inspect_shows_the_name_set_and_timms_input_and_bad_files_name_the_tensor() {
     let short = dir.join("timm-short.safetensors");
     graft_weights::save_safetensors(&short, &dict).unwrap();
     assert_bad_input(&graft_in(&home, &["inspect", "--arch", "regnet_y_400mf", "--weights", &s(&short)]), &["s3.b2.conv2.bn.running_var", "timm-short.safetensors"]);
-    // Neither set (a ConvNeXt's torchvision file): the nearer set is torchvision's, its first tensor named.
+    // Neither set (a ConvNeXt's torchvision file): torchvision's first tensor named.
     let other = dir.join("convnext.safetensors");
     graft_weights::save_safetensors(&other, &seeded::state_dict(&ModelSpec::find("convnext_tiny").unwrap().config().table())).unwrap();
     assert_bad_input(&graft_in(&home, &["inspect", "--arch", "regnet_y_400mf", "--weights", &s(&other)]), &["stem.0.weight", "convnext.safetensors"]);

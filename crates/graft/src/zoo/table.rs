@@ -225,12 +225,16 @@ impl Table {
         }
     }
 
-    /// The name set `dict` uses: timm's when the table has one and the file holds more of its
-    /// names than of the table's own (a file with neither is read under the nearer set, so
-    /// the loader's missing-tensor error names that set's first missing tensor).
+    /// The name set `dict` uses: timm's when the table has one and the file holds at least half
+    /// of its names and more of them than of the table's own (a timm file short of a few
+    /// tensors is still read as timm's, and its error names timm's missing tensor); otherwise
+    /// the own. A file of another architecture, which may share a few generic names with one
+    /// set (a ResNet's `bn1.weight` is also timm MobileNetV2's), is read under the own names
+    /// and fails naming their first missing tensor.
     pub fn name_set(&self, dict: &graft_weights::StateDict) -> NameSet {
         let held = |set| self.file_tensors(set).iter().filter(|(name, _)| dict.tensors.contains_key(name)).count();
-        if self.timm.is_some() && held(NameSet::Timm) > held(NameSet::Own) {
+        let timm = held(NameSet::Timm);
+        if self.timm.is_some() && timm > held(NameSet::Own) && 2 * timm >= self.file_tensors(NameSet::Timm).len() {
             NameSet::Timm
         } else {
             NameSet::Own
