@@ -181,6 +181,16 @@ fn inspect_shows_the_name_set_and_timms_input_and_bad_files_name_the_tensor() {
         assert_eq!(i["pretrained_cfg"]["input"]["crop"], json!({"resize-centre": {"shorter": 256}}));
     }
 
+    // fit on the timm file: the run's model.json records the name set and timm's preparation.
+    let data = super::fit::fmnist(&dir, 2, 31);
+    let run = dir.join("run");
+    json_of(&graft_in(&home, &["fit", "--arch", "regnety_004", "--weights", &s(&timm), "--data", &s(&data), "--out", &s(&run), "--epochs", "1", "--val-split", "0", "--json"]));
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join("model.json")).unwrap()).unwrap();
+    let info = if info.get("preprocess").is_some() { info } else { info["image"].clone() };
+    assert_eq!(info["weights_names"], "timm", "{info}");
+    assert_eq!(info["preprocess"]["crop"], json!({"resize-centre": {"shorter": 232}}), "{info}");
+    assert_eq!(info["preprocess"]["interpolation"], "bicubic", "{info}");
+
     // A timm file short of one tensor: timm's name in the error.
     let mut dict = seeded::state_dict_as(&table, NameSet::Timm);
     assert!(dict.tensors.remove("s3.b2.conv2.bn.running_var").is_some());

@@ -37,6 +37,7 @@ use crate::data::image::Preprocess;
 use crate::fsutil::write_atomic;
 use crate::report::{html, plot, Reporter};
 use crate::zoo::layers::{numbered_blocks, FreezeSpec, LayerRow};
+use crate::zoo::table::NameSet;
 use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::{ModelSpec, Pretrained};
 use crate::{GraftError, Result};
@@ -472,12 +473,12 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     // --- model --------------------------------------------------------------------------------
     let trunk_config = spec.config();
     // The file's name set decides the preparation (timm's `pretrained_cfg` for a timm file).
-    let (trunk, weights_sha256, preprocess) = if config.from_scratch {
-        (trunk_config.init(device), None, spec.preprocess())
+    let (trunk, weights_sha256, preprocess, names) = if config.from_scratch {
+        (trunk_config.init(device), None, spec.preprocess(), None)
     } else {
         let p = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
-        let preprocess = p.preprocess();
-        (p.net, Some(p.weights_sha256), preprocess)
+        let (preprocess, names) = (p.preprocess(), (p.names == NameSet::Timm).then_some(p.names));
+        (p.net, Some(p.weights_sha256), preprocess, names)
     };
     let resolution = trunk_config.resolution();
     let head_width = Grafted::head_input_width(config.head_pool, trunk_config.final_map());
@@ -491,6 +492,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         dropout: config.dropout,
         preprocess: preprocess.clone(),
         weights_sha256,
+        weights_names: names,
         frozen_trunk: if config.stages.is_empty() { config.freeze == FreezeSpec::All } else { config.stages.iter().all(|s| s.train == "head") },
     };
     // config.toml first: a run counts as started once model.json exists, and `--resume`

@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt::Display;
 
 use burn::module::{Module, ModuleMapper, Param};
@@ -172,7 +172,7 @@ pub struct Table {
 }
 
 /// Which of an architecture's name sets a weights file uses (see [`Table::name_set`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NameSet {
     /// The table's own names: the layer table's, torchvision's for the PyTorch architectures.
