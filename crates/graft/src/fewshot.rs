@@ -308,7 +308,7 @@ pub fn run_trunk(run: &Path, allow_unfinished: bool, device: &Device) -> Result<
         (Some(sha), true) => sha.clone(),
         _ => crate::zoo::pull::sha256_file(&checkpoint)?,
     };
-    Ok(Pretrained { spec, config: spec.config(), net: model.net.trunk, weights_path: checkpoint, weights_sha256 })
+    Ok(Pretrained { spec, config: spec.config(), net: model.net.trunk, weights_path: checkpoint, weights_sha256, names: crate::zoo::table::NameSet::Own })
 }
 
 #[cfg(test)]

@@ -235,6 +235,7 @@ mod tests {
             preprocess: Preprocess::centre_square(224, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
             weights_sha256: None,
             frozen_trunk: false,
+            weights_names: None,
         }
     }
 

@@ -102,7 +102,7 @@ pub fn run(args: ExtractArgs, out: &Output) -> anyhow::Result<()> {
     let model = Pretrained::load(spec, weights.as_deref(), &graft_home(), &reporter, &device)?;
     let part = shard.map(|(s, _)| s);
     let spec = model.spec; // the file's flavour of the architecture
-    let s = extract(&model.net, &model.config, spec.id, &model.weights_sha256, &layer, &spec.preprocess(), &folder, part, &file, batch, &device, &reporter)?;
+    let s = extract(&model.net, &model.config, spec.id, &model.weights_sha256, &layer, &model.preprocess(), &folder, part, &file, batch, &device, &reporter)?;
     let skipped: Vec<_> = s.skipped.iter().map(|k| json!({"file": k.path, "reason": k.reason})).collect();
     let mut value = json!({"out": s.out, "n": s.n, "dim": s.dim, "shape": s.shape, "layer": layer, "skipped": skipped});
     if let Some((p, source)) = shard {

@@ -56,12 +56,15 @@ pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
         Inspect::Weights(path) => return list_weights(&path, out),
         Inspect::Model { spec, weights, freeze, grafted } => (spec, weights, freeze, grafted),
     };
-    // Loading checks every tensor's presence and shape; the numbers are not needed here. A
-    // file in another framework's names is listed under them (that flavour of the architecture).
-    let spec = match &weights {
-        Some(weights) => Pretrained::load(spec, Some(weights), &graft_home(), &TermReporter::new(), &device)?.spec,
-        None => spec,
+    // Loading checks every tensor's presence and shape, and tells which flavour of the
+    // architecture (Keras's, Caffe's) and which name set (timm's) the file uses: its layers are
+    // listed under that flavour's names, with its input configuration. The numbers are not
+    // needed here.
+    let loaded = match &weights {
+        Some(weights) => Some(Pretrained::load(spec, Some(weights), &graft_home(), &TermReporter::new(), &device)?),
+        None => None,
     };
+    let spec = loaded.as_ref().map_or(spec, |p| p.spec);
     let config = spec.config();
     let mut rows = config.layer_rows();
     if let Some((head, pool, classes)) = grafted {
@@ -98,7 +101,7 @@ pub fn run(args: InspectArgs, out: &Output) -> anyhow::Result<()> {
         "trainable_params": summary.trainable_params,
         "frozen_params": summary.frozen_params,
         "buffers": summary.buffers,
-        "pretrained_cfg": spec.pretrained_cfg(),
+        "pretrained_cfg": loaded.as_ref().map_or_else(|| spec.pretrained_cfg(), Pretrained::pretrained_cfg),
     });
     out.result(&value, || {
         let mut t = format!("{:<34} {:<20} {:<18} {:>10}  {}\n", "layer", "kind", "output shape", "params", "state");

@@ -43,7 +43,7 @@ pub fn run(args: PredictArgs, out: &Output) -> anyhow::Result<()> {
     let reporter = TermReporter::new();
     let model = Pretrained::load(spec, weights.as_deref(), &graft_home(), &reporter, &device)?;
     let spec = model.spec; // the file's flavour of the architecture
-    let preprocess = spec.preprocess();
+    let preprocess = model.preprocess();
     let labels = spec.labels();
 
     // Unreadable files are skipped and reported, never fatal unless nothing is left.

@@ -30,6 +30,7 @@ mod serve;
 mod shard;
 mod study;
 mod text;
+mod timm_parity;
 mod traps;
 mod transfer;
 mod vgg_cli;

@@ -849,7 +849,7 @@ fn adapt_run(config: &AdaptConfig, run: &Path, resume: bool, home: &Path, report
         let spec = ModelSpec::find(&config.backbone).map_err(|e| GraftError::setting("backbone", &config.backbone, format!("expected lenet or a zoo model ({e})")))?;
         let pretrained = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
         let spec = pretrained.spec; // the file's flavour of the architecture
-        (InputSpec::Zoo { model: spec.id.into(), preprocess: spec.preprocess() }, Some(pretrained))
+        (InputSpec::Zoo { model: spec.id.into(), preprocess: pretrained.preprocess() }, Some(pretrained))
     };
     let featurizer = Featurizer::new(input.clone(), trunk.as_ref(), home, device);
     let root = &config.data_root;

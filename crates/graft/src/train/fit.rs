@@ -37,6 +37,7 @@ use crate::data::image::Preprocess;
 use crate::fsutil::write_atomic;
 use crate::report::{html, plot, Reporter};
 use crate::zoo::layers::{numbered_blocks, FreezeSpec, LayerRow};
+use crate::zoo::table::NameSet;
 use crate::zoo::trunk::InferenceTrunk;
 use crate::zoo::{ModelSpec, Pretrained};
 use crate::{GraftError, Result};
@@ -470,15 +471,17 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
     }
 
     // --- model --------------------------------------------------------------------------------
-    // A file in another framework's names loads into that flavour of the architecture.
-    let (spec, trunk, weights_sha256) = if config.from_scratch {
-        (spec, spec.config().init(device), None)
+    // A file in another framework's names loads into that flavour of the architecture
+    // (Keras's, Caffe's); its name set decides the preparation (timm's `pretrained_cfg` for a
+    // timm file).
+    let (spec, trunk, weights_sha256, preprocess, names) = if config.from_scratch {
+        (spec, spec.config().init(device), None, spec.preprocess(), None)
     } else {
         let p = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
-        (p.spec, p.net, Some(p.weights_sha256))
+        let (preprocess, names) = (p.preprocess(), (p.names == NameSet::Timm).then_some(p.names));
+        (p.spec, p.net, Some(p.weights_sha256), preprocess, names)
     };
     let trunk_config = spec.config();
-    let preprocess = spec.preprocess();
     let resolution = trunk_config.resolution();
     let head_width = Grafted::head_input_width(config.head_pool, trunk_config.final_map());
     let head = Head::init(&config.head.neural(), head_width, classes.len(), config.dropout, device);
@@ -491,6 +494,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         dropout: config.dropout,
         preprocess: preprocess.clone(),
         weights_sha256,
+        weights_names: names,
         frozen_trunk: if config.stages.is_empty() { config.freeze == FreezeSpec::All } else { config.stages.iter().all(|s| s.train == "head") },
     };
     // config.toml first: a run counts as started once model.json exists, and `--resume`
@@ -714,7 +718,7 @@ pub fn lr_find(config: &FitConfig, sweep: &LrSweep, home: &Path, reporter: &dyn 
     device.seed(config.seed);
     let pretrained = Pretrained::load(spec, config.weights.as_deref(), home, reporter, device)?;
     let spec = pretrained.spec;
-    let preprocess = spec.preprocess();
+    let preprocess = pretrained.preprocess();
     let trunk_config = spec.config();
     let head_width = Grafted::head_input_width(config.head_pool, trunk_config.final_map());
     let classes = folder.classes.len();

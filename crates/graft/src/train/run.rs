@@ -39,6 +39,10 @@ pub struct RunInfo {
     /// can be served from the feature store.
     #[serde(default)]
     pub frozen_trunk: bool,
+    /// `timm` when the pretrained weights file used timm's tensor names (`preprocess` is then
+    /// timm's `pretrained_cfg`); absent for the architecture's own names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_names: Option<crate::zoo::table::NameSet>,
 }
 
 impl RunInfo {

@@ -54,7 +54,7 @@ pub fn stage_features(
         return Err(GraftError::setting("stage", &bad.to_string(), format!("{} has stages 0 … {}", model.spec.id, count - 1)));
     }
     let net = model.net.for_inference(); // frozen: BatchNorm folded (Lite), batches split across threads
-    let preprocess = model.spec.preprocess();
+    let preprocess = model.preprocess();
     let mut stores = stages
         .iter()
         .map(|&s| {

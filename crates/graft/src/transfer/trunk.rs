@@ -197,7 +197,7 @@ fn pretrain_trunk_run(config: &TrunkPretrainConfig, run: &Path, resume: bool, ho
     let spec = pretrained.spec; // the file's flavour of the architecture
     plain_layout(spec)?;
     let trunk_config = spec.config();
-    let (original, weights_sha256) = (pretrained.weights_path.clone(), pretrained.weights_sha256.clone());
+    let (original, weights_sha256, preprocess) = (pretrained.weights_path.clone(), pretrained.weights_sha256.clone(), pretrained.preprocess());
     let width = Grafted::head_input_width(HeadPool::Avg, trunk_config.final_map());
     let head_spec = if config.projection_hidden > 0 { HeadSpec::Mlp(vec![config.projection_hidden]) } else { HeadSpec::Linear };
     let head = Head::init(&head_spec, width, PROJECTION, 0.0, device);
@@ -234,7 +234,6 @@ fn pretrain_trunk_run(config: &TrunkPretrainConfig, run: &Path, resume: bool, ho
     let fit = config.fit_config();
     let augmenting = !config.augment.is_identity();
     let views = if augmenting { config.cache_views.max(1) } else { 1 };
-    let preprocess = spec.preprocess();
     let augment = if views > 1 { config.augment.to_string() } else { "none".into() };
     let mut store = open_store(home, spec.id, Some(&weights_sha256), &cut_name, &preprocess, &augment, &fit, reporter)?;
     let mut stats = CacheStats::default();

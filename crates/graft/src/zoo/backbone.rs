@@ -76,6 +76,12 @@ pub trait Backbone {
     /// Native input side in pixels.
     fn resolution(&self) -> usize;
 
+    /// timm's input configuration for a timm file of this architecture (see
+    /// [`Table::with_timm`]); `None` where the table has no timm names.
+    fn timm_input(&self) -> Option<super::TimmInput> {
+        None
+    }
+
     /// Outputs of the pretrained classifier.
     fn num_classes(&self) -> usize;
 

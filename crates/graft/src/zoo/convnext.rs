@@ -27,8 +27,8 @@ use super::backbone::{Backbone, BackboneNet};
 use crate::export::onnx::{ints, OnnxGraph};
 use super::load::WeightSource;
 use super::table::{Builder, Convention, Table};
-use super::{InputCfg, ModelSpec, Trunk, TORCHVISION_INPUT};
-use crate::data::image::Crop;
+use super::{InputCfg, ModelSpec, TimmInput, Trunk, TORCHVISION_INPUT};
+use crate::data::image::{Crop, Interpolation};
 use crate::Result;
 
 /// torchvision's ConvNeXt eval transforms: Tiny resizes to 236, Small to 230, Base to 232
@@ -72,11 +72,11 @@ impl ConvNeXtConfig {
         Table::build(device, |b| self.build(b)).0
     }
 
-    /// The layer table under torchvision's names.
+    /// The layer table under torchvision's names, with timm's as the second name set.
     pub fn table(&self) -> Table {
         let table = Table::build(&Default::default(), |b| self.build(b)).1;
         let names = self.torch_names();
-        table.renamed(Convention::Torch, |leaf| names.get(&leaf.module).cloned().unwrap_or_else(|| leaf.module.clone()))
+        table.renamed(Convention::Torch, |leaf| names.get(&leaf.module).cloned().unwrap_or_else(|| leaf.module.clone())).with_timm(timm_name)
     }
 
     /// burn's module path → torchvision's name.
@@ -131,6 +131,33 @@ impl ConvNeXtConfig {
         let head_norm = b.layer_norm("head_norm", LayerNormConfig::new(d[3]).with_epsilon(LN_EPS), vec![d[3], 1, 1], true);
         let fc = b.classifier("fc", LinearConfig::new(d[3], self.num_classes));
         ConvNeXt { stem_conv, stem_norm, downsample, stages, head_norm: Some(head_norm), fc: Some(fc), config: self.clone() }
+    }
+}
+
+/// timm's name (and shape) of torchvision's ConvNeXt tensor `torch` of `shape` (timm's
+/// `convnext_tiny/small/base`, the same network): `features.0.K` → `stem.K`, `features.2S.K`
+/// → `stages.S.downsample.K`, `features.(2S+1).I.block.{0,2,3,5}` →
+/// `stages.S.blocks.I.{conv_dw,norm,mlp.fc1,mlp.fc2}`, `…layer_scale` `[C, 1, 1]` →
+/// `…gamma` `[C]`, `classifier.{0,2}` → `head.{norm,fc}`.
+fn timm_name(torch: &str, shape: &[usize]) -> (String, Vec<usize>) {
+    let parts: Vec<&str> = torch.split('.').collect();
+    let same = |name: String| (name, shape.to_vec());
+    match parts.as_slice() {
+        ["features", "0", rest @ ..] => same(format!("stem.{}", rest.join("."))),
+        ["features", k, i, "layer_scale"] => (format!("stages.{}.blocks.{i}.gamma", k.parse::<usize>().unwrap_or(1) / 2), vec![shape[0]]),
+        ["features", k, i, "block", layer, param] => {
+            let layer = match *layer {
+                "0" => "conv_dw",
+                "2" => "norm",
+                "3" => "mlp.fc1",
+                _ => "mlp.fc2",
+            };
+            same(format!("stages.{}.blocks.{i}.{layer}.{param}", k.parse::<usize>().unwrap_or(1) / 2))
+        }
+        ["features", k, rest @ ..] => same(format!("stages.{}.downsample.{}", k.parse::<usize>().unwrap_or(0) / 2, rest.join("."))),
+        ["classifier", "0", param] => same(format!("head.norm.{param}")),
+        ["classifier", _, param] => same(format!("head.fc.{param}")),
+        _ => same(torch.to_string()),
     }
 }
 
@@ -221,6 +248,17 @@ impl Backbone for ConvNeXtConfig {
     fn resolution(&self) -> usize {
         self.resolution
     }
+    /// timm 1.0.31's `pretrained_cfg` (default tags): Tiny and Small `in12k_ft_in1k` crop_pct
+    /// 0.95 (resize 235), Base `fb_in22k_ft_in1k` 0.875 (resize 256); 224, bicubic, ImageNet
+    /// mean and std.
+    fn timm_input(&self) -> Option<TimmInput> {
+        let bicubic = Interpolation::Bicubic;
+        Some(match (self.depths[2], self.dims[0]) {
+            (9, _) => TimmInput::imagenet("convnext_tiny.in12k_ft_in1k", 224, 235, bicubic),
+            (_, 96) => TimmInput::imagenet("convnext_small.in12k_ft_in1k", 224, 235, bicubic),
+            _ => TimmInput::imagenet("convnext_base.fb_in22k_ft_in1k", 224, 256, bicubic),
+        })
+    }
     fn num_classes(&self) -> usize {
         self.num_classes
     }
@@ -304,6 +342,38 @@ mod tests {
         assert_eq!(names, ["features.0.0", "features.0.1", "features.1.0.block.0", "features.1.0.block.2", "features.1.0.block.3", "features.1.0.block.5", "features.1.0.layer_scale", "features.1.1.block.0"]);
         assert_eq!(rows.iter().find(|r| r.name == "features.1.0.layer_scale").unwrap().params[0].path, "features.1.0.layer_scale");
         assert!(rows.iter().any(|r| r.name == "features.6.1" && r.output_shape == [768, 7, 7]));
+    }
+
+    #[test]
+    fn timm_names_the_same_tensors_its_own_way() {
+        use crate::zoo::table::{timm_names, NameSet};
+        let table = ConvNeXtConfig::tiny().table();
+        let timm = timm_names(&table);
+        assert_eq!(timm.len(), 182, "timm 1.0.31 convnext_tiny's state dict");
+        for (name, shape) in [
+            ("stem.0.weight", vec![96, 3, 4, 4]),
+            ("stem.1.bias", vec![96]),
+            ("stages.0.blocks.2.conv_dw.weight", vec![96, 1, 7, 7]),
+            ("stages.0.blocks.0.gamma", vec![96]),
+            ("stages.1.downsample.0.weight", vec![96]),
+            ("stages.3.downsample.1.weight", vec![768, 384, 2, 2]),
+            ("stages.2.blocks.8.mlp.fc1.weight", vec![1536, 384]),
+            ("stages.3.blocks.2.mlp.fc2.bias", vec![768]),
+            ("head.norm.weight", vec![768]),
+            ("head.fc.weight", vec![1000, 768]),
+        ] {
+            assert_eq!(timm.get(name), Some(&shape), "{name}");
+        }
+        // A file tells its set by its names: mostly timm's → timm's; otherwise the own.
+        let mut dict = crate::zoo::seeded::state_dict_as(&table, NameSet::Timm);
+        assert_eq!(table.name_set(&dict), NameSet::Timm);
+        dict.tensors.remove("head.fc.weight");
+        assert_eq!(table.name_set(&dict), NameSet::Timm, "one tensor short is still a timm file");
+        assert_eq!(table.name_set(&crate::zoo::seeded::state_dict(&table)), NameSet::Own);
+        assert_eq!(table.name_set(&Default::default()), NameSet::Own);
+        // A few of timm's names alone (another architecture's file) do not make a timm file.
+        dict.tensors.retain(|name, _| name.starts_with("stem.") || name.starts_with("head."));
+        assert_eq!(table.name_set(&dict), NameSet::Own);
     }
 
     #[test]

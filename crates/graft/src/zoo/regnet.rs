@@ -29,17 +29,23 @@ use super::efficientnet_b::SqueezeExcitation;
 use super::load::WeightSource;
 use super::mobilenetv2::ConvNormAct;
 use super::table::{Builder, Convention, Table};
-use super::{user_weights, ModelSpec, Trunk, TrunkConfig};
+use super::{user_weights, ModelSpec, TimmInput, Trunk, TrunkConfig};
+use crate::data::image::Interpolation;
 use crate::Result;
 
 /// The registered RegNetYs: torchvision's, for the user's own weights (`--weights FILE`);
 /// `IMAGENET1K_V1`'s transforms are torchvision's usual resize 256, crop 224 (the later
-/// `IMAGENET1K_V2` weights resize to 232).
+/// `IMAGENET1K_V2` weights resize to 232). timm's model names of the same networks are
+/// aliases (`--arch regnety_004`): the same architecture, which reads either name set and
+/// prepares images as the file's names say (timm's `pretrained_cfg` for a timm file).
 pub const MODELS: &[ModelSpec] = &[
     user_weights("regnet_y_400mf", || regnet("400mf")),
     user_weights("regnet_y_800mf", || regnet("800mf")),
     user_weights("regnet_y_1_6gf", || regnet("1_6gf")),
     user_weights("regnet_y_3_2gf", || regnet("3_2gf")),
+    user_weights("regnety_004", || regnet("400mf")),
+    user_weights("regnety_016", || regnet("1_6gf")),
+    user_weights("regnety_032", || regnet("3_2gf")),
 ];
 
 fn regnet(size: &str) -> TrunkConfig {
@@ -116,9 +122,24 @@ impl RegNetConfig {
         Table::build(device, |b| self.build(b)).0
     }
 
-    /// The layer table under torchvision's names.
+    /// The layer table under torchvision's names, with timm's as the second name set where
+    /// timm builds the same network.
     pub fn table(&self) -> Table {
-        Table::build(&Default::default(), |b| self.build(b)).1.renamed(Convention::Torch, |leaf| torch_name(&leaf.module))
+        let table = Table::build(&Default::default(), |b| self.build(b)).1.renamed(Convention::Torch, |leaf| torch_name(&leaf.module));
+        if self.timm_builds_it() {
+            table.with_timm(|torch, shape| (timm_name(torch), shape.to_vec()))
+        } else {
+            table
+        }
+    }
+
+    /// Whether timm's `regnety_*` of the same size is this network. timm's `regnety_004`,
+    /// `_016` and `_032` are (same widths, depths, groups and SE widths, parameter counts
+    /// equal); its `regnety_008` quantises the widths differently from the same parameters
+    /// (64, 128, 320, 768 against torchvision's 64, 144, 320, 784; 6 263 168 parameters
+    /// against 6 432 512), so it is a different network and its files do not load here.
+    pub fn timm_builds_it(&self) -> bool {
+        self.widths != [64, 144, 320, 784]
     }
 
     fn build(&self, b: &mut Builder) -> RegNet {
@@ -155,6 +176,32 @@ pub fn torch_name(module: &str) -> String {
             format!("trunk_output.block{stage}.block{stage}-{i}.{}", rest.join("."))
         }
         _ => module.to_string(),
+    }
+}
+
+/// timm's name of torchvision's RegNetY tensor `torch` (timm's `regnety_004/008/016/032`,
+/// the same networks): `stem.{0,1}` → `stem.{conv,bn}`, block
+/// `trunk_output.blockS.blockS-I` → `sS.b(I+1)` with `proj` → `downsample`, `f.{a,b,c}` →
+/// `conv{1,2,3}` (each `.{0,1}` → `.{conv,bn}`), `f.se.fc{1,2}` → `se.fc{1,2}`; `fc` →
+/// `head.fc`. Shapes are the same.
+fn timm_name(torch: &str) -> String {
+    let parts: Vec<&str> = torch.split('.').collect();
+    let conv_bn = |k: &str| if k == "0" { "conv" } else { "bn" };
+    match parts.as_slice() {
+        ["stem", k, param] => format!("stem.{}.{param}", conv_bn(k)),
+        ["trunk_output", _, block, rest @ ..] => {
+            let (stage, i) = block.trim_start_matches("block").split_once('-').unwrap_or(("0", "0"));
+            let i = i.parse::<usize>().map_or(0, |i| i + 1);
+            let layer = match rest {
+                ["proj", k, param] => format!("downsample.{}.{param}", conv_bn(k)),
+                ["f", "se", fc, param] => format!("se.{fc}.{param}"),
+                ["f", ab, k, param] => format!("conv{}.{}.{param}", match *ab { "a" => 1, "b" => 2, _ => 3 }, conv_bn(k)),
+                _ => rest.join("."),
+            };
+            format!("s{stage}.b{i}.{layer}")
+        }
+        ["fc", param] => format!("head.fc.{param}"),
+        _ => torch.to_string(),
     }
 }
 
@@ -269,6 +316,18 @@ impl Backbone for RegNetConfig {
     fn resolution(&self) -> usize {
         self.resolution
     }
+    /// timm 1.0.31's `pretrained_cfg` (default tags), 224, bicubic, ImageNet mean and std:
+    /// `regnety_004.tv2_in1k` and `regnety_016.tv2_in1k` crop_pct 0.965 (resize 232),
+    /// `regnety_032.ra_in1k` 0.95 (235). None for 800MF (see [`RegNetConfig::timm_builds_it`]).
+    fn timm_input(&self) -> Option<TimmInput> {
+        let bicubic = Interpolation::Bicubic;
+        match self.widths[0] {
+            _ if !self.timm_builds_it() => None,
+            72 => Some(TimmInput::imagenet("regnety_032.ra_in1k", 224, 235, bicubic)),
+            _ if self.depths[2] == 6 => Some(TimmInput::imagenet("regnety_004.tv2_in1k", 224, 232, bicubic)),
+            _ => Some(TimmInput::imagenet("regnety_016.tv2_in1k", 224, 232, bicubic)),
+        }
+    }
     fn num_classes(&self) -> usize {
         self.num_classes
     }
@@ -311,6 +370,28 @@ impl BackboneNet for RegNet {
 mod tests {
     use super::*;
     use crate::zoo::layers::{summarize, FreezeSpec};
+
+    #[test]
+    fn timm_names_stages_and_blocks_from_one() {
+        let timm = crate::zoo::table::timm_names(&RegNetConfig::regnet_y("400mf").unwrap().table());
+        assert_eq!(timm.len(), 331, "timm 1.0.31 regnety_004's state dict, num_batches_tracked left out");
+        for (name, shape) in [
+            ("stem.conv.weight", vec![32, 3, 3, 3]),
+            ("stem.bn.running_mean", vec![32]),
+            ("s1.b1.downsample.conv.weight", vec![48, 32, 1, 1]),
+            ("s1.b1.conv1.bn.weight", vec![48]),
+            ("s1.b1.conv2.conv.weight", vec![48, 8, 3, 3]),
+            ("s1.b1.se.fc1.weight", vec![8, 48, 1, 1]),
+            ("s2.b3.conv3.bn.bias", vec![104]),
+            ("s4.b6.se.fc2.bias", vec![440]),
+            ("head.fc.weight", vec![1000, 440]),
+        ] {
+            assert_eq!(timm.get(name), Some(&shape), "{name}");
+        }
+        // timm's regnety_008 is another network: no timm names for 800MF.
+        let r800 = RegNetConfig::regnet_y("800mf").unwrap();
+        assert!(!r800.timm_builds_it() && r800.table().timm.is_none() && Backbone::timm_input(&r800).is_none());
+    }
 
     #[test]
     fn parameter_counts_and_names_match_torchvision() {

@@ -26,7 +26,7 @@
 
 use graft_weights::{DType, StateDict, Tensor};
 
-use super::table::Table;
+use super::table::{NameSet, Table};
 
 /// FNV-1a, 64-bit, of `bytes`.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -87,13 +87,16 @@ pub fn bytes(name: &str, n: usize) -> Vec<u8> {
 /// A state dict with every tensor `table` reads, under the file's names and in the file's
 /// shapes, filled with seeded values.
 pub fn state_dict(table: &Table) -> StateDict {
+    state_dict_as(table, NameSet::Own)
+}
+
+/// [`state_dict`] under the name set `names` (timm's: a timm file of the architecture, each
+/// tensor seeded from its timm name and shape, as `seeded.py` fills a timm model).
+pub fn state_dict_as(table: &Table, names: NameSet) -> StateDict {
     let mut dict = StateDict::default();
-    for leaf in &table.leaves {
-        for t in table.tensors(leaf) {
-            let shape = t.file_shape();
-            let data = values(&t.file, &shape);
-            dict.tensors.insert(t.file, Tensor { shape, dtype: DType::F32, data });
-        }
+    for (name, shape) in table.file_tensors(names) {
+        let data = values(&name, &shape);
+        dict.tensors.insert(name, Tensor { shape, dtype: DType::F32, data });
     }
     dict
 }

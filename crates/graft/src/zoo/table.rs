@@ -13,9 +13,13 @@
 //! parameter reads the weights file's tensor into burn's parameter ([`Table::load`]). How a
 //! weights file names and lays out tensors is a [`Convention`]: PyTorch's (`bn1.weight`, linear
 //! weights `[out, in]`) or Keras's (`bn_Conv1/gamma`, kernels `[kh, kw, in, out]`), the latter
-//! with the architecture's own layer names given by [`Table::renamed`].
+//! with the architecture's own layer names given by [`Table::renamed`]. An architecture that
+//! timm also builds names every tensor a second time, timm's way ([`Table::with_timm`]): the
+//! loader reads a file under whichever of the two name sets it holds ([`Table::name_set`]).
 
 use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
 use std::fmt::Display;
 
 use burn::module::{Module, ModuleMapper, Param};
@@ -154,14 +158,16 @@ impl TensorName {
     }
 
     /// Reads the tensor from `w` in burn's layout, checking that it exists and has the shape
-    /// this architecture needs.
-    fn read(&self, w: &WeightSource) -> Result<Vec<f32>> {
+    /// this architecture needs. `timm`: the tensor's name and shape in a timm file instead
+    /// (the same values in the same order, see [`Table::with_timm`]).
+    fn read(&self, w: &WeightSource, timm: Option<&(String, Vec<usize>)>) -> Result<Vec<f32>> {
         let file_shape = self.file_shape();
+        let (key, shape) = timm.map_or((&self.file, &file_shape), |(name, shape)| (name, shape));
         Ok(match self.layout {
-            Layout::Same => w.data(&self.file, &self.shape)?.to_vec(),
+            Layout::Same => w.data(key, shape)?.to_vec(),
             Layout::Transposed => {
                 let (d_in, d_out) = (self.shape[0], self.shape[1]);
-                let torch_layout = w.data(&self.file, &file_shape)?;
+                let torch_layout = w.data(key, shape)?;
                 let mut transposed = vec![0f32; d_in * d_out];
                 for o in 0..d_out {
                     for i in 0..d_in {
@@ -222,6 +228,19 @@ fn shape4(shape: &[usize]) -> [usize; 4] {
 pub struct Table {
     pub leaves: Vec<Leaf>,
     pub convention: Convention,
+    /// timm's name and shape of each tensor, by its name in the table's own set (see
+    /// [`Table::with_timm`]); `None` for architectures timm's files do not name here.
+    pub timm: Option<HashMap<String, (String, Vec<usize>)>>,
+}
+
+/// Which of an architecture's name sets a weights file uses (see [`Table::name_set`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NameSet {
+    /// The table's own names: the layer table's, torchvision's for the PyTorch architectures.
+    Own,
+    /// timm's names for the same tensors ([`Table::with_timm`]).
+    Timm,
 }
 
 impl Table {
@@ -231,7 +250,57 @@ impl Table {
     pub fn build<N>(device: &Device, f: impl FnOnce(&mut Builder) -> N) -> (N, Table) {
         let mut record = Record::default();
         let net = f(&mut Builder { device, record: &mut record, prefix: String::new() });
-        (net, Table { leaves: record.leaves, convention: Convention::Torch })
+        (net, Table { leaves: record.leaves, convention: Convention::Torch, timm: None })
+    }
+
+    /// The table with timm's name for every tensor as well: `rename` takes a tensor's name in
+    /// the table's own set and its shape there, and gives timm's name and shape. The shape may
+    /// differ only where timm keeps the same values in the same row-major order (a linear
+    /// layer's `[out, in]` as a convolution's `[out, c, k, k]`, a `[C, 1, 1]` scale as `[C]`).
+    /// The layer table (`inspect`, `--freeze`) keeps the own names; a timm file loads by these.
+    pub fn with_timm(mut self, rename: impl Fn(&str, &[usize]) -> (String, Vec<usize>)) -> Self {
+        let names = self
+            .leaves
+            .iter()
+            .flat_map(|l| self.tensors(l))
+            .map(|t| {
+                let (name, shape) = rename(&t.file, &t.file_shape());
+                debug_assert_eq!(shape.iter().product::<usize>(), t.numel(), "{} → {name}", t.file);
+                (t.file, (name, shape))
+            })
+            .collect();
+        self.timm = Some(names);
+        self
+    }
+
+    /// Every tensor a file of name set `set` holds: its name and shape there, in the table's
+    /// order. Empty for timm's set when the table has none.
+    pub fn file_tensors(&self, set: NameSet) -> Vec<(String, Vec<usize>)> {
+        let own = self.leaves.iter().flat_map(|l| self.tensors(l)).map(|t| {
+            let shape = t.file_shape();
+            (t.file, shape)
+        });
+        match (set, &self.timm) {
+            (NameSet::Own, _) => own.collect(),
+            (NameSet::Timm, Some(timm)) => own.filter_map(|(file, _)| timm.get(&file).cloned()).collect(),
+            (NameSet::Timm, None) => Vec::new(),
+        }
+    }
+
+    /// The name set `dict` uses: timm's when the table has one and the file holds at least half
+    /// of its names and more of them than of the table's own (a timm file short of a few
+    /// tensors is still read as timm's, and its error names timm's missing tensor); otherwise
+    /// the own. A file of another architecture, which may share a few generic names with one
+    /// set (a ResNet's `bn1.weight` is also timm MobileNetV2's), is read under the own names
+    /// and fails naming their first missing tensor.
+    pub fn name_set(&self, dict: &graft_weights::StateDict) -> NameSet {
+        let held = |set| self.file_tensors(set).iter().filter(|(name, _)| dict.tensors.contains_key(name)).count();
+        let timm = held(NameSet::Timm);
+        if self.timm.is_some() && timm > held(NameSet::Own) && 2 * timm >= self.file_tensors(NameSet::Timm).len() {
+            NameSet::Timm
+        } else {
+            NameSet::Own
+        }
     }
 
     /// The table with every layer named by `rename` in a file of `convention`: the one place
@@ -417,17 +486,24 @@ impl Table {
     }
 
     /// Replaces every parameter and BatchNorm statistic of `net` (built by the same walk) with
-    /// the file's, checking that each tensor exists and has the shape this architecture needs.
+    /// the file's, read under the name set the file uses ([`name_set`](Self::name_set)), checking that each tensor exists and has the shape this architecture needs.
     /// Parameters are visited in burn's field order, so the first tensor that differs is named.
     pub fn load<M: Module>(&self, net: M, w: &WeightSource) -> Result<M> {
         let names: HashMap<String, TensorName> = self.leaves.iter().flat_map(|l| self.tensors(l)).map(|t| (t.burn.clone(), t)).collect();
-        let mut loader = Loader { names: &names, w, path: Vec::new(), error: None };
+        let timm = self.timm.as_ref().filter(|_| self.name_set(w.dict) == NameSet::Timm);
+        let mut loader = Loader { names: &names, timm, w, path: Vec::new(), error: None };
         let net = net.map(&mut loader);
         match loader.error {
             Some(e) => Err(e),
             None => Ok(net),
         }
     }
+}
+
+/// `table`'s tensors under timm's names, name → shape (for the architectures' unit tests).
+#[cfg(test)]
+pub(crate) fn timm_names(table: &Table) -> HashMap<String, Vec<usize>> {
+    table.file_tensors(NameSet::Timm).into_iter().collect()
 }
 
 /// A convolution with one input channel per group over several groups.
@@ -438,6 +514,8 @@ fn is_depthwise(kind: &LeafKind) -> bool {
 /// Moves file tensors into the parameters the table names, by burn path.
 struct Loader<'a, 'w> {
     names: &'a HashMap<String, TensorName>,
+    /// timm's names, when the file uses them.
+    timm: Option<&'a HashMap<String, (String, Vec<usize>)>>,
     w: &'a WeightSource<'w>,
     path: Vec<String>,
     error: Option<GraftError>,
@@ -460,7 +538,7 @@ impl ModuleMapper for Loader<'_, '_> {
         let Some(name) = self.names.get(&self.path.join(".")) else { return param };
         let shape: [usize; D] = param.lazy_shape().dims();
         debug_assert_eq!(shape.as_slice(), name.shape.as_slice(), "{}", name.burn);
-        match name.read(self.w) {
+        match name.read(self.w, self.timm.and_then(|t| t.get(&name.file))) {
             Ok(data) => Param::from_tensor(Tensor::from_data(TensorData::new(data, shape), self.w.device)),
             Err(e) => {
                 self.error = Some(e);

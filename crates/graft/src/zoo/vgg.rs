@@ -59,7 +59,7 @@ use crate::export::onnx::{float, int, ints, OnnxGraph};
 use super::load::WeightSource;
 use super::resnet::{BN_EPS, BN_MOMENTUM};
 use super::table::{Builder, Convention, FileInput, Table};
-use super::{flavour, user_weights, InputCfg, ModelSpec, Trunk, KERAS_CAFFE_INPUT};
+use super::{flavour, user_weights, InputCfg, ModelSpec, TimmInput, Trunk, KERAS_CAFFE_INPUT};
 use crate::data::image::{Crop, Interpolation};
 use graft_weights::caffe::{rgb_mean, ALEXNET_MEAN_BGR, VGG16_MEAN_BGR};
 use crate::Result;
@@ -262,7 +262,8 @@ impl VggConfig {
         };
         let table = table.renamed(convention, |leaf| names.get(&leaf.module).cloned().unwrap_or_else(|| leaf.module.clone()));
         if self.names == VggNames::Torchvision {
-            return table;
+            // A VGG's timm names are the second name set (timm has no AlexNet).
+            return if self.classifier_index == [0, 3, 6] { table.with_timm(|torch, shape| self.timm_name(torch, shape)) } else { table };
         }
         let first = names.get("convs.0").cloned().unwrap_or_default();
         let table = table.with_input(&first, FileInput::Bgr);
@@ -272,6 +273,31 @@ impl VggConfig {
         let channels = self.features.iter().rev().find_map(|f| if let Feature::Conv { output, .. } = f { Some(*output) } else { None }).unwrap_or(3);
         let side = self.pool_side;
         table.with_input("fc1", FileInput::ChannelsLast { channels, h: side, w: side })
+    }
+
+    /// timm's name and shape of torchvision's VGG tensor `torch` of `shape` (timm's
+    /// `vgg11` … `vgg19_bn`, the same networks): `features.*` keep their names; the classifier's
+    /// first two linear layers are timm's `pre_logits` convolutions, `classifier.0` →
+    /// `pre_logits.fc1` (`[4096, 512 · 7 · 7]` as `[4096, 512, 7, 7]`: torchvision flattens the
+    /// 7×7 map in the kernel's order) and `classifier.3` → `pre_logits.fc2` (`[4096, 4096, 1,
+    /// 1]`); `classifier.6` → `head.fc`. At the 224-pixel native side the two are the same
+    /// function: the last map is 7×7, the 7×7 convolution leaves 1×1, timm's global pool of that
+    /// is the value itself.
+    fn timm_name(&self, torch: &str, shape: &[usize]) -> (String, Vec<usize>) {
+        let k = self.pool_side;
+        match (torch.split_once('.'), shape) {
+            (Some(("classifier", rest)), _) => {
+                let (layer, param) = rest.split_once('.').unwrap_or((rest, ""));
+                match (layer, shape) {
+                    ("0", &[out, input]) => (format!("pre_logits.fc1.{param}"), vec![out, input / (k * k), k, k]),
+                    ("0", _) => (format!("pre_logits.fc1.{param}"), shape.to_vec()),
+                    ("3", &[out, input]) => (format!("pre_logits.fc2.{param}"), vec![out, input, 1, 1]),
+                    ("3", _) => (format!("pre_logits.fc2.{param}"), shape.to_vec()),
+                    _ => (format!("head.fc.{param}"), shape.to_vec()),
+                }
+            }
+            _ => (torch.to_string(), shape.to_vec()),
+        }
     }
 
     /// Per feature: its name in the weights file (torchvision's `features.N`, Caffe's
@@ -499,6 +525,24 @@ impl Backbone for VggConfig {
     fn resolution(&self) -> usize {
         self.resolution
     }
+    /// timm 1.0.31's `pretrained_cfg` for its VGGs (`vggN[_bn].tv_in1k`, torchvision's own
+    /// weights): 224, crop_pct 0.875 (resize 256), bilinear, ImageNet mean and std, the same
+    /// preparation as torchvision's. None for AlexNet.
+    fn timm_input(&self) -> Option<TimmInput> {
+        let convs = self.features.iter().filter(|f| matches!(f, Feature::Conv { .. })).count();
+        let model = match (convs, self.batch_norm, self.classifier_index) {
+            (_, _, i) if i != [0, 3, 6] => return None,
+            (8, false, _) => "vgg11.tv_in1k",
+            (8, true, _) => "vgg11_bn.tv_in1k",
+            (10, false, _) => "vgg13.tv_in1k",
+            (10, true, _) => "vgg13_bn.tv_in1k",
+            (13, false, _) => "vgg16.tv_in1k",
+            (13, true, _) => "vgg16_bn.tv_in1k",
+            (_, false, _) => "vgg19.tv_in1k",
+            (_, true, _) => "vgg19_bn.tv_in1k",
+        };
+        Some(TimmInput::imagenet(model, 224, 256, Interpolation::Bilinear))
+    }
     fn num_classes(&self) -> usize {
         self.num_classes
     }
@@ -557,6 +601,19 @@ impl BackboneNet for Vgg {
 mod tests {
     use super::*;
     use crate::zoo::layers::{numbered_blocks, summarize, FreezeSpec};
+
+    #[test]
+    fn timm_names_the_classifier_as_convolutions() {
+        let timm = crate::zoo::table::timm_names(&VggConfig::vgg(16, true).table());
+        assert_eq!(timm.len(), 84, "timm 1.0.31 vgg16_bn's state dict, num_batches_tracked left out");
+        assert_eq!(timm["features.0.weight"], [64, 3, 3, 3]);
+        assert_eq!(timm["features.1.running_var"], [64]);
+        assert_eq!(timm["pre_logits.fc1.weight"], [4096, 512, 7, 7]);
+        assert_eq!(timm["pre_logits.fc2.weight"], [4096, 4096, 1, 1]);
+        assert_eq!(timm["pre_logits.fc2.bias"], [4096]);
+        assert_eq!(timm["head.fc.weight"], [1000, 4096]);
+        assert!(VggConfig::alexnet().table().timm.is_none(), "timm has no AlexNet");
+    }
 
     fn total_params(cfg: &VggConfig) -> usize {
         summarize(&cfg.table().rows(), &Default::default()).total_params

@@ -582,7 +582,7 @@ fn load(config: &ShallowConfig, features: &FeatureSpec, home: &Path, reporter: &
     let pending = |spec: &DomainSpec, setting: &str, classes: Option<&[String]>, labelled: bool, skipped: &mut Vec<Skipped>| -> Result<(Pending, Vec<String>)> {
         match (features, &trunk) {
             (FeatureSpec::Model { .. }, Some(t)) => {
-                let input = InputSpec::Zoo { model: t.spec.id.into(), preprocess: t.spec.preprocess() };
+                let input = InputSpec::Zoo { model: t.spec.id.into(), preprocess: t.preprocess() };
                 let (domain, classes, bad) = Featurizer::new(input, None, home, device).load(spec, setting, root, classes, labelled, reporter)?;
                 skipped.extend(bad);
                 Ok((Pending { labels: domain.labels.clone(), n: domain.len(), items: Items::Domain(domain) }, classes))
@@ -752,7 +752,7 @@ fn rows_of(p: &Pending, idx: &[usize], features: &FeatureSpec, trunk: Option<&Pr
 }
 
 fn d_input(t: &Pretrained) -> InputSpec {
-    InputSpec::Zoo { model: t.spec.id.into(), preprocess: t.spec.preprocess() }
+    InputSpec::Zoo { model: t.spec.id.into(), preprocess: t.preprocess() }
 }
 
 /// PIL's separable resampling (BOX or BILINEAR, the filter widened when shrinking) of a
