@@ -256,16 +256,19 @@ fn a_legacy_caffemodel_loads_into_caffes_alexnet_and_matches_pytorch() {
     assert!(d_plain / scale > 1e-3, "reading BGR weights unreversed should change the logits ({d_plain})");
 }
 
+/// A state dict holding every tensor name of `id`'s layer table (empty tensors): what
+/// `ModelSpec::for_weights` reads to pick a flavour.
+pub fn names_of(id: &str) -> graft_weights::StateDict {
+    let table = ModelSpec::find(id).unwrap().config().table();
+    let tensors = table.leaves.iter().flat_map(|l| table.tensors(l)).map(|t| (t.file, graft_weights::Tensor { shape: vec![0], dtype: graft_weights::DType::F32, data: vec![] }));
+    graft_weights::StateDict { tensors: tensors.collect(), ..Default::default() }
+}
+
 /// `--arch vgg16|vgg19|alexnet` with a file under Caffe's layer names loads Caffe's flavour of
 /// the network (its names, its layers and its preparation: BGR mean pixel, std 1); a file under
 /// torchvision's names stays with torchvision's.
 #[test]
 fn a_caffe_file_given_to_a_torchvision_arch_loads_its_caffe_flavour() {
-    let names_of = |id: &str| {
-        let table = ModelSpec::find(id).unwrap().config().table();
-        let tensors = table.leaves.iter().flat_map(|l| table.tensors(l)).map(|t| (t.file, graft_weights::Tensor { shape: vec![0], dtype: graft_weights::DType::F32, data: vec![] }));
-        graft_weights::StateDict { tensors: tensors.collect(), ..Default::default() }
-    };
     for (arch, caffe) in [("vgg16", "vgg16_caffe"), ("vgg19", "vgg19_caffe"), ("alexnet", "bvlc_alexnet")] {
         let spec = ModelSpec::find(arch).unwrap();
         assert_eq!(spec.for_weights(&names_of(caffe)).id, caffe);

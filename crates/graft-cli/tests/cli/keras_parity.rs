@@ -97,11 +97,7 @@ fn keras_weights_files_through_the_cli_list_and_fail_by_name() {
 /// names, the Keras flavour (so that the error names a Keras tensor).
 #[test]
 fn a_keras_h5_file_selects_the_keras_flavour_and_its_preprocessing() {
-    let names_of = |id: &str| {
-        let table = ModelSpec::find(id).unwrap().config().table();
-        let tensors = table.leaves.iter().flat_map(|l| table.tensors(l)).map(|t| (t.file, graft_weights::Tensor { shape: vec![0], dtype: graft_weights::DType::F32, data: vec![] }));
-        graft_weights::StateDict { tensors: tensors.collect(), ..Default::default() }
-    };
+    use super::arch_parity::names_of;
     for arch in ["vgg16", "vgg19", "resnet50", "mobilenetv2", "efficientnet_b0"] {
         let spec = ModelSpec::find(arch).unwrap();
         let keras = format!("{arch}_keras");
