@@ -159,23 +159,23 @@ fn semi_supervised_fits_train_the_blocks_freeze_leaves_trainable() {
 /// ends with the same figures as a run that was never interrupted.
 #[test]
 fn a_killed_mean_teacher_fit_resumes_to_the_same_result() {
-    killed_and_resumed("semi-resume", &[], 30);
+    killed_and_resumed("semi-resume", &[], 10, 30);
 }
 
 /// The same with Lite0's last block trainable (`--freeze 15`): the optimiser state, the
 /// student's and the teacher's block weights all come back after the kill.
 #[test]
 fn a_killed_mean_teacher_fit_with_a_trainable_block_resumes_to_the_same_result() {
-    killed_and_resumed("semi-resume-unfrozen", &["--freeze", "15"], 12);
+    killed_and_resumed("semi-resume-unfrozen", &["--freeze", "15"], 4, 4);
 }
 
-/// Fits `epochs` mean-teacher epochs whole and again killed after an epoch and resumed; both
-/// end with the same metrics and kept weights (head and, with `extra` unfreezing it, the last
-/// block).
-fn killed_and_resumed(name: &str, extra: &[&str], epochs: usize) {
+/// Fits `epochs` mean-teacher epochs (12 labelled images, `unlabelled` per class unlabelled)
+/// whole and again killed after an epoch and resumed; both end with the same metrics and kept
+/// weights (head and, with `extra` unfreezing it, the last block).
+fn killed_and_resumed(name: &str, extra: &[&str], unlabelled: usize, epochs: usize) {
     let dir = scratch(name);
     let labelled = fmnist(&dir.join("labelled"), 4, 3);
-    let unlabelled = fmnist(&dir.join("unlabelled"), 10, 4);
+    let unlabelled = fmnist(&dir.join("unlabelled"), unlabelled, 4);
     let home = isolated_home(name);
     let args = |run: &Path| -> Vec<String> {
         ["fit", "--data", s(&labelled), "--out", s(run), "--unlabelled", s(&unlabelled), "--method", "mean-teacher", "--unlabelled-views", "1", "--val-split", "0", "--batch-size", "2", "--unlabelled-ratio", "1", "--json"]

@@ -554,15 +554,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             continue;
         }
         let frozen = freeze.frozen_params(&rows)?;
-        model = model.unfreeze().freeze(&rows, &frozen, &trunk_config)?;
-        if !(config.train_bn || config.from_scratch) {
-            // BatchNorm in the unfrozen blocks stays in inference mode (its scale and shift
-            // still train): on a small dataset, batch statistics of a few dozen images replace
-            // ImageNet's running statistics poorly (Keras' fine-tuning advice).
-            let flags = ParamGroup::from_regex(r"^trunk\..*\.training$").map_err(|e| GraftError::setting("train_bn", "", format!("{e:?}")))?;
-            model = model.freeze_group(flags);
-        }
-        model = model.train();
+        model = keep_bn_statistics(model.unfreeze().freeze(&rows, &frozen, &trunk_config)?, config)?.train();
         trainable_params = count_trainable(&model);
         let cut = frozen_prefix(&rows, &frozen, &trunk_config);
         let augmenting = !config.augment.is_identity();
@@ -1115,14 +1107,9 @@ fn fit_semi(
         let head = param_ids(&model.head);
         (model, vec![(head, 1.0)])
     } else {
-        // The trainable blocks as supervised fit trains them: BatchNorm in inference mode
-        // unless --train-bn, the trunk's rate `body_lr_mult` × the head's.
-        let mut model = model.freeze(rows, &frozen, trunk_config)?;
-        if !(config.train_bn || config.from_scratch) {
-            let flags = ParamGroup::from_regex(r"^trunk\..*\.training$").map_err(|e| GraftError::setting("train_bn", "", format!("{e:?}")))?;
-            model = model.freeze_group(flags);
-        }
-        let model = model.train();
+        // The trainable blocks as supervised fit trains them: BatchNorm statistics kept, the
+        // trunk's rate `body_lr_mult` × the head's.
+        let model = keep_bn_statistics(model.freeze(rows, &frozen, trunk_config)?, config)?.train();
         let groups = vec![(param_ids(&model.head), 1.0), (param_ids(&model.trunk), config.body_lr_mult)];
         (model, groups)
     };
@@ -1251,6 +1238,17 @@ fn evaluate_images(model: &Grafted, split: &Split, preprocess: &Preprocess, batc
         predicted.extend(argmax(logits));
     }
     Ok((loss / split.len().max(1) as f64, predicted))
+}
+
+/// BatchNorm in the unfrozen blocks stays in inference mode (its scale and shift still train)
+/// unless `--train-bn` or `--from-scratch`: on a small dataset, batch statistics of a few dozen
+/// images replace ImageNet's running statistics poorly (Keras' fine-tuning advice).
+fn keep_bn_statistics(model: Grafted, config: &FitConfig) -> Result<Grafted> {
+    if config.train_bn || config.from_scratch {
+        return Ok(model);
+    }
+    let flags = ParamGroup::from_regex(r"^trunk\..*\.training$").map_err(|e| GraftError::setting("train_bn", "", format!("{e:?}")))?;
+    Ok(model.freeze_group(flags))
 }
 
 /// Parameters that will receive gradients.
