@@ -293,7 +293,9 @@ pub struct FitArgs {
 pub struct SemiArgs {
     /// Unlabelled data for semi-supervised training: a folder of images (searched recursively,
     /// sub-folder names ignored), or for a text model a CSV with a `text` column or a folder of
-    /// .txt files. The trunk stays frozen; the head trains on stored features. Needs --method.
+    /// .txt files. With --freeze all (the default) the head trains on the frozen trunk's stored
+    /// features; with --freeze N (images) the trunk's last blocks train too, on the frozen
+    /// prefix's stored activations (--stages is refused). Needs --method.
     /// [default: none: supervised only]
     #[arg(long)]
     pub unlabelled: Option<PathBuf>,

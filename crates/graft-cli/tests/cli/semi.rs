@@ -1,11 +1,12 @@
 //! `graft fit --unlabelled DIR --method pseudo-label|fixmatch|mean-teacher`: semi-supervised
-//! training of the head on stored features of labelled and unlabelled data.
+//! training of the head (and of the trunk blocks `--freeze N` leaves trainable) on stored
+//! features of labelled and unlabelled data.
 
 use std::path::Path;
 
 use super::fit::fmnist;
 use super::text::{import_csv, minilm};
-use super::{assert_bad_input, graft, graft_in, isolated_home, json_of, scratch};
+use super::{assert_bad_input, graft, graft_in, isolated_home, json_of, lite0_weights, scratch};
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -71,18 +72,115 @@ fn semi_supervised_image_fits_store_their_views_once_and_evaluate() {
     json_of(&graft_in(&home, &["eval", "--run", s(&run), "--data", s(&labelled), "--json"]));
 }
 
+/// The run's tensors whose pretrained name (Lite0's) starts with `prefix`, beside the
+/// pretrained ones: (name, pretrained, run). BatchNorm's scale and shift go by burn's names in
+/// the run (`gamma`, `beta`); the pretrained classifier and BN counters are left out.
+fn trunk_pairs<'a>(pretrained: &'a graft_weights::StateDict, run: &'a graft_weights::StateDict, prefix: &str) -> Vec<(String, &'a [f32], &'a [f32])> {
+    let mut pairs = Vec::new();
+    for (name, t) in &pretrained.tensors {
+        if !name.starts_with(prefix) || name.starts_with("_fc") || name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let is_bn = name.contains("._bn") || name.starts_with("_bn");
+        let burn_name = match (is_bn, name.rsplit('.').next().unwrap()) {
+            (true, "weight") => name.replace(".weight", ".gamma"),
+            (true, "bias") => name.replace(".bias", ".beta"),
+            _ => name.clone(),
+        };
+        let theirs = run.tensors.get(&format!("trunk.{burn_name}")).unwrap_or_else(|| panic!("run checkpoint lacks trunk.{burn_name}"));
+        pairs.push((name.clone(), t.data.as_slice(), theirs.data.as_slice()));
+    }
+    pairs
+}
+
+fn load(path: &Path) -> graft_weights::StateDict {
+    graft_weights::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `--freeze 15` leaves Lite0's last MBConv block (`_blocks.15`) and head convolution
+/// trainable: FixMatch and the mean teacher store the views once as `_blocks.14`'s activations
+/// (the mean teacher reads the weak views FixMatch stored), every loss trains the block, and the
+/// frozen prefix stays bit-identical to the pretrained weights; the block's BatchNorm statistics
+/// stay fixed (inference mode) while its scale trains. The mean teacher keeps the average of
+/// the block's weights as well as the head's.
+#[test]
+fn semi_supervised_fits_train_the_blocks_freeze_leaves_trainable() {
+    let dir = scratch("semi-unfrozen");
+    let labelled = fmnist(&dir.join("labelled"), 4, 6);
+    let unlabelled = fmnist(&dir.join("unlabelled"), 4, 7); // 12 images
+    let home = isolated_home("semi-unfrozen");
+    let pretrained = load(&lite0_weights());
+    let fit = |name: &str, extra: &[&str]| {
+        let run = dir.join(name);
+        let args = [
+            &["fit", "--data", s(&labelled), "--out", s(&run), "--unlabelled", s(&unlabelled), "--freeze", "15", "--unlabelled-views", "1", "--val-split", "0", "--epochs", "2"][..],
+            extra,
+            &["--batch-size", "4", "--unlabelled-ratio", "2", "--lr", "1e-3", "--json"],
+        ]
+        .concat();
+        (json_of(&graft_in(&home, &args)), run)
+    };
+    let head_params = 1280 * 3 + 3;
+    for (method, extra, computed) in [("fixmatch", &["--threshold", "0.0"][..], 12 + 12 + 12 + 12), ("mean-teacher", &["--ema", "0.9", "--rampup-epochs", "0"][..], 0)] {
+        let (v, run) = fit(method, &[&["--method", method][..], extra].concat());
+        assert_eq!(v["epochs"], 2, "{v}");
+        // 12 labelled + 12 unlabelled plain + 12 weak + 12 strong rows at the cut; the mean
+        // teacher finds the labelled and weak rows stored.
+        assert_eq!(misses(&v), computed, "{method}: {v}");
+        assert!(v["trainable_params"].as_u64().unwrap() > head_params, "{method}: the block trains too: {v}");
+        assert!(records(&run).iter().all(|l| l["semi_method"] == method && l["unlabelled_loss"].as_f64().unwrap() > 0.0), "{method}: {:?}", records(&run));
+        let last = load(&run.join("last.safetensors"));
+        for prefix in ["_conv_stem", "_bn0", "_blocks.0.", "_blocks.7.", "_blocks.14.", "_blocks.15._bn0.running_", "_blocks.15._bn2.running_"] {
+            let pairs = trunk_pairs(&pretrained, &last, prefix);
+            assert!(!pairs.is_empty(), "{prefix}");
+            for (name, a, b) in pairs {
+                assert!(a == b, "{method}: {name} changed although it is frozen (or a BN statistic in inference mode)");
+            }
+        }
+        for prefix in ["_blocks.15._expand_conv.weight", "_blocks.15._depthwise_conv.weight", "_blocks.15._project_conv.weight", "_blocks.15._bn2.weight", "_conv_head.weight"] {
+            let pairs = trunk_pairs(&pretrained, &last, prefix);
+            assert_eq!(pairs.len(), 1, "{prefix}");
+            assert!(pairs[0].1 != pairs[0].2, "{method}: {prefix} did not train");
+        }
+        let e = json_of(&graft_in(&home, &["eval", "--run", s(&run), "--data", s(&labelled), "--json"]));
+        assert_eq!(e["n"], 12);
+    }
+    // The teacher (best.safetensors) averages the block's weights too: it lies between the
+    // pretrained block and the student's (last.safetensors), equal to neither.
+    let run = dir.join("mean-teacher");
+    let (best, last, teacher) = (load(&run.join("best.safetensors")), load(&run.join("last.safetensors")), load(&run.join("teacher-2.safetensors")));
+    let block = |d: &graft_weights::StateDict| d.tensors["trunk._blocks.15._project_conv.weight"].data.clone();
+    assert_eq!(block(&best), block(&teacher));
+    assert_ne!(block(&best), block(&last));
+    assert_ne!(block(&best), pretrained.tensors["_blocks.15._project_conv.weight"].data);
+}
+
 /// A killed mean-teacher run resumes from its last epoch with the teacher of that epoch, and
 /// ends with the same figures as a run that was never interrupted.
 #[test]
 fn a_killed_mean_teacher_fit_resumes_to_the_same_result() {
-    let dir = scratch("semi-resume");
+    killed_and_resumed("semi-resume", &[], 10, 30);
+}
+
+/// The same with Lite0's last block trainable (`--freeze 15`): the optimiser state, the
+/// student's and the teacher's block weights all come back after the kill.
+#[test]
+fn a_killed_mean_teacher_fit_with_a_trainable_block_resumes_to_the_same_result() {
+    killed_and_resumed("semi-resume-unfrozen", &["--freeze", "15"], 4, 4);
+}
+
+/// Fits `epochs` mean-teacher epochs (12 labelled images, `unlabelled` per class unlabelled)
+/// whole and again killed after an epoch and resumed; both end with the same metrics and kept
+/// weights (head and, with `extra` unfreezing it, the last block).
+fn killed_and_resumed(name: &str, extra: &[&str], unlabelled: usize, epochs: usize) {
+    let dir = scratch(name);
     let labelled = fmnist(&dir.join("labelled"), 4, 3);
-    let unlabelled = fmnist(&dir.join("unlabelled"), 10, 4);
-    let home = isolated_home("semi-resume");
-    let epochs = 30;
+    let unlabelled = fmnist(&dir.join("unlabelled"), unlabelled, 4);
+    let home = isolated_home(name);
     let args = |run: &Path| -> Vec<String> {
         ["fit", "--data", s(&labelled), "--out", s(run), "--unlabelled", s(&unlabelled), "--method", "mean-teacher", "--unlabelled-views", "1", "--val-split", "0", "--batch-size", "2", "--unlabelled-ratio", "1", "--json"]
             .iter()
+            .chain(extra)
             .map(|a| a.to_string())
             .chain(["--epochs".to_string(), epochs.to_string()])
             .collect()
@@ -108,8 +206,13 @@ fn a_killed_mean_teacher_fit_resumes_to_the_same_result() {
             .collect()
     };
     assert_eq!(strip(records(&run)), strip(records(&whole)), "the resumed run's epochs equal the uninterrupted run's");
-    let best = |r: &Path| graft_weights::load(&r.join("best.safetensors")).unwrap().tensors["head.layers.0.weight"].data.clone();
-    assert_eq!(best(&run), best(&whole));
+    let best = |r: &Path, tensor: &str| graft_weights::load(&r.join("best.safetensors")).unwrap().tensors[tensor].data.clone();
+    assert_eq!(best(&run, "head.layers.0.weight"), best(&whole, "head.layers.0.weight"));
+    if !extra.is_empty() {
+        let block = "trunk._blocks.15._project_conv.weight";
+        assert_eq!(best(&run, block), best(&whole, block));
+        assert_ne!(best(&whole, block), load(&lite0_weights()).tensors["_blocks.15._project_conv.weight"].data, "the block trained");
+    }
     let files: Vec<String> = std::fs::read_dir(&run).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     let teachers: Vec<&String> = files.iter().filter(|f| f.starts_with("teacher-")).collect();
     assert_eq!(teachers, [&format!("teacher-{epochs}.safetensors")], "only the last epoch's teacher is kept: {files:?}");
@@ -130,7 +233,8 @@ fn semi_supervised_settings_are_checked() {
     assert_bad_input(&with(&["--unlabelled", s(&labelled), "--method", "fixmatch", "--ema", "0.9"]), &["ema", "fixmatch"]);
     assert_bad_input(&with(&["--unlabelled", s(&labelled), "--method", "pseudo-label", "--threshold", "2"]), &["threshold"]);
     assert_bad_input(&with(&["--unlabelled", s(&labelled), "--method", "fixmatch", "--unlabelled-ratio", "0"]), &["unlabelled-ratio"]);
-    assert_bad_input(&with(&["--unlabelled", s(&labelled), "--method", "fixmatch", "--freeze", "none"]), &["--freeze all"]);
+    assert_bad_input(&with(&["--unlabelled", s(&labelled), "--method", "fixmatch", "--freeze", "none"]), &["--freeze", "first stage must stay frozen"]);
+    assert_bad_input(&with(&["--unlabelled", s(&labelled), "--method", "fixmatch", "--stages", "head:1,top2:1"]), &["--stages", "--freeze N"]);
     assert_bad_input(&with(&["--unlabelled", s(&labelled), "--method", "fixmatch", "--strong-augment", "randaugment:2:20"]), &["randaugment"]);
     assert!(!run.exists(), "a refused fit leaves no run directory");
     // clap's own refusal: the flag it needs is named on the line below.

@@ -26,7 +26,7 @@ use crate::classic::{Classic, ClassicKind};
 use super::run::{Evaluation, RunInfo};
 use super::schedule::{EarlyStopping, LrPlan, ReduceOnPlateau};
 use super::lr_find::{LrFound, LrSweep};
-use super::semi::{SemiConfig, SemiMethod, SemiTask, Views};
+use super::semi::{Entry, SemiConfig, SemiMethod, SemiTask, Views};
 use crate::cache::store::Key;
 use crate::cache::{FeatureStore, Namespace};
 use crate::data::augment::{sample_rng, Augment};
@@ -511,7 +511,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
         return fit_classic(kind, config, run, home, &model, &info, &train, &val, skipped, reporter, device);
     }
     if let Some(semi) = &config.semi {
-        return fit_semi(semi, config, run, resume, home, model, &info, &train, &val, skipped, reporter, device);
+        return fit_semi(semi, config, run, resume, home, model, &info, &rows, &trunk_config, &train, &val, skipped, reporter, device);
     }
 
     // (what is frozen, epochs, learning-rate factor relative to --lr) per stage.
@@ -554,15 +554,7 @@ fn fit_run(config: &FitConfig, run: &Path, resume: bool, home: &Path, reporter: 
             continue;
         }
         let frozen = freeze.frozen_params(&rows)?;
-        model = model.unfreeze().freeze(&rows, &frozen, &trunk_config)?;
-        if !(config.train_bn || config.from_scratch) {
-            // BatchNorm in the unfrozen blocks stays in inference mode (its scale and shift
-            // still train): on a small dataset, batch statistics of a few dozen images replace
-            // ImageNet's running statistics poorly (Keras' fine-tuning advice).
-            let flags = ParamGroup::from_regex(r"^trunk\..*\.training$").map_err(|e| GraftError::setting("train_bn", "", format!("{e:?}")))?;
-            model = model.freeze_group(flags);
-        }
-        model = model.train();
+        model = keep_bn_statistics(model.unfreeze().freeze(&rows, &frozen, &trunk_config)?, config)?.train();
         trainable_params = count_trainable(&model);
         let cut = frozen_prefix(&rows, &frozen, &trunk_config);
         let augmenting = !config.augment.is_identity();
@@ -1024,9 +1016,13 @@ fn fit_classic(
     Ok(summary)
 }
 
-/// `fit --unlabelled DIR --method …`: the head trains on the frozen trunk's stored features of
-/// the labelled images and of weak (and, for FixMatch, strong) views of the unlabelled ones
-/// ([`super::semi`]). The run directory is an image run's like any other.
+/// `fit --unlabelled DIR --method …`: the head (and the trunk's blocks `--freeze` leaves
+/// trainable) trains on the frozen prefix's stored activations of the labelled images and of
+/// weak (and, for FixMatch, strong) views of the unlabelled ones ([`super::semi`]): with
+/// `--freeze all` these are the pooled features, with `--freeze N` the activations the first
+/// trainable block reads, and every loss goes through the trainable blocks. The run directory
+/// is an image run's like any other. `rows` is the layer table (trunk and head) of the trunk
+/// `trunk_config` describes.
 #[allow(clippy::too_many_arguments)]
 fn fit_semi(
     semi: &SemiConfig,
@@ -1036,15 +1032,22 @@ fn fit_semi(
     home: &Path,
     model: Grafted,
     info: &RunInfo,
+    rows: &[LayerRow],
+    trunk_config: &crate::zoo::TrunkConfig,
     train: &Split,
     val: &Split,
     mut skipped: Vec<Skipped>,
     reporter: &dyn FitReporter,
     device: &Device,
 ) -> Result<FitSummary> {
-    if config.freeze != FreezeSpec::All || !config.stages.is_empty() {
-        let (setting, value) = if config.stages.is_empty() { ("freeze", config.freeze.to_string()) } else { ("stages", String::new()) };
-        return Err(GraftError::setting(setting, &value, format!("{} trains the head on the frozen trunk's stored features: use --freeze all (the default) and no --stages", semi.method.name())));
+    if !config.stages.is_empty() {
+        return Err(GraftError::setting("stages", "", format!("{} trains in one stage: leave the last blocks trainable with --freeze N (or --freeze all for the head alone) instead of --stages", semi.method.name())));
+    }
+    // What trains: the frozen prefix (stages 0..cut) is stored per view; the rest trains.
+    let frozen = config.freeze.frozen_params(rows)?;
+    let cut = frozen_prefix(rows, &frozen, trunk_config);
+    if cut == 0 {
+        return Err(GraftError::setting("freeze", &config.freeze.to_string(), format!("{} stores the unlabelled views as the frozen trunk prefix's activations, so the trunk's first stage must stay frozen: --freeze all (the head alone), or --freeze N leaving only the last blocks trainable", semi.method.name())));
     }
     let started = Instant::now();
     let files = crate::data::folder::files_below(&semi.unlabelled, &crate::data::folder::is_image_file)?;
@@ -1062,17 +1065,19 @@ fn fit_semi(
     }
     reporter.message(&format!("unlabelled: {} images ({}, {} unlabelled per labelled image in a batch)", unlabelled.len(), semi.method.name(), semi.ratio));
 
-    // Stored features: labelled and validation images (a view per epoch when augmenting), weak
-    // views of the unlabelled images (view 0 plain), and FixMatch's strong views.
-    let cut = model.trunk.num_stages();
+    // Stored activations at the cut (the pooled features when the trunk is frozen whole):
+    // labelled and validation images (a view per epoch when augmenting), weak views of the
+    // unlabelled images (view 0 plain), and FixMatch's strong views.
+    let head_only = cut >= model.trunk.num_stages();
     let prefix = model.valid();
     let preprocess = &info.preprocess;
-    let pooled = crate::zoo::backbone::pooled_cut(config.head_pool);
+    let cut_name = trunk_config.cut_name(cut, config.head_pool);
+    let shape = map_shape(&prefix, cut, preprocess.size as usize); // as `activations` lays the rows out
     let mut stats = CacheStats::default();
     let labelled_views = if config.augment.is_identity() { 1 } else { config.cache_views.max(1) };
     let augment_id = |views: usize, augment: &Augment| if views > 1 { augment.to_string() } else { "none".to_string() };
     let fill = |split: &Split, view: View, task: &str, stats: &mut CacheStats| -> Result<(Cache, usize)> {
-        let mut store = open_store(home, &info.model, info.weights_sha256.as_deref(), &pooled, preprocess, &augment_id(view.count, view.augment), config, reporter)?;
+        let mut store = open_store(home, &info.model, info.weights_sha256.as_deref(), &cut_name, preprocess, &augment_id(view.count, view.augment), config, reporter)?;
         let (filled, _) = activations(&prefix, split, preprocess, cut, view, config, store.as_mut(), device, reporter, task, stats)?;
         let store = store.map(Arc::new);
         Ok((Cache::new(filled, store.as_ref(), split.len() * view.count), view.count))
@@ -1095,11 +1100,21 @@ fn fit_semi(
     if engine.state.finished(config.epochs) {
         reporter.message("the run had already finished");
     }
-    // Only the head trains: the trunk is left out of the gradients (and of the graph).
-    let mut model = model.train();
-    model.trunk = model.trunk.no_grad();
-    let trainable_params = count_trainable(&model.head);
-    let trained = param_ids(&model.head);
+    let (model, groups) = if head_only {
+        // Only the head trains: the trunk is left out of the gradients (and of the graph).
+        let mut model = model.train();
+        model.trunk = model.trunk.no_grad();
+        let head = param_ids(&model.head);
+        (model, vec![(head, 1.0)])
+    } else {
+        // The trainable blocks as supervised fit trains them: BatchNorm statistics kept, the
+        // trunk's rate `body_lr_mult` × the head's.
+        let model = keep_bn_statistics(model.freeze(rows, &frozen, trunk_config)?, config)?.train();
+        let groups = vec![(param_ids(&model.head), 1.0), (param_ids(&model.trunk), config.body_lr_mult)];
+        (model, groups)
+    };
+    let trainable_params = count_trainable(&model);
+    let entry = if head_only { Entry::Head } else { Entry::Stage { cut, shape } };
     let steps_per_epoch = unlabelled.len().div_ceil(config.batch_size * semi.ratio);
     let mut task: SemiTask<'_, Grafted> = SemiTask {
         semi,
@@ -1107,12 +1122,13 @@ fn fit_semi(
         seed: config.seed,
         plan: LrPlan { base_lr: config.lr, schedule: config.schedule.clone(), warmup_epochs: config.warmup_epochs, steps_per_epoch, epochs: config.epochs },
         classes: &info.classes,
+        entry,
         labelled: Views { rows: &train_cache, items: train.len(), views: labelled_views },
         labels: &train.labels,
         weak: Views { rows: &weak_cache, items: unlabelled.len(), views: weak_views },
         strong: strong_cache.as_ref().map(|(c, views)| Views { rows: c, items: unlabelled.len(), views: *views }),
         val: Some((Views { rows: &val_cache, items: val.len(), views: labelled_views }, &val.labels)),
-        trained,
+        groups,
         reporter,
         device: device.clone(),
         train_device: device.clone().autodiff(),
@@ -1222,6 +1238,17 @@ fn evaluate_images(model: &Grafted, split: &Split, preprocess: &Preprocess, batc
         predicted.extend(argmax(logits));
     }
     Ok((loss / split.len().max(1) as f64, predicted))
+}
+
+/// BatchNorm in the unfrozen blocks stays in inference mode (its scale and shift still train)
+/// unless `--train-bn` or `--from-scratch`: on a small dataset, batch statistics of a few dozen
+/// images replace ImageNet's running statistics poorly (Keras' fine-tuning advice).
+fn keep_bn_statistics(model: Grafted, config: &FitConfig) -> Result<Grafted> {
+    if config.train_bn || config.from_scratch {
+        return Ok(model);
+    }
+    let flags = ParamGroup::from_regex(r"^trunk\..*\.training$").map_err(|e| GraftError::setting("train_bn", "", format!("{e:?}")))?;
+    Ok(model.freeze_group(flags))
 }
 
 /// Parameters that will receive gradients.

@@ -1,5 +1,6 @@
-//! Semi-supervised training of a head on frozen features: a few labelled rows and many
-//! unlabelled ones (cached trunk activations of images, or stored text embeddings).
+//! Semi-supervised training of a head on frozen features, or of the head and the trunk's last
+//! blocks on the frozen prefix's activations: a few labelled rows and many unlabelled ones
+//! (cached trunk activations of images, or stored text embeddings).
 //!
 //! Every iteration takes a labelled batch of B rows and an unlabelled batch of μ·B rows; an
 //! epoch is one pass over the unlabelled set (the labelled set is cycled through in shuffled
@@ -14,7 +15,11 @@
 //!
 //! Views of images are stored activations ([`crate::cache`]): view 0 is the plain image and
 //! views 1..=K augmentations, drawn one per row and epoch from a seeded stream; texts have the
-//! plain embedding only (the head's dropout is then the only noise).
+//! plain embedding only (the head's dropout is then the only noise). With trainable trunk
+//! blocks (`--freeze N`), the stored rows are the frozen prefix's activations ([`Entry::Stage`]):
+//! every loss, the unlabelled one included, goes through the trainable blocks, so the strong
+//! views change the features themselves and not only the head; the mean teacher then averages
+//! every trainable parameter (blocks and head).
 
 use std::path::PathBuf;
 
@@ -189,22 +194,37 @@ impl Views<'_> {
     }
 }
 
-/// A model whose classifier reads a feature row.
-pub trait FeatureClassifier: Module {
-    /// [N, D] features → [N, classes] logits.
-    fn classify(&self, x: Tensor<2>) -> Tensor<2>;
+/// Where the stored rows enter the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// The head's input: pooled trunk features (a trunk frozen whole) or text embeddings.
+    Head,
+    /// The activations after the trunk's first `cut` stages (frozen), `shape` ([C, h, w]) per
+    /// row: the trainable stages run on them before the head.
+    Stage { cut: usize, shape: [usize; 3] },
 }
 
+/// A model whose classifier reads a stored row.
+pub trait FeatureClassifier: Module {
+    /// [N, D] rows entering at `entry` → [N, classes] logits.
+    fn classify(&self, x: Tensor<2>, entry: Entry) -> Tensor<2>;
+}
+
+/// A head alone reads its input only.
 impl FeatureClassifier for Head {
-    fn classify(&self, x: Tensor<2>) -> Tensor<2> {
+    fn classify(&self, x: Tensor<2>, _entry: Entry) -> Tensor<2> {
         self.forward(x)
     }
 }
 
-/// A grafted network whose trunk is frozen whole: its head reads the pooled features.
+/// A grafted network: its head reads the pooled features, or its trainable stages the frozen
+/// prefix's activations.
 impl FeatureClassifier for Grafted {
-    fn classify(&self, x: Tensor<2>) -> Tensor<2> {
-        self.head.forward(x)
+    fn classify(&self, x: Tensor<2>, entry: Entry) -> Tensor<2> {
+        match entry {
+            Entry::Head => self.head.forward(x),
+            Entry::Stage { cut, shape } => self.forward_from(x, cut, shape),
+        }
     }
 }
 
@@ -215,6 +235,8 @@ pub struct SemiTask<'a, M: FeatureClassifier> {
     pub seed: u64,
     pub plan: LrPlan,
     pub classes: &'a [String],
+    /// Where every stored row below enters the model.
+    pub entry: Entry,
     pub labelled: Views<'a>,
     pub labels: &'a [usize],
     /// Unlabelled rows: weak views (view 0 plain).
@@ -223,8 +245,9 @@ pub struct SemiTask<'a, M: FeatureClassifier> {
     pub strong: Option<Views<'a>>,
     /// Validation rows (view 0 read) and labels.
     pub val: Option<(Views<'a>, &'a [usize])>,
-    /// The parameters that train (the head's).
-    pub trained: Vec<ParamId>,
+    /// The parameters that train, in groups with their learning-rate multipliers (the head's
+    /// at 1; trainable trunk blocks at `body_lr_mult`).
+    pub groups: Vec<(Vec<ParamId>, f64)>,
     pub reporter: &'a dyn FitReporter,
     pub device: Device,
     pub train_device: Device,
@@ -260,8 +283,8 @@ impl<M: FeatureClassifier> SemiTask<'_, M> {
     fn targets(&self, model: &M, views: &Views, rows: &[usize]) -> Result<Vec<f32>> {
         let x = views.tensor(rows, &self.device)?;
         let logits = match &self.teacher {
-            Some(teacher) => teacher.classify(x),
-            None => model.valid().classify(x),
+            Some(teacher) => teacher.classify(x, self.entry),
+            None => model.valid().classify(x, self.entry),
         };
         Ok(softmax(logits, 1).into_data().try_to_vec::<f32>().unwrap_or_default())
     }
@@ -356,7 +379,7 @@ impl<M: FeatureClassifier> Task for SemiTask<'_, M> {
 
         // Labelled: cross-entropy on a (view of a) labelled row.
         let rows = self.labelled.pick(&labelled, seed, epoch, 0);
-        let logits = model.classify(self.labelled.tensor(&rows, &device)?); // [B, classes]
+        let logits = model.classify(self.labelled.tensor(&rows, &device)?, self.entry); // [B, classes]
         let supervised = cross_entropy(logits.clone(), &targets, 0.0, None, &device);
         self.sums.correct += argmax(logits.detach()).iter().zip(&targets).filter(|(p, t)| p == t).count();
         self.sums.seen += labelled.len();
@@ -382,12 +405,12 @@ impl<M: FeatureClassifier> Task for SemiTask<'_, M> {
                     (SemiMethod::Fixmatch { .. }, Some(strong)) => strong.tensor(&strong.pick(&unlabelled, seed, epoch, 2), &device)?,
                     _ => weak,
                 };
-                masked_cross_entropy(model.classify(input), &pseudo, &mask, &device)
+                masked_cross_entropy(model.classify(input, self.entry), &pseudo, &mask, &device)
             }
             SemiMethod::MeanTeacher { rampup_epochs, .. } => {
                 // Another weak view for the teacher than for the student.
                 let other = self.weak.pick(&unlabelled, seed, epoch, 3);
-                let student = softmax(model.classify(weak), 1); // [μB, classes]
+                let student = softmax(model.classify(weak, self.entry), 1); // [μB, classes]
                 let [n, classes] = student.dims();
                 // The teacher's probabilities: a constant of the loss.
                 let teacher = Tensor::<2>::from_data(TensorData::new(self.targets(model, &self.weak, &other)?, [n, classes]), &device);
@@ -404,7 +427,7 @@ impl<M: FeatureClassifier> Task for SemiTask<'_, M> {
         self.sums.unlabelled_loss += unsup as f64;
         self.sums.iterations += 1;
         let mut grads = loss.backward();
-        Ok(vec![(GradientsParams::from_params(&mut grads, model, &self.trained), 1.0)])
+        Ok(self.groups.iter().map(|(ids, mult)| (GradientsParams::from_params(&mut grads, model, ids), *mult)).collect())
     }
 
     fn end_epoch(&mut self, model: &M, epoch: usize, lr: f64, seconds: f64) -> Result<EpochEnd> {
@@ -414,7 +437,7 @@ impl<M: FeatureClassifier> Task for SemiTask<'_, M> {
                 let (mut loss, mut predicted) = (0f64, Vec::new());
                 for chunk in all.chunks(256) {
                     let rows: Vec<usize> = chunk.iter().map(|&i| i * val.views).collect();
-                    let logits = model.valid().classify(val.tensor(&rows, &self.device)?);
+                    let logits = model.valid().classify(val.tensor(&rows, &self.device)?, self.entry);
                     let targets: Vec<usize> = chunk.iter().map(|&i| labels[i]).collect();
                     let l: f32 = cross_entropy(logits.clone(), &targets, 0.0, None, &self.device).into_scalar();
                     loss += l as f64 * chunk.len() as f64;

@@ -26,7 +26,7 @@ use super::loss::{argmax, cross_entropy};
 use super::model::{Head, HeadSpec};
 use super::run::{top1, Evaluation};
 use super::schedule::LrPlan;
-use super::semi::{SemiMethod, SemiTask, Views};
+use super::semi::{Entry, SemiMethod, SemiTask, Views};
 use crate::cache::store::Key;
 use crate::cache::FeatureStore;
 use crate::classic::Classic;
@@ -611,12 +611,13 @@ fn train_neural(config: &FitConfig, run: &Path, resume: bool, info: &TextRunInfo
             seed: config.seed,
             plan: LrPlan { base_lr: config.lr, schedule: config.schedule.clone(), warmup_epochs: config.warmup_epochs, steps_per_epoch, epochs: config.epochs },
             classes: &info.classes,
+            entry: Entry::Head,
             labelled: Views { rows: train, items: train.labels.len(), views: 1 },
             labels: &train.labels,
             weak: Views { rows: unlabelled, items: unlabelled.x.len(), views: 1 },
             strong: None,
             val: Some((Views { rows: val, items: val.labels.len(), views: 1 }, &val.labels)),
-            trained,
+            groups: vec![(trained, 1.0)],
             reporter,
             device: device.clone(),
             train_device: device.clone().autodiff(),
