@@ -35,8 +35,10 @@ fn load(path: &Path) -> graft_weights::StateDict {
     graft_weights::load(path).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The pretrained tensor `name` (checkpoint naming) next to the run's (burn naming).
-fn trunk_pairs<'a>(pretrained: &'a graft_weights::StateDict, run: &'a graft_weights::StateDict, prefix: &str) -> Vec<(String, &'a [f32], &'a [f32])> {
+/// The run's tensors whose pretrained name (Lite0's) starts with `prefix`, beside the
+/// pretrained ones: (name, pretrained, run). BatchNorm's scale and shift go by burn's names in
+/// the run (`gamma`, `beta`); the pretrained classifier and BN counters are left out.
+pub(crate) fn trunk_pairs<'a>(pretrained: &'a graft_weights::StateDict, run: &'a graft_weights::StateDict, prefix: &str) -> Vec<(String, &'a [f32], &'a [f32])> {
     let mut pairs = Vec::new();
     for (name, t) in &pretrained.tensors {
         if !name.starts_with(prefix) || name.starts_with("_fc") || name.ends_with("num_batches_tracked") {

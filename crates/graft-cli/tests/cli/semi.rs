@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::fit::fmnist;
+use super::fit::{fmnist, trunk_pairs};
 use super::text::{import_csv, minilm};
 use super::{assert_bad_input, graft, graft_in, isolated_home, json_of, lite0_weights, scratch};
 
@@ -72,26 +72,6 @@ fn semi_supervised_image_fits_store_their_views_once_and_evaluate() {
     json_of(&graft_in(&home, &["eval", "--run", s(&run), "--data", s(&labelled), "--json"]));
 }
 
-/// The run's tensors whose pretrained name (Lite0's) starts with `prefix`, beside the
-/// pretrained ones: (name, pretrained, run). BatchNorm's scale and shift go by burn's names in
-/// the run (`gamma`, `beta`); the pretrained classifier and BN counters are left out.
-fn trunk_pairs<'a>(pretrained: &'a graft_weights::StateDict, run: &'a graft_weights::StateDict, prefix: &str) -> Vec<(String, &'a [f32], &'a [f32])> {
-    let mut pairs = Vec::new();
-    for (name, t) in &pretrained.tensors {
-        if !name.starts_with(prefix) || name.starts_with("_fc") || name.ends_with("num_batches_tracked") {
-            continue;
-        }
-        let is_bn = name.contains("._bn") || name.starts_with("_bn");
-        let burn_name = match (is_bn, name.rsplit('.').next().unwrap()) {
-            (true, "weight") => name.replace(".weight", ".gamma"),
-            (true, "bias") => name.replace(".bias", ".beta"),
-            _ => name.clone(),
-        };
-        let theirs = run.tensors.get(&format!("trunk.{burn_name}")).unwrap_or_else(|| panic!("run checkpoint lacks trunk.{burn_name}"));
-        pairs.push((name.clone(), t.data.as_slice(), theirs.data.as_slice()));
-    }
-    pairs
-}
 
 fn load(path: &Path) -> graft_weights::StateDict {
     graft_weights::load(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

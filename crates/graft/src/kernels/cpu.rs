@@ -11,7 +11,7 @@ use burn::tensor::{DType, Shape, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{DepthwiseGeometry, GraftOps};
+use super::{Act, DepthwiseGeometry, GraftOps};
 
 /// The widest vector extension graft's own kernels use on this CPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -104,6 +104,58 @@ fn multiply_add(acc: &mut [f32], x: &[f32], w: &[f32]) {
     }
 }
 
+/// e^y for y ≤ 0, in plain arithmetic that compiles to vector instructions: y = n·ln 2 + r
+/// with |r| ≤ ln 2 / 2, e^r by its Taylor series to r⁶ (relative error below 1.2e-7), 2^n
+/// written into the exponent bits. Below −87 (where e^y leaves f32's normal range) it is
+/// e^−87.
+#[inline(always)]
+fn exp_nonpositive(y: f32) -> f32 {
+    // Adding 1.5·2^23 rounds to an integer, left in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    // ln 2 = LN2_HI − LN2_LO, LN2_HI with 9 significant bits so that n·LN2_HI is exact.
+    const LN2_HI: f32 = 0.693_359_375;
+    const LN2_LO: f32 = 2.121_944_4e-4;
+    let y = y.max(-87.0);
+    let shifted = y * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
+    let r = (y - n * LN2_HI) + n * LN2_LO;
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let exponent = (shifted.to_bits() as i32 - ROUND.to_bits() as i32 + 127) as u32;
+    p * f32::from_bits(exponent << 23)
+}
+
+/// The standard normal distribution at x: (Φ(x), φ(x)). erfc(z) for z = |x|/√2 ≥ 0 by
+/// Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7), Φ from it by symmetry.
+#[inline(always)]
+fn normal_cdf_density(x: f32) -> (f32, f32) {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [0.254_829_592, -0.284_496_736, 1.421_413_741, -1.453_152_027, 1.061_405_429];
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + P * z);
+    let gauss = exp_nonpositive(-z * z); // e^{−x²/2}
+    let half_erfc = 0.5 * t * (A[0] + t * (A[1] + t * (A[2] + t * (A[3] + t * A[4])))) * gauss;
+    let cdf = if x >= 0.0 { 1.0 - half_erfc } else { half_erfc };
+    (cdf, gauss * 0.398_942_28) // 1/√(2π)
+}
+
+/// Exact GELU, x·Φ(x).
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    x * normal_cdf_density(x).0
+}
+
+/// `act` on every value in place; the match is outside the loops, so each loop is one vector
+/// expression.
+#[inline(always)]
+fn apply(values: &mut [f32], act: Act) {
+    match act {
+        Act::Identity => {}
+        Act::Relu => values.iter_mut().for_each(|v| *v = if *v < 0.0 { 0.0 } else { *v }), // NaN stays NaN
+        Act::Relu6 => clamp_relu6(values),
+        Act::Gelu => values.iter_mut().for_each(|v| *v = gelu(*v)),
+    }
+}
+
 #[inline(always)]
 fn clamp_relu6(values: &mut [f32]) {
     for v in values {
@@ -114,10 +166,10 @@ fn clamp_relu6(values: &mut [f32]) {
 /// The most taps a depthwise kernel may have (k ≤ 7).
 const MAX_TAPS: usize = 49;
 
-/// Channels `c0..c0 + N` of one output pixel: `acc = relu6(acc + Σ_taps x · w)`, the N sums in
+/// Channels `c0..c0 + N` of one output pixel: `acc = act(acc + Σ_taps x · w)`, the N sums in
 /// registers across the taps.
 #[inline(always)]
-fn depthwise_block<const N: usize>(acc: &mut [f32], x: &[f32], w: &[f32], taps: &[(usize, usize)], c0: usize) {
+fn depthwise_block<const N: usize>(acc: &mut [f32], x: &[f32], w: &[f32], taps: &[(usize, usize)], c0: usize, act: Act) {
     let mut sum: [f32; N] = acc[c0..c0 + N].try_into().expect("N channels");
     for &(xo, wo) in taps {
         let (xs, ws) = (&x[xo + c0..xo + c0 + N], &w[wo + c0..wo + c0 + N]);
@@ -125,9 +177,8 @@ fn depthwise_block<const N: usize>(acc: &mut [f32], x: &[f32], w: &[f32], taps: 
             sum[l] += xs[l] * ws[l];
         }
     }
-    for l in 0..N {
-        acc[c0 + l] = sum[l].clamp(0.0, 6.0); // NaN stays NaN
-    }
+    apply(&mut sum, act);
+    acc[c0..c0 + N].copy_from_slice(&sum);
 }
 
 /// The input row `i` (height or width) that output row `o` reads through kernel tap `k`.
@@ -145,10 +196,10 @@ fn output_index(i: usize, k: usize, stride: usize, pad: usize, size: usize) -> O
 
 simd_variants! {
     /// One output row `oh` of one image:
-    /// `out[ow, :] = relu6(bias + Σ_taps x[ih, iw, :] · w[kh, kw, :])`.
+    /// `out[ow, :] = act(bias + Σ_taps x[ih, iw, :] · w[kh, kw, :])`.
     /// Channels go in blocks of 64, then 16, then one by one, each block's sums kept in
     /// registers over all taps (not re-read from `out` per tap).
-    fn depthwise_forward_row(x: &[f32], w: &[f32], out: &mut [f32], g: &DepthwiseGeometry, oh: usize) {
+    fn depthwise_forward_row(x: &[f32], w: &[f32], out: &mut [f32], g: &DepthwiseGeometry, oh: usize, act: Act) {
         let c = g.channels;
         let mut taps = [(0usize, 0usize); MAX_TAPS];
         for ow in 0..g.out_w {
@@ -165,15 +216,15 @@ simd_variants! {
             let (taps, acc) = (&taps[..n], &mut out[ow * c..][..c]); // acc holds the bias
             let mut c0 = 0;
             while c0 + 64 <= c {
-                depthwise_block::<64>(acc, x, w, taps, c0);
+                depthwise_block::<64>(acc, x, w, taps, c0, act);
                 c0 += 64;
             }
             while c0 + 16 <= c {
-                depthwise_block::<16>(acc, x, w, taps, c0);
+                depthwise_block::<16>(acc, x, w, taps, c0, act);
                 c0 += 16;
             }
             while c0 < c {
-                depthwise_block::<1>(acc, x, w, taps, c0);
+                depthwise_block::<1>(acc, x, w, taps, c0, act);
                 c0 += 1;
             }
         }
@@ -215,24 +266,75 @@ simd_variants! {
         }
     }
 
-    /// In place on whole rows: `y = min(max(y + bias, 0), 6)`.
-    fn bias_relu6_rows(values: &mut [f32], bias: &[f32]) {
+    /// In place on whole rows: `y = act(y + bias)`.
+    fn bias_act_rows(values: &mut [f32], bias: &[f32], act: Act) {
         for row in values.chunks_exact_mut(bias.len()) {
             for (v, b) in row.iter_mut().zip(bias) {
                 *v += b;
             }
-            clamp_relu6(row);
+            apply(row, act);
         }
     }
 
-    /// In place on the gradient: it passes where the ReLU6 output was strictly between 0 and 6.
-    fn relu6_grad(output: &[f32], grad: &mut [f32]) {
-        for (g, y) in grad.iter_mut().zip(output) {
-            if !(*y > 0.0 && *y < 6.0) {
-                *g = 0.0;
+    /// In place: `values = act(values)`.
+    fn act_in_place(values: &mut [f32], act: Act) {
+        apply(values, act);
+    }
+
+    /// `out = act(a)`, into fresh memory.
+    fn act_into(a: &[f32], out: &mut [std::mem::MaybeUninit<f32>], act: Act) {
+        // Copy, then the activation on the same (cache-resident) chunk.
+        for chunk in 0..a.len().div_ceil(1024) {
+            let range = chunk * 1024..((chunk + 1) * 1024).min(a.len());
+            let out = &mut out[range.clone()];
+            for (o, v) in out.iter_mut().zip(&a[range]) {
+                o.write(*v);
             }
+            // SAFETY: every element of `out` was written just above.
+            apply(unsafe { &mut *(out as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }, act);
         }
     }
+
+    /// In place: `a = act(a + b)`.
+    fn add_act(a: &mut [f32], b: &[f32], act: Act) {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
+        apply(a, act);
+    }
+
+    /// In place on the gradient of `act`'s output, given its output (ReLU, ReLU6) or its input
+    /// (GELU): ReLU's passes where the output is positive, ReLU6's where it is strictly
+    /// between 0 and 6, GELU's is multiplied by Φ(x) + x·φ(x).
+    fn act_grad(saved: &[f32], grad: &mut [f32], act: Act) {
+        match act {
+            Act::Identity => {}
+            Act::Relu => grad.iter_mut().zip(saved).for_each(|(g, y)| if !(*y > 0.0) { *g = 0.0 }),
+            Act::Relu6 => grad.iter_mut().zip(saved).for_each(|(g, y)| if !(*y > 0.0 && *y < 6.0) { *g = 0.0 }),
+            Act::Gelu => grad.iter_mut().zip(saved).for_each(|(g, x)| {
+                let (cdf, density) = normal_cdf_density(*x);
+                *g *= cdf + x * density;
+            }),
+        }
+    }
+}
+
+/// A fresh tensor of `x`'s shape: `f` writes its every element from `x`'s, chunk by chunk
+/// across rayon's threads.
+fn map_fresh(x: &FlexTensor, f: impl Fn(&[f32], &mut [std::mem::MaybeUninit<f32>]) + Sync) -> FlexTensor {
+    let src = f32s(x);
+    let mut out = Vec::with_capacity(src.len());
+    out.spare_capacity_mut()[..src.len()].par_chunks_mut(ELEMENTWISE_CHUNK).zip(src.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(out, src)| f(src, out));
+    // SAFETY: `f` wrote every slot (each kernel passed to it writes its whole output chunk).
+    unsafe { out.set_len(src.len()) };
+    flex(out, x.layout().shape().clone())
+}
+
+/// Whether the tensor's buffer can be written in place: held once, contiguous from its start
+/// to its end.
+fn writable(tensor: &FlexTensor) -> bool {
+    let elements = tensor.layout().num_elements();
+    tensor.is_unique() && tensor.layout().contiguous_offsets() == Some((0, elements)) && tensor.bytes().len() == elements * 4
 }
 
 /// Elements per rayon task for elementwise kernels (whole rows where rows are involved).
@@ -254,9 +356,7 @@ fn flex(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
 /// The float tensor's storage for writing in place; a copy when it is shared or strided.
 fn owned(tensor: FlexTensor) -> FlexTensor {
     let tensor = contiguous(tensor);
-    let elements = tensor.layout().num_elements();
-    let whole_buffer = tensor.layout().contiguous_offsets() == Some((0, elements)) && tensor.bytes().len() == elements * 4;
-    if tensor.is_unique() && whole_buffer {
+    if writable(&tensor) {
         return tensor;
     }
     let shape = tensor.layout().shape().clone();
@@ -318,7 +418,7 @@ fn storage_mut(tensor: &mut FlexTensor) -> &mut [f32] {
 }
 
 impl GraftOps for Flex {
-    fn depthwise_nhwc(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, g: DepthwiseGeometry) -> FloatTensor<Self> {
+    fn depthwise_nhwc(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, g: DepthwiseGeometry, act: Act) -> FloatTensor<Self> {
         assert_eq!(x.dtype(), DType::F32, "depthwise_nhwc computes in f32");
         let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
         let (x, w, b) = (f32s(&x), f32s(&weight), f32s(&bias));
@@ -329,7 +429,7 @@ impl GraftOps for Flex {
         out.par_chunks_mut(g.out_w * g.channels)
             .with_min_len(2)
             .enumerate()
-            .for_each(|(row, out)| depthwise_forward_row(&x[row / g.out_h * image..][..image], w, out, &g, row % g.out_h));
+            .for_each(|(row, out)| depthwise_forward_row(&x[row / g.out_h * image..][..image], w, out, &g, row % g.out_h, act));
         flex(out, [g.batch, g.out_h, g.out_w, g.channels])
     }
 
@@ -380,7 +480,7 @@ impl GraftOps for Flex {
         flex(rows, [g.batch * g.out_h * g.out_w, width])
     }
 
-    fn pointwise_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, relu6: bool) -> FloatTensor<Self> {
+    fn pointwise_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, act: Act) -> FloatTensor<Self> {
         assert_eq!(x.dtype(), DType::F32, "pointwise_rows computes in f32");
         let bias = contiguous(bias);
         let b = f32s(&bias);
@@ -389,11 +489,12 @@ impl GraftOps for Flex {
         let (x_rs, x_cs) = strides_2d(&x);
         let (w_rs, w_cs) = strides_2d(&weight);
         let parallelism = if rows * columns * inner >= 192 * 192 * 192 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
-        // With ReLU6 (the expansions and the head: the largest outputs) the product is written
-        // as is and one pass adds the bias and clamps. Without, the output starts as the bias
-        // on every row and the product is added to it. Either way one pass over the output
-        // besides the product's own (these maps are tens of MB: each pass is memory-bound).
-        let fresh = relu6 && inner > 0 && columns > 0; // (a product over nothing writes nothing)
+        // With an activation (the expansions and the head: the largest outputs) the product is
+        // written as is and one pass adds the bias and applies it. Without, the output starts
+        // as the bias on every row and the product is added to it. Either way one pass over the
+        // output besides the product's own (these maps are tens of MB: each pass is
+        // memory-bound).
+        let fresh = act != Act::Identity && inner > 0 && columns > 0; // (a product over nothing writes nothing)
         let mut out = if fresh { Vec::with_capacity(rows * columns) } else { repeat_rows(b, rows) };
         // SAFETY: the pointers cover `rows × inner`, `inner × columns` and `rows × columns`
         // elements at the given strides (flex layouts of live tensors; `out` is ours, with room
@@ -406,21 +507,42 @@ impl GraftOps for Flex {
             out.set_len(rows * columns);
         }
         if fresh {
-            out.par_chunks_mut((ELEMENTWISE_CHUNK / columns).max(1) * columns).for_each(|chunk| bias_relu6_rows(chunk, b));
-        } else if relu6 {
-            out.par_chunks_mut(ELEMENTWISE_CHUNK).for_each(clamp_relu6);
+            out.par_chunks_mut((ELEMENTWISE_CHUNK / columns).max(1) * columns).for_each(|chunk| bias_act_rows(chunk, b, act));
+        } else if act != Act::Identity {
+            out.par_chunks_mut(ELEMENTWISE_CHUNK).for_each(|chunk| act_in_place(chunk, act));
         }
         flex(out, [rows, columns])
     }
 
-    fn relu6_backward(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        let output = contiguous(output);
-        let y = f32s(&output);
+    fn activation(x: FloatTensor<Self>, act: Act) -> FloatTensor<Self> {
+        assert_eq!(x.dtype(), DType::F32, "graft's activations compute in f32");
+        let mut x = contiguous(x);
+        if !writable(&x) {
+            return map_fresh(&x, |src, out| act_into(src, out, act));
+        }
+        storage_mut(&mut x).par_chunks_mut(ELEMENTWISE_CHUNK).for_each(|chunk| act_in_place(chunk, act));
+        x
+    }
+
+    fn add_activation(a: FloatTensor<Self>, b: FloatTensor<Self>, act: Act) -> FloatTensor<Self> {
+        assert_eq!(a.dtype(), DType::F32, "graft's activations compute in f32");
+        // Into whichever operand is free to overwrite (the residual branch's fresh output,
+        // usually), else into a copy of `a`.
+        let (a, b) = (contiguous(a), contiguous(b));
+        let (mut into, other) = if writable(&a) || !writable(&b) { (owned(a), b) } else { (b, a) };
+        let other = f32s(&other);
+        storage_mut(&mut into).par_chunks_mut(ELEMENTWISE_CHUNK).zip(other.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(x, y)| add_act(x, y, act));
+        into
+    }
+
+    fn activation_backward(saved: FloatTensor<Self>, grad: FloatTensor<Self>, act: Act) -> FloatTensor<Self> {
+        let saved = contiguous(saved);
+        let y = f32s(&saved);
         let mut grad = owned(grad);
         storage_mut(&mut grad)
             .par_chunks_mut(ELEMENTWISE_CHUNK)
             .zip(y.par_chunks(ELEMENTWISE_CHUNK))
-            .for_each(|(g, y)| relu6_grad(y, g));
+            .for_each(|(g, y)| act_grad(y, g, act));
         grad
     }
 }

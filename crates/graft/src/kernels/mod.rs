@@ -1,12 +1,19 @@
 //! graft's own tensor operations, added to burn through its backend-extension mechanism:
-//! a channels-last depthwise convolution and a 1×1 convolution on rows, each with bias and
-//! (optional) ReLU6 fused in and a handwritten backward pass.
+//! a channels-last depthwise convolution and a 1×1 convolution on rows, each with bias and an
+//! activation fused in, and elementwise activations (ReLU, ReLU6, exact GELU, and a residual
+//! sum followed by one), each with a handwritten backward pass.
 //!
 //! Why: fine-tuning the tail of a MobileNet-style network on burn-flex spent most of a step in
 //! layout shuffles around the 1×1 convolutions, in the depthwise convolution's backward
 //! (a transposed convolution), and in ReLU6's backward (two masks). Kept channels-last
 //! (`[N·H·W, C]` rows), a 1×1 convolution is one large matrix product, and these two kernels
 //! cover the rest. See [`crate::zoo::efficientnet`]'s channels-last training path.
+//!
+//! burn-flex runs elementwise operations on one thread and GELU through a scalar `erf`: in
+//! ConvNeXt and ViT forward passes GELU alone took a fifth of the samples, and in ResNet-50
+//! BatchNorm's separate scale-and-shift passes and ReLU most of what was not a matrix product.
+//! Here every elementwise pass is split across rayon's threads and compiled for the CPU's
+//! vector width, GELU's `erf` included (a rational approximation, absolute error below 2e-7).
 //!
 //! The kernels exist for the flex (CPU) backend and its autodiff wrapper only;
 //! [`supported`] says whether a device can use them, and callers fall back to burn's own
@@ -46,12 +53,32 @@ impl DepthwiseGeometry {
     }
 }
 
+/// The activation fused into a kernel's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Identity,
+    Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
+    /// Exact GELU, `x·Φ(x)` (erf, not tanh), as torchvision's and timm's ConvNeXt and ViT use.
+    Gelu,
+}
+
+impl Act {
+    /// Whether the gradient is a function of the output (ReLU, ReLU6: a mask), so that a
+    /// backward pass keeps the output rather than the input.
+    pub fn grad_from_output(self) -> bool {
+        matches!(self, Act::Relu | Act::Relu6)
+    }
+}
+
 /// The operations graft adds to burn's backends.
 #[backend_extension(Flex, Autodiff)]
 pub trait GraftOps: Backend {
-    /// Depthwise convolution, channels-last, with bias and ReLU6: x `[N, H, W, C]`, weight
-    /// `[k, k, C]`, bias `[C]` → `relu6(conv(x) + bias)`, `[N, H_out, W_out, C]`.
-    fn depthwise_nhwc(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
+    /// Depthwise convolution, channels-last, with bias and an activation (not GELU): x
+    /// `[N, H, W, C]`, weight `[k, k, C]`, bias `[C]` → `act(conv(x) + bias)`,
+    /// `[N, H_out, W_out, C]`.
+    fn depthwise_nhwc(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, geometry: DepthwiseGeometry, act: Act) -> FloatTensor<Self>;
     /// Gradient of the (linear) depthwise convolution with respect to its input.
     fn depthwise_nhwc_input_grad(grad: FloatTensor<Self>, weight: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
     /// Gradient of the (linear) depthwise convolution with respect to its weight.
@@ -61,12 +88,18 @@ pub trait GraftOps: Backend {
     /// product with its weight laid out `[k·k·C, C_out]`, its output channels-last. For
     /// inference: no gradient flows back through it.
     fn patch_rows(x: FloatTensor<Self>, geometry: DepthwiseGeometry) -> FloatTensor<Self>;
-    /// A 1×1 convolution on rows: x `[R, C_in]` × weight `[C_in, C_out]` + bias `[C_out]`,
-    /// then ReLU6 if `relu6`. The product accumulates into the bias (no zeroed buffer, no
-    /// separate bias pass).
-    fn pointwise_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, relu6: bool) -> FloatTensor<Self>;
-    /// The gradient through ReLU6 given its output: `grad` where `0 < output < 6`, else 0.
-    fn relu6_backward(output: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// A 1×1 convolution (or a linear layer) on rows: x `[R, C_in]` × weight `[C_in, C_out]`
+    /// + bias `[C_out]`, then `act`. Without an activation the product accumulates into the
+    /// bias (no zeroed buffer, no separate bias pass); with one, one pass adds the bias and
+    /// applies it.
+    fn pointwise_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, act: Act) -> FloatTensor<Self>;
+    /// `act(x)`, elementwise, any shape.
+    fn activation(x: FloatTensor<Self>, act: Act) -> FloatTensor<Self>;
+    /// `act(a + b)`, elementwise, same shapes (a residual sum and its activation); not GELU.
+    fn add_activation(a: FloatTensor<Self>, b: FloatTensor<Self>, act: Act) -> FloatTensor<Self>;
+    /// The gradient through `act` given what its backward needs ([`Act::grad_from_output`]:
+    /// the output for ReLU and ReLU6, the input for GELU).
+    fn activation_backward(saved: FloatTensor<Self>, grad: FloatTensor<Self>, act: Act) -> FloatTensor<Self>;
 }
 
 /// Whether tensors on `device` can use graft's kernels (the flex CPU backend, with or
@@ -75,16 +108,17 @@ pub fn supported(device: &Device) -> bool {
     device.clone().without_autodiff() == Device::flex()
 }
 
-/// Depthwise convolution on channels-last maps with bias and ReLU6: x `[N, H, W, C]`, weight
-/// `[k, k, C]`, bias `[C]`, SAME padding → `[N, ⌈H/s⌉, ⌈W/s⌉, C]`. The device must be
-/// [`supported`].
-pub fn depthwise_conv_nhwc_relu6(x: Tensor<4>, weight: Tensor<3>, bias: Tensor<1>, stride: usize) -> Tensor<4> {
+/// Depthwise convolution on channels-last maps with bias and an activation (identity, ReLU or
+/// ReLU6): x `[N, H, W, C]`, weight `[k, k, C]`, bias `[C]`, SAME padding →
+/// `[N, ⌈H/s⌉, ⌈W/s⌉, C]`. The device must be [`supported`].
+pub fn depthwise_conv_nhwc(x: Tensor<4>, weight: Tensor<3>, bias: Tensor<1>, stride: usize, act: Act) -> Tensor<4> {
     let [n, h, w, c] = x.dims();
     let [k, k2, cw] = weight.dims();
     assert!(k == k2 && cw == c && bias.dims() == [c], "depthwise weight [{k}, {k2}, {cw}] / bias {:?} do not fit a map with {c} channels", bias.dims());
-    assert!(k <= 7, "depthwise_conv_nhwc_relu6 takes kernels up to 7×7, not {k}×{k}");
+    assert!(k <= 7, "depthwise_conv_nhwc takes kernels up to 7×7, not {k}×{k}");
+    assert!(act != Act::Gelu, "depthwise_conv_nhwc fuses identity, ReLU or ReLU6");
     let geometry = DepthwiseGeometry::same(n, [h, w], c, k, stride);
-    Tensor::from_dispatch(<Dispatch as GraftOps>::depthwise_nhwc(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), geometry))
+    Tensor::from_dispatch(<Dispatch as GraftOps>::depthwise_nhwc(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), geometry, act))
 }
 
 /// The k×k patches of images `[N, C, H, W]` with SAME padding as rows `[N·H'·W', k·k·C]`
@@ -95,12 +129,48 @@ pub fn patch_rows(x: Tensor<4>, kernel: usize, stride: usize) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as GraftOps>::patch_rows(x.into_dispatch(), geometry))
 }
 
-/// A 1×1 convolution on rows: `x · weight + bias` (`[R, C_in]`, `[C_in, C_out]`, `[C_out]`),
-/// then ReLU6 if `relu6`. The device must be [`supported`].
-pub fn pointwise_rows(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>, relu6: bool) -> Tensor<2> {
+/// A 1×1 convolution on rows: `act(x · weight + bias)` (`[R, C_in]`, `[C_in, C_out]`,
+/// `[C_out]`). The device must be [`supported`].
+pub fn pointwise_rows(x: Tensor<2>, weight: Tensor<2>, bias: Tensor<1>, act: Act) -> Tensor<2> {
     let ([_, c_in], [k, c_out]) = (x.dims(), weight.dims());
     assert!(c_in == k && bias.dims() == [c_out], "pointwise_rows: x {:?}, weight {:?}, bias {:?} do not fit", x.dims(), weight.dims(), bias.dims());
-    Tensor::from_dispatch(<Dispatch as GraftOps>::pointwise_rows(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), relu6))
+    Tensor::from_dispatch(<Dispatch as GraftOps>::pointwise_rows(x.into_dispatch(), weight.into_dispatch(), bias.into_dispatch(), act))
+}
+
+/// A linear layer on rows, then `act`: `act(x · W + b)`, `[R, C_in]` → `[R, C_out]`; one matrix
+/// product with the bias and the activation fused where the device is [`supported`], burn's
+/// `Linear` and activation elsewhere.
+pub fn linear_rows(linear: &burn::nn::Linear, x: Tensor<2>, act: Act) -> Tensor<2> {
+    match &linear.bias {
+        Some(bias) if supported(&x.device()) => pointwise_rows(x, linear.weight.val(), bias.val(), act),
+        _ => activation(linear.forward(x), act),
+    }
+}
+
+/// `act(x)` on every element, on all threads where the device is [`supported`]; burn's own
+/// operation elsewhere.
+pub fn activation<const D: usize>(x: Tensor<D>, act: Act) -> Tensor<D> {
+    use burn::tensor::activation as burn_act;
+    if !supported(&x.device()) {
+        return match act {
+            Act::Identity => x,
+            Act::Relu => burn_act::relu(x),
+            Act::Relu6 => burn_act::relu6(x),
+            Act::Gelu => burn_act::gelu(x),
+        };
+    }
+    Tensor::from_dispatch(<Dispatch as GraftOps>::activation(x.into_dispatch(), act))
+}
+
+/// `act(a + b)` (a residual sum and its ReLU), on all threads where the device is
+/// [`supported`]; burn's own operations elsewhere. Not GELU.
+pub fn add_activation<const D: usize>(a: Tensor<D>, b: Tensor<D>, act: Act) -> Tensor<D> {
+    assert!(act != Act::Gelu, "add_activation fuses identity, ReLU or ReLU6");
+    assert_eq!(a.dims(), b.dims(), "add_activation takes two tensors of one shape");
+    if !supported(&a.device()) {
+        return activation(a + b, act);
+    }
+    Tensor::from_dispatch(<Dispatch as GraftOps>::add_activation(a.into_dispatch(), b.into_dispatch(), act))
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor};
 
 use super::efficientnet::{EfficientNetLite, MBConvBlock};
-use crate::kernels::{self, depthwise_conv_nhwc_relu6, patch_rows, pointwise_rows};
+use crate::kernels::{self, depthwise_conv_nhwc, patch_rows, pointwise_rows, Act};
 
 /// BatchNorm (inference mode) as a per-channel scale and shift, differentiable in γ and β:
 /// s = γ/√(σ² + ε), t = β − μ·s.
@@ -75,15 +75,15 @@ impl RowsBlock {
         let [n, h, w, c_in] = input.dims();
         let rows = input.clone().reshape([n * h * w, c_in]); // [N·H·W, C_in]
         let expanded = match &self.expand {
-            Some((weight, bias)) => pointwise_rows(rows, weight.clone(), bias.clone(), true), // [N·H·W, C_hidden]
+            Some((weight, bias)) => pointwise_rows(rows, weight.clone(), bias.clone(), Act::Relu6), // [N·H·W, C_hidden]
             None => rows,
         };
         let hidden = expanded.dims()[1];
         let (kernel, bias) = &self.depthwise;
-        let activated = depthwise_conv_nhwc_relu6(expanded.reshape([n, h, w, hidden]), kernel.clone(), bias.clone(), self.stride); // [N, h', w', C_hidden]
+        let activated = depthwise_conv_nhwc(expanded.reshape([n, h, w, hidden]), kernel.clone(), bias.clone(), self.stride, Act::Relu6); // [N, h', w', C_hidden]
         let [_, h_out, w_out, _] = activated.dims();
         let (weight, bias) = &self.project;
-        let projected = pointwise_rows(activated.reshape([n * h_out * w_out, hidden]), weight.clone(), bias.clone(), false); // [N·h'·w', C_out]
+        let projected = pointwise_rows(activated.reshape([n * h_out * w_out, hidden]), weight.clone(), bias.clone(), Act::Identity); // [N·h'·w', C_out]
         let c_out = projected.dims()[1];
         let out = projected.reshape([n, h_out, w_out, c_out]);
         if self.residual {
@@ -165,7 +165,7 @@ impl EfficientNetLite {
 fn head_channels_last(x: Tensor<4>, (weight, bias): &(Tensor<2>, Tensor<1>)) -> Tensor<4> {
     let [n, h, w, c] = x.dims();
     let c_out = weight.dims()[1];
-    pointwise_rows(x.reshape([n * h * w, c]), weight.clone(), bias.clone(), true).reshape([n, h, w, c_out])
+    pointwise_rows(x.reshape([n * h * w, c]), weight.clone(), bias.clone(), Act::Relu6).reshape([n, h, w, c_out])
 }
 
 /// EfficientNet-Lite prepared for channels-last inference; see [`EfficientNetLite::rows`].
@@ -188,7 +188,7 @@ impl RowsLite {
         let [n, _, h, w] = images.dims();
         let (weight, bias) = &self.stem;
         let rows = patch_rows(images, self.stem_kernel, self.stem_stride); // [N·H'·W', k·k·3]
-        let out = pointwise_rows(rows, weight.clone(), bias.clone(), true); // [N·H'·W', 32]
+        let out = pointwise_rows(rows, weight.clone(), bias.clone(), Act::Relu6); // [N·H'·W', 32]
         let c_out = out.dims()[1];
         out.reshape([n, h.div_ceil(self.stem_stride), w.div_ceil(self.stem_stride), c_out])
     }

@@ -24,6 +24,7 @@ use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use super::backbone::{Backbone, BackboneNet};
+use crate::kernels::{self, add_activation, depthwise_conv_nhwc, linear_rows, pointwise_rows, Act};
 use crate::export::onnx::{ints, OnnxGraph};
 use super::load::WeightSource;
 use super::table::{Builder, Convention, Table};
@@ -195,6 +196,39 @@ impl Block {
         let scale = self.layer_scale.val().unsqueeze::<4>(); // [1, C, 1, 1]
         x * scale + input
     }
+
+    /// The same block on a channels-last map with graft's kernels (the device must be
+    /// [`kernels::supported`]): the depthwise convolution channels-last, the MLP as two matrix
+    /// products on rows with bias and GELU fused, the layer scale folded into the second
+    /// (γ·(hW + b) = h(W·diag γ) + γ·b, so γ still trains), the residual sum on every thread.
+    /// [N, H, W, C] → [N, H, W, C]
+    pub fn forward_channels_last(&self, input: Tensor<4>) -> Tensor<4> {
+        let [n, h, w, c] = input.dims();
+        let k = self.dwconv.kernel_size[0];
+        let kernel = self.dwconv.weight.val().reshape([c, k * k]).transpose().reshape([k, k, c]); // [k, k, C]
+        let bias = self.dwconv.bias.as_ref().map(|b| b.val()).unwrap_or_else(|| Tensor::zeros([c], &input.device())); // [C]
+        let x = depthwise_conv_nhwc(input.clone(), kernel, bias, 1, Act::Identity); // [N, H, W, C]
+        let rows = self.norm.forward(x.reshape([n * h * w, c])); // [N·H·W, C]
+        let hidden = linear_rows(&self.pwconv1, rows, Act::Gelu); // [N·H·W, 4C]
+        let scale = self.layer_scale.val().reshape([1, c]); // [1, C]
+        let weight = self.pwconv2.weight.val() * scale.clone(); // [4C, C]
+        let bias = match &self.pwconv2.bias {
+            Some(b) => b.val() * scale.reshape([c]),
+            None => scale.reshape([c]).zeros_like(),
+        }; // [C]
+        let out = pointwise_rows(hidden, weight, bias, Act::Identity).reshape([n, h, w, c]); // [N, H, W, C]
+        add_activation(out, input, Act::Identity)
+    }
+}
+
+/// A stage's blocks: channels-last with graft's kernels where the device has them, else burn's
+/// layers as torchvision writes them. [N, C, H, W] → [N, C, H, W]
+fn run_blocks(blocks: &[Block], x: Tensor<4>) -> Tensor<4> {
+    if !kernels::supported(&x.device()) {
+        return blocks.iter().fold(x, |x, block| block.forward(x));
+    }
+    let x = x.permute([0, 2, 3, 1]); // [N, H, W, C]
+    blocks.iter().fold(x, |x, block| block.forward_channels_last(x)).permute([0, 3, 1, 2])
 }
 
 /// The whole network, ImageNet classifier included.
@@ -226,7 +260,7 @@ impl ConvNeXt {
                     let (norm, conv) = &self.downsample[k / 2 - 1];
                     conv.forward(norm2d(norm, x)) // [N, C, h/2, w/2]
                 }
-                k => self.stages[k / 2].iter().fold(x, |x, block| block.forward(x)),
+                k => run_blocks(&self.stages[k / 2], x),
             };
         }
         x
@@ -271,6 +305,10 @@ impl Backbone for ConvNeXtConfig {
 }
 
 impl BackboneNet for ConvNeXt {
+    /// Its layers run the whole batch on every thread (graft's kernels).
+    fn split_batch_for_inference(&self) -> bool {
+        false
+    }
     fn num_stages(&self) -> usize {
         8
     }
@@ -342,6 +380,47 @@ mod tests {
         assert_eq!(names, ["features.0.0", "features.0.1", "features.1.0.block.0", "features.1.0.block.2", "features.1.0.block.3", "features.1.0.block.5", "features.1.0.layer_scale", "features.1.1.block.0"]);
         assert_eq!(rows.iter().find(|r| r.name == "features.1.0.layer_scale").unwrap().params[0].path, "features.1.0.layer_scale");
         assert!(rows.iter().any(|r| r.name == "features.6.1" && r.output_shape == [768, 7, 7]));
+    }
+
+    /// The channels-last block (graft's kernels, layer scale folded) equals torchvision's
+    /// layout through burn's layers: outputs and the gradients of the input and of every
+    /// parameter, on channel counts that are not a multiple of the vector width.
+    #[test]
+    fn channels_last_block_matches_the_layered_block() {
+        use burn::tensor::Distribution;
+        let device = Device::flex().autodiff();
+        let config = ConvNeXtConfig { depths: [1, 1, 1, 1], dims: [8, 16, 24, 37], resolution: 64, num_classes: 5 };
+        let mut block = config.init(&device).stages[3][0].clone();
+        let c = 37;
+        block.layer_scale = Param::from_tensor(Tensor::random([c, 1, 1], Distribution::Normal(0.0, 1.0), &device));
+        let data = Tensor::<4>::random([2, c, 9, 6], Distribution::Normal(0.0, 1.0), &Device::flex()).into_data();
+        let upstream = Tensor::<4>::random([2, c, 9, 6], Distribution::Normal(0.0, 1.0), &device);
+        let run = |channels_last: bool| {
+            let x = Tensor::<4>::from_data(data.clone(), &device).require_grad();
+            let out = if channels_last { block.forward_channels_last(x.clone().permute([0, 2, 3, 1])).permute([0, 3, 1, 2]) } else { block.forward(x.clone()) };
+            let grads = (out.clone() * upstream.clone()).sum().backward();
+            let grad = |t: Tensor<4>| t.grad(&grads).expect("a gradient").reshape([-1]);
+            let flat = |t: Tensor<1>| t.grad(&grads).expect("a gradient");
+            let grads = vec![
+                ("input", grad(x)),
+                ("dwconv.weight", grad(block.dwconv.weight.val())),
+                ("dwconv.bias", flat(block.dwconv.bias.as_ref().unwrap().val())),
+                ("norm.gamma", flat(block.norm.gamma.val())),
+                ("pwconv1.weight", block.pwconv1.weight.val().grad(&grads).unwrap().reshape([-1])),
+                ("pwconv1.bias", flat(block.pwconv1.bias.as_ref().unwrap().val())),
+                ("pwconv2.weight", block.pwconv2.weight.val().grad(&grads).unwrap().reshape([-1])),
+                ("layer_scale", block.layer_scale.val().grad(&grads).unwrap().reshape([-1])),
+            ];
+            (out.inner(), grads)
+        };
+        let ((expected, expected_grads), (got, got_grads)) = (run(false), run(true));
+        let diff: f32 = (got - expected.clone()).abs().max().into_scalar();
+        assert!(diff < 1e-4 * expected.abs().max().into_scalar::<f32>().max(1.0), "output differs by {diff}");
+        for ((name, got), (_, expected)) in got_grads.into_iter().zip(expected_grads) {
+            let scale = expected.clone().abs().max().into_scalar::<f32>().max(1.0);
+            let diff: f32 = (got - expected).abs().max().into_scalar();
+            assert!(diff < 1e-4 * scale, "{name} gradient differs by {diff} (scale {scale})");
+        }
     }
 
     #[test]

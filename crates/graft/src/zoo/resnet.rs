@@ -24,7 +24,8 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::relu;
+use super::fold::{conv_bn, fold_conv_bn};
+use crate::kernels::{activation, add_activation, Act};
 use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -197,7 +198,7 @@ impl ResNetConfig {
         b.stage(None);
         b.layer("avgpool", "GlobalAvgPool", vec![self.feature_dim()]);
         let fc = b.classifier("fc", LinearConfig::new(self.feature_dim(), self.num_classes));
-        ResNet { conv1, bn1, maxpool, layer1, layer2, layer3, layer4, fc: Some(fc), config: *self }
+        ResNet { conv1, bn1, maxpool, layer1, layer2, layer3, layer4, fc: Some(fc), config: *self, folded: false }
     }
 
     /// A convolution with symmetric `k / 2` padding (Keras's 'same' for its stride-1 3×3 and
@@ -276,6 +277,10 @@ pub struct Block {
     pub bn3: Option<BatchNorm>,
     /// Projection shortcut `nn.Sequential(conv 1×1/s, bn)`: paths `downsample.0`, `downsample.1`.
     pub downsample: Option<(Conv2d, BatchNorm)>,
+    /// Whether each convolution already holds its BatchNorm ([`ResNet::folded`], for
+    /// inference): the BatchNorms are then skipped.
+    #[module(skip)]
+    pub folded: bool,
 }
 
 impl Block {
@@ -295,6 +300,7 @@ impl Block {
                 conv3: None,
                 bn3: None,
                 downsample: None,
+                folded: false,
             },
             BlockKind::Bottleneck => Self {
                 conv1: b.conv("conv1", conv(spec.input, width, 1, stride1), [width, hw1, hw1]),
@@ -304,6 +310,7 @@ impl Block {
                 conv3: Some(b.conv("conv3", conv(width, output, 1, 1), [output, out, out])),
                 bn3: Some(b.batch_norm("bn3", bn(output), [output, out, out])),
                 downsample: None,
+                folded: false,
             },
         };
         if spec.downsample() {
@@ -315,17 +322,35 @@ impl Block {
 
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         // [N, C_in, H, W]
+        // BatchNorm in inference mode is folded into its convolution (`conv_bn`); ReLU and the
+        // residual sum run on every thread (graft's kernels on the CPU).
+        let conv_bn = |conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>| if self.folded { conv.forward(x) } else { conv_bn(conv, bn, x) };
         let shortcut = match &self.downsample {
-            Some((conv, bn)) => bn.forward(conv.forward(input.clone())), // [N, C_out, H/s, W/s]
+            Some((conv, bn)) => conv_bn(conv, bn, input.clone()), // [N, C_out, H/s, W/s]
             None => input.clone(),
         };
-        let x = relu(self.bn1.forward(self.conv1.forward(input))); // [N, width, H or H/s, …]
-        let x = self.bn2.forward(self.conv2.forward(x)); // [N, width or C_out, H/s, W/s]
+        let x = activation(conv_bn(&self.conv1, &self.bn1, input), Act::Relu); // [N, width, H or H/s, …]
+        let x = conv_bn(&self.conv2, &self.bn2, x); // [N, width or C_out, H/s, W/s]
         let x = match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => bn3.forward(conv3.forward(relu(x))), // [N, C_out, H/s, W/s]
+            (Some(conv3), Some(bn3)) => conv_bn(conv3, bn3, activation(x, Act::Relu)), // [N, C_out, H/s, W/s]
             _ => x,
         };
-        relu(x + shortcut)
+        add_activation(x, shortcut, Act::Relu)
+    }
+
+    /// This block with each BatchNorm folded into its convolution once (inference only).
+    fn folded(&self) -> Self {
+        if self.folded {
+            return self.clone();
+        }
+        Self {
+            conv1: fold_conv_bn(&self.conv1, &self.bn1),
+            conv2: fold_conv_bn(&self.conv2, &self.bn2),
+            conv3: self.conv3.as_ref().zip(self.bn3.as_ref()).map(|(conv, bn)| fold_conv_bn(conv, bn)),
+            downsample: self.downsample.as_ref().map(|(conv, bn)| (fold_conv_bn(conv, bn), bn.clone())),
+            folded: true,
+            ..self.clone()
+        }
     }
 }
 
@@ -344,6 +369,9 @@ pub struct ResNet {
     /// What was built (its layer table drives [`load_weights`](Self::load_weights)).
     #[module(skip)]
     pub config: ResNetConfig,
+    /// Whether the stem's convolution already holds its BatchNorm ([`ResNet::folded`]).
+    #[module(skip)]
+    pub folded: bool,
 }
 
 impl ResNet {
@@ -356,8 +384,25 @@ impl ResNet {
 
     /// Stem: [N, 3, H, W] → [N, 64, H/4, W/4] (conv 7×7/2, BN, ReLU, max-pool 3×3/2).
     pub fn stem(&self, images: Tensor<4>) -> Tensor<4> {
-        let x = relu(self.bn1.forward(self.conv1.forward(images))); // [N, 64, H/2, W/2]
+        let x = if self.folded { self.conv1.forward(images) } else { conv_bn(&self.conv1, &self.bn1, images) };
+        let x = activation(x, Act::Relu); // [N, 64, H/2, W/2]
         self.maxpool.forward(x) // [N, 64, H/4, W/4]
+    }
+
+    /// The network for inference with every BatchNorm (in inference mode) folded into its
+    /// convolution once, so that no forward pass recomputes the fold ([`Trunk::for_inference`]:
+    /// a batch split image by image would fold 25 M weights per image). Not for training.
+    pub fn folded(&self) -> Self {
+        let fold = |blocks: &[Block]| blocks.iter().map(Block::folded).collect::<Vec<_>>();
+        Self {
+            conv1: if self.folded { self.conv1.clone() } else { fold_conv_bn(&self.conv1, &self.bn1) },
+            layer1: fold(&self.layer1),
+            layer2: fold(&self.layer2),
+            layer3: fold(&self.layer3),
+            layer4: fold(&self.layer4),
+            folded: true,
+            ..self.clone()
+        }
     }
 
     /// The residual blocks in order, `layer1.0` first.
@@ -439,6 +484,10 @@ impl Backbone for ResNetConfig {
 }
 
 impl BackboneNet for ResNet {
+    /// Its layers run the whole batch on every thread (graft's kernels).
+    fn split_batch_for_inference(&self) -> bool {
+        false
+    }
     fn num_stages(&self) -> usize {
         ResNet::num_stages(self)
     }

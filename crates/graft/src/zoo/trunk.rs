@@ -212,13 +212,15 @@ impl Trunk {
 }
 
 impl Trunk {
-    /// An inference-only view for frozen use (extract, predict, a frozen prefix): Lite gets its
-    /// BatchNorm folded into the convolutions (see [`fold`](super::fold)); every architecture
-    /// gets its batch split across threads. BatchNorm must be in inference mode.
+    /// An inference-only view for frozen use (extract, predict, a frozen prefix): Lite and
+    /// ResNet get their BatchNorm folded into the convolutions once (see [`fold`](super::fold));
+    /// the others get their batch split across threads where that is faster
+    /// ([`BackboneNet::split_batch_for_inference`]). BatchNorm must be in inference mode.
     /// Build it once per model, not per batch: folding touches every weight.
     pub fn for_inference(&self) -> InferenceTrunk {
         match self {
             Trunk::Lite(n) => InferenceTrunk::Folded(Box::new(n.folded())),
+            Trunk::ResNet(n) => InferenceTrunk::Layered(Box::new(Trunk::ResNet(n.folded()))),
             // A clone shares the weight tensors (reference-counted), it copies no data.
             other => InferenceTrunk::Layered(Box::new(other.clone())),
         }
@@ -234,10 +236,11 @@ pub enum InferenceTrunk {
 }
 
 impl InferenceTrunk {
-    /// Stages `range`, the batch split across threads.
+    /// Stages `range`, the batch split across threads where the architecture wants it.
     pub fn forward_stages(&self, x: Tensor<4>, range: Range<usize>) -> Tensor<4> {
         match self {
             InferenceTrunk::Folded(n) => n.forward_stages(x, range),
+            InferenceTrunk::Layered(n) if !n.net().split_batch_for_inference() => n.forward_stages(x, range),
             InferenceTrunk::Layered(n) => split_batch(x, |part| n.forward_stages(part, range.clone())),
         }
     }
@@ -247,6 +250,7 @@ impl InferenceTrunk {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         match self {
             InferenceTrunk::Folded(n) => n.forward(images),
+            InferenceTrunk::Layered(n) if !n.net().split_batch_for_inference() => n.forward(images),
             InferenceTrunk::Layered(n) => split_batch(images, |part| n.forward(part)),
         }
     }
