@@ -59,6 +59,13 @@ impl<B: Backend + GraftOps, C: CheckpointStrategy> GraftOps for Autodiff<B, C> {
         Self::from_inner(B::patch_rows(x.into_primitive(), geometry))
     }
 
+    fn attention_rows(qkv: FloatTensor<Self>, batch: usize, heads: usize) -> FloatTensor<Self> {
+        // Inference only (a frozen trunk); `kernels::multi_head_attention` takes burn's own
+        // operations wherever a gradient is wanted.
+        assert!(!qkv.is_tracked(), "attention_rows has no backward pass: a tensor on an autodiff graph goes through burn's operations");
+        Self::from_inner(B::attention_rows(qkv.into_primitive(), batch, heads))
+    }
+
     fn pointwise_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, act: Act) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Pointwise;

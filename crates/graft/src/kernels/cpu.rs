@@ -319,6 +319,72 @@ simd_variants! {
     }
 }
 
+simd_variants! {
+    /// Softmax of one row of attention scores, in place: e^(x − max) over their sum. A row
+    /// holding a NaN comes out all NaN (as burn's softmax would leave it), so that a diverged
+    /// network still shows.
+    fn softmax_row(row: &mut [f32]) {
+        const LANES: usize = 16;
+        let (mut max, mut total) = ([f32::NEG_INFINITY; LANES], [0.0f32; LANES]);
+        let mut chunks = row.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for l in 0..LANES {
+                max[l] = if chunk[l] > max[l] { chunk[l] } else { max[l] };
+                total[l] += chunk[l];
+            }
+        }
+        let tail = chunks.remainder();
+        let mut max = max.iter().chain(tail).fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        if (total.iter().sum::<f32>() + tail.iter().sum::<f32>()).is_nan() {
+            max = f32::NAN;
+        }
+        let mut sum = [0.0f32; LANES];
+        let mut chunks = row.chunks_exact_mut(LANES);
+        for chunk in &mut chunks {
+            for l in 0..LANES {
+                chunk[l] = exp_nonpositive(chunk[l] - max);
+                sum[l] += chunk[l];
+            }
+        }
+        let mut sum = sum.iter().sum::<f32>();
+        for x in chunks.into_remainder() {
+            *x = exp_nonpositive(*x - max);
+            sum += *x;
+        }
+        let scale = if max.is_nan() { f32::NAN } else { 1.0 / sum };
+        row.iter_mut().for_each(|x| *x *= scale);
+    }
+}
+
+/// One image's multi-head self-attention: `qkv` its tokens' fused projections `[T, 3D]` (q, k
+/// and v side by side, each `[T, D]` of `heads` column blocks of `hd`), `out` its result
+/// `[T, D]`, head by head `softmax(q·kᵀ/√hd)·v` into the head's columns. Both products read q,
+/// k and v in place through strides (no per-head copies); `scores` is a `[T, T]` scratch buffer.
+fn attention_image(qkv: &[f32], out: &mut [f32], scores: &mut [f32], tokens: usize, heads: usize, parallelism: gemm::Parallelism) {
+    let d = out.len() / tokens;
+    let hd = d / heads;
+    assert!(qkv.len() == tokens * 3 * d && out.len() == tokens * d && scores.len() == tokens * tokens && hd * heads == d, "attention_image: buffers do not fit {tokens} tokens of {heads} heads");
+    let (t, stride) = (tokens as isize, 3 * d as isize);
+    let scale = 1.0 / (hd as f32).sqrt();
+    for h in 0..heads {
+        // SAFETY: q, k and v of head h are the column blocks h·hd, D + h·hd and 2D + h·hd of
+        // `qkv`'s T rows (row stride 3D), all inside it; `scores` is T×T (row stride T) and the
+        // head's output the column block h·hd of `out`'s T rows (row stride D). With `read_dst`
+        // false gemm writes every element of its output without reading it.
+        unsafe {
+            let q = qkv.as_ptr().add(h * hd);
+            let (k, v) = (q.add(d), q.add(2 * d));
+            // scores = q · kᵀ / √hd, [T, T]: kᵀ's element (c, j) is k's (j, c).
+            gemm::gemm(tokens, tokens, hd, scores.as_mut_ptr(), 1, t, false, q, 1, stride, k, stride, 1, 0.0f32, scale, false, false, false, parallelism);
+            for row in scores.chunks_exact_mut(tokens) {
+                softmax_row(row);
+            }
+            // out[:, h·hd..] = softmax(scores) · v, [T, hd].
+            gemm::gemm(tokens, hd, tokens, out.as_mut_ptr().add(h * hd), 1, d as isize, false, scores.as_ptr(), 1, t, v, 1, stride, 0.0f32, 1.0f32, false, false, false, parallelism);
+        }
+    }
+}
+
 /// A fresh tensor of `x`'s shape: `f` writes its every element from `x`'s, chunk by chunk
 /// across rayon's threads.
 fn map_fresh(x: &FlexTensor, f: impl Fn(&[f32], &mut [std::mem::MaybeUninit<f32>]) + Sync) -> FlexTensor {
@@ -512,6 +578,25 @@ impl GraftOps for Flex {
             out.par_chunks_mut(ELEMENTWISE_CHUNK).for_each(|chunk| act_in_place(chunk, act));
         }
         flex(out, [rows, columns])
+    }
+
+    fn attention_rows(qkv: FloatTensor<Self>, batch: usize, heads: usize) -> FloatTensor<Self> {
+        assert_eq!(qkv.dtype(), DType::F32, "attention_rows computes in f32");
+        let qkv = contiguous(qkv);
+        let (rows, width) = (qkv.layout().shape()[0], qkv.layout().shape()[1]);
+        let (tokens, d) = (rows / batch.max(1), width / 3);
+        let qkv = f32s(&qkv);
+        let mut out = vec![0.0f32; rows * d];
+        if rows == 0 || d == 0 {
+            return flex(out, [rows, d]);
+        }
+        // One task per image; with fewer images than threads, each product uses them all.
+        let parallelism = if batch >= rayon::current_num_threads() { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(0) };
+        out.par_chunks_mut(tokens * d).zip(qkv.par_chunks(tokens * width)).for_each_init(
+            || vec![0.0f32; tokens * tokens],
+            |scores, (out, qkv)| attention_image(qkv, out, scores, tokens, heads, parallelism),
+        );
+        flex(out, [rows, d])
     }
 
     fn activation(x: FloatTensor<Self>, act: Act) -> FloatTensor<Self> {

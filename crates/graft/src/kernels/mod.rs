@@ -94,6 +94,11 @@ pub trait GraftOps: Backend {
     /// bias (no zeroed buffer, no separate bias pass); with one, one pass adds the bias and
     /// applies it.
     fn pointwise_rows(x: FloatTensor<Self>, weight: FloatTensor<Self>, bias: FloatTensor<Self>, act: Act) -> FloatTensor<Self>;
+    /// Multi-head self-attention of `batch` images' tokens from their fused q/k/v projections:
+    /// qkv `[N·T, 3D]` (q, k, v side by side, each of `heads` column blocks) →
+    /// `softmax(q·kᵀ/√hd)·v` per image and head, heads side by side, `[N·T, D]`. For inference:
+    /// no gradient flows back through it.
+    fn attention_rows(qkv: FloatTensor<Self>, batch: usize, heads: usize) -> FloatTensor<Self>;
     /// `act(x)`, elementwise, any shape.
     fn activation(x: FloatTensor<Self>, act: Act) -> FloatTensor<Self>;
     /// `act(a + b)`, elementwise, same shapes (a residual sum and its activation); not GELU.
@@ -146,6 +151,28 @@ pub fn linear_rows(linear: &burn::nn::Linear, x: Tensor<2>, act: Act) -> Tensor<
         Some(bias) if supported(&x.device()) => pointwise_rows(x, linear.weight.val(), bias.val(), act),
         _ => activation(linear.forward(x), act),
     }
+}
+
+/// Multi-head self-attention from fused q/k/v projections: qkv `[N·T, 3D]` (q, k and v side
+/// by side, each `[N·T, D]` of `heads` column blocks) → `softmax(q·kᵀ/√hd)·v` per image and
+/// head, heads side by side again, `[N·T, D]`. Where the device is [`supported`] and `qkv` is
+/// on no autodiff graph (a frozen trunk, inference), graft's kernel: both products read q, k
+/// and v in place and the softmax is one pass over the scores, one image per thread. Else
+/// burn's own operations (head-major copies, matmuls, softmax), which carry gradients.
+pub fn multi_head_attention(qkv: Tensor<2>, batch: usize, heads: usize) -> Tensor<2> {
+    let [rows, width] = qkv.dims();
+    let d = width / 3;
+    assert!(width == 3 * d && heads > 0 && d % heads == 0 && batch > 0 && rows % batch == 0, "multi_head_attention: qkv {:?} does not split into {batch} images of q, k, v with {heads} heads", qkv.dims());
+    if supported(&qkv.device()) && !qkv.is_tracked() {
+        return Tensor::from_dispatch(<Dispatch as GraftOps>::attention_rows(qkv.into_dispatch(), batch, heads));
+    }
+    let (n, t, h, hd) = (batch, rows / batch, heads, d / heads);
+    let mut qkv = qkv.reshape([n, t, 3 * d]).chunk(3, 2).into_iter().map(|part| part.reshape([n, t, h, hd]).swap_dims(1, 2)); // 3 × [N, H, T, hd]
+    let (q, k, v) = (qkv.next().expect("q"), qkv.next().expect("k"), qkv.next().expect("v"));
+    // 1/√hd scales q, the smaller operand, before the scores.
+    let scores = (q * (1.0 / (hd as f64).sqrt())).matmul(k.swap_dims(2, 3)); // [N, H, T, T]
+    let attended = burn::tensor::activation::softmax(scores, 3).matmul(v); // [N, H, T, hd]
+    attended.swap_dims(1, 2).reshape([rows, d]) // [N·T, D]
 }
 
 /// `act(x)` on every element, on all threads where the device is [`supported`]; burn's own

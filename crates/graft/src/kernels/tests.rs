@@ -3,7 +3,7 @@
 use burn::module::Param;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2dConfig;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor, TensorData};
 
 use super::*;
 
@@ -199,4 +199,63 @@ fn activations_match_burns() {
     let x = Tensor::<2>::from_data(data.clone(), &plain);
     let diff = max_abs_diff(activation(x.clone() * 1.0, Act::Gelu), burns_activation(x, Act::Gelu));
     assert!(diff <= 1e-6, "GELU in place differs by {diff}");
+}
+
+/// Multi-head attention written out with burn's operations: per image and head
+/// softmax(q·kᵀ/√hd)·v, heads side by side. qkv [N·T, 3D] → [N·T, D].
+fn burns_attention(qkv: Tensor<2>, batch: usize, heads: usize) -> Tensor<2> {
+    let [rows, width] = qkv.dims();
+    let (t, d) = (rows / batch, width / 3);
+    let hd = d / heads;
+    let mut out = Vec::new();
+    for image in 0..batch {
+        let x = qkv.clone().slice([image * t..(image + 1) * t, 0..width]); // [T, 3D]
+        let per_head = (0..heads)
+            .map(|h| {
+                let part = |k: usize| x.clone().slice([0..t, k * d + h * hd..k * d + (h + 1) * hd]); // [T, hd]
+                let scores = part(0).matmul(part(1).transpose()) / (hd as f64).sqrt(); // [T, T]
+                burn::tensor::activation::softmax(scores, 1).matmul(part(2)) // [T, hd]
+            })
+            .collect();
+        out.push(Tensor::cat(per_head, 1)); // [T, D]
+    }
+    Tensor::cat(out, 0)
+}
+
+/// graft's attention kernel (inference) and the tracked path (burn's operations, with
+/// gradients) both equal attention written out head by head; rows longer than the softmax's
+/// 16 lanes and shorter; one image (the products then use every thread) and several; a NaN
+/// score leaves its image's rows NaN, as burn's softmax does.
+#[test]
+fn multi_head_attention_matches_burns() {
+    let plain = Device::flex();
+    let device = plain.clone().autodiff();
+    for (batch, tokens, d, heads) in [(1, 7, 12, 3), (3, 20, 16, 2), (4, 17, 8, 1)] {
+        let qkv = Tensor::<2>::random([batch * tokens, 3 * d], Distribution::Normal(0.0, 2.0), &plain);
+        let reference = burns_attention(qkv.clone(), batch, heads);
+        let case = format!("{batch} images of {tokens} tokens, D {d}, {heads} heads");
+        let fast = multi_head_attention(qkv.clone(), batch, heads);
+        assert_eq!(fast.dims(), [batch * tokens, d], "{case}");
+        assert!(max_abs_diff(fast, reference.clone()) < 1e-5, "kernel differs: {case}");
+        // Untracked on the autodiff device: the kernel too.
+        let untracked = multi_head_attention(Tensor::<2>::from_data(qkv.to_data(), &device), batch, heads);
+        assert!(max_abs_diff(untracked.inner(), reference.clone()) < 1e-5, "untracked autodiff differs: {case}");
+        // Tracked: burn's operations, and a gradient reaches qkv.
+        let leaf = Tensor::<2>::from_data(qkv.to_data(), &device).require_grad();
+        let tracked = multi_head_attention(leaf.clone() * 1.0, batch, heads);
+        let upstream = Tensor::<2>::random([batch * tokens, d], Distribution::Normal(0.0, 1.0), &device);
+        let grads = (tracked.clone() * upstream.clone()).sum().backward();
+        assert!(max_abs_diff(tracked.inner(), reference.clone()) < 1e-5, "tracked path differs: {case}");
+        let reference_leaf = Tensor::<2>::from_data(qkv.to_data(), &device).require_grad();
+        let reference_grads = (burns_attention(reference_leaf.clone(), batch, heads) * upstream).sum().backward();
+        let (grad, reference_grad) = (leaf.grad(&grads).expect("qkv's gradient"), reference_leaf.grad(&reference_grads).unwrap());
+        assert!(reference_grad.clone().abs().max().into_scalar::<f32>() > 0.0, "{case}");
+        assert!(max_abs_diff(grad, reference_grad) < 1e-4, "gradient differs: {case}");
+    }
+    let mut values = vec![0.5f32; 2 * 3 * 6];
+    values[3 * 6] = f32::NAN; // image 1, token 0, q
+    let qkv = Tensor::<2>::from_data(TensorData::new(values, [6, 6]), &plain);
+    let out = multi_head_attention(qkv, 2, 1).into_data().try_to_vec::<f32>().unwrap(); // [6, 2]
+    assert!(out[..6].iter().all(|v| v.is_finite()), "image 0 stays finite: {out:?}");
+    assert!(out[6..8].iter().all(|v| v.is_nan()), "image 1's first token (a NaN query) is NaN: {out:?}");
 }

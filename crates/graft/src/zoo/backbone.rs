@@ -169,8 +169,8 @@ pub trait BackboneNet {
     /// Whether frozen inference should split a batch across threads, image by image
     /// ([`split_batch`](super::fold::split_batch)): right where many layers run on one thread
     /// (burn's own), wrong where the layers already use every thread on the whole batch (graft's
-    /// kernels: ResNet and ConvNeXt measured 15–25 % faster unsplit; ViT 7 % faster split, its
-    /// matrix products scaling better as two independent streams).
+    /// kernels: ResNet and ConvNeXt measured 15–25 % faster unsplit; ViT as fast either way
+    /// since its attention kernel, and unsplit a single image uses both threads).
     fn split_batch_for_inference(&self) -> bool {
         true
     }

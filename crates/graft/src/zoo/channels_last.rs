@@ -20,15 +20,8 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Device, Tensor};
 
 use super::efficientnet::{EfficientNetLite, MBConvBlock};
+use super::fold::bn_scale_shift;
 use crate::kernels::{self, depthwise_conv_nhwc, patch_rows, pointwise_rows, Act};
-
-/// BatchNorm (inference mode) as a per-channel scale and shift, differentiable in γ and β:
-/// s = γ/√(σ² + ε), t = β − μ·s.
-fn bn_scale_shift(bn: &BatchNorm) -> (Tensor<1>, Tensor<1>) {
-    let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt(); // [C]
-    let shift = bn.beta.val() - bn.running_mean.value() * scale.clone(); // [C]
-    (scale, shift)
-}
 
 /// A 1×1 convolution followed by its BatchNorm as a matrix `[C_in, C_out]` and a bias `[C_out]`.
 fn pointwise(conv: &Conv2d, bn: &BatchNorm) -> (Tensor<2>, Tensor<1>) {

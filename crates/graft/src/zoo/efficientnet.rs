@@ -416,11 +416,10 @@ struct FoldedBlock {
     residual: bool,
 }
 
-/// ReLU6 for inference. burn-flex's `clamp` runs a scalar loop (its NaN checks keep the
-/// compiler from vectorising it); `relu` followed by `clamp_max` vectorises, and both run in
-/// place on an activation nobody else holds.
+/// ReLU6 for inference: graft's vectorised kernel on every thread where it runs (burn-flex's
+/// `clamp` is a scalar loop on one thread), burn's own elsewhere.
 fn fast_relu6(x: Tensor<4>) -> Tensor<4> {
-    burn::tensor::activation::relu(x).clamp_max(6.0)
+    crate::kernels::activation(x, crate::kernels::Act::Relu6)
 }
 
 impl FoldedBlock {

@@ -19,9 +19,14 @@ use burn::tensor::Tensor;
 /// `conv` followed by `bn` (inference mode) as one convolution with a bias.
 pub fn fold_conv_bn(conv: &Conv2d, bn: &BatchNorm) -> Conv2d {
     let (weight, bias) = folded_weights(conv, bn);
+    with_weights(conv, Param::from_tensor(weight), Param::from_tensor(bias))
+}
+
+/// `conv`'s geometry (stride, kernel, dilation, groups, padding) with other weights.
+fn with_weights(conv: &Conv2d, weight: Param<Tensor<4>>, bias: Param<Tensor<1>>) -> Conv2d {
     Conv2d {
-        weight: Param::from_tensor(weight),
-        bias: Some(Param::from_tensor(bias)),
+        weight,
+        bias: Some(bias),
         stride: conv.stride,
         kernel_size: conv.kernel_size,
         dilation: conv.dilation,
@@ -30,14 +35,20 @@ pub fn fold_conv_bn(conv: &Conv2d, bn: &BatchNorm) -> Conv2d {
     }
 }
 
+/// BatchNorm (inference mode) as a per-channel scale and shift, differentiable in γ and β:
+/// s = γ/√(σ² + ε), t = β − μ·s.
+pub fn bn_scale_shift(bn: &BatchNorm) -> (Tensor<1>, Tensor<1>) {
+    let scale = bn.gamma.val() / (bn.running_var.value() + bn.epsilon).sqrt(); // [C]
+    let shift = bn.beta.val() - bn.running_mean.value() * scale.clone(); // [C]
+    (scale, shift)
+}
+
 /// The weight and bias of `conv` with `bn` (inference mode) folded in, as tensors computed from
 /// the layers' own: W·s and b·s + β − μ·s, s = γ/√(σ² + ε). Differentiable in W, b, γ and β.
 fn folded_weights(conv: &Conv2d, bn: &BatchNorm) -> (Tensor<4>, Tensor<1>) {
-    let gamma = bn.gamma.val(); // [C_out]
-    let [c_out] = gamma.dims();
-    let scale = gamma / (bn.running_var.value() + bn.epsilon).sqrt(); // [C_out]
+    let (scale, mut bias) = bn_scale_shift(bn); // [C_out], [C_out]
+    let [c_out] = scale.dims();
     let weight = conv.weight.val() * scale.clone().reshape([c_out, 1, 1, 1]); // [C_out, C_in/g, k, k]
-    let mut bias = bn.beta.val() - bn.running_mean.value() * scale.clone(); // [C_out]
     if let Some(b) = &conv.bias {
         bias = bias + b.val() * scale;
     }
@@ -55,15 +66,11 @@ pub fn conv_bn(conv: &Conv2d, bn: &BatchNorm, x: Tensor<4>) -> Tensor<4> {
     let (weight, bias) = folded_weights(conv, bn);
     // `Param::initialized` keeps the computed tensors as they are (`from_tensor` would make
     // them leaves of their own and cut the gradients off).
-    let folded = Conv2d {
-        weight: Param::initialized(ParamId::new(), weight),
-        bias: Some(Param::initialized(ParamId::new(), bias)),
-        stride: conv.stride,
-        kernel_size: conv.kernel_size,
-        dilation: conv.dilation,
-        groups: conv.groups,
-        padding: conv.padding.clone(),
-    };
+    let folded = with_weights(
+        conv,
+        Param::initialized(ParamId::new(), weight),
+        Param::initialized(ParamId::new(), bias),
+    );
     folded.forward(x)
 }
 

@@ -29,11 +29,10 @@ use std::ops::Range;
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use super::backbone::{Backbone, BackboneNet};
-use crate::kernels::{add_activation, linear_rows, Act};
+use crate::kernels::{add_activation, linear_rows, multi_head_attention, Act};
 use crate::export::onnx::{int, ints, OnnxGraph};
 use super::load::WeightSource;
 use super::table::{Builder, Convention, Table};
@@ -217,18 +216,14 @@ impl EncoderBlock {
     /// [N, T, D] → [N, T, D].
     ///
     /// The tokens of the whole batch are one matrix of rows for the projections (one matrix
-    /// product each, bias and GELU fused on the CPU: [`linear_rows`]); 1/√hd scales q, the
-    /// smaller operand, before the scores. (burn's fused `attention` measured slower here.)
+    /// product each, bias and GELU fused on the CPU: [`linear_rows`]) and for attention
+    /// ([`multi_head_attention`]: on the CPU at inference q, k and v are read in place).
+    /// (burn's fused `attention` measured slower here.)
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [n, t, d] = x.dims();
-        let (h, hd) = (self.heads, d / self.heads);
         let x = x.reshape([n * t, d]); // [N·T, D]
-        let qkv = linear_rows(&self.in_proj, self.ln_1.forward(x.clone()), Act::Identity).reshape([n, t, 3 * d]); // [N, T, 3D]
-        let mut qkv = qkv.chunk(3, 2).into_iter().map(|part| part.reshape([n, t, h, hd]).swap_dims(1, 2)); // 3 × [N, H, T, hd]
-        let (q, k, v) = (qkv.next().expect("q"), qkv.next().expect("k"), qkv.next().expect("v"));
-        let scores = (q * (1.0 / (hd as f64).sqrt())).matmul(k.swap_dims(2, 3)); // [N, H, T, T]
-        let attended = softmax(scores, 3).matmul(v); // [N, H, T, hd]
-        let attended = attended.swap_dims(1, 2).reshape([n * t, d]); // [N·T, D]
+        let qkv = linear_rows(&self.in_proj, self.ln_1.forward(x.clone()), Act::Identity); // [N·T, 3D]
+        let attended = multi_head_attention(qkv, n, self.heads); // [N·T, D]
         let x = add_activation(linear_rows(&self.out_proj, attended, Act::Identity), x, Act::Identity); // [N·T, D]
         let hidden = linear_rows(&self.mlp_0, self.ln_2.forward(x.clone()), Act::Gelu); // [N·T, M]
         let y = linear_rows(&self.mlp_3, hidden, Act::Identity); // [N·T, D]
@@ -335,6 +330,10 @@ impl Backbone for VitConfig {
 }
 
 impl BackboneNet for Vit {
+    /// Its layers run the whole batch on every thread (graft's kernels).
+    fn split_batch_for_inference(&self) -> bool {
+        false
+    }
     fn num_stages(&self) -> usize {
         self.layers.len() + 2
     }
