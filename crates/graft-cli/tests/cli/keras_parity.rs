@@ -94,20 +94,33 @@ fn keras_weights_files_through_the_cli_list_and_fail_by_name() {
 /// `--arch vgg16|vgg19|resnet50|mobilenetv2|efficientnet_b0 --weights FILE.h5` loads the
 /// architecture's Keras flavour (its `_keras` twin, with Keras's preprocessing), told by the
 /// file's names; a file under torchvision's names, torchvision's; a Keras file under neither
-/// names, the Keras flavour (so that the error names a Keras tensor).
+/// names, the Keras flavour (so that the error names a Keras tensor); a file under timm's
+/// names (where timm names the architecture), torchvision's, read by timm's names.
 #[test]
 fn a_keras_h5_file_selects_the_keras_flavour_and_its_preprocessing() {
     use super::arch_parity::names_of;
+    use graft::zoo::table::NameSet;
+    let mut timm_named = 0;
     for arch in ["vgg16", "vgg19", "resnet50", "mobilenetv2", "efficientnet_b0"] {
         let spec = ModelSpec::find(arch).unwrap();
         let keras = format!("{arch}_keras");
         assert_eq!(spec.for_weights(&names_of(&keras)).id, keras, "{arch}");
         assert_eq!(spec.for_weights(&names_of(arch)).id, arch, "{arch}");
+        let table = spec.config().table();
+        let timm = table.file_tensors(NameSet::Timm);
+        if !timm.is_empty() {
+            let tensors = timm.into_iter().map(|(name, _)| (name, graft_weights::Tensor { shape: vec![0], dtype: graft_weights::DType::F32, data: vec![] }));
+            let dict = graft_weights::StateDict { tensors: tensors.collect(), ..Default::default() };
+            assert_eq!(spec.for_weights(&dict).id, arch, "{arch}: a timm file");
+            assert_eq!(table.name_set(&dict), NameSet::Timm, "{arch}");
+            timm_named += 1;
+        }
         let mut other = graft_weights::StateDict::default();
         other.metadata.insert("format".into(), "keras-h5".into());
         assert_eq!(spec.for_weights(&other).id, keras, "{arch}: a Keras file of other names");
         assert_eq!(spec.for_weights(&Default::default()).id, arch);
     }
+    assert!(timm_named >= 3, "timm names only {timm_named} of the five");
     // An architecture without a Keras flavour stays itself.
     assert_eq!(ModelSpec::find("vgg11").unwrap().for_weights(&names_of("vgg16_keras")).id, "vgg11");
     let vgg_torch = ModelSpec::find("vgg16").unwrap().preprocess();

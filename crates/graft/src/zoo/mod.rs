@@ -204,7 +204,8 @@ impl ModelSpec {
 
     /// The model among `self` and its flavours (the registered models whose
     /// [`flavour_of`](Self::flavour_of) is `self`) whose layer table names the most of
-    /// `dict`'s tensors: `--arch vgg16` with a Caffe file is `vgg16_caffe`, with a Keras file
+    /// `dict`'s tensors, under the name set it would read them by ([`table::Table::name_set`]:
+    /// its own or timm's): `--arch vgg16` with a Caffe file is `vgg16_caffe`, with a Keras file
     /// `vgg16_keras`. On a tie (a file that matches none of them), the flavour whose framework
     /// wrote the file (its `format`: `keras-h5`, `caffemodel`), so that loading names a tensor
     /// the file's own framework would have; else `self`.
@@ -216,7 +217,8 @@ impl ModelSpec {
         let format = dict.metadata.get("format").map(String::as_str);
         let score = |spec: &ModelSpec| {
             let table = spec.config().table();
-            let named = table.leaves.iter().flat_map(|l| table.tensors(l)).filter(|t| dict.tensors.contains_key(&t.file)).count();
+            // The tensors the flavour would read, under the name set it would read them by.
+            let named = table.held(table.name_set(dict), dict);
             let framework = matches!(
                 (table.convention, format),
                 (table::Convention::Keras, Some("keras-h5")) | (table::Convention::Caffe, Some("caffemodel"))

@@ -287,6 +287,11 @@ impl Table {
         }
     }
 
+    /// How many of the tensors a file of name set `set` holds are in `dict`.
+    pub fn held(&self, set: NameSet, dict: &graft_weights::StateDict) -> usize {
+        self.file_tensors(set).iter().filter(|(name, _)| dict.tensors.contains_key(name)).count()
+    }
+
     /// The name set `dict` uses: timm's when the table has one and the file holds at least half
     /// of its names and more of them than of the table's own (a timm file short of a few
     /// tensors is still read as timm's, and its error names timm's missing tensor); otherwise
@@ -294,9 +299,8 @@ impl Table {
     /// set (a ResNet's `bn1.weight` is also timm MobileNetV2's), is read under the own names
     /// and fails naming their first missing tensor.
     pub fn name_set(&self, dict: &graft_weights::StateDict) -> NameSet {
-        let held = |set| self.file_tensors(set).iter().filter(|(name, _)| dict.tensors.contains_key(name)).count();
-        let timm = held(NameSet::Timm);
-        if self.timm.is_some() && timm > held(NameSet::Own) && 2 * timm >= self.file_tensors(NameSet::Timm).len() {
+        let timm = self.held(NameSet::Timm, dict);
+        if self.timm.is_some() && timm > self.held(NameSet::Own, dict) && 2 * timm >= self.file_tensors(NameSet::Timm).len() {
             NameSet::Timm
         } else {
             NameSet::Own
