@@ -260,7 +260,12 @@ fn a_legacy_caffemodel_loads_into_caffes_alexnet_and_matches_pytorch() {
 /// `ModelSpec::for_weights` reads to pick a flavour.
 pub fn names_of(id: &str) -> graft_weights::StateDict {
     let table = ModelSpec::find(id).unwrap().config().table();
-    let tensors = table.leaves.iter().flat_map(|l| table.tensors(l)).map(|t| (t.file, graft_weights::Tensor { shape: vec![0], dtype: graft_weights::DType::F32, data: vec![] }));
+    dict_of(table.leaves.iter().flat_map(|l| table.tensors(l)).map(|t| t.file))
+}
+
+/// A state dict holding empty tensors under `names` (for the name-matching rules).
+pub fn dict_of(names: impl IntoIterator<Item = String>) -> graft_weights::StateDict {
+    let tensors = names.into_iter().map(|name| (name, graft_weights::Tensor { shape: vec![0], dtype: graft_weights::DType::F32, data: vec![] }));
     graft_weights::StateDict { tensors: tensors.collect(), ..Default::default() }
 }
 

@@ -98,7 +98,7 @@ fn keras_weights_files_through_the_cli_list_and_fail_by_name() {
 /// names (where timm names the architecture), torchvision's, read by timm's names.
 #[test]
 fn a_keras_h5_file_selects_the_keras_flavour_and_its_preprocessing() {
-    use super::arch_parity::names_of;
+    use super::arch_parity::{dict_of, names_of};
     use graft::zoo::table::NameSet;
     let mut timm_named = 0;
     for arch in ["vgg16", "vgg19", "resnet50", "mobilenetv2", "efficientnet_b0"] {
@@ -109,8 +109,7 @@ fn a_keras_h5_file_selects_the_keras_flavour_and_its_preprocessing() {
         let table = spec.config().table();
         let timm = table.file_tensors(NameSet::Timm);
         if !timm.is_empty() {
-            let tensors = timm.into_iter().map(|(name, _)| (name, graft_weights::Tensor { shape: vec![0], dtype: graft_weights::DType::F32, data: vec![] }));
-            let dict = graft_weights::StateDict { tensors: tensors.collect(), ..Default::default() };
+            let dict = dict_of(timm.into_iter().map(|(name, _)| name));
             assert_eq!(spec.for_weights(&dict).id, arch, "{arch}: a timm file");
             assert_eq!(table.name_set(&dict), NameSet::Timm, "{arch}");
             timm_named += 1;
