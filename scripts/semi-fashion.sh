@@ -10,8 +10,14 @@
 # UNFROZEN=1: instead, Lite0's last block (_blocks.15) and head convolution trainable
 # (--freeze 15), supervised-only and FixMatch --align on --threshold 0.8, same budgets; raw
 # results in $WORK/results-unfrozen.jsonl.
+# SELECT=1: pseudo-label with alignment on the plain unlabelled images (--weak-augment none),
+# its threshold chosen without the test set: each of THRESHOLDS is fitted
+# for every seed and measured on a labelled validation slice of the training split (100 per class,
+# seed 300, less any image in a labelled or the unlabelled set); the threshold with the best mean
+# validation accuracy is then measured on the test set beside supervised-only. Raw results in
+# $WORK/results-select.jsonl (validation rows have "split": "val").
 #
-# Usage: [UNFROZEN=1] scripts/semi-fashion.sh [WORK_DIR]     (SEEDS="0 1 2" by default)
+# Usage: [UNFROZEN=1 | SELECT=1] scripts/semi-fashion.sh [WORK_DIR]     (SEEDS="0 1 2" by default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-target/semi-fashion}
@@ -19,45 +25,75 @@ SEEDS=${SEEDS:-"0 1 2"}
 GRAFT=${GRAFT:-./target/release/graft}
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q
 mkdir -p "$WORK/runs"
-RESULTS="$WORK/results${UNFROZEN:+-unfrozen}.jsonl"
+RESULTS="$WORK/results${UNFROZEN:+-unfrozen}${SELECT:+-select}.jsonl"
 : > "$RESULTS"
 
 [ -d "$WORK/test" ] || $GRAFT data import fashion-mnist --split test --out "$WORK/test" >/dev/null
 [ -d "$WORK/unlabelled" ] || $GRAFT data import fashion-mnist --split train --per-class 1000 --seed 100 --out "$WORK/unlabelled" >/dev/null
 for seed in $SEEDS; do
-    labelled="$WORK/labelled-$seed"
-    [ -d "$labelled" ] || $GRAFT data import fashion-mnist --split train --per-class 4 --seed "$seed" --out "$labelled" >/dev/null
-    run_case() {
-        local name=$1; shift
-        local run="$WORK/runs/$name-$seed"
-        local start=$SECONDS
-        $GRAFT fit --data "$labelled" --out "$run" --overwrite --val-split 0 --seed "$seed" "$@" --json > "$run.fit.json" 2> "$run.fit.log"
-        local fit_s=$((SECONDS - start))
-        local acc
-        acc=$($GRAFT eval --run "$run" --data "$WORK/test" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["accuracy"])')
-        echo "{\"case\": \"$name\", \"seed\": $seed, \"accuracy\": $acc, \"fit_seconds\": $fit_s}" >> "$RESULTS"
-        echo "$name seed $seed: $acc" >&2
-    }
-    U=(--unlabelled "$WORK/unlabelled" --epochs 20)
+    [ -d "$WORK/labelled-$seed" ] || $GRAFT data import fashion-mnist --split train --per-class 4 --seed "$seed" --out "$WORK/labelled-$seed" >/dev/null
+done
+# run_case NAME SPLIT ARGS…: fit on this seed's labelled images, measure on $WORK/SPLIT.
+run_case() {
+    local name=$1 split=$2; shift 2
+    local run="$WORK/runs/$name-$seed"
+    local start=$SECONDS
+    $GRAFT fit --data "$WORK/labelled-$seed" --out "$run" --overwrite --val-split 0 --seed "$seed" "$@" --json > "$run.fit.json" 2> "$run.fit.log"
+    local fit_s=$((SECONDS - start))
+    local acc
+    acc=$($GRAFT eval --run "$run" --data "$WORK/$split" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["accuracy"])')
+    echo "{\"case\": \"$name\", \"split\": \"$split\", \"seed\": $seed, \"accuracy\": $acc, \"fit_seconds\": $fit_s}" >> "$RESULTS"
+    echo "$name seed $seed, $split: $acc" >&2
+}
+U=(--unlabelled "$WORK/unlabelled" --epochs 20)
+if [ -n "${SELECT:-}" ]; then
+    if [ ! -d "$WORK/val" ]; then
+        $GRAFT data import fashion-mnist --split train --per-class 100 --seed 300 --out "$WORK/val" >/dev/null
+        # Images of the training split are named by their index: drop those already used.
+        for f in "$WORK"/labelled-*/*/*.png "$WORK"/unlabelled/*/*.png; do
+            rm -f "$WORK/val/$(basename "$(dirname "$f")")/$(basename "$f")"
+        done
+    fi
+    PLAIN=(--method pseudo-label --align on --weak-augment none)
+    for t in ${THRESHOLDS:-0.7 0.8 0.9 0.95}; do
+        for seed in $SEEDS; do run_case "pseudo-label-plain-align-t$t" val "${U[@]}" "${PLAIN[@]}" --threshold "$t"; done
+    done
+    best=$(python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+rows = [r for r in map(json.loads, filter(str.strip, open(sys.argv[1]))) if r["split"] == "val"]
+means = {c: statistics.mean(r["accuracy"] for r in rows if r["case"] == c) for c in dict.fromkeys(r["case"] for r in rows)}
+for c, m in means.items():
+    print(f"validation {c}: {m:.4f}", file=sys.stderr)
+print(max(means, key=means.get).rsplit("-t", 1)[1])
+PY
+)
+    echo "chosen on validation: threshold $best" >&2
+    for seed in $SEEDS; do
+        run_case supervised test --epochs 450
+        run_case "pseudo-label-plain-align-t$best" test "${U[@]}" "${PLAIN[@]}" --threshold "$best"
+    done
+fi
+for seed in $SEEDS; do
+    [ -z "${SELECT:-}" ] || break
     if [ -n "${UNFROZEN:-}" ]; then
-        run_case supervised-freeze15 --epochs 450 --freeze 15
-        run_case fixmatch-align-t0.8-freeze15 "${U[@]}" --method fixmatch --align on --threshold 0.8 --freeze 15
+        run_case supervised-freeze15 test --epochs 450 --freeze 15
+        run_case fixmatch-align-t0.8-freeze15 test "${U[@]}" --method fixmatch --align on --threshold 0.8 --freeze 15
         continue
     fi
-    run_case supervised --epochs 450
-    run_case pseudo-label "${U[@]}" --method pseudo-label
-    run_case pseudo-label-t0.8 "${U[@]}" --method pseudo-label --threshold 0.8
-    run_case pseudo-label-align "${U[@]}" --method pseudo-label --align on
-    run_case pseudo-label-align-t0.8 "${U[@]}" --method pseudo-label --align on --threshold 0.8
-    run_case fixmatch "${U[@]}" --method fixmatch
-    run_case fixmatch-t0.8 "${U[@]}" --method fixmatch --threshold 0.8
-    run_case fixmatch-align "${U[@]}" --method fixmatch --align on
-    run_case fixmatch-align-t0.8 "${U[@]}" --method fixmatch --align on --threshold 0.8
-    run_case mean-teacher "${U[@]}" --method mean-teacher
+    run_case supervised test --epochs 450
+    run_case pseudo-label test "${U[@]}" --method pseudo-label
+    run_case pseudo-label-t0.8 test "${U[@]}" --method pseudo-label --threshold 0.8
+    run_case pseudo-label-align test "${U[@]}" --method pseudo-label --align on
+    run_case pseudo-label-align-t0.8 test "${U[@]}" --method pseudo-label --align on --threshold 0.8
+    run_case fixmatch test "${U[@]}" --method fixmatch
+    run_case fixmatch-t0.8 test "${U[@]}" --method fixmatch --threshold 0.8
+    run_case fixmatch-align test "${U[@]}" --method fixmatch --align on
+    run_case fixmatch-align-t0.8 test "${U[@]}" --method fixmatch --align on --threshold 0.8
+    run_case mean-teacher test "${U[@]}" --method mean-teacher
 done
 python3 - "$RESULTS" <<'PY'
 import json, statistics, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+rows = [r for r in map(json.loads, filter(str.strip, open(sys.argv[1]))) if r["split"] == "test"]
 cases = list(dict.fromkeys(r["case"] for r in rows))
 base = statistics.mean(r["accuracy"] for r in rows if r["case"] == cases[0])
 print("| method | accuracy (mean ± std) | vs supervised-only | seeds |")

@@ -325,7 +325,8 @@ pub struct SemiArgs {
     /// transforms; one is drawn per epoch. [default: 2]
     #[arg(long)]
     pub unlabelled_views: Option<usize>,
-    /// The weak views of unlabelled images (same syntax as --augment). [default: flip,shift:0.125]
+    /// The weak views of unlabelled images (same syntax as --augment); `none` reads the plain
+    /// images (no views stored). [default: flip,shift:0.125]
     #[arg(long)]
     pub weak_augment: Option<String>,
     /// fixmatch: the strong views (same syntax as --augment). [default:

@@ -22,7 +22,8 @@ fn misses(v: &serde_json::Value) -> u64 {
 
 /// Each method trains from 4 labelled images per class and an unlabelled folder (its class
 /// sub-folders ignored): the per-epoch line names the method and its unlabelled loss, FixMatch
-/// stores plain, weak and strong views once (a second run computes nothing), the mean teacher's
+/// stores plain, weak and strong views once (a second run computes nothing), an identity weak
+/// transform reads the plain rows and stores no views, the mean teacher's
 /// kept weights are the averaged ones, and every run evaluates like a supervised one.
 #[test]
 fn semi_supervised_image_fits_store_their_views_once_and_evaluate() {
@@ -59,6 +60,13 @@ fn semi_supervised_image_fits_store_their_views_once_and_evaluate() {
     let (v, run) = fit("pseudo", &["--method", "pseudo-label", "--unlabelled-views", "1"]);
     assert_eq!(misses(&v), 0, "pseudo-label reads the weak views FixMatch stored: {v}");
     assert!(records(&run).iter().all(|l| l["semi_method"] == "pseudo-label" && l["confident"].is_number()));
+
+    // `--weak-augment none` reads the plain rows: 24 stored once, whatever --unlabelled-views says.
+    let (v, run) = fit("pseudo-plain", &["--method", "pseudo-label", "--weak-augment", "none", "--unlabelled-views", "3"]);
+    assert_eq!(misses(&v), 24, "the plain unlabelled rows only: {v}");
+    assert_eq!(records(&run).len(), 3);
+    let (v, _) = fit("pseudo-plain-again", &["--method", "pseudo-label", "--weak-augment", "none"]);
+    assert_eq!(misses(&v), 0, "{v}");
 
     let (_, run) = fit("teacher", &["--method", "mean-teacher", "--unlabelled-views", "1", "--ema", "0.9", "--rampup-epochs", "1"]);
     assert!(records(&run).iter().all(|l| l["semi_method"] == "mean-teacher" && l["confident"].is_null()));

@@ -1084,7 +1084,10 @@ fn fit_semi(
     };
     let (train_cache, _) = fill(train, View::of(labelled_views, &config.augment), "caching frozen-trunk activations", &mut stats)?;
     let (val_cache, _) = fill(val, View::of(labelled_views, &config.augment), "caching validation activations", &mut stats)?;
-    let (weak_cache, weak_views) = fill(&unlabelled, View::of(1 + semi.views, &semi.weak), "caching unlabelled activations (weak views)", &mut stats)?;
+    // An identity weak transform (`none`: pseudo-labelling as Lee 2013 has it) reads the plain
+    // rows, as the labelled set does without augmentation, instead of storing copies of them.
+    let weak_count = if semi.weak.is_identity() { 1 } else { 1 + semi.views };
+    let (weak_cache, weak_views) = fill(&unlabelled, View::of(weak_count, &semi.weak), "caching unlabelled activations (weak views)", &mut stats)?;
     let strong_cache = match semi.method {
         SemiMethod::Fixmatch { .. } => Some(fill(&unlabelled, View { count: 1 + semi.views, augment: &semi.strong, skip_plain: true }, "caching unlabelled activations (strong views)", &mut stats)?),
         _ => None,

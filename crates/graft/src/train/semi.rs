@@ -105,7 +105,8 @@ pub struct SemiConfig {
     pub ratio: usize,
     /// Augmented views stored per unlabelled image (images only), for each of weak and strong.
     pub views: usize,
-    /// The weak views (pseudo-label's and mean teacher's inputs, FixMatch's targets).
+    /// The weak views (pseudo-label's and mean teacher's inputs, FixMatch's targets); the
+    /// identity reads the plain rows and stores no views.
     pub weak: Augment,
     /// FixMatch's strong views.
     pub strong: Augment,
