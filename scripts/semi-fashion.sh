@@ -10,12 +10,12 @@
 # UNFROZEN=1: instead, Lite0's last block (_blocks.15) and head convolution trainable
 # (--freeze 15), supervised-only and FixMatch --align on --threshold 0.8, same budgets; raw
 # results in $WORK/results-unfrozen.jsonl.
-# SELECT=1: pseudo-label with alignment on the plain unlabelled images (--weak-augment none),
-# its threshold chosen without the test set: each of THRESHOLDS is fitted
-# for every seed and measured on a labelled validation slice of the training split (100 per class,
-# seed 300, less any image in a labelled or the unlabelled set); the threshold with the best mean
-# validation accuracy is then measured on the test set beside supervised-only. Raw results in
-# $WORK/results-select.jsonl (validation rows have "split": "val").
+# SELECT=1: pseudo-label with alignment, its inputs (the plain unlabelled images, --weak-augment
+# none, or the default weak views) and threshold chosen without the test set: each pair of inputs
+# and THRESHOLDS is fitted for every seed and measured on a labelled validation slice of the
+# training split (100 per class, seed 300, less any image in a labelled or the unlabelled set); the
+# pair with the best mean validation accuracy is then measured on the test set beside
+# supervised-only. Raw results in $WORK/results-select.jsonl (validation rows have "split": "val").
 #
 # Usage: [UNFROZEN=1 | SELECT=1] scripts/semi-fashion.sh [WORK_DIR]     (SEEDS="0 1 2" by default)
 set -euo pipefail
@@ -54,9 +54,13 @@ if [ -n "${SELECT:-}" ]; then
             rm -f "$WORK/val/$(basename "$(dirname "$f")")/$(basename "$f")"
         done
     fi
-    PLAIN=(--method pseudo-label --align on --weak-augment none)
-    for t in ${THRESHOLDS:-0.7 0.8 0.9 0.95}; do
-        for seed in $SEEDS; do run_case "pseudo-label-plain-align-t$t" val "${U[@]}" "${PLAIN[@]}" --threshold "$t"; done
+    # The inputs' name in the case, and their flags.
+    declare -A INPUTS=([plain]="--weak-augment none" [weak]="")
+    for inputs in plain weak; do
+        for t in ${THRESHOLDS:-0.7 0.8 0.9 0.95}; do
+            # shellcheck disable=SC2086 # the inputs' flags split into words
+            for seed in $SEEDS; do run_case "pseudo-label-$inputs-align-t$t" val "${U[@]}" --method pseudo-label --align on ${INPUTS[$inputs]} --threshold "$t"; done
+        done
     done
     best=$(python3 - "$RESULTS" <<'PY'
 import json, statistics, sys
@@ -64,13 +68,16 @@ rows = [r for r in map(json.loads, filter(str.strip, open(sys.argv[1]))) if r["s
 means = {c: statistics.mean(r["accuracy"] for r in rows if r["case"] == c) for c in dict.fromkeys(r["case"] for r in rows)}
 for c, m in means.items():
     print(f"validation {c}: {m:.4f}", file=sys.stderr)
-print(max(means, key=means.get).rsplit("-t", 1)[1])
+best = max(means, key=means.get)
+print(best.split("-")[2], best.rsplit("-t", 1)[1])
 PY
 )
-    echo "chosen on validation: threshold $best" >&2
+    read -r inputs t <<< "$best"
+    echo "chosen on validation: $inputs inputs, threshold $t" >&2
     for seed in $SEEDS; do
         run_case supervised test --epochs 450
-        run_case "pseudo-label-plain-align-t$best" test "${U[@]}" "${PLAIN[@]}" --threshold "$best"
+        # shellcheck disable=SC2086
+        run_case "pseudo-label-$inputs-align-t$t" test "${U[@]}" --method pseudo-label --align on ${INPUTS[$inputs]} --threshold "$t"
     done
 fi
 for seed in $SEEDS; do
