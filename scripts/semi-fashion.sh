@@ -79,25 +79,25 @@ PY
         # shellcheck disable=SC2086
         run_case "pseudo-label-$inputs-align-t$t" test "${U[@]}" --method pseudo-label --align on ${INPUTS[$inputs]} --threshold "$t"
     done
+else
+    for seed in $SEEDS; do
+        if [ -n "${UNFROZEN:-}" ]; then
+            run_case supervised-freeze15 test --epochs 450 --freeze 15
+            run_case fixmatch-align-t0.8-freeze15 test "${U[@]}" --method fixmatch --align on --threshold 0.8 --freeze 15
+            continue
+        fi
+        run_case supervised test --epochs 450
+        run_case pseudo-label test "${U[@]}" --method pseudo-label
+        run_case pseudo-label-t0.8 test "${U[@]}" --method pseudo-label --threshold 0.8
+        run_case pseudo-label-align test "${U[@]}" --method pseudo-label --align on
+        run_case pseudo-label-align-t0.8 test "${U[@]}" --method pseudo-label --align on --threshold 0.8
+        run_case fixmatch test "${U[@]}" --method fixmatch
+        run_case fixmatch-t0.8 test "${U[@]}" --method fixmatch --threshold 0.8
+        run_case fixmatch-align test "${U[@]}" --method fixmatch --align on
+        run_case fixmatch-align-t0.8 test "${U[@]}" --method fixmatch --align on --threshold 0.8
+        run_case mean-teacher test "${U[@]}" --method mean-teacher
+    done
 fi
-for seed in $SEEDS; do
-    [ -z "${SELECT:-}" ] || break
-    if [ -n "${UNFROZEN:-}" ]; then
-        run_case supervised-freeze15 test --epochs 450 --freeze 15
-        run_case fixmatch-align-t0.8-freeze15 test "${U[@]}" --method fixmatch --align on --threshold 0.8 --freeze 15
-        continue
-    fi
-    run_case supervised test --epochs 450
-    run_case pseudo-label test "${U[@]}" --method pseudo-label
-    run_case pseudo-label-t0.8 test "${U[@]}" --method pseudo-label --threshold 0.8
-    run_case pseudo-label-align test "${U[@]}" --method pseudo-label --align on
-    run_case pseudo-label-align-t0.8 test "${U[@]}" --method pseudo-label --align on --threshold 0.8
-    run_case fixmatch test "${U[@]}" --method fixmatch
-    run_case fixmatch-t0.8 test "${U[@]}" --method fixmatch --threshold 0.8
-    run_case fixmatch-align test "${U[@]}" --method fixmatch --align on
-    run_case fixmatch-align-t0.8 test "${U[@]}" --method fixmatch --align on --threshold 0.8
-    run_case mean-teacher test "${U[@]}" --method mean-teacher
-done
 python3 - "$RESULTS" <<'PY'
 import json, statistics, sys
 rows = [r for r in map(json.loads, filter(str.strip, open(sys.argv[1]))) if r["split"] == "test"]
